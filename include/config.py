@@ -1,0 +1,243 @@
+"""Typed, validated configuration: deployment settings and per-run parameters.
+
+Two objects:
+
+* :class:`Settings` — where things live (market database, data directory, model registry, run
+  artifacts). Read from environment variables so the same code runs embedded, in tests and in
+  production.
+* :class:`RunConfig` — the knobs of one retraining run (symbol, windows, labels, models, gate).
+  The DAG's ``Param`` trigger form mirrors these fields; :meth:`RunConfig.from_params` validates
+  them and raises :class:`~include.errors.ConfigError` naming the offending field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from include.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+#: Bar length in seconds for every timeframe the pipeline understands (ccxt notation).
+TIMEFRAME_SECONDS: dict[str, int] = {"15m": 900, "1h": 3600, "4h": 14_400, "1d": 86_400}
+
+MODEL_FAMILIES: tuple[str, ...] = ("lightgbm", "xgboost", "random_forest")
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser().resolve() if value else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Deployment settings, read from the environment at call time (never at DAG parse time).
+
+    Attributes:
+        data_dir: directory of market-data files read by the file source
+            (``MARKET_DATA_DIR``; default: the bundled Binance data in ``data/binance``).
+        market_db_url: SQLAlchemy URL of the market store (``MARKET_DB_URL``; default: an
+            embedded SQLite file ``var/market.sqlite``).
+        registry_dir: root of the model registry (``MODEL_REGISTRY_DIR``; default ``models/``).
+        runs_dir: root of per-run artifacts such as feature files, candidate models and
+            validation reports (``RUN_ARTIFACTS_DIR``; default ``var/runs``).
+    """
+
+    data_dir: Path
+    market_db_url: str
+    registry_dir: Path
+    runs_dir: Path
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Build settings from environment variables, falling back to project-local defaults."""
+        var = PROJECT_ROOT / "var"
+        default_db = f"sqlite:///{var / 'market.sqlite'}"
+        return cls(
+            data_dir=_env_path("MARKET_DATA_DIR", PROJECT_ROOT / "data" / "binance"),
+            market_db_url=os.environ.get("MARKET_DB_URL", default_db),
+            registry_dir=_env_path("MODEL_REGISTRY_DIR", PROJECT_ROOT / "models"),
+            runs_dir=_env_path("RUN_ARTIFACTS_DIR", var / "runs"),
+        )
+
+
+def _doc(text: str, **kwargs: Any) -> Any:
+    """A dataclass field carrying its description in metadata (used for Params and docs)."""
+    return field(metadata={"description": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Parameters of one weekly retraining run. Every field has a default and a description.
+
+    Raises:
+        ConfigError: from ``__post_init__`` when a value is out of range; the message names the
+            field and the accepted values.
+    """
+
+    exchange: str = _doc("Exchange id (ccxt notation) the data belongs to.", default="binance")
+    symbol: str = _doc("Instrument, exchange notation without separator, e.g. BTCUSDT.", default="BTCUSDT")
+    market_type: Literal["perp", "spot"] = _doc(
+        "Market of the OHLCV candles: 'perp' (USDT-M perpetual) or 'spot'.", default="perp"
+    )
+    timeframe: str = _doc("Candle timeframe (ccxt notation).", default="1h")
+    train_window_days: int = _doc(
+        "Length of the training window in days, ending at the run's data_interval_end.", default=730
+    )
+    label_horizon_bars: int = _doc("Forward-return horizon of the label, in bars.", default=4)
+    label_threshold_mode: Literal["volatility", "fixed"] = _doc(
+        "'volatility': threshold = k * sigma * sqrt(horizon) with sigma the trailing std of "
+        "1-bar log returns; 'fixed': threshold is a log-return fraction.",
+        default="volatility",
+    )
+    label_threshold: float = _doc(
+        "k for 'volatility' mode (0.43 gives equal thirds for Gaussian returns), or the "
+        "log-return threshold for 'fixed' mode (0.005 = 0.5 %).",
+        default=0.43,
+    )
+    label_vol_window_bars: int = _doc(
+        "Trailing window, in bars, of the volatility estimate used by 'volatility' labels.",
+        default=168,
+    )
+    models: tuple[str, ...] = _doc(
+        "Model families to train (subset of lightgbm, xgboost, random_forest).",
+        default=MODEL_FAMILIES,
+    )
+    cv_folds: int = _doc(
+        "Walk-forward folds; each test fold is one data interval (one week) long.", default=6
+    )
+    ensemble_weighting: Literal["fixed", "fitted"] = _doc(
+        "'fixed': ensemble_weights as given; 'fitted': weights minimising out-of-fold log loss.",
+        default="fixed",
+    )
+    ensemble_weights: dict[str, float] = _doc(
+        "Soft-voting weights per family for 'fixed' weighting (renormalised over trained models).",
+        default_factory=lambda: {"lightgbm": 0.4, "xgboost": 0.4, "random_forest": 0.2},
+    )
+    gate_min_f1_margin: float = _doc(
+        "Candidate out-of-fold macro F1 must exceed the best naive baseline's by this margin.",
+        default=0.02,
+    )
+    gate_max_log_loss_ratio: float = _doc(
+        "Candidate out-of-fold log loss must be at most this multiple of the class-prior "
+        "forecast's log loss (1.0 = must be no worse than predicting base rates).",
+        default=1.0,
+    )
+    gate_champion_tolerance: float = _doc(
+        "Challenger macro F1 on the shared out-of-sample window may trail the champion's by at "
+        "most this much.",
+        default=0.0,
+    )
+    max_gap_share: float = _doc(
+        "Largest tolerated share of missing bars in the training window.", default=0.01
+    )
+    max_gap_bars: int = _doc("Largest tolerated single gap, in missing bars.", default=24)
+    min_row_share: float = _doc(
+        "Minimum rows in the window as a share of the bars the window should hold.", default=0.95
+    )
+    max_abs_funding_rate: float = _doc(
+        "Largest plausible |funding rate| per settlement, as a fraction (0.03 = 3 %).",
+        default=0.03,
+    )
+    funding_interval_hours: int = _doc("Funding settlement cadence in hours.", default=8)
+    source_dir: str | None = _doc(
+        "Directory of market-data files to ingest instead of MARKET_DATA_DIR.", default=None
+    )
+    as_of_date: str | None = _doc(
+        "Train on the week ending at this UTC date (YYYY-MM-DD) instead of the run's data "
+        "interval; used by runs triggered without a logical date.",
+        default=None,
+    )
+    random_state: int = _doc("Seed of every random number generator in training.", default=42)
+
+    def __post_init__(self) -> None:
+        def fail(name: str, why: str) -> None:
+            raise ConfigError(f"invalid run parameter {name}={getattr(self, name)!r}: {why}")
+
+        if self.timeframe not in TIMEFRAME_SECONDS:
+            fail("timeframe", f"expected one of {sorted(TIMEFRAME_SECONDS)}")
+        if self.market_type not in ("perp", "spot"):
+            fail("market_type", "expected 'perp' or 'spot'")
+        if not self.symbol or not self.symbol.isalnum():
+            fail("symbol", "expected letters and digits only, e.g. BTCUSDT")
+        if self.train_window_days < 14:
+            fail("train_window_days", "expected at least 14 days")
+        if not 1 <= self.label_horizon_bars <= 168:
+            fail("label_horizon_bars", "expected 1..168")
+        if self.label_threshold_mode not in ("volatility", "fixed"):
+            fail("label_threshold_mode", "expected 'volatility' or 'fixed'")
+        if not self.label_threshold > 0:
+            fail("label_threshold", "expected a positive number")
+        if self.label_vol_window_bars < 2:
+            fail("label_vol_window_bars", "expected at least 2")
+        if not self.models:
+            fail("models", "expected at least one model family")
+        unknown = sorted(set(self.models) - set(MODEL_FAMILIES))
+        if unknown or len(set(self.models)) != len(self.models):
+            fail("models", f"expected distinct names from {list(MODEL_FAMILIES)}")
+        if not 2 <= self.cv_folds <= 52:
+            fail("cv_folds", "expected 2..52")
+        if self.ensemble_weighting not in ("fixed", "fitted"):
+            fail("ensemble_weighting", "expected 'fixed' or 'fitted'")
+        weights = {m: self.ensemble_weights.get(m, 0.0) for m in self.models}
+        if any(w < 0 for w in self.ensemble_weights.values()) or sum(weights.values()) <= 0:
+            fail("ensemble_weights", "expected non-negative weights with a positive sum over models")
+        if not 0 <= self.max_gap_share < 1:
+            fail("max_gap_share", "expected a fraction in [0, 1)")
+        if self.max_gap_bars < 0:
+            fail("max_gap_bars", "expected >= 0")
+        if not 0 < self.min_row_share <= 1:
+            fail("min_row_share", "expected a fraction in (0, 1]")
+        if not 0 < self.max_abs_funding_rate < 1:
+            fail("max_abs_funding_rate", "expected a fraction in (0, 1)")
+        if self.funding_interval_hours not in (1, 2, 4, 8):
+            fail("funding_interval_hours", "expected 1, 2, 4 or 8")
+        if self.gate_max_log_loss_ratio <= 0:
+            fail("gate_max_log_loss_ratio", "expected a positive ratio")
+        if self.gate_champion_tolerance < 0:
+            fail("gate_champion_tolerance", "expected >= 0")
+
+    @property
+    def bar_seconds(self) -> int:
+        """Length of one bar in seconds."""
+        return TIMEFRAME_SECONDS[self.timeframe]
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> RunConfig:
+        """Build a config from a DAG run's params (or any mapping of field names to values).
+
+        ``None`` values mean "use the default" except for the optional fields that default to
+        ``None``. Unknown keys are ignored, so a DAG may carry extra params of its own.
+
+        Raises:
+            ConfigError: a value has the wrong type or is out of range.
+        """
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for name, value in params.items():
+            if name not in known or value is None:
+                continue
+            if name == "models":
+                value = tuple(value) if not isinstance(value, str) else tuple(
+                    v.strip() for v in value.split(",") if v.strip()
+                )
+            kwargs[name] = value
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"invalid run parameters: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable view of every field."""
+        out = dataclasses.asdict(self)
+        out["models"] = list(self.models)
+        return out
+
+    @classmethod
+    def describe(cls) -> dict[str, str]:
+        """Field name -> description, for Params and documentation."""
+        return {f.name: f.metadata.get("description", "") for f in fields(cls)}

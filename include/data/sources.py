@@ -1,0 +1,145 @@
+"""Market-data sources: where OHLCV candles, funding rates and open interest come from.
+
+A source returns plain DataFrames with a UTC ``timestamp`` column and the value columns below,
+restricted to a half-open window ``[start, end)``. It does not clean or fill anything: checking
+the data is the validation stage's job, so a source hands over what it found.
+
+=================  ===========================================  ==================================
+series             columns                                      timestamp means
+=================  ===========================================  ==================================
+OHLCV              open, high, low, close, volume (base asset)  bar open time
+funding rate       funding_rate (fraction per settlement)       settlement time
+open interest      open_interest (USD notional, daily close)    UTC day start of the daily bar
+=================  ===========================================  ==================================
+
+:class:`FileSource` reads the bundled Binance files (``data/binance``) or any directory of files
+in the same format; see ``data/binance/SOURCES.md``. An exchange source implements the same
+:class:`MarketDataSource` protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import pandas as pd
+
+from include.errors import SourceError
+
+logger = logging.getLogger(__name__)
+
+OHLCV_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
+FUNDING_COLUMNS: tuple[str, ...] = ("funding_rate",)
+OPEN_INTEREST_COLUMNS: tuple[str, ...] = ("open_interest",)
+
+
+@runtime_checkable
+class MarketDataSource(Protocol):
+    """What every market-data source provides. Windows are half-open ``[start, end)`` in UTC."""
+
+    name: str
+
+    def fetch_ohlcv(
+        self, symbol: str, market_type: str, timeframe: str, start: datetime, end: datetime
+    ) -> pd.DataFrame:
+        """Candles, shape ``(n_bars, 6)``: timestamp (bar open, UTC) + OHLCV."""
+        ...
+
+    def fetch_funding_rates(self, symbol: str, start: datetime, end: datetime) -> pd.DataFrame:
+        """Perpetual funding settlements, shape ``(n, 2)``: timestamp, funding_rate."""
+        ...
+
+    def fetch_open_interest(self, symbol: str, start: datetime, end: datetime) -> pd.DataFrame:
+        """Daily open interest, shape ``(n, 2)``: timestamp (day start), open_interest (USD).
+
+        Returns an empty frame when the source has no open interest for the symbol.
+        """
+        ...
+
+
+class FileSource:
+    """Reads gzip or plain CSV files named as in the bundled data directory.
+
+    File names, for symbol ``BTCUSDT``:
+
+    * OHLCV: ``btcusdt_{market_type}_{timeframe}.csv[.gz]`` (e.g. ``btcusdt_perp_1h.csv.gz``)
+    * funding: ``btcusdt_funding_*.csv[.gz]`` (e.g. ``btcusdt_funding_8h.csv.gz``)
+    * open interest: ``btcusdt_perp_open_interest_usd_1d.csv[.gz]`` (optional)
+
+    Every file has a header row and an ISO-8601 UTC ``timestamp`` column
+    (``2023-01-01T00:00:00Z``).
+
+    Args:
+        directory: folder holding the files.
+
+    Raises:
+        SourceError: from the fetch methods, when a required file is missing, lacks a column, or
+            holds a timestamp that does not parse.
+    """
+
+    name = "files"
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def __repr__(self) -> str:
+        return f"FileSource({str(self.directory)!r})"
+
+    def _find(self, pattern: str, what: str, required: bool = True) -> Path | None:
+        matches = sorted(
+            p for p in self.directory.glob(pattern) if p.name.endswith((".csv", ".csv.gz"))
+        )
+        if not matches:
+            if required:
+                raise SourceError(
+                    f"no {what} file matching {pattern!r}(.csv|.csv.gz) in {self.directory}"
+                )
+            return None
+        if len(matches) > 1:
+            raise SourceError(f"several {what} files match {pattern!r}: {[m.name for m in matches]}")
+        return matches[0]
+
+    @staticmethod
+    def _read(path: Path, columns: tuple[str, ...], start: datetime, end: datetime) -> pd.DataFrame:
+        try:
+            frame = pd.read_csv(path, dtype=str)
+        except (OSError, ValueError, EOFError) as exc:
+            raise SourceError(f"cannot read {path}: {exc}") from exc
+        missing = [c for c in ("timestamp", *columns) if c not in frame.columns]
+        if missing:
+            raise SourceError(f"{path.name} lacks column(s) {missing}; has {list(frame.columns)}")
+        try:
+            ts = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
+        except (ValueError, TypeError) as exc:
+            raise SourceError(f"{path.name}: unparseable timestamp: {exc}") from exc
+        out = pd.DataFrame({"timestamp": ts})
+        for col in columns:
+            # Non-numeric cells become NaN here and are reported by validation, not dropped.
+            out[col] = pd.to_numeric(frame[col], errors="coerce")
+        mask = (out["timestamp"] >= pd.Timestamp(start)) & (out["timestamp"] < pd.Timestamp(end))
+        return out.loc[mask].reset_index(drop=True)
+
+    def fetch_ohlcv(
+        self, symbol: str, market_type: str, timeframe: str, start: datetime, end: datetime
+    ) -> pd.DataFrame:
+        """See :meth:`MarketDataSource.fetch_ohlcv`."""
+        path = self._find(f"{symbol.lower()}_{market_type}_{timeframe}.csv*", "OHLCV")
+        assert path is not None
+        return self._read(path, OHLCV_COLUMNS, start, end)
+
+    def fetch_funding_rates(self, symbol: str, start: datetime, end: datetime) -> pd.DataFrame:
+        """See :meth:`MarketDataSource.fetch_funding_rates`."""
+        path = self._find(f"{symbol.lower()}_funding_*.csv*", "funding-rate")
+        assert path is not None
+        return self._read(path, FUNDING_COLUMNS, start, end)
+
+    def fetch_open_interest(self, symbol: str, start: datetime, end: datetime) -> pd.DataFrame:
+        """See :meth:`MarketDataSource.fetch_open_interest`."""
+        path = self._find(f"{symbol.lower()}_perp_open_interest_usd_1d.csv*", "open-interest", False)
+        if path is None:
+            logger.info("no open-interest file for %s in %s", symbol, self.directory)
+            return pd.DataFrame({"timestamp": pd.Series([], dtype="datetime64[ns, UTC]"),
+                                 "open_interest": pd.Series([], dtype=float)})
+        return self._read(path, OPEN_INTEREST_COLUMNS, start, end)

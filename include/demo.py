@@ -1,0 +1,96 @@
+"""Run ``weekly_retrain`` through Airflow for consecutive weeks and print what each run did.
+
+Usage: ``python -m include.demo 2023-12-24 2023-12-31`` (what ``make demo`` runs). Each date is
+passed to ``airflow dags test``, which runs the week ending on that date,
+``[date - 7 days, date)``, with the DAG's default params, in this process's Airflow environment
+(``AIRFLOW_HOME`` etc., set by the Makefile). Full Airflow logs go to ``var/logs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from include.config import PROJECT_ROOT, Settings
+
+DAG_ID = "weekly_retrain"
+
+
+def _airflow(*args: str, log: Path) -> int:
+    exe = Path(sys.executable).with_name("airflow")
+    with open(log, "w") as fh:
+        return subprocess.run([str(exe), *args], stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+
+
+def _fmt(m: dict[str, float]) -> str:
+    return f"macro F1 {m['macro_f1']:.4f}  bal.acc {m['balanced_accuracy']:.4f}  log loss {m['log_loss']:.4f}"
+
+
+def report(summary: dict[str, Any]) -> str:
+    """Human-readable lines of one run's ``summary.json``."""
+    w, ing, ens, gate = summary["window"], summary["ingested"], summary["ensemble"], summary["gate"]
+    lines = [
+        f"data interval  [{w['interval_start']}, {w['interval_end']})  training from {w['train_start']}",
+        "ingested       " + ", ".join(f"{k}: {v['rows_read']} rows ({v['rows_new']} new)"
+                                      for k, v in ing.items() if isinstance(v, dict)),
+        "validation     passed: " + ", ".join(f"{k} {v} rows" for k, v in summary["validation"]["rows"].items()),
+        f"features       {len(summary['features']['columns'])} columns, spec {summary['features']['spec_sha256'][:12]}",
+        f"labels         {summary['labels']['labelled_rows']} labelled rows, balance "
+        + ", ".join(f"{k} {v:.2f}" for k, v in summary["labels"]["class_balance"].items()),
+        "out-of-fold (purged walk-forward):",
+    ]
+    for fam, m in ens["members"].items():
+        lines.append(f"  {fam:<14} {_fmt(m)}")
+    lines.append(f"  {'ensemble':<14} {_fmt(ens['ensemble'])}")
+    for name, m in ens["baselines"].items():
+        lines.append(f"  {'baseline ' + name:<14} {_fmt(m)}")
+    lines.append("ensemble       weights " + ", ".join(f"{k} {v:.3f}" for k, v in ens["weights"].items())
+                 + f"; candidate {ens['version']}")
+    lines.append(f"gate           {gate['summary']}")
+    for check in gate["checks"]:
+        lines.append(f"  {'ok  ' if check['passed'] else 'FAIL'} {check['name']}: {check['detail']}")
+    action = summary["action"]
+    lines.append(f"action         {action['action']}; production model: {summary['production']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run each date through Airflow and print its summary; non-zero exit on a failed run."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dates", nargs="+", help="interval end dates (YYYY-MM-DD), run in order")
+    args = parser.parse_args(argv)
+    logs = PROJECT_ROOT / "var" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    if _airflow("db", "migrate", log=logs / "db_migrate.log") != 0:
+        print(f"airflow db migrate failed; see {logs / 'db_migrate.log'}")
+        return 1
+    settings = Settings.from_env()
+    for date in args.dates:
+        end = datetime.strptime(date, "%Y-%m-%d")
+        key = f"{end - timedelta(days=7):%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
+        summary_path = settings.runs_dir / DAG_ID / key / "summary.json"
+        summary_path.unlink(missing_ok=True)
+        log = logs / f"{DAG_ID}_{date}.log"
+        print(f"\n=== {DAG_ID}: airflow dags test {DAG_ID} {date}  (log: {log})", flush=True)
+        started = time.perf_counter()
+        code = _airflow("dags", "test", DAG_ID, date, log=log)
+        elapsed = time.perf_counter() - started
+        if code != 0 or not summary_path.is_file():
+            print(f"run FAILED after {elapsed:.0f}s (exit {code}); failing tasks:")
+            for line in log.read_text(errors="replace").splitlines():
+                if "Task failed" in line or "ERROR" in line or "Error:" in line:
+                    print("  " + line[:300])
+            return 1
+        print(report(json.loads(summary_path.read_text())))
+        print(f"wall time      {elapsed:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Weighted soft-voting ensemble over fitted model families.
+
+The ensemble's class probabilities are the weighted mean of its members' (Kuncheva 2004,
+*Combining Pattern Classifiers*, ch. 5): ``p(x) = sum_m w_m p_m(x) / sum_m w_m``. Hard
+predictions use the prior-corrected rule of :func:`include.training.prior_corrected_predict`.
+Weights are either given (the reference design's 0.4 / 0.4 / 0.2) or fitted to minimise the
+log loss of the out-of-fold probabilities, never of in-sample ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+
+from include.errors import ConfigError
+from include.evaluation import classification_metrics
+from include.labels import CLASSES
+from include.training import class_prior, predict_proba_all, prior_corrected_predict
+
+logger = logging.getLogger(__name__)
+
+
+class WeightedSoftVotingEnsemble(ClassifierMixin, BaseEstimator):
+    """Soft voting over named ``(name, estimator)`` pairs with explicit weights.
+
+    Follows the scikit-learn estimator contract: ``__init__`` stores parameters, ``fit`` clones
+    and fits every member and sets ``estimators_``, ``classes_`` and ``class_prior_``.
+    :meth:`from_fitted` wraps members that are already fitted (the final fits of training).
+
+    Args:
+        estimators: list of ``(name, estimator)``.
+        weights: weight per member, same order; non-negative with a positive sum.
+        feature_names: input column order, stored so a caller can check its frame.
+    """
+
+    def __init__(self, estimators: list[tuple[str, Any]], weights: list[float],
+                 feature_names: list[str] | None = None) -> None:
+        self.estimators = estimators
+        self.weights = weights
+        self.feature_names = feature_names
+
+    def _check(self) -> np.ndarray:
+        w = np.asarray(self.weights, dtype="float64")
+        if len(w) != len(self.estimators) or (w < 0).any() or w.sum() <= 0:
+            raise ConfigError(
+                f"ensemble weights {list(self.weights)} do not fit members "
+                f"{[n for n, _ in self.estimators]}: need one non-negative weight each, positive sum"
+            )
+        return w / w.sum()
+
+    def fit(self, X, y) -> WeightedSoftVotingEnsemble:
+        """Clone and fit every member on ``X`` (n_samples, n_features), ``y`` (n_samples,)."""
+        self._check()
+        self.estimators_ = [(name, clone(est).fit(X, y)) for name, est in self.estimators]
+        self.classes_ = np.asarray(CLASSES)
+        self.class_prior_ = class_prior(np.asarray(y))
+        return self
+
+    @classmethod
+    def from_fitted(cls, estimators: list[tuple[str, Any]], weights: list[float], prior: np.ndarray,
+                    feature_names: list[str] | None = None) -> WeightedSoftVotingEnsemble:
+        """An ensemble over already-fitted members, with the training class prior ``(3,)``."""
+        ens = cls(estimators=estimators, weights=weights, feature_names=feature_names)
+        ens._check()
+        ens.estimators_ = list(estimators)
+        ens.classes_ = np.asarray(CLASSES)
+        ens.class_prior_ = np.asarray(prior, dtype="float64")
+        return ens
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Weighted mean of member probabilities, shape ``(n_samples, 3)``."""
+        w = self._check()
+        return sum(wi * predict_proba_all(est, X) for wi, (_, est) in zip(w, self.estimators_, strict=True))
+
+    def predict(self, X) -> np.ndarray:
+        """Prior-corrected class decisions, shape ``(n_samples,)``."""
+        return prior_corrected_predict(self.predict_proba(X), self.class_prior_)
+
+
+def combine(probas: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """Weighted mean of per-member probability arrays ``(n, 3)``; weights renormalised."""
+    names = list(probas)
+    w = np.asarray([weights[n] for n in names], dtype="float64")
+    w = w / w.sum()
+    return sum(wi * probas[n] for wi, n in zip(w, names, strict=True))
+
+
+def fit_weights(probas: dict[str, np.ndarray], y: np.ndarray) -> dict[str, float]:
+    """Simplex weights minimising the log loss of the combined out-of-fold probabilities.
+
+    Solved with SciPy's SLSQP under ``w >= 0, sum(w) = 1``.
+
+    Args:
+        probas: member name -> out-of-fold probabilities ``(n, 3)`` on the same rows.
+        y: labels of those rows, shape ``(n,)``.
+
+    Returns:
+        member name -> weight (sums to 1).
+    """
+    from scipy.optimize import minimize
+
+    names = list(probas)
+    if len(names) == 1:
+        return {names[0]: 1.0}
+
+    def loss(w: np.ndarray) -> float:
+        return classification_metrics(y, combine(probas, dict(zip(names, np.abs(w) + 1e-12, strict=True))))["log_loss"]
+
+    start = np.full(len(names), 1.0 / len(names))
+    res = minimize(loss, start, method="SLSQP", bounds=[(0.0, 1.0)] * len(names),
+                   constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}])
+    w = np.clip(res.x, 0.0, None)
+    w = w / w.sum()
+    logger.info("fitted ensemble weights %s (out-of-fold log loss %.4f)",
+                dict(zip(names, np.round(w, 4), strict=True)), res.fun)
+    return {n: float(wi) for n, wi in zip(names, w, strict=True)}

@@ -1,0 +1,46 @@
+"""Exception hierarchy shared by every pipeline stage.
+
+Every error the library raises on purpose derives from :class:`PipelineError`, so a task can
+tell a known, explained failure from a bug.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class of every error raised on purpose by the ``include`` library."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """A configuration value or run parameter is invalid; the message names the field."""
+
+
+class SourceError(PipelineError):
+    """A market-data source cannot deliver the requested series (missing file, bad format)."""
+
+
+class DataQualityError(PipelineError):
+    """Market data failed its expectation suite.
+
+    Attributes:
+        report: JSON-serialisable validation report: one entry per failed expectation with its
+            type, column, observed value and example rows.
+        report_path: where the full report was written, if it was written.
+    """
+
+    def __init__(self, message: str, report: dict, report_path: str | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+        self.report_path = report_path
+
+
+class TrainingError(PipelineError):
+    """A model family could not be trained or cross-validated on the given data."""
+
+
+class GateError(PipelineError):
+    """The quality gate cannot reach a decision (for example, missing candidate metrics)."""
+
+
+class RegistryError(PipelineError):
+    """The model registry is missing a version, holds a corrupt artifact, or refused an update."""

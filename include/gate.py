@@ -1,0 +1,141 @@
+"""Champion/challenger quality gate.
+
+A candidate (challenger) is promoted only if every check passes:
+
+1. ``beats_baselines_f1``: its out-of-fold macro F1 over all walk-forward folds exceeds the best
+   naive baseline's (majority class, stratified random; same folds) by ``min_f1_margin``.
+2. ``beats_prior_log_loss``: its out-of-fold log loss is at most ``max_log_loss_ratio`` times
+   that of forecasting the training class frequencies, i.e. its probabilities carry information.
+3. ``champion_out_of_sample``: the champion (production model) was trained only on data before
+   the gate window (this run's data interval), so comparing on that window is fair.
+4. ``beats_champion``: on the gate window, which neither model was fitted on, the challenger's
+   macro F1 is at least the champion's minus ``champion_tolerance``.
+
+Checks 3-4 apply only when a champion exists. Any failed check keeps production as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from include.errors import GateError
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """Thresholds of the gate (see module docstring).
+
+    Attributes:
+        min_f1_margin: required macro-F1 lead over the best naive baseline.
+        max_log_loss_ratio: largest allowed candidate / class-prior log-loss ratio.
+        champion_tolerance: largest allowed macro-F1 shortfall against the champion.
+        min_window_rows: fewest gate-window rows for a champion comparison.
+    """
+
+    min_f1_margin: float = 0.02
+    max_log_loss_ratio: float = 1.0
+    champion_tolerance: float = 0.0
+    min_window_rows: int = 24
+
+
+@dataclass
+class Check:
+    """One gate rule's outcome: ``value`` compared with ``threshold``."""
+
+    name: str
+    passed: bool
+    value: float | None
+    threshold: float | None
+    detail: str
+
+
+@dataclass
+class GateDecision:
+    """The gate's verdict and every number behind it."""
+
+    passed: bool
+    checks: list[Check] = field(default_factory=list)
+    candidate: str | None = None
+    champion: str | None = None
+
+    @property
+    def reasons(self) -> list[str]:
+        """Details of the failed checks (empty when passed)."""
+        return [c.detail for c in self.checks if not c.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable record."""
+        out = asdict(self)
+        out["reasons"] = self.reasons
+        out["summary"] = self.summary()
+        return out
+
+    def summary(self) -> str:
+        """One line: PASS/FAIL and each check."""
+        parts = [f"{c.name}={'ok' if c.passed else 'FAIL'}" for c in self.checks]
+        return f"{'PASS' if self.passed else 'FAIL'}: " + ", ".join(parts)
+
+
+def decide(policy: GatePolicy, *, candidate_version: str, candidate_oof: dict[str, float],
+           baselines: dict[str, dict[str, float]], candidate_window: dict[str, float] | None,
+           champion: dict[str, Any] | None) -> GateDecision:
+    """Apply the policy.
+
+    Args:
+        policy: thresholds.
+        candidate_version: registry id of the challenger.
+        candidate_oof: challenger's out-of-fold metrics over all folds (macro_f1, log_loss, ...).
+        baselines: baseline name -> out-of-fold metrics on the same folds; needs ``majority``,
+            ``stratified`` and ``prior``.
+        candidate_window: challenger's metrics on the gate window (last fold), or ``None``.
+        champion: ``None`` without a production model; else ``{"version", "trained_until"
+            (ISO), "window_start" (ISO), "metrics" (on the gate window, or None)}``.
+
+    Returns:
+        The decision with every check.
+
+    Raises:
+        GateError: a required metric is missing.
+    """
+    try:
+        cand_f1, cand_ll = candidate_oof["macro_f1"], candidate_oof["log_loss"]
+        best_name = max(("majority", "stratified"), key=lambda n: baselines[n]["macro_f1"])
+        best_f1 = baselines[best_name]["macro_f1"]
+        prior_ll = baselines["prior"]["log_loss"]
+    except KeyError as exc:
+        raise GateError(f"gate input lacks {exc}") from exc
+
+    checks = [
+        Check("beats_baselines_f1", cand_f1 >= best_f1 + policy.min_f1_margin, cand_f1,
+              best_f1 + policy.min_f1_margin,
+              f"out-of-fold macro F1 {cand_f1:.4f} vs best baseline ({best_name}) {best_f1:.4f} "
+              f"+ margin {policy.min_f1_margin}"),
+        Check("beats_prior_log_loss", cand_ll <= policy.max_log_loss_ratio * prior_ll, cand_ll,
+              policy.max_log_loss_ratio * prior_ll,
+              f"out-of-fold log loss {cand_ll:.4f} vs class-prior forecast {prior_ll:.4f} "
+              f"x {policy.max_log_loss_ratio}"),
+    ]
+    champion_version = None
+    if champion is not None:
+        champion_version = champion["version"]
+        fair = champion["trained_until"] <= champion["window_start"]
+        checks.append(Check(
+            "champion_out_of_sample", fair, None, None,
+            f"champion {champion_version} trained until {champion['trained_until']}, gate window "
+            f"starts {champion['window_start']}"))
+        metrics = champion.get("metrics")
+        if fair and metrics is not None and candidate_window is not None:
+            enough = min(metrics.get("n", 0), candidate_window.get("n", 0)) >= policy.min_window_rows
+            need = metrics["macro_f1"] - policy.champion_tolerance
+            checks.append(Check(
+                "beats_champion", enough and candidate_window["macro_f1"] >= need,
+                candidate_window["macro_f1"], need,
+                f"gate-window macro F1 {candidate_window['macro_f1']:.4f} vs champion "
+                f"{metrics['macro_f1']:.4f} - tolerance {policy.champion_tolerance} on "
+                f"{candidate_window.get('n', 0)} rows (min {policy.min_window_rows})"))
+        elif fair:
+            checks.append(Check("beats_champion", False, None, None,
+                                "no champion or challenger metrics on the gate window"))
+    return GateDecision(passed=all(c.passed for c in checks), checks=checks,
+                        candidate=candidate_version, champion=champion_version)

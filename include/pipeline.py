@@ -1,0 +1,526 @@
+"""The weekly retraining pipeline, one function per DAG task.
+
+Each function takes plain arguments (a :class:`~include.config.RunConfig` as a dict, the run's
+:class:`RunWindow` as a dict, ids and paths) and returns a small JSON-serialisable dict for XCom.
+DataFrames and models travel through files under the run's own folder
+``<RUN_ARTIFACTS_DIR>/<dag_id>/<interval start>_<interval end>/``, derived from the data interval,
+so re-running a run overwrites exactly its own outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from include.config import RunConfig, Settings
+from include.data.sources import FileSource
+from include.data.store import MarketStore
+from include.errors import DataQualityError, PipelineError, TrainingError
+from include.features import FeatureSpec, build_features
+from include.gate import GatePolicy, decide
+from include.labels import class_balance, make_labels
+from include.registry import ModelRegistry, atomic_write_json, sha256_file
+
+logger = logging.getLogger(__name__)
+
+FUNDING_LOOKBACK = timedelta(days=10)
+OPEN_INTEREST_MIN_COVERAGE = 0.5
+
+
+# -- the run's window ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunWindow:
+    """Time bounds of one run (ISO-8601 UTC strings, half-open intervals).
+
+    Attributes:
+        interval_start / interval_end: the data interval (one week); the gate window.
+        train_start: first bar of the training window (``interval_end - train_window_days``).
+        ingest_start: first bar ingested, ``train_start`` minus indicator warm-up.
+        run_key: ``<interval_start>_<interval_end>`` as ``YYYYmmddTHHMM``; names the run folder.
+        source: how the interval was chosen: ``data_interval``, ``as_of_date`` or ``last_complete_week``.
+    """
+
+    interval_start: str
+    interval_end: str
+    train_start: str
+    ingest_start: str
+    run_key: str
+    source: str
+
+    def ts(self, name: str) -> datetime:
+        """One bound as an aware datetime."""
+        return datetime.fromisoformat(getattr(self, name))
+
+
+def _utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    ts = pd.Timestamp(value)
+    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
+
+
+def resolve_window(cfg: RunConfig, *, data_interval_start: Any, data_interval_end: Any,
+                   run_after: Any) -> RunWindow:
+    """Choose the run's data interval and training window.
+
+    Precedence: the ``as_of_date`` param (the week ending at that date's 00:00 UTC), then the
+    run's data interval, then, for a run triggered without a logical date (no data interval),
+    the last complete Sunday-to-Sunday week before ``run_after``.
+
+    Raises:
+        ConfigError: ``as_of_date`` does not parse.
+    """
+    from include.errors import ConfigError
+
+    start, end = _utc(data_interval_start), _utc(data_interval_end)
+    if cfg.as_of_date:
+        try:
+            end = _utc(pd.Timestamp(cfg.as_of_date).normalize())
+        except ValueError as exc:
+            raise ConfigError(f"invalid run parameter as_of_date={cfg.as_of_date!r}: {exc}") from exc
+        assert end is not None
+        start, source = end - timedelta(days=7), "as_of_date"
+    elif start is not None and end is not None and end > start:
+        source = "data_interval"
+    else:
+        now = _utc(run_after) or datetime.now(UTC)
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        end = midnight - timedelta(days=(midnight.weekday() + 1) % 7)  # last Sunday 00:00
+        start, source = end - timedelta(days=7), "last_complete_week"
+    assert start is not None and end is not None
+    bar = timedelta(seconds=cfg.bar_seconds)
+    train_start = end - timedelta(days=cfg.train_window_days)
+    warmup = max(FeatureSpec.default().warmup_bars, cfg.label_vol_window_bars) * bar
+    ingest_start = train_start - warmup
+    key = f"{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
+    window = RunWindow(start.isoformat(), end.isoformat(), train_start.isoformat(),
+                       ingest_start.isoformat(), key, source)
+    logger.info("run window (%s): interval [%s, %s), training from %s", source, start, end, train_start)
+    return window
+
+
+def run_dir(settings: Settings, dag_id: str, window: RunWindow) -> Path:
+    """The run's artifact folder (created)."""
+    path = settings.runs_dir / dag_id / window.run_key
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _store(settings: Settings) -> MarketStore:
+    return MarketStore(settings.market_db_url)
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- 1. ingest -------------------------------------------------------------------------------
+def ingest(cfg: RunConfig, window: RunWindow, settings: Settings) -> dict[str, Any]:
+    """Copy the window's OHLCV, funding and open interest from the source into the store.
+
+    Returns:
+        Per series: rows read from the source, rows written, keys that were new.
+
+    Raises:
+        SourceError: a required source file is missing or malformed.
+    """
+    source = FileSource(cfg.source_dir or settings.data_dir)
+    start, end = window.ts("ingest_start"), window.ts("interval_end")
+    store = _store(settings)
+    t0 = time.perf_counter()
+    try:
+        ohlcv = source.fetch_ohlcv(cfg.symbol, cfg.market_type, cfg.timeframe, start, end)
+        funding = source.fetch_funding_rates(cfg.symbol, start - FUNDING_LOOKBACK, end)
+        oi = source.fetch_open_interest(cfg.symbol, start - timedelta(days=2), end)
+        key = {"exchange": cfg.exchange, "symbol": cfg.symbol}
+        results = {
+            "ohlcv": store.upsert_ohlcv(ohlcv, market_type=cfg.market_type, timeframe=cfg.timeframe, **key),
+            "funding_rate": store.upsert_funding_rates(funding, **key),
+            "open_interest": store.upsert_open_interest(oi, **key),
+        }
+    finally:
+        store.dispose()
+    out = {name: {"rows_read": r.rows_written, "rows_new": r.rows_new} for name, r in results.items()}
+    out["source"] = repr(source)
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    logger.info("ingested [%s, %s) from %s: %s", start, end, source, out)
+    return out
+
+
+# -- 2. validate -----------------------------------------------------------------------------
+def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
+    """Run the expectation suites over the training window; write ``validation.json``.
+
+    Returns:
+        ``{"success": True, "rows": {...}, "report": path}``.
+
+    Raises:
+        DataQualityError: any expectation failed; the message lists each failure with examples.
+    """
+    from include.quality.suites import SuiteLimits, format_failures, run_suites
+
+    start, end = window.ts("train_start"), window.ts("interval_end")
+    store = _store(settings)
+    try:
+        key = {"exchange": cfg.exchange, "symbol": cfg.symbol, "start": start, "end": end}
+        ohlcv = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
+        funding = store.load_funding_rates(**key)
+        oi = store.load_open_interest(**key)
+    finally:
+        store.dispose()
+    limits = SuiteLimits(
+        bar_seconds=cfg.bar_seconds,
+        expected_bars=int((end - start).total_seconds() // cfg.bar_seconds),
+        min_row_share=cfg.min_row_share, max_gap_share=cfg.max_gap_share, max_gap_bars=cfg.max_gap_bars,
+        max_abs_funding_rate=cfg.max_abs_funding_rate, funding_interval_hours=cfg.funding_interval_hours,
+    )
+    report = run_suites(ohlcv, funding, oi, limits)
+    report["window"] = {"start": start.isoformat(), "end": end.isoformat()}
+    path = out_dir / "validation.json"
+    atomic_write_json(path, report)
+    rows = {s["suite"]: s["rows"] for s in report["suites"]}
+    if not report["success"]:
+        failed = sum(len(s["failed"]) for s in report["suites"])
+        raise DataQualityError(
+            f"market data for {cfg.symbol} [{start:%Y-%m-%d}, {end:%Y-%m-%d}) failed {failed} "
+            f"expectation(s); report {path}:\n{format_failures(report)}", report, str(path))
+    logger.info("validation passed: %s", rows)
+    return {"success": True, "rows": rows, "report": str(path)}
+
+
+# -- 3. features -----------------------------------------------------------------------------
+def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: datetime,
+                  end: datetime) -> pd.DataFrame:
+    """Features for bars with open time in ``[start, end)`` from the store, per ``spec``."""
+    key = {"exchange": cfg.exchange, "symbol": cfg.symbol}
+    ohlcv = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, start=start, end=end, **key)
+    funding = store.load_funding_rates(start=start - FUNDING_LOOKBACK, end=end, **key)
+    oi = store.load_open_interest(start=start - timedelta(days=2), end=end, **key)
+    return build_features(ohlcv, spec, funding, oi)
+
+
+def features(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
+    """Compute features for the ingest window; write ``features.parquet`` and ``feature_spec.json``.
+
+    Open-interest features are part of the spec when the store holds open interest for at least
+    half of the training window's days.
+    """
+    start, end = window.ts("ingest_start"), window.ts("interval_end")
+    store = _store(settings)
+    try:
+        oi = store.load_open_interest(exchange=cfg.exchange, symbol=cfg.symbol,
+                                      start=window.ts("train_start"), end=end)
+        days = (end - window.ts("train_start")).days
+        use_oi = len(oi) >= OPEN_INTEREST_MIN_COVERAGE * days
+        spec = FeatureSpec.default(open_interest=use_oi)
+        frame = feature_frame(store, cfg, spec, start, end)
+    finally:
+        store.dispose()
+    path = out_dir / "features.parquet"
+    _write_parquet(frame, path)
+    atomic_write_json(out_dir / "feature_spec.json", {**spec.to_dict(), "sha256": spec.sha256})
+    out = {"path": str(path), "rows": int(len(frame)), "columns": list(frame.columns),
+           "spec_sha256": spec.sha256, "open_interest": use_oi}
+    logger.info("features: %d rows x %d columns (open interest: %s)", len(frame), frame.shape[1], use_oi)
+    return out
+
+
+# -- 4. labels -------------------------------------------------------------------------------
+def labels(cfg: RunConfig, window: RunWindow, out_dir: Path) -> dict[str, Any]:
+    """Label the training window and write the modelling table ``dataset.parquet``.
+
+    Rows: bars in ``[train_start, interval_end)`` whose candle features are all defined
+    (open-interest features may be NaN); the last ``horizon`` rows have no label (NaN).
+
+    Raises:
+        TrainingError: no labelled rows remain, or a class is absent.
+    """
+    feats = pd.read_parquet(out_dir / "features.parquet")
+    y = make_labels(feats["close"], horizon=cfg.label_horizon_bars, mode=cfg.label_threshold_mode,
+                    threshold=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)
+    table = feats.assign(label=y)
+    table = table[table.index >= pd.Timestamp(window.train_start)]
+    required = [c for c in feats.columns if c != "oi_change_1d"]
+    table = table[table[required].notna().all(axis=1)]
+    balance = class_balance(table["label"])
+    labelled = int(table["label"].notna().sum())
+    if labelled == 0 or min(balance.values()) == 0:
+        raise TrainingError(f"labels for {window.run_key} are degenerate: {labelled} rows, balance {balance}")
+    path = out_dir / "dataset.parquet"
+    _write_parquet(table, path)
+    logger.info("labels: %d labelled rows, class balance %s", labelled, balance)
+    return {"path": str(path), "rows": int(len(table)), "labelled_rows": labelled, "class_balance": balance}
+
+
+# -- 5. train --------------------------------------------------------------------------------
+def _training_table(out_dir: Path, window: RunWindow) -> tuple[pd.DataFrame, np.ndarray, int, list[str]]:
+    spec = json.loads((out_dir / "feature_spec.json").read_text())
+    table = pd.read_parquet(out_dir / "dataset.parquet")
+    table = table[table["label"].notna()]
+    names = list(spec["names"])
+    test_size = int((table.index >= pd.Timestamp(window.interval_start)).sum())
+    return table[names], table["label"].astype(int).to_numpy(), test_size, names
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a model's behaviour."""
+    import lightgbm
+    import sklearn
+    import talib
+    import xgboost
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
+            "scikit-learn": sklearn.__version__, "lightgbm": lightgbm.__version__,
+            "xgboost": xgboost.__version__, "ta-lib": talib.__version__}
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    if target.exists():
+        shutil.rmtree(target)
+    os.rename(tmp, target)
+
+
+def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str) -> dict[str, Any]:
+    """Cross-validate one family with purged walk-forward folds, then fit it on the whole window.
+
+    Writes ``candidates/<family>/`` with ``model.joblib`` (final fit), ``oof.parquet``
+    (out-of-fold probabilities with fold and training prior per row) and ``metadata.json``.
+
+    Returns:
+        ``{"family", "path", "overall", "summary", "seconds"}`` with out-of-fold metrics.
+    """
+    import joblib
+
+    from include.training import build_estimator, class_prior, cross_validate, family_params
+
+    t0 = time.perf_counter()
+    X, y, test_size, names = _training_table(out_dir, window)
+    cv = cross_validate(family, X, y, test_size=test_size, n_splits=cfg.cv_folds,
+                        purge=cfg.label_horizon_bars, random_state=cfg.random_state)
+    final = build_estimator(family, cfg.random_state).fit(X, y)
+    cand_root = out_dir / "candidates"
+    cand_root.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{family}.", dir=cand_root))
+    oof = pd.DataFrame(cv.oof_proba, columns=["p_down", "p_range", "p_up"],
+                       index=X.index[cv.oof_positions])
+    oof["fold"] = cv.oof_fold
+    oof[["prior_down", "prior_range", "prior_up"]] = cv.oof_prior
+    oof["label"] = y[cv.oof_positions]
+    oof.to_parquet(tmp / "oof.parquet")
+    joblib.dump(final, tmp / "model.joblib")
+    seconds = round(time.perf_counter() - t0, 2)
+    meta = {
+        "family": family, "params": family_params(family), "random_state": cfg.random_state,
+        "feature_names": names, "train_rows": int(len(X)), "class_prior": class_prior(y).tolist(),
+        "cv": {"folds": cv.folds, "summary": cv.summary, "overall": cv.overall,
+               "test_size": test_size, "purge_bars": cfg.label_horizon_bars},
+        "window": asdict(window), "libraries": library_versions(), "seconds": seconds,
+        "files": {p.name: sha256_file(p) for p in tmp.iterdir()},
+    }
+    atomic_write_json(tmp / "metadata.json", meta)
+    target = cand_root / family
+    _replace_dir(tmp, target)
+    logger.info("%s: out-of-fold %s in %.1fs", family, cv.overall, seconds)
+    return {"family": family, "path": str(target), "overall": cv.overall, "summary": cv.summary,
+            "seconds": seconds}
+
+
+# -- 6. ensemble -----------------------------------------------------------------------------
+def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
+             trained: list[dict[str, Any]], *, dag_id: str, run_id: str) -> dict[str, Any]:
+    """Soft-vote the trained families, score the ensemble out-of-fold, register the candidate.
+
+    Returns:
+        ``{"version", "weights", "ensemble", "members", "baselines", "gate_window"}``: metrics
+        are out-of-fold over all folds; ``gate_window`` holds the ensemble's metrics on the last
+        fold (this run's data interval).
+
+    Raises:
+        TrainingError: families disagree on out-of-fold rows.
+    """
+    import joblib
+
+    from include.ensemble import WeightedSoftVotingEnsemble, combine, fit_weights
+    from include.evaluation import baseline_oof, iter_splits
+    from include.training import class_prior, metrics_with_prior
+
+    families = [t["family"] for t in sorted(trained, key=lambda t: cfg.models.index(t["family"]))]
+    members, oofs, member_meta = [], {}, {}
+    for fam in families:
+        cdir = out_dir / "candidates" / fam
+        members.append((fam, joblib.load(cdir / "model.joblib")))
+        oofs[fam] = pd.read_parquet(cdir / "oof.parquet")
+        member_meta[fam] = json.loads((cdir / "metadata.json").read_text())
+    ref = oofs[families[0]]
+    for fam in families[1:]:
+        if not oofs[fam].index.equals(ref.index):
+            raise TrainingError(f"out-of-fold rows of {fam} differ from {families[0]}")
+    y_oof = ref["label"].to_numpy()
+    prior_rows = ref[["prior_down", "prior_range", "prior_up"]].to_numpy()
+    probas = {f: oofs[f][["p_down", "p_range", "p_up"]].to_numpy() for f in families}
+    if cfg.ensemble_weighting == "fitted":
+        weights = fit_weights(probas, y_oof)
+    else:
+        raw = {f: cfg.ensemble_weights.get(f, 0.0) for f in families}
+        weights = {f: w / sum(raw.values()) for f, w in raw.items()}
+    ens_oof = combine(probas, weights)
+    last = ref["fold"].to_numpy() == ref["fold"].max()
+    ensemble_metrics = metrics_with_prior(y_oof, ens_oof, prior_rows)
+    gate_window = metrics_with_prior(y_oof[last], ens_oof[last], prior_rows[last])
+    gate_window.update({"start": ref.index[last][0].isoformat(), "end": ref.index[last][-1].isoformat()})
+
+    X, y, test_size, names = _training_table(out_dir, window)
+    folds = [(tr, te) for _, tr, te in iter_splits(len(X), test_size=test_size, n_splits=cfg.cv_folds,
+                                                  purge=cfg.label_horizon_bars)]
+    baselines = baseline_oof(y, folds, cfg.random_state)
+    model = WeightedSoftVotingEnsemble.from_fitted(members, [weights[f] for f in families],
+                                                   class_prior(y), feature_names=names)
+    spec = json.loads((out_dir / "feature_spec.json").read_text())
+    per_fold = [
+        {"fold": int(k), **metrics_with_prior(y_oof[ref["fold"] == k], ens_oof[ref["fold"] == k],
+                                              prior_rows[ref["fold"] == k])}
+        for k in sorted(ref["fold"].unique())
+    ]
+    cand = out_dir / "candidates" / "ensemble"
+    tmp = Path(tempfile.mkdtemp(prefix=".ensemble.", dir=out_dir / "candidates"))
+    joblib.dump(model, tmp / "model.joblib")
+    metadata = {
+        "kind": "weighted_soft_voting_ensemble", "members": families, "weights": weights,
+        "symbol": cfg.symbol, "exchange": cfg.exchange, "market_type": cfg.market_type,
+        "timeframe": cfg.timeframe, "config": cfg.to_dict(), "feature_spec": spec,
+        "data_window": {"train_start": window.train_start, "interval_start": window.interval_start,
+                        "interval_end": window.interval_end, "trained_until": window.interval_end},
+        "rows": {"train": int(len(X)), "out_of_fold": int(len(y_oof)), "gate_window": int(last.sum())},
+        "class_prior": class_prior(y).tolist(),
+        "metrics": {"ensemble": ensemble_metrics, "ensemble_per_fold": per_fold, "gate_window": gate_window,
+                    "members": {f: member_meta[f]["cv"]["overall"] for f in families},
+                    "members_summary": {f: member_meta[f]["cv"]["summary"] for f in families},
+                    "baselines": baselines},
+        "member_params": {f: member_meta[f]["params"] for f in families},
+        "libraries": library_versions(), "dag_id": dag_id, "run_id": run_id,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    metadata["files"] = {"model.joblib": sha256_file(tmp / "model.joblib")}
+    atomic_write_json(tmp / "metadata.json", metadata)
+    _replace_dir(tmp, cand)
+    version = ModelRegistry(settings.registry_dir).register(cand, window.ts("interval_end"))
+    logger.info("ensemble %s weights %s: out-of-fold %s; baselines %s", version, weights,
+                ensemble_metrics, baselines)
+    return {"version": version, "weights": weights, "ensemble": ensemble_metrics,
+            "members": metadata["metrics"]["members"], "baselines": baselines,
+            "gate_window": gate_window}
+
+
+# -- 7. gate ---------------------------------------------------------------------------------
+def policy_from_config(cfg: RunConfig) -> GatePolicy:
+    """The gate policy of a run's parameters."""
+    return GatePolicy(min_f1_margin=cfg.gate_min_f1_margin, max_log_loss_ratio=cfg.gate_max_log_loss_ratio,
+                      champion_tolerance=cfg.gate_champion_tolerance)
+
+
+def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWindow, settings: Settings,
+                         out_dir: Path, gate_window: dict[str, Any]) -> dict[str, Any] | None:
+    from include.training import metrics_with_prior
+
+    pointer = registry.production()
+    if pointer is None:
+        return None
+    model, meta = registry.load(pointer.version)
+    trained_until = meta["data_window"]["trained_until"]
+    result: dict[str, Any] = {"version": pointer.version, "trained_until": trained_until,
+                              "window_start": window.interval_start, "metrics": None}
+    if trained_until > window.interval_start:
+        return result
+    spec = FeatureSpec.from_dict({k: v for k, v in meta["feature_spec"].items() if k != "sha256"})
+    store = _store(settings)
+    try:
+        feats = feature_frame(store, cfg, spec, window.ts("ingest_start"), window.ts("interval_end"))
+    finally:
+        store.dispose()
+    table = pd.read_parquet(out_dir / "dataset.parquet")
+    rows = table.index[(table.index >= pd.Timestamp(gate_window["start"]))
+                       & (table.index <= pd.Timestamp(gate_window["end"])) & table["label"].notna()]
+    proba = model.predict_proba(feats.loc[rows, list(spec.names)])
+    result["metrics"] = metrics_with_prior(table.loc[rows, "label"].astype(int).to_numpy(), proba,
+                                           model.class_prior_)
+    return result
+
+
+def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
+         assembled: dict[str, Any]) -> dict[str, Any]:
+    """Decide whether the candidate may replace production; write ``gate_decision.json``.
+
+    The champion is scored on exactly the rows of the candidate's last fold (this run's data
+    interval), which the champion never saw if it was trained before the interval started.
+    """
+    registry = ModelRegistry(settings.registry_dir)
+    champion = _champion_evaluation(registry, cfg, window, settings, out_dir, assembled["gate_window"])
+    decision = decide(policy_from_config(cfg), candidate_version=assembled["version"],
+                      candidate_oof=assembled["ensemble"], baselines=assembled["baselines"],
+                      candidate_window=assembled["gate_window"], champion=champion)
+    record = {**decision.to_dict(), "policy": asdict(policy_from_config(cfg)),
+              "champion_evaluation": champion, "candidate_gate_window": assembled["gate_window"],
+              "candidate_out_of_fold": assembled["ensemble"], "baselines": assembled["baselines"],
+              "decided_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    atomic_write_json(out_dir / "gate_decision.json", record)
+    logger.info("gate %s", decision.summary())
+    for check in decision.checks:
+        logger.info("  %s %s: %s", "ok  " if check.passed else "FAIL", check.name, check.detail)
+    return record
+
+
+# -- 8. promote / keep -----------------------------------------------------------------------
+def promote(settings: Settings, decision: dict[str, Any], *, run_id: str) -> dict[str, Any]:
+    """Move production to the candidate after a passing decision.
+
+    Raises:
+        PipelineError: the decision did not pass (promotion refused).
+        RegistryError: the candidate fails verification; production is unchanged.
+    """
+    if not decision.get("passed"):
+        raise PipelineError(f"refusing to promote {decision.get('candidate')}: gate did not pass")
+    registry = ModelRegistry(settings.registry_dir)
+    pointer = registry.promote(decision["candidate"], run_id=run_id, reason=decision["summary"],
+                               decision=decision)
+    model, _ = registry.load_production() or (None, None)
+    if model is None:
+        raise PipelineError("production model is missing right after promotion")
+    return {"action": "promote", "production": pointer.version, "previous": pointer.previous}
+
+
+def keep(settings: Settings, decision: dict[str, Any], *, run_id: str) -> dict[str, Any]:
+    """Record that production stays as it is after a failing decision."""
+    registry = ModelRegistry(settings.registry_dir)
+    registry.record_keep(decision.get("candidate"), run_id=run_id,
+                         reason="; ".join(decision.get("reasons", [])) or decision.get("summary", ""),
+                         decision=decision)
+    pointer = registry.production()
+    return {"action": "keep", "production": pointer.version if pointer else None,
+            "rejected": decision.get("candidate")}
+
+
+def summarise(settings: Settings, out_dir: Path, window: RunWindow, parts: dict[str, Any]) -> dict[str, Any]:
+    """Write ``summary.json`` for the run: every step's result and the production version."""
+    pointer = ModelRegistry(settings.registry_dir).production()
+    summary = {"window": asdict(window), **parts, "production": pointer.version if pointer else None}
+    atomic_write_json(out_dir / "summary.json", summary)
+    return {"path": str(out_dir / "summary.json"), "production": summary["production"]}

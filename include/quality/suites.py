@@ -1,0 +1,239 @@
+"""Great Expectations 1.x suites for market data, defined in code.
+
+Three suites, run with an ephemeral GX context over pandas frames of one training window:
+
+* ``ohlcv``: required columns and float types; no nulls; unique, strictly increasing bar open
+  times on the timeframe grid; ``low <= open, close <= high``; prices > 0; volume >= 0; share of
+  missing bars and the longest gap below limits; a minimum row count.
+* ``funding_rate``: no nulls; unique, increasing settlement times on the settlement cadence;
+  ``|funding_rate|`` within sane bounds.
+* ``open_interest``: no nulls; unique, increasing day starts; open interest > 0 (run only when the
+  window holds open interest).
+
+Derived helper columns (``grid_offset_s``, ``missing_bars_before``, ``step_hours``) turn grid,
+gap and cadence rules into standard column expectations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class SuiteLimits:
+    """Thresholds of the suites.
+
+    Attributes:
+        bar_seconds: timeframe length in seconds.
+        expected_bars: bars the window should hold (window length / bar length).
+        min_row_share: minimum rows as a share of ``expected_bars``.
+        max_gap_share: largest tolerated share of missing bars.
+        max_gap_bars: largest tolerated single gap, in bars.
+        max_abs_funding_rate: bound on ``|funding_rate|`` per settlement (fraction).
+        funding_interval_hours: settlement cadence.
+    """
+
+    bar_seconds: int
+    expected_bars: int
+    min_row_share: float
+    max_gap_share: float
+    max_gap_bars: int
+    max_abs_funding_rate: float
+    funding_interval_hours: int
+
+
+def _ohlcv_frame(df: pd.DataFrame, bar_seconds: int) -> pd.DataFrame:
+    out = df.copy()
+    epoch_s = (out["timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    out["grid_offset_s"] = (epoch_s % bar_seconds).astype("int64")
+    steps = epoch_s.diff().fillna(bar_seconds)
+    out["missing_bars_before"] = (steps / bar_seconds - 1).clip(lower=0).astype("float64")
+    return out
+
+
+def _funding_frame(df: pd.DataFrame, interval_h: int) -> pd.DataFrame:
+    out = df.copy()
+    out["settlement_hour"] = out["timestamp"].dt.hour.astype("int64")
+    out["step_hours"] = (out["timestamp"].diff() / pd.Timedelta(hours=1)).fillna(interval_h)
+    return out
+
+
+def _ohlcv_expectations(gxe: Any, limits: SuiteLimits) -> list[Any]:
+    cols = ["timestamp", "open", "high", "low", "close", "volume"]
+    exps: list[Any] = [
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=max(1, int(np.ceil(limits.min_row_share * limits.expected_bars)))),
+        gxe.ExpectTableColumnsToMatchSet(column_set=cols + ["grid_offset_s", "missing_bars_before"],
+                                         exact_match=True),
+    ]
+    exps += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in cols]
+    exps += [gxe.ExpectColumnValuesToBeInTypeList(column=c, type_list=["float64", "float32"])
+             for c in cols[1:]]
+    exps += [
+        gxe.ExpectColumnValuesToBeUnique(column="timestamp"),
+        gxe.ExpectColumnValuesToBeIncreasing(column="timestamp", strictly=True),
+        gxe.ExpectColumnValuesToBeInSet(column="grid_offset_s", value_set=[0]),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="high", column_B="low", or_equal=True),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="high", column_B="open", or_equal=True),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="high", column_B="close", or_equal=True),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="open", column_B="low", or_equal=True),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="close", column_B="low", or_equal=True),
+    ]
+    exps += [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, strict_min=True)
+             for c in ("open", "high", "low", "close")]
+    exps += [
+        gxe.ExpectColumnValuesToBeBetween(column="volume", min_value=0),
+        gxe.ExpectColumnSumToBeBetween(
+            column="missing_bars_before", min_value=0,
+            max_value=limits.max_gap_share * limits.expected_bars),
+        gxe.ExpectColumnMaxToBeBetween(column="missing_bars_before", min_value=0,
+                                       max_value=limits.max_gap_bars),
+    ]
+    return exps
+
+
+def _funding_expectations(gxe: Any, limits: SuiteLimits) -> list[Any]:
+    hours = list(range(0, 24, limits.funding_interval_hours))
+    return [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToNotBeNull(column="timestamp"),
+        gxe.ExpectColumnValuesToNotBeNull(column="funding_rate"),
+        gxe.ExpectColumnValuesToBeUnique(column="timestamp"),
+        gxe.ExpectColumnValuesToBeIncreasing(column="timestamp", strictly=True),
+        gxe.ExpectColumnValuesToBeInSet(column="settlement_hour", value_set=hours),
+        gxe.ExpectColumnValuesToBeInSet(column="step_hours", value_set=[float(limits.funding_interval_hours)]),
+        gxe.ExpectColumnValuesToBeBetween(column="funding_rate", min_value=-limits.max_abs_funding_rate,
+                                          max_value=limits.max_abs_funding_rate),
+    ]
+
+
+def _open_interest_expectations(gxe: Any) -> list[Any]:
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="timestamp"),
+        gxe.ExpectColumnValuesToNotBeNull(column="open_interest"),
+        gxe.ExpectColumnValuesToBeUnique(column="timestamp"),
+        gxe.ExpectColumnValuesToBeIncreasing(column="timestamp", strictly=True),
+        gxe.ExpectColumnValuesToBeBetween(column="open_interest", min_value=0, strict_min=True),
+    ]
+
+
+def _summarise(suite: str, result: Any, frame: pd.DataFrame) -> dict[str, Any]:
+    failures = []
+    for r in result.results:
+        if r.success:
+            continue
+        cfg = r.expectation_config
+        kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id",)}
+        res = r.result or {}
+        examples: list[dict[str, Any]] = []
+        idx = res.get("partial_unexpected_index_list") or []
+        for i in idx[:_EXAMPLES]:
+            pos = i if isinstance(i, (int, np.integer)) else i.get("index") if isinstance(i, dict) else None
+            if pos is not None and 0 <= int(pos) < len(frame):
+                row = frame.iloc[int(pos)]
+                examples.append({k: _jsonable(v) for k, v in row.items()})
+        exc = r.exception_info or {}
+        failures.append({
+            "expectation": cfg.type,
+            "kwargs": {k: (v if isinstance(v, (int, float, str, bool, list, type(None))) else str(v))
+                       for k, v in kwargs.items()},
+            "observed_value": _jsonable(res.get("observed_value")),
+            "unexpected_count": res.get("unexpected_count"),
+            "unexpected_examples": [_jsonable(v) for v in (res.get("partial_unexpected_list") or [])[:_EXAMPLES]],
+            "example_rows": examples,
+            "exception": exc.get("exception_message") if exc.get("raised_exception") else None,
+        })
+    return {"suite": suite, "success": not failures, "rows": int(len(frame)),
+            "evaluated": len(result.results), "failed": failures}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (pd.Timestamp,)):
+        return v.isoformat()
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return None if np.isnan(v) else float(v)
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+
+
+def run_suites(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest: pd.DataFrame | None,
+               limits: SuiteLimits) -> dict[str, Any]:
+    """Validate one window of market data with Great Expectations.
+
+    Args:
+        ohlcv: candles of the window, columns timestamp (UTC) + OHLCV.
+        funding: funding settlements of the window, or ``None`` to skip the funding suite.
+        open_interest: daily open interest, or ``None``/empty to skip its suite.
+        limits: thresholds.
+
+    Returns:
+        ``{"success": bool, "suites": [per-suite summary]}``; each summary lists every failed
+        expectation with its type, arguments, observed value and up to five example rows.
+    """
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    source = context.data_sources.add_pandas("market")
+    plan = [("ohlcv", _ohlcv_frame(ohlcv, limits.bar_seconds), _ohlcv_expectations(gxe, limits))]
+    if funding is not None:
+        plan.append(("funding_rate", _funding_frame(funding, limits.funding_interval_hours),
+                     _funding_expectations(gxe, limits)))
+    if open_interest is not None and not open_interest.empty:
+        plan.append(("open_interest", open_interest.copy(), _open_interest_expectations(gxe)))
+
+    summaries = []
+    for name, frame, expectations in plan:
+        frame = frame.reset_index(drop=True)
+        asset = source.add_dataframe_asset(name=name)
+        batch_def = asset.add_batch_definition_whole_dataframe(f"{name}_window")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite"))
+        for exp in expectations:
+            suite.add_expectation(exp)
+        batch = batch_def.get_batch(batch_parameters={"dataframe": frame})
+        result = batch.validate(suite, result_format={"result_format": "SUMMARY",
+                                                      "partial_unexpected_count": _EXAMPLES,
+                                                      "include_unexpected_rows": False,
+                                                      "return_unexpected_index_query": False})
+        summary = _summarise(name, result, frame)
+        logger.info("suite %s on %d rows: %d expectations, %d failed", name, len(frame),
+                    summary["evaluated"], len(summary["failed"]))
+        summaries.append(summary)
+    return {"success": all(s["success"] for s in summaries), "suites": summaries}
+
+
+def format_failures(report: dict[str, Any]) -> str:
+    """One line per failed expectation: suite, expectation, column(s), observed, examples."""
+    lines = []
+    for suite in report["suites"]:
+        for f in suite["failed"]:
+            cols = {k: v for k, v in f["kwargs"].items() if k.startswith("column")}
+            line = f"{suite['suite']}: {f['expectation']} {cols} observed={f['observed_value']!r}"
+            if f["unexpected_count"]:
+                line += f" unexpected={f['unexpected_count']}"
+            if f["example_rows"]:
+                line += f" e.g. {f['example_rows'][:2]}"
+            elif f["unexpected_examples"]:
+                line += f" e.g. {f['unexpected_examples'][:3]}"
+            if f["exception"]:
+                line += f" error={f['exception']}"
+            lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,174 @@
+"""Model families and their purged walk-forward training.
+
+Each family lives in its own module exposing ``DEFAULT_PARAMS`` and ``build(random_state,
+n_jobs, **overrides)``, which returns an unfitted scikit-learn-compatible classifier.
+Models are trained without class weights, so their probabilities estimate the true class
+frequencies; hard decisions use the prior-corrected rule of :func:`prior_corrected_predict`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from include.errors import ConfigError, TrainingError
+from include.evaluation import classification_metrics, iter_splits, summarise_folds
+from include.labels import CLASSES
+from include.training import lightgbm, random_forest, xgboost
+
+logger = logging.getLogger(__name__)
+
+FAMILIES: dict[str, Any] = {
+    "lightgbm": lightgbm,
+    "xgboost": xgboost,
+    "random_forest": random_forest,
+}
+
+
+def build_estimator(family: str, random_state: int, **overrides: Any):
+    """An unfitted classifier of ``family`` with its default hyperparameters.
+
+    Raises:
+        ConfigError: unknown family.
+    """
+    try:
+        module = FAMILIES[family]
+    except KeyError:
+        raise ConfigError(f"unknown model family {family!r}; expected one of {sorted(FAMILIES)}") from None
+    return module.build(random_state=random_state, **overrides)
+
+
+def family_params(family: str) -> dict[str, Any]:
+    """Default hyperparameters of ``family``."""
+    return dict(FAMILIES[family].DEFAULT_PARAMS)
+
+
+def class_prior(y: np.ndarray) -> np.ndarray:
+    """Class frequencies of ``y`` over :data:`~include.labels.CLASSES`, shape ``(3,)``."""
+    counts = np.bincount(np.asarray(y, dtype=int), minlength=len(CLASSES)).astype("float64")
+    return counts / counts.sum()
+
+
+def prior_corrected_predict(proba: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Hard class decisions ``argmax_k p_k / prior_k``.
+
+    With calibrated probabilities this is the Bayes decision when every class matters equally
+    (the objective of macro F1 and balanced accuracy); see Elkan (2001), "The foundations of
+    cost-sensitive learning". A zero prior falls back to the plain argmax for that class.
+
+    Args:
+        proba: class probabilities, shape ``(n, 3)``.
+        prior: training class frequencies, shape ``(3,)``.
+
+    Returns:
+        Class labels, shape ``(n,)``.
+    """
+    safe = np.where(np.asarray(prior) > 0, prior, 1.0)
+    return np.asarray(CLASSES)[(np.asarray(proba) / safe).argmax(axis=1)]
+
+
+def _align_proba(estimator: Any, proba: np.ndarray) -> np.ndarray:
+    """Expand ``predict_proba`` output to all classes (a fold may miss a class)."""
+    out = np.zeros((proba.shape[0], len(CLASSES)))
+    for j, cls in enumerate(estimator.classes_):
+        out[:, int(cls)] = proba[:, j]
+    return out
+
+
+def predict_proba_all(estimator: Any, X: pd.DataFrame) -> np.ndarray:
+    """``predict_proba`` with one column per class in :data:`CLASSES`, shape ``(n, 3)``."""
+    return _align_proba(estimator, estimator.predict_proba(X))
+
+
+@dataclass
+class CrossValidation:
+    """Result of purged walk-forward cross-validation of one family.
+
+    Attributes:
+        oof_proba: out-of-fold class probabilities, shape ``(n_test_rows, 3)``.
+        oof_positions: row positions of ``oof_proba`` in the training frame, shape ``(n_test_rows,)``.
+        oof_fold: fold number of each out-of-fold row.
+        oof_prior: class prior of the fold's training set, per out-of-fold row, ``(n_test_rows, 3)``.
+        folds: per fold: bounds (timestamps), row counts and metrics.
+        summary: mean/std/min/max of each metric over folds.
+        overall: metrics over all out-of-fold rows together.
+    """
+
+    oof_proba: np.ndarray
+    oof_positions: np.ndarray
+    oof_fold: np.ndarray
+    oof_prior: np.ndarray
+    folds: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, dict[str, float]] = field(default_factory=dict)
+    overall: dict[str, float] = field(default_factory=dict)
+
+
+def metrics_with_prior(y: np.ndarray, proba: np.ndarray, prior: np.ndarray) -> dict[str, float]:
+    """:func:`~include.evaluation.classification_metrics` with prior-corrected hard decisions.
+
+    ``prior`` is one row ``(3,)`` or one row per sample ``(n, 3)``.
+    """
+    prior = np.broadcast_to(np.asarray(prior, dtype="float64"), proba.shape)
+    # Dividing by the prior row-wise and renormalising leaves the argmax at the corrected class.
+    scaled = proba / np.where(prior > 0, prior, 1.0)
+    decision = scaled / scaled.sum(axis=1, keepdims=True)
+    metrics = classification_metrics(y, decision)
+    metrics["log_loss"] = classification_metrics(y, proba)["log_loss"]
+    return metrics
+
+
+def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, test_size: int, n_splits: int,
+                   purge: int, random_state: int,
+                   build: Callable[..., Any] | None = None) -> CrossValidation:
+    """Purged walk-forward cross-validation of one family.
+
+    Args:
+        family: model family name (see :data:`FAMILIES`).
+        X: features, shape ``(n_rows, n_features)``, indexed by bar open time, sorted.
+        y: labels in {0, 1, 2}, shape ``(n_rows,)``.
+        test_size: rows per test fold (the run's data interval).
+        n_splits: folds.
+        purge: rows between train and test (>= label horizon).
+        random_state: seed.
+        build: estimator factory ``build(random_state) -> estimator``; defaults to the family's.
+
+    Returns:
+        The out-of-fold predictions and per-fold metrics.
+
+    Raises:
+        TrainingError: too few rows, or a fold's training set has a single class.
+    """
+    make = build or (lambda rs: build_estimator(family, rs))
+    probas, positions, fold_ids, priors, folds = [], [], [], [], []
+    for fold, train_idx, test_idx in iter_splits(len(X), test_size=test_size, n_splits=n_splits, purge=purge):
+        if len(np.unique(y[train_idx])) < 2:
+            raise TrainingError(f"{family}: fold {fold} training set holds a single class")
+        started = time.perf_counter()
+        est = make(random_state).fit(X.iloc[train_idx], y[train_idx])
+        proba = predict_proba_all(est, X.iloc[test_idx])
+        prior = class_prior(y[train_idx])
+        metrics = metrics_with_prior(y[test_idx], proba, prior)
+        folds.append({
+            "fold": fold,
+            "train_start": X.index[train_idx[0]].isoformat(), "train_end": X.index[train_idx[-1]].isoformat(),
+            "test_start": X.index[test_idx[0]].isoformat(), "test_end": X.index[test_idx[-1]].isoformat(),
+            "train_rows": int(len(train_idx)), "test_rows": int(len(test_idx)),
+            "seconds": round(time.perf_counter() - started, 3), **metrics,
+        })
+        probas.append(proba)
+        positions.append(test_idx)
+        fold_ids.append(np.full(len(test_idx), fold))
+        priors.append(np.tile(prior, (len(test_idx), 1)))
+        logger.info("%s fold %d: train %d rows, test %d rows, macro F1 %.4f, log loss %.4f",
+                    family, fold, len(train_idx), len(test_idx), metrics["macro_f1"], metrics["log_loss"])
+    cv = CrossValidation(oof_proba=np.vstack(probas), oof_positions=np.concatenate(positions),
+                         oof_fold=np.concatenate(fold_ids), oof_prior=np.vstack(priors), folds=folds)
+    cv.summary = summarise_folds(folds)
+    cv.overall = metrics_with_prior(y[cv.oof_positions], cv.oof_proba, cv.oof_prior)
+    return cv

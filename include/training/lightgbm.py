@@ -1,0 +1,24 @@
+"""LightGBM gradient-boosted trees (Ke et al. 2017, https://lightgbm.readthedocs.io)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "n_estimators": 300,
+    "learning_rate": 0.03,
+    "num_leaves": 15,
+    "min_child_samples": 200,
+    "subsample": 0.8,
+    "subsample_freq": 1,
+    "colsample_bytree": 0.8,
+    "reg_lambda": 1.0,
+}
+
+
+def build(random_state: int, n_jobs: int = 2, **overrides: Any):
+    """An unfitted ``lightgbm.LGBMClassifier`` (scikit-learn API) with the defaults above."""
+    from lightgbm import LGBMClassifier
+
+    params = {**DEFAULT_PARAMS, **overrides}
+    return LGBMClassifier(random_state=random_state, n_jobs=n_jobs, verbose=-1, **params)
