@@ -1,0 +1,105 @@
+"""The expectation suites pass on real data and fail, naming the expectation, on bad data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from include.quality.suites import SuiteLimits, format_failures, run_suites
+
+
+def _limits(ohlcv: pd.DataFrame) -> SuiteLimits:
+    return SuiteLimits(bar_seconds=3600, expected_bars=len(ohlcv), min_row_share=0.95, max_gap_share=0.01,
+                       max_gap_bars=24, max_abs_funding_rate=0.03, funding_interval_hours=8)
+
+
+def _failed(report) -> set[tuple[str, str]]:
+    return {(f["expectation"], str(f["kwargs"].get("column", f["kwargs"].get("column_A", ""))))
+            for s in report["suites"] for f in s["failed"]}
+
+
+def test_bundled_data_passes(btc_slice):
+    report = run_suites(btc_slice["ohlcv"], btc_slice["funding"], btc_slice["open_interest"],
+                        _limits(btc_slice["ohlcv"]))
+    assert report["success"], format_failures(report)
+    assert [s["suite"] for s in report["suites"]] == ["ohlcv", "funding_rate", "open_interest"]
+
+
+def _nan_price(df):
+    df.loc[100, "close"] = np.nan
+    return df
+
+
+def _duplicate(df):
+    return pd.concat([df, df.iloc[[200]]]).sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def _high_below_low(df):
+    df.loc[300, "high"] = df.loc[300, "low"] - 10.0
+    return df
+
+
+def _negative_volume(df):
+    df.loc[400, "volume"] = -1.0
+    return df
+
+
+def _large_gap(df):
+    return df.drop(index=range(500, 548)).reset_index(drop=True)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "expected"),
+    [
+        (_nan_price, ("expect_column_values_to_not_be_null", "close")),
+        (_duplicate, ("expect_column_values_to_be_unique", "timestamp")),
+        (_high_below_low, ("expect_column_pair_values_a_to_be_greater_than_b", "high")),
+        (_negative_volume, ("expect_column_values_to_be_between", "volume")),
+        (_large_gap, ("expect_column_max_to_be_between", "missing_bars_before")),
+    ],
+)
+def test_each_kind_of_bad_data_is_named(btc_slice, corrupt, expected):
+    ohlcv = btc_slice["ohlcv"]
+    bad = corrupt(ohlcv.copy())
+    report = run_suites(bad, btc_slice["funding"], None, _limits(ohlcv))
+    assert not report["success"]
+    assert expected in _failed(report), format_failures(report)
+    failure = next(f for s in report["suites"] for f in s["failed"] if f["expectation"] == expected[0])
+    if expected[1] != "missing_bars_before":
+        assert failure["example_rows"], "row-level failures carry example rows"
+    else:
+        assert failure["observed_value"] == 48.0
+
+
+def test_empty_window_fails_on_row_count(btc_slice):
+    ohlcv = btc_slice["ohlcv"]
+    report = run_suites(ohlcv.iloc[:0], btc_slice["funding"].iloc[:0], None, _limits(ohlcv))
+    failed = _failed(report)
+    assert ("expect_table_row_count_to_be_between", "") in failed
+    assert "expect_table_row_count_to_be_between" in format_failures(report)
+
+
+def test_funding_off_cadence_and_out_of_bounds(btc_slice):
+    funding = btc_slice["funding"].copy()
+    funding.loc[5, "funding_rate"] = 0.5
+    funding = funding.drop(index=[10]).reset_index(drop=True)
+    report = run_suites(btc_slice["ohlcv"], funding, None, _limits(btc_slice["ohlcv"]))
+    failed = _failed(report)
+    assert ("expect_column_values_to_be_between", "funding_rate") in failed
+    assert ("expect_column_values_to_be_in_set", "step_hours") in failed
+
+
+def test_spot_gaps_of_the_real_data_are_measured(data_dir):
+    """Binance spot 2018-02-08 outage (33 missing hours) breaks the 24-bar gap limit."""
+    from datetime import UTC, datetime
+
+    from include.data.sources import FileSource
+
+    src = FileSource(data_dir)
+    start, end = datetime(2018, 2, 1, tzinfo=UTC), datetime(2018, 3, 1, tzinfo=UTC)
+    bars = src.fetch_ohlcv("BTCUSDT", "spot", "1h", start, end)
+    limits = SuiteLimits(3600, 28 * 24, 0.9, 0.1, 24, 0.03, 8)
+    report = run_suites(bars, None, None, limits)
+    gap = next(f for s in report["suites"] for f in s["failed"] if f["expectation"] == "expect_column_max_to_be_between")
+    assert gap["observed_value"] == 33.0

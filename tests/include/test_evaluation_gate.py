@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from include.ensemble import WeightedSoftVotingEnsemble, combine, fit_weights
+from include.errors import ConfigError, TrainingError
+from include.evaluation import baseline_oof, classification_metrics, iter_splits
+from include.gate import GatePolicy, decide
+
+
+def test_walk_forward_purges_and_ends_on_the_last_rows():
+    n, test_size, purge = 5000, 168, 4
+    folds = list(iter_splits(n, test_size=test_size, n_splits=5, purge=purge))
+    assert len(folds) == 5
+    for _, train_idx, test_idx in folds:
+        assert len(test_idx) == test_size
+        assert train_idx.max() + purge < test_idx.min()  # label window of every training row ends before test
+    assert folds[-1][2][-1] == n - 1
+    with pytest.raises(TrainingError, match="too few"):
+        list(iter_splits(1000, test_size=168, n_splits=5, purge=4))
+
+
+def test_metrics_and_baselines():
+    rng = np.random.default_rng(0)
+    y = rng.choice([0, 1, 2], size=3000, p=[0.25, 0.5, 0.25])
+    perfect = np.eye(3)[y]
+    assert classification_metrics(y, perfect)["macro_f1"] == pytest.approx(1.0)
+    folds = [(tr, te) for _, tr, te in iter_splits(3000, test_size=200, n_splits=4, purge=2)]
+    base = baseline_oof(y, folds, random_state=0)
+    assert base["majority"]["balanced_accuracy"] == pytest.approx(1 / 3)
+    assert base["prior"]["log_loss"] == pytest.approx(1.04, abs=0.05)  # entropy of (.25,.5,.25)
+    assert 0.25 < base["stratified"]["macro_f1"] < 0.40
+
+
+def test_ensemble_weights():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 2000)
+    good = 0.6 * np.eye(3)[y] + 0.4 / 3
+    noise = rng.dirichlet([1, 1, 1], size=2000)
+    w = fit_weights({"good": good, "noise": noise}, y)
+    assert sum(w.values()) == pytest.approx(1.0)
+    assert w["good"] > 0.9
+    assert combine({"a": good, "b": noise}, {"a": 1, "b": 0}) == pytest.approx(good)
+    with pytest.raises(ConfigError, match="weights"):
+        WeightedSoftVotingEnsemble.from_fitted([("a", None)], [-1.0], np.ones(3) / 3)
+
+
+BASE = {"majority": {"macro_f1": 0.21, "log_loss": 18.0}, "prior": {"macro_f1": 0.21, "log_loss": 1.07},
+        "stratified": {"macro_f1": 0.33, "log_loss": 1.3}}
+
+
+def test_gate_passes_a_good_candidate_without_champion():
+    d = decide(GatePolicy(), candidate_version="v1", candidate_oof={"macro_f1": 0.37, "log_loss": 1.06},
+               baselines=BASE, candidate_window=None, champion=None)
+    assert d.passed and [c.name for c in d.checks] == ["beats_baselines_f1", "beats_prior_log_loss"]
+
+
+@pytest.mark.parametrize(
+    ("oof", "champion", "failed"),
+    [
+        ({"macro_f1": 0.34, "log_loss": 1.06}, None, "beats_baselines_f1"),
+        ({"macro_f1": 0.37, "log_loss": 1.08}, None, "beats_prior_log_loss"),
+        ({"macro_f1": 0.37, "log_loss": 1.06},
+         {"version": "v0", "trained_until": "2024-01-07", "window_start": "2023-12-31", "metrics": None},
+         "champion_out_of_sample"),
+        ({"macro_f1": 0.37, "log_loss": 1.06},
+         {"version": "v0", "trained_until": "2023-12-31", "window_start": "2023-12-31",
+          "metrics": {"macro_f1": 0.45, "n": 160}},
+         "beats_champion"),
+    ],
+)
+def test_gate_says_no(oof, champion, failed):
+    d = decide(GatePolicy(), candidate_version="v1", candidate_oof=oof, baselines=BASE,
+               candidate_window={"macro_f1": 0.40, "n": 160}, champion=champion)
+    assert not d.passed
+    assert failed in [c.name for c in d.checks if not c.passed]
+    assert d.to_dict()["reasons"]
+
+
+def test_gate_tolerance_admits_a_close_challenger():
+    champ = {"version": "v0", "trained_until": "2023-12-31", "window_start": "2023-12-31",
+             "metrics": {"macro_f1": 0.41, "n": 160}}
+    args = dict(candidate_version="v1", candidate_oof={"macro_f1": 0.37, "log_loss": 1.06}, baselines=BASE,
+                candidate_window={"macro_f1": 0.40, "n": 160}, champion=champ)
+    assert not decide(GatePolicy(champion_tolerance=0.0), **args).passed
+    assert decide(GatePolicy(champion_tolerance=0.02), **args).passed

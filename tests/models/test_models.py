@@ -1,0 +1,84 @@
+"""Estimator contract of every model family and of the ensemble; no look-ahead; determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+
+from include.config import MODEL_FAMILIES
+from include.ensemble import WeightedSoftVotingEnsemble
+from include.features import FeatureSpec, build_features
+from include.labels import make_labels
+from include.training import build_estimator, cross_validate
+
+
+@pytest.fixture(scope="module")
+def xy(btc_slice):
+    spec = FeatureSpec.default(open_interest=False)
+    X = build_features(btc_slice["ohlcv"], spec, btc_slice["funding"])
+    y = make_labels(X["close"], horizon=4, mode="volatility", threshold=0.43)
+    keep = X.notna().all(axis=1) & y.notna()
+    return X[keep], y[keep].astype(int).to_numpy()
+
+
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
+def test_estimator_contract(family, xy):
+    X, y = xy
+    est = build_estimator(family, random_state=7, n_estimators=20)
+    assert clone(est).get_params() == est.get_params()
+    assert est.fit(X, y) is est
+    assert list(est.classes_) == [0, 1, 2]
+    proba = est.predict_proba(X.iloc[:50])
+    assert proba.shape == (50, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
+def test_deterministic_under_fixed_seed(family, xy):
+    X, y = xy
+    a = build_estimator(family, random_state=3, n_estimators=20).fit(X, y).predict_proba(X.iloc[-100:])
+    b = build_estimator(family, random_state=3, n_estimators=20).fit(X, y).predict_proba(X.iloc[-100:])
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)  # parallel tree sums may differ by 1 ulp
+
+
+def test_ensemble_contract(xy):
+    X, y = xy
+    members = [(f, build_estimator(f, random_state=0, n_estimators=10)) for f in MODEL_FAMILIES]
+    ens = WeightedSoftVotingEnsemble(members, [0.4, 0.4, 0.2])
+    assert clone(ens).get_params()["weights"] == [0.4, 0.4, 0.2]
+    assert ens.fit(X, y) is ens
+    proba = ens.predict_proba(X.iloc[:30])
+    manual = sum(w * e.predict_proba(X.iloc[:30]) for w, (_, e) in zip([0.4, 0.4, 0.2], ens.estimators_, strict=True))
+    np.testing.assert_allclose(proba, manual)
+    assert set(ens.predict(X)) <= {0, 1, 2}
+
+
+def test_features_have_no_look_ahead(btc_slice):
+    """Features at bar t are identical whether or not later rows exist."""
+    spec = FeatureSpec.default()
+    full = build_features(btc_slice["ohlcv"], spec, btc_slice["funding"], btc_slice["open_interest"])
+    for cut in (700, 1500, 2000):
+        t = btc_slice["ohlcv"]["timestamp"].iloc[cut - 1]
+        part = build_features(btc_slice["ohlcv"].iloc[:cut], spec,
+                              btc_slice["funding"][btc_slice["funding"]["timestamp"] <= t],
+                              btc_slice["open_interest"][btc_slice["open_interest"]["timestamp"] <= t])
+        pd.testing.assert_frame_equal(part, full.iloc[:cut])
+
+
+def test_a_peeking_feature_is_caught_by_the_no_look_ahead_check(btc_slice):
+    """The check above fails on a feature that uses the next bar's close."""
+    bars = btc_slice["ohlcv"]
+    leak = lambda b: b["close"].shift(-1) / b["close"] - 1  # noqa: E731
+    full, part = leak(bars), leak(bars.iloc[:700])
+    assert not np.allclose(full.iloc[:700].to_numpy(), part.to_numpy(), equal_nan=True)
+
+
+def test_shuffled_labels_score_near_chance(xy):
+    X, y = xy
+    rng = np.random.default_rng(0)
+    shuffled = rng.permutation(y)
+    cv = cross_validate("lightgbm", X, shuffled, test_size=100, n_splits=5, purge=4, random_state=0,
+                        build=lambda rs: build_estimator("lightgbm", rs, n_estimators=50))
+    assert cv.overall["balanced_accuracy"] < 0.40
