@@ -18,7 +18,7 @@ export GX_ANALYTICS_ENABLED := false
 
 DEMO_DATES ?= 2023-12-24 2023-12-31
 
-.PHONY: install demo test airflow lint clean-state
+.PHONY: install demo test airflow lint clean-state bench
 
 install: $(STAMP)
 
@@ -49,3 +49,7 @@ lint: install
 ## Forget local state: Airflow metadata, market store, run artifacts and the model registry.
 clean-state:
 	rm -rf var models/versions models/archive models/production.json models/ledger.jsonl
+
+## Benchmarks (not tests): one default weekly run, wall time and peak memory.
+bench: install
+	$(BIN)/python bench/demo_run.py 2023-12-31
