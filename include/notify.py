@@ -55,21 +55,27 @@ def on_task_failure(context: dict[str, Any]) -> None:
     text = failure_message(context)
     # The notifiers render their text as a Jinja template; keep the message literal.
     template = "{% raw %}" + text.replace("{% endraw %}", "") + "{% endraw %}"
-    slack = os.environ.get("ALERT_SLACK_CONN_ID", "slack_alerts")
-    discord = os.environ.get("ALERT_DISCORD_CONN_ID", "discord_alerts")
-    if _connection_exists(slack):
-        from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
-
+    channels = (
+        ("Slack", os.environ.get("ALERT_SLACK_CONN_ID", "slack_alerts"), _slack_notifier),
+        ("Discord", os.environ.get("ALERT_DISCORD_CONN_ID", "discord_alerts"), _discord_notifier),
+    )
+    for name, conn_id, make in channels:
+        if not _connection_exists(conn_id):
+            continue
         try:
-            SlackWebhookNotifier(slack_webhook_conn_id=slack, text=template)(context)
-            logger.info("failure alert sent to Slack connection %s", slack)
+            make(conn_id, template)(context)
+            logger.info("failure alert sent to %s connection %s", name, conn_id)
         except Exception:
-            logger.exception("could not send the failure alert to Slack connection %s", slack)
-    if _connection_exists(discord):
-        from airflow.providers.discord.notifications.discord import DiscordNotifier
+            logger.exception("could not send the failure alert to %s connection %s", name, conn_id)
 
-        try:
-            DiscordNotifier(discord_conn_id=discord, text=template)(context)
-            logger.info("failure alert sent to Discord connection %s", discord)
-        except Exception:
-            logger.exception("could not send the failure alert to Discord connection %s", discord)
+
+def _slack_notifier(conn_id: str, text: str):
+    from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+
+    return SlackWebhookNotifier(slack_webhook_conn_id=conn_id, text=text)
+
+
+def _discord_notifier(conn_id: str, text: str):
+    from airflow.providers.discord.notifications.discord import DiscordNotifier
+
+    return DiscordNotifier(discord_conn_id=conn_id, text=text)
