@@ -6,6 +6,8 @@ VENV        := .venv
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.installed
 export PYTHONPATH          := $(CURDIR)
+# airflow standalone starts its components as `airflow` subprocesses: the venv must be on PATH.
+export PATH                := $(CURDIR)/$(VENV)/bin:$(PATH)
 export AIRFLOW_HOME        ?= $(CURDIR)/var/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
