@@ -118,7 +118,7 @@ def weekly_retrain():
         from include.pipeline import ingest
         from include.tasks import unpack
 
-        cfg, win, settings, _ = unpack({"config": config, "window": window}, _ctx()[0])
+        cfg, win, settings, _ = unpack(config, window, _ctx()[0])
         return ingest(cfg, win, settings)
 
     @task
@@ -129,7 +129,7 @@ def weekly_retrain():
         from include.pipeline import validate
         from include.tasks import unpack
 
-        cfg, win, settings, out = unpack({"config": config, "window": window}, _ctx()[0])
+        cfg, win, settings, out = unpack(config, window, _ctx()[0])
         try:
             return validate(cfg, win, settings, out)
         except DataQualityError as exc:
@@ -141,7 +141,7 @@ def weekly_retrain():
         from include.pipeline import features
         from include.tasks import unpack
 
-        cfg, win, settings, out = unpack({"config": config, "window": window}, _ctx()[0])
+        cfg, win, settings, out = unpack(config, window, _ctx()[0])
         return features(cfg, win, settings, out)
 
     @task
@@ -149,7 +149,7 @@ def weekly_retrain():
         from include.pipeline import labels
         from include.tasks import unpack
 
-        cfg, win, _, out = unpack({"config": config, "window": window}, _ctx()[0])
+        cfg, win, _, out = unpack(config, window, _ctx()[0])
         return labels(cfg, win, out)
 
     @task(map_index_template="{{ task.op_kwargs['family'] }}")
@@ -157,7 +157,7 @@ def weekly_retrain():
         from include.pipeline import train
         from include.tasks import unpack
 
-        cfg, win, _, out = unpack({"config": config, "window": window}, _ctx()[0])
+        cfg, win, _, out = unpack(config, window, _ctx()[0])
         return train(cfg, win, out, family)
 
     @task
@@ -166,7 +166,7 @@ def weekly_retrain():
         from include.tasks import unpack
 
         dag_id, run_id = _ctx()
-        cfg, win, settings, out = unpack({"config": config, "window": window}, dag_id)
+        cfg, win, settings, out = unpack(config, window, dag_id)
         return assemble(cfg, win, settings, out, list(trained), dag_id=dag_id, run_id=run_id)
 
     @task.sensor(poke_interval=30, timeout=timedelta(hours=6), mode="poke")
@@ -176,7 +176,7 @@ def weekly_retrain():
         from include.registry import ModelRegistry
         from include.tasks import unpack
 
-        cfg, win, settings, out = unpack({"config": config, "window": window}, _ctx()[0])
+        cfg, win, settings, out = unpack(config, window, _ctx()[0])
         if ModelRegistry(settings.registry_dir).is_locked():
             return PokeReturnValue(is_done=False)
         return PokeReturnValue(is_done=True, xcom_value=gate(cfg, win, settings, out, assembled))
@@ -206,7 +206,7 @@ def weekly_retrain():
         from include.pipeline import summarise
         from include.tasks import unpack
 
-        cfg, win, settings, out = unpack({"config": config, "window": window}, _ctx()[0])
+        cfg, win, settings, out = unpack(config, window, _ctx()[0])
         parts = {"ingested": ingested, "validation": validation, "features": feature_info,
                  "labels": dataset, "ensemble": assembled, "gate": decision,
                  "action": promoted or kept}

@@ -157,7 +157,7 @@ def build_features(ohlcv: pd.DataFrame, spec: FeatureSpec, funding: pd.DataFrame
         raise ConfigError(f"feature spec names unknown features {unknown}")
     p = spec.params
     bars = ohlcv.sort_values("timestamp").reset_index(drop=True)
-    o, h, lo, c, v = (bars[k].to_numpy(dtype="float64") for k in ("open", "high", "low", "close", "volume"))
+    h, lo, c, v = (bars[k].to_numpy(dtype="float64") for k in ("high", "low", "close", "volume"))
 
     feats: dict[str, np.ndarray] = {"close": c, "volume": v}
     prev = np.concatenate([[np.nan], c[:-1]])
@@ -186,7 +186,6 @@ def build_features(ohlcv: pd.DataFrame, spec: FeatureSpec, funding: pd.DataFrame
         feats["volume_ratio"] = np.where(vol_sma > 0, v / vol_sma, np.nan)
     feats["bb_position"][np.isnan(upper)] = np.nan
     feats["zscore"][np.isnan(sma)] = np.nan
-    del o
 
     out = pd.DataFrame(feats, index=pd.DatetimeIndex(bars["timestamp"], name="timestamp"))
 

@@ -451,11 +451,16 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
     if trained_until > window.interval_start:
         return result
     spec = FeatureSpec.from_dict({k: v for k, v in meta["feature_spec"].items() if k != "sha256"})
-    store = _store(settings)
-    try:
-        feats = feature_frame(store, cfg, spec, window.ts("ingest_start"), window.ts("interval_end"))
-    finally:
-        store.dispose()
+    run_spec = json.loads((out_dir / "feature_spec.json").read_text())
+    if spec.sha256 == run_spec["sha256"]:
+        # Same spec over the same window: this run's feature file already holds the champion's inputs.
+        feats = pd.read_parquet(out_dir / "features.parquet")
+    else:
+        store = _store(settings)
+        try:
+            feats = feature_frame(store, cfg, spec, window.ts("ingest_start"), window.ts("interval_end"))
+        finally:
+            store.dispose()
     table = pd.read_parquet(out_dir / "dataset.parquet")
     rows = table.index[(table.index >= pd.Timestamp(gate_window["start"]))
                        & (table.index <= pd.Timestamp(gate_window["end"])) & table["label"].notna()]

@@ -9,9 +9,10 @@ from include.config import RunConfig, Settings
 from include.pipeline import RunWindow, run_dir
 
 
-def unpack(plan: dict[str, Any], dag_id: str) -> tuple[RunConfig, RunWindow, Settings, Path]:
-    """``(config, window, settings, run folder)`` from the ``plan_run`` task's XCom."""
-    cfg = RunConfig.from_params(plan["config"])
-    window = RunWindow(**plan["window"])
+def unpack(config: dict[str, Any], window: dict[str, Any],
+           dag_id: str) -> tuple[RunConfig, RunWindow, Settings, Path]:
+    """``(config, window, settings, run folder)`` from the ``plan_run`` task's XCom outputs."""
+    cfg = RunConfig.from_params(config)
+    win = RunWindow(**window)
     settings = Settings.from_env()
-    return cfg, window, settings, run_dir(settings, dag_id, window)
+    return cfg, win, settings, run_dir(settings, dag_id, win)
