@@ -40,8 +40,7 @@ class Settings:
     Attributes:
         data_dir: directory of market-data files read by the file source
             (``MARKET_DATA_DIR``; default: the bundled Binance data in ``data/binance``).
-        market_db_url: SQLAlchemy URL of the market store (``MARKET_DB_URL``; default: an
-            embedded SQLite file ``var/market.sqlite``).
+        market_db_url: SQLAlchemy URL of the market store; see :func:`market_db_url`.
         registry_dir: root of the model registry (``MODEL_REGISTRY_DIR``; default ``models/``).
         runs_dir: root of per-run artifacts such as feature files, candidate models and
             validation reports (``RUN_ARTIFACTS_DIR``; default ``var/runs``).
@@ -59,10 +58,65 @@ class Settings:
         default_db = f"sqlite:///{var / 'market.sqlite'}"
         return cls(
             data_dir=_env_path("MARKET_DATA_DIR", PROJECT_ROOT / "data" / "binance"),
-            market_db_url=os.environ.get("MARKET_DB_URL", default_db),
+            market_db_url=market_db_url(default_db),
             registry_dir=_env_path("MODEL_REGISTRY_DIR", PROJECT_ROOT / "models"),
             runs_dir=_env_path("RUN_ARTIFACTS_DIR", var / "runs"),
         )
+
+
+def connection_to_url(conn_type: str, *, host: str | None, port: int | None, schema: str | None,
+                      login: str | None, password: str | None, extra: dict[str, Any]) -> str:
+    """SQLAlchemy URL of an Airflow connection to a PostgreSQL or SQLite database.
+
+    A ``postgres`` connection maps to ``postgresql+psycopg2://login:password@host:port/schema``
+    with the connection's extras (e.g. ``sslmode``) as query parameters; a ``sqlite`` connection's
+    host is the database file.
+
+    Raises:
+        ConfigError: another connection type, or a PostgreSQL connection without host or schema.
+    """
+    import sqlalchemy as sa
+
+    if conn_type in ("postgres", "postgresql"):
+        if not host or not schema:
+            raise ConfigError("market database connection needs a host and a schema (database name)")
+        query = {k: str(v) for k, v in extra.items() if isinstance(v, (str, int, float))}
+        url = sa.engine.URL.create("postgresql+psycopg2", username=login or None,
+                                   password=password or None, host=host, port=port or None,
+                                   database=schema, query=query)
+        return url.render_as_string(hide_password=False)
+    if conn_type == "sqlite":
+        if not host:
+            raise ConfigError("sqlite market database connection needs the file path as host")
+        return f"sqlite:///{host}"
+    raise ConfigError(f"market database connection type {conn_type!r} is not supported (postgres, sqlite)")
+
+
+def market_db_url(default: str) -> str:
+    """Where the market store lives, first match wins.
+
+    1. ``MARKET_DB_URL``: a SQLAlchemy URL (``postgresql+psycopg2://…`` or ``sqlite:///…``).
+    2. The Airflow connection named by ``MARKET_DB_CONN_ID`` (default ``market_db``), e.g.
+       ``AIRFLOW_CONN_MARKET_DB=postgresql://user:pass@host:5432/market`` or one made in the UI.
+    3. ``default``: the embedded SQLite file.
+
+    Raises:
+        ConfigError: the connection exists but is not a PostgreSQL or SQLite connection.
+    """
+    if os.environ.get("MARKET_DB_URL"):
+        return os.environ["MARKET_DB_URL"]
+    conn_id = os.environ.get("MARKET_DB_CONN_ID", "market_db")
+    try:
+        from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
+    except ImportError:  # the library used without Airflow installed
+        return default
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return default
+    return connection_to_url(conn.conn_type, host=conn.host, port=conn.port, schema=conn.schema,
+                             login=conn.login, password=conn.password, extra=conn.extra_dejson)
 
 
 def _doc(text: str, **kwargs: Any) -> Any:

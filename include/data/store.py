@@ -1,28 +1,43 @@
 """The market store: OHLCV candles, funding rates and open interest in one SQL database.
 
-SQLite (an embedded file) is the default; PostgreSQL is used when ``MARKET_DB_URL`` names it
-(``postgresql+psycopg2://user@host/db``). Both go through SQLAlchemy Core with the dialect's
-native upsert (``INSERT … ON CONFLICT DO UPDATE``), so loading the same window twice leaves one row
-per key and the latest values.
+SQLite (an embedded file) is the zero-setup default; PostgreSQL is the production backend. Both
+go through the same :class:`MarketStore` interface. The schema is owned by versioned Alembic
+migrations (``include/data/migrations``), applied when a store is opened.
+
+Tables, keyed by (exchange, [market type, symbol, timeframe,] ``ts``):
+
+* ``ohlcv`` — candles; ``ts`` is the bar open time.
+* ``funding_rate`` — perpetual funding settlements; ``ts`` is the settlement time.
+* ``open_interest`` — daily open interest in USD; ``ts`` is the UTC day start.
+* ``ohlcv_gap`` — runs of bars the exchange itself does not have, recorded by ingestion.
 
 Timestamps are stored as integer milliseconds since the Unix epoch, UTC (column ``ts``): one
 unambiguous representation on every backend. Loaders return ``datetime64[ns, UTC]`` columns.
+
+Writes are idempotent upserts: loading the same window twice leaves one row per key holding the
+latest values. On PostgreSQL a write is a ``COPY`` into a temporary staging table followed by an
+insert of new keys and an update of changed rows in the same transaction, under a per-series
+advisory lock so that concurrent loads of one series serialise. On SQLite it is
+``INSERT … ON CONFLICT DO UPDATE`` (SQLite serialises writers itself).
 """
 
 from __future__ import annotations
 
+import io
 import logging
-import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from include.data.sources import FUNDING_COLUMNS, OHLCV_COLUMNS, OPEN_INTEREST_COLUMNS
-from include.errors import ConfigError
+from include.errors import ConfigError, SourceError
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +72,26 @@ open_interest_table = sa.Table(
     sa.Column("open_interest", sa.Float, comment="USD notional, daily close"),
 )
 
+ohlcv_gap_table = sa.Table(
+    "ohlcv_gap",
+    metadata,
+    sa.Column("exchange", sa.String(32), primary_key=True),
+    sa.Column("market_type", sa.String(16), primary_key=True),
+    sa.Column("symbol", sa.String(32), primary_key=True),
+    sa.Column("timeframe", sa.String(8), primary_key=True),
+    sa.Column("start_ts", sa.BigInteger, primary_key=True),
+    sa.Column("end_ts", sa.BigInteger, nullable=False),
+    sa.Column("missing_bars", sa.Integer, nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("recorded_at", sa.BigInteger, nullable=False),
+)
+
+#: Alembic version table of the market schema (distinct from Airflow's ``alembic_version``).
+SCHEMA_VERSION_TABLE = "market_schema_version"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Any fixed 64-bit number: serialises concurrent migrations of one PostgreSQL database.
+_MIGRATION_LOCK_KEY = 0x6D61726B6574
+
 _CHUNK_ROWS = 5_000
 
 
@@ -73,6 +108,15 @@ class UpsertResult:
     rows_new: int
 
 
+@dataclass(frozen=True)
+class Gap:
+    """A run of bars missing from a candle series: bar open times in ``[start, end)``, UTC."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp
+    missing_bars: int
+
+
 def _to_ms(ts: pd.Series) -> pd.Series:
     return (ts.dt.tz_convert("UTC") - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
 
@@ -81,28 +125,94 @@ def _bound_ms(value: datetime) -> int:
     return int(pd.Timestamp(value).tz_convert("UTC").value // 1_000_000)
 
 
+def _from_ms(value: int | None) -> pd.Timestamp | None:
+    return None if value is None else pd.Timestamp(int(value), unit="ms", tz="UTC")
+
+
+def migrate(engine: Engine, revision: str = "head") -> str:
+    """Bring the market schema to ``revision`` with the project's Alembic migrations.
+
+    Safe to call from several processes at once: on PostgreSQL an advisory lock serialises them
+    and the schema changes of one step commit together (transactional DDL).
+
+    Args:
+        engine: engine of the market database.
+        revision: target revision id (``"head"``: the latest).
+
+    Returns:
+        The schema revision after the upgrade.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database refused a migration step; nothing of that
+            step is applied on PostgreSQL.
+    """
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    with engine.connect() as conn:
+        current = MigrationContext.configure(
+            conn, opts={"version_table": SCHEMA_VERSION_TABLE}).get_current_revision()
+    if revision == "head" and current == head:
+        return str(current)
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+        current = MigrationContext.configure(
+            conn, opts={"version_table": SCHEMA_VERSION_TABLE}).get_current_revision()
+    return str(current)
+
+
+def _check_duplicates(records: pd.DataFrame, what: str) -> pd.DataFrame:
+    """Drop exact duplicate keys; refuse keys that appear twice with different values."""
+    dup = records.duplicated("ts", keep=False)
+    if not dup.any():
+        return records
+    clash = records[dup].drop_duplicates()
+    if clash["ts"].duplicated().any():
+        bad = _from_ms(int(clash.loc[clash["ts"].duplicated(), "ts"].iloc[0]))
+        raise SourceError(f"{what}: timestamp {bad} appears more than once with different values")
+    logger.warning("%s: dropped %d exact duplicate row(s)", what, int(records.duplicated().sum()))
+    return records.drop_duplicates("ts")
+
+
 class MarketStore:
     """Read and write market series in a SQL database.
 
+    The schema is migrated to the latest revision when the store is opened.
+
     Args:
         url: SQLAlchemy database URL. A ``sqlite:///path`` URL creates the parent folder.
+            For PostgreSQL write ``postgresql+psycopg2://user:password@host:port/database``.
 
     Raises:
         ConfigError: the URL names an unsupported backend (only SQLite and PostgreSQL are).
     """
 
     def __init__(self, url: str) -> None:
-        backend = sa.engine.make_url(url).get_backend_name()
+        parsed = sa.engine.make_url(url)
+        backend = parsed.get_backend_name()
         if backend not in ("sqlite", "postgresql"):
-            raise ConfigError(f"MARKET_DB_URL backend {backend!r} is not supported (sqlite, postgresql)")
+            raise ConfigError(f"market database backend {backend!r} is not supported (sqlite, postgresql)")
+        if backend == "postgresql" and parsed.get_driver_name() != "psycopg2":
+            raise ConfigError(
+                f"market database URL must use the psycopg2 driver (postgresql+psycopg2://…), "
+                f"got {parsed.drivername!r}")
         if backend == "sqlite":
-            database = sa.engine.make_url(url).database
+            database = parsed.database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
         self.backend = backend
-        self.engine: Engine = sa.create_engine(url, future=True)
-        metadata.create_all(self.engine)
+        self.engine: Engine = sa.create_engine(url)
+        self.schema_revision = migrate(self.engine)
 
     def __repr__(self) -> str:
         return f"MarketStore({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -111,53 +221,188 @@ class MarketStore:
         """Close pooled connections."""
         self.engine.dispose()
 
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """One transaction: pass the connection as ``conn=`` to several writes to commit them together."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _conn(self, conn: Connection | None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.engine.begin() as own:
+                yield own
+
     # -- writes -----------------------------------------------------------------------------
     def _upsert(self, table: sa.Table, keys: dict[str, str], frame: pd.DataFrame,
-                values: tuple[str, ...]) -> UpsertResult:
+                values: tuple[str, ...], conn: Connection | None) -> UpsertResult:
         if frame.empty:
             return UpsertResult(0, 0)
-        records = pd.DataFrame({"ts": _to_ms(frame["timestamp"])})
+        records = pd.DataFrame({"ts": _to_ms(frame["timestamp"]).astype("int64")})
         for col in values:
-            # NaN travels as NULL so that validation reports it instead of the store hiding it.
-            records[col] = [None if (v is None or math.isnan(v)) else float(v) for v in frame[col]]
+            records[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64").to_numpy()
+        records = _check_duplicates(records, f"{table.name} {keys}")
+        with self._conn(conn) as c:
+            if self.backend == "postgresql":
+                return self._copy_upsert(c, table, keys, records, values)
+            return self._insert_upsert(c, table, keys, records, values)
+
+    @staticmethod
+    def _insert_upsert(conn: Connection, table: sa.Table, keys: dict[str, str],
+                       records: pd.DataFrame, values: tuple[str, ...]) -> UpsertResult:
+        from sqlalchemy.dialects.sqlite import insert
+
         for key, value in keys.items():
             records[key] = value
-        rows = records.to_dict("records")
-        if self.backend == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
+        # NaN travels as NULL so that validation reports it instead of the store hiding it.
+        rows = records.astype(object).where(records.notna(), None).to_dict("records")
         pk = [c.name for c in table.primary_key.columns]
         where = sa.and_(*(table.c[k] == v for k, v in keys.items()))
         lo, hi = int(records["ts"].min()), int(records["ts"].max())
         count = sa.select(sa.func.count()).select_from(table).where(
             where, table.c.ts >= lo, table.c.ts <= hi)
-        with self.engine.begin() as conn:
-            before = conn.execute(count).scalar_one()
-            for i in range(0, len(rows), _CHUNK_ROWS):
-                stmt = insert(table)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=pk, set_={c: stmt.excluded[c] for c in values})
-                conn.execute(stmt, rows[i:i + _CHUNK_ROWS])
-            after = conn.execute(count).scalar_one()
+        before = conn.execute(count).scalar_one()
+        for i in range(0, len(rows), _CHUNK_ROWS):
+            stmt = insert(table)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=pk, set_={c: stmt.excluded[c] for c in values})
+            conn.execute(stmt, rows[i:i + _CHUNK_ROWS])
+        after = conn.execute(count).scalar_one()
         return UpsertResult(rows_written=len(rows), rows_new=int(after - before))
 
+    @staticmethod
+    def _copy_upsert(conn: Connection, table: sa.Table, keys: dict[str, str],
+                     records: pd.DataFrame, values: tuple[str, ...]) -> UpsertResult:
+        """PostgreSQL bulk path: ``COPY`` into a temporary staging table, then upsert, one transaction.
+
+        Writers of one series (same table and key columns) take a transaction-level advisory
+        lock first, so concurrent loads of the same window run one after the other and leave
+        one row per key. Holding that lock, the upsert is a plain ``INSERT`` of the keys not yet
+        stored plus an ``UPDATE`` of stored rows whose values differ: about twice as fast as
+        ``INSERT … ON CONFLICT`` for bulk loads, and a re-load of unchanged data writes nothing.
+        """
+        import pyarrow as pa
+        import pyarrow.csv as pa_csv
+
+        pk = [c.name for c in table.primary_key.columns]
+        cols = [*keys, "ts", *values]
+        col_list = ", ".join(cols)
+        stage = f"_stage_{table.name}"
+        n = len(records)
+        arrays = [pa.array([value] * n, pa.string()) for value in keys.values()]
+        arrays.append(pa.array(records["ts"].to_numpy()))
+        # from_pandas: NaN becomes null, written as an empty field, which COPY reads as NULL, so
+        # that validation reports a NaN price instead of the store hiding it.
+        arrays += [pa.array(records[c].to_numpy(), from_pandas=True) for c in values]
+        buf = io.BytesIO()
+        pa_csv.write_csv(pa.Table.from_arrays(arrays, names=cols), buf,
+                         pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
+        buf.seek(0)
+        lock_key = f"{table.name}:" + "/".join(keys.values())
+        match = " AND ".join(f"t.{c} = s.{c}" for c in pk)
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_key,))
+            cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
+                           f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DROP")
+            cursor.execute(f"TRUNCATE {stage}")
+            cursor.copy_expert(f"COPY {stage} ({col_list}) FROM STDIN WITH (FORMAT csv)", buf)
+            where = " AND ".join(f"{k} = %s" for k in keys)
+            cursor.execute(f"SELECT count(*) FROM {table.name} WHERE {where} AND ts BETWEEN %s AND %s",
+                           (*keys.values(), int(records["ts"].min()), int(records["ts"].max())))
+            existing = cursor.fetchone()[0]
+            if existing == 0:
+                cursor.execute(f"INSERT INTO {table.name} ({col_list}) SELECT {col_list} FROM {stage}")
+                return UpsertResult(rows_written=n, rows_new=cursor.rowcount)
+            cursor.execute(
+                f"INSERT INTO {table.name} ({col_list}) SELECT {col_list} FROM {stage} s "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {table.name} t WHERE {match})")
+            inserted = cursor.rowcount
+            assigned = ", ".join(f"{c} = s.{c}" for c in values)
+            changed = f"({', '.join('t.' + c for c in values)}) IS DISTINCT FROM " \
+                      f"({', '.join('s.' + c for c in values)})"
+            cursor.execute(f"UPDATE {table.name} t SET {assigned} FROM {stage} s WHERE {match} AND {changed}")
+        finally:
+            cursor.close()
+        return UpsertResult(rows_written=n, rows_new=inserted)
+
     def upsert_ohlcv(self, frame: pd.DataFrame, *, exchange: str, market_type: str, symbol: str,
-                     timeframe: str) -> UpsertResult:
-        """Insert or update candles, shape ``(n, 6)``: timestamp + OHLCV. Idempotent."""
+                     timeframe: str, conn: Connection | None = None) -> UpsertResult:
+        """Insert or update candles, shape ``(n, 6)``: timestamp + OHLCV. Idempotent.
+
+        Raises:
+            SourceError: a timestamp appears twice with different values.
+        """
         keys = {"exchange": exchange, "market_type": market_type, "symbol": symbol,
                 "timeframe": timeframe}
-        return self._upsert(ohlcv_table, keys, frame, OHLCV_COLUMNS)
+        return self._upsert(ohlcv_table, keys, frame, OHLCV_COLUMNS, conn)
 
-    def upsert_funding_rates(self, frame: pd.DataFrame, *, exchange: str, symbol: str) -> UpsertResult:
+    def upsert_funding_rates(self, frame: pd.DataFrame, *, exchange: str, symbol: str,
+                             conn: Connection | None = None) -> UpsertResult:
         """Insert or update funding settlements: timestamp, funding_rate. Idempotent."""
         return self._upsert(funding_table, {"exchange": exchange, "symbol": symbol}, frame,
-                            FUNDING_COLUMNS)
+                            FUNDING_COLUMNS, conn)
 
-    def upsert_open_interest(self, frame: pd.DataFrame, *, exchange: str, symbol: str) -> UpsertResult:
+    def upsert_open_interest(self, frame: pd.DataFrame, *, exchange: str, symbol: str,
+                             conn: Connection | None = None) -> UpsertResult:
         """Insert or update daily open interest: timestamp, open_interest. Idempotent."""
         return self._upsert(open_interest_table, {"exchange": exchange, "symbol": symbol}, frame,
-                            OPEN_INTEREST_COLUMNS)
+                            OPEN_INTEREST_COLUMNS, conn)
+
+    def record_gaps(self, gaps: list[Gap], *, exchange: str, market_type: str, symbol: str,
+                    timeframe: str, source: str, conn: Connection | None = None) -> int:
+        """Record runs of bars the source does not have (idempotent per gap start).
+
+        Returns:
+            Number of gaps recorded.
+        """
+        if not gaps:
+            return 0
+        now = _bound_ms(datetime.now(UTC))
+        keys = {"exchange": exchange, "market_type": market_type, "symbol": symbol, "timeframe": timeframe}
+        rows = [{**keys, "start_ts": _bound_ms(g.start), "end_ts": _bound_ms(g.end),
+                 "missing_bars": g.missing_bars, "source": source, "recorded_at": now} for g in gaps]
+        if self.backend == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(ohlcv_gap_table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[c.name for c in ohlcv_gap_table.primary_key.columns],
+            set_={c: stmt.excluded[c] for c in ("end_ts", "missing_bars", "source", "recorded_at")})
+        with self._conn(conn) as c:
+            c.execute(stmt, rows)
+        return len(rows)
+
+    def load_gaps(self, *, exchange: str, market_type: str, symbol: str, timeframe: str) -> list[Gap]:
+        """Recorded candle gaps of one series, oldest first."""
+        t = ohlcv_gap_table
+        stmt = (sa.select(t.c.start_ts, t.c.end_ts, t.c.missing_bars)
+                .where(t.c.exchange == exchange, t.c.market_type == market_type,
+                       t.c.symbol == symbol, t.c.timeframe == timeframe)
+                .order_by(t.c.start_ts))
+        with self.engine.connect() as conn:
+            return [Gap(_from_ms(a), _from_ms(b), int(n)) for a, b, n in conn.execute(stmt)]
+
+    def extent(self, series: Literal["ohlcv", "funding_rate", "open_interest"], *, exchange: str,
+               symbol: str, market_type: str | None = None,
+               timeframe: str | None = None) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        """First and last stored timestamp of one series, or ``None`` when it holds no rows."""
+        table = {"ohlcv": ohlcv_table, "funding_rate": funding_table,
+                 "open_interest": open_interest_table}[series]
+        where = [table.c.exchange == exchange, table.c.symbol == symbol]
+        if series == "ohlcv":
+            if market_type is None or timeframe is None:
+                raise ValueError("extent('ohlcv') needs market_type and timeframe")
+            where += [table.c.market_type == market_type, table.c.timeframe == timeframe]
+        stmt = sa.select(sa.func.min(table.c.ts), sa.func.max(table.c.ts)).where(*where)
+        with self.engine.connect() as conn:
+            lo, hi = conn.execute(stmt).one()
+        if lo is None:
+            return None
+        return _from_ms(lo), _from_ms(hi)
 
     # -- reads ------------------------------------------------------------------------------
     def _load(self, table: sa.Table, keys: dict[str, str], values: tuple[str, ...],
