@@ -72,6 +72,7 @@ PARAMS = {
     "gate_max_log_loss_ratio": _param("gate_max_log_loss_ratio", "number", exclusiveMinimum=0),
     "gate_champion_tolerance": _param("gate_champion_tolerance", "number", minimum=0),
     "as_of_date": _param("as_of_date", ["null", "string"], format="date"),
+    "source": _param("source", "string", enum=["files", "exchange"]),
     "source_dir": _param("source_dir", ["null", "string"]),
 }
 

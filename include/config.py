@@ -44,12 +44,15 @@ class Settings:
         registry_dir: root of the model registry (``MODEL_REGISTRY_DIR``; default ``models/``).
         runs_dir: root of per-run artifacts such as feature files, candidate models and
             validation reports (``RUN_ARTIFACTS_DIR``; default ``var/runs``).
+        exchange_api_url: base URL replacing the exchange's API hosts for the exchange source
+            (``EXCHANGE_API_URL``; default: the exchange's own), e.g. a proxy or a local replay.
     """
 
     data_dir: Path
     market_db_url: str
     registry_dir: Path
     runs_dir: Path
+    exchange_api_url: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -61,6 +64,7 @@ class Settings:
             market_db_url=market_db_url(default_db),
             registry_dir=_env_path("MODEL_REGISTRY_DIR", PROJECT_ROOT / "models"),
             runs_dir=_env_path("RUN_ARTIFACTS_DIR", var / "runs"),
+            exchange_api_url=os.environ.get("EXCHANGE_API_URL") or None,
         )
 
 
@@ -198,6 +202,12 @@ class RunConfig:
         default=0.03,
     )
     funding_interval_hours: int = _doc("Funding settlement cadence in hours.", default=8)
+    source: Literal["files", "exchange"] = _doc(
+        "Where ingestion reads market data: 'files' (the bundled data or source_dir; re-reads "
+        "the whole window) or 'exchange' (the exchange's REST API through ccxt; fetches only "
+        "what the store is missing).",
+        default="files",
+    )
     source_dir: str | None = _doc(
         "Directory of market-data files to ingest instead of MARKET_DATA_DIR.", default=None
     )
@@ -242,6 +252,8 @@ class RunConfig:
             fail("ensemble_weights", "expected non-negative weights with a positive sum over models")
         if not 0 <= self.max_gap_share < 1:
             fail("max_gap_share", "expected a fraction in [0, 1)")
+        if self.source not in ("files", "exchange"):
+            fail("source", "expected 'files' or 'exchange'")
         if self.max_gap_bars < 0:
             fail("max_gap_bars", "expected >= 0")
         if not 0 < self.min_row_share <= 1:

@@ -37,7 +37,7 @@ def report(summary: dict[str, Any]) -> str:
     w, ing, ens, gate = summary["window"], summary["ingested"], summary["ensemble"], summary["gate"]
     lines = [
         f"data interval  [{w['interval_start']}, {w['interval_end']})  training from {w['train_start']}",
-        "ingested       " + ", ".join(f"{k}: {v['rows_read']} rows ({v['rows_new']} new)"
+        "ingested       " + ", ".join(f"{k}: {v['rows_fetched']} rows ({v['rows_new']} new)"
                                       for k, v in ing.items() if isinstance(v, dict)),
         "validation     passed: " + ", ".join(f"{k} {v} rows" for k, v in summary["validation"]["rows"].items()),
         f"features       {len(summary['features']['columns'])} columns, spec {summary['features']['spec_sha256'][:12]}",

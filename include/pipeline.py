@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from include.config import RunConfig, Settings
-from include.data.sources import FileSource
+from include.data.sources import FileSource, MarketDataSource
 from include.data.store import MarketStore
 from include.errors import DataQualityError, PipelineError, TrainingError
 from include.features import FeatureSpec, build_features
@@ -134,35 +134,46 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 
 # -- 1. ingest -------------------------------------------------------------------------------
-def ingest(cfg: RunConfig, window: RunWindow, settings: Settings) -> dict[str, Any]:
-    """Copy the window's OHLCV, funding and open interest from the source into the store.
-
-    Returns:
-        Per series: rows read from the source, rows written, keys that were new.
+def market_source(cfg: RunConfig, settings: Settings) -> MarketDataSource:
+    """The run's market-data source: the file source (default) or the exchange source.
 
     Raises:
-        SourceError: a required source file is missing or malformed.
+        SourceError: the exchange is not supported by the exchange source.
     """
-    source = FileSource(cfg.source_dir or settings.data_dir)
+    if cfg.source == "exchange":
+        from include.data.exchange import ExchangeSource
+
+        return ExchangeSource(cfg.exchange, api_url=settings.exchange_api_url)
+    return FileSource(cfg.source_dir or settings.data_dir)
+
+
+def ingest(cfg: RunConfig, window: RunWindow, settings: Settings) -> dict[str, Any]:
+    """Bring the store's OHLCV, funding and open interest up to the run's ``interval_end``.
+
+    The file source re-reads the whole ingest window; the exchange source fetches only what
+    the store is missing (see :mod:`include.data.ingest`).
+
+    Returns:
+        Per series: mode, fetched ranges, rows fetched, rows new; recorded gaps; source.
+
+    Raises:
+        SourceError: the source failed (missing file, unknown symbol, malformed response,
+            retries exhausted); nothing is written.
+    """
+    from include.data.ingest import SeriesKey, ingest_window
+
+    source = market_source(cfg, settings)
     start, end = window.ts("ingest_start"), window.ts("interval_end")
+    key = SeriesKey(cfg.exchange, cfg.symbol, cfg.market_type, cfg.timeframe,
+                    timedelta(seconds=cfg.bar_seconds))
     store = _store(settings)
-    t0 = time.perf_counter()
     try:
-        ohlcv = source.fetch_ohlcv(cfg.symbol, cfg.market_type, cfg.timeframe, start, end)
-        funding = source.fetch_funding_rates(cfg.symbol, start - FUNDING_LOOKBACK, end)
-        oi = source.fetch_open_interest(cfg.symbol, start - timedelta(days=2), end)
-        key = {"exchange": cfg.exchange, "symbol": cfg.symbol}
-        results = {
-            "ohlcv": store.upsert_ohlcv(ohlcv, market_type=cfg.market_type, timeframe=cfg.timeframe, **key),
-            "funding_rate": store.upsert_funding_rates(funding, **key),
-            "open_interest": store.upsert_open_interest(oi, **key),
-        }
+        out = ingest_window(source, store, key, start=start, end=end,
+                            funding_start=start - FUNDING_LOOKBACK,
+                            open_interest_start=start - timedelta(days=2))
     finally:
         store.dispose()
-    out = {name: {"rows_read": r.rows_written, "rows_new": r.rows_new} for name, r in results.items()}
     out["source"] = repr(source)
-    out["seconds"] = round(time.perf_counter() - t0, 3)
-    logger.info("ingested [%s, %s) from %s: %s", start, end, source, out)
     return out
 
 

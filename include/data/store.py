@@ -149,7 +149,6 @@ def migrate(engine: Engine, revision: str = "head") -> str:
     from alembic import command
     from alembic.config import Config
     from alembic.runtime.migration import MigrationContext
-
     from alembic.script import ScriptDirectory
 
     config = Config()

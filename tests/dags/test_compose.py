@@ -42,15 +42,63 @@ def test_airflow_services_use_the_project_image_and_mount_the_code():
         assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include", "/opt/airflow/models"} <= mounts
         env = svc["environment"]
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-        for var in ("MARKET_DB_URL", "MODEL_REGISTRY_DIR", "RUN_ARTIFACTS_DIR", "MARKET_DATA_DIR"):
+        for var in ("AIRFLOW_CONN_MARKET_DB", "MODEL_REGISTRY_DIR", "RUN_ARTIFACTS_DIR", "MARKET_DATA_DIR"):
             assert var in env, (name, var)
 
 
+def _env_read_by_the_code() -> set[str]:
+    names: set[str] = set()
+    for path in (ROOT / "include").rglob("*.py"):
+        names |= set(re.findall(r'os\.environ(?:\.get\(|\[)"([A-Z_]+)"', path.read_text()))
+        names |= set(re.findall(r'_env_path\("([A-Z_]+)"', path.read_text()))
+    return names
+
+
 def test_settings_read_by_the_code_are_the_ones_compose_sets():
-    code = (ROOT / "include" / "config.py").read_text()
-    read = set(re.findall(r'"((?:MARKET|MODEL|RUN)_[A-Z_]+)"', code))
-    assert read == {"MARKET_DATA_DIR", "MARKET_DB_URL", "MODEL_REGISTRY_DIR", "RUN_ARTIFACTS_DIR"}
-    assert read <= set(SERVICES["airflow-scheduler"]["environment"])
+    read = _env_read_by_the_code()
+    assert {"MARKET_DATA_DIR", "MARKET_DB_URL", "MARKET_DB_CONN_ID", "MODEL_REGISTRY_DIR",
+            "RUN_ARTIFACTS_DIR", "EXCHANGE_API_URL"} <= read
+    env = SERVICES["airflow-scheduler"]["environment"]
+    # Optional settings with working defaults need not be set; the rest must be.
+    optional = {"MARKET_DB_URL", "MARKET_DB_CONN_ID", "EXCHANGE_API_URL", "ALERT_SLACK_CONN_ID",
+                "ALERT_DISCORD_CONN_ID"}
+    assert read - optional - {"GX_ANALYTICS_ENABLED"} <= set(env)
+    # Every non-Airflow variable compose sets is one the code reads (catches misspellings).
+    ours = {k for k in env if not k.startswith(("AIRFLOW", "_", "DUMB_"))}
+    assert ours <= read | {"GX_ANALYTICS_ENABLED"}, ours - read
+
+
+def test_market_store_is_the_market_db_connection_on_the_compose_postgres():
+    env = SERVICES["airflow-scheduler"]["environment"]
+    url = env["AIRFLOW_CONN_MARKET_DB"]
+    assert url.startswith("postgresql://") and "@postgres:5432/market" in url
+    init_sql = (ROOT / ".ci" / "create-market-db.sql").read_text()
+    assert re.search(r"CREATE DATABASE\s+market\b", init_sql, re.I)
+    mounted = SERVICES["postgres"]["volumes"]
+    assert any(v.startswith("./.ci/create-market-db.sql:/docker-entrypoint-initdb.d/") for v in mounted)
+
+
+def test_healthchecks_back_every_service_healthy_dependency_and_ports_match():
+    for name, svc in SERVICES.items():
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            if cond.get("condition") == "service_healthy":
+                assert "healthcheck" in SERVICES[dep], (name, dep)
+    api = SERVICES["airflow-apiserver"]
+    assert "8080:8080" in api["ports"] and "localhost:8080" in " ".join(api["healthcheck"]["test"])
+    sched = SERVICES["airflow-scheduler"]
+    assert "8974" in " ".join(sched["healthcheck"]["test"])
+    assert sched["environment"]["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "True"
+    # Tasks reach the Execution API of the api-server service, by its compose name.
+    assert "airflow-apiserver:8080/execution" in sched["environment"]["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]
+
+
+def test_executor_broker_and_result_backend_point_at_compose_services():
+    env = SERVICES["airflow-worker"]["environment"]
+    assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://") and "@redis:6379" in env["AIRFLOW__CELERY__BROKER_URL"]
+    assert "@postgres/airflow" in env["AIRFLOW__CELERY__RESULT_BACKEND"]
+    assert "@postgres/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    reqs = (ROOT / "requirements.txt").read_text()
+    assert "apache-airflow-providers-celery" in reqs and "celery[redis]" in reqs
 
 
 def test_secrets_come_from_an_uncommitted_env_file():

@@ -70,7 +70,7 @@ def test_first_run_promotes_a_loadable_model(first_run):
     model, meta = registry.load_production()
     # Only data before the interval end was used.
     assert meta["data_window"]["trained_until"] == "2023-12-24T00:00:00+00:00"
-    assert summary["ingested"]["ohlcv"]["rows_read"] > 0
+    assert summary["ingested"]["ohlcv"]["rows_fetched"] > 0
     assert set(summary["ensemble"]["members"]) == {"lightgbm", "xgboost", "random_forest"}
     spec = FeatureSpec.from_dict({k: v for k, v in meta["feature_spec"].items() if k != "sha256"})
     store = MarketStore(settings.market_db_url)
