@@ -34,8 +34,8 @@ from include.errors import SourceError
 logger = logging.getLogger(__name__)
 
 _DAY_MS = 86_400_000
-#: Binance's largest page per endpoint (API docs, "Market Data endpoints").
-PAGE_LIMITS = {"spot_ohlcv": 1000, "perp_ohlcv": 1500, "funding": 1000, "open_interest": 500}
+#: Largest page per request: Binance API docs ("Market Data endpoints"), as capped by ccxt (klines: 1000).
+PAGE_LIMITS = {"spot_ohlcv": 1000, "perp_ohlcv": 1000, "funding": 1000, "open_interest": 500}
 
 
 def _ms(value: datetime) -> int:

@@ -124,6 +124,11 @@ class BinanceReplayServer:
         with self._lock:
             self._faults.extend([(path_prefix, fault)] * times)
 
+    def clear_faults(self) -> None:
+        """Forget scripted faults not yet served."""
+        with self._lock:
+            self._faults.clear()
+
     def requests_to(self, path: str) -> list[dict[str, str]]:
         """Query parameters of each request made to ``path``, in order."""
         return [q for p, q in self.requests if p == path]

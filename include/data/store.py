@@ -79,11 +79,13 @@ ohlcv_gap_table = sa.Table(
     sa.Column("market_type", sa.String(16), primary_key=True),
     sa.Column("symbol", sa.String(32), primary_key=True),
     sa.Column("timeframe", sa.String(8), primary_key=True),
-    sa.Column("start_ts", sa.BigInteger, primary_key=True),
-    sa.Column("end_ts", sa.BigInteger, nullable=False),
+    sa.Column("start_ts", sa.BigInteger, primary_key=True,
+              comment="open time of the first missing bar, ms since epoch UTC"),
+    sa.Column("end_ts", sa.BigInteger, nullable=False,
+              comment="open time of the next bar present, ms since epoch UTC"),
     sa.Column("missing_bars", sa.Integer, nullable=False),
-    sa.Column("source", sa.String(64), nullable=False),
-    sa.Column("recorded_at", sa.BigInteger, nullable=False),
+    sa.Column("source", sa.String(64), nullable=False, comment="source that reported the gap"),
+    sa.Column("recorded_at", sa.BigInteger, nullable=False, comment="ms since epoch UTC"),
 )
 
 #: Alembic version table of the market schema (distinct from Airflow's ``alembic_version``).
