@@ -29,8 +29,14 @@ the champion's. See `include/gate.py`.
 gate reports, summary.json); `models/` (versions, production pointer, archive, ledger).
 
 **Backfill.** `airflow backfill create --dag-id weekly_retrain --from-date 2023-11-05
---to-date 2023-12-24`; runs execute one at a time (`max_active_runs=1`) in logical-date order,
-so each gate compares with the production model as it stood after the previous week.
+--to-date 2023-12-24 --max-active-runs 1`. Each run trains only on data before its own
+`data_interval_end`. Runs decide in logical-date order whatever the concurrency: the
+`quality_gate` sensor (reschedule mode) waits until no earlier run of this DAG is queued or
+running, so each gate compares with the production model as the previous week left it; a failed
+week does not block the next. Backfill runs are limited by the backfill's `--max-active-runs`
+(default 10), not by the DAG's `max_active_runs=1`; 1 is the sensible value on a small machine.
+A backfill over weeks older than the production model's training data cannot promote: its gates
+reject because the champion is not out-of-sample there.
 
 **Alerts.** Every task's failure goes to the Airflow connections `slack_alerts` and
 `discord_alerts` when they exist (see README).
@@ -170,14 +176,20 @@ def weekly_retrain():
         cfg, win, settings, out = unpack(config, window, dag_id)
         return assemble(cfg, win, settings, out, list(trained), dag_id=dag_id, run_id=run_id)
 
-    @task.sensor(poke_interval=30, timeout=timedelta(hours=6), mode="poke")
-    def quality_gate(config: dict, window: dict, assembled: dict) -> PokeReturnValue:
-        """Wait until no other run is writing the registry, then apply the gate policy."""
+    @task.sensor(poke_interval=10, timeout=timedelta(hours=12), mode="reschedule")
+    def quality_gate(config: dict, window: dict, assembled: dict, ti=None, dag_run=None) -> PokeReturnValue:
+        """Wait for earlier runs to finish and the registry to be free, then apply the gate policy."""
+        import logging
+
         from include.pipeline import gate
         from include.registry import ModelRegistry
-        from include.tasks import unpack
+        from include.tasks import unfinished_earlier_runs, unpack
 
         cfg, win, settings, out = unpack(config, window, _ctx()[0])
+        waiting = unfinished_earlier_runs(ti, dag_run)
+        if waiting:
+            logging.getLogger(__name__).info("waiting for %d earlier run(s) to decide first", waiting)
+            return PokeReturnValue(is_done=False)
         if ModelRegistry(settings.registry_dir).is_locked():
             return PokeReturnValue(is_done=False)
         return PokeReturnValue(is_done=True, xcom_value=gate(cfg, win, settings, out, assembled))

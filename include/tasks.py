@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,3 +17,31 @@ def unpack(config: dict[str, Any], window: dict[str, Any],
     win = RunWindow(**window)
     settings = Settings.from_env()
     return cfg, win, settings, run_dir(settings, dag_id, win)
+
+
+#: How far back the gate looks for unfinished earlier runs, in schedule intervals (two years).
+EARLIER_RUNS_HORIZON = 104
+
+
+def unfinished_earlier_runs(ti: Any, dag_run: Any, interval: timedelta = timedelta(weeks=1)) -> int:
+    """Queued or running runs of this DAG whose logical date is 1..104 intervals before this one's.
+
+    The quality gate waits for them, so that runs decide in logical-date order and each gate
+    compares with the production model its predecessor left. This holds for every kind of run:
+    backfill runs are limited by the backfill's own ``max_active_runs`` (default 10), not the
+    DAG's, and run beside scheduled runs. A failed earlier run does not block later ones.
+
+    Args:
+        ti: the running task instance (``RuntimeTaskInstance``; provides ``get_dr_count``).
+        dag_run: the running DAG run; runs without a logical date wait for nothing (the DAG's
+            ``max_active_runs=1`` already keeps them apart from other non-backfill runs).
+        interval: the schedule's spacing of logical dates.
+
+    Returns:
+        The number of such runs.
+    """
+    logical_date = getattr(dag_run, "logical_date", None)
+    if logical_date is None:
+        return 0
+    earlier = [logical_date - interval * i for i in range(1, EARLIER_RUNS_HORIZON + 1)]
+    return int(ti.get_dr_count(dag_id=dag_run.dag_id, logical_dates=earlier, states=["queued", "running"]))

@@ -61,6 +61,9 @@ def test_weekly_retrain_graph(dagbag):
         assert t.retries == 1 and t.owner == "quant-ml"
         assert t.on_failure_callback, t.task_id
     assert "models" in dag.params and "as_of_date" in dag.params
+    assert dag.params["source"] == "files"  # the offline default
+    # The gate waits for earlier runs without holding a worker slot.
+    assert dag.get_task("quality_gate").mode == "reschedule"
     timetable = dag.timetable
     assert type(timetable).__name__ == "CronDataIntervalTimetable"
     assert dag.doc_md and "Gate rule" in dag.doc_md
