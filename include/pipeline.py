@@ -419,7 +419,11 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         "symbol": cfg.symbol, "exchange": cfg.exchange, "market_type": cfg.market_type,
         "timeframe": cfg.timeframe, "config": cfg.to_dict(), "feature_spec": spec,
         "data_window": {"train_start": window.train_start, "interval_start": window.interval_start,
-                        "interval_end": window.interval_end, "trained_until": window.interval_end},
+                        "interval_end": window.interval_end, "trained_until": window.interval_end,
+                        "first_bar": X.index.min().isoformat(), "last_labelled_bar": X.index.max().isoformat(),
+                        # End of the last bar any label read: the proof of no data past interval_end.
+                        "last_bar_read_end": (X.index.max() + (cfg.label_horizon_bars + 1)
+                                              * pd.Timedelta(seconds=cfg.bar_seconds)).isoformat()},
         "rows": {"train": int(len(X)), "out_of_fold": int(len(y_oof)), "gate_window": int(last.sum())},
         "class_prior": class_prior(y).tolist(),
         "metrics": {"ensemble": ensemble_metrics, "ensemble_per_fold": per_fold, "gate_window": gate_window,
