@@ -52,6 +52,10 @@ lint: install
 clean-state:
 	rm -rf var models/versions models/archive models/production.json models/ledger.jsonl
 
-## Benchmarks (not tests): one default weekly run, wall time and peak memory.
+## Benchmarks (not tests): one default weekly run; PostgreSQL bulk load; incremental exchange
+## ingestion; a four-week backfill on a local deployment (PostgreSQL on 127.0.0.1:5432 needed).
 bench: install
 	$(BIN)/python bench/demo_run.py 2023-12-31
+	$(BIN)/python bench/store_bulk_load.py
+	$(BIN)/python bench/incremental_ingest.py
+	$(BIN)/python bench/backfill_run.py 4
