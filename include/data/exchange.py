@@ -20,7 +20,6 @@ recent 30 days of this endpoint.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -164,9 +163,6 @@ class ExchangeSource:
                 parsed = [parse(item) for item in page]
             except (TypeError, ValueError, KeyError, IndexError) as exc:
                 raise SourceError(f"{self.exchange_id}: {what}: malformed response: {exc!r}") from exc
-            for row in parsed:
-                if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in row[:1]):
-                    raise SourceError(f"{self.exchange_id}: {what}: malformed row {row!r}")
             parsed = [r for r in parsed if since <= r[0] < end_ms]
             rows.extend(parsed)
             if not parsed:
@@ -199,10 +195,9 @@ class ExchangeSource:
                                            {"endTime": _ms(end) - 1})
 
         def parse(row: Any) -> list[float]:
-            values = [int(row[0]), *(float(v) for v in row[1:6])]
-            if len(values) != 6 or any(v is None for v in row[:6]):
+            if len(row) < 6 or any(v is None for v in row[:6]):
                 raise ValueError(f"candle {row!r} lacks OHLCV fields")
-            return values
+            return [int(row[0]), *(float(v) for v in row[1:6])]
 
         rows = self._paginate(what, fetch, parse, start, end, limit, step)
         finished = [r for r in rows if r[0] + step <= horizon]

@@ -13,8 +13,10 @@ open interest      open_interest (USD notional, daily close)    UTC day start of
 =================  ===========================================  ==================================
 
 :class:`FileSource` reads the bundled Binance files (``data/binance``) or any directory of files
-in the same format; see ``data/binance/SOURCES.md``. An exchange source implements the same
-:class:`MarketDataSource` protocol.
+in the same format; see ``data/binance/SOURCES.md``. The ccxt exchange source
+(:class:`include.data.exchange.ExchangeSource`) implements the same :class:`MarketDataSource`
+protocol. A source whose ``incremental`` attribute is true is asked only for what the store
+lacks (see :mod:`include.data.ingest`); others are re-read over the whole window.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class FileSource:
     """
 
     name = "files"
+    incremental = False
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
