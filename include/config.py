@@ -168,6 +168,23 @@ class RunConfig:
     cv_folds: int = _doc(
         "Walk-forward folds; each test fold is one data interval (one week) long.", default=6
     )
+    cv_scheme: Literal["expanding", "rolling"] = _doc(
+        "Walk-forward training windows: 'expanding' (every earlier row) or 'rolling' (the last "
+        "cv_rolling_train_days).",
+        default="expanding",
+    )
+    cv_rolling_train_days: int = _doc(
+        "Training-window length of each fold, in days, for the rolling scheme.", default=365
+    )
+    cv_embargo_bars: int = _doc(
+        "Rows kept out of training next to every test window, beyond the label-horizon purge.",
+        default=24,
+    )
+    early_stopping_rounds: int = _doc(
+        "Boosting rounds without improvement on the inner validation split before LightGBM and "
+        "XGBoost stop (0 disables early stopping).",
+        default=50,
+    )
     ensemble_weighting: Literal["fixed", "fitted"] = _doc(
         "'fixed': ensemble_weights as given; 'fitted': weights minimising out-of-fold log loss.",
         default="fixed",
@@ -245,6 +262,14 @@ class RunConfig:
             fail("models", f"expected distinct names from {list(MODEL_FAMILIES)}")
         if not 2 <= self.cv_folds <= 52:
             fail("cv_folds", "expected 2..52")
+        if self.cv_scheme not in ("expanding", "rolling"):
+            fail("cv_scheme", "expected 'expanding' or 'rolling'")
+        if self.cv_rolling_train_days < 14:
+            fail("cv_rolling_train_days", "expected at least 14 days")
+        if not 0 <= self.cv_embargo_bars <= 1000:
+            fail("cv_embargo_bars", "expected 0..1000")
+        if self.early_stopping_rounds < 0:
+            fail("early_stopping_rounds", "expected >= 0")
         if self.ensemble_weighting not in ("fixed", "fitted"):
             fail("ensemble_weighting", "expected 'fixed' or 'fitted'")
         weights = {m: self.ensemble_weights.get(m, 0.0) for m in self.models}
@@ -271,6 +296,15 @@ class RunConfig:
     def bar_seconds(self) -> int:
         """Length of one bar in seconds."""
         return TIMEFRAME_SECONDS[self.timeframe]
+
+    def walk_forward(self, test_size: int) -> Any:
+        """The run's :class:`~include.evaluation.WalkForward` split service for ``test_size`` rows."""
+        from include.evaluation import WalkForward
+
+        rolling_rows = self.cv_rolling_train_days * 86_400 // self.bar_seconds
+        return WalkForward(n_splits=self.cv_folds, test_size=test_size, purge=self.label_horizon_bars,
+                           embargo=self.cv_embargo_bars, scheme=self.cv_scheme,
+                           max_train_size=rolling_rows if self.cv_scheme == "rolling" else None)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> RunConfig:

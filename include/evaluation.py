@@ -1,19 +1,31 @@
-"""Out-of-sample evaluation: purged walk-forward splits, classification metrics, baselines.
+"""Out-of-sample evaluation: the split service, classification metrics, baselines.
 
-Splits are scikit-learn's :class:`~sklearn.model_selection.TimeSeriesSplit` with
-``gap = label horizon``: every training row's label window ends before the first test row, which
-is the purge of López de Prado (2018, *Advances in Financial Machine Learning*, ch. 7.4.1).
-Walk-forward splits never train on rows after the test fold, so no embargo is needed. Each test
-fold is as long as the run's own data interval (one week of bars), and the last fold *is* the
-run's data interval: the window on which the quality gate compares challenger and champion.
+Every split in the project comes from :class:`WalkForward`: cross-validation folds, the inner
+split that early stopping uses, and (through the folds) the out-of-fold predictions on which
+ensemble weights are fitted. Splits are scikit-learn's
+:class:`~sklearn.model_selection.TimeSeriesSplit` (expanding, or rolling through
+``max_train_size``) with ``gap = purge + embargo``:
 
-Metrics are scikit-learn's: macro F1, balanced accuracy, multi-class log loss.
+* **purge** (López de Prado 2018, *Advances in Financial Machine Learning*, ch. 7.4.1): the
+  label of the row at t reads bars up to t + h, so the h rows before a test window are dropped
+  from training; their label windows overlap it.
+* **embargo** (ch. 7.4.2): a further e rows kept out of training next to the test window,
+  against leakage through serially dependent features. López de Prado places it after the test
+  window because k-fold CV trains on both sides; walk-forward never trains on rows after its test
+  window, so here the embargo widens the gap before it. Either way no training row lies within
+  purge + embargo rows of a test row.
+
+Each test fold is as long as the run's own data interval (one week of bars), and the last fold
+*is* the run's data interval: the window on which the quality gate compares challenger and
+champion.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -27,6 +39,79 @@ from include.labels import CLASSES
 logger = logging.getLogger(__name__)
 
 METRIC_NAMES: tuple[str, ...] = ("macro_f1", "balanced_accuracy", "log_loss")
+
+
+@dataclass(frozen=True)
+class WalkForward:
+    """The split service: purged, embargoed walk-forward folds.
+
+    Attributes:
+        n_splits: folds.
+        test_size: rows per test fold (the labelled rows of one data interval).
+        purge: rows dropped before each test window; at least the label horizon in bars.
+        embargo: further rows dropped next to each test window.
+        scheme: ``expanding`` (all earlier rows) or ``rolling`` (the last ``max_train_size``).
+        max_train_size: training rows per fold for ``rolling``.
+        inner_validation_share: share of a training set used as early-stopping validation.
+
+    Raises:
+        TrainingError: from :meth:`split`, when the window is too short for the folds.
+    """
+
+    n_splits: int
+    test_size: int
+    purge: int
+    embargo: int = 0
+    scheme: Literal["expanding", "rolling"] = "expanding"
+    max_train_size: int | None = None
+    inner_validation_share: float = 0.2
+
+    @property
+    def gap(self) -> int:
+        """Rows between the last training row and the first test row."""
+        return self.purge + self.embargo
+
+    def splitter(self, n_rows: int) -> TimeSeriesSplit:
+        """The configured ``TimeSeriesSplit`` for ``n_rows`` rows (checked for length)."""
+        if self.test_size < 1:
+            raise TrainingError("the data interval holds no labelled rows to test on")
+        if self.scheme not in ("expanding", "rolling"):
+            raise TrainingError(f"unknown walk-forward scheme {self.scheme!r} (expanding, rolling)")
+        min_train = max(10 * self.test_size, 500)
+        if self.scheme == "rolling" and (self.max_train_size or 0) < min_train:
+            raise TrainingError(f"rolling walk-forward needs max_train_size >= {min_train} rows, "
+                                f"got {self.max_train_size}")
+        needed = self.n_splits * self.test_size + self.gap + min_train
+        if n_rows < needed:
+            raise TrainingError(
+                f"{n_rows} labelled rows are too few for {self.n_splits} walk-forward folds of "
+                f"{self.test_size} rows with purge {self.purge} + embargo {self.embargo} "
+                f"(need >= {needed}); lengthen train_window_days or lower cv_folds")
+        return TimeSeriesSplit(n_splits=self.n_splits, test_size=self.test_size, gap=self.gap,
+                               max_train_size=self.max_train_size if self.scheme == "rolling" else None)
+
+    def split(self, n_rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Yield ``(fold, train_idx, test_idx)`` over rows sorted by time; the last test fold is
+        the last ``test_size`` rows."""
+        for fold, (train_idx, test_idx) in enumerate(self.splitter(n_rows).split(np.zeros((n_rows, 1)))):
+            yield fold, train_idx, test_idx
+
+    def inner_split(self, train_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Split one training set for early stopping: ``(fit_idx, validation_idx)``.
+
+        The validation part is the last ``inner_validation_share`` of the training rows; the
+        same purge + embargo gap separates it from the rows fitted. Nothing outside
+        ``train_idx`` (in particular no test row) is used.
+
+        Raises:
+            TrainingError: the training set is too short to split.
+        """
+        train_idx = np.asarray(train_idx)
+        n_val = int(len(train_idx) * self.inner_validation_share)
+        n_fit = len(train_idx) - n_val - self.gap
+        if n_val < 50 or n_fit < 200:
+            raise TrainingError(f"{len(train_idx)} training rows are too few for an early-stopping split")
+        return train_idx[:n_fit], train_idx[-n_val:]
 
 
 def walk_forward_splitter(n_rows: int, *, test_size: int, n_splits: int, purge: int) -> TimeSeriesSplit:
@@ -45,24 +130,13 @@ def walk_forward_splitter(n_rows: int, *, test_size: int, n_splits: int, purge: 
     Raises:
         TrainingError: the window is too short for the folds, or a fold would be empty.
     """
-    if test_size < 1:
-        raise TrainingError("the data interval holds no labelled rows to test on")
-    min_train = max(10 * test_size, 500)
-    needed = n_splits * test_size + purge + min_train
-    if n_rows < needed:
-        raise TrainingError(
-            f"{n_rows} labelled rows are too few for {n_splits} walk-forward folds of {test_size} "
-            f"rows with purge {purge} (need >= {needed}); lengthen train_window_days or lower cv_folds"
-        )
-    return TimeSeriesSplit(n_splits=n_splits, test_size=test_size, gap=purge)
+    return WalkForward(n_splits=n_splits, test_size=test_size, purge=purge).splitter(n_rows)
 
 
 def iter_splits(n_rows: int, *, test_size: int, n_splits: int,
-                purge: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(fold, train_idx, test_idx)`` for :func:`walk_forward_splitter`."""
-    splitter = walk_forward_splitter(n_rows, test_size=test_size, n_splits=n_splits, purge=purge)
-    for fold, (train_idx, test_idx) in enumerate(splitter.split(np.zeros((n_rows, 1)))):
-        yield fold, train_idx, test_idx
+                purge: int, embargo: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield ``(fold, train_idx, test_idx)`` of an expanding :class:`WalkForward`."""
+    yield from WalkForward(n_splits=n_splits, test_size=test_size, purge=purge, embargo=embargo).split(n_rows)
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:

@@ -321,13 +321,15 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str) -> dict
     """
     import joblib
 
-    from include.training import build_estimator, class_prior, cross_validate, family_params
+    from include.training import class_prior, cross_validate, family_params, fit_family
 
     t0 = time.perf_counter()
     X, y, test_size, names = _training_table(out_dir, window)
-    cv = cross_validate(family, X, y, test_size=test_size, n_splits=cfg.cv_folds,
-                        purge=cfg.label_horizon_bars, random_state=cfg.random_state)
-    final = build_estimator(family, cfg.random_state).fit(X, y)
+    splits = cfg.walk_forward(test_size)
+    cv = cross_validate(family, X, y, splits=splits, random_state=cfg.random_state,
+                        early_stopping_rounds=cfg.early_stopping_rounds)
+    final, final_rounds = fit_family(family, X, y, np.arange(len(X)), splits, random_state=cfg.random_state,
+                                     early_stopping_rounds=cfg.early_stopping_rounds)
     cand_root = out_dir / "candidates"
     cand_root.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{family}.", dir=cand_root))
@@ -342,8 +344,10 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str) -> dict
     meta = {
         "family": family, "params": family_params(family), "random_state": cfg.random_state,
         "feature_names": names, "train_rows": int(len(X)), "class_prior": class_prior(y).tolist(),
+        "final_n_estimators": final_rounds,
         "cv": {"folds": cv.folds, "summary": cv.summary, "overall": cv.overall,
-               "test_size": test_size, "purge_bars": cfg.label_horizon_bars},
+               "test_size": test_size, "purge_bars": splits.purge, "embargo_bars": splits.embargo,
+               "scheme": splits.scheme, "max_train_size": splits.max_train_size},
         "window": asdict(window), "libraries": library_versions(), "seconds": seconds,
         "files": {p.name: sha256_file(p) for p in tmp.iterdir()},
     }
@@ -371,7 +375,7 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     import joblib
 
     from include.ensemble import WeightedSoftVotingEnsemble, combine, fit_weights
-    from include.evaluation import baseline_oof, iter_splits
+    from include.evaluation import baseline_oof
     from include.training import class_prior, metrics_with_prior
 
     families = [t["family"] for t in sorted(trained, key=lambda t: cfg.models.index(t["family"]))]
@@ -388,20 +392,28 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     y_oof = ref["label"].to_numpy()
     prior_rows = ref[["prior_down", "prior_range", "prior_up"]].to_numpy()
     probas = {f: oofs[f][["p_down", "p_range", "p_up"]].to_numpy() for f in families}
+    raw = {f: cfg.ensemble_weights.get(f, 0.0) for f in families}
+    weights = {f: w / sum(raw.values()) for f, w in raw.items()}
+    fold_of = ref["fold"].to_numpy()
     if cfg.ensemble_weighting == "fitted":
+        # Walk-forward weights: fold k is scored with weights fitted on the out-of-fold rows of
+        # folds < k only (fold 0 with the configured weights), so no row is scored by weights
+        # that saw it. The registered model gets weights fitted on every out-of-fold row.
+        ens_oof = np.zeros_like(probas[families[0]])
+        for k in np.unique(fold_of):
+            rows, seen = fold_of == k, fold_of < k
+            w_k = fit_weights({f: p[seen] for f, p in probas.items()}, y_oof[seen]) if seen.any() else weights
+            ens_oof[rows] = combine({f: p[rows] for f, p in probas.items()}, w_k)
         weights = fit_weights(probas, y_oof)
     else:
-        raw = {f: cfg.ensemble_weights.get(f, 0.0) for f in families}
-        weights = {f: w / sum(raw.values()) for f, w in raw.items()}
-    ens_oof = combine(probas, weights)
+        ens_oof = combine(probas, weights)
     last = ref["fold"].to_numpy() == ref["fold"].max()
     ensemble_metrics = metrics_with_prior(y_oof, ens_oof, prior_rows)
     gate_window = metrics_with_prior(y_oof[last], ens_oof[last], prior_rows[last])
     gate_window.update({"start": ref.index[last][0].isoformat(), "end": ref.index[last][-1].isoformat()})
 
     X, y, test_size, names = _training_table(out_dir, window)
-    folds = [(tr, te) for _, tr, te in iter_splits(len(X), test_size=test_size, n_splits=cfg.cv_folds,
-                                                  purge=cfg.label_horizon_bars)]
+    folds = [(tr, te) for _, tr, te in cfg.walk_forward(test_size).split(len(X))]
     baselines = baseline_oof(y, folds, cfg.random_state)
     model = WeightedSoftVotingEnsemble.from_fitted(members, [weights[f] for f in families],
                                                    class_prior(y), feature_names=names)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from include.errors import ConfigError, TrainingError
-from include.evaluation import classification_metrics, iter_splits, summarise_folds
+from include.evaluation import WalkForward, classification_metrics, summarise_folds
 from include.labels import CLASSES
 from include.training import lightgbm, random_forest, xgboost
 
@@ -123,8 +123,38 @@ def metrics_with_prior(y: np.ndarray, proba: np.ndarray, prior: np.ndarray) -> d
     return metrics
 
 
-def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, test_size: int, n_splits: int,
-                   purge: int, random_state: int,
+def fit_family(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, splits: WalkForward, *,
+               random_state: int, early_stopping_rounds: int = 0) -> tuple[Any, int | None]:
+    """Fit one family on the rows ``train_idx``, early-stopping the boosted families.
+
+    For a family whose module has ``best_n_estimators`` (LightGBM, XGBoost) and
+    ``early_stopping_rounds > 0``, the number of boosting rounds is chosen on the inner split of
+    ``train_idx`` (:meth:`WalkForward.inner_split`: its last rows, after a purge + embargo gap),
+    then the model is refitted on all of ``train_idx`` with that many rounds.
+
+    Returns:
+        ``(fitted estimator, chosen n_estimators or None)``.
+
+    Raises:
+        ConfigError: unknown family.
+        TrainingError: the training set holds a single class or is too short to split.
+    """
+    if len(np.unique(y[train_idx])) < 2:
+        raise TrainingError(f"{family}: training set holds a single class")
+    module = FAMILIES.get(family)
+    if module is None:
+        raise ConfigError(f"unknown model family {family!r}; expected one of {sorted(FAMILIES)}")
+    n_best = None
+    if early_stopping_rounds > 0 and hasattr(module, "best_n_estimators"):
+        fit_idx, val_idx = splits.inner_split(train_idx)
+        n_best = module.best_n_estimators(X.iloc[fit_idx], y[fit_idx], X.iloc[val_idx], y[val_idx],
+                                          random_state=random_state, rounds=early_stopping_rounds)
+    est = build_estimator(family, random_state, **({"n_estimators": n_best} if n_best else {}))
+    return est.fit(X.iloc[train_idx], y[train_idx]), n_best
+
+
+def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkForward, random_state: int,
+                   early_stopping_rounds: int = 0,
                    build: Callable[..., Any] | None = None) -> CrossValidation:
     """Purged walk-forward cross-validation of one family.
 
@@ -132,11 +162,11 @@ def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, test_size: in
         family: model family name (see :data:`FAMILIES`).
         X: features, shape ``(n_rows, n_features)``, indexed by bar open time, sorted.
         y: labels in {0, 1, 2}, shape ``(n_rows,)``.
-        test_size: rows per test fold (the run's data interval).
-        n_splits: folds.
-        purge: rows between train and test (>= label horizon).
+        splits: the split service (folds, purge, embargo, scheme).
         random_state: seed.
-        build: estimator factory ``build(random_state) -> estimator``; defaults to the family's.
+        early_stopping_rounds: see :func:`fit_family` (0: none).
+        build: estimator factory ``build(random_state) -> estimator`` replacing the family's
+            (no early stopping then).
 
     Returns:
         The out-of-fold predictions and per-fold metrics.
@@ -144,13 +174,16 @@ def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, test_size: in
     Raises:
         TrainingError: too few rows, or a fold's training set has a single class.
     """
-    make = build or (lambda rs: build_estimator(family, rs))
     probas, positions, fold_ids, priors, folds = [], [], [], [], []
-    for fold, train_idx, test_idx in iter_splits(len(X), test_size=test_size, n_splits=n_splits, purge=purge):
+    for fold, train_idx, test_idx in splits.split(len(X)):
         if len(np.unique(y[train_idx])) < 2:
             raise TrainingError(f"{family}: fold {fold} training set holds a single class")
         started = time.perf_counter()
-        est = make(random_state).fit(X.iloc[train_idx], y[train_idx])
+        if build is not None:
+            est, n_best = build(random_state).fit(X.iloc[train_idx], y[train_idx]), None
+        else:
+            est, n_best = fit_family(family, X, y, train_idx, splits, random_state=random_state,
+                                     early_stopping_rounds=early_stopping_rounds)
         proba = predict_proba_all(est, X.iloc[test_idx])
         prior = class_prior(y[train_idx])
         metrics = metrics_with_prior(y[test_idx], proba, prior)
@@ -158,7 +191,7 @@ def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, test_size: in
             "fold": fold,
             "train_start": X.index[train_idx[0]].isoformat(), "train_end": X.index[train_idx[-1]].isoformat(),
             "test_start": X.index[test_idx[0]].isoformat(), "test_end": X.index[test_idx[-1]].isoformat(),
-            "train_rows": int(len(train_idx)), "test_rows": int(len(test_idx)),
+            "train_rows": int(len(train_idx)), "test_rows": int(len(test_idx)), "n_estimators": n_best,
             "seconds": round(time.perf_counter() - started, 3), **metrics,
         })
         probas.append(proba)

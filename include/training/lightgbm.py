@@ -22,3 +22,18 @@ def build(random_state: int, n_jobs: int = 2, **overrides: Any):
 
     params = {**DEFAULT_PARAMS, **overrides}
     return LGBMClassifier(random_state=random_state, n_jobs=n_jobs, verbose=-1, **params)
+
+
+def best_n_estimators(X_fit, y_fit, X_val, y_val, *, random_state: int, rounds: int,
+                      n_jobs: int = 2, **overrides: Any) -> int:
+    """Boosting rounds at the best validation multi-class log loss, with early stopping.
+
+    LightGBM's ``early_stopping`` callback stops after ``rounds`` rounds without improvement;
+    the cap is ``n_estimators``. The validation rows must come from the training window only.
+    """
+    import lightgbm
+
+    probe = build(random_state, n_jobs, **overrides)
+    probe.fit(X_fit, y_fit, eval_X=(X_val,), eval_y=(y_val,), eval_metric="multi_logloss",
+              callbacks=[lightgbm.early_stopping(rounds, verbose=False)])
+    return max(int(probe.best_iteration_ or probe.n_estimators), 1)

@@ -23,3 +23,14 @@ def build(random_state: int, n_jobs: int = 2, **overrides: Any):
     params = {**DEFAULT_PARAMS, **overrides}
     return XGBClassifier(random_state=random_state, n_jobs=n_jobs, objective="multi:softprob",
                          eval_metric="mlogloss", **params)
+
+
+def best_n_estimators(X_fit, y_fit, X_val, y_val, *, random_state: int, rounds: int,
+                      n_jobs: int = 2, **overrides: Any) -> int:
+    """Boosting rounds at the best validation ``mlogloss``, with XGBoost's early stopping.
+
+    The cap is ``n_estimators``. The validation rows must come from the training window only.
+    """
+    probe = build(random_state, n_jobs, early_stopping_rounds=rounds, **overrides)
+    probe.fit(X_fit, y_fit, eval_set=[(X_val, y_val)], verbose=False)
+    return max(int(probe.best_iteration) + 1, 1)

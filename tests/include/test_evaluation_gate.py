@@ -5,7 +5,7 @@ import pytest
 
 from include.ensemble import WeightedSoftVotingEnsemble, combine, fit_weights
 from include.errors import ConfigError, TrainingError
-from include.evaluation import baseline_oof, classification_metrics, iter_splits
+from include.evaluation import WalkForward, baseline_oof, classification_metrics, iter_splits
 from include.gate import GatePolicy, decide
 
 
@@ -19,6 +19,33 @@ def test_walk_forward_purges_and_ends_on_the_last_rows():
     assert folds[-1][2][-1] == n - 1
     with pytest.raises(TrainingError, match="too few"):
         list(iter_splits(1000, test_size=168, n_splits=5, purge=4))
+
+
+@pytest.mark.parametrize("scheme", ["expanding", "rolling"])
+def test_no_training_row_within_purge_plus_embargo_of_a_test_row(scheme):
+    # (c) for every fold and for the early-stopping split inside it.
+    splits = WalkForward(n_splits=6, test_size=168, purge=4, embargo=24, scheme=scheme,
+                         max_train_size=3000 if scheme == "rolling" else None)
+    folds = list(splits.split(8000))
+    assert len(folds) == 6 and folds[-1][2][-1] == 7999
+    for _, train_idx, test_idx in folds:
+        distance = np.abs(train_idx[:, None] - test_idx[None, :]).min()
+        assert distance > splits.purge + splits.embargo
+        assert train_idx.max() < test_idx.min()  # walk-forward: never trains on the future
+        if scheme == "rolling":
+            assert len(train_idx) == 3000
+        fit_idx, val_idx = splits.inner_split(train_idx)
+        assert set(fit_idx) | set(val_idx) <= set(train_idx)  # no test row in early stopping
+        assert val_idx.min() - fit_idx.max() > splits.purge + splits.embargo
+    starts = {tr[0] for _, tr, _ in folds}
+    assert len(starts) == (6 if scheme == "rolling" else 1)  # rolling windows move, expanding ones grow
+
+
+def test_split_service_refuses_what_it_cannot_do():
+    with pytest.raises(TrainingError, match="too few"):
+        list(WalkForward(n_splits=5, test_size=168, purge=4, embargo=500).split(3000))
+    with pytest.raises(TrainingError, match="max_train_size"):
+        list(WalkForward(n_splits=2, test_size=168, purge=4, scheme="rolling").split(8000))
 
 
 def test_metrics_and_baselines():

@@ -9,6 +9,7 @@ from sklearn.base import clone
 
 from include.config import MODEL_FAMILIES
 from include.ensemble import WeightedSoftVotingEnsemble
+from include.evaluation import WalkForward, baseline_oof, classification_metrics
 from include.features import FeatureSpec, build_features
 from include.labels import make_labels
 from include.training import build_estimator, cross_validate
@@ -75,10 +76,30 @@ def test_a_peeking_feature_is_caught_by_the_no_look_ahead_check(btc_slice):
     assert not np.allclose(full.iloc[:700].to_numpy(), part.to_numpy(), equal_nan=True)
 
 
-def test_shuffled_labels_score_near_chance(xy):
+SPLITS = WalkForward(n_splits=5, test_size=100, purge=4, embargo=24)
+
+
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
+def test_shuffled_labels_score_near_chance(family, xy):
+    # (a) Permuted labels carry no information: out-of-sample macro F1 must fall to chance.
     X, y = xy
-    rng = np.random.default_rng(0)
-    shuffled = rng.permutation(y)
-    cv = cross_validate("lightgbm", X, shuffled, test_size=100, n_splits=5, purge=4, random_state=0,
-                        build=lambda rs: build_estimator("lightgbm", rs, n_estimators=50))
-    assert cv.overall["balanced_accuracy"] < 0.40
+    shuffled = np.random.default_rng(0).permutation(y)
+    cv = cross_validate(family, X, shuffled, splits=SPLITS, random_state=0, early_stopping_rounds=20)
+    chance = WalkForward(n_splits=5, test_size=100, purge=4)  # same folds for the baseline
+    base = baseline_oof(shuffled, [(tr, te) for _, tr, te in chance.split(len(X))], random_state=0)
+    assert cv.overall["macro_f1"] < 0.40
+    assert cv.overall["macro_f1"] < base["stratified"]["macro_f1"] + 0.06
+
+
+def test_peeking_feature_soars_in_sample_and_is_exposed_out_of_sample(xy):
+    # (b) A feature holding the future return (what the label reads) makes the in-sample score
+    # soar, far above what the honest features reach out of sample; the no-look-ahead check
+    # above (test_a_peeking_feature_is_caught_by_the_no_look_ahead_check) rejects such a feature.
+    X, y = xy
+    peek = X.assign(peek=np.log(X["close"].shift(-4) / X["close"])).dropna()
+    y_peek = y[: len(peek)]
+    model = build_estimator("lightgbm", 0, n_estimators=60).fit(peek, y_peek)
+    in_sample = classification_metrics(y_peek, model.predict_proba(peek))["macro_f1"]
+    honest = cross_validate("lightgbm", X, y, splits=SPLITS, random_state=0, early_stopping_rounds=20)
+    assert in_sample > 0.9
+    assert honest.overall["macro_f1"] < 0.5
