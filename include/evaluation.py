@@ -25,20 +25,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from sklearn.dummy import DummyClassifier
-from sklearn.metrics import balanced_accuracy_score, f1_score, log_loss
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+)
 from sklearn.model_selection import TimeSeriesSplit
 
 from include.errors import TrainingError
-from include.labels import CLASSES
+from include.labels import CLASS_NAMES, CLASSES
 
 logger = logging.getLogger(__name__)
 
-METRIC_NAMES: tuple[str, ...] = ("macro_f1", "balanced_accuracy", "log_loss")
+METRIC_NAMES: tuple[str, ...] = ("macro_f1", "balanced_accuracy", "log_loss", "brier")
 
 
 @dataclass(frozen=True)
@@ -139,26 +146,54 @@ def iter_splits(n_rows: int, *, test_size: int, n_splits: int,
     yield from WalkForward(n_splits=n_splits, test_size=test_size, purge=purge, embargo=embargo).split(n_rows)
 
 
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """Macro F1, balanced accuracy and log loss of class probabilities.
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+    """Classification metrics of class probabilities (scikit-learn's implementations).
 
     Args:
         y_true: labels in {0, 1, 2}, shape ``(n,)``.
         proba: class probabilities, shape ``(n, 3)``, columns in class order.
 
     Returns:
-        ``{"macro_f1", "balanced_accuracy", "log_loss", "n"}``; the hard prediction is the most
-        probable class.
+        ``macro_f1``, ``balanced_accuracy``, ``log_loss`` (nats), ``brier`` (multi-class Brier
+        score: mean squared distance to the one-hot label, Brier 1950), ``n``,
+        ``confusion`` (3 x 3, rows = true class), ``precision`` and ``recall`` per class. The
+        hard prediction is the most probable class.
     """
     y_true = np.asarray(y_true).astype(int)
     proba = np.asarray(proba, dtype="float64")
     pred = np.asarray(CLASSES)[proba.argmax(axis=1)]
+    labels = list(CLASSES)
+    precision, recall, _, _ = precision_recall_fscore_support(y_true, pred, labels=labels, zero_division=0)
     return {
-        "macro_f1": float(f1_score(y_true, pred, labels=list(CLASSES), average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
-        "log_loss": float(log_loss(y_true, np.clip(proba, 1e-15, 1.0), labels=list(CLASSES))),
+        "log_loss": float(log_loss(y_true, np.clip(proba, 1e-15, 1.0), labels=labels)),
+        "brier": float(brier_score_loss(y_true, proba, labels=labels)),
         "n": int(len(y_true)),
+        "confusion": confusion_matrix(y_true, pred, labels=labels).tolist(),
+        "precision": dict(zip(CLASS_NAMES, map(float, precision), strict=True)),
+        "recall": dict(zip(CLASS_NAMES, map(float, recall), strict=True)),
     }
+
+
+def reliability(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> dict[str, dict[str, list[float]]]:
+    """Reliability (calibration) curve per class, one-vs-rest, quantile bins.
+
+    scikit-learn's :func:`~sklearn.calibration.calibration_curve`: for each class, the mean
+    forecast probability and the observed frequency in each bin. A calibrated forecast lies on
+    the diagonal.
+
+    Returns:
+        class name -> ``{"mean_predicted": [...], "observed": [...]}``.
+    """
+    from sklearn.calibration import calibration_curve
+
+    y_true = np.asarray(y_true).astype(int)
+    out = {}
+    for cls, name in zip(CLASSES, CLASS_NAMES, strict=True):
+        observed, predicted = calibration_curve(y_true == cls, proba[:, cls], n_bins=n_bins, strategy="quantile")
+        out[name] = {"mean_predicted": predicted.round(6).tolist(), "observed": observed.round(6).tolist()}
+    return out
 
 
 def summarise_folds(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -174,7 +209,7 @@ def summarise_folds(per_fold: list[dict[str, float]]) -> dict[str, dict[str, flo
 
 
 def baseline_oof(y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
-                 random_state: int) -> dict[str, dict[str, float]]:
+                 random_state: int, momentum: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Naive baselines scored on the same walk-forward folds as the models.
 
     ``majority`` always predicts the training fold's most frequent class; ``prior`` forecasts
@@ -210,4 +245,28 @@ def baseline_oof(y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
             truths.append(y[test_idx])
         name = {"most_frequent": "majority"}.get(strategy, strategy)
         out[name] = classification_metrics(np.concatenate(truths), np.vstack(probas))
+    if momentum is not None:
+        out["momentum"] = classification_metrics(*momentum_oof(y, folds, momentum))
     return out
+
+
+def momentum_oof(y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
+                 momentum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold labels and probabilities of the momentum rule on the same folds.
+
+    The rule's hard forecast gets half the probability mass; the other half is the training
+    fold's class prior, so its log loss stays finite and its argmax is the rule's class.
+
+    Args:
+        y: labels, shape ``(n,)``.
+        folds: ``(train_idx, test_idx)`` pairs.
+        momentum: the rule's class per row (:func:`include.labels.momentum_forecast`), ``(n,)``.
+    """
+    probas, truths = [], []
+    for train_idx, test_idx in folds:
+        prior = np.bincount(y[train_idx].astype(int), minlength=len(CLASSES)) / len(train_idx)
+        proba = np.tile(prior * 0.5, (len(test_idx), 1))
+        proba[np.arange(len(test_idx)), np.asarray(momentum)[test_idx].astype(int)] += 0.5
+        probas.append(proba)
+        truths.append(y[test_idx])
+    return np.concatenate(truths), np.vstack(probas)

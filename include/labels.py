@@ -72,3 +72,26 @@ def class_balance(labels: pd.Series) -> dict[str, float]:
     if valid.empty:
         return {name: 0.0 for name in CLASS_NAMES}
     return {name: float((valid == cls).mean()) for cls, name in zip(CLASSES, CLASS_NAMES, strict=True)}
+
+
+def momentum_forecast(close: pd.Series, *, horizon: int, mode: Literal["volatility", "fixed"],
+                      threshold: float, vol_window: int = 168) -> pd.Series:
+    """The momentum rule: forecast for bar t the class of the *trailing* h-bar return.
+
+    ``ln(close_t / close_{t-h})`` is classified with the same thresholds as the labels, so the
+    rule says "the next h bars repeat the last h" and uses only data up to bar t. A standard
+    time-series-momentum baseline (Moskowitz, Ooi & Pedersen 2012, "Time series momentum").
+
+    Returns:
+        Float series aligned with ``close``: 0.0, 1.0, 2.0, or NaN during warm-up.
+    """
+    log_close = np.log(close.astype("float64"))
+    trailing = log_close - log_close.shift(horizon)
+    if mode == "volatility":
+        thr = threshold * log_close.diff().rolling(vol_window, min_periods=vol_window).std() * np.sqrt(horizon)
+    else:
+        thr = pd.Series(threshold, index=close.index)
+    out = pd.Series(np.where(trailing > thr, 2.0, np.where(trailing < -thr, 0.0, 1.0)),
+                    index=close.index, name="momentum")
+    out[trailing.isna() | thr.isna()] = np.nan
+    return out
