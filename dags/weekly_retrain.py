@@ -15,15 +15,21 @@ the bundled data, which ends on 2023-12-31).
 store; idempotent upserts) → `validate_market_data` (Great Expectations; failure stops the run
 with a report) → `build_features` (TA-Lib indicators, as-of joined funding and open interest) →
 `build_labels` (down / range / up from the forward return) → `train_model` (one mapped task per
-model family; purged walk-forward cross-validation) → `assemble_ensemble` (weighted soft voting;
-candidate registered as an immutable version) → `quality_gate` (sensor; champion/challenger
-policy) → `promote` or `keep_production` → `publish_summary`.
+model family; purged, embargoed walk-forward cross-validation, early stopping on an inner split)
+→ `assemble_ensemble` (weighted soft voting; candidate registered as an immutable version) →
+`simulate_trading` (out-of-fold positions after fees, slippage and funding, next to buy-and-hold
+and momentum) → `quality_gate` (sensor; champion/challenger policy) → `approve_promotion` (only
+with `require_approval`: Airflow's human-in-the-loop approval) → `promote` or `keep_production`
+→ `publish_summary` (HTML report, weekly summary to Slack/Discord).
 
 **Gate rule.** Promote only if the ensemble's out-of-fold macro F1 beats the best naive baseline by
 `gate_min_f1_margin`, its out-of-fold log loss is at most `gate_max_log_loss_ratio` x the class-
 prior forecast's, and, when a production model exists, it was trained before this run's data
 interval and the candidate's macro F1 on that interval is within `gate_champion_tolerance` of
-the champion's. See `include/gate.py`.
+the champion's; and the simulated strategy's out-of-fold Sharpe after costs beats flat and the
+momentum rule by `gate_min_sharpe_margin` with a maximum drawdown within `gate_max_drawdown`
+(optionally a probabilistic Sharpe ratio of at least `gate_min_probabilistic_sharpe`). See
+`include/gate.py`.
 
 **Outputs.** `var/runs/weekly_retrain/<interval>/` (features, dataset, candidates, validation and
 gate reports, summary.json); `models/` (versions, production pointer, archive, ledger).
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, dag, get_current_context, task
 
 from include.config import MODEL_FAMILIES, TIMEFRAME_SECONDS, RunConfig
@@ -77,6 +84,16 @@ PARAMS = {
     "gate_min_f1_margin": _param("gate_min_f1_margin", "number"),
     "gate_max_log_loss_ratio": _param("gate_max_log_loss_ratio", "number", exclusiveMinimum=0),
     "gate_champion_tolerance": _param("gate_champion_tolerance", "number", minimum=0),
+    "cv_scheme": _param("cv_scheme", "string", enum=["expanding", "rolling"]),
+    "cv_embargo_bars": _param("cv_embargo_bars", "integer", minimum=0, maximum=1000),
+    "gate_min_sharpe_margin": _param("gate_min_sharpe_margin", "number"),
+    "gate_max_drawdown": _param("gate_max_drawdown", "number", exclusiveMinimum=0, maximum=1),
+    "gate_min_probabilistic_sharpe": _param("gate_min_probabilistic_sharpe", ["null", "number"],
+                                            minimum=0, maximum=1),
+    "trade_min_probability": _param("trade_min_probability", "number", minimum=0, exclusiveMaximum=1),
+    "fee_bps": _param("fee_bps", "number", minimum=0),
+    "slippage_bps": _param("slippage_bps", "number", minimum=0),
+    "require_approval": _param("require_approval", "boolean"),
     "as_of_date": _param("as_of_date", ["null", "string"], format="date"),
     "source": _param("source", "string", enum=["files", "exchange"]),
     "source_dir": _param("source_dir", ["null", "string"]),
@@ -176,8 +193,17 @@ def weekly_retrain():
         cfg, win, settings, out = unpack(config, window, dag_id)
         return assemble(cfg, win, settings, out, list(trained), dag_id=dag_id, run_id=run_id)
 
+    @task
+    def simulate_trading(config: dict, window: dict, assembled: dict) -> dict:
+        from include.pipeline import simulate_trading as simulate
+        from include.tasks import unpack
+
+        cfg, win, settings, out = unpack(config, window, _ctx()[0])
+        return simulate(cfg, win, settings, out)
+
     @task.sensor(poke_interval=10, timeout=timedelta(hours=12), mode="reschedule")
-    def quality_gate(config: dict, window: dict, assembled: dict, ti=None, dag_run=None) -> PokeReturnValue:
+    def quality_gate(config: dict, window: dict, assembled: dict, trading: dict, ti=None,
+                     dag_run=None) -> PokeReturnValue:
         """Wait for earlier runs to finish and the registry to be free, then apply the gate policy."""
         import logging
 
@@ -192,13 +218,23 @@ def weekly_retrain():
             return PokeReturnValue(is_done=False)
         if ModelRegistry(settings.registry_dir).is_locked():
             return PokeReturnValue(is_done=False)
-        return PokeReturnValue(is_done=True, xcom_value=gate(cfg, win, settings, out, assembled))
+        return PokeReturnValue(is_done=True, xcom_value=gate(cfg, win, settings, out, assembled, trading))
 
     @task.branch
-    def choose_action(decision: dict) -> str:
-        return "promote" if decision["passed"] else "keep_production"
+    def choose_action(decision: dict, config: dict) -> str:
+        if not decision["passed"]:
+            return "keep_production"
+        return "approve_promotion" if config.get("require_approval") else "promote"
 
-    @task
+    approve_promotion = ApprovalOperator(
+        task_id="approve_promotion",
+        subject="Promote {{ ti.xcom_pull(task_ids='quality_gate')['candidate'] }} to production?",
+        body="Gate: {{ ti.xcom_pull(task_ids='quality_gate')['summary'] }}\n\n"
+             "Run {{ run_id }}. Approve moves the production alias; Reject keeps production as it is.",
+        execution_timeout=timedelta(days=3),
+    )
+
+    @task(trigger_rule="none_failed_min_one_success")
     def promote(decision: dict) -> dict:
         from include.config import Settings
         from include.pipeline import promote as promote_candidate
@@ -234,10 +270,12 @@ def weekly_retrain():
     trained = train_model.partial(config=config, window=window, dataset=dataset).expand(
         family=model_families(config))
     assembled = assemble_ensemble(config, window, trained)
-    decision = quality_gate(config, window, assembled)
-    action = choose_action(decision)
+    trading = simulate_trading(config, window, assembled)
+    decision = quality_gate(config, window, assembled, trading)
+    action = choose_action(decision, config)
     promoted, kept = promote(decision), keep_production(decision)
-    action >> [promoted, kept]
+    action >> [approve_promotion, promoted, kept]
+    approve_promotion >> promoted
     publish_summary(config, window, ingested, validation, feature_info, dataset, assembled, decision,
                     promoted, kept)
 

@@ -207,6 +207,30 @@ class RunConfig:
         "most this much.",
         default=0.0,
     )
+    gate_min_sharpe_margin: float = _doc(
+        "Strategy out-of-fold annualised Sharpe (after costs and funding) must exceed the best "
+        "trading baseline's (flat, momentum) by this margin.",
+        default=0.0,
+    )
+    gate_max_drawdown: float = _doc(
+        "Largest allowed out-of-fold maximum drawdown of the simulated strategy (fraction).",
+        default=0.2,
+    )
+    gate_min_probabilistic_sharpe: float | None = _doc(
+        "If set, the probabilistic Sharpe ratio P(true Sharpe > 0) must reach it (e.g. 0.95).",
+        default=None,
+    )
+    trade_min_probability: float = _doc(
+        "The trading simulation takes a position only when the decided class's probability "
+        "reaches this (1/3: more than uniform).",
+        default=1 / 3,
+    )
+    fee_bps: float = _doc("Trading fee per side, basis points of notional.", default=4.0)
+    slippage_bps: float = _doc("Slippage per side, basis points of notional.", default=1.0)
+    require_approval: bool = _doc(
+        "Ask a human (Airflow's approval task) before promoting a candidate that passed the gate.",
+        default=False,
+    )
     max_gap_share: float = _doc(
         "Largest tolerated share of missing bars in the training window.", default=0.01
     )
@@ -289,6 +313,14 @@ class RunConfig:
             fail("funding_interval_hours", "expected 1, 2, 4 or 8")
         if self.gate_max_log_loss_ratio <= 0:
             fail("gate_max_log_loss_ratio", "expected a positive ratio")
+        if not 0 < self.gate_max_drawdown <= 1:
+            fail("gate_max_drawdown", "expected a fraction in (0, 1]")
+        if self.gate_min_probabilistic_sharpe is not None and not 0 <= self.gate_min_probabilistic_sharpe <= 1:
+            fail("gate_min_probabilistic_sharpe", "expected a probability in [0, 1]")
+        if not 0 <= self.trade_min_probability < 1:
+            fail("trade_min_probability", "expected a probability in [0, 1)")
+        if self.fee_bps < 0 or self.slippage_bps < 0:
+            fail("fee_bps" if self.fee_bps < 0 else "slippage_bps", "expected >= 0")
         if self.gate_champion_tolerance < 0:
             fail("gate_champion_tolerance", "expected >= 0")
 

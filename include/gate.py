@@ -3,7 +3,8 @@
 A candidate (challenger) is promoted only if every check passes:
 
 1. ``beats_baselines_f1``: its out-of-fold macro F1 over all walk-forward folds exceeds the best
-   naive baseline's (majority class, stratified random; same folds) by ``min_f1_margin``.
+   naive baseline's (majority class, stratified random, momentum rule; same folds) by
+   ``min_f1_margin``.
 2. ``beats_prior_log_loss``: its out-of-fold log loss is at most ``max_log_loss_ratio`` times
    that of forecasting the training class frequencies, i.e. its probabilities carry information.
 3. ``champion_out_of_sample``: the champion (production model) was trained only on data before
@@ -11,7 +12,16 @@ A candidate (challenger) is promoted only if every check passes:
 4. ``beats_champion``: on the gate window, which neither model was fitted on, the challenger's
    macro F1 is at least the champion's minus ``champion_tolerance``.
 
-Checks 3-4 apply only when a champion exists. Any failed check keeps production as it is.
+5. ``beats_trading_baselines``: the simulated strategy's out-of-fold annualised Sharpe ratio
+   (after fees, slippage and funding; :mod:`include.backtest`) is at least the best of the
+   trading baselines on the same bars (flat = 0 and the momentum rule) plus
+   ``min_sharpe_margin``.
+6. ``max_drawdown``: its out-of-fold maximum drawdown is at most ``max_drawdown``.
+7. ``significant_sharpe`` (only when ``min_probabilistic_sharpe`` is set): the probabilistic
+   Sharpe ratio (Bailey & López de Prado 2012) that the true Sharpe exceeds 0 is at least it.
+
+Checks 3-4 apply only when a champion exists, 5-7 only when trading results are given. Any
+failed check keeps production as it is.
 """
 
 from __future__ import annotations
@@ -31,12 +41,19 @@ class GatePolicy:
         max_log_loss_ratio: largest allowed candidate / class-prior log-loss ratio.
         champion_tolerance: largest allowed macro-F1 shortfall against the champion.
         min_window_rows: fewest gate-window rows for a champion comparison.
+        min_sharpe_margin: required annualised-Sharpe lead over the best trading baseline.
+        max_drawdown: largest allowed out-of-fold maximum drawdown (fraction of equity).
+        min_probabilistic_sharpe: required probability that the true Sharpe ratio exceeds 0;
+            ``None`` leaves the significance check out.
     """
 
     min_f1_margin: float = 0.02
     max_log_loss_ratio: float = 1.0
     champion_tolerance: float = 0.0
     min_window_rows: int = 24
+    min_sharpe_margin: float = 0.0
+    max_drawdown: float = 0.2
+    min_probabilistic_sharpe: float | None = None
 
 
 @dataclass
@@ -79,7 +96,8 @@ class GateDecision:
 
 def decide(policy: GatePolicy, *, candidate_version: str, candidate_oof: dict[str, float],
            baselines: dict[str, dict[str, float]], candidate_window: dict[str, float] | None,
-           champion: dict[str, Any] | None) -> GateDecision:
+           champion: dict[str, Any] | None,
+           trading: dict[str, dict[str, Any]] | None = None) -> GateDecision:
     """Apply the policy.
 
     Args:
@@ -91,6 +109,8 @@ def decide(policy: GatePolicy, *, candidate_version: str, candidate_oof: dict[st
         candidate_window: challenger's metrics on the gate window (last fold), or ``None``.
         champion: ``None`` without a production model; else ``{"version", "trained_until"
             (ISO), "window_start" (ISO), "metrics" (on the gate window, or None)}``.
+        trading: out-of-fold trading metrics per strategy (``ensemble``, ``momentum``, ...), each
+            with ``sharpe``, ``max_drawdown`` and ``probabilistic_sharpe``; ``None`` skips 5-7.
 
     Returns:
         The decision with every check.
@@ -100,7 +120,8 @@ def decide(policy: GatePolicy, *, candidate_version: str, candidate_oof: dict[st
     """
     try:
         cand_f1, cand_ll = candidate_oof["macro_f1"], candidate_oof["log_loss"]
-        best_name = max(("majority", "stratified"), key=lambda n: baselines[n]["macro_f1"])
+        names = [n for n in ("majority", "stratified", "momentum") if n in baselines]
+        best_name = max(names, key=lambda n: baselines[n]["macro_f1"])
         best_f1 = baselines[best_name]["macro_f1"]
         prior_ll = baselines["prior"]["log_loss"]
     except KeyError as exc:
@@ -116,6 +137,28 @@ def decide(policy: GatePolicy, *, candidate_version: str, candidate_oof: dict[st
               f"out-of-fold log loss {cand_ll:.4f} vs class-prior forecast {prior_ll:.4f} "
               f"x {policy.max_log_loss_ratio}"),
     ]
+    if trading is not None:
+        try:
+            strat = trading["ensemble"]
+            base_name, base_sharpe = max([("flat", 0.0), ("momentum", trading["momentum"]["sharpe"])],
+                                         key=lambda kv: kv[1])
+        except KeyError as exc:
+            raise GateError(f"gate trading input lacks {exc}") from exc
+        need = base_sharpe + policy.min_sharpe_margin
+        checks.append(Check(
+            "beats_trading_baselines", strat["sharpe"] >= need, strat["sharpe"], need,
+            f"out-of-fold Sharpe {strat['sharpe']:.2f} after costs vs best trading baseline "
+            f"({base_name}) {base_sharpe:.2f} + margin {policy.min_sharpe_margin}"))
+        checks.append(Check(
+            "max_drawdown", strat["max_drawdown"] <= policy.max_drawdown, strat["max_drawdown"],
+            policy.max_drawdown,
+            f"out-of-fold max drawdown {strat['max_drawdown']:.2%} vs limit {policy.max_drawdown:.2%}"))
+        if policy.min_probabilistic_sharpe is not None:
+            psr = strat.get("probabilistic_sharpe")
+            ok = psr is not None and psr == psr and psr >= policy.min_probabilistic_sharpe
+            checks.append(Check(
+                "significant_sharpe", ok, psr, policy.min_probabilistic_sharpe,
+                f"probabilistic Sharpe ratio P(SR > 0) {psr:.3f} vs {policy.min_probabilistic_sharpe}"))
     champion_version = None
     if champion is not None:
         champion_version = champion["version"]

@@ -39,6 +39,17 @@ FUNDING_LOOKBACK = timedelta(days=10)
 OPEN_INTEREST_MIN_COVERAGE = 0.5
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) replaced by ``None``: strict JSON for XCom."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 # -- the run's window ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunWindow:
@@ -375,7 +386,8 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     import joblib
 
     from include.ensemble import WeightedSoftVotingEnsemble, combine, fit_weights
-    from include.evaluation import baseline_oof
+    from include.evaluation import baseline_oof, reliability, summarise_folds
+    from include.labels import momentum_forecast
     from include.training import class_prior, metrics_with_prior
 
     families = [t["family"] for t in sorted(trained, key=lambda t: cfg.models.index(t["family"]))]
@@ -414,7 +426,16 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
 
     X, y, test_size, names = _training_table(out_dir, window)
     folds = [(tr, te) for _, tr, te in cfg.walk_forward(test_size).split(len(X))]
-    baselines = baseline_oof(y, folds, cfg.random_state)
+    table = pd.read_parquet(out_dir / "dataset.parquet")
+    momentum = momentum_forecast(table["close"], horizon=cfg.label_horizon_bars, mode=cfg.label_threshold_mode,
+                                 threshold=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)
+    momentum = momentum.reindex(X.index).fillna(1.0).to_numpy()  # warm-up rows: no view (range)
+    baselines = baseline_oof(y, folds, cfg.random_state, momentum=momentum)
+    oof_frame = pd.DataFrame(ens_oof, columns=["p_down", "p_range", "p_up"], index=ref.index)
+    oof_frame[["prior_down", "prior_range", "prior_up"]] = prior_rows
+    oof_frame["label"], oof_frame["fold"] = y_oof, fold_of
+    oof_frame["momentum"] = pd.Series(momentum, index=X.index).reindex(ref.index).to_numpy()
+    _write_parquet(oof_frame, out_dir / "ensemble_oof.parquet")
     model = WeightedSoftVotingEnsemble.from_fitted(members, [weights[f] for f in families],
                                                    class_prior(y), feature_names=names)
     spec = json.loads((out_dir / "feature_spec.json").read_text())
@@ -438,7 +459,9 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
                                               * pd.Timedelta(seconds=cfg.bar_seconds)).isoformat()},
         "rows": {"train": int(len(X)), "out_of_fold": int(len(y_oof)), "gate_window": int(last.sum())},
         "class_prior": class_prior(y).tolist(),
-        "metrics": {"ensemble": ensemble_metrics, "ensemble_per_fold": per_fold, "gate_window": gate_window,
+        "metrics": {"ensemble": ensemble_metrics, "ensemble_per_fold": per_fold,
+                    "ensemble_per_fold_summary": summarise_folds(per_fold), "gate_window": gate_window,
+                    "reliability": reliability(y_oof, ens_oof),
                     "members": {f: member_meta[f]["cv"]["overall"] for f in families},
                     "members_summary": {f: member_meta[f]["cv"]["summary"] for f in families},
                     "baselines": baselines},
@@ -457,11 +480,61 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
             "gate_window": gate_window}
 
 
-# -- 7. gate ---------------------------------------------------------------------------------
+# -- 7. trading simulation -------------------------------------------------------------------
+def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
+    """Trade the ensemble's out-of-fold forecasts and the baselines; write ``trading.json``.
+
+    Strategies on the same bars: ``ensemble`` (positions from its probabilities, see
+    :mod:`include.backtest`), ``momentum`` (the momentum rule's class as a position),
+    ``buy_and_hold`` (always long); flat is the zero line. Each over all out-of-fold bars and
+    over the gate window (the last fold). Funding is charged for perpetuals.
+
+    Returns:
+        ``{"out_of_fold": {strategy: metrics}, "gate_window": {...}, "path"}`` without the
+        equity curves (those are in ``trading.json``).
+    """
+    from include.backtest import TradingCosts, positions_from_proba, simulate
+
+    oof = pd.read_parquet(out_dir / "ensemble_oof.parquet")
+    start, end = oof.index.min().to_pydatetime(), window.ts("interval_end")
+    store = _store(settings)
+    try:
+        key = {"exchange": cfg.exchange, "symbol": cfg.symbol, "start": start, "end": end}
+        bars = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
+        funding = store.load_funding_rates(**key) if cfg.market_type == "perp" else None
+    finally:
+        store.dispose()
+    costs = TradingCosts(fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps)
+    signals = {
+        "ensemble": positions_from_proba(oof[["p_down", "p_range", "p_up"]].to_numpy(),
+                                         oof[["prior_down", "prior_range", "prior_up"]].to_numpy(),
+                                         cfg.trade_min_probability),
+        "momentum": oof["momentum"].to_numpy().astype(int) - 1,
+        "buy_and_hold": np.ones(len(oof), dtype=int),
+    }
+    last = (oof["fold"] == oof["fold"].max()).to_numpy()
+    result: dict[str, Any] = {"costs": asdict(costs), "min_probability": cfg.trade_min_probability}
+    for part, rows in (("out_of_fold", np.ones(len(oof), dtype=bool)), ("gate_window", last)):
+        result[part] = {name: simulate(pd.Series(sig[rows], index=oof.index[rows]), bars, funding, costs,
+                                       cfg.bar_seconds) for name, sig in signals.items()}
+    result = json_safe(result)
+    path = out_dir / "trading.json"
+    atomic_write_json(path, result)
+    compact = {part: {name: {k: v for k, v in m.items() if k not in ("equity", "costs")}
+                      for name, m in result[part].items()} for part in ("out_of_fold", "gate_window")}
+    for name, m in compact["out_of_fold"].items():
+        logger.info("trading %s (out-of-fold): return %.2f%%, Sharpe %.2f, max drawdown %.2f%%, %d trades",
+                    name, 100 * m["total_return"], m["sharpe"], 100 * m["max_drawdown"], m["trades"])
+    return {**compact, "path": str(path)}
+
+
+# -- 8. gate ---------------------------------------------------------------------------------
 def policy_from_config(cfg: RunConfig) -> GatePolicy:
     """The gate policy of a run's parameters."""
     return GatePolicy(min_f1_margin=cfg.gate_min_f1_margin, max_log_loss_ratio=cfg.gate_max_log_loss_ratio,
-                      champion_tolerance=cfg.gate_champion_tolerance)
+                      champion_tolerance=cfg.gate_champion_tolerance, min_sharpe_margin=cfg.gate_min_sharpe_margin,
+                      max_drawdown=cfg.gate_max_drawdown,
+                      min_probabilistic_sharpe=cfg.gate_min_probabilistic_sharpe)
 
 
 def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWindow, settings: Settings,
@@ -498,7 +571,7 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
 
 
 def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
-         assembled: dict[str, Any]) -> dict[str, Any]:
+         assembled: dict[str, Any], trading: dict[str, Any] | None = None) -> dict[str, Any]:
     """Decide whether the candidate may replace production; write ``gate_decision.json``.
 
     The champion is scored on exactly the rows of the candidate's last fold (this run's data
@@ -508,11 +581,14 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
     champion = _champion_evaluation(registry, cfg, window, settings, out_dir, assembled["gate_window"])
     decision = decide(policy_from_config(cfg), candidate_version=assembled["version"],
                       candidate_oof=assembled["ensemble"], baselines=assembled["baselines"],
-                      candidate_window=assembled["gate_window"], champion=champion)
+                      candidate_window=assembled["gate_window"], champion=champion,
+                      trading=trading["out_of_fold"] if trading else None)
     record = {**decision.to_dict(), "policy": asdict(policy_from_config(cfg)),
               "champion_evaluation": champion, "candidate_gate_window": assembled["gate_window"],
               "candidate_out_of_fold": assembled["ensemble"], "baselines": assembled["baselines"],
+              "trading": trading,
               "decided_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    record = json_safe(record)
     atomic_write_json(out_dir / "gate_decision.json", record)
     logger.info("gate %s", decision.summary())
     for check in decision.checks:
@@ -520,7 +596,7 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
     return record
 
 
-# -- 8. promote / keep -----------------------------------------------------------------------
+# -- 9. promote / keep -----------------------------------------------------------------------
 def promote(settings: Settings, decision: dict[str, Any], *, run_id: str) -> dict[str, Any]:
     """Move production to the candidate after a passing decision.
 

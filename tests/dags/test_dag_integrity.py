@@ -52,10 +52,11 @@ def test_weekly_retrain_graph(dagbag):
     assert dag.max_active_runs == 1 and not dag.catchup
     edges = {(up, t.task_id) for t in dag.tasks for up in t.upstream_task_ids}
     chain = ["plan_run", "ingest_market_data", "validate_market_data", "build_features", "build_labels",
-             "train_model", "assemble_ensemble", "quality_gate", "choose_action"]
+             "train_model", "assemble_ensemble", "simulate_trading", "quality_gate", "choose_action"]
     for up, down in zip(chain, chain[1:], strict=False):
         assert (up, down) in edges, (up, down)
     assert {("choose_action", "promote"), ("choose_action", "keep_production"),
+            ("choose_action", "approve_promotion"), ("approve_promotion", "promote"),
             ("promote", "publish_summary"), ("keep_production", "publish_summary")} <= edges
     for t in dag.tasks:
         assert t.retries == 1 and t.owner == "quant-ml"

@@ -1,0 +1,183 @@
+"""Trading simulation of a forecast: positions, costs, funding, and performance metrics.
+
+Rules (one position at a time, re-decided every bar):
+
+* The forecast for bar t is known when bar t closes; the position it asks for is entered at the
+  **next bar's open** and held over open-to-open returns ``open[t+2] / open[t+1] - 1``.
+* Position: +1 (long) when the decided class is up, -1 (short) when it is down, 0 (flat) for
+  range, and 0 whenever the decided class's probability is below ``min_probability``. The decided
+  class is the prior-corrected most likely class, the decision the classification metrics score
+  (:func:`include.training.prior_corrected_predict`).
+* Costs: every change of position pays ``fee_bps + slippage_bps`` per unit of notional traded
+  (a reversal trades 2 units).
+* Funding (perpetuals): a position held at a settlement time pays ``position * funding_rate``
+  (longs pay positive rates, shorts receive them), as on Binance USDT-M.
+
+Metrics follow their standard definitions: annualised Sharpe ratio ``mean / std * sqrt(N)`` and
+Sortino ratio ``mean / downside deviation * sqrt(N)`` of per-bar net returns with N bars per
+year (Sharpe 1994; Sortino & Price 1994); maximum drawdown of the compounded equity curve; Calmar
+ratio = annualised return / max drawdown (Young 1991); profit factor = gross profit / gross loss
+of closed trades; the probabilistic Sharpe ratio of Bailey & López de Prado (2012), the
+probability that the true Sharpe ratio exceeds a benchmark given skew and kurtosis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from include.errors import TrainingError
+
+
+@dataclass(frozen=True)
+class TradingCosts:
+    """Per-trade costs in basis points of notional.
+
+    Attributes:
+        fee_bps: exchange fee per side (Binance USDT-M taker: 4.0 bps at the base tier).
+        slippage_bps: price impact and spread per side.
+    """
+
+    fee_bps: float = 4.0
+    slippage_bps: float = 1.0
+
+    @property
+    def per_unit(self) -> float:
+        """Cost of trading one unit of notional, as a fraction."""
+        return (self.fee_bps + self.slippage_bps) / 1e4
+
+
+def positions_from_proba(proba: np.ndarray, prior: np.ndarray, min_probability: float) -> np.ndarray:
+    """Target position per bar from class probabilities.
+
+    Args:
+        proba: ``(n, 3)`` probabilities (down, range, up).
+        prior: ``(3,)`` or ``(n, 3)`` training class frequencies for the decision rule.
+        min_probability: the decided class's probability must reach this to take a position.
+
+    Returns:
+        ``(n,)`` positions in {-1, 0, +1}.
+    """
+    proba = np.asarray(proba, dtype="float64")
+    prior = np.broadcast_to(np.asarray(prior, dtype="float64"), proba.shape)
+    decided = (proba / np.where(prior > 0, prior, 1.0)).argmax(axis=1)
+    confident = proba[np.arange(len(proba)), decided] >= min_probability
+    return np.where(confident, np.array([-1, 0, 1])[decided], 0)
+
+
+def simulate(signal: pd.Series, bars: pd.DataFrame, funding: pd.DataFrame | None, costs: TradingCosts,
+             bar_seconds: int) -> dict[str, Any]:
+    """Simulate target positions over candles.
+
+    Args:
+        signal: target position per bar open time (index: UTC timestamps), values in {-1, 0, 1};
+            the position is entered at the next bar's open.
+        bars: candles with ``timestamp`` and ``open``, covering the signal bars and two more.
+        funding: settlements with ``timestamp`` and ``funding_rate``, or ``None`` (spot).
+        costs: fees and slippage.
+        bar_seconds: bar length, for annualisation.
+
+    Returns:
+        Metrics (see :func:`performance`) plus ``equity`` (list of ``[iso time, equity]``).
+
+    Raises:
+        TrainingError: the candles do not cover the signal's bars.
+    """
+    opens = bars.set_index("timestamp")["open"].astype("float64")
+    held_from = signal.index + pd.Timedelta(seconds=bar_seconds)  # entered at the next open
+    if not held_from.isin(opens.index).all():
+        raise TrainingError("trading simulation: candles do not cover the bars after the signal")
+    position = pd.Series(np.asarray(signal, dtype="float64"), index=held_from)
+    # Open-to-open return over the bar during which the position is held.
+    nxt = opens.shift(-1).reindex(held_from)
+    ret = (nxt / opens.reindex(held_from) - 1.0).to_numpy()
+    valid = ~np.isnan(ret)
+    position, ret = position[valid], ret[valid]
+    pos = position.to_numpy()
+    turnover = np.abs(np.diff(np.concatenate([[0.0], pos])))
+    cost = turnover * costs.per_unit
+    fund = np.zeros(len(pos))
+    if funding is not None and len(funding):
+        rates = funding.set_index("timestamp")["funding_rate"].astype("float64")
+        rates = rates[~rates.index.duplicated()]
+        fund = pos * rates.reindex(position.index).fillna(0.0).to_numpy()
+    net = pos * ret - cost - fund
+    metrics = performance(net, pos, bar_seconds)
+    metrics.update({"turnover": float(turnover.sum()), "fees_and_slippage": float(cost.sum()),
+                    "funding_paid": float(fund.sum()), "costs": asdict(costs)})
+    equity = np.cumprod(1.0 + net)
+    step = max(1, len(equity) // 400)  # enough points for a plot, small enough for JSON
+    metrics["equity"] = [[t.isoformat(), float(e)] for t, e in zip(position.index[::step], equity[::step], strict=True)]
+    return metrics
+
+
+def _trades(net: np.ndarray, pos: np.ndarray) -> list[float]:
+    """Compounded return of each run of one non-zero position."""
+    trades, current, prev = [], None, 0.0
+    for r, p in zip(net, pos, strict=True):
+        if p != prev:
+            if current is not None:
+                trades.append(current - 1.0)
+            current = 1.0 + r if p != 0 else None
+        elif current is not None:
+            current *= 1.0 + r
+        prev = p
+    if current is not None:
+        trades.append(current - 1.0)
+    return trades
+
+
+def probabilistic_sharpe(net: np.ndarray, benchmark: float = 0.0) -> float:
+    """Probabilistic Sharpe ratio (Bailey & López de Prado 2012, eq. 2), per-bar Sharpe units.
+
+    ``PSR = Phi((SR - SR*) * sqrt(n - 1) / sqrt(1 - g3 * SR + (g4 - 1) / 4 * SR^2))`` with g3 the
+    skewness and g4 the (non-excess) kurtosis of the returns.
+
+    Returns:
+        A probability in [0, 1]; NaN with fewer than 3 returns or zero variance.
+    """
+    net = np.asarray(net, dtype="float64")
+    if len(net) < 3 or net.std(ddof=1) == 0:
+        return float("nan")
+    sr = net.mean() / net.std(ddof=1)
+    g3, g4 = stats.skew(net), stats.kurtosis(net, fisher=False)
+    denom = 1.0 - g3 * sr + (g4 - 1.0) / 4.0 * sr**2
+    if denom <= 0:
+        return float("nan")
+    return float(stats.norm.cdf((sr - benchmark) * math.sqrt(len(net) - 1) / math.sqrt(denom)))
+
+
+def performance(net: np.ndarray, pos: np.ndarray, bar_seconds: int) -> dict[str, Any]:
+    """Performance metrics of per-bar net returns ``net`` with positions ``pos`` (same length)."""
+    n = len(net)
+    per_year = 365.25 * 86_400 / bar_seconds
+    equity = np.cumprod(1.0 + net) if n else np.array([1.0])
+    total = float(equity[-1] - 1.0)
+    peak = np.maximum.accumulate(np.concatenate([[1.0], equity]))
+    drawdown = float((1.0 - np.concatenate([[1.0], equity]) / peak).max())
+    std = net.std(ddof=1) if n > 1 else 0.0
+    downside = np.sqrt(np.mean(np.minimum(net, 0.0) ** 2)) if n else 0.0
+    years = n / per_year if n else float("nan")
+    annual = (1.0 + total) ** (1.0 / years) - 1.0 if n and total > -1 else float("nan")
+    trades = _trades(net, pos)
+    gains = sum(t for t in trades if t > 0)
+    losses = -sum(t for t in trades if t < 0)
+    return {
+        "bars": int(n),
+        "total_return": total,
+        "annualised_return": float(annual),
+        "sharpe": float(net.mean() / std * math.sqrt(per_year)) if std > 0 else 0.0,
+        "sortino": float(net.mean() / downside * math.sqrt(per_year)) if downside > 0 else 0.0,
+        "max_drawdown": drawdown,
+        "calmar": float(annual / drawdown) if drawdown > 0 and not math.isnan(annual) else float("nan"),
+        "profit_factor": float(gains / losses) if losses > 0 else (float("inf") if gains > 0 else float("nan")),
+        "hit_rate": float(np.mean([t > 0 for t in trades])) if trades else float("nan"),
+        "trades": len(trades),
+        "exposure": float(np.mean(pos != 0)) if n else 0.0,
+        "probabilistic_sharpe": probabilistic_sharpe(net),
+    }
