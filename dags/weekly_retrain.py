@@ -250,16 +250,16 @@ def weekly_retrain():
 
     @task(trigger_rule="none_failed_min_one_success")
     def publish_summary(config: dict, window: dict, ingested: dict, validation: dict, feature_info: dict,
-                        dataset: dict, assembled: dict, decision: dict, promoted: dict | None,
+                        dataset: dict, assembled: dict, trading: dict, decision: dict, promoted: dict | None,
                         kept: dict | None) -> dict:
         from include.pipeline import summarise
         from include.tasks import unpack
 
         cfg, win, settings, out = unpack(config, window, _ctx()[0])
         parts = {"ingested": ingested, "validation": validation, "features": feature_info,
-                 "labels": dataset, "ensemble": assembled, "gate": decision,
+                 "labels": dataset, "ensemble": assembled, "trading": trading, "gate": decision,
                  "action": promoted or kept}
-        return summarise(settings, out, win, parts)
+        return summarise(settings, out, win, parts, context=get_current_context())
 
     plan = plan_run()
     config, window = plan["config"], plan["window"]
@@ -276,7 +276,7 @@ def weekly_retrain():
     promoted, kept = promote(decision), keep_production(decision)
     action >> [approve_promotion, promoted, kept]
     approve_promotion >> promoted
-    publish_summary(config, window, ingested, validation, feature_info, dataset, assembled, decision,
+    publish_summary(config, window, ingested, validation, feature_info, dataset, assembled, trading, decision,
                     promoted, kept)
 
 

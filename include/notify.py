@@ -1,11 +1,12 @@
-"""Failure notifications through Airflow's own Slack and Discord notifiers.
+"""Failure alerts and weekly summaries through Airflow's own Slack and Discord notifiers.
 
 :func:`on_task_failure` is a task-level ``on_failure_callback``. At failure time (never at DAG
 parse time) it looks up the connections named by ``ALERT_SLACK_CONN_ID`` (default
 ``slack_alerts``) and ``ALERT_DISCORD_CONN_ID`` (default ``discord_alerts``), and sends the
 message through :class:`~airflow.providers.slack.notifications.slack_webhook.SlackWebhookNotifier`
 and :class:`~airflow.providers.discord.notifications.discord.DiscordNotifier` for each one that
-exists. A missing connection means that channel is off.
+exists. A missing connection means that channel is off. :func:`send` with
+:func:`summary_message` sends the weekly summary of a successful run to the same channels.
 """
 
 from __future__ import annotations
@@ -52,7 +53,45 @@ def on_task_failure(context: dict[str, Any]) -> None:
 
     A channel that fails to deliver is logged and does not hide the task's own failure.
     """
-    text = failure_message(context)
+    send(failure_message(context), context)
+
+
+def summary_message(summary: dict[str, Any], report_path: str | None) -> str:
+    """The weekly summary after a successful run: version, gate decision, key numbers, report."""
+    window, gate, action = summary["window"], summary.get("gate") or {}, summary.get("action") or {}
+    ens = (summary.get("ensemble") or {}).get("ensemble") or {}
+    trading = ((summary.get("trading") or {}).get("out_of_fold") or {})
+    strat, hold = trading.get("ensemble") or {}, trading.get("buy_and_hold") or {}
+
+    def pct(v: Any) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    def num(v: Any, fmt: str = ".2f") -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    lines = [
+        f"weekly_retrain {window['interval_start'][:10]} → {window['interval_end'][:10]}: "
+        f"{action.get('action', '?').upper()}",
+        f"Candidate: {gate.get('candidate')}  Production: {summary.get('production')}",
+        f"Gate: {gate.get('summary', 'n/a')}",
+        f"Out-of-fold macro F1 {num(ens.get('macro_f1'), '.4f')}, log loss {num(ens.get('log_loss'), '.4f')}",
+        f"Strategy: return {pct(strat.get('total_return'))}, Sharpe {num(strat.get('sharpe'))}, "
+        f"max drawdown {pct(strat.get('max_drawdown'))}, {strat.get('trades', 'n/a')} trades; "
+        f"buy-and-hold {pct(hold.get('total_return'))}",
+    ]
+    if gate.get("reasons"):
+        lines.append("Why not: " + "; ".join(gate["reasons"]))
+    lines.append(f"Report: {report_path or 'n/a'}")
+    return "\n".join(lines)
+
+
+def send(text: str, context: dict[str, Any]) -> list[str]:
+    """Send ``text`` through every configured channel (the failure-alert connections).
+
+    Returns:
+        Names of the channels it went to. A channel that fails is logged, never raised.
+    """
+    sent = []
     # The notifiers render their text as a Jinja template; keep the message literal.
     template = "{% raw %}" + text.replace("{% endraw %}", "") + "{% endraw %}"
     channels = (
@@ -64,9 +103,11 @@ def on_task_failure(context: dict[str, Any]) -> None:
             continue
         try:
             make(conn_id, template)(context)
-            logger.info("failure alert sent to %s connection %s", name, conn_id)
+            sent.append(name)
+            logger.info("message sent to %s connection %s", name, conn_id)
         except Exception:
-            logger.exception("could not send the failure alert to %s connection %s", name, conn_id)
+            logger.exception("could not send the message to %s connection %s", name, conn_id)
+    return sent
 
 
 def _slack_notifier(conn_id: str, text: str):

@@ -356,7 +356,7 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str) -> dict
         "family": family, "params": family_params(family), "random_state": cfg.random_state,
         "feature_names": names, "train_rows": int(len(X)), "class_prior": class_prior(y).tolist(),
         "final_n_estimators": final_rounds,
-        "cv": {"folds": cv.folds, "summary": cv.summary, "overall": cv.overall,
+        "cv": {"folds": cv.folds, "summary": cv.summary, "overall": cv.overall, "importance": cv.importance,
                "test_size": test_size, "purge_bars": splits.purge, "embargo_bars": splits.embargo,
                "scheme": splits.scheme, "max_train_size": splits.max_train_size},
         "window": asdict(window), "libraries": library_versions(), "seconds": seconds,
@@ -367,6 +367,7 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str) -> dict
     _replace_dir(tmp, target)
     logger.info("%s: out-of-fold %s in %.1fs", family, cv.overall, seconds)
     return {"family": family, "path": str(target), "overall": cv.overall, "summary": cv.summary,
+            "importance_stability": {k: cv.importance[k]["rank_stability"] for k in ("gain", "permutation")},
             "seconds": seconds}
 
 
@@ -626,9 +627,25 @@ def keep(settings: Settings, decision: dict[str, Any], *, run_id: str) -> dict[s
             "rejected": decision.get("candidate")}
 
 
-def summarise(settings: Settings, out_dir: Path, window: RunWindow, parts: dict[str, Any]) -> dict[str, Any]:
-    """Write ``summary.json`` for the run: every step's result and the production version."""
+def summarise(settings: Settings, out_dir: Path, window: RunWindow, parts: dict[str, Any],
+              context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``summary.json`` and the HTML report; send the weekly summary to the alert channels.
+
+    Args:
+        context: the Airflow task context, for the notifiers; ``None`` sends nothing.
+
+    Returns:
+        ``{"path", "report", "production", "notified"}``.
+    """
+    from include.notify import send, summary_message
+    from include.report import build_report
+
     pointer = ModelRegistry(settings.registry_dir).production()
-    summary = {"window": asdict(window), **parts, "production": pointer.version if pointer else None}
+    summary = json_safe({"window": asdict(window), **parts, "production": pointer.version if pointer else None})
+    report = build_report(out_dir, summary)
+    summary["report"] = str(report)
     atomic_write_json(out_dir / "summary.json", summary)
-    return {"path": str(out_dir / "summary.json"), "production": summary["production"]}
+    logger.info("run report written to %s", report)
+    notified = send(summary_message(summary, str(report)), context) if context is not None else []
+    return {"path": str(out_dir / "summary.json"), "report": str(report), "production": summary["production"],
+            "notified": notified}

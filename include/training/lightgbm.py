@@ -21,7 +21,7 @@ def build(random_state: int, n_jobs: int = 2, **overrides: Any):
     from lightgbm import LGBMClassifier
 
     params = {**DEFAULT_PARAMS, **overrides}
-    return LGBMClassifier(random_state=random_state, n_jobs=n_jobs, verbose=-1, **params)
+    return LGBMClassifier(random_state=random_state, n_jobs=n_jobs, verbose=-1, importance_type="gain", **params)
 
 
 def best_n_estimators(X_fit, y_fit, X_val, y_val, *, random_state: int, rounds: int,

@@ -14,6 +14,7 @@ import shutil
 import threading
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -85,7 +86,7 @@ def test_first_run_promotes_a_loadable_model(first_run):
     assert X.index.max() < pd.Timestamp("2023-12-24T00:00Z")
 
 
-def test_second_run_is_compared_with_the_promoted_model(dag, first_run):
+def test_second_run_is_compared_with_the_promoted_model(dag, first_run, webhook_server):
     from include.registry import ModelRegistry
 
     champion = ModelRegistry(Settings.from_env().registry_dir).production().version
@@ -102,6 +103,22 @@ def test_second_run_is_compared_with_the_promoted_model(dag, first_run):
         assert states["promote"] == "success" and production == gate["candidate"]
     else:
         assert states["keep_production"] == "success" and production == champion
+    assert states["approve_promotion"] == "skipped"  # require_approval is off by default
+
+    # The run report: one self-contained HTML file next to the candidate, plots inlined.
+    summary = _summary(dr)
+    report = Path(summary["report"])
+    html = report.read_text()
+    assert (report.parent / "candidates" / "ensemble").is_dir()
+    assert html.count("data:image/png;base64,") == 4 and "<link" not in html and "src=\"http" not in html
+    for needle in (gate["candidate"], "beats_trading_baselines", "buy_and_hold", "Feature importance"):
+        assert needle in html, needle
+    # The weekly summary went to both channels, with the decision, the numbers and the report path.
+    texts = [json.loads(b).get("text") or json.loads(b).get("content") for _, b in webhook_server]
+    assert len(texts) == 2, texts
+    for text in texts:
+        for needle in ("2023-12-24 → 2023-12-31", gate["candidate"], "Sharpe", str(report)):
+            assert needle in text, (needle, text)
 
 
 class _Hook(BaseHTTPRequestHandler):

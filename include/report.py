@@ -1,0 +1,176 @@
+"""One self-contained HTML report per run: plots embedded as PNG images, no external files.
+
+Contents: the gate decision with every check; the strategy's equity curve and drawdown against
+buy-and-hold and the momentum rule (out-of-fold bars); per-fold metrics of the ensemble and each
+family's summary; the out-of-fold confusion matrix; the reliability (calibration) curves; the
+feature importances (permutation and gain, mean over folds) with their rank stability; and the
+baselines. Built from the run folder's files (``candidates/*/metadata.json``, ``trading.json``,
+``gate_decision.json``), so it can be rebuilt for any past run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+CLASS_NAMES = ("down", "range", "up")
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return html.escape(str(value))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _equity_plot(trading: dict[str, Any]) -> str:
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    for name, style in (("ensemble", "-"), ("buy_and_hold", "--"), ("momentum", ":")):
+        curve = trading["out_of_fold"].get(name, {}).get("equity") or []
+        if not curve:
+            continue
+        ts = pd.to_datetime([t for t, _ in curve])
+        eq = pd.Series([e for _, e in curve], index=ts)
+        top.plot(eq.index, eq.values, style, label=name)
+        bottom.plot(eq.index, (eq / eq.cummax() - 1).values, style, label=name)
+    top.set_ylabel("equity (start = 1)")
+    top.legend(loc="best")
+    top.set_title("Out-of-fold trading after fees, slippage and funding")
+    bottom.set_ylabel("drawdown")
+    fig.autofmt_xdate()
+    return _png(fig)
+
+
+def _confusion_plot(confusion: list[list[int]]) -> str:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(4, 3.5))
+    matrix = np.asarray(confusion)
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center")
+    ax.set_xticks(range(3), CLASS_NAMES)
+    ax.set_yticks(range(3), CLASS_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Out-of-fold confusion matrix")
+    return _png(fig)
+
+
+def _calibration_plot(curves: dict[str, dict[str, list[float]]]) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
+    for name, curve in curves.items():
+        ax.plot(curve["mean_predicted"], curve["observed"], marker="o", label=name)
+    ax.set_xlabel("forecast probability")
+    ax.set_ylabel("observed frequency")
+    ax.set_title("Reliability (out-of-fold)")
+    ax.legend()
+    return _png(fig)
+
+
+def _importance_plot(importance: dict[str, dict[str, Any]]) -> str:
+    import matplotlib.pyplot as plt
+
+    families = list(importance)
+    fig, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 4.5), squeeze=False)
+    for ax, family in zip(axes[0], families, strict=True):
+        perm = importance[family]["permutation"]["mean"]
+        names = list(perm)[:12][::-1]
+        ax.barh(names, [perm[n] for n in names])
+        stab = importance[family]["permutation"]["rank_stability"]
+        ax.set_title(f"{family}\nrank stability {stab:.2f}" if stab is not None else family)
+        ax.set_xlabel("log-loss increase when permuted")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def build_report(out_dir: Path, summary: dict[str, Any]) -> Path:
+    """Write ``report.html`` in the run folder and return its path.
+
+    Args:
+        out_dir: the run folder (holds ``candidates/``, ``trading.json``, ``gate_decision.json``).
+        summary: the run summary (window, gate, action).
+
+    Raises:
+        FileNotFoundError: a run file the report needs is missing.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ens = json.loads((out_dir / "candidates" / "ensemble" / "metadata.json").read_text())
+    trading = json.loads((out_dir / "trading.json").read_text())
+    gate = json.loads((out_dir / "gate_decision.json").read_text())
+    importance = {}
+    for family in ens["members"]:
+        meta = json.loads((out_dir / "candidates" / family / "metadata.json").read_text())
+        importance[family] = meta["cv"]["importance"]
+    metrics = ens["metrics"]
+    window = summary["window"]
+    trade_rows = [{"strategy": n, **{k: m.get(k) for k in ("total_return", "sharpe", "sortino", "max_drawdown",
+                                                             "calmar", "profit_factor", "hit_rate", "trades",
+                                                             "exposure", "turnover", "probabilistic_sharpe")}}
+                  for n, m in trading["out_of_fold"].items()]
+    gate_rows = [{"check": c["name"], "passed": "yes" if c["passed"] else "NO", "value": c["value"],
+                  "threshold": c["threshold"], "detail": c["detail"]} for c in gate["checks"]]
+    fold_cols = ["fold", "n", "macro_f1", "balanced_accuracy", "log_loss", "brier"]
+    model_rows = [{"model": f, **m} for f, m in metrics["members"].items()]
+    model_rows.append({"model": "ensemble", **metrics["ensemble"]})
+    model_rows += [{"model": f"baseline: {b}", **m} for b, m in metrics["baselines"].items()]
+    verdict = "PASS" if gate["passed"] else "FAIL"
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>weekly_retrain {html.escape(window['interval_start'][:10])}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"
+        "margin:8px 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
+        ".PASS{color:#070}.FAIL{color:#b00}</style></head><body>",
+        f"<h1>weekly_retrain: {html.escape(window['interval_start'])} → {html.escape(window['interval_end'])}</h1>",
+        f"<p>Candidate <b>{html.escape(str(gate.get('candidate')))}</b>; champion "
+        f"{html.escape(str(gate.get('champion')))}; action <b>{html.escape(str((summary.get('action') or {}).get('action')))}</b>; "
+        f"production now {html.escape(str(summary.get('production')))}.</p>",
+        f"<h2>Gate: <span class='{verdict}'>{verdict}</span></h2>", _table(gate_rows, list(gate_rows[0]) if gate_rows else []),
+        "<h2>Trading (out-of-fold bars)</h2>", _equity_plot(trading),
+        _table(trade_rows, list(trade_rows[0])),
+        f"<p>Costs: {html.escape(json.dumps(trading.get('costs')))}; positions need the decided class's "
+        f"probability ≥ {trading.get('min_probability')}; entry at the next bar's open.</p>",
+        "<h2>Classification (out-of-fold, purged walk-forward)</h2>",
+        _table(model_rows, ["model", "macro_f1", "balanced_accuracy", "log_loss", "brier", "n"]),
+        "<h3>Ensemble per fold</h3>", _table(metrics["ensemble_per_fold"], fold_cols),
+        "<h3>Gate window (this run's data interval)</h3>", _table([metrics["gate_window"]], fold_cols[1:]),
+        _confusion_plot(metrics["ensemble"]["confusion"]), _calibration_plot(metrics["reliability"]),
+        "<h2>Feature importance (mean over folds)</h2>", _importance_plot(importance),
+        "</body></html>",
+    ]
+    path = out_dir / "report.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text("\n".join(parts))
+    tmp.replace(path)
+    logger.info("run report: %s", path)
+    return path
