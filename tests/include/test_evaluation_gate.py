@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from include.ensemble import WeightedSoftVotingEnsemble, combine, fit_weights
@@ -112,3 +113,34 @@ def test_gate_tolerance_admits_a_close_challenger():
                 candidate_window={"macro_f1": 0.40, "n": 160}, champion=champ)
     assert not decide(GatePolicy(champion_tolerance=0.0), **args).passed
     assert decide(GatePolicy(champion_tolerance=0.02), **args).passed
+
+
+def test_full_metric_set_and_reliability():
+    from include.evaluation import reliability
+
+    rng = np.random.default_rng(3)
+    y = rng.choice([0, 1, 2], size=4000, p=[0.25, 0.5, 0.25])
+    proba = np.tile([0.25, 0.5, 0.25], (4000, 1))  # the true base rates: calibrated, uninformative
+    m = classification_metrics(y, proba)
+    assert np.sum(m["confusion"]) == 4000 and np.asarray(m["confusion"])[:, 1].sum() == 4000
+    assert m["recall"] == {"down": 0.0, "range": 1.0, "up": 0.0}
+    assert m["brier"] == pytest.approx(1 - (0.25**2 + 0.5**2 + 0.25**2), abs=0.02)
+    perfect = classification_metrics(y, np.eye(3)[y])
+    assert perfect["brier"] == pytest.approx(0.0) and perfect["precision"]["up"] == 1.0
+    curves = reliability(y, np.eye(3)[y] * 0.6 + 0.4 / 3)
+    assert set(curves) == {"down", "range", "up"}
+    assert curves["up"]["observed"][-1] == pytest.approx(1.0)
+
+
+def test_momentum_rule_uses_only_the_past(btc_slice):
+    from include.labels import momentum_forecast
+
+    close = btc_slice["ohlcv"]["close"]
+    full = momentum_forecast(close, horizon=4, mode="volatility", threshold=0.43)
+    part = momentum_forecast(close.iloc[:1000], horizon=4, mode="volatility", threshold=0.43)
+    pd.testing.assert_series_equal(part, full.iloc[:1000])
+    assert set(full.dropna().unique()) == {0.0, 1.0, 2.0}
+    y = np.asarray(full.fillna(1.0), dtype=int)
+    folds = [(tr, te) for _, tr, te in iter_splits(len(y), test_size=168, n_splits=3, purge=4)]
+    base = baseline_oof(y, folds, random_state=0, momentum=y)  # the rule forecasting itself
+    assert base["momentum"]["macro_f1"] == pytest.approx(1.0)
