@@ -29,7 +29,8 @@ def _airflow(*args: str, log: Path) -> int:
 
 
 def _fmt(m: dict[str, float]) -> str:
-    return f"macro F1 {m['macro_f1']:.4f}  bal.acc {m['balanced_accuracy']:.4f}  log loss {m['log_loss']:.4f}"
+    return (f"macro F1 {m['macro_f1']:.4f}  bal.acc {m['balanced_accuracy']:.4f}  log loss {m['log_loss']:.4f}  "
+            f"Brier {m['brier']:.4f}")
 
 
 def report(summary: dict[str, Any]) -> str:
@@ -52,11 +53,19 @@ def report(summary: dict[str, Any]) -> str:
         lines.append(f"  {'baseline ' + name:<14} {_fmt(m)}")
     lines.append("ensemble       weights " + ", ".join(f"{k} {v:.3f}" for k, v in ens["weights"].items())
                  + f"; candidate {ens['version']}")
+    trading = summary.get("trading") or {}
+    lines.append("trading (out-of-fold bars, after fees, slippage and funding):")
+    for name, m in (trading.get("out_of_fold") or {}).items():
+        sharpe = "n/a" if m.get("sharpe") is None else f"{m['sharpe']:.2f}"
+        lines.append(f"  {name:<14} return {100 * m['total_return']:+.2f}%  Sharpe {sharpe}  "
+                     f"max drawdown {100 * m['max_drawdown']:.2f}%  trades {m['trades']}  "
+                     f"exposure {100 * m['exposure']:.0f}%")
     lines.append(f"gate           {gate['summary']}")
     for check in gate["checks"]:
         lines.append(f"  {'ok  ' if check['passed'] else 'FAIL'} {check['name']}: {check['detail']}")
     action = summary["action"]
-    lines.append(f"action         {action['action']}; production model: {summary['production']}")
+    lines.append(f"action         {(action or {}).get('action')}; production model: {summary['production']}")
+    lines.append(f"report         {summary.get('report')}")
     return "\n".join(lines)
 
 
