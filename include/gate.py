@@ -13,7 +13,7 @@ A candidate (challenger) is promoted only if every check passes:
    macro F1 is at least the champion's minus ``champion_tolerance``.
 
 5. ``beats_trading_baselines``: the simulated strategy's out-of-fold annualised Sharpe ratio
-   (after fees, slippage and funding; :mod:`include.backtest`) is at least the best of the
+   (after fees, slippage and funding; :mod:`include.backtest`) exceeds the best of the
    trading baselines on the same bars (flat = 0 and the momentum rule) plus
    ``min_sharpe_margin``.
 6. ``max_drawdown``: its out-of-fold maximum drawdown is at most ``max_drawdown``.
@@ -146,7 +146,8 @@ def decide(policy: GatePolicy, *, candidate_version: str, candidate_oof: dict[st
             raise GateError(f"gate trading input lacks {exc}") from exc
         need = base_sharpe + policy.min_sharpe_margin
         checks.append(Check(
-            "beats_trading_baselines", strat["sharpe"] >= need, strat["sharpe"], need,
+            # Strictly: a strategy that never trades (Sharpe 0) has not beaten staying flat.
+            "beats_trading_baselines", strat["sharpe"] > need, strat["sharpe"], need,
             f"out-of-fold Sharpe {strat['sharpe']:.2f} after costs vs best trading baseline "
             f"({base_name}) {base_sharpe:.2f} + margin {policy.min_sharpe_margin}"))
         checks.append(Check(

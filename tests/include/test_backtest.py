@@ -75,6 +75,8 @@ GOOD = {"macro_f1": 0.40, "log_loss": 1.05}
      ["beats_trading_baselines"]),
     ({"sharpe": -0.5, "max_drawdown": 0.05, "probabilistic_sharpe": 0.3}, {"sharpe": -2.0}, GatePolicy(),
      ["beats_trading_baselines"]),  # flat (0) is a baseline too
+    ({"sharpe": 0.0, "max_drawdown": 0.0, "probabilistic_sharpe": None}, {"sharpe": -1.0}, GatePolicy(),
+     ["beats_trading_baselines"]),  # never trading has not beaten staying flat
     ({"sharpe": 2.0, "max_drawdown": 0.35, "probabilistic_sharpe": 0.9}, {"sharpe": 0.4}, GatePolicy(),
      ["max_drawdown"]),
     ({"sharpe": 1.2, "max_drawdown": 0.05, "probabilistic_sharpe": 0.7}, {"sharpe": 0.4},
