@@ -41,9 +41,11 @@ def rollback_model():
         from include.config import Settings
         from include.registry import ModelRegistry
 
-        registry = ModelRegistry(Settings.from_env().registry_dir)
-        pointer = registry.rollback(params.get("version") or None, run_id=get_current_context()["run_id"],
-                                    reason=params["reason"])
+        ctx = get_current_context()
+        registry = ModelRegistry.from_settings(Settings.from_env())
+        pointer = registry.rollback(params.get("version") or None, run_id=ctx["run_id"],
+                                    reason=params["reason"], dag_id=ctx["dag"].dag_id)
+        registry.dispose()
         return {"production": pointer.version, "previous": pointer.previous}
 
     rollback()

@@ -20,7 +20,9 @@ model family; purged, embargoed walk-forward cross-validation, early stopping on
 `simulate_trading` (out-of-fold positions after fees, slippage and funding, next to buy-and-hold
 and momentum) → `quality_gate` (sensor; champion/challenger policy) → `approve_promotion` (only
 with `require_approval`: Airflow's human-in-the-loop approval) → `promote` or `keep_production`
-→ `publish_summary` (HTML report, weekly summary to Slack/Discord).
+→ `publish_summary` (HTML report, weekly summary to Slack/Discord) → `apply_retention` (registry
+cleanup: the last `MODEL_REGISTRY_KEEP_LAST` versions and every version that ever held production
+are kept).
 
 **Gate rule.** Promote only if the ensemble's out-of-fold macro F1 beats the best naive baseline by
 `gate_min_f1_margin`, its out-of-fold log loss is at most `gate_max_log_loss_ratio` x the class-
@@ -31,8 +33,11 @@ momentum rule by `gate_min_sharpe_margin` with a maximum drawdown within `gate_m
 (optionally a probabilistic Sharpe ratio of at least `gate_min_probabilistic_sharpe`). See
 `include/gate.py`.
 
-**Outputs.** `var/runs/weekly_retrain/<interval>/` (features, dataset, candidates, validation and
-gate reports, summary.json); `models/` (versions, production pointer, archive, ledger).
+**Outputs.** `var/runs/weekly_retrain/<interval>/` (features, dataset, candidates, validation,
+trading and gate reports, report.html, summary.json); `models/versions/` (immutable artifacts);
+the registry's aliases (`production`, `challenger`) and ledger in the market database.
+`promote` smoke-tests the new production model (load + predict on the latest bars) and rolls
+back automatically if that fails.
 
 **Backfill.** `airflow backfill create --dag-id weekly_retrain --from-date 2023-11-05
 --to-date 2023-12-24 --max-active-runs 1`. Each run trains only on data before its own
@@ -185,13 +190,14 @@ def weekly_retrain():
         return train(cfg, win, out, family)
 
     @task
-    def assemble_ensemble(config: dict, window: dict, trained: list) -> dict:
+    def assemble_ensemble(config: dict, window: dict, trained: list, logical_date=None) -> dict:
         from include.pipeline import assemble
         from include.tasks import unpack
 
         dag_id, run_id = _ctx()
         cfg, win, settings, out = unpack(config, window, dag_id)
-        return assemble(cfg, win, settings, out, list(trained), dag_id=dag_id, run_id=run_id)
+        return assemble(cfg, win, settings, out, list(trained), dag_id=dag_id, run_id=run_id,
+                        logical_date=logical_date.isoformat() if logical_date else None)
 
     @task
     def simulate_trading(config: dict, window: dict, assembled: dict) -> dict:
@@ -216,7 +222,7 @@ def weekly_retrain():
         if waiting:
             logging.getLogger(__name__).info("waiting for %d earlier run(s) to decide first", waiting)
             return PokeReturnValue(is_done=False)
-        if ModelRegistry(settings.registry_dir).is_locked():
+        if ModelRegistry.from_settings(settings).is_locked():
             return PokeReturnValue(is_done=False)
         return PokeReturnValue(is_done=True, xcom_value=gate(cfg, win, settings, out, assembled, trading))
 
@@ -235,18 +241,23 @@ def weekly_retrain():
     )
 
     @task(trigger_rule="none_failed_min_one_success")
-    def promote(decision: dict) -> dict:
+    def promote(decision: dict, window: dict) -> dict:
+        from datetime import datetime as dt
+
         from include.config import Settings
         from include.pipeline import promote as promote_candidate
 
-        return promote_candidate(Settings.from_env(), decision, run_id=_ctx()[1])
+        dag_id, run_id = _ctx()
+        return promote_candidate(Settings.from_env(), decision, run_id=run_id, dag_id=dag_id,
+                                 as_of=dt.fromisoformat(window["interval_end"]))
 
     @task
     def keep_production(decision: dict) -> dict:
         from include.config import Settings
         from include.pipeline import keep
 
-        return keep(Settings.from_env(), decision, run_id=_ctx()[1])
+        dag_id, run_id = _ctx()
+        return keep(Settings.from_env(), decision, run_id=run_id, dag_id=dag_id)
 
     @task(trigger_rule="none_failed_min_one_success")
     def publish_summary(config: dict, window: dict, ingested: dict, validation: dict, feature_info: dict,
@@ -261,6 +272,17 @@ def weekly_retrain():
                  "action": promoted or kept}
         return summarise(settings, out, win, parts, context=get_current_context())
 
+    @task
+    def apply_retention() -> dict:
+        from include.config import Settings
+        from include.registry import ModelRegistry
+
+        settings = Settings.from_env()
+        registry = ModelRegistry.from_settings(settings)
+        removed = registry.cleanup(settings.registry_keep_last)
+        registry.dispose()
+        return {"removed": removed, "keep_last": settings.registry_keep_last}
+
     plan = plan_run()
     config, window = plan["config"], plan["window"]
     ingested = ingest_market_data(config, window)
@@ -273,11 +295,12 @@ def weekly_retrain():
     trading = simulate_trading(config, window, assembled)
     decision = quality_gate(config, window, assembled, trading)
     action = choose_action(decision, config)
-    promoted, kept = promote(decision), keep_production(decision)
+    promoted, kept = promote(decision, window), keep_production(decision)
     action >> [approve_promotion, promoted, kept]
     approve_promotion >> promoted
-    publish_summary(config, window, ingested, validation, feature_info, dataset, assembled, trading, decision,
-                    promoted, kept)
+    published = publish_summary(config, window, ingested, validation, feature_info, dataset, assembled, trading,
+                                decision, promoted, kept)
+    published >> apply_retention()
 
 
 weekly_retrain()

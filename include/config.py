@@ -28,6 +28,19 @@ TIMEFRAME_SECONDS: dict[str, int] = {"15m": 900, "1h": 3600, "4h": 14_400, "1d":
 MODEL_FAMILIES: tuple[str, ...] = ("lightgbm", "xgboost", "random_forest")
 
 
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected an integer") from None
+    if value < 1:
+        raise ConfigError(f"{name}={raw!r}: expected at least 1")
+    return value
+
+
 def _env_path(name: str, default: Path) -> Path:
     value = os.environ.get(name)
     return Path(value).expanduser().resolve() if value else default
@@ -46,6 +59,8 @@ class Settings:
             validation reports (``RUN_ARTIFACTS_DIR``; default ``var/runs``).
         exchange_api_url: base URL replacing the exchange's API hosts for the exchange source
             (``EXCHANGE_API_URL``; default: the exchange's own), e.g. a proxy or a local replay.
+        registry_keep_last: retention: registry versions kept besides every version that ever
+            held production (``MODEL_REGISTRY_KEEP_LAST``; default 20).
     """
 
     data_dir: Path
@@ -53,6 +68,7 @@ class Settings:
     registry_dir: Path
     runs_dir: Path
     exchange_api_url: str | None = None
+    registry_keep_last: int = 20
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -65,6 +81,7 @@ class Settings:
             registry_dir=_env_path("MODEL_REGISTRY_DIR", PROJECT_ROOT / "models"),
             runs_dir=_env_path("RUN_ARTIFACTS_DIR", var / "runs"),
             exchange_api_url=os.environ.get("EXCHANGE_API_URL") or None,
+            registry_keep_last=_env_int("MODEL_REGISTRY_KEEP_LAST", 20),
         )
 
 

@@ -44,3 +44,7 @@ class GateError(PipelineError):
 
 class RegistryError(PipelineError):
     """The model registry is missing a version, holds a corrupt artifact, or refused an update."""
+
+
+class ServingError(PipelineError):
+    """The production model cannot serve a prediction (no model, stale model, no market data)."""

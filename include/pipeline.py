@@ -31,7 +31,7 @@ from include.errors import DataQualityError, PipelineError, TrainingError
 from include.features import FeatureSpec, build_features
 from include.gate import GatePolicy, decide
 from include.labels import class_balance, make_labels
-from include.registry import ModelRegistry, atomic_write_json, sha256_file
+from include.registry import CHALLENGER, ModelRegistry, atomic_write_json, code_version, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -371,9 +371,21 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str) -> dict
             "seconds": seconds}
 
 
+def _validation_summary(out_dir: Path) -> dict[str, Any] | None:
+    """The expectation-suite result of the run, for the version's lineage."""
+    path = out_dir / "validation.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    return {"success": report.get("success"), "window": report.get("window"),
+            "suites": [{"suite": r.get("suite"), "rows": r.get("rows"), "expectations": r.get("evaluated"),
+                        "failed": len(r.get("failed", []))} for r in report.get("suites", [])]}
+
+
 # -- 6. ensemble -----------------------------------------------------------------------------
 def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
-             trained: list[dict[str, Any]], *, dag_id: str, run_id: str) -> dict[str, Any]:
+             trained: list[dict[str, Any]], *, dag_id: str, run_id: str,
+             logical_date: str | None = None) -> dict[str, Any]:
     """Soft-vote the trained families, score the ensemble out-of-fold, register the candidate.
 
     Returns:
@@ -467,13 +479,19 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
                     "members_summary": {f: member_meta[f]["cv"]["summary"] for f in families},
                     "baselines": baselines},
         "member_params": {f: member_meta[f]["params"] for f in families},
-        "libraries": library_versions(), "dag_id": dag_id, "run_id": run_id,
+        "libraries": library_versions(), "code_version": code_version(),
+        "dag_id": dag_id, "run_id": run_id, "logical_date": logical_date,
+        "validation": _validation_summary(out_dir),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     metadata["files"] = {"model.joblib": sha256_file(tmp / "model.joblib")}
     atomic_write_json(tmp / "metadata.json", metadata)
     _replace_dir(tmp, cand)
-    version = ModelRegistry(settings.registry_dir).register(cand, window.ts("interval_end"))
+    registry = ModelRegistry.from_settings(settings)
+    version = registry.register(cand, window.ts("interval_end"))
+    registry.move_alias(CHALLENGER, version, event="candidate", run_id=run_id, dag_id=dag_id,
+                        reason=f"candidate of {window.run_key}")
+    registry.dispose()
     logger.info("ensemble %s weights %s: out-of-fold %s; baselines %s", version, weights,
                 ensemble_metrics, baselines)
     return {"version": version, "weights": weights, "ensemble": ensemble_metrics,
@@ -578,7 +596,7 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
     The champion is scored on exactly the rows of the candidate's last fold (this run's data
     interval), which the champion never saw if it was trained before the interval started.
     """
-    registry = ModelRegistry(settings.registry_dir)
+    registry = ModelRegistry.from_settings(settings)
     champion = _champion_evaluation(registry, cfg, window, settings, out_dir, assembled["gate_window"])
     decision = decide(policy_from_config(cfg), candidate_version=assembled["version"],
                       candidate_oof=assembled["ensemble"], baselines=assembled["baselines"],
@@ -598,31 +616,74 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
 
 
 # -- 9. promote / keep -----------------------------------------------------------------------
-def promote(settings: Settings, decision: dict[str, Any], *, run_id: str) -> dict[str, Any]:
-    """Move production to the candidate after a passing decision.
+def smoke_test(settings: Settings, as_of: datetime) -> dict[str, Any]:
+    """Load the production model through the serving loader and predict from the latest bars.
+
+    Returns:
+        The prediction as a dict.
 
     Raises:
-        PipelineError: the decision did not pass (promotion refused).
-        RegistryError: the candidate fails verification; production is unchanged.
+        PipelineError: the prediction is not three finite probabilities summing to 1, or the
+            model could not be loaded or could not predict (the cause is chained).
+    """
+    from include.serving import ProductionModel
+
+    serving = ProductionModel(ModelRegistry.from_settings(settings), settings.market_db_url, max_age_hours=None)
+    try:
+        prediction = serving.predict(serving.current()[2]["symbol"], as_of)
+    except Exception as exc:
+        raise PipelineError(f"smoke test failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        serving.registry.dispose()
+    proba = np.array(list(prediction.probabilities.values()))
+    if proba.shape != (3,) or not np.isfinite(proba).all() or abs(proba.sum() - 1) > 1e-6:
+        raise PipelineError(f"smoke test failed: probabilities {prediction.probabilities}")
+    return prediction.to_dict()
+
+
+def promote(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id: str | None = None,
+            as_of: datetime | None = None) -> dict[str, Any]:
+    """Move production to the candidate after a passing decision, then smoke-test it.
+
+    The move is a compare-and-set: production must still be the champion the gate compared
+    with. After the move, :func:`smoke_test` loads the new production model and predicts from
+    the latest bars up to ``as_of``; if that fails, production is rolled back to the previous
+    version (ledger event ``auto_rollback``) and the error is raised.
+
+    Raises:
+        PipelineError: the decision did not pass, or the smoke test failed (after the rollback).
+        RegistryError: the candidate fails verification, or production moved since the gate
+            decided; production is unchanged.
     """
     if not decision.get("passed"):
         raise PipelineError(f"refusing to promote {decision.get('candidate')}: gate did not pass")
-    registry = ModelRegistry(settings.registry_dir)
-    pointer = registry.promote(decision["candidate"], run_id=run_id, reason=decision["summary"],
-                               decision=decision)
-    model, _ = registry.load_production() or (None, None)
-    if model is None:
-        raise PipelineError("production model is missing right after promotion")
-    return {"action": "promote", "production": pointer.version, "previous": pointer.previous}
+    registry = ModelRegistry.from_settings(settings)
+    try:
+        pointer = registry.promote(decision["candidate"], run_id=run_id, reason=decision["summary"],
+                                   decision=decision, dag_id=dag_id, expected=decision.get("champion"))
+        try:
+            smoke = smoke_test(settings, as_of or datetime.now(UTC))
+        except PipelineError as exc:
+            if pointer.previous is not None:
+                registry.rollback(pointer.previous, run_id=run_id, dag_id=dag_id, event="auto_rollback",
+                                  reason=f"post-promotion {exc}")
+                raise PipelineError(f"{exc}; production rolled back to {pointer.previous}") from exc
+            raise
+    finally:
+        registry.dispose()
+    logger.info("promoted %s (previous %s); smoke test: %s", pointer.version, pointer.previous, smoke)
+    return {"action": "promote", "production": pointer.version, "previous": pointer.previous,
+            "smoke_test": smoke}
 
 
-def keep(settings: Settings, decision: dict[str, Any], *, run_id: str) -> dict[str, Any]:
+def keep(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id: str | None = None) -> dict[str, Any]:
     """Record that production stays as it is after a failing decision."""
-    registry = ModelRegistry(settings.registry_dir)
-    registry.record_keep(decision.get("candidate"), run_id=run_id,
+    registry = ModelRegistry.from_settings(settings)
+    registry.record_keep(decision.get("candidate"), run_id=run_id, dag_id=dag_id,
                          reason="; ".join(decision.get("reasons", [])) or decision.get("summary", ""),
                          decision=decision)
     pointer = registry.production()
+    registry.dispose()
     return {"action": "keep", "production": pointer.version if pointer else None,
             "rejected": decision.get("candidate")}
 
@@ -640,7 +701,7 @@ def summarise(settings: Settings, out_dir: Path, window: RunWindow, parts: dict[
     from include.notify import send, summary_message
     from include.report import build_report
 
-    pointer = ModelRegistry(settings.registry_dir).production()
+    pointer = ModelRegistry.from_settings(settings).production()
     summary = json_safe({"window": asdict(window), **parts, "production": pointer.version if pointer else None})
     report = build_report(out_dir, summary)
     summary["report"] = str(report)

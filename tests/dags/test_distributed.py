@@ -77,7 +77,7 @@ def test_backfill_of_three_weeks_with_scheduler_and_local_executor(deployment_en
         ("2023-06-04", "2023-06-11"), ("2023-06-11", "2023-06-18"), ("2023-06-18", "2023-06-25")]
 
     # Each run's version was trained only on data before its own data_interval_end.
-    registry = ModelRegistry(tmp_path / "models")
+    registry = ModelRegistry(tmp_path / "models", market)
     by_run = {registry.metadata(v)["run_id"]: {**registry.metadata(v), "version": v} for v in registry.versions()}
     assert set(by_run) == {r["run_id"] for r in runs}
     for run in runs:

@@ -70,7 +70,7 @@ def test_first_run_promotes_a_loadable_model(first_run):
     assert states["promote"] == "success" and states["keep_production"] == "skipped"
     summary = _summary(dr)
     settings = Settings.from_env()
-    registry = ModelRegistry(settings.registry_dir)
+    registry = ModelRegistry.from_settings(settings)
     assert registry.production().version == summary["production"] == summary["ensemble"]["version"]
     model, meta = registry.load_production()
     # Only data before the interval end was used.
@@ -89,7 +89,7 @@ def test_first_run_promotes_a_loadable_model(first_run):
 def test_second_run_is_compared_with_the_promoted_model(dag, first_run, webhook_server):
     from include.registry import ModelRegistry
 
-    champion = ModelRegistry(Settings.from_env().registry_dir).production().version
+    champion = ModelRegistry.from_settings(Settings.from_env()).production().version
     dr, states = _run(dag, 31, SHORT)
     assert dr.state == "success", states
     gate = _summary(dr)["gate"]
@@ -98,7 +98,7 @@ def test_second_run_is_compared_with_the_promoted_model(dag, first_run, webhook_
     assert names["champion_out_of_sample"]["passed"]
     assert "beats_champion" in names
     assert gate["champion_evaluation"]["metrics"]["n"] == gate["candidate_gate_window"]["n"] > 100
-    production = ModelRegistry(Settings.from_env().registry_dir).production().version
+    production = ModelRegistry.from_settings(Settings.from_env()).production().version
     if gate["passed"]:
         assert states["promote"] == "success" and production == gate["candidate"]
     else:
@@ -161,7 +161,7 @@ def test_bad_data_stops_the_run_promotes_nothing_and_alerts(dag, first_run, tmp_
         bars.to_csv(fh, index=False)
     shutil.copy(data_dir / "btcusdt_funding_8h.csv.gz", tmp_path / "badusdt_funding_8h.csv.gz")
 
-    registry = ModelRegistry(Settings.from_env().registry_dir)
+    registry = ModelRegistry.from_settings(Settings.from_env())
     before = (registry.production(), len(registry.ledger()), registry.versions())
     dr, states = _run(dag, 24, {**SHORT, "symbol": "BADUSDT", "source_dir": str(tmp_path)})
 
@@ -180,3 +180,27 @@ def test_bad_data_stops_the_run_promotes_nothing_and_alerts(dag, first_run, tmp_
     for needle in ("weekly_retrain", "validate_market_data", dr.run_id, "2023-12-17", "2023-12-24",
                    "expect_column_values_to_not_be_null", "Log:"):
         assert needle in text, (needle, text)
+
+
+def test_failed_smoke_test_rolls_production_back(first_run, tmp_path):
+    """A promoted model that cannot predict on the latest bars is rolled back automatically."""
+    from include.errors import PipelineError
+    from include.pipeline import promote
+    from include.registry import ModelRegistry
+
+    settings = Settings.from_env()
+    registry = ModelRegistry.from_settings(settings)
+    champion = registry.production().version
+    broken = tmp_path / "broken"
+    shutil.copytree(registry.versions_dir / champion, broken)
+    (broken / "manifest.json").unlink()
+    lineage = json.loads((broken / "metadata.json").read_text())
+    lineage["feature_spec"]["names"] = [*lineage["feature_spec"]["names"], "feature_the_store_cannot_compute"]
+    (broken / "metadata.json").write_text(json.dumps(lineage))
+    bad = registry.register(broken, datetime(2023, 12, 31, tzinfo=UTC))
+    decision = {"passed": True, "candidate": bad, "champion": champion, "summary": "PASS (test)"}
+    with pytest.raises(PipelineError, match="smoke test failed.*rolled back to"):
+        promote(settings, decision, run_id="smoke-test", as_of=datetime(2023, 12, 31, tzinfo=UTC))
+    assert registry.production().version == champion
+    assert [(e["event"], e["to"]) for e in registry.ledger()[-2:]] == [("promote", bad), ("auto_rollback", champion)]
+    assert "smoke test failed" in registry.ledger()[-1]["reason"]

@@ -32,7 +32,7 @@ def test_migrations_build_exactly_the_schema_the_store_queries(backend, pg_url, 
 
     url = pg_url if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.sqlite'}"
     store = MarketStore(url)
-    assert store.schema_revision == "0002"
+    assert store.schema_revision == "0003"
     with store.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": SCHEMA_VERSION_TABLE})
         diff = [d for d in compare_metadata(ctx, metadata) if d[0] != "remove_table"]
@@ -40,7 +40,7 @@ def test_migrations_build_exactly_the_schema_the_store_queries(backend, pg_url, 
     assert diff == []
     assert {"ohlcv", "funding_rate", "open_interest", "ohlcv_gap", SCHEMA_VERSION_TABLE} <= tables
     assert "alembic_version" not in tables  # Airflow's own version table name stays free
-    assert migrate(store.engine) == "0002"  # re-opening is a no-op
+    assert migrate(store.engine) == "0003"  # re-opening is a no-op
     store.dispose()
 
 
@@ -59,7 +59,7 @@ def test_concurrent_first_opens_migrate_once(pg_url):
         t.start()
     for t in threads:
         t.join()
-    assert errors == [] and results == ["0002"] * 4
+    assert errors == [] and results == ["0003"] * 4
     for e in engines:
         e.dispose()
 

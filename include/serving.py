@@ -1,0 +1,209 @@
+"""Serving the production model: one loader for everything that predicts.
+
+:class:`ProductionModel` loads the version the ``production`` alias points at (after checking
+its sha256 against the registry), keeps it in memory, and reloads it when the alias moves; it
+looks the alias up at most every ``refresh_seconds``. A staleness guard compares the model's
+training-data end with now, in the manner of FreqAI's ``expiration_hours``: past
+``max_age_hours`` it warns (``on_stale="warn"``, the prediction says ``stale``) or refuses
+(``"refuse"``).
+
+:meth:`ProductionModel.predict` computes the features of the latest bars from the market store
+with the model's own feature spec (the one stored in its lineage) and returns the class
+probabilities (down / range / up) of the last complete bar, with the version that produced them.
+:func:`production_model` gives the process-wide instance for a deployment (the API plugin and
+the post-promotion smoke test use it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from include.config import TIMEFRAME_SECONDS
+from include.errors import ServingError
+from include.labels import CLASS_NAMES
+from include.registry import ModelRegistry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One prediction.
+
+    Attributes:
+        version: registry version that produced it.
+        symbol: instrument.
+        bar: open time (ISO, UTC) of the bar whose features were used; the forecast is for the
+            ``label_horizon_bars`` after its close.
+        probabilities: class name -> probability (down, range, up); they sum to 1.
+        decision: the prior-corrected most likely class.
+        horizon_bars: forecast horizon in bars.
+        model_age_hours: hours from the end of the model's training data to now.
+        stale: older than the configured maximum age.
+    """
+
+    version: str
+    symbol: str
+    bar: str
+    probabilities: dict[str, float]
+    decision: str
+    horizon_bars: int
+    model_age_hours: float
+    stale: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable view."""
+        return asdict(self)
+
+
+class ProductionModel:
+    """The production model of one registry, loaded once and reloaded when the alias moves.
+
+    Args:
+        registry: the model registry.
+        market_db_url: the market store, for the features of the latest bars.
+        max_age_hours: staleness limit (``None``: no limit).
+        on_stale: ``warn`` or ``refuse`` past the limit.
+        refresh_seconds: how often to look the alias up again.
+    """
+
+    def __init__(self, registry: ModelRegistry, market_db_url: str, *, max_age_hours: float | None = 192.0,
+                 on_stale: Literal["warn", "refuse"] = "warn", refresh_seconds: float = 5.0) -> None:
+        self.registry = registry
+        self.market_db_url = market_db_url
+        self.max_age_hours = max_age_hours
+        self.on_stale = on_stale
+        self.refresh_seconds = refresh_seconds
+        self._lock = threading.Lock()
+        self._version: str | None = None
+        self._model: Any = None
+        self._lineage: dict[str, Any] = {}
+        self._checked = 0.0
+        self._store = None
+        self.loads = 0
+
+    def current(self) -> tuple[str, Any, dict[str, Any]]:
+        """``(version, model, lineage)`` of production, reloading if the alias moved.
+
+        Raises:
+            ServingError: there is no production model.
+            RegistryError: the production artifact fails its sha256 check.
+        """
+        with self._lock:
+            now = time.monotonic()
+            if self._version is None or now - self._checked >= self.refresh_seconds:
+                pointer = self.registry.production()
+                self._checked = now
+                if pointer is None:
+                    raise ServingError("no production model: nothing has been promoted yet")
+                if pointer.version != self._version:
+                    model, lineage = self.registry.load(pointer.version)
+                    for _, est in getattr(model, "estimators_", []):
+                        # One-row predictions: thread pools cost more than they save.
+                        if "n_jobs" in est.get_params():
+                            est.set_params(n_jobs=1)
+                    self._version, self._model, self._lineage = pointer.version, model, lineage
+                    self.loads += 1
+                    logger.info("serving production model %s", pointer.version)
+            return self._version, self._model, self._lineage
+
+    def age_hours(self, lineage: dict[str, Any], now: datetime | None = None) -> float:
+        """Hours from the end of the model's training data to ``now``."""
+        trained_until = pd.Timestamp(lineage["data_window"]["trained_until"])
+        return (pd.Timestamp(now or datetime.now(UTC)) - trained_until).total_seconds() / 3600
+
+    def _check_age(self, version: str, lineage: dict[str, Any], now: datetime | None) -> tuple[float, bool]:
+        age = self.age_hours(lineage, now)
+        stale = self.max_age_hours is not None and age > self.max_age_hours
+        if stale:
+            message = (f"production model {version} is {age:.0f} h old (trained until "
+                       f"{lineage['data_window']['trained_until']}), over the {self.max_age_hours:.0f} h limit")
+            if self.on_stale == "refuse":
+                raise ServingError(message + "; refusing to serve")
+            logger.warning(message)
+        return age, stale
+
+    def predict_frame(self, X: pd.DataFrame) -> np.ndarray:
+        """Class probabilities ``(n, 3)`` of the production model for ready-made features."""
+        _, model, lineage = self.current()
+        return model.predict_proba(X[list(lineage["feature_spec"]["names"])])
+
+    def predict(self, symbol: str, as_of: datetime | None = None) -> Prediction:
+        """Forecast from the last complete bar before ``as_of`` (default: now).
+
+        Args:
+            symbol: must be the production model's symbol.
+            as_of: UTC time; bars opening before it are used.
+
+        Raises:
+            ServingError: no production model, another symbol, a stale model under ``refuse``,
+                or no complete feature row in the store before ``as_of``.
+        """
+        from include.data.store import MarketStore
+        from include.features import FeatureSpec, build_features
+        from include.training import prior_corrected_predict
+
+        version, model, lineage = self.current()
+        if symbol.upper() != lineage["symbol"]:
+            raise ServingError(f"production model {version} forecasts {lineage['symbol']}, not {symbol}")
+        ts = pd.Timestamp(as_of or datetime.now(UTC))
+        as_of = (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
+        age, stale = self._check_age(version, lineage, as_of)
+        spec = FeatureSpec.from_dict({k: v for k, v in lineage["feature_spec"].items() if k != "sha256"})
+        bar = timedelta(seconds=TIMEFRAME_SECONDS[lineage["timeframe"]])
+        start = as_of - bar * (spec.warmup_bars + 48)
+        if self._store is None:
+            self._store = MarketStore(self.market_db_url)
+        key = {"exchange": lineage["exchange"], "symbol": lineage["symbol"]}
+        ohlcv = self._store.load_ohlcv(market_type=lineage["market_type"], timeframe=lineage["timeframe"],
+                                       start=start, end=as_of, **key)
+        funding = self._store.load_funding_rates(start=start - timedelta(days=10), end=as_of, **key)
+        oi = self._store.load_open_interest(start=start - timedelta(days=2), end=as_of, **key)
+        if ohlcv.empty:
+            raise ServingError(f"no {lineage['symbol']} candles in the market store before {as_of.isoformat()}")
+        # The bar in progress at as_of is not complete: use bars that closed by then.
+        ohlcv = ohlcv[ohlcv["timestamp"] + bar <= pd.Timestamp(as_of)]
+        feats = build_features(ohlcv, spec, funding, oi)[list(spec.names)]
+        required = [c for c in spec.names if c != "oi_change_1d"]
+        ready = feats[feats[required].notna().all(axis=1)]
+        if ready.empty:
+            raise ServingError(f"no complete feature row for {lineage['symbol']} before {as_of.isoformat()}")
+        row = ready.iloc[[-1]]
+        proba = model.predict_proba(row)[0]
+        decided = int(prior_corrected_predict(proba[None, :], model.class_prior_)[0])
+        return Prediction(version=version, symbol=lineage["symbol"], bar=row.index[0].isoformat(),
+                          probabilities=dict(zip(CLASS_NAMES, map(float, proba), strict=True)),
+                          decision=CLASS_NAMES[decided], horizon_bars=int(lineage["config"]["label_horizon_bars"]),
+                          model_age_hours=round(age, 2), stale=stale)
+
+
+_instances: dict[tuple[str, str], ProductionModel] = {}
+_instances_lock = threading.Lock()
+
+
+def production_model(settings: Any) -> ProductionModel:
+    """The process-wide :class:`ProductionModel` of a deployment.
+
+    Limits come from ``MODEL_MAX_AGE_HOURS`` (default 192: a weekly model plus a day's slack;
+    ``none`` for no limit) and ``MODEL_STALE_POLICY`` (``warn`` or ``refuse``; default ``warn``).
+    """
+    key = (str(settings.registry_dir), settings.market_db_url)
+    with _instances_lock:
+        if key not in _instances:
+            raw_age = os.environ.get("MODEL_MAX_AGE_HOURS", "192")
+            policy = os.environ.get("MODEL_STALE_POLICY", "warn")
+            if policy not in ("warn", "refuse"):
+                raise ServingError(f"MODEL_STALE_POLICY={policy!r}: expected warn or refuse")
+            _instances[key] = ProductionModel(
+                ModelRegistry.from_settings(settings), settings.market_db_url,
+                max_age_hours=None if raw_age.lower() == "none" else float(raw_age), on_stale=policy)
+        return _instances[key]
