@@ -169,7 +169,8 @@ class ProductionModel:
         funding = self._store.load_funding_rates(start=start - timedelta(days=10), end=as_of, **key)
         oi = self._store.load_open_interest(start=start - timedelta(days=2), end=as_of, **key)
         if ohlcv.empty:
-            raise ServingError(f"no {lineage['symbol']} candles in the market store before {as_of.isoformat()}")
+            raise ServingError(f"no {lineage['symbol']} candles in the market store in [{start.isoformat()}, "
+                               f"{as_of.isoformat()}): is ingestion up to date?")
         # The bar in progress at as_of is not complete: use bars that closed by then.
         ohlcv = ohlcv[ohlcv["timestamp"] + bar <= pd.Timestamp(as_of)]
         feats = build_features(ohlcv, spec, funding, oi)[list(spec.names)]

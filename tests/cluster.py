@@ -36,20 +36,24 @@ class LocalAirflow:
 
     Args:
         home: AIRFLOW_HOME (logs, config) and where component logs go.
-        metadata_url: SQLAlchemy URL of an empty PostgreSQL database for Airflow's metadata.
+        metadata_url: SQLAlchemy URL of an empty database for Airflow's metadata (PostgreSQL;
+            SQLite is enough for an api-server alone).
         executor: ``LocalExecutor`` or ``CeleryExecutor``.
         env: extra environment for every component (market store, registry, runs folder …).
         broker_url: Celery broker (Redis) for the CeleryExecutor.
+        components: start only these (e.g. ``("api-server",)``); default: all.
     """
 
     def __init__(self, home: Path, metadata_url: str, executor: str = "LocalExecutor",
-                 env: dict[str, str] | None = None, broker_url: str = "redis://127.0.0.1:6379/7") -> None:
+                 env: dict[str, str] | None = None, broker_url: str = "redis://127.0.0.1:6379/7",
+                 components: tuple[str, ...] | None = None) -> None:
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.metadata_url = metadata_url
         self.executor = executor
         self.port = free_port()
         self.procs: dict[str, subprocess.Popen] = {}
+        self.components = components
         bin_dir = str(Path(sys.executable).parent)
         self.env = {
             **os.environ,
@@ -100,6 +104,8 @@ class LocalAirflow:
         ]
         if self.executor == "CeleryExecutor":
             components.append(("celery-worker", ["celery", "worker", "--concurrency", "2"]))
+        if self.components is not None:
+            components = [(n, a) for n, a in components if n in self.components]
         for name, args in components:
             log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - owned by the process
             self.procs[name] = subprocess.Popen(["airflow", *args], env=self.env, stdout=log,

@@ -103,3 +103,39 @@ def pg_url():
     url = create_pg_database("retrain_test")
     yield url
     drop_pg_database(url)
+
+
+@pytest.fixture(scope="session")
+def trained_registry(tmp_path_factory, data_dir):
+    """A real registry: two weekly runs of the pipeline (short window) on the bundled data.
+
+    Runs the same ``include.pipeline`` functions the DAG's tasks call, for the weeks ending
+    2023-12-24 and 2023-12-31, with a permissive gate so that both promote. Returns the
+    ``Settings`` (own SQLite store and registry folder) and the two versions, oldest first.
+    """
+    from include import pipeline as p
+    from include.config import RunConfig, Settings
+
+    root = tmp_path_factory.mktemp("trained-registry")
+    settings = Settings(data_dir=data_dir, market_db_url=f"sqlite:///{root / 'market.sqlite'}",
+                        registry_dir=root / "models", runs_dir=root / "runs")
+    versions = []
+    for day in ("2023-12-24", "2023-12-31"):
+        cfg = RunConfig(as_of_date=day, train_window_days=120, cv_folds=3, gate_min_f1_margin=-1.0,
+                        gate_max_log_loss_ratio=10.0, gate_min_sharpe_margin=-1000.0, gate_max_drawdown=1.0,
+                        gate_champion_tolerance=1.0)
+        window = p.resolve_window(cfg, data_interval_start=None, data_interval_end=None, run_after=None)
+        out = p.run_dir(settings, "weekly_retrain", window)
+        run_id = f"fixture__{day}"
+        p.ingest(cfg, window, settings)
+        p.validate(cfg, window, settings, out)
+        p.features(cfg, window, settings, out)
+        p.labels(cfg, window, out)
+        trained = [p.train(cfg, window, out, family) for family in cfg.models]
+        assembled = p.assemble(cfg, window, settings, out, trained, dag_id="weekly_retrain", run_id=run_id)
+        trading = p.simulate_trading(cfg, window, settings, out)
+        decision = p.gate(cfg, window, settings, out, assembled, trading)
+        assert decision["passed"], decision["summary"]
+        p.promote(settings, decision, run_id=run_id, dag_id="weekly_retrain", as_of=window.ts("interval_end"))
+        versions.append(assembled["version"])
+    return {"settings": settings, "versions": versions}

@@ -1,0 +1,147 @@
+"""The registry API and the Models page, through a running Airflow api-server.
+
+The api-server runs as its own process (``airflow api-server``) with the plugin loaded from
+``plugins/``, over a real registry made by two pipeline runs. The Models page is loaded in
+headless Chromium (Debian's ``chromium``) through the DevTools protocol, logged in with a real
+Airflow token; a screenshot is kept in ``var/artifacts/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import LocalAirflow, free_port
+from tests.conftest import ROOT
+
+ARTIFACTS = ROOT / "var" / "artifacts"
+
+
+def _request(url: str, token: str | None = None, body: dict | None = None) -> tuple[int, object]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json",
+                                          **({"Authorization": f"Bearer {token}"} if token else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if resp.headers.get_content_type() == "application/json" else raw.decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+@pytest.fixture(scope="module")
+def api(trained_registry, tmp_path_factory):
+    settings = trained_registry["settings"]
+    home = tmp_path_factory.mktemp("api-airflow")
+    env = {"MARKET_DB_URL": settings.market_db_url, "MODEL_REGISTRY_DIR": str(settings.registry_dir),
+           "MODEL_MAX_AGE_HOURS": "none"}
+    with LocalAirflow(home, f"sqlite:///{home / 'airflow.db'}", env=env, components=("api-server",)) as airflow:
+        base = f"http://127.0.0.1:{airflow.port}"
+        status, token = _request(f"{base}/auth/token", body={"username": "admin", "password": "admin"})
+        assert status in (200, 201), token
+        yield {"base": base, "token": token["access_token"], "versions": trained_registry["versions"]}
+
+
+def test_every_route_needs_an_airflow_user(api):
+    for path in ("/model-registry/versions", "/model-registry/ui", "/model-registry/aliases/production"):
+        assert _request(api["base"] + path)[0] == 401, path
+    assert _request(api["base"] + "/model-registry/predict", body={"symbol": "BTCUSDT"})[0] == 401
+    assert _request(api["base"] + "/model-registry/versions", token="not-a-token")[0] in (401, 403)
+
+
+def test_versions_aliases_and_history(api):
+    v1, v2 = api["versions"]
+    status, rows = _request(api["base"] + "/model-registry/versions", api["token"])
+    assert status == 200 and [r["version"] for r in rows] == [v2, v1]
+    assert sorted(rows[0]["aliases"]) == ["challenger", "production"] and rows[1]["ever_production"]
+    assert 0 < rows[0]["macro_f1"] < 1
+    status, one = _request(api["base"] + f"/model-registry/versions/{v1}", api["token"])
+    assert status == 200 and one["lineage"]["run_id"] == "fixture__2023-12-24" and len(one["files"]["model.joblib"]) == 64
+    assert _request(api["base"] + "/model-registry/versions/v-missing", api["token"])[0] == 404
+    status, alias = _request(api["base"] + "/model-registry/aliases/production", api["token"])
+    assert status == 200 and alias["version"] == v2
+    assert [(h["event"], h["from"], h["to"]) for h in alias["history"]] == [("promote", None, v1), ("promote", v1, v2)]
+    assert alias["history"][1]["decision"]["passed"] is True
+
+
+def test_predict_and_openapi(api):
+    status, pred = _request(api["base"] + "/model-registry/predict", api["token"],
+                            {"symbol": "BTCUSDT", "as_of": "2023-12-31T00:00:00Z"})
+    assert status == 200, pred
+    assert pred["version"] == api["versions"][1] and pred["bar"] == "2023-12-30T23:00:00+00:00"
+    assert sum(pred["probabilities"].values()) == pytest.approx(1.0)
+    status, err = _request(api["base"] + "/model-registry/predict", api["token"], {"symbol": "ETHUSDT"})
+    assert status == 409 and "not ETHUSDT" in err["detail"]
+    status, spec = _request(api["base"] + "/model-registry/openapi.json", api["token"])
+    assert status == 200 and {"/versions", "/versions/{version}", "/aliases/{alias}", "/predict"} <= set(spec["paths"])
+    status, plugins = _request(api["base"] + "/api/v2/plugins", api["token"])
+    ours = next(p for p in plugins["plugins"] if p["name"] == "model_registry")
+    assert ours["external_views"][0]["name"] == "Models" and ours["fastapi_apps"][0]["url_prefix"] == "/model-registry"
+
+
+def _cdp(ws, method: str, **params):
+    _cdp.counter = getattr(_cdp, "counter", 0) + 1
+    ws.send(json.dumps({"id": _cdp.counter, "method": method, "params": params}))
+    while True:
+        msg = json.loads(ws.recv(timeout=60))
+        if msg.get("id") == _cdp.counter:
+            assert "error" not in msg, msg
+            return msg.get("result", {})
+
+
+def test_models_page_in_headless_chromium(api, tmp_path):
+    from websockets.sync.client import connect
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium package is required (bash .ci/run installs it)"
+    port = free_port()
+    proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                             f"--user-data-dir={tmp_path / 'profile'}", f"--remote-debugging-port={port}",
+                             "--window-size=1400,900", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as resp:
+                    page = next(t for t in json.loads(resp.read()) if t["type"] == "page")
+                break
+            except (OSError, StopIteration):
+                assert time.monotonic() < deadline, "chromium did not start"
+                time.sleep(0.5)
+        with connect(page["webSocketDebuggerUrl"], max_size=2**26) as ws:
+            _cdp(ws, "Network.enable")
+            _cdp(ws, "Network.setCookie", name="_token", value=api["token"], url=api["base"] + "/")
+            # The Airflow UI with the Models page in its navigation, embedded as an iframe.
+            _cdp(ws, "Page.navigate", url=api["base"] + "/plugin/models")
+            time.sleep(8)
+            frame = _cdp(ws, "Runtime.evaluate", expression="document.querySelector('iframe') && "
+                         "document.querySelector('iframe').src", returnByValue=True)["result"].get("value")
+            shot = _cdp(ws, "Page.captureScreenshot", format="png")["data"]
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            (ARTIFACTS / "models_view_in_airflow_ui.png").write_bytes(base64.b64decode(shot))
+            # The page itself, as the iframe loads it.
+            _cdp(ws, "Page.navigate", url=api["base"] + "/model-registry/ui")
+            time.sleep(2)
+            rows = _cdp(ws, "Runtime.evaluate", returnByValue=True, expression=(
+                "Array.from(document.querySelectorAll('#versions tr[data-version]'))"
+                ".map(r => [r.dataset.version, r.className, r.innerText])"))["result"]["value"]
+            shot = _cdp(ws, "Page.captureScreenshot", format="png")["data"]
+            (ARTIFACTS / "models_view.png").write_bytes(base64.b64decode(shot))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    v1, v2 = api["versions"]
+    assert frame and frame.endswith("/model-registry/ui"), frame
+    assert [r[0] for r in rows] == [v2, v1]
+    assert rows[0][1] == "production" and "production" in rows[0][2] and rows[1][1] == ""
+    assert Path(ARTIFACTS / "models_view.png").stat().st_size > 5000
