@@ -48,9 +48,9 @@ airflow: install
 lint: install
 	$(BIN)/ruff check .
 
-## Forget local state: Airflow metadata, market store, run artifacts and the model registry.
+## Forget local state: Airflow metadata, market store (and registry state), run artifacts, model artifacts.
 clean-state:
-	rm -rf var models/versions models/archive models/production.json models/ledger.jsonl
+	rm -rf var models/versions models/.lock
 
 ## Benchmarks (not tests): one default weekly run; PostgreSQL bulk load; incremental exchange
 ## ingestion; a four-week backfill on a local deployment (PostgreSQL on 127.0.0.1:5432 needed).
@@ -59,3 +59,4 @@ bench: install
 	$(BIN)/python bench/store_bulk_load.py
 	$(BIN)/python bench/incremental_ingest.py
 	$(BIN)/python bench/backfill_run.py 4
+	$(BIN)/python bench/serving_latency.py

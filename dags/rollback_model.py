@@ -3,11 +3,13 @@
 
 Manual DAG: point the production model back at an earlier registry version.
 
-**Param `version`**: the version id to restore (see `models/versions/` or `models/ledger.jsonl`);
-empty means the version production held before the current one. The target's files are checked
-against their sha256 manifest before the pointer moves; the replaced version is archived and the
-move is recorded in the ledger with this run's id and the `reason` param. Trigger it from the UI
-(the trigger form shows both params) or with
+**Param `version`**: the version id to restore (see the **Models** page, `python -m
+include.registry list`, or `history production`); empty means the version production held
+before the current one. The target's files are checked against the sha256 the registry recorded
+before the `production` alias moves; the move is recorded in the alias ledger with this run's id
+and the `reason` param, in the same transaction. The same code path as
+`python -m include.registry rollback`. Trigger it from the UI (the trigger form shows both
+params) or with
 `airflow dags trigger rollback_model --conf '{"version": "v20231224T0000-…"}'`.
 """
 
