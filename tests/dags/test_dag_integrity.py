@@ -57,6 +57,7 @@ def test_weekly_retrain_graph(dagbag):
         assert (up, down) in edges, (up, down)
     assert {("choose_action", "promote"), ("choose_action", "keep_production"),
             ("choose_action", "approve_promotion"), ("approve_promotion", "promote"),
+            ("publish_summary", "apply_retention"),
             ("promote", "publish_summary"), ("keep_production", "publish_summary")} <= edges
     for t in dag.tasks:
         assert t.retries == 1 and t.owner == "quant-ml"
