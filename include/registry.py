@@ -161,10 +161,6 @@ class AliasPointer:
     previous: str | None
 
 
-#: The production alias's pointer (kept name: the registry's main consumer).
-ProductionPointer = AliasPointer
-
-
 class ModelRegistry:
     """Model registry over artifacts under ``root`` and state in the database at ``url``.
 
