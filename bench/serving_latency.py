@@ -16,9 +16,11 @@ Usage: ``PYTHONPATH=. .venv/bin/python bench/serving_latency.py``.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +34,10 @@ def _rss_mb() -> float:
 
 
 def main() -> None:
-    import lightgbm  # noqa: F401 - imported before the baseline so only the model is measured
-    import sklearn.ensemble  # noqa: F401
-    import xgboost  # noqa: F401
-
+    """Train and promote the default model, then measure it in a fresh process."""
     from include import pipeline as p
     from include.config import RunConfig, Settings
     from include.registry import ModelRegistry
-    from include.serving import ProductionModel
 
     root = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     settings = Settings(data_dir=Path(__file__).resolve().parent.parent / "data" / "binance",
@@ -56,32 +54,72 @@ def main() -> None:
     registry = ModelRegistry.from_settings(settings)
     registry.promote(version, run_id="bench", reason="latency benchmark")
 
-    serving = ProductionModel(registry, settings.market_db_url, max_age_hours=None)
-    import pandas as pd
+    registry.dispose()
+    # Memory and latency in a fresh process, where the model was never trained or loaded.
+    probe = subprocess.run([sys.executable, __file__, "--measure", str(settings.registry_dir),
+                            settings.market_db_url], capture_output=True, text=True, check=True)
+    print(probe.stdout.strip().splitlines()[-1])
 
-    row = pd.read_parquet(out / "features.parquet").dropna().iloc[[-1]]
+
+def measure(registry_dir: str, market_db_url: str) -> None:
+    """Load the production model in this (fresh) process and time one-row predictions."""
+    import lightgbm  # noqa: F401 - imported before the baseline so only the model is measured
+    import pandas as pd
+    import sklearn.ensemble  # noqa: F401
+    import xgboost  # noqa: F401
+
+    from include.registry import ModelRegistry
+    from include.serving import ProductionModel
+
+    registry = ModelRegistry(registry_dir, market_db_url)
+    serving = ProductionModel(registry, market_db_url, max_age_hours=None)
+    import include.features  # noqa: F401
+    import include.training  # noqa: F401
+
     before = _rss_mb()
-    _, model, lineage = serving.current()
+    version, model, lineage = serving.current()
     after = _rss_mb()
-    X = row[list(lineage["feature_spec"]["names"])]
+    as_of = datetime(2023, 12, 31, tzinfo=UTC)
+    first = serving.predict("BTCUSDT", as_of)  # builds and checks the native path
+    names = list(lineage["feature_spec"]["names"])
+    from include.data.store import MarketStore
+    from include.features import FeatureSpec, build_features
+
+    spec = FeatureSpec.from_dict({k: v for k, v in lineage["feature_spec"].items() if k != "sha256"})
+    store = MarketStore(market_db_url)
+    start = datetime(2023, 11, 1, tzinfo=UTC)
+    key = {"exchange": "binance", "symbol": "BTCUSDT", "end": as_of}
+    feats = build_features(store.load_ohlcv(market_type="perp", timeframe="1h", start=start, **key), spec,
+                           store.load_funding_rates(start=start - timedelta(days=10), **key),
+                           store.load_open_interest(start=start - timedelta(days=2), **key))
+    X = feats.loc[[pd.Timestamp(first.bar)], names].to_numpy(dtype="float64")
+    assert np.allclose(serving.predict_row(X)[0], list(first.probabilities.values()))
     for _ in range(50):
-        model.predict_proba(X)
+        serving.predict_row(X)
     times = []
     for _ in range(2000):
         t0 = time.perf_counter()
-        model.predict_proba(X)
+        serving.predict_row(X)
         times.append((time.perf_counter() - t0) * 1000)
+    wrapped = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        model.predict_proba(pd.DataFrame(X, columns=names))
+        wrapped.append((time.perf_counter() - t0) * 1000)
     full = []
     as_of = datetime(2023, 12, 31, tzinfo=UTC)
     for _ in range(50):
         t0 = time.perf_counter()
         serving.predict("BTCUSDT", as_of)
         full.append((time.perf_counter() - t0) * 1000)
-    times, full = np.array(times), np.array(full)
+    times, full, wrapped = np.array(times), np.array(full), np.array(wrapped)
     print(json.dumps({
         "benchmark": "serving_latency", "version": version, "members": lineage["members"],
+        "native_path": serving._fast.native,
         "one_row_predict_ms": {"p50": round(float(np.percentile(times, 50)), 3),
                                "p99": round(float(np.percentile(times, 99)), 3), "calls": len(times)},
+        "one_row_sklearn_predict_proba_ms": {"p50": round(float(np.percentile(wrapped, 50)), 2),
+                                             "p99": round(float(np.percentile(wrapped, 99)), 2)},
         "full_predict_from_store_ms": {"p50": round(float(np.percentile(full, 50)), 1),
                                        "p99": round(float(np.percentile(full, 99)), 1), "calls": len(full)},
         "model_memory_mb": round(after - before, 1), "model_file_mb": round(
@@ -91,4 +129,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 4 and sys.argv[1] == "--measure":
+        measure(sys.argv[2], sys.argv[3])
+    else:
+        main()

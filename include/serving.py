@@ -89,6 +89,7 @@ class ProductionModel:
         self._lineage: dict[str, Any] = {}
         self._checked = 0.0
         self._store = None
+        self._fast: FastPredictor | None = None
         self.loads = 0
 
     def current(self) -> tuple[str, Any, dict[str, Any]]:
@@ -112,6 +113,7 @@ class ProductionModel:
                         if "n_jobs" in est.get_params():
                             est.set_params(n_jobs=1)
                     self._version, self._model, self._lineage = pointer.version, model, lineage
+                    self._fast = None  # rebuilt, and checked, on the first prediction
                     self.loads += 1
                     logger.info("serving production model %s", pointer.version)
             return self._version, self._model, self._lineage
@@ -132,10 +134,17 @@ class ProductionModel:
             logger.warning(message)
         return age, stale
 
-    def predict_frame(self, X: pd.DataFrame) -> np.ndarray:
-        """Class probabilities ``(n, 3)`` of the production model for ready-made features."""
-        _, model, lineage = self.current()
-        return model.predict_proba(X[list(lineage["feature_spec"]["names"])])
+    def predict_row(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(n, 3)`` for ready feature rows in the model's column order.
+
+        Uses the checked native path built by the first :meth:`predict`.
+
+        Raises:
+            ServingError: :meth:`predict` has not run since the model was (re)loaded.
+        """
+        if self._fast is None:
+            raise ServingError("predict_row needs one predict() first (it builds the checked fast path)")
+        return self._fast.predict_proba(X)
 
     def predict(self, symbol: str, as_of: datetime | None = None) -> Prediction:
         """Forecast from the last complete bar before ``as_of`` (default: now).
@@ -179,12 +188,82 @@ class ProductionModel:
         if ready.empty:
             raise ServingError(f"no complete feature row for {lineage['symbol']} before {as_of.isoformat()}")
         row = ready.iloc[[-1]]
-        proba = model.predict_proba(row)[0]
+        if self._fast is None or self._fast.model is not model:
+            self._fast = FastPredictor(model, ready.tail(64))
+        proba = self._fast.predict_proba(row.to_numpy(dtype="float64"))[0]
         decided = int(prior_corrected_predict(proba[None, :], model.class_prior_)[0])
         return Prediction(version=version, symbol=lineage["symbol"], bar=row.index[0].isoformat(),
                           probabilities=dict(zip(CLASS_NAMES, map(float, proba), strict=True)),
                           decision=CLASS_NAMES[decided], horizon_bars=int(lineage["config"]["label_horizon_bars"]),
                           model_age_hours=round(age, 2), stale=stale)
+
+
+def _native_member(est: Any) -> Any | None:
+    """A ``numpy (n, k) -> (n, 3)`` probability function on the member's own native predictor.
+
+    scikit-learn's ``predict_proba`` wrappers spend milliseconds per call on input checks and,
+    for forests, dispatching one job per tree; for one row that is most of the cost. These call
+    the libraries' own prediction routines directly: LightGBM ``Booster.predict``, XGBoost
+    ``Booster.inplace_predict`` and the fitted trees' ``tree_.predict`` (averaged as
+    ``RandomForestClassifier.predict_proba`` does). Returns ``None`` for other estimators.
+    """
+    kind = type(est).__name__
+    if kind == "LGBMClassifier":
+        booster = est.booster_
+        return lambda X: booster.predict(X)
+    if kind == "XGBClassifier":
+        booster = est.get_booster()
+        return lambda X: booster.inplace_predict(X)
+    if kind == "RandomForestClassifier":
+        trees = [t.tree_ for t in est.estimators_]
+        n_classes = int(est.n_classes_)
+
+        def forest(X: np.ndarray) -> np.ndarray:
+            X32 = np.ascontiguousarray(X, dtype=np.float32)
+            total = np.zeros((X32.shape[0], n_classes))
+            for tree in trees:
+                value = tree.predict(X32)[:, :n_classes]
+                total += value / value.sum(axis=1, keepdims=True)
+            return total / len(trees)
+
+        return forest
+    return None
+
+
+class FastPredictor:
+    """One-row-fast ``predict_proba`` of a fitted soft-voting ensemble, on numpy arrays.
+
+    Built at load time and checked against the ensemble's own ``predict_proba`` on probe rows;
+    if any member has no native path or any probe differs (``atol=1e-9``), every call falls back
+    to the ensemble's ``predict_proba``.
+
+    Args:
+        model: a fitted :class:`~include.ensemble.WeightedSoftVotingEnsemble`.
+        probe: a few representative feature rows ``(n, k)`` in the model's column order.
+    """
+
+    def __init__(self, model: Any, probe: pd.DataFrame) -> None:
+        self.model = model
+        self.columns = list(probe.columns)
+        members = [(_native_member(est), est) for _, est in model.estimators_]
+        weights = np.asarray(model.weights, dtype="float64")
+        self.weights = weights / weights.sum()
+        self.members = members
+        self.native = all(fn is not None and list(est.classes_) == [0, 1, 2] for fn, est in members)
+        if self.native:
+            fast, slow = self._native(probe.to_numpy(dtype="float64")), model.predict_proba(probe)
+            self.native = bool(np.allclose(fast, slow, atol=1e-9))
+            if not self.native:
+                logger.warning("native ensemble path differs from predict_proba; using predict_proba")
+
+    def _native(self, X: np.ndarray) -> np.ndarray:
+        return sum(w * fn(X) for w, (fn, _) in zip(self.weights, self.members, strict=True))
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(n, 3)`` for rows ``X`` ``(n, k)`` in :attr:`columns` order."""
+        if self.native:
+            return self._native(np.asarray(X, dtype="float64"))
+        return self.model.predict_proba(pd.DataFrame(X, columns=self.columns))
 
 
 _instances: dict[tuple[str, str], ProductionModel] = {}

@@ -71,3 +71,22 @@ def test_staleness_guard_warns_or_refuses(trained_registry, caplog):
     with pytest.raises(ServingError, match="no BTCUSDT candles .* is ingestion up to date"):
         ProductionModel(registry, settings.market_db_url).predict("BTCUSDT", datetime(2010, 1, 1, tzinfo=UTC))
     registry.dispose()
+
+
+def test_native_fast_path_equals_the_ensembles_predict_proba(serving, trained_registry):
+    from include.config import RunConfig
+    from include.data.store import MarketStore
+    from include.pipeline import feature_frame
+    from include.serving import FastPredictor
+
+    serving.predict("BTCUSDT", AS_OF)
+    _, model, lineage = serving.current()
+    names = list(lineage["feature_spec"]["names"])
+    spec = FeatureSpec.from_dict({k: v for k, v in lineage["feature_spec"].items() if k != "sha256"})
+    frame = feature_frame(MarketStore(trained_registry["settings"].market_db_url), RunConfig(), spec,
+                          AS_OF - timedelta(days=40), AS_OF)[names].dropna(subset=[n for n in names if n != "oi_change_1d"])
+    frame.iloc[::7, names.index("oi_change_1d")] = np.nan  # missing values take the models' own NaN route
+    fast = FastPredictor(model, frame.tail(64))
+    assert fast.native
+    np.testing.assert_allclose(fast.predict_proba(frame.to_numpy()), model.predict_proba(frame), atol=1e-9)
+    np.testing.assert_allclose(serving.predict_row(frame.to_numpy()[-3:]), model.predict_proba(frame.tail(3)), atol=1e-9)
