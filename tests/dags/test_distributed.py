@@ -117,7 +117,7 @@ def test_one_run_through_the_celery_executor_with_the_exchange_source(deployment
         with LocalAirflow(tmp_path / "airflow", meta, "CeleryExecutor", env) as airflow:
             airflow.wait_for_dag(DAG_ID)
             airflow.airflow("dags", "trigger", DAG_ID, "--conf",
-                            conf_json(**SHORT_RUN, as_of_date="2023-12-31", source="exchange"))
+                            conf_json(**SHORT_RUN, **PERMISSIVE_GATE, as_of_date="2023-12-31", source="exchange"))
             runs = airflow.wait_for_runs(DAG_ID, 1, timeout=900, run_type="manual")
             states = airflow.task_states(DAG_ID, runs[0]["run_id"])
             logs = airflow.logs()
