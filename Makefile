@@ -19,6 +19,7 @@ export AIRFLOW__API__HOST ?= 127.0.0.1
 export GX_ANALYTICS_ENABLED := false
 
 DEMO_DATES ?= 2023-12-24 2023-12-31
+DEMO_CONF  ?=
 
 .PHONY: install demo test airflow lint clean-state bench
 
@@ -32,7 +33,7 @@ $(STAMP): requirements.txt
 
 ## Run weekly_retrain through Airflow for two consecutive weeks of the bundled data.
 demo: install
-	$(BIN)/python -m include.demo $(DEMO_DATES)
+	$(BIN)/python -m include.demo $(DEMO_DATES) $(if $(DEMO_CONF),--conf '$(DEMO_CONF)')
 
 ## The whole test suite (what CI runs).
 test: install

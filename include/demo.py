@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run each date through Airflow and print its summary; non-zero exit on a failed run."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dates", nargs="+", help="interval end dates (YYYY-MM-DD), run in order")
+    parser.add_argument("--conf", default="", help="run params as JSON, e.g. a gate policy to try")
     args = parser.parse_args(argv)
     logs = PROJECT_ROOT / "var" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         log = logs / f"{DAG_ID}_{date}.log"
         print(f"\n=== {DAG_ID}: airflow dags test {DAG_ID} {date}  (log: {log})", flush=True)
         started = time.perf_counter()
-        code = _airflow("dags", "test", DAG_ID, date, log=log)
+        code = _airflow("dags", "test", DAG_ID, date, *(["--conf", args.conf] if args.conf else []), log=log)
         elapsed = time.perf_counter() - started
         if code != 0 or not summary_path.is_file():
             print(f"run FAILED after {elapsed:.0f}s (exit {code}); failing tasks:")
