@@ -131,6 +131,18 @@ def _from_ms(value: int | None) -> pd.Timestamp | None:
     return None if value is None else pd.Timestamp(int(value), unit="ms", tz="UTC")
 
 
+@contextmanager
+def _quiet_alembic() -> Iterator[None]:
+    """Alembic logs two INFO lines per context; on every store open that is noise."""
+    log = logging.getLogger("alembic.runtime.migration")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def migrate(engine: Engine, revision: str = "head") -> str:
     """Bring the market schema to ``revision`` with the project's Alembic migrations.
 
@@ -156,7 +168,7 @@ def migrate(engine: Engine, revision: str = "head") -> str:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     head = ScriptDirectory.from_config(config).get_current_head()
-    with engine.connect() as conn:
+    with _quiet_alembic(), engine.connect() as conn:
         current = MigrationContext.configure(
             conn, opts={"version_table": SCHEMA_VERSION_TABLE}).get_current_revision()
     if revision == "head" and current == head:
