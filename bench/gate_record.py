@@ -38,20 +38,8 @@ def main(weeks: int = 26, last: str = "2023-12-31") -> None:
         week_end = end - timedelta(weeks=k)
         t0 = time.perf_counter()
         cfg = RunConfig(as_of_date=week_end.isoformat())
-        window = p.resolve_window(cfg, data_interval_start=None, data_interval_end=None, run_after=None)
-        out = p.run_dir(settings, "gate_record", window)
-        run_id = f"gate_record__{week_end}"
-        p.ingest(cfg, window, settings)
-        p.validate(cfg, window, settings, out)
-        p.features(cfg, window, settings, out)
-        p.labels(cfg, window, out)
-        trained = [p.train(cfg, window, out, family) for family in cfg.models]
-        assembled = p.assemble(cfg, window, settings, out, trained, dag_id="gate_record", run_id=run_id)
-        trading = p.simulate_trading(cfg, window, settings, out)
-        decision = p.gate(cfg, window, settings, out, assembled, trading)
-        action = (p.promote if decision["passed"] else p.keep)(settings, decision, run_id=run_id)
-        p.summarise(settings, out, window, {"ensemble": assembled, "trading": trading, "gate": decision,
-                                            "action": action})
+        run = p.run_once(cfg, settings, dag_id="gate_record", run_id=f"gate_record__{week_end}")
+        assembled, trading, decision, action = (run[name] for name in ("assembled", "trading", "decision", "action"))
         oof, base = assembled["ensemble"], assembled["baselines"]
         strat, hold, mom = (trading["out_of_fold"][n] for n in ("ensemble", "buy_and_hold", "momentum"))
         gw = trading["gate_window"]["ensemble"]

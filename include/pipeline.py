@@ -710,3 +710,39 @@ def summarise(settings: Settings, out_dir: Path, window: RunWindow, parts: dict[
     notified = send(summary_message(summary, str(report)), context) if context is not None else []
     return {"path": str(out_dir / "summary.json"), "report": str(report), "production": summary["production"],
             "notified": notified}
+
+
+def run_once(cfg: RunConfig, settings: Settings, *, dag_id: str, run_id: str,
+             data_interval_start: Any = None, data_interval_end: Any = None) -> dict[str, Any]:
+    """Every step of one weekly run in order, in this process, without a scheduler.
+
+    The same functions the DAG's tasks call, with the same inputs; for benchmarks, the gate's
+    multi-week record and tests that need a real registry. (The DAG adds what only Airflow
+    gives: retries, alerts, the approval step, the wait for earlier runs.)
+
+    Returns:
+        ``{"window", "assembled", "trading", "decision", "action", "summary"}``.
+
+    Raises:
+        PipelineError: from any step, as in the DAG.
+    """
+    window = resolve_window(cfg, data_interval_start=data_interval_start, data_interval_end=data_interval_end,
+                            run_after=None)
+    out = run_dir(settings, dag_id, window)
+    ingested = ingest(cfg, window, settings)
+    validation = validate(cfg, window, settings, out)
+    feature_info = features(cfg, window, settings, out)
+    dataset = labels(cfg, window, out)
+    trained = [train(cfg, window, out, family) for family in cfg.models]
+    assembled = assemble(cfg, window, settings, out, trained, dag_id=dag_id, run_id=run_id)
+    trading = simulate_trading(cfg, window, settings, out)
+    decision = gate(cfg, window, settings, out, assembled, trading)
+    if decision["passed"]:
+        action = promote(settings, decision, run_id=run_id, dag_id=dag_id, as_of=window.ts("interval_end"))
+    else:
+        action = keep(settings, decision, run_id=run_id, dag_id=dag_id)
+    summary = summarise(settings, out, window, {
+        "ingested": ingested, "validation": validation, "features": feature_info, "labels": dataset,
+        "ensemble": assembled, "trading": trading, "gate": decision, "action": action})
+    return {"window": window, "assembled": assembled, "trading": trading, "decision": decision,
+            "action": action, "summary": summary}

@@ -113,8 +113,8 @@ def trained_registry(tmp_path_factory, data_dir):
     2023-12-24 and 2023-12-31, with a permissive gate so that both promote. Returns the
     ``Settings`` (own SQLite store and registry folder) and the two versions, oldest first.
     """
-    from include import pipeline as p
     from include.config import RunConfig, Settings
+    from include.pipeline import run_once
 
     root = tmp_path_factory.mktemp("trained-registry")
     settings = Settings(data_dir=data_dir, market_db_url=f"sqlite:///{root / 'market.sqlite'}",
@@ -124,18 +124,7 @@ def trained_registry(tmp_path_factory, data_dir):
         cfg = RunConfig(as_of_date=day, train_window_days=120, cv_folds=3, gate_min_f1_margin=-1.0,
                         gate_max_log_loss_ratio=10.0, gate_min_sharpe_margin=-1000.0, gate_max_drawdown=1.0,
                         gate_champion_tolerance=1.0)
-        window = p.resolve_window(cfg, data_interval_start=None, data_interval_end=None, run_after=None)
-        out = p.run_dir(settings, "weekly_retrain", window)
-        run_id = f"fixture__{day}"
-        p.ingest(cfg, window, settings)
-        p.validate(cfg, window, settings, out)
-        p.features(cfg, window, settings, out)
-        p.labels(cfg, window, out)
-        trained = [p.train(cfg, window, out, family) for family in cfg.models]
-        assembled = p.assemble(cfg, window, settings, out, trained, dag_id="weekly_retrain", run_id=run_id)
-        trading = p.simulate_trading(cfg, window, settings, out)
-        decision = p.gate(cfg, window, settings, out, assembled, trading)
-        assert decision["passed"], decision["summary"]
-        p.promote(settings, decision, run_id=run_id, dag_id="weekly_retrain", as_of=window.ts("interval_end"))
-        versions.append(assembled["version"])
+        run = run_once(cfg, settings, dag_id="weekly_retrain", run_id=f"fixture__{day}")
+        assert run["decision"]["passed"], run["decision"]["summary"]
+        versions.append(run["assembled"]["version"])
     return {"settings": settings, "versions": versions}
