@@ -121,25 +121,6 @@ class WalkForward:
         return train_idx[:n_fit], train_idx[-n_val:]
 
 
-def walk_forward_splitter(n_rows: int, *, test_size: int, n_splits: int, purge: int) -> TimeSeriesSplit:
-    """A purged walk-forward splitter whose last test fold is the last ``test_size`` rows.
-
-    Args:
-        n_rows: labelled rows in the training window, sorted by time.
-        test_size: rows per test fold (the labelled rows of one data interval).
-        n_splits: number of folds.
-        purge: rows dropped between each training set and its test fold; at least the label
-            horizon in bars.
-
-    Returns:
-        A fitted-config ``TimeSeriesSplit`` (expanding training window).
-
-    Raises:
-        TrainingError: the window is too short for the folds, or a fold would be empty.
-    """
-    return WalkForward(n_splits=n_splits, test_size=test_size, purge=purge).splitter(n_rows)
-
-
 def iter_splits(n_rows: int, *, test_size: int, n_splits: int,
                 purge: int, embargo: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(fold, train_idx, test_idx)`` of an expanding :class:`WalkForward`."""

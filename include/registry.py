@@ -303,8 +303,11 @@ class ModelRegistry:
         """
         return self.describe(version)["lineage"]
 
-    def verify(self, version: str) -> None:
+    def verify(self, version: str) -> sa.Row:
         """Check every artifact file of ``version`` against the sha256 the registry recorded.
+
+        Returns:
+            The version's registry row (files, artifact path, lineage).
 
         Raises:
             RegistryError: the version or a file is missing, or a hash differs.
@@ -324,6 +327,7 @@ class ModelRegistry:
                 raise RegistryError(
                     f"version {version}: {name} sha256 {actual[:12]}… does not match the registry "
                     f"({expected[:12]}…); refusing to load a modified artifact")
+        return row
 
     def load(self, version: str) -> tuple[Any, dict[str, Any]]:
         """Verify, then unpickle a version's model; returns ``(model, lineage)``.
@@ -333,8 +337,7 @@ class ModelRegistry:
         """
         import joblib
 
-        self.verify(version)
-        row = self._row(version)
+        row = self.verify(version)
         return joblib.load(self.root / row.artifact_path / MODEL_FILE), row.lineage
 
     # -- aliases ------------------------------------------------------------------------------
