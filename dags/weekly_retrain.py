@@ -1,7 +1,16 @@
 """
 # weekly_retrain
 
-Retrains, checks, gates and ships the market-direction model every week.
+Retrains, checks, gates and ships one model per market of the universe every week.
+
+**Markets.** The universe file (`include/universe.yaml`: the bundled BTCUSDT and ETHUSDT
+perpetuals; `MARKET_UNIVERSE_FILE` or the `universe_file` param for another) lists the markets.
+Each is one **registered model** (e.g. `binance-btcusdt-perp-1h-h4`: exchange, symbol, market
+type, timeframe, label horizon) with its own versions, `production` and `challenger` aliases and
+ledger. The `markets` param picks a subset (symbols or model names). A market's parameters are
+the run's params overridden by its `params` in the universe file. Each market runs in its own
+instance of the mapped task group `market` (the map index shows the model name): a failing
+market does not stop the others, and its alert names it.
 
 **Schedule.** Sundays 00:00 UTC with weekly data intervals
 (`CronDataIntervalTimetable("0 0 * * 0")`): the run with logical date 2023-12-24 covers
@@ -11,33 +20,38 @@ without a logical date has no data interval: it trains on the **last complete we
 (Sunday to Sunday) before it starts, unless the `as_of_date` param names another week (useful with
 the bundled data, which ends on 2023-12-31).
 
-**Steps.** `plan_run` → `ingest_market_data` (OHLCV, funding rates, open interest into the market
-store; idempotent upserts) → `validate_market_data` (Great Expectations; failure stops the run
-with a report) → `build_features` (TA-Lib indicators, as-of joined funding and open interest) →
-`build_labels` (down / range / up from the forward return) → `train_model` (one mapped task per
-model family; purged, embargoed walk-forward cross-validation, early stopping on an inner split)
-→ `assemble_ensemble` (weighted soft voting; candidate registered as an immutable version) →
-`simulate_trading` (out-of-fold positions after fees, slippage and funding, next to buy-and-hold
-and momentum) → `quality_gate` (sensor; champion/challenger policy) → `approve_promotion` (only
-with `require_approval`: Airflow's human-in-the-loop approval) → `promote` or `keep_production`
-→ `publish_summary` (HTML report, weekly summary to Slack/Discord) → `apply_retention` (registry
-cleanup: the last `MODEL_REGISTRY_KEEP_LAST` versions and every version that ever held production
-are kept).
+**Steps per market.** `ingest_market_data` (OHLCV, funding rates, open interest into the market
+store; a market with less history than `train_window_days` trains on what it has when that
+reaches `min_history_days`, and is skipped below it, saying when it qualifies) →
+`validate_market_data` (Great Expectations; failure stops that market with a report) →
+`build_features` (TA-Lib indicators, as-of joined funding and open interest) → `build_labels`
+(down / range / up from the forward return) → `train_<family>` (one task per model family;
+purged, embargoed walk-forward cross-validation, early stopping on an inner split; families
+not in `models` pass through) → `assemble_ensemble` (weighted soft voting; each member's sha256
+checked before it is loaded; candidate registered as an immutable version of the market's
+registered model) → `simulate_trading` (out-of-fold positions after fees, slippage and funding,
+next to buy-and-hold and momentum) → `quality_gate` (sensor; champion/challenger policy against
+the production version of the same registered model only) → `approve_promotion` (asks a person
+only with `require_approval` and a passing gate) → `promote_or_keep` → `publish_market_summary`
+(HTML report). Then, once for the run: `publish_summary` (every market's outcome, to
+Slack/Discord) → `apply_retention` (per registered model: the last `MODEL_REGISTRY_KEEP_LAST`
+versions and every version that ever held production are kept).
 
 **Gate rule.** Promote only if the ensemble's out-of-fold macro F1 beats the best naive baseline by
 `gate_min_f1_margin`, its out-of-fold log loss is at most `gate_max_log_loss_ratio` x the class-
-prior forecast's, and, when a production model exists, it was trained before this run's data
-interval and the candidate's macro F1 on that interval is within `gate_champion_tolerance` of
-the champion's; and the simulated strategy's out-of-fold Sharpe after costs beats flat and the
-momentum rule by `gate_min_sharpe_margin` with a maximum drawdown within `gate_max_drawdown`
-(optionally a probabilistic Sharpe ratio of at least `gate_min_probabilistic_sharpe`). See
-`include/gate.py`.
+prior forecast's, and, when the registered model has a production version, it was trained before
+this run's data interval and the candidate's macro F1 on that interval is within
+`gate_champion_tolerance` of the champion's; and the simulated strategy's out-of-fold Sharpe
+after costs beats flat and the momentum rule by `gate_min_sharpe_margin` with a maximum drawdown
+within `gate_max_drawdown` (optionally a probabilistic Sharpe ratio of at least
+`gate_min_probabilistic_sharpe`). See `include/gate.py`.
 
-**Outputs.** `var/runs/weekly_retrain/<interval>/` (features, dataset, candidates, validation,
-trading and gate reports, report.html, summary.json); `models/versions/` (immutable artifacts);
-the registry's aliases (`production`, `challenger`) and ledger in the market database.
-`promote` smoke-tests the new production model (load + predict on the latest bars) and rolls
-back automatically if that fails.
+**Outputs.** `var/runs/weekly_retrain/<registered model>/<interval>/` (features, dataset,
+candidates, validation, trading and gate reports, report.html, summary.json);
+`var/runs/weekly_retrain/_universe/<interval>.json`; `models/versions/<registered model>/`
+(immutable artifacts); the registry's aliases and ledger in the market database. A promotion is
+smoke-tested (load + predict on the latest bars): on failure production goes back to the
+previous version, or, on a model's first promotion, the alias is removed.
 
 **Backfill.** `airflow backfill create --dag-id weekly_retrain --from-date 2023-11-05
 --to-date 2023-12-24 --max-active-runs 1`. Each run trains only on data before its own
@@ -46,25 +60,27 @@ back automatically if that fails.
 running, so each gate compares with the production model as the previous week left it; a failed
 week does not block the next. Backfill runs are limited by the backfill's `--max-active-runs`
 (default 10), not by the DAG's `max_active_runs=1`; 1 is the sensible value on a small machine.
-A backfill over weeks older than the production model's training data cannot promote: its gates
+A backfill over weeks older than a production model's training data cannot promote it: its gates
 reject because the champion is not out-of-sample there.
 
 **Alerts.** Every task's failure goes to the Airflow connections `slack_alerts` and
-`discord_alerts` when they exist (see README).
+`discord_alerts` when they exist (see README), naming the market.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, dag, get_current_context, task
+from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, dag, get_current_context, task, task_group
 
-from include.config import MODEL_FAMILIES, TIMEFRAME_SECONDS, RunConfig
+from include.approval import PromotionApproval
+from include.config import MODEL_FAMILIES, RunConfig
 from include.notify import on_task_failure
 
 DEFAULTS = RunConfig()
 DOCS = RunConfig.describe()
+#: Run-wide fields a market's universe entry sets instead (exchange, symbol, market type, timeframe).
+MARKET_FIELDS = ("exchange", "symbol", "market_type", "timeframe")
 
 
 def _param(name: str, type_: str | list[str], **kwargs) -> Param:
@@ -75,10 +91,14 @@ def _param(name: str, type_: str | list[str], **kwargs) -> Param:
 
 
 PARAMS = {
-    "symbol": _param("symbol", "string", pattern="^[A-Za-z0-9]+$"),
-    "market_type": _param("market_type", "string", enum=["perp", "spot"]),
-    "timeframe": _param("timeframe", "string", enum=list(TIMEFRAME_SECONDS)),
+    "markets": Param(None, type=["null", "array"], items={"type": "string"},
+                     description="Markets to train: symbols (BTCUSDT) or registered-model names from the universe "
+                                 "file; empty = every market in it."),
+    "universe_file": Param(None, type=["null", "string"],
+                           description="Universe file (YAML) instead of MARKET_UNIVERSE_FILE or the bundled "
+                                       "include/universe.yaml."),
     "train_window_days": _param("train_window_days", "integer", minimum=14),
+    "min_history_days": _param("min_history_days", "integer", minimum=14),
     "label_horizon_bars": _param("label_horizon_bars", "integer", minimum=1, maximum=168),
     "label_threshold_mode": _param("label_threshold_mode", "string", enum=["volatility", "fixed"]),
     "label_threshold": _param("label_threshold", "number", exclusiveMinimum=0),
@@ -104,10 +124,12 @@ PARAMS = {
     "source_dir": _param("source_dir", ["null", "string"]),
 }
 
+#: Tasks of the market group show the registered model's name as their map index.
+MARKET = "{{ task.op_kwargs['plan']['model'] }}"
 
-def _ctx() -> tuple[str, str]:
-    ctx = get_current_context()
-    return ctx["dag"].dag_id, ctx["run_id"]
+
+def _dag_id() -> str:
+    return get_current_context()["dag"].dag_id
 
 
 @dag(
@@ -126,151 +148,182 @@ def _ctx() -> tuple[str, str]:
     },
 )
 def weekly_retrain():
-    @task(multiple_outputs=True)
-    def plan_run(params=None, data_interval_start=None, data_interval_end=None, dag_run=None) -> dict:
-        from dataclasses import asdict
-
-        from include.pipeline import resolve_window
-
-        cfg = RunConfig.from_params(params)
-        window = resolve_window(cfg, data_interval_start=data_interval_start,
-                                data_interval_end=data_interval_end,
-                                run_after=getattr(dag_run, "run_after", None))
-        return {"config": cfg.to_dict(), "window": asdict(window)}
-
     @task
-    def model_families(config: dict) -> list[str]:
-        return list(config["models"])
+    def plan_run(params=None, data_interval_start=None, data_interval_end=None, dag_run=None) -> list[dict]:
+        """One plan per market: registered model, its run configuration and window."""
+        from include.pipeline import plan_universe
 
-    @task
-    def ingest_market_data(config: dict, window: dict) -> dict:
-        from include.pipeline import ingest
-        from include.tasks import unpack
+        run_params = {k: v for k, v in params.items() if k not in ("markets", "universe_file")}
+        return plan_universe(run_params, selected=params.get("markets"), universe_file=params.get("universe_file"),
+                             data_interval_start=data_interval_start, data_interval_end=data_interval_end,
+                             run_after=getattr(dag_run, "run_after", None))
 
-        cfg, win, settings, _ = unpack(config, window, _ctx()[0])
-        return ingest(cfg, win, settings)
+    @task_group(group_id="market")
+    def market(plan: dict):
+        @task(multiple_outputs=True, map_index_template=MARKET)
+        def ingest_market_data(plan: dict) -> dict:
+            from airflow.exceptions import AirflowSkipException
 
-    @task
-    def validate_market_data(config: dict, window: dict, ingested: dict) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
+            from include.errors import MarketNotReadyError
+            from include.pipeline import ingest
+            from include.tasks import unpack
 
-        from include.errors import DataQualityError
-        from include.pipeline import validate
-        from include.tasks import unpack
+            cfg, win, settings, out = unpack(plan, None, _dag_id())
+            try:
+                return ingest(cfg, win, settings, out)
+            except MarketNotReadyError as exc:
+                raise AirflowSkipException(str(exc)) from exc
 
-        cfg, win, settings, out = unpack(config, window, _ctx()[0])
-        try:
-            return validate(cfg, win, settings, out)
-        except DataQualityError as exc:
-            # Bad data does not improve on retry: fail now, with the full report in the message.
-            raise AirflowFailException(str(exc)) from exc
+        @task(map_index_template=MARKET)
+        def validate_market_data(plan: dict, window: dict) -> dict:
+            from airflow.sdk.exceptions import AirflowFailException
 
-    @task
-    def build_features(config: dict, window: dict, validation: dict) -> dict:
-        from include.pipeline import features
-        from include.tasks import unpack
+            from include.errors import DataQualityError
+            from include.pipeline import validate
+            from include.tasks import unpack
 
-        cfg, win, settings, out = unpack(config, window, _ctx()[0])
-        return features(cfg, win, settings, out)
+            cfg, win, settings, out = unpack(plan, window, _dag_id())
+            try:
+                return validate(cfg, win, settings, out)
+            except DataQualityError as exc:
+                # Bad data does not improve on retry: fail now, with the full report in the message.
+                raise AirflowFailException(str(exc)) from exc
 
-    @task
-    def build_labels(config: dict, window: dict, feature_info: dict) -> dict:
-        from include.pipeline import labels
-        from include.tasks import unpack
+        @task(map_index_template=MARKET)
+        def build_features(plan: dict, window: dict, validation: dict) -> dict:
+            from include.pipeline import features
+            from include.tasks import unpack
 
-        cfg, win, _, out = unpack(config, window, _ctx()[0])
-        return labels(cfg, win, out)
+            cfg, win, settings, out = unpack(plan, window, _dag_id())
+            return features(cfg, win, settings, out)
 
-    @task(map_index_template="{{ task.op_kwargs['family'] }}")
-    def train_model(config: dict, window: dict, dataset: dict, family: str) -> dict:
-        from include.pipeline import train
-        from include.tasks import unpack
+        @task(map_index_template=MARKET)
+        def build_labels(plan: dict, window: dict, feature_info: dict) -> dict:
+            from include.pipeline import labels
+            from include.tasks import unpack
 
-        cfg, win, _, out = unpack(config, window, _ctx()[0])
-        return train(cfg, win, out, family)
+            cfg, win, _, out = unpack(plan, window, _dag_id())
+            return labels(cfg, win, out)
 
-    @task
-    def assemble_ensemble(config: dict, window: dict, trained: list, logical_date=None) -> dict:
-        from include.pipeline import assemble
-        from include.tasks import unpack
+        @task(map_index_template=MARKET)
+        def train_model(plan: dict, window: dict, dataset: dict, family: str) -> dict | None:
+            """Train one family; ``None`` when the run's ``models`` leaves it out."""
+            import logging
 
-        dag_id, run_id = _ctx()
-        cfg, win, settings, out = unpack(config, window, dag_id)
-        return assemble(cfg, win, settings, out, list(trained), dag_id=dag_id, run_id=run_id,
-                        logical_date=logical_date.isoformat() if logical_date else None)
+            from include.pipeline import train
+            from include.tasks import unpack
 
-    @task
-    def simulate_trading(config: dict, window: dict, assembled: dict) -> dict:
-        from include.pipeline import simulate_trading as simulate
-        from include.tasks import unpack
+            cfg, win, _, out = unpack(plan, window, _dag_id())
+            if family not in cfg.models:
+                logging.getLogger(__name__).info("%s is not in this run's models %s: nothing to train",
+                                                 family, list(cfg.models))
+                return None
+            return train(cfg, win, out, family)
 
-        cfg, win, settings, out = unpack(config, window, _ctx()[0])
-        return simulate(cfg, win, settings, out)
+        @task(map_index_template=MARKET)
+        def assemble_ensemble(plan: dict, window: dict, trained: list, logical_date=None) -> dict:
+            from include.pipeline import assemble
+            from include.tasks import unpack
 
-    @task.sensor(poke_interval=10, timeout=timedelta(hours=12), mode="reschedule")
-    def quality_gate(config: dict, window: dict, assembled: dict, trading: dict, ti=None,
-                     dag_run=None) -> PokeReturnValue:
-        """Wait for earlier runs to finish and the registry to be free, then apply the gate policy."""
-        import logging
+            ctx = get_current_context()
+            cfg, win, settings, out = unpack(plan, window, _dag_id())
+            return assemble(cfg, win, settings, out, list(trained), dag_id=_dag_id(), run_id=ctx["run_id"],
+                            logical_date=logical_date.isoformat() if logical_date else None)
 
-        from include.pipeline import gate
-        from include.registry import ModelRegistry
-        from include.tasks import unfinished_earlier_runs, unpack
+        @task(map_index_template=MARKET)
+        def simulate_trading(plan: dict, window: dict, assembled: dict) -> dict:
+            from include.pipeline import simulate_trading as simulate
+            from include.tasks import unpack
 
-        cfg, win, settings, out = unpack(config, window, _ctx()[0])
-        waiting = unfinished_earlier_runs(ti, dag_run)
-        if waiting:
-            logging.getLogger(__name__).info("waiting for %d earlier run(s) to decide first", waiting)
-            return PokeReturnValue(is_done=False)
-        if ModelRegistry.from_settings(settings).is_locked():
-            return PokeReturnValue(is_done=False)
-        return PokeReturnValue(is_done=True, xcom_value=gate(cfg, win, settings, out, assembled, trading))
+            cfg, win, settings, out = unpack(plan, window, _dag_id())
+            return simulate(cfg, win, settings, out)
 
-    @task.branch
-    def choose_action(decision: dict, config: dict) -> str:
-        if not decision["passed"]:
-            return "keep_production"
-        return "approve_promotion" if config.get("require_approval") else "promote"
+        @task.sensor(poke_interval=10, timeout=timedelta(hours=12), mode="reschedule", map_index_template=MARKET)
+        def quality_gate(plan: dict, window: dict, assembled: dict, trading: dict, ti=None,
+                         dag_run=None) -> PokeReturnValue:
+            """Wait for earlier runs to finish and the model's registry lock, then apply the gate policy."""
+            import logging
 
-    approve_promotion = ApprovalOperator(
-        task_id="approve_promotion",
-        subject="Promote {{ ti.xcom_pull(task_ids='quality_gate')['candidate'] }} to production?",
-        body="Gate: {{ ti.xcom_pull(task_ids='quality_gate')['summary'] }}\n\n"
-             "Run {{ run_id }}. Approve moves the production alias; Reject keeps production as it is.",
-        execution_timeout=timedelta(days=3),
-    )
+            from include.pipeline import gate
+            from include.registry import ModelRegistry
+            from include.tasks import unfinished_earlier_runs, unpack
 
-    @task(trigger_rule="none_failed_min_one_success")
-    def promote(decision: dict, window: dict) -> dict:
-        from datetime import datetime as dt
+            cfg, win, settings, out = unpack(plan, window, _dag_id())
+            waiting = unfinished_earlier_runs(ti, dag_run)
+            if waiting:
+                logging.getLogger(__name__).info("waiting for %d earlier run(s) to decide first", waiting)
+                return PokeReturnValue(is_done=False)
+            if ModelRegistry.from_settings(settings).is_locked(cfg.model_name):
+                return PokeReturnValue(is_done=False)
+            return PokeReturnValue(is_done=True, xcom_value=gate(cfg, win, settings, out, assembled, trading))
 
+        approve_promotion = PromotionApproval(
+            task_id="approve_promotion",
+            gate_task_id="market.quality_gate",
+            subject="Promote {{ ti.xcom_pull(task_ids='market.quality_gate', map_indexes=ti.map_index)['candidate'] }}"
+                    " to production of {{ ti.xcom_pull(task_ids='market.quality_gate', "
+                    "map_indexes=ti.map_index)['model'] }}?",
+            body="Gate: {{ ti.xcom_pull(task_ids='market.quality_gate', map_indexes=ti.map_index)['summary'] }}\n\n"
+                 "Run {{ run_id }}. Approve moves the production alias; Reject keeps production as it is.",
+            response_timeout=timedelta(days=3),
+        )
+
+        @task(map_index_template=MARKET)
+        def promote_or_keep(plan: dict, window: dict, decision: dict, approval: dict) -> dict:
+            """Promote after a passing gate (and approval, when asked); otherwise record a keep."""
+            from datetime import datetime as dt
+
+            from include.config import Settings
+            from include.pipeline import keep, promote
+
+            run_id = get_current_context()["run_id"]
+            settings = Settings.from_env()
+            if decision["passed"] and approval["chosen_options"] == ["Approve"]:
+                return promote(settings, decision, run_id=run_id, dag_id=_dag_id(),
+                               as_of=dt.fromisoformat(window["interval_end"]))
+            if decision["passed"]:
+                decision = {**decision, "reasons": [f"approval: {approval['chosen_options']} by "
+                                                    f"{approval.get('responded_by_user') or 'a reviewer'}"]}
+            return keep(settings, decision, run_id=run_id, dag_id=_dag_id())
+
+        @task(map_index_template=MARKET)
+        def publish_market_summary(plan: dict, window: dict, ingested: dict, validation: dict, feature_info: dict,
+                                   dataset: dict, assembled: dict, trading: dict, decision: dict,
+                                   action: dict) -> dict:
+            from include.pipeline import summarise
+            from include.tasks import unpack
+
+            cfg, win, settings, out = unpack(plan, window, _dag_id())
+            parts = {"ingested": ingested, "validation": validation, "features": feature_info,
+                     "labels": dataset, "ensemble": assembled, "trading": trading, "gate": decision,
+                     "action": action}
+            return summarise(settings, cfg, out, win, parts)
+
+        # Keyword arguments: the map index template and the alerts read the market from op_kwargs["plan"].
+        ingested = ingest_market_data(plan=plan)
+        window = ingested["window"]
+        validation = validate_market_data(plan=plan, window=window)
+        feature_info = build_features(plan=plan, window=window, validation=validation)
+        dataset = build_labels(plan=plan, window=window, feature_info=feature_info)
+        trained = [train_model.override(task_id=f"train_{family}")(plan=plan, window=window, dataset=dataset,
+                                                                    family=family)
+                   for family in MODEL_FAMILIES]
+        assembled = assemble_ensemble(plan=plan, window=window, trained=trained)
+        trading = simulate_trading(plan=plan, window=window, assembled=assembled)
+        decision = quality_gate(plan=plan, window=window, assembled=assembled, trading=trading)
+        decision >> approve_promotion
+        action = promote_or_keep(plan=plan, window=window, decision=decision, approval=approve_promotion.output)
+        return publish_market_summary(plan=plan, window=window, ingested=ingested, validation=validation,
+                                      feature_info=feature_info, dataset=dataset, assembled=assembled,
+                                      trading=trading, decision=decision, action=action)
+
+    @task(trigger_rule="all_done")
+    def publish_summary(plans: list) -> dict:
+        """Every market's outcome (decision, skip or failure), to the run's log and the alert channels."""
         from include.config import Settings
-        from include.pipeline import promote as promote_candidate
+        from include.pipeline import publish_universe
 
-        dag_id, run_id = _ctx()
-        return promote_candidate(Settings.from_env(), decision, run_id=run_id, dag_id=dag_id,
-                                 as_of=dt.fromisoformat(window["interval_end"]))
-
-    @task
-    def keep_production(decision: dict) -> dict:
-        from include.config import Settings
-        from include.pipeline import keep
-
-        dag_id, run_id = _ctx()
-        return keep(Settings.from_env(), decision, run_id=run_id, dag_id=dag_id)
-
-    @task(trigger_rule="none_failed_min_one_success")
-    def publish_summary(config: dict, window: dict, ingested: dict, validation: dict, feature_info: dict,
-                        dataset: dict, assembled: dict, trading: dict, decision: dict, promoted: dict | None,
-                        kept: dict | None) -> dict:
-        from include.pipeline import summarise
-        from include.tasks import unpack
-
-        cfg, win, settings, out = unpack(config, window, _ctx()[0])
-        parts = {"ingested": ingested, "validation": validation, "features": feature_info,
-                 "labels": dataset, "ensemble": assembled, "trading": trading, "gate": decision,
-                 "action": promoted or kept}
-        return summarise(settings, out, win, parts, context=get_current_context())
+        return publish_universe(Settings.from_env(), _dag_id(), list(plans), context=get_current_context())
 
     @task
     def apply_retention() -> dict:
@@ -283,24 +336,10 @@ def weekly_retrain():
         registry.dispose()
         return {"removed": removed, "keep_last": settings.registry_keep_last}
 
-    plan = plan_run()
-    config, window = plan["config"], plan["window"]
-    ingested = ingest_market_data(config, window)
-    validation = validate_market_data(config, window, ingested)
-    feature_info = build_features(config, window, validation)
-    dataset = build_labels(config, window, feature_info)
-    trained = train_model.partial(config=config, window=window, dataset=dataset).expand(
-        family=model_families(config))
-    assembled = assemble_ensemble(config, window, trained)
-    trading = simulate_trading(config, window, assembled)
-    decision = quality_gate(config, window, assembled, trading)
-    action = choose_action(decision, config)
-    promoted, kept = promote(decision, window), keep_production(decision)
-    action >> [approve_promotion, promoted, kept]
-    approve_promotion >> promoted
-    published = publish_summary(config, window, ingested, validation, feature_info, dataset, assembled, trading,
-                                decision, promoted, kept)
-    published >> apply_retention()
+    plans = plan_run()
+    markets = market.expand(plan=plans)
+    published = publish_summary(plans)
+    markets >> published >> apply_retention()
 
 
 weekly_retrain()

@@ -275,6 +275,11 @@ class RunConfig:
         default=None,
     )
     random_state: int = _doc("Seed of every random number generator in training.", default=42)
+    min_history_days: int = _doc(
+        "A market whose stored history is shorter than train_window_days (a recent listing) "
+        "trains on what it has when that reaches this many days, and is skipped below it.",
+        default=180,
+    )
 
     def __post_init__(self) -> None:
         def fail(name: str, why: str) -> None:
@@ -340,6 +345,22 @@ class RunConfig:
             fail("fee_bps" if self.fee_bps < 0 else "slippage_bps", "expected >= 0")
         if self.gate_champion_tolerance < 0:
             fail("gate_champion_tolerance", "expected >= 0")
+        if self.min_history_days < 14:
+            fail("min_history_days", "expected at least 14 days")
+
+    @property
+    def registered_model(self) -> Any:
+        """The :class:`~include.registry.RegisteredModel` this run trains a version of."""
+        from include.registry import RegisteredModel
+
+        return RegisteredModel(self.exchange.lower(), self.symbol.upper(), self.market_type, self.timeframe,
+                               self.label_horizon_bars, self.label_threshold_mode, float(self.label_threshold),
+                               self.label_vol_window_bars)
+
+    @property
+    def model_name(self) -> str:
+        """Name of the registered model this run trains a version of, e.g. ``binance-btcusdt-perp-1h-h4``."""
+        return self.registered_model.name
 
     @property
     def bar_seconds(self) -> int:

@@ -48,3 +48,19 @@ class RegistryError(PipelineError):
 
 class ServingError(PipelineError):
     """The production model cannot serve a prediction (no model, stale model, no market data)."""
+
+
+class IntegrityError(RegistryError):
+    """An artifact's bytes do not hash to the sha256 a trusted record holds; it was not unpickled."""
+
+
+class MarketNotReadyError(PipelineError):
+    """A market's history is shorter than the minimum a model needs; the run skips that market.
+
+    Attributes:
+        qualifies_on: ISO date from which the market has enough history, if known.
+    """
+
+    def __init__(self, message: str, qualifies_on: str | None = None) -> None:
+        super().__init__(message)
+        self.qualifies_on = qualifies_on

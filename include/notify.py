@@ -18,8 +18,19 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
+def market_of(context: dict[str, Any]) -> str | None:
+    """The registered model a failing task worked on, from its ``plan`` argument, if it has one."""
+    task = context.get("task")
+    plan = (getattr(task, "op_kwargs", None) or {}).get("plan")
+    if isinstance(plan, dict) and plan.get("model"):
+        return str(plan["model"])
+    ti = context.get("ti") or context.get("task_instance")
+    rendered = getattr(ti, "rendered_map_index", None)
+    return str(rendered) if rendered else None
+
+
 def failure_message(context: dict[str, Any]) -> str:
-    """Plain-text alert: DAG, task, run id, data interval (if any), error and log URL."""
+    """Plain-text alert: DAG, market, task, run id, data interval (if any), error and log URL."""
     ti = context.get("ti") or context.get("task_instance")
     dag_run = context.get("dag_run")
     dag_id = getattr(ti, "dag_id", None) or getattr(dag_run, "dag_id", "?")
@@ -34,8 +45,10 @@ def failure_message(context: dict[str, Any]) -> str:
         error = error[:1500] + " …"
     log_url = getattr(ti, "log_url", None) or "n/a"
     task = task_id if map_index in (None, -1) else f"{task_id}[{map_index}]"
-    return (f"Airflow task failed\nDAG: {dag_id}\nTask: {task}\nRun: {run_id}\n"
-            f"Data interval: {interval}\nError: {error}\nLog: {log_url}")
+    market = market_of(context)
+    return (f"Airflow task failed{f' for {market}' if market else ''}\nDAG: {dag_id}\n"
+            + (f"Market: {market}\n" if market else "")
+            + f"Task: {task}\nRun: {run_id}\nData interval: {interval}\nError: {error}\nLog: {log_url}")
 
 
 def _connection_exists(conn_id: str) -> bool:
@@ -70,7 +83,7 @@ def summary_message(summary: dict[str, Any], report_path: str | None) -> str:
         return "n/a" if v is None else format(v, fmt)
 
     lines = [
-        f"weekly_retrain {window['interval_start'][:10]} → {window['interval_end'][:10]}: "
+        f"{summary.get('model', 'weekly_retrain')} {window['interval_start'][:10]} → {window['interval_end'][:10]}: "
         f"{action.get('action', '?').upper()}",
         f"Candidate: {gate.get('candidate')}  Production: {summary.get('production')}",
         f"Gate: {gate.get('summary', 'n/a')}",
@@ -83,6 +96,23 @@ def summary_message(summary: dict[str, Any], report_path: str | None) -> str:
         lines.append("Why not: " + "; ".join(gate["reasons"]))
     lines.append(f"Report: {report_path or 'n/a'}")
     return "\n".join(lines)
+
+
+def universe_message(outcomes: list[dict[str, Any]]) -> str:
+    """The weekly summary of a universe run: one block per market (decision, skip or failure)."""
+    done = [o for o in outcomes if o["status"] == "done"]
+    window = done[0]["summary"]["window"] if done else None
+    head = (f"weekly_retrain {window['interval_start'][:10]} → {window['interval_end'][:10]}: " if window
+            else "weekly_retrain: ")
+    counts = {s: sum(o["status"] == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    blocks = [head + f"{len(outcomes)} market(s), {counts['done']} decided, {counts['skipped']} skipped, "
+              f"{counts['failed']} failed"]
+    for o in outcomes:
+        if o["status"] == "done":
+            blocks.append(summary_message(o["summary"], o["summary"].get("report")))
+        else:
+            blocks.append(f"{o['model']}: {o['status'].upper()}: {o.get('reason', '')}")
+    return "\n\n".join(blocks)
 
 
 def send(text: str, context: dict[str, Any]) -> list[str]:

@@ -3,8 +3,9 @@
 Each function takes plain arguments (a :class:`~include.config.RunConfig` as a dict, the run's
 :class:`RunWindow` as a dict, ids and paths) and returns a small JSON-serialisable dict for XCom.
 DataFrames and models travel through files under the run's own folder
-``<RUN_ARTIFACTS_DIR>/<dag_id>/<interval start>_<interval end>/``, derived from the data interval,
-so re-running a run overwrites exactly its own outputs.
+``<RUN_ARTIFACTS_DIR>/<dag_id>/<registered model>/<interval start>_<interval end>/``, derived
+from the registered model and the data interval, so two markets never share a folder and
+re-running a run overwrites exactly its own outputs.
 """
 
 from __future__ import annotations
@@ -27,11 +28,19 @@ import pandas as pd
 from include.config import RunConfig, Settings
 from include.data.sources import FileSource, MarketDataSource
 from include.data.store import MarketStore
-from include.errors import DataQualityError, PipelineError, TrainingError
+from include.errors import DataQualityError, GateError, MarketNotReadyError, PipelineError, TrainingError
 from include.features import FeatureSpec, build_features
 from include.gate import GatePolicy, decide
 from include.labels import class_balance, make_labels
-from include.registry import CHALLENGER, ModelRegistry, atomic_write_json, code_version, sha256_file
+from include.registry import (
+    CHALLENGER,
+    PRODUCTION,
+    ModelRegistry,
+    atomic_write_json,
+    code_version,
+    load_verified,
+    sha256_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +70,8 @@ class RunWindow:
         ingest_start: first bar ingested, ``train_start`` minus indicator warm-up.
         run_key: ``<interval_start>_<interval_end>`` as ``YYYYmmddTHHMM``; names the run folder.
         source: how the interval was chosen: ``data_interval``, ``as_of_date`` or ``last_complete_week``.
+        requested_train_start: for a market with less history than ``train_window_days``, the
+            training start the window asked for (``train_start`` is then later); else ``None``.
     """
 
     interval_start: str
@@ -69,6 +80,7 @@ class RunWindow:
     ingest_start: str
     run_key: str
     source: str
+    requested_train_start: str | None = None
 
     def ts(self, name: str) -> datetime:
         """One bound as an aware datetime."""
@@ -111,10 +123,8 @@ def resolve_window(cfg: RunConfig, *, data_interval_start: Any, data_interval_en
         end = midnight - timedelta(days=(midnight.weekday() + 1) % 7)  # last Sunday 00:00
         start, source = end - timedelta(days=7), "last_complete_week"
     assert start is not None and end is not None
-    bar = timedelta(seconds=cfg.bar_seconds)
     train_start = end - timedelta(days=cfg.train_window_days)
-    warmup = max(FeatureSpec.default().warmup_bars, cfg.label_vol_window_bars) * bar
-    ingest_start = train_start - warmup
+    ingest_start = train_start - warmup(cfg)
     key = f"{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
     window = RunWindow(start.isoformat(), end.isoformat(), train_start.isoformat(),
                        ingest_start.isoformat(), key, source)
@@ -122,9 +132,15 @@ def resolve_window(cfg: RunConfig, *, data_interval_start: Any, data_interval_en
     return window
 
 
-def run_dir(settings: Settings, dag_id: str, window: RunWindow) -> Path:
-    """The run's artifact folder (created)."""
-    path = settings.runs_dir / dag_id / window.run_key
+def warmup(cfg: RunConfig) -> timedelta:
+    """Bars before the training window that features and labels need: indicator warm-up or the
+    label's volatility window, whichever is longer."""
+    return max(FeatureSpec.default().warmup_bars, cfg.label_vol_window_bars) * timedelta(seconds=cfg.bar_seconds)
+
+
+def run_dir(settings: Settings, dag_id: str, model: str, window: RunWindow) -> Path:
+    """The artifact folder of one registered model's run over one data interval (created)."""
+    path = settings.runs_dir / dag_id / model / window.run_key
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -158,21 +174,64 @@ def market_source(cfg: RunConfig, settings: Settings) -> MarketDataSource:
     return FileSource(cfg.source_dir or settings.data_dir)
 
 
-def ingest(cfg: RunConfig, window: RunWindow, settings: Settings) -> dict[str, Any]:
+#: Files a market's run leaves for the universe summary; removed when the run starts again.
+SUMMARY_FILE, SKIPPED_FILE = "summary.json", "skipped.json"
+
+
+def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None) -> RunWindow:
+    """The run's window given the market's first stored bar: shortened for a young market.
+
+    A market listed after the window's ``ingest_start`` trains from its first bar plus the
+    feature warm-up, provided that leaves at least ``min_history_days`` before
+    ``interval_end``; ``requested_train_start`` keeps what the window asked for.
+
+    Raises:
+        MarketNotReadyError: no bars, or less history than ``min_history_days``; the message
+            says from which date the market qualifies.
+    """
+    start, end = window.ts("ingest_start"), window.ts("interval_end")
+    if first_bar is None:
+        raise MarketNotReadyError(f"{cfg.model_name}: no {cfg.symbol} {cfg.market_type} {cfg.timeframe} candles "
+                                  f"before {end:%Y-%m-%d %H:%M}Z in the market store")
+    if first_bar <= start:
+        return window
+    train_start = first_bar + warmup(cfg)
+    available = (end - train_start).total_seconds() / 86_400
+    if available < cfg.min_history_days:
+        qualifies = train_start + timedelta(days=cfg.min_history_days)
+        raise MarketNotReadyError(
+            f"{cfg.model_name}: history starts {first_bar:%Y-%m-%d %H:%M}Z, which leaves {available:.0f} days of "
+            f"training data before {end:%Y-%m-%d}Z after the {warmup(cfg) / timedelta(days=1):.0f}-day warm-up; "
+            f"min_history_days={cfg.min_history_days}. It qualifies for the week ending {qualifies:%Y-%m-%d} "
+            f"or later; skipped this run.", qualifies_on=qualifies.date().isoformat())
+    logger.warning("%s: young market: %.0f days of history instead of train_window_days=%d; training from %s",
+                   cfg.model_name, available, cfg.train_window_days, train_start)
+    return RunWindow(window.interval_start, window.interval_end, train_start.isoformat(), first_bar.isoformat(),
+                     window.run_key, window.source, requested_train_start=window.train_start)
+
+
+def ingest(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path | None = None) -> dict[str, Any]:
     """Bring the store's OHLCV, funding and open interest up to the run's ``interval_end``.
 
     The file source re-reads the whole ingest window; the exchange source fetches only what
-    the store is missing (see :mod:`include.data.ingest`).
+    the store is missing (see :mod:`include.data.ingest`). Then the market's history is
+    checked (:func:`history_window`): a young market trains on a shorter window, or is skipped
+    with ``skipped.json`` in ``out_dir`` saying why and from when it qualifies.
 
     Returns:
-        Per series: mode, fetched ranges, rows fetched, rows new; recorded gaps; source.
+        Per series: mode, fetched ranges, rows fetched, rows new; recorded gaps; source; and
+        ``window``, the run's window for every later step (shortened for a young market).
 
     Raises:
         SourceError: the source failed (missing file, unknown symbol, malformed response,
             retries exhausted); nothing is written.
+        MarketNotReadyError: the market's history is below ``min_history_days``.
     """
     from include.data.ingest import SeriesKey, ingest_window
 
+    if out_dir is not None:
+        for name in (SUMMARY_FILE, SKIPPED_FILE):
+            (out_dir / name).unlink(missing_ok=True)
     source = market_source(cfg, settings)
     start, end = window.ts("ingest_start"), window.ts("interval_end")
     key = SeriesKey(cfg.exchange, cfg.symbol, cfg.market_type, cfg.timeframe,
@@ -182,9 +241,20 @@ def ingest(cfg: RunConfig, window: RunWindow, settings: Settings) -> dict[str, A
         out = ingest_window(source, store, key, start=start, end=end,
                             funding_start=start - FUNDING_LOOKBACK,
                             open_interest_start=start - timedelta(days=2))
+        first = store.load_ohlcv(exchange=cfg.exchange, symbol=cfg.symbol, market_type=cfg.market_type,
+                                 timeframe=cfg.timeframe, start=start, end=end).head(1)
     finally:
         store.dispose()
     out["source"] = repr(source)
+    first_bar = first["timestamp"].iloc[0].to_pydatetime() if len(first) else None
+    try:
+        effective = history_window(cfg, window, first_bar)
+    except MarketNotReadyError as exc:
+        if out_dir is not None:
+            atomic_write_json(out_dir / SKIPPED_FILE, {"model": cfg.model_name, "reason": str(exc),
+                                                       "qualifies_on": exc.qualifies_on, "window": asdict(window)})
+        raise
+    out["window"] = asdict(effective)
     return out
 
 
@@ -328,7 +398,9 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str) -> dict
     (out-of-fold probabilities with fold and training prior per row) and ``metadata.json``.
 
     Returns:
-        ``{"family", "path", "overall", "summary", "seconds"}`` with out-of-fold metrics.
+        ``{"family", "path", "sha256", "overall", "summary", "seconds"}`` with out-of-fold
+        metrics; ``sha256`` is the final model file's, which :func:`assemble` checks before
+        unpickling it.
     """
     import joblib
 
@@ -366,7 +438,8 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str) -> dict
     target = cand_root / family
     _replace_dir(tmp, target)
     logger.info("%s: out-of-fold %s in %.1fs", family, cv.overall, seconds)
-    return {"family": family, "path": str(target), "overall": cv.overall, "summary": cv.summary,
+    return {"family": family, "path": str(target), "sha256": meta["files"]["model.joblib"],
+            "overall": cv.overall, "summary": cv.summary,
             "importance_stability": {k: cv.importance[k]["rank_stability"] for k in ("gain", "permutation")},
             "seconds": seconds}
 
@@ -395,6 +468,7 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
 
     Raises:
         TrainingError: families disagree on out-of-fold rows.
+        IntegrityError: a member's model file does not hash to what its training task reported.
     """
     import joblib
 
@@ -403,11 +477,14 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     from include.labels import momentum_forecast
     from include.training import class_prior, metrics_with_prior
 
+    trained = [t for t in trained if t]
     families = [t["family"] for t in sorted(trained, key=lambda t: cfg.models.index(t["family"]))]
+    hashes = {t["family"]: t["sha256"] for t in trained}
     members, oofs, member_meta = [], {}, {}
     for fam in families:
         cdir = out_dir / "candidates" / fam
-        members.append((fam, joblib.load(cdir / "model.joblib")))
+        # The hash comes from the training task's XCom, not from a file beside the model.
+        members.append((fam, load_verified(cdir / "model.joblib", hashes[fam], f"{cfg.model_name} member {fam}")))
         oofs[fam] = pd.read_parquet(cdir / "oof.parquet")
         member_meta[fam] = json.loads((cdir / "metadata.json").read_text())
     ref = oofs[families[0]]
@@ -462,9 +539,12 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     joblib.dump(model, tmp / "model.joblib")
     metadata = {
         "kind": "weighted_soft_voting_ensemble", "members": families, "weights": weights,
+        "registered_model": cfg.model_name,
         "symbol": cfg.symbol, "exchange": cfg.exchange, "market_type": cfg.market_type,
         "timeframe": cfg.timeframe, "config": cfg.to_dict(), "feature_spec": spec,
         "data_window": {"train_start": window.train_start, "interval_start": window.interval_start,
+                        "requested_train_start": window.requested_train_start or window.train_start,
+                        "short_history": window.requested_train_start is not None,
                         "interval_end": window.interval_end, "trained_until": window.interval_end,
                         "first_bar": X.index.min().isoformat(), "last_labelled_bar": X.index.max().isoformat(),
                         # End of the last bar any label read: the proof of no data past interval_end.
@@ -489,12 +569,14 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     _replace_dir(tmp, cand)
     registry = ModelRegistry.from_settings(settings)
     version = registry.register(cand, window.ts("interval_end"))
+    if registry.model_of(version) != cfg.model_name:
+        raise TrainingError(f"candidate {version} registered under {registry.model_of(version)}, not {cfg.model_name}")
     registry.move_alias(CHALLENGER, version, event="candidate", run_id=run_id, dag_id=dag_id,
                         reason=f"candidate of {window.run_key}")
     registry.dispose()
     logger.info("ensemble %s weights %s: out-of-fold %s; baselines %s", version, weights,
                 ensemble_metrics, baselines)
-    return {"version": version, "weights": weights, "ensemble": ensemble_metrics,
+    return {"version": version, "model": cfg.model_name, "weights": weights, "ensemble": ensemble_metrics,
             "members": metadata["metrics"]["members"], "baselines": baselines,
             "gate_window": gate_window}
 
@@ -560,14 +642,18 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
                          out_dir: Path, gate_window: dict[str, Any]) -> dict[str, Any] | None:
     from include.training import metrics_with_prior
 
-    pointer = registry.production()
+    pointer = registry.production(cfg.model_name)
     if pointer is None:
         return None
     model, meta = registry.load(pointer.version)
+    champion_model = registry.model_of(pointer.version)
+    if champion_model != cfg.model_name:
+        raise GateError(f"production of {cfg.model_name} points at {pointer.version} of {champion_model}: "
+                        "refusing to compare models of different markets or targets")
     trained_until = meta["data_window"]["trained_until"]
-    result: dict[str, Any] = {"version": pointer.version, "trained_until": trained_until,
+    result: dict[str, Any] = {"version": pointer.version, "model": champion_model, "trained_until": trained_until,
                               "window_start": window.interval_start, "metrics": None}
-    if trained_until > window.interval_start:
+    if pd.Timestamp(trained_until) > pd.Timestamp(window.interval_start):
         return result
     spec = FeatureSpec.from_dict({k: v for k, v in meta["feature_spec"].items() if k != "sha256"})
     run_spec = json.loads((out_dir / "feature_spec.json").read_text())
@@ -593,8 +679,12 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
          assembled: dict[str, Any], trading: dict[str, Any] | None = None) -> dict[str, Any]:
     """Decide whether the candidate may replace production; write ``gate_decision.json``.
 
-    The champion is scored on exactly the rows of the candidate's last fold (this run's data
-    interval), which the champion never saw if it was trained before the interval started.
+    The champion is the production version of the candidate's own registered model, scored on
+    exactly the rows of the candidate's last fold (this run's data interval), which the champion
+    never saw if it was trained before the interval started.
+
+    Raises:
+        GateError: the production alias of this model names a version of another model.
     """
     registry = ModelRegistry.from_settings(settings)
     champion = _champion_evaluation(registry, cfg, window, settings, out_dir, assembled["gate_window"])
@@ -602,22 +692,22 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
                       candidate_oof=assembled["ensemble"], baselines=assembled["baselines"],
                       candidate_window=assembled["gate_window"], champion=champion,
                       trading=trading["out_of_fold"] if trading else None)
-    record = {**decision.to_dict(), "policy": asdict(policy_from_config(cfg)),
+    record = {**decision.to_dict(), "model": cfg.model_name, "policy": asdict(policy_from_config(cfg)),
               "champion_evaluation": champion, "candidate_gate_window": assembled["gate_window"],
               "candidate_out_of_fold": assembled["ensemble"], "baselines": assembled["baselines"],
               "trading": trading,
               "decided_at": datetime.now(UTC).isoformat(timespec="seconds")}
     record = json_safe(record)
     atomic_write_json(out_dir / "gate_decision.json", record)
-    logger.info("gate %s", decision.summary())
+    logger.info("gate %s: %s", cfg.model_name, decision.summary())
     for check in decision.checks:
         logger.info("  %s %s: %s", "ok  " if check.passed else "FAIL", check.name, check.detail)
     return record
 
 
 # -- 9. promote / keep -----------------------------------------------------------------------
-def smoke_test(settings: Settings, as_of: datetime) -> dict[str, Any]:
-    """Load the production model through the serving loader and predict from the latest bars.
+def smoke_test(settings: Settings, model: str, as_of: datetime) -> dict[str, Any]:
+    """Load ``model``'s production version through the serving loader and predict from the latest bars.
 
     Returns:
         The prediction as a dict.
@@ -628,9 +718,10 @@ def smoke_test(settings: Settings, as_of: datetime) -> dict[str, Any]:
     """
     from include.serving import ProductionModel
 
-    serving = ProductionModel(ModelRegistry.from_settings(settings), settings.market_db_url, max_age_hours=None)
+    serving = ProductionModel(ModelRegistry.from_settings(settings), settings.market_db_url, model,
+                              max_age_hours=None)
     try:
-        prediction = serving.predict(serving.current()[2]["symbol"], as_of)
+        prediction = serving.predict(as_of)
     except Exception as exc:
         raise PipelineError(f"smoke test failed: {type(exc).__name__}: {exc}") from exc
     finally:
@@ -643,12 +734,14 @@ def smoke_test(settings: Settings, as_of: datetime) -> dict[str, Any]:
 
 def promote(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id: str | None = None,
             as_of: datetime | None = None) -> dict[str, Any]:
-    """Move production to the candidate after a passing decision, then smoke-test it.
+    """Move the candidate's registered model's production to it after a passing decision; smoke-test it.
 
     The move is a compare-and-set: production must still be the champion the gate compared
     with. After the move, :func:`smoke_test` loads the new production model and predicts from
-    the latest bars up to ``as_of``; if that fails, production is rolled back to the previous
-    version (ledger event ``auto_rollback``) and the error is raised.
+    the latest bars up to ``as_of``. If that fails, production goes back to
+    :meth:`~include.registry.ModelRegistry.rollback_target` (ledger event ``auto_rollback``), or,
+    on the model's first promotion, the alias is removed so that no broken model serves; then
+    the error is raised.
 
     Raises:
         PipelineError: the decision did not pass, or the smoke test failed (after the rollback).
@@ -661,64 +754,140 @@ def promote(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id
     try:
         pointer = registry.promote(decision["candidate"], run_id=run_id, reason=decision["summary"],
                                    decision=decision, dag_id=dag_id, expected=decision.get("champion"))
+        model = pointer.model
         try:
-            smoke = smoke_test(settings, as_of or datetime.now(UTC))
+            smoke = smoke_test(settings, model, as_of or datetime.now(UTC))
         except PipelineError as exc:
-            if pointer.previous is not None:
-                registry.rollback(pointer.previous, run_id=run_id, dag_id=dag_id, event="auto_rollback",
+            target = registry.rollback_target(model)
+            if target is not None:
+                registry.rollback(model, target, run_id=run_id, dag_id=dag_id, event="auto_rollback",
                                   reason=f"post-promotion {exc}")
-                raise PipelineError(f"{exc}; production rolled back to {pointer.previous}") from exc
-            raise
+                raise PipelineError(f"{model}: {exc}; production rolled back to {target}") from exc
+            registry.remove_alias(model, PRODUCTION, event="auto_rollback", run_id=run_id, dag_id=dag_id,
+                                  reason=f"post-promotion {exc}; no earlier version to restore",
+                                  expected=pointer.version)
+            raise PipelineError(f"{model}: {exc}; production alias removed (no earlier version to restore): "
+                                "the model has no production version") from exc
     finally:
         registry.dispose()
-    logger.info("promoted %s (previous %s); smoke test: %s", pointer.version, pointer.previous, smoke)
-    return {"action": "promote", "production": pointer.version, "previous": pointer.previous,
+    logger.info("%s: promoted %s (previous %s); smoke test: %s", model, pointer.version, pointer.previous, smoke)
+    return {"action": "promote", "model": model, "production": pointer.version, "previous": pointer.previous,
             "smoke_test": smoke}
 
 
 def keep(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id: str | None = None) -> dict[str, Any]:
-    """Record that production stays as it is after a failing decision."""
+    """Record that the model's production stays as it is after a failing (or unapproved) decision."""
     registry = ModelRegistry.from_settings(settings)
-    registry.record_keep(decision.get("candidate"), run_id=run_id, dag_id=dag_id,
+    model = decision["model"]
+    registry.record_keep(model, decision.get("candidate"), run_id=run_id, dag_id=dag_id,
                          reason="; ".join(decision.get("reasons", [])) or decision.get("summary", ""),
                          decision=decision)
-    pointer = registry.production()
+    pointer = registry.production(model)
     registry.dispose()
-    return {"action": "keep", "production": pointer.version if pointer else None,
+    return {"action": "keep", "model": model, "production": pointer.version if pointer else None,
             "rejected": decision.get("candidate")}
 
 
-def summarise(settings: Settings, out_dir: Path, window: RunWindow, parts: dict[str, Any],
-              context: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``summary.json`` and the HTML report; send the weekly summary to the alert channels.
+def summarise(settings: Settings, cfg: RunConfig, out_dir: Path, window: RunWindow,
+              parts: dict[str, Any]) -> dict[str, Any]:
+    """Write one market's ``summary.json`` and HTML report.
+
+    Returns:
+        ``{"model", "path", "report", "production", "action"}``.
+    """
+    from include.report import build_report
+
+    registry = ModelRegistry.from_settings(settings)
+    pointer = registry.production(cfg.model_name)
+    registry.dispose()
+    summary = json_safe({"model": cfg.model_name, "window": asdict(window), **parts,
+                         "production": pointer.version if pointer else None})
+    report = build_report(out_dir, summary)
+    summary["report"] = str(report)
+    atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    logger.info("%s: run report written to %s", cfg.model_name, report)
+    return {"model": cfg.model_name, "path": str(out_dir / SUMMARY_FILE), "report": str(report),
+            "production": summary["production"], "action": (parts.get("action") or {}).get("action")}
+
+
+def universe_outcomes(settings: Settings, dag_id: str, plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What each market of a universe run did, from the files its run folder holds.
+
+    Args:
+        plans: the run's market plans (``{"model", "config", "window"}`` each).
+
+    Returns:
+        Per market, in plan order: ``{"model", "status"}`` with status ``done`` (and the
+        market's ``summary``), ``skipped`` (and ``reason``, ``qualifies_on``) or ``failed``
+        (no summary: a task of that market failed, and its alert named the market).
+    """
+    out = []
+    for plan in plans:
+        folder = settings.runs_dir / dag_id / plan["model"] / plan["window"]["run_key"]
+        if (folder / SUMMARY_FILE).is_file():
+            out.append({"model": plan["model"], "status": "done",
+                        "summary": json.loads((folder / SUMMARY_FILE).read_text())})
+        elif (folder / SKIPPED_FILE).is_file():
+            skipped = json.loads((folder / SKIPPED_FILE).read_text())
+            out.append({"model": plan["model"], "status": "skipped", "reason": skipped["reason"],
+                        "qualifies_on": skipped.get("qualifies_on")})
+        else:
+            out.append({"model": plan["model"], "status": "failed",
+                        "reason": f"no summary in {folder}: a task of this market failed (see its alert and log)"})
+    return out
+
+
+def publish_universe(settings: Settings, dag_id: str, plans: list[dict[str, Any]],
+                     context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the universe summary of one weekly run and send it to the alert channels.
+
+    The summary lists every market of the run: its decision and key numbers, or why it was
+    skipped, or that it failed. It goes to ``<runs>/<dag_id>/_universe/<run key>.json``.
 
     Args:
         context: the Airflow task context, for the notifiers; ``None`` sends nothing.
 
     Returns:
-        ``{"path", "report", "production", "notified"}``.
+        ``{"path", "markets": {model: status}, "notified"}``.
     """
-    from include.notify import send, summary_message
-    from include.report import build_report
+    from include.notify import send, universe_message
 
-    pointer = ModelRegistry.from_settings(settings).production()
-    summary = json_safe({"window": asdict(window), **parts, "production": pointer.version if pointer else None})
-    report = build_report(out_dir, summary)
-    summary["report"] = str(report)
-    atomic_write_json(out_dir / "summary.json", summary)
-    logger.info("run report written to %s", report)
-    notified = send(summary_message(summary, str(report)), context) if context is not None else []
-    return {"path": str(out_dir / "summary.json"), "report": str(report), "production": summary["production"],
-            "notified": notified}
+    outcomes = universe_outcomes(settings, dag_id, plans)
+    run_key = plans[0]["window"]["run_key"] if plans else "empty"
+    path = settings.runs_dir / dag_id / "_universe" / f"{run_key}.json"
+    atomic_write_json(path, json_safe({"run_key": run_key, "markets": outcomes}))
+    for o in outcomes:
+        action = (o.get("summary") or {}).get("action") or {}
+        logger.info("%s: %s %s", o["model"], o["status"].upper(),
+                    action.get("action") or o.get("reason", ""))
+    notified = send(universe_message(outcomes), context) if context is not None else []
+    return {"path": str(path), "markets": {o["model"]: o["status"] for o in outcomes}, "notified": notified}
+
+
+def plan_universe(run_params: dict[str, Any], *, selected: list[str] | None, universe_file: str | None,
+                  data_interval_start: Any, data_interval_end: Any, run_after: Any) -> list[dict[str, Any]]:
+    """One plan per market of the universe: ``{"model", "config", "window"}``, JSON for XCom.
+
+    Raises:
+        ConfigError: see :func:`include.universe.plan_markets` and :func:`resolve_window`.
+    """
+    from include.universe import plan_markets
+
+    plans = []
+    for cfg in plan_markets(run_params, selected=selected, path=universe_file):
+        window = resolve_window(cfg, data_interval_start=data_interval_start, data_interval_end=data_interval_end,
+                                run_after=run_after)
+        plans.append({"model": cfg.model_name, "config": cfg.to_dict(), "window": asdict(window)})
+    return plans
 
 
 def run_once(cfg: RunConfig, settings: Settings, *, dag_id: str, run_id: str,
              data_interval_start: Any = None, data_interval_end: Any = None) -> dict[str, Any]:
-    """Every step of one weekly run in order, in this process, without a scheduler.
+    """Every step of one market's weekly run in order, in this process, without a scheduler.
 
     The same functions the DAG's tasks call, with the same inputs; for benchmarks, the gate's
     multi-week record and tests that need a real registry. (The DAG adds what only Airflow
-    gives: retries, alerts, the approval step, the wait for earlier runs.)
+    gives: retries, alerts, the approval step, the wait for earlier runs, markets in parallel.)
 
     Returns:
         ``{"window", "assembled", "trading", "decision", "action", "summary"}``.
@@ -728,8 +897,9 @@ def run_once(cfg: RunConfig, settings: Settings, *, dag_id: str, run_id: str,
     """
     window = resolve_window(cfg, data_interval_start=data_interval_start, data_interval_end=data_interval_end,
                             run_after=None)
-    out = run_dir(settings, dag_id, window)
-    ingested = ingest(cfg, window, settings)
+    out = run_dir(settings, dag_id, cfg.model_name, window)
+    ingested = ingest(cfg, window, settings, out)
+    window = RunWindow(**ingested["window"])
     validation = validate(cfg, window, settings, out)
     feature_info = features(cfg, window, settings, out)
     dataset = labels(cfg, window, out)
@@ -741,7 +911,7 @@ def run_once(cfg: RunConfig, settings: Settings, *, dag_id: str, run_id: str,
         action = promote(settings, decision, run_id=run_id, dag_id=dag_id, as_of=window.ts("interval_end"))
     else:
         action = keep(settings, decision, run_id=run_id, dag_id=dag_id)
-    summary = summarise(settings, out, window, {
+    summary = summarise(settings, cfg, out, window, {
         "ingested": ingested, "validation": validation, "features": feature_info, "labels": dataset,
         "ensemble": assembled, "trading": trading, "gate": decision, "action": action})
     return {"window": window, "assembled": assembled, "trading": trading, "decision": decision,

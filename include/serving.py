@@ -1,7 +1,8 @@
 """Serving the production model: one loader for everything that predicts.
 
-:class:`ProductionModel` loads the version the ``production`` alias points at (after checking
-its sha256 against the registry), keeps it in memory, and reloads it when the alias moves; it
+:class:`ProductionModel` serves one registered model: it loads the version that model's
+``production`` alias points at (unpickling only bytes whose sha256 matches the registry), keeps
+it in memory, and reloads it when the alias moves; it
 looks the alias up at most every ``refresh_seconds``. A staleness guard compares the model's
 training-data end with now, in the manner of FreqAI's ``expiration_hours``: past
 ``max_age_hours`` it warns (``on_stale="warn"``, the prediction says ``stale``) or refuses
@@ -10,8 +11,8 @@ training-data end with now, in the manner of FreqAI's ``expiration_hours``: past
 :meth:`ProductionModel.predict` computes the features of the latest bars from the market store
 with the model's own feature spec (the one stored in its lineage) and returns the class
 probabilities (down / range / up) of the last complete bar, with the version that produced them.
-:func:`production_model` gives the process-wide instance for a deployment (the API plugin and
-the post-promotion smoke test use it).
+:func:`production_model` gives the process-wide instance of a registered model for a deployment
+(the API plugin uses it; the post-promotion smoke test builds its own).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Prediction:
     """One prediction.
 
     Attributes:
+        model: registered model name.
         version: registry version that produced it.
         symbol: instrument.
         bar: open time (ISO, UTC) of the bar whose features were used; the forecast is for the
@@ -51,6 +53,7 @@ class Prediction:
         stale: older than the configured maximum age.
     """
 
+    model: str
     version: str
     symbol: str
     bar: str
@@ -66,20 +69,23 @@ class Prediction:
 
 
 class ProductionModel:
-    """The production model of one registry, loaded once and reloaded when the alias moves.
+    """The production version of one registered model, loaded once and reloaded when the alias moves.
 
     Args:
         registry: the model registry.
         market_db_url: the market store, for the features of the latest bars.
+        model: registered model name, e.g. ``binance-btcusdt-perp-1h-h4``.
         max_age_hours: staleness limit (``None``: no limit).
         on_stale: ``warn`` or ``refuse`` past the limit.
         refresh_seconds: how often to look the alias up again.
     """
 
-    def __init__(self, registry: ModelRegistry, market_db_url: str, *, max_age_hours: float | None = 192.0,
-                 on_stale: Literal["warn", "refuse"] = "warn", refresh_seconds: float = 5.0) -> None:
+    def __init__(self, registry: ModelRegistry, market_db_url: str, model: str, *,
+                 max_age_hours: float | None = 192.0, on_stale: Literal["warn", "refuse"] = "warn",
+                 refresh_seconds: float = 5.0) -> None:
         self.registry = registry
         self.market_db_url = market_db_url
+        self.model_name = model
         self.max_age_hours = max_age_hours
         self.on_stale = on_stale
         self.refresh_seconds = refresh_seconds
@@ -96,16 +102,18 @@ class ProductionModel:
         """``(version, model, lineage)`` of production, reloading if the alias moved.
 
         Raises:
-            ServingError: there is no production model.
+            ServingError: the registered model has no production version.
             RegistryError: the production artifact fails its sha256 check.
         """
         with self._lock:
             now = time.monotonic()
             if self._version is None or now - self._checked >= self.refresh_seconds:
-                pointer = self.registry.production()
+                pointer = self.registry.production(self.model_name)
                 self._checked = now
                 if pointer is None:
-                    raise ServingError("no production model: nothing has been promoted yet")
+                    self._version = None
+                    raise ServingError(f"{self.model_name} has no production version (never promoted, or "
+                                       "its alias was removed after a failed promotion)")
                 if pointer.version != self._version:
                     model, lineage = self.registry.load(pointer.version)
                     for _, est in getattr(model, "estimators_", []):
@@ -115,7 +123,7 @@ class ProductionModel:
                     self._version, self._model, self._lineage = pointer.version, model, lineage
                     self._fast = None  # rebuilt, and checked, on the first prediction
                     self.loads += 1
-                    logger.info("serving production model %s", pointer.version)
+                    logger.info("serving %s production version %s", self.model_name, pointer.version)
             return self._version, self._model, self._lineage
 
     def age_hours(self, lineage: dict[str, Any], now: datetime | None = None) -> float:
@@ -146,24 +154,21 @@ class ProductionModel:
             raise ServingError("predict_row needs one predict() first (it builds the checked fast path)")
         return self._fast.predict_proba(X)
 
-    def predict(self, symbol: str, as_of: datetime | None = None) -> Prediction:
+    def predict(self, as_of: datetime | None = None) -> Prediction:
         """Forecast from the last complete bar before ``as_of`` (default: now).
 
         Args:
-            symbol: must be the production model's symbol.
-            as_of: UTC time; bars opening before it are used.
+            as_of: UTC time; bars that closed by then are used.
 
         Raises:
-            ServingError: no production model, another symbol, a stale model under ``refuse``,
-                or no complete feature row in the store before ``as_of``.
+            ServingError: no production version, a stale model under ``refuse``, or no complete
+                feature row in the store before ``as_of``.
         """
         from include.data.store import MarketStore
         from include.features import FeatureSpec, build_features
         from include.training import prior_corrected_predict
 
         version, model, lineage = self.current()
-        if symbol.upper() != lineage["symbol"]:
-            raise ServingError(f"production model {version} forecasts {lineage['symbol']}, not {symbol}")
         ts = pd.Timestamp(as_of or datetime.now(UTC))
         as_of = (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
         age, stale = self._check_age(version, lineage, as_of)
@@ -192,7 +197,8 @@ class ProductionModel:
             self._fast = FastPredictor(model, ready.tail(64))
         proba = self._fast.predict_proba(row.to_numpy(dtype="float64"))[0]
         decided = int(prior_corrected_predict(proba[None, :], model.class_prior_)[0])
-        return Prediction(version=version, symbol=lineage["symbol"], bar=row.index[0].isoformat(),
+        return Prediction(model=self.model_name, version=version, symbol=lineage["symbol"],
+                          bar=row.index[0].isoformat(),
                           probabilities=dict(zip(CLASS_NAMES, map(float, proba), strict=True)),
                           decision=CLASS_NAMES[decided], horizon_bars=int(lineage["config"]["label_horizon_bars"]),
                           model_age_hours=round(age, 2), stale=stale)
@@ -266,17 +272,33 @@ class FastPredictor:
         return self.model.predict_proba(pd.DataFrame(X, columns=self.columns))
 
 
-_instances: dict[tuple[str, str], ProductionModel] = {}
+_registries: dict[tuple[str, str], ModelRegistry] = {}
+_instances: dict[tuple[str, str, str], ProductionModel] = {}
 _instances_lock = threading.Lock()
 
 
-def production_model(settings: Any) -> ProductionModel:
-    """The process-wide :class:`ProductionModel` of a deployment.
+def deployment_registry(settings: Any) -> ModelRegistry:
+    """The process-wide :class:`~include.registry.ModelRegistry` of a deployment (one engine)."""
+    key = (str(settings.registry_dir), settings.market_db_url)
+    with _instances_lock:
+        if key not in _registries:
+            _registries[key] = ModelRegistry.from_settings(settings)
+        return _registries[key]
+
+
+def production_model(settings: Any, model: str) -> ProductionModel:
+    """The process-wide :class:`ProductionModel` of registered model ``model`` in a deployment.
 
     Limits come from ``MODEL_MAX_AGE_HOURS`` (default 192: a weekly model plus a day's slack;
     ``none`` for no limit) and ``MODEL_STALE_POLICY`` (``warn`` or ``refuse``; default ``warn``).
+
+    Raises:
+        RegistryError: no such registered model.
+        ServingError: ``MODEL_STALE_POLICY`` is not ``warn`` or ``refuse``.
     """
-    key = (str(settings.registry_dir), settings.market_db_url)
+    registry = deployment_registry(settings)
+    registry.model(model)
+    key = (str(settings.registry_dir), settings.market_db_url, model)
     with _instances_lock:
         if key not in _instances:
             raw_age = os.environ.get("MODEL_MAX_AGE_HOURS", "192")
@@ -284,6 +306,6 @@ def production_model(settings: Any) -> ProductionModel:
             if policy not in ("warn", "refuse"):
                 raise ServingError(f"MODEL_STALE_POLICY={policy!r}: expected warn or refuse")
             _instances[key] = ProductionModel(
-                ModelRegistry.from_settings(settings), settings.market_db_url,
+                registry, settings.market_db_url, model,
                 max_age_hours=None if raw_age.lower() == "none" else float(raw_age), on_stale=policy)
         return _instances[key]

@@ -10,13 +10,20 @@ from include.config import RunConfig, Settings
 from include.pipeline import RunWindow, run_dir
 
 
-def unpack(config: dict[str, Any], window: dict[str, Any],
+def unpack(plan: dict[str, Any], window: dict[str, Any] | None,
            dag_id: str) -> tuple[RunConfig, RunWindow, Settings, Path]:
-    """``(config, window, settings, run folder)`` from the ``plan_run`` task's XCom outputs."""
-    cfg = RunConfig.from_params(config)
-    win = RunWindow(**window)
+    """``(config, window, settings, run folder)`` of one market's run.
+
+    Args:
+        plan: the market's plan from ``plan_run`` (``{"model", "config", "window"}``).
+        window: the window ``ingest_market_data`` settled on (shorter for a young market);
+            ``None`` for the plan's own window.
+        dag_id: the DAG's id (names the run folder's parent).
+    """
+    cfg = RunConfig.from_params(plan["config"])
+    win = RunWindow(**(window or plan["window"]))
     settings = Settings.from_env()
-    return cfg, win, settings, run_dir(settings, dag_id, win)
+    return cfg, win, settings, run_dir(settings, dag_id, cfg.model_name, win)
 
 
 #: How far back the gate looks for unfinished earlier runs, in schedule intervals (two years).

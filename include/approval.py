@@ -1,0 +1,48 @@
+"""Human approval of a promotion, asked only when a run requires it.
+
+Airflow's :class:`~airflow.providers.standard.operators.hitl.ApprovalOperator` always waits for a
+person, and on "Reject" skips the tasks after it. Inside a mapped task group (one per market),
+a skipped or branched path would need trigger rules that Airflow evaluates across every
+market's task instances before the group expands, so one market's failure would stop the
+others. :class:`PromotionApproval` therefore always succeeds with an answer that the next task
+(``promote_or_keep``) acts on: it asks a person only when the gate passed and the run's
+``require_approval`` param is set, and otherwise answers at once from the gate decision.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
+
+
+class PromotionApproval(ApprovalOperator):
+    """Approval of a gate-passed candidate; an immediate answer when none is needed.
+
+    Args:
+        gate_task_id: task id of the gate whose decision (XCom, same map index) is approved.
+        **kwargs: passed to :class:`ApprovalOperator` (subject, body, timeouts, …).
+
+    Returns (XCom):
+        ``{"chosen_options": ["Approve" | "Reject"], "asked": bool, ...}``: ``asked`` is whether
+        a person answered; an unasked answer follows the gate (Approve when it passed).
+    """
+
+    def __init__(self, *, gate_task_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate_task_id = gate_task_id
+
+    def execute(self, context: Any) -> Any:
+        ti = context["ti"]
+        decision = ti.xcom_pull(task_ids=self.gate_task_id, map_indexes=ti.map_index) or {}
+        if not decision.get("passed") or not context["params"].get("require_approval"):
+            answer = self.APPROVE if decision.get("passed") else self.REJECT
+            self.log.info("no approval needed (gate passed: %s, require_approval: %s): %s",
+                          bool(decision.get("passed")), bool(context["params"].get("require_approval")), answer)
+            return {"chosen_options": [answer], "asked": False}
+        return super().execute(context)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        # The person's answer is recorded; nothing is skipped: promote_or_keep records a Reject as a keep.
+        result = HITLOperator.execute_complete(self, context=context, event=event)
+        return {**result, "asked": True}

@@ -1,0 +1,148 @@
+"""The universe of markets: which registered models a weekly run trains, and their parameters.
+
+The universe file (YAML, ``include/universe.yaml`` by default, ``MARKET_UNIVERSE_FILE`` or the
+DAG's ``universe_file`` param to use another) lists markets::
+
+    version: 1
+    markets:
+      - {exchange: binance, symbol: BTCUSDT, market_type: perp, timeframe: 1h}
+      - {exchange: binance, symbol: ETHUSDT, market_type: perp, timeframe: 1h,
+         params: {label_horizon_bars: 8}}
+
+A market's run configuration is, field by field: the :class:`~include.config.RunConfig`
+default, then the run's own parameters (the trigger form, ``--conf``), then the market's
+``params`` from the file. The market's registered model follows from the result
+(:attr:`RunConfig.model_name`), so a per-market horizon is its own registered model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from include.config import PROJECT_ROOT, RunConfig
+from include.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_UNIVERSE = PROJECT_ROOT / "include" / "universe.yaml"
+_MARKET_KEYS = ("exchange", "symbol", "market_type", "timeframe")
+
+
+@dataclass(frozen=True)
+class Market:
+    """One entry of the universe file.
+
+    Attributes:
+        exchange / symbol / market_type / timeframe: the market.
+        params: per-market run-parameter overrides (RunConfig field -> value).
+    """
+
+    exchange: str
+    symbol: str
+    market_type: str
+    timeframe: str
+    params: dict[str, Any]
+
+    def config(self, run_params: dict[str, Any]) -> RunConfig:
+        """This market's configuration: defaults, then ``run_params``, then the market's ``params``.
+
+        Raises:
+            ConfigError: a value is invalid; the message names the market and the field.
+        """
+        merged = {k: v for k, v in run_params.items() if k not in _MARKET_KEYS}
+        merged.update(self.params)
+        merged.update(exchange=self.exchange, symbol=self.symbol, market_type=self.market_type,
+                      timeframe=self.timeframe)
+        try:
+            return RunConfig.from_params(merged)
+        except ConfigError as exc:
+            raise ConfigError(f"market {self.symbol} {self.market_type} {self.timeframe}: {exc}") from None
+
+
+def universe_path(path: str | None = None) -> Path:
+    """The universe file to use: ``path``, else ``MARKET_UNIVERSE_FILE``, else the bundled one."""
+    raw = path or os.environ.get("MARKET_UNIVERSE_FILE")
+    return Path(raw).expanduser().resolve() if raw else DEFAULT_UNIVERSE
+
+
+def load_universe(path: str | Path | None = None) -> list[Market]:
+    """Read and check a universe file.
+
+    Returns:
+        The markets, in file order.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, a market lacks a field, a field is not a
+            run parameter, or two entries are the same market.
+    """
+    import yaml
+
+    file = universe_path(str(path) if path else None)
+    if not file.is_file():
+        raise ConfigError(f"universe file {file} does not exist")
+    try:
+        doc = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"universe file {file} is not valid YAML: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("markets"), list) or not doc["markets"]:
+        raise ConfigError(f"universe file {file}: expected a non-empty 'markets' list")
+    known = {f.name for f in fields(RunConfig)} - set(_MARKET_KEYS)
+    markets, seen = [], set()
+    for i, entry in enumerate(doc["markets"], start=1):
+        where = f"universe file {file}, market {i}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a mapping with {', '.join(_MARKET_KEYS)}")
+        unknown = set(entry) - set(_MARKET_KEYS) - {"params"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; put run parameters under 'params'")
+        missing = [k for k in ("symbol", "market_type", "timeframe") if not entry.get(k)]
+        if missing:
+            raise ConfigError(f"{where}: missing {', '.join(missing)}")
+        params = entry.get("params") or {}
+        if not isinstance(params, dict) or set(params) - known:
+            raise ConfigError(f"{where}: params {sorted(set(params) - known) if isinstance(params, dict) else params!r}"
+                              " are not run parameters")
+        market = Market(str(entry.get("exchange", "binance")).lower(), str(entry["symbol"]).upper(),
+                        str(entry["market_type"]), str(entry["timeframe"]), dict(params))
+        key = (market.exchange, market.symbol, market.market_type, market.timeframe, tuple(sorted(params.items())))
+        if key in seen:
+            raise ConfigError(f"{where}: {market.symbol} {market.market_type} {market.timeframe} is listed twice")
+        seen.add(key)
+        markets.append(market)
+    return markets
+
+
+def plan_markets(run_params: dict[str, Any], *, selected: list[str] | None = None,
+                 path: str | Path | None = None) -> list[RunConfig]:
+    """The run configurations of the markets a run trains, one per registered model.
+
+    Args:
+        run_params: the run's parameters (applied to every market, below its own overrides).
+        selected: symbols (``BTCUSDT``) or registered-model names to train; ``None`` or empty
+            means every market in the universe.
+        path: universe file (see :func:`universe_path`).
+
+    Raises:
+        ConfigError: see :func:`load_universe`; a selection matches no market; two markets
+            resolve to the same registered model.
+    """
+    configs = [m.config(run_params) for m in load_universe(path)]
+    if selected:
+        wanted = {s.strip() for s in selected if s and s.strip()}
+        chosen = [c for c in configs if c.symbol in {w.upper() for w in wanted} or c.model_name in wanted]
+        matched = {c.symbol for c in chosen} | {c.model_name for c in chosen}
+        unmatched = sorted(w for w in wanted if w not in matched and w.upper() not in matched)
+        if unmatched:
+            raise ConfigError(f"markets {unmatched} are not in the universe "
+                              f"({', '.join(c.model_name for c in configs)})")
+        configs = chosen
+    names = [c.model_name for c in configs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"universe lists registered model(s) {dupes} more than once")
+    logger.info("universe: %d market(s): %s", len(configs), ", ".join(names))
+    return configs
