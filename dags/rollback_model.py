@@ -1,16 +1,18 @@
 """
 # rollback_model
 
-Manual DAG: point the production model back at an earlier registry version.
+Manual DAG: point one registered model's production back at an earlier version of it.
 
-**Param `version`**: the version id to restore (see the **Models** page, `python -m
-include.registry list`, or `history production`); empty means the version production held
-before the current one. The target's files are checked against the sha256 the registry recorded
-before the `production` alias moves; the move is recorded in the alias ledger with this run's id
-and the `reason` param, in the same transaction. The same code path as
-`python -m include.registry rollback`. Trigger it from the UI (the trigger form shows both
-params) or with
-`airflow dags trigger rollback_model --conf '{"version": "v20231224T0000-…"}'`.
+**Param `model`**: the registered model (e.g. `binance-btcusdt-perp-1h-h4`; see the **Models**
+page or `python -m include.registry models`). **Param `version`**: the version to restore;
+empty means the version that held production before the current one and was not itself rolled
+away from, so triggering it twice walks back two steps and never returns to a rejected version.
+Other registered models are not touched. The target's files are checked against the sha256 the
+registry recorded before the `production` alias moves; the move is recorded in the ledger with
+this run's id and the `reason` param, in the same transaction. The same code path as
+`python -m include.registry rollback --model NAME`. Trigger it from the UI (the trigger form
+shows the params) or with
+`airflow dags trigger rollback_model --conf '{"model": "binance-btcusdt-perp-1h-h4"}'`.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ from include.notify import on_task_failure
     doc_md=__doc__,
     tags=["ml", "registry"],
     params={
+        "model": Param("binance-btcusdt-perp-1h-h4", type="string", minLength=1,
+                       description="Registered model whose production to roll back."),
         "version": Param(None, type=["null", "string"],
-                         description="Version id to restore; empty = the previous production version."),
+                         description="Version id to restore; empty = the previous production version that was "
+                                     "not itself rolled away from."),
         "reason": Param("manual rollback", type="string", description="Recorded in the ledger."),
     },
     default_args={"owner": "quant-ml", "retries": 0, "retry_delay": timedelta(minutes=1),
@@ -45,10 +50,10 @@ def rollback_model():
 
         ctx = get_current_context()
         registry = ModelRegistry.from_settings(Settings.from_env())
-        pointer = registry.rollback(params.get("version") or None, run_id=ctx["run_id"],
+        pointer = registry.rollback(params["model"], params.get("version") or None, run_id=ctx["run_id"],
                                     reason=params["reason"], dag_id=ctx["dag"].dag_id)
         registry.dispose()
-        return {"production": pointer.version, "previous": pointer.previous}
+        return {"model": pointer.model, "production": pointer.version, "previous": pointer.previous}
 
     rollback()
 

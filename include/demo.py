@@ -1,9 +1,11 @@
-"""Run ``weekly_retrain`` through Airflow for consecutive weeks and print what each run did.
+"""Run ``weekly_retrain`` through Airflow for consecutive weeks and print what each market's run did.
 
 Usage: ``python -m include.demo 2023-12-24 2023-12-31`` (what ``make demo`` runs). Each date is
 passed to ``airflow dags test``, which runs the week ending on that date,
-``[date - 7 days, date)``, with the DAG's default params, in this process's Airflow environment
-(``AIRFLOW_HOME`` etc., set by the Makefile). Full Airflow logs go to ``var/logs/``.
+``[date - 7 days, date)``, for every market of the universe file, with the DAG's default params,
+in this process's Airflow environment (``AIRFLOW_HOME`` etc., set by the Makefile). Full Airflow
+logs go to ``var/logs/``. At the end it prints the registered models and their production
+versions.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def report(summary: dict[str, Any]) -> str:
     """Human-readable lines of one run's ``summary.json``."""
     w, ing, ens, gate = summary["window"], summary["ingested"], summary["ensemble"], summary["gate"]
     lines = [
-        f"data interval  [{w['interval_start']}, {w['interval_end']})  training from {w['train_start']}",
+        f"model          {summary.get('model')}",
+        f"data interval  [{w['interval_start']}, {w['interval_end']})  training from {w['train_start']}"
+        + ("  (short history)" if w.get("requested_train_start") else ""),
         "ingested       " + ", ".join(f"{k}: {v['rows_fetched']} rows ({v['rows_new']} new)"
                                       for k, v in ing.items() if isinstance(v, dict)),
         "validation     passed: " + ", ".join(f"{k} {v} rows" for k, v in summary["validation"]["rows"].items()),
@@ -64,7 +68,8 @@ def report(summary: dict[str, Any]) -> str:
     for check in gate["checks"]:
         lines.append(f"  {'ok  ' if check['passed'] else 'FAIL'} {check['name']}: {check['detail']}")
     action = summary["action"]
-    lines.append(f"action         {(action or {}).get('action')}; production model: {summary['production']}")
+    lines.append(f"action         {(action or {}).get('action')}; production of {summary.get('model')}: "
+                 f"{summary['production']}")
     lines.append(f"report         {summary.get('report')}")
     return "\n".join(lines)
 
@@ -81,25 +86,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"airflow db migrate failed; see {logs / 'db_migrate.log'}")
         return 1
     settings = Settings.from_env()
+    failed = False
     for date in args.dates:
         end = datetime.strptime(date, "%Y-%m-%d")
         key = f"{end - timedelta(days=7):%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
-        summary_path = settings.runs_dir / DAG_ID / key / "summary.json"
-        summary_path.unlink(missing_ok=True)
+        universe_path = settings.runs_dir / DAG_ID / "_universe" / f"{key}.json"
+        universe_path.unlink(missing_ok=True)
         log = logs / f"{DAG_ID}_{date}.log"
         print(f"\n=== {DAG_ID}: airflow dags test {DAG_ID} {date}  (log: {log})", flush=True)
         started = time.perf_counter()
         code = _airflow("dags", "test", DAG_ID, date, *(["--conf", args.conf] if args.conf else []), log=log)
         elapsed = time.perf_counter() - started
-        if code != 0 or not summary_path.is_file():
-            print(f"run FAILED after {elapsed:.0f}s (exit {code}); failing tasks:")
+        if not universe_path.is_file():
+            print(f"run FAILED after {elapsed:.0f}s (exit {code}) before its summary; failing tasks:")
             for line in log.read_text(errors="replace").splitlines():
                 if "Task failed" in line or "ERROR" in line or "Error:" in line:
                     print("  " + line[:300])
             return 1
-        print(report(json.loads(summary_path.read_text())))
-        print(f"wall time      {elapsed:.1f} s")
-    return 0
+        for outcome in json.loads(universe_path.read_text())["markets"]:
+            print(f"\n--- {outcome['model']}: {outcome['status']}")
+            if outcome["status"] == "done":
+                print(report(outcome["summary"]))
+            else:
+                failed = failed or outcome["status"] == "failed"
+                print(f"  {outcome.get('reason')}")
+        print(f"\nwall time      {elapsed:.1f} s (all markets)")
+    print("\n=== registered models (python -m include.registry models)")
+    from include.registry import ModelRegistry
+
+    registry = ModelRegistry.from_settings(settings)
+    for model in registry.models():
+        print(f"  {model['name']:<32} production {model['production'] or 'none':<28} {model['versions']} version(s)")
+    registry.dispose()
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

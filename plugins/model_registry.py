@@ -5,48 +5,59 @@ an authenticated Airflow user (a ``Bearer`` token from ``POST /auth/token`` or t
 cookie), through Airflow's own ``get_user`` dependency. OpenAPI: ``/model-registry/openapi.json``
 and ``/model-registry/docs``.
 
-=======================================  ==========================================================
-``GET  /model-registry/versions``        versions, newest first, with aliases and key metrics
-``GET  /model-registry/versions/{id}``   one version: files, sha256, lineage, aliases
-``GET  /model-registry/aliases/{alias}`` where an alias points and its whole history
-``POST /model-registry/predict``         ``{"symbol", "as_of"?}`` -> class probabilities + version
-``GET  /model-registry/ui``              the "Models" page (HTML table), shown in the Airflow UI
-=======================================  ==========================================================
+===============================================  ==================================================
+``GET  /model-registry/models``                  registered models with their production version
+``GET  /model-registry/models/{name}/versions``  one model's versions, newest first
+``GET  /model-registry/models/{name}/aliases/{alias}``  where the alias points, and its history
+``GET  /model-registry/versions``                every version, newest first, with aliases, metrics
+``GET  /model-registry/versions/{id}``           one version: model, files, sha256, lineage
+``GET  /model-registry/versions/{id}/report``    the HTML report of the run that made it
+``POST /model-registry/predict``                 ``{"model"}`` or ``{"symbol", "market_type"?,
+                                                 "timeframe"?}``, ``"as_of"?`` -> probabilities
+``GET  /model-registry/ui``                      the "Models" page, shown in the Airflow UI
+===============================================  ==================================================
 
-Everything goes through :mod:`include.registry` and :mod:`include.serving` (the one production
-loader, cached across requests).
+Everything goes through :mod:`include.registry` and :mod:`include.serving` (one production
+loader per registered model, cached across requests).
 """
 
 from __future__ import annotations
 
 import html
 from datetime import datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from airflow.api_fastapi.core_api.security import get_user
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, Field
 
 app = FastAPI(
     title="Model registry",
-    version="1.0",
-    description="Versions, aliases and their history, and predictions of the production model.",
+    version="2.0",
+    description="Registered models (one per market and target), their versions, aliases and history, "
+                "and predictions of each model's production version.",
     dependencies=[Depends(get_user)],
 )
 
 
 class PredictRequest(BaseModel):
-    """Body of ``POST /predict``."""
+    """Body of ``POST /predict``: a registered model by name, or a market that resolves to one."""
 
-    symbol: str = Field(description="Instrument, e.g. BTCUSDT; must be the production model's.")
+    model: str | None = Field(None, description="Registered model name, e.g. binance-btcusdt-perp-1h-h4.")
+    symbol: str | None = Field(None, description="Instrument, e.g. BTCUSDT, when no model is named.")
+    market_type: str | None = Field(None, description="perp or spot, to pick among a symbol's models.")
+    timeframe: str | None = Field(None, description="e.g. 1h, to pick among a symbol's models.")
     as_of: datetime | None = Field(None, description="Use bars that closed by this UTC time (default: now).")
 
 
 class PredictResponse(BaseModel):
-    """A prediction of the production model."""
+    """A prediction of a registered model's production version."""
 
+    model: str
     version: str
     symbol: str
     bar: str = Field(description="Open time of the last complete bar used.")
@@ -64,9 +75,13 @@ def _settings():
 
 
 def _registry():
-    from include.serving import production_model
+    from include.serving import deployment_registry
 
-    return production_model(_settings()).registry
+    return deployment_registry(_settings())
+
+
+def _not_found(exc: Exception) -> HTTPException:
+    return HTTPException(status_code=404, detail=str(exc))
 
 
 def _summary(registry, version: str, aliases: dict[str, list[str]]) -> dict[str, Any]:
@@ -74,22 +89,58 @@ def _summary(registry, version: str, aliases: dict[str, list[str]]) -> dict[str,
     lineage = info["lineage"]
     metrics = lineage.get("metrics", {})
     ens = metrics.get("ensemble", {})
+    window = lineage.get("data_window", {})
     return {
-        "version": version, "registered_at": info["registered_at"], "interval_end": info["interval_end"],
-        "aliases": aliases.get(version, []), "ever_production": "production" in info["aliases_ever"],
+        "version": version, "model": info["model"], "registered_at": info["registered_at"],
+        "interval_end": info["interval_end"], "aliases": aliases.get(version, []),
+        "ever_production": "production" in info["aliases_ever"],
         "symbol": lineage.get("symbol"), "timeframe": lineage.get("timeframe"),
         "macro_f1": ens.get("macro_f1"), "log_loss": ens.get("log_loss"), "brier": ens.get("brier"),
         "gate_window_macro_f1": metrics.get("gate_window", {}).get("macro_f1"),
-        "run_id": lineage.get("run_id"),
+        "short_history": bool(window.get("short_history")), "train_start": window.get("train_start"),
+        "dag_id": lineage.get("dag_id"), "run_id": lineage.get("run_id"),
     }
+
+
+@app.get("/models", summary="Registered models")
+def list_models() -> list[dict[str, Any]]:
+    return _registry().models()
+
+
+@app.get("/models/{name}/versions", summary="One registered model's versions")
+def model_versions(name: str) -> list[dict[str, Any]]:
+    from include.errors import RegistryError
+
+    registry = _registry()
+    try:
+        registry.model(name)
+    except RegistryError as exc:
+        raise _not_found(exc) from exc
+    aliases = registry.version_aliases()
+    return [_summary(registry, v, aliases) for v in reversed(registry.versions(name))]
+
+
+@app.get("/models/{name}/aliases/{alias}", summary="An alias of a registered model and its history")
+def get_alias(name: str, alias: str) -> dict[str, Any]:
+    from include.errors import RegistryError
+
+    registry = _registry()
+    try:
+        registry.model(name)
+    except RegistryError as exc:
+        raise _not_found(exc) from exc
+    pointer = registry.alias(name, alias)
+    history = registry.history(alias, model=name)
+    if pointer is None and not history:
+        raise HTTPException(status_code=404, detail=f"alias {alias!r} of {name} was never set")
+    return {"model": name, "alias": alias, "version": pointer.version if pointer else None,
+            "since": pointer.since if pointer else None, "history": history}
 
 
 @app.get("/versions", summary="List versions")
 def list_versions() -> list[dict[str, Any]]:
     registry = _registry()
-    aliases: dict[str, list[str]] = {}
-    for alias, version in registry.aliases().items():
-        aliases.setdefault(version, []).append(alias)
+    aliases = registry.version_aliases()
     return [_summary(registry, v, aliases) for v in reversed(registry.versions())]
 
 
@@ -100,27 +151,44 @@ def get_version(version: str) -> dict[str, Any]:
     try:
         return _registry().describe(version)
     except RegistryError as exc:
-        raise HTTPException(status_code=404, detail=str(exc)) from exc
+        raise _not_found(exc) from exc
 
 
-@app.get("/aliases/{alias}", summary="An alias and its history")
-def get_alias(alias: str) -> dict[str, Any]:
-    registry = _registry()
-    pointer = registry.alias(alias)
-    history = registry.history(alias)
-    if pointer is None and not history:
-        raise HTTPException(status_code=404, detail=f"alias {alias!r} was never set")
-    return {"alias": alias, "version": pointer.version if pointer else None,
-            "since": pointer.since if pointer else None, "history": history}
+def _report_path(info: dict[str, Any]) -> Path:
+    lineage = info["lineage"]
+    window = lineage.get("data_window", {})
+    start, end = (datetime.fromisoformat(window[k]) for k in ("interval_start", "interval_end"))
+    key = f"{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
+    return _settings().runs_dir / (lineage.get("dag_id") or "weekly_retrain") / info["model"] / key / "report.html"
 
 
-@app.post("/predict", summary="Predict with the production model", response_model=PredictResponse)
+@app.get("/versions/{version}/report", summary="The HTML report of the run that made a version",
+         response_class=FileResponse)
+def version_report(version: str) -> FileResponse:
+    from include.errors import RegistryError
+
+    try:
+        path = _report_path(_registry().describe(version))
+    except (RegistryError, KeyError, ValueError) as exc:
+        raise _not_found(exc) from exc
+    if not path.is_file():
+        raise HTTPException(status_code=404, detail=f"no report at {path} (run folder cleaned, or run unfinished)")
+    return FileResponse(path, media_type="text/html")
+
+
+@app.post("/predict", summary="Predict with a registered model's production version", response_model=PredictResponse)
 def predict(body: PredictRequest) -> dict[str, Any]:
     from include.errors import RegistryError, ServingError
     from include.serving import production_model
 
+    settings = _settings()
     try:
-        return production_model(_settings()).predict(body.symbol, body.as_of).to_dict()
+        name = _registry().resolve_model(body.model, symbol=body.symbol, market_type=body.market_type,
+                                         timeframe=body.timeframe)
+    except RegistryError as exc:
+        raise _not_found(exc) from exc
+    try:
+        return production_model(settings, name).predict(body.as_of).to_dict()
     except ServingError as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
     except RegistryError as exc:
@@ -133,29 +201,53 @@ def _cell(value: Any) -> str:
     return html.escape("" if value is None else str(value))
 
 
+#: The Models page sits in an iframe under the Airflow UI; links open in the top window.
+_RUN_LINK = "/dags/{dag_id}/runs/{run_id}"
+
+
 @app.get("/ui", response_class=HTMLResponse, summary="The Models page")
 def models_page() -> str:
-    rows = list_versions()
-    columns = ["version", "aliases", "symbol", "interval_end", "macro_f1", "gate_window_macro_f1", "log_loss",
-               "brier", "registered_at", "run_id"]
+    registry = _registry()
+    aliases = registry.version_aliases()
+    columns = ["version", "aliases", "interval_end", "macro_f1", "gate_window_macro_f1", "log_loss", "brier",
+               "registered_at", "run", "report"]
     head = "".join(f"<th>{c}</th>" for c in columns)
-    body = []
-    for row in rows:
-        marked = "production" in row["aliases"]
-        cells = []
-        for c in columns:
-            value = ", ".join(row[c]) if c == "aliases" else row[c]
-            cells.append(f"<td>{'&#9733; ' if marked and c == 'version' else ''}{_cell(value)}</td>")
-        body.append(f"<tr class=\"{'production' if marked else ''}\" data-version=\"{html.escape(row['version'])}\">"
-                    + "".join(cells) + "</tr>")
+    sections = []
+    for model in registry.models():
+        rows = [_summary(registry, v, aliases) for v in reversed(registry.versions(model["name"]))]
+        body = []
+        for row in rows:
+            marked = "production" in row["aliases"]
+            cells = []
+            for c in columns:
+                if c == "run":
+                    cell = (f"<a target='_top' href='{_RUN_LINK.format(dag_id=quote(row['dag_id'] or ''), run_id=quote(row['run_id']))}'>"
+                            f"{_cell(row['run_id'])}</a>" if row["run_id"] and row["dag_id"] else "")
+                elif c == "report":
+                    cell = f"<a target='_blank' href='versions/{quote(row['version'])}/report'>report</a>"
+                elif c == "aliases":
+                    cell = _cell(", ".join(row[c]) + (" (short history)" if row["short_history"] else ""))
+                else:
+                    cell = ("&#9733; " if marked and c == "version" else "") + _cell(row[c])
+                cells.append(f"<td>{cell}</td>")
+            body.append(f"<tr class=\"{'production' if marked else ''}\" data-version=\"{html.escape(row['version'])}\">"
+                        + "".join(cells) + "</tr>")
+        production = model["production"] or "none"
+        sections.append(
+            f"<section class='model' data-model=\"{html.escape(model['name'])}\">"
+            f"<h3>{html.escape(model['name'])}</h3><p>{html.escape(model['symbol'])} {html.escape(model['market_type'])} "
+            f"{html.escape(model['timeframe'])}, horizon {model['label_horizon_bars']} bars, labels "
+            f"{html.escape(model['label_threshold_mode'])} {model['label_threshold']:g}. "
+            f"Production: <b>{html.escape(production)}</b>. {len(rows)} version(s).</p>"
+            f"<table><tr>{head}</tr>{''.join(body)}</table></section>")
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Models</title><style>"
-        "body{font-family:sans-serif;margin:16px}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}"
+        "body{font-family:sans-serif;margin:16px}table{border-collapse:collapse;margin-bottom:24px}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}h3{margin:16px 0 4px}"
         "tr.production{background:#e6f4ea;font-weight:bold}</style></head><body>"
-        f"<h2>Model versions ({len(rows)})</h2><p>&#9733; production. Out-of-fold metrics of the ensemble; "
+        f"<h2>Registered models ({len(sections)})</h2><p>&#9733; production. Out-of-fold metrics of the ensemble; "
         "gate window = the run's own data interval.</p>"
-        f"<table id='versions'><tr>{head}</tr>{''.join(body)}</table></body></html>"
+        + "".join(sections) + "</body></html>"
     )
 
 

@@ -1,4 +1,5 @@
-"""The model registry: versions, aliases, ledger, integrity, crash safety, concurrency, CLI."""
+"""The model registry: registered models, versions, aliases, ledger, rollback chain, integrity,
+crash safety, concurrency, the 0004 migration, CLI."""
 
 from __future__ import annotations
 
@@ -13,17 +14,23 @@ import sqlalchemy as sa
 from sklearn.dummy import DummyClassifier
 
 from include import registry as registry_module
-from include.errors import RegistryError
+from include.errors import IntegrityError, RegistryError
 from include.registry import CHALLENGER, PRODUCTION, ModelRegistry
 
+BTC, ETH = "binance-btcusdt-perp-1h-h4", "binance-ethusdt-perp-1h-h4"
 
-def _candidate(tmp_path, name, strategy):
+
+def _candidate(tmp_path, name, strategy, symbol="BTCUSDT"):
     d = tmp_path / name
     d.mkdir()
     model = DummyClassifier(strategy=strategy).fit(np.zeros((6, 1)), [0, 1, 2, 1, 1, 2])
     joblib.dump(model, d / "model.joblib")
-    (d / "metadata.json").write_text(json.dumps({"name": name, "data_window": {"trained_until": "2023-12-24"},
-                                                 "metrics": {"ensemble": {"macro_f1": 0.3 + len(name) / 100}}}))
+    (d / "metadata.json").write_text(json.dumps({
+        "name": name, "exchange": "binance", "symbol": symbol, "market_type": "perp", "timeframe": "1h",
+        "config": {"label_horizon_bars": 4, "label_threshold_mode": "volatility", "label_threshold": 0.43,
+                   "label_vol_window_bars": 168},
+        "data_window": {"trained_until": "2023-12-24"},
+        "metrics": {"ensemble": {"macro_f1": 0.3 + len(name) / 100}}}))
     return d
 
 
@@ -34,36 +41,113 @@ def reg(tmp_path):
     registry.dispose()
 
 
-def _register(reg, tmp_path, name, strategy, day):
-    return reg.register(_candidate(tmp_path, name, strategy), datetime(2023, 12, day, tzinfo=UTC))
+def _register(reg, tmp_path, name, strategy, day, symbol="BTCUSDT"):
+    return reg.register(_candidate(tmp_path, name, strategy, symbol), datetime(2023, 12, day, tzinfo=UTC))
+
+
+def _vdir(reg, version):
+    return reg.root / reg.describe(version)["artifact_path"]
 
 
 def test_promote_keep_rollback_and_the_alias_history(reg, tmp_path):
     v1 = _register(reg, tmp_path, "a", "prior", 17)
     v2 = _register(reg, tmp_path, "b", "most_frequent", 24)
-    assert reg.production() is None and reg.versions() == [v1, v2]
+    assert reg.production(BTC) is None and reg.versions() == [v1, v2] and reg.model_names() == [BTC]
     reg.move_alias(CHALLENGER, v1, event="candidate", run_id="r1", reason="candidate")
     reg.promote(v1, run_id="r1", reason="first", decision={"passed": True}, dag_id="weekly_retrain")
-    reg.record_keep(v2, run_id="r2", reason="worse than champion", decision={"passed": False})
-    assert reg.production().version == v1
+    reg.record_keep(BTC, v2, run_id="r2", reason="worse than champion", decision={"passed": False})
+    assert reg.production(BTC).version == v1
     reg.promote(v2, run_id="r3", reason="better")
-    assert (reg.production().version, reg.production().previous) == (v2, v1)
-    reg.rollback(run_id="r4", reason="bad live performance")
-    assert reg.production().version == v1
-    model, lineage = reg.load_production()
+    assert (reg.production(BTC).version, reg.production(BTC).previous) == (v2, v1)
+    reg.rollback(BTC, run_id="r4", reason="bad live performance")
+    assert reg.production(BTC).version == v1
+    model, lineage = reg.load_production(BTC)
     assert model.predict_proba(np.zeros((2, 1))).shape == (2, 3) and lineage["name"] == "a"
-    ledger = reg.ledger()
+    ledger = reg.ledger(BTC)
     assert [e["event"] for e in ledger] == ["promote", "keep", "promote", "rollback"]
+    assert {e["model"] for e in ledger} == {BTC}
     assert [(e["from"], e["to"]) for e in ledger] == [(None, v1), (v1, v1), (v1, v2), (v2, v1)]
     assert ledger[0]["decision"] == {"passed": True} and ledger[0]["dag_id"] == "weekly_retrain"
     assert ledger[1]["candidate"] == v2 and ledger[-1]["reason"] == "bad live performance"
     assert [e["event"] for e in reg.history(CHALLENGER)] == ["candidate"]
-    assert reg.aliases() == {PRODUCTION: v1, CHALLENGER: v1}
+    assert reg.aliases() == {BTC: {PRODUCTION: v1, CHALLENGER: v1}}
     described = reg.describe(v2)
     assert described["aliases"] == [] and described["aliases_ever"] == [PRODUCTION]
     # Which model was in production at a given moment:
-    assert reg.production_on(datetime(2000, 1, 1, tzinfo=UTC)) is None
-    assert reg.production_on(datetime.now(UTC)) == v1
+    assert reg.production_on(BTC, datetime(2000, 1, 1, tzinfo=UTC)) is None
+    assert reg.production_on(BTC, datetime.now(UTC)) == v1
+
+
+def test_two_markets_have_their_own_aliases_and_never_move_each_other(reg, tmp_path):
+    b1 = _register(reg, tmp_path, "a", "prior", 17)
+    b2 = _register(reg, tmp_path, "bb", "most_frequent", 24)
+    e1 = _register(reg, tmp_path, "e", "prior", 17, symbol="ETHUSDT")
+    e2 = _register(reg, tmp_path, "ee", "uniform", 24, symbol="ETHUSDT")
+    assert reg.model_names() == [BTC, ETH] and reg.versions(ETH) == [e1, e2]
+    for v in (b1, e1, b2, e2):
+        reg.promote(v, run_id="r", reason="x")
+    assert {m["name"]: m["production"] for m in reg.models()} == {BTC: b2, ETH: e2}
+    reg.rollback(ETH, run_id="r", reason="eth only")
+    assert (reg.production(BTC).version, reg.production(ETH).version) == (b2, e1)
+    assert reg.production(BTC).previous == b1  # not an ETH version
+    with pytest.raises(RegistryError, match=f"belongs to {ETH}"):
+        reg.rollback(BTC, e2, run_id="r", reason="wrong model")
+    assert reg.resolve_model(symbol="ethusdt") == ETH
+    assert reg.resolve_model(symbol="BTCUSDT", market_type="perp", timeframe="1h") == BTC
+    with pytest.raises(RegistryError, match="no registered model forecasts SOLUSDT"):
+        reg.resolve_model(symbol="SOLUSDT")
+    with pytest.raises(RegistryError, match="no registered model 'nope'"):
+        reg.model("nope")
+
+
+def test_rollback_twice_walks_back_and_never_toggles(reg, tmp_path):
+    a, b, c = (_register(reg, tmp_path, n, "prior", d) for n, d in (("a", 10), ("bb", 17), ("ccc", 24)))
+    for v in (a, b, c):
+        reg.promote(v, run_id="r", reason="x")
+    assert reg.rollback(BTC, run_id="r1", reason="c is bad").version == b
+    assert reg.rollback(BTC, run_id="r2", reason="b is bad too").version == a
+    with pytest.raises(RegistryError, match="no earlier production version"):
+        reg.rollback(BTC, run_id="r3", reason="nothing left")
+    assert reg.production(BTC).version == a
+    # A later promotion then rollback returns to a (the last holder not rolled away from), not to b or c.
+    d = _register(reg, tmp_path, "dddd", "uniform", 31)
+    reg.promote(d, run_id="r4", reason="new")
+    assert reg.rollback(BTC, run_id="r5", reason="d is bad").version == a
+    ledger = reg.ledger(BTC)
+    assert [(e["event"], e["from"], e["to"]) for e in ledger] == [
+        ("promote", None, a), ("promote", a, b), ("promote", b, c), ("rollback", c, b), ("rollback", b, a),
+        ("promote", a, d), ("rollback", d, a)]
+
+
+def test_removing_an_alias_leaves_no_production_and_is_in_the_ledger(reg, tmp_path):
+    a = _register(reg, tmp_path, "a", "prior", 17)
+    reg.promote(a, run_id="r", reason="first")
+    reg.remove_alias(BTC, PRODUCTION, event="auto_rollback", run_id="r", reason="smoke test failed", expected=a)
+    assert reg.production(BTC) is None and reg.aliases(BTC) == {}
+    assert [(e["event"], e["to"]) for e in reg.ledger(BTC)] == [("promote", a), ("auto_rollback", None)]
+    assert reg.production_on(BTC, datetime.now(UTC)) is None
+    assert reg.rollback_target(BTC) is None
+
+
+def test_load_hashes_the_bytes_it_unpickles(reg, tmp_path, monkeypatch):
+    v = _register(reg, tmp_path, "a", "prior", 17)
+    path = _vdir(reg, v) / "model.joblib"
+    good = path.read_bytes()
+    evil = joblib.dump(DummyClassifier(strategy="uniform").fit(np.zeros((3, 1)), [0, 1, 2]), tmp_path / "evil.joblib")
+    # verify() passes on the good file; if load opened the file a second time after a swap, the
+    # swapped bytes would be unpickled. It reads once and hashes those bytes.
+    real_read = type(path).read_bytes
+
+    def swapped(self):
+        if self.name == "model.joblib":
+            return (tmp_path / "evil.joblib").read_bytes()
+        return real_read(self)
+
+    monkeypatch.setattr(type(path), "read_bytes", swapped)
+    with pytest.raises(IntegrityError, match="does not match the recorded"):
+        reg.load(v)
+    monkeypatch.undo()
+    assert path.read_bytes() == good and evil
 
 
 def test_register_is_content_addressed_and_idempotent(reg, tmp_path):
@@ -72,25 +156,26 @@ def test_register_is_content_addressed_and_idempotent(reg, tmp_path):
     assert reg.register(cand, datetime(2023, 12, 24, tzinfo=UTC)) == v
     assert reg.versions() == [v]
     assert reg.describe(v)["files"]["model.joblib"] == registry_module.sha256_file(cand / "model.joblib")
+    assert reg.describe(v)["artifact_path"] == f"versions/{BTC}/{v}"
 
 
 def test_tampered_artifact_is_refused_and_production_unchanged(reg, tmp_path):
     v1 = _register(reg, tmp_path, "a", "prior", 24)
     v2 = _register(reg, tmp_path, "b", "most_frequent", 31)
     reg.promote(v1, run_id="r1", reason="first")
-    (reg.versions_dir / v2 / "model.joblib").write_bytes(b"not a model")
+    (_vdir(reg, v2) / "model.joblib").write_bytes(b"not a model")
     with pytest.raises(RegistryError, match="sha256 .* does not match the registry"):
         reg.promote(v2, run_id="r2", reason="x")
-    with pytest.raises(RegistryError, match="sha256"):
+    with pytest.raises(IntegrityError, match="sha256"):
         reg.load(v2)
     # The manifest on disk cannot vouch for a file: the registry's database holds the hashes.
-    (reg.versions_dir / v2 / "manifest.json").write_text(json.dumps({"files": {
-        "model.joblib": registry_module.sha256_file(reg.versions_dir / v2 / "model.joblib")}}))
-    with pytest.raises(RegistryError, match="sha256"):
+    (_vdir(reg, v2) / "manifest.json").write_text(json.dumps({"files": {
+        "model.joblib": registry_module.sha256_file(_vdir(reg, v2) / "model.joblib")}}))
+    with pytest.raises(IntegrityError, match="sha256"):
         reg.load(v2)
-    assert reg.production().version == v1 and [e["event"] for e in reg.ledger()] == ["promote"]
-    with pytest.raises(RegistryError, match="no previous"):
-        ModelRegistry(tmp_path / "empty", f"sqlite:///{tmp_path / 'empty.sqlite'}").rollback(run_id="r", reason="x")
+    assert reg.production(BTC).version == v1 and [e["event"] for e in reg.ledger()] == ["promote"]
+    with pytest.raises(RegistryError, match="no earlier production version"):
+        reg.rollback(BTC, run_id="r", reason="x")
 
 
 def test_a_crash_inside_an_alias_move_leaves_production_loadable(reg, tmp_path, monkeypatch):
@@ -110,8 +195,8 @@ def test_a_crash_inside_an_alias_move_leaves_production_loadable(reg, tmp_path, 
         reg.promote(v2, run_id="r2", reason="x")
     monkeypatch.setattr(registry_module.event_table, "insert", real_insert)
     fresh = ModelRegistry(tmp_path / "models", f"sqlite:///{tmp_path / 'registry.sqlite'}")
-    assert fresh.production().version == v1
-    model, _ = fresh.load_production()
+    assert fresh.production(BTC).version == v1
+    model, _ = fresh.load_production(BTC)
     assert model.predict(np.zeros((1, 1))).shape == (1,)
     assert [e["event"] for e in fresh.ledger()] == ["promote"]
 
@@ -133,7 +218,7 @@ def test_retention_keeps_the_last_n_and_every_former_production(reg, tmp_path):
     reg.move_alias(CHALLENGER, versions[1], event="candidate", run_id="r", reason="x")
     assert reg.cleanup(2, dry_run=True) == [versions[3]]
     assert reg.cleanup(2) == [versions[3]]
-    assert not (reg.versions_dir / versions[3]).exists() and versions[3] not in reg.versions()
+    assert not (reg.versions_dir / BTC / versions[3]).exists() and versions[3] not in reg.versions()
     assert versions[3] in reg.versions(include_deleted=True)
     with pytest.raises(RegistryError, match="removed by retention"):
         reg.load(versions[3])
@@ -164,20 +249,28 @@ def test_cli(reg, tmp_path, monkeypatch, capsys):
         out = capsys.readouterr()
         return code, out.out, out.err
 
+    e1 = _register(reg, tmp_path, "e", "prior", 24, symbol="ETHUSDT")
     assert run("promote", v1, "--reason", "first")[0] == 0
     assert run("promote", v2, "--reason", "second")[0] == 0
-    code, out, _ = run("list")
+    assert run("promote", e1, "--reason", "eth")[0] == 0
+    models = json.loads(run("models")[1])
+    assert [(m["name"], m["production"], m["versions"]) for m in models] == [(BTC, v2, 2), (ETH, e1, 1)]
+    code, out, _ = run("list", "--model", BTC)
     rows = json.loads(out)
     assert [r["version"] for r in rows] == [v1, v2] and rows[1]["aliases"] == [PRODUCTION]
+    assert {r["model"] for r in rows} == {BTC}
+    code, _, err = run("list", "--model", "nope")
+    assert code == 1 and "no registered model 'nope'" in err
     assert json.loads(run("show", v2)[1])["lineage"]["name"] == "bb"
     diff = json.loads(run("diff", v1, v2)[1])
     assert diff["lineage.name"] == {"a": "a", "b": "bb"} and "lineage.metrics.ensemble.macro_f1" in diff
-    assert run("rollback", "--reason", "live drift")[0] == 0
-    history = json.loads(run("history")[1])
+    assert run("rollback", "--model", BTC, "--reason", "live drift")[0] == 0
+    history = json.loads(run("history", "--model", BTC)[1])
     assert [(e["event"], e["to"]) for e in history] == [("promote", v1), ("promote", v2), ("rollback", v1)]
     assert history[-1]["run_id"].startswith("cli:")
-    assert run("verify")[1].count(": ok") == 2
-    (tmp_path / "models" / "versions" / v2 / "model.joblib").write_bytes(b"x")
+    assert json.loads(run("models")[1])[1]["production"] == e1  # the other model did not move
+    assert run("verify")[1].count(": ok") == 3
+    (tmp_path / "models" / "versions" / BTC / v2 / "model.joblib").write_bytes(b"x")
     code, _, err = run("verify", v2)
     assert code == 1 and "does not match" in err
     code, _, err = run("promote", "v-nope", "--reason", "x")
@@ -191,22 +284,65 @@ def _promote_many(root, url, versions, worker, n):
     registry.dispose()
 
 
-def test_concurrent_promotions_leave_a_consistent_registry_on_postgres(tmp_path, pg_url):
+def test_concurrent_promotions_of_two_models_leave_a_consistent_registry_on_postgres(tmp_path, pg_url):
     reg = ModelRegistry(tmp_path / "models", pg_url)
-    versions = [_register(reg, tmp_path, n, "prior", 10 + i) for i, n in enumerate(["a", "bb", "ccc"])]
+    btc = [_register(reg, tmp_path, n, "prior", 10 + i) for i, n in enumerate(["a", "bb", "ccc"])]
+    eth = [_register(reg, tmp_path, n, "prior", 10 + i, symbol="ETHUSDT") for i, n in enumerate(["e", "ee", "eee"])]
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_promote_many, args=(tmp_path / "models", pg_url, versions, w, 15)) for w in range(3)]
+    procs = [ctx.Process(target=_promote_many, args=(tmp_path / "models", pg_url, versions, w, 15))
+             for versions in (btc, eth) for w in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0, 0]
-    ledger = reg.ledger()
-    assert len(ledger) == 45
-    # Every move starts where the previous one ended: no lost or interleaved update.
-    for before, after in zip(ledger, ledger[1:], strict=False):
-        assert after["from"] == before["to"]
-    assert reg.production().version == ledger[-1]["to"]
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    for model, versions in ((BTC, btc), (ETH, eth)):
+        ledger = reg.ledger(model)
+        assert len(ledger) == 30
+        # Every move starts where the previous one of the same model ended: no lost or interleaved update,
+        # and no move of one model ever names a version of the other.
+        for before, after in zip(ledger, ledger[1:], strict=False):
+            assert after["from"] == before["to"]
+        assert {e["to"] for e in ledger} <= set(versions)
+        assert reg.production(model).version == ledger[-1]["to"]
     with reg.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM model_alias WHERE alias = 'production'")).scalar() == 1
+        rows = conn.execute(sa.text("SELECT model, count(*) FROM model_alias WHERE alias = 'production' "
+                                    "GROUP BY model ORDER BY model")).all()
+    assert [tuple(r) for r in rows] == [(BTC, 1), (ETH, 1)]
+    reg.dispose()
+
+
+def test_migration_0004_moves_a_registry_made_by_revision_0003(tmp_path):
+    """tests/fixtures/registry_0003 was written by the registry code of revision 0003 (one global
+    alias): BTC v1 promoted, v2 promoted, v3 kept, rollback to v1, then an ETH version promoted
+    over BTC's production, which is the bug registered models fix."""
+    import shutil
+
+    from tests.conftest import ROOT
+
+    src = ROOT / "tests" / "fixtures" / "registry_0003"
+    shutil.copytree(src, tmp_path / "old")
+    versions = json.loads((src / "versions.json").read_text())
+    b1, b2, b3 = versions["btc"]
+    (e1,) = versions["eth"]
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'old' / 'registry.sqlite'}")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM market_schema_version")).scalar() == "0003"
+        assert conn.execute(sa.text("SELECT alias, version FROM model_alias ORDER BY alias")).all() == [
+            ("challenger", e1), ("production", e1)]
+    engine.dispose()
+
+    reg = ModelRegistry(tmp_path / "old" / "models", f"sqlite:///{tmp_path / 'old' / 'registry.sqlite'}")
+    assert reg.model_names() == [BTC, ETH]
+    assert reg.versions(BTC) == [b1, b2, b3] and reg.versions(ETH) == [e1]
+    assert reg.aliases() == {BTC: {PRODUCTION: b1, CHALLENGER: b3}, ETH: {PRODUCTION: e1, CHALLENGER: e1}}
+    btc = reg.ledger(BTC)
+    assert [(e["event"], e["from"], e["to"]) for e in btc] == [
+        ("promote", None, b1), ("promote", b1, b2), ("keep", b2, b2), ("rollback", b2, b1), ("migrate", None, b1)]
+    assert "restored" in btc[-1]["reason"] and btc[-1]["run_id"] == "migration:0004"
+    assert [e["event"] for e in reg.ledger(ETH)] == ["promote"]
+    # Old artifacts stay where they were and still load after their hash check.
+    model, lineage = reg.load(b1)
+    assert lineage["symbol"] == "BTCUSDT" and model.predict(np.zeros((1, 1))).shape == (1,)
+    assert reg.rollback_target(BTC) is None  # b2 was rolled away from
     reg.dispose()
