@@ -47,32 +47,45 @@ def test_parsing_runs_no_query_connection_lookup_or_heavy_import(dag_file):
 
 
 def test_weekly_retrain_graph(dagbag):
+    from airflow.sdk.definitions.taskgroup import MappedTaskGroup
+
     dag = dagbag.get_dag("weekly_retrain")
     assert set(dag.tags) == {"ml", "retraining", "market-data"}
     assert dag.max_active_runs == 1 and not dag.catchup
     edges = {(up, t.task_id) for t in dag.tasks for up in t.upstream_task_ids}
-    chain = ["plan_run", "ingest_market_data", "validate_market_data", "build_features", "build_labels",
-             "train_model", "assemble_ensemble", "simulate_trading", "quality_gate", "choose_action"]
+    m = "market."
+    chain = ["plan_run", m + "ingest_market_data", m + "validate_market_data", m + "build_features",
+             m + "build_labels", m + "train_lightgbm", m + "assemble_ensemble", m + "simulate_trading",
+             m + "quality_gate", m + "approve_promotion", m + "promote_or_keep", m + "publish_market_summary",
+             "publish_summary", "apply_retention"]
     for up, down in zip(chain, chain[1:], strict=False):
         assert (up, down) in edges, (up, down)
-    assert {("choose_action", "promote"), ("choose_action", "keep_production"),
-            ("choose_action", "approve_promotion"), ("approve_promotion", "promote"),
-            ("publish_summary", "apply_retention"),
-            ("promote", "publish_summary"), ("keep_production", "publish_summary")} <= edges
+    for family in ("xgboost", "random_forest"):
+        assert (m + "build_labels", m + f"train_{family}") in edges
+        assert (m + f"train_{family}", m + "assemble_ensemble") in edges
+    # One mapped task group per market; inside it only all_success rules: Airflow evaluates the
+    # "fast" rules (none_failed_min_one_success, one_*) of a not-yet-expanded group task against every
+    # market's upstream instances, so one failing market would stop the others.
+    group = dag.task_group_dict["market"]
+    assert isinstance(group, MappedTaskGroup)
     for t in dag.tasks:
         assert t.retries == 1 and t.owner == "quant-ml"
         assert t.on_failure_callback, t.task_id
-    assert "models" in dag.params and "as_of_date" in dag.params
+        if t.task_id.startswith(m):
+            assert t.trigger_rule == "all_success", t.task_id
+    assert dag.get_task("publish_summary").trigger_rule == "all_done"  # reports failed markets too
+    assert {"markets", "universe_file", "min_history_days", "models", "as_of_date"} <= set(dag.params)
+    assert not {"symbol", "market_type", "timeframe"} & set(dag.params)  # they come from the universe file
     assert dag.params["source"] == "files"  # the offline default
     # The gate waits for earlier runs without holding a worker slot.
-    assert dag.get_task("quality_gate").mode == "reschedule"
+    assert dag.get_task(m + "quality_gate").mode == "reschedule"
     timetable = dag.timetable
     assert type(timetable).__name__ == "CronDataIntervalTimetable"
-    assert dag.doc_md and "Gate rule" in dag.doc_md
+    assert dag.doc_md and "Gate rule" in dag.doc_md and "universe" in dag.doc_md
 
 
 def test_rollback_graph(dagbag):
     dag = dagbag.get_dag("rollback_model")
     assert dag.schedule is None or dag.timetable.summary in ("None", "")
     assert [t.task_id for t in dag.tasks] == ["rollback"]
-    assert set(dag.params) == {"version", "reason"}
+    assert set(dag.params) == {"model", "version", "reason"}

@@ -1,9 +1,12 @@
-"""End to end: real Airflow runs (``dag.test()``) of weekly_retrain on real data.
+"""End to end: real Airflow runs (``dag.test()``) of weekly_retrain over a universe of markets.
 
-Short windows keep the suite fast. Run 1 uses a permissive gate so that a production model
-exists for run 2, whose gate must compare with it on run 2's own data interval. Run 3 feeds
-corrupted data: validation fails, nothing downstream runs, nothing is promoted, and the Slack
-and Discord connections (pointed at a local HTTP server) receive the failure alert.
+Short windows keep the suite fast. Run 1 trains both bundled markets (BTCUSDT, ETHUSDT
+perpetuals) with a permissive gate, so that each registered model gets its own production
+version. Run 2's gates compare each candidate with the champion of its own model. Run 3 is a
+universe of three markets built from corrupted or cut copies of the bundled files: one with a
+NaN close (validation fails, its alert names it), one listed too recently (skipped, saying when
+it qualifies), one young but long enough (trains on its shorter history); the failing market
+stops neither of the others.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from include.config import Settings
 SHORT = {"train_window_days": 120, "cv_folds": 3}
 PERMISSIVE = {"gate_min_f1_margin": -1.0, "gate_max_log_loss_ratio": 10.0, "gate_min_sharpe_margin": -1000.0,
               "gate_max_drawdown": 1.0}
+BTC, ETH = "binance-btcusdt-perp-1h-h4", "binance-ethusdt-perp-1h-h4"
 
 
 @pytest.fixture(scope="module")
@@ -38,25 +42,33 @@ def dag(airflow_db):
 
 def _run(dag, day: int, conf: dict):
     dr = dag.test(logical_date=datetime(2023, 12, day, tzinfo=UTC), run_conf=conf)
-    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+    states = {(ti.task_id.removeprefix("market."), ti.rendered_map_index or ti.map_index): ti.state
+              for ti in dr.get_task_instances()}
     return dr, states
 
 
-def _summary(dr) -> dict:
-    start, end = dr.data_interval_start, dr.data_interval_end
-    key = f"{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
-    return json.loads((Settings.from_env().runs_dir / "weekly_retrain" / key / "summary.json").read_text())
+def _key(dr) -> str:
+    return f"{dr.data_interval_start:%Y%m%dT%H%M}_{dr.data_interval_end:%Y%m%dT%H%M}"
+
+
+def _summary(dr, model: str) -> dict:
+    return json.loads((Settings.from_env().runs_dir / "weekly_retrain" / model / _key(dr) / "summary.json").read_text())
+
+
+def _universe(dr) -> dict:
+    path = Settings.from_env().runs_dir / "weekly_retrain" / "_universe" / f"{_key(dr)}.json"
+    return {m["model"]: m for m in json.loads(path.read_text())["markets"]}
 
 
 @pytest.fixture(scope="module")
 def first_run(dag):
-    # A permissive policy: this run must promote so that the next can compare with it. The gate's
-    # own checks are unit-tested; here the wiring is.
+    # A permissive policy: both markets must promote so that the next run can compare with them. The
+    # gate's own checks are unit-tested; here the wiring is.
     dr, states = _run(dag, 24, {**SHORT, **PERMISSIVE})
     return dr, states
 
 
-def test_first_run_promotes_a_loadable_model(first_run):
+def test_first_run_promotes_one_loadable_model_per_market(first_run):
     from include.config import RunConfig
     from include.data.store import MarketStore
     from include.features import FeatureSpec
@@ -67,57 +79,78 @@ def test_first_run_promotes_a_loadable_model(first_run):
     assert dr.state == "success", states
     assert (dr.data_interval_start.isoformat(), dr.data_interval_end.isoformat()) == (
         "2023-12-17T00:00:00+00:00", "2023-12-24T00:00:00+00:00")
-    assert states["promote"] == "success" and states["keep_production"] == "skipped"
-    summary = _summary(dr)
+    for model in (BTC, ETH):
+        assert states[("promote_or_keep", model)] == "success"
+        assert states[("approve_promotion", model)] == "success"  # answered at once: require_approval is off
+    assert {m: o["status"] for m, o in _universe(dr).items()} == {BTC: "done", ETH: "done"}
     settings = Settings.from_env()
     registry = ModelRegistry.from_settings(settings)
-    assert registry.production().version == summary["production"] == summary["ensemble"]["version"]
-    model, meta = registry.load_production()
-    # Only data before the interval end was used.
-    assert meta["data_window"]["trained_until"] == "2023-12-24T00:00:00+00:00"
-    assert summary["ingested"]["ohlcv"]["rows_fetched"] > 0
-    assert set(summary["ensemble"]["members"]) == {"lightgbm", "xgboost", "random_forest"}
-    spec = FeatureSpec.from_dict({k: v for k, v in meta["feature_spec"].items() if k != "sha256"})
-    store = MarketStore(settings.market_db_url)
-    X = feature_frame(store, RunConfig(), spec, datetime(2023, 12, 10, tzinfo=UTC), datetime(2023, 12, 24, tzinfo=UTC))
-    proba = model.predict_proba(X.iloc[-5:])
-    assert proba.shape == (5, 3)
-    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
-    assert X.index.max() < pd.Timestamp("2023-12-24T00:00Z")
+    assert registry.model_names() == [BTC, ETH]
+    for model, symbol in ((BTC, "BTCUSDT"), (ETH, "ETHUSDT")):
+        summary = _summary(dr, model)
+        assert summary["model"] == model and summary["action"]["action"] == "promote"
+        assert registry.production(model).version == summary["production"] == summary["ensemble"]["version"]
+        assert registry.model_of(summary["production"]) == model
+        trained, meta = registry.load_production(model)
+        assert meta["symbol"] == symbol and meta["registered_model"] == model
+        # Only data before the interval end was used.
+        assert meta["data_window"]["trained_until"] == "2023-12-24T00:00:00+00:00"
+        assert not meta["data_window"]["short_history"]
+        assert summary["ingested"]["ohlcv"]["rows_fetched"] > 0
+        assert set(summary["ensemble"]["members"]) == {"lightgbm", "xgboost", "random_forest"}
+        spec = FeatureSpec.from_dict({k: v for k, v in meta["feature_spec"].items() if k != "sha256"})
+        store = MarketStore(settings.market_db_url)
+        X = feature_frame(store, RunConfig(symbol=symbol), spec, datetime(2023, 12, 10, tzinfo=UTC),
+                          datetime(2023, 12, 24, tzinfo=UTC))
+        proba = trained.predict_proba(X.iloc[-5:])
+        assert proba.shape == (5, 3)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+        assert X.index.max() < pd.Timestamp("2023-12-24T00:00Z")
+    # Two markets of one week never share a folder.
+    assert _summary(dr, BTC)["report"] != _summary(dr, ETH)["report"]
+    # ETH has no open-interest file: its feature spec differs from BTC's.
+    assert _summary(dr, BTC)["features"]["open_interest"] and not _summary(dr, ETH)["features"]["open_interest"]
 
 
-def test_second_run_is_compared_with_the_promoted_model(dag, first_run, webhook_server):
+def test_second_run_gates_each_market_against_its_own_champion(dag, first_run, webhook_server):
     from include.registry import ModelRegistry
 
-    champion = ModelRegistry.from_settings(Settings.from_env()).production().version
+    registry = ModelRegistry.from_settings(Settings.from_env())
+    champions = {m: registry.production(m).version for m in (BTC, ETH)}
     dr, states = _run(dag, 31, SHORT)
     assert dr.state == "success", states
-    gate = _summary(dr)["gate"]
-    assert gate["champion"] == champion
-    names = {c["name"]: c for c in gate["checks"]}
-    assert names["champion_out_of_sample"]["passed"]
-    assert "beats_champion" in names
-    assert gate["champion_evaluation"]["metrics"]["n"] == gate["candidate_gate_window"]["n"] > 100
-    production = ModelRegistry.from_settings(Settings.from_env()).production().version
-    if gate["passed"]:
-        assert states["promote"] == "success" and production == gate["candidate"]
-    else:
-        assert states["keep_production"] == "success" and production == champion
-    assert states["approve_promotion"] == "skipped"  # require_approval is off by default
+    for model in (BTC, ETH):
+        gate = _summary(dr, model)["gate"]
+        assert gate["model"] == model and gate["champion"] == champions[model]
+        assert gate["champion_evaluation"]["model"] == model
+        names = {c["name"]: c for c in gate["checks"]}
+        assert names["champion_out_of_sample"]["passed"]
+        assert "beats_champion" in names
+        assert gate["champion_evaluation"]["metrics"]["n"] == gate["candidate_gate_window"]["n"] > 100
+        production = registry.production(model).version
+        action = _summary(dr, model)["action"]
+        if gate["passed"]:
+            assert action["action"] == "promote" and production == gate["candidate"]
+        else:
+            assert action["action"] == "keep" and production == champions[model]
+        assert registry.model_of(production) == model
 
-    # The run report: one self-contained HTML file next to the candidate, plots inlined.
-    summary = _summary(dr)
+    # The run report of one market: one self-contained HTML file next to the candidate, plots inlined.
+    summary = _summary(dr, BTC)
+    gate = summary["gate"]
     report = Path(summary["report"])
+    assert report.parent.parent.name == BTC
     html = report.read_text()
     assert (report.parent / "candidates" / "ensemble").is_dir()
     assert html.count("data:image/png;base64,") == 4 and "<link" not in html and "src=\"http" not in html
     for needle in (gate["candidate"], "beats_trading_baselines", "buy_and_hold", "Feature importance"):
         assert needle in html, needle
-    # The weekly summary went to both channels, with the decision, the numbers and the report path.
+    # One weekly summary per channel, naming every market with its decision, numbers and report.
     texts = [json.loads(b).get("text") or json.loads(b).get("content") for _, b in webhook_server]
     assert len(texts) == 2, texts
     for text in texts:
-        for needle in ("2023-12-24 → 2023-12-31", gate["candidate"], "Sharpe", str(report)):
+        for needle in ("2023-12-24 → 2023-12-31", "2 market(s), 2 decided", BTC, ETH, gate["candidate"],
+                       "Sharpe", str(report)):
             assert needle in text, (needle, text)
 
 
@@ -152,37 +185,89 @@ def webhook_server(monkeypatch):
     server.shutdown()
 
 
-def test_bad_data_stops_the_run_promotes_nothing_and_alerts(dag, first_run, tmp_path, data_dir, webhook_server):
+def _copy_market(data_dir: Path, dest: Path, symbol: str, *, first: str | None = None,
+                 nan_close_at: str | None = None) -> None:
+    """Copy the bundled ETHUSDT perpetual and funding files as ``symbol``, cut to start at ``first``."""
+    for kind in ("perp_1h", "funding_8h"):
+        frame = pd.read_csv(data_dir / f"ethusdt_{kind}.csv.gz")
+        if first:
+            frame = frame[frame["timestamp"] >= first]
+        if nan_close_at and kind == "perp_1h":
+            frame.loc[frame["timestamp"] == nan_close_at, "close"] = np.nan
+        with gzip.open(dest / f"{symbol.lower()}_{kind}.csv.gz", "wt") as fh:
+            frame.to_csv(fh, index=False)
+
+
+@pytest.fixture(scope="module")
+def universe_run(dag, first_run, tmp_path_factory, data_dir):
+    """One run over three markets: corrupted (NaN close), too young, young but long enough."""
     from include.registry import ModelRegistry
 
-    bars = pd.read_csv(data_dir / "btcusdt_perp_1h.csv.gz")
-    bars.loc[bars["timestamp"] == "2023-12-20T05:00:00Z", "close"] = np.nan
-    with gzip.open(tmp_path / "badusdt_perp_1h.csv.gz", "wt") as fh:
-        bars.to_csv(fh, index=False)
-    shutil.copy(data_dir / "btcusdt_funding_8h.csv.gz", tmp_path / "badusdt_funding_8h.csv.gz")
-
+    src = tmp_path_factory.mktemp("universe-data")
+    _copy_market(data_dir, src, "BADUSDT", nan_close_at="2023-12-20T05:00:00Z")
+    _copy_market(data_dir, src, "YNGUSDT", first="2023-11-14T00:00:00Z")   # 40 days before the interval end
+    _copy_market(data_dir, src, "NEWUSDT", first="2023-09-25T00:00:00Z")   # 90 days before it
+    universe = src / "universe.yaml"
+    universe.write_text("markets:\n" + "".join(
+        f"  - {{symbol: {s}, market_type: perp, timeframe: 1h}}\n" for s in ("BADUSDT", "YNGUSDT", "NEWUSDT")))
     registry = ModelRegistry.from_settings(Settings.from_env())
-    before = (registry.production(), len(registry.ledger()), registry.versions())
-    dr, states = _run(dag, 24, {**SHORT, "symbol": "BADUSDT", "source_dir": str(tmp_path)})
+    before = {m: registry.production(m) for m in (BTC, ETH)}
+    conf = {**SHORT, **PERMISSIVE, "min_history_days": 60, "universe_file": str(universe), "source_dir": str(src)}
+    return _run(dag, 24, conf) + (before,)
 
-    assert dr.state == "failed"
-    assert states["validate_market_data"] == "failed"
-    for task_id in ("build_features", "train_model", "assemble_ensemble", "quality_gate", "promote"):
-        assert states[task_id] == "upstream_failed", (task_id, states[task_id])
-    assert (registry.production(), len(registry.ledger()), registry.versions()) == before
-    report = json.loads(next((Settings.from_env().runs_dir / "weekly_retrain").glob("*/validation.json")).read_text())
-    assert report is not None
 
-    paths = [p for p, _ in webhook_server]
-    assert any(p.startswith("/slack") for p in paths) and any("webhooks/11111" in p for p in paths), paths
-    body = next(b for p, b in webhook_server if p.startswith("/slack"))
-    text = json.loads(body)["text"]
-    for needle in ("weekly_retrain", "validate_market_data", dr.run_id, "2023-12-17", "2023-12-24",
+BAD, YNG, NEW = (f"binance-{s}-perp-1h-h4" for s in ("badusdt", "yngusdt", "newusdt"))
+
+
+def test_a_failing_market_stops_neither_the_others_nor_alerts_anonymously(universe_run, webhook_server):
+    from include.registry import ModelRegistry
+
+    dr, states, before = universe_run
+    assert dr.state == "failed"  # one market failed: the run is red, the others finished
+    assert states[("validate_market_data", BAD)] == "failed"
+    for task_id in ("build_features", "train_lightgbm", "assemble_ensemble", "quality_gate", "promote_or_keep"):
+        assert states[(task_id, BAD)] == "upstream_failed", (task_id, states[(task_id, BAD)])
+    assert states[("publish_market_summary", NEW)] == "success"
+    assert states[("publish_summary", -1)] == "success"
+    registry = ModelRegistry.from_settings(Settings.from_env())
+    assert BAD not in registry.model_names()  # nothing of the bad market was registered
+    assert {m: registry.production(m) for m in (BTC, ETH)} == before  # other models untouched
+    report = json.loads((Settings.from_env().runs_dir / "weekly_retrain" / BAD / _key(dr) / "validation.json")
+                        .read_text())
+    assert not report["success"] and report["suites"][0]["failed"]
+
+    outcomes = _universe(dr)
+    assert [outcomes[m]["status"] for m in (BAD, YNG, NEW)] == ["failed", "skipped", "done"]
+    slack = [json.loads(b)["text"] for p, b in webhook_server if p.startswith("/slack")]
+    alert = next(t for t in slack if t.startswith("Airflow task failed"))
+    for needle in (f"Market: {BAD}", "validate_market_data", dr.run_id, "2023-12-17", "2023-12-24",
                    "expect_column_values_to_not_be_null", "Log:"):
-        assert needle in text, (needle, text)
+        assert needle in alert, (needle, alert)
+    weekly = next(t for t in slack if t.startswith("weekly_retrain"))
+    assert "3 market(s), 1 decided, 1 skipped, 1 failed" in weekly and f"{YNG}: SKIPPED" in weekly
 
 
-def test_failed_smoke_test_rolls_production_back(first_run, tmp_path):
+def test_young_markets_train_on_shorter_history_or_are_skipped_with_a_date(universe_run):
+    from include.registry import ModelRegistry
+
+    dr, states, _ = universe_run
+    assert states[("ingest_market_data", YNG)] == "skipped"
+    assert states[("publish_market_summary", YNG)] == "skipped"
+    skipped = _universe(dr)[YNG]
+    # First bar 2023-11-14, + 7 days of warm-up (168 bars), + 60 days = 2024-01-20.
+    assert skipped["qualifies_on"] == "2024-01-20"
+    assert "leaves 33 days" in skipped["reason"] and "min_history_days=60" in skipped["reason"]
+
+    summary = _summary(dr, NEW)
+    window = summary["window"]
+    assert window["requested_train_start"] == "2023-08-26T00:00:00+00:00"  # 120 days before 2023-12-24
+    assert window["train_start"] == "2023-10-02T00:00:00+00:00"  # first bar + warm-up
+    meta = ModelRegistry.from_settings(Settings.from_env()).metadata(summary["ensemble"]["version"])
+    assert meta["data_window"]["short_history"] and meta["data_window"]["train_start"] == window["train_start"]
+    assert meta["data_window"]["first_bar"] >= "2023-10-02"
+
+
+def test_failed_smoke_test_rolls_production_back_within_the_model(first_run, tmp_path):
     """A promoted model that cannot predict on the latest bars is rolled back automatically."""
     from include.errors import PipelineError
     from include.pipeline import promote
@@ -190,17 +275,68 @@ def test_failed_smoke_test_rolls_production_back(first_run, tmp_path):
 
     settings = Settings.from_env()
     registry = ModelRegistry.from_settings(settings)
-    champion = registry.production().version
+    champion, other = registry.production(BTC).version, registry.production(ETH).version
     broken = tmp_path / "broken"
-    shutil.copytree(registry.versions_dir / champion, broken)
+    shutil.copytree(registry.root / registry.describe(champion)["artifact_path"], broken)
     (broken / "manifest.json").unlink()
     lineage = json.loads((broken / "metadata.json").read_text())
     lineage["feature_spec"]["names"] = [*lineage["feature_spec"]["names"], "feature_the_store_cannot_compute"]
     (broken / "metadata.json").write_text(json.dumps(lineage))
     bad = registry.register(broken, datetime(2023, 12, 31, tzinfo=UTC))
-    decision = {"passed": True, "candidate": bad, "champion": champion, "summary": "PASS (test)"}
+    decision = {"passed": True, "candidate": bad, "champion": champion, "summary": "PASS (test)", "model": BTC}
     with pytest.raises(PipelineError, match="smoke test failed.*rolled back to"):
         promote(settings, decision, run_id="smoke-test", as_of=datetime(2023, 12, 31, tzinfo=UTC))
-    assert registry.production().version == champion
-    assert [(e["event"], e["to"]) for e in registry.ledger()[-2:]] == [("promote", bad), ("auto_rollback", champion)]
-    assert "smoke test failed" in registry.ledger()[-1]["reason"]
+    assert registry.production(BTC).version == champion and registry.production(ETH).version == other
+    assert [(e["event"], e["to"]) for e in registry.ledger(BTC)[-2:]] == [("promote", bad), ("auto_rollback", champion)]
+    assert "smoke test failed" in registry.ledger(BTC)[-1]["reason"]
+
+
+def test_failed_smoke_test_on_a_first_promotion_leaves_no_production(first_run, tmp_path):
+    from include.errors import PipelineError
+    from include.pipeline import promote
+    from include.registry import ModelRegistry
+
+    settings = Settings.from_env()
+    registry = ModelRegistry.from_settings(settings)
+    source = registry.production(BTC).version
+    broken = tmp_path / "first"
+    shutil.copytree(registry.root / registry.describe(source)["artifact_path"], broken)
+    (broken / "manifest.json").unlink()
+    lineage = json.loads((broken / "metadata.json").read_text())
+    lineage["symbol"] = lineage["config"]["symbol"] = "XRPUSDT"  # a market the store holds no candles of
+    (broken / "metadata.json").write_text(json.dumps(lineage))
+    first = registry.register(broken, datetime(2023, 12, 31, tzinfo=UTC))
+    model = registry.model_of(first)
+    assert model == "binance-xrpusdt-perp-1h-h4" and registry.production(model) is None
+    decision = {"passed": True, "candidate": first, "champion": None, "summary": "PASS (test)", "model": model}
+    with pytest.raises(PipelineError, match="production alias removed"):
+        promote(settings, decision, run_id="first-smoke", as_of=datetime(2023, 12, 31, tzinfo=UTC))
+    assert registry.production(model) is None
+    assert [(e["event"], e["from"], e["to"]) for e in registry.ledger(model)] == [
+        ("promote", None, first), ("auto_rollback", first, None)]
+    assert registry.production(BTC).version == source
+
+
+def test_a_tampered_member_is_refused_before_it_is_unpickled(first_run, tmp_path):
+    from include.config import RunConfig
+    from include.errors import IntegrityError
+    from include.pipeline import RunWindow, assemble
+    from include.registry import ModelRegistry
+
+    dr, _ = first_run
+    settings = Settings.from_env()
+    run_folder = settings.runs_dir / "weekly_retrain" / BTC / _key(dr)
+    out = tmp_path / "run"
+    shutil.copytree(run_folder, out)
+    summary = json.loads((out / "summary.json").read_text())
+    trained = [{"family": f, "sha256": json.loads((out / "candidates" / f / "metadata.json").read_text())
+                ["files"]["model.joblib"]} for f in ("lightgbm", "xgboost", "random_forest")]
+    with open(out / "candidates" / "xgboost" / "model.joblib", "ab") as fh:
+        fh.write(b"\0")
+    registry = ModelRegistry.from_settings(settings)
+    before = registry.versions()
+    cfg = RunConfig.from_params(SHORT)
+    with pytest.raises(IntegrityError, match="member xgboost: model.joblib sha256 .* does not match"):
+        assemble(cfg, RunWindow(**summary["window"]), settings, out, trained, dag_id="weekly_retrain",
+                 run_id="tamper-test")
+    assert registry.versions() == before

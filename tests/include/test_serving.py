@@ -14,12 +14,13 @@ from include.registry import ModelRegistry
 from include.serving import ProductionModel
 
 AS_OF = datetime(2023, 12, 31, tzinfo=UTC)
+BTC = "binance-btcusdt-perp-1h-h4"
 
 
 @pytest.fixture
 def serving(trained_registry):
     settings = trained_registry["settings"]
-    model = ProductionModel(ModelRegistry.from_settings(settings), settings.market_db_url,
+    model = ProductionModel(ModelRegistry.from_settings(settings), settings.market_db_url, BTC,
                             max_age_hours=192, refresh_seconds=0)
     yield model
     model.registry.dispose()
@@ -31,8 +32,8 @@ def test_predict_uses_the_models_own_features_of_the_last_complete_bar(serving, 
     from include.pipeline import feature_frame
 
     v1, v2 = trained_registry["versions"]
-    pred = serving.predict("BTCUSDT", AS_OF)
-    assert pred.version == v2 and pred.bar == "2023-12-30T23:00:00+00:00"
+    pred = serving.predict(AS_OF)
+    assert (pred.model, pred.version, pred.bar) == (BTC, v2, "2023-12-30T23:00:00+00:00")
     assert sum(pred.probabilities.values()) == pytest.approx(1.0) and pred.decision in pred.probabilities
     assert not pred.stale and pred.model_age_hours == 0
     # The same probabilities as the model on the pipeline's own feature frame for that bar.
@@ -47,11 +48,11 @@ def test_predict_uses_the_models_own_features_of_the_last_complete_bar(serving, 
 def test_loads_once_and_reloads_when_the_alias_moves(serving, trained_registry):
     v1, v2 = trained_registry["versions"]
     for _ in range(3):
-        serving.predict("BTCUSDT", AS_OF)
+        serving.predict(AS_OF)
     assert serving.loads == 1
-    serving.registry.rollback(v1, run_id="test", reason="reload check")
+    serving.registry.rollback(BTC, v1, run_id="test", reason="reload check")
     try:
-        assert serving.predict("BTCUSDT", AS_OF).version == v1 and serving.loads == 2
+        assert serving.predict(AS_OF).version == v1 and serving.loads == 2
     finally:
         serving.registry.promote(v2, run_id="test", reason="restore")
 
@@ -60,16 +61,16 @@ def test_staleness_guard_warns_or_refuses(trained_registry, caplog):
     settings = trained_registry["settings"]
     registry = ModelRegistry.from_settings(settings)
     later = AS_OF + timedelta(hours=3)
-    warn = ProductionModel(registry, settings.market_db_url, max_age_hours=2, on_stale="warn")
-    pred = warn.predict("BTCUSDT", later)
+    warn = ProductionModel(registry, settings.market_db_url, BTC, max_age_hours=2, on_stale="warn")
+    pred = warn.predict(later)
     assert pred.stale and pred.model_age_hours == 3 and "over the 2 h limit" in caplog.text
-    refuse = ProductionModel(registry, settings.market_db_url, max_age_hours=2, on_stale="refuse")
+    refuse = ProductionModel(registry, settings.market_db_url, BTC, max_age_hours=2, on_stale="refuse")
     with pytest.raises(ServingError, match="refusing to serve"):
-        refuse.predict("BTCUSDT", later)
-    with pytest.raises(ServingError, match="forecasts BTCUSDT, not ETHUSDT"):
-        refuse.predict("ETHUSDT", AS_OF)
+        refuse.predict(later)
+    with pytest.raises(ServingError, match="binance-ethusdt-perp-1h-h4 has no production version"):
+        ProductionModel(registry, settings.market_db_url, "binance-ethusdt-perp-1h-h4").predict(AS_OF)
     with pytest.raises(ServingError, match="no BTCUSDT candles .* is ingestion up to date"):
-        ProductionModel(registry, settings.market_db_url).predict("BTCUSDT", datetime(2010, 1, 1, tzinfo=UTC))
+        ProductionModel(registry, settings.market_db_url, BTC).predict(datetime(2010, 1, 1, tzinfo=UTC))
     registry.dispose()
 
 
@@ -79,7 +80,7 @@ def test_native_fast_path_equals_the_ensembles_predict_proba(serving, trained_re
     from include.pipeline import feature_frame
     from include.serving import FastPredictor
 
-    serving.predict("BTCUSDT", AS_OF)
+    serving.predict(AS_OF)
     _, model, lineage = serving.current()
     names = list(lineage["feature_spec"]["names"])
     spec = FeatureSpec.from_dict({k: v for k, v in lineage["feature_spec"].items() if k != "sha256"})
