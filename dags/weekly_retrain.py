@@ -35,7 +35,8 @@ the production version of the same registered model only) → `approve_promotion
 only with `require_approval` and a passing gate) → `promote_or_keep` → `publish_market_summary`
 (HTML report). Then, once for the run: `publish_summary` (every market's outcome, to
 Slack/Discord) → `apply_retention` (per registered model: the last `MODEL_REGISTRY_KEEP_LAST`
-versions and every version that ever held production are kept).
+versions and every version that ever held production are kept) and `check_markets` (fails the
+run, so that it shows red, when any market failed; skipped young markets do not fail it).
 
 **Gate rule.** Promote only if the ensemble's out-of-fold macro F1 beats the best naive baseline by
 `gate_min_f1_margin`, its out-of-fold log loss is at most `gate_max_log_loss_ratio` x the class-
@@ -266,6 +267,7 @@ def weekly_retrain():
             body="Gate: {{ ti.xcom_pull(task_ids='market.quality_gate', map_indexes=ti.map_index)['summary'] }}\n\n"
                  "Run {{ run_id }}. Approve moves the production alias; Reject keeps production as it is.",
             response_timeout=timedelta(days=3),
+            map_index_template="{{ ti.xcom_pull(task_ids='market.quality_gate', map_indexes=ti.map_index)['model'] }}",
         )
 
         @task(map_index_template=MARKET)
@@ -325,6 +327,20 @@ def weekly_retrain():
 
         return publish_universe(Settings.from_env(), _dag_id(), list(plans), context=get_current_context())
 
+    @task(trigger_rule="all_done", on_failure_callback=None)
+    def check_markets(published: dict) -> dict:
+        """Fail the run when a market failed, so it shows red; the others' results stand.
+
+        No alert of its own: the failing task's alert and the weekly summary already name the market.
+        """
+        from airflow.sdk.exceptions import AirflowFailException
+
+        failed = sorted(m for m, status in published["markets"].items() if status == "failed")
+        if failed:
+            raise AirflowFailException(f"{len(failed)} of {len(published['markets'])} market(s) failed: "
+                                       f"{', '.join(failed)}; the other markets' decisions stand")
+        return published["markets"]
+
     @task
     def apply_retention() -> dict:
         from include.config import Settings
@@ -339,7 +355,7 @@ def weekly_retrain():
     plans = plan_run()
     markets = market.expand(plan=plans)
     published = publish_summary(plans)
-    markets >> published >> apply_retention()
+    markets >> published >> [apply_retention(), check_markets(published)]
 
 
 weekly_retrain()

@@ -11,8 +11,10 @@ stops neither of the others.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import os
 import shutil
 import threading
 from datetime import UTC, datetime
@@ -41,9 +43,14 @@ def dag(airflow_db):
 
 
 def _run(dag, day: int, conf: dict):
+    """Run one week; task states keyed by (task id without the group prefix, model name or -1)."""
     dr = dag.test(logical_date=datetime(2023, 12, day, tzinfo=UTC), run_conf=conf)
-    states = {(ti.task_id.removeprefix("market."), ti.rendered_map_index or ti.map_index): ti.state
-              for ti in dr.get_task_instances()}
+    tis = dr.get_task_instances()
+    # Tasks that never ran (upstream_failed, skipped early) have no rendered map index; ingestion
+    # runs for every market, so its instances name each map index.
+    model_of = {ti.map_index: ti.rendered_map_index for ti in tis if ti.task_id == "market.ingest_market_data"}
+    states = {(ti.task_id.removeprefix("market."), model_of.get(ti.map_index, ti.map_index)): ti.state
+              for ti in tis}
     return dr, states
 
 
@@ -169,20 +176,37 @@ class _Hook(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def webhook_server(monkeypatch):
+@contextlib.contextmanager
+def _webhooks():
+    """Local Slack and Discord webhook endpoints, as the alert connections, for the block's duration."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     port = server.server_address[1]
-    monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps(
-        {"conn_type": "slackwebhook", "password": f"http://127.0.0.1:{port}/slack/T000/B000/XXX"}))
-    monkeypatch.setenv("AIRFLOW_CONN_DISCORD_ALERTS", json.dumps(
-        {"conn_type": "discord", "host": f"http://127.0.0.1:{port}",
-         "extra": {"webhook_endpoint": "webhooks/11111/discordtoken"}}))
-    _Hook.received.clear()
-    yield _Hook.received
-    server.shutdown()
+    env = {"AIRFLOW_CONN_SLACK_ALERTS": json.dumps(
+               {"conn_type": "slackwebhook", "password": f"http://127.0.0.1:{port}/slack/T000/B000/XXX"}),
+           "AIRFLOW_CONN_DISCORD_ALERTS": json.dumps(
+               {"conn_type": "discord", "host": f"http://127.0.0.1:{port}",
+                "extra": {"webhook_endpoint": "webhooks/11111/discordtoken"}})}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    received: list[tuple[str, str]] = []
+    _Hook.received = received
+    try:
+        yield received
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.shutdown()
+
+
+@pytest.fixture
+def webhook_server():
+    with _webhooks() as received:
+        yield received
 
 
 def _copy_market(data_dir: Path, dest: Path, symbol: str, *, first: str | None = None,
@@ -206,29 +230,32 @@ def universe_run(dag, first_run, tmp_path_factory, data_dir):
     src = tmp_path_factory.mktemp("universe-data")
     _copy_market(data_dir, src, "BADUSDT", nan_close_at="2023-12-20T05:00:00Z")
     _copy_market(data_dir, src, "YNGUSDT", first="2023-11-14T00:00:00Z")   # 40 days before the interval end
-    _copy_market(data_dir, src, "NEWUSDT", first="2023-09-25T00:00:00Z")   # 90 days before it
+    _copy_market(data_dir, src, "NEWUSDT", first="2023-09-05T00:00:00Z")   # 110 days before it
     universe = src / "universe.yaml"
     universe.write_text("markets:\n" + "".join(
         f"  - {{symbol: {s}, market_type: perp, timeframe: 1h}}\n" for s in ("BADUSDT", "YNGUSDT", "NEWUSDT")))
     registry = ModelRegistry.from_settings(Settings.from_env())
     before = {m: registry.production(m) for m in (BTC, ETH)}
     conf = {**SHORT, **PERMISSIVE, "min_history_days": 60, "universe_file": str(universe), "source_dir": str(src)}
-    return _run(dag, 24, conf) + (before,)
+    with _webhooks() as received:
+        dr, states = _run(dag, 24, conf)
+    return dr, states, before, list(received)
 
 
 BAD, YNG, NEW = (f"binance-{s}-perp-1h-h4" for s in ("badusdt", "yngusdt", "newusdt"))
 
 
-def test_a_failing_market_stops_neither_the_others_nor_alerts_anonymously(universe_run, webhook_server):
+def test_a_failing_market_stops_neither_the_others_nor_alerts_anonymously(universe_run):
     from include.registry import ModelRegistry
 
-    dr, states, before = universe_run
+    dr, states, before, webhook_server = universe_run
     assert dr.state == "failed"  # one market failed: the run is red, the others finished
     assert states[("validate_market_data", BAD)] == "failed"
     for task_id in ("build_features", "train_lightgbm", "assemble_ensemble", "quality_gate", "promote_or_keep"):
         assert states[(task_id, BAD)] == "upstream_failed", (task_id, states[(task_id, BAD)])
     assert states[("publish_market_summary", NEW)] == "success"
-    assert states[("publish_summary", -1)] == "success"
+    assert states[("publish_summary", -1)] == "success" and states[("apply_retention", -1)] == "success"
+    assert states[("check_markets", -1)] == "failed"
     registry = ModelRegistry.from_settings(Settings.from_env())
     assert BAD not in registry.model_names()  # nothing of the bad market was registered
     assert {m: registry.production(m) for m in (BTC, ETH)} == before  # other models untouched
@@ -250,7 +277,7 @@ def test_a_failing_market_stops_neither_the_others_nor_alerts_anonymously(univer
 def test_young_markets_train_on_shorter_history_or_are_skipped_with_a_date(universe_run):
     from include.registry import ModelRegistry
 
-    dr, states, _ = universe_run
+    dr, states, _, _ = universe_run
     assert states[("ingest_market_data", YNG)] == "skipped"
     assert states[("publish_market_summary", YNG)] == "skipped"
     skipped = _universe(dr)[YNG]
@@ -261,10 +288,10 @@ def test_young_markets_train_on_shorter_history_or_are_skipped_with_a_date(unive
     summary = _summary(dr, NEW)
     window = summary["window"]
     assert window["requested_train_start"] == "2023-08-26T00:00:00+00:00"  # 120 days before 2023-12-24
-    assert window["train_start"] == "2023-10-02T00:00:00+00:00"  # first bar + warm-up
+    assert window["train_start"] == "2023-09-12T00:00:00+00:00"  # first bar + warm-up
     meta = ModelRegistry.from_settings(Settings.from_env()).metadata(summary["ensemble"]["version"])
     assert meta["data_window"]["short_history"] and meta["data_window"]["train_start"] == window["train_start"]
-    assert meta["data_window"]["first_bar"] >= "2023-10-02"
+    assert meta["data_window"]["first_bar"] >= "2023-09-12"
 
 
 def test_failed_smoke_test_rolls_production_back_within_the_model(first_run, tmp_path):
