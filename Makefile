@@ -54,10 +54,12 @@ clean-state:
 	rm -rf var models/versions models/.lock
 
 ## Benchmarks (not tests): one default weekly run; PostgreSQL bulk load; incremental exchange
-## ingestion; a four-week backfill on a local deployment (PostgreSQL on 127.0.0.1:5432 needed).
+## ingestion; a four-week backfill on a local deployment (PostgreSQL on 127.0.0.1:5432 needed);
+## serving latency; one universe run of 2 markets against 1.
 bench: install
 	$(BIN)/python bench/demo_run.py 2023-12-31
 	$(BIN)/python bench/store_bulk_load.py
 	$(BIN)/python bench/incremental_ingest.py
 	$(BIN)/python bench/backfill_run.py 4
 	$(BIN)/python bench/serving_latency.py
+	$(BIN)/python bench/universe_run.py

@@ -45,8 +45,8 @@ def main() -> None:
                         runs_dir=root / "runs")
     cfg = RunConfig(as_of_date="2023-12-31")
     window = p.resolve_window(cfg, data_interval_start=None, data_interval_end=None, run_after=None)
-    out = p.run_dir(settings, "bench", window)
-    p.ingest(cfg, window, settings)
+    out = p.run_dir(settings, "bench", cfg.model_name, window)
+    p.ingest(cfg, window, settings, out)
     p.features(cfg, window, settings, out)
     p.labels(cfg, window, out)
     trained = [p.train(cfg, window, out, family) for family in cfg.models]
@@ -57,11 +57,11 @@ def main() -> None:
     registry.dispose()
     # Memory and latency in a fresh process, where the model was never trained or loaded.
     probe = subprocess.run([sys.executable, __file__, "--measure", str(settings.registry_dir),
-                            settings.market_db_url], capture_output=True, text=True, check=True)
+                            settings.market_db_url, cfg.model_name], capture_output=True, text=True, check=True)
     print(probe.stdout.strip().splitlines()[-1])
 
 
-def measure(registry_dir: str, market_db_url: str) -> None:
+def measure(registry_dir: str, market_db_url: str, model_name: str) -> None:
     """Load the production model in this (fresh) process and time one-row predictions."""
     import lightgbm  # noqa: F401 - imported before the baseline so only the model is measured
     import pandas as pd
@@ -72,7 +72,7 @@ def measure(registry_dir: str, market_db_url: str) -> None:
     from include.serving import ProductionModel
 
     registry = ModelRegistry(registry_dir, market_db_url)
-    serving = ProductionModel(registry, market_db_url, max_age_hours=None)
+    serving = ProductionModel(registry, market_db_url, model_name, max_age_hours=None)
     import include.features  # noqa: F401
     import include.training  # noqa: F401
 
@@ -80,7 +80,7 @@ def measure(registry_dir: str, market_db_url: str) -> None:
     version, model, lineage = serving.current()
     after = _rss_mb()
     as_of = datetime(2023, 12, 31, tzinfo=UTC)
-    first = serving.predict("BTCUSDT", as_of)  # builds and checks the native path
+    first = serving.predict(as_of)  # builds and checks the native path
     names = list(lineage["feature_spec"]["names"])
     from include.data.store import MarketStore
     from include.features import FeatureSpec, build_features
@@ -110,7 +110,7 @@ def measure(registry_dir: str, market_db_url: str) -> None:
     as_of = datetime(2023, 12, 31, tzinfo=UTC)
     for _ in range(50):
         t0 = time.perf_counter()
-        serving.predict("BTCUSDT", as_of)
+        serving.predict(as_of)
         full.append((time.perf_counter() - t0) * 1000)
     times, full, wrapped = np.array(times), np.array(full), np.array(wrapped)
     print(json.dumps({
@@ -123,13 +123,13 @@ def measure(registry_dir: str, market_db_url: str) -> None:
         "full_predict_from_store_ms": {"p50": round(float(np.percentile(full, 50)), 1),
                                        "p99": round(float(np.percentile(full, 99)), 1), "calls": len(full)},
         "model_memory_mb": round(after - before, 1), "model_file_mb": round(
-            (registry.versions_dir / version / "model.joblib").stat().st_size / 2**20, 2),
+            (registry.root / registry.describe(version)["artifact_path"] / "model.joblib").stat().st_size / 2**20, 2),
         "targets": {"p50_ms": 2.0, "memory_mb": 50},
     }))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--measure":
-        measure(sys.argv[2], sys.argv[3])
+    if len(sys.argv) == 5 and sys.argv[1] == "--measure":
+        measure(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         main()

@@ -107,11 +107,12 @@ def pg_url():
 
 @pytest.fixture(scope="session")
 def trained_registry(tmp_path_factory, data_dir):
-    """A real registry: two weekly runs of the pipeline (short window) on the bundled data.
+    """A real registry: pipeline runs (short window) on the bundled data, two registered models.
 
-    Runs the same ``include.pipeline`` functions the DAG's tasks call, for the weeks ending
-    2023-12-24 and 2023-12-31, with a permissive gate so that both promote. Returns the
-    ``Settings`` (own SQLite store and registry folder) and the two versions, oldest first.
+    Runs the same ``include.pipeline`` functions the DAG's tasks call: BTCUSDT for the weeks
+    ending 2023-12-24 and 2023-12-31 and ETHUSDT for the week ending 2023-12-31, with a
+    permissive gate so that each promotes. Returns the ``Settings`` (own SQLite store, registry
+    and run folders), the two BTC versions oldest first, and the ETH version.
     """
     from include.config import RunConfig, Settings
     from include.pipeline import run_once
@@ -120,11 +121,11 @@ def trained_registry(tmp_path_factory, data_dir):
     settings = Settings(data_dir=data_dir, market_db_url=f"sqlite:///{root / 'market.sqlite'}",
                         registry_dir=root / "models", runs_dir=root / "runs")
     versions = []
-    for day in ("2023-12-24", "2023-12-31"):
-        cfg = RunConfig(as_of_date=day, train_window_days=120, cv_folds=3, gate_min_f1_margin=-1.0,
+    for symbol, day in (("BTCUSDT", "2023-12-24"), ("BTCUSDT", "2023-12-31"), ("ETHUSDT", "2023-12-31")):
+        cfg = RunConfig(symbol=symbol, as_of_date=day, train_window_days=120, cv_folds=3, gate_min_f1_margin=-1.0,
                         gate_max_log_loss_ratio=10.0, gate_min_sharpe_margin=-1000.0, gate_max_drawdown=1.0,
                         gate_champion_tolerance=1.0)
-        run = run_once(cfg, settings, dag_id="weekly_retrain", run_id=f"fixture__{day}")
+        run = run_once(cfg, settings, dag_id="weekly_retrain", run_id=f"fixture__{symbol}__{day}")
         assert run["decision"]["passed"], run["decision"]["summary"]
         versions.append(run["assembled"]["version"])
-    return {"settings": settings, "versions": versions}
+    return {"settings": settings, "versions": versions[:2], "eth_version": versions[2]}

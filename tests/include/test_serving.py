@@ -67,8 +67,8 @@ def test_staleness_guard_warns_or_refuses(trained_registry, caplog):
     refuse = ProductionModel(registry, settings.market_db_url, BTC, max_age_hours=2, on_stale="refuse")
     with pytest.raises(ServingError, match="refusing to serve"):
         refuse.predict(later)
-    with pytest.raises(ServingError, match="binance-ethusdt-perp-1h-h4 has no production version"):
-        ProductionModel(registry, settings.market_db_url, "binance-ethusdt-perp-1h-h4").predict(AS_OF)
+    with pytest.raises(ServingError, match="binance-xrpusdt-perp-1h-h4 has no production version"):
+        ProductionModel(registry, settings.market_db_url, "binance-xrpusdt-perp-1h-h4").predict(AS_OF)
     with pytest.raises(ServingError, match="no BTCUSDT candles .* is ingestion up to date"):
         ProductionModel(registry, settings.market_db_url, BTC).predict(datetime(2010, 1, 1, tzinfo=UTC))
     registry.dispose()

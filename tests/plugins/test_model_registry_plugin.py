@@ -23,6 +23,7 @@ from tests.cluster import LocalAirflow, free_port
 from tests.conftest import ROOT
 
 ARTIFACTS = ROOT / "var" / "artifacts"
+BTC, ETH = "binance-btcusdt-perp-1h-h4", "binance-ethusdt-perp-1h-h4"
 
 
 def _request(url: str, token: str | None = None, body: dict | None = None) -> tuple[int, object]:
@@ -42,32 +43,44 @@ def api(trained_registry, tmp_path_factory):
     settings = trained_registry["settings"]
     home = tmp_path_factory.mktemp("api-airflow")
     env = {"MARKET_DB_URL": settings.market_db_url, "MODEL_REGISTRY_DIR": str(settings.registry_dir),
-           "MODEL_MAX_AGE_HOURS": "none"}
+           "RUN_ARTIFACTS_DIR": str(settings.runs_dir), "MODEL_MAX_AGE_HOURS": "none"}
     with LocalAirflow(home, f"sqlite:///{home / 'airflow.db'}", env=env, components=("api-server",)) as airflow:
         base = f"http://127.0.0.1:{airflow.port}"
         status, token = _request(f"{base}/auth/token", body={"username": "admin", "password": "admin"})
         assert status in (200, 201), token
-        yield {"base": base, "token": token["access_token"], "versions": trained_registry["versions"]}
+        yield {"base": base, "token": token["access_token"], "versions": trained_registry["versions"],
+               "eth": trained_registry["eth_version"]}
 
 
 def test_every_route_needs_an_airflow_user(api):
-    for path in ("/model-registry/versions", "/model-registry/ui", "/model-registry/aliases/production"):
+    for path in ("/model-registry/versions", "/model-registry/ui", "/model-registry/models",
+                 f"/model-registry/models/{BTC}/versions", f"/model-registry/models/{BTC}/aliases/production",
+                 f"/model-registry/versions/{api['eth']}/report"):
         assert _request(api["base"] + path)[0] == 401, path
     assert _request(api["base"] + "/model-registry/predict", body={"symbol": "BTCUSDT"})[0] == 401
     assert _request(api["base"] + "/model-registry/versions", token="not-a-token")[0] in (401, 403)
 
 
-def test_versions_aliases_and_history(api):
+def test_models_versions_aliases_and_history(api):
     v1, v2 = api["versions"]
-    status, rows = _request(api["base"] + "/model-registry/versions", api["token"])
-    assert status == 200 and [r["version"] for r in rows] == [v2, v1]
+    status, models = _request(api["base"] + "/model-registry/models", api["token"])
+    assert status == 200 and [(m["name"], m["production"], m["symbol"]) for m in models] == [
+        (BTC, v2, "BTCUSDT"), (ETH, api["eth"], "ETHUSDT")]
+    status, rows = _request(api["base"] + f"/model-registry/models/{BTC}/versions", api["token"])
+    assert status == 200 and [r["version"] for r in rows] == [v2, v1] and {r["model"] for r in rows} == {BTC}
     assert sorted(rows[0]["aliases"]) == ["challenger", "production"] and rows[1]["ever_production"]
     assert 0 < rows[0]["macro_f1"] < 1
+    status, every = _request(api["base"] + "/model-registry/versions", api["token"])
+    assert status == 200 and {r["version"] for r in every} == {v1, v2, api["eth"]}
+    assert _request(api["base"] + "/model-registry/models/nope/versions", api["token"])[0] == 404
     status, one = _request(api["base"] + f"/model-registry/versions/{v1}", api["token"])
-    assert status == 200 and one["lineage"]["run_id"] == "fixture__2023-12-24" and len(one["files"]["model.joblib"]) == 64
+    assert status == 200 and one["lineage"]["run_id"] == "fixture__BTCUSDT__2023-12-24" and one["model"] == BTC
+    assert len(one["files"]["model.joblib"]) == 64
     assert _request(api["base"] + "/model-registry/versions/v-missing", api["token"])[0] == 404
-    status, alias = _request(api["base"] + "/model-registry/aliases/production", api["token"])
-    assert status == 200 and alias["version"] == v2
+    status, alias = _request(api["base"] + f"/model-registry/models/{BTC}/aliases/production", api["token"])
+    assert status == 200 and alias["version"] == v2 and {h["model"] for h in alias["history"]} == {BTC}
+    status, report = _request(api["base"] + f"/model-registry/versions/{api['eth']}/report", api["token"])
+    assert status == 200 and api["eth"] in report and "<html" in report.lower()
     # The first two moves are the fixture's promotions (other tests may add and undo moves).
     assert [(h["event"], h["from"], h["to"]) for h in alias["history"][:2]] == [("promote", None, v1), ("promote", v1, v2)]
     assert alias["history"][1]["decision"]["passed"] is True
@@ -75,14 +88,20 @@ def test_versions_aliases_and_history(api):
 
 def test_predict_and_openapi(api):
     status, pred = _request(api["base"] + "/model-registry/predict", api["token"],
-                            {"symbol": "BTCUSDT", "as_of": "2023-12-31T00:00:00Z"})
+                            {"model": BTC, "as_of": "2023-12-31T00:00:00Z"})
     assert status == 200, pred
-    assert pred["version"] == api["versions"][1] and pred["bar"] == "2023-12-30T23:00:00+00:00"
+    assert (pred["model"], pred["version"], pred["bar"]) == (BTC, api["versions"][1], "2023-12-30T23:00:00+00:00")
     assert sum(pred["probabilities"].values()) == pytest.approx(1.0)
-    status, err = _request(api["base"] + "/model-registry/predict", api["token"], {"symbol": "ETHUSDT"})
-    assert status == 409 and "not ETHUSDT" in err["detail"]
+    # A symbol resolves to its one registered model; each market is served by its own production version.
+    status, eth = _request(api["base"] + "/model-registry/predict", api["token"],
+                           {"symbol": "ETHUSDT", "market_type": "perp", "as_of": "2023-12-31T00:00:00Z"})
+    assert status == 200 and (eth["model"], eth["version"], eth["symbol"]) == (ETH, api["eth"], "ETHUSDT")
+    assert eth["probabilities"] != pred["probabilities"]
+    status, err = _request(api["base"] + "/model-registry/predict", api["token"], {"symbol": "SOLUSDT"})
+    assert status == 404 and "no registered model forecasts SOLUSDT" in err["detail"]
     status, spec = _request(api["base"] + "/model-registry/openapi.json", api["token"])
-    assert status == 200 and {"/versions", "/versions/{version}", "/aliases/{alias}", "/predict"} <= set(spec["paths"])
+    assert status == 200 and {"/models", "/models/{name}/versions", "/models/{name}/aliases/{alias}", "/versions",
+                              "/versions/{version}", "/versions/{version}/report", "/predict"} <= set(spec["paths"])
     status, plugins = _request(api["base"] + "/api/v2/plugins", api["token"])
     ours = next(p for p in plugins["plugins"] if p["name"] == "model_registry")
     assert ours["external_views"][0]["name"] == "Models" and ours["fastapi_apps"][0]["url_prefix"] == "/model-registry"
@@ -134,8 +153,10 @@ def test_models_page_in_headless_chromium(api, tmp_path):
             _cdp(ws, "Page.navigate", url=api["base"] + "/model-registry/ui")
             time.sleep(2)
             rows = _cdp(ws, "Runtime.evaluate", returnByValue=True, expression=(
-                "Array.from(document.querySelectorAll('#versions tr[data-version]'))"
-                ".map(r => [r.dataset.version, r.className, r.innerText])"))["result"]["value"]
+                "Array.from(document.querySelectorAll('section.model tr[data-version]'))"
+                ".map(r => [r.dataset.version, r.className, r.innerText, r.closest('section').dataset.model,"
+                " r.querySelector('a[href*=\"/report\"]') !== null,"
+                " (r.querySelector('a[href^=\"/dags/\"]') || {}).href || ''])"))["result"]["value"]
             shot = _cdp(ws, "Page.captureScreenshot", format="png")["data"]
             (ARTIFACTS / "models_view.png").write_bytes(base64.b64decode(shot))
     finally:
@@ -143,6 +164,9 @@ def test_models_page_in_headless_chromium(api, tmp_path):
         proc.wait(10)
     v1, v2 = api["versions"]
     assert frame and frame.endswith("/model-registry/ui"), frame
-    assert [r[0] for r in rows] == [v2, v1]
+    # Grouped by registered model, newest first within each; every row links its run and report.
+    assert [(r[3], r[0]) for r in rows] == [(BTC, v2), (BTC, v1), (ETH, api["eth"])]
     assert rows[0][1] == "production" and "production" in rows[0][2] and rows[1][1] == ""
+    assert rows[2][1] == "production" and all(r[4] for r in rows)
+    assert rows[1][5].endswith("/dags/weekly_retrain/runs/fixture__BTCUSDT__2023-12-24")
     assert Path(ARTIFACTS / "models_view.png").stat().st_size > 5000
