@@ -44,6 +44,9 @@ airflow: install
 	mkdir -p $(AIRFLOW_HOME)
 	test -f $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated || \
 		echo '{"admin": "admin"}' > $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated
+	$(BIN)/airflow db migrate > /dev/null
+	# The thread budget's pool: how many model fits run at once on this machine (include/resources.py).
+	$(BIN)/airflow pools set training $$($(BIN)/python -m include.resources) "model training (include/resources.py)" > /dev/null
 	$(BIN)/airflow standalone
 
 lint: install

@@ -27,7 +27,8 @@ reaches `min_history_days`, and is skipped below it, saying when it qualifies) �
 `build_features` (TA-Lib indicators, as-of joined funding and open interest) → `build_labels`
 (down / range / up from the forward return) → `train_<family>` (one task per model family;
 purged, embargoed walk-forward cross-validation, early stopping on an inner split; families
-not in `models` pass through) → `assemble_ensemble` (weighted soft voting; each member's sha256
+not in `models` pass through; in the `training` pool, whose slots bound how many fits run at
+once, each with the worker's cores divided by the slots as threads: `include/resources.py`) → `assemble_ensemble` (weighted soft voting; each member's sha256
 checked before it is loaded; candidate registered as an immutable version of the market's
 registered model) → `simulate_trading` (out-of-fold positions after fees, slippage and funding,
 next to buy-and-hold and momentum) → `quality_gate` (sensor; champion/challenger policy against
@@ -77,6 +78,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, dag, 
 from include.approval import PromotionApproval
 from include.config import MODEL_FAMILIES, RunConfig
 from include.notify import on_task_failure
+from include.resources import TRAINING_POOL
 
 DEFAULTS = RunConfig()
 DOCS = RunConfig.describe()
@@ -307,8 +309,9 @@ def weekly_retrain():
         validation = validate_market_data(plan=plan, window=window)
         feature_info = build_features(plan=plan, window=window, validation=validation)
         dataset = build_labels(plan=plan, window=window, feature_info=feature_info)
-        trained = [train_model.override(task_id=f"train_{family}")(plan=plan, window=window, dataset=dataset,
-                                                                    family=family)
+        # The training pool caps how many fits run at once; each uses the cores / slots threads.
+        trained = [train_model.override(task_id=f"train_{family}", pool=TRAINING_POOL)(
+                       plan=plan, window=window, dataset=dataset, family=family)
                    for family in MODEL_FAMILIES]
         assembled = assemble_ensemble(plan=plan, window=window, trained=trained)
         trading = simulate_trading(plan=plan, window=window, assembled=assembled)

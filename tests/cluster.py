@@ -97,6 +97,10 @@ class LocalAirflow:
         """Migrate the metadata database and start the components; wait for the API."""
         (self.home / "simple_auth_manager_passwords.json.generated").write_text('{"admin": "admin"}')
         self.airflow("db", "migrate")
+        # The thread budget's pool (include/resources.py), sized for this machine as `make airflow` does.
+        from include.resources import TRAINING_POOL, training_slots
+
+        self.airflow("pools", "set", TRAINING_POOL, str(training_slots()), "model training (include/resources.py)")
         components: list[tuple[str, list[str]]] = [
             ("api-server", ["api-server", "--port", str(self.port)]),
             ("scheduler", ["scheduler"]),

@@ -1,7 +1,8 @@
 """Model families and their purged walk-forward training.
 
 Each family lives in its own module exposing ``DEFAULT_PARAMS`` and ``build(random_state,
-n_jobs, **overrides)``, which returns an unfitted scikit-learn-compatible classifier.
+n_jobs, **overrides)``, which returns an unfitted scikit-learn-compatible classifier. ``n_jobs``
+is always given by the caller: the task's thread budget (:func:`include.resources.model_threads`).
 Models are trained without class weights, so their probabilities estimate the true class
 frequencies; hard decisions use the prior-corrected rule of :func:`prior_corrected_predict`.
 """
@@ -31,8 +32,8 @@ FAMILIES: dict[str, Any] = {
 }
 
 
-def build_estimator(family: str, random_state: int, **overrides: Any):
-    """An unfitted classifier of ``family`` with its default hyperparameters.
+def build_estimator(family: str, random_state: int, n_jobs: int, **overrides: Any):
+    """An unfitted classifier of ``family`` with its default hyperparameters, using ``n_jobs`` threads.
 
     Raises:
         ConfigError: unknown family.
@@ -41,7 +42,7 @@ def build_estimator(family: str, random_state: int, **overrides: Any):
         module = FAMILIES[family]
     except KeyError:
         raise ConfigError(f"unknown model family {family!r}; expected one of {sorted(FAMILIES)}") from None
-    return module.build(random_state=random_state, **overrides)
+    return module.build(random_state=random_state, n_jobs=n_jobs, **overrides)
 
 
 def family_params(family: str) -> dict[str, Any]:
@@ -170,13 +171,14 @@ def metrics_with_prior(y: np.ndarray, proba: np.ndarray, prior: np.ndarray) -> d
 
 
 def fit_family(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, splits: WalkForward, *,
-               random_state: int, early_stopping_rounds: int = 0) -> tuple[Any, int | None]:
+               random_state: int, n_jobs: int, early_stopping_rounds: int = 0) -> tuple[Any, int | None]:
     """Fit one family on the rows ``train_idx``, early-stopping the boosted families.
 
     For a family whose module has ``best_n_estimators`` (LightGBM, XGBoost) and
     ``early_stopping_rounds > 0``, the number of boosting rounds is chosen on the inner split of
     ``train_idx`` (:meth:`WalkForward.inner_split`: its last rows, after a purge + embargo gap),
-    then the model is refitted on all of ``train_idx`` with that many rounds.
+    then the model is refitted on all of ``train_idx`` with that many rounds. Every fit uses
+    ``n_jobs`` threads.
 
     Returns:
         ``(fitted estimator, chosen n_estimators or None)``.
@@ -194,13 +196,13 @@ def fit_family(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarra
     if early_stopping_rounds > 0 and hasattr(module, "best_n_estimators"):
         fit_idx, val_idx = splits.inner_split(train_idx)
         n_best = module.best_n_estimators(X.iloc[fit_idx], y[fit_idx], X.iloc[val_idx], y[val_idx],
-                                          random_state=random_state, rounds=early_stopping_rounds)
-    est = build_estimator(family, random_state, **({"n_estimators": n_best} if n_best else {}))
+                                          random_state=random_state, rounds=early_stopping_rounds, n_jobs=n_jobs)
+    est = build_estimator(family, random_state, n_jobs, **({"n_estimators": n_best} if n_best else {}))
     return est.fit(X.iloc[train_idx], y[train_idx]), n_best
 
 
 def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkForward, random_state: int,
-                   early_stopping_rounds: int = 0,
+                   n_jobs: int, early_stopping_rounds: int = 0,
                    build: Callable[..., Any] | None = None) -> CrossValidation:
     """Purged walk-forward cross-validation of one family.
 
@@ -210,6 +212,7 @@ def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkF
         y: labels in {0, 1, 2}, shape ``(n_rows,)``.
         splits: the split service (folds, purge, embargo, scheme).
         random_state: seed.
+        n_jobs: threads each fit may use (the task's thread budget).
         early_stopping_rounds: see :func:`fit_family` (0: none).
         build: estimator factory ``build(random_state) -> estimator`` replacing the family's
             (no early stopping then).
@@ -228,7 +231,7 @@ def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkF
         if build is not None:
             est, n_best = build(random_state).fit(X.iloc[train_idx], y[train_idx]), None
         else:
-            est, n_best = fit_family(family, X, y, train_idx, splits, random_state=random_state,
+            est, n_best = fit_family(family, X, y, train_idx, splits, random_state=random_state, n_jobs=n_jobs,
                                      early_stopping_rounds=early_stopping_rounds)
         proba = predict_proba_all(est, X.iloc[test_idx])
         prior = class_prior(y[train_idx])

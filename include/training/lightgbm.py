@@ -16,7 +16,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
 }
 
 
-def build(random_state: int, n_jobs: int = 2, **overrides: Any):
+def build(random_state: int, n_jobs: int, **overrides: Any):
     """An unfitted ``lightgbm.LGBMClassifier`` (scikit-learn API) with the defaults above."""
     from lightgbm import LGBMClassifier
 
@@ -25,7 +25,7 @@ def build(random_state: int, n_jobs: int = 2, **overrides: Any):
 
 
 def best_n_estimators(X_fit, y_fit, X_val, y_val, *, random_state: int, rounds: int,
-                      n_jobs: int = 2, **overrides: Any) -> int:
+                      n_jobs: int, **overrides: Any) -> int:
     """Boosting rounds at the best validation multi-class log loss, with early stopping.
 
     LightGBM's ``early_stopping`` callback stops after ``rounds`` rounds without improvement;

@@ -13,7 +13,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
 }
 
 
-def build(random_state: int, n_jobs: int = 2, **overrides: Any):
+def build(random_state: int, n_jobs: int, **overrides: Any):
     """An unfitted ``sklearn.ensemble.RandomForestClassifier`` with the defaults above."""
     from sklearn.ensemble import RandomForestClassifier
 

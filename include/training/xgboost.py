@@ -16,7 +16,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
 }
 
 
-def build(random_state: int, n_jobs: int = 2, **overrides: Any):
+def build(random_state: int, n_jobs: int, **overrides: Any):
     """An unfitted ``xgboost.XGBClassifier`` (scikit-learn API) with the defaults above."""
     from xgboost import XGBClassifier
 
@@ -26,7 +26,7 @@ def build(random_state: int, n_jobs: int = 2, **overrides: Any):
 
 
 def best_n_estimators(X_fit, y_fit, X_val, y_val, *, random_state: int, rounds: int,
-                      n_jobs: int = 2, **overrides: Any) -> int:
+                      n_jobs: int, **overrides: Any) -> int:
     """Boosting rounds at the best validation ``mlogloss``, with XGBoost's early stopping.
 
     The cap is ``n_estimators``. The validation rows must come from the training window only.

@@ -63,6 +63,9 @@ def test_weekly_retrain_graph(dagbag):
     for family in ("xgboost", "random_forest"):
         assert (m + "build_labels", m + f"train_{family}") in edges
         assert (m + f"train_{family}", m + "assemble_ensemble") in edges
+    # The thread budget: every fit runs in the training pool; nothing else does.
+    assert {t.task_id for t in dag.tasks if t.pool == "training"} == {
+        m + f"train_{f}" for f in ("lightgbm", "xgboost", "random_forest")}
     # One mapped task group per market; inside it only all_success rules: Airflow evaluates the
     # "fast" rules (none_failed_min_one_success, one_*) of a not-yet-expanded group task against every
     # market's upstream instances, so one failing market would stop the others.

@@ -81,6 +81,7 @@ def test_first_run_promotes_one_loadable_model_per_market(first_run):
     from include.features import FeatureSpec
     from include.pipeline import feature_frame
     from include.registry import ModelRegistry
+    from include.resources import model_threads
 
     dr, states = first_run
     assert dr.state == "success", states
@@ -105,6 +106,10 @@ def test_first_run_promotes_one_loadable_model_per_market(first_run):
         assert not meta["data_window"]["short_history"]
         assert summary["ingested"]["ohlcv"]["rows_fetched"] > 0
         assert set(summary["ensemble"]["members"]) == {"lightgbm", "xgboost", "random_forest"}
+        # Each family trained with the thread budget's threads.
+        folder = Path(summary["report"]).parent / "candidates"
+        for family in ("lightgbm", "xgboost", "random_forest"):
+            assert json.loads((folder / family / "metadata.json").read_text())["n_jobs"] == model_threads()
         spec = FeatureSpec.from_dict({k: v for k, v in meta["feature_spec"].items() if k != "sha256"})
         store = MarketStore(settings.market_db_url)
         X = feature_frame(store, RunConfig(symbol=symbol), spec, datetime(2023, 12, 10, tzinfo=UTC),

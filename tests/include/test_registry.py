@@ -234,7 +234,7 @@ def test_schema_matches_the_migrations(reg):
 
     with reg.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": SCHEMA_VERSION_TABLE})
-        diff = [d for d in compare_metadata(ctx, registry_module._meta) if d[0] != "remove_table"]
+        diff = [d for d in compare_metadata(ctx, registry_module.metadata) if d[0] != "remove_table"]
     assert diff == []
 
 

@@ -27,7 +27,7 @@ def xy(btc_slice):
 @pytest.mark.parametrize("family", MODEL_FAMILIES)
 def test_estimator_contract(family, xy):
     X, y = xy
-    est = build_estimator(family, random_state=7, n_estimators=20)
+    est = build_estimator(family, random_state=7, n_jobs=1, n_estimators=20)
     assert clone(est).get_params() == est.get_params()
     assert est.fit(X, y) is est
     assert list(est.classes_) == [0, 1, 2]
@@ -39,14 +39,14 @@ def test_estimator_contract(family, xy):
 @pytest.mark.parametrize("family", MODEL_FAMILIES)
 def test_deterministic_under_fixed_seed(family, xy):
     X, y = xy
-    a = build_estimator(family, random_state=3, n_estimators=20).fit(X, y).predict_proba(X.iloc[-100:])
-    b = build_estimator(family, random_state=3, n_estimators=20).fit(X, y).predict_proba(X.iloc[-100:])
+    a = build_estimator(family, random_state=3, n_jobs=2, n_estimators=20).fit(X, y).predict_proba(X.iloc[-100:])
+    b = build_estimator(family, random_state=3, n_jobs=2, n_estimators=20).fit(X, y).predict_proba(X.iloc[-100:])
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)  # parallel tree sums may differ by 1 ulp
 
 
 def test_ensemble_contract(xy):
     X, y = xy
-    members = [(f, build_estimator(f, random_state=0, n_estimators=10)) for f in MODEL_FAMILIES]
+    members = [(f, build_estimator(f, random_state=0, n_jobs=1, n_estimators=10)) for f in MODEL_FAMILIES]
     ens = WeightedSoftVotingEnsemble(members, [0.4, 0.4, 0.2])
     assert clone(ens).get_params()["weights"] == [0.4, 0.4, 0.2]
     assert ens.fit(X, y) is ens
@@ -84,7 +84,7 @@ def test_shuffled_labels_score_near_chance(family, xy):
     # (a) Permuted labels carry no information: out-of-sample macro F1 must fall to chance.
     X, y = xy
     shuffled = np.random.default_rng(0).permutation(y)
-    cv = cross_validate(family, X, shuffled, splits=SPLITS, random_state=0, early_stopping_rounds=20)
+    cv = cross_validate(family, X, shuffled, splits=SPLITS, random_state=0, n_jobs=2, early_stopping_rounds=20)
     chance = WalkForward(n_splits=5, test_size=100, purge=4)  # same folds for the baseline
     base = baseline_oof(shuffled, [(tr, te) for _, tr, te in chance.split(len(X))], random_state=0)
     assert cv.overall["macro_f1"] < 0.40
@@ -98,8 +98,8 @@ def test_peeking_feature_soars_in_sample_and_is_exposed_out_of_sample(xy):
     X, y = xy
     peek = X.assign(peek=np.log(X["close"].shift(-4) / X["close"])).dropna()
     y_peek = y[: len(peek)]
-    model = build_estimator("lightgbm", 0, n_estimators=60).fit(peek, y_peek)
+    model = build_estimator("lightgbm", 0, 2, n_estimators=60).fit(peek, y_peek)
     in_sample = classification_metrics(y_peek, model.predict_proba(peek))["macro_f1"]
-    honest = cross_validate("lightgbm", X, y, splits=SPLITS, random_state=0, early_stopping_rounds=20)
+    honest = cross_validate("lightgbm", X, y, splits=SPLITS, random_state=0, n_jobs=2, early_stopping_rounds=20)
     assert in_sample > 0.9
     assert honest.overall["macro_f1"] < 0.5

@@ -1,0 +1,133 @@
+"""Shared pieces of the pipeline's stages: the run window, run folders, store access, JSON for XCom."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from include.config import RunConfig, Settings
+from include.data.store import MarketStore
+from include.features import FeatureSpec
+
+logger = logging.getLogger(__name__)
+
+FUNDING_LOOKBACK = timedelta(days=10)
+
+OPEN_INTEREST_MIN_COVERAGE = 0.5
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) replaced by ``None``: strict JSON for XCom."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+# -- the run's window ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunWindow:
+    """Time bounds of one run (ISO-8601 UTC strings, half-open intervals).
+
+    Attributes:
+        interval_start / interval_end: the data interval (one week); the gate window.
+        train_start: first bar of the training window (``interval_end - train_window_days``).
+        ingest_start: first bar ingested, ``train_start`` minus indicator warm-up.
+        run_key: ``<interval_start>_<interval_end>`` as ``YYYYmmddTHHMM``; names the run folder.
+        source: how the interval was chosen: ``data_interval``, ``as_of_date`` or ``last_complete_week``.
+        requested_train_start: for a market with less history than ``train_window_days``, the
+            training start the window asked for (``train_start`` is then later); else ``None``.
+    """
+
+    interval_start: str
+    interval_end: str
+    train_start: str
+    ingest_start: str
+    run_key: str
+    source: str
+    requested_train_start: str | None = None
+
+    def ts(self, name: str) -> datetime:
+        """One bound as an aware datetime."""
+        return datetime.fromisoformat(getattr(self, name))
+
+def _utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    ts = pd.Timestamp(value)
+    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
+
+def resolve_window(cfg: RunConfig, *, data_interval_start: Any, data_interval_end: Any,
+                   run_after: Any) -> RunWindow:
+    """Choose the run's data interval and training window.
+
+    Precedence: the ``as_of_date`` param (the week ending at that date's 00:00 UTC), then the
+    run's data interval, then, for a run triggered without a logical date (no data interval),
+    the last complete Sunday-to-Sunday week before ``run_after``.
+
+    Raises:
+        ConfigError: ``as_of_date`` does not parse.
+    """
+    from include.errors import ConfigError
+
+    start, end = _utc(data_interval_start), _utc(data_interval_end)
+    if cfg.as_of_date:
+        try:
+            end = _utc(pd.Timestamp(cfg.as_of_date).normalize())
+        except ValueError as exc:
+            raise ConfigError(f"invalid run parameter as_of_date={cfg.as_of_date!r}: {exc}") from exc
+        assert end is not None
+        start, source = end - timedelta(days=7), "as_of_date"
+    elif start is not None and end is not None and end > start:
+        source = "data_interval"
+    else:
+        now = _utc(run_after) or datetime.now(UTC)
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        end = midnight - timedelta(days=(midnight.weekday() + 1) % 7)  # last Sunday 00:00
+        start, source = end - timedelta(days=7), "last_complete_week"
+    assert start is not None and end is not None
+    train_start = end - timedelta(days=cfg.train_window_days)
+    ingest_start = train_start - warmup(cfg)
+    key = f"{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
+    window = RunWindow(start.isoformat(), end.isoformat(), train_start.isoformat(),
+                       ingest_start.isoformat(), key, source)
+    logger.info("run window (%s): interval [%s, %s), training from %s", source, start, end, train_start)
+    return window
+
+def warmup(cfg: RunConfig) -> timedelta:
+    """Bars before the training window that features and labels need: indicator warm-up or the
+    label's volatility window, whichever is longer."""
+    return max(FeatureSpec.default().warmup_bars, cfg.label_vol_window_bars) * timedelta(seconds=cfg.bar_seconds)
+
+def run_dir(settings: Settings, dag_id: str, model: str, window: RunWindow) -> Path:
+    """The artifact folder of one registered model's run over one data interval (created)."""
+    path = settings.runs_dir / dag_id / model / window.run_key
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+def open_store(settings: Settings) -> MarketStore:
+    """The deployment's market store (dispose it after use)."""
+    return MarketStore(settings.market_db_url)
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` through a temporary file and a rename: never half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+#: Files a market's run leaves for the universe summary; removed when the run starts again.
+SUMMARY_FILE, SKIPPED_FILE = "summary.json", "skipped.json"

@@ -1,0 +1,225 @@
+"""Data stages: ingest (with the young-market window), validation, features, labels."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from include.config import RunConfig, Settings
+from include.data.sources import FileSource, MarketDataSource
+from include.data.store import MarketStore
+from include.errors import DataQualityError, MarketNotReadyError, TrainingError
+from include.features import FeatureSpec, build_features
+from include.labels import class_balance, make_labels
+from include.pipeline.common import (
+    FUNDING_LOOKBACK,
+    OPEN_INTEREST_MIN_COVERAGE,
+    SKIPPED_FILE,
+    SUMMARY_FILE,
+    RunWindow,
+    open_store,
+    warmup,
+    write_parquet,
+)
+from include.registry import (
+    atomic_write_json,
+)
+
+logger = logging.getLogger(__name__)
+
+# -- 1. ingest -------------------------------------------------------------------------------
+def market_source(cfg: RunConfig, settings: Settings) -> MarketDataSource:
+    """The run's market-data source: the file source (default) or the exchange source.
+
+    Raises:
+        SourceError: the exchange is not supported by the exchange source.
+    """
+    if cfg.source == "exchange":
+        from include.data.exchange import ExchangeSource
+
+        return ExchangeSource(cfg.exchange, api_url=settings.exchange_api_url)
+    return FileSource(cfg.source_dir or settings.data_dir)
+
+def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None) -> RunWindow:
+    """The run's window given the market's first stored bar: shortened for a young market.
+
+    A market listed after the window's ``ingest_start`` trains from its first bar plus the
+    feature warm-up, provided that leaves at least ``min_history_days`` before
+    ``interval_end``; ``requested_train_start`` keeps what the window asked for.
+
+    Raises:
+        MarketNotReadyError: no bars, or less history than ``min_history_days``; the message
+            says from which date the market qualifies.
+    """
+    start, end = window.ts("ingest_start"), window.ts("interval_end")
+    if first_bar is None:
+        raise MarketNotReadyError(f"{cfg.model_name}: no {cfg.symbol} {cfg.market_type} {cfg.timeframe} candles "
+                                  f"before {end:%Y-%m-%d %H:%M}Z in the market store")
+    if first_bar <= start:
+        return window
+    train_start = first_bar + warmup(cfg)
+    available = (end - train_start).total_seconds() / 86_400
+    if available < cfg.min_history_days:
+        qualifies = train_start + timedelta(days=cfg.min_history_days)
+        raise MarketNotReadyError(
+            f"{cfg.model_name}: history starts {first_bar:%Y-%m-%d %H:%M}Z, which leaves {available:.0f} days of "
+            f"training data before {end:%Y-%m-%d}Z after the {warmup(cfg) / timedelta(days=1):.0f}-day warm-up; "
+            f"min_history_days={cfg.min_history_days}. It qualifies for the week ending {qualifies:%Y-%m-%d} "
+            f"or later; skipped this run.", qualifies_on=qualifies.date().isoformat())
+    logger.warning("%s: young market: %.0f days of history instead of train_window_days=%d; training from %s",
+                   cfg.model_name, available, cfg.train_window_days, train_start)
+    return RunWindow(window.interval_start, window.interval_end, train_start.isoformat(), first_bar.isoformat(),
+                     window.run_key, window.source, requested_train_start=window.train_start)
+
+def ingest(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path | None = None) -> dict[str, Any]:
+    """Bring the store's OHLCV, funding and open interest up to the run's ``interval_end``.
+
+    The file source re-reads the whole ingest window; the exchange source fetches only what
+    the store is missing (see :mod:`include.data.ingest`). Then the market's history is
+    checked (:func:`history_window`): a young market trains on a shorter window, or is skipped
+    with ``skipped.json`` in ``out_dir`` saying why and from when it qualifies.
+
+    Returns:
+        Per series: mode, fetched ranges, rows fetched, rows new; recorded gaps; source; and
+        ``window``, the run's window for every later step (shortened for a young market).
+
+    Raises:
+        SourceError: the source failed (missing file, unknown symbol, malformed response,
+            retries exhausted); nothing is written.
+        MarketNotReadyError: the market's history is below ``min_history_days``.
+    """
+    from include.data.ingest import SeriesKey, ingest_window
+
+    if out_dir is not None:
+        for name in (SUMMARY_FILE, SKIPPED_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+    source = market_source(cfg, settings)
+    start, end = window.ts("ingest_start"), window.ts("interval_end")
+    key = SeriesKey(cfg.exchange, cfg.symbol, cfg.market_type, cfg.timeframe,
+                    timedelta(seconds=cfg.bar_seconds))
+    store = open_store(settings)
+    try:
+        out = ingest_window(source, store, key, start=start, end=end,
+                            funding_start=start - FUNDING_LOOKBACK,
+                            open_interest_start=start - timedelta(days=2))
+        first = store.load_ohlcv(exchange=cfg.exchange, symbol=cfg.symbol, market_type=cfg.market_type,
+                                 timeframe=cfg.timeframe, start=start, end=end).head(1)
+    finally:
+        store.dispose()
+    out["source"] = repr(source)
+    first_bar = first["timestamp"].iloc[0].to_pydatetime() if len(first) else None
+    try:
+        effective = history_window(cfg, window, first_bar)
+    except MarketNotReadyError as exc:
+        if out_dir is not None:
+            atomic_write_json(out_dir / SKIPPED_FILE, {"model": cfg.model_name, "reason": str(exc),
+                                                       "qualifies_on": exc.qualifies_on, "window": asdict(window)})
+        raise
+    out["window"] = asdict(effective)
+    return out
+
+# -- 2. validate -----------------------------------------------------------------------------
+def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
+    """Run the expectation suites over the training window; write ``validation.json``.
+
+    Returns:
+        ``{"success": True, "rows": {...}, "report": path}``.
+
+    Raises:
+        DataQualityError: any expectation failed; the message lists each failure with examples.
+    """
+    from include.quality.suites import SuiteLimits, format_failures, run_suites
+
+    start, end = window.ts("train_start"), window.ts("interval_end")
+    store = open_store(settings)
+    try:
+        key = {"exchange": cfg.exchange, "symbol": cfg.symbol, "start": start, "end": end}
+        ohlcv = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
+        funding = store.load_funding_rates(**key)
+        oi = store.load_open_interest(**key)
+    finally:
+        store.dispose()
+    limits = SuiteLimits(
+        bar_seconds=cfg.bar_seconds,
+        expected_bars=int((end - start).total_seconds() // cfg.bar_seconds),
+        min_row_share=cfg.min_row_share, max_gap_share=cfg.max_gap_share, max_gap_bars=cfg.max_gap_bars,
+        max_abs_funding_rate=cfg.max_abs_funding_rate, funding_interval_hours=cfg.funding_interval_hours,
+    )
+    report = run_suites(ohlcv, funding, oi, limits)
+    report["window"] = {"start": start.isoformat(), "end": end.isoformat()}
+    path = out_dir / "validation.json"
+    atomic_write_json(path, report)
+    rows = {s["suite"]: s["rows"] for s in report["suites"]}
+    if not report["success"]:
+        failed = sum(len(s["failed"]) for s in report["suites"])
+        raise DataQualityError(
+            f"market data for {cfg.symbol} [{start:%Y-%m-%d}, {end:%Y-%m-%d}) failed {failed} "
+            f"expectation(s); report {path}:\n{format_failures(report)}", report, str(path))
+    logger.info("validation passed: %s", rows)
+    return {"success": True, "rows": rows, "report": str(path)}
+
+# -- 3. features -----------------------------------------------------------------------------
+def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: datetime,
+                  end: datetime) -> pd.DataFrame:
+    """Features for bars with open time in ``[start, end)`` from the store, per ``spec``."""
+    key = {"exchange": cfg.exchange, "symbol": cfg.symbol}
+    ohlcv = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, start=start, end=end, **key)
+    funding = store.load_funding_rates(start=start - FUNDING_LOOKBACK, end=end, **key)
+    oi = store.load_open_interest(start=start - timedelta(days=2), end=end, **key)
+    return build_features(ohlcv, spec, funding, oi)
+
+def features(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
+    """Compute features for the ingest window; write ``features.parquet`` and ``feature_spec.json``.
+
+    Open-interest features are part of the spec when the store holds open interest for at least
+    half of the training window's days.
+    """
+    start, end = window.ts("ingest_start"), window.ts("interval_end")
+    store = open_store(settings)
+    try:
+        oi = store.load_open_interest(exchange=cfg.exchange, symbol=cfg.symbol,
+                                      start=window.ts("train_start"), end=end)
+        days = (end - window.ts("train_start")).days
+        use_oi = len(oi) >= OPEN_INTEREST_MIN_COVERAGE * days
+        spec = FeatureSpec.default(open_interest=use_oi)
+        frame = feature_frame(store, cfg, spec, start, end)
+    finally:
+        store.dispose()
+    path = out_dir / "features.parquet"
+    write_parquet(frame, path)
+    atomic_write_json(out_dir / "feature_spec.json", {**spec.to_dict(), "sha256": spec.sha256})
+    out = {"path": str(path), "rows": int(len(frame)), "columns": list(frame.columns),
+           "spec_sha256": spec.sha256, "open_interest": use_oi}
+    logger.info("features: %d rows x %d columns (open interest: %s)", len(frame), frame.shape[1], use_oi)
+    return out
+
+# -- 4. labels -------------------------------------------------------------------------------
+def labels(cfg: RunConfig, window: RunWindow, out_dir: Path) -> dict[str, Any]:
+    """Label the training window and write the modelling table ``dataset.parquet``.
+
+    Rows: bars in ``[train_start, interval_end)`` whose candle features are all defined
+    (open-interest features may be NaN); the last ``horizon`` rows have no label (NaN).
+
+    Raises:
+        TrainingError: no labelled rows remain, or a class is absent.
+    """
+    feats = pd.read_parquet(out_dir / "features.parquet")
+    y = make_labels(feats["close"], horizon=cfg.label_horizon_bars, mode=cfg.label_threshold_mode,
+                    threshold=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)
+    table = feats.assign(label=y)
+    table = table[table.index >= pd.Timestamp(window.train_start)]
+    required = [c for c in feats.columns if c != "oi_change_1d"]
+    table = table[table[required].notna().all(axis=1)]
+    balance = class_balance(table["label"])
+    labelled = int(table["label"].notna().sum())
+    if labelled == 0 or min(balance.values()) == 0:
+        raise TrainingError(f"labels for {window.run_key} are degenerate: {labelled} rows, balance {balance}")
+    path = out_dir / "dataset.parquet"
+    write_parquet(table, path)
+    logger.info("labels: %d labelled rows, class balance %s", labelled, balance)
+    return {"path": str(path), "rows": int(len(table)), "labelled_rows": labelled, "class_balance": balance}

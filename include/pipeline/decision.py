@@ -1,0 +1,227 @@
+"""Decision stages: trading simulation, the champion/challenger gate, promotion or keep."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from include.config import RunConfig, Settings
+from include.errors import GateError, PipelineError
+from include.features import FeatureSpec
+from include.gate import GatePolicy, decide
+from include.pipeline.common import RunWindow, json_safe, open_store
+from include.pipeline.data import feature_frame
+from include.registry import (
+    PRODUCTION,
+    ModelRegistry,
+    atomic_write_json,
+)
+
+logger = logging.getLogger(__name__)
+
+# -- 7. trading simulation -------------------------------------------------------------------
+def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
+    """Trade the ensemble's out-of-fold forecasts and the baselines; write ``trading.json``.
+
+    Strategies on the same bars: ``ensemble`` (positions from its probabilities, see
+    :mod:`include.backtest`), ``momentum`` (the momentum rule's class as a position),
+    ``buy_and_hold`` (always long); flat is the zero line. Each over all out-of-fold bars and
+    over the gate window (the last fold). Funding is charged for perpetuals.
+
+    Returns:
+        ``{"out_of_fold": {strategy: metrics}, "gate_window": {...}, "path"}`` without the
+        equity curves (those are in ``trading.json``).
+    """
+    from include.backtest import TradingCosts, positions_from_proba, simulate
+
+    oof = pd.read_parquet(out_dir / "ensemble_oof.parquet")
+    start, end = oof.index.min().to_pydatetime(), window.ts("interval_end")
+    store = open_store(settings)
+    try:
+        key = {"exchange": cfg.exchange, "symbol": cfg.symbol, "start": start, "end": end}
+        bars = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
+        funding = store.load_funding_rates(**key) if cfg.market_type == "perp" else None
+    finally:
+        store.dispose()
+    costs = TradingCosts(fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps)
+    signals = {
+        "ensemble": positions_from_proba(oof[["p_down", "p_range", "p_up"]].to_numpy(),
+                                         oof[["prior_down", "prior_range", "prior_up"]].to_numpy(),
+                                         cfg.trade_min_probability),
+        "momentum": oof["momentum"].to_numpy().astype(int) - 1,
+        "buy_and_hold": np.ones(len(oof), dtype=int),
+    }
+    last = (oof["fold"] == oof["fold"].max()).to_numpy()
+    result: dict[str, Any] = {"costs": asdict(costs), "min_probability": cfg.trade_min_probability}
+    for part, rows in (("out_of_fold", np.ones(len(oof), dtype=bool)), ("gate_window", last)):
+        result[part] = {name: simulate(pd.Series(sig[rows], index=oof.index[rows]), bars, funding, costs,
+                                       cfg.bar_seconds) for name, sig in signals.items()}
+    result = json_safe(result)
+    path = out_dir / "trading.json"
+    atomic_write_json(path, result)
+    compact = {part: {name: {k: v for k, v in m.items() if k not in ("equity", "costs")}
+                      for name, m in result[part].items()} for part in ("out_of_fold", "gate_window")}
+    for name, m in compact["out_of_fold"].items():
+        logger.info("trading %s (out-of-fold): return %.2f%%, Sharpe %.2f, max drawdown %.2f%%, %d trades",
+                    name, 100 * m["total_return"], m["sharpe"], 100 * m["max_drawdown"], m["trades"])
+    return {**compact, "path": str(path)}
+
+# -- 8. gate ---------------------------------------------------------------------------------
+def policy_from_config(cfg: RunConfig) -> GatePolicy:
+    """The gate policy of a run's parameters."""
+    return GatePolicy(min_f1_margin=cfg.gate_min_f1_margin, max_log_loss_ratio=cfg.gate_max_log_loss_ratio,
+                      champion_tolerance=cfg.gate_champion_tolerance, min_sharpe_margin=cfg.gate_min_sharpe_margin,
+                      max_drawdown=cfg.gate_max_drawdown,
+                      min_probabilistic_sharpe=cfg.gate_min_probabilistic_sharpe)
+
+def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWindow, settings: Settings,
+                         out_dir: Path, gate_window: dict[str, Any]) -> dict[str, Any] | None:
+    from include.training import metrics_with_prior
+
+    pointer = registry.production(cfg.model_name)
+    if pointer is None:
+        return None
+    model, meta = registry.load(pointer.version)
+    champion_model = registry.model_of(pointer.version)
+    if champion_model != cfg.model_name:
+        raise GateError(f"production of {cfg.model_name} points at {pointer.version} of {champion_model}: "
+                        "refusing to compare models of different markets or targets")
+    trained_until = meta["data_window"]["trained_until"]
+    result: dict[str, Any] = {"version": pointer.version, "model": champion_model, "trained_until": trained_until,
+                              "window_start": window.interval_start, "metrics": None}
+    if pd.Timestamp(trained_until) > pd.Timestamp(window.interval_start):
+        return result
+    spec = FeatureSpec.from_dict({k: v for k, v in meta["feature_spec"].items() if k != "sha256"})
+    run_spec = json.loads((out_dir / "feature_spec.json").read_text())
+    if spec.sha256 == run_spec["sha256"]:
+        # Same spec over the same window: this run's feature file already holds the champion's inputs.
+        feats = pd.read_parquet(out_dir / "features.parquet")
+    else:
+        store = open_store(settings)
+        try:
+            feats = feature_frame(store, cfg, spec, window.ts("ingest_start"), window.ts("interval_end"))
+        finally:
+            store.dispose()
+    table = pd.read_parquet(out_dir / "dataset.parquet")
+    rows = table.index[(table.index >= pd.Timestamp(gate_window["start"]))
+                       & (table.index <= pd.Timestamp(gate_window["end"])) & table["label"].notna()]
+    proba = model.predict_proba(feats.loc[rows, list(spec.names)])
+    result["metrics"] = metrics_with_prior(table.loc[rows, "label"].astype(int).to_numpy(), proba,
+                                           model.class_prior_)
+    return result
+
+def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
+         assembled: dict[str, Any], trading: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Decide whether the candidate may replace production; write ``gate_decision.json``.
+
+    The champion is the production version of the candidate's own registered model, scored on
+    exactly the rows of the candidate's last fold (this run's data interval), which the champion
+    never saw if it was trained before the interval started.
+
+    Raises:
+        GateError: the production alias of this model names a version of another model.
+    """
+    registry = ModelRegistry.from_settings(settings)
+    champion = _champion_evaluation(registry, cfg, window, settings, out_dir, assembled["gate_window"])
+    decision = decide(policy_from_config(cfg), candidate_version=assembled["version"],
+                      candidate_oof=assembled["ensemble"], baselines=assembled["baselines"],
+                      candidate_window=assembled["gate_window"], champion=champion,
+                      trading=trading["out_of_fold"] if trading else None)
+    record = {**decision.to_dict(), "model": cfg.model_name, "policy": asdict(policy_from_config(cfg)),
+              "champion_evaluation": champion, "candidate_gate_window": assembled["gate_window"],
+              "candidate_out_of_fold": assembled["ensemble"], "baselines": assembled["baselines"],
+              "trading": trading,
+              "decided_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    record = json_safe(record)
+    atomic_write_json(out_dir / "gate_decision.json", record)
+    logger.info("gate %s: %s", cfg.model_name, decision.summary())
+    for check in decision.checks:
+        logger.info("  %s %s: %s", "ok  " if check.passed else "FAIL", check.name, check.detail)
+    return record
+
+# -- 9. promote / keep -----------------------------------------------------------------------
+def smoke_test(settings: Settings, model: str, as_of: datetime) -> dict[str, Any]:
+    """Load ``model``'s production version through the serving loader and predict from the latest bars.
+
+    Returns:
+        The prediction as a dict.
+
+    Raises:
+        PipelineError: the prediction is not three finite probabilities summing to 1, or the
+            model could not be loaded or could not predict (the cause is chained).
+    """
+    from include.serving import ProductionModel
+
+    serving = ProductionModel(ModelRegistry.from_settings(settings), settings.market_db_url, model,
+                              max_age_hours=None)
+    try:
+        prediction = serving.predict(as_of)
+    except Exception as exc:
+        raise PipelineError(f"smoke test failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        serving.registry.dispose()
+    proba = np.array(list(prediction.probabilities.values()))
+    if proba.shape != (3,) or not np.isfinite(proba).all() or abs(proba.sum() - 1) > 1e-6:
+        raise PipelineError(f"smoke test failed: probabilities {prediction.probabilities}")
+    return prediction.to_dict()
+
+def promote(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id: str | None = None,
+            as_of: datetime | None = None) -> dict[str, Any]:
+    """Move the candidate's registered model's production to it after a passing decision; smoke-test it.
+
+    The move is a compare-and-set: production must still be the champion the gate compared
+    with. After the move, :func:`smoke_test` loads the new production model and predicts from
+    the latest bars up to ``as_of``. If that fails, production goes back to
+    :meth:`~include.registry.ModelRegistry.rollback_target` (ledger event ``auto_rollback``), or,
+    on the model's first promotion, the alias is removed so that no broken model serves; then
+    the error is raised.
+
+    Raises:
+        PipelineError: the decision did not pass, or the smoke test failed (after the rollback).
+        RegistryError: the candidate fails verification, or production moved since the gate
+            decided; production is unchanged.
+    """
+    if not decision.get("passed"):
+        raise PipelineError(f"refusing to promote {decision.get('candidate')}: gate did not pass")
+    registry = ModelRegistry.from_settings(settings)
+    try:
+        pointer = registry.promote(decision["candidate"], run_id=run_id, reason=decision["summary"],
+                                   decision=decision, dag_id=dag_id, expected=decision.get("champion"))
+        model = pointer.model
+        try:
+            smoke = smoke_test(settings, model, as_of or datetime.now(UTC))
+        except PipelineError as exc:
+            target = registry.rollback_target(model)
+            if target is not None:
+                registry.rollback(model, target, run_id=run_id, dag_id=dag_id, event="auto_rollback",
+                                  reason=f"post-promotion {exc}")
+                raise PipelineError(f"{model}: {exc}; production rolled back to {target}") from exc
+            registry.remove_alias(model, PRODUCTION, event="auto_rollback", run_id=run_id, dag_id=dag_id,
+                                  reason=f"post-promotion {exc}; no earlier version to restore",
+                                  expected=pointer.version)
+            raise PipelineError(f"{model}: {exc}; production alias removed (no earlier version to restore): "
+                                "the model has no production version") from exc
+    finally:
+        registry.dispose()
+    logger.info("%s: promoted %s (previous %s); smoke test: %s", model, pointer.version, pointer.previous, smoke)
+    return {"action": "promote", "model": model, "production": pointer.version, "previous": pointer.previous,
+            "smoke_test": smoke}
+
+def keep(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id: str | None = None) -> dict[str, Any]:
+    """Record that the model's production stays as it is after a failing (or unapproved) decision."""
+    registry = ModelRegistry.from_settings(settings)
+    model = decision["model"]
+    registry.record_keep(model, decision.get("candidate"), run_id=run_id, dag_id=dag_id,
+                         reason="; ".join(decision.get("reasons", [])) or decision.get("summary", ""),
+                         decision=decision)
+    pointer = registry.production(model)
+    registry.dispose()
+    return {"action": "keep", "model": model, "production": pointer.version if pointer else None,
+            "rejected": decision.get("candidate")}

@@ -1,0 +1,146 @@
+"""Publication: per-market summary and report, the universe summary, planning a universe run, one run in-process."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from include.config import RunConfig, Settings
+from include.pipeline.common import SKIPPED_FILE, SUMMARY_FILE, RunWindow, json_safe, resolve_window, run_dir
+from include.pipeline.data import features, ingest, labels, validate
+from include.pipeline.decision import gate, keep, promote, simulate_trading
+from include.pipeline.training import assemble, train
+from include.registry import (
+    ModelRegistry,
+    atomic_write_json,
+)
+
+logger = logging.getLogger(__name__)
+
+def summarise(settings: Settings, cfg: RunConfig, out_dir: Path, window: RunWindow,
+              parts: dict[str, Any]) -> dict[str, Any]:
+    """Write one market's ``summary.json`` and HTML report.
+
+    Returns:
+        ``{"model", "path", "report", "production", "action"}``.
+    """
+    from include.report import build_report
+
+    registry = ModelRegistry.from_settings(settings)
+    pointer = registry.production(cfg.model_name)
+    registry.dispose()
+    summary = json_safe({"model": cfg.model_name, "window": asdict(window), **parts,
+                         "production": pointer.version if pointer else None})
+    report = build_report(out_dir, summary)
+    summary["report"] = str(report)
+    atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    logger.info("%s: run report written to %s", cfg.model_name, report)
+    return {"model": cfg.model_name, "path": str(out_dir / SUMMARY_FILE), "report": str(report),
+            "production": summary["production"], "action": (parts.get("action") or {}).get("action")}
+
+def universe_outcomes(settings: Settings, dag_id: str, plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What each market of a universe run did, from the files its run folder holds.
+
+    Args:
+        plans: the run's market plans (``{"model", "config", "window"}`` each).
+
+    Returns:
+        Per market, in plan order: ``{"model", "status"}`` with status ``done`` (and the
+        market's ``summary``), ``skipped`` (and ``reason``, ``qualifies_on``) or ``failed``
+        (no summary: a task of that market failed, and its alert named the market).
+    """
+    out = []
+    for plan in plans:
+        folder = settings.runs_dir / dag_id / plan["model"] / plan["window"]["run_key"]
+        if (folder / SUMMARY_FILE).is_file():
+            out.append({"model": plan["model"], "status": "done",
+                        "summary": json.loads((folder / SUMMARY_FILE).read_text())})
+        elif (folder / SKIPPED_FILE).is_file():
+            skipped = json.loads((folder / SKIPPED_FILE).read_text())
+            out.append({"model": plan["model"], "status": "skipped", "reason": skipped["reason"],
+                        "qualifies_on": skipped.get("qualifies_on")})
+        else:
+            out.append({"model": plan["model"], "status": "failed",
+                        "reason": f"no summary in {folder}: a task of this market failed (see its alert and log)"})
+    return out
+
+def publish_universe(settings: Settings, dag_id: str, plans: list[dict[str, Any]],
+                     context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the universe summary of one weekly run and send it to the alert channels.
+
+    The summary lists every market of the run: its decision and key numbers, or why it was
+    skipped, or that it failed. It goes to ``<runs>/<dag_id>/_universe/<run key>.json``.
+
+    Args:
+        context: the Airflow task context, for the notifiers; ``None`` sends nothing.
+
+    Returns:
+        ``{"path", "markets": {model: status}, "notified"}``.
+    """
+    from include.notify import send, universe_message
+
+    outcomes = universe_outcomes(settings, dag_id, plans)
+    run_key = plans[0]["window"]["run_key"] if plans else "empty"
+    path = settings.runs_dir / dag_id / "_universe" / f"{run_key}.json"
+    atomic_write_json(path, json_safe({"run_key": run_key, "markets": outcomes}))
+    for o in outcomes:
+        action = (o.get("summary") or {}).get("action") or {}
+        logger.info("%s: %s %s", o["model"], o["status"].upper(),
+                    action.get("action") or o.get("reason", ""))
+    notified = send(universe_message(outcomes), context) if context is not None else []
+    return {"path": str(path), "markets": {o["model"]: o["status"] for o in outcomes}, "notified": notified}
+
+def plan_universe(run_params: dict[str, Any], *, selected: list[str] | None, universe_file: str | None,
+                  data_interval_start: Any, data_interval_end: Any, run_after: Any) -> list[dict[str, Any]]:
+    """One plan per market of the universe: ``{"model", "config", "window"}``, JSON for XCom.
+
+    Raises:
+        ConfigError: see :func:`include.universe.plan_markets` and :func:`resolve_window`.
+    """
+    from include.universe import plan_markets
+
+    plans = []
+    for cfg in plan_markets(run_params, selected=selected, path=universe_file):
+        window = resolve_window(cfg, data_interval_start=data_interval_start, data_interval_end=data_interval_end,
+                                run_after=run_after)
+        plans.append({"model": cfg.model_name, "config": cfg.to_dict(), "window": asdict(window)})
+    return plans
+
+def run_once(cfg: RunConfig, settings: Settings, *, dag_id: str, run_id: str,
+             data_interval_start: Any = None, data_interval_end: Any = None) -> dict[str, Any]:
+    """Every step of one market's weekly run in order, in this process, without a scheduler.
+
+    The same functions the DAG's tasks call, with the same inputs; for benchmarks, the gate's
+    multi-week record and tests that need a real registry. (The DAG adds what only Airflow
+    gives: retries, alerts, the approval step, the wait for earlier runs, markets in parallel.)
+
+    Returns:
+        ``{"window", "assembled", "trading", "decision", "action", "summary"}``.
+
+    Raises:
+        PipelineError: from any step, as in the DAG.
+    """
+    window = resolve_window(cfg, data_interval_start=data_interval_start, data_interval_end=data_interval_end,
+                            run_after=None)
+    out = run_dir(settings, dag_id, cfg.model_name, window)
+    ingested = ingest(cfg, window, settings, out)
+    window = RunWindow(**ingested["window"])
+    validation = validate(cfg, window, settings, out)
+    feature_info = features(cfg, window, settings, out)
+    dataset = labels(cfg, window, out)
+    trained = [train(cfg, window, out, family) for family in cfg.models]
+    assembled = assemble(cfg, window, settings, out, trained, dag_id=dag_id, run_id=run_id)
+    trading = simulate_trading(cfg, window, settings, out)
+    decision = gate(cfg, window, settings, out, assembled, trading)
+    if decision["passed"]:
+        action = promote(settings, decision, run_id=run_id, dag_id=dag_id, as_of=window.ts("interval_end"))
+    else:
+        action = keep(settings, decision, run_id=run_id, dag_id=dag_id)
+    summary = summarise(settings, cfg, out, window, {
+        "ingested": ingested, "validation": validation, "features": feature_info, "labels": dataset,
+        "ensemble": assembled, "trading": trading, "gate": decision, "action": action})
+    return {"window": window, "assembled": assembled, "trading": trading, "decision": decision,
+            "action": action, "summary": summary}

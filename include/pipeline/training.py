@@ -1,0 +1,248 @@
+"""Training stages: one model family per task, then the soft-voting ensemble registered as a candidate."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from include.config import RunConfig, Settings
+from include.errors import TrainingError
+from include.pipeline.common import RunWindow, write_parquet
+from include.registry import (
+    CHALLENGER,
+    ModelRegistry,
+    atomic_write_json,
+    code_version,
+    load_verified,
+    sha256_file,
+)
+
+logger = logging.getLogger(__name__)
+
+# -- 5. train --------------------------------------------------------------------------------
+def _training_table(out_dir: Path, window: RunWindow) -> tuple[pd.DataFrame, np.ndarray, int, list[str]]:
+    spec = json.loads((out_dir / "feature_spec.json").read_text())
+    table = pd.read_parquet(out_dir / "dataset.parquet")
+    table = table[table["label"].notna()]
+    names = list(spec["names"])
+    test_size = int((table.index >= pd.Timestamp(window.interval_start)).sum())
+    return table[names], table["label"].astype(int).to_numpy(), test_size, names
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a model's behaviour."""
+    import lightgbm
+    import sklearn
+    import talib
+    import xgboost
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
+            "scikit-learn": sklearn.__version__, "lightgbm": lightgbm.__version__,
+            "xgboost": xgboost.__version__, "ta-lib": talib.__version__}
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    if target.exists():
+        shutil.rmtree(target)
+    os.rename(tmp, target)
+
+def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str) -> dict[str, Any]:
+    """Cross-validate one family with purged walk-forward folds, then fit it on the whole window.
+
+    Writes ``candidates/<family>/`` with ``model.joblib`` (final fit), ``oof.parquet``
+    (out-of-fold probabilities with fold and training prior per row) and ``metadata.json``.
+
+    Returns:
+        ``{"family", "path", "sha256", "overall", "summary", "seconds"}`` with out-of-fold
+        metrics; ``sha256`` is the final model file's, which :func:`assemble` checks before
+        unpickling it.
+    """
+    import joblib
+
+    from include.resources import available_cpus, model_threads, training_slots
+    from include.training import class_prior, cross_validate, family_params, fit_family
+
+    t0 = time.perf_counter()
+    X, y, test_size, names = _training_table(out_dir, window)
+    splits = cfg.walk_forward(test_size)
+    n_jobs = model_threads()
+    logger.info("%s: training with %d thread(s) (thread budget: %d core(s), %d training slot(s))",
+                family, n_jobs, available_cpus(), training_slots())
+    cv = cross_validate(family, X, y, splits=splits, random_state=cfg.random_state, n_jobs=n_jobs,
+                        early_stopping_rounds=cfg.early_stopping_rounds)
+    final, final_rounds = fit_family(family, X, y, np.arange(len(X)), splits, random_state=cfg.random_state,
+                                     n_jobs=n_jobs, early_stopping_rounds=cfg.early_stopping_rounds)
+    cand_root = out_dir / "candidates"
+    cand_root.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{family}.", dir=cand_root))
+    oof = pd.DataFrame(cv.oof_proba, columns=["p_down", "p_range", "p_up"],
+                       index=X.index[cv.oof_positions])
+    oof["fold"] = cv.oof_fold
+    oof[["prior_down", "prior_range", "prior_up"]] = cv.oof_prior
+    oof["label"] = y[cv.oof_positions]
+    oof.to_parquet(tmp / "oof.parquet")
+    joblib.dump(final, tmp / "model.joblib")
+    seconds = round(time.perf_counter() - t0, 2)
+    meta = {
+        "family": family, "params": family_params(family), "random_state": cfg.random_state,
+        "feature_names": names, "train_rows": int(len(X)), "class_prior": class_prior(y).tolist(),
+        "final_n_estimators": final_rounds, "n_jobs": n_jobs,
+        "cv": {"folds": cv.folds, "summary": cv.summary, "overall": cv.overall, "importance": cv.importance,
+               "test_size": test_size, "purge_bars": splits.purge, "embargo_bars": splits.embargo,
+               "scheme": splits.scheme, "max_train_size": splits.max_train_size},
+        "window": asdict(window), "libraries": library_versions(), "seconds": seconds,
+        "files": {p.name: sha256_file(p) for p in tmp.iterdir()},
+    }
+    atomic_write_json(tmp / "metadata.json", meta)
+    target = cand_root / family
+    _replace_dir(tmp, target)
+    logger.info("%s: out-of-fold %s in %.1fs", family, cv.overall, seconds)
+    return {"family": family, "path": str(target), "sha256": meta["files"]["model.joblib"],
+            "overall": cv.overall, "summary": cv.summary,
+            "importance_stability": {k: cv.importance[k]["rank_stability"] for k in ("gain", "permutation")},
+            "n_jobs": n_jobs, "seconds": seconds}
+
+def _validation_summary(out_dir: Path) -> dict[str, Any] | None:
+    """The expectation-suite result of the run, for the version's lineage."""
+    path = out_dir / "validation.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    return {"success": report.get("success"), "window": report.get("window"),
+            "suites": [{"suite": r.get("suite"), "rows": r.get("rows"), "expectations": r.get("evaluated"),
+                        "failed": len(r.get("failed", []))} for r in report.get("suites", [])]}
+
+# -- 6. ensemble -----------------------------------------------------------------------------
+def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
+             trained: list[dict[str, Any]], *, dag_id: str, run_id: str,
+             logical_date: str | None = None) -> dict[str, Any]:
+    """Soft-vote the trained families, score the ensemble out-of-fold, register the candidate.
+
+    Returns:
+        ``{"version", "weights", "ensemble", "members", "baselines", "gate_window"}``: metrics
+        are out-of-fold over all folds; ``gate_window`` holds the ensemble's metrics on the last
+        fold (this run's data interval).
+
+    Raises:
+        TrainingError: families disagree on out-of-fold rows.
+        IntegrityError: a member's model file does not hash to what its training task reported.
+    """
+    import joblib
+
+    from include.ensemble import WeightedSoftVotingEnsemble, combine, fit_weights
+    from include.evaluation import baseline_oof, reliability, summarise_folds
+    from include.labels import momentum_forecast
+    from include.training import class_prior, metrics_with_prior
+
+    trained = [t for t in trained if t]
+    families = [t["family"] for t in sorted(trained, key=lambda t: cfg.models.index(t["family"]))]
+    hashes = {t["family"]: t["sha256"] for t in trained}
+    members, oofs, member_meta = [], {}, {}
+    for fam in families:
+        cdir = out_dir / "candidates" / fam
+        # The hash comes from the training task's XCom, not from a file beside the model.
+        members.append((fam, load_verified(cdir / "model.joblib", hashes[fam], f"{cfg.model_name} member {fam}")))
+        oofs[fam] = pd.read_parquet(cdir / "oof.parquet")
+        member_meta[fam] = json.loads((cdir / "metadata.json").read_text())
+    ref = oofs[families[0]]
+    for fam in families[1:]:
+        if not oofs[fam].index.equals(ref.index):
+            raise TrainingError(f"out-of-fold rows of {fam} differ from {families[0]}")
+    y_oof = ref["label"].to_numpy()
+    prior_rows = ref[["prior_down", "prior_range", "prior_up"]].to_numpy()
+    probas = {f: oofs[f][["p_down", "p_range", "p_up"]].to_numpy() for f in families}
+    raw = {f: cfg.ensemble_weights.get(f, 0.0) for f in families}
+    weights = {f: w / sum(raw.values()) for f, w in raw.items()}
+    fold_of = ref["fold"].to_numpy()
+    if cfg.ensemble_weighting == "fitted":
+        # Walk-forward weights: fold k is scored with weights fitted on the out-of-fold rows of
+        # folds < k only (fold 0 with the configured weights), so no row is scored by weights
+        # that saw it. The registered model gets weights fitted on every out-of-fold row.
+        ens_oof = np.zeros_like(probas[families[0]])
+        for k in np.unique(fold_of):
+            rows, seen = fold_of == k, fold_of < k
+            w_k = fit_weights({f: p[seen] for f, p in probas.items()}, y_oof[seen]) if seen.any() else weights
+            ens_oof[rows] = combine({f: p[rows] for f, p in probas.items()}, w_k)
+        weights = fit_weights(probas, y_oof)
+    else:
+        ens_oof = combine(probas, weights)
+    last = ref["fold"].to_numpy() == ref["fold"].max()
+    ensemble_metrics = metrics_with_prior(y_oof, ens_oof, prior_rows)
+    gate_window = metrics_with_prior(y_oof[last], ens_oof[last], prior_rows[last])
+    gate_window.update({"start": ref.index[last][0].isoformat(), "end": ref.index[last][-1].isoformat()})
+
+    X, y, test_size, names = _training_table(out_dir, window)
+    folds = [(tr, te) for _, tr, te in cfg.walk_forward(test_size).split(len(X))]
+    table = pd.read_parquet(out_dir / "dataset.parquet")
+    momentum = momentum_forecast(table["close"], horizon=cfg.label_horizon_bars, mode=cfg.label_threshold_mode,
+                                 threshold=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)
+    momentum = momentum.reindex(X.index).fillna(1.0).to_numpy()  # warm-up rows: no view (range)
+    baselines = baseline_oof(y, folds, cfg.random_state, momentum=momentum)
+    oof_frame = pd.DataFrame(ens_oof, columns=["p_down", "p_range", "p_up"], index=ref.index)
+    oof_frame[["prior_down", "prior_range", "prior_up"]] = prior_rows
+    oof_frame["label"], oof_frame["fold"] = y_oof, fold_of
+    oof_frame["momentum"] = pd.Series(momentum, index=X.index).reindex(ref.index).to_numpy()
+    write_parquet(oof_frame, out_dir / "ensemble_oof.parquet")
+    model = WeightedSoftVotingEnsemble.from_fitted(members, [weights[f] for f in families],
+                                                   class_prior(y), feature_names=names)
+    spec = json.loads((out_dir / "feature_spec.json").read_text())
+    per_fold = [
+        {"fold": int(k), **metrics_with_prior(y_oof[ref["fold"] == k], ens_oof[ref["fold"] == k],
+                                              prior_rows[ref["fold"] == k])}
+        for k in sorted(ref["fold"].unique())
+    ]
+    cand = out_dir / "candidates" / "ensemble"
+    tmp = Path(tempfile.mkdtemp(prefix=".ensemble.", dir=out_dir / "candidates"))
+    joblib.dump(model, tmp / "model.joblib")
+    metadata = {
+        "kind": "weighted_soft_voting_ensemble", "members": families, "weights": weights,
+        "registered_model": cfg.model_name,
+        "symbol": cfg.symbol, "exchange": cfg.exchange, "market_type": cfg.market_type,
+        "timeframe": cfg.timeframe, "config": cfg.to_dict(), "feature_spec": spec,
+        "data_window": {"train_start": window.train_start, "interval_start": window.interval_start,
+                        "requested_train_start": window.requested_train_start or window.train_start,
+                        "short_history": window.requested_train_start is not None,
+                        "interval_end": window.interval_end, "trained_until": window.interval_end,
+                        "first_bar": X.index.min().isoformat(), "last_labelled_bar": X.index.max().isoformat(),
+                        # End of the last bar any label read: the proof of no data past interval_end.
+                        "last_bar_read_end": (X.index.max() + (cfg.label_horizon_bars + 1)
+                                              * pd.Timedelta(seconds=cfg.bar_seconds)).isoformat()},
+        "rows": {"train": int(len(X)), "out_of_fold": int(len(y_oof)), "gate_window": int(last.sum())},
+        "class_prior": class_prior(y).tolist(),
+        "metrics": {"ensemble": ensemble_metrics, "ensemble_per_fold": per_fold,
+                    "ensemble_per_fold_summary": summarise_folds(per_fold), "gate_window": gate_window,
+                    "reliability": reliability(y_oof, ens_oof),
+                    "members": {f: member_meta[f]["cv"]["overall"] for f in families},
+                    "members_summary": {f: member_meta[f]["cv"]["summary"] for f in families},
+                    "baselines": baselines},
+        "member_params": {f: member_meta[f]["params"] for f in families},
+        "libraries": library_versions(), "code_version": code_version(),
+        "dag_id": dag_id, "run_id": run_id, "logical_date": logical_date,
+        "validation": _validation_summary(out_dir),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    metadata["files"] = {"model.joblib": sha256_file(tmp / "model.joblib")}
+    atomic_write_json(tmp / "metadata.json", metadata)
+    _replace_dir(tmp, cand)
+    registry = ModelRegistry.from_settings(settings)
+    version = registry.register(cand, window.ts("interval_end"))
+    if registry.model_of(version) != cfg.model_name:
+        raise TrainingError(f"candidate {version} registered under {registry.model_of(version)}, not {cfg.model_name}")
+    registry.move_alias(CHALLENGER, version, event="candidate", run_id=run_id, dag_id=dag_id,
+                        reason=f"candidate of {window.run_key}")
+    registry.dispose()
+    logger.info("ensemble %s weights %s: out-of-fold %s; baselines %s", version, weights,
+                ensemble_metrics, baselines)
+    return {"version": version, "model": cfg.model_name, "weights": weights, "ensemble": ensemble_metrics,
+            "members": metadata["metrics"]["members"], "baselines": baselines,
+            "gate_window": gate_window}

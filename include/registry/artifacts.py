@@ -1,0 +1,93 @@
+"""Registry artifacts on disk: hashing, verified unpickling, atomic JSON, the code version."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from include.errors import IntegrityError
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.joblib"
+
+METADATA_FILE = "metadata.json"
+
+MANIFEST_FILE = "manifest.json"
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+def load_verified(path: Path, expected_sha256: str, what: str) -> Any:
+    """Unpickle a joblib file after checking the sha256 of the very bytes that are unpickled.
+
+    Reading the file once and hashing those bytes closes the window in which a file checked on
+    disk could be swapped before it is opened again.
+
+    Args:
+        path: the joblib file.
+        expected_sha256: hex digest recorded by a trusted party (the registry database, or the
+            XCom of the task that wrote the file).
+        what: what the file is, for the error message.
+
+    Raises:
+        IntegrityError: the file is missing or its bytes do not hash to ``expected_sha256``.
+    """
+    import joblib
+
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(f"{what}: {path} is missing") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_sha256:
+        raise IntegrityError(
+            f"{what}: {Path(path).name} sha256 {actual[:12]}… does not match the recorded {expected_sha256[:12]}…; "
+            "refusing to load a modified artifact")
+    return joblib.load(io.BytesIO(data))
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    """Write JSON to ``path`` via a flushed temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=True, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+def now_ms() -> int:
+    """Now, in ms since the epoch (UTC): the registry's time unit."""
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+def iso(ms: int | None) -> str | None:
+    """ISO-8601 UTC text of a ms timestamp (seconds precision); ``None`` stays ``None``."""
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+def code_version() -> str | None:
+    """The project's git commit (``CODE_VERSION`` if set), or ``None`` outside a checkout."""
+    if os.environ.get("CODE_VERSION"):
+        return os.environ["CODE_VERSION"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None

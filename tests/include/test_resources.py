@@ -1,0 +1,62 @@
+"""The thread budget: cores, training slots and model threads, and that training obeys it."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from include.errors import ConfigError
+from include.resources import available_cpus, model_threads, training_slots
+
+
+@pytest.fixture(autouse=True)
+def _no_overrides(monkeypatch):
+    for name in ("TASK_CPUS", "TRAINING_SLOTS", "TRAINING_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_cores_come_from_the_affinity_set_not_the_machine(monkeypatch):
+    assert available_cpus() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # e.g. a container pinned to one core
+    assert available_cpus() == 1 and training_slots() == 1 and model_threads() == 1
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 3, 4, 7, 8, 16, 32, 64])
+def test_slots_times_threads_uses_every_core_and_never_more(monkeypatch, cpus):
+    monkeypatch.setenv("TASK_CPUS", str(cpus))
+    slots, threads = training_slots(), model_threads()
+    assert slots * threads <= cpus
+    assert cpus - slots * threads < slots or threads == 1  # at most a remainder of cores idle
+    assert (slots, threads) == {1: (1, 1), 2: (1, 2), 3: (1, 3), 4: (1, 4), 7: (1, 7), 8: (2, 4),
+                                16: (4, 4), 32: (8, 4), 64: (16, 4)}[cpus]
+
+
+def test_overrides_and_their_errors(monkeypatch):
+    monkeypatch.setenv("TASK_CPUS", "32")
+    monkeypatch.setenv("TRAINING_SLOTS", "2")
+    assert (training_slots(), model_threads()) == (2, 16)
+    monkeypatch.setenv("TRAINING_THREADS", "3")
+    assert model_threads() == 3
+    monkeypatch.setenv("TRAINING_SLOTS", "zero")
+    with pytest.raises(ConfigError, match="TRAINING_SLOTS='zero'"):
+        training_slots()
+    monkeypatch.setenv("TASK_CPUS", "0")
+    with pytest.raises(ConfigError, match="TASK_CPUS='0': expected at least 1"):
+        available_cpus()
+
+
+@pytest.mark.parametrize("family", ["lightgbm", "xgboost", "random_forest"])
+def test_every_family_fits_with_the_threads_it_is_given(btc_slice, family):
+    from include.evaluation import WalkForward
+    from include.training import fit_family
+
+    bars = btc_slice["ohlcv"].set_index("timestamp")
+    X = pd.DataFrame({"ret": np.log(bars["close"]).diff(), "range": (bars["high"] - bars["low"]) / bars["close"]})
+    X = X.dropna().iloc[:1500]
+    y = (np.arange(len(X)) % 3).astype(int)
+    splits = WalkForward(n_splits=2, test_size=168, purge=4, embargo=24)
+    est, _ = fit_family(family, X, y, np.arange(len(X)), splits, random_state=0, n_jobs=3, early_stopping_rounds=5)
+    assert est.get_params()["n_jobs"] == 3
