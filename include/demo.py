@@ -43,7 +43,7 @@ def report(summary: dict[str, Any]) -> str:
         f"data interval  [{w['interval_start']}, {w['interval_end']})  training from {w['train_start']}"
         + ("  (short history)" if w.get("requested_train_start") else ""),
         "ingested       " + ", ".join(f"{k}: {v['rows_fetched']} rows ({v['rows_new']} new)"
-                                      for k, v in ing.items() if isinstance(v, dict)),
+                                      for k, v in ing.items() if isinstance(v, dict) and "rows_fetched" in v),
         "validation     passed: " + ", ".join(f"{k} {v} rows" for k, v in summary["validation"]["rows"].items()),
         f"features       {len(summary['features']['columns'])} columns, spec {summary['features']['spec_sha256'][:12]}",
         f"labels         {summary['labels']['labelled_rows']} labelled rows, balance "
