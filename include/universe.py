@@ -127,9 +127,14 @@ def plan_markets(run_params: dict[str, Any], *, selected: list[str] | None = Non
         path: universe file (see :func:`universe_path`).
 
     Raises:
-        ConfigError: see :func:`load_universe`; a selection matches no market; two markets
-            resolve to the same registered model.
+        ConfigError: see :func:`load_universe`; ``run_params`` set a market field (exchange,
+            symbol, market type, timeframe); a selection matches no market; two markets resolve
+            to the same registered model.
     """
+    per_market = sorted(k for k in _MARKET_KEYS if run_params.get(k) is not None)
+    if per_market:
+        raise ConfigError(f"run parameter(s) {per_market} are set per market in the universe file; "
+                          "choose markets with the 'markets' param (symbols or registered-model names)")
     configs = [m.config(run_params) for m in load_universe(path)]
     if selected:
         wanted = {s.strip() for s in selected if s and s.strip()}

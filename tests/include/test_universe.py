@@ -1,0 +1,63 @@
+"""The universe file: loading, per-market parameters, selection, and the errors a user sees."""
+
+from __future__ import annotations
+
+import pytest
+
+from include.errors import ConfigError
+from include.universe import DEFAULT_UNIVERSE, load_universe, plan_markets
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "universe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_bundled_universe_is_the_two_bundled_perpetuals():
+    assert [(m.symbol, m.market_type, m.timeframe) for m in load_universe(DEFAULT_UNIVERSE)] == [
+        ("BTCUSDT", "perp", "1h"), ("ETHUSDT", "perp", "1h")]
+    assert [c.model_name for c in plan_markets({})] == ["binance-btcusdt-perp-1h-h4", "binance-ethusdt-perp-1h-h4"]
+
+
+def test_market_params_override_run_params_and_name_another_registered_model(tmp_path):
+    path = _write(tmp_path, """
+markets:
+  - {symbol: BTCUSDT, market_type: perp, timeframe: 1h}
+  - {symbol: ethusdt, market_type: perp, timeframe: 1h, params: {label_horizon_bars: 8, cv_folds: 4}}
+""")
+    btc, eth = plan_markets({"label_horizon_bars": 6, "cv_folds": 3, "train_window_days": 200}, path=path)
+    assert (btc.label_horizon_bars, btc.cv_folds, btc.train_window_days) == (6, 3, 200)
+    assert (eth.symbol, eth.label_horizon_bars, eth.cv_folds, eth.train_window_days) == ("ETHUSDT", 8, 4, 200)
+    assert (btc.model_name, eth.model_name) == ("binance-btcusdt-perp-1h-h6", "binance-ethusdt-perp-1h-h8")
+
+
+def test_selection_by_symbol_or_model_name(tmp_path):
+    assert [c.symbol for c in plan_markets({}, selected=["ethusdt"])] == ["ETHUSDT"]
+    assert [c.symbol for c in plan_markets({}, selected=["binance-btcusdt-perp-1h-h4"])] == ["BTCUSDT"]
+    with pytest.raises(ConfigError, match=r"markets \['SOLUSDT'\] are not in the universe"):
+        plan_markets({}, selected=["SOLUSDT"])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("markets: []", "expected a non-empty 'markets' list"),
+    ("markets: [{symbol: BTCUSDT, market_type: perp}]", "market 1: missing timeframe"),
+    ("markets: [{symbol: BTCUSDT, market_type: perp, timeframe: 1h, horizon: 8}]", r"unknown key\(s\) \['horizon'\]"),
+    ("markets: [{symbol: BTCUSDT, market_type: perp, timeframe: 1h, params: {horizon: 8}}]",
+     r"params \['horizon'\] are not run parameters"),
+    ("markets: [{symbol: BTCUSDT, market_type: perp, timeframe: 1h, params: {cv_folds: 1}}]",
+     "market BTCUSDT perp 1h: invalid run parameter cv_folds=1"),
+    ("markets:\n  - {symbol: BTCUSDT, market_type: perp, timeframe: 1h}\n"
+     "  - {symbol: BTCUSDT, market_type: perp, timeframe: 1h}", "listed twice"),
+    ("markets: [{symbol: BTCUSDT, market_type: perp, timeframe: 1h", "is not valid YAML"),
+])
+def test_a_bad_universe_file_is_refused_with_the_entry_and_field(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        plan_markets({}, path=_write(tmp_path, text))
+
+
+def test_market_fields_in_run_params_are_refused_not_ignored(tmp_path):
+    with pytest.raises(ConfigError, match=r"\['symbol'\] are set per market in the universe file"):
+        plan_markets({"symbol": "ETHUSDT"})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_universe(tmp_path / "missing.yaml")
