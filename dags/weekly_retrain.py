@@ -165,7 +165,7 @@ def weekly_retrain():
     def market(plan: dict):
         @task(multiple_outputs=True, map_index_template=MARKET)
         def ingest_market_data(plan: dict) -> dict:
-            from airflow.exceptions import AirflowSkipException
+            from airflow.sdk.exceptions import AirflowSkipException
 
             from include.errors import MarketNotReadyError
             from include.pipeline import ingest
