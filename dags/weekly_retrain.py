@@ -165,9 +165,9 @@ def weekly_retrain():
     def market(plan: dict):
         @task(multiple_outputs=True, map_index_template=MARKET)
         def ingest_market_data(plan: dict) -> dict:
-            from airflow.sdk.exceptions import AirflowSkipException
+            from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-            from include.errors import MarketNotReadyError
+            from include.errors import MarketNotReadyError, NoDataError
             from include.pipeline import ingest
             from include.tasks import unpack
 
@@ -176,6 +176,9 @@ def weekly_retrain():
                 return ingest(cfg, win, settings, out)
             except MarketNotReadyError as exc:
                 raise AirflowSkipException(str(exc)) from exc
+            except NoDataError as exc:
+                # No data for the window does not appear on a retry: fail now, saying where the data ends.
+                raise AirflowFailException(str(exc)) from exc
 
         @task(map_index_template=MARKET)
         def validate_market_data(plan: dict, window: dict) -> dict:

@@ -19,6 +19,10 @@ class SourceError(PipelineError):
     """A market-data source cannot deliver the requested series (missing file, bad format)."""
 
 
+class NoDataError(SourceError):
+    """The source and the store hold no data for the run's window; a retry cannot help."""
+
+
 class DataQualityError(PipelineError):
     """Market data failed its expectation suite.
 

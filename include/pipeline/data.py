@@ -13,7 +13,7 @@ import pandas as pd
 from include.config import RunConfig, Settings
 from include.data.sources import FileSource, MarketDataSource
 from include.data.store import MarketStore
-from include.errors import DataQualityError, MarketNotReadyError, TrainingError
+from include.errors import DataQualityError, MarketNotReadyError, NoDataError, TrainingError
 from include.features import FeatureSpec, build_features
 from include.labels import class_balance, make_labels
 from include.pipeline.common import (
@@ -45,21 +45,41 @@ def market_source(cfg: RunConfig, settings: Settings) -> MarketDataSource:
         return ExchangeSource(cfg.exchange, api_url=settings.exchange_api_url)
     return FileSource(cfg.source_dir or settings.data_dir)
 
-def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None) -> RunWindow:
-    """The run's window given the market's first stored bar: shortened for a young market.
+def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None,
+                   stored: tuple[datetime, datetime] | None, source: str = "the source") -> RunWindow:
+    """The run's window given the market's first bar in it: shortened for a young market.
 
     A market listed after the window's ``ingest_start`` trains from its first bar plus the
     feature warm-up, provided that leaves at least ``min_history_days`` before
     ``interval_end``; ``requested_train_start`` keeps what the window asked for.
 
+    Args:
+        first_bar: open time of the first stored candle in ``[ingest_start, interval_end)``.
+        stored: first and last stored candle of the series at all (``MarketStore.extent``).
+        source: the source's description, for messages.
+
     Raises:
-        MarketNotReadyError: no bars, or less history than ``min_history_days``; the message
-            says from which date the market qualifies.
+        MarketNotReadyError: the market is younger than ``min_history_days`` at this window, or
+            not listed yet (its first stored candle is after the window); the message says from
+            which week it qualifies.
+        NoDataError: the window holds no candles and nothing says the market is young: no data
+            at all, or data that ends before the window (stale files, an outage).
     """
     start, end = window.ts("ingest_start"), window.ts("interval_end")
+    what = f"{cfg.symbol} {cfg.market_type} {cfg.timeframe} candles"
     if first_bar is None:
-        raise MarketNotReadyError(f"{cfg.model_name}: no {cfg.symbol} {cfg.market_type} {cfg.timeframe} candles "
-                                  f"before {end:%Y-%m-%d %H:%M}Z in the market store")
+        if stored is not None and stored[0] >= end:
+            qualifies = stored[0] + warmup(cfg) + timedelta(days=cfg.min_history_days)
+            raise MarketNotReadyError(
+                f"{cfg.model_name}: not listed yet in this window: the first stored candle is "
+                f"{stored[0]:%Y-%m-%d %H:%M}Z, after {end:%Y-%m-%d}Z. It qualifies for the week ending "
+                f"{qualifies:%Y-%m-%d} or later; skipped this run.", qualifies_on=qualifies.date().isoformat())
+        held = (f"the market store holds {what} from {stored[0]:%Y-%m-%d %H:%M}Z to {stored[1]:%Y-%m-%d %H:%M}Z"
+                if stored is not None else f"the market store holds no {what} at all")
+        raise NoDataError(
+            f"{cfg.model_name}: {source} has no {what} in [{start:%Y-%m-%d %H:%M}Z, {end:%Y-%m-%d %H:%M}Z) "
+            f"and {held}. For newer data, run with source='exchange' or point source_dir / MARKET_DATA_DIR "
+            "at newer files; for the bundled data, set as_of_date (it ends on 2023-12-31).")
     if first_bar <= start:
         return window
     train_start = first_bar + warmup(cfg)
@@ -76,6 +96,7 @@ def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None
     return RunWindow(window.interval_start, window.interval_end, train_start.isoformat(), first_bar.isoformat(),
                      window.run_key, window.source, requested_train_start=window.train_start)
 
+
 def ingest(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path | None = None) -> dict[str, Any]:
     """Bring the store's OHLCV, funding and open interest up to the run's ``interval_end``.
 
@@ -91,7 +112,10 @@ def ingest(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path 
     Raises:
         SourceError: the source failed (missing file, unknown symbol, malformed response,
             retries exhausted); nothing is written.
-        MarketNotReadyError: the market's history is below ``min_history_days``.
+        MarketNotReadyError: the market's history is below ``min_history_days``, or it is not
+            listed yet at this window.
+        NoDataError: the window holds no candles of a market that is not young (see
+            :func:`history_window`).
     """
     from include.data.ingest import SeriesKey, ingest_window
 
@@ -109,12 +133,15 @@ def ingest(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path 
                             open_interest_start=start - timedelta(days=2))
         first = store.load_ohlcv(exchange=cfg.exchange, symbol=cfg.symbol, market_type=cfg.market_type,
                                  timeframe=cfg.timeframe, start=start, end=end).head(1)
+        extent = store.extent("ohlcv", exchange=cfg.exchange, symbol=cfg.symbol, market_type=cfg.market_type,
+                              timeframe=cfg.timeframe)
     finally:
         store.dispose()
     out["source"] = repr(source)
     first_bar = first["timestamp"].iloc[0].to_pydatetime() if len(first) else None
     try:
-        effective = history_window(cfg, window, first_bar)
+        stored = None if extent is None else (extent[0].to_pydatetime(), extent[1].to_pydatetime())
+        effective = history_window(cfg, window, first_bar, stored, source=out["source"])
     except MarketNotReadyError as exc:
         if out_dir is not None:
             atomic_write_json(out_dir / SKIPPED_FILE, {"model": cfg.model_name, "reason": str(exc),

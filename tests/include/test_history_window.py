@@ -1,0 +1,58 @@
+"""The young-market rule: train on shorter history, skip until it qualifies, fail on missing data."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from include.config import RunConfig
+from include.errors import MarketNotReadyError, NoDataError
+from include.pipeline import history_window, resolve_window
+
+CFG = RunConfig(symbol="NEWUSDT", train_window_days=365, min_history_days=180)
+WINDOW = resolve_window(CFG, data_interval_start=datetime(2023, 12, 24, tzinfo=UTC),
+                        data_interval_end=datetime(2023, 12, 31, tzinfo=UTC), run_after=None)
+STORED = (datetime(2018, 1, 1, tzinfo=UTC), datetime(2023, 12, 30, 23, tzinfo=UTC))
+
+
+def test_a_market_with_the_full_window_keeps_it():
+    first = datetime.fromisoformat(WINDOW.ingest_start)
+    assert history_window(CFG, WINDOW, first, STORED) == WINDOW
+
+
+def test_a_young_market_trains_from_its_first_bar_plus_warm_up():
+    first = datetime(2023, 5, 1, tzinfo=UTC)
+    short = history_window(CFG, WINDOW, first, (first, STORED[1]))
+    assert short.train_start == "2023-05-08T00:00:00+00:00"  # + 168 bars of warm-up
+    assert short.ingest_start == first.isoformat() and short.requested_train_start == WINDOW.train_start
+    assert (short.interval_start, short.interval_end, short.run_key) == (
+        WINDOW.interval_start, WINDOW.interval_end, WINDOW.run_key)
+
+
+def test_a_too_young_market_is_skipped_with_the_week_it_qualifies():
+    first = datetime(2023, 10, 1, tzinfo=UTC)
+    with pytest.raises(MarketNotReadyError, match="leaves 84 days .* min_history_days=180") as info:
+        history_window(CFG, WINDOW, first, (first, STORED[1]))
+    assert info.value.qualifies_on == "2024-04-05"  # 2023-10-08 + 180 days (2024 is a leap year)
+
+
+def test_a_market_listed_after_the_window_is_skipped_not_failed():
+    listing = datetime(2024, 3, 1, tzinfo=UTC)
+    with pytest.raises(MarketNotReadyError, match="not listed yet") as info:
+        history_window(CFG, WINDOW, None, (listing, datetime(2024, 6, 1, tzinfo=UTC)))
+    assert info.value.qualifies_on == "2024-09-04"
+
+
+@pytest.mark.parametrize(("stored", "held"), [
+    (None, "holds no NEWUSDT perp 1h candles at all"),
+    ((datetime(2018, 1, 1, tzinfo=UTC), datetime(2021, 6, 1, tzinfo=UTC)),
+     "holds NEWUSDT perp 1h candles from 2018-01-01 00:00Z to 2021-06-01 00:00Z"),
+])
+def test_no_candles_in_the_window_fails_naming_where_the_data_ends(stored, held):
+    with pytest.raises(NoDataError) as info:
+        history_window(CFG, WINDOW, None, stored, source="FileSource('data/binance')")
+    message = str(info.value)
+    for needle in ("FileSource('data/binance') has no NEWUSDT perp 1h candles in [2022-12-24 00:00Z, 2023-12-31 00:00Z)",
+                   held, "source='exchange'", "as_of_date"):
+        assert needle in message, (needle, message)
