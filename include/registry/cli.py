@@ -49,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     history = sub.add_parser("history", help="the ledger of an alias")
     history.add_argument("alias", nargs="?", default=PRODUCTION)
     history.add_argument("--model", help="only this registered model")
-    sub.add_parser("verify", help="check artifact hashes").add_argument("version", nargs="*")
+    verify = sub.add_parser("verify", help="check artifact hashes")
+    verify.add_argument("version", nargs="*")
+    verify.add_argument("--model", help="every version of this registered model")
     clean = sub.add_parser("cleanup", help="apply retention (per registered model)")
+    clean.add_argument("--model", help="only this registered model")
     clean.add_argument("--keep", type=int, default=10)
     clean.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
@@ -84,11 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "history":
             _print(registry.history(args.alias, model=args.model))
         elif args.command == "verify":
-            for v in args.version or registry.versions():
+            for v in args.version or registry.versions(args.model):
                 registry.verify(v)
                 print(f"{v}: ok")
         elif args.command == "cleanup":
-            _print({"removed" if not args.dry_run else "would_remove": registry.cleanup(args.keep, dry_run=args.dry_run)})
+            _print({"removed" if not args.dry_run else "would_remove":
+                    registry.cleanup(args.keep, dry_run=args.dry_run, model=args.model)})
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -527,11 +527,12 @@ class ModelRegistry:
                 .order_by(event_table.c.id.desc()).limit(1)).scalar()
 
     # -- retention ----------------------------------------------------------------------------
-    def cleanup(self, keep_last: int, *, dry_run: bool = False) -> list[str]:
+    def cleanup(self, keep_last: int, *, dry_run: bool = False, model: str | None = None) -> list[str]:
         """Remove the artifacts of versions outside the retention set; their rows stay, marked.
 
         Kept, per registered model: the ``keep_last`` most recently registered versions, every
         version that ever held ``production``, and every version an alias points at now.
+        ``model`` limits the cleanup to one registered model.
 
         Returns:
             The versions removed (or that would be, with ``dry_run``).
@@ -550,7 +551,7 @@ class ModelRegistry:
             if seen[model] <= keep_last:
                 recent.add(version)
         protected = recent | ever | set(self.version_aliases())
-        doomed = [(v, m, path) for v, m, path in live if v not in protected]
+        doomed = [(v, m, path) for v, m, path in live if v not in protected and model in (None, m)]
         if dry_run:
             return [v for v, _, _ in doomed]
         for version, model, path in doomed:

@@ -270,6 +270,8 @@ def test_cli(reg, tmp_path, monkeypatch, capsys):
     assert history[-1]["run_id"].startswith("cli:")
     assert json.loads(run("models")[1])[1]["production"] == e1  # the other model did not move
     assert run("verify")[1].count(": ok") == 3
+    assert run("verify", "--model", ETH)[1].count(": ok") == 1
+    assert json.loads(run("cleanup", "--keep", "0", "--dry-run", "--model", ETH)[1]) == {"would_remove": []}
     (tmp_path / "models" / "versions" / BTC / v2 / "model.joblib").write_bytes(b"x")
     code, _, err = run("verify", v2)
     assert code == 1 and "does not match" in err
@@ -346,3 +348,26 @@ def test_migration_0004_moves_a_registry_made_by_revision_0003(tmp_path):
     assert lineage["symbol"] == "BTCUSDT" and model.predict(np.zeros((1, 1))).shape == (1,)
     assert reg.rollback_target(BTC) is None  # b2 was rolled away from
     reg.dispose()
+
+
+def test_the_gate_never_scores_a_champion_of_another_model(reg, tmp_path):
+    """Even if a model's production row were edited by hand to name another market's version."""
+    from include.config import RunConfig, Settings
+    from include.errors import GateError
+    from include.pipeline import resolve_window
+    from include.pipeline.decision import _champion_evaluation
+
+    _register(reg, tmp_path, "a", "prior", 17)
+    eth = _register(reg, tmp_path, "e", "prior", 17, symbol="ETHUSDT")
+    reg.promote(eth, run_id="r", reason="eth")
+    cfg = RunConfig(as_of_date="2023-12-24")
+    window = resolve_window(cfg, data_interval_start=None, data_interval_end=None, run_after=None)
+    settings = Settings(data_dir=tmp_path, market_db_url=str(reg.engine.url), registry_dir=reg.root,
+                        runs_dir=tmp_path / "runs")
+    # BTC has no production version: nothing to compare with, and ETH's champion is not used.
+    assert _champion_evaluation(reg, cfg, window, settings, tmp_path, {}) is None
+    with reg.engine.begin() as conn:
+        conn.execute(registry_module.alias_table.insert().values(
+            model=BTC, alias=PRODUCTION, version=eth, since=0, run_id="hand-edit", reason="corrupt"))
+    with pytest.raises(GateError, match=f"production of {BTC} points at {eth} of {ETH}: refusing"):
+        _champion_evaluation(reg, cfg, window, settings, tmp_path, {})
