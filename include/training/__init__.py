@@ -128,8 +128,9 @@ def fold_importance(estimator: Any, X_test: pd.DataFrame, y_test: np.ndarray,
 
     raw = np.asarray(getattr(estimator, "feature_importances_", np.zeros(X_test.shape[1])), dtype="float64")
     gain = raw / raw.sum() if raw.sum() > 0 else raw
+    # One process: the estimator already uses the task's threads (joblib workers would multiply them).
     perm = permutation_importance(estimator, X_test, y_test, scoring="neg_log_loss", n_repeats=n_repeats,
-                                  random_state=random_state, n_jobs=1)
+                                  random_state=random_state)
     return {"gain": dict(zip(X_test.columns, map(float, gain), strict=True)),
             "permutation": dict(zip(X_test.columns, map(float, perm.importances_mean), strict=True))}
 
