@@ -19,20 +19,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import sqlalchemy as sa
-
-from tests.cluster import LocalAirflow, conf_json
+from tests.cluster import LocalAirflow, conf_json, market_deployment_env
 from tests.conftest import DATA_DIR, create_pg_database, drop_pg_database
 
 
 def one_run(markets: list[str]) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench-universe-"))
     meta, market = create_pg_database("bench_meta"), create_pg_database("bench_market")
-    env = {"MARKET_DB_URL": "",
-           "AIRFLOW_CONN_MARKET_DB": sa.engine.make_url(market).set(drivername="postgresql")
-           .render_as_string(hide_password=False),
-           "MODEL_REGISTRY_DIR": str(tmp / "models"), "RUN_ARTIFACTS_DIR": str(tmp / "runs"),
-           "MARKET_DATA_DIR": str(DATA_DIR)}
+    env = market_deployment_env(tmp, market, DATA_DIR)
     try:
         with LocalAirflow(tmp / "airflow", meta, "LocalExecutor", env) as airflow:
             airflow.wait_for_dag("weekly_retrain")

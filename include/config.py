@@ -28,7 +28,12 @@ TIMEFRAME_SECONDS: dict[str, int] = {"15m": 900, "1h": 3600, "4h": 14_400, "1d":
 MODEL_FAMILIES: tuple[str, ...] = ("lightgbm", "xgboost", "random_forest")
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int | None) -> int | None:
+    """A positive integer from environment variable ``name``, or ``default`` when it is unset or empty.
+
+    Raises:
+        ConfigError: the value is not an integer, or is below 1; the message names the variable.
+    """
     raw = os.environ.get(name)
     if not raw:
         return default
@@ -81,7 +86,7 @@ class Settings:
             registry_dir=_env_path("MODEL_REGISTRY_DIR", PROJECT_ROOT / "models"),
             runs_dir=_env_path("RUN_ARTIFACTS_DIR", var / "runs"),
             exchange_api_url=os.environ.get("EXCHANGE_API_URL") or None,
-            registry_keep_last=_env_int("MODEL_REGISTRY_KEEP_LAST", 20),
+            registry_keep_last=env_int("MODEL_REGISTRY_KEEP_LAST", 20) or 20,
         )
 
 

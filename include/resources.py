@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 
-from include.errors import ConfigError
+from include.config import env_int
 
 logger = logging.getLogger(__name__)
 
@@ -34,26 +34,13 @@ TRAINING_POOL = "training"
 MAX_THREADS_PER_TRAINING = 4
 
 
-def _env_count(name: str) -> int | None:
-    raw = os.environ.get(name)
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected a whole number of cores or tasks") from None
-    if value < 1:
-        raise ConfigError(f"{name}={raw!r}: expected at least 1")
-    return value
-
-
 def available_cpus() -> int:
     """Cores this process may run on: ``TASK_CPUS``, else the CPU affinity set, else ``os.cpu_count()``.
 
     Raises:
         ConfigError: ``TASK_CPUS`` is not a positive integer.
     """
-    override = _env_count("TASK_CPUS")
+    override = env_int("TASK_CPUS", None)
     if override is not None:
         return override
     try:
@@ -70,7 +57,7 @@ def training_slots(cpus: int | None = None) -> int:
     Raises:
         ConfigError: an override is not a positive integer.
     """
-    override = _env_count("TRAINING_SLOTS")
+    override = env_int("TRAINING_SLOTS", None)
     if override is not None:
         return override
     return max(1, (cpus or available_cpus()) // MAX_THREADS_PER_TRAINING)
@@ -85,7 +72,7 @@ def model_threads() -> int:
     Raises:
         ConfigError: an override is not a positive integer.
     """
-    override = _env_count("TRAINING_THREADS")
+    override = env_int("TRAINING_THREADS", None)
     if override is not None:
         return override
     cpus = available_cpus()

@@ -207,3 +207,13 @@ class LocalAirflow:
 def conf_json(**params: Any) -> str:
     """A ``--conf`` / ``--dag-run-conf`` JSON string."""
     return json.dumps(params)
+
+
+def market_deployment_env(root: Path, market_url: str, data_dir: Path) -> dict[str, str]:
+    """Environment of a local deployment whose market store is ``market_url`` (via the ``market_db``
+    connection), with its registry and run folders under ``root`` and market files in ``data_dir``."""
+    return {"MARKET_DB_URL": "",
+            "AIRFLOW_CONN_MARKET_DB": sa.engine.make_url(market_url).set(drivername="postgresql")
+            .render_as_string(hide_password=False),
+            "MODEL_REGISTRY_DIR": str(root / "models"), "RUN_ARTIFACTS_DIR": str(root / "runs"),
+            "MARKET_DATA_DIR": str(data_dir)}

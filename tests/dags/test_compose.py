@@ -50,7 +50,7 @@ def _env_read_by_the_code() -> set[str]:
     names: set[str] = set()
     for path in (ROOT / "include").rglob("*.py"):
         names |= set(re.findall(r'os\.environ(?:\.get\(|\[)"([A-Z_]+)"', path.read_text()))
-        names |= set(re.findall(r'_env_(?:path|int)\("([A-Z_]+)"', path.read_text()))
+        names |= set(re.findall(r'_?env_(?:path|int)\("([A-Z_]+)"', path.read_text()))
         names |= set(re.findall(r'os\.environ\.get\("([A-Z_]+)", ', path.read_text()))
     return names
 
@@ -63,7 +63,7 @@ def test_settings_read_by_the_code_are_the_ones_compose_sets():
     # Optional settings with working defaults need not be set; the rest must be.
     optional = {"MARKET_DB_URL", "MARKET_DB_CONN_ID", "EXCHANGE_API_URL", "ALERT_SLACK_CONN_ID",
                 "ALERT_DISCORD_CONN_ID", "MODEL_REGISTRY_KEEP_LAST", "MODEL_MAX_AGE_HOURS",
-                "MODEL_STALE_POLICY", "CODE_VERSION"}
+                "MODEL_STALE_POLICY", "CODE_VERSION", "TASK_CPUS", "TRAINING_SLOTS", "TRAINING_THREADS"}
     assert read - optional - {"GX_ANALYTICS_ENABLED"} <= set(env)
     # Every non-Airflow variable compose sets is one the code reads (catches misspellings).
     ours = {k for k in env if not k.startswith(("AIRFLOW", "_", "DUMB_"))}

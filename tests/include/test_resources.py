@@ -41,7 +41,7 @@ def test_overrides_and_their_errors(monkeypatch):
     monkeypatch.setenv("TRAINING_THREADS", "3")
     assert model_threads() == 3
     monkeypatch.setenv("TRAINING_SLOTS", "zero")
-    with pytest.raises(ConfigError, match="TRAINING_SLOTS='zero'"):
+    with pytest.raises(ConfigError, match="TRAINING_SLOTS='zero': expected an integer"):
         training_slots()
     monkeypatch.setenv("TASK_CPUS", "0")
     with pytest.raises(ConfigError, match="TASK_CPUS='0': expected at least 1"):
