@@ -144,3 +144,46 @@ def test_one_run_through_the_celery_executor_with_the_exchange_source(deployment
     assert summary["action"]["action"] == "promote"
     assert summary["ingested"]["ohlcv"]["mode"] == "incremental"
     assert summary["ingested"]["source"].startswith("ExchangeSource('binance', 'http://127.0.0.1:")
+
+
+def test_a_failing_market_does_not_stop_the_other_under_the_scheduler(deployment_env, tmp_path):
+    """The scheduler expands the market group on its own schedule (not dag.test's): one market's
+    validation failure must leave the other market's run to finish and decide."""
+    import gzip
+
+    meta, market, env = deployment_env
+    src = tmp_path / "data"
+    src.mkdir()
+    for kind in ("perp_1h", "funding_8h"):
+        frame = pd.read_csv(DATA_DIR / f"btcusdt_{kind}.csv.gz")
+        with gzip.open(src / f"btcusdt_{kind}.csv.gz", "wt") as fh:
+            frame.to_csv(fh, index=False)
+        if kind == "perp_1h":
+            frame.loc[frame["timestamp"] == "2023-12-27T05:00:00Z", "close"] = float("nan")
+        with gzip.open(src / f"badusdt_{kind}.csv.gz", "wt") as fh:
+            frame.to_csv(fh, index=False)
+    universe = src / "universe.yaml"
+    universe.write_text("markets:\n  - {symbol: BADUSDT, market_type: perp, timeframe: 1h}\n"
+                        "  - {symbol: BTCUSDT, market_type: perp, timeframe: 1h}\n")
+    with LocalAirflow(tmp_path / "airflow", meta, "LocalExecutor", env) as airflow:
+        airflow.wait_for_dag(DAG_ID)
+        airflow.airflow("dags", "trigger", DAG_ID, "--conf",
+                        conf_json(**SHORT_RUN, **PERMISSIVE_GATE, as_of_date="2023-12-31",
+                                  universe_file=str(universe), source_dir=str(src)))
+        runs = airflow.wait_for_runs(DAG_ID, 1, timeout=900, run_type="manual")
+        states = airflow.task_states(DAG_ID, runs[0]["run_id"])
+        logs = airflow.logs()
+    assert runs[0]["state"] == "failed", (states, logs)
+    # Map index 0 is BADUSDT (universe order), 1 is BTCUSDT.
+    assert states["market.validate_market_data[0]"] == "failed"
+    assert states["market.promote_or_keep[0]"] == "upstream_failed"
+    for task_id in ("market.validate_market_data", "market.train_random_forest", "market.quality_gate",
+                    "market.promote_or_keep", "market.publish_market_summary"):
+        assert states[f"{task_id}[1]"] == "success", (task_id, states)
+    assert states["publish_summary"] == "success" and states["check_markets"] == "failed"
+    summary = _summary(tmp_path / "runs", MODELS["BTCUSDT"], datetime(2023, 12, 24, tzinfo=UTC),
+                       datetime(2023, 12, 31, tzinfo=UTC))
+    assert summary["action"]["action"] == "promote"
+    registry = ModelRegistry(tmp_path / "models", market)
+    assert registry.model_names() == [MODELS["BTCUSDT"]]
+    registry.dispose()
