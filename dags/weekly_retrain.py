@@ -155,61 +155,57 @@ def weekly_retrain():
     def plan_run(params=None, data_interval_start=None, data_interval_end=None, dag_run=None) -> list[dict]:
         """One plan per market: registered model, its run configuration and window."""
         from include.pipeline import plan_universe
+        from include.tasks import fail_fast
 
         run_params = {k: v for k, v in params.items() if k not in ("markets", "universe_file")}
-        return plan_universe(run_params, selected=params.get("markets"), universe_file=params.get("universe_file"),
-                             data_interval_start=data_interval_start, data_interval_end=data_interval_end,
-                             run_after=getattr(dag_run, "run_after", None))
+        with fail_fast():
+            return plan_universe(run_params, selected=params.get("markets"),
+                                 universe_file=params.get("universe_file"), data_interval_start=data_interval_start,
+                                 data_interval_end=data_interval_end, run_after=getattr(dag_run, "run_after", None))
 
     @task_group(group_id="market")
     def market(plan: dict):
         @task(multiple_outputs=True, map_index_template=MARKET)
         def ingest_market_data(plan: dict) -> dict:
-            from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+            from airflow.sdk.exceptions import AirflowSkipException
 
-            from include.errors import MarketNotReadyError, NoDataError
+            from include.errors import MarketNotReadyError
             from include.pipeline import ingest
-            from include.tasks import unpack
+            from include.tasks import fail_fast, unpack
 
-            cfg, win, settings, out = unpack(plan, None, _dag_id())
-            try:
-                return ingest(cfg, win, settings, out)
-            except MarketNotReadyError as exc:
-                raise AirflowSkipException(str(exc)) from exc
-            except NoDataError as exc:
-                # No data for the window does not appear on a retry: fail now, saying where the data ends.
-                raise AirflowFailException(str(exc)) from exc
+            with fail_fast():
+                cfg, win, settings, out = unpack(plan, None, _dag_id())
+                try:
+                    return ingest(cfg, win, settings, out)
+                except MarketNotReadyError as exc:
+                    raise AirflowSkipException(str(exc)) from exc
 
         @task(map_index_template=MARKET)
         def validate_market_data(plan: dict, window: dict) -> dict:
-            from airflow.sdk.exceptions import AirflowFailException
-
-            from include.errors import DataQualityError
             from include.pipeline import validate
-            from include.tasks import unpack
+            from include.tasks import fail_fast, unpack
 
-            cfg, win, settings, out = unpack(plan, window, _dag_id())
-            try:
+            with fail_fast():  # bad data does not improve on a retry: the full report is in the message
+                cfg, win, settings, out = unpack(plan, window, _dag_id())
                 return validate(cfg, win, settings, out)
-            except DataQualityError as exc:
-                # Bad data does not improve on retry: fail now, with the full report in the message.
-                raise AirflowFailException(str(exc)) from exc
 
         @task(map_index_template=MARKET)
         def build_features(plan: dict, window: dict, validation: dict) -> dict:
             from include.pipeline import features
-            from include.tasks import unpack
+            from include.tasks import fail_fast, unpack
 
-            cfg, win, settings, out = unpack(plan, window, _dag_id())
-            return features(cfg, win, settings, out)
+            with fail_fast():
+                cfg, win, settings, out = unpack(plan, window, _dag_id())
+                return features(cfg, win, settings, out)
 
         @task(map_index_template=MARKET)
         def build_labels(plan: dict, window: dict, feature_info: dict) -> dict:
             from include.pipeline import labels
-            from include.tasks import unpack
+            from include.tasks import fail_fast, unpack
 
-            cfg, win, _, out = unpack(plan, window, _dag_id())
-            return labels(cfg, win, out)
+            with fail_fast():
+                cfg, win, _, out = unpack(plan, window, _dag_id())
+                return labels(cfg, win, out)
 
         @task(map_index_template=MARKET)
         def train_model(plan: dict, window: dict, dataset: dict, family: str) -> dict | None:
@@ -217,32 +213,35 @@ def weekly_retrain():
             import logging
 
             from include.pipeline import train
-            from include.tasks import unpack
+            from include.tasks import fail_fast, unpack
 
-            cfg, win, _, out = unpack(plan, window, _dag_id())
-            if family not in cfg.models:
-                logging.getLogger(__name__).info("%s is not in this run's models %s: nothing to train",
-                                                 family, list(cfg.models))
-                return None
-            return train(cfg, win, out, family)
+            with fail_fast():
+                cfg, win, _, out = unpack(plan, window, _dag_id())
+                if family not in cfg.models:
+                    logging.getLogger(__name__).info("%s is not in this run's models %s: nothing to train",
+                                                     family, list(cfg.models))
+                    return None
+                return train(cfg, win, out, family)
 
         @task(map_index_template=MARKET)
         def assemble_ensemble(plan: dict, window: dict, trained: list, logical_date=None) -> dict:
             from include.pipeline import assemble
-            from include.tasks import unpack
+            from include.tasks import fail_fast, unpack
 
             ctx = get_current_context()
-            cfg, win, settings, out = unpack(plan, window, _dag_id())
-            return assemble(cfg, win, settings, out, list(trained), dag_id=_dag_id(), run_id=ctx["run_id"],
-                            logical_date=logical_date.isoformat() if logical_date else None)
+            with fail_fast():
+                cfg, win, settings, out = unpack(plan, window, _dag_id())
+                return assemble(cfg, win, settings, out, list(trained), dag_id=_dag_id(), run_id=ctx["run_id"],
+                                logical_date=logical_date.isoformat() if logical_date else None)
 
         @task(map_index_template=MARKET)
         def simulate_trading(plan: dict, window: dict, assembled: dict) -> dict:
             from include.pipeline import simulate_trading as simulate
-            from include.tasks import unpack
+            from include.tasks import fail_fast, unpack
 
-            cfg, win, settings, out = unpack(plan, window, _dag_id())
-            return simulate(cfg, win, settings, out)
+            with fail_fast():
+                cfg, win, settings, out = unpack(plan, window, _dag_id())
+                return simulate(cfg, win, settings, out)
 
         @task.sensor(poke_interval=10, timeout=timedelta(hours=12), mode="reschedule", map_index_template=MARKET)
         def quality_gate(plan: dict, window: dict, assembled: dict, trading: dict, ti=None,
@@ -252,16 +251,17 @@ def weekly_retrain():
 
             from include.pipeline import gate
             from include.registry import ModelRegistry
-            from include.tasks import unfinished_earlier_runs, unpack
+            from include.tasks import fail_fast, unfinished_earlier_runs, unpack
 
-            cfg, win, settings, out = unpack(plan, window, _dag_id())
-            waiting = unfinished_earlier_runs(ti, dag_run)
-            if waiting:
-                logging.getLogger(__name__).info("waiting for %d earlier run(s) to decide first", waiting)
-                return PokeReturnValue(is_done=False)
-            if ModelRegistry.from_settings(settings).is_locked(cfg.model_name):
-                return PokeReturnValue(is_done=False)
-            return PokeReturnValue(is_done=True, xcom_value=gate(cfg, win, settings, out, assembled, trading))
+            with fail_fast():
+                cfg, win, settings, out = unpack(plan, window, _dag_id())
+                waiting = unfinished_earlier_runs(ti, dag_run)
+                if waiting:
+                    logging.getLogger(__name__).info("waiting for %d earlier run(s) to decide first", waiting)
+                    return PokeReturnValue(is_done=False)
+                if ModelRegistry.from_settings(settings).is_locked(cfg.model_name):
+                    return PokeReturnValue(is_done=False)
+                return PokeReturnValue(is_done=True, xcom_value=gate(cfg, win, settings, out, assembled, trading))
 
         approve_promotion = PromotionApproval(
             task_id="approve_promotion",
@@ -282,29 +282,33 @@ def weekly_retrain():
 
             from include.config import Settings
             from include.pipeline import keep, promote
+            from include.tasks import fail_fast
 
             run_id = get_current_context()["run_id"]
-            settings = Settings.from_env()
-            if decision["passed"] and approval["chosen_options"] == ["Approve"]:
-                return promote(settings, decision, run_id=run_id, dag_id=_dag_id(),
-                               as_of=dt.fromisoformat(window["interval_end"]))
-            if decision["passed"]:
-                decision = {**decision, "reasons": [f"approval: {approval['chosen_options']} by "
-                                                    f"{approval.get('responded_by_user') or 'a reviewer'}"]}
-            return keep(settings, decision, run_id=run_id, dag_id=_dag_id())
+            # A refused or rolled-back promotion must not be retried: a retry would promote again.
+            with fail_fast():
+                settings = Settings.from_env()
+                if decision["passed"] and approval["chosen_options"] == ["Approve"]:
+                    return promote(settings, decision, run_id=run_id, dag_id=_dag_id(),
+                                   as_of=dt.fromisoformat(window["interval_end"]))
+                if decision["passed"]:
+                    decision = {**decision, "reasons": [f"approval: {approval['chosen_options']} by "
+                                                        f"{approval.get('responded_by_user') or 'a reviewer'}"]}
+                return keep(settings, decision, run_id=run_id, dag_id=_dag_id())
 
         @task(map_index_template=MARKET)
         def publish_market_summary(plan: dict, window: dict, ingested: dict, validation: dict, feature_info: dict,
                                    dataset: dict, assembled: dict, trading: dict, decision: dict,
                                    action: dict) -> dict:
             from include.pipeline import summarise
-            from include.tasks import unpack
+            from include.tasks import fail_fast, unpack
 
-            cfg, win, settings, out = unpack(plan, window, _dag_id())
             parts = {"ingested": ingested, "validation": validation, "features": feature_info,
                      "labels": dataset, "ensemble": assembled, "trading": trading, "gate": decision,
                      "action": action}
-            return summarise(settings, cfg, out, win, parts)
+            with fail_fast():
+                cfg, win, settings, out = unpack(plan, window, _dag_id())
+                return summarise(settings, cfg, out, win, parts)
 
         # Keyword arguments: the map index template and the alerts read the market from op_kwargs["plan"].
         ingested = ingest_market_data(plan=plan)

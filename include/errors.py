@@ -1,7 +1,10 @@
 """Exception hierarchy shared by every pipeline stage.
 
 Every error the library raises on purpose derives from :class:`PipelineError`, so a task can
-tell a known, explained failure from a bug.
+tell a known, explained failure from a bug. A known failure is permanent (bad input, bad
+configuration, a refused promotion: a retry cannot help, so the task fails at once) unless it
+is also a :class:`TransientError` (the exchange still failing after its own retries), which
+Airflow retries.
 """
 
 from __future__ import annotations
@@ -11,12 +14,20 @@ class PipelineError(Exception):
     """Base class of every error raised on purpose by the ``include`` library."""
 
 
+class TransientError(PipelineError):
+    """A failure that may pass on a later try (network, HTTP 5xx, rate limits): Airflow retries it."""
+
+
 class ConfigError(PipelineError, ValueError):
     """A configuration value or run parameter is invalid; the message names the field."""
 
 
 class SourceError(PipelineError):
     """A market-data source cannot deliver the requested series (missing file, bad format)."""
+
+
+class TransientSourceError(SourceError, TransientError):
+    """The source kept failing with recoverable errors (timeouts, 5xx, 429) through all its retries."""
 
 
 class NoDataError(SourceError):

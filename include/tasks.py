@@ -1,7 +1,10 @@
-"""Glue between Airflow task bodies and :mod:`include.pipeline`: rebuild typed objects from XCom."""
+"""Glue between Airflow task bodies and :mod:`include.pipeline`: rebuild typed objects from XCom,
+and fail at once on errors a retry cannot mend."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,32 @@ def unpack(plan: dict[str, Any], window: dict[str, Any] | None,
     win = RunWindow(**(window or plan["window"]))
     settings = Settings.from_env()
     return cfg, win, settings, run_dir(settings, dag_id, cfg.model_name, win)
+
+
+@contextmanager
+def fail_fast() -> Iterator[None]:
+    """Turn a permanent, explained failure into ``AirflowFailException``: no retry, no retry delay.
+
+    A :class:`~include.errors.PipelineError` is bad input, bad configuration or a refused
+    registry move; running the task again two minutes later gives the same error. It is raised
+    as :class:`~airflow.sdk.exceptions.AirflowFailException` with the same message (the original
+    is chained), so the task fails on its first try and the alert goes out at once.
+    :class:`~include.errors.TransientError` (the exchange still failing after its own retries)
+    and every other exception (a bug, the machine) keep the task's retries.
+
+    Raises:
+        AirflowFailException: from a permanent ``PipelineError``.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.errors import PipelineError, TransientError
+
+    try:
+        yield
+    except PipelineError as exc:
+        if isinstance(exc, TransientError):
+            raise
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
 #: How far back the gate looks for unfinished earlier runs, in schedule intervals (two years).

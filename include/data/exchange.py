@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from include.data.sources import FUNDING_COLUMNS, OHLCV_COLUMNS, OPEN_INTEREST_COLUMNS
-from include.errors import SourceError
+from include.errors import SourceError, TransientSourceError
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class ExchangeSource:
                 # ccxt's recoverable class: NetworkError (timeouts, HTTP 5xx, rate limits) and
                 # exchange-reported transient failures such as Binance -1001 "internal error".
                 if attempt == self.max_retries:
-                    raise SourceError(
+                    raise TransientSourceError(
                         f"{self.exchange_id}: {what} still failing after {self.max_retries} "
                         f"retries: {type(exc).__name__}: {exc}") from exc
                 wait = min(self.backoff_s * 2 ** attempt, self.max_backoff_s)

@@ -372,3 +372,17 @@ def test_a_tampered_member_is_refused_before_it_is_unpickled(first_run, tmp_path
         assemble(cfg, RunWindow(**summary["window"]), settings, out, trained, dag_id="weekly_retrain",
                  run_id="tamper-test")
     assert registry.versions() == before
+
+
+def test_an_error_a_retry_cannot_mend_fails_on_the_first_try(dag, tmp_path):
+    """A missing data directory: no retry, no two-minute retry delay, one message naming it."""
+    import time
+
+    started = time.monotonic()
+    dr = dag.test(logical_date=datetime(2023, 12, 17, tzinfo=UTC),
+                  run_conf={**SHORT, "markets": ["BTCUSDT"], "source_dir": str(tmp_path / "missing")})
+    elapsed = time.monotonic() - started
+    ingest = next(ti for ti in dr.get_task_instances() if ti.task_id == "market.ingest_market_data")
+    assert dr.state == "failed" and ingest.state == "failed"
+    assert ingest.try_number == 1 and ingest.max_tries == 1  # retries were allowed, and not used
+    assert elapsed < 60, elapsed
