@@ -118,6 +118,8 @@ def ingest_window(source: MarketDataSource, store: MarketStore, key: SeriesKey, 
         "funding_rate": (funding_start, timedelta(milliseconds=1), store.extent("funding_rate", **ident)),
         "open_interest": (open_interest_start, timedelta(days=1), store.extent("open_interest", **ident)),
     }
+    if key.market_type == "spot":
+        del windows["funding_rate"]  # funding is paid on perpetuals; a spot market has none
     fetchers = {
         "ohlcv": lambda a, b: source.fetch_ohlcv(key.symbol, key.market_type, key.timeframe, a, b),
         "funding_rate": lambda a, b: source.fetch_funding_rates(key.symbol, a, b),
@@ -146,7 +148,7 @@ def ingest_window(source: MarketDataSource, store: MarketStore, key: SeriesKey, 
         results = {}
         if frames["ohlcv"] is not None:
             results["ohlcv"] = store.upsert_ohlcv(frames["ohlcv"], **candle_ident, conn=conn)
-        if frames["funding_rate"] is not None:
+        if frames.get("funding_rate") is not None:
             results["funding_rate"] = store.upsert_funding_rates(frames["funding_rate"], **ident, conn=conn)
         if frames["open_interest"] is not None:
             results["open_interest"] = store.upsert_open_interest(frames["open_interest"], **ident, conn=conn)

@@ -14,7 +14,7 @@ from include.config import RunConfig, Settings
 from include.data.sources import FileSource, MarketDataSource
 from include.data.store import MarketStore
 from include.errors import DataQualityError, MarketNotReadyError, NoDataError, TrainingError
-from include.features import FeatureSpec, build_features
+from include.features import FUNDING_FEATURES, FeatureSpec, build_features
 from include.labels import class_balance, make_labels
 from include.pipeline.common import (
     FUNDING_LOOKBACK,
@@ -167,7 +167,7 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     try:
         key = {"exchange": cfg.exchange, "symbol": cfg.symbol, "start": start, "end": end}
         ohlcv = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
-        funding = store.load_funding_rates(**key)
+        funding = store.load_funding_rates(**key) if cfg.market_type == "perp" else None
         oi = store.load_open_interest(**key)
     finally:
         store.dispose()
@@ -196,15 +196,16 @@ def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: 
     """Features for bars with open time in ``[start, end)`` from the store, per ``spec``."""
     key = {"exchange": cfg.exchange, "symbol": cfg.symbol}
     ohlcv = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, start=start, end=end, **key)
-    funding = store.load_funding_rates(start=start - FUNDING_LOOKBACK, end=end, **key)
+    funding = (store.load_funding_rates(start=start - FUNDING_LOOKBACK, end=end, **key)
+               if set(spec.names) & set(FUNDING_FEATURES) else None)
     oi = store.load_open_interest(start=start - timedelta(days=2), end=end, **key)
     return build_features(ohlcv, spec, funding, oi)
 
 def features(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
     """Compute features for the ingest window; write ``features.parquet`` and ``feature_spec.json``.
 
-    Open-interest features are part of the spec when the store holds open interest for at least
-    half of the training window's days.
+    Funding features are part of the spec for perpetuals only; open-interest features when the
+    store holds open interest for at least half of the training window's days.
     """
     start, end = window.ts("ingest_start"), window.ts("interval_end")
     store = open_store(settings)
@@ -213,7 +214,8 @@ def features(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
                                       start=window.ts("train_start"), end=end)
         days = (end - window.ts("train_start")).days
         use_oi = len(oi) >= OPEN_INTEREST_MIN_COVERAGE * days
-        spec = FeatureSpec.default(open_interest=use_oi)
+        # Funding features for perpetuals only: a spot market pays no funding.
+        spec = FeatureSpec.default(funding=cfg.market_type == "perp", open_interest=use_oi)
         frame = feature_frame(store, cfg, spec, start, end)
     finally:
         store.dispose()

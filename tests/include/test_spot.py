@@ -1,0 +1,28 @@
+"""A spot market needs no funding-rate file: it trains on candles (and open interest if present)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+
+def test_a_spot_market_runs_without_a_funding_file(tmp_path, data_dir):
+    from include.config import RunConfig, Settings
+    from include.features import FUNDING_FEATURES
+    from include.pipeline import run_once
+
+    src = tmp_path / "data"
+    src.mkdir()
+    shutil.copy(data_dir / "btcusdt_spot_1h.csv.gz", src)  # candles only: no funding, no open interest
+    settings = Settings(data_dir=src, market_db_url=f"sqlite:///{tmp_path / 'market.sqlite'}",
+                        registry_dir=tmp_path / "models", runs_dir=tmp_path / "runs")
+    cfg = RunConfig(market_type="spot", as_of_date="2023-12-31", train_window_days=120, cv_folds=3)
+    run = run_once(cfg, settings, dag_id="weekly_retrain", run_id="spot-test")
+    summary = json.loads(Path(run["summary"]["path"]).read_text())
+    assert summary["model"] == run["decision"]["model"] == "binance-btcusdt-spot-1h-h4"
+    assert "funding_rate" not in summary["ingested"] and summary["ingested"]["ohlcv"]["rows_fetched"] > 2800
+    assert set(summary["validation"]["rows"]) == {"ohlcv"}  # no funding suite, no open-interest file
+    assert not set(summary["features"]["columns"]) & set(FUNDING_FEATURES)
+    assert len(run["decision"]["checks"]) >= 4
+    assert run["action"]["action"] == ("promote" if run["decision"]["passed"] else "keep")
