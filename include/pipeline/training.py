@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -111,6 +112,12 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str) -> dict
             "overall": cv.overall, "summary": cv.summary,
             "importance_stability": {k: cv.importance[k]["rank_stability"] for k in ("gain", "permutation")},
             "n_jobs": n_jobs, "seconds": seconds}
+
+#: Run parameters that do not shape the model (decision, trading, where the rows came from):
+#: left out of a version's identity, so a re-run with another gate policy is the same version.
+NOT_MODEL_INPUTS = ("gate_", "trade_", "fee_bps", "slippage_bps", "require_approval", "as_of_date", "source",
+                    "min_history_days")
+
 
 def _validation_summary(out_dir: Path) -> dict[str, Any] | None:
     """The expectation-suite result of the run, for the version's lineage."""
@@ -232,10 +239,20 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     metadata["files"] = {"model.joblib": sha256_file(tmp / "model.joblib")}
+    # The version is named by what it was made from, not by when: re-running the same inputs,
+    # code and configuration finds the same version instead of registering a new one.
+    made_from = {"training_rows": hashlib.sha256(pd.util.hash_pandas_object(X, index=True).to_numpy().tobytes()
+                                                 + y.tobytes()).hexdigest(),
+                 "feature_spec": spec.get("sha256"), "data_window": metadata["data_window"],
+                 "config": {k: v for k, v in cfg.to_dict().items() if not k.startswith(NOT_MODEL_INPUTS)},
+                 "members": families, "member_params": metadata["member_params"],
+                 "libraries": metadata["libraries"], "code_version": metadata["code_version"]}
+    metadata["identity_sha256"] = hashlib.sha256(json.dumps(made_from, sort_keys=True, default=str)
+                                                 .encode()).hexdigest()
     atomic_write_json(tmp / "metadata.json", metadata)
     _replace_dir(tmp, cand)
     registry = ModelRegistry.from_settings(settings)
-    version = registry.register(cand, window.ts("interval_end"))
+    version = registry.register(cand, window.ts("interval_end"), identity=metadata["identity_sha256"])
     if registry.model_of(version) != cfg.model_name:
         raise TrainingError(f"candidate {version} registered under {registry.model_of(version)}, not {cfg.model_name}")
     registry.move_alias(CHALLENGER, version, event="candidate", run_id=run_id, dag_id=dag_id,

@@ -196,12 +196,21 @@ class ModelRegistry(AliasLedger):
         return matches[0]
 
     # -- versions -----------------------------------------------------------------------------
-    def register(self, candidate_dir: str | Path, interval_end: datetime) -> str:
+    def register(self, candidate_dir: str | Path, interval_end: datetime, *, identity: str | None = None) -> str:
         """Copy a candidate folder into an immutable version of its registered model; return its id.
 
         The candidate folder must hold ``model.joblib`` and ``metadata.json`` (the lineage, which
         names the market and the label, hence the registered model; created if new). A manifest
-        with each file's sha256 is added. Registering identical content twice returns the same id.
+        with each file's sha256 is added.
+
+        The id is ``v<interval end>-<10 hex>``: the hex is ``identity`` when given (a digest of
+        what the version was made from: inputs, code and configuration), else the digest of the
+        files. Registering the same identity (or identical files) again returns the existing
+        version, whose artifacts stay as first registered.
+
+        Args:
+            identity: hex digest naming the version, e.g. from ``include.pipeline`` (the training
+                data, feature spec, configuration, code and library versions).
 
         Raises:
             RegistryError: the candidate lacks a required file, or its lineage does not name a
@@ -213,7 +222,7 @@ class ModelRegistry(AliasLedger):
                 raise RegistryError(f"candidate {src} lacks {name}")
         files = {p.name: sha256_file(p) for p in sorted(src.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
         digest = hashlib.sha256(json.dumps({"files": files}, sort_keys=True).encode()).hexdigest()
-        version = f"v{interval_end.strftime('%Y%m%dT%H%M')}-{digest[:10]}"
+        version = f"v{interval_end.strftime('%Y%m%dT%H%M')}-{(identity or digest)[:10]}"
         if self._row(version) is not None:
             self.verify(version)
             return version
