@@ -74,6 +74,26 @@ def report(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def failure_detail(folder: Path, model: str, log: Path) -> list[str]:
+    """Why a market failed: every failed expectation from its validation report, else the log's errors."""
+    from include.quality.suites import format_failures
+
+    report = folder / "validation.json"
+    if report.is_file():
+        validation = json.loads(report.read_text())
+        if not validation.get("success", True):
+            return [f"validation failed ({report}):", *format_failures(validation).splitlines()]
+    errors = [line.strip() for line in log.read_text(errors="replace").splitlines()
+              if model in line and ("Error" in line or "Exception" in line)]
+    return errors[:5] or [f"see {log}"]
+
+
+def interval_end(date: str, conf: str) -> datetime:
+    """The end of the week a run covers: the ``as_of_date`` run param if the conf sets one, else ``date``."""
+    as_of = (json.loads(conf) if conf else {}).get("as_of_date")
+    return datetime.strptime(as_of or date, "%Y-%m-%d")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run each date through Airflow and print its summary; non-zero exit on a failed run."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -88,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     failed = False
     for date in args.dates:
-        end = datetime.strptime(date, "%Y-%m-%d")
+        end = interval_end(date, args.conf)
         key = f"{end - timedelta(days=7):%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
         universe_path = settings.runs_dir / DAG_ID / "_universe" / f"{key}.json"
         universe_path.unlink(missing_ok=True)
@@ -107,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n--- {outcome['model']}: {outcome['status']}")
             if outcome["status"] == "done":
                 print(report(outcome["summary"]))
+            elif outcome["status"] == "failed":
+                failed = True
+                for line in failure_detail(settings.runs_dir / DAG_ID / outcome["model"] / key, outcome["model"], log):
+                    print(f"  {line}")
             else:
-                failed = failed or outcome["status"] == "failed"
                 print(f"  {outcome.get('reason')}")
         print(f"\nwall time      {elapsed:.1f} s (all markets)")
     print("\n=== registered models (python -m include.registry models)")
