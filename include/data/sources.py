@@ -21,6 +21,8 @@ lacks (see :mod:`include.data.ingest`); others are re-read over the whole window
 
 from __future__ import annotations
 
+import gzip
+import io
 import logging
 from datetime import datetime
 from pathlib import Path
@@ -90,37 +92,66 @@ class FileSource:
     def __repr__(self) -> str:
         return f"FileSource({str(self.directory)!r})"
 
-    def _find(self, pattern: str, what: str, required: bool = True) -> Path | None:
-        matches = sorted(
-            p for p in self.directory.glob(pattern) if p.name.endswith((".csv", ".csv.gz"))
-        )
+    def _find(self, stem: str, what: str, required: bool = True) -> Path | None:
+        if not self.directory.is_dir():
+            raise SourceError(f"data directory {self.directory} does not exist")
+        matches = sorted(p for p in self.directory.glob(f"{stem}.csv*") if p.name.endswith((".csv", ".csv.gz")))
         if not matches:
             if required:
-                raise SourceError(
-                    f"no {what} file matching {pattern!r}(.csv|.csv.gz) in {self.directory}"
-                )
+                raise SourceError(f"no {what} file {stem}.csv or {stem}.csv.gz in {self.directory}")
             return None
         if len(matches) > 1:
-            raise SourceError(f"several {what} files match {pattern!r}: {[m.name for m in matches]}")
+            raise SourceError(f"several {what} files match {stem}.csv[.gz]: {[m.name for m in matches]}")
         return matches[0]
 
     @staticmethod
     def _read(path: Path, columns: tuple[str, ...], start: datetime, end: datetime) -> pd.DataFrame:
+        """Read one file strictly: every line has the header's field count, every value cell is a
+        number or empty (a missing value, which validation reports), every timestamp parses.
+
+        Raises:
+            SourceError: naming the file, the line number, the column and the original text.
+        """
         try:
-            frame = pd.read_csv(path, dtype=str)
-        except (OSError, ValueError, EOFError) as exc:
+            opener = gzip.open if path.name.endswith(".gz") else open
+            with opener(path, "rt", newline="") as fh:
+                text = fh.read()
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
             raise SourceError(f"cannot read {path}: {exc}") from exc
-        missing = [c for c in ("timestamp", *columns) if c not in frame.columns]
+        lines = text.splitlines()
+        if not lines:
+            raise SourceError(f"{path.name} is empty: expected a header line")
+        header = lines[0].split(",")
+        missing = [c for c in ("timestamp", *columns) if c not in header]
         if missing:
-            raise SourceError(f"{path.name} lacks column(s) {missing}; has {list(frame.columns)}")
-        try:
-            ts = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
-        except (ValueError, TypeError) as exc:
-            raise SourceError(f"{path.name}: unparseable timestamp: {exc}") from exc
+            raise SourceError(f"{path.name} lacks column(s) {missing}; has {header}")
+        for number, line in enumerate(lines[1:], start=2):
+            if line and line.count(",") != len(header) - 1:
+                raise SourceError(f"{path.name} line {number}: {line.count(',') + 1} fields, expected "
+                                  f"{len(header)} ({','.join(header)}): {line!r}")
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=True)
+        line_of = [n for n, line in enumerate(lines[1:], start=2) if line]  # data row -> file line
+        stamps = frame["timestamp"].str.strip()
+        ts = pd.to_datetime(stamps, utc=True, format="ISO8601", errors="coerce")
+        if ts.isna().any():
+            row = int(ts.isna().to_numpy().argmax())
+            raise SourceError(f"{path.name} line {line_of[row]}: timestamp {stamps.iloc[row]!r} "
+                              "is not an ISO-8601 time")
+        naive = ~stamps.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True)
+        if naive.any():
+            logger.warning("%s: %d timestamp(s) have no time zone (e.g. %r): taken as UTC", path.name,
+                           int(naive.sum()), stamps[naive].iloc[0])
         out = pd.DataFrame({"timestamp": ts})
         for col in columns:
-            # Non-numeric cells become NaN here and are reported by validation, not dropped.
-            out[col] = pd.to_numeric(frame[col], errors="coerce")
+            cells = frame[col].str.strip()
+            values = pd.to_numeric(cells.where(cells != ""), errors="coerce")
+            # An empty cell (or 'nan') is a missing value, reported with its timestamp by validation.
+            bad = values.isna() & ~cells.str.lower().isin(["", "nan"])
+            if bad.any():
+                row = int(bad.to_numpy().argmax())
+                raise SourceError(f"{path.name} line {line_of[row]}, column {col}: {cells.iloc[row]!r} "
+                                  f"is not a number (timestamp {stamps.iloc[row]})")
+            out[col] = values
         mask = (out["timestamp"] >= pd.Timestamp(start)) & (out["timestamp"] < pd.Timestamp(end))
         return out.loc[mask].reset_index(drop=True)
 
@@ -128,19 +159,19 @@ class FileSource:
         self, symbol: str, market_type: str, timeframe: str, start: datetime, end: datetime
     ) -> pd.DataFrame:
         """See :meth:`MarketDataSource.fetch_ohlcv`."""
-        path = self._find(f"{symbol.lower()}_{market_type}_{timeframe}.csv*", "OHLCV")
+        path = self._find(f"{symbol.lower()}_{market_type}_{timeframe}", "OHLCV")
         assert path is not None
         return self._read(path, OHLCV_COLUMNS, start, end)
 
     def fetch_funding_rates(self, symbol: str, start: datetime, end: datetime) -> pd.DataFrame:
         """See :meth:`MarketDataSource.fetch_funding_rates`."""
-        path = self._find(f"{symbol.lower()}_funding_*.csv*", "funding-rate")
+        path = self._find(f"{symbol.lower()}_funding_*", "funding-rate")
         assert path is not None
         return self._read(path, FUNDING_COLUMNS, start, end)
 
     def fetch_open_interest(self, symbol: str, start: datetime, end: datetime) -> pd.DataFrame:
         """See :meth:`MarketDataSource.fetch_open_interest`."""
-        path = self._find(f"{symbol.lower()}_perp_open_interest_usd_1d.csv*", "open-interest", False)
+        path = self._find(f"{symbol.lower()}_perp_open_interest_usd_1d", "open-interest", False)
         if path is None:
             logger.info("no open-interest file for %s in %s", symbol, self.directory)
             return pd.DataFrame({"timestamp": pd.Series([], dtype="datetime64[ns, UTC]"),

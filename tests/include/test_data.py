@@ -77,3 +77,53 @@ def test_funding_and_open_interest_round_trip(store, btc_slice):
 def test_unsupported_backend_is_refused():
     with pytest.raises(ConfigError, match="mysql"):
         MarketStore("mysql://localhost/db")
+
+
+def _bad_copy(data_dir, tmp_path, edit):
+    """The bundled BTCUSDT perpetual candles with one line replaced by ``edit(line)``; funding copied."""
+    import shutil
+
+    with gzip.open(data_dir / "btcusdt_perp_1h.csv.gz", "rt") as fh:
+        lines = fh.read().splitlines()
+    number = next(i for i, line in enumerate(lines) if line.startswith("2023-12-20T05:00:00Z"))
+    lines[number] = edit(lines[number])
+    with gzip.open(tmp_path / "btcusdt_perp_1h.csv.gz", "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+    shutil.copy(data_dir / "btcusdt_funding_8h.csv.gz", tmp_path)
+    return number + 1  # 1-based file line
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda line: ",".join(line.split(",")[:3]), r"line {n}: 3 fields, expected 6 \(timestamp,open,high,low,close,volume\): '2023-12-20T05:00:00Z,"),
+    (lambda line: ",".join([*line.split(",")[:4], "abc", line.split(",")[5]]), r"line {n}, column close: 'abc' is not a number \(timestamp 2023-12-20T05:00:00Z\)"),
+    (lambda line: "20-12-2023 05h," + line.split(",", 1)[1], r"line {n}: timestamp '20-12-2023 05h' is not an ISO-8601 time"),
+])
+def test_files_are_read_strictly_naming_file_line_column_and_text(data_dir, tmp_path, edit, message):
+    from include.data.sources import FileSource
+
+    n = _bad_copy(data_dir, tmp_path, edit)
+    with pytest.raises(SourceError, match="btcusdt_perp_1h.csv.gz " + message.format(n=n)):
+        FileSource(tmp_path).fetch_ohlcv("BTCUSDT", "perp", "1h", datetime(2023, 12, 1, tzinfo=UTC),
+                                         datetime(2023, 12, 31, tzinfo=UTC))
+
+
+def test_an_empty_cell_is_a_missing_value_and_a_naive_timestamp_is_logged_as_utc(data_dir, tmp_path, caplog):
+    from include.data.sources import FileSource
+
+    _bad_copy(data_dir, tmp_path, lambda line: line.replace("Z,", ",", 1).rsplit(",", 2)[0] + ",," + line.rsplit(",", 1)[1])
+    bars = FileSource(tmp_path).fetch_ohlcv("BTCUSDT", "perp", "1h", datetime(2023, 12, 20, tzinfo=UTC),
+                                            datetime(2023, 12, 21, tzinfo=UTC))
+    row = bars[bars["timestamp"] == pd.Timestamp("2023-12-20T05:00Z")].iloc[0]
+    assert np.isnan(row["close"]) and row["volume"] > 0 and len(bars) == 24
+    assert "1 timestamp(s) have no time zone (e.g. '2023-12-20T05:00:00'): taken as UTC" in caplog.text
+
+
+def test_a_missing_directory_or_file_is_named_plainly(tmp_path):
+    from include.data.sources import FileSource
+
+    with pytest.raises(SourceError, match=f"data directory {tmp_path / 'nope'} does not exist"):
+        FileSource(tmp_path / "nope").fetch_ohlcv("BTCUSDT", "perp", "1h", datetime(2023, 1, 1, tzinfo=UTC),
+                                                  datetime(2023, 2, 1, tzinfo=UTC))
+    with pytest.raises(SourceError, match=f"no OHLCV file btcusdt_perp_1h.csv or btcusdt_perp_1h.csv.gz in {tmp_path}$"):
+        FileSource(tmp_path).fetch_ohlcv("BTCUSDT", "perp", "1h", datetime(2023, 1, 1, tzinfo=UTC),
+                                         datetime(2023, 2, 1, tzinfo=UTC))
