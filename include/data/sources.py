@@ -24,7 +24,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -162,6 +162,18 @@ class FileSource:
         path = self._find(f"{symbol.lower()}_{market_type}_{timeframe}", "OHLCV")
         assert path is not None
         return self._read(path, OHLCV_COLUMNS, start, end)
+
+    def ohlcv_extent(self, symbol: str, market_type: str, timeframe: str) -> tuple[datetime, datetime] | None:
+        """Open times of the first and last candle in the file, or ``None`` for an empty file.
+
+        Raises:
+            SourceError: no such file, or it does not read (see :meth:`fetch_ohlcv`).
+        """
+        bars = self.fetch_ohlcv(symbol, market_type, timeframe, datetime.min.replace(tzinfo=UTC),
+                                datetime.max.replace(tzinfo=UTC))
+        if bars.empty:
+            return None
+        return bars["timestamp"].min().to_pydatetime(), bars["timestamp"].max().to_pydatetime()
 
     def fetch_funding_rates(self, symbol: str, start: datetime, end: datetime) -> pd.DataFrame:
         """See :meth:`MarketDataSource.fetch_funding_rates`."""

@@ -46,7 +46,8 @@ def market_source(cfg: RunConfig, settings: Settings) -> MarketDataSource:
     return FileSource(cfg.source_dir or settings.data_dir)
 
 def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None,
-                   stored: tuple[datetime, datetime] | None, source: str = "the source") -> RunWindow:
+                   stored: tuple[datetime, datetime] | None, source: str = "the source",
+                   source_extent: tuple[datetime, datetime] | None = None) -> RunWindow:
     """The run's window given the market's first bar in it: shortened for a young market.
 
     A market listed after the window's ``ingest_start`` trains from its first bar plus the
@@ -57,6 +58,7 @@ def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None
         first_bar: open time of the first stored candle in ``[ingest_start, interval_end)``.
         stored: first and last stored candle of the series at all (``MarketStore.extent``).
         source: the source's description, for messages.
+        source_extent: first and last candle the source holds, when it can tell (files can).
 
     Raises:
         MarketNotReadyError: the market is younger than ``min_history_days`` at this window, or
@@ -76,6 +78,9 @@ def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None
                 f"{qualifies:%Y-%m-%d} or later; skipped this run.", qualifies_on=qualifies.date().isoformat())
         held = (f"the market store holds {what} from {stored[0]:%Y-%m-%d %H:%M}Z to {stored[1]:%Y-%m-%d %H:%M}Z"
                 if stored is not None else f"the market store holds no {what} at all")
+        if source_extent is not None:
+            held += (f"; the source covers {source_extent[0]:%Y-%m-%d %H:%M}Z to "
+                     f"{source_extent[1]:%Y-%m-%d %H:%M}Z")
         raise NoDataError(
             f"{cfg.model_name}: {source} has no {what} in [{start:%Y-%m-%d %H:%M}Z, {end:%Y-%m-%d %H:%M}Z) "
             f"and {held}. For newer data, run with source='exchange' or point source_dir / MARKET_DATA_DIR "
@@ -141,7 +146,10 @@ def ingest(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path 
     first_bar = first["timestamp"].iloc[0].to_pydatetime() if len(first) else None
     try:
         stored = None if extent is None else (extent[0].to_pydatetime(), extent[1].to_pydatetime())
-        effective = history_window(cfg, window, first_bar, stored, source=out["source"])
+        coverage = None
+        if first_bar is None and hasattr(source, "ohlcv_extent"):
+            coverage = source.ohlcv_extent(cfg.symbol, cfg.market_type, cfg.timeframe)
+        effective = history_window(cfg, window, first_bar, stored, source=out["source"], source_extent=coverage)
     except MarketNotReadyError as exc:
         if out_dir is not None:
             atomic_write_json(out_dir / SKIPPED_FILE, {"model": cfg.model_name, "reason": str(exc),
@@ -152,7 +160,10 @@ def ingest(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path 
 
 # -- 2. validate -----------------------------------------------------------------------------
 def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
-    """Run the expectation suites over the training window; write ``validation.json``.
+    """Run the expectation suites over every bar the features read; write ``validation.json``.
+
+    The window is ``[ingest_start, interval_end)``: the training window and the indicator warm-up
+    before it, so a bad bar in the warm-up is caught here, not as degenerate labels later.
 
     Returns:
         ``{"success": True, "rows": {...}, "report": path}``.
@@ -162,9 +173,11 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     """
     from include.quality.suites import SuiteLimits, format_failures, run_suites
 
-    start, end = window.ts("train_start"), window.ts("interval_end")
+    start, end = window.ts("ingest_start"), window.ts("interval_end")
     store = open_store(settings)
     try:
+        extent = store.extent("ohlcv", exchange=cfg.exchange, symbol=cfg.symbol, market_type=cfg.market_type,
+                              timeframe=cfg.timeframe)
         key = {"exchange": cfg.exchange, "symbol": cfg.symbol, "start": start, "end": end}
         ohlcv = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
         funding = store.load_funding_rates(**key) if cfg.market_type == "perp" else None
@@ -184,9 +197,11 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     rows = {s["suite"]: s["rows"] for s in report["suites"]}
     if not report["success"]:
         failed = sum(len(s["failed"]) for s in report["suites"])
+        held = (f"the market store holds {cfg.symbol} {cfg.market_type} {cfg.timeframe} candles from "
+                f"{extent[0]:%Y-%m-%dT%H:%MZ} to {extent[1]:%Y-%m-%dT%H:%MZ}" if extent else "the store holds no candles")
         raise DataQualityError(
-            f"market data for {cfg.symbol} [{start:%Y-%m-%d}, {end:%Y-%m-%d}) failed {failed} "
-            f"expectation(s); report {path}:\n{format_failures(report)}", report, str(path))
+            f"market data for {cfg.model_name} [{start:%Y-%m-%dT%H:%MZ}, {end:%Y-%m-%dT%H:%MZ}) failed {failed} "
+            f"expectation(s) ({held}); report {path}:\n{format_failures(report)}", report, str(path))
     logger.info("validation passed: %s", rows)
     return {"success": True, "rows": rows, "report": str(path)}
 

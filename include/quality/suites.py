@@ -144,6 +144,7 @@ def _summarise(suite: str, result: Any, frame: pd.DataFrame) -> dict[str, Any]:
                 examples.append({k: _jsonable(v) for k, v in row.items()})
         exc = r.exception_info or {}
         failures.append({
+            "message": _plain_message(cfg.type, kwargs, res.get("observed_value"), frame),
             "expectation": cfg.type,
             "kwargs": {k: (v if isinstance(v, (int, float, str, bool, list, type(None))) else str(v))
                        for k, v in kwargs.items()},
@@ -155,6 +156,28 @@ def _summarise(suite: str, result: Any, frame: pd.DataFrame) -> dict[str, Any]:
         })
     return {"suite": suite, "success": not failures, "rows": int(len(frame)),
             "evaluated": len(result.results), "failed": failures}
+
+
+def _when(ts: Any) -> str:
+    return pd.Timestamp(ts).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _plain_message(expectation: str, kwargs: dict[str, Any], observed: Any, frame: pd.DataFrame) -> str:
+    """One sentence a person can act on: what was found, where, and the limit it broke."""
+    limits = {k: v for k, v in kwargs.items() if k not in ("batch_id", "column", "column_A", "column_B",
+                                                           "result_format")}
+    if kwargs.get("column") == "missing_bars_before" and "missing_bars_before" in frame and len(frame):
+        worst = frame.loc[frame["missing_bars_before"].idxmax()]
+        largest = f"{worst['missing_bars_before']:.0f} missing bars before {_when(worst['timestamp'])}"
+        if expectation == "expect_column_max_to_be_between":
+            return f"{largest} (max_gap_bars={limits.get('max_value'):g})"
+        return (f"{observed:.0f} missing bars in the window, over the {limits.get('max_value'):g} allowed "
+                f"(max_gap_share x expected bars); the largest gap: {largest}")
+    if expectation == "expect_table_row_count_to_be_between":
+        return f"{observed} rows in the window; at least {limits.get('min_value')} expected (min_row_share x bars)"
+    column = kwargs.get("column") or f"{kwargs.get('column_A')} vs {kwargs.get('column_B')}"
+    expected = ", ".join(f"{k}={v}" for k, v in limits.items()) or "see the expectation"
+    return f"{column}: {expectation} failed; expected {expected}; observed {observed!r}"
 
 
 def _jsonable(v: Any) -> Any:
@@ -221,12 +244,14 @@ def run_suites(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest:
 
 
 def format_failures(report: dict[str, Any]) -> str:
-    """One line per failed expectation: suite, expectation, column(s), observed, examples."""
+    """One line per failed expectation: suite, a plain message (what, where, the limit), examples."""
     lines = []
     for suite in report["suites"]:
-        for f in suite["failed"]:
-            cols = {k: v for k, v in f["kwargs"].items() if k.startswith("column")}
-            line = f"{suite['suite']}: {f['expectation']} {cols} observed={f['observed_value']!r}"
+        failed = suite["failed"]
+        if suite.get("rows") == 0:  # an empty window: the row count says it all, the rest follows from it
+            failed = [f for f in failed if f["expectation"] == "expect_table_row_count_to_be_between"] or failed
+        for f in failed:
+            line = f"{suite['suite']}: {f.get('message') or f['expectation']} [{f['expectation']}]"
             if f["unexpected_count"]:
                 line += f" unexpected={f['unexpected_count']}"
             if f["example_rows"]:

@@ -1,0 +1,59 @@
+"""Bad input stops at the door with one message naming the bar, the column, the limit and the value."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import pandas as pd
+import pytest
+
+from include.config import RunConfig, Settings
+from include.errors import DataQualityError, NoDataError
+from include.pipeline import ingest, resolve_window, run_dir, validate
+
+
+def _run_to_validation(tmp_path, data_dir, edit, as_of="2023-06-04"):
+    src = tmp_path / "data"
+    src.mkdir()
+    bars = pd.read_csv(data_dir / "btcusdt_perp_1h.csv.gz")
+    with gzip.open(src / "btcusdt_perp_1h.csv.gz", "wt") as fh:
+        edit(bars).to_csv(fh, index=False)
+    shutil.copy(data_dir / "btcusdt_funding_8h.csv.gz", src)
+    settings = Settings(data_dir=src, market_db_url=f"sqlite:///{tmp_path / 'market.sqlite'}",
+                        registry_dir=tmp_path / "models", runs_dir=tmp_path / "runs")
+    cfg = RunConfig(as_of_date=as_of, train_window_days=120, cv_folds=3)
+    window = resolve_window(cfg, data_interval_start=None, data_interval_end=None, run_after=None)
+    out = run_dir(settings, "weekly_retrain", cfg.model_name, window)
+    window_dict = ingest(cfg, window, settings, out)["window"]
+    from include.pipeline import RunWindow
+
+    return validate(cfg, RunWindow(**window_dict), settings, out)
+
+
+def test_a_nan_close_in_the_warm_up_bars_fails_validation_naming_the_bar(tmp_path, data_dir):
+    def nan_close(bars):
+        bars.loc[bars["timestamp"] == "2023-02-01T05:00:00Z", "close"] = float("nan")
+        return bars
+
+    # Week ending 2023-06-04, 120-day window: training from 2023-02-04, warm-up from 2023-01-28.
+    with pytest.raises(DataQualityError) as info:
+        _run_to_validation(tmp_path, data_dir, nan_close)
+    message = str(info.value)
+    assert "[2023-01-28T00:00Z, 2023-06-04T00:00Z)" in message
+    assert "ohlcv: close: expect_column_values_to_not_be_null failed" in message and "2023-02-01T05:00:00" in message
+
+
+def test_a_long_gap_is_reported_with_its_size_place_and_limit(tmp_path, data_dir):
+    def gap(bars):
+        ts = pd.to_datetime(bars["timestamp"])
+        return bars[(ts < "2023-04-15T12:00Z") | (ts >= "2023-04-18T12:00Z")]
+
+    with pytest.raises(DataQualityError, match=r"72 missing bars before 2023-04-18T12:00Z \(max_gap_bars=24\)"):
+        _run_to_validation(tmp_path, data_dir, gap)
+
+
+def test_a_window_past_the_data_says_where_the_data_ends(tmp_path, data_dir):
+    with pytest.raises(NoDataError, match="no BTCUSDT perp 1h candles in \\[2024-01-27 00:00Z, 2024-06-02 00:00Z\\) .* "
+                                          "the source covers 2019-09-10 00:00Z to 2023-12-31 23:00Z"):
+        _run_to_validation(tmp_path, data_dir, lambda bars: bars, as_of="2024-06-02")
