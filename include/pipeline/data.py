@@ -258,12 +258,26 @@ def labels(cfg: RunConfig, window: RunWindow, out_dir: Path) -> dict[str, Any]:
     table = feats.assign(label=y)
     table = table[table.index >= pd.Timestamp(window.train_start)]
     required = [c for c in feats.columns if c != "oi_change_1d"]
-    table = table[table[required].notna().all(axis=1)]
+    defined = table[required].notna().all(axis=1)
+    dropped = table.index[~defined]
+    dropped_info = None
+    if len(dropped):
+        missing = table.loc[~defined, required].isna().sum()
+        dropped_info = {"rows": int(len(dropped)), "first": dropped[0].isoformat(), "last": dropped[-1].isoformat(),
+                        "columns": {c: int(n) for c, n in missing[missing > 0].items()}}
+        logger.warning("%s: labels: dropped %d bar(s) with undefined features, %s to %s; NaN per column %s",
+                       cfg.model_name, len(dropped), dropped_info["first"], dropped_info["last"],
+                       dropped_info["columns"])
+    table = table[defined]
     balance = class_balance(table["label"])
     labelled = int(table["label"].notna().sum())
     if labelled == 0 or min(balance.values()) == 0:
-        raise TrainingError(f"labels for {window.run_key} are degenerate: {labelled} rows, balance {balance}")
+        why = (f"; {dropped_info['rows']} bar(s) dropped for undefined features from {dropped_info['first']} "
+               f"(NaN per column {dropped_info['columns']})" if dropped_info else "")
+        raise TrainingError(f"labels for {cfg.model_name} {window.run_key} are degenerate: {labelled} labelled "
+                            f"rows, class balance {balance}{why}")
     path = out_dir / "dataset.parquet"
     write_parquet(table, path)
     logger.info("labels: %d labelled rows, class balance %s", labelled, balance)
-    return {"path": str(path), "rows": int(len(table)), "labelled_rows": labelled, "class_balance": balance}
+    return {"path": str(path), "rows": int(len(table)), "labelled_rows": labelled, "class_balance": balance,
+            "dropped": dropped_info}

@@ -57,3 +57,20 @@ def test_a_window_past_the_data_says_where_the_data_ends(tmp_path, data_dir):
     with pytest.raises(NoDataError, match="no BTCUSDT perp 1h candles in \\[2024-01-27 00:00Z, 2024-06-02 00:00Z\\) .* "
                                           "the source covers 2019-09-10 00:00Z to 2023-12-31 23:00Z"):
         _run_to_validation(tmp_path, data_dir, lambda bars: bars, as_of="2024-06-02")
+
+
+def test_labels_name_the_bars_they_drop(tmp_path, data_dir):
+    import numpy as np
+
+    from include.pipeline import RunWindow, labels
+
+    bars = pd.read_csv(data_dir / "btcusdt_perp_1h.csv.gz", index_col="timestamp", parse_dates=True)
+    feats = bars.loc["2023-05-01":"2023-06-03"].copy()
+    feats["rsi_14"] = 50.0
+    feats.loc["2023-05-20 03:00":"2023-05-20 05:00", "rsi_14"] = np.nan
+    feats.to_parquet(tmp_path / "features.parquet")
+    window = RunWindow("2023-05-28T00:00:00+00:00", "2023-06-04T00:00:00+00:00", "2023-05-08T00:00:00+00:00",
+                       "2023-05-01T00:00:00+00:00", "20230528T0000_20230604T0000", "as_of_date")
+    out = labels(RunConfig(), window, tmp_path)
+    assert out["dropped"] == {"rows": 3, "first": "2023-05-20T03:00:00+00:00", "last": "2023-05-20T05:00:00+00:00",
+                              "columns": {"rsi_14": 3}}
