@@ -90,6 +90,45 @@ def missing_ranges(extent: tuple[pd.Timestamp, pd.Timestamp] | None, start: date
     return ranges
 
 
+PRICE_COLUMNS = ("open", "high", "low", "close")
+
+
+def screen_candles(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split candles into rows fit for the store and rows to quarantine, with the reason of each.
+
+    A row is refused when a value is missing, a price is not positive, volume is negative, high
+    is below open, close or low, or low is above open or close: the checks validation would fail.
+
+    Args:
+        frame: candles, shape ``(n, 6)``: timestamp + OHLCV.
+
+    Returns:
+        ``(good, refused)``: ``refused`` has the same columns plus ``reason`` (one line naming
+        each broken column, its value and the limit).
+    """
+    cols = ["open", "high", "low", "close", "volume"]
+    values = frame[cols].apply(pd.to_numeric, errors="coerce")
+    prices = values[list(PRICE_COLUMNS)]
+    refused = (values.isna().any(axis=1) | (prices <= 0).any(axis=1) | (values["volume"] < 0)
+               | (values["high"] < values[["open", "close", "low"]].max(axis=1))
+               | (values["low"] > values[["open", "close"]].min(axis=1)))
+    reasons = []
+    for _, row in values[refused].iterrows():
+        why = [f"{c} is missing" for c in cols if pd.isna(row[c])]
+        why += [f"{c}={row[c]:g} is not positive" for c in PRICE_COLUMNS if row[c] <= 0]
+        if row["volume"] < 0:
+            why.append(f"volume={row['volume']:g} is negative")
+        others, body = row[["open", "close", "low"]].dropna(), row[["open", "close"]].dropna()
+        if len(others) and row["high"] < others.max():
+            why.append(f"high={row['high']:g} is below {others.idxmax()}={others.max():g}")
+        if len(body) and row["low"] > body.min():
+            why.append(f"low={row['low']:g} is above {body.idxmin()}={body.min():g}")
+        reasons.append("; ".join(why))
+    bad = frame[refused].copy()
+    bad["reason"] = reasons
+    return frame[~refused], bad
+
+
 def ingest_window(source: MarketDataSource, store: MarketStore, key: SeriesKey, *,
                   start: datetime, end: datetime, funding_start: datetime,
                   open_interest_start: datetime) -> dict[str, Any]:
@@ -128,6 +167,7 @@ def ingest_window(source: MarketDataSource, store: MarketStore, key: SeriesKey, 
     frames: dict[str, pd.DataFrame] = {}
     report: dict[str, Any] = {}
     gaps: list[Gap] = []
+    refused: list[tuple[datetime, datetime, pd.DataFrame]] = []
     for series, (first, step, extent) in windows.items():
         ranges = missing_ranges(extent, first, end, step) if incremental else [("all", first, end)]
         parts = []
@@ -140,10 +180,21 @@ def ingest_window(source: MarketDataSource, store: MarketStore, key: SeriesKey, 
                 ts = pd.concat([part["timestamp"], pd.Series(neighbours, dtype=part["timestamp"].dtype)])
                 gaps += find_gaps(ts.sort_values(ignore_index=True), key.bar)
         frame = pd.concat(parts, ignore_index=True) if parts else None
-        frames[series] = frame
         report[series] = {"mode": "incremental" if incremental else "full",
                           "ranges": [[side, a.isoformat(), b.isoformat()] for side, a, b in ranges],
                           "rows_fetched": 0 if frame is None else int(len(frame)), "rows_new": 0}
+        if series == "ohlcv" and frame is not None:
+            # Rows that would fail validation stay out of the store, kept with their reason.
+            frame, bad = screen_candles(frame)
+            for _, a, b in ranges:
+                in_range = (bad["timestamp"] >= pd.Timestamp(a)) & (bad["timestamp"] < pd.Timestamp(b))
+                refused.append((a, b, bad[in_range]))
+            report[series]["quarantined"] = int(len(bad))
+            if len(bad):
+                first = bad.iloc[0]
+                logger.warning("%s %s: %d candle(s) refused and quarantined, e.g. %s: %s", key.symbol,
+                               key.market_type, len(bad), first["timestamp"].isoformat(), first["reason"])
+        frames[series] = frame
     with store.begin() as conn:
         results = {}
         if frames["ohlcv"] is not None:
@@ -153,8 +204,11 @@ def ingest_window(source: MarketDataSource, store: MarketStore, key: SeriesKey, 
         if frames["open_interest"] is not None:
             results["open_interest"] = store.upsert_open_interest(frames["open_interest"], **ident, conn=conn)
         store.record_gaps(gaps, **candle_ident, source=repr(source), conn=conn)
+        for a, b, bad in refused:
+            store.quarantine_ohlcv(bad, **candle_ident, start=a, end=b, source=repr(source), conn=conn)
     for series, result in results.items():
         report[series]["rows_new"] = result.rows_new
+        report[series]["duplicates_dropped"] = result.duplicates_dropped
     report["gaps"] = [{"start": g.start.isoformat(), "end": g.end.isoformat(), "missing_bars": g.missing_bars}
                       for g in gaps]
     report["seconds"] = round(time.perf_counter() - t0, 3)

@@ -23,6 +23,7 @@ advisory lock so that concurrent loads of one series serialise. On SQLite it is
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -72,6 +74,24 @@ open_interest_table = sa.Table(
     sa.Column("open_interest", sa.Float, comment="USD notional, daily close"),
 )
 
+ohlcv_quarantine_table = sa.Table(
+    "ohlcv_quarantine",
+    metadata,
+    sa.Column("exchange", sa.String(32), primary_key=True),
+    sa.Column("market_type", sa.String(16), primary_key=True),
+    sa.Column("symbol", sa.String(32), primary_key=True),
+    sa.Column("timeframe", sa.String(8), primary_key=True),
+    sa.Column("ts", sa.BigInteger, primary_key=True, comment="bar open time, ms since epoch UTC"),
+    sa.Column("open", sa.Float),
+    sa.Column("high", sa.Float),
+    sa.Column("low", sa.Float),
+    sa.Column("close", sa.Float),
+    sa.Column("volume", sa.Float),
+    sa.Column("reason", sa.Text, nullable=False, comment="why the row was refused"),
+    sa.Column("source", sa.String(256), nullable=False, comment="source the row came from"),
+    sa.Column("recorded_at", sa.BigInteger, nullable=False, comment="ms since epoch UTC"),
+)
+
 ohlcv_gap_table = sa.Table(
     "ohlcv_gap",
     metadata,
@@ -104,10 +124,12 @@ class UpsertResult:
     Attributes:
         rows_written: rows sent to the database (inserted or updated).
         rows_new: keys that did not exist before.
+        duplicates_dropped: exact duplicate rows of the input that were written once.
     """
 
     rows_written: int
     rows_new: int
+    duplicates_dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -256,11 +278,14 @@ class MarketStore:
         records = pd.DataFrame({"ts": _to_ms(frame["timestamp"]).astype("int64")})
         for col in values:
             records[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64").to_numpy()
+        before = len(records)
         records = _check_duplicates(records, f"{table.name} {keys}")
         with self._conn(conn) as c:
             if self.backend == "postgresql":
-                return self._copy_upsert(c, table, keys, records, values)
-            return self._insert_upsert(c, table, keys, records, values)
+                result = self._copy_upsert(c, table, keys, records, values)
+            else:
+                result = self._insert_upsert(c, table, keys, records, values)
+        return dataclasses.replace(result, duplicates_dropped=before - len(records))
 
     @staticmethod
     def _insert_upsert(conn: Connection, table: sa.Table, keys: dict[str, str],
@@ -363,6 +388,51 @@ class MarketStore:
         """Insert or update daily open interest: timestamp, open_interest. Idempotent."""
         return self._upsert(open_interest_table, {"exchange": exchange, "symbol": symbol}, frame,
                             OPEN_INTEREST_COLUMNS, conn)
+
+    def quarantine_ohlcv(self, rows: pd.DataFrame, *, exchange: str, market_type: str, symbol: str,
+                         timeframe: str, start: datetime, end: datetime, source: str,
+                         conn: Connection | None = None) -> int:
+        """Replace the refused candles of one series in ``[start, end)`` by ``rows``.
+
+        Args:
+            rows: refused candles: timestamp, OHLCV (may be NaN) and ``reason``.
+            start / end: the range the source was read over; earlier refusals in it are removed
+                first, so a corrected source clears them.
+
+        Returns:
+            Rows quarantined.
+        """
+        keys = {"exchange": exchange, "market_type": market_type, "symbol": symbol, "timeframe": timeframe}
+        table = ohlcv_quarantine_table
+        now = _bound_ms(datetime.now(UTC))
+        with self._conn(conn) as c:
+            c.execute(table.delete().where(*(table.c[k] == v for k, v in keys.items()),
+                                           table.c.ts >= _bound_ms(start), table.c.ts < _bound_ms(end)))
+            if rows.empty:
+                return 0
+            records = pd.DataFrame({"ts": _to_ms(rows["timestamp"]).astype("int64")})
+            for col in OHLCV_COLUMNS:
+                records[col] = pd.to_numeric(rows[col], errors="coerce").astype("float64").to_numpy()
+            records["reason"] = rows["reason"].to_numpy()
+            records = records.drop_duplicates("ts")
+            payload = [{**keys, **{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()},
+                        "source": source[:256], "recorded_at": now} for r in records.to_dict("records")]
+            c.execute(table.insert(), payload)
+        return len(payload)
+
+    def load_quarantine(self, *, exchange: str, market_type: str, symbol: str, timeframe: str,
+                        start: datetime, end: datetime) -> pd.DataFrame:
+        """Refused candles of one series with open time in ``[start, end)``: timestamp, OHLCV, reason, source."""
+        table = ohlcv_quarantine_table
+        stmt = (sa.select(table.c.ts, *(table.c[c] for c in OHLCV_COLUMNS), table.c.reason, table.c.source)
+                .where(table.c.exchange == exchange, table.c.market_type == market_type, table.c.symbol == symbol,
+                       table.c.timeframe == timeframe, table.c.ts >= _bound_ms(start), table.c.ts < _bound_ms(end))
+                .order_by(table.c.ts))
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        frame = pd.DataFrame(rows, columns=["ts", *OHLCV_COLUMNS, "reason", "source"])
+        frame.insert(0, "timestamp", pd.to_datetime(frame.pop("ts").astype("int64"), unit="ms", utc=True))
+        return frame
 
     def record_gaps(self, gaps: list[Gap], *, exchange: str, market_type: str, symbol: str,
                     timeframe: str, source: str, conn: Connection | None = None) -> int:

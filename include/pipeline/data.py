@@ -159,6 +159,21 @@ def ingest(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path 
     return out
 
 # -- 2. validate -----------------------------------------------------------------------------
+def quarantine_suite(refused: pd.DataFrame) -> dict[str, Any]:
+    """The validation report's entry for candles refused at ingestion: one failure per bar (first 20)."""
+    failures = [{
+        "message": f"{row.timestamp:%Y-%m-%dT%H:%MZ}: {row.reason} (from {row.source}; kept out of the store, "
+                   "in ohlcv_quarantine)",
+        "expectation": "candle_screen_at_ingestion", "kwargs": {}, "observed_value": None, "unexpected_count": 1,
+        "unexpected_examples": [],
+        "example_rows": [{"timestamp": row.timestamp.isoformat(),
+                          **{c: (None if pd.isna(getattr(row, c)) else float(getattr(row, c)))
+                             for c in ("open", "high", "low", "close", "volume")}}],
+        "exception": None} for row in refused.head(20).itertuples()]
+    return {"suite": "ohlcv_refused", "success": False, "rows": int(len(refused)), "evaluated": 1,
+            "failed": failures}
+
+
 def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
     """Run the expectation suites over every bar the features read; write ``validation.json``.
 
@@ -182,6 +197,7 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         ohlcv = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
         funding = store.load_funding_rates(**key) if cfg.market_type == "perp" else None
         oi = store.load_open_interest(**key)
+        refused = store.load_quarantine(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
     finally:
         store.dispose()
     limits = SuiteLimits(
@@ -191,6 +207,9 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         max_abs_funding_rate=cfg.max_abs_funding_rate, funding_interval_hours=cfg.funding_interval_hours,
     )
     report = run_suites(ohlcv, funding, oi, limits)
+    if len(refused):
+        report["suites"].insert(0, quarantine_suite(refused))
+        report["success"] = False
     report["window"] = {"start": start.isoformat(), "end": end.isoformat()}
     path = out_dir / "validation.json"
     atomic_write_json(path, report)

@@ -273,7 +273,7 @@ def test_a_failing_market_stops_neither_the_others_nor_alerts_anonymously(univer
     slack = [json.loads(b)["text"] for p, b in webhook_server if p.startswith("/slack")]
     alert = next(t for t in slack if t.startswith("Airflow task failed"))
     for needle in (f"Market: {BAD}", "validate_market_data", dr.run_id, "2023-12-17", "2023-12-24",
-                   "expect_column_values_to_not_be_null", "Log:"):
+                   "2023-12-20T05:00Z: close is missing", "kept out of the store", "Log:"):
         assert needle in alert, (needle, alert)
     weekly = next(t for t in slack if t.startswith("weekly_retrain"))
     assert "3 market(s), 1 decided, 1 skipped, 1 failed" in weekly and f"{YNG}: SKIPPED" in weekly

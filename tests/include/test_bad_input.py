@@ -41,7 +41,8 @@ def test_a_nan_close_in_the_warm_up_bars_fails_validation_naming_the_bar(tmp_pat
         _run_to_validation(tmp_path, data_dir, nan_close)
     message = str(info.value)
     assert "[2023-01-28T00:00Z, 2023-06-04T00:00Z)" in message
-    assert "ohlcv: close: expect_column_values_to_not_be_null failed" in message and "2023-02-01T05:00:00" in message
+    assert "ohlcv_refused: 2023-02-01T05:00Z: close is missing (from FileSource(" in message
+    assert "kept out of the store, in ohlcv_quarantine" in message
 
 
 def test_a_long_gap_is_reported_with_its_size_place_and_limit(tmp_path, data_dir):
@@ -74,3 +75,60 @@ def test_labels_name_the_bars_they_drop(tmp_path, data_dir):
     out = labels(RunConfig(), window, tmp_path)
     assert out["dropped"] == {"rows": 3, "first": "2023-05-20T03:00:00+00:00", "last": "2023-05-20T05:00:00+00:00",
                               "columns": {"rsi_14": 3}}
+
+
+def _store_rows(tmp_path, start, end):
+    from include.data.store import MarketStore
+
+    store = MarketStore(f"sqlite:///{tmp_path / 'market.sqlite'}")
+    key = {"exchange": "binance", "symbol": "BTCUSDT", "market_type": "perp", "timeframe": "1h",
+           "start": pd.Timestamp(start).to_pydatetime(), "end": pd.Timestamp(end).to_pydatetime()}
+    stored, refused = store.load_ohlcv(**key), store.load_quarantine(**key)
+    store.dispose()
+    return stored, refused
+
+
+@pytest.mark.parametrize(("edit", "reason"), [
+    (lambda b: b.assign(high=b["high"].where(b["timestamp"] != "2023-05-10T07:00:00Z", b["low"] - 10)),
+     r"high=27497 is below open=27613.4"),
+    (lambda b: b.assign(volume=b["volume"].where(b["timestamp"] != "2023-05-10T07:00:00Z", -5.0)),
+     "volume=-5 is negative"),
+])
+def test_rows_that_fail_validation_are_kept_out_of_the_store_with_their_reason(tmp_path, data_dir, edit, reason):
+    with pytest.raises(DataQualityError, match=f"2023-05-10T07:00Z: {reason} \\(from FileSource"):
+        _run_to_validation(tmp_path, data_dir, edit)
+    stored, refused = _store_rows(tmp_path, "2023-05-10T06:00Z", "2023-05-10T09:00Z")
+    assert list(stored["timestamp"].dt.hour) == [6, 8]  # the refused bar is not in ohlcv ...
+    assert list(refused["timestamp"].dt.hour) == [7]  # ... it is in the quarantine, with its values
+    assert refused["volume"].notna().all()
+
+
+def test_a_corrected_source_clears_the_quarantine(tmp_path, data_dir):
+    def bad(bars):
+        bars.loc[bars["timestamp"] == "2023-05-10T07:00:00Z", "close"] = -1.0
+        return bars
+
+    with pytest.raises(DataQualityError, match="close=-1 is not positive"):
+        _run_to_validation(tmp_path, data_dir, bad)
+    shutil.rmtree(tmp_path / "data")
+    assert _run_to_validation(tmp_path, data_dir, lambda bars: bars)["success"]
+    stored, refused = _store_rows(tmp_path, "2023-05-10T06:00Z", "2023-05-10T09:00Z")
+    assert len(stored) == 3 and refused.empty
+
+
+def test_dropped_duplicates_are_reported_by_ingestion(tmp_path, data_dir):
+    from include.pipeline import RunWindow
+
+    src = tmp_path / "data"
+    src.mkdir()
+    bars = pd.read_csv(data_dir / "btcusdt_perp_1h.csv.gz")
+    with gzip.open(src / "btcusdt_perp_1h.csv.gz", "wt") as fh:
+        pd.concat([bars, bars[bars["timestamp"].str.startswith("2023-05-10")]]).to_csv(fh, index=False)
+    shutil.copy(data_dir / "btcusdt_funding_8h.csv.gz", src)
+    settings = Settings(data_dir=src, market_db_url=f"sqlite:///{tmp_path / 'market.sqlite'}",
+                        registry_dir=tmp_path / "models", runs_dir=tmp_path / "runs")
+    cfg = RunConfig(as_of_date="2023-06-04", train_window_days=120, cv_folds=3)
+    window = resolve_window(cfg, data_interval_start=None, data_interval_end=None, run_after=None)
+    out = ingest(cfg, window, settings, run_dir(settings, "weekly_retrain", cfg.model_name, window))
+    assert out["ohlcv"]["duplicates_dropped"] == 24 and out["ohlcv"]["quarantined"] == 0
+    assert RunWindow(**out["window"]) == window
