@@ -330,21 +330,29 @@ def weekly_retrain():
                                       trading=trading, decision=decision, action=action)
 
     @task(trigger_rule="all_done")
-    def publish_summary(plans: list) -> dict:
+    def publish_summary(ti=None) -> dict:
         """Every market's outcome (decision, skip or failure), to the run's log and the alert channels."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from include.config import Settings
         from include.pipeline import publish_universe
 
+        plans = ti.xcom_pull(task_ids="plan_run")
+        if plans is None:  # plan_run failed (and alerted): there are no markets to report on
+            raise AirflowSkipException("plan_run did not plan any market; nothing to publish")
         return publish_universe(Settings.from_env(), _dag_id(), list(plans), context=get_current_context())
 
     @task(trigger_rule="all_done", on_failure_callback=None)
-    def check_markets(published: dict) -> dict:
+    def check_markets(ti=None) -> dict:
         """Fail the run when a market failed, so it shows red; the others' results stand.
 
         No alert of its own: the failing task's alert and the weekly summary already name the market.
         """
         from airflow.sdk.exceptions import AirflowFailException
 
+        published = ti.xcom_pull(task_ids="publish_summary")
+        if published is None:  # a leaf that fails keeps the run red when planning failed
+            raise AirflowFailException("no market ran: plan_run failed (see its log and alert)")
         failed = sorted(m for m, status in published["markets"].items() if status == "failed")
         if failed:
             raise AirflowFailException(f"{len(failed)} of {len(published['markets'])} market(s) failed: "
@@ -364,8 +372,8 @@ def weekly_retrain():
 
     plans = plan_run()
     markets = market.expand(plan=plans)
-    published = publish_summary(plans)
-    markets >> published >> [apply_retention(), check_markets(published)]
+    published = publish_summary()
+    markets >> published >> [apply_retention(), check_markets()]
 
 
 weekly_retrain()

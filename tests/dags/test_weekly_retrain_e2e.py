@@ -33,13 +33,21 @@ PERMISSIVE = {"gate_min_f1_margin": -1.0, "gate_max_log_loss_ratio": 10.0, "gate
 BTC, ETH = "binance-btcusdt-perp-1h-h4", "binance-ethusdt-perp-1h-h4"
 
 
+class _Dags:
+    """Hands out a freshly parsed ``weekly_retrain`` per run: ``dag.test(run_conf=...)`` leaves the
+    conf in the DAG object's params, which would leak into the next run of a shared object."""
+
+    def test(self, **kwargs):
+        from airflow.dag_processing.dagbag import DagBag
+
+        from tests.conftest import ROOT
+
+        return DagBag(dag_folder=str(ROOT / "dags")).get_dag("weekly_retrain").test(**kwargs)
+
+
 @pytest.fixture(scope="module")
 def dag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    from tests.conftest import ROOT
-
-    return DagBag(dag_folder=str(ROOT / "dags")).get_dag("weekly_retrain")
+    return _Dags()
 
 
 def _run(dag, day: int, conf: dict):
@@ -386,3 +394,14 @@ def test_an_error_a_retry_cannot_mend_fails_on_the_first_try(dag, tmp_path):
     assert dr.state == "failed" and ingest.state == "failed"
     assert ingest.try_number == 1 and ingest.max_tries == 1  # retries were allowed, and not used
     assert elapsed < 60, elapsed
+
+
+def test_a_bad_universe_selection_fails_planning_at_once_and_publishes_nothing(dag):
+    import time
+
+    started = time.monotonic()
+    dr = dag.test(logical_date=datetime(2023, 12, 10, tzinfo=UTC), run_conf={**SHORT, "markets": ["SOLUSDT"]})
+    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+    assert dr.state == "failed" and states["plan_run"] == "failed"
+    assert states["publish_summary"] == "skipped" and states["check_markets"] == "failed"  # the run shows red
+    assert time.monotonic() - started < 60  # no retry of anything
