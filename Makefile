@@ -66,3 +66,4 @@ bench: install
 	$(BIN)/python bench/backfill_run.py 4
 	$(BIN)/python bench/serving_latency.py
 	$(BIN)/python bench/universe_run.py
+	$(BIN)/python bench/bad_input.py

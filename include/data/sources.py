@@ -107,7 +107,9 @@ class FileSource:
     @staticmethod
     def _read(path: Path, columns: tuple[str, ...], start: datetime, end: datetime) -> pd.DataFrame:
         """Read one file strictly: every line has the header's field count, every value cell is a
-        number or empty (a missing value, which validation reports), every timestamp parses.
+        number or empty (a missing value, which validation reports), every timestamp parses, and
+        no timestamp appears twice with different values (exact repeats are left to the store,
+        which writes them once and counts them).
 
         Raises:
             SourceError: naming the file, the line number, the column and the original text.
@@ -152,6 +154,14 @@ class FileSource:
                 raise SourceError(f"{path.name} line {line_of[row]}, column {col}: {cells.iloc[row]!r} "
                                   f"is not a number (timestamp {stamps.iloc[row]})")
             out[col] = values
+        twins = out[out["timestamp"].duplicated(keep=False)]
+        if len(twins):
+            clash = twins.groupby("timestamp").filter(lambda g: len(g.drop_duplicates()) > 1)
+            if len(clash):
+                first, second = clash.index[:2]
+                raise SourceError(f"{path.name} lines {line_of[first]} and {line_of[second]}: timestamp "
+                                  f"{stamps.iloc[first]} appears twice with different values: "
+                                  f"{lines[line_of[first] - 1]!r} vs {lines[line_of[second] - 1]!r}")
         mask = (out["timestamp"] >= pd.Timestamp(start)) & (out["timestamp"] < pd.Timestamp(end))
         return out.loc[mask].reset_index(drop=True)
 

@@ -127,3 +127,13 @@ def test_a_missing_directory_or_file_is_named_plainly(tmp_path):
     with pytest.raises(SourceError, match=f"no OHLCV file btcusdt_perp_1h.csv or btcusdt_perp_1h.csv.gz in {tmp_path}$"):
         FileSource(tmp_path).fetch_ohlcv("BTCUSDT", "perp", "1h", datetime(2023, 1, 1, tzinfo=UTC),
                                          datetime(2023, 2, 1, tzinfo=UTC))
+
+
+def test_a_timestamp_twice_with_different_values_names_both_lines(data_dir, tmp_path):
+    from include.data.sources import FileSource
+
+    n = _bad_copy(data_dir, tmp_path, lambda line: line + "\n" + line.rsplit(",", 1)[0] + ",1.0")
+    with pytest.raises(SourceError, match=f"btcusdt_perp_1h.csv.gz lines {n} and {n + 1}: timestamp "
+                                          "2023-12-20T05:00:00Z appears twice with different values"):
+        FileSource(tmp_path).fetch_ohlcv("BTCUSDT", "perp", "1h", datetime(2023, 12, 1, tzinfo=UTC),
+                                         datetime(2023, 12, 31, tzinfo=UTC))
