@@ -1,0 +1,142 @@
+"""The market database's schema: the tables the store reads and writes, and their migrations.
+
+Tables (created by the Alembic migrations under ``include/data/migrations``; times are ms since
+the epoch, UTC): ``ohlcv``, ``funding_rate``, ``open_interest``, ``ohlcv_quarantine`` (candles
+refused at ingestion) and ``ohlcv_gap``. The model registry's tables live in the same database
+(:mod:`include.registry.schema`). :func:`migrate` brings a database to the latest revision.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from include.data.sources import OHLCV_COLUMNS
+
+metadata = sa.MetaData()
+
+ohlcv_table = sa.Table(
+    "ohlcv",
+    metadata,
+    sa.Column("exchange", sa.String(32), primary_key=True),
+    sa.Column("market_type", sa.String(16), primary_key=True),
+    sa.Column("symbol", sa.String(32), primary_key=True),
+    sa.Column("timeframe", sa.String(8), primary_key=True),
+    sa.Column("ts", sa.BigInteger, primary_key=True, comment="bar open time, ms since epoch UTC"),
+    *(sa.Column(c, sa.Float) for c in OHLCV_COLUMNS),
+)
+
+funding_table = sa.Table(
+    "funding_rate",
+    metadata,
+    sa.Column("exchange", sa.String(32), primary_key=True),
+    sa.Column("symbol", sa.String(32), primary_key=True),
+    sa.Column("ts", sa.BigInteger, primary_key=True, comment="settlement time, ms since epoch UTC"),
+    sa.Column("funding_rate", sa.Float, comment="fraction paid per settlement interval"),
+)
+
+open_interest_table = sa.Table(
+    "open_interest",
+    metadata,
+    sa.Column("exchange", sa.String(32), primary_key=True),
+    sa.Column("symbol", sa.String(32), primary_key=True),
+    sa.Column("ts", sa.BigInteger, primary_key=True, comment="UTC day start, ms since epoch"),
+    sa.Column("open_interest", sa.Float, comment="USD notional, daily close"),
+)
+
+ohlcv_quarantine_table = sa.Table(
+    "ohlcv_quarantine",
+    metadata,
+    sa.Column("exchange", sa.String(32), primary_key=True),
+    sa.Column("market_type", sa.String(16), primary_key=True),
+    sa.Column("symbol", sa.String(32), primary_key=True),
+    sa.Column("timeframe", sa.String(8), primary_key=True),
+    sa.Column("ts", sa.BigInteger, primary_key=True, comment="bar open time, ms since epoch UTC"),
+    sa.Column("open", sa.Float),
+    sa.Column("high", sa.Float),
+    sa.Column("low", sa.Float),
+    sa.Column("close", sa.Float),
+    sa.Column("volume", sa.Float),
+    sa.Column("reason", sa.Text, nullable=False, comment="why the row was refused"),
+    sa.Column("source", sa.String(256), nullable=False, comment="source the row came from"),
+    sa.Column("recorded_at", sa.BigInteger, nullable=False, comment="ms since epoch UTC"),
+)
+
+ohlcv_gap_table = sa.Table(
+    "ohlcv_gap",
+    metadata,
+    sa.Column("exchange", sa.String(32), primary_key=True),
+    sa.Column("market_type", sa.String(16), primary_key=True),
+    sa.Column("symbol", sa.String(32), primary_key=True),
+    sa.Column("timeframe", sa.String(8), primary_key=True),
+    sa.Column("start_ts", sa.BigInteger, primary_key=True,
+              comment="open time of the first missing bar, ms since epoch UTC"),
+    sa.Column("end_ts", sa.BigInteger, nullable=False,
+              comment="open time of the next bar present, ms since epoch UTC"),
+    sa.Column("missing_bars", sa.Integer, nullable=False),
+    sa.Column("source", sa.String(64), nullable=False, comment="source that reported the gap"),
+    sa.Column("recorded_at", sa.BigInteger, nullable=False, comment="ms since epoch UTC"),
+)
+
+#: Alembic version table of the market schema (distinct from Airflow's ``alembic_version``).
+SCHEMA_VERSION_TABLE = "market_schema_version"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Any fixed 64-bit number: serialises concurrent migrations of one PostgreSQL database.
+_MIGRATION_LOCK_KEY = 0x6D61726B6574
+
+
+@contextmanager
+def _quiet_alembic() -> Iterator[None]:
+    """Alembic logs two INFO lines per context; on every store open that is noise."""
+    log = logging.getLogger("alembic.runtime.migration")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def migrate(engine: Engine, revision: str = "head") -> str:
+    """Bring the market schema to ``revision`` with the project's Alembic migrations.
+
+    Safe to call from several processes at once: on PostgreSQL an advisory lock serialises them
+    and the schema changes of one step commit together (transactional DDL).
+
+    Args:
+        engine: engine of the market database.
+        revision: target revision id (``"head"``: the latest).
+
+    Returns:
+        The schema revision after the upgrade.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database refused a migration step; nothing of that
+            step is applied on PostgreSQL.
+    """
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    with _quiet_alembic(), engine.connect() as conn:
+        current = MigrationContext.configure(
+            conn, opts={"version_table": SCHEMA_VERSION_TABLE}).get_current_revision()
+    if revision == "head" and current == head:
+        return str(current)
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+        current = MigrationContext.configure(
+            conn, opts={"version_table": SCHEMA_VERSION_TABLE}).get_current_revision()
+    return str(current)
