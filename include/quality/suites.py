@@ -251,7 +251,8 @@ def format_failures(report: dict[str, Any]) -> str:
         if suite.get("rows") == 0:  # an empty window: the row count says it all, the rest follows from it
             failed = [f for f in failed if f["expectation"] == "expect_table_row_count_to_be_between"] or failed
         for f in failed:
-            line = f"{suite['suite']}: {f.get('message') or f['expectation']} [{f['expectation']}]"
+            cols = {k: v for k, v in f["kwargs"].items() if k.startswith("column")}
+            line = f"{suite['suite']}: {f.get('message') or cols} [{f['expectation']}]"
             if f["unexpected_count"]:
                 line += f" unexpected={f['unexpected_count']}"
             if f["example_rows"]:
