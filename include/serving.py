@@ -297,10 +297,10 @@ def production_model(settings: Any, model: str) -> ProductionModel:
         ServingError: ``MODEL_STALE_POLICY`` is not ``warn`` or ``refuse``.
     """
     registry = deployment_registry(settings)
-    registry.model(model)
     key = (str(settings.registry_dir), settings.market_db_url, model)
     with _instances_lock:
         if key not in _instances:
+            registry.model(model)  # an unknown name fails here, once, not on every prediction
             raw_age = os.environ.get("MODEL_MAX_AGE_HOURS", "192")
             policy = os.environ.get("MODEL_STALE_POLICY", "warn")
             if policy not in ("warn", "refuse"):

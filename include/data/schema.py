@@ -20,13 +20,19 @@ from include.data.sources import OHLCV_COLUMNS
 
 metadata = sa.MetaData()
 
+
+def _candle_series_key() -> list[sa.Column]:
+    """Primary-key columns naming one candle series (new objects: a column belongs to one table)."""
+    return [sa.Column("exchange", sa.String(32), primary_key=True),
+            sa.Column("market_type", sa.String(16), primary_key=True),
+            sa.Column("symbol", sa.String(32), primary_key=True),
+            sa.Column("timeframe", sa.String(8), primary_key=True)]
+
+
 ohlcv_table = sa.Table(
     "ohlcv",
     metadata,
-    sa.Column("exchange", sa.String(32), primary_key=True),
-    sa.Column("market_type", sa.String(16), primary_key=True),
-    sa.Column("symbol", sa.String(32), primary_key=True),
-    sa.Column("timeframe", sa.String(8), primary_key=True),
+    *_candle_series_key(),
     sa.Column("ts", sa.BigInteger, primary_key=True, comment="bar open time, ms since epoch UTC"),
     *(sa.Column(c, sa.Float) for c in OHLCV_COLUMNS),
 )
@@ -52,16 +58,9 @@ open_interest_table = sa.Table(
 ohlcv_quarantine_table = sa.Table(
     "ohlcv_quarantine",
     metadata,
-    sa.Column("exchange", sa.String(32), primary_key=True),
-    sa.Column("market_type", sa.String(16), primary_key=True),
-    sa.Column("symbol", sa.String(32), primary_key=True),
-    sa.Column("timeframe", sa.String(8), primary_key=True),
+    *_candle_series_key(),
     sa.Column("ts", sa.BigInteger, primary_key=True, comment="bar open time, ms since epoch UTC"),
-    sa.Column("open", sa.Float),
-    sa.Column("high", sa.Float),
-    sa.Column("low", sa.Float),
-    sa.Column("close", sa.Float),
-    sa.Column("volume", sa.Float),
+    *(sa.Column(c, sa.Float) for c in OHLCV_COLUMNS),
     sa.Column("reason", sa.Text, nullable=False, comment="why the row was refused"),
     sa.Column("source", sa.String(256), nullable=False, comment="source the row came from"),
     sa.Column("recorded_at", sa.BigInteger, nullable=False, comment="ms since epoch UTC"),
@@ -70,10 +69,7 @@ ohlcv_quarantine_table = sa.Table(
 ohlcv_gap_table = sa.Table(
     "ohlcv_gap",
     metadata,
-    sa.Column("exchange", sa.String(32), primary_key=True),
-    sa.Column("market_type", sa.String(16), primary_key=True),
-    sa.Column("symbol", sa.String(32), primary_key=True),
-    sa.Column("timeframe", sa.String(8), primary_key=True),
+    *_candle_series_key(),
     sa.Column("start_ts", sa.BigInteger, primary_key=True,
               comment="open time of the first missing bar, ms since epoch UTC"),
     sa.Column("end_ts", sa.BigInteger, nullable=False,

@@ -357,9 +357,10 @@ class MarketStore:
             return [Gap(_from_ms(a), _from_ms(b), int(n)) for a, b, n in conn.execute(stmt)]
 
     def extent(self, series: Literal["ohlcv", "funding_rate", "open_interest"], *, exchange: str,
-               symbol: str, market_type: str | None = None,
-               timeframe: str | None = None) -> tuple[pd.Timestamp, pd.Timestamp] | None:
-        """First and last stored timestamp of one series, or ``None`` when it holds no rows."""
+               symbol: str, market_type: str | None = None, timeframe: str | None = None,
+               start: datetime | None = None, end: datetime | None = None) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        """First and last stored timestamp of one series (within ``[start, end)`` if given), or
+        ``None`` when it holds no rows there."""
         table = {"ohlcv": ohlcv_table, "funding_rate": funding_table,
                  "open_interest": open_interest_table}[series]
         where = [table.c.exchange == exchange, table.c.symbol == symbol]
@@ -367,6 +368,10 @@ class MarketStore:
             if market_type is None or timeframe is None:
                 raise ValueError("extent('ohlcv') needs market_type and timeframe")
             where += [table.c.market_type == market_type, table.c.timeframe == timeframe]
+        if start is not None:
+            where.append(table.c.ts >= _bound_ms(start))
+        if end is not None:
+            where.append(table.c.ts < _bound_ms(end))
         stmt = sa.select(sa.func.min(table.c.ts), sa.func.max(table.c.ts)).where(*where)
         with self.engine.connect() as conn:
             lo, hi = conn.execute(stmt).one()

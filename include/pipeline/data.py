@@ -136,14 +136,14 @@ def ingest(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path 
         out = ingest_window(source, store, key, start=start, end=end,
                             funding_start=start - FUNDING_LOOKBACK,
                             open_interest_start=start - timedelta(days=2))
-        first = store.load_ohlcv(exchange=cfg.exchange, symbol=cfg.symbol, market_type=cfg.market_type,
-                                 timeframe=cfg.timeframe, start=start, end=end).head(1)
-        extent = store.extent("ohlcv", exchange=cfg.exchange, symbol=cfg.symbol, market_type=cfg.market_type,
-                              timeframe=cfg.timeframe)
+        series = {"exchange": cfg.exchange, "symbol": cfg.symbol, "market_type": cfg.market_type,
+                  "timeframe": cfg.timeframe}
+        in_window = store.extent("ohlcv", **series, start=start, end=end)
+        extent = store.extent("ohlcv", **series)
     finally:
         store.dispose()
     out["source"] = repr(source)
-    first_bar = first["timestamp"].iloc[0].to_pydatetime() if len(first) else None
+    first_bar = in_window[0].to_pydatetime() if in_window else None
     try:
         stored = None if extent is None else (extent[0].to_pydatetime(), extent[1].to_pydatetime())
         coverage = None
