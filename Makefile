@@ -21,7 +21,7 @@ export GX_ANALYTICS_ENABLED := false
 DEMO_DATES ?= 2023-12-24 2023-12-31
 DEMO_CONF  ?=
 
-.PHONY: install demo test airflow lint clean-state bench
+.PHONY: install demo test airflow airflow-stop backfill lint clean-state bench
 
 install: $(STAMP)
 
@@ -39,15 +39,20 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
-## Airflow standalone (scheduler, api-server, dag-processor) on http://127.0.0.1:8080, login admin/admin.
+## Local deployment (include/deployment.py): PostgreSQL (embedded, or DEPLOY_DATABASE_URL), api-server,
+## scheduler (LocalExecutor), dag-processor and triggerer on http://127.0.0.1:8080, login admin/admin.
+## Ctrl-C or `make airflow-stop` stops all of it.
 airflow: install
-	mkdir -p $(AIRFLOW_HOME)
-	test -f $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated || \
-		echo '{"admin": "admin"}' > $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated
-	$(BIN)/airflow db migrate > /dev/null
-	# The thread budget's pool: how many model fits run at once on this machine (include/resources.py).
-	$(BIN)/airflow pools set training $$($(BIN)/python -m include.resources) "model training (include/resources.py)" > /dev/null
-	$(BIN)/airflow standalone
+	$(BIN)/python -m include.deployment up
+
+airflow-stop: install
+	$(BIN)/python -m include.deployment down
+
+## Backfill weekly_retrain on the running deployment, from a second terminal, and follow it:
+## make backfill FROM=2023-11-05 TO=2023-12-24 [CONF='{"cv_folds": 4}']
+backfill: install
+	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=2023-11-05 TO=2023-12-24 [CONF='{...}']"; exit 2; }
+	$(BIN)/python -m include.deployment backfill $(FROM) $(TO) $(if $(CONF),--conf '$(CONF)')
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,54 +1,103 @@
-"""Benchmark: wall time per run of a real backfill (scheduler + LocalExecutor, PostgreSQL).
+"""Benchmark: a backfill of ``weekly_retrain`` on a local deployment, with a per-task profile.
 
-Starts the deployment as local processes (:class:`tests.cluster.LocalAirflow`), backfills
-``weekly_retrain`` over N weekly windows (default 4, 2023-06-04 onward) with
-``--max-active-runs 1`` and the bundled data, and reports each run's duration (scheduler start to
-end) and the total. Short window (120 days, 3 folds) as in the backfill test. Prints one JSON line.
+Starts the deployment as local processes (:class:`tests.cluster.LocalAirflow`: scheduler,
+LocalExecutor, api-server, dag-processor on PostgreSQL), backfills N weekly windows (default
+52, logical dates 2023-01-01 onward, the bundled data) with ``--max-active-runs 1`` and the run
+conf given (default: none, i.e. the default parameters: 730-day window, 6 folds, three
+families, every market of the universe), and reports:
 
-Usage: ``PYTHONPATH=. .venv/bin/python bench/backfill_run.py [weeks] [train_window_days]``.
+* ``per_run_s``: each run's wall time (run start to end) and ``total_s`` from backfill
+  creation to the last run's end;
+* ``profile``: per task, the mean running time and the mean wait between being queued and
+  starting, over all runs and markets;
+* ``idle_s_per_run``: the mean time per run during which no task of the run was running
+  (scheduling gaps and task start-up).
+
+Usage: ``PYTHONPATH=. .venv/bin/python bench/backfill_run.py [weeks] [--conf JSON] [--first DATE]``.
+Prints one JSON line.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import tempfile
 import time
+from collections import defaultdict
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
-from tests.cluster import LocalAirflow, conf_json, market_deployment_env
+from tests.cluster import LocalAirflow, market_deployment_env
 from tests.conftest import DATA_DIR, create_pg_database, drop_pg_database
 
 
-def main(weeks: int = 4, train_window_days: int = 120) -> None:
+def idle_seconds(run_start, run_end, intervals: list[tuple[Any, Any]]) -> float:
+    """Seconds of ``[run_start, run_end]`` covered by none of ``intervals`` (start, end pairs)."""
+    busy, cursor = 0.0, run_start
+    for start, end in sorted(intervals):
+        start, end = max(start, cursor), min(end, run_end)
+        if end > start:
+            busy += (end - start).total_seconds()
+            cursor = end
+    return (run_end - run_start).total_seconds() - busy
+
+
+def profile(airflow: LocalAirflow, runs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[float]]:
+    """Per-task mean duration and queue wait, and per-run idle time, of ``runs``."""
+    durations: dict[str, list[float]] = defaultdict(list)
+    waits: dict[str, list[float]] = defaultdict(list)
+    idle = []
+    for run in runs:
+        rows = airflow.query("SELECT task_id, start_date, end_date, queued_dttm FROM task_instance "
+                             "WHERE dag_id = 'weekly_retrain' AND run_id = :r AND start_date IS NOT NULL "
+                             "AND end_date IS NOT NULL", r=run["run_id"])
+        for task_id, start, end, queued in rows:
+            name = task_id.split(".")[-1]
+            durations[name].append((end - start).total_seconds())
+            if queued is not None:
+                waits[name].append((start - queued).total_seconds())
+        idle.append(idle_seconds(run["start_date"], run["end_date"], [(s, e) for _, s, e, _ in rows]))
+    table = {name: {"mean_s": round(sum(v) / len(v), 2), "n": len(v),
+                    "queued_wait_s": round(sum(waits[name]) / len(waits[name]), 2) if waits[name] else None}
+             for name, v in durations.items()}
+    return dict(sorted(table.items(), key=lambda kv: -kv[1]["mean_s"])), idle
+
+
+def main(weeks: int, conf: dict[str, Any], first: date) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
     meta, market = create_pg_database("bench_meta"), create_pg_database("bench_market")
     env = market_deployment_env(tmp, market, DATA_DIR)
-    first = date(2023, 6, 4)
     last = first + timedelta(weeks=weeks - 1)
     try:
         t0 = time.perf_counter()
         with LocalAirflow(tmp / "airflow", meta, "LocalExecutor", env) as airflow:
-            started = time.perf_counter()
             airflow.wait_for_dag("weekly_retrain")
+            started = time.perf_counter()
             airflow.airflow("backfill", "create", "--dag-id", "weekly_retrain", "--from-date", str(first),
-                            "--to-date", str(last), "--max-active-runs", "1", "--dag-run-conf",
-                            conf_json(train_window_days=train_window_days, cv_folds=3))
-            created = time.perf_counter()
-            runs = airflow.wait_for_runs("weekly_retrain", weeks, timeout=3000, run_type="backfill")
+                            "--to-date", str(last), "--max-active-runs", "1",
+                            *(["--dag-run-conf", json.dumps(conf)] if conf else []))
+            runs = airflow.wait_for_runs("weekly_retrain", weeks, timeout=6 * 3600, run_type="backfill")
             done = time.perf_counter()
+            tasks, idle = profile(airflow, runs)
     finally:
         drop_pg_database(meta)
         drop_pg_database(market)
     per_run = [round((r["end_date"] - r["start_date"]).total_seconds(), 1) for r in runs]
     print(json.dumps({
-        "benchmark": "backfill_local_executor", "weeks": weeks, "train_window_days": train_window_days,
-        "states": [r["state"] for r in runs], "per_run_s": per_run,
-        "mean_run_s": round(sum(per_run) / len(per_run), 1),
-        "backfill_wall_s": round(done - created, 1), "deployment_start_s": round(started - t0, 1),
+        "benchmark": "backfill_local_executor", "weeks": weeks, "first": str(first), "conf": conf,
+        "states": sorted({r["state"] for r in runs}), "failed": [r["run_id"] for r in runs if r["state"] != "success"],
+        "per_run_s": per_run, "mean_run_s": round(sum(per_run) / len(per_run), 1),
+        "total_s": round(done - started, 1), "total_min": round((done - started) / 60, 1),
+        "deployment_start_s": round(started - t0, 1),
+        "idle_s_per_run": round(sum(idle) / len(idle), 1), "profile": tasks,
     }))
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("weeks", nargs="?", type=int, default=52)
+    parser.add_argument("--conf", default="{}", help="run conf JSON (default: none = default parameters)")
+    parser.add_argument("--first", default="2023-01-01", help="first logical date (a Sunday)")
+    args = parser.parse_args()
+    main(args.weeks, json.loads(args.conf), date.fromisoformat(args.first))

@@ -209,6 +209,7 @@ def run_suites(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest:
         expectation with its type, arguments, observed value and up to five example rows.
     """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    quiet_great_expectations()
     import great_expectations as gx
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -241,6 +242,17 @@ def run_suites(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest:
                     summary["evaluated"], len(summary["failed"]))
         summaries.append(summary)
     return {"success": all(s["success"] for s in summaries), "suites": summaries}
+
+
+def quiet_great_expectations() -> None:
+    """Keep Great Expectations' import-time INFO records out of task logs.
+
+    Importing GX 1.x logs about 200 "Skipping registering function ..." lines from
+    ``great_expectations._docs_decorators`` (and datasource registration from
+    ``great_expectations.datasource``); only its warnings and errors are worth a reader's time.
+    """
+    for name in ("great_expectations", "great_expectations._docs_decorators"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def format_failures(report: dict[str, Any]) -> str:

@@ -128,9 +128,18 @@ def fold_importance(estimator: Any, X_test: pd.DataFrame, y_test: np.ndarray,
 
     raw = np.asarray(getattr(estimator, "feature_importances_", np.zeros(X_test.shape[1])), dtype="float64")
     gain = raw / raw.sum() if raw.sum() > 0 else raw
-    # One process: the estimator already uses the task's threads (joblib workers would multiply them).
-    perm = permutation_importance(estimator, X_test, y_test, scoring="neg_log_loss", n_repeats=n_repeats,
-                                  random_state=random_state)
+    # One thread: each scoring predicts one test fold (a week of bars), where a thread pool costs more
+    # than it saves (the random forest's joblib pool tripled the task's time); the fitted model is
+    # unchanged, its thread count is restored afterwards.
+    threads = estimator.get_params().get("n_jobs")
+    if threads not in (None, 1):
+        estimator.set_params(n_jobs=1)
+    try:
+        perm = permutation_importance(estimator, X_test, y_test, scoring="neg_log_loss", n_repeats=n_repeats,
+                                      random_state=random_state)
+    finally:
+        if threads not in (None, 1):
+            estimator.set_params(n_jobs=threads)
     return {"gain": dict(zip(X_test.columns, map(float, gain), strict=True)),
             "permutation": dict(zip(X_test.columns, map(float, perm.importances_mean), strict=True))}
 

@@ -103,3 +103,25 @@ def test_spot_gaps_of_the_real_data_are_measured(data_dir):
     report = run_suites(bars, None, None, limits)
     gap = next(f for s in report["suites"] for f in s["failed"] if f["expectation"] == "expect_column_max_to_be_between")
     assert gap["observed_value"] == 33.0
+
+
+def test_validation_keeps_great_expectations_registration_noise_out_of_the_log():
+    """A task's log gets the suites' outcome, not GX's ~200 import-time "Skipping registering" lines."""
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+        "import pandas as pd\n"
+        "from include.quality.suites import SuiteLimits, run_suites\n"
+        "ts = pd.date_range('2023-01-01', periods=48, freq='h', tz='UTC')\n"
+        "o = pd.DataFrame({'timestamp': ts, 'open': 1.0, 'high': 2.0, 'low': 0.5, 'close': 1.5, 'volume': 3.0})\n"
+        "r = run_suites(o, None, None, SuiteLimits(3600, 48, 0.95, 0.01, 24, 0.03, 8))\n"
+        "print('success', r['success'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "success True" in done.stdout
+    assert "Skipping registering" not in done.stderr
+    assert "_docs_decorators" not in done.stderr

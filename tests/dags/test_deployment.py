@@ -1,0 +1,147 @@
+"""The local deployment of ``make airflow`` (include/deployment.py), driven as a user drives it.
+
+One test starts the real thing (``python -m include.deployment up``: embedded PostgreSQL from the
+``pgserver`` wheel, api-server, scheduler with the LocalExecutor, dag-processor, triggerer) and:
+
+* a second ``up`` on the same port refuses at once and names the port;
+* a backfill of three weekly windows created through the official REST client
+  (``apache-airflow-client``) runs to success;
+* a one-week backfill through ``make backfill``'s command (``include.deployment backfill``) runs
+  to success and reports it;
+* Ctrl-C (SIGINT to the supervisor) stops every process it started, frees the port and stops the
+  embedded PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import ROOT, free_port
+
+DAG_ID = "weekly_retrain"
+#: A small run of one market: the point is the deployment, not the model.
+CONF = {"markets": ["BTCUSDT"], "train_window_days": 120, "cv_folds": 3, "models": ["lightgbm", "random_forest"]}
+
+
+def _env(tmp_path: Path, port: int, var: str = "deploy") -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "MARKET_", "MODEL_REGISTRY", "RUN_ARTIFACTS"))}
+    return {**env, "PYTHONPATH": str(ROOT), "DEPLOY_VAR_DIR": str(tmp_path / var),
+            "AIRFLOW_HOME": str(tmp_path / var / "airflow"), "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _token(port: int) -> str:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/auth/token", method="POST",
+                                 data=json.dumps({"username": "admin", "password": "admin"}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())["access_token"]
+
+
+def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline, last_error = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the deployment exited ({proc.returncode}) while waiting for {what}:\n"
+                        f"{log.read_text()[-4000:]}")
+        try:
+            if predicate():
+                return
+        except Exception as exc:  # noqa: BLE001 - not up yet; reported if it never comes up
+            last_error = exc
+        time.sleep(2)
+    pytest.fail(f"timed out waiting for {what} (last error: {last_error!r}):\n{log.read_text()[-4000:]}")
+
+
+def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cleanly(tmp_path):
+    import airflow_client.client as client
+    import psutil
+
+    port = free_port()
+    env = _env(tmp_path, port)
+    log = tmp_path / "up.log"
+    with open(log, "wb") as out:
+        up = subprocess.Popen([sys.executable, "-m", "include.deployment", "up"], env=env, cwd=ROOT,
+                              stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    state_path = tmp_path / "deploy" / "state.json"
+    try:
+        _wait(lambda: state_path.is_file() and bool(_token(port)), 180, "the api-server", up, log)
+        state = json.loads(state_path.read_text())
+        assert set(state["components"]) == {"api-server", "scheduler", "dag-processor", "triggerer"}
+        assert state["embedded_postgres"] is True
+        assert state["env"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+        assert state["env"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+
+        # A second deployment on the same port says so and exits instead of half-starting.
+        t0 = time.monotonic()
+        second = subprocess.run([sys.executable, "-m", "include.deployment", "up"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=60, env=_env(tmp_path, port, var="second"))
+        assert second.returncode == 1
+        assert f"Port {port} on 127.0.0.1 is in use" in second.stderr
+        assert time.monotonic() - t0 < 30
+        assert not (tmp_path / "second" / "state.json").exists()
+
+        config = client.Configuration(host=f"http://127.0.0.1:{port}", access_token=_token(port))
+        with client.ApiClient(config) as api:
+            dags, backfills, dag_runs = client.DAGApi(api), client.BackfillApi(api), client.DagRunApi(api)
+            _wait(lambda: dags.get_dag(DAG_ID).dag_id == DAG_ID, 180, "the DAG to be parsed", up, log)
+            dags.patch_dag(DAG_ID, client.DAGPatchBody(is_paused=False))
+            created = backfills.create_backfill(client.BackfillPostBody(
+                dag_id=DAG_ID, from_date="2023-06-04T00:00:00Z", to_date="2023-06-18T00:00:00Z",
+                max_active_runs=1, dag_run_conf=CONF))
+            assert created.dag_id == DAG_ID
+
+            def backfill_runs() -> list[tuple[str, str, object]]:
+                runs = dag_runs.get_dag_runs(DAG_ID, run_type=["backfill"], limit=50).dag_runs
+                return sorted((r.logical_date, getattr(r.state, "value", r.state), r) for r in runs)
+
+            _wait(lambda: len(backfill_runs()) == 3 and all(s in ("success", "failed") for _, s, _ in backfill_runs()),
+                  1200, "the three backfill runs", up, log)
+            runs = [r for _, _, r in backfill_runs()]
+            assert [s for _, s, _ in backfill_runs()] == ["success"] * 3, [(r.dag_run_id, r.state) for r in runs]
+            assert [r.data_interval_start.date().isoformat() for r in runs] == ["2023-06-04", "2023-06-11", "2023-06-18"]
+
+        # make backfill's command, from a "second terminal", against the same deployment.
+        cli_env = {**env, "AIRFLOW__API__PORT": str(port)}
+        done = subprocess.run([sys.executable, "-m", "include.deployment", "backfill", "2023-06-25", "2023-06-25",
+                               "--conf", json.dumps(CONF)], cwd=ROOT, env=cli_env, capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "1 run(s), 2023-06-25 to 2023-06-25" in done.stdout
+        assert "finished: 1 succeeded, 0 failed" in done.stdout
+
+        pids = [state["supervisor_pid"], *state["components"].values()]
+        tree = [p.pid for pid in state["components"].values() if psutil.pid_exists(pid)
+                for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]]
+    finally:
+        # Ctrl-C in the terminal: SIGINT to the supervisor.
+        if up.poll() is None:
+            os.kill(up.pid, signal.SIGINT)
+        try:
+            up.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            subprocess.run([sys.executable, "-m", "include.deployment", "down"], cwd=ROOT, env=env, timeout=120)
+            pytest.fail(f"the deployment did not stop on SIGINT:\n{log.read_text()[-4000:]}")
+    assert up.returncode == 0, log.read_text()[-3000:]
+    assert "Stopped" in log.read_text()
+    left = [pid for pid in set(pids + tree) if psutil.pid_exists(pid)
+            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert left == [], [psutil.Process(p).cmdline() for p in left]
+    assert not state_path.exists()
+    assert not (tmp_path / "deploy" / "postgres" / "postmaster.pid").exists()
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))  # the port is free again
