@@ -393,6 +393,11 @@ def backfill(dag_id: str, start: str, end: str, conf: str | None, max_active_run
     before = _metadata(state, "SELECT coalesce(max(id), 0) FROM backfill WHERE dag_id = :d", d=dag_id)[0][0]
     args = ["backfill", "create", "--dag-id", dag_id, "--from-date", start, "--to-date", end,
             "--max-active-runs", str(max_active_runs), "--reprocess-behavior", reprocess]
+    active = _metadata(state, "SELECT id FROM backfill WHERE dag_id = :d AND completed_at IS NULL", d=dag_id)
+    if active:
+        raise ConfigError(f"backfill {active[0][0]} of {dag_id} is still running, and Airflow runs one backfill per "
+                          f"DAG at a time: wait for it (the scheduler closes it a few seconds after its last run) "
+                          f"or cancel it in the UI or with PUT /api/v2/backfills/{active[0][0]}/cancel")
     airflow_cli(state, *args, *(["--dag-run-conf", conf] if conf else []))
     created = _metadata(state, "SELECT id FROM backfill WHERE dag_id = :d AND id > :b ORDER BY id", d=dag_id, b=before)
     if not created:

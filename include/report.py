@@ -96,6 +96,14 @@ def _calibration_plot(curves: dict[str, dict[str, list[float]]]) -> str:
     return _png(fig)
 
 
+def top_features(importance: dict[str, float], k: int = 12) -> list[str]:
+    """The ``k`` features of largest importance, largest first (ties by name).
+
+    The order of ``importance`` is not trusted: metadata files are written with sorted keys.
+    """
+    return sorted(importance, key=lambda name: (-importance[name], name))[:k]
+
+
 def _importance_plot(importance: dict[str, dict[str, Any]]) -> str:
     import matplotlib.pyplot as plt
 
@@ -103,7 +111,7 @@ def _importance_plot(importance: dict[str, dict[str, Any]]) -> str:
     fig, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 4.5), squeeze=False)
     for ax, family in zip(axes[0], families, strict=True):
         perm = importance[family]["permutation"]["mean"]
-        names = list(perm)[:12][::-1]
+        names = top_features(perm)[::-1]  # barh draws the first name at the bottom
         ax.barh(names, [perm[n] for n in names])
         stab = importance[family]["permutation"]["rank_stability"]
         ax.set_title(f"{family}\nrank stability {stab:.2f}" if stab is not None else family)

@@ -75,11 +75,24 @@ def prior_corrected_predict(proba: np.ndarray, prior: np.ndarray) -> np.ndarray:
 
 
 def _align_proba(estimator: Any, proba: np.ndarray) -> np.ndarray:
-    """Expand ``predict_proba`` output to all classes (a fold may miss a class)."""
+    """Expand ``predict_proba`` output to all classes (a fold may miss a class), as float64 rows
+    that sum to one.
+
+    XGBoost returns float32 probabilities whose rows sum to one only within ~1e-7, which
+    scikit-learn's log loss and Brier score reject with "The y_prob values do not sum to one";
+    rows are renormalised in float64.
+    """
     out = np.zeros((proba.shape[0], len(CLASSES)))
     for j, cls in enumerate(estimator.classes_):
         out[:, int(cls)] = proba[:, j]
-    return out
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def _neg_log_loss(estimator: Any, X: pd.DataFrame, y: np.ndarray) -> float:
+    """Scorer of :func:`fold_importance`: minus the log loss of :func:`predict_proba_all`."""
+    from sklearn.metrics import log_loss
+
+    return -float(log_loss(y, predict_proba_all(estimator, X), labels=list(CLASSES)))
 
 
 def predict_proba_all(estimator: Any, X: pd.DataFrame) -> np.ndarray:
@@ -135,7 +148,7 @@ def fold_importance(estimator: Any, X_test: pd.DataFrame, y_test: np.ndarray,
     if threads not in (None, 1):
         estimator.set_params(n_jobs=1)
     try:
-        perm = permutation_importance(estimator, X_test, y_test, scoring="neg_log_loss", n_repeats=n_repeats,
+        perm = permutation_importance(estimator, X_test, y_test, scoring=_neg_log_loss, n_repeats=n_repeats,
                                       random_state=random_state)
     finally:
         if threads not in (None, 1):

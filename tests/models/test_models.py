@@ -103,3 +103,25 @@ def test_peeking_feature_soars_in_sample_and_is_exposed_out_of_sample(xy):
     honest = cross_validate("lightgbm", X, y, splits=SPLITS, random_state=0, n_jobs=2, early_stopping_rounds=20)
     assert in_sample > 0.9
     assert honest.overall["macro_f1"] < 0.5
+
+
+def test_xgboost_float32_probabilities_are_scored_without_the_sum_to_one_warning():
+    """XGBoost's float32 rows sum to one only within 1e-7; scikit-learn's log loss warned on every fold."""
+    import warnings
+
+    import xgboost
+
+    from include.training import fold_importance, metrics_with_prior, predict_proba_all
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(size=(600, 3)), columns=["a", "b", "c"])
+    y = (X["a"] > 0).astype(int).to_numpy() + (X["b"] > 1).astype(int).to_numpy()
+    model = xgboost.XGBClassifier(n_estimators=5, n_jobs=1).fit(X, y)
+    assert model.predict_proba(X).dtype == np.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        proba = predict_proba_all(model, X)
+        metrics_with_prior(y, proba, np.array([0.4, 0.4, 0.2]))
+        importance = fold_importance(model, X, y, random_state=0)
+    assert proba.dtype == np.float64 and np.abs(proba.sum(axis=1) - 1).max() < 1e-12
+    assert importance["permutation"]["a"] > importance["permutation"]["c"]
