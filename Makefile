@@ -6,7 +6,7 @@ VENV        := .venv
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.installed
 export PYTHONPATH          := $(CURDIR)
-# airflow standalone starts its components as `airflow` subprocesses: the venv must be on PATH.
+# The deployment starts its components as `airflow` subprocesses: the venv must be on PATH.
 export PATH                := $(CURDIR)/$(VENV)/bin:$(PATH)
 export AIRFLOW_HOME        ?= $(CURDIR)/var/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
