@@ -263,7 +263,9 @@ class FastPredictor:
                 logger.warning("native ensemble path differs from predict_proba; using predict_proba")
 
     def _native(self, X: np.ndarray) -> np.ndarray:
-        return sum(w * fn(X) for w, (fn, _) in zip(self.weights, self.members, strict=True))
+        # Rows renormalised in float64 as include.training.predict_proba_all does (XGBoost's are float32).
+        probas = (np.asarray(fn(X), dtype="float64") for fn, _ in self.members)
+        return sum(w * (p / p.sum(axis=1, keepdims=True)) for w, p in zip(self.weights, probas, strict=True))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities ``(n, 3)`` for rows ``X`` ``(n, k)`` in :attr:`columns` order."""
