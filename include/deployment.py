@@ -190,6 +190,12 @@ def deployment_env(root: Path, metadata_url: str, market_url: str, port: int) ->
     }
 
 
+def process_env(env: dict[str, str]) -> dict[str, str]:
+    """This process's environment with the deployment's on top, and this venv's ``bin`` first on
+    ``PATH`` (components and tasks start ``airflow`` as a subprocess)."""
+    return {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 # -- supervisor --------------------------------------------------------------------------------
 def _stop_tree(pids: list[int], grace: float = STOP_GRACE_S) -> list[int]:
     """SIGTERM each pid's process group and all its descendants, SIGKILL what is left after
@@ -250,7 +256,7 @@ def up() -> int:
         return 1
     server_url, embedded = postgres_server(root)
     env = deployment_env(root, ensure_database(server_url, "airflow"), ensure_database(server_url, "market"), port)
-    full_env = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    full_env = process_env(env)
     home = Path(env["AIRFLOW_HOME"])
     (home / "logs").mkdir(parents=True, exist_ok=True)
     passwords = home / "simple_auth_manager_passwords.json.generated"
@@ -347,7 +353,7 @@ def airflow_cli(state: dict[str, Any], *args: str, check: bool = True) -> subpro
     Raises:
         ConfigError: the command failed (its output is in the message).
     """
-    env = {**os.environ, **state["env"], "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = process_env(state["env"])
     done = subprocess.run(["airflow", *args], env=env, capture_output=True, text=True, cwd=PROJECT_ROOT)
     if check and done.returncode != 0:
         raise ConfigError(f"airflow {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
