@@ -118,6 +118,8 @@ PARAMS = {
     "gate_max_drawdown": _param("gate_max_drawdown", "number", exclusiveMinimum=0, maximum=1),
     "gate_min_probabilistic_sharpe": _param("gate_min_probabilistic_sharpe", ["null", "number"],
                                             minimum=0, maximum=1),
+    "gate_max_champion_p_value": _param("gate_max_champion_p_value", ["null", "number"],
+                                        exclusiveMinimum=0, maximum=1),
     "trade_min_probability": _param("trade_min_probability", "number", minimum=0, exclusiveMaximum=1),
     "fee_bps": _param("fee_bps", "number", minimum=0),
     "slippage_bps": _param("slippage_bps", "number", minimum=0),

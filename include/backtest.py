@@ -9,9 +9,16 @@ Rules (one position at a time, re-decided every bar):
   class is the prior-corrected most likely class, the decision the classification metrics score
   (:func:`include.training.prior_corrected_predict`).
 * Costs: every change of position pays ``fee_bps + slippage_bps`` per unit of notional traded
-  (a reversal trades 2 units).
-* Funding (perpetuals): a position held at a settlement time pays ``position * funding_rate``
-  (longs pay positive rates, shorts receive them), as on Binance USDT-M.
+  (a reversal trades 2 units). Each unit is booked to the trade it belongs to: the entry to the
+  trade's first bar, the exit to its last bar. A position still open at the end is closed there
+  and pays its exit, so every trade in the statistics is a round trip.
+* Funding (perpetuals): a settlement at time T is charged to the position held over the bar that
+  ends at T (Binance USDT-M charges positions open at the funding time): ``position *
+  funding_rate``, so longs pay positive rates and shorts receive them.
+* Gaps: returns are indexed by time. A bar whose open or next open is missing from the candles
+  (an exchange outage) has no known return; the strategy is flat over it (no return, no
+  funding), and ``skipped_bars`` counts such bars. The simulation ends at the last bar whose
+  next open is known.
 
 Metrics follow their standard definitions: annualised Sharpe ratio ``mean / std * sqrt(N)`` and
 Sortino ratio ``mean / downside deviation * sqrt(N)`` of per-bar net returns with N bars per
@@ -72,52 +79,62 @@ def positions_from_proba(proba: np.ndarray, prior: np.ndarray, min_probability: 
 
 def simulate(signal: pd.Series, bars: pd.DataFrame, funding: pd.DataFrame | None, costs: TradingCosts,
              bar_seconds: int) -> dict[str, Any]:
-    """Simulate target positions over candles.
+    """Simulate target positions over candles (rules in the module docstring).
 
     Args:
-        signal: target position per bar open time (index: UTC timestamps), values in {-1, 0, 1};
-            the position is entered at the next bar's open.
-        bars: candles with ``timestamp`` and ``open``, covering the signal bars and two more.
-        funding: settlements with ``timestamp`` and ``funding_rate``, or ``None`` (spot).
+        signal: ``(n,)`` target position per bar open time (index: UTC timestamps), values in
+            {-1, 0, 1}; the position is entered at the next bar's open.
+        bars: candles with ``timestamp`` and ``open``; bars missing inside the span are gaps.
+        funding: settlements with ``timestamp`` and ``funding_rate`` (fraction per settlement),
+            or ``None`` (spot).
         costs: fees and slippage.
-        bar_seconds: bar length, for annualisation.
+        bar_seconds: bar length in seconds, for annualisation.
 
     Returns:
-        Metrics (see :func:`performance`) plus ``equity`` (list of ``[iso time, equity]``).
+        Metrics (see :func:`performance`) plus ``turnover`` (units traded), ``fees_and_slippage``
+        and ``funding_paid`` (fractions of equity, summed per bar), ``skipped_bars`` (bars inside
+        the span without a known return) and ``equity`` (list of ``[iso time, equity]``).
 
     Raises:
-        TrainingError: the candles do not cover the signal's bars.
+        TrainingError: the candles hold no open for any bar after the signal.
     """
+    bar = pd.Timedelta(seconds=bar_seconds)
     opens = bars.set_index("timestamp")["open"].astype("float64")
-    held_from = signal.index + pd.Timedelta(seconds=bar_seconds)  # entered at the next open
-    if not held_from.isin(opens.index).all():
-        raise TrainingError("trading simulation: candles do not cover the bars after the signal")
-    position = pd.Series(np.asarray(signal, dtype="float64"), index=held_from)
-    # Open-to-open return over the bar during which the position is held.
-    nxt = opens.shift(-1).reindex(held_from)
-    ret = (nxt / opens.reindex(held_from) - 1.0).to_numpy()
-    valid = ~np.isnan(ret)
-    position, ret = position[valid], ret[valid]
-    pos = position.to_numpy()
-    turnover = np.abs(np.diff(np.concatenate([[0.0], pos])))
-    cost = turnover * costs.per_unit
+    opens = opens[~opens.index.duplicated()].sort_index()
+    held_from = signal.index + bar  # entered at the next bar's open
+    if opens.empty or not (held_from + bar <= opens.index.max()).any():
+        raise TrainingError("trading simulation: the candles hold no open after the signal's bars "
+                            f"({signal.index.min()} to {signal.index.max()})")
+    keep = np.asarray(held_from + bar <= opens.index.max())  # the simulation ends with the candles
+    held_from = held_from[keep]
+    ret = (opens.reindex(held_from + bar).to_numpy() / opens.reindex(held_from).to_numpy()) - 1.0
+    skipped = np.isnan(ret)
+    pos = np.where(skipped, 0.0, np.asarray(signal, dtype="float64")[keep])
+    ret = np.where(skipped, 0.0, ret)
+    before = np.concatenate([[0.0], pos[:-1]])
+    after = np.concatenate([pos[1:], [0.0]])
+    entry = np.where(pos != before, np.abs(pos), 0.0)
+    exit_ = np.where(pos != after, np.abs(pos), 0.0)
+    cost = (entry + exit_) * costs.per_unit
     fund = np.zeros(len(pos))
     if funding is not None and len(funding):
         rates = funding.set_index("timestamp")["funding_rate"].astype("float64")
         rates = rates[~rates.index.duplicated()]
-        fund = pos * rates.reindex(position.index).fillna(0.0).to_numpy()
+        # The settlement at T is paid by the position held over the bar that ends at T.
+        fund = pos * rates.reindex(held_from + bar).fillna(0.0).to_numpy()
     net = pos * ret - cost - fund
     metrics = performance(net, pos, bar_seconds)
-    metrics.update({"turnover": float(turnover.sum()), "fees_and_slippage": float(cost.sum()),
-                    "funding_paid": float(fund.sum()), "costs": asdict(costs)})
+    metrics.update({"turnover": float((entry + exit_).sum()), "fees_and_slippage": float(cost.sum()),
+                    "funding_paid": float(fund.sum()), "skipped_bars": int(skipped.sum()),
+                    "costs": asdict(costs)})
     equity = np.cumprod(1.0 + net)
     step = max(1, len(equity) // 400)  # enough points for a plot, small enough for JSON
-    metrics["equity"] = [[t.isoformat(), float(e)] for t, e in zip(position.index[::step], equity[::step], strict=True)]
+    metrics["equity"] = [[t.isoformat(), float(e)] for t, e in zip(held_from[::step], equity[::step], strict=True)]
     return metrics
 
 
 def _trades(net: np.ndarray, pos: np.ndarray) -> list[float]:
-    """Compounded return of each run of one non-zero position."""
+    """Compounded net return of each run of one non-zero position (its costs are booked inside it)."""
     trades, current, prev = [], None, 0.0
     for r, p in zip(net, pos, strict=True):
         if p != prev:

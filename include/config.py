@@ -242,6 +242,12 @@ class RunConfig:
         "If set, the probabilistic Sharpe ratio P(true Sharpe > 0) must reach it (e.g. 0.95).",
         default=None,
     )
+    gate_max_champion_p_value: float | None = _doc(
+        "If set, the paired block-bootstrap test that the challenger's log loss is lower than "
+        "the champion's on the same gate-window rows must give a p-value at most this (e.g. "
+        "0.1). The p-value is reported either way.",
+        default=None,
+    )
     trade_min_probability: float = _doc(
         "The trading simulation takes a position only when the decided class's probability "
         "reaches this (1/3: more than uniform).",
@@ -344,6 +350,8 @@ class RunConfig:
             fail("gate_max_drawdown", "expected a fraction in (0, 1]")
         if self.gate_min_probabilistic_sharpe is not None and not 0 <= self.gate_min_probabilistic_sharpe <= 1:
             fail("gate_min_probabilistic_sharpe", "expected a probability in [0, 1]")
+        if self.gate_max_champion_p_value is not None and not 0 < self.gate_max_champion_p_value <= 1:
+            fail("gate_max_champion_p_value", "expected a probability in (0, 1]")
         if not 0 <= self.trade_min_probability < 1:
             fail("trade_min_probability", "expected a probability in [0, 1)")
         if self.fee_bps < 0 or self.slippage_bps < 0:

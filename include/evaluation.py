@@ -251,3 +251,50 @@ def momentum_oof(y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
         probas.append(proba)
         truths.append(y[test_idx])
     return np.concatenate(truths), np.vstack(probas)
+
+
+def paired_log_loss_test(y_true: np.ndarray, proba_a: np.ndarray, proba_b: np.ndarray, *, block: int,
+                         n_resamples: int = 2000, random_state: int = 0) -> dict[str, Any]:
+    """One-sided paired test that forecast ``a`` has a lower mean log loss than ``b`` on the same rows.
+
+    The per-row differences ``d_t = -log a_t[y_t] + log b_t[y_t]`` (nats) are serially dependent:
+    overlapping label windows and persistent volatility. Their mean is resampled with the
+    circular block bootstrap (Politis & Romano 1992, "A circular block-resampling procedure for
+    stationary data"; ``arch.bootstrap.CircularBlockBootstrap``) in blocks of ``block`` rows.
+    The p-value of H0 "mean d >= 0" against H1 "mean d < 0" is the share of centred bootstrap
+    means ``mean(d*) - mean(d)`` at or below ``mean(d)``.
+
+    Args:
+        y_true: ``(n,)`` class indices.
+        proba_a: ``(n, k)`` probabilities of the forecast tested for being better (challenger).
+        proba_b: ``(n, k)`` probabilities of the reference forecast (champion).
+        block: block length in rows; at least the label horizon, so that rows whose labels
+            overlap are resampled together.
+        n_resamples: bootstrap resamples.
+        random_state: seed of the resampling.
+
+    Returns:
+        ``{"mean_difference" (nats per row, negative favours a), "p_value", "n", "block",
+        "n_resamples", "method"}``.
+
+    Raises:
+        TrainingError: the arrays disagree in length, or fewer than ``2 * block`` rows.
+    """
+    from arch.bootstrap import CircularBlockBootstrap
+
+    y_true = np.asarray(y_true, dtype=int)
+    proba_a, proba_b = np.asarray(proba_a, dtype="float64"), np.asarray(proba_b, dtype="float64")
+    n, block = len(y_true), max(1, int(block))
+    if proba_a.shape != proba_b.shape or len(proba_a) != n:
+        raise TrainingError(f"paired test: {n} labels, forecasts of shapes {proba_a.shape} and {proba_b.shape}")
+    if n < 2 * block:
+        raise TrainingError(f"paired test: {n} rows are too few for blocks of {block}")
+    rows = np.arange(n)
+    eps = np.finfo("float64").eps  # sklearn's log_loss clips the same way
+    diff = (-np.log(np.clip(proba_a[rows, y_true], eps, 1.0))) - (-np.log(np.clip(proba_b[rows, y_true], eps, 1.0)))
+    observed = float(diff.mean())
+    boot = CircularBlockBootstrap(block, diff, seed=np.random.default_rng(random_state))
+    means = boot.apply(lambda d: np.array([d.mean()]), n_resamples)[:, 0]
+    p_value = float(np.mean(means - observed <= observed))
+    return {"mean_difference": observed, "p_value": p_value, "n": int(n), "block": block,
+            "n_resamples": int(n_resamples), "method": "circular block bootstrap, one-sided"}

@@ -8,25 +8,40 @@ A candidate (challenger) is promoted only if every check passes:
 2. ``beats_prior_log_loss``: its out-of-fold log loss is at most ``max_log_loss_ratio`` times
    that of forecasting the training class frequencies, i.e. its probabilities carry information.
 3. ``champion_out_of_sample``: the champion (production model) was trained only on data before
-   the gate window (this run's data interval), so comparing on that window is fair.
-4. ``beats_champion``: on the gate window, which neither model was fitted on, the challenger's
-   macro F1 is at least the champion's minus ``champion_tolerance``.
+   the gate window (this run's data interval), so neither model saw the rows compared on.
+4. ``beats_champion``: on the gate window, the challenger's macro F1 is at least the champion's
+   minus ``champion_tolerance``, both scored on the same rows. What is compared is exactly: the
+   challenger's last walk-forward fold model (its last training row is purge + embargo bars
+   before the window) against the champion as registered (its last training row is one label
+   horizon before its own training end, at or before the window start). The champion is never
+   refitted, so its more recent training data is an advantage to the champion, never to the
+   challenger.
+4b. ``champion_significance`` (only when ``max_champion_p_value`` is set): a paired test on the
+   same rows, one-sided, of H1 "the challenger's mean per-row log loss is lower than the
+   champion's", must give a p-value at most it. The p-value comes from a circular block bootstrap
+   of the per-row log-loss differences (Politis & Romano 1992; :func:`include.evaluation.
+   paired_log_loss_test`); it is reported whenever a champion is compared, used or not.
 
 5. ``beats_trading_baselines``: the simulated strategy's out-of-fold annualised Sharpe ratio
    (after fees, slippage and funding; :mod:`include.backtest`) exceeds the best of the
-   trading baselines on the same bars (flat = 0 and the momentum rule) plus
-   ``min_sharpe_margin``.
+   trading baselines on the same bars (flat, Sharpe 0, and the momentum rule) plus
+   ``min_sharpe_margin``. Buy-and-hold is shown in the report but is not a baseline: it is
+   market exposure, and over a few out-of-fold weeks its Sharpe measures the market's direction
+   in those weeks, so beating it would reject every model in a rally and wave any through in a
+   sell-off.
 6. ``max_drawdown``: its out-of-fold maximum drawdown is at most ``max_drawdown``.
 7. ``significant_sharpe`` (only when ``min_probabilistic_sharpe`` is set): the probabilistic
    Sharpe ratio (Bailey & López de Prado 2012) that the true Sharpe exceeds 0 is at least it.
 
-Checks 3-4 apply only when a champion exists, 5-7 only when trading results are given. Any
-failed check keeps production as it is.
+Checks 3-4b apply only when a champion exists, 5-7 only when trading results are given. Any
+failed check keeps production as it is. Times are compared as instants (timezone-aware
+datetimes), never as strings.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from include.errors import GateError
@@ -45,6 +60,8 @@ class GatePolicy:
         max_drawdown: largest allowed out-of-fold maximum drawdown (fraction of equity).
         min_probabilistic_sharpe: required probability that the true Sharpe ratio exceeds 0;
             ``None`` leaves the significance check out.
+        max_champion_p_value: largest allowed p-value of the paired challenger-vs-champion
+            log-loss test; ``None`` leaves the check out (the p-value is still reported).
     """
 
     min_f1_margin: float = 0.02
@@ -54,6 +71,25 @@ class GatePolicy:
     min_sharpe_margin: float = 0.0
     max_drawdown: float = 0.2
     min_probabilistic_sharpe: float | None = None
+    max_champion_p_value: float | None = None
+
+
+def instant(value: str | datetime) -> datetime:
+    """A timezone-aware datetime from an ISO 8601 string (``Z`` or any offset) or a datetime.
+
+    Naive values are taken as UTC, the project's only clock.
+
+    Raises:
+        GateError: the value is not an ISO 8601 date-time.
+    """
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.fromisoformat(str(value))
+        except ValueError as exc:
+            raise GateError(f"not an ISO 8601 date-time: {value!r}") from exc
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -108,7 +144,9 @@ def decide(policy: GatePolicy, *, candidate_version: str, candidate_oof: dict[st
             ``stratified`` and ``prior``.
         candidate_window: challenger's metrics on the gate window (last fold), or ``None``.
         champion: ``None`` without a production model; else ``{"version", "trained_until"
-            (ISO), "window_start" (ISO), "metrics" (on the gate window, or None)}``.
+            (ISO), "window_start" (ISO), "metrics" (on the gate window, or None)}``, optionally
+            with ``"paired_test"`` (:func:`include.evaluation.paired_log_loss_test`'s result on
+            the same rows) and ``"last_training_row"``.
         trading: out-of-fold trading metrics per strategy (``ensemble``, ``momentum``, ...), each
             with ``sharpe``, ``max_drawdown`` and ``probabilistic_sharpe``; ``None`` skips 5-7.
 
@@ -140,7 +178,8 @@ def decide(policy: GatePolicy, *, candidate_version: str, candidate_oof: dict[st
     if trading is not None:
         try:
             strat = trading["ensemble"]
-            base_name, base_sharpe = max([("flat", 0.0), ("momentum", trading["momentum"]["sharpe"])],
+            flat = trading.get("flat", {"sharpe": 0.0})["sharpe"]
+            base_name, base_sharpe = max([("flat", flat), ("momentum", trading["momentum"]["sharpe"])],
                                          key=lambda kv: kv[1])
         except KeyError as exc:
             raise GateError(f"gate trading input lacks {exc}") from exc
@@ -163,21 +202,35 @@ def decide(policy: GatePolicy, *, candidate_version: str, candidate_oof: dict[st
     champion_version = None
     if champion is not None:
         champion_version = champion["version"]
-        fair = champion["trained_until"] <= champion["window_start"]
+        fair = instant(champion["trained_until"]) <= instant(champion["window_start"])
         checks.append(Check(
             "champion_out_of_sample", fair, None, None,
             f"champion {champion_version} trained until {champion['trained_until']}, gate window "
             f"starts {champion['window_start']}"))
         metrics = champion.get("metrics")
+        paired = champion.get("paired_test") or {}
+        p_value = paired.get("p_value")
         if fair and metrics is not None and candidate_window is not None:
             enough = min(metrics.get("n", 0), candidate_window.get("n", 0)) >= policy.min_window_rows
             need = metrics["macro_f1"] - policy.champion_tolerance
+            cutoffs = ""
+            if candidate_window.get("last_training_row") and champion.get("last_training_row"):
+                cutoffs = (f"; last training rows: challenger's fold model {candidate_window['last_training_row']}, "
+                           f"champion {champion['last_training_row']}")
+            test = f"; paired log-loss test p = {p_value:.3f}" if p_value is not None else ""
             checks.append(Check(
                 "beats_champion", enough and candidate_window["macro_f1"] >= need,
                 candidate_window["macro_f1"], need,
                 f"gate-window macro F1 {candidate_window['macro_f1']:.4f} vs champion "
-                f"{metrics['macro_f1']:.4f} - tolerance {policy.champion_tolerance} on "
-                f"{candidate_window.get('n', 0)} rows (min {policy.min_window_rows})"))
+                f"{metrics['macro_f1']:.4f} - tolerance {policy.champion_tolerance} on the same "
+                f"{candidate_window.get('n', 0)} rows (min {policy.min_window_rows}){test}{cutoffs}"))
+            if policy.max_champion_p_value is not None:
+                checks.append(Check(
+                    "champion_significance", p_value is not None and p_value <= policy.max_champion_p_value,
+                    p_value, policy.max_champion_p_value,
+                    f"paired block-bootstrap test, H1 challenger log loss < champion's: p = "
+                    f"{'n/a' if p_value is None else f'{p_value:.3f}'} vs max {policy.max_champion_p_value} "
+                    f"(mean difference {paired.get('mean_difference', float('nan')):+.4f} nats per row)"))
         elif fair:
             checks.append(Check("beats_champion", False, None, None,
                                 "no champion or challenger metrics on the gate window"))

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from include.config import RunConfig, Settings
-from include.errors import GateError, PipelineError
+from include.errors import GateError, PipelineError, TrainingError
 from include.features import FeatureSpec
-from include.gate import GatePolicy, decide
+from include.gate import GatePolicy, decide, instant
 from include.pipeline.common import RunWindow, json_safe, open_store
 from include.pipeline.data import feature_frame
 from include.registry import (
@@ -31,9 +31,10 @@ def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_
     """Trade the ensemble's out-of-fold forecasts and the baselines; write ``trading.json``.
 
     Strategies on the same bars: ``ensemble`` (positions from its probabilities, see
-    :mod:`include.backtest`), ``momentum`` (the momentum rule's class as a position),
-    ``buy_and_hold`` (always long); flat is the zero line. Each over all out-of-fold bars and
-    over the gate window (the last fold). Funding is charged for perpetuals.
+    :mod:`include.backtest`), the gate's trading baselines ``flat`` (never in the market) and
+    ``momentum`` (the momentum rule's class as a position), and ``buy_and_hold`` (always long),
+    shown for reference only. Each over all out-of-fold bars and over the gate window (the last
+    fold). Funding is charged for perpetuals.
 
     Returns:
         ``{"out_of_fold": {strategy: metrics}, "gate_window": {...}, "path"}`` without the
@@ -56,6 +57,7 @@ def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_
                                          oof[["prior_down", "prior_range", "prior_up"]].to_numpy(),
                                          cfg.trade_min_probability),
         "momentum": oof["momentum"].to_numpy().astype(int) - 1,
+        "flat": np.zeros(len(oof), dtype=int),
         "buy_and_hold": np.ones(len(oof), dtype=int),
     }
     last = (oof["fold"] == oof["fold"].max()).to_numpy()
@@ -69,8 +71,9 @@ def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_
     compact = {part: {name: {k: v for k, v in m.items() if k not in ("equity", "costs")}
                       for name, m in result[part].items()} for part in ("out_of_fold", "gate_window")}
     for name, m in compact["out_of_fold"].items():
-        logger.info("trading %s (out-of-fold): return %.2f%%, Sharpe %.2f, max drawdown %.2f%%, %d trades",
-                    name, 100 * m["total_return"], m["sharpe"], 100 * m["max_drawdown"], m["trades"])
+        logger.info("trading %s (out-of-fold): return %.2f%%, Sharpe %.2f, max drawdown %.2f%%, %d trades, "
+                    "%d bars skipped over candle gaps", name, 100 * m["total_return"], m["sharpe"],
+                    100 * m["max_drawdown"], m["trades"], m["skipped_bars"])
     return {**compact, "path": str(path)}
 
 # -- 8. gate ---------------------------------------------------------------------------------
@@ -79,10 +82,12 @@ def policy_from_config(cfg: RunConfig) -> GatePolicy:
     return GatePolicy(min_f1_margin=cfg.gate_min_f1_margin, max_log_loss_ratio=cfg.gate_max_log_loss_ratio,
                       champion_tolerance=cfg.gate_champion_tolerance, min_sharpe_margin=cfg.gate_min_sharpe_margin,
                       max_drawdown=cfg.gate_max_drawdown,
-                      min_probabilistic_sharpe=cfg.gate_min_probabilistic_sharpe)
+                      min_probabilistic_sharpe=cfg.gate_min_probabilistic_sharpe,
+                      max_champion_p_value=cfg.gate_max_champion_p_value)
 
 def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWindow, settings: Settings,
                          out_dir: Path, gate_window: dict[str, Any]) -> dict[str, Any] | None:
+    from include.evaluation import paired_log_loss_test
     from include.training import metrics_with_prior
 
     pointer = registry.production(cfg.model_name)
@@ -96,7 +101,7 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
     trained_until = meta["data_window"]["trained_until"]
     result: dict[str, Any] = {"version": pointer.version, "model": champion_model, "trained_until": trained_until,
                               "window_start": window.interval_start, "metrics": None}
-    if pd.Timestamp(trained_until) > pd.Timestamp(window.interval_start):
+    if instant(trained_until) > instant(window.interval_start):
         return result
     spec = FeatureSpec.from_dict({k: v for k, v in meta["feature_spec"].items() if k != "sha256"})
     run_spec = json.loads((out_dir / "feature_spec.json").read_text())
@@ -110,11 +115,20 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
         finally:
             store.dispose()
     table = pd.read_parquet(out_dir / "dataset.parquet")
-    rows = table.index[(table.index >= pd.Timestamp(gate_window["start"]))
-                       & (table.index <= pd.Timestamp(gate_window["end"])) & table["label"].notna()]
+    oof = pd.read_parquet(out_dir / "ensemble_oof.parquet")
+    # Exactly the challenger's gate-window rows: its last out-of-fold fold.
+    rows = oof.index[(oof["fold"] == oof["fold"].max()).to_numpy()]
+    rows = rows[(rows >= pd.Timestamp(gate_window["start"])) & (rows <= pd.Timestamp(gate_window["end"]))]
+    y = table.loc[rows, "label"].astype(int).to_numpy()
     proba = model.predict_proba(feats.loc[rows, list(spec.names)])
-    result["metrics"] = metrics_with_prior(table.loc[rows, "label"].astype(int).to_numpy(), proba,
-                                           model.class_prior_)
+    result["metrics"] = metrics_with_prior(y, proba, model.class_prior_)
+    result["last_training_row"] = meta["data_window"].get("last_labelled_bar")
+    try:
+        result["paired_test"] = paired_log_loss_test(
+            y, oof.loc[rows, ["p_down", "p_range", "p_up"]].to_numpy(), proba,
+            block=max(cfg.label_horizon_bars, 1), random_state=cfg.random_state)
+    except TrainingError as exc:  # too few rows: the gate's min_window_rows check speaks for it
+        result["paired_test"] = {"p_value": None, "error": str(exc)}
     return result
 
 def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,

@@ -190,6 +190,8 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
 
     X, y, test_size, names = _training_table(out_dir, window)
     folds = [(tr, te) for _, tr, te in cfg.walk_forward(test_size).split(len(X))]
+    # What the gate compares: the last fold's model was fitted on rows up to this one.
+    gate_window["last_training_row"] = X.index[folds[-1][0][-1]].isoformat()
     table = pd.read_parquet(out_dir / "dataset.parquet")
     momentum = momentum_forecast(table["close"], horizon=cfg.label_horizon_bars, mode=cfg.label_threshold_mode,
                                  threshold=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)

@@ -34,12 +34,51 @@ def test_costs_per_unit_traded_and_funding_for_held_positions():
     bars = _bars([100.0] * 6)
     costs = TradingCosts(fee_bps=4.0, slippage_bps=1.0)
     flip = simulate(_signal(bars, [1, -1, 0]), bars, None, costs, H)  # trades 1 + 2 + 1 units
-    assert flip["turnover"] == 4 and flip["total_return"] == pytest.approx((1 - 5e-4) ** 2 * (1 - 10e-4) - 1)
+    # Each trade pays its entry and its exit: the long (1 + 1 units), then the short (1 + 1).
+    assert flip["turnover"] == 4 and flip["total_return"] == pytest.approx((1 - 10e-4) ** 2 - 1)
     funding = pd.DataFrame({"timestamp": bars["timestamp"].iloc[[2]], "funding_rate": [0.001]})
     long = simulate(_signal(bars, [1, 1, 0]), bars, funding, NO_COSTS, H)   # holds over bars 1-2
     short = simulate(_signal(bars, [-1, -1, 0]), bars, funding, NO_COSTS, H)
     assert long["funding_paid"] == pytest.approx(0.001) and short["funding_paid"] == pytest.approx(-0.001)
     assert long["total_return"] == pytest.approx(-0.001) and short["total_return"] == pytest.approx(0.001)
+
+
+def test_funding_is_charged_to_the_position_held_into_the_settlement():
+    bars = _bars([100.0] * 6)
+    # Held: bar 1 long, bar 2 short. Bar 1 ends at bar 2's open time, bar 2 ends at bar 3's.
+    signal = _signal(bars, [1, -1, 0])
+    at_2 = pd.DataFrame({"timestamp": bars["timestamp"].iloc[[2]], "funding_rate": [0.001]})
+    at_3 = pd.DataFrame({"timestamp": bars["timestamp"].iloc[[3]], "funding_rate": [0.001]})
+    assert simulate(signal, bars, at_2, NO_COSTS, H)["funding_paid"] == pytest.approx(0.001)    # long pays
+    assert simulate(signal, bars, at_3, NO_COSTS, H)["funding_paid"] == pytest.approx(-0.001)   # short receives
+    at_1 = pd.DataFrame({"timestamp": bars["timestamp"].iloc[[1]], "funding_rate": [0.001]})
+    assert simulate(signal, bars, at_1, NO_COSTS, H)["funding_paid"] == 0  # flat into bar 1's open
+
+
+def test_each_trade_pays_its_own_exit_and_the_last_position_is_closed():
+    # +0.07 % over the one bar held; entry + exit cost 0.10 %: a losing round trip.
+    bars = _bars([100.0, 100.0, 100.07, 100.07, 100.07])
+    costs = TradingCosts(fee_bps=4.0, slippage_bps=1.0)
+    closed = simulate(_signal(bars, [1, 0, 0]), bars, None, costs, H)
+    assert closed["trades"] == 1 and closed["hit_rate"] == 0.0
+    assert closed["total_return"] == pytest.approx(1.0007 - 10e-4 - 1)
+    # Open until the end: still charged its exit.
+    still_open = simulate(_signal(bars, [1]), bars, None, costs, H)
+    assert still_open["turnover"] == 2 and still_open["hit_rate"] == 0.0
+    assert still_open["fees_and_slippage"] == pytest.approx(10e-4)
+    # A long then a short: the long's exit is not booked on the short.
+    two = simulate(_signal(bars, [1, -1, 0]), bars, None, costs, H)
+    assert two["trades"] == 2 and two["hit_rate"] == 0.0 and two["profit_factor"] == 0.0
+
+
+def test_a_candle_gap_is_skipped_flat_not_an_error():
+    bars = _bars([100.0, 100.0, 100.0, 150.0, 150.0, 150.0, 150.0]).drop(index=3)  # bar 3 missing
+    signal = pd.Series(1, index=pd.date_range("2023-01-01", periods=5, freq="h", tz="UTC"))
+    result = simulate(signal, bars, None, NO_COSTS, H)
+    # Held bars 1..5: bar 2 (its next open is missing) and bar 3 (no open) have no return.
+    assert result["skipped_bars"] == 2
+    assert result["bars"] == 5 and result["total_return"] == pytest.approx(0.0)
+    assert result["exposure"] == pytest.approx(3 / 5)
 
 
 def test_metrics_of_a_known_path():

@@ -144,3 +144,62 @@ def test_momentum_rule_uses_only_the_past(btc_slice):
     folds = [(tr, te) for _, tr, te in iter_splits(len(y), test_size=168, n_splits=3, purge=4)]
     base = baseline_oof(y, folds, random_state=0, momentum=y)  # the rule forecasting itself
     assert base["momentum"]["macro_f1"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("trained_until", "window_start", "fair"),
+    [
+        # Same instant written three ways: a string comparison calls the first two unfair.
+        ("2023-12-31T00:00:00Z", "2023-12-31T00:00:00+00:00", True),
+        ("2023-12-31T02:00:00+02:00", "2023-12-31T00:00:00+00:00", True),
+        ("2023-12-31T00:00:00", "2023-12-31T00:00:00Z", True),
+        # Later by an hour, though the string sorts first.
+        ("2023-12-30T20:00:00-05:00", "2023-12-31T00:00:00Z", False),
+    ],
+)
+def test_champion_out_of_sample_compares_instants_not_strings(trained_until, window_start, fair):
+    champ = {"version": "v0", "trained_until": trained_until, "window_start": window_start,
+             "metrics": {"macro_f1": 0.30, "n": 160}}
+    d = decide(GatePolicy(), candidate_version="v1", candidate_oof={"macro_f1": 0.37, "log_loss": 1.06},
+               baselines=BASE, candidate_window={"macro_f1": 0.40, "n": 160}, champion=champ)
+    check = next(c for c in d.checks if c.name == "champion_out_of_sample")
+    assert check.passed is fair
+    assert d.passed is fair
+
+
+def _forecasts(n: int, edge: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, a forecast with ``edge`` extra probability on the true class, and the uniform one."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    uniform = np.full((n, 3), 1 / 3)
+    better = uniform.copy()
+    better[np.arange(n), y] += edge
+    better /= better.sum(axis=1, keepdims=True)
+    return y, better, uniform
+
+
+def test_paired_log_loss_test_tells_a_better_forecast_from_an_equal_one():
+    from include.evaluation import paired_log_loss_test
+
+    y, better, uniform = _forecasts(168, edge=0.15, seed=1)
+    clear = paired_log_loss_test(y, better, uniform, block=4)
+    assert clear["mean_difference"] < 0 and clear["p_value"] < 0.01 and clear["n"] == 168
+    assert paired_log_loss_test(y, uniform, better, block=4)["p_value"] > 0.99  # the other way round
+    same = paired_log_loss_test(y, uniform, uniform, block=4)
+    assert same["mean_difference"] == 0 and same["p_value"] == 1.0  # no evidence at all
+    with pytest.raises(TrainingError, match="too few for blocks"):
+        paired_log_loss_test(y[:6], better[:6], uniform[:6], block=4)
+
+
+def test_champion_significance_is_an_optional_check_that_says_no():
+    champ = {"version": "v0", "trained_until": "2023-12-31", "window_start": "2023-12-31",
+             "metrics": {"macro_f1": 0.35, "n": 160}, "paired_test": {"p_value": 0.31, "mean_difference": -0.002}}
+    args = dict(candidate_version="v1", candidate_oof={"macro_f1": 0.37, "log_loss": 1.06}, baselines=BASE,
+                candidate_window={"macro_f1": 0.40, "n": 160}, champion=champ)
+    off = decide(GatePolicy(), **args)
+    assert off.passed and "champion_significance" not in [c.name for c in off.checks]
+    assert "p = 0.310" in next(c.detail for c in off.checks if c.name == "beats_champion")
+    strict = decide(GatePolicy(max_champion_p_value=0.1), **args)
+    assert not strict.passed and strict.reasons == [next(c.detail for c in strict.checks
+                                                         if c.name == "champion_significance")]
+    assert decide(GatePolicy(max_champion_p_value=0.5), **args).passed
