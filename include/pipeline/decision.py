@@ -155,9 +155,13 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
               "decided_at": datetime.now(UTC).isoformat(timespec="seconds")}
     record = json_safe(record)
     atomic_write_json(out_dir / "gate_decision.json", record)
-    logger.info("gate %s: %s", cfg.model_name, decision.summary())
+    # A rejection is the news of a green run: it is logged as a warning, above library chatter.
+    level = logging.INFO if decision.passed else logging.WARNING
+    logger.log(level, "gate %s: %s (candidate %s, champion %s)", cfg.model_name, decision.summary(),
+               decision.candidate, decision.champion or "none")
     for check in decision.checks:
-        logger.info("  %s %s: %s", "ok  " if check.passed else "FAIL", check.name, check.detail)
+        logger.log(logging.INFO if check.passed else logging.WARNING, "  %s %s: %s",
+                   "ok  " if check.passed else "FAIL", check.name, check.detail)
     return record
 
 # -- 9. promote / keep -----------------------------------------------------------------------
@@ -237,5 +241,9 @@ def keep(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id: s
                          decision=decision)
     pointer = registry.production(model)
     registry.dispose()
+    logger.warning("%s: KEEP production %s; candidate %s not promoted because:\n  %s", model,
+                   pointer.version if pointer else "none (the model has no production version)",
+                   decision.get("candidate"),
+                   "\n  ".join(decision.get("reasons") or [decision.get("summary", "")]))
     return {"action": "keep", "model": model, "production": pointer.version if pointer else None,
             "rejected": decision.get("candidate")}

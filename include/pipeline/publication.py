@@ -67,6 +67,68 @@ def universe_outcomes(settings: Settings, dag_id: str, plans: list[dict[str, Any
                         "reason": f"no summary in {folder}: a task of this market failed (see its alert and log)"})
     return out
 
+#: Airflow stores a DAG run's note in 1,000 characters.
+NOTE_LIMIT = 1000
+#: Where the api-server serves a version's run report (plugins/model_registry.py).
+REPORT_URL = "/model-registry/versions/{version}/report"
+
+
+def _market_line(outcome: dict[str, Any], *, reasons: bool) -> str:
+    model = outcome["model"]
+    if outcome["status"] != "done":
+        return f"- **{model}**: {outcome['status'].upper()}: {outcome.get('reason', '')}"
+    summary = outcome["summary"]
+    gate, action = summary.get("gate") or {}, summary.get("action") or {}
+    candidate = gate.get("candidate")
+    link = f" ([report]({REPORT_URL.format(version=candidate)}))" if candidate else ""
+    if action.get("action") == "promote":
+        head = f"PROMOTED {candidate} (was {action.get('previous') or 'none'})"
+    else:
+        head = f"KEEP {summary.get('production') or 'no production'}; candidate {candidate} " + (
+            "passed the gate but was not approved" if gate.get("passed") else "failed the gate")
+    line = f"- **{model}**: {head}{link}"
+    failed = [c for c in gate.get("checks", []) if not c.get("passed")]
+    if failed and reasons:
+        line += "".join(f"\n  - {c['name']}: {c['detail']}" for c in failed)
+    elif failed:
+        line += ": " + ", ".join(_short(c) for c in failed)
+    return line
+
+
+def _short(check: dict[str, Any]) -> str:
+    """A failed check in a few characters: its name, value and threshold."""
+    value, threshold = check.get("value"), check.get("threshold")
+    if isinstance(value, int | float) and isinstance(threshold, int | float):
+        return f"{check['name']} ({value:.4g} vs {threshold:.4g})"
+    return check["name"]
+
+
+def run_note(outcomes: list[dict[str, Any]], limit: int = NOTE_LIMIT) -> str:
+    """The DAG run's note: each market's decision, the failed gate checks, a link to its report.
+
+    Markdown, at most ``limit`` characters (Airflow's note column): the failed checks' details
+    are shortened to their names, then markets are cut, when the full text is longer.
+
+    Args:
+        outcomes: :func:`universe_outcomes`' list.
+    """
+    decided = sum(o["status"] == "done" for o in outcomes)
+    head = (f"Weekly retrain: {len(outcomes)} market(s), {decided} decided, "
+            f"{sum(o['status'] == 'skipped' for o in outcomes)} skipped, "
+            f"{sum(o['status'] == 'failed' for o in outcomes)} failed.")
+    for reasons in (True, False):
+        text = "\n".join([head, *(_market_line(o, reasons=reasons) for o in outcomes)])
+        if len(text) <= limit:
+            return text
+    lines, tail = [head], "\n- … more markets in publish_summary's log"
+    for o in outcomes:
+        line = _market_line(o, reasons=False)[:limit - len(tail) - 1]
+        if len("\n".join([*lines, line])) + len(tail) > limit:
+            break
+        lines.append(line)
+    return "\n".join(lines) + tail
+
+
 def publish_universe(settings: Settings, dag_id: str, plans: list[dict[str, Any]],
                      context: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the universe summary of one weekly run and send it to the alert channels.
@@ -78,7 +140,8 @@ def publish_universe(settings: Settings, dag_id: str, plans: list[dict[str, Any]
         context: the Airflow task context, for the notifiers; ``None`` sends nothing.
 
     Returns:
-        ``{"path", "markets": {model: status}, "notified"}``.
+        ``{"path", "markets": {model: status}, "notified", "note"}``; ``note`` (see
+        :func:`run_note`) becomes the DAG run's note (``plugins/run_notes.py``).
     """
     from include.notify import send, universe_message
 
@@ -91,7 +154,8 @@ def publish_universe(settings: Settings, dag_id: str, plans: list[dict[str, Any]
         logger.info("%s: %s %s", o["model"], o["status"].upper(),
                     action.get("action") or o.get("reason", ""))
     notified = send(universe_message(outcomes), context) if context is not None else []
-    return {"path": str(path), "markets": {o["model"]: o["status"] for o in outcomes}, "notified": notified}
+    return {"path": str(path), "markets": {o["model"]: o["status"] for o in outcomes}, "notified": notified,
+            "note": run_note(outcomes)}
 
 def plan_universe(run_params: dict[str, Any], *, selected: list[str] | None, universe_file: str | None,
                   data_interval_start: Any, data_interval_end: Any, run_after: Any) -> list[dict[str, Any]]:

@@ -70,6 +70,16 @@ def _summary(dr, model: str) -> dict:
     return json.loads((Settings.from_env().runs_dir / "weekly_retrain" / model / _key(dr) / "summary.json").read_text())
 
 
+def _note(dr) -> str | None:
+    """The run's note as the UI shows it (written by plugins/run_notes.py when the run ended)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.scalar(select(DagRun).where(DagRun.dag_id == dr.dag_id, DagRun.run_id == dr.run_id)).note
+
+
 def _universe(dr) -> dict:
     path = Settings.from_env().runs_dir / "weekly_retrain" / "_universe" / f"{_key(dr)}.json"
     return {m["model"]: m for m in json.loads(path.read_text())["markets"]}
@@ -130,6 +140,11 @@ def test_first_run_promotes_one_loadable_model_per_market(first_run):
     assert _summary(dr, BTC)["report"] != _summary(dr, ETH)["report"]
     # ETH has no open-interest file: its feature spec differs from BTC's.
     assert _summary(dr, BTC)["features"]["open_interest"] and not _summary(dr, ETH)["features"]["open_interest"]
+    note = _note(dr)
+    assert note.startswith("Weekly retrain: 2 market(s), 2 decided, 0 skipped, 0 failed.")
+    for model in (BTC, ETH):
+        version = _summary(dr, model)["production"]
+        assert f"- **{model}**: PROMOTED {version} (was none) ([report](/model-registry/versions/{version}/report))" in note
 
 
 def test_second_run_gates_each_market_against_its_own_champion(dag, first_run, webhook_server):
@@ -137,23 +152,27 @@ def test_second_run_gates_each_market_against_its_own_champion(dag, first_run, w
 
     registry = ModelRegistry.from_settings(Settings.from_env())
     champions = {m: registry.production(m).version for m in (BTC, ETH)}
-    dr, states = _run(dag, 31, SHORT)
-    assert dr.state == "success", states
+    # An F1 margin no forecast can reach: the gate must say no, and production must stay.
+    dr, states = _run(dag, 31, {**SHORT, "gate_min_f1_margin": 1.0})
+    assert dr.state == "success", states  # keeping production is not a failure: the note says what happened
+    note = _note(dr)
     for model in (BTC, ETH):
         gate = _summary(dr, model)["gate"]
         assert gate["model"] == model and gate["champion"] == champions[model]
         assert gate["champion_evaluation"]["model"] == model
         names = {c["name"]: c for c in gate["checks"]}
         assert names["champion_out_of_sample"]["passed"]
-        assert "beats_champion" in names
+        assert not gate["passed"] and not names["beats_baselines_f1"]["passed"]
+        assert "beats_champion" in names and "paired log-loss test p = " in names["beats_champion"]["detail"]
         assert gate["champion_evaluation"]["metrics"]["n"] == gate["candidate_gate_window"]["n"] > 100
-        production = registry.production(model).version
+        assert 0 <= gate["champion_evaluation"]["paired_test"]["p_value"] <= 1
         action = _summary(dr, model)["action"]
-        if gate["passed"]:
-            assert action["action"] == "promote" and production == gate["candidate"]
-        else:
-            assert action["action"] == "keep" and production == champions[model]
-        assert registry.model_of(production) == model
+        assert action["action"] == "keep" and action["rejected"] == gate["candidate"]
+        assert registry.production(model).version == champions[model]
+        assert (f"- **{model}**: KEEP {champions[model]}; candidate {gate['candidate']} failed the gate "
+                f"([report](/model-registry/versions/{gate['candidate']}/report))") in note
+        f1 = names["beats_baselines_f1"]
+        assert f"beats_baselines_f1 ({f1['value']:.4g} vs {f1['threshold']:.4g})" in note
 
     # The run report of one market: one self-contained HTML file next to the candidate, plots inlined.
     summary = _summary(dr, BTC)

@@ -12,3 +12,27 @@ def test_top_features_ranks_by_value_not_by_the_sorted_keys_of_the_metadata_file
     reread = json.loads(json.dumps(importance, sort_keys=True))  # as metadata.json stores it
     assert top_features(reread) == [f"f{i:02d}" for i in range(19, 7, -1)]
     assert top_features({"b": 0.1, "a": 0.1, "c": -0.2}, k=2) == ["a", "b"]
+
+
+def _outcome(model: str, checks: list[dict]) -> dict:
+    return {"model": model, "status": "done", "summary": {
+        "production": "v1", "action": {"action": "keep"},
+        "gate": {"passed": False, "candidate": "v2", "checks": checks}}}
+
+
+def test_run_note_names_each_decision_and_fits_airflows_note_column():
+    from include.pipeline.publication import NOTE_LIMIT, run_note
+
+    failed = {"name": "beats_trading_baselines", "passed": False, "value": -6.26, "threshold": 0.0,
+              "detail": "out-of-fold Sharpe -6.26 after costs vs best trading baseline (flat) 0.00 + margin 0.0"}
+    one = run_note([_outcome("m1", [failed]),
+                    {"model": "m2", "status": "skipped", "reason": "leaves 33 days"}])
+    assert one.splitlines() == [
+        "Weekly retrain: 2 market(s), 1 decided, 1 skipped, 0 failed.",
+        "- **m1**: KEEP v1; candidate v2 failed the gate ([report](/model-registry/versions/v2/report))",
+        f"  - beats_trading_baselines: {failed['detail']}",
+        "- **m2**: SKIPPED: leaves 33 days"]
+    # Too long for the column: the checks shrink to name, value and threshold, then markets are cut.
+    many = run_note([_outcome(f"market-{i}", [failed]) for i in range(12)])
+    assert len(many) <= NOTE_LIMIT and "beats_trading_baselines (-6.26 vs 0)" in many
+    assert many.endswith("more markets in publish_summary's log")

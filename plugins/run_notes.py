@@ -1,0 +1,102 @@
+"""DAG run notes: the weekly run's decisions, where a person looks first in the Airflow UI.
+
+A rejected candidate leaves a green run: keeping production is a success, not a failure. So when
+a run of a DAG that publishes a summary ends (success or failure), this listener writes the
+``note`` that ``publish_summary`` returned (:func:`include.pipeline.publication.run_note`: each
+market's decision, its failed gate checks, a link to its report) as the run's note, shown on the
+run's page and in the runs list.
+
+It runs in the scheduler (and in ``dag.test()``), which owns the run's database session; a task
+cannot set its own run's note through the Task SDK. A note a person wrote (it has a user) is
+never overwritten; a note this listener wrote earlier (no user) is replaced when the run is
+cleared and ends again.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from airflow.listeners import hookimpl
+from airflow.plugins_manager import AirflowPlugin
+
+logger = logging.getLogger(__name__)
+
+#: The task whose return value carries the note, and the key of the note in it.
+SUMMARY_TASK = "publish_summary"
+NOTE_KEY = "note"
+
+
+def _published_note(session, dag_id: str, run_id: str) -> str | None:
+    from sqlalchemy import select
+
+    from airflow.models.xcom import XComModel
+
+    row = session.execute(
+        select(XComModel.value).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id,
+                                      XComModel.task_id == SUMMARY_TASK, XComModel.key == "return_value",
+                                      XComModel.map_index == -1)
+    ).first()
+    if row is None:
+        return None
+    value = XComModel.deserialize_value(row)
+    return value.get(NOTE_KEY) if isinstance(value, dict) else None
+
+
+def _write(session, dag_run) -> bool:
+    note = _published_note(session, dag_run.dag_id, dag_run.run_id)
+    if not note:
+        return False
+    current = dag_run.dag_run_note
+    if current is not None and current.user_id is not None:
+        return False  # a person's note stays
+    if current is not None:
+        current.content = note
+    else:
+        dag_run.note = note
+    return True
+
+
+def write_note(dag_run) -> bool:
+    """Set ``dag_run``'s note to its summary's note, unless a person wrote one.
+
+    The scheduler passes a run bound to its own session, which holds the run's row lock and
+    commits the note with the state change; ``dag.test()`` passes a detached run, whose note is
+    written in a session of its own.
+
+    Returns:
+        Whether the note was written. Never raises: a note is not worth a scheduler error.
+    """
+    from sqlalchemy import select
+    from sqlalchemy.orm import object_session
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    try:
+        session = object_session(dag_run)
+        if session is not None:
+            return _write(session, dag_run)
+        with create_session() as own:
+            run = own.scalar(select(DagRun).where(DagRun.id == dag_run.id))
+            return run is not None and _write(own, run)
+    except Exception:
+        logger.exception("could not write the note of %s", dag_run)
+        return False
+
+
+@hookimpl
+def on_dag_run_success(dag_run, msg: str) -> None:
+    write_note(dag_run)
+
+
+@hookimpl
+def on_dag_run_failed(dag_run, msg: str) -> None:
+    write_note(dag_run)
+
+
+class RunNotesPlugin(AirflowPlugin):
+    """Registers the run-note listener with the scheduler."""
+
+    name = "run_notes"
+    listeners = [sys.modules[__name__]]
