@@ -33,9 +33,24 @@ def _png(fig: Any) -> str:
 
 
 def _fmt(value: Any) -> str:
+    """A table cell: floats to 4 significant decimals, missing values as a dash."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:,.0f}"
     return html.escape(str(value))
+
+
+def _when(iso: str) -> str:
+    """``2023-12-24T00:00:00+00:00`` as ``2023-12-24 00:00 UTC``."""
+    from datetime import UTC, datetime
+
+    return f"{datetime.fromisoformat(iso).astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+#: The trading strategies of the report, their role and line style.
+STRATEGIES = (("ensemble", "candidate", "-"), ("flat", "gate baseline", None),
+              ("momentum", "gate baseline", ":"), ("buy_and_hold", "reference only", "--"))
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -49,9 +64,11 @@ def _equity_plot(trading: dict[str, Any]) -> str:
     import pandas as pd
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    for name, style in (("ensemble", "-"), ("buy_and_hold", "--"), ("momentum", ":")):
+    import matplotlib.dates as mdates
+
+    for name, _, style in STRATEGIES:
         curve = trading["out_of_fold"].get(name, {}).get("equity") or []
-        if not curve:
+        if not curve or style is None:
             continue
         ts = pd.to_datetime([t for t, _ in curve])
         eq = pd.Series([e for _, e in curve], index=ts)
@@ -61,7 +78,9 @@ def _equity_plot(trading: dict[str, Any]) -> str:
     top.legend(loc="best")
     top.set_title("Out-of-fold trading after fees, slippage and funding")
     bottom.set_ylabel("drawdown")
-    fig.autofmt_xdate()
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=7)
+    bottom.xaxis.set_major_locator(locator)
+    bottom.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     return _png(fig)
 
 
@@ -106,6 +125,7 @@ def top_features(importance: dict[str, float], k: int = 12) -> list[str]:
 
 def _importance_plot(importance: dict[str, dict[str, Any]]) -> str:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     families = list(importance)
     fig, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 4.5), squeeze=False)
@@ -116,8 +136,51 @@ def _importance_plot(importance: dict[str, dict[str, Any]]) -> str:
         stab = importance[family]["permutation"]["rank_stability"]
         ax.set_title(f"{family}\nrank stability {stab:.2f}" if stab is not None else family)
         ax.set_xlabel("log-loss increase when permuted")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 3))
     fig.tight_layout()
     return _png(fig)
+
+
+TRADE_COLUMNS = ("total_return", "sharpe", "sortino", "max_drawdown", "calmar", "profit_factor", "hit_rate",
+                 "trades", "exposure", "turnover", "probabilistic_sharpe", "skipped_bars")
+
+
+def _gate_row(check: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
+    """One gate check as a table row; checks without numbers show what they compared."""
+    value, threshold = check["value"], check["threshold"]
+    if check["name"] == "champion_out_of_sample":
+        champion = gate.get("champion_evaluation") or {}
+        value = f"trained until {_when(champion['trained_until'])}" if champion.get("trained_until") else None
+        threshold = f"window starts {_when(champion['window_start'])}" if champion.get("window_start") else None
+    return {"check": check["name"], "passed": "yes" if check["passed"] else "NO", "value": value,
+            "threshold": threshold, "detail": check["detail"]}
+
+
+def _champion_section(gate: dict[str, Any]) -> str:
+    """Challenger and champion on the same gate-window rows, with the paired test."""
+    champion = gate.get("champion_evaluation") or {}
+    if not champion:
+        return "<p>No champion: this model has no production version, so the gate compared with baselines only.</p>"
+    metrics, cand = champion.get("metrics"), gate.get("candidate_gate_window") or {}
+    if metrics is None:
+        return (f"<p>Champion {html.escape(str(champion.get('version')))} was trained until "
+                f"{_when(champion['trained_until'])}, after the gate window starts: not compared.</p>")
+    last = {"challenger": cand.get("last_training_row"), "champion": champion.get("last_training_row")}
+    last = {k: _when(v) if v else None for k, v in last.items()}
+    rows = [{"model": f"challenger {gate.get('candidate')}", "last training row": last["challenger"],
+             **{k: cand.get(k) for k in ("n", "macro_f1", "log_loss", "brier")}},
+            {"model": f"champion {champion.get('version')}", "last training row": last["champion"],
+             **{k: metrics.get(k) for k in ("n", "macro_f1", "log_loss", "brier")}}]
+    paired = champion.get("paired_test") or {}
+    test = ("<p>Paired test on the same rows (circular block bootstrap of per-row log-loss differences, "
+            f"blocks of {paired.get('block')} bars, {paired.get('n_resamples')} resamples): mean difference "
+            f"{paired['mean_difference']:+.4f} nats per row, one-sided p = {paired['p_value']:.3f} "
+            "for H1 “the challenger's log loss is lower”.</p>") if paired.get("p_value") is not None else ""
+    return ("<p>Both models scored on the same rows: this run's data interval. The challenger is its last "
+            "walk-forward fold model; the champion is the registered model, never refitted, so its more "
+            "recent training data favours the champion.</p>"
+            + _table(rows, ["model", "last training row", "n", "macro_f1", "log_loss", "brier"]) + test)
 
 
 def build_report(out_dir: Path, summary: dict[str, Any]) -> Path:
@@ -142,38 +205,45 @@ def build_report(out_dir: Path, summary: dict[str, Any]) -> Path:
         importance[family] = meta["cv"]["importance"]
     metrics = ens["metrics"]
     window = summary["window"]
-    trade_rows = [{"strategy": n, **{k: m.get(k) for k in ("total_return", "sharpe", "sortino", "max_drawdown",
-                                                             "calmar", "profit_factor", "hit_rate", "trades",
-                                                             "exposure", "turnover", "probabilistic_sharpe")}}
-                  for n, m in trading["out_of_fold"].items()]
-    gate_rows = [{"check": c["name"], "passed": "yes" if c["passed"] else "NO", "value": c["value"],
-                  "threshold": c["threshold"], "detail": c["detail"]} for c in gate["checks"]]
+    trade_rows = [{"strategy": name, "role": role,
+                   **{k: trading["out_of_fold"][name].get(k) for k in TRADE_COLUMNS}}
+                  for name, role, _ in STRATEGIES if name in trading["out_of_fold"]]
+    gate_rows = [_gate_row(c, gate) for c in gate["checks"]]
     fold_cols = ["fold", "n", "macro_f1", "balanced_accuracy", "log_loss", "brier"]
     model_rows = [{"model": f, **m} for f, m in metrics["members"].items()]
     model_rows.append({"model": "ensemble", **metrics["ensemble"]})
     model_rows += [{"model": f"baseline: {b}", **m} for b, m in metrics["baselines"].items()]
     verdict = "PASS" if gate["passed"] else "FAIL"
+    costs = trading.get("costs") or {}
+    period = f"{_when(window['interval_start'])} → {_when(window['interval_end'])}"
+    model = summary.get("model") or ens.get("registered_model") or "weekly_retrain"
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>weekly_retrain {html.escape(window['interval_start'][:10])}</title>",
+        f"<title>{html.escape(model)} {html.escape(window['interval_end'][:10])}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"
         "margin:8px 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
-        ".PASS{color:#070}.FAIL{color:#b00}</style></head><body>",
-        f"<h1>weekly_retrain: {html.escape(window['interval_start'])} → {html.escape(window['interval_end'])}</h1>",
+        ".PASS{color:#070}.FAIL{color:#b00}h1{font-size:22px}</style></head><body>",
+        f"<h1>{html.escape(model)}</h1><p>Data interval {html.escape(period)}.</p>",
         f"<p>Candidate <b>{html.escape(str(gate.get('candidate')))}</b>; champion "
-        f"{html.escape(str(gate.get('champion')))}; action <b>{html.escape(str((summary.get('action') or {}).get('action')))}</b>; "
-        f"production now {html.escape(str(summary.get('production')))}.</p>",
+        f"{html.escape(str(gate.get('champion') or 'none'))}; action <b>{html.escape(str((summary.get('action') or {}).get('action')))}</b>; "
+        f"production now {html.escape(str(summary.get('production') or 'none'))}.</p>",
         f"<h2>Gate: <span class='{verdict}'>{verdict}</span></h2>", _table(gate_rows, list(gate_rows[0]) if gate_rows else []),
+        "<h3>Challenger against champion</h3>", _champion_section(gate),
         "<h2>Trading (out-of-fold bars)</h2>", _equity_plot(trading),
-        _table(trade_rows, list(trade_rows[0])),
-        f"<p>Costs: {html.escape(json.dumps(trading.get('costs')))}; positions need the decided class's "
-        f"probability ≥ {trading.get('min_probability')}; entry at the next bar's open.</p>",
+        _table(trade_rows, ["strategy", "role", *TRADE_COLUMNS]),
+        "<p>The gate's trading baselines are flat (never in the market: Sharpe 0) and the momentum rule. "
+        "Buy-and-hold is shown for reference and is not one of them: it is market exposure, and over a few "
+        "out-of-fold weeks its Sharpe measures the market's direction in those weeks, not a forecast's skill.</p>",
+        f"<p>Costs: fee {costs.get('fee_bps', 0):g} bps + slippage {costs.get('slippage_bps', 0):g} bps per side of "
+        f"notional traded; funding charged to the position held into each settlement. A position needs the "
+        f"decided class's probability ≥ {float(trading.get('min_probability') or 0):.3f}; entry at the next bar's "
+        "open; bars without a known return (candle gaps) are traded flat and counted as skipped.</p>",
         "<h2>Classification (out-of-fold, purged walk-forward)</h2>",
         _table(model_rows, ["model", "macro_f1", "balanced_accuracy", "log_loss", "brier", "n"]),
         "<h3>Ensemble per fold</h3>", _table(metrics["ensemble_per_fold"], fold_cols),
         "<h3>Gate window (this run's data interval)</h3>", _table([metrics["gate_window"]], fold_cols[1:]),
         _confusion_plot(metrics["ensemble"]["confusion"]), _calibration_plot(metrics["reliability"]),
-        "<h2>Feature importance (mean over folds)</h2>", _importance_plot(importance),
+        "<h2>Feature importance (mean over folds; the 12 largest)</h2>", _importance_plot(importance),
         "</body></html>",
     ]
     path = out_dir / "report.html"

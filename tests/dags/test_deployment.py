@@ -111,6 +111,10 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
             runs = [r for _, _, r in backfill_runs()]
             assert [s for _, s, _ in backfill_runs()] == ["success"] * 3, [(r.dag_run_id, r.state) for r in runs]
             assert [r.data_interval_start.date().isoformat() for r in runs] == ["2023-06-04", "2023-06-11", "2023-06-18"]
+            # The scheduler wrote each run's decision as its note (plugins/run_notes.py).
+            for r in runs:
+                assert (r.note or "").startswith("Weekly retrain: 1 market(s), 1 decided"), (r.dag_run_id, r.note)
+                assert "/model-registry/versions/" in r.note, r.note
             # Airflow runs one backfill per DAG: the scheduler closes this one shortly after its last run.
             _wait(lambda: backfills.get_backfill(created.id).completed_at is not None, 120,
                   "the backfill to be closed", up, log)

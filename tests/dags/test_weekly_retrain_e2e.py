@@ -182,8 +182,14 @@ def test_second_run_gates_each_market_against_its_own_champion(dag, first_run, w
     html = report.read_text()
     assert (report.parent / "candidates" / "ensemble").is_dir()
     assert html.count("data:image/png;base64,") == 4 and "<link" not in html and "src=\"http" not in html
-    for needle in (gate["candidate"], "beats_trading_baselines", "buy_and_hold", "Feature importance"):
+    for needle in (gate["candidate"], "beats_trading_baselines", "buy_and_hold", "Feature importance",
+                   "<td>flat</td><td>gate baseline</td>", "<td>buy_and_hold</td><td>reference only</td>",
+                   "Challenger against champion", f"champion {champions[BTC]}", "one-sided p = ",
+                   "fee 4 bps + slippage 1 bps per side", "probability ≥ 0.333",
+                   "Data interval 2023-12-24 00:00 UTC → 2023-12-31 00:00 UTC"):
         assert needle in html, needle
+    for raw in ("None / None", "<td>None</td>", '{"fee_bps"', "0.3333333333333333"):
+        assert raw not in html, raw
     # One weekly summary per channel, naming every market with its decision, numbers and report.
     texts = [json.loads(b).get("text") or json.loads(b).get("content") for _, b in webhook_server]
     assert len(texts) == 2, texts
