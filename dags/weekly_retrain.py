@@ -86,47 +86,71 @@ DOCS = RunConfig.describe()
 MARKET_FIELDS = ("exchange", "symbol", "market_type", "timeframe")
 
 
-def _param(name: str, type_: str | list[str], **kwargs) -> Param:
+#: Sections of the trigger form, in the order shown.
+DATA, LABELS, CV, ENSEMBLE, GATE, TRADING = ("Data", "Labels", "Models and cross-validation", "Ensemble",
+                                             "Quality gate", "Trading simulation")
+
+
+def _param(name: str, type_: str | list[str], section: str, title: str, **kwargs) -> Param:
+    """A trigger-form field for a :class:`RunConfig` field: its default (floats shown to 4
+    decimals), description, title and section."""
     default = getattr(DEFAULTS, name)
     if isinstance(default, tuple):
         default = list(default)
-    return Param(default, type=type_, description=DOCS[name], **kwargs)
+    if isinstance(default, float):
+        default = round(default, 4)  # 1/3 is shown and used as 0.3333
+    return Param(default, type=type_, description=DOCS[name], title=title, section=section,
+                 **kwargs)
 
 
 PARAMS = {
-    "markets": Param(None, type=["null", "array"], items={"type": "string"},
+    # Data
+    "markets": Param(None, type=["null", "array"], items={"type": "string"}, title="Markets", section=DATA,
                      description="Markets to train: symbols (BTCUSDT) or registered-model names from the universe "
                                  "file; empty = every market in it."),
-    "universe_file": Param(None, type=["null", "string"],
+    "universe_file": Param(None, type=["null", "string"], title="Universe file", section=DATA,
                            description="Universe file (YAML) instead of MARKET_UNIVERSE_FILE or the bundled "
                                        "include/universe.yaml."),
-    "train_window_days": _param("train_window_days", "integer", minimum=14),
-    "min_history_days": _param("min_history_days", "integer", minimum=14),
-    "label_horizon_bars": _param("label_horizon_bars", "integer", minimum=1, maximum=168),
-    "label_threshold_mode": _param("label_threshold_mode", "string", enum=["volatility", "fixed"]),
-    "label_threshold": _param("label_threshold", "number", exclusiveMinimum=0),
-    "models": _param("models", "array", items={"type": "string", "enum": list(MODEL_FAMILIES)},
-                     minItems=1, uniqueItems=True),
-    "cv_folds": _param("cv_folds", "integer", minimum=2, maximum=52),
-    "ensemble_weighting": _param("ensemble_weighting", "string", enum=["fixed", "fitted"]),
-    "gate_min_f1_margin": _param("gate_min_f1_margin", "number"),
-    "gate_max_log_loss_ratio": _param("gate_max_log_loss_ratio", "number", exclusiveMinimum=0),
-    "gate_champion_tolerance": _param("gate_champion_tolerance", "number", minimum=0),
-    "cv_scheme": _param("cv_scheme", "string", enum=["expanding", "rolling"]),
-    "cv_embargo_bars": _param("cv_embargo_bars", "integer", minimum=0, maximum=1000),
-    "gate_min_sharpe_margin": _param("gate_min_sharpe_margin", "number"),
-    "gate_max_drawdown": _param("gate_max_drawdown", "number", exclusiveMinimum=0, maximum=1),
-    "gate_min_probabilistic_sharpe": _param("gate_min_probabilistic_sharpe", ["null", "number"],
-                                            minimum=0, maximum=1),
-    "gate_max_champion_p_value": _param("gate_max_champion_p_value", ["null", "number"],
+    "as_of_date": _param("as_of_date", ["null", "string"], DATA, "As-of date (runs without a data interval)",
+                         format="date"),
+    "source": _param("source", "string", DATA, "Market data source", enum=["files", "exchange"]),
+    "source_dir": _param("source_dir", ["null", "string"], DATA, "Data directory (files source)"),
+    "train_window_days": _param("train_window_days", "integer", DATA, "Training window (days)", minimum=14),
+    "min_history_days": _param("min_history_days", "integer", DATA, "Minimum history (days)", minimum=14),
+    # Labels
+    "label_horizon_bars": _param("label_horizon_bars", "integer", LABELS, "Horizon (bars)", minimum=1, maximum=168),
+    "label_threshold_mode": _param("label_threshold_mode", "string", LABELS, "Threshold mode",
+                                   enum=["volatility", "fixed"]),
+    "label_threshold": _param("label_threshold", "number", LABELS, "Threshold", exclusiveMinimum=0),
+    # Models and cross-validation
+    "models": _param("models", "array", CV, "Model families", items={"type": "string", "enum": list(MODEL_FAMILIES)},
+                     examples=list(MODEL_FAMILIES), minItems=1, uniqueItems=True),
+    "cv_folds": _param("cv_folds", "integer", CV, "Walk-forward folds", minimum=2, maximum=52),
+    "cv_scheme": _param("cv_scheme", "string", CV, "Walk-forward scheme", enum=["expanding", "rolling"]),
+    "cv_embargo_bars": _param("cv_embargo_bars", "integer", CV, "Embargo (bars)", minimum=0, maximum=1000),
+    # Ensemble
+    "ensemble_weighting": _param("ensemble_weighting", "string", ENSEMBLE, "Weighting", enum=["fixed", "fitted"]),
+    # Quality gate
+    "gate_min_f1_margin": _param("gate_min_f1_margin", "number", GATE, "Macro-F1 margin over the best baseline"),
+    "gate_max_log_loss_ratio": _param("gate_max_log_loss_ratio", "number", GATE,
+                                      "Largest log loss / class-prior log loss", exclusiveMinimum=0),
+    "gate_champion_tolerance": _param("gate_champion_tolerance", "number", GATE,
+                                      "Macro-F1 shortfall allowed against the champion", minimum=0),
+    "gate_max_champion_p_value": _param("gate_max_champion_p_value", ["null", "number"], GATE,
+                                        "Largest p-value of the paired test against the champion (empty: off)",
                                         exclusiveMinimum=0, maximum=1),
-    "trade_min_probability": _param("trade_min_probability", "number", minimum=0, exclusiveMaximum=1),
-    "fee_bps": _param("fee_bps", "number", minimum=0),
-    "slippage_bps": _param("slippage_bps", "number", minimum=0),
-    "require_approval": _param("require_approval", "boolean"),
-    "as_of_date": _param("as_of_date", ["null", "string"], format="date"),
-    "source": _param("source", "string", enum=["files", "exchange"]),
-    "source_dir": _param("source_dir", ["null", "string"]),
+    "gate_min_sharpe_margin": _param("gate_min_sharpe_margin", "number", GATE,
+                                     "Sharpe margin over the best trading baseline"),
+    "gate_max_drawdown": _param("gate_max_drawdown", "number", GATE, "Largest drawdown (fraction)",
+                                exclusiveMinimum=0, maximum=1),
+    "gate_min_probabilistic_sharpe": _param("gate_min_probabilistic_sharpe", ["null", "number"], GATE,
+                                            "Smallest probabilistic Sharpe ratio (empty: off)", minimum=0, maximum=1),
+    "require_approval": _param("require_approval", "boolean", GATE, "Ask a person to approve a promotion"),
+    # Trading simulation
+    "trade_min_probability": _param("trade_min_probability", "number", TRADING,
+                                    "Smallest probability to take a position", minimum=0, exclusiveMaximum=1),
+    "fee_bps": _param("fee_bps", "number", TRADING, "Fee per side (bps)", minimum=0),
+    "slippage_bps": _param("slippage_bps", "number", TRADING, "Slippage per side (bps)", minimum=0),
 }
 
 #: Tasks of the market group show the registered model's name as their map index.

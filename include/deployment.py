@@ -132,16 +132,37 @@ def postgres_server(root: Path) -> tuple[str, Any]:
     return url.render_as_string(hide_password=False), server
 
 
-def stop_embedded_postgres(root: Path) -> None:
-    """Stop the embedded PostgreSQL of ``root`` if it runs (``pg_ctl stop -m fast``)."""
+def stop_embedded_postgres(root: Path, timeout: float = 60.0) -> None:
+    """Stop the embedded PostgreSQL of ``root`` if it runs, and make sure it has stopped.
+
+    ``pg_ctl stop -m fast`` first (clients disconnected, shutdown checkpoint). If the postmaster
+    is still alive after that, it gets SIGQUIT (immediate shutdown: crash recovery at the next
+    start, no data lost); a ``postmaster.pid`` whose process is gone is stale and removed.
+    """
     data = root / "postgres"
-    if not (data / "postmaster.pid").is_file():
+    pid_file = data / "postmaster.pid"
+    if not pid_file.is_file():
         return
     from pgserver._commands import pg_ctl
 
     user = "pgserver" if os.geteuid() == 0 else None
-    with contextlib.suppress(subprocess.CalledProcessError):  # not running
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data, user=user)
+    try:
+        pg_ctl(["-w", "-t", str(int(timeout)), "-m", "fast", "stop"], pgdata=data, user=user)
+    except subprocess.CalledProcessError as exc:
+        print(f"pg_ctl stop of {data} failed (exit {exc.returncode})", flush=True)
+    try:
+        pid = int(pid_file.read_text().splitlines()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return
+    import psutil
+
+    if psutil.pid_exists(pid) and "postgres" in psutil.Process(pid).name():
+        print(f"PostgreSQL (pid {pid}) did not stop on pg_ctl: immediate shutdown", flush=True)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            os.kill(pid, signal.SIGQUIT)
+            psutil.Process(pid).wait(timeout=timeout)
+    if not psutil.pid_exists(pid):
+        pid_file.unlink(missing_ok=True)
 
 
 def ensure_database(server_url: str, name: str) -> str:

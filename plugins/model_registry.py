@@ -24,6 +24,7 @@ loader per registered model, cached across requests).
 from __future__ import annotations
 
 import html
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ def _summary(registry, version: str, aliases: dict[str, list[str]]) -> dict[str,
         "ever_production": "production" in info["aliases_ever"],
         "symbol": lineage.get("symbol"), "timeframe": lineage.get("timeframe"),
         "macro_f1": ens.get("macro_f1"), "log_loss": ens.get("log_loss"), "brier": ens.get("brier"),
-        "gate_window_macro_f1": metrics.get("gate_window", {}).get("macro_f1"),
+        "gate": _gate_outcome(info),
         "short_history": bool(window.get("short_history")), "train_start": window.get("train_start"),
         "dag_id": lineage.get("dag_id"), "run_id": lineage.get("run_id"),
     }
@@ -154,6 +155,42 @@ def get_version(version: str) -> dict[str, Any]:
         raise _not_found(exc) from exc
 
 
+def _gate_outcome(info: dict[str, Any]) -> dict[str, Any] | None:
+    """What the gate compared for a version, from its run's ``gate_decision.json``.
+
+    Returns:
+        ``{"passed", "failed" (check names), "challenger", "champion" (macro F1 of both models
+        on the same gate-window rows; champion None without one), "n", "p_value",
+        "champion_version"}``, or ``None`` when the run folder is gone.
+    """
+    try:
+        record = json.loads((_report_path(info).parent / "gate_decision.json").read_text())
+    except (OSError, KeyError, ValueError):
+        return None
+    champion = record.get("champion_evaluation") or {}
+    window = record.get("candidate_gate_window") or {}
+    return {"passed": bool(record.get("passed")),
+            "failed": [c["name"] for c in record.get("checks", []) if not c.get("passed")],
+            "challenger": window.get("macro_f1"), "n": window.get("n"),
+            "champion": (champion.get("metrics") or {}).get("macro_f1"),
+            "champion_version": champion.get("version"),
+            "p_value": (champion.get("paired_test") or {}).get("p_value")}
+
+
+def _gate_cell(gate: dict[str, Any] | None) -> str:
+    if gate is None:
+        return "<span title='run folder cleaned'>–</span>"
+    verdict = ("<b class='pass'>PASS</b>" if gate["passed"]
+               else f"<b class='fail'>FAIL</b> {html.escape(', '.join(gate['failed']))}")
+    if gate["champion"] is None:
+        versus = "no champion compared"
+    else:
+        p = f", p = {gate['p_value']:.2f}" if gate["p_value"] is not None else ""
+        versus = (f"macro F1 {gate['challenger']:.3f} vs champion {html.escape(str(gate['champion_version']))} "
+                  f"{gate['champion']:.3f} on the same {gate['n']} rows{p}")
+    return f"{verdict}<br><small>{versus}</small>"
+
+
 def _report_path(info: dict[str, Any]) -> Path:
     lineage = info["lineage"]
     window = lineage.get("data_window", {})
@@ -209,7 +246,7 @@ _RUN_LINK = "/dags/{dag_id}/runs/{run_id}"
 def models_page() -> str:
     registry = _registry()
     aliases = registry.version_aliases()
-    columns = ["version", "aliases", "interval_end", "macro_f1", "gate_window_macro_f1", "log_loss", "brier",
+    columns = ["version", "aliases", "interval_end", "macro_f1", "log_loss", "brier", "gate",
                "registered_at", "run", "report"]
     head = "".join(f"<th>{c}</th>" for c in columns)
     sections = []
@@ -225,6 +262,8 @@ def models_page() -> str:
                             f"{_cell(row['run_id'])}</a>" if row["run_id"] and row["dag_id"] else "")
                 elif c == "report":
                     cell = f"<a target='_blank' href='versions/{quote(row['version'])}/report'>report</a>"
+                elif c == "gate":
+                    cell = _gate_cell(row["gate"])
                 elif c == "aliases":
                     cell = _cell(", ".join(row[c]) + (" (short history)" if row["short_history"] else ""))
                 else:
@@ -244,9 +283,10 @@ def models_page() -> str:
         "<!doctype html><html><head><meta charset='utf-8'><title>Models</title><style>"
         "body{font-family:sans-serif;margin:16px}table{border-collapse:collapse;margin-bottom:24px}"
         "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}h3{margin:16px 0 4px}"
-        "tr.production{background:#e6f4ea;font-weight:bold}</style></head><body>"
-        f"<h2>Registered models ({len(sections)})</h2><p>&#9733; production. Out-of-fold metrics of the ensemble; "
-        "gate window = the run's own data interval.</p>"
+        "tr.production{background:#e6f4ea;font-weight:bold}.pass{color:#070}.fail{color:#b00}</style></head><body>"
+        f"<h2>Registered models ({len(sections)})</h2><p>&#9733; production. macro_f1, log_loss, brier: the "
+        "ensemble's out-of-fold metrics over all walk-forward folds. gate: the decision, and the challenger and "
+        "the champion it was compared with, both scored on the same rows of the run's data interval.</p>"
         + "".join(sections) + "</body></html>"
     )
 

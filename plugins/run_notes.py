@@ -28,9 +28,8 @@ NOTE_KEY = "note"
 
 
 def _published_note(session, dag_id: str, run_id: str) -> str | None:
-    from sqlalchemy import select
-
     from airflow.models.xcom import XComModel
+    from sqlalchemy import select
 
     row = session.execute(
         select(XComModel.value).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id,
@@ -67,11 +66,10 @@ def write_note(dag_run) -> bool:
     Returns:
         Whether the note was written. Never raises: a note is not worth a scheduler error.
     """
-    from sqlalchemy import select
-    from sqlalchemy.orm import object_session
-
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
+    from sqlalchemy import select
+    from sqlalchemy.orm import object_session
 
     try:
         session = object_session(dag_run)

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+from include.config import MODEL_FAMILIES
 from tests.conftest import ROOT
 
 HEAVY = ("pandas", "numpy", "lightgbm", "xgboost", "sklearn", "great_expectations", "talib", "pyarrow")
@@ -82,6 +83,15 @@ def test_weekly_retrain_graph(dagbag):
     assert {"markets", "universe_file", "min_history_days", "models", "as_of_date"} <= set(dag.params)
     assert not {"symbol", "market_type", "timeframe"} & set(dag.params)  # they come from the universe file
     assert dag.params["source"] == "files"  # the offline default
+    # The trigger form: every field titled and in one of six sections, families as a multi-select,
+    # defaults shown rounded.
+    sections = {"Data", "Labels", "Models and cross-validation", "Ensemble", "Quality gate", "Trading simulation"}
+    schemas = {name: dag.params.get_param(name).schema for name in dag.params}
+    assert {s["section"] for s in schemas.values()} == sections
+    assert all(s.get("title") and "_" not in s["title"] for s in schemas.values()), schemas
+    assert schemas["models"]["type"] == "array" and schemas["models"]["examples"] == list(MODEL_FAMILIES)
+    floats = [v for v in dag.params.dump().values() if isinstance(v, float)]
+    assert floats and all(len(repr(v)) <= 6 for v in floats), floats
     # The gate waits for earlier runs without holding a worker slot.
     assert dag.get_task(m + "quality_gate").mode == "reschedule"
     timetable = dag.timetable

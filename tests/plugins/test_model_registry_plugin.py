@@ -169,4 +169,8 @@ def test_models_page_in_headless_chromium(api, tmp_path):
     assert rows[0][1] == "production" and "production" in rows[0][2] and rows[1][1] == ""
     assert rows[2][1] == "production" and all(r[4] for r in rows)
     assert rows[1][5].endswith("/dags/weekly_retrain/runs/fixture__BTCUSDT__2023-12-24")
+    # The gate column shows what the gate compared: both models on the same rows, and the verdict.
+    assert "PASS" in rows[0][2] and f"vs champion {v1}" in rows[0][2] and "on the same" in rows[0][2], rows[0][2]
+    assert "p = " in rows[0][2]
+    assert "PASS" in rows[1][2] and "no champion compared" in rows[1][2], rows[1][2]
     assert Path(ARTIFACTS / "models_view.png").stat().st_size > 5000
