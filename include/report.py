@@ -132,12 +132,11 @@ def _importance_plot(importance: dict[str, dict[str, Any]]) -> str:
     for ax, family in zip(axes[0], families, strict=True):
         perm = importance[family]["permutation"]["mean"]
         names = top_features(perm)[::-1]  # barh draws the first name at the bottom
-        ax.barh(names, [perm[n] for n in names])
+        ax.barh(names, [1e3 * perm[n] for n in names])
         stab = importance[family]["permutation"]["rank_stability"]
         ax.set_title(f"{family}\nrank stability {stab:.2f}" if stab is not None else family)
-        ax.set_xlabel("log-loss increase when permuted")
+        ax.set_xlabel("log-loss increase when permuted\n(10⁻³ nats per row)")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
-        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 3))
     fig.tight_layout()
     return _png(fig)
 
