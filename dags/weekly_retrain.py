@@ -73,9 +73,19 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, dag, get_current_context, task, task_group
+from airflow.sdk import (
+    AssetOrTimeSchedule,
+    CronDataIntervalTimetable,
+    Param,
+    PokeReturnValue,
+    dag,
+    get_current_context,
+    task,
+    task_group,
+)
 
 from include.approval import PromotionApproval
+from include.assets import RETRAIN_REQUEST
 from include.config import MODEL_FAMILIES, RunConfig
 from include.notify import on_task_failure
 from include.resources import TRAINING_POOL
@@ -162,7 +172,9 @@ def _dag_id() -> str:
 
 
 @dag(
-    schedule=CronDataIntervalTimetable("0 0 * * 0", timezone="UTC"),
+    # Weekly, or when monitor_production asks for a retrain (include/assets.py).
+    schedule=AssetOrTimeSchedule(timetable=CronDataIntervalTimetable("0 0 * * 0", timezone="UTC"),
+                                 assets=[RETRAIN_REQUEST]),
     start_date=datetime(2019, 9, 15),
     catchup=False,
     max_active_runs=1,
@@ -178,14 +190,28 @@ def _dag_id() -> str:
 )
 def weekly_retrain():
     @task
-    def plan_run(params=None, data_interval_start=None, data_interval_end=None, dag_run=None) -> list[dict]:
-        """One plan per market: registered model, its run configuration and window."""
-        from include.pipeline import plan_universe
+    def plan_run(params=None, data_interval_start=None, data_interval_end=None, dag_run=None,
+                 triggering_asset_events=None) -> list[dict]:
+        """One plan per market: registered model, its run configuration and window.
+
+        A run triggered by monitor_production's retrain_request retrains the models it names,
+        for the week ending at the request's as_of day.
+        """
+        import logging
+
+        from include.pipeline import plan_universe, retrain_scope
         from include.tasks import fail_fast
 
         run_params = {k: v for k, v in params.items() if k not in ("markets", "universe_file")}
+        selected = params.get("markets")
+        scope = retrain_scope(triggering_asset_events) if dag_run.run_type == "asset_triggered" else None
+        if scope is not None:
+            logging.getLogger(__name__).warning("retrain requested by monitoring for %s as of %s: %s",
+                                                ", ".join(scope["markets"]), scope["as_of_date"], scope["reasons"])
+            selected, run_params["as_of_date"] = scope["markets"], scope["as_of_date"]
+            data_interval_start = data_interval_end = None
         with fail_fast():
-            return plan_universe(run_params, selected=params.get("markets"),
+            return plan_universe(run_params, selected=selected,
                                  universe_file=params.get("universe_file"), data_interval_start=data_interval_start,
                                  data_interval_end=data_interval_end, run_after=getattr(dag_run, "run_after", None))
 

@@ -30,13 +30,20 @@ from include.pipeline.common import (
 )
 from include.pipeline.data import feature_frame, features, history_window, ingest, labels, market_source, validate
 from include.pipeline.decision import gate, keep, policy_from_config, promote, simulate_trading, smoke_test
-from include.pipeline.publication import plan_universe, publish_universe, run_once, summarise, universe_outcomes
+from include.pipeline.publication import (
+    plan_universe,
+    publish_universe,
+    retrain_scope,
+    run_once,
+    summarise,
+    universe_outcomes,
+)
 from include.pipeline.training import assemble, library_versions, train
 
 __all__ = [
     "FUNDING_LOOKBACK", "SKIPPED_FILE", "SUMMARY_FILE", "RunWindow", "assemble", "feature_frame", "features",
     "gate", "history_window", "ingest", "json_safe", "keep", "labels", "library_versions", "market_source",
-    "open_store", "plan_universe", "policy_from_config", "promote", "publish_universe", "resolve_window",
+    "open_store", "plan_universe", "policy_from_config", "promote", "publish_universe", "resolve_window", "retrain_scope",
     "run_dir", "run_once", "simulate_trading", "smoke_test", "summarise", "train", "universe_outcomes",
     "validate", "warmup", "write_parquet",
 ]

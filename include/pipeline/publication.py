@@ -173,6 +173,32 @@ def plan_universe(run_params: dict[str, Any], *, selected: list[str] | None, uni
         plans.append({"model": cfg.model_name, "config": cfg.to_dict(), "window": asdict(window)})
     return plans
 
+def retrain_scope(triggering_asset_events: Any) -> dict[str, Any] | None:
+    """What a run triggered by ``retrain_request`` events retrains: the union of their models,
+    for the week ending at the day of their latest ``as_of``.
+
+    Args:
+        triggering_asset_events: the run's ``triggering_asset_events`` (asset -> events, each
+            with an ``extra`` written by ``monitor_production``), or ``None``.
+
+    Returns:
+        ``{"markets": [registered models], "as_of_date": "YYYY-MM-DD", "reasons": {...}}``, or
+        ``None`` when no event names a model (a run of the weekly schedule).
+    """
+    models: list[str] = []
+    as_of, reasons = None, {}
+    for events in (triggering_asset_events or {}).values():
+        for event in events:
+            extra = getattr(event, "extra", None) or (event.get("extra") if isinstance(event, dict) else None) or {}
+            models += [m for m in extra.get("models", []) if m not in models]
+            reasons.update(extra.get("reasons") or {})
+            if extra.get("as_of") and (as_of is None or extra["as_of"] > as_of):
+                as_of = extra["as_of"]
+    if not models or as_of is None:
+        return None
+    return {"markets": models, "as_of_date": as_of[:10], "reasons": reasons}
+
+
 def run_once(cfg: RunConfig, settings: Settings, *, dag_id: str, run_id: str,
              data_interval_start: Any = None, data_interval_end: Any = None) -> dict[str, Any]:
     """Every step of one market's weekly run in order, in this process, without a scheduler.

@@ -130,6 +130,17 @@ def _validation_summary(out_dir: Path) -> dict[str, Any] | None:
                         "failed": len(r.get("failed", []))} for r in report.get("suites", [])]}
 
 # -- 6. ensemble -----------------------------------------------------------------------------
+def _ranked_features(member_meta: dict[str, Any], families: list[str], names: list[str]) -> list[str]:
+    """Feature names by mean permutation importance over the families, largest first."""
+    score = dict.fromkeys(names, 0.0)
+    for fam in families:
+        perm = ((member_meta[fam].get("cv") or {}).get("importance") or {}).get("permutation", {}).get("mean", {})
+        for name, value in perm.items():
+            if name in score and value == value:
+                score[name] += value / len(families)
+    return sorted(score, key=lambda n: (-score[n], n))
+
+
 def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
              trained: list[dict[str, Any]], *, dag_id: str, run_id: str,
              logical_date: str | None = None) -> dict[str, Any]:
@@ -149,6 +160,7 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     from include.ensemble import WeightedSoftVotingEnsemble, combine, fit_weights
     from include.evaluation import baseline_oof, reliability, summarise_folds
     from include.labels import momentum_forecast
+    from include.monitoring.drift import reference_bins
     from include.training import class_prior, metrics_with_prior
 
     trained = [t for t in trained if t]
@@ -235,6 +247,10 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
                     "members_summary": {f: member_meta[f]["cv"]["summary"] for f in families},
                     "baselines": baselines},
         "member_params": {f: member_meta[f]["params"] for f in families},
+        # Monitoring's references: the training distribution of every feature, and the features
+        # ranked by permutation importance (mean over the families).
+        "drift_reference": reference_bins(X),
+        "top_features": _ranked_features(member_meta, families, names),
         "libraries": library_versions(), "code_version": code_version(),
         "dag_id": dag_id, "run_id": run_id, "logical_date": logical_date,
         "validation": _validation_summary(out_dir),

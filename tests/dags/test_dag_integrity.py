@@ -23,10 +23,10 @@ def dagbag(airflow_db):
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"weekly_retrain", "rollback_model"}
+    assert set(dagbag.dag_ids) == {"weekly_retrain", "rollback_model", "monitor_production"}
 
 
-@pytest.mark.parametrize("dag_file", ["weekly_retrain.py", "rollback_model.py"])
+@pytest.mark.parametrize("dag_file", ["weekly_retrain.py", "rollback_model.py", "monitor_production.py"])
 def test_parsing_runs_no_query_connection_lookup_or_heavy_import(dag_file):
     code = textwrap.dedent(f"""
         import runpy, sys
@@ -94,7 +94,11 @@ def test_weekly_retrain_graph(dagbag):
     assert floats and all(len(repr(v)) <= 6 for v in floats), floats
     # The gate waits for earlier runs without holding a worker slot.
     assert dag.get_task(m + "quality_gate").mode == "reschedule"
-    timetable = dag.timetable
+    # Weekly, or on monitor_production's retrain request.
+    schedule = dag.timetable
+    assert type(schedule).__name__ == "AssetOrTimeSchedule"
+    assert "retrain_request" in repr(schedule.asset_condition)
+    timetable = schedule.timetable
     assert type(timetable).__name__ == "CronDataIntervalTimetable"
     assert dag.doc_md and "Gate rule" in dag.doc_md and "universe" in dag.doc_md
 
@@ -104,3 +108,12 @@ def test_rollback_graph(dagbag):
     assert dag.schedule is None or dag.timetable.summary in ("None", "")
     assert [t.task_id for t in dag.tasks] == ["rollback"]
     assert set(dag.params) == {"model", "version", "reason"}
+
+
+def test_monitor_production_graph(dagbag):
+    dag = dagbag.get_dag("monitor_production")
+    assert [t.task_id for t in dag.topological_sort()] == ["list_models", "monitor_model", "request_retrain"]
+    outlets = dag.get_task("request_retrain").outlets
+    assert [a.name for a in outlets] == ["retrain_request"]
+    assert dag.params["monitor_max_psi"] == 0.25 and dag.params["monitor_cooldown_hours"] == 72.0
+    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"

@@ -1,0 +1,116 @@
+"""
+### monitor_production: watch each production model between retrains
+
+Daily, for every registered model with a production version (or the models named in `models`):
+ingest the newest bars, score every closed bar the production version has not scored yet (into
+the prediction log), join realised labels once their horizon has passed, and compare with what
+the gate saw at promotion: realised macro F1, log loss against the class-prior forecast, Brier;
+the live strategy record after fees, slippage and funding next to buy-and-hold; feature drift
+(PSI against the training distribution stored at registration, and missing values per feature);
+data freshness. See `include/monitoring/monitor.py`.
+
+**Policy** (run params, documented defaults): PSI above `monitor_max_psi` (0.25) on any of the
+`monitor_psi_top_k` (5) most important features; a feature's missing share up by more than
+`monitor_max_missing_increase` (0.2); realised log loss worse than the class-prior forecast's on
+each of the last `monitor_log_loss_days` (3) days; live drawdown beyond `monitor_max_drawdown`
+(15 %); the last bar older than `monitor_max_data_age_hours` (3 h).
+
+**Actions.** Drift or degradation: an alert with the numbers, and a retraining request, the
+`retrain_request` Asset, which `weekly_retrain` is scheduled on besides its weekly timetable,
+for the models concerned; at most one request per model within `monitor_cooldown_hours` (72 h of
+data time), so one incident gives one retrain. Stale data alone: an alert (retraining on stale
+data does not help). Every run's report, with every number and the decision, is kept in the
+market database's `monitor_report` table and shown on the **Monitoring** page.
+
+**Window.** A scheduled run monitors up to its `data_interval_end`; a manual run up to the
+`as_of` param, or its start time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+
+from include.assets import RETRAIN_REQUEST
+from include.notify import on_task_failure
+
+POLICY = "Monitoring policy"
+PARAMS = {
+    "models": Param(None, type=["null", "array"], items={"type": "string"}, title="Registered models",
+                    section="Scope", description="Registered models to monitor; empty = every model in production."),
+    "as_of": Param(None, type=["null", "string"], title="Monitor up to (UTC)", section="Scope",
+                   description="End of the monitored span for a manual run (ISO 8601 date-time); a scheduled "
+                               "run uses its data interval's end."),
+    "source": Param("files", type="string", enum=["files", "exchange"], title="Market data source", section="Scope",
+                    description="Where the newest bars come from: the files in the data directory, or the exchange "
+                                "(incremental)."),
+    "source_dir": Param(None, type=["null", "string"], title="Data directory (files source)", section="Scope",
+                        description="Directory of the files source instead of MARKET_DATA_DIR."),
+    "monitor_max_psi": Param(0.25, type="number", minimum=0, title="Largest PSI on a top feature", section=POLICY,
+                             description="Population stability index above this on a top feature is drift."),
+    "monitor_psi_top_k": Param(5, type="integer", minimum=1, title="Top features checked for drift", section=POLICY,
+                               description="How many of the version's most important features the PSI check covers."),
+    "monitor_max_missing_increase": Param(0.2, type="number", minimum=0, maximum=1, section=POLICY,
+                                          title="Largest rise in a feature's missing share",
+                                          description="Missing share above the training share by more than this."),
+    "monitor_log_loss_days": Param(3, type="integer", minimum=1, title="Days of log loss worse than the prior",
+                                   section=POLICY, description="Consecutive complete days on which the realised log "
+                                                               "loss is worse than the class-prior forecast's."),
+    "monitor_max_drawdown": Param(0.15, type="number", exclusiveMinimum=0, maximum=1, section=POLICY,
+                                  title="Largest live drawdown", description="Of the live simulated strategy."),
+    "monitor_max_data_age_hours": Param(3.0, type="number", exclusiveMinimum=0, section=POLICY,
+                                        title="Largest age of the last bar (hours)",
+                                        description="Older than this at the end of the span is stale data."),
+    "monitor_cooldown_hours": Param(72.0, type="number", minimum=0, title="Cooldown between retrain requests (hours)",
+                                    section=POLICY, description="Hours of data time after a retrain request during "
+                                                                "which the model gets no other."),
+}
+
+
+@dag(
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=datetime(2023, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["ml", "monitoring"],
+    params=PARAMS,
+    default_args={"owner": "quant-ml", "retries": 1, "retry_delay": timedelta(minutes=2),
+                  "on_failure_callback": on_task_failure},
+)
+def monitor_production():
+    @task
+    def list_models(params=None) -> list[str]:
+        """The registered models with a production version (or the ones asked for)."""
+        from include.config import Settings
+        from include.monitoring.tasks import production_models
+
+        return production_models(Settings.from_env(), params.get("models"))
+
+    @task(map_index_template="{{ task.op_kwargs['model'] }}")
+    def monitor_model(model: str, params=None, data_interval_end=None, dag_run=None) -> dict:
+        """Ingest, score, join labels, measure, decide; the report's headline for XCom."""
+        from include.config import Settings
+        from include.monitoring.tasks import monitor_one
+
+        return monitor_one(Settings.from_env(), model, params=params, data_interval_end=data_interval_end,
+                           run_after=getattr(dag_run, "run_after", None), run_id=get_current_context()["run_id"])
+
+    @task(outlets=[RETRAIN_REQUEST])
+    def request_retrain(results: list[dict], outlet_events=None) -> dict:
+        """Alert on anything tripped; update the retrain_request asset for the models that need it."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from include.monitoring.tasks import retrain_request
+
+        request = retrain_request(list(results), get_current_context())
+        if request is None:
+            raise AirflowSkipException("no model needs a retrain: no retrain_request event")
+        outlet_events[RETRAIN_REQUEST].extra = request
+        return request
+
+    request_retrain(monitor_model.expand(model=list_models()))
+
+
+monitor_production()

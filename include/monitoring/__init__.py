@@ -1,0 +1,11 @@
+"""Production monitoring between retrains: the prediction log, live metrics, drift, retrain requests.
+
+:mod:`include.monitoring.predictions` (the prediction log), :mod:`include.monitoring.drift`
+(reference bins, PSI), :mod:`include.monitoring.monitor` (one monitoring run and its policy).
+"""
+
+from include.monitoring.monitor import ALERT, COOLDOWN, OK, RETRAIN, MonitorPolicy, monitor, reports
+from include.monitoring.predictions import last_scored_bar, load_predictions, log_predictions
+
+__all__ = ["ALERT", "COOLDOWN", "OK", "RETRAIN", "MonitorPolicy", "last_scored_bar", "load_predictions",
+           "log_predictions", "monitor", "reports"]

@@ -1,0 +1,337 @@
+"""One monitoring run of one registered model's production version.
+
+Steps, for the span from the version's training end to ``as_of``:
+
+1. **Ingest** the newest bars into the market store (the run's source: files, or the exchange
+   incrementally).
+2. **Score** every closed bar of the span the version has no logged prediction for, and append
+   them to the prediction log (:mod:`include.monitoring.predictions`).
+3. **Join realised labels** once their horizon has passed (the version's own label rule).
+4. **Compare** with what the gate saw at promotion: realised macro F1, log loss (and the
+   class-prior forecast's on the same rows), Brier, per UTC day and over the span, next to the
+   version's out-of-fold numbers; the live strategy record after fees, slippage and funding
+   (:func:`include.backtest.simulate`, as the gate) next to buy-and-hold; feature drift (PSI of
+   the last ``drift_window_days`` against the reference bins stored at registration, and the
+   share of missing values per feature); data freshness (age of the last closed bar).
+5. **Decide** with :class:`MonitorPolicy`: ``ok``; ``alert`` (stale data only: retraining on
+   stale data does not help); ``retrain_requested`` (drift or degradation); ``cooldown`` (it
+   would have requested, but a request was made within ``cooldown_hours`` of data time).
+   Every number and the decision go to the ``monitor_report`` table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from include.config import RunConfig, Settings
+from include.errors import PipelineError
+from include.labels import CLASS_NAMES
+from include.monitoring.predictions import _ms, load_predictions, log_predictions, report_table
+
+logger = logging.getLogger(__name__)
+
+OK, ALERT, RETRAIN, COOLDOWN = "ok", "alert", "retrain_requested", "cooldown"
+
+
+@dataclass(frozen=True)
+class MonitorPolicy:
+    """When monitoring alerts and asks for a retrain.
+
+    Attributes:
+        max_psi: a PSI above this on any of the ``psi_top_k`` most important features is drift
+            (0.25: the customary "major shift").
+        psi_top_k: how many of the version's most important features the PSI check covers.
+        max_missing_increase: a feature whose share of missing values exceeds its training
+            share by more than this (e.g. open interest that stops arriving) trips the check.
+        log_loss_days: realised log loss worse than the class-prior forecast's on each of the
+            last this many complete UTC days is degradation.
+        max_drawdown: live drawdown of the simulated strategy beyond this (fraction).
+        max_data_age_hours: the last closed bar older than this at ``as_of`` is stale data.
+        min_labelled_rows: fewer realised labels than this: performance checks wait.
+        drift_window_days: days of the most recent bars the drift checks use.
+        cooldown_hours: after a retrain request, no other request for the model for this many
+            hours of data time, so that one incident gives one retrain.
+    """
+
+    max_psi: float = 0.25
+    psi_top_k: int = 5
+    max_missing_increase: float = 0.2
+    log_loss_days: int = 3
+    max_drawdown: float = 0.15
+    max_data_age_hours: float = 3.0
+    min_labelled_rows: int = 24
+    drift_window_days: int = 7
+    cooldown_hours: float = 72.0
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> MonitorPolicy:
+        """The policy of a run's params (keys ``monitor_<field>``; missing or None = default)."""
+        fields = {f: params.get(f"monitor_{f}") for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _closed_bars(store: Any, cfg: RunConfig, start: datetime, end: datetime) -> pd.DataFrame:
+    bars = store.load_ohlcv(exchange=cfg.exchange, symbol=cfg.symbol, market_type=cfg.market_type,
+                            timeframe=cfg.timeframe, start=start, end=end)
+    return bars[bars["timestamp"] + pd.Timedelta(seconds=cfg.bar_seconds) <= pd.Timestamp(end)]
+
+
+def _ingest(cfg: RunConfig, settings: Settings, store: Any, start: datetime, end: datetime) -> dict[str, Any]:
+    from include.data.ingest import SeriesKey, ingest_window
+    from include.pipeline.common import FUNDING_LOOKBACK
+    from include.pipeline.data import market_source
+
+    key = SeriesKey(cfg.exchange, cfg.symbol, cfg.market_type, cfg.timeframe, timedelta(seconds=cfg.bar_seconds))
+    return ingest_window(market_source(cfg, settings), store, key, start=start, end=end,
+                         funding_start=start - FUNDING_LOOKBACK, open_interest_start=start - timedelta(days=2))
+
+
+def _daily_log_loss(frame: pd.DataFrame, prior: np.ndarray) -> list[dict[str, Any]]:
+    """Per complete UTC day: realised log loss of the model and of the class-prior forecast."""
+    from sklearn.metrics import log_loss
+
+    out = []
+    for day, rows in frame.groupby(frame.index.floor("D")):
+        y = rows["label"].astype(int).to_numpy()
+        proba = rows[["p_down", "p_range", "p_up"]].to_numpy()
+        out.append({"day": day.date().isoformat(), "rows": int(len(rows)),
+                    "log_loss": float(log_loss(y, proba, labels=[0, 1, 2])),
+                    "prior_log_loss": float(log_loss(y, np.tile(prior, (len(y), 1)), labels=[0, 1, 2]))})
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """JSON for the values a report holds besides plain ones: timestamps and numpy scalars."""
+    if isinstance(value, pd.Timestamp | datetime):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _check(name: str, tripped: bool, value: Any, threshold: Any, detail: str, kind: str) -> dict[str, Any]:
+    return {"name": name, "tripped": bool(tripped), "value": value, "threshold": threshold, "detail": detail,
+            "kind": kind}
+
+
+def evaluate(report: dict[str, Any], policy: MonitorPolicy) -> list[dict[str, Any]]:
+    """The policy's checks on a report's numbers (each ``{"name", "tripped", "value",
+    "threshold", "detail", "kind"}``; kind ``drift``, ``performance`` or ``freshness``)."""
+    checks = []
+    top = report["drift"]["top_features"][: policy.psi_top_k]
+    table = {r["feature"]: r for r in report["drift"]["table"]}
+    psis = [(table[f]["psi"], f) for f in top if f in table and table[f]["psi"] == table[f]["psi"]]
+    worst = max(psis, default=(float("nan"), None))
+    checks.append(_check("feature_drift", bool(psis) and worst[0] > policy.max_psi, worst[0], policy.max_psi,
+                         f"largest PSI among the top {policy.psi_top_k} features: "
+                         + (f"{worst[1]} {worst[0]:.3f}" if worst[1] else "no live rows")
+                         + f" (limit {policy.max_psi})", "drift"))
+    missing = [(r["missing_share"] - r["reference_missing_share"], r["feature"]) for r in report["drift"]["table"]
+               if r["missing_share"] == r["missing_share"]]
+    rise, feature = max(missing, default=(float("nan"), None))
+    checks.append(_check("missing_values", bool(missing) and rise > policy.max_missing_increase, rise,
+                         policy.max_missing_increase,
+                         f"largest rise in missing share: {feature} +{rise:.0%} over training" if feature
+                         else "no live rows", "drift"))
+    live = report["live"]
+    if live["labelled_rows"] >= policy.min_labelled_rows:
+        days = [d for d in live["daily"] if d["rows"] >= 20][-policy.log_loss_days:]
+        worse = len(days) == policy.log_loss_days and all(d["log_loss"] > d["prior_log_loss"] for d in days)
+        checks.append(_check(
+            "log_loss_vs_prior", worse, [d["log_loss"] for d in days], [d["prior_log_loss"] for d in days],
+            f"log loss worse than the class-prior forecast's on each of the last {policy.log_loss_days} days: "
+            + ", ".join(f"{d['day']} {d['log_loss']:.3f} vs {d['prior_log_loss']:.3f}" for d in days), "performance"))
+        dd = report["trading"]["strategy"]["max_drawdown"]
+        checks.append(_check("live_drawdown", dd > policy.max_drawdown, dd, policy.max_drawdown,
+                             f"live strategy drawdown {dd:.2%} (limit {policy.max_drawdown:.0%})", "performance"))
+    else:
+        checks.append(_check("performance", False, live["labelled_rows"], policy.min_labelled_rows,
+                             f"{live['labelled_rows']} realised labels: performance checks wait for "
+                             f"{policy.min_labelled_rows}", "performance"))
+    age = report["freshness"]["age_hours"]
+    checks.append(_check("data_freshness", not (age <= policy.max_data_age_hours), age, policy.max_data_age_hours,
+                         f"last closed bar {report['freshness']['last_bar_close']}, {age:.1f} h before {report['as_of']} "
+                         f"(limit {policy.max_data_age_hours} h)", "freshness"))
+    return checks
+
+
+def _last_request(engine: sa.Engine, model: str, before_ms: int, run_id: str) -> int | None:
+    t = report_table
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.max(t.c.as_of)).where(
+            t.c.model == model, t.c.action == RETRAIN, t.c.as_of <= before_ms, t.c.run_id != run_id)).scalar()
+
+
+def decide(engine: sa.Engine, model: str, checks: list[dict[str, Any]], as_of_ms: int, run_id: str,
+           policy: MonitorPolicy) -> tuple[str, str]:
+    """``(action, reason)`` of the tripped checks; see the module docstring."""
+    tripped = [c for c in checks if c["tripped"]]
+    retrain = [c for c in tripped if c["kind"] in ("drift", "performance")]
+    if retrain:
+        last = _last_request(engine, model, as_of_ms, run_id)
+        if last is not None and as_of_ms - last < policy.cooldown_hours * 3_600_000:
+            since = datetime.fromtimestamp(last / 1000, UTC).isoformat()
+            return COOLDOWN, f"retrain already requested at {since}, within the {policy.cooldown_hours:g} h cooldown"
+        return RETRAIN, "; ".join(c["detail"] for c in retrain)
+    if tripped:
+        return ALERT, "; ".join(c["detail"] for c in tripped)
+    return OK, "every check within its threshold"
+
+
+def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorPolicy | None = None,
+            run_id: str = "manual", source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Monitor ``model``'s production version up to ``as_of``; record and return the report.
+
+    Args:
+        settings: the deployment (market database, registry).
+        model: registered model name.
+        as_of: end of the monitored span (UTC); bars that closed by then are used.
+        policy: thresholds (default :class:`MonitorPolicy`).
+        run_id: the monitoring run, for the record (a re-run replaces its own record).
+        source: ``{"source": "files"|"exchange", "source_dir"}`` overrides for ingestion.
+
+    Returns:
+        The report: ``model``, ``version``, ``as_of``, ``scoring``, ``live`` (metrics, daily
+        log loss, the promised out-of-fold metrics), ``trading``, ``drift``, ``freshness``,
+        ``checks``, ``action``, ``reason``.
+
+    Raises:
+        PipelineError: the model has no production version, or the version's lineage lacks the
+            drift reference (registered before monitoring existed: retrain it).
+    """
+    from include.backtest import TradingCosts, positions_from_proba, simulate
+    from include.features import FeatureSpec, build_features
+    from include.labels import make_labels
+    from include.monitoring.drift import drift_table
+    from include.pipeline.common import json_safe, open_store
+    from include.registry import ModelRegistry
+    from include.training import metrics_with_prior, prior_corrected_predict
+
+    policy = policy or MonitorPolicy()
+    started = time.perf_counter()
+    as_of = pd.Timestamp(as_of).tz_convert("UTC").to_pydatetime() if pd.Timestamp(as_of).tzinfo else \
+        pd.Timestamp(as_of).tz_localize("UTC").to_pydatetime()
+    registry = ModelRegistry.from_settings(settings)
+    try:
+        pointer = registry.production(model)
+        if pointer is None:
+            raise PipelineError(f"{model} has no production version to monitor")
+        estimator, lineage = registry.load(pointer.version)
+    finally:
+        registry.dispose()
+    if "drift_reference" not in lineage:
+        raise PipelineError(f"{model} {pointer.version} has no drift reference in its lineage (registered "
+                            "before monitoring existed): retrain the model to monitor it")
+    cfg = RunConfig.from_params({**lineage["config"], **(source or {})})
+    spec = FeatureSpec.from_dict({k: v for k, v in lineage["feature_spec"].items() if k != "sha256"})
+    bar = timedelta(seconds=cfg.bar_seconds)
+    trained_until = pd.Timestamp(lineage["data_window"]["trained_until"]).to_pydatetime()
+    if as_of <= trained_until:
+        raise PipelineError(f"{model} {pointer.version} was trained until {trained_until.isoformat()}: "
+                            f"nothing after it to monitor at {as_of.isoformat()}")
+    read_from = trained_until - bar * (spec.warmup_bars + 48)
+    store = open_store(settings)
+    try:
+        ingested = _ingest(cfg, settings, store, read_from, as_of)
+        bars = _closed_bars(store, cfg, read_from, as_of)
+        key = {"exchange": cfg.exchange, "symbol": cfg.symbol}
+        funding = store.load_funding_rates(start=read_from - timedelta(days=10), end=as_of, **key) \
+            if cfg.market_type == "perp" else None
+        oi = store.load_open_interest(start=read_from - timedelta(days=2), end=as_of, **key)
+        feats = build_features(bars, spec, funding, oi if len(oi) else None) \
+            if "oi_change_1d" in spec.names else build_features(bars, spec, funding)
+        feats = feats[feats.index >= pd.Timestamp(trained_until)]
+        required = [c for c in spec.names if c != "oi_change_1d"]
+        ready = feats[feats[required].notna().all(axis=1)]
+        logged = load_predictions(store.engine, model, pointer.version, start=trained_until, end=as_of)
+        todo = ready[~ready.index.isin(logged.index)]
+        if len(todo):
+            proba = estimator.predict_proba(todo[list(spec.names)])
+            decided = prior_corrected_predict(proba, estimator.class_prior_)
+            log_predictions(store.engine, model, pointer.version,
+                            [{"bar": t, "p_down": p[0], "p_range": p[1], "p_up": p[2], "decision": CLASS_NAMES[d]}
+                             for t, p, d in zip(todo.index, proba, decided, strict=True)], source="monitor")
+        predictions = load_predictions(store.engine, model, pointer.version, start=trained_until, end=as_of)
+    finally:
+        store.dispose()
+
+    closes = bars.set_index("timestamp")["close"].astype("float64")
+    labels = make_labels(closes, horizon=cfg.label_horizon_bars, mode=cfg.label_threshold_mode,
+                         threshold=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)
+    frame = predictions.join(labels.rename("label"), how="left")
+    labelled = frame[frame["label"].notna()]
+    prior = np.asarray(estimator.class_prior_, dtype="float64")
+    live: dict[str, Any] = {"scored_rows": int(len(frame)), "labelled_rows": int(len(labelled)),
+                            "first_bar": frame.index.min(), "last_bar": frame.index.max(),
+                            "promised": {k: lineage["metrics"]["ensemble"].get(k) for k in ("macro_f1", "log_loss", "brier")},
+                            "promised_prior_log_loss": lineage["metrics"]["baselines"].get("prior", {}).get("log_loss")}
+    if len(labelled):
+        y, p = labelled["label"].astype(int).to_numpy(), labelled[["p_down", "p_range", "p_up"]].to_numpy()
+        live["realised"] = {k: v for k, v in metrics_with_prior(y, p, prior).items() if k != "confusion"}
+        live["realised"]["prior_log_loss"] = metrics_with_prior(y, np.tile(prior, (len(y), 1)), prior)["log_loss"]
+        live["daily"] = _daily_log_loss(labelled, prior)
+    else:
+        live["realised"], live["daily"] = None, []
+
+    costs = TradingCosts(fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps)
+    positions = positions_from_proba(frame[["p_down", "p_range", "p_up"]].to_numpy(), prior, cfg.trade_min_probability)
+    trading = {"costs": asdict(costs)}
+    for name, signal in (("strategy", positions), ("buy_and_hold", np.ones(len(frame), dtype=int))):
+        try:
+            result = simulate(pd.Series(signal, index=frame.index), bars, funding, costs, cfg.bar_seconds)
+        except Exception as exc:  # too few bars after the first signal: nothing traded yet
+            result = {"bars": 0, "total_return": 0.0, "sharpe": 0.0, "max_drawdown": 0.0, "hit_rate": float("nan"),
+                      "trades": 0, "note": str(exc)}
+        trading[name] = {k: v for k, v in result.items() if k not in ("costs",)}
+
+    recent = feats[feats.index >= pd.Timestamp(as_of) - timedelta(days=policy.drift_window_days)]
+    drift = {"window_start": pd.Timestamp(as_of) - timedelta(days=policy.drift_window_days), "rows": int(len(recent)),
+             "top_features": list(lineage.get("top_features") or spec.names),
+             "table": drift_table(lineage["drift_reference"], recent)}
+    last_close = bars["timestamp"].max() + bar if len(bars) else None
+    freshness = {"last_bar_close": last_close.isoformat() if last_close is not None else None,
+                 "age_hours": (pd.Timestamp(as_of) - last_close).total_seconds() / 3600 if last_close is not None
+                 else math.inf}
+    report = {"model": model, "version": pointer.version, "as_of": as_of.isoformat(), "run_id": run_id,
+              "trained_until": trained_until.isoformat(),
+              "scoring": {"new_rows": int(len(todo)), "seconds": None, "ingested": ingested},
+              "live": live, "trading": trading, "drift": drift, "freshness": freshness,
+              "policy": asdict(policy)}
+    report["checks"] = evaluate(report, policy)
+    store = open_store(settings)
+    try:
+        action, reason = decide(store.engine, model, report["checks"], _ms(as_of), run_id, policy)
+        report.update(action=action, reason=reason)
+        report["scoring"]["seconds"] = round(time.perf_counter() - started, 3)
+        report = json_safe(json.loads(json.dumps(report, default=_plain)))
+        with store.engine.begin() as conn:
+            t = report_table
+            conn.execute(sa.delete(t).where(t.c.model == model, t.c.run_id == run_id))
+            conn.execute(sa.insert(t).values(model=model, version=pointer.version, as_of=_ms(as_of),
+                                             made_at=int(time.time() * 1000), action=action, run_id=run_id,
+                                             report=report))
+    finally:
+        store.dispose()
+    level = logging.INFO if action == OK else logging.WARNING
+    logger.log(level, "%s %s at %s: %s (%s)", model, pointer.version, as_of.isoformat(), action.upper(), reason)
+    return report
+
+
+def reports(engine: sa.Engine, model: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    """Recorded monitoring reports, newest ``as_of`` first (one model, or all)."""
+    t = report_table
+    query = sa.select(t.c.report).order_by(t.c.as_of.desc(), t.c.id.desc()).limit(limit)
+    if model is not None:
+        query = query.where(t.c.model == model)
+    with engine.connect() as conn:
+        return [row[0] for row in conn.execute(query)]
