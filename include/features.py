@@ -54,6 +54,10 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "momentum_bars": 24,
     "funding_zscore_settlements": 21,
     "open_interest_publish_lag_hours": 24,
+    # Older than this, the last funding settlement or open-interest value is missing (NaN), not
+    # carried forward: a series that stops arriving shows as missing values.
+    "funding_max_age_hours": 24,
+    "open_interest_max_age_hours": 48,
 }
 
 
@@ -115,15 +119,17 @@ class FeatureSpec:
 
 
 def _asof_join(bars: pd.DataFrame, series: pd.DataFrame, available_col: str,
-               columns: list[str]) -> pd.DataFrame:
-    """Attach the last value of ``series`` whose ``available_col`` <= bar open time."""
+               columns: list[str], max_age_hours: float | None = None) -> pd.DataFrame:
+    """Attach the last value of ``series`` whose ``available_col`` <= bar open time, and no
+    older than ``max_age_hours`` (``pandas.merge_asof``'s ``tolerance``; ``None``: any age)."""
     left = bars[["timestamp"]].copy()
     left["timestamp"] = left["timestamp"].astype("datetime64[ns, UTC]")
     right = series[[available_col, *columns]].rename(columns={available_col: "_available"})
     right["_available"] = right["_available"].astype("datetime64[ns, UTC]")
     right = right.sort_values("_available")
+    tolerance = pd.Timedelta(hours=max_age_hours) if max_age_hours is not None else None
     joined = pd.merge_asof(left, right, left_on="timestamp", right_on="_available",
-                           direction="backward", allow_exact_matches=True)
+                           direction="backward", allow_exact_matches=True, tolerance=tolerance)
     return joined[columns].set_axis(bars.index)
 
 
@@ -136,10 +142,12 @@ def build_features(ohlcv: pd.DataFrame, spec: FeatureSpec, funding: pd.DataFrame
         spec: which features to compute and with which parameters.
         funding: settlements (timestamp = settlement time, funding_rate as a fraction per
             settlement); required when the spec has funding features. A bar sees the last
-            settlement at or before its open time.
+            settlement at or before its open time, if not older than ``funding_max_age_hours``
+            (24 h; else NaN).
         open_interest: daily USD open interest, timestamp = UTC day start of the daily bar whose
             close it is; required when the spec has OI features. A value becomes visible
-            ``open_interest_publish_lag_hours`` (24 h) after its day start, when the day closes.
+            ``open_interest_publish_lag_hours`` (24 h) after its day start, when the day closes,
+            and stays visible for ``open_interest_max_age_hours`` (48 h; then NaN).
 
     Returns:
         DataFrame of shape ``(n_bars, len(spec.names))`` indexed by bar open time, columns in
@@ -198,7 +206,8 @@ def build_features(ohlcv: pd.DataFrame, spec: FeatureSpec, funding: pd.DataFrame
         dev, std = f["funding_rate"] - roll.mean(), roll.std(ddof=0)
         # Funding often sits at its floor for days (std 0): the rate is then exactly typical.
         f["funding_rate_zscore"] = (dev / std.where(std > 0)).where(std != 0, 0.0)
-        joined = _asof_join(bars, f, "timestamp", ["funding_rate", "funding_rate_zscore"])
+        joined = _asof_join(bars, f, "timestamp", ["funding_rate", "funding_rate_zscore"],
+                            p.get("funding_max_age_hours"))
         out["funding_rate"] = joined["funding_rate"].to_numpy()
         out["funding_rate_zscore"] = joined["funding_rate_zscore"].to_numpy()
 
@@ -208,7 +217,8 @@ def build_features(ohlcv: pd.DataFrame, spec: FeatureSpec, funding: pd.DataFrame
         oi = open_interest.sort_values("timestamp").reset_index(drop=True)
         oi["oi_change_1d"] = oi["open_interest"].pct_change(fill_method=None)
         oi["available_at"] = oi["timestamp"] + pd.Timedelta(hours=p["open_interest_publish_lag_hours"])
-        out["oi_change_1d"] = _asof_join(bars, oi, "available_at", ["oi_change_1d"])["oi_change_1d"].to_numpy()
+        out["oi_change_1d"] = _asof_join(bars, oi, "available_at", ["oi_change_1d"],
+                                         p.get("open_interest_max_age_hours"))["oi_change_1d"].to_numpy()
 
     result = out[list(spec.names)].astype("float64")
     logger.info("built %d features for %d bars (%s .. %s), spec %s", result.shape[1], len(result),

@@ -154,11 +154,14 @@ class ProductionModel:
             raise ServingError("predict_row needs one predict() first (it builds the checked fast path)")
         return self._fast.predict_proba(X)
 
-    def predict(self, as_of: datetime | None = None) -> Prediction:
+    def predict(self, as_of: datetime | None = None, *, log_as: str | None = None) -> Prediction:
         """Forecast from the last complete bar before ``as_of`` (default: now).
 
         Args:
             as_of: UTC time; bars that closed by then are used.
+            log_as: write the prediction to the prediction log with this source (``api``,
+                ``smoke_test``); ``None`` writes nothing. The first prediction of a bar by a
+                version is the one kept.
 
         Raises:
             ServingError: no production version, a stale model under ``refuse``, or no complete
@@ -197,11 +200,19 @@ class ProductionModel:
             self._fast = FastPredictor(model, ready.tail(64))
         proba = self._fast.predict_proba(row.to_numpy(dtype="float64"))[0]
         decided = int(prior_corrected_predict(proba[None, :], model.class_prior_)[0])
-        return Prediction(model=self.model_name, version=version, symbol=lineage["symbol"],
-                          bar=row.index[0].isoformat(),
-                          probabilities=dict(zip(CLASS_NAMES, map(float, proba), strict=True)),
-                          decision=CLASS_NAMES[decided], horizon_bars=int(lineage["config"]["label_horizon_bars"]),
-                          model_age_hours=round(age, 2), stale=stale)
+        prediction = Prediction(model=self.model_name, version=version, symbol=lineage["symbol"],
+                                bar=row.index[0].isoformat(),
+                                probabilities=dict(zip(CLASS_NAMES, map(float, proba), strict=True)),
+                                decision=CLASS_NAMES[decided],
+                                horizon_bars=int(lineage["config"]["label_horizon_bars"]),
+                                model_age_hours=round(age, 2), stale=stale)
+        if log_as is not None:
+            from include.monitoring.predictions import log_predictions
+
+            log_predictions(self._store.engine, self.model_name, version,
+                            [{"bar": row.index[0], "decision": prediction.decision,
+                              **{f"p_{k}": v for k, v in prediction.probabilities.items()}}], source=log_as)
+        return prediction
 
 
 def _native_member(est: Any) -> Any | None:

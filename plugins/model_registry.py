@@ -225,7 +225,7 @@ def predict(body: PredictRequest) -> dict[str, Any]:
     except RegistryError as exc:
         raise _not_found(exc) from exc
     try:
-        return production_model(settings, name).predict(body.as_of).to_dict()
+        return production_model(settings, name).predict(body.as_of, log_as="api").to_dict()
     except ServingError as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
     except RegistryError as exc:

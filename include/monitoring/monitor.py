@@ -13,9 +13,10 @@ Steps, for the span from the version's training end to ``as_of``:
    (:func:`include.backtest.simulate`, as the gate) next to buy-and-hold; feature drift (PSI of
    the last ``drift_window_days`` against the reference bins stored at registration, and the
    share of missing values per feature); data freshness (age of the last closed bar).
-5. **Decide** with :class:`MonitorPolicy`: ``ok``; ``alert`` (stale data only: retraining on
-   stale data does not help); ``retrain_requested`` (drift or degradation); ``cooldown`` (it
-   would have requested, but a request was made within ``cooldown_hours`` of data time).
+5. **Decide** with :class:`MonitorPolicy`: ``ok``; ``alert`` (stale data, whatever else tripped:
+   a retrain would not see newer data than the monitor did); ``retrain_requested`` (drift or
+   degradation on fresh data); ``cooldown`` (it would have requested, but a request was made
+   within ``cooldown_hours`` of data time).
    Every number and the decision go to the ``monitor_report`` table.
 """
 
@@ -177,6 +178,9 @@ def decide(engine: sa.Engine, model: str, checks: list[dict[str, Any]], as_of_ms
     """``(action, reason)`` of the tripped checks; see the module docstring."""
     tripped = [c for c in checks if c["tripped"]]
     retrain = [c for c in tripped if c["kind"] in ("drift", "performance")]
+    if any(c["kind"] == "freshness" for c in tripped):
+        # A retrain would not see newer data than the monitor did: fix ingestion first.
+        return ALERT, "; ".join(c["detail"] for c in tripped) + ("; no retrain requested on stale data" if retrain else "")
     if retrain:
         last = _last_request(engine, model, as_of_ms, run_id)
         if last is not None and as_of_ms - last < policy.cooldown_hours * 3_600_000:

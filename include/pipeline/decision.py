@@ -180,7 +180,7 @@ def smoke_test(settings: Settings, model: str, as_of: datetime) -> dict[str, Any
     serving = ProductionModel(ModelRegistry.from_settings(settings), settings.market_db_url, model,
                               max_age_hours=None)
     try:
-        prediction = serving.predict(as_of)
+        prediction = serving.predict(as_of, log_as="smoke_test")
     except Exception as exc:
         raise PipelineError(f"smoke test failed: {type(exc).__name__}: {exc}") from exc
     finally:
