@@ -430,3 +430,39 @@ def test_a_bad_universe_selection_fails_planning_at_once_and_publishes_nothing(d
     assert dr.state == "failed" and states["plan_run"] == "failed"
     assert states["publish_summary"] == "skipped" and states["check_markets"] == "failed"  # the run shows red
     assert time.monotonic() - started < 60  # no retry of anything
+
+
+def test_monitoring_a_drifting_market_updates_the_retrain_request_asset(dag, first_run, tmp_path, data_dir):
+    """Last in this module: it writes a shifted week of BTC candles into the shared market store."""
+    from sqlalchemy import select
+
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    from include.pipeline import retrain_scope
+    from tests.conftest import ROOT
+
+    src = tmp_path / "data"
+    src.mkdir()
+    for name in ("btcusdt_perp_1h.csv.gz", "btcusdt_funding_8h.csv.gz", "btcusdt_perp_open_interest_usd_1d.csv.gz"):
+        frame = pd.read_csv(data_dir / name)
+        if name.endswith("perp_1h.csv.gz"):
+            frame.loc[frame["timestamp"] >= "2023-12-24T00:00:00Z", "volume"] *= 10
+        with gzip.open(src / name, "wt") as fh:
+            frame.to_csv(fh, index=False)
+    monitor = DagBag(dag_folder=str(ROOT / "dags")).get_dag("monitor_production")
+    dr = monitor.test(logical_date=datetime(2023, 12, 31, tzinfo=UTC),  # interval [12-30, 12-31)
+                      run_conf={"models": [BTC], "source_dir": str(src)})
+    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+    assert dr.state == "success" and states["request_retrain"] == "success", states
+    with create_session() as session:
+        events = session.scalars(select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                                 .where(AssetModel.name == "retrain_request")).all()
+    assert len(events) == 1 and events[0].source_run_id == dr.run_id
+    extra = events[0].extra
+    assert extra["models"] == [BTC] and extra["as_of"] == "2023-12-31T00:00:00+00:00"
+    assert "PSI" in extra["reasons"][BTC]
+    # What the weekly_retrain run it triggers will retrain: that model, the week ending 2023-12-31.
+    scope = retrain_scope({"retrain_request": events})
+    assert scope["markets"] == [BTC] and scope["as_of_date"] == "2023-12-31"
