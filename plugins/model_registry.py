@@ -242,6 +242,44 @@ def _cell(value: Any) -> str:
 _RUN_LINK = "/dags/{dag_id}/runs/{run_id}"
 
 
+def _monitoring(model: str | None, limit: int) -> dict[str, list[dict[str, Any]]]:
+    import sqlalchemy as sa
+
+    from include.monitoring import reports
+
+    engine = sa.create_engine(_settings().market_db_url)
+    try:
+        found = reports(engine, model, limit=limit)
+    except sa.exc.OperationalError:  # no market store yet: nothing monitored
+        found = []
+    finally:
+        engine.dispose()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for report in found:
+        out.setdefault(report["model"], []).append(report)
+    return out
+
+
+@app.get("/monitoring", summary="Monitoring reports of every production model, newest first")
+def monitoring(limit: int = 200) -> dict[str, Any]:
+    from include.monitoring.page import history
+
+    return {model: {"latest": reports[0], "history": history(reports)}
+            for model, reports in _monitoring(None, limit).items()}
+
+
+@app.get("/monitoring/{name}", summary="One registered model's monitoring reports, newest first")
+def monitoring_of(name: str, limit: int = 50) -> list[dict[str, Any]]:
+    return _monitoring(name, limit).get(name, [])
+
+
+@app.get("/monitoring-ui", response_class=HTMLResponse, summary="The Monitoring page")
+def monitoring_page() -> str:
+    from include.monitoring.page import render
+
+    return render(_monitoring(None, 500))
+
+
 @app.get("/ui", response_class=HTMLResponse, summary="The Models page")
 def models_page() -> str:
     registry = _registry()
@@ -297,4 +335,6 @@ class ModelRegistryPlugin(AirflowPlugin):
     name = "model_registry"
     fastapi_apps = [{"app": app, "url_prefix": "/model-registry", "name": "Model registry"}]
     external_views = [{"name": "Models", "href": "/model-registry/ui", "destination": "nav",
-                       "url_route": "models"}]
+                       "url_route": "models"},
+                      {"name": "Monitoring", "href": "/model-registry/monitoring-ui", "destination": "nav",
+                       "url_route": "monitoring"}]

@@ -434,11 +434,10 @@ def test_a_bad_universe_selection_fails_planning_at_once_and_publishes_nothing(d
 
 def test_monitoring_a_drifting_market_updates_the_retrain_request_asset(dag, first_run, tmp_path, data_dir):
     """Last in this module: it writes a shifted week of BTC candles into the shared market store."""
-    from sqlalchemy import select
-
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
+    from sqlalchemy import select
 
     from include.pipeline import retrain_scope
     from tests.conftest import ROOT

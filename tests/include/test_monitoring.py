@@ -126,6 +126,21 @@ def test_a_volume_shift_requests_one_retrain_per_cooldown(deployment):
     assert monitor(settings, BTC, datetime(2023, 12, 28, tzinfo=UTC), run_id="d4", source=source,
                    policy=MonitorPolicy(cooldown_hours=0))["action"] == RETRAIN
 
+    # The Monitoring page and its API read the same records.
+    import sqlalchemy as sa
+
+    from include.monitoring import reports
+    from include.monitoring.page import history, render
+
+    found = reports(sa.create_engine(settings.market_db_url), BTC)
+    assert [r["run_id"] for r in found] == ["d4", "d3", "d2", "d1"]  # newest as_of first
+    rows = history(found)
+    assert [r["action"] for r in rows] == [RETRAIN, COOLDOWN, RETRAIN, RETRAIN]
+    assert rows[0]["max_top_psi"] == pytest.approx(volume["psi"]) and rows[0]["promised_macro_f1"] > 0
+    page = render({BTC: found})
+    assert page.count("data:image/png;base64,") == 1 and "RETRAIN_REQUESTED" in page
+    assert "<tr class='top'><td>volume</td>" in page and page.count("<td>cooldown</td>") == 1
+
 
 def test_funding_that_stops_arriving_shows_as_missing_values(deployment):
     from include.monitoring import RETRAIN, monitor

@@ -55,10 +55,19 @@ def api(trained_registry, tmp_path_factory):
 def test_every_route_needs_an_airflow_user(api):
     for path in ("/model-registry/versions", "/model-registry/ui", "/model-registry/models",
                  f"/model-registry/models/{BTC}/versions", f"/model-registry/models/{BTC}/aliases/production",
-                 f"/model-registry/versions/{api['eth']}/report"):
+                 f"/model-registry/versions/{api['eth']}/report", "/model-registry/monitoring",
+                 f"/model-registry/monitoring/{BTC}", "/model-registry/monitoring-ui"):
         assert _request(api["base"] + path)[0] == 401, path
     assert _request(api["base"] + "/model-registry/predict", body={"symbol": "BTCUSDT"})[0] == 401
     assert _request(api["base"] + "/model-registry/versions", token="not-a-token")[0] in (401, 403)
+
+
+def test_monitoring_routes_answer_before_any_monitoring_run(api):
+    # Models in production, none monitored yet: empty answers and a page saying how to start.
+    assert _request(api["base"] + "/model-registry/monitoring", token=api["token"]) == (200, {})
+    assert _request(api["base"] + f"/model-registry/monitoring/{BTC}", token=api["token"]) == (200, [])
+    status, page = _request(api["base"] + "/model-registry/monitoring-ui", token=api["token"])
+    assert status == 200 and "No monitoring report yet" in page and "make monitor" in page
 
 
 def test_models_versions_aliases_and_history(api):
