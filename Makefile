@@ -21,7 +21,7 @@ export GX_ANALYTICS_ENABLED := false
 DEMO_DATES ?= 2023-12-24 2023-12-31
 DEMO_CONF  ?=
 
-.PHONY: install demo test airflow airflow-stop backfill lint clean-state bench
+.PHONY: install demo monitor test airflow airflow-stop backfill lint clean-state bench
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ $(STAMP): requirements.txt
 ## Run weekly_retrain through Airflow for two consecutive weeks of the bundled data.
 demo: install
 	$(BIN)/python -m include.demo $(DEMO_DATES) $(if $(DEMO_CONF),--conf '$(DEMO_CONF)')
+
+## Run monitor_production through Airflow over the week after a production model's training data
+## (trains one for the week ending 2023-12-17 first if BTCUSDT has none that early).
+monitor: install
+	$(BIN)/python -m include.monitoring.demo
 
 ## The whole test suite (what CI runs).
 test: install

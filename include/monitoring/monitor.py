@@ -59,6 +59,8 @@ class MonitorPolicy:
         max_drawdown: live drawdown of the simulated strategy beyond this (fraction).
         max_data_age_hours: the last closed bar older than this at ``as_of`` is stale data.
         min_labelled_rows: fewer realised labels than this: performance checks wait.
+        min_drift_rows: fewer live rows in the drift window than this: drift checks wait (PSI
+            over ten bins is noise on a few dozen rows).
         drift_window_days: days of the most recent bars the drift checks use.
         cooldown_hours: after a retrain request, no other request for the model for this many
             hours of data time, so that one incident gives one retrain.
@@ -71,6 +73,7 @@ class MonitorPolicy:
     max_drawdown: float = 0.15
     max_data_age_hours: float = 3.0
     min_labelled_rows: int = 24
+    min_drift_rows: int = 72
     drift_window_days: int = 7
     cooldown_hours: float = 72.0
 
@@ -131,26 +134,32 @@ def evaluate(report: dict[str, Any], policy: MonitorPolicy) -> list[dict[str, An
     checks = []
     top = report["drift"]["top_features"][: policy.psi_top_k]
     table = {r["feature"]: r for r in report["drift"]["table"]}
-    psis = [(table[f]["psi"], f) for f in top if f in table and table[f]["psi"] == table[f]["psi"]]
-    worst = max(psis, default=(float("nan"), None))
-    checks.append(_check("feature_drift", bool(psis) and worst[0] > policy.max_psi, worst[0], policy.max_psi,
-                         f"largest PSI among the top {policy.psi_top_k} features: "
-                         + (f"{worst[1]} {worst[0]:.3f}" if worst[1] else "no live rows")
-                         + f" (limit {policy.max_psi})", "drift"))
-    missing = [(r["missing_share"] - r["reference_missing_share"], r["feature"]) for r in report["drift"]["table"]
-               if r["missing_share"] == r["missing_share"]]
-    rise, feature = max(missing, default=(float("nan"), None))
-    checks.append(_check("missing_values", bool(missing) and rise > policy.max_missing_increase, rise,
-                         policy.max_missing_increase,
-                         f"largest rise in missing share: {feature} +{rise:.0%} over training" if feature
-                         else "no live rows", "drift"))
+    if report["drift"]["rows"] < policy.min_drift_rows:
+        checks.append(_check("feature_drift", False, report["drift"]["rows"], policy.min_drift_rows,
+                             f"{report['drift']['rows']} live rows in the drift window: drift checks wait for "
+                             f"{policy.min_drift_rows}", "drift"))
+    else:
+        psis = [(table[f]["psi"], f) for f in top if f in table and table[f]["psi"] == table[f]["psi"]]
+        worst = max(psis, default=(float("nan"), None))
+        checks.append(_check("feature_drift", bool(psis) and worst[0] > policy.max_psi, worst[0], policy.max_psi,
+                             f"largest PSI among the top {policy.psi_top_k} features: "
+                             + (f"{worst[1]} {worst[0]:.3f}" if worst[1] else "no live rows")
+                             + f" (limit {policy.max_psi})", "drift"))
+        missing = [(r["missing_share"] - r["reference_missing_share"], r["feature"])
+                   for r in report["drift"]["table"] if r["missing_share"] == r["missing_share"]]
+        rise, feature = max(missing, default=(float("nan"), None))
+        checks.append(_check("missing_values", bool(missing) and rise > policy.max_missing_increase, rise,
+                             policy.max_missing_increase,
+                             (f"largest rise in missing share: {feature} {rise:+.0%} over training"
+                              if feature else "no live rows") + f" (limit +{policy.max_missing_increase:.0%})",
+                             "drift"))
     live = report["live"]
     if live["labelled_rows"] >= policy.min_labelled_rows:
         days = [d for d in live["daily"] if d["rows"] >= 20][-policy.log_loss_days:]
         worse = len(days) == policy.log_loss_days and all(d["log_loss"] > d["prior_log_loss"] for d in days)
         checks.append(_check(
             "log_loss_vs_prior", worse, [d["log_loss"] for d in days], [d["prior_log_loss"] for d in days],
-            f"log loss worse than the class-prior forecast's on each of the last {policy.log_loss_days} days: "
+            f"realised vs class-prior log loss, last {policy.log_loss_days} days (trips when worse on each): "
             + ", ".join(f"{d['day']} {d['log_loss']:.3f} vs {d['prior_log_loss']:.3f}" for d in days), "performance"))
         dd = report["trading"]["strategy"]["max_drawdown"]
         checks.append(_check("live_drawdown", dd > policy.max_drawdown, dd, policy.max_drawdown,
