@@ -14,6 +14,7 @@ One test starts the real thing (``python -m include.deployment up``: embedded Po
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -23,13 +24,18 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.cluster import ROOT, free_port
 
 DAG_ID = "weekly_retrain"
 #: A small run of one market: the point is the deployment, not the model.
-CONF = {"markets": ["BTCUSDT"], "train_window_days": 120, "cv_folds": 3, "models": ["lightgbm", "random_forest"]}
+# A gate that lets every candidate through: the monitoring step below needs a model in production.
+CONF = {"markets": ["BTCUSDT"], "train_window_days": 120, "cv_folds": 3, "models": ["lightgbm", "random_forest"],
+        "gate_min_f1_margin": -1.0, "gate_max_log_loss_ratio": 10.0, "gate_min_sharpe_margin": -1000.0,
+        "gate_max_drawdown": 1.0}
+BTC = "binance-btcusdt-perp-1h-h4"
 
 
 def _env(tmp_path: Path, port: int, var: str = "deploy") -> dict[str, str]:
@@ -127,6 +133,31 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
         assert done.returncode == 0, done.stdout + done.stderr
         assert "1 run(s), 2023-06-25 to 2023-06-25" in done.stdout
         assert "finished: 1 succeeded, 0 failed" in done.stdout
+
+        # Monitoring sees a volume shift in the week after production's training data (2023-07-02)
+        # and updates retrain_request; the deployment's scheduler queues weekly_retrain for it.
+        src = tmp_path / "shifted"
+        src.mkdir()
+        for name in ("btcusdt_perp_1h.csv.gz", "btcusdt_funding_8h.csv.gz", "btcusdt_perp_open_interest_usd_1d.csv.gz"):
+            frame = pd.read_csv(ROOT / "data" / "binance" / name)
+            if name.endswith("perp_1h.csv.gz"):
+                frame.loc[frame["timestamp"] >= "2023-07-02T00:00:00Z", "volume"] *= 10
+            with gzip.open(src / name, "wt") as fh:
+                frame.to_csv(fh, index=False)
+        monitored = subprocess.run(
+            ["airflow", "dags", "test", "monitor_production", "2023-07-09",
+             "-c", json.dumps({"models": [BTC], "source_dir": str(src)})],
+            cwd=ROOT, env={**cli_env, **state["env"]}, capture_output=True, text=True, timeout=600)
+        assert monitored.returncode == 0, monitored.stdout[-3000:] + monitored.stderr[-3000:]
+        assert "RETRAIN_REQUESTED" in monitored.stdout + monitored.stderr
+        with client.ApiClient(config) as api:
+            dag_runs = client.DagRunApi(api)
+
+            def asset_runs() -> list:
+                return dag_runs.get_dag_runs(DAG_ID, run_type=["asset_triggered"], limit=10).dag_runs
+
+            _wait(lambda: len(asset_runs()) == 1, 120, "weekly_retrain to be queued by retrain_request", up, log)
+            assert getattr(asset_runs()[0].run_type, "value", asset_runs()[0].run_type) == "asset_triggered"
 
         pids = [state["supervisor_pid"], *state["components"].values()]
         tree = [p.pid for pid in state["components"].values() if psutil.pid_exists(pid)
