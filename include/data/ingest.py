@@ -175,8 +175,10 @@ def ingest_window(source: MarketDataSource, store: MarketStore, key: SeriesKey, 
             part = fetchers[series](a, b)
             parts.append(part)
             if series == "ohlcv":
-                # Stored neighbours make the edges of the fetched range checkable for gaps.
-                neighbours = [] if extent is None else ([extent[1]] if side == "after" else [extent[0]])
+                # Stored neighbours make the edges of an incremental range checkable for gaps; a
+                # full re-read ("all") is checked on its own, whatever older bars the store holds.
+                neighbours = ([] if extent is None or side == "all"
+                              else [extent[1]] if side == "after" else [extent[0]])
                 ts = pd.concat([part["timestamp"], pd.Series(neighbours, dtype=part["timestamp"].dtype)])
                 gaps += find_gaps(ts.sort_values(ignore_index=True), key.bar)
         frame = pd.concat(parts, ignore_index=True) if parts else None

@@ -75,7 +75,7 @@ ohlcv_gap_table = sa.Table(
     sa.Column("end_ts", sa.BigInteger, nullable=False,
               comment="open time of the next bar present, ms since epoch UTC"),
     sa.Column("missing_bars", sa.Integer, nullable=False),
-    sa.Column("source", sa.String(64), nullable=False, comment="source that reported the gap"),
+    sa.Column("source", sa.String(256), nullable=False, comment="source that reported the gap"),
     sa.Column("recorded_at", sa.BigInteger, nullable=False, comment="ms since epoch UTC"),
 )
 

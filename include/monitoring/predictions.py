@@ -17,27 +17,28 @@ from include.errors import PipelineError
 
 metadata = sa.MetaData()
 
+# The tables of migration 0006, as the code queries them.
 prediction_table = sa.Table(
     "prediction_log", metadata,
     sa.Column("model", sa.String(128), primary_key=True),
     sa.Column("version", sa.String(64), primary_key=True),
-    sa.Column("bar", sa.BigInteger, primary_key=True),
+    sa.Column("bar", sa.BigInteger, primary_key=True, comment="open time of the bar the features are of, ms UTC"),
     sa.Column("p_down", sa.Float, nullable=False),
     sa.Column("p_range", sa.Float, nullable=False),
     sa.Column("p_up", sa.Float, nullable=False),
     sa.Column("decision", sa.String(8), nullable=False),
-    sa.Column("source", sa.String(16), nullable=False),
-    sa.Column("made_at", sa.BigInteger, nullable=False),
+    sa.Column("source", sa.String(16), nullable=False, comment="api, smoke_test or monitor"),
+    sa.Column("made_at", sa.BigInteger, nullable=False, comment="ms since epoch UTC"),
 )
 
 report_table = sa.Table(
     "monitor_report", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False, index=True),
     sa.Column("version", sa.String(64), nullable=False),
-    sa.Column("as_of", sa.BigInteger, nullable=False),
-    sa.Column("made_at", sa.BigInteger, nullable=False),
-    sa.Column("action", sa.String(24), nullable=False),
+    sa.Column("as_of", sa.BigInteger, nullable=False, comment="end of the monitored span, ms UTC"),
+    sa.Column("made_at", sa.BigInteger, nullable=False, comment="ms since epoch UTC"),
+    sa.Column("action", sa.String(24), nullable=False, comment="ok, alert, retrain_requested or cooldown"),
     sa.Column("run_id", sa.String(250), nullable=False),
     sa.Column("report", sa.JSON, nullable=False),
 )

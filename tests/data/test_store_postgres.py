@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from include.config import connection_to_url, market_db_url
 from include.data.store import SCHEMA_VERSION_TABLE, MarketStore, metadata, migrate
 from include.errors import ConfigError, SourceError
+from include.monitoring.predictions import metadata as monitoring_meta
 from include.registry import metadata as registry_meta
 
 KEY = {"exchange": "binance", "market_type": "perp", "symbol": "BTCUSDT", "timeframe": "1h"}
@@ -36,15 +37,16 @@ def test_migrations_build_exactly_the_schema_the_store_queries(backend, pg_url, 
     assert store.schema_revision == "0006"
     with store.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": SCHEMA_VERSION_TABLE})
-        # The migrated database holds the market series and the model registry: compare with both.
+        # The migrated database holds the market series, the model registry and the monitoring
+        # tables: compare with all three.
         every_table = sa.MetaData()
-        for table in (*metadata.tables.values(), *registry_meta.tables.values()):
+        for table in (*metadata.tables.values(), *registry_meta.tables.values(), *monitoring_meta.tables.values()):
             table.to_metadata(every_table)
         diff = compare_metadata(ctx, every_table)
         tables = set(sa.inspect(conn).get_table_names())
     assert diff == []
     assert {"ohlcv", "funding_rate", "open_interest", "ohlcv_gap", "model_version", "model_alias",
-            "model_alias_event", SCHEMA_VERSION_TABLE} <= tables
+            "model_alias_event", "prediction_log", "monitor_report", SCHEMA_VERSION_TABLE} <= tables
     assert "alembic_version" not in tables  # Airflow's own version table name stays free
     assert migrate(store.engine) == "0006"  # re-opening is a no-op
     store.dispose()
@@ -156,3 +158,39 @@ def test_market_db_connection_of_another_type_is_refused():
         connection_to_url("mysql", host="h", port=None, schema="s", login=None, password=None, extra={})
     with pytest.raises(ConfigError, match="psycopg2 driver"):
         MarketStore("postgresql+psycopg://postgres@127.0.0.1/x")
+
+
+def test_a_full_reread_records_only_real_gaps_and_long_source_names(pg_url, tmp_path, data_dir):
+    """The file source re-reads each run's window: older stored bars before it are not a gap, and
+    a real gap is recorded on PostgreSQL even when the source's directory name is long."""
+    import gzip
+    import shutil
+    from datetime import timedelta
+
+    from include.data.ingest import SeriesKey, ingest_window
+    from include.data.sources import FileSource
+
+    src = tmp_path / ("a-data-directory-whose-name-is-longer-than-sixty-four-characters-" * 2)
+    src.mkdir()
+    for name in ("btcusdt_funding_8h.csv.gz", "btcusdt_perp_open_interest_usd_1d.csv.gz"):
+        shutil.copy(data_dir / name, src / name)
+    candles = pd.read_csv(data_dir / "btcusdt_perp_1h.csv.gz")
+    with gzip.open(src / "btcusdt_perp_1h.csv.gz", "wt") as fh:
+        candles[candles["timestamp"] != "2023-12-20T05:00:00Z"].to_csv(fh, index=False)
+    store = MarketStore(pg_url)
+    key = SeriesKey("binance", "BTCUSDT", "perp", "1h", timedelta(hours=1))
+
+    def week(end: datetime) -> dict:
+        start = end - timedelta(days=7)
+        return ingest_window(FileSource(src), store, key, start=start, end=end, funding_start=start,
+                             open_interest_start=start)
+
+    assert week(datetime(2023, 12, 10, tzinfo=UTC))["gaps"] == []
+    assert week(datetime(2023, 12, 17, tzinfo=UTC))["gaps"] == []  # the week stored before it is no gap
+    third = week(datetime(2023, 12, 24, tzinfo=UTC))
+    assert third["gaps"] == [{"start": "2023-12-20T05:00:00+00:00", "end": "2023-12-20T06:00:00+00:00",
+                              "missing_bars": 1}]
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.text("select start_ts, missing_bars, source from ohlcv_gap")).all()
+    assert len(rows) == 1 and rows[0][1] == 1 and str(src) in rows[0][2]
+    store.dispose()

@@ -10,6 +10,9 @@ freshness, the thresholds that tripped and the action (``ok``, ``alert``,
 ``retrain_requested``, ``cooldown``), with the full report as JSON. Times are ms since the
 epoch, UTC.
 
+``ohlcv_gap.source`` widens from 64 to 256 characters, as ``ohlcv_quarantine.source``: a file
+source's name holds its directory (PostgreSQL refused such rows).
+
 Revision ID: 0006
 Revises: 0005
 """
@@ -26,6 +29,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("ohlcv_gap") as batch:  # SQLite: copy and move; PostgreSQL: ALTER
+        batch.alter_column("source", type_=sa.String(256), existing_type=sa.String(64), existing_nullable=False)
     op.create_table(
         "prediction_log",
         sa.Column("model", sa.String(128), primary_key=True),
@@ -54,3 +59,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("monitor_report")
     op.drop_table("prediction_log")
+    with op.batch_alter_table("ohlcv_gap") as batch:
+        batch.alter_column("source", type_=sa.String(64), existing_type=sa.String(256), existing_nullable=False)
