@@ -35,7 +35,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from include.config import RunConfig, Settings
-from include.errors import PipelineError
+from include.errors import PipelineError, TrainingError
 from include.labels import CLASS_NAMES
 from include.monitoring.predictions import _ms, load_predictions, log_predictions, report_table
 
@@ -261,8 +261,9 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
         funding = store.load_funding_rates(start=read_from - timedelta(days=10), end=as_of, **key) \
             if cfg.market_type == "perp" else None
         oi = store.load_open_interest(start=read_from - timedelta(days=2), end=as_of, **key)
-        feats = build_features(bars, spec, funding, oi if len(oi) else None) \
-            if "oi_change_1d" in spec.names else build_features(bars, spec, funding)
+        # An empty open-interest frame (the series stopped) gives missing values, which the drift
+        # checks report; it is not an error.
+        feats = build_features(bars, spec, funding, oi)
         feats = feats[feats.index >= pd.Timestamp(trained_until)]
         required = [c for c in spec.names if c != "oi_change_1d"]
         ready = feats[feats[required].notna().all(axis=1)]
@@ -302,7 +303,7 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
     for name, signal in (("strategy", positions), ("buy_and_hold", np.ones(len(frame), dtype=int))):
         try:
             result = simulate(pd.Series(signal, index=frame.index), bars, funding, costs, cfg.bar_seconds)
-        except Exception as exc:  # too few bars after the first signal: nothing traded yet
+        except TrainingError as exc:  # no bar after the first signal yet: nothing traded
             result = {"bars": 0, "total_return": 0.0, "sharpe": 0.0, "max_drawdown": 0.0, "hit_rate": float("nan"),
                       "trades": 0, "note": str(exc)}
         trading[name] = {k: v for k, v in result.items() if k not in ("costs",)}

@@ -158,6 +158,14 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
 
             _wait(lambda: len(asset_runs()) == 1, 120, "weekly_retrain to be queued by retrain_request", up, log)
             assert getattr(asset_runs()[0].run_type, "value", asset_runs()[0].run_type) == "asset_triggered"
+            # It retrains the model the request named, for the week ending at the request's day.
+            _wait(lambda: getattr(asset_runs()[0].state, "value", asset_runs()[0].state) in ("success", "failed"),
+                  600, "the requested retrain to finish", up, log)
+            retrain = asset_runs()[0]
+            assert getattr(retrain.state, "value", retrain.state) == "success", retrain.note
+            assert (retrain.note or "").startswith("Weekly retrain: 1 market(s), 1 decided"), retrain.note
+        summary = tmp_path / "deploy" / "runs" / "weekly_retrain" / BTC / "20230702T0000_20230709T0000" / "summary.json"
+        assert json.loads(summary.read_text())["window"]["source"] == "as_of_date"
 
         pids = [state["supervisor_pid"], *state["components"].values()]
         tree = [p.pid for pid in state["components"].values() if psutil.pid_exists(pid)

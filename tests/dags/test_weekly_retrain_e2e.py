@@ -451,8 +451,16 @@ def test_monitoring_a_drifting_market_updates_the_retrain_request_asset(dag, fir
         with gzip.open(src / name, "wt") as fh:
             frame.to_csv(fh, index=False)
     monitor = DagBag(dag_folder=str(ROOT / "dags")).get_dag("monitor_production")
-    dr = monitor.test(logical_date=datetime(2023, 12, 31, tzinfo=UTC),  # interval [12-30, 12-31)
-                      run_conf={"models": [BTC], "source_dir": str(src)})
+    with _webhooks() as received:
+        dr = monitor.test(logical_date=datetime(2023, 12, 31, tzinfo=UTC),  # interval [12-30, 12-31)
+                          run_conf={"models": [BTC], "source_dir": str(src)})
+    # One alert per channel, with the numbers.
+    texts = [json.loads(b).get("text") or json.loads(b).get("content") for _, b in received]
+    assert len(texts) == 2, texts
+    for text in texts:
+        for needle in ("monitor_production: 1 of 1 model(s) need attention", f"{BTC} ", "RETRAIN_REQUESTED",
+                       "feature_drift: largest PSI among the top 5 features: "):
+            assert needle in text, (needle, text)
     states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
     assert dr.state == "success" and states["request_retrain"] == "success", states
     with create_session() as session:
