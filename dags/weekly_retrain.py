@@ -18,7 +18,9 @@ market does not stop the others, and its alert names it.
 before its `data_interval_end`, so backfills never see the future. A run triggered from the UI
 without a logical date has no data interval: it trains on the **last complete week**
 (Sunday to Sunday) before it starts, unless the `as_of_date` param names another week (useful with
-the bundled data, which ends on 2023-12-31).
+the bundled data, which ends on 2023-12-31). The DAG also runs when `monitor_production` updates
+the `retrain_request` Asset (`AssetOrTimeSchedule`): such a run retrains only the models the
+request names, for the week ending at the request's day (its log and the run's note say so).
 
 **Steps per market.** `ingest_market_data` (OHLCV, funding rates, open interest into the market
 store; a market with less history than `train_window_days` trains on what it has when that
@@ -35,7 +37,7 @@ next to buy-and-hold and momentum) → `quality_gate` (sensor; champion/challeng
 the production version of the same registered model only) → `approve_promotion` (asks a person
 only with `require_approval` and a passing gate) → `promote_or_keep` → `publish_market_summary`
 (HTML report). Then, once for the run: `publish_summary` (every market's outcome, to
-Slack/Discord) → `apply_retention` (per registered model: the last `MODEL_REGISTRY_KEEP_LAST`
+Slack/Discord, and as the run's note: `plugins/run_notes.py`) → `apply_retention` (per registered model: the last `MODEL_REGISTRY_KEEP_LAST`
 versions and every version that ever held production are kept) and `check_markets` (fails the
 run, so that it shows red, when any market failed; skipped young markets do not fail it).
 
