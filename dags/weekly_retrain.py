@@ -20,7 +20,7 @@ without a logical date has no data interval: it trains on the **last complete we
 (Sunday to Sunday) before it starts, unless the `as_of_date` param names another week (useful with
 the bundled data, which ends on 2023-12-31). The DAG also runs when `monitor_production` updates
 the `retrain_request` Asset (`AssetOrTimeSchedule`): such a run retrains only the models the
-request names, for the week ending at the request's day (its log and the run's note say so).
+request names, for the week ending at the request's day (`plan_run`'s log gives the request's reasons).
 
 **Steps per market.** `ingest_market_data` (OHLCV, funding rates, open interest into the market
 store; a market with less history than `train_window_days` trains on what it has when that
