@@ -44,7 +44,7 @@ monitor: install
 test: install
 	$(BIN)/python -m pytest
 
-## Local deployment (include/deployment.py): PostgreSQL (embedded, or DEPLOY_DATABASE_URL), api-server,
+## Local deployment (include/deployment/): PostgreSQL (embedded, or DEPLOY_DATABASE_URL), api-server,
 ## scheduler (LocalExecutor), dag-processor and triggerer on http://127.0.0.1:8080, login admin/admin.
 ## Ctrl-C or `make airflow-stop` stops all of it.
 airflow: install

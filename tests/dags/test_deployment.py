@@ -1,4 +1,4 @@
-"""The local deployment of ``make airflow`` (include/deployment.py), driven as a user drives it.
+"""The local deployment of ``make airflow`` (include/deployment/), driven as a user drives it.
 
 One test starts the real thing (``python -m include.deployment up``: embedded PostgreSQL from the
 ``pgserver`` wheel, api-server, scheduler with the LocalExecutor, dag-processor, triggerer) and:

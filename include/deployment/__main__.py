@@ -1,0 +1,7 @@
+"""``python -m include.deployment``: see :mod:`include.deployment`."""
+
+import sys
+
+from include.deployment import main
+
+sys.exit(main())
