@@ -94,16 +94,25 @@ def interval_end(date: str, conf: str) -> datetime:
     return datetime.strptime(as_of or date, "%Y-%m-%d")
 
 
+def prepare_airflow() -> Path | None:
+    """Migrate this environment's Airflow metadata database; the logs folder, or ``None`` (said
+    why) when the migration failed."""
+    logs = PROJECT_ROOT / "var" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    if _airflow("db", "migrate", log=logs / "db_migrate.log") != 0:
+        print(f"airflow db migrate failed; see {logs / 'db_migrate.log'}")
+        return None
+    return logs
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run each date through Airflow and print its summary; non-zero exit on a failed run."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dates", nargs="+", help="interval end dates (YYYY-MM-DD), run in order")
     parser.add_argument("--conf", default="", help="run params as JSON, e.g. a gate policy to try")
     args = parser.parse_args(argv)
-    logs = PROJECT_ROOT / "var" / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    if _airflow("db", "migrate", log=logs / "db_migrate.log") != 0:
-        print(f"airflow db migrate failed; see {logs / 'db_migrate.log'}")
+    logs = prepare_airflow()
+    if logs is None:
         return 1
     settings = Settings.from_env()
     failed = False

@@ -21,8 +21,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from include.config import PROJECT_ROOT, Settings
-from include.demo import _airflow
+from include.config import Settings
+from include.demo import _airflow, prepare_airflow
 
 BTC = "binance-btcusdt-perp-1h-h4"
 RELAXED = {"markets": ["BTCUSDT"], "gate_min_sharpe_margin": -100, "gate_max_drawdown": 1}
@@ -87,10 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trained-until", default="2023-12-17", help="week end of the model to monitor")
     parser.add_argument("--days", type=int, default=7, help="days to monitor after its training end")
     args = parser.parse_args(argv)
-    logs = PROJECT_ROOT / "var" / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    if _airflow("db", "migrate", log=logs / "db_migrate.log") != 0:
-        print(f"airflow db migrate failed; see {logs / 'db_migrate.log'}")
+    logs = prepare_airflow()
+    if logs is None:
         return 1
     settings = Settings.from_env()
     wanted = datetime.fromisoformat(args.trained_until).replace(tzinfo=UTC)
