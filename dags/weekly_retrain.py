@@ -20,7 +20,8 @@ without a logical date has no data interval: it trains on the **last complete we
 (Sunday to Sunday) before it starts, unless the `as_of_date` param names another week (useful with
 the bundled data, which ends on 2023-12-31). The DAG also runs when `monitor_production` updates
 the `retrain_request` Asset (`AssetOrTimeSchedule`): such a run retrains only the models the
-request names, for the week ending at the request's day (`plan_run`'s log gives the request's reasons).
+request names, for the week ending at the request's day; its note says so, and `plan_run`'s
+log gives the request's reasons.
 
 **Steps per market.** `ingest_market_data` (OHLCV, funding rates, open interest into the market
 store; a market with less history than `train_window_days` trains on what it has when that
@@ -384,17 +385,19 @@ def weekly_retrain():
                                       trading=trading, decision=decision, action=action)
 
     @task(trigger_rule="all_done")
-    def publish_summary(ti=None) -> dict:
+    def publish_summary(ti=None, dag_run=None, triggering_asset_events=None) -> dict:
         """Every market's outcome (decision, skip or failure), to the run's log and the alert channels."""
         from airflow.sdk.exceptions import AirflowSkipException
 
         from include.config import Settings
-        from include.pipeline import publish_universe
+        from include.pipeline import publish_universe, retrain_scope
 
         plans = ti.xcom_pull(task_ids="plan_run")
         if plans is None:  # plan_run failed (and alerted): there are no markets to report on
             raise AirflowSkipException("plan_run did not plan any market; nothing to publish")
-        return publish_universe(Settings.from_env(), _dag_id(), list(plans), context=get_current_context())
+        requested = retrain_scope(triggering_asset_events) if dag_run.run_type == "asset_triggered" else None
+        return publish_universe(Settings.from_env(), _dag_id(), list(plans), context=get_current_context(),
+                                requested=requested)
 
     @task(trigger_rule="all_done", on_failure_callback=None)
     def check_markets(ti=None) -> dict:

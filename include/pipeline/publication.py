@@ -103,7 +103,7 @@ def _short(check: dict[str, Any]) -> str:
     return check["name"]
 
 
-def run_note(outcomes: list[dict[str, Any]], limit: int = NOTE_LIMIT) -> str:
+def run_note(outcomes: list[dict[str, Any]], limit: int = NOTE_LIMIT, requested: dict[str, Any] | None = None) -> str:
     """The DAG run's note: each market's decision, the failed gate checks, a link to its report.
 
     Markdown, at most ``limit`` characters (Airflow's note column): the failed checks' details
@@ -111,11 +111,15 @@ def run_note(outcomes: list[dict[str, Any]], limit: int = NOTE_LIMIT) -> str:
 
     Args:
         outcomes: :func:`universe_outcomes`' list.
+        requested: :func:`retrain_scope` of a run that monitoring's retrain request started.
     """
     decided = sum(o["status"] == "done" for o in outcomes)
     head = (f"Weekly retrain: {len(outcomes)} market(s), {decided} decided, "
             f"{sum(o['status'] == 'skipped' for o in outcomes)} skipped, "
             f"{sum(o['status'] == 'failed' for o in outcomes)} failed.")
+    if requested:
+        head += (f" Requested by monitor_production for the week ending {requested['as_of_date']} "
+                 "(reasons on the Monitoring page).")
     for reasons in (True, False):
         text = "\n".join([head, *(_market_line(o, reasons=reasons) for o in outcomes)])
         if len(text) <= limit:
@@ -130,7 +134,7 @@ def run_note(outcomes: list[dict[str, Any]], limit: int = NOTE_LIMIT) -> str:
 
 
 def publish_universe(settings: Settings, dag_id: str, plans: list[dict[str, Any]],
-                     context: dict[str, Any] | None = None) -> dict[str, Any]:
+                     context: dict[str, Any] | None = None, requested: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the universe summary of one weekly run and send it to the alert channels.
 
     The summary lists every market of the run: its decision and key numbers, or why it was
@@ -138,6 +142,7 @@ def publish_universe(settings: Settings, dag_id: str, plans: list[dict[str, Any]
 
     Args:
         context: the Airflow task context, for the notifiers; ``None`` sends nothing.
+        requested: :func:`retrain_scope` when monitoring's retrain request started the run.
 
     Returns:
         ``{"path", "markets": {model: status}, "notified", "note"}``; ``note`` (see
@@ -155,7 +160,7 @@ def publish_universe(settings: Settings, dag_id: str, plans: list[dict[str, Any]
                     action.get("action") or o.get("reason", ""))
     notified = send(universe_message(outcomes), context) if context is not None else []
     return {"path": str(path), "markets": {o["model"]: o["status"] for o in outcomes}, "notified": notified,
-            "note": run_note(outcomes)}
+            "note": run_note(outcomes, requested=requested)}
 
 def plan_universe(run_params: dict[str, Any], *, selected: list[str] | None, universe_file: str | None,
                   data_interval_start: Any, data_interval_end: Any, run_after: Any) -> list[dict[str, Any]]:

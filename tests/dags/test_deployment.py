@@ -163,7 +163,9 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
                   600, "the requested retrain to finish", up, log)
             retrain = asset_runs()[0]
             assert getattr(retrain.state, "value", retrain.state) == "success", retrain.note
-            assert (retrain.note or "").startswith("Weekly retrain: 1 market(s), 1 decided"), retrain.note
+            assert (retrain.note or "").startswith("Weekly retrain: 1 market(s), 1 decided, 0 skipped, 0 failed. "
+                                                   "Requested by monitor_production for the week ending "
+                                                   "2023-07-09"), retrain.note
         summary = tmp_path / "deploy" / "runs" / "weekly_retrain" / BTC / "20230702T0000_20230709T0000" / "summary.json"
         assert json.loads(summary.read_text())["window"]["source"] == "as_of_date"
 

@@ -36,3 +36,17 @@ def test_run_note_names_each_decision_and_fits_airflows_note_column():
     many = run_note([_outcome(f"market-{i}", [failed]) for i in range(12)])
     assert len(many) <= NOTE_LIMIT and "beats_trading_baselines (-6.26 vs 0)" in many
     assert many.endswith("more markets in publish_summary's log")
+
+
+def test_a_run_that_monitoring_requested_says_so_in_its_note():
+    from include.pipeline.publication import retrain_scope, run_note
+
+    class Event:  # the shape of Airflow's triggering asset events: an ``extra`` dict
+        extra = {"models": ["m1"], "as_of": "2023-12-20T00:00:00+00:00", "reasons": {"m1": "PSI"}}
+
+    scope = retrain_scope({"retrain_request": [Event()]})
+    assert scope == {"markets": ["m1"], "as_of_date": "2023-12-20", "reasons": {"m1": "PSI"}}
+    note = run_note([{"model": "m1", "status": "skipped", "reason": "x"}], requested=scope)
+    assert note.splitlines()[0].endswith("Requested by monitor_production for the week ending 2023-12-20 "
+                                         "(reasons on the Monitoring page).")
+    assert retrain_scope({"retrain_request": []}) is None and retrain_scope(None) is None
