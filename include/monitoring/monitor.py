@@ -224,6 +224,7 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
     """
     from include.backtest import TradingCosts, positions_from_proba, simulate
     from include.features import FeatureSpec, build_features
+    from include.gate import instant
     from include.labels import make_labels
     from include.monitoring.drift import drift_table
     from include.pipeline.common import json_safe, open_store
@@ -232,8 +233,7 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
 
     policy = policy or MonitorPolicy()
     started = time.perf_counter()
-    as_of = pd.Timestamp(as_of).tz_convert("UTC").to_pydatetime() if pd.Timestamp(as_of).tzinfo else \
-        pd.Timestamp(as_of).tz_localize("UTC").to_pydatetime()
+    as_of = instant(as_of).astimezone(UTC)
     registry = ModelRegistry.from_settings(settings)
     try:
         pointer = registry.production(model)
