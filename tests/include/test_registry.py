@@ -234,7 +234,11 @@ def test_schema_matches_the_migrations(reg):
 
     with reg.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": SCHEMA_VERSION_TABLE})
-        diff = [d for d in compare_metadata(ctx, registry_module.metadata) if d[0] != "remove_table"]
+        # Only the registry's tables: the other tables of the market database (and their indexes)
+        # are compared with their own code in tests/data/test_store_postgres.py.
+        ours = set(registry_module.metadata.tables)
+        diff = [d for d in compare_metadata(ctx, registry_module.metadata) if d[0] != "remove_table"
+                and not (d[0] == "remove_index" and d[1].table.name not in ours)]
     assert diff == []
 
 
