@@ -113,8 +113,10 @@ def run_note(outcomes: list[dict[str, Any]], limit: int = NOTE_LIMIT, requested:
         outcomes: :func:`universe_outcomes`' list.
         requested: :func:`retrain_scope` of a run that monitoring's retrain request started.
     """
-    decided = sum(o["status"] == "done" for o in outcomes)
-    head = (f"Weekly retrain: {len(outcomes)} market(s), {decided} decided, "
+    # The first line is what the run's page shows without expanding the note: the decisions.
+    done = [o for o in outcomes if o["status"] == "done"]
+    promoted = sum(((o["summary"].get("action") or {}).get("action") == "promote") for o in done)
+    head = (f"Weekly retrain, {len(outcomes)} market(s): {promoted} promoted, {len(done) - promoted} kept, "
             f"{sum(o['status'] == 'skipped' for o in outcomes)} skipped, "
             f"{sum(o['status'] == 'failed' for o in outcomes)} failed.")
     if requested:

@@ -119,7 +119,7 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
             assert [r.data_interval_start.date().isoformat() for r in runs] == ["2023-06-04", "2023-06-11", "2023-06-18"]
             # The scheduler wrote each run's decision as its note (plugins/run_notes.py).
             for r in runs:
-                assert (r.note or "").startswith("Weekly retrain: 1 market(s), 1 decided"), (r.dag_run_id, r.note)
+                assert (r.note or "").startswith("Weekly retrain, 1 market(s): 1 promoted, 0 kept"), (r.dag_run_id, r.note)
                 assert "/model-registry/versions/" in r.note, r.note
             # Airflow runs one backfill per DAG: the scheduler closes this one shortly after its last run.
             _wait(lambda: backfills.get_backfill(created.id).completed_at is not None, 120,
@@ -163,9 +163,11 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
                   600, "the requested retrain to finish", up, log)
             retrain = asset_runs()[0]
             assert getattr(retrain.state, "value", retrain.state) == "success", retrain.note
-            assert (retrain.note or "").startswith("Weekly retrain: 1 market(s), 1 decided, 0 skipped, 0 failed. "
-                                                   "Requested by monitor_production for the week ending "
-                                                   "2023-07-09"), retrain.note
+            # The default gate decides this one (promote or keep); the first line says who asked.
+            first = (retrain.note or "").splitlines()[0] if retrain.note else ""
+            assert first.startswith("Weekly retrain, 1 market(s): ") and first.endswith(
+                "0 skipped, 0 failed. Requested by monitor_production for the week ending 2023-07-09 "
+                "(reasons on the Monitoring page)."), retrain.note
         summary = tmp_path / "deploy" / "runs" / "weekly_retrain" / BTC / "20230702T0000_20230709T0000" / "summary.json"
         assert json.loads(summary.read_text())["window"]["source"] == "as_of_date"
 

@@ -141,7 +141,7 @@ def test_first_run_promotes_one_loadable_model_per_market(first_run):
     # ETH has no open-interest file: its feature spec differs from BTC's.
     assert _summary(dr, BTC)["features"]["open_interest"] and not _summary(dr, ETH)["features"]["open_interest"]
     note = _note(dr)
-    assert note.startswith("Weekly retrain: 2 market(s), 2 decided, 0 skipped, 0 failed.")
+    assert note.startswith("Weekly retrain, 2 market(s): 2 promoted, 0 kept, 0 skipped, 0 failed.")
     for model in (BTC, ETH):
         version = _summary(dr, model)["production"]
         assert f"- **{model}**: PROMOTED {version} (was none) ([report](/model-registry/versions/{version}/report))" in note

@@ -28,7 +28,7 @@ def test_run_note_names_each_decision_and_fits_airflows_note_column():
     one = run_note([_outcome("m1", [failed]),
                     {"model": "m2", "status": "skipped", "reason": "leaves 33 days"}])
     assert one.splitlines() == [
-        "Weekly retrain: 2 market(s), 1 decided, 1 skipped, 0 failed.",
+        "Weekly retrain, 2 market(s): 0 promoted, 1 kept, 1 skipped, 0 failed.",
         "- **m1**: KEEP v1; candidate v2 failed the gate ([report](/model-registry/versions/v2/report))",
         f"  - beats_trading_baselines: {failed['detail']}",
         "- **m2**: SKIPPED: leaves 33 days"]
