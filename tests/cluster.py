@@ -65,7 +65,9 @@ class LocalAirflow:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": executor,
             "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            # As in production: every DAG starts paused; a test unpauses the one it drives
+            # (wait_for_dag), so that monitor_production's daily run does not join in.
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
@@ -176,9 +178,10 @@ class LocalAirflow:
             engine.dispose()
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
-        """Until the dag-processor has serialised ``dag_id``."""
+        """Until the dag-processor has serialised ``dag_id``; then unpause it."""
         self._wait(lambda: bool(self.query("SELECT 1 FROM serialized_dag WHERE dag_id = :d", d=dag_id)),
                    timeout, f"DAG {dag_id} to be parsed")
+        self.airflow("dags", "unpause", dag_id)
 
     def dag_runs(self, dag_id: str, run_type: str | None = None) -> list[dict[str, Any]]:
         """Runs of ``dag_id`` (run id, type, state, interval, start/end), by logical date."""
