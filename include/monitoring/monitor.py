@@ -100,6 +100,63 @@ def _ingest(cfg: RunConfig, settings: Settings, store: Any, start: datetime, end
                          funding_start=start - FUNDING_LOOKBACK, open_interest_start=start - timedelta(days=2))
 
 
+def _reference(settings: Settings, lineage: dict[str, Any], spec: Any, cfg: RunConfig, store: Any) -> dict[str, Any]:
+    """The version's drift reference: ``{"bins", "top_features", "source"}``.
+
+    Stored at registration for every version since monitoring exists. For an older version it
+    is recomputed from the store: the features of its training window (from ``train_start`` to
+    ``trained_until``, all bars with complete features, so also the last label horizon the
+    training table could not use), with the features ranked by the permutation importance in
+    the version's run folder (feature-spec order when that folder is gone).
+
+    Raises:
+        PipelineError: nothing stored, and no bar of the training window in the store.
+    """
+    from include.features import build_features
+    from include.monitoring.drift import reference_bins
+
+    if "drift_reference" in lineage:
+        return {"bins": lineage["drift_reference"], "top_features": list(lineage.get("top_features") or spec.names),
+                "source": "stored at registration"}
+    window = lineage["data_window"]
+    start, end = pd.Timestamp(window["train_start"]).to_pydatetime(), pd.Timestamp(window["trained_until"]).to_pydatetime()
+    read_from = start - timedelta(seconds=cfg.bar_seconds) * (spec.warmup_bars + 48)
+    key = {"exchange": cfg.exchange, "symbol": cfg.symbol}
+    bars = _closed_bars(store, cfg, read_from, end)
+    funding = store.load_funding_rates(start=read_from - timedelta(days=10), end=end, **key) \
+        if cfg.market_type == "perp" else None
+    oi = store.load_open_interest(start=read_from - timedelta(days=2), end=end, **key)
+    feats = build_features(bars, spec, funding, oi) if len(bars) else pd.DataFrame(columns=list(spec.names))
+    feats = feats[(feats.index >= pd.Timestamp(start))]
+    feats = feats[feats[[c for c in spec.names if c != "oi_change_1d"]].notna().all(axis=1)]
+    if feats.empty:
+        raise PipelineError(f"{lineage.get('registered_model')}: no drift reference stored with the version, and the "
+                            f"store holds no bar of its training window [{window['train_start']}, "
+                            f"{window['trained_until']}) to recompute one from")
+    top, ranked = _ranking_from_run_folder(settings, lineage, list(spec.names))
+    logger.warning("no drift reference stored with this version (registered before references were); "
+                   "recomputed from %d training-window bars in the store; features ranked %s", len(feats), ranked)
+    return {"bins": reference_bins(feats), "top_features": top,
+            "source": f"recomputed from {len(feats)} training-window bars in the store; features ranked {ranked}"}
+
+
+def _ranking_from_run_folder(settings: Settings, lineage: dict[str, Any], names: list[str]) -> tuple[list[str], str]:
+    """Features by the permutation importance in the version's run folder, or in spec order."""
+    import json as _json
+
+    from include.pipeline.training import _ranked_features
+
+    window = lineage["data_window"]
+    start, end = (pd.Timestamp(window[k]) for k in ("interval_start", "interval_end"))
+    folder = (settings.runs_dir / (lineage.get("dag_id") or "weekly_retrain") / lineage["registered_model"]
+              / f"{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}" / "candidates")
+    try:
+        members = {f: _json.loads((folder / f / "metadata.json").read_text()) for f in lineage["members"]}
+    except (OSError, KeyError, ValueError):
+        return names, "in feature-spec order (run folder gone: no importance to rank by)"
+    return _ranked_features(members, list(members), names), f"by the permutation importance in {folder.parent}"
+
+
 def _daily_log_loss(frame: pd.DataFrame, prior: np.ndarray) -> list[dict[str, Any]]:
     """Per complete UTC day: realised log loss of the model and of the class-prior forecast."""
     from sklearn.metrics import log_loss
@@ -219,8 +276,8 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
         ``checks``, ``action``, ``reason``.
 
     Raises:
-        PipelineError: the model has no production version, or the version's lineage lacks the
-            drift reference (registered before monitoring existed: retrain it).
+        PipelineError: the model has no production version, or it has no stored drift reference
+            and the store holds no bar of its training window to recompute one from.
     """
     from include.backtest import TradingCosts, positions_from_proba, simulate
     from include.features import FeatureSpec, build_features
@@ -242,9 +299,6 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
         estimator, lineage = registry.load(pointer.version)
     finally:
         registry.dispose()
-    if "drift_reference" not in lineage:
-        raise PipelineError(f"{model} {pointer.version} has no drift reference in its lineage (registered "
-                            "before monitoring existed): retrain the model to monitor it")
     cfg = RunConfig.from_params({**lineage["config"], **(source or {})})
     spec = FeatureSpec.from_dict({k: v for k, v in lineage["feature_spec"].items() if k != "sha256"})
     bar = timedelta(seconds=cfg.bar_seconds)
@@ -265,6 +319,7 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
         # checks report; it is not an error.
         feats = build_features(bars, spec, funding, oi)
         feats = feats[feats.index >= pd.Timestamp(trained_until)]
+        reference = _reference(settings, lineage, spec, cfg, store)
         required = [c for c in spec.names if c != "oi_change_1d"]
         ready = feats[feats[required].notna().all(axis=1)]
         logged = load_predictions(store.engine, model, pointer.version, start=trained_until, end=as_of)
@@ -310,8 +365,8 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
 
     recent = feats[feats.index >= pd.Timestamp(as_of) - timedelta(days=policy.drift_window_days)]
     drift = {"window_start": pd.Timestamp(as_of) - timedelta(days=policy.drift_window_days), "rows": int(len(recent)),
-             "top_features": list(lineage.get("top_features") or spec.names),
-             "table": drift_table(lineage["drift_reference"], recent)}
+             "top_features": reference["top_features"], "reference": reference["source"],
+             "table": drift_table(reference["bins"], recent)}
     last_close = bars["timestamp"].max() + bar if len(bars) else None
     freshness = {"last_bar_close": last_close.isoformat() if last_close is not None else None,
                  "age_hours": (pd.Timestamp(as_of) - last_close).total_seconds() / 3600 if last_close is not None
