@@ -192,11 +192,9 @@ def _gate_cell(gate: dict[str, Any] | None) -> str:
 
 
 def _report_path(info: dict[str, Any]) -> Path:
-    lineage = info["lineage"]
-    window = lineage.get("data_window", {})
-    start, end = (datetime.fromisoformat(window[k]) for k in ("interval_start", "interval_end"))
-    key = f"{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
-    return _settings().runs_dir / (lineage.get("dag_id") or "weekly_retrain") / info["model"] / key / "report.html"
+    from include.pipeline.common import version_run_dir
+
+    return version_run_dir(_settings(), info["model"], info["lineage"]) / "report.html"
 
 
 @app.get("/versions/{version}/report", summary="The HTML report of the run that made a version",

@@ -142,19 +142,15 @@ def _reference(settings: Settings, lineage: dict[str, Any], spec: Any, cfg: RunC
 
 def _ranking_from_run_folder(settings: Settings, lineage: dict[str, Any], names: list[str]) -> tuple[list[str], str]:
     """Features by the permutation importance in the version's run folder, or in spec order."""
-    import json as _json
+    from include.pipeline.common import version_run_dir
+    from include.pipeline.training import ranked_features
 
-    from include.pipeline.training import _ranked_features
-
-    window = lineage["data_window"]
-    start, end = (pd.Timestamp(window[k]) for k in ("interval_start", "interval_end"))
-    folder = (settings.runs_dir / (lineage.get("dag_id") or "weekly_retrain") / lineage["registered_model"]
-              / f"{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}" / "candidates")
+    folder = version_run_dir(settings, lineage["registered_model"], lineage) / "candidates"
     try:
-        members = {f: _json.loads((folder / f / "metadata.json").read_text()) for f in lineage["members"]}
+        members = {f: json.loads((folder / f / "metadata.json").read_text()) for f in lineage["members"]}
     except (OSError, KeyError, ValueError):
         return names, "in feature-spec order (run folder gone: no importance to rank by)"
-    return _ranked_features(members, list(members), names), f"by the permutation importance in {folder.parent}"
+    return ranked_features(members, list(members), names), f"by the permutation importance in {folder.parent}"
 
 
 def _daily_log_loss(frame: pd.DataFrame, prior: np.ndarray) -> list[dict[str, Any]]:

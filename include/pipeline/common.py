@@ -97,7 +97,7 @@ def resolve_window(cfg: RunConfig, *, data_interval_start: Any, data_interval_en
     assert start is not None and end is not None
     train_start = end - timedelta(days=cfg.train_window_days)
     ingest_start = train_start - warmup(cfg)
-    key = f"{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
+    key = run_key(start, end)
     window = RunWindow(start.isoformat(), end.isoformat(), train_start.isoformat(),
                        ingest_start.isoformat(), key, source)
     logger.info("run window (%s): interval [%s, %s), training from %s", source, start, end, train_start)
@@ -107,6 +107,16 @@ def warmup(cfg: RunConfig) -> timedelta:
     """Bars before the training window that features and labels need: indicator warm-up or the
     label's volatility window, whichever is longer."""
     return max(FeatureSpec.default().warmup_bars, cfg.label_vol_window_bars) * timedelta(seconds=cfg.bar_seconds)
+
+def run_key(start: datetime, end: datetime) -> str:
+    """The folder name of a data interval ``[start, end)``: ``20231224T0000_20231231T0000``."""
+    return f"{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
+
+def version_run_dir(settings: Settings, model: str, lineage: dict[str, Any]) -> Path:
+    """The run folder that made a registered version, from its lineage (it may have been cleaned)."""
+    window = lineage["data_window"]
+    start, end = (datetime.fromisoformat(window[k]) for k in ("interval_start", "interval_end"))
+    return settings.runs_dir / (lineage.get("dag_id") or "weekly_retrain") / model / run_key(start, end)
 
 def run_dir(settings: Settings, dag_id: str, model: str, window: RunWindow) -> Path:
     """The artifact folder of one registered model's run over one data interval (created)."""

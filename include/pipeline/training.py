@@ -130,7 +130,7 @@ def _validation_summary(out_dir: Path) -> dict[str, Any] | None:
                         "failed": len(r.get("failed", []))} for r in report.get("suites", [])]}
 
 # -- 6. ensemble -----------------------------------------------------------------------------
-def _ranked_features(member_meta: dict[str, Any], families: list[str], names: list[str]) -> list[str]:
+def ranked_features(member_meta: dict[str, Any], families: list[str], names: list[str]) -> list[str]:
     """Feature names by mean permutation importance over the families, largest first."""
     score = dict.fromkeys(names, 0.0)
     for fam in families:
@@ -250,7 +250,7 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         # Monitoring's references: the training distribution of every feature, and the features
         # ranked by permutation importance (mean over the families).
         "drift_reference": reference_bins(X),
-        "top_features": _ranked_features(member_meta, families, names),
+        "top_features": ranked_features(member_meta, families, names),
         "libraries": library_versions(), "code_version": code_version(),
         "dag_id": dag_id, "run_id": run_id, "logical_date": logical_date,
         "validation": _validation_summary(out_dir),
