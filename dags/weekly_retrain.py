@@ -271,12 +271,12 @@ def weekly_retrain():
             from include.tasks import fail_fast, unpack
 
             with fail_fast():
-                cfg, win, _, out = unpack(plan, window, _dag_id())
+                cfg, win, settings, out = unpack(plan, window, _dag_id())
                 if family not in cfg.models:
                     logging.getLogger(__name__).info("%s is not in this run's models %s: nothing to train",
                                                      family, list(cfg.models))
                     return None
-                return train(cfg, win, out, family)
+                return train(cfg, win, out, family, settings)
 
         @task(map_index_template=MARKET)
         def assemble_ensemble(plan: dict, window: dict, trained: list, logical_date=None) -> dict:

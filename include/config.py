@@ -191,12 +191,17 @@ class RunConfig:
         "Walk-forward folds; each test fold is one data interval (one week) long.", default=6
     )
     cv_scheme: Literal["expanding", "rolling"] = _doc(
-        "Walk-forward training windows: 'expanding' (every earlier row) or 'rolling' (the last "
-        "cv_rolling_train_days).",
-        default="expanding",
+        "Walk-forward training windows: 'rolling' (the last cv_rolling_train_days before each "
+        "test week, the same rows in every weekly run, so earlier runs' fits are reused) or "
+        "'expanding' (every earlier row of the window).",
+        default="rolling",
     )
     cv_rolling_train_days: int = _doc(
-        "Training-window length of each fold, in days, for the rolling scheme.", default=365
+        "Training-window length of each fold and of the deployed model, in days, for the rolling "
+        "scheme; 0: train_window_days less one week per fold and one more week (681 days for "
+        "the defaults), so the earliest fold trains on about as much history as it would "
+        "expanding.",
+        default=0,
     )
     cv_embargo_bars: int = _doc(
         "Rows kept out of training next to every test window, beyond the label-horizon purge.",
@@ -321,8 +326,12 @@ class RunConfig:
             fail("cv_folds", "expected 2..52")
         if self.cv_scheme not in ("expanding", "rolling"):
             fail("cv_scheme", "expected 'expanding' or 'rolling'")
-        if self.cv_rolling_train_days < 14:
-            fail("cv_rolling_train_days", "expected at least 14 days")
+        if self.cv_rolling_train_days != 0 and self.cv_rolling_train_days < 14:
+            fail("cv_rolling_train_days", "expected 0 (derived) or at least 14 days")
+        if self.cv_scheme == "rolling" and self.rolling_train_days < 14:
+            fail("cv_rolling_train_days", f"train_window_days={self.train_window_days} less "
+                 f"{self.cv_folds + 1} week(s) leaves {self.rolling_train_days} days to train each fold on; "
+                 "lengthen train_window_days, lower cv_folds or set cv_rolling_train_days")
         if not 0 <= self.cv_embargo_bars <= 1000:
             fail("cv_embargo_bars", "expected 0..1000")
         if self.early_stopping_rounds < 0:
@@ -380,14 +389,26 @@ class RunConfig:
         """Length of one bar in seconds."""
         return TIMEFRAME_SECONDS[self.timeframe]
 
-    def walk_forward(self, test_size: int) -> Any:
-        """The run's :class:`~include.evaluation.WalkForward` split service for ``test_size`` rows."""
+    @property
+    def rolling_train_days(self) -> int:
+        """Days each fold trains on under the rolling scheme (``cv_rolling_train_days`` or derived)."""
+        return self.cv_rolling_train_days or self.train_window_days - 7 * (self.cv_folds + 1)
+
+    def walk_forward(self, test_size: int, test_starts: tuple[int, ...] | None = None) -> Any:
+        """The run's :class:`~include.evaluation.WalkForward` split service.
+
+        Args:
+            test_size: labelled rows of the run's own data interval (the last fold).
+            test_starts: first row of each fold's test window (see ``WalkForward``); ``None``:
+                folds of ``test_size`` rows counted back from the end.
+        """
         from include.evaluation import WalkForward
 
-        rolling_rows = self.cv_rolling_train_days * 86_400 // self.bar_seconds
+        rolling_rows = self.rolling_train_days * 86_400 // self.bar_seconds
         return WalkForward(n_splits=self.cv_folds, test_size=test_size, purge=self.label_horizon_bars,
                            embargo=self.cv_embargo_bars, scheme=self.cv_scheme,
-                           max_train_size=rolling_rows if self.cv_scheme == "rolling" else None)
+                           max_train_size=rolling_rows if self.cv_scheme == "rolling" else None,
+                           test_starts=test_starts)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> RunConfig:

@@ -15,9 +15,11 @@ ensemble weights are fitted. Splits are scikit-learn's
   window, so here the embargo widens the gap before it. Either way no training row lies within
   purge + embargo rows of a test row.
 
-Each test fold is as long as the run's own data interval (one week of bars), and the last fold
-*is* the run's data interval: the window on which the quality gate compares challenger and
-champion.
+Each test fold is one data interval (one week of bars), and the last fold *is* the run's data
+interval: the window on which the quality gate compares challenger and champion. With
+``test_starts`` (what the pipeline uses) the folds are the calendar intervals before it, so the
+fold that tests a given week trains on the same rows in every weekly run that covers it, and
+:meth:`WalkForward.final_rows` are the rows the next interval's last fold trains on.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ class WalkForward:
         scheme: ``expanding`` (all earlier rows) or ``rolling`` (the last ``max_train_size``).
         max_train_size: training rows per fold for ``rolling``.
         inner_validation_share: share of a training set used as early-stopping validation.
+        test_starts: first row of each fold's test window, ascending, one per fold; a fold's
+            test window runs to the next fold's start (the last to the end). ``None``: folds of
+            ``test_size`` rows counted back from the end (scikit-learn's ``TimeSeriesSplit``).
 
     Raises:
         TrainingError: from :meth:`split`, when the window is too short for the folds.
@@ -72,6 +77,7 @@ class WalkForward:
     scheme: Literal["expanding", "rolling"] = "expanding"
     max_train_size: int | None = None
     inner_validation_share: float = 0.2
+    test_starts: tuple[int, ...] | None = None
 
     @property
     def gap(self) -> int:
@@ -98,10 +104,46 @@ class WalkForward:
                                max_train_size=self.max_train_size if self.scheme == "rolling" else None)
 
     def split(self, n_rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Yield ``(fold, train_idx, test_idx)`` over rows sorted by time; the last test fold is
-        the last ``test_size`` rows."""
-        for fold, (train_idx, test_idx) in enumerate(self.splitter(n_rows).split(np.zeros((n_rows, 1)))):
-            yield fold, train_idx, test_idx
+        """Yield ``(fold, train_idx, test_idx)`` over rows sorted by time; the last test fold
+        ends at the last row.
+
+        Raises:
+            TrainingError: too few rows for the folds, or ``test_starts`` that are not
+                ascending, do not match ``n_splits`` or leave a fold without training rows.
+        """
+        if self.test_starts is None:
+            for fold, (train_idx, test_idx) in enumerate(self.splitter(n_rows).split(np.zeros((n_rows, 1)))):
+                yield fold, train_idx, test_idx
+            return
+        self.splitter(n_rows)  # the same length checks
+        starts = list(self.test_starts)
+        if len(starts) != self.n_splits or starts != sorted(set(starts)) or starts[-1] >= n_rows:
+            raise TrainingError(f"test_starts {starts} are not {self.n_splits} ascending row positions "
+                                f"below {n_rows}")
+        for fold, (lo, hi) in enumerate(zip(starts, [*starts[1:], n_rows], strict=True)):
+            end = lo - self.gap
+            if end <= 0:
+                raise TrainingError(f"fold {fold} has no training rows before its test window at row {lo}")
+            begin = max(0, end - self.max_train_size) if self.scheme == "rolling" else 0
+            yield fold, np.arange(begin, end), np.arange(lo, hi)
+
+    def final_rows(self, n_rows: int) -> np.ndarray:
+        """Rows the model to deploy is fitted on, of ``n_rows`` labelled rows.
+
+        They are the rows the next data interval's last fold trains on: every labelled row but
+        the last ``embargo`` (the labels of the last ``purge`` bars are not known yet, so those
+        bars are not among the rows), the last ``max_train_size`` of them for ``rolling``.
+        The deployed model is therefore the model the next run's out-of-fold record scores on
+        the interval it serves.
+
+        Raises:
+            TrainingError: fewer rows than the embargo.
+        """
+        end = n_rows - self.embargo
+        if end <= 0:
+            raise TrainingError(f"{n_rows} labelled rows leave none after the {self.embargo}-row embargo")
+        begin = max(0, end - self.max_train_size) if self.scheme == "rolling" else 0
+        return np.arange(begin, end)
 
     def inner_split(self, train_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Split one training set for early stopping: ``(fit_idx, validation_idx)``.

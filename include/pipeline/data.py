@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -225,15 +225,35 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     return {"success": True, "rows": rows, "report": str(path)}
 
 # -- 3. features -----------------------------------------------------------------------------
+def feature_anchor(start: datetime) -> datetime:
+    """Where indicator computation starts for a window starting at ``start``: 00:00 UTC on
+    1 January of ``start``'s year.
+
+    Exponential indicators (EMA, MACD, RSI and ATR's Wilder smoothing) remember where their
+    series began, and running sums (SMA, STDDEV, pandas rolling windows) round differently from
+    different starts. Starting every run of a year at the same bar makes a bar's features the
+    same bits in every weekly run that covers it, which is what lets
+    :mod:`include.training.fit_cache` recognise a fold it has already fitted. The start moves
+    once a year; a bar then differs from its earlier value only in the decayed seed of its
+    exponential indicators.
+    """
+    return datetime(start.year, 1, 1, tzinfo=UTC)
+
 def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: datetime,
                   end: datetime) -> pd.DataFrame:
-    """Features for bars with open time in ``[start, end)`` from the store, per ``spec``."""
+    """Features for bars with open time in ``[start, end)`` from the store, per ``spec``.
+
+    Indicators are computed from :func:`feature_anchor` (or the first stored bar, if later), so
+    the rows before ``start`` serve as warm-up and a bar's features do not depend on ``start``.
+    """
     key = {"exchange": cfg.exchange, "symbol": cfg.symbol}
-    ohlcv = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, start=start, end=end, **key)
-    funding = (store.load_funding_rates(start=start - FUNDING_LOOKBACK, end=end, **key)
+    anchor = min(feature_anchor(start), start)
+    ohlcv = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, start=anchor, end=end, **key)
+    funding = (store.load_funding_rates(start=anchor - FUNDING_LOOKBACK, end=end, **key)
                if set(spec.names) & set(FUNDING_FEATURES) else None)
-    oi = store.load_open_interest(start=start - timedelta(days=2), end=end, **key)
-    return build_features(ohlcv, spec, funding, oi)
+    oi = store.load_open_interest(start=anchor - timedelta(days=2), end=end, **key)
+    frame = build_features(ohlcv, spec, funding, oi)
+    return frame[frame.index >= pd.Timestamp(start)]
 
 def features(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
     """Compute features for the ingest window; write ``features.parquet`` and ``feature_spec.json``.

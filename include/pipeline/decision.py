@@ -122,7 +122,8 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
     y = table.loc[rows, "label"].astype(int).to_numpy()
     proba = model.predict_proba(feats.loc[rows, list(spec.names)])
     result["metrics"] = metrics_with_prior(y, proba, model.class_prior_)
-    result["last_training_row"] = meta["data_window"].get("last_labelled_bar")
+    result["last_training_row"] = (meta["data_window"].get("last_training_row")
+                                   or meta["data_window"].get("last_labelled_bar"))
     try:
         result["paired_test"] = paired_log_loss_test(
             y, oof.loc[rows, ["p_down", "p_range", "p_up"]].to_numpy(), proba,

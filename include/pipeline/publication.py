@@ -228,7 +228,7 @@ def run_once(cfg: RunConfig, settings: Settings, *, dag_id: str, run_id: str,
     validation = validate(cfg, window, settings, out)
     feature_info = features(cfg, window, settings, out)
     dataset = labels(cfg, window, out)
-    trained = [train(cfg, window, out, family) for family in cfg.models]
+    trained = [train(cfg, window, out, family, settings) for family in cfg.models]
     assembled = assemble(cfg, window, settings, out, trained, dag_id=dag_id, run_id=run_id)
     trading = simulate_trading(cfg, window, settings, out)
     decision = gate(cfg, window, settings, out, assembled, trading)

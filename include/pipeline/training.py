@@ -41,6 +41,33 @@ def _training_table(out_dir: Path, window: RunWindow) -> tuple[pd.DataFrame, np.
     test_size = int((table.index >= pd.Timestamp(window.interval_start)).sum())
     return table[names], table["label"].astype(int).to_numpy(), test_size, names
 
+def interval_splits(cfg: RunConfig, index: pd.DatetimeIndex, window: RunWindow, test_size: int) -> Any:
+    """The run's split service with one test fold per data interval: the run's own and the
+    ``cv_folds - 1`` intervals before it, by calendar (see :class:`~include.evaluation.WalkForward`).
+
+    Args:
+        index: bar open times of the labelled rows, sorted.
+        test_size: labelled rows in the run's own interval.
+
+    Raises:
+        TrainingError: an earlier interval holds no rows (its fold would be empty).
+    """
+    start = pd.Timestamp(window.interval_start)
+    length = pd.Timestamp(window.interval_end) - start
+    starts = [int(index.searchsorted(start - k * length)) for k in range(cfg.cv_folds - 1, -1, -1)]
+    empty = [str((start - k * length).date()) for k, (a, b) in
+             zip(range(cfg.cv_folds - 1, 0, -1), zip(starts, starts[1:], strict=False), strict=True) if a == b]
+    if empty:
+        raise TrainingError(f"{cfg.model_name}: no labelled bars in the interval(s) starting {empty}, "
+                            "so their walk-forward folds would be empty; lower cv_folds")
+    return cfg.walk_forward(test_size, test_starts=tuple(starts))
+
+def fit_cache(settings: Settings) -> Any:
+    """The worker's :class:`~include.training.fit_cache.FitCache` (under the runs folder)."""
+    from include.training.fit_cache import FitCache
+
+    return FitCache(settings.runs_dir / ".fit_cache")
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape a model's behaviour."""
     import lightgbm
@@ -57,8 +84,13 @@ def _replace_dir(tmp: Path, target: Path) -> None:
         shutil.rmtree(target)
     os.rename(tmp, target)
 
-def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str) -> dict[str, Any]:
-    """Cross-validate one family with purged walk-forward folds, then fit it on the whole window.
+def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str,
+          settings: Settings | None = None) -> dict[str, Any]:
+    """Cross-validate one family with purged walk-forward folds (one per data interval), then
+    fit the model to deploy on :meth:`~include.evaluation.WalkForward.final_rows`.
+
+    With ``settings``, fits and fold evaluations an earlier run already computed on the same
+    rows are reused (:func:`fit_cache`); the metadata counts them.
 
     Writes ``candidates/<family>/`` with ``model.joblib`` (final fit), ``oof.parquet``
     (out-of-fold probabilities with fold and training prior per row) and ``metadata.json``.
@@ -75,14 +107,19 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str) -> dict
 
     t0 = time.perf_counter()
     X, y, test_size, names = _training_table(out_dir, window)
-    splits = cfg.walk_forward(test_size)
+    splits = interval_splits(cfg, X.index, window, test_size)
     n_jobs = model_threads()
     logger.info("%s: training with %d thread(s) (thread budget: %d core(s), %d training slot(s))",
                 family, n_jobs, available_cpus(), training_slots())
+    cache = fit_cache(settings) if settings is not None else None
     cv = cross_validate(family, X, y, splits=splits, random_state=cfg.random_state, n_jobs=n_jobs,
-                        early_stopping_rounds=cfg.early_stopping_rounds)
-    final, final_rounds = fit_family(family, X, y, np.arange(len(X)), splits, random_state=cfg.random_state,
-                                     n_jobs=n_jobs, early_stopping_rounds=cfg.early_stopping_rounds)
+                        early_stopping_rounds=cfg.early_stopping_rounds, cache=cache)
+    final_rows = splits.final_rows(len(X))
+    final, final_rounds = fit_family(family, X, y, final_rows, splits, random_state=cfg.random_state,
+                                     n_jobs=n_jobs, early_stopping_rounds=cfg.early_stopping_rounds, cache=cache)
+    if cache is not None:
+        logger.info("%s: reused %d of %d cached fits and evaluations from earlier runs", family, cache.hits,
+                    cache.hits + cache.misses)
     cand_root = out_dir / "candidates"
     cand_root.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{family}.", dir=cand_root))
@@ -96,7 +133,10 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str) -> dict
     seconds = round(time.perf_counter() - t0, 2)
     meta = {
         "family": family, "params": family_params(family), "random_state": cfg.random_state,
-        "feature_names": names, "train_rows": int(len(X)), "class_prior": class_prior(y).tolist(),
+        "feature_names": names, "train_rows": int(len(final_rows)),
+        "train_start": X.index[final_rows[0]].isoformat(), "train_end": X.index[final_rows[-1]].isoformat(),
+        "class_prior": class_prior(y[final_rows]).tolist(),
+        "cache": {"hits": cache.hits, "misses": cache.misses} if cache is not None else None,
         "final_n_estimators": final_rounds, "n_jobs": n_jobs,
         "cv": {"folds": cv.folds, "summary": cv.summary, "overall": cv.overall, "importance": cv.importance,
                "test_size": test_size, "purge_bars": splits.purge, "embargo_bars": splits.embargo,
@@ -201,7 +241,9 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     gate_window.update({"start": ref.index[last][0].isoformat(), "end": ref.index[last][-1].isoformat()})
 
     X, y, test_size, names = _training_table(out_dir, window)
-    folds = [(tr, te) for _, tr, te in cfg.walk_forward(test_size).split(len(X))]
+    splits = interval_splits(cfg, X.index, window, test_size)
+    folds = [(tr, te) for _, tr, te in splits.split(len(X))]
+    final_rows = splits.final_rows(len(X))
     # What the gate compares: the last fold's model was fitted on rows up to this one.
     gate_window["last_training_row"] = X.index[folds[-1][0][-1]].isoformat()
     table = pd.read_parquet(out_dir / "dataset.parquet")
@@ -215,7 +257,7 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     oof_frame["momentum"] = pd.Series(momentum, index=X.index).reindex(ref.index).to_numpy()
     write_parquet(oof_frame, out_dir / "ensemble_oof.parquet")
     model = WeightedSoftVotingEnsemble.from_fitted(members, [weights[f] for f in families],
-                                                   class_prior(y), feature_names=names)
+                                                   class_prior(y[final_rows]), feature_names=names)
     spec = json.loads((out_dir / "feature_spec.json").read_text())
     per_fold = [
         {"fold": int(k), **metrics_with_prior(y_oof[ref["fold"] == k], ens_oof[ref["fold"] == k],
@@ -234,12 +276,14 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
                         "requested_train_start": window.requested_train_start or window.train_start,
                         "short_history": window.requested_train_start is not None,
                         "interval_end": window.interval_end, "trained_until": window.interval_end,
-                        "first_bar": X.index.min().isoformat(), "last_labelled_bar": X.index.max().isoformat(),
+                        "first_bar": X.index[final_rows[0]].isoformat(),
+                        "last_training_row": X.index[final_rows[-1]].isoformat(),
+                        "last_labelled_bar": X.index.max().isoformat(),
                         # End of the last bar any label read: the proof of no data past interval_end.
                         "last_bar_read_end": (X.index.max() + (cfg.label_horizon_bars + 1)
                                               * pd.Timedelta(seconds=cfg.bar_seconds)).isoformat()},
-        "rows": {"train": int(len(X)), "out_of_fold": int(len(y_oof)), "gate_window": int(last.sum())},
-        "class_prior": class_prior(y).tolist(),
+        "rows": {"train": int(len(final_rows)), "out_of_fold": int(len(y_oof)), "gate_window": int(last.sum())},
+        "class_prior": class_prior(y[final_rows]).tolist(),
         "metrics": {"ensemble": ensemble_metrics, "ensemble_per_fold": per_fold,
                     "ensemble_per_fold_summary": summarise_folds(per_fold), "gate_window": gate_window,
                     "reliability": reliability(y_oof, ens_oof),
@@ -249,7 +293,7 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         "member_params": {f: member_meta[f]["params"] for f in families},
         # Monitoring's references: the training distribution of every feature, and the features
         # ranked by permutation importance (mean over the families).
-        "drift_reference": reference_bins(X),
+        "drift_reference": reference_bins(X.iloc[final_rows]),
         "top_features": ranked_features(member_meta, families, names),
         "libraries": library_versions(), "code_version": code_version(),
         "dag_id": dag_id, "run_id": run_id, "logical_date": logical_date,

@@ -22,6 +22,7 @@ from include.errors import ConfigError, TrainingError
 from include.evaluation import WalkForward, classification_metrics, summarise_folds
 from include.labels import CLASSES
 from include.training import lightgbm, random_forest, xgboost
+from include.training.fit_cache import FitCache, evaluation_key, fit_key, rows_digest
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +125,12 @@ class CrossValidation:
     importance: dict[str, Any] = field(default_factory=dict)
 
 
+#: Shuffles per feature in :func:`fold_importance`.
+IMPORTANCE_REPEATS = 2
+
+
 def fold_importance(estimator: Any, X_test: pd.DataFrame, y_test: np.ndarray,
-                    random_state: int, n_repeats: int = 2) -> dict[str, dict[str, float]]:
+                    random_state: int, n_repeats: int = IMPORTANCE_REPEATS) -> dict[str, dict[str, float]]:
     """Feature importance of one fitted fold model.
 
     * ``gain``: the model's own ``feature_importances_`` (total split gain for LightGBM and
@@ -194,14 +199,16 @@ def metrics_with_prior(y: np.ndarray, proba: np.ndarray, prior: np.ndarray) -> d
 
 
 def fit_family(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, splits: WalkForward, *,
-               random_state: int, n_jobs: int, early_stopping_rounds: int = 0) -> tuple[Any, int | None]:
+               random_state: int, n_jobs: int, early_stopping_rounds: int = 0,
+               cache: FitCache | None = None) -> tuple[Any, int | None]:
     """Fit one family on the rows ``train_idx``, early-stopping the boosted families.
 
     For a family whose module has ``best_n_estimators`` (LightGBM, XGBoost) and
     ``early_stopping_rounds > 0``, the number of boosting rounds is chosen on the inner split of
     ``train_idx`` (:meth:`WalkForward.inner_split`: its last rows, after a purge + embargo gap),
     then the model is refitted on all of ``train_idx`` with that many rounds. Every fit uses
-    ``n_jobs`` threads.
+    ``n_jobs`` threads. With a ``cache``, a fit of the same family and settings on the same rows
+    is loaded instead of repeated (:mod:`include.training.fit_cache`), set to ``n_jobs`` threads.
 
     Returns:
         ``(fitted estimator, chosen n_estimators or None)``.
@@ -210,6 +217,37 @@ def fit_family(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarra
         ConfigError: unknown family.
         TrainingError: the training set holds a single class or is too short to split.
     """
+    return _cached_fit(family, X, y, train_idx, splits, random_state=random_state, n_jobs=n_jobs,
+                       early_stopping_rounds=early_stopping_rounds, cache=cache)[:2]
+
+
+def _cached_fit(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, splits: WalkForward, *,
+                random_state: int, n_jobs: int, early_stopping_rounds: int,
+                cache: FitCache | None) -> tuple[Any, int | None, str | None, bool]:
+    """:func:`fit_family` through ``cache``: ``(estimator, n_estimators, cache key, hit)``."""
+    if cache is None:
+        return (*_fit(family, X, y, train_idx, splits, random_state=random_state, n_jobs=n_jobs,
+                      early_stopping_rounds=early_stopping_rounds), None, False)
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown model family {family!r}; expected one of {sorted(FAMILIES)}")
+    key = fit_key(family, family_params(family), random_state=random_state,
+                  early_stopping_rounds=early_stopping_rounds, gap=splits.gap,
+                  inner_validation_share=splits.inner_validation_share,
+                  train_digest=rows_digest(X.iloc[train_idx], y[train_idx]))
+    stored = cache.get(key)
+    if stored is not None:
+        est = stored["model"]
+        if "n_jobs" in est.get_params():
+            est.set_params(n_jobs=n_jobs)
+        return est, stored["n_estimators"], key, True
+    est, n_best = _fit(family, X, y, train_idx, splits, random_state=random_state, n_jobs=n_jobs,
+                       early_stopping_rounds=early_stopping_rounds)
+    cache.put(key, {"model": est, "n_estimators": n_best})
+    return est, n_best, key, False
+
+
+def _fit(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, splits: WalkForward, *,
+         random_state: int, n_jobs: int, early_stopping_rounds: int) -> tuple[Any, int | None]:
     if len(np.unique(y[train_idx])) < 2:
         raise TrainingError(f"{family}: training set holds a single class")
     module = FAMILIES.get(family)
@@ -226,7 +264,7 @@ def fit_family(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarra
 
 def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkForward, random_state: int,
                    n_jobs: int, early_stopping_rounds: int = 0,
-                   build: Callable[..., Any] | None = None) -> CrossValidation:
+                   build: Callable[..., Any] | None = None, cache: FitCache | None = None) -> CrossValidation:
     """Purged walk-forward cross-validation of one family.
 
     Args:
@@ -238,7 +276,9 @@ def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkF
         n_jobs: threads each fit may use (the task's thread budget).
         early_stopping_rounds: see :func:`fit_family` (0: none).
         build: estimator factory ``build(random_state) -> estimator`` replacing the family's
-            (no early stopping then).
+            (no early stopping then, and no cache).
+        cache: reuse fits and fold evaluations already computed on the same rows
+            (:mod:`include.training.fit_cache`); each fold records what it reused.
 
     Returns:
         The out-of-fold predictions and per-fold metrics.
@@ -251,12 +291,27 @@ def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkF
         if len(np.unique(y[train_idx])) < 2:
             raise TrainingError(f"{family}: fold {fold} training set holds a single class")
         started = time.perf_counter()
+        key, fit_hit, evaluation = None, False, None
         if build is not None:
             est, n_best = build(random_state).fit(X.iloc[train_idx], y[train_idx]), None
         else:
-            est, n_best = fit_family(family, X, y, train_idx, splits, random_state=random_state, n_jobs=n_jobs,
-                                     early_stopping_rounds=early_stopping_rounds)
-        proba = predict_proba_all(est, X.iloc[test_idx])
+            est, n_best, key, fit_hit = _cached_fit(family, X, y, train_idx, splits, random_state=random_state,
+                                                    n_jobs=n_jobs, early_stopping_rounds=early_stopping_rounds,
+                                                    cache=cache)
+        if key is not None:
+            eval_key = evaluation_key(key, rows_digest(X.iloc[test_idx], y[test_idx]), random_state,
+                                      IMPORTANCE_REPEATS)
+            evaluation = cache.get(eval_key)
+        if evaluation is None:
+            evaluation = {"proba": predict_proba_all(est, X.iloc[test_idx]),
+                          "importance": fold_importance(est, X.iloc[test_idx], y[test_idx], random_state,
+                                                        IMPORTANCE_REPEATS)}
+            if key is not None:
+                cache.put(eval_key, evaluation)
+            reused = "fit" if fit_hit else None
+        else:
+            reused = "fit and evaluation"
+        proba = evaluation["proba"]
         prior = class_prior(y[train_idx])
         metrics = metrics_with_prior(y[test_idx], proba, prior)
         folds.append({
@@ -264,15 +319,16 @@ def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkF
             "train_start": X.index[train_idx[0]].isoformat(), "train_end": X.index[train_idx[-1]].isoformat(),
             "test_start": X.index[test_idx[0]].isoformat(), "test_end": X.index[test_idx[-1]].isoformat(),
             "train_rows": int(len(train_idx)), "test_rows": int(len(test_idx)), "n_estimators": n_best,
-            "seconds": round(time.perf_counter() - started, 3), **metrics,
+            "reused": reused, "seconds": round(time.perf_counter() - started, 3), **metrics,
         })
-        importances.append(fold_importance(est, X.iloc[test_idx], y[test_idx], random_state))
+        importances.append(evaluation["importance"])
         probas.append(proba)
         positions.append(test_idx)
         fold_ids.append(np.full(len(test_idx), fold))
         priors.append(np.tile(prior, (len(test_idx), 1)))
-        logger.info("%s fold %d: train %d rows, test %d rows, macro F1 %.4f, log loss %.4f",
-                    family, fold, len(train_idx), len(test_idx), metrics["macro_f1"], metrics["log_loss"])
+        logger.info("%s fold %d: train %d rows, test %d rows, macro F1 %.4f, log loss %.4f%s",
+                    family, fold, len(train_idx), len(test_idx), metrics["macro_f1"], metrics["log_loss"],
+                    f" (reused {reused} of an earlier run)" if reused else "")
     cv = CrossValidation(oof_proba=np.vstack(probas), oof_positions=np.concatenate(positions),
                          oof_fold=np.concatenate(fold_ids), oof_prior=np.vstack(priors), folds=folds)
     cv.summary = summarise_folds(folds)
