@@ -104,9 +104,9 @@ def _reference(settings: Settings, lineage: dict[str, Any], spec: Any, cfg: RunC
     """The version's drift reference: ``{"bins", "top_features", "source"}``.
 
     Stored at registration for every version since monitoring exists. For an older version it
-    is recomputed from the store: the features of its training window (from ``train_start`` to
-    ``trained_until``, all bars with complete features, so also the last label horizon the
-    training table could not use), with the features ranked by the permutation importance in
+    is recomputed from the store: the features of its training rows (``first_bar`` to
+    ``last_training_row``; for versions that do not name them, ``train_start`` to
+    ``trained_until``), with the features ranked by the permutation importance in
     the version's run folder (feature-spec order when that folder is gone).
 
     Raises:
@@ -119,7 +119,10 @@ def _reference(settings: Settings, lineage: dict[str, Any], spec: Any, cfg: RunC
         return {"bins": lineage["drift_reference"], "top_features": list(lineage.get("top_features") or spec.names),
                 "source": "stored at registration"}
     window = lineage["data_window"]
-    start, end = pd.Timestamp(window["train_start"]).to_pydatetime(), pd.Timestamp(window["trained_until"]).to_pydatetime()
+    # The deployed model's own training rows where the lineage names them (rolling scheme).
+    start = pd.Timestamp(window.get("first_bar") or window["train_start"]).to_pydatetime()
+    end = (pd.Timestamp(window["last_training_row"]) + pd.Timedelta(seconds=cfg.bar_seconds)
+           if window.get("last_training_row") else pd.Timestamp(window["trained_until"])).to_pydatetime()
     read_from = start - timedelta(seconds=cfg.bar_seconds) * (spec.warmup_bars + 48)
     key = {"exchange": cfg.exchange, "symbol": cfg.symbol}
     bars = _closed_bars(store, cfg, read_from, end)

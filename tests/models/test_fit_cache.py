@@ -1,0 +1,154 @@
+"""Calendar walk-forward folds, the deployed model's rows, the fit cache and stable features.
+
+Consecutive weekly runs share every fold but one: these tests check which rows each fold uses,
+that a second run reuses exactly the first run's fits (and gets bit-identical out-of-fold
+probabilities), that any change to a training row is a miss, and that a bar's features do not
+depend on where the run's window starts.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from include.config import RunConfig
+from include.data.sources import FileSource
+from include.data.store import MarketStore
+from include.features import FeatureSpec, build_features
+from include.pipeline import feature_frame, resolve_window
+from include.pipeline.training import interval_splits
+from include.training import cross_validate, fit_family
+from include.training.fit_cache import FitCache
+
+CFG = RunConfig(train_window_days=120, cv_folds=3, models=("lightgbm",), early_stopping_rounds=10)
+HOUR = pd.Timedelta(hours=1)
+WEEK = pd.Timedelta(days=7)
+
+
+@pytest.fixture(scope="module")
+def market() -> tuple[pd.DataFrame, pd.Series]:
+    """Hourly rows 2023-01-01 .. 2023-07-01: five features, three classes with some signal."""
+    rng = np.random.default_rng(7)
+    index = pd.date_range("2023-01-01", "2023-07-01", freq="h", tz="UTC", inclusive="left", name="timestamp")
+    X = pd.DataFrame(rng.normal(size=(len(index), 5)), index=index, columns=[f"f{i}" for i in range(5)])
+    score = X["f0"] + 0.5 * X["f1"] + rng.normal(scale=1.5, size=len(index))
+    y = pd.Series(np.digitize(score, np.quantile(score, [1 / 3, 2 / 3])), index=index)
+    return X, y
+
+
+def run_table(market, end: str):
+    """One weekly run's labelled rows, window and split service (interval ending ``end``)."""
+    X, y = market
+    window = resolve_window(CFG, data_interval_start=pd.Timestamp(end) - WEEK, data_interval_end=pd.Timestamp(end),
+                            run_after=None)
+    # Labelled rows: the training window less the last horizon, whose labels are not known yet.
+    rows = (X.index >= pd.Timestamp(window.train_start)) & (
+        X.index < pd.Timestamp(window.interval_end) - CFG.label_horizon_bars * HOUR)
+    Xr, yr = X[rows], y[rows].to_numpy()
+    test_size = int((Xr.index >= pd.Timestamp(window.interval_start)).sum())
+    return Xr, yr, window, interval_splits(CFG, Xr.index, window, test_size)
+
+
+def times(X, idx) -> pd.DatetimeIndex:
+    return X.index[idx]
+
+
+def test_folds_are_the_calendar_weeks_before_the_run_and_consecutive_runs_share_them(market):
+    X1, _, w1, s1 = run_table(market, "2023-06-04")
+    X2, _, _, s2 = run_table(market, "2023-06-11")
+    folds1, folds2 = list(s1.split(len(X1))), list(s2.split(len(X2)))
+    assert len(folds1) == CFG.cv_folds
+    start = pd.Timestamp(w1.interval_start)
+    for fold, train, test in folds1:
+        week = start - (CFG.cv_folds - 1 - fold) * WEEK
+        assert times(X1, test).min() >= week and times(X1, test).max() < week + WEEK
+        # Purge + embargo: no training row within gap rows of the test window.
+        assert train[-1] + s1.gap < test[0]
+        assert len(train) == s1.max_train_size  # rolling: the same length for every fold
+    # Every past week holds all its bars; the run's own week lacks its last horizon.
+    assert [len(t) for _, _, t in folds1] == [168, 168, 168 - CFG.label_horizon_bars]
+    # Next week's run: its fold k trains on exactly the rows this run's fold k + 1 trained on...
+    for (_, train2, _), (_, train1, _) in zip(folds2[:-1], folds1[1:], strict=True):
+        assert times(X2, train2).equals(times(X1, train1))
+    # ...and its last fold on exactly the rows this run deployed its model on.
+    assert times(X2, folds2[-1][1]).equals(times(X1, s1.final_rows(len(X1))))
+    assert times(X1, s1.final_rows(len(X1)))[-1] == X1.index[-1] - CFG.cv_embargo_bars * HOUR
+
+
+def test_the_next_run_reuses_every_fit_but_one_and_gets_identical_out_of_fold_results(market, tmp_path):
+    cache = FitCache(tmp_path / "cache")
+    X1, y1, _, s1 = run_table(market, "2023-06-04")
+    cross_validate("lightgbm", X1, y1, splits=s1, random_state=0, n_jobs=1, early_stopping_rounds=10, cache=cache)
+    fit_family("lightgbm", X1, y1, s1.final_rows(len(X1)), s1, random_state=0, n_jobs=1,
+               early_stopping_rounds=10, cache=cache)
+    assert (cache.hits, cache.misses) == (0, 2 * CFG.cv_folds + 1)  # a fit and an evaluation per fold
+
+    X2, y2, _, s2 = run_table(market, "2023-06-11")
+    again = FitCache(tmp_path / "cache")
+    cached = cross_validate("lightgbm", X2, y2, splits=s2, random_state=0, n_jobs=2, early_stopping_rounds=10,
+                            cache=again)
+    # Fold 0 tests a week the first run tested with all its bars: fit and evaluation reused. Fold 1
+    # tests the first run's own week, which now has its last horizon labelled: the fit is reused,
+    # the evaluation is not. Fold 2 uses the first run's deployed model.
+    assert [f["reused"] for f in cached.folds] == ["fit and evaluation", "fit", "fit"]
+    fresh = cross_validate("lightgbm", X2, y2, splits=s2, random_state=0, n_jobs=1, early_stopping_rounds=10)
+    assert np.array_equal(cached.oof_proba, fresh.oof_proba)
+    assert cached.overall == fresh.overall
+    assert [f["n_estimators"] for f in cached.folds] == [f["n_estimators"] for f in fresh.folds]
+    model, _ = fit_family("lightgbm", X2, y2, s2.final_rows(len(X2)), s2, random_state=0, n_jobs=2,
+                          early_stopping_rounds=10, cache=again)
+    # New: the evaluations of folds 1 and 2, and the model to deploy.
+    assert (again.hits, again.misses) == (4, 3) and model.get_params()["n_jobs"] == 2
+
+    # A bar before every fold's training rows is not an input: the fits stay reused.
+    X3 = X2.copy()
+    X3.iloc[10, 0] += 1.0
+    outside = cross_validate("lightgbm", X3, y2, splits=s2, random_state=0, n_jobs=1, early_stopping_rounds=10,
+                             cache=FitCache(tmp_path / "cache"))
+    assert [f["reused"] for f in outside.folds] == ["fit and evaluation"] * 3
+    # One corrected bar that every fold trains on: nothing is reused.
+    X3 = X2.copy()
+    X3.iloc[list(s2.split(len(X2)))[0][1][-1], 0] += 1e-9
+    changed = cross_validate("lightgbm", X3, y2, splits=s2, random_state=0, n_jobs=1, early_stopping_rounds=10,
+                             cache=FitCache(tmp_path / "cache"))
+    assert [f["reused"] for f in changed.folds] == [None, None, None]
+
+
+def test_an_unreadable_cache_entry_is_refitted_not_an_error(market, tmp_path):
+    X1, y1, _, s1 = run_table(market, "2023-06-04")
+    cache = FitCache(tmp_path / "cache")
+    rows = s1.final_rows(len(X1))
+    fit_family("random_forest", X1, y1, rows, s1, random_state=0, n_jobs=1, cache=cache)
+    for path in (tmp_path / "cache").glob("*/*.joblib"):
+        path.write_bytes(b"truncated")
+    again = FitCache(tmp_path / "cache")
+    model, _ = fit_family("random_forest", X1, y1, rows, s1, random_state=0, n_jobs=1, cache=again)
+    assert (again.hits, again.misses) == (0, 1) and hasattr(model, "estimators_")
+
+
+def test_a_bars_features_do_not_depend_on_where_the_window_starts(data_dir, tmp_path):
+    store = MarketStore(f"sqlite:///{tmp_path / 'm.sqlite'}")
+    src, key = FileSource(data_dir), {"exchange": "binance", "symbol": "BTCUSDT"}
+    first, end = datetime(2023, 1, 1, tzinfo=UTC), datetime(2023, 4, 1, tzinfo=UTC)
+    try:
+        store.upsert_ohlcv(src.fetch_ohlcv("BTCUSDT", "perp", "1h", first, end), market_type="perp", timeframe="1h",
+                           **key)
+        store.upsert_funding_rates(src.fetch_funding_rates("BTCUSDT", first - timedelta(days=10), end), **key)
+        store.upsert_open_interest(src.fetch_open_interest("BTCUSDT", first - timedelta(days=2), end), **key)
+        spec = FeatureSpec.default(funding=True, open_interest=True)
+        week1, week2 = datetime(2023, 2, 1, tzinfo=UTC), datetime(2023, 2, 8, tzinfo=UTC)
+        a, b = (feature_frame(store, CFG, spec, start, end) for start in (week1, week2))
+        pd.testing.assert_frame_equal(a[a.index >= pd.Timestamp(week2)], b, check_exact=True)
+        # Computed from each window's own start, the same bars differ: the anchor is what makes them equal.
+        raw = {start: build_features(store.load_ohlcv(market_type="perp", timeframe="1h", start=start, end=end,
+                                                      **key), spec,
+                                     store.load_funding_rates(start=start - timedelta(days=10), end=end, **key),
+                                     store.load_open_interest(start=start - timedelta(days=2), end=end, **key))
+               for start in (week1, week2)}
+        overlap = raw[week1].loc[raw[week2].index]
+        assert not overlap.equals(raw[week2])
+    finally:
+        store.dispose()
