@@ -12,10 +12,12 @@ A candidate (challenger) is promoted only if every check passes:
 4. ``beats_champion``: on the gate window, the challenger's macro F1 is at least the champion's
    minus ``champion_tolerance``, both scored on the same rows. What is compared is exactly: the
    challenger's last walk-forward fold model (its last training row is purge + embargo bars
-   before the window) against the champion as registered (its last training row is one label
-   horizon before its own training end, at or before the window start). The champion is never
-   refitted, so its more recent training data is an advantage to the champion, never to the
-   challenger.
+   before the window) against the champion as registered (its last training row is purge +
+   embargo bars before its own data interval's end, at or before the window start). When the
+   champion is the previous week's candidate, the two are the same fit (the deployed model is
+   fitted on the rows the next run's last fold trains on) and the check passes by construction;
+   against an older champion it compares a more recent model with it. The champion is never
+   refitted.
 4b. ``champion_significance`` (only when ``max_champion_p_value`` is set): a paired test on the
    same rows, one-sided, of H1 "the challenger's mean per-row log loss is lower than the
    champion's", must give a p-value at most it. The p-value comes from a circular block bootstrap

@@ -177,8 +177,8 @@ def _champion_section(gate: dict[str, Any]) -> str:
             f"{paired['mean_difference']:+.4f} nats per row, one-sided p = {paired['p_value']:.3f} "
             "for H1 “the challenger's log loss is lower”.</p>") if paired.get("p_value") is not None else ""
     return ("<p>Both models scored on the same rows: this run's data interval. The challenger is its last "
-            "walk-forward fold model; the champion is the registered model, never refitted, so its more "
-            "recent training data favours the champion.</p>"
+            "walk-forward fold model; the champion is the registered model, never refitted. When the "
+            "champion is last week's candidate, both were fitted on the same rows and score alike.</p>"
             + _table(rows, ["model", "last training row", "n", "macro_f1", "log_loss", "brier"]) + test)
 
 
