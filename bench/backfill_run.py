@@ -1,7 +1,7 @@
 """Benchmark: a backfill of ``weekly_retrain`` on a local deployment, with a per-task profile.
 
 Starts the deployment as local processes (:class:`tests.cluster.LocalAirflow`: scheduler,
-LocalExecutor, api-server, dag-processor on PostgreSQL), backfills N weekly windows (default
+the deployment's preloading LocalExecutor, api-server, dag-processor on PostgreSQL), backfills N weekly windows (default
 52, logical dates 2023-01-01 onward, the bundled data) with ``--max-active-runs 1`` and the run
 conf given (default: none, i.e. the default parameters: 730-day window, 6 folds, three
 families, every market of the universe), and reports:
@@ -30,6 +30,9 @@ from typing import Any
 
 from tests.cluster import LocalAirflow, market_deployment_env
 from tests.conftest import DATA_DIR, create_pg_database, drop_pg_database
+
+#: The executor ``make airflow`` runs (include/deployment/executor.py).
+EXECUTOR = "include.deployment.executor.PreloadingLocalExecutor"
 
 
 def idle_seconds(run_start, run_end, intervals: list[tuple[Any, Any]]) -> float:
@@ -67,11 +70,12 @@ def profile(airflow: LocalAirflow, runs: list[dict[str, Any]]) -> tuple[dict[str
 def main(weeks: int, conf: dict[str, Any], first: date) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
     meta, market = create_pg_database("bench_meta"), create_pg_database("bench_market")
-    env = market_deployment_env(tmp, market, DATA_DIR)
+    # As make airflow runs it (include/deployment): the scheduler's idle pause.
+    env = market_deployment_env(tmp, market, DATA_DIR) | {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25"}
     last = first + timedelta(weeks=weeks - 1)
     try:
         t0 = time.perf_counter()
-        with LocalAirflow(tmp / "airflow", meta, "LocalExecutor", env) as airflow:
+        with LocalAirflow(tmp / "airflow", meta, EXECUTOR, env) as airflow:
             airflow.wait_for_dag("weekly_retrain")
             started = time.perf_counter()
             airflow.airflow("backfill", "create", "--dag-id", "weekly_retrain", "--from-date", str(first),

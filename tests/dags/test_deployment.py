@@ -87,7 +87,7 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
         assert set(state["components"]) == {"api-server", "scheduler", "dag-processor", "triggerer"}
         assert state["embedded_postgres"] is True
         assert state["env"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
-        assert state["env"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+        assert state["env"]["AIRFLOW__CORE__EXECUTOR"] == "include.deployment.executor.PreloadingLocalExecutor"
 
         # A second deployment on the same port says so and exits instead of half-starting.
         t0 = time.monotonic()
