@@ -63,3 +63,18 @@ def test_every_family_fits_with_the_threads_it_is_given(btc_slice, family):
     splits = WalkForward(n_splits=2, test_size=168, purge=4, embargo=24)
     est, _ = fit_family(family, X, y, np.arange(len(X)), splits, random_state=0, n_jobs=3, early_stopping_rounds=5)
     assert est.get_params()["n_jobs"] == 3
+
+
+def test_the_deployment_executor_preloads_libraries_and_skips_what_is_missing(caplog):
+    """The preloading LocalExecutor imports modules before forking; a missing one is logged, not fatal."""
+    import sys
+
+    from airflow.executors.local_executor import LocalExecutor
+
+    from include.deployment.executor import PRELOAD_MODULES, PreloadingLocalExecutor, preload
+
+    assert issubclass(PreloadingLocalExecutor, LocalExecutor)
+    assert {"great_expectations", "lightgbm", "xgboost", "sklearn.ensemble", "include.pipeline"} <= set(PRELOAD_MODULES)
+    took = preload(("colorsys", "no_such_module_for_preload"))
+    assert set(took) == {"colorsys"} and "colorsys" in sys.modules
+    assert "could not import no_such_module_for_preload" in caplog.text
