@@ -11,7 +11,8 @@ families, every market of the universe), and reports:
 * ``profile``: per task, the mean running time and the mean wait between being queued and
   starting, over all runs and markets;
 * ``idle_s_per_run``: the mean time per run during which no task of the run was running
-  (scheduling gaps and task start-up).
+  (scheduling gaps and task start-up);
+* ``component_cpu_s``: CPU seconds of the scheduler, api-server and dag-processor processes.
 
 Usage: ``PYTHONPATH=. .venv/bin/python bench/backfill_run.py [weeks] [--conf JSON] [--first DATE]``.
 Prints one JSON line.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from collections import defaultdict
@@ -67,11 +69,27 @@ def profile(airflow: LocalAirflow, runs: list[dict[str, Any]]) -> tuple[dict[str
     return dict(sorted(table.items(), key=lambda kv: -kv[1]["mean_s"])), idle
 
 
+def component_cpu(airflow: LocalAirflow) -> dict[str, float]:
+    """CPU seconds (user + system) each deployment component's own process has used so far:
+    the overhead the tasks share the cores with (task processes are not included)."""
+    import psutil
+
+    out = {}
+    for name, proc in airflow.procs.items():
+        try:
+            times = psutil.Process(proc.pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        out[name] = round(times.user + times.system, 1)
+    return out
+
+
 def main(weeks: int, conf: dict[str, Any], first: date) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
     meta, market = create_pg_database("bench_meta"), create_pg_database("bench_market")
     # As make airflow runs it (include/deployment): the scheduler's idle pause.
-    env = market_deployment_env(tmp, market, DATA_DIR) | {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25"}
+    env = market_deployment_env(tmp, market, DATA_DIR) | {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": os.environ.get(
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME", "0.25")}
     last = first + timedelta(weeks=weeks - 1)
     try:
         t0 = time.perf_counter()
@@ -83,6 +101,7 @@ def main(weeks: int, conf: dict[str, Any], first: date) -> None:
                             *(["--dag-run-conf", json.dumps(conf)] if conf else []))
             runs = airflow.wait_for_runs("weekly_retrain", weeks, timeout=6 * 3600, run_type="backfill")
             done = time.perf_counter()
+            components = component_cpu(airflow)
             tasks, idle = profile(airflow, runs)
     finally:
         drop_pg_database(meta)
@@ -94,7 +113,8 @@ def main(weeks: int, conf: dict[str, Any], first: date) -> None:
         "per_run_s": per_run, "mean_run_s": round(sum(per_run) / len(per_run), 1),
         "total_s": round(done - started, 1), "total_min": round((done - started) / 60, 1),
         "deployment_start_s": round(started - t0, 1),
-        "idle_s_per_run": round(sum(idle) / len(idle), 1), "profile": tasks,
+        "idle_s_per_run": round(sum(idle) / len(idle), 1),
+        "component_cpu_s": components, "profile": tasks,
     }))
 
 
