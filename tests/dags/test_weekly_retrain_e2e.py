@@ -172,7 +172,9 @@ def test_second_run_gates_each_market_against_its_own_champion(dag, first_run, w
         assert (f"- **{model}**: KEEP {champions[model]}; candidate {gate['candidate']} failed the gate "
                 f"([report](/model-registry/versions/{gate['candidate']}/report))") in note
         f1 = names["beats_baselines_f1"]
-        assert f"beats_baselines_f1 ({f1['value']:.4g} vs {f1['threshold']:.4g})" in note
+        # The full reason where the note has room, else name, value and threshold.
+        assert (f"  - beats_baselines_f1: {f1['detail']}" in note
+                or f"beats_baselines_f1 ({f1['value']:.4g} vs {f1['threshold']:.4g})" in note)
 
     # The run report of one market: one self-contained HTML file next to the candidate, plots inlined.
     summary = _summary(dr, BTC)
