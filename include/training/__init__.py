@@ -47,7 +47,13 @@ def build_estimator(family: str, random_state: int, n_jobs: int, **overrides: An
 
 
 def family_params(family: str) -> dict[str, Any]:
-    """Default hyperparameters of ``family``."""
+    """Default hyperparameters of ``family``.
+
+    Raises:
+        ConfigError: unknown family.
+    """
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown model family {family!r}; expected one of {sorted(FAMILIES)}")
     return dict(FAMILIES[family].DEFAULT_PARAMS)
 
 
@@ -228,8 +234,6 @@ def _cached_fit(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarr
     if cache is None:
         return (*_fit(family, X, y, train_idx, splits, random_state=random_state, n_jobs=n_jobs,
                       early_stopping_rounds=early_stopping_rounds), None, False)
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown model family {family!r}; expected one of {sorted(FAMILIES)}")
     key = fit_key(family, family_params(family), random_state=random_state,
                   early_stopping_rounds=early_stopping_rounds, gap=splits.gap,
                   inner_validation_share=splits.inner_validation_share,
