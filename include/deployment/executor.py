@@ -5,7 +5,10 @@ one process per task. A task process therefore starts with whatever the schedule
 and imports the rest itself: Great Expectations (about 2.4 s on this project's 2-core machine),
 scikit-learn's ensembles (1.3 s), LightGBM (1.4 s), XGBoost (1.3 s), for every task that
 validates, trains, assembles or gates, about 30 task processes a week for two markets.
-:class:`PreloadingLocalExecutor` imports them once in the scheduler before the workers are
+Every task process also parses its DAG file (the file's imports, among them ``airflow.sdk``'s
+lazily imported names: about 0.1 s) and loads the plugins for their listeners (the plugin
+modules build the registry's web views: up to 1.8 s in a process that has not imported FastAPI).
+:class:`PreloadingLocalExecutor` does all of this once in the scheduler before the workers are
 forked (the same idea as gunicorn's ``--preload``), so task processes share the loaded modules
 copy-on-write. Importing is all it does: no thread pool is started and no connection is opened
 before the fork (the OpenMP runtimes start their threads on first use, inside the task, with
@@ -17,6 +20,7 @@ project root on ``PYTHONPATH``), as ``make airflow`` does.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import time
@@ -43,6 +47,12 @@ PRELOAD_MODULES: tuple[str, ...] = (
     "include.pipeline",
     "include.quality.suites",
     "include.training",
+    # What the DAG files import, parsed again by every task process.
+    "include.approval",
+    "include.assets",
+    "include.notify",
+    "include.resources",
+    "include.tasks",
 )
 
 
@@ -60,13 +70,36 @@ def preload(modules: tuple[str, ...] = PRELOAD_MODULES) -> dict[str, float]:
     return took
 
 
+def preload_task_sdk() -> float:
+    """Resolve every lazily imported name of ``airflow.sdk`` and build the Task SDK's listener
+    manager, which loads the plugins (:func:`airflow.sdk.listener.get_listener_manager`, cached
+    per process: a forked task process reuses it). Returns the seconds it took; a failure is
+    logged and skipped (the task process then does it itself and reports any error there)."""
+    import airflow.sdk
+
+    started = time.perf_counter()
+    for name in airflow.sdk.__all__:
+        with contextlib.suppress(Exception):  # a name that does not resolve fails where a DAG uses it
+            getattr(airflow.sdk, name)
+    try:
+        from airflow.sdk.listener import get_listener_manager
+
+        get_listener_manager()
+    except Exception as exc:
+        logger.warning("preload: could not prepare the Task SDK (%s); tasks will do it themselves", exc)
+    return round(time.perf_counter() - started, 2)
+
+
 class PreloadingLocalExecutor(LocalExecutor):
     """:class:`~airflow.executors.local_executor.LocalExecutor` that imports
-    :data:`PRELOAD_MODULES` before forking its workers (see the module docstring)."""
+    :data:`PRELOAD_MODULES` and prepares the Task SDK (:func:`preload_task_sdk`) before forking
+    its workers (see the module docstring)."""
 
     def start(self) -> None:
         """Preload, then start the workers."""
         if self.is_mp_using_fork:
             took = preload()
-            logger.info("preloaded %d modules for task processes in %.1fs", len(took), sum(took.values()))
+            sdk = preload_task_sdk()
+            logger.info("preloaded %d modules and the Task SDK for task processes in %.1fs", len(took),
+                        sum(took.values()) + sdk)
         super().start()

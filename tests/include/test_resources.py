@@ -82,3 +82,19 @@ def test_the_deployment_executor_preloads_libraries_and_skips_what_is_missing(mo
     took = preload(("colorsys", "no_such_module_for_preload"))
     assert set(took) == {"colorsys"} and "colorsys" in sys.modules
     assert any("could not import no_such_module_for_preload" in w for w in warnings)
+
+
+def test_the_deployment_executor_prepares_the_task_sdk_before_forking():
+    """A forked task process finds airflow.sdk's names resolved and the plugins' listeners
+    registered (the run-note listener among them) instead of loading them itself."""
+    import airflow.sdk
+    from airflow.sdk.listener import get_listener_manager
+
+    from include.deployment.executor import preload_task_sdk
+
+    assert preload_task_sdk() >= 0
+    assert {"task_group", "PokeReturnValue", "AssetOrTimeSchedule"} <= set(vars(airflow.sdk))
+    assert get_listener_manager.cache_info().currsize == 1
+    listeners = {type(p).__name__ if not hasattr(p, "__name__") else p.__name__
+                 for p in get_listener_manager().pm.get_plugins()}
+    assert any("run_notes" in name for name in listeners), listeners

@@ -160,3 +160,42 @@ def test_xgboost_float32_probabilities_are_scored_without_the_sum_to_one_warning
         importance = fold_importance(model, X, y, random_state=0)
     assert proba.dtype == np.float64 and np.abs(proba.sum(axis=1) - 1).max() < 1e-12
     assert importance["permutation"]["a"] > importance["permutation"]["c"]
+
+
+@pytest.mark.parametrize("family", ["random_forest", "lightgbm", "xgboost"])
+def test_permutation_log_loss_equals_scikit_learns_permutation_importance(family):
+    """The stacked predictions give what scikit-learn's one-call-per-shuffle loop gives, shuffle
+    for shuffle (NaN features included)."""
+    from sklearn.inspection import permutation_importance
+    from sklearn.metrics import log_loss
+
+    from include.training import build_estimator, permutation_log_loss, predict_proba_all
+
+    rng = np.random.default_rng(3)
+    X = pd.DataFrame(rng.normal(size=(900, 4)), columns=["a", "b", "c", "d"])
+    X.loc[X.index[:300], "d"] = np.nan
+    y = (X["a"] > 0).astype(int).to_numpy() + (X["b"] > 0.8).astype(int).to_numpy()
+    model = build_estimator(family, random_state=0, n_jobs=1, n_estimators=20).fit(X.iloc[:700], y[:700])
+    test_X, test_y = X.iloc[700:], y[700:]
+
+    ours = permutation_log_loss(model, test_X, test_y, random_state=11, n_repeats=3)
+    theirs = permutation_importance(
+        model, test_X, test_y, n_repeats=3, random_state=11,
+        scoring=lambda est, X_, y_: -log_loss(y_, predict_proba_all(est, X_), labels=[0, 1, 2]))
+    assert ours.shape == (4, 3)
+    np.testing.assert_allclose(ours, theirs.importances, rtol=1e-9, atol=1e-12)
+    assert ours[0].mean() > ours[2].mean()  # the label depends on a, not c
+
+
+def test_permutation_log_loss_batches_rows_without_changing_the_result(monkeypatch):
+    """Smaller prediction batches (several calls) give the same importances as one call."""
+    import include.training as training
+    from include.training import build_estimator, permutation_log_loss
+
+    rng = np.random.default_rng(4)
+    X = pd.DataFrame(rng.normal(size=(400, 3)), columns=["a", "b", "c"])
+    y = (X["a"] > 0).astype(int).to_numpy() * 2
+    model = build_estimator("random_forest", random_state=0, n_jobs=1, n_estimators=10).fit(X, y)
+    whole = permutation_log_loss(model, X, y, random_state=1)
+    monkeypatch.setattr(training, "IMPORTANCE_BATCH_ROWS", 450)  # one permuted copy per call
+    np.testing.assert_array_equal(permutation_log_loss(model, X, y, random_state=1), whole)
