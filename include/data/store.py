@@ -390,10 +390,12 @@ class MarketStore:
         )
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
-        frame = pd.DataFrame(rows, columns=["ts", *values])
-        out = pd.DataFrame({"timestamp": pd.to_datetime(frame["ts"].astype("int64"), unit="ms", utc=True)})
-        for col in values:
-            out[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+        # Column by column (a DataFrame built from the rows took 0.2 s for two years of hourly
+        # bars); every column is numeric, NULL becomes NaN.
+        columns = list(zip(*rows, strict=True)) or [()] * (1 + len(values))
+        out = pd.DataFrame({"timestamp": pd.to_datetime(np.array(columns[0], dtype="int64"), unit="ms", utc=True)})
+        for col, column in zip(values, columns[1:], strict=True):
+            out[col] = np.array(column, dtype="float64")
         return out
 
     def load_ohlcv(self, *, exchange: str, market_type: str, symbol: str, timeframe: str,

@@ -229,9 +229,8 @@ def run_suites(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest:
         frame = frame.reset_index(drop=True)
         asset = source.add_dataframe_asset(name=name)
         batch_def = asset.add_batch_definition_whole_dataframe(f"{name}_window")
-        suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite"))
-        for exp in expectations:
-            suite.add_expectation(exp)
+        # Built whole and stored once (adding expectations one by one rewrites the stored suite each time).
+        suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=expectations))
         batch = batch_def.get_batch(batch_parameters={"dataframe": frame})
         result = batch.validate(suite, result_format={"result_format": "SUMMARY",
                                                       "partial_unexpected_count": _EXAMPLES,
