@@ -272,10 +272,8 @@ def _cached_fit(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarr
     if cache is None:
         return (*_fit(family, X, y, train_idx, splits, random_state=random_state, n_jobs=n_jobs,
                       early_stopping_rounds=early_stopping_rounds), None, False)
-    key = fit_key(family, family_params(family), random_state=random_state,
-                  early_stopping_rounds=early_stopping_rounds, gap=splits.gap,
-                  inner_validation_share=splits.inner_validation_share,
-                  train_digest=rows_digest(X.iloc[train_idx], y[train_idx]))
+    key = _fit_key(family, X, y, train_idx, splits, random_state=random_state,
+                   early_stopping_rounds=early_stopping_rounds)
     stored = cache.get(key)
     if stored is not None:
         est = stored["model"]
@@ -286,6 +284,15 @@ def _cached_fit(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarr
                        early_stopping_rounds=early_stopping_rounds)
     cache.put(key, {"model": est, "n_estimators": n_best})
     return est, n_best, key, False
+
+
+def _fit_key(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, splits: WalkForward, *,
+             random_state: int, early_stopping_rounds: int) -> str:
+    """Cache key of :func:`fit_family`'s fit of ``family`` on ``train_idx``."""
+    return fit_key(family, family_params(family), random_state=random_state,
+                   early_stopping_rounds=early_stopping_rounds, gap=splits.gap,
+                   inner_validation_share=splits.inner_validation_share,
+                   train_digest=rows_digest(X.iloc[train_idx], y[train_idx]))
 
 
 def _fit(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, splits: WalkForward, *,
@@ -334,25 +341,31 @@ def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkF
             raise TrainingError(f"{family}: fold {fold} training set holds a single class")
         started = time.perf_counter()
         key, fit_hit, evaluation = None, False, None
-        if build is not None:
-            est, n_best = build(random_state).fit(X.iloc[train_idx], y[train_idx]), None
-        else:
-            est, n_best, key, fit_hit = _cached_fit(family, X, y, train_idx, splits, random_state=random_state,
-                                                    n_jobs=n_jobs, early_stopping_rounds=early_stopping_rounds,
-                                                    cache=cache)
-        if key is not None:
+        if build is None and cache is not None:
+            # A stored evaluation holds all the fold needs from its fit: the fitted model is not loaded.
+            key = _fit_key(family, X, y, train_idx, splits, random_state=random_state,
+                           early_stopping_rounds=early_stopping_rounds)
             eval_key = evaluation_key(key, rows_digest(X.iloc[test_idx], y[test_idx]), random_state,
                                       IMPORTANCE_REPEATS)
             evaluation = cache.get(eval_key)
+            if evaluation is not None and "n_estimators" not in evaluation:
+                evaluation = None  # written without its fit's n_estimators: evaluated again below
         if evaluation is None:
+            if build is not None:
+                est, n_best = build(random_state).fit(X.iloc[train_idx], y[train_idx]), None
+            else:
+                est, n_best, key, fit_hit = _cached_fit(family, X, y, train_idx, splits, random_state=random_state,
+                                                        n_jobs=n_jobs, early_stopping_rounds=early_stopping_rounds,
+                                                        cache=cache)
             evaluation = {"proba": predict_proba_all(est, X.iloc[test_idx]),
                           "importance": fold_importance(est, X.iloc[test_idx], y[test_idx], random_state,
-                                                        IMPORTANCE_REPEATS)}
+                                                        IMPORTANCE_REPEATS),
+                          "n_estimators": n_best}
             if key is not None:
                 cache.put(eval_key, evaluation)
             reused = "fit" if fit_hit else None
         else:
-            reused = "fit and evaluation"
+            n_best, reused = evaluation["n_estimators"], "fit and evaluation"
         proba = evaluation["proba"]
         prior = class_prior(y[train_idx])
         metrics = metrics_with_prior(y[test_idx], proba, prior)

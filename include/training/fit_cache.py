@@ -9,8 +9,9 @@ consecutive runs repeat all but one fit per family. The cache recognises a repea
 * a **fit** is keyed by the family, its hyperparameters, seed, early-stopping rounds and split
   gap, the library versions, and the exact bytes of the training rows (feature values, column
   names, bar times, labels);
-* a **fold evaluation** (out-of-fold probabilities and permutation importance) adds the exact
-  bytes of the test rows and the importance seed.
+* a **fold evaluation** (out-of-fold probabilities, permutation importance and the fit's
+  boosting rounds) adds the exact bytes of the test rows and the importance seed; when it
+  matches, the fold's fitted model is not loaded at all.
 
 A key that matches means the same computation on the same inputs, so a hit returns what the
 fit would have returned; any change to a bar, a label, a parameter or a library version is a
