@@ -27,8 +27,8 @@ log gives the request's reasons.
 store; a market with less history than `train_window_days` trains on what it has when that
 reaches `min_history_days`, and is skipped below it, saying when it qualifies) →
 `validate_market_data` (Great Expectations; failure stops that market with a report) →
-`build_features` (TA-Lib indicators, as-of joined funding and open interest) → `build_labels`
-(down / range / up from the forward return) → `train_<family>` (one task per model family;
+`build_features` (TA-Lib indicators, as-of joined funding and open interest; then the labels:
+down / range / up from the forward return) → `train_<family>` (one task per model family;
 purged, embargoed walk-forward cross-validation, early stopping on an inner split; families
 not in `models` pass through; in the `training` pool, whose slots bound how many fits run at
 once, each with the worker's cores divided by the slots as threads: `include/resources.py`) → `assemble_ensemble` (weighted soft voting; each member's sha256
@@ -244,23 +244,15 @@ def weekly_retrain():
                 cfg, win, settings, out = unpack(plan, window, _dag_id())
                 return validate(cfg, win, settings, out)
 
-        @task(map_index_template=MARKET)
+        @task(multiple_outputs=True, map_index_template=MARKET)
         def build_features(plan: dict, window: dict, validation: dict) -> dict:
-            from include.pipeline import features
+            """The modelling table: features, then their labels (one task: one step fewer to schedule)."""
+            from include.pipeline import features, labels
             from include.tasks import fail_fast, unpack
 
             with fail_fast():
                 cfg, win, settings, out = unpack(plan, window, _dag_id())
-                return features(cfg, win, settings, out)
-
-        @task(map_index_template=MARKET)
-        def build_labels(plan: dict, window: dict, feature_info: dict) -> dict:
-            from include.pipeline import labels
-            from include.tasks import fail_fast, unpack
-
-            with fail_fast():
-                cfg, win, _, out = unpack(plan, window, _dag_id())
-                return labels(cfg, win, out)
+                return {"features": features(cfg, win, settings, out), "labels": labels(cfg, win, out)}
 
         @task(map_index_template=MARKET)
         def train_model(plan: dict, window: dict, dataset: dict, family: str) -> dict | None:
@@ -369,8 +361,8 @@ def weekly_retrain():
         ingested = ingest_market_data(plan=plan)
         window = ingested["window"]
         validation = validate_market_data(plan=plan, window=window)
-        feature_info = build_features(plan=plan, window=window, validation=validation)
-        dataset = build_labels(plan=plan, window=window, feature_info=feature_info)
+        built = build_features(plan=plan, window=window, validation=validation)
+        feature_info, dataset = built["features"], built["labels"]
         # The training pool caps how many fits run at once; each uses the cores / slots threads.
         trained = [train_model.override(task_id=f"train_{family}", pool=TRAINING_POOL)(
                        plan=plan, window=window, dataset=dataset, family=family)

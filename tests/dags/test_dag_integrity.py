@@ -56,13 +56,13 @@ def test_weekly_retrain_graph(dagbag):
     edges = {(up, t.task_id) for t in dag.tasks for up in t.upstream_task_ids}
     m = "market."
     chain = ["plan_run", m + "ingest_market_data", m + "validate_market_data", m + "build_features",
-             m + "build_labels", m + "train_lightgbm", m + "assemble_ensemble", m + "simulate_trading",
+             m + "train_lightgbm", m + "assemble_ensemble", m + "simulate_trading",
              m + "quality_gate", m + "approve_promotion", m + "promote_or_keep", m + "publish_market_summary",
              "publish_summary", "apply_retention"]
     for up, down in zip(chain, chain[1:], strict=False):
         assert (up, down) in edges, (up, down)
     for family in ("xgboost", "random_forest"):
-        assert (m + "build_labels", m + f"train_{family}") in edges
+        assert (m + "build_features", m + f"train_{family}") in edges
         assert (m + f"train_{family}", m + "assemble_ensemble") in edges
     # The thread budget: every fit runs in the training pool; nothing else does.
     assert {t.task_id for t in dag.tasks if t.pool == "training"} == {
