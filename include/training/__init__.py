@@ -267,13 +267,14 @@ def fit_family(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarra
 
 def _cached_fit(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, splits: WalkForward, *,
                 random_state: int, n_jobs: int, early_stopping_rounds: int,
-                cache: FitCache | None) -> tuple[Any, int | None, str | None, bool]:
-    """:func:`fit_family` through ``cache``: ``(estimator, n_estimators, cache key, hit)``."""
+                cache: FitCache | None, key: str | None = None) -> tuple[Any, int | None, str | None, bool]:
+    """:func:`fit_family` through ``cache``: ``(estimator, n_estimators, cache key, hit)``; ``key``
+    is the fit's :func:`_fit_key` when the caller has it already."""
     if cache is None:
         return (*_fit(family, X, y, train_idx, splits, random_state=random_state, n_jobs=n_jobs,
                       early_stopping_rounds=early_stopping_rounds), None, False)
-    key = _fit_key(family, X, y, train_idx, splits, random_state=random_state,
-                   early_stopping_rounds=early_stopping_rounds)
+    key = key or _fit_key(family, X, y, train_idx, splits, random_state=random_state,
+                          early_stopping_rounds=early_stopping_rounds)
     stored = cache.get(key)
     if stored is not None:
         est = stored["model"]
@@ -356,7 +357,7 @@ def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkF
             else:
                 est, n_best, key, fit_hit = _cached_fit(family, X, y, train_idx, splits, random_state=random_state,
                                                         n_jobs=n_jobs, early_stopping_rounds=early_stopping_rounds,
-                                                        cache=cache)
+                                                        cache=cache, key=key)
             evaluation = {"proba": predict_proba_all(est, X.iloc[test_idx]),
                           "importance": fold_importance(est, X.iloc[test_idx], y[test_idx], random_state,
                                                         IMPORTANCE_REPEATS),

@@ -95,6 +95,5 @@ def test_the_deployment_executor_prepares_the_task_sdk_before_forking():
     assert preload_task_sdk() >= 0
     assert {"task_group", "PokeReturnValue", "AssetOrTimeSchedule"} <= set(vars(airflow.sdk))
     assert get_listener_manager.cache_info().currsize == 1
-    listeners = {type(p).__name__ if not hasattr(p, "__name__") else p.__name__
-                 for p in get_listener_manager().pm.get_plugins()}
+    listeners = {getattr(p, "__name__", type(p).__name__) for p in get_listener_manager().pm.get_plugins()}
     assert any("run_notes" in name for name in listeners), listeners
