@@ -33,8 +33,8 @@ purged, embargoed walk-forward cross-validation, early stopping on an inner spli
 not in `models` pass through; in the `training` pool, whose slots bound how many fits run at
 once, each with the worker's cores divided by the slots as threads: `include/resources.py`) → `assemble_ensemble` (weighted soft voting; each member's sha256
 checked before it is loaded; candidate registered as an immutable version of the market's
-registered model) → `simulate_trading` (out-of-fold positions after fees, slippage and funding,
-next to buy-and-hold and momentum) → `quality_gate` (sensor; champion/challenger policy against
+registered model; then the trading simulation: out-of-fold positions after fees, slippage and
+funding, next to buy-and-hold and momentum) → `quality_gate` (sensor; champion/challenger policy against
 the production version of the same registered model only) → `approve_promotion` (asks a person
 only with `require_approval` and a passing gate) → `promote_or_keep` → `publish_market_summary`
 (HTML report). Then, once for the run: `publish_summary` (every market's outcome, to
@@ -270,25 +270,19 @@ def weekly_retrain():
                     return None
                 return train(cfg, win, out, family, settings)
 
-        @task(map_index_template=MARKET)
+        @task(multiple_outputs=True, map_index_template=MARKET)
         def assemble_ensemble(plan: dict, window: dict, trained: list, logical_date=None) -> dict:
-            from include.pipeline import assemble
+            """The candidate: soft-vote the members and register it, then simulate its out-of-fold
+            trading (one task: one step fewer to schedule)."""
+            from include.pipeline import assemble, simulate_trading
             from include.tasks import fail_fast, unpack
 
             ctx = get_current_context()
             with fail_fast():
                 cfg, win, settings, out = unpack(plan, window, _dag_id())
-                return assemble(cfg, win, settings, out, list(trained), dag_id=_dag_id(), run_id=ctx["run_id"],
-                                logical_date=logical_date.isoformat() if logical_date else None)
-
-        @task(map_index_template=MARKET)
-        def simulate_trading(plan: dict, window: dict, assembled: dict) -> dict:
-            from include.pipeline import simulate_trading as simulate
-            from include.tasks import fail_fast, unpack
-
-            with fail_fast():
-                cfg, win, settings, out = unpack(plan, window, _dag_id())
-                return simulate(cfg, win, settings, out)
+                assembled = assemble(cfg, win, settings, out, list(trained), dag_id=_dag_id(), run_id=ctx["run_id"],
+                                     logical_date=logical_date.isoformat() if logical_date else None)
+                return {"ensemble": assembled, "trading": simulate_trading(cfg, win, settings, out)}
 
         @task.sensor(poke_interval=10, timeout=timedelta(hours=12), mode="reschedule", map_index_template=MARKET)
         def quality_gate(plan: dict, window: dict, assembled: dict, trading: dict, ti=None,
@@ -367,8 +361,8 @@ def weekly_retrain():
         trained = [train_model.override(task_id=f"train_{family}", pool=TRAINING_POOL)(
                        plan=plan, window=window, dataset=dataset, family=family)
                    for family in MODEL_FAMILIES]
-        assembled = assemble_ensemble(plan=plan, window=window, trained=trained)
-        trading = simulate_trading(plan=plan, window=window, assembled=assembled)
+        candidate = assemble_ensemble(plan=plan, window=window, trained=trained)
+        assembled, trading = candidate["ensemble"], candidate["trading"]
         decision = quality_gate(plan=plan, window=window, assembled=assembled, trading=trading)
         decision >> approve_promotion
         action = promote_or_keep(plan=plan, window=window, decision=decision, approval=approve_promotion.output)

@@ -56,7 +56,7 @@ def test_weekly_retrain_graph(dagbag):
     edges = {(up, t.task_id) for t in dag.tasks for up in t.upstream_task_ids}
     m = "market."
     chain = ["plan_run", m + "ingest_market_data", m + "validate_market_data", m + "build_features",
-             m + "train_lightgbm", m + "assemble_ensemble", m + "simulate_trading",
+             m + "train_lightgbm", m + "assemble_ensemble",
              m + "quality_gate", m + "approve_promotion", m + "promote_or_keep", m + "publish_market_summary",
              "publish_summary", "apply_retention"]
     for up, down in zip(chain, chain[1:], strict=False):
