@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
 from include.errors import ConfigError
-from include.evaluation import classification_metrics
+from include.evaluation import multiclass_log_loss
 from include.labels import CLASSES
 from include.training import class_prior, predict_proba_all, prior_corrected_predict
 
@@ -107,7 +107,7 @@ def fit_weights(probas: dict[str, np.ndarray], y: np.ndarray) -> dict[str, float
         return {names[0]: 1.0}
 
     def loss(w: np.ndarray) -> float:
-        return classification_metrics(y, combine(probas, dict(zip(names, np.abs(w) + 1e-12, strict=True))))["log_loss"]
+        return multiclass_log_loss(y, combine(probas, dict(zip(names, np.abs(w) + 1e-12, strict=True))))
 
     start = np.full(len(names), 1.0 / len(names))
     res = minimize(loss, start, method="SLSQP", bounds=[(0.0, 1.0)] * len(names),

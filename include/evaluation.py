@@ -169,6 +169,18 @@ def iter_splits(n_rows: int, *, test_size: int, n_splits: int,
     yield from WalkForward(n_splits=n_splits, test_size=test_size, purge=purge, embargo=embargo).split(n_rows)
 
 
+def multiclass_log_loss(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Mean log loss in nats of class probabilities (scikit-learn's ``log_loss``), with the
+    probabilities clipped to ``[1e-15, 1]``.
+
+    Args:
+        y_true: labels in {0, 1, 2}, shape ``(n,)``.
+        proba: class probabilities, shape ``(n, 3)``, columns in class order.
+    """
+    proba = np.asarray(proba, dtype="float64")
+    return float(log_loss(np.asarray(y_true).astype(int), np.clip(proba, 1e-15, 1.0), labels=list(CLASSES)))
+
+
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
     """Classification metrics of class probabilities (scikit-learn's implementations).
 
@@ -190,7 +202,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, A
     return {
         "macro_f1": float(f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
-        "log_loss": float(log_loss(y_true, np.clip(proba, 1e-15, 1.0), labels=labels)),
+        "log_loss": multiclass_log_loss(y_true, proba),
         "brier": float(brier_score_loss(y_true, proba, labels=labels)),
         "n": int(len(y_true)),
         "confusion": confusion_matrix(y_true, pred, labels=labels).tolist(),

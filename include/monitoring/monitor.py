@@ -279,6 +279,7 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
             and the store holds no bar of its training window to recompute one from.
     """
     from include.backtest import TradingCosts, positions_from_proba, simulate
+    from include.evaluation import multiclass_log_loss
     from include.features import FeatureSpec, build_features
     from include.gate import instant
     from include.labels import make_labels
@@ -346,7 +347,7 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
     if len(labelled):
         y, p = labelled["label"].astype(int).to_numpy(), labelled[["p_down", "p_range", "p_up"]].to_numpy()
         live["realised"] = {k: v for k, v in metrics_with_prior(y, p, prior).items() if k != "confusion"}
-        live["realised"]["prior_log_loss"] = metrics_with_prior(y, np.tile(prior, (len(y), 1)), prior)["log_loss"]
+        live["realised"]["prior_log_loss"] = multiclass_log_loss(y, np.tile(prior, (len(y), 1)))
         live["daily"] = _daily_log_loss(labelled, prior)
     else:
         live["realised"], live["daily"] = None, []

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from include.errors import ConfigError, TrainingError
-from include.evaluation import WalkForward, classification_metrics, summarise_folds
+from include.evaluation import WalkForward, classification_metrics, multiclass_log_loss, summarise_folds
 from include.labels import CLASSES
 from include.training import lightgbm, random_forest, xgboost
 from include.training.fit_cache import FitCache, evaluation_key, fit_key, rows_digest
@@ -231,14 +231,20 @@ def importance_stability(per_fold: list[dict[str, dict[str, float]]]) -> dict[st
 def metrics_with_prior(y: np.ndarray, proba: np.ndarray, prior: np.ndarray) -> dict[str, float]:
     """:func:`~include.evaluation.classification_metrics` with prior-corrected hard decisions.
 
-    ``prior`` is one row ``(3,)`` or one row per sample ``(n, 3)``.
+    ``log_loss`` scores ``proba`` itself; the other metrics score the prior-corrected
+    probabilities (``proba / prior``, renormalised per row).
+
+    Args:
+        y: labels in {0, 1, 2}, shape ``(n,)``.
+        proba: class probabilities, shape ``(n, 3)``.
+        prior: one row ``(3,)`` or one row per sample ``(n, 3)``.
     """
     prior = np.broadcast_to(np.asarray(prior, dtype="float64"), proba.shape)
     # Dividing by the prior row-wise and renormalising leaves the argmax at the corrected class.
     scaled = proba / np.where(prior > 0, prior, 1.0)
     decision = scaled / scaled.sum(axis=1, keepdims=True)
     metrics = classification_metrics(y, decision)
-    metrics["log_loss"] = classification_metrics(y, proba)["log_loss"]
+    metrics["log_loss"] = multiclass_log_loss(y, proba)  # of the forecast itself, not the decision
     return metrics
 
 

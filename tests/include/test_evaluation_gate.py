@@ -203,3 +203,22 @@ def test_champion_significance_is_an_optional_check_that_says_no():
     assert not strict.passed and strict.reasons == [next(c.detail for c in strict.checks
                                                          if c.name == "champion_significance")]
     assert decide(GatePolicy(max_champion_p_value=0.5), **args).passed
+
+
+def test_prior_corrected_metrics_score_the_forecast_log_loss_and_the_corrected_decisions():
+    from sklearn.metrics import log_loss
+
+    from include.training import metrics_with_prior
+
+    rng = np.random.default_rng(5)
+    y = rng.choice([0, 1, 2], size=500, p=[0.2, 0.6, 0.2])
+    proba = rng.dirichlet([1.0, 3.0, 1.0], size=500)
+    proba[0] = [0.0, 1.0, 0.0]  # a zero probability: clipped to 1e-15, not an infinite loss
+    prior = np.array([0.2, 0.6, 0.2])
+    m = metrics_with_prior(y, proba, prior)
+    assert m["log_loss"] == pytest.approx(log_loss(y, np.clip(proba, 1e-15, 1.0), labels=[0, 1, 2]), rel=1e-12)
+    corrected = proba / prior
+    decided = classification_metrics(y, corrected / corrected.sum(axis=1, keepdims=True))
+    assert {k: v for k, v in m.items() if k != "log_loss"} == {k: v for k, v in decided.items() if k != "log_loss"}
+    # Dividing by the prior moves hard decisions away from the majority class.
+    assert np.asarray(m["confusion"])[:, 1].sum() < np.asarray(classification_metrics(y, proba)["confusion"])[:, 1].sum()
