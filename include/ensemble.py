@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
 from include.errors import ConfigError
@@ -117,3 +118,54 @@ def fit_weights(probas: dict[str, np.ndarray], y: np.ndarray) -> dict[str, float
     logger.info("fitted ensemble weights %s (out-of-fold log loss %.4f)",
                 dict(zip(names, np.round(w, 4), strict=True)), res.fun)
     return {n: float(wi) for n, wi in zip(names, w, strict=True)}
+
+
+def weight_fitting_rows(fold_of: np.ndarray, times: pd.DatetimeIndex, fold: int, gap: pd.Timedelta) -> np.ndarray:
+    """Out-of-fold rows whose labels fold ``fold``'s ensemble weights may be fitted on.
+
+    The rows of earlier folds, purged at the fold boundary: a row within ``gap`` (purge +
+    embargo bars) before the fold's first row is left out, since its label window reads bars of
+    the fold it would weight (López de Prado 2018, ch. 7.4).
+
+    Args:
+        fold_of: fold number per out-of-fold row, shape ``(n,)``.
+        times: bar open time per row, shape ``(n,)``, sorted.
+        fold: the fold to be scored.
+        gap: purge + embargo as a duration (bars x bar length).
+
+    Returns:
+        Boolean mask, shape ``(n,)``.
+    """
+    fold_of = np.asarray(fold_of)
+    first = times[fold_of == fold].min()
+    return (fold_of < fold) & np.asarray(times < first - gap)
+
+
+def walk_forward_weights(probas: dict[str, np.ndarray], y: np.ndarray, fold_of: np.ndarray,
+                         times: pd.DatetimeIndex, gap: pd.Timedelta,
+                         default: dict[str, float]) -> tuple[np.ndarray, dict[int, dict[str, float]]]:
+    """Out-of-fold ensemble probabilities with weights fitted walk-forward.
+
+    Fold k is combined with weights fitted (:func:`fit_weights`) on
+    :func:`weight_fitting_rows` of fold k only, so no row is scored by weights that saw its
+    label or a label overlapping its fold; a fold with no such rows uses ``default``.
+
+    Args:
+        probas: member name -> out-of-fold probabilities ``(n, 3)``.
+        y: labels ``(n,)``.
+        fold_of: fold per row ``(n,)``.
+        times: bar open times ``(n,)``, sorted.
+        gap: purge + embargo as a duration.
+        default: weights for a fold without earlier rows.
+
+    Returns:
+        ``(probabilities (n, 3), fold -> weights used)``.
+    """
+    out = np.zeros_like(next(iter(probas.values())))
+    used: dict[int, dict[str, float]] = {}
+    for k in np.unique(fold_of):
+        rows, seen = fold_of == k, weight_fitting_rows(fold_of, times, int(k), gap)
+        w_k = fit_weights({f: p[seen] for f, p in probas.items()}, y[seen]) if seen.any() else default
+        out[rows] = combine({f: p[rows] for f, p in probas.items()}, w_k)
+        used[int(k)] = w_k
+    return out, used

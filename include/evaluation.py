@@ -169,16 +169,46 @@ def iter_splits(n_rows: int, *, test_size: int, n_splits: int,
     yield from WalkForward(n_splits=n_splits, test_size=test_size, purge=purge, embargo=embargo).split(n_rows)
 
 
-def multiclass_log_loss(y_true: np.ndarray, proba: np.ndarray) -> float:
-    """Mean log loss in nats of class probabilities (scikit-learn's ``log_loss``), with the
-    probabilities clipped to ``[1e-15, 1]``.
+def log_loss_rows(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """Per-row log loss ``-log p[y]`` in nats, shape ``(n,)``: the project's one definition.
+
+    Probabilities are clipped to ``[eps, 1 - eps]`` with ``eps`` the float64 machine epsilon,
+    as scikit-learn's :func:`~sklearn.metrics.log_loss` clips them, so the mean over any rows is
+    scikit-learn's log loss of those rows, and the mean per-row difference of two forecasts is
+    exactly the difference of their log losses.
 
     Args:
         y_true: labels in {0, 1, 2}, shape ``(n,)``.
         proba: class probabilities, shape ``(n, 3)``, columns in class order.
     """
+    y_true = np.asarray(y_true).astype(int)
     proba = np.asarray(proba, dtype="float64")
-    return float(log_loss(np.asarray(y_true).astype(int), np.clip(proba, 1e-15, 1.0), labels=list(CLASSES)))
+    eps = np.finfo("float64").eps
+    return -np.log(np.clip(proba[np.arange(len(y_true)), y_true], eps, 1 - eps))
+
+
+def multiclass_log_loss(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Mean log loss in nats of class probabilities: the mean of :func:`log_loss_rows`, equal to
+    scikit-learn's ``log_loss`` with ``labels=[0, 1, 2]``.
+
+    Args:
+        y_true: labels in {0, 1, 2}, shape ``(n,)``.
+        proba: class probabilities, shape ``(n, 3)``, columns in class order.
+    """
+    return float(log_loss_rows(y_true, proba).mean())
+
+
+def brier_score(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Multi-class Brier score of class probabilities (Brier 1950): the mean over rows of the
+    squared distance between the probability vector and the one-hot label, in ``[0, 2]``
+    (scikit-learn's :func:`~sklearn.metrics.brier_score_loss` with ``labels=[0, 1, 2]``).
+
+    Args:
+        y_true: labels in {0, 1, 2}, shape ``(n,)``.
+        proba: class probabilities, shape ``(n, 3)``, columns in class order.
+    """
+    return float(brier_score_loss(np.asarray(y_true).astype(int), np.asarray(proba, dtype="float64"),
+                                  labels=list(CLASSES)))
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
@@ -203,7 +233,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, A
         "macro_f1": float(f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
         "log_loss": multiclass_log_loss(y_true, proba),
-        "brier": float(brier_score_loss(y_true, proba, labels=labels)),
+        "brier": brier_score(y_true, proba),
         "n": int(len(y_true)),
         "confusion": confusion_matrix(y_true, pred, labels=labels).tolist(),
         "precision": dict(zip(CLASS_NAMES, map(float, precision), strict=True)),
@@ -328,8 +358,10 @@ def paired_log_loss_test(y_true: np.ndarray, proba_a: np.ndarray, proba_b: np.nd
         random_state: seed of the resampling.
 
     Returns:
-        ``{"mean_difference" (nats per row, negative favours a), "p_value", "n", "block",
-        "n_resamples", "method"}``.
+        ``{"mean_difference" (nats per row, negative favours a; exactly the difference of the
+        two forecasts' :func:`multiclass_log_loss`), "p_value", "same_forecast", "n", "block",
+        "n_resamples", "method"}``. When both forecasts give every row the same loss,
+        ``same_forecast`` is true and ``p_value`` is ``None``.
 
     Raises:
         TrainingError: the arrays disagree in length, or fewer than ``2 * block`` rows.
@@ -343,12 +375,15 @@ def paired_log_loss_test(y_true: np.ndarray, proba_a: np.ndarray, proba_b: np.nd
         raise TrainingError(f"paired test: {n} labels, forecasts of shapes {proba_a.shape} and {proba_b.shape}")
     if n < 2 * block:
         raise TrainingError(f"paired test: {n} rows are too few for blocks of {block}")
-    rows = np.arange(n)
-    eps = np.finfo("float64").eps  # sklearn's log_loss clips the same way
-    diff = (-np.log(np.clip(proba_a[rows, y_true], eps, 1.0))) - (-np.log(np.clip(proba_b[rows, y_true], eps, 1.0)))
+    diff = log_loss_rows(y_true, proba_a) - log_loss_rows(y_true, proba_b)
     observed = float(diff.mean())
+    if not np.any(diff):
+        # The same forecast on every row (e.g. the challenger's last fold model is the champion,
+        # fitted on the same rows): nothing to test.
+        return {"mean_difference": 0.0, "p_value": None, "same_forecast": True, "n": int(n), "block": block,
+                "n_resamples": 0, "method": "circular block bootstrap, one-sided"}
     boot = CircularBlockBootstrap(block, diff, seed=np.random.default_rng(random_state))
     means = boot.apply(lambda d: np.array([d.mean()]), n_resamples)[:, 0]
     p_value = float(np.mean(means - observed <= observed))
-    return {"mean_difference": observed, "p_value": p_value, "n": int(n), "block": block,
+    return {"mean_difference": observed, "p_value": p_value, "same_forecast": False, "n": int(n), "block": block,
             "n_resamples": int(n_resamples), "method": "circular block bootstrap, one-sided"}

@@ -22,7 +22,10 @@ A candidate (challenger) is promoted only if every check passes:
    same rows, one-sided, of H1 "the challenger's mean per-row log loss is lower than the
    champion's", must give a p-value at most it. The p-value comes from a circular block bootstrap
    of the per-row log-loss differences (Politis & Romano 1992; :func:`include.evaluation.
-   paired_log_loss_test`); it is reported whenever a champion is compared, used or not.
+   paired_log_loss_test`); it is reported whenever a champion is compared, used or not. When
+   both forecasts are the same on every row (the week after a promotion the challenger's last
+   fold model is the champion's own fit), the check passes as "same model" instead of failing
+   with p = 1.
 
 5. ``beats_trading_baselines``: the simulated strategy's out-of-fold annualised Sharpe ratio
    (after fees, slippage and funding; :mod:`include.backtest`) exceeds the best of the
@@ -34,6 +37,7 @@ A candidate (challenger) is promoted only if every check passes:
 6. ``max_drawdown``: its out-of-fold maximum drawdown is at most ``max_drawdown``.
 7. ``significant_sharpe`` (only when ``min_probabilistic_sharpe`` is set): the probabilistic
    Sharpe ratio (Bailey & López de Prado 2012) that the true Sharpe exceeds 0 is at least it.
+   A strategy without one (it never traded, so its returns have no variance) fails it.
 
 Checks 3-4b apply only when a champion exists, 5-7 only when trading results are given. Any
 failed check keeps production as it is. Times are compared as instants (timezone-aware
@@ -197,10 +201,13 @@ def decide(policy: GatePolicy, *, candidate_version: str, candidate_oof: dict[st
             f"out-of-fold max drawdown {strat['max_drawdown']:.2%} vs limit {policy.max_drawdown:.2%}"))
         if policy.min_probabilistic_sharpe is not None:
             psr = strat.get("probabilistic_sharpe")
-            ok = psr is not None and psr == psr and psr >= policy.min_probabilistic_sharpe
+            known = psr is not None and psr == psr
+            ok = known and psr >= policy.min_probabilistic_sharpe
             checks.append(Check(
-                "significant_sharpe", ok, psr, policy.min_probabilistic_sharpe,
-                f"probabilistic Sharpe ratio P(SR > 0) {psr:.3f} vs {policy.min_probabilistic_sharpe}"))
+                "significant_sharpe", ok, psr if known else None, policy.min_probabilistic_sharpe,
+                f"probabilistic Sharpe ratio P(SR > 0) {psr:.3f} vs {policy.min_probabilistic_sharpe}" if known
+                else f"probabilistic Sharpe ratio undefined (the strategy made {strat.get('trades', 0)} trades: "
+                     f"no return variance to test) vs {policy.min_probabilistic_sharpe}"))
     champion_version = None
     if champion is not None:
         champion_version = champion["version"]
@@ -219,14 +226,21 @@ def decide(policy: GatePolicy, *, candidate_version: str, candidate_oof: dict[st
             if candidate_window.get("last_training_row") and champion.get("last_training_row"):
                 cutoffs = (f"; last training rows: challenger's fold model {candidate_window['last_training_row']}, "
                            f"champion {champion['last_training_row']}")
-            test = f"; paired log-loss test p = {p_value:.3f}" if p_value is not None else ""
+            test = (f"; paired log-loss test p = {p_value:.3f}" if p_value is not None
+                    else "; same forecast as the champion on every row" if paired.get("same_forecast") else "")
             checks.append(Check(
                 "beats_champion", enough and candidate_window["macro_f1"] >= need,
                 candidate_window["macro_f1"], need,
                 f"gate-window macro F1 {candidate_window['macro_f1']:.4f} vs champion "
                 f"{metrics['macro_f1']:.4f} - tolerance {policy.champion_tolerance} on the same "
                 f"{candidate_window.get('n', 0)} rows (min {policy.min_window_rows}){test}{cutoffs}"))
-            if policy.max_champion_p_value is not None:
+            if policy.max_champion_p_value is not None and paired.get("same_forecast"):
+                checks.append(Check(
+                    "champion_significance", True, None, policy.max_champion_p_value,
+                    "same model: the challenger's last fold model gives the champion's forecast on every "
+                    f"one of the {paired.get('n', 0)} rows (the champion is the fit the fold trains), "
+                    "so there is no difference to test"))
+            elif policy.max_champion_p_value is not None:
                 checks.append(Check(
                     "champion_significance", p_value is not None and p_value <= policy.max_champion_p_value,
                     p_value, policy.max_champion_p_value,

@@ -158,15 +158,15 @@ def _ranking_from_run_folder(settings: Settings, lineage: dict[str, Any], names:
 
 def _daily_log_loss(frame: pd.DataFrame, prior: np.ndarray) -> list[dict[str, Any]]:
     """Per complete UTC day: realised log loss of the model and of the class-prior forecast."""
-    from sklearn.metrics import log_loss
+    from include.evaluation import multiclass_log_loss
 
     out = []
     for day, rows in frame.groupby(frame.index.floor("D")):
         y = rows["label"].astype(int).to_numpy()
         proba = rows[["p_down", "p_range", "p_up"]].to_numpy()
         out.append({"day": day.date().isoformat(), "rows": int(len(rows)),
-                    "log_loss": float(log_loss(y, proba, labels=[0, 1, 2])),
-                    "prior_log_loss": float(log_loss(y, np.tile(prior, (len(y), 1)), labels=[0, 1, 2]))})
+                    "log_loss": multiclass_log_loss(y, proba),
+                    "prior_log_loss": multiclass_log_loss(y, np.tile(prior, (len(y), 1)))})
     return out
 
 

@@ -197,7 +197,7 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     """
     import joblib
 
-    from include.ensemble import WeightedSoftVotingEnsemble, combine, fit_weights
+    from include.ensemble import WeightedSoftVotingEnsemble, combine, fit_weights, walk_forward_weights
     from include.evaluation import baseline_oof, reliability, summarise_folds
     from include.labels import momentum_forecast
     from include.monitoring.drift import reference_bins
@@ -223,15 +223,14 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     raw = {f: cfg.ensemble_weights.get(f, 0.0) for f in families}
     weights = {f: w / sum(raw.values()) for f, w in raw.items()}
     fold_of = ref["fold"].to_numpy()
+    X, y, test_size, names = _training_table(out_dir, window)
+    splits = interval_splits(cfg, X.index, window, test_size)
     if cfg.ensemble_weighting == "fitted":
-        # Walk-forward weights: fold k is scored with weights fitted on the out-of-fold rows of
-        # folds < k only (fold 0 with the configured weights), so no row is scored by weights
-        # that saw it. The registered model gets weights fitted on every out-of-fold row.
-        ens_oof = np.zeros_like(probas[families[0]])
-        for k in np.unique(fold_of):
-            rows, seen = fold_of == k, fold_of < k
-            w_k = fit_weights({f: p[seen] for f, p in probas.items()}, y_oof[seen]) if seen.any() else weights
-            ens_oof[rows] = combine({f: p[rows] for f, p in probas.items()}, w_k)
+        # Walk-forward weights: fold k is scored with weights fitted on earlier folds' rows,
+        # purged at its boundary (fold 0 with the configured weights), so no row is scored by
+        # weights that saw it. The registered model gets weights fitted on every out-of-fold row.
+        ens_oof, _ = walk_forward_weights(probas, y_oof, fold_of, ref.index,
+                                          splits.gap * pd.Timedelta(seconds=cfg.bar_seconds), weights)
         weights = fit_weights(probas, y_oof)
     else:
         ens_oof = combine(probas, weights)
@@ -240,8 +239,6 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     gate_window = metrics_with_prior(y_oof[last], ens_oof[last], prior_rows[last])
     gate_window.update({"start": ref.index[last][0].isoformat(), "end": ref.index[last][-1].isoformat()})
 
-    X, y, test_size, names = _training_table(out_dir, window)
-    splits = interval_splits(cfg, X.index, window, test_size)
     folds = [(tr, te) for _, tr, te in splits.split(len(X))]
     final_rows = splits.final_rows(len(X))
     # What the gate compares: the last fold's model was fitted on rows up to this one.

@@ -16,7 +16,14 @@ import sqlalchemy as sa
 
 from include.errors import RegistryError
 from include.registry.artifacts import iso, now_ms
-from include.registry.schema import PRODUCTION, ROLLBACK_EVENTS, AliasPointer, alias_table, event_table
+from include.registry.schema import (
+    PRODUCTION,
+    ROLLBACK_EVENTS,
+    AliasPointer,
+    alias_table,
+    event_table,
+    version_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +89,11 @@ class AliasLedger:
                 (compare-and-set); a mismatch raises and changes nothing.
             verify: check the artifact hashes first.
 
+        A retry of a move this run already made (the alias points at ``version`` and its last
+        ledger entry is this ``event`` to it by ``run_id``) records nothing and returns the
+        pointer, whatever ``expected`` says: a task retried after its worker died between the
+        move and its next step carries on from there.
+
         Raises:
             RegistryError: unknown or tampered version, or ``expected`` does not match.
         """
@@ -90,6 +102,25 @@ class AliasLedger:
             raise RegistryError(f"no model version {version!r} in the registry")
         model = row.model
         where = (alias_table.c.model == model, alias_table.c.alias == name)
+        with self._transaction(model) as conn:
+            # Retention marks versions removed under the same lock: re-read inside it.
+            deleted = conn.execute(sa.select(version_table.c.deleted_at)
+                                   .where(version_table.c.version == version)).scalar()
+            if deleted is not None:
+                raise RegistryError(f"version {version}: artifacts were removed by retention at {iso(deleted)}")
+            current = conn.execute(sa.select(alias_table.c.version).where(*where)).scalar()
+            if current == version and self._last_event_is(conn, model, name, event, version, run_id):
+                retried = True  # a retry of a move this run already made (its worker died after it)
+            elif expected is not ... and current != expected:
+                raise RegistryError(f"{model}: alias {name} points at {current}, not {expected}: it moved meanwhile")
+            else:
+                retried = False
+        if retried:
+            logger.info("%s: %s %s already at %s by run %s (a retry): nothing to record", event, model, name,
+                        version, run_id)
+            pointer = self.alias(model, name)
+            assert pointer is not None
+            return pointer
         with self._transaction(model) as conn:
             current = conn.execute(sa.select(alias_table.c.version).where(*where)).scalar()
             if expected is not ... and current != expected:
@@ -108,6 +139,15 @@ class AliasLedger:
         pointer = self.alias(model, name)
         assert pointer is not None
         return pointer
+
+    @staticmethod
+    def _last_event_is(conn: sa.Connection, model: str, alias: str, event: str, to_version: str | None,
+                       run_id: str, *, candidate: str | None | EllipsisType = ...) -> bool:
+        """Whether the last ledger entry of ``model``'s ``alias`` is ``event`` to ``to_version`` by ``run_id``."""
+        last = conn.execute(sa.select(event_table).where(event_table.c.model == model, event_table.c.alias == alias)
+                            .order_by(event_table.c.id.desc()).limit(1)).first()
+        return (last is not None and last.event == event and last.to_version == to_version
+                and last.run_id == run_id and (candidate is ... or last.candidate == candidate))
 
     def remove_alias(self, model: str, name: str, *, event: str, run_id: str, reason: str,
                      dag_id: str | None = None, expected: str | None | EllipsisType = ...) -> None:
@@ -140,10 +180,16 @@ class AliasLedger:
 
     def record_keep(self, model: str, candidate: str | None, *, run_id: str, reason: str,
                     decision: dict[str, Any] | None = None, dag_id: str | None = None) -> None:
-        """Record that a run kept ``model``'s production and did not promote ``candidate``."""
+        """Record that a run kept ``model``'s production and did not promote ``candidate``.
+
+        Idempotent per run: a retry whose keep is already the model's last ledger entry records
+        nothing.
+        """
         with self._transaction(model) as conn:
             current = conn.execute(sa.select(alias_table.c.version).where(
                 alias_table.c.model == model, alias_table.c.alias == PRODUCTION)).scalar()
+            if self._last_event_is(conn, model, PRODUCTION, "keep", current, run_id, candidate=candidate):
+                return  # a retry of a keep this run recorded already
             conn.execute(event_table.insert().values(
                 model=model, alias=PRODUCTION, event="keep", from_version=current, to_version=current,
                 candidate=candidate, at=now_ms(), dag_id=dag_id, run_id=run_id, reason=reason, decision=decision))

@@ -206,7 +206,14 @@ class ModelRegistry(AliasLedger):
         The id is ``v<interval end>-<10 hex>``: the hex is ``identity`` when given (a digest of
         what the version was made from: inputs, code and configuration), else the digest of the
         files. Registering the same identity (or identical files) again returns the existing
-        version, whose artifacts stay as first registered.
+        version, whose artifacts stay as first registered; if retention removed them, the
+        candidate's files restore the version (same identity: the same inputs, code and
+        configuration), with their own hashes.
+
+        Crash safety: the folder is staged under a temporary name, then renamed into place and
+        its row inserted in one transaction under the model's lock. A crash between the rename
+        and the commit leaves a folder without a row, which the next registration replaces; a
+        crash before the rename leaves only a temporary folder.
 
         Args:
             identity: hex digest naming the version, e.g. from ``include.pipeline`` (the training
@@ -223,31 +230,50 @@ class ModelRegistry(AliasLedger):
         files = {p.name: sha256_file(p) for p in sorted(src.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
         digest = hashlib.sha256(json.dumps({"files": files}, sort_keys=True).encode()).hexdigest()
         version = f"v{interval_end.strftime('%Y%m%dT%H%M')}-{(identity or digest)[:10]}"
-        if self._row(version) is not None:
+        row = self._row(version)
+        if row is not None and row.deleted_at is None:
             self.verify(version)
             return version
         lineage = json.loads((src / METADATA_FILE).read_text())
         model = self.ensure_model(RegisteredModel.from_lineage(lineage))
         relative = f"versions/{model}/{version}"
         target = self.root / relative
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
-            try:
-                for name in files:
-                    shutil.copy2(src / name, tmp / name)
-                atomic_write_json(tmp / MANIFEST_FILE, {"files": files, "version": version, "model": model})
-                os.rename(tmp, target)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        with self._transaction(model) as conn:
-            if conn.execute(sa.select(version_table.c.version).where(version_table.c.version == version)).first() is None:
-                conn.execute(version_table.insert().values(
-                    version=version, model=model, interval_end=int(interval_end.timestamp() * 1000),
-                    registered_at=now_ms(), manifest_sha256=digest, files=files,
-                    artifact_path=relative, lineage=lineage))
-        logger.info("registered version %s of %s from %s", version, model, src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Stage the folder first, then publish it and insert (or restore) its row under the
+        # model's lock: a folder without a row is an orphan of a crash between the two steps,
+        # never referenced by anyone, and is replaced here.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
+        try:
+            for name in files:
+                shutil.copy2(src / name, tmp / name)
+            atomic_write_json(tmp / MANIFEST_FILE, {"files": files, "version": version, "model": model})
+            with self._transaction(model) as conn:
+                current = conn.execute(sa.select(version_table).where(version_table.c.version == version)).first()
+                if current is not None and current.deleted_at is None:
+                    restored = False  # registered meanwhile by another run: its artifacts stay
+                else:
+                    restored = current is not None
+                    if target.exists():
+                        logger.warning("register %s: replacing %s, a folder with no live registry row "
+                                       "(left by an interrupted registration or retention)", version, target)
+                        _remove_tree(target)
+                    os.rename(tmp, target)
+                    values = {"interval_end": int(interval_end.timestamp() * 1000), "registered_at": now_ms(),
+                              "manifest_sha256": digest, "files": files, "artifact_path": relative,
+                              "lineage": lineage}
+                    if restored:
+                        conn.execute(version_table.update().where(version_table.c.version == version)
+                                     .values(deleted_at=None, **values))
+                    else:
+                        conn.execute(version_table.insert().values(version=version, model=model, **values))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if restored:
+            logger.warning("registered version %s of %s again from %s: retention had removed its artifacts",
+                           version, model, src)
+        else:
+            logger.info("registered version %s of %s from %s", version, model, src)
+        self.verify(version)
         return version
 
     def _row(self, version: str) -> sa.Row | None:
@@ -351,32 +377,57 @@ class ModelRegistry(AliasLedger):
 
         Kept, per registered model: the ``keep_last`` most recently registered versions, every
         version that ever held ``production``, and every version an alias points at now.
-        ``model`` limits the cleanup to one registered model.
+        ``model`` limits the cleanup to one registered model. Each model's retention set is read
+        and its versions are marked removed inside one transaction under the model's lock, so a
+        concurrent promotion or alias move cannot point at a version being removed.
 
         Returns:
             The versions removed (or that would be, with ``dry_run``).
+
+        Raises:
+            ValueError: ``keep_last`` is negative.
         """
-        with self.engine.connect() as conn:
-            live = conn.execute(
-                sa.select(version_table.c.version, version_table.c.model, version_table.c.artifact_path)
-                .where(version_table.c.deleted_at.is_(None))
-                .order_by(version_table.c.registered_at.desc(), version_table.c.version.desc())).all()
-            ever = {v for (v,) in conn.execute(sa.select(event_table.c.to_version).where(
-                event_table.c.alias == PRODUCTION, event_table.c.event != "keep")) if v}
-        recent: set[str] = set()
-        seen: dict[str, int] = {}
-        for version, model, _ in live:
-            seen[model] = seen.get(model, 0) + 1
-            if seen[model] <= keep_last:
-                recent.add(version)
-        protected = recent | ever | set(self.version_aliases())
-        doomed = [(v, m, path) for v, m, path in live if v not in protected and model in (None, m)]
-        if dry_run:
-            return [v for v, _, _ in doomed]
-        for version, model, path in doomed:
-            with self._transaction(model) as conn:
-                conn.execute(version_table.update().where(version_table.c.version == version)
-                             .values(deleted_at=now_ms()))
-            shutil.rmtree(self.root / path, ignore_errors=True)
-            logger.info("retention: removed the artifacts of %s (%s)", version, model)
-        return [v for v, _, _ in doomed]
+        if keep_last < 0:
+            raise ValueError(f"keep_last must be >= 0, got {keep_last}")
+        names = [model] if model is not None else self.model_names()
+        removed: list[str] = []
+        for name in names:
+            if dry_run:
+                with self.engine.connect() as conn:
+                    removed += [v for v, _ in self._doomed(conn, name, keep_last)]
+                continue
+            with self._transaction(name) as conn:
+                doomed = self._doomed(conn, name, keep_last)
+                if doomed:
+                    conn.execute(version_table.update()
+                                 .where(version_table.c.version.in_([v for v, _ in doomed]))
+                                 .values(deleted_at=now_ms()))
+            # Rows are marked first: a crash before the files go leaves unreferenced files, never
+            # a live row without its artifacts.
+            for version, path in doomed:
+                _remove_tree(self.root / path)
+                logger.info("retention: removed the artifacts of %s (%s)", version, name)
+            removed += [v for v, _ in doomed]
+        return removed
+
+    @staticmethod
+    def _doomed(conn: Connection, model: str, keep_last: int) -> list[tuple[str, str]]:
+        """``(version, artifact path)`` of ``model``'s live versions outside its retention set."""
+        live = conn.execute(
+            sa.select(version_table.c.version, version_table.c.artifact_path)
+            .where(version_table.c.deleted_at.is_(None), version_table.c.model == model)
+            .order_by(version_table.c.registered_at.desc(), version_table.c.version.desc())).all()
+        ever = {v for (v,) in conn.execute(sa.select(event_table.c.to_version).where(
+            event_table.c.model == model, event_table.c.alias == PRODUCTION, event_table.c.event != "keep")) if v}
+        pointed = {v for (v,) in conn.execute(sa.select(alias_table.c.version).where(alias_table.c.model == model))}
+        protected = {v for v, _ in live[:keep_last]} | ever | pointed
+        return [(v, path) for v, path in live if v not in protected]
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a version folder: renamed aside first, so no reader sees a half-removed folder."""
+    if not path.exists():
+        return
+    aside = path.with_name(f".removing.{path.name}.{os.getpid()}")
+    os.rename(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)

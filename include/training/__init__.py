@@ -19,7 +19,14 @@ import numpy as np
 import pandas as pd
 
 from include.errors import ConfigError, TrainingError
-from include.evaluation import WalkForward, classification_metrics, multiclass_log_loss, summarise_folds
+from include.evaluation import (
+    WalkForward,
+    brier_score,
+    classification_metrics,
+    log_loss_rows,
+    multiclass_log_loss,
+    summarise_folds,
+)
 from include.labels import CLASSES
 from include.training import lightgbm, random_forest, xgboost
 from include.training.fit_cache import FitCache, evaluation_key, fit_key, rows_digest
@@ -95,14 +102,6 @@ def _align_proba(estimator: Any, proba: np.ndarray) -> np.ndarray:
     return out / out.sum(axis=1, keepdims=True)
 
 
-def _log_loss_rows(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
-    """Per-row log loss ``-log p[y]``, shape ``(n,)``, with probabilities clipped to
-    ``[eps, 1 - eps]`` as scikit-learn's :func:`~sklearn.metrics.log_loss` clips them; its mean
-    over a block of rows is that block's log loss."""
-    eps = np.finfo(proba.dtype).eps
-    return -np.log(np.clip(proba[np.arange(len(y)), y], eps, 1 - eps))
-
-
 def predict_proba_all(estimator: Any, X: pd.DataFrame) -> np.ndarray:
     """``predict_proba`` with one column per class in :data:`CLASSES`, shape ``(n, 3)``."""
     return _align_proba(estimator, estimator.predict_proba(X))
@@ -167,7 +166,7 @@ def permutation_log_loss(estimator: Any, X: pd.DataFrame, y: np.ndarray, random_
     y = np.asarray(y, dtype=int)
     seed = check_random_state(random_state).randint(np.iinfo(np.int32).max + 1)
     values = X.to_numpy()
-    baseline = float(_log_loss_rows(y, predict_proba_all(estimator, X)).mean())
+    baseline = float(log_loss_rows(y, predict_proba_all(estimator, X)).mean())
     blocks = []
     for col in range(n_features):
         rng, order, column = check_random_state(seed), np.arange(n), values[:, col].copy()
@@ -182,7 +181,7 @@ def permutation_log_loss(estimator: Any, X: pd.DataFrame, y: np.ndarray, random_
     for start in range(0, len(blocks), per_call):
         chunk = blocks[start:start + per_call]
         stacked = pd.DataFrame(np.vstack(chunk), columns=X.columns).astype(X.dtypes.to_dict())
-        rows = _log_loss_rows(np.tile(y, len(chunk)), predict_proba_all(estimator, stacked))
+        rows = log_loss_rows(np.tile(y, len(chunk)), predict_proba_all(estimator, stacked))
         losses.extend(rows.reshape(len(chunk), n).mean(axis=1))
     return np.asarray(losses).reshape(n_features, n_repeats) - baseline
 
@@ -231,8 +230,9 @@ def importance_stability(per_fold: list[dict[str, dict[str, float]]]) -> dict[st
 def metrics_with_prior(y: np.ndarray, proba: np.ndarray, prior: np.ndarray) -> dict[str, float]:
     """:func:`~include.evaluation.classification_metrics` with prior-corrected hard decisions.
 
-    ``log_loss`` scores ``proba`` itself; the other metrics score the prior-corrected
-    probabilities (``proba / prior``, renormalised per row).
+    ``log_loss`` and ``brier`` (proper scoring rules) score the forecast ``proba`` itself;
+    ``macro_f1``, ``balanced_accuracy``, the confusion matrix, precision and recall score the
+    prior-corrected decisions (argmax of ``proba / prior``).
 
     Args:
         y: labels in {0, 1, 2}, shape ``(n,)``.
@@ -244,7 +244,9 @@ def metrics_with_prior(y: np.ndarray, proba: np.ndarray, prior: np.ndarray) -> d
     scaled = proba / np.where(prior > 0, prior, 1.0)
     decision = scaled / scaled.sum(axis=1, keepdims=True)
     metrics = classification_metrics(y, decision)
-    metrics["log_loss"] = multiclass_log_loss(y, proba)  # of the forecast itself, not the decision
+    # Proper scores are of the forecast itself, not of the decision rule's rescaled probabilities.
+    metrics["log_loss"] = multiclass_log_loss(y, proba)
+    metrics["brier"] = brier_score(y, proba)
     return metrics
 
 

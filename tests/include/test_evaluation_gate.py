@@ -186,7 +186,7 @@ def test_paired_log_loss_test_tells_a_better_forecast_from_an_equal_one():
     assert clear["mean_difference"] < 0 and clear["p_value"] < 0.01 and clear["n"] == 168
     assert paired_log_loss_test(y, uniform, better, block=4)["p_value"] > 0.99  # the other way round
     same = paired_log_loss_test(y, uniform, uniform, block=4)
-    assert same["mean_difference"] == 0 and same["p_value"] == 1.0  # no evidence at all
+    assert same["mean_difference"] == 0 and same["p_value"] is None and same["same_forecast"]  # nothing to test
     with pytest.raises(TrainingError, match="too few for blocks"):
         paired_log_loss_test(y[:6], better[:6], uniform[:6], block=4)
 
@@ -205,20 +205,94 @@ def test_champion_significance_is_an_optional_check_that_says_no():
     assert decide(GatePolicy(max_champion_p_value=0.5), **args).passed
 
 
-def test_prior_corrected_metrics_score_the_forecast_log_loss_and_the_corrected_decisions():
-    from sklearn.metrics import log_loss
+def test_prior_corrected_metrics_score_the_forecast_itself_and_the_corrected_decisions():
+    from sklearn.metrics import brier_score_loss, log_loss
 
     from include.training import metrics_with_prior
 
     rng = np.random.default_rng(5)
     y = rng.choice([0, 1, 2], size=500, p=[0.2, 0.6, 0.2])
     proba = rng.dirichlet([1.0, 3.0, 1.0], size=500)
-    proba[0] = [0.0, 1.0, 0.0]  # a zero probability: clipped to 1e-15, not an infinite loss
+    proba[0] = [0.0, 1.0, 0.0]  # a zero probability: clipped to machine epsilon, not an infinite loss
     prior = np.array([0.2, 0.6, 0.2])
     m = metrics_with_prior(y, proba, prior)
-    assert m["log_loss"] == pytest.approx(log_loss(y, np.clip(proba, 1e-15, 1.0), labels=[0, 1, 2]), rel=1e-12)
+    # The proper scores are scikit-learn's, of the forecast itself.
+    assert m["log_loss"] == pytest.approx(log_loss(y, proba, labels=[0, 1, 2]), rel=1e-12)
+    assert m["brier"] == pytest.approx(brier_score_loss(y, proba, labels=[0, 1, 2]), rel=1e-12)
     corrected = proba / prior
     decided = classification_metrics(y, corrected / corrected.sum(axis=1, keepdims=True))
-    assert {k: v for k, v in m.items() if k != "log_loss"} == {k: v for k, v in decided.items() if k != "log_loss"}
+    proper = ("log_loss", "brier")
+    assert {k: v for k, v in m.items() if k not in proper} == {k: v for k, v in decided.items() if k not in proper}
     # Dividing by the prior moves hard decisions away from the majority class.
     assert np.asarray(m["confusion"])[:, 1].sum() < np.asarray(classification_metrics(y, proba)["confusion"])[:, 1].sum()
+
+
+def test_the_brier_score_of_a_calibrated_prior_forecast_is_its_own_not_the_rescaled_decisions():
+    from include.training import metrics_with_prior
+
+    rng = np.random.default_rng(0)
+    prior = np.array([0.25, 0.5, 0.25])
+    y = rng.choice([0, 1, 2], size=20_000, p=prior)
+    m = metrics_with_prior(y, np.tile(prior, (len(y), 1)), prior)
+    # Expected Brier of a calibrated forecast p: 1 - sum p_k^2 = 0.625; the prior-rescaled
+    # probabilities (uniform) would score 2/3.
+    assert m["brier"] == pytest.approx(1 - (prior**2).sum(), abs=0.01)
+    assert abs(m["brier"] - 2 / 3) > 0.03
+
+
+def test_one_log_loss_definition_the_paired_difference_is_the_difference_of_the_reported_losses():
+    from include.evaluation import multiclass_log_loss, paired_log_loss_test
+    from include.training import metrics_with_prior
+
+    y, better, uniform = _forecasts(168, edge=0.15, seed=3)
+    better[0] = np.eye(3)[(y[0] + 1) % 3]  # a confident miss: the clipping decides this row's loss
+    test = paired_log_loss_test(y, better, uniform, block=4)
+    reported = (metrics_with_prior(y, better, np.full(3, 1 / 3))["log_loss"]
+                - metrics_with_prior(y, uniform, np.full(3, 1 / 3))["log_loss"])
+    assert test["mean_difference"] == pytest.approx(reported, rel=1e-12, abs=1e-15)
+    assert multiclass_log_loss(y, better) - multiclass_log_loss(y, uniform) == pytest.approx(reported, rel=1e-12)
+
+
+def test_champion_significance_the_week_after_a_promotion_is_same_model_not_a_failure():
+    champ = {"version": "v0", "trained_until": "2023-12-31", "window_start": "2023-12-31",
+             "metrics": {"macro_f1": 0.40, "n": 160},
+             "paired_test": {"p_value": None, "same_forecast": True, "mean_difference": 0.0, "n": 160}}
+    decision = decide(GatePolicy(max_champion_p_value=0.1), candidate_version="v1",
+                      candidate_oof={"macro_f1": 0.37, "log_loss": 1.06}, baselines=BASE,
+                      candidate_window={"macro_f1": 0.40, "n": 160}, champion=champ)
+    check = next(c for c in decision.checks if c.name == "champion_significance")
+    assert check.passed and check.detail.startswith("same model") and decision.passed
+
+
+def test_a_strategy_without_a_probabilistic_sharpe_ratio_is_kept_with_the_reason():
+    trading = {"ensemble": {"sharpe": 0.0, "max_drawdown": 0.0, "probabilistic_sharpe": None, "trades": 0},
+               "momentum": {"sharpe": -0.5}, "flat": {"sharpe": 0.0}}
+    decision = decide(GatePolicy(min_probabilistic_sharpe=0.9), candidate_version="v1",
+                      candidate_oof={"macro_f1": 0.37, "log_loss": 1.06}, baselines=BASE, candidate_window=None,
+                      champion=None, trading=trading)
+    check = next(c for c in decision.checks if c.name == "significant_sharpe")
+    assert not decision.passed and not check.passed and check.value is None
+    assert "undefined (the strategy made 0 trades" in check.detail and check.detail in decision.reasons
+
+
+def test_fitted_ensemble_weights_are_purged_at_fold_boundaries():
+    from include.ensemble import walk_forward_weights, weight_fitting_rows
+
+    times = pd.date_range("2023-01-01", periods=3 * 168, freq="h")
+    fold_of = np.repeat([0, 1, 2], 168)
+    gap = 4 * pd.Timedelta(hours=1)
+    rows = weight_fitting_rows(fold_of, times, 2, gap)
+    # Fold 2's weights see folds 0 and 1, less the 4 bars before fold 2 whose labels read into it.
+    assert rows.sum() == 2 * 168 - 4 and not rows[2 * 168 - 4:].any() and rows[: 2 * 168 - 4].all()
+    assert not weight_fitting_rows(fold_of, times, 0, gap).any()
+    # A leak planted in the purged rows (a member that knows those labels) changes no weight.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, len(times))
+    noise = rng.dirichlet([1, 1, 1], size=len(times))
+    oracle = noise.copy()
+    leaky = oracle.copy()
+    leaky[2 * 168 - 4: 2 * 168] = np.eye(3)[y[2 * 168 - 4: 2 * 168]]
+    default = {"a": 0.5, "b": 0.5}
+    _, clean = walk_forward_weights({"a": noise, "b": oracle}, y, fold_of, times, gap, default)
+    _, planted = walk_forward_weights({"a": noise, "b": leaky}, y, fold_of, times, gap, default)
+    assert clean[2] == planted[2] and clean[0] == default

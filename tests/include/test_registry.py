@@ -375,3 +375,77 @@ def test_the_gate_never_scores_a_champion_of_another_model(reg, tmp_path):
             model=BTC, alias=PRODUCTION, version=eth, since=0, run_id="hand-edit", reason="corrupt"))
     with pytest.raises(GateError, match=f"production of {BTC} points at {eth} of {ETH}: refusing"):
         _champion_evaluation(reg, cfg, window, settings, tmp_path, {})
+
+
+def test_retention_cleans_every_registered_model_and_one_when_named(reg, tmp_path):
+    btc = [_register(reg, tmp_path, "b" * (i + 1), "prior", 10 + i) for i in range(4)]
+    eth = [_register(reg, tmp_path, "e" * (i + 1), "prior", 10 + i, symbol="ETHUSDT") for i in range(5)]
+    assert sorted(reg.cleanup(2, dry_run=True, model=ETH)) == sorted(eth[:3])
+    assert sorted(reg.cleanup(2, dry_run=True)) == sorted(btc[:2] + eth[:3])
+    assert sorted(reg.cleanup(2)) == sorted(btc[:2] + eth[:3])
+    assert reg.versions(BTC) == btc[2:] and reg.versions(ETH) == eth[3:]
+    for v in btc[2:] + eth[3:]:
+        reg.verify(v)
+
+
+def test_retention_never_removes_a_version_an_alias_move_is_pointing_at(reg, tmp_path):
+    old = _register(reg, tmp_path, "a", "prior", 10)
+    for i in range(3):
+        _register(reg, tmp_path, "n" * (i + 2), "prior", 11 + i)
+    reg.verify(old)  # the gate checked it; retention runs before the promotion commits
+    assert sorted(reg.cleanup(1)) == reg.versions(include_deleted=True)[:3] and old not in reg.versions()
+    with pytest.raises(RegistryError, match="removed by retention"):
+        reg.promote(old, run_id="r", reason="x", expected=None)  # re-checked inside the model's lock
+    assert reg.production(BTC) is None and reg.ledger() == []
+
+
+def test_a_crash_between_publishing_the_folder_and_inserting_the_row_is_repaired(reg, tmp_path, monkeypatch):
+    cand = _candidate(tmp_path, "a", "prior")
+    real_insert = registry_module.version_table.insert
+
+    class Killed(BaseException):
+        pass
+
+    def crash():
+        raise Killed("killed after the rename")
+
+    monkeypatch.setattr(registry_module.version_table, "insert", crash)
+    with pytest.raises(Killed):
+        reg.register(cand, datetime(2023, 12, 24, tzinfo=UTC), identity="ab" * 20)
+    monkeypatch.setattr(registry_module.version_table, "insert", real_insert)
+    # The retry brings a candidate made anew: same identity, other bytes (metadata's created_at).
+    meta = json.loads((cand / "metadata.json").read_text())
+    (cand / "metadata.json").write_text(json.dumps({**meta, "created_at": "later"}))
+    v = reg.register(cand, datetime(2023, 12, 24, tzinfo=UTC), identity="ab" * 20)
+    reg.verify(v)
+    assert reg.register(cand, datetime(2023, 12, 24, tzinfo=UTC), identity="ab" * 20) == v
+    assert json.loads((_vdir(reg, v) / "metadata.json").read_text())["created_at"] == "later"
+    assert not [p for p in (reg.versions_dir / BTC).iterdir() if p.name.startswith(".")]
+
+
+def test_re_registering_a_version_retention_removed_restores_it(reg, tmp_path):
+    cand = _candidate(tmp_path, "a", "prior")
+    v = reg.register(cand, datetime(2023, 12, 3, tzinfo=UTC), identity="cd" * 20)
+    for i in range(2):
+        _register(reg, tmp_path, "n" * (i + 2), "prior", 10 + i)
+    assert v in reg.cleanup(1) and v not in reg.versions()
+    assert reg.register(cand, datetime(2023, 12, 3, tzinfo=UTC), identity="cd" * 20) == v
+    reg.verify(v)
+    assert v in reg.versions() and reg.describe(v)["deleted_at"] is None
+    reg.move_alias(CHALLENGER, v, event="candidate", run_id="rerun", reason="re-run of the week")
+
+
+def test_a_promotion_retried_after_its_worker_died_carries_on_and_records_once(reg, tmp_path):
+    v1 = _register(reg, tmp_path, "a", "prior", 17)
+    v2 = _register(reg, tmp_path, "b", "most_frequent", 24)
+    reg.promote(v1, run_id="r1", reason="first", expected=None)
+    reg.promote(v2, run_id="r2", reason="gate passed", expected=v1)
+    # The worker died after the move: the retry's compare-and-set must not refuse its own move.
+    assert reg.promote(v2, run_id="r2", reason="gate passed", expected=v1).version == v2
+    assert [e["event"] for e in reg.ledger(BTC)] == ["promote", "promote"]
+    # Another run with the same stale expectation is still refused.
+    with pytest.raises(RegistryError, match="moved meanwhile"):
+        reg.promote(v2, run_id="r3", reason="stale", expected=v1)
+    reg.record_keep(BTC, v1, run_id="r4", reason="worse")
+    reg.record_keep(BTC, v1, run_id="r4", reason="worse")
+    assert [e["event"] for e in reg.ledger(BTC)] == ["promote", "promote", "keep"]
