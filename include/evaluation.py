@@ -37,7 +37,6 @@ from sklearn.metrics import (
     brier_score_loss,
     confusion_matrix,
     f1_score,
-    log_loss,
     precision_recall_fscore_support,
 )
 from sklearn.model_selection import TimeSeriesSplit
