@@ -63,10 +63,11 @@ def interval_splits(cfg: RunConfig, index: pd.DatetimeIndex, window: RunWindow, 
     return cfg.walk_forward(test_size, test_starts=tuple(starts))
 
 def fit_cache(settings: Settings) -> Any:
-    """The worker's :class:`~include.training.fit_cache.FitCache` (under the runs folder)."""
+    """The worker's :class:`~include.training.fit_cache.FitCache`: files under the runs folder,
+    digests in the market database."""
     from include.training.fit_cache import FitCache
 
-    return FitCache(settings.runs_dir / ".fit_cache")
+    return FitCache(settings.runs_dir / ".fit_cache", settings.market_db_url)
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape a model's behaviour."""
@@ -120,6 +121,7 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str,
     if cache is not None:
         logger.info("%s: reused %d of %d cached fits and evaluations from earlier runs", family, cache.hits,
                     cache.hits + cache.misses)
+        cache.dispose()
     cand_root = out_dir / "candidates"
     cand_root.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{family}.", dir=cand_root))

@@ -34,21 +34,24 @@ def test_migrations_build_exactly_the_schema_the_store_queries(backend, pg_url, 
 
     url = pg_url if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.sqlite'}"
     store = MarketStore(url)
-    assert store.schema_revision == "0006"
+    assert store.schema_revision == "0007"
     with store.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": SCHEMA_VERSION_TABLE})
-        # The migrated database holds the market series, the model registry and the monitoring
-        # tables: compare with all three.
+        # The migrated database holds the market series, the model registry, the monitoring and
+        # the fit cache's tables: compare with all four.
+        from include.training.fit_cache import metadata as fit_cache_meta
+
         every_table = sa.MetaData()
-        for table in (*metadata.tables.values(), *registry_meta.tables.values(), *monitoring_meta.tables.values()):
+        for table in (*metadata.tables.values(), *registry_meta.tables.values(), *monitoring_meta.tables.values(),
+                      *fit_cache_meta.tables.values()):
             table.to_metadata(every_table)
         diff = compare_metadata(ctx, every_table)
         tables = set(sa.inspect(conn).get_table_names())
     assert diff == []
     assert {"ohlcv", "funding_rate", "open_interest", "ohlcv_gap", "model_version", "model_alias",
-            "model_alias_event", "prediction_log", "monitor_report", SCHEMA_VERSION_TABLE} <= tables
+            "model_alias_event", "prediction_log", "monitor_report", "fit_cache_entry", SCHEMA_VERSION_TABLE} <= tables
     assert "alembic_version" not in tables  # Airflow's own version table name stays free
-    assert migrate(store.engine) == "0006"  # re-opening is a no-op
+    assert migrate(store.engine) == "0007"  # re-opening is a no-op
     store.dispose()
 
 
@@ -67,7 +70,7 @@ def test_concurrent_first_opens_migrate_once(pg_url):
         t.start()
     for t in threads:
         t.join()
-    assert errors == [] and results == ["0006"] * 4
+    assert errors == [] and results == ["0007"] * 4
     for e in engines:
         e.dispose()
 

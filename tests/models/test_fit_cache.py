@@ -9,6 +9,7 @@ depend on where the run's window starts.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -52,6 +53,11 @@ def run_table(market, end: str):
     return Xr, yr, window, interval_splits(CFG, Xr.index, window, test_size)
 
 
+def _db(tmp_path) -> str:
+    """The market database that holds the cache's digests."""
+    return f"sqlite:///{tmp_path / 'market.sqlite'}"
+
+
 def times(X, idx) -> pd.DatetimeIndex:
     return X.index[idx]
 
@@ -79,7 +85,7 @@ def test_folds_are_the_calendar_weeks_before_the_run_and_consecutive_runs_share_
 
 
 def test_the_next_run_reuses_every_fit_but_one_and_gets_identical_out_of_fold_results(market, tmp_path):
-    cache = FitCache(tmp_path / "cache")
+    cache = FitCache(tmp_path / "cache", _db(tmp_path))
     X1, y1, _, s1 = run_table(market, "2023-06-04")
     cross_validate("lightgbm", X1, y1, splits=s1, random_state=0, n_jobs=1, early_stopping_rounds=10, cache=cache)
     fit_family("lightgbm", X1, y1, s1.final_rows(len(X1)), s1, random_state=0, n_jobs=1,
@@ -87,7 +93,7 @@ def test_the_next_run_reuses_every_fit_but_one_and_gets_identical_out_of_fold_re
     assert (cache.hits, cache.misses) == (0, 2 * CFG.cv_folds + 1)  # a fit and an evaluation per fold
 
     X2, y2, _, s2 = run_table(market, "2023-06-11")
-    again = FitCache(tmp_path / "cache")
+    again = FitCache(tmp_path / "cache", _db(tmp_path))
     cached = cross_validate("lightgbm", X2, y2, splits=s2, random_state=0, n_jobs=2, early_stopping_rounds=10,
                             cache=again)
     # Fold 0 tests a week the first run tested with all its bars: fit and evaluation reused. Fold 1
@@ -108,26 +114,72 @@ def test_the_next_run_reuses_every_fit_but_one_and_gets_identical_out_of_fold_re
     X3 = X2.copy()
     X3.iloc[10, 0] += 1.0
     outside = cross_validate("lightgbm", X3, y2, splits=s2, random_state=0, n_jobs=1, early_stopping_rounds=10,
-                             cache=FitCache(tmp_path / "cache"))
+                             cache=FitCache(tmp_path / "cache", _db(tmp_path)))
     assert [f["reused"] for f in outside.folds] == ["fit and evaluation"] * 3
     # One corrected bar that every fold trains on: nothing is reused.
     X3 = X2.copy()
     X3.iloc[list(s2.split(len(X2)))[0][1][-1], 0] += 1e-9
     changed = cross_validate("lightgbm", X3, y2, splits=s2, random_state=0, n_jobs=1, early_stopping_rounds=10,
-                             cache=FitCache(tmp_path / "cache"))
+                             cache=FitCache(tmp_path / "cache", _db(tmp_path)))
     assert [f["reused"] for f in changed.folds] == [None, None, None]
 
 
 def test_an_unreadable_cache_entry_is_refitted_not_an_error(market, tmp_path):
     X1, y1, _, s1 = run_table(market, "2023-06-04")
-    cache = FitCache(tmp_path / "cache")
+    cache = FitCache(tmp_path / "cache", _db(tmp_path))
     rows = s1.final_rows(len(X1))
     fit_family("random_forest", X1, y1, rows, s1, random_state=0, n_jobs=1, cache=cache)
     for path in (tmp_path / "cache").glob("*/*.joblib"):
         path.write_bytes(b"truncated")
-    again = FitCache(tmp_path / "cache")
+    again = FitCache(tmp_path / "cache", _db(tmp_path))
     model, _ = fit_family("random_forest", X1, y1, rows, s1, random_state=0, n_jobs=1, cache=again)
-    assert (again.hits, again.misses) == (0, 1) and hasattr(model, "estimators_")
+    assert (again.hits, again.misses, again.discarded) == (0, 1, 1) and hasattr(model, "estimators_")
+
+
+class _Planted:
+    """A pickle that runs code when loaded: it writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path(self.marker).write_text, ("planted code ran",))
+
+
+def test_a_planted_cache_entry_is_never_unpickled_and_the_fit_is_redone(market, tmp_path, caplog):
+    import joblib
+
+    X1, y1, _, s1 = run_table(market, "2023-06-04")
+    rows = s1.final_rows(len(X1))
+    cache = FitCache(tmp_path / "cache", _db(tmp_path))
+    fit_family("lightgbm", X1, y1, rows, s1, random_state=0, n_jobs=1, cache=cache)
+    (entry,) = (tmp_path / "cache").glob("*/*.joblib")
+    marker = tmp_path / "marker"
+    # Replaced in place (its digest is recorded), and planted under a key never written.
+    joblib.dump(_Planted(marker), entry)
+    foreign = tmp_path / "cache" / "ff" / ("f" * 64 + ".joblib")
+    foreign.parent.mkdir(exist_ok=True)
+    joblib.dump(_Planted(marker), foreign)
+    again = FitCache(tmp_path / "cache", _db(tmp_path))
+    model, _ = fit_family("lightgbm", X1, y1, rows, s1, random_state=0, n_jobs=1, cache=again)
+    assert again.get("f" * 64) is None
+    assert not marker.exists() and hasattr(model, "booster_")
+    assert (again.hits, again.discarded) == (0, 2) and not foreign.exists()
+    assert "differs from the recorded" in caplog.text and "no digest recorded" in caplog.text
+    # The refit is stored with its own digest and is a verified hit next time.
+    third = FitCache(tmp_path / "cache", _db(tmp_path))
+    fit_family("lightgbm", X1, y1, rows, s1, random_state=0, n_jobs=1, cache=third)
+    assert (third.hits, third.misses) == (1, 0)
+
+
+def test_the_training_codes_own_version_is_in_every_fit_key(monkeypatch):
+    from include.training import fit_cache
+
+    args = dict(random_state=0, early_stopping_rounds=10, gap=28, inner_validation_share=0.2, train_digest="ab")
+    before = fit_cache.fit_key("lightgbm", {"n_estimators": 100}, **args)
+    assert len(fit_cache.training_code_digest()) == 64
+    monkeypatch.setattr(fit_cache, "training_code_digest", lambda: "0" * 64)
+    assert fit_cache.fit_key("lightgbm", {"n_estimators": 100}, **args) != before
 
 
 def test_a_bars_features_do_not_depend_on_where_the_window_starts(data_dir, tmp_path):
