@@ -108,6 +108,11 @@ def load_universe(path: str | Path | None = None) -> list[Market]:
                               " are not run parameters")
         market = Market(str(entry.get("exchange", "binance")).lower(), str(entry["symbol"]).upper(),
                         str(entry["market_type"]), str(entry["timeframe"]), dict(params))
+        try:  # the market's own fields, the path-forming names among them
+            RunConfig(exchange=market.exchange, symbol=market.symbol, market_type=market.market_type,  # type: ignore[arg-type]
+                      timeframe=market.timeframe)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         key = (market.exchange, market.symbol, market.market_type, market.timeframe, tuple(sorted(params.items())))
         if key in seen:
             raise ConfigError(f"{where}: {market.symbol} {market.market_type} {market.timeframe} is listed twice")

@@ -27,6 +27,8 @@ os.environ.update({
     "MODEL_REGISTRY_DIR": str(_TMP / "models"),
     "RUN_ARTIFACTS_DIR": str(_TMP / "runs"),
     "GX_ANALYTICS_ENABLED": "false",
+    # Tests write their market files and universe files under the system's temporary folder.
+    "MARKET_INPUT_ROOTS": os.pathsep.join([str(ROOT / "data"), tempfile.gettempdir()]),
 })
 (_TMP / "airflow").mkdir(parents=True, exist_ok=True)
 if str(ROOT) not in sys.path:

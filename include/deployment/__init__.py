@@ -104,6 +104,32 @@ def read_state() -> dict[str, Any] | None:
     return state if alive(state.get("supervisor_pid")) else None
 
 
+def masked(url: str) -> str:
+    """A database URL with its password replaced by ``***`` (SQLAlchemy's ``hide_password``),
+    for terminals, logs and error messages."""
+    import sqlalchemy as sa
+
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL: say nothing of it
+        return "<unparseable database URL>"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (mode 0600), atomically: the file is
+    created with that mode, so its content is never readable by others, not even briefly."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 # -- database ----------------------------------------------------------------------------------
 def deployment_env(root: Path, metadata_url: str, market_url: str, port: int) -> dict[str, str]:
     """Environment of every component and CLI call of the deployment.
@@ -113,7 +139,8 @@ def deployment_env(root: Path, metadata_url: str, market_url: str, port: int) ->
     """
     secret_file = root / "jwt_secret"
     if not secret_file.is_file():
-        secret_file.write_text(secrets.token_hex(32))
+        write_private(secret_file, secrets.token_hex(32))
+    os.chmod(secret_file, 0o600)  # also one made before files were written private
     home = Path(os.environ.get("AIRFLOW_HOME") or PROJECT_ROOT / "var" / "airflow").resolve()
     return {
         "PYTHONPATH": str(PROJECT_ROOT),
@@ -234,10 +261,8 @@ def up() -> int:
                          daemon=True).start()
     state = {"supervisor_pid": os.getpid(), "port": port, "components": {n: p.pid for n, p in procs.items()},
              "embedded_postgres": embedded is not None, "env": env}
-    tmp = state_file().with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, state_file())
-    print(f"\nAirflow on PostgreSQL ({'embedded, ' + str(root / 'postgres') if embedded else server_url}), "
+    write_private(state_file(), json.dumps(state, indent=2))  # holds the whole environment: secrets
+    print(f"\nAirflow on PostgreSQL ({'embedded, ' + str(root / 'postgres') if embedded else masked(server_url)}), "
           f"LocalExecutor.\n  UI: http://127.0.0.1:{port}  (login admin / admin)\n"
           f"  Logs: {home / 'logs'}\n  Backfill from another terminal: make backfill FROM=2023-11-05 TO=2023-12-24\n"
           f"  Stop: Ctrl-C here, or make airflow-stop\n", flush=True)

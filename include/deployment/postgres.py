@@ -30,7 +30,8 @@ def postgres_server(root: Path) -> tuple[str, Any]:
     if given:
         url = sa.engine.make_url(given)
         if not url.drivername.startswith("postgresql"):
-            raise ConfigError(f"DEPLOY_DATABASE_URL={given!r}: expected a PostgreSQL URL")
+            raise ConfigError(f"DEPLOY_DATABASE_URL={url.render_as_string(hide_password=True)!r}: "
+                              "expected a PostgreSQL URL")
         return url.set(drivername="postgresql+psycopg2", database=None).render_as_string(hide_password=False), None
     with warnings.catch_warnings():
         # platformdirs warns that XDG_RUNTIME_DIR is unset; pgserver then uses /tmp, which is fine.

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.config import RunConfig, Settings
+from include.config import RunConfig, Settings, check_name
 from include.data.store import MarketStore
 from include.features import FeatureSpec
 
@@ -116,11 +116,16 @@ def version_run_dir(settings: Settings, model: str, lineage: dict[str, Any]) -> 
     """The run folder that made a registered version, from its lineage (it may have been cleaned)."""
     window = lineage["data_window"]
     start, end = (datetime.fromisoformat(window[k]) for k in ("interval_start", "interval_end"))
-    return settings.runs_dir / (lineage.get("dag_id") or "weekly_retrain") / model / run_key(start, end)
+    dag_id = check_name(lineage.get("dag_id") or "weekly_retrain", "DAG id")
+    return settings.runs_dir / dag_id / check_name(model, "registered model name") / run_key(start, end)
 
 def run_dir(settings: Settings, dag_id: str, model: str, window: RunWindow) -> Path:
-    """The artifact folder of one registered model's run over one data interval (created)."""
-    path = settings.runs_dir / dag_id / model / window.run_key
+    """The artifact folder of one registered model's run over one data interval (created).
+
+    Raises:
+        ConfigError: ``dag_id`` or ``model`` is not a safe path component.
+    """
+    path = settings.runs_dir / check_name(dag_id, "DAG id") / check_name(model, "registered model name") / window.run_key
     path.mkdir(parents=True, exist_ok=True)
     return path
 

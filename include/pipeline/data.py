@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from include.config import RunConfig, Settings
+from include.config import RunConfig, Settings, checked_input_path
 from include.data.sources import FileSource, MarketDataSource
 from include.data.store import MarketStore
 from include.errors import DataQualityError, MarketNotReadyError, NoDataError, TrainingError
@@ -38,12 +38,16 @@ def market_source(cfg: RunConfig, settings: Settings) -> MarketDataSource:
 
     Raises:
         SourceError: the exchange is not supported by the exchange source.
+        ConfigError: ``source_dir`` lies outside the input roots
+            (:func:`include.config.checked_input_path`).
     """
     if cfg.source == "exchange":
         from include.data.exchange import ExchangeSource
 
         return ExchangeSource(cfg.exchange, api_url=settings.exchange_api_url)
-    return FileSource(cfg.source_dir or settings.data_dir)
+    if cfg.source_dir:
+        return FileSource(checked_input_path(cfg.source_dir, "source_dir"))
+    return FileSource(settings.data_dir)
 
 def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None,
                    stored: tuple[datetime, datetime] | None, source: str = "the source",

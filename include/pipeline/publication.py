@@ -169,10 +169,14 @@ def plan_universe(run_params: dict[str, Any], *, selected: list[str] | None, uni
     """One plan per market of the universe: ``{"model", "config", "window"}``, JSON for XCom.
 
     Raises:
-        ConfigError: see :func:`include.universe.plan_markets` and :func:`resolve_window`.
+        ConfigError: see :func:`include.universe.plan_markets` and :func:`resolve_window`;
+            ``universe_file`` lies outside the input roots (:func:`include.config.checked_input_path`).
     """
+    from include.config import checked_input_path
     from include.universe import plan_markets
 
+    if universe_file:  # a run parameter: only under the input roots
+        universe_file = str(checked_input_path(universe_file, "universe_file"))
     plans = []
     for cfg in plan_markets(run_params, selected=selected, path=universe_file):
         window = resolve_window(cfg, data_interval_start=data_interval_start, data_interval_end=data_interval_end,

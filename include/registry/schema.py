@@ -7,7 +7,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from include.errors import RegistryError
+from include.config import check_name
+from include.errors import ConfigError, RegistryError
 
 PRODUCTION, CHALLENGER = "production", "challenger"
 
@@ -100,6 +101,10 @@ class RegisteredModel:
     def name(self) -> str:
         """Readable unique name: ``<exchange>-<symbol>-<market type>-<timeframe>-h<horizon>``.
 
+        Raises:
+            ConfigError: the fields do not form a safe path component
+                (:func:`include.config.check_name`).
+
         A label threshold rule other than the default (volatility, k = 0.43, 168 bars) is
         appended (``-fixed0.005``, ``-vol0.5w336``), so two targets never share a name.
         """
@@ -111,18 +116,19 @@ class RegisteredModel:
                 name += f"-fixed{self.label_threshold:g}"
             else:
                 name += f"-vol{self.label_threshold:g}w{self.label_vol_window_bars}"
-        return name
+        return check_name(name, "registered model name")
 
     @classmethod
     def from_lineage(cls, lineage: dict[str, Any]) -> RegisteredModel:
         """The registered model a version's lineage (``metadata.json``) describes.
 
         Raises:
-            RegistryError: the lineage lacks the market or label fields.
+            RegistryError: the lineage lacks the market or label fields, or they do not form a
+                safe name.
         """
         config = lineage.get("config") or {}
         try:
-            return cls(exchange=str(lineage["exchange"]).lower(), symbol=str(lineage["symbol"]).upper(),
+            model = cls(exchange=str(lineage["exchange"]).lower(), symbol=str(lineage["symbol"]).upper(),
                        market_type=lineage["market_type"], timeframe=lineage["timeframe"],
                        label_horizon_bars=int(config["label_horizon_bars"]),
                        label_threshold_mode=config.get("label_threshold_mode", "volatility"),
@@ -131,6 +137,11 @@ class RegisteredModel:
         except KeyError as exc:
             raise RegistryError(f"lineage lacks {exc.args[0]!r}: cannot tell which registered model it belongs to") \
                 from None
+        try:
+            model.name  # noqa: B018 - validates every field that forms it
+        except ConfigError as exc:
+            raise RegistryError(f"lineage names no valid registered model: {exc}") from None
+        return model
 
     def to_dict(self) -> dict[str, Any]:
         """JSON view with the name."""

@@ -61,3 +61,50 @@ def test_market_fields_in_run_params_are_refused_not_ignored(tmp_path):
         plan_markets({"symbol": "ETHUSDT"})
     with pytest.raises(ConfigError, match="does not exist"):
         load_universe(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ('{exchange: "x/../../../../escaped", symbol: BTCUSDT, market_type: perp, timeframe: 1h}',
+     "market 1: invalid run parameter exchange='x/../../../../escaped'"),
+    ('{symbol: "BTC/../../USDT", market_type: perp, timeframe: 1h}', "market 1: invalid run parameter symbol"),
+])
+def test_a_name_that_would_leave_its_folder_is_refused_at_load(tmp_path, entry, message):
+    with pytest.raises(ConfigError, match=message):
+        load_universe(_write(tmp_path, f"markets: [{entry}]"))
+
+
+def test_path_components_are_checked_wherever_a_path_is_formed(tmp_path):
+    from include.config import Settings, check_name
+    from include.pipeline.common import run_dir, version_run_dir
+    from include.registry import RegisteredModel
+
+    with pytest.raises(ConfigError, match="not a safe name"):
+        RegisteredModel("x/../../escaped", "BTCUSDT", "perp", "1h", 4).name  # noqa: B018
+    settings = Settings(tmp_path, "sqlite://", tmp_path / "models", tmp_path / "runs")
+    with pytest.raises(ConfigError, match="not a safe name"):
+        version_run_dir(settings, "m", {"dag_id": "../../etc", "data_window": {
+            "interval_start": "2023-12-24T00:00:00+00:00", "interval_end": "2023-12-31T00:00:00+00:00"}})
+    with pytest.raises(ConfigError, match="not a safe name"):
+        run_dir(settings, "weekly_retrain", "..", None)
+    assert check_name("binance-btcusdt-perp-1h-h4", "model") == "binance-btcusdt-perp-1h-h4"
+    assert not list(tmp_path.parent.glob("escaped*")) and not (tmp_path / "runs").exists()
+
+
+def test_universe_file_and_source_dir_params_are_read_only_under_the_input_roots(tmp_path, monkeypatch):
+    from include.config import RunConfig, Settings
+    from include.pipeline.data import market_source
+    from include.pipeline.publication import plan_universe
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    universe = outside / "u.yaml"
+    universe.write_text("markets: [{symbol: BTCUSDT, market_type: perp, timeframe: 1h}]")
+    monkeypatch.setenv("MARKET_INPUT_ROOTS", str(tmp_path / "allowed"))
+    with pytest.raises(ConfigError, match="universe_file .* is outside the folders run parameters may read"):
+        plan_universe({}, selected=None, universe_file=str(universe), data_interval_start=None,
+                      data_interval_end=None, run_after=None)
+    settings = Settings(tmp_path, "sqlite://", tmp_path / "models", tmp_path / "runs")
+    with pytest.raises(ConfigError, match="source_dir .* is outside"):
+        market_source(RunConfig(source_dir=str(tmp_path / "allowed" / ".." / "outside")), settings)
+    monkeypatch.setenv("MARKET_INPUT_ROOTS", str(outside))
+    assert market_source(RunConfig(source_dir=str(outside)), settings).directory == outside.resolve()

@@ -1,0 +1,38 @@
+"""Secrets stay private: masked database URLs, owner-only secret files."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+
+from include.errors import ConfigError
+
+
+def test_a_password_in_deploy_database_url_never_reaches_an_error_or_the_terminal(monkeypatch, tmp_path):
+    from include.deployment import masked
+    from include.deployment.postgres import postgres_server
+
+    monkeypatch.setenv("DEPLOY_DATABASE_URL", "mysql://ops:s3cret-pw@db.internal:3306/x")
+    with pytest.raises(ConfigError) as err:
+        postgres_server(tmp_path)
+    assert "s3cret-pw" not in str(err.value) and "***" in str(err.value)
+    assert masked("postgresql+psycopg2://ops:s3cret-pw@db:5432/airflow") == "postgresql+psycopg2://ops:***@db:5432/airflow"
+    assert "s3cret" not in masked("not a url s3cret")
+
+
+def test_the_jwt_secret_and_the_state_file_are_readable_by_their_owner_only(tmp_path, monkeypatch):
+    from include.deployment import deployment_env, write_private
+
+    (tmp_path / "jwt_secret").write_text("old-secret")  # one made world-readable before
+    (tmp_path / "jwt_secret").chmod(0o644)
+    env = deployment_env(tmp_path, "sqlite://", "sqlite://", 8080)
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == "old-secret"
+    assert stat.S_IMODE((tmp_path / "jwt_secret").stat().st_mode) == 0o600
+    fresh = tmp_path / "fresh"
+    deployment_env(fresh, "sqlite://", "sqlite://", 8080)
+    assert stat.S_IMODE((fresh / "jwt_secret").stat().st_mode) == 0o600
+    write_private(tmp_path / "state.json", json.dumps({"env": env}))
+    assert stat.S_IMODE((tmp_path / "state.json").stat().st_mode) == 0o600
+    assert json.loads((tmp_path / "state.json").read_text())["env"] == env
