@@ -6,7 +6,10 @@ it in memory, and reloads it when the alias moves; it
 looks the alias up at most every ``refresh_seconds``. A staleness guard compares the model's
 training-data end with now, in the manner of FreqAI's ``expiration_hours``: past
 ``max_age_hours`` it warns (``on_stale="warn"``, the prediction says ``stale``) or refuses
-(``"refuse"``).
+(``"refuse"``). A second guard concerns the market data: a forecast is for the bars after the
+last complete bar, so when the store's newest bar is more than ``max_data_lag_bars`` behind the
+last bar that had closed by ``as_of`` (ingestion stopped), the prediction is refused with where
+the data ends and how old it is; every prediction says how old its bar is (``data_age_hours``).
 
 :meth:`ProductionModel.predict` computes the features of the latest bars from the market store
 with the model's own feature spec (the one stored in its lineage) and returns the class
@@ -51,6 +54,8 @@ class Prediction:
         horizon_bars: forecast horizon in bars.
         model_age_hours: hours from the end of the model's training data to now.
         stale: older than the configured maximum age.
+        data_age_hours: hours from the close of the bar used to ``as_of`` (0 to 1 bar when
+            ingestion is up to date).
     """
 
     model: str
@@ -62,6 +67,7 @@ class Prediction:
     horizon_bars: int
     model_age_hours: float
     stale: bool
+    data_age_hours: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable view."""
@@ -78,12 +84,15 @@ class ProductionModel:
         max_age_hours: staleness limit (``None``: no limit).
         on_stale: ``warn`` or ``refuse`` past the limit.
         refresh_seconds: how often to look the alias up again.
+        max_data_lag_bars: most bars the newest stored bar may lag behind the last bar closed
+            by ``as_of`` (``None``: no limit); past it :meth:`predict` refuses.
     """
 
     def __init__(self, registry: ModelRegistry, market_db_url: str, model: str, *,
                  max_age_hours: float | None = 192.0, on_stale: Literal["warn", "refuse"] = "warn",
-                 refresh_seconds: float = 5.0) -> None:
+                 refresh_seconds: float = 5.0, max_data_lag_bars: int | None = 1) -> None:
         self.registry = registry
+        self.max_data_lag_bars = max_data_lag_bars
         self.market_db_url = market_db_url
         self.model_name = model
         self.max_age_hours = max_age_hours
@@ -164,8 +173,9 @@ class ProductionModel:
                 version is the one kept.
 
         Raises:
-            ServingError: no production version, a stale model under ``refuse``, or no complete
-                feature row in the store before ``as_of``.
+            ServingError: no production version, a stale model under ``refuse``, no complete
+                feature row in the store before ``as_of``, or the newest one lags ``as_of`` by
+                more than ``max_data_lag_bars``.
         """
         from include.data.store import MarketStore
         from include.features import FeatureSpec, build_features
@@ -196,6 +206,15 @@ class ProductionModel:
         if ready.empty:
             raise ServingError(f"no complete feature row for {lineage['symbol']} before {as_of.isoformat()}")
         row = ready.iloc[[-1]]
+        bar_close = row.index[0] + bar
+        data_age = (pd.Timestamp(as_of) - bar_close) / pd.Timedelta(hours=1)
+        lag_bars = int((pd.Timestamp(as_of) - bar_close) // bar)
+        if self.max_data_lag_bars is not None and lag_bars > self.max_data_lag_bars:
+            raise ServingError(
+                f"{self.model_name}: the newest complete {lineage['symbol']} bar with features closed at "
+                f"{bar_close.isoformat()}, {data_age:.1f} h ({lag_bars} bars) before {as_of.isoformat()}; "
+                f"at most {self.max_data_lag_bars} bar(s) of lag are allowed: refusing to forecast from stale data "
+                "(is ingestion up to date?)")
         if self._fast is None or self._fast.model is not model:
             self._fast = FastPredictor(model, ready.tail(64))
         proba = self._fast.predict_proba(row.to_numpy(dtype="float64"))[0]
@@ -205,7 +224,7 @@ class ProductionModel:
                                 probabilities=dict(zip(CLASS_NAMES, map(float, proba), strict=True)),
                                 decision=CLASS_NAMES[decided],
                                 horizon_bars=int(lineage["config"]["label_horizon_bars"]),
-                                model_age_hours=round(age, 2), stale=stale)
+                                model_age_hours=round(age, 2), stale=stale, data_age_hours=round(data_age, 2))
         if log_as is not None:
             from include.monitoring.predictions import log_predictions
 
@@ -303,7 +322,8 @@ def production_model(settings: Any, model: str) -> ProductionModel:
     """The process-wide :class:`ProductionModel` of registered model ``model`` in a deployment.
 
     Limits come from ``MODEL_MAX_AGE_HOURS`` (default 192: a weekly model plus a day's slack;
-    ``none`` for no limit) and ``MODEL_STALE_POLICY`` (``warn`` or ``refuse``; default ``warn``).
+    ``none`` for no limit), ``MODEL_STALE_POLICY`` (``warn`` or ``refuse``; default ``warn``) and
+    ``MODEL_MAX_DATA_LAG_BARS`` (default 1: ingestion may be one bar behind; ``none`` for no limit).
 
     Raises:
         RegistryError: no such registered model.
@@ -315,10 +335,12 @@ def production_model(settings: Any, model: str) -> ProductionModel:
         if key not in _instances:
             registry.model(model)  # an unknown name fails here, once, not on every prediction
             raw_age = os.environ.get("MODEL_MAX_AGE_HOURS", "192")
+            raw_lag = os.environ.get("MODEL_MAX_DATA_LAG_BARS", "1")
             policy = os.environ.get("MODEL_STALE_POLICY", "warn")
             if policy not in ("warn", "refuse"):
                 raise ServingError(f"MODEL_STALE_POLICY={policy!r}: expected warn or refuse")
             _instances[key] = ProductionModel(
                 registry, settings.market_db_url, model,
-                max_age_hours=None if raw_age.lower() == "none" else float(raw_age), on_stale=policy)
+                max_age_hours=None if raw_age.lower() == "none" else float(raw_age), on_stale=policy,
+                max_data_lag_bars=None if raw_lag.lower() == "none" else int(raw_lag))
         return _instances[key]

@@ -2,8 +2,11 @@
 
 Mounted at ``/model-registry`` by the api-server (Airflow 3 ``fastapi_apps``); every route needs
 an authenticated Airflow user (a ``Bearer`` token from ``POST /auth/token`` or the UI's session
-cookie), through Airflow's own ``get_user`` dependency. OpenAPI: ``/model-registry/openapi.json``
-and ``/model-registry/docs``.
+cookie), through Airflow's own ``get_user`` dependency, and is authorized by Airflow's auth
+manager: reading models, lineage, reports and monitoring needs read access to the runs of
+``weekly_retrain`` (the DAG that made them); ``POST /predict``, which writes the prediction log
+that monitoring trusts, needs permission to trigger runs of ``monitor_production`` (the Viewer role
+gets 403; User and above may). OpenAPI: ``/model-registry/openapi.json`` and ``/model-registry/docs``.
 
 ===============================================  ==================================================
 ``GET  /model-registry/models``                  registered models with their production version
@@ -30,7 +33,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from airflow.api_fastapi.core_api.security import get_user
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.core_api.security import get_user, requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
@@ -41,8 +45,13 @@ app = FastAPI(
     version="2.0",
     description="Registered models (one per market and target), their versions, aliases and history, "
                 "and predictions of each model's production version.",
-    dependencies=[Depends(get_user)],
+    dependencies=[Depends(get_user),
+                  # What the registry holds was made by weekly_retrain's runs: who may read those may read it.
+                  Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id="weekly_retrain"))],
 )
+
+#: Writing a prediction feeds monitoring: it takes the right to start monitoring runs.
+_MAY_WRITE_PREDICTIONS = Depends(requires_access_dag("POST", DagAccessEntity.RUN, param_dag_id="monitor_production"))
 
 
 class PredictRequest(BaseModel):
@@ -67,6 +76,7 @@ class PredictResponse(BaseModel):
     horizon_bars: int
     model_age_hours: float
     stale: bool
+    data_age_hours: float = Field(description="Hours from the close of the bar used to as_of.")
 
 
 def _settings():
@@ -211,7 +221,8 @@ def version_report(version: str) -> FileResponse:
     return FileResponse(path, media_type="text/html")
 
 
-@app.post("/predict", summary="Predict with a registered model's production version", response_model=PredictResponse)
+@app.post("/predict", summary="Predict with a registered model's production version", response_model=PredictResponse,
+          dependencies=[_MAY_WRITE_PREDICTIONS])
 def predict(body: PredictRequest) -> dict[str, Any]:
     from include.errors import RegistryError, ServingError
     from include.serving import production_model

@@ -76,6 +76,8 @@ class LocalAirflow:
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__API_AUTH__JWT_SECRET": "local-cluster-test-secret-0123456789abcdef",
+            # An admin, and a viewer for the authorization tests (Airflow's read-only role).
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
             "AIRFLOW__CELERY__BROKER_URL": broker_url,
             "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + metadata_url.replace("+psycopg2", ""),
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
@@ -97,7 +99,8 @@ class LocalAirflow:
 
     def start(self) -> LocalAirflow:
         """Migrate the metadata database and start the components; wait for the API."""
-        (self.home / "simple_auth_manager_passwords.json.generated").write_text('{"admin": "admin"}')
+        (self.home / "simple_auth_manager_passwords.json.generated").write_text(
+            '{"admin": "admin", "viewer": "viewer"}')
         self.airflow("db", "migrate")
         # The thread budget's pool (include/resources.py), sized for this machine as `make airflow` does.
         from include.resources import TRAINING_POOL, training_slots

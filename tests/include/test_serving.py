@@ -61,10 +61,12 @@ def test_staleness_guard_warns_or_refuses(trained_registry, caplog):
     settings = trained_registry["settings"]
     registry = ModelRegistry.from_settings(settings)
     later = AS_OF + timedelta(hours=3)
-    warn = ProductionModel(registry, settings.market_db_url, BTC, max_age_hours=2, on_stale="warn")
+    warn = ProductionModel(registry, settings.market_db_url, BTC, max_age_hours=2, on_stale="warn",
+                           max_data_lag_bars=None)
     pred = warn.predict(later)
     assert pred.stale and pred.model_age_hours == 3 and "over the 2 h limit" in caplog.text
-    refuse = ProductionModel(registry, settings.market_db_url, BTC, max_age_hours=2, on_stale="refuse")
+    refuse = ProductionModel(registry, settings.market_db_url, BTC, max_age_hours=2, on_stale="refuse",
+                             max_data_lag_bars=None)
     with pytest.raises(ServingError, match="refusing to serve"):
         refuse.predict(later)
     with pytest.raises(ServingError, match="binance-xrpusdt-perp-1h-h4 has no production version"):
@@ -91,3 +93,17 @@ def test_native_fast_path_equals_the_ensembles_predict_proba(serving, trained_re
     assert fast.native
     np.testing.assert_allclose(fast.predict_proba(frame.to_numpy()), model.predict_proba(frame), atol=1e-9)
     np.testing.assert_allclose(serving.predict_row(frame.to_numpy()[-3:]), model.predict_proba(frame.tail(3)), atol=1e-9)
+
+
+def test_a_forecast_from_data_older_than_a_bar_of_lag_is_refused_and_every_answer_says_how_old(trained_registry):
+    settings = trained_registry["settings"]
+    registry = ModelRegistry.from_settings(settings)
+    serving = ProductionModel(registry, settings.market_db_url, BTC, max_age_hours=None)
+    on_time = serving.predict(AS_OF)  # the store ends with the bar closing at AS_OF
+    assert on_time.bar == "2023-12-30T23:00:00+00:00" and on_time.data_age_hours == 0
+    late = serving.predict(AS_OF + timedelta(minutes=90))  # one bar behind: ingestion's allowance
+    assert late.bar == on_time.bar and late.data_age_hours == 1.5
+    with pytest.raises(ServingError, match=r"closed at 2023-12-31T00:00:00\+00:00, 72.0 h \(72 bars\) before "
+                                           r"2024-01-03T00:00:00\+00:00; at most 1 bar"):
+        serving.predict(AS_OF + timedelta(days=3))
+    registry.dispose()

@@ -62,6 +62,16 @@ def test_every_route_needs_an_airflow_user(api):
     assert _request(api["base"] + "/model-registry/versions", token="not-a-token")[0] in (401, 403)
 
 
+def test_a_viewer_reads_the_registry_but_cannot_write_the_prediction_log(api):
+    status, token = _request(f"{api['base']}/auth/token", body={"username": "viewer", "password": "viewer"})
+    assert status in (200, 201), token
+    viewer = token["access_token"]
+    assert _request(api["base"] + "/model-registry/models", viewer)[0] == 200
+    assert _request(api["base"] + f"/model-registry/versions/{api['eth']}", viewer)[0] == 200
+    status, err = _request(api["base"] + "/model-registry/predict", viewer, {"model": BTC, "as_of": "2023-12-31T00:00:00Z"})
+    assert status == 403 and err["detail"] == "Forbidden"
+
+
 def test_monitoring_routes_answer_before_any_monitoring_run(api):
     # Models in production, none monitored yet: empty answers and a page saying how to start.
     assert _request(api["base"] + "/model-registry/monitoring", token=api["token"]) == (200, {})
@@ -100,7 +110,7 @@ def test_predict_and_openapi(api):
                             {"model": BTC, "as_of": "2023-12-31T00:00:00Z"})
     assert status == 200, pred
     assert (pred["model"], pred["version"], pred["bar"]) == (BTC, api["versions"][1], "2023-12-30T23:00:00+00:00")
-    assert sum(pred["probabilities"].values()) == pytest.approx(1.0)
+    assert sum(pred["probabilities"].values()) == pytest.approx(1.0) and pred["data_age_hours"] == 0
     # A symbol resolves to its one registered model; each market is served by its own production version.
     status, eth = _request(api["base"] + "/model-registry/predict", api["token"],
                            {"symbol": "ETHUSDT", "market_type": "perp", "as_of": "2023-12-31T00:00:00Z"})
