@@ -18,7 +18,9 @@ each of the last `monitor_log_loss_days` (3) days; live drawdown beyond `monitor
 **Actions.** Drift or degradation: an alert with the numbers, and a retraining request, the
 `retrain_request` Asset, which `weekly_retrain` is scheduled on besides its weekly timetable,
 for the models concerned; at most one request per model within `monitor_cooldown_hours` (72 h of
-data time), so one incident gives one retrain. Stale data alone: an alert (retraining on stale
+data time), so one incident gives one retrain. The cooldown starts when the request is emitted,
+and one model whose monitoring fails neither cancels the other models' requests nor leaves the
+run green (`check_models` fails it). Stale data alone: an alert (retraining on stale
 data does not help). Every run's report, with every number and the decision, is kept in the
 market database's `monitor_report` table and shown on the **Monitoring** page.
 
@@ -93,24 +95,43 @@ def monitor_production():
         """Ingest, score, join labels, measure, decide; the report's headline for XCom."""
         from include.config import Settings
         from include.monitoring.tasks import monitor_one
+        from include.tasks import fail_fast
 
-        return monitor_one(Settings.from_env(), model, params=params, data_interval_end=data_interval_end,
-                           run_after=getattr(dag_run, "run_after", None), run_id=get_current_context()["run_id"])
+        with fail_fast():  # missing data or a bad parameter: no retry, the alert goes out at once
+            return monitor_one(Settings.from_env(), model, params=params, data_interval_end=data_interval_end,
+                               run_after=getattr(dag_run, "run_after", None), run_id=get_current_context()["run_id"])
 
-    @task(outlets=[RETRAIN_REQUEST])
+    # all_done: one model whose monitoring failed does not cancel the other models' requests.
+    @task(outlets=[RETRAIN_REQUEST], trigger_rule="all_done")
     def request_retrain(results: list[dict], outlet_events=None) -> dict:
         """Alert on anything tripped; update the retrain_request asset for the models that need it."""
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from include.config import Settings
         from include.monitoring.tasks import retrain_request
 
-        request = retrain_request(list(results), get_current_context())
+        request = retrain_request(list(results or []), get_current_context(), Settings.from_env())
         if request is None:
             raise AirflowSkipException("no model needs a retrain: no retrain_request event")
         outlet_events[RETRAIN_REQUEST].extra = request
         return request
 
-    request_retrain(monitor_model.expand(model=list_models()))
+    @task(trigger_rule="all_done", on_failure_callback=None)
+    def check_models(models: list[str], results: list[dict]) -> list[str]:
+        """Fail the run when a model's monitoring failed (its own alert named it); the others stand."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        done = {r["model"] for r in results or []}
+        failed = sorted(set(models or []) - done)
+        if failed:
+            raise AirflowFailException(f"monitoring failed for {len(failed)} of {len(models)} model(s): "
+                                       f"{', '.join(failed)}; the other models' results and requests stand")
+        return sorted(done)
+
+    models = list_models()
+    results = monitor_model.expand(model=models)
+    request_retrain(results)
+    check_models(models, results)
 
 
 monitor_production()

@@ -4,8 +4,17 @@
 (reference bins, PSI), :mod:`include.monitoring.monitor` (one monitoring run and its policy).
 """
 
-from include.monitoring.monitor import ALERT, COOLDOWN, OK, RETRAIN, MonitorPolicy, monitor, reports
+from include.monitoring.monitor import (
+    ALERT,
+    COOLDOWN,
+    OK,
+    RETRAIN,
+    MonitorPolicy,
+    mark_requested,
+    monitor,
+    reports,
+)
 from include.monitoring.predictions import last_scored_bar, load_predictions, log_predictions
 
-__all__ = ["ALERT", "COOLDOWN", "OK", "RETRAIN", "MonitorPolicy", "last_scored_bar", "load_predictions",
+__all__ = ["ALERT", "COOLDOWN", "OK", "RETRAIN", "MonitorPolicy", "mark_requested", "last_scored_bar", "load_predictions",
            "log_predictions", "monitor", "reports"]

@@ -15,8 +15,8 @@ Steps, for the span from the version's training end to ``as_of``:
    share of missing values per feature); data freshness (age of the last closed bar).
 5. **Decide** with :class:`MonitorPolicy`: ``ok``; ``alert`` (stale data, whatever else tripped:
    a retrain would not see newer data than the monitor did); ``retrain_requested`` (drift or
-   degradation on fresh data); ``cooldown`` (it would have requested, but a request was made
-   within ``cooldown_hours`` of data time).
+   degradation on fresh data); ``cooldown`` (it would have requested, but a request was made,
+   and emitted as an asset event, within ``cooldown_hours`` of data time).
    Every number and the decision go to the ``monitor_report`` table.
 """
 
@@ -235,7 +235,23 @@ def _last_request(engine: sa.Engine, model: str, before_ms: int, run_id: str) ->
     t = report_table
     with engine.connect() as conn:
         return conn.execute(sa.select(sa.func.max(t.c.as_of)).where(
-            t.c.model == model, t.c.action == RETRAIN, t.c.as_of <= before_ms, t.c.run_id != run_id)).scalar()
+            t.c.model == model, t.c.action == RETRAIN, t.c.requested_at.is_not(None), t.c.as_of <= before_ms,
+            t.c.run_id != run_id)).scalar()
+
+
+def mark_requested(engine: sa.Engine, run_id: str, models: list[str]) -> int:
+    """Record that run ``run_id``'s retrain requests of ``models`` became an asset event.
+
+    The cooldown (:func:`decide`) counts only requests marked here, so one that never reached
+    Airflow does not delay the next.
+
+    Returns:
+        Reports marked.
+    """
+    t = report_table
+    with engine.begin() as conn:
+        return conn.execute(t.update().where(t.c.run_id == run_id, t.c.model.in_(models), t.c.action == RETRAIN)
+                            .values(requested_at=int(time.time() * 1000))).rowcount
 
 
 def decide(engine: sa.Engine, model: str, checks: list[dict[str, Any]], as_of_ms: int, run_id: str,

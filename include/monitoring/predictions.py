@@ -17,7 +17,7 @@ from include.errors import PipelineError
 
 metadata = sa.MetaData()
 
-# The tables of migration 0006, as the code queries them.
+# The tables of migrations 0006 and 0008, as the code queries them.
 prediction_table = sa.Table(
     "prediction_log", metadata,
     sa.Column("model", sa.String(128), primary_key=True),
@@ -41,6 +41,7 @@ report_table = sa.Table(
     sa.Column("action", sa.String(24), nullable=False, comment="ok, alert, retrain_requested or cooldown"),
     sa.Column("run_id", sa.String(250), nullable=False),
     sa.Column("report", sa.JSON, nullable=False),
+    sa.Column("requested_at", sa.BigInteger, nullable=True, comment="when request_retrain emitted the request, ms UTC"),
 )
 
 SOURCES = ("api", "smoke_test", "monitor")

@@ -86,8 +86,12 @@ def monitor_message(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def retrain_request(results: list[dict[str, Any]], context: dict[str, Any] | None) -> dict[str, Any] | None:
+def retrain_request(results: list[dict[str, Any]], context: dict[str, Any] | None,
+                    settings: Settings | None = None) -> dict[str, Any] | None:
     """Alert on every model that is not ``ok``; the retrain request's extra, or ``None``.
+
+    With ``context`` and ``settings``, the requested models' reports of this run are marked as
+    emitted (:func:`include.monitoring.mark_requested`), which starts their cooldown.
 
     Returns:
         ``{"models", "as_of", "reasons": {model: reason}}`` for the models whose action is
@@ -103,5 +107,15 @@ def retrain_request(results: list[dict[str, Any]], context: dict[str, Any] | Non
         return None
     request = {"models": [r["model"] for r in wanted], "as_of": max(r["as_of"] for r in wanted),
                "reasons": {r["model"]: r["reason"] for r in wanted}}
+    if context is not None and settings is not None:
+        # Last step: the cooldown starts with the event, not with the report that asked for it.
+        from include.monitoring import mark_requested
+        from include.pipeline.common import open_store
+
+        store = open_store(settings)
+        try:
+            mark_requested(store.engine, context["run_id"], request["models"])
+        finally:
+            store.dispose()
     logger.warning("retrain requested for %s", ", ".join(request["models"]))
     return request

@@ -454,17 +454,34 @@ def test_monitoring_a_drifting_market_updates_the_retrain_request_asset(dag, fir
             frame.to_csv(fh, index=False)
     monitor = DagBag(dag_folder=str(ROOT / "dags")).get_dag("monitor_production")
     with _webhooks() as received:
+        # ETH's monitoring fails: the source folder holds BTC's files only.
         dr = monitor.test(logical_date=datetime(2023, 12, 31, tzinfo=UTC),  # interval [12-30, 12-31)
-                          run_conf={"models": [BTC], "source_dir": str(src)})
-    # One alert per channel, with the numbers.
+                          run_conf={"models": [BTC, ETH], "source_dir": str(src)})
+    # BTC's request still goes out: one alert per channel for it, with the numbers, besides ETH's failure alerts.
     texts = [json.loads(b).get("text") or json.loads(b).get("content") for _, b in received]
-    assert len(texts) == 2, texts
-    for text in texts:
+    monitor_texts = [t for t in texts if t.startswith("monitor_production: ")]
+    assert len(monitor_texts) == 2, texts
+    for text in monitor_texts:
         for needle in ("monitor_production: 1 of 1 model(s) need attention", f"{BTC} ", "RETRAIN_REQUESTED",
                        "feature_drift: largest PSI among the top 5 features: "):
             assert needle in text, (needle, text)
-    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
-    assert dr.state == "success" and states["request_retrain"] == "success", states
+    states = {(ti.task_id, ti.map_index): ti.state for ti in dr.get_task_instances()}
+    assert sorted(s for (t, _), s in states.items() if t == "monitor_model") == ["failed", "success"], states
+    assert states[("request_retrain", -1)] == "success" and states[("check_models", -1)] == "failed", states
+    # The run is red: a model went unmonitored.
+    assert dr.state == "failed"
+    # The cooldown started with the event: BTC's report is marked as emitted.
+    import sqlalchemy as sa
+
+    from include.config import Settings
+    from include.monitoring.predictions import report_table
+
+    engine = sa.create_engine(Settings.from_env().market_db_url)
+    with engine.connect() as conn:
+        marked = conn.execute(sa.select(report_table.c.model, report_table.c.requested_at)
+                              .where(report_table.c.run_id == dr.run_id)).all()
+    engine.dispose()
+    assert [(m, t is not None) for m, t in marked] == [(BTC, True)]
     with create_session() as session:
         events = session.scalars(select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
                                  .where(AssetModel.name == "retrain_request")).all()

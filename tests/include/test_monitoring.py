@@ -105,7 +105,10 @@ def test_a_promoted_model_is_scored_forward_over_a_week_it_never_saw(deployment)
 
 
 def test_a_volume_shift_requests_one_retrain_per_cooldown(deployment):
-    from include.monitoring import COOLDOWN, RETRAIN, MonitorPolicy, monitor
+    import sqlalchemy as sa
+
+    from include.monitoring import COOLDOWN, RETRAIN, MonitorPolicy, mark_requested, monitor
+    from include.monitoring.predictions import report_table
 
     settings, src = deployment
 
@@ -119,16 +122,22 @@ def test_a_volume_shift_requests_one_retrain_per_cooldown(deployment):
     volume = next(r for r in first["drift"]["table"] if r["feature"] == "volume")
     assert volume["psi"] > 0.25 and "volume" in first["drift"]["top_features"][:5]
     assert _check(first, "feature_drift")["tripped"] and first["action"] == RETRAIN
+    # The request never became an asset event (request_retrain did not run): no cooldown yet.
+    engine = sa.create_engine(settings.market_db_url)
+    again = monitor(settings, BTC, datetime(2023, 12, 24, 12, tzinfo=UTC), run_id="d1b", source=source)
+    assert again["action"] == RETRAIN
+    with engine.begin() as conn:
+        conn.execute(sa.delete(report_table).where(report_table.c.run_id == "d1b"))
+    assert mark_requested(engine, "d1", [BTC]) == 1  # what request_retrain does as its last step
     # One incident, one retrain: the next days fall in the 72 h cooldown, then a new request.
     assert monitor(settings, BTC, datetime(2023, 12, 25, tzinfo=UTC), run_id="d2", source=source)["action"] == COOLDOWN
     assert monitor(settings, BTC, datetime(2023, 12, 27, tzinfo=UTC), run_id="d3", source=source)["action"] == RETRAIN
+    mark_requested(engine, "d3", [BTC])
     # Without a cooldown, every tripped day asks.
     assert monitor(settings, BTC, datetime(2023, 12, 28, tzinfo=UTC), run_id="d4", source=source,
                    policy=MonitorPolicy(cooldown_hours=0))["action"] == RETRAIN
 
     # The Monitoring page and its API read the same records.
-    import sqlalchemy as sa
-
     from include.monitoring import reports
     from include.monitoring.page import history, render
 
