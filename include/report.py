@@ -175,7 +175,10 @@ def _champion_section(gate: dict[str, Any]) -> str:
     test = ("<p>Paired test on the same rows (circular block bootstrap of per-row log-loss differences, "
             f"blocks of {paired.get('block')} bars, {paired.get('n_resamples')} resamples): mean difference "
             f"{paired['mean_difference']:+.4f} nats per row, one-sided p = {paired['p_value']:.3f} "
-            "for H1 “the challenger's log loss is lower”.</p>") if paired.get("p_value") is not None else ""
+            "for H1 “the challenger's log loss is lower”.</p>") if paired.get("p_value") is not None else (
+            f"<p>Paired test: same model. Both give the same forecast on every one of the {paired.get('n')} rows "
+            "(the champion is the fit the challenger's last fold trains), so there is no difference to test.</p>"
+            if paired.get("same_forecast") else "")
     return ("<p>Both models scored on the same rows: this run's data interval. The challenger is its last "
             "walk-forward fold model; the champion is the registered model, never refitted. When the "
             "champion is last week's candidate, both were fitted on the same rows and score alike.</p>"

@@ -184,7 +184,8 @@ def _gate_outcome(info: dict[str, Any]) -> dict[str, Any] | None:
             "challenger": window.get("macro_f1"), "n": window.get("n"),
             "champion": (champion.get("metrics") or {}).get("macro_f1"),
             "champion_version": champion.get("version"),
-            "p_value": (champion.get("paired_test") or {}).get("p_value")}
+            "p_value": (champion.get("paired_test") or {}).get("p_value"),
+            "same_model": bool((champion.get("paired_test") or {}).get("same_forecast"))}
 
 
 def _gate_cell(gate: dict[str, Any] | None) -> str:
@@ -195,7 +196,8 @@ def _gate_cell(gate: dict[str, Any] | None) -> str:
     if gate["champion"] is None:
         versus = "no champion compared"
     else:
-        p = f", p = {gate['p_value']:.2f}" if gate["p_value"] is not None else ""
+        p = (f", p = {gate['p_value']:.2f}" if gate["p_value"] is not None
+             else ", same model" if gate.get("same_model") else "")
         versus = (f"macro F1 {gate['challenger']:.3f} vs champion {html.escape(str(gate['champion_version']))} "
                   f"{gate['champion']:.3f} on the same {gate['n']} rows{p}")
     return f"{verdict}<br><small>{versus}</small>"

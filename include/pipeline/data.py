@@ -49,6 +49,15 @@ def market_source(cfg: RunConfig, settings: Settings) -> MarketDataSource:
         return FileSource(checked_input_path(cfg.source_dir, "source_dir"))
     return FileSource(settings.data_dir)
 
+def week_end_on_or_after(moment: datetime, window: RunWindow) -> datetime:
+    """The first data-interval end of the run's schedule at or after ``moment``: the run's own
+    ``interval_end`` plus a whole number of intervals (a Sunday 00:00 UTC for the weekly DAG)."""
+    end, length = window.ts("interval_end"), window.ts("interval_end") - window.ts("interval_start")
+    if moment <= end or length <= timedelta(0):
+        return end if length > timedelta(0) else moment
+    return end + length * -(-(moment - end) // length)
+
+
 def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None,
                    stored: tuple[datetime, datetime] | None, source: str = "the source",
                    source_extent: tuple[datetime, datetime] | None = None) -> RunWindow:
@@ -66,7 +75,8 @@ def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None
 
     Raises:
         MarketNotReadyError: the market is younger than ``min_history_days`` at this window, or
-            not listed yet (its first stored candle is after the window); the message says from
+            not listed yet: the source's first candle (``source_extent``; the first stored one
+            only for a source that cannot tell) is after the window. The message says from
             which week it qualifies.
         NoDataError: the window holds no candles and nothing says the market is young: no data
             at all, or data that ends before the window (stale files, an outage).
@@ -74,11 +84,14 @@ def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None
     start, end = window.ts("ingest_start"), window.ts("interval_end")
     what = f"{cfg.symbol} {cfg.market_type} {cfg.timeframe} candles"
     if first_bar is None:
-        if stored is not None and stored[0] >= end:
-            qualifies = stored[0] + warmup(cfg) + timedelta(days=cfg.min_history_days)
+        # Whether the market was listed yet is the source's to say, not what earlier runs stored.
+        listed, by = ((source_extent[0], "the source's first candle") if source_extent is not None
+                      else (stored[0], "the first stored candle") if stored is not None else (None, ""))
+        if listed is not None and listed >= end:
+            qualifies = week_end_on_or_after(listed + warmup(cfg) + timedelta(days=cfg.min_history_days), window)
             raise MarketNotReadyError(
-                f"{cfg.model_name}: not listed yet in this window: the first stored candle is "
-                f"{stored[0]:%Y-%m-%d %H:%M}Z, after {end:%Y-%m-%d}Z. It qualifies for the week ending "
+                f"{cfg.model_name}: not listed yet in this window: {by} is "
+                f"{listed:%Y-%m-%d %H:%M}Z, after {end:%Y-%m-%d}Z. It qualifies for the week ending "
                 f"{qualifies:%Y-%m-%d} or later; skipped this run.", qualifies_on=qualifies.date().isoformat())
         held = (f"the market store holds {what} from {stored[0]:%Y-%m-%d %H:%M}Z to {stored[1]:%Y-%m-%d %H:%M}Z"
                 if stored is not None else f"the market store holds no {what} at all")
@@ -94,7 +107,7 @@ def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None
     train_start = first_bar + warmup(cfg)
     available = (end - train_start).total_seconds() / 86_400
     if available < cfg.min_history_days:
-        qualifies = train_start + timedelta(days=cfg.min_history_days)
+        qualifies = week_end_on_or_after(train_start + timedelta(days=cfg.min_history_days), window)
         raise MarketNotReadyError(
             f"{cfg.model_name}: history starts {first_bar:%Y-%m-%d %H:%M}Z, which leaves {available:.0f} days of "
             f"training data before {end:%Y-%m-%d}Z after the {warmup(cfg) / timedelta(days=1):.0f}-day warm-up; "
@@ -182,7 +195,10 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     """Run the expectation suites over every bar the features read; write ``validation.json``.
 
     The window is ``[ingest_start, interval_end)``: the training window and the indicator warm-up
-    before it, so a bad bar in the warm-up is caught here, not as degenerate labels later.
+    before it, so a bad bar in the warm-up is caught here, not as degenerate labels later. The
+    candles must cover it: bars missing at its start count as a gap, and the last bar must close
+    at ``interval_end`` unless the store records an exchange gap there, so a version's
+    ``trained_until`` is true.
 
     Returns:
         ``{"success": True, "rows": {...}, "report": path}``.
@@ -202,13 +218,20 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         funding = store.load_funding_rates(**key) if cfg.market_type == "perp" else None
         oi = store.load_open_interest(**key)
         refused = store.load_quarantine(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
+        gaps = store.load_gaps(exchange=cfg.exchange, market_type=cfg.market_type, symbol=cfg.symbol,
+                               timeframe=cfg.timeframe)
     finally:
         store.dispose()
+    bar = timedelta(seconds=cfg.bar_seconds)
+    last_close = (ohlcv["timestamp"].iloc[-1] + bar) if len(ohlcv) else pd.Timestamp(start)
+    # Bars at the window's end that the exchange itself does not have: not expected in the data.
+    tail_gap = sum(max(0, int((min(g.end, pd.Timestamp(end)) - max(g.start, last_close)) // bar)) for g in gaps)
     limits = SuiteLimits(
         bar_seconds=cfg.bar_seconds,
         expected_bars=int((end - start).total_seconds() // cfg.bar_seconds),
         min_row_share=cfg.min_row_share, max_gap_share=cfg.max_gap_share, max_gap_bars=cfg.max_gap_bars,
         max_abs_funding_rate=cfg.max_abs_funding_rate, funding_interval_hours=cfg.funding_interval_hours,
+        window_start=pd.Timestamp(start), window_end=pd.Timestamp(end), exchange_gap_bars_at_end=tail_gap,
     )
     report = run_suites(ohlcv, funding, oi, limits)
     if len(refused):

@@ -41,6 +41,12 @@ class SuiteLimits:
         max_gap_bars: largest tolerated single gap, in bars.
         max_abs_funding_rate: bound on ``|funding_rate|`` per settlement (fraction).
         funding_interval_hours: settlement cadence.
+        window_start: first bar open time the window must hold (UTC); with it, the bars missing
+            before the first row count as a gap like any other.
+        window_end: end of the window (UTC); with it, the last bar must close at it, less the
+            bars of ``exchange_gap_bars_at_end``: data that stops early fails, naming where it ends.
+        exchange_gap_bars_at_end: bars at the end of the window that the exchange itself does
+            not have (recorded gaps, ``ohlcv_gap``), which the data is not expected to hold.
     """
 
     bar_seconds: int
@@ -50,14 +56,30 @@ class SuiteLimits:
     max_gap_bars: int
     max_abs_funding_rate: float
     funding_interval_hours: int
+    window_start: pd.Timestamp | None = None
+    window_end: pd.Timestamp | None = None
+    exchange_gap_bars_at_end: int = 0
 
 
-def _ohlcv_frame(df: pd.DataFrame, bar_seconds: int) -> pd.DataFrame:
+def _ohlcv_frame(df: pd.DataFrame, limits: SuiteLimits) -> pd.DataFrame:
+    """Candles with the derived columns the suite checks: ``grid_offset_s`` (seconds off the bar
+    grid), ``missing_bars_before`` (bars missing between the previous row, or the window start,
+    and this one) and ``missing_bars_after`` (on the last row: bars missing between its close and
+    the window end, less recorded exchange gaps there; 0 elsewhere)."""
+    bar_seconds = limits.bar_seconds
     out = df.copy()
     epoch_s = (out["timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
     out["grid_offset_s"] = (epoch_s % bar_seconds).astype("int64")
-    steps = epoch_s.diff().fillna(bar_seconds)
+    first = bar_seconds
+    if limits.window_start is not None and len(out):
+        first = (out["timestamp"].iloc[0] - pd.Timestamp(limits.window_start)) / pd.Timedelta(seconds=1) + bar_seconds
+    steps = epoch_s.diff().fillna(first)
     out["missing_bars_before"] = (steps / bar_seconds - 1).clip(lower=0).astype("float64")
+    out["missing_bars_after"] = 0.0
+    if limits.window_end is not None and len(out):
+        last_close = out["timestamp"].iloc[-1] + pd.Timedelta(seconds=bar_seconds)
+        behind = (pd.Timestamp(limits.window_end) - last_close) / pd.Timedelta(seconds=bar_seconds)
+        out.loc[out.index[-1], "missing_bars_after"] = max(0.0, float(behind) - limits.exchange_gap_bars_at_end)
     return out
 
 
@@ -73,8 +95,8 @@ def _ohlcv_expectations(gxe: Any, limits: SuiteLimits) -> list[Any]:
     exps: list[Any] = [
         gxe.ExpectTableRowCountToBeBetween(
             min_value=max(1, int(np.ceil(limits.min_row_share * limits.expected_bars)))),
-        gxe.ExpectTableColumnsToMatchSet(column_set=cols + ["grid_offset_s", "missing_bars_before"],
-                                         exact_match=True),
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=cols + ["grid_offset_s", "missing_bars_before", "missing_bars_after"], exact_match=True),
     ]
     exps += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in cols]
     exps += [gxe.ExpectColumnValuesToBeInTypeList(column=c, type_list=["float64", "float32"])
@@ -98,6 +120,8 @@ def _ohlcv_expectations(gxe: Any, limits: SuiteLimits) -> list[Any]:
             max_value=limits.max_gap_share * limits.expected_bars),
         gxe.ExpectColumnMaxToBeBetween(column="missing_bars_before", min_value=0,
                                        max_value=limits.max_gap_bars),
+        # The data must reach the window's end: the last fold and the lineage's trained_until say so.
+        gxe.ExpectColumnMaxToBeBetween(column="missing_bars_after", min_value=0, max_value=0),
     ]
     return exps
 
@@ -166,6 +190,10 @@ def _plain_message(expectation: str, kwargs: dict[str, Any], observed: Any, fram
     """One sentence a person can act on: what was found, where, and the limit it broke."""
     limits = {k: v for k, v in kwargs.items() if k not in ("batch_id", "column", "column_A", "column_B",
                                                            "result_format")}
+    if kwargs.get("column") == "missing_bars_after" and len(frame):
+        return (f"the candles end with the bar opening {_when(frame['timestamp'].iloc[-1])}, {observed:.0f} bar(s) "
+                "before the window's end, with no exchange gap recorded there: the data stops early (a stale "
+                "source or an interrupted ingestion)")
     if kwargs.get("column") == "missing_bars_before" and "missing_bars_before" in frame and len(frame):
         worst = frame.loc[frame["missing_bars_before"].idxmax()]
         largest = f"{worst['missing_bars_before']:.0f} missing bars before {_when(worst['timestamp'])}"
@@ -217,7 +245,7 @@ def run_suites(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest:
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_pandas("market")
-    plan = [("ohlcv", _ohlcv_frame(ohlcv, limits.bar_seconds), _ohlcv_expectations(gxe, limits))]
+    plan = [("ohlcv", _ohlcv_frame(ohlcv, limits), _ohlcv_expectations(gxe, limits))]
     if funding is not None:
         plan.append(("funding_rate", _funding_frame(funding, limits.funding_interval_hours),
                      _funding_expectations(gxe, limits)))

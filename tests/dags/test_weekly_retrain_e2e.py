@@ -163,9 +163,12 @@ def test_second_run_gates_each_market_against_its_own_champion(dag, first_run, w
         names = {c["name"]: c for c in gate["checks"]}
         assert names["champion_out_of_sample"]["passed"]
         assert not gate["passed"] and not names["beats_baselines_f1"]["passed"]
-        assert "beats_champion" in names and "paired log-loss test p = " in names["beats_champion"]["detail"]
+        # Last week's candidate is the champion, and this week's last fold model is that same fit:
+        # the same model, said as such (not a failed test with p = 1).
+        assert "beats_champion" in names and "same forecast as the champion on every row" in names["beats_champion"]["detail"]
         assert gate["champion_evaluation"]["metrics"]["n"] == gate["candidate_gate_window"]["n"] > 100
-        assert 0 <= gate["champion_evaluation"]["paired_test"]["p_value"] <= 1
+        paired = gate["champion_evaluation"]["paired_test"]
+        assert paired["same_forecast"] and paired["p_value"] is None and paired["mean_difference"] == 0
         action = _summary(dr, model)["action"]
         assert action["action"] == "keep" and action["rejected"] == gate["candidate"]
         assert registry.production(model).version == champions[model]
@@ -186,7 +189,7 @@ def test_second_run_gates_each_market_against_its_own_champion(dag, first_run, w
     assert html.count("data:image/png;base64,") == 4 and "<link" not in html and "src=\"http" not in html
     for needle in (gate["candidate"], "beats_trading_baselines", "buy_and_hold", "Feature importance",
                    "<td>flat</td><td>gate baseline</td>", "<td>buy_and_hold</td><td>reference only</td>",
-                   "Challenger against champion", f"champion {champions[BTC]}", "one-sided p = ",
+                   "Challenger against champion", f"champion {champions[BTC]}", "Paired test: same model",
                    "fee 4 bps + slippage 1 bps per side", "probability ≥ 0.333",
                    "Data interval 2023-12-24 00:00 UTC → 2023-12-31 00:00 UTC"):
         assert needle in html, needle
@@ -321,8 +324,9 @@ def test_young_markets_train_on_shorter_history_or_are_skipped_with_a_date(unive
     assert states[("ingest_market_data", YNG)] == "skipped"
     assert states[("publish_market_summary", YNG)] == "skipped"
     skipped = _universe(dr)[YNG]
-    # First bar 2023-11-14, + 7 days of warm-up (168 bars), + 60 days = 2024-01-20.
-    assert skipped["qualifies_on"] == "2024-01-20"
+    # First bar 2023-11-14, + 7 days of warm-up (168 bars), + 60 days = Saturday 2024-01-20: the
+    # first week ending on or after it ends on Sunday 2024-01-21.
+    assert skipped["qualifies_on"] == "2024-01-21"
     assert "leaves 33 days" in skipped["reason"] and "min_history_days=60" in skipped["reason"]
 
     summary = _summary(dr, NEW)

@@ -125,3 +125,31 @@ def test_validation_keeps_great_expectations_registration_noise_out_of_the_log()
     assert "success True" in done.stdout
     assert "Skipping registering" not in done.stderr
     assert "_docs_decorators" not in done.stderr
+
+
+def test_candles_that_stop_before_the_window_end_fail_naming_where_they_end():
+    from include.quality.suites import SuiteLimits, run_suites
+
+    index = pd.date_range("2023-11-01", "2023-12-31", freq="h", tz="UTC", inclusive="left")
+    full = pd.DataFrame({"timestamp": index, "open": 100.0, "high": 101.0, "low": 99.0, "close": 100.5,
+                         "volume": 5.0})
+    start, end = index[0], index[-1] + pd.Timedelta(hours=1)
+
+    def limits(**extra):
+        return SuiteLimits(3600, len(index), 0.5, 0.4, 24, 0.03, 8, window_start=start, window_end=end, **extra)
+
+    assert run_suites(full, None, None, limits())["success"]
+    for hours in (72, 30 * 24):  # both pass the row-count floor and the gap checks between rows
+        short = full[full["timestamp"] < end - pd.Timedelta(hours=hours)]
+        report = run_suites(short, None, None, limits())
+        messages = [f["message"] for s in report["suites"] for f in s["failed"]]
+        assert not report["success"] and len(messages) == 1, messages
+        last = short["timestamp"].iloc[-1].strftime("%Y-%m-%dT%H:%MZ")
+        assert f"the candles end with the bar opening {last}, {hours} bar(s) before the window's end" in messages[0]
+    # An exchange outage the store records at the end is not the data's fault.
+    short = full[full["timestamp"] < end - pd.Timedelta(hours=6)]
+    assert run_suites(short, None, None, limits(exchange_gap_bars_at_end=6))["success"]
+    # Candles that start late leave a gap at the window's start like any other.
+    late = full[full["timestamp"] >= start + pd.Timedelta(hours=30)]
+    report = run_suites(late, None, None, limits())
+    assert not report["success"] and "30 missing bars before 2023-11-02T06:00Z" in report["suites"][0]["failed"][0]["message"]

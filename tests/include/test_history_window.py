@@ -34,14 +34,30 @@ def test_a_too_young_market_is_skipped_with_the_week_it_qualifies():
     first = datetime(2023, 10, 1, tzinfo=UTC)
     with pytest.raises(MarketNotReadyError, match="leaves 84 days .* min_history_days=180") as info:
         history_window(CFG, WINDOW, first, (first, STORED[1]))
-    assert info.value.qualifies_on == "2024-04-05"  # 2023-10-08 + 180 days (2024 is a leap year)
+    # 2023-10-08 + 180 days is Friday 2024-04-05 (2024 is a leap year): the first week ending on or
+    # after it ends on Sunday 2024-04-07, a real interval end of the weekly schedule.
+    assert info.value.qualifies_on == "2024-04-07" and "for the week ending 2024-04-07 or later" in str(info.value)
 
 
 def test_a_market_listed_after_the_window_is_skipped_not_failed():
     listing = datetime(2024, 3, 1, tzinfo=UTC)
     with pytest.raises(MarketNotReadyError, match="not listed yet") as info:
         history_window(CFG, WINDOW, None, (listing, datetime(2024, 6, 1, tzinfo=UTC)))
-    assert info.value.qualifies_on == "2024-09-04"
+    assert info.value.qualifies_on == "2024-09-08"  # Wed 2024-09-04 -> the week ending Sunday 09-08
+
+
+def test_whether_a_market_is_listed_yet_is_the_sources_word_not_the_stores():
+    listing = (datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 6, 1, tzinfo=UTC))
+    # An empty store (a fresh deployment) and a store that already holds the later candles decide alike.
+    for stored in (None, listing):
+        with pytest.raises(MarketNotReadyError, match="not listed yet in this window: the source's first candle is "
+                                                      "2024-03-01 00:00Z") as info:
+            history_window(CFG, WINDOW, None, stored, source_extent=listing)
+        assert info.value.qualifies_on == "2024-09-08"
+    # A source that holds data before the window but none in it: missing data, not a young market.
+    with pytest.raises(NoDataError, match="the source covers 2018-01-01 00:00Z to 2021-06-01 00:00Z"):
+        history_window(CFG, WINDOW, None, None,
+                       source_extent=(datetime(2018, 1, 1, tzinfo=UTC), datetime(2021, 6, 1, tzinfo=UTC)))
 
 
 @pytest.mark.parametrize(("stored", "held"), [
