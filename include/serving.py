@@ -177,8 +177,10 @@ class ProductionModel:
                 feature row in the store before ``as_of``, or the newest one lags ``as_of`` by
                 more than ``max_data_lag_bars``.
         """
+        from include.config import RunConfig
         from include.data.store import MarketStore
-        from include.features import FeatureSpec, build_features
+        from include.features import FeatureSpec
+        from include.pipeline.data import feature_frame
         from include.training import prior_corrected_predict
 
         version, model, lineage = self.current()
@@ -187,20 +189,23 @@ class ProductionModel:
         age, stale = self._check_age(version, lineage, as_of)
         spec = FeatureSpec.from_dict({k: v for k, v in lineage["feature_spec"].items() if k != "sha256"})
         bar = timedelta(seconds=TIMEFRAME_SECONDS[lineage["timeframe"]])
-        start = as_of - bar * (spec.warmup_bars + 48)
+        start = as_of - bar * 72
         if self._store is None:
             self._store = MarketStore(self.market_db_url)
-        key = {"exchange": lineage["exchange"], "symbol": lineage["symbol"]}
-        ohlcv = self._store.load_ohlcv(market_type=lineage["market_type"], timeframe=lineage["timeframe"],
-                                       start=start, end=as_of, **key)
-        funding = self._store.load_funding_rates(start=start - timedelta(days=10), end=as_of, **key)
-        oi = self._store.load_open_interest(start=start - timedelta(days=2), end=as_of, **key)
-        if ohlcv.empty:
+        market = RunConfig(exchange=lineage["exchange"], symbol=lineage["symbol"],
+                           market_type=lineage["market_type"], timeframe=lineage["timeframe"])
+        # The bar in progress at as_of is not complete: use bars that closed by then. The features
+        # are training's own for each bar (feature_frame computes them the same way everywhere).
+        complete_end = (pd.Timestamp(as_of) - bar).floor(bar) + bar  # bars that closed by as_of open before it
+        feats = feature_frame(self._store, market, spec, start, complete_end.to_pydatetime())[list(spec.names)]
+        if feats.empty:
+            extent = self._store.extent("ohlcv", exchange=market.exchange, symbol=market.symbol,
+                                        market_type=market.market_type, timeframe=market.timeframe, end=as_of)
+            ends = (f"the newest stored candle closed at {(extent[1] + bar).isoformat()}, "
+                    f"{(pd.Timestamp(as_of) - extent[1] - bar) / pd.Timedelta(hours=1):.1f} h before "
+                    f"{as_of.isoformat()}" if extent else "the store holds none before it")
             raise ServingError(f"no {lineage['symbol']} candles in the market store in [{start.isoformat()}, "
-                               f"{as_of.isoformat()}): is ingestion up to date?")
-        # The bar in progress at as_of is not complete: use bars that closed by then.
-        ohlcv = ohlcv[ohlcv["timestamp"] + bar <= pd.Timestamp(as_of)]
-        feats = build_features(ohlcv, spec, funding, oi)[list(spec.names)]
+                               f"{as_of.isoformat()}): {ends}; is ingestion up to date?")
         required = [c for c in spec.names if c != "oi_change_1d"]
         ready = feats[feats[required].notna().all(axis=1)]
         if ready.empty:

@@ -112,8 +112,8 @@ def _reference(settings: Settings, lineage: dict[str, Any], spec: Any, cfg: RunC
     Raises:
         PipelineError: nothing stored, and no bar of the training window in the store.
     """
-    from include.features import build_features
     from include.monitoring.drift import reference_bins
+    from include.pipeline.data import feature_frame
 
     if "drift_reference" in lineage:
         return {"bins": lineage["drift_reference"], "top_features": list(lineage.get("top_features") or spec.names),
@@ -123,14 +123,7 @@ def _reference(settings: Settings, lineage: dict[str, Any], spec: Any, cfg: RunC
     start = pd.Timestamp(window.get("first_bar") or window["train_start"]).to_pydatetime()
     end = (pd.Timestamp(window["last_training_row"]) + pd.Timedelta(seconds=cfg.bar_seconds)
            if window.get("last_training_row") else pd.Timestamp(window["trained_until"])).to_pydatetime()
-    read_from = start - timedelta(seconds=cfg.bar_seconds) * (spec.warmup_bars + 48)
-    key = {"exchange": cfg.exchange, "symbol": cfg.symbol}
-    bars = _closed_bars(store, cfg, read_from, end)
-    funding = store.load_funding_rates(start=read_from - timedelta(days=10), end=end, **key) \
-        if cfg.market_type == "perp" else None
-    oi = store.load_open_interest(start=read_from - timedelta(days=2), end=end, **key)
-    feats = build_features(bars, spec, funding, oi) if len(bars) else pd.DataFrame(columns=list(spec.names))
-    feats = feats[(feats.index >= pd.Timestamp(start))]
+    feats = feature_frame(store, cfg, spec, start, end)
     feats = feats[feats[[c for c in spec.names if c != "oi_change_1d"]].notna().all(axis=1)]
     if feats.empty:
         raise PipelineError(f"{lineage.get('registered_model')}: no drift reference stored with the version, and the "
@@ -296,11 +289,12 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
     """
     from include.backtest import TradingCosts, positions_from_proba, simulate
     from include.evaluation import multiclass_log_loss
-    from include.features import FeatureSpec, build_features
+    from include.features import FeatureSpec
     from include.gate import instant
     from include.labels import make_labels
     from include.monitoring.drift import drift_table
-    from include.pipeline.common import json_safe, open_store
+    from include.pipeline.common import feature_read_start, json_safe, open_store
+    from include.pipeline.data import feature_frame
     from include.registry import ModelRegistry
     from include.training import metrics_with_prior, prior_corrected_predict
 
@@ -322,19 +316,18 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
     if as_of <= trained_until:
         raise PipelineError(f"{model} {pointer.version} was trained until {trained_until.isoformat()}: "
                             f"nothing after it to monitor at {as_of.isoformat()}")
-    read_from = trained_until - bar * (spec.warmup_bars + 48)
+    read_from = feature_read_start(trained_until)
     store = open_store(settings)
     try:
         ingested = _ingest(cfg, settings, store, read_from, as_of)
         bars = _closed_bars(store, cfg, read_from, as_of)
-        key = {"exchange": cfg.exchange, "symbol": cfg.symbol}
-        funding = store.load_funding_rates(start=read_from - timedelta(days=10), end=as_of, **key) \
-            if cfg.market_type == "perp" else None
-        oi = store.load_open_interest(start=read_from - timedelta(days=2), end=as_of, **key)
-        # An empty open-interest frame (the series stopped) gives missing values, which the drift
+        funding = store.load_funding_rates(start=read_from - timedelta(days=10), end=as_of, exchange=cfg.exchange,
+                                           symbol=cfg.symbol) if cfg.market_type == "perp" else None
+        # Bars that closed by as_of, with training's own features for each (feature_frame). An
+        # empty open-interest frame (the series stopped) gives missing values, which the drift
         # checks report; it is not an error.
-        feats = build_features(bars, spec, funding, oi)
-        feats = feats[feats.index >= pd.Timestamp(trained_until)]
+        closed_end = (pd.Timestamp(as_of) - bar).floor(bar) + bar
+        feats = feature_frame(store, cfg, spec, trained_until, closed_end.to_pydatetime())
         reference = _reference(settings, lineage, spec, cfg, store)
         required = [c for c in spec.names if c != "oi_change_1d"]
         ready = feats[feats[required].notna().all(axis=1)]

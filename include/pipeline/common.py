@@ -21,6 +21,23 @@ logger = logging.getLogger(__name__)
 
 FUNDING_LOOKBACK = timedelta(days=10)
 
+#: History before each calendar month from which that month's features are computed
+#: (:func:`include.pipeline.data.feature_frame`): 720 hourly bars, over four times the longest
+#: indicator warm-up, so an EMA's seed weighs under 0.1 % at the month's first bar.
+FEATURE_SEGMENT_PAD = timedelta(days=30)
+
+
+def month_start(moment: datetime) -> datetime:
+    """00:00 UTC on the first day of ``moment``'s month."""
+    moment = moment.astimezone(UTC)
+    return datetime(moment.year, moment.month, 1, tzinfo=UTC)
+
+
+def feature_read_start(start: datetime) -> datetime:
+    """The first bar :func:`~include.pipeline.data.feature_frame` reads for features from ``start``:
+    ``FEATURE_SEGMENT_PAD`` before the start of ``start``'s month."""
+    return month_start(start) - FEATURE_SEGMENT_PAD
+
 OPEN_INTEREST_MIN_COVERAGE = 0.5
 
 def json_safe(value: Any) -> Any:
@@ -41,7 +58,8 @@ class RunWindow:
     Attributes:
         interval_start / interval_end: the data interval (one week); the gate window.
         train_start: first bar of the training window (``interval_end - train_window_days``).
-        ingest_start: first bar ingested, ``train_start`` minus indicator warm-up.
+        ingest_start: first bar ingested and validated: the first bar the features of
+            ``train_start`` minus the indicator warm-up read (:func:`feature_read_start`).
         run_key: ``<interval_start>_<interval_end>`` as ``YYYYmmddTHHMM``; names the run folder.
         source: how the interval was chosen: ``data_interval``, ``as_of_date`` or ``last_complete_week``.
         requested_train_start: for a market with less history than ``train_window_days``, the
@@ -96,7 +114,8 @@ def resolve_window(cfg: RunConfig, *, data_interval_start: Any, data_interval_en
         start, source = end - timedelta(days=7), "last_complete_week"
     assert start is not None and end is not None
     train_start = end - timedelta(days=cfg.train_window_days)
-    ingest_start = train_start - warmup(cfg)
+    # Everything the features read is ingested and validated by this run, whatever the store held.
+    ingest_start = feature_read_start(train_start - warmup(cfg))
     key = run_key(start, end)
     window = RunWindow(start.isoformat(), end.isoformat(), train_start.isoformat(),
                        ingest_start.isoformat(), key, source)

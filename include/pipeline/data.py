@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,14 @@ from include.errors import DataQualityError, MarketNotReadyError, NoDataError, T
 from include.features import FUNDING_FEATURES, FeatureSpec, build_features
 from include.labels import class_balance, make_labels
 from include.pipeline.common import (
+    FEATURE_SEGMENT_PAD,
     FUNDING_LOOKBACK,
     OPEN_INTEREST_MIN_COVERAGE,
     SKIPPED_FILE,
     SUMMARY_FILE,
     RunWindow,
+    feature_read_start,
+    month_start,
     open_store,
     warmup,
     write_parquet,
@@ -104,6 +108,9 @@ def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None
             "at newer files; for the bundled data, set as_of_date (it ends on 2023-12-31).")
     if first_bar <= start:
         return window
+    if first_bar <= window.ts("train_start") - warmup(cfg):
+        # Listed within the features' read margin: the full training window, read from its first bar.
+        return dataclasses.replace(window, ingest_start=first_bar.isoformat())
     train_start = first_bar + warmup(cfg)
     available = (end - train_start).total_seconds() / 86_400
     if available < cfg.min_history_days:
@@ -252,35 +259,56 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     return {"success": True, "rows": rows, "report": str(path)}
 
 # -- 3. features -----------------------------------------------------------------------------
-def feature_anchor(start: datetime) -> datetime:
-    """Where indicator computation starts for a window starting at ``start``: 00:00 UTC on
-    1 January of ``start``'s year.
-
-    Exponential indicators (EMA, MACD, RSI and ATR's Wilder smoothing) remember where their
-    series began, and running sums (SMA, STDDEV, pandas rolling windows) round differently from
-    different starts. Starting every run of a year at the same bar makes a bar's features the
-    same bits in every weekly run that covers it, which is what lets
-    :mod:`include.training.fit_cache` recognise a fold it has already fitted. The start moves
-    once a year; a bar then differs from its earlier value only in the decayed seed of its
-    exponential indicators.
-    """
-    return datetime(start.year, 1, 1, tzinfo=UTC)
-
 def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: datetime,
                   end: datetime) -> pd.DataFrame:
     """Features for bars with open time in ``[start, end)`` from the store, per ``spec``.
 
-    Indicators are computed from :func:`feature_anchor` (or the first stored bar, if later), so
-    the rows before ``start`` serve as warm-up and a bar's features do not depend on ``start``.
+    Features are computed per calendar month: the bars of month ``m`` from the bars in
+    ``[m - FEATURE_SEGMENT_PAD, end of m)`` (:func:`~include.pipeline.common.feature_read_start`).
+    A bar's features therefore depend only on the bar and the month before its month, never
+    on where a caller's range starts: training, the champion's evaluation, serving and
+    monitoring compute the same bits for the same bar. Exponential indicators (EMA, MACD, RSI,
+    ATR's Wilder smoothing) remember where their series began, and running sums round
+    differently from different starts; this is what makes consecutive weekly runs' rows
+    identical, so :mod:`include.training.fit_cache` recognises a fold it has fitted before.
+
+    Args:
+        cfg: names the market (exchange, symbol, market type, timeframe).
+        spec: the features.
+        start, end: UTC bounds of the bars wanted.
+
+    Returns:
+        ``(n_bars, n_features + OHLCV)`` frame indexed by bar open time.
     """
     key = {"exchange": cfg.exchange, "symbol": cfg.symbol}
-    anchor = min(feature_anchor(start), start)
-    ohlcv = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, start=anchor, end=end, **key)
-    funding = (store.load_funding_rates(start=anchor - FUNDING_LOOKBACK, end=end, **key)
+    read_from = feature_read_start(start)
+    ohlcv = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, start=read_from, end=end, **key)
+    funding = (store.load_funding_rates(start=read_from - FUNDING_LOOKBACK, end=end, **key)
                if set(spec.names) & set(FUNDING_FEATURES) else None)
-    oi = store.load_open_interest(start=anchor - timedelta(days=2), end=end, **key)
-    frame = build_features(ohlcv, spec, funding, oi)
-    return frame[frame.index >= pd.Timestamp(start)]
+    oi = store.load_open_interest(start=read_from - timedelta(days=2), end=end, **key)
+    parts = []
+    month = month_start(start)
+    while month < end:
+        following = month_start(month + timedelta(days=32))
+        seg_from = month - FEATURE_SEGMENT_PAD
+        bars = ohlcv[(ohlcv["timestamp"] >= seg_from) & (ohlcv["timestamp"] < following)]
+        if len(bars):
+            seg_funding = (None if funding is None else
+                           funding[(funding["timestamp"] >= seg_from - FUNDING_LOOKBACK)
+                                   & (funding["timestamp"] < following)])
+            seg_oi = oi[(oi["timestamp"] >= seg_from - timedelta(days=2)) & (oi["timestamp"] < following)]
+            frame = build_features(bars, spec, seg_funding, seg_oi)
+            parts.append(frame[(frame.index >= pd.Timestamp(max(month, start))) & (frame.index < pd.Timestamp(following))])
+        month = following
+    if not parts:
+        return build_features(ohlcv, spec, funding, oi)  # no bars: the empty frame with its columns
+    return pd.concat(parts)
+
+def features_start(cfg: RunConfig, window: RunWindow) -> datetime:
+    """First bar of a run's feature file: ``train_start`` less the warm-up features and labels
+    need (the first bar, for a young market). Its features read from ``ingest_start``."""
+    return window.ts("train_start") - warmup(cfg)
+
 
 def features(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
     """Compute features for the ingest window; write ``features.parquet`` and ``feature_spec.json``.
@@ -288,7 +316,7 @@ def features(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     Funding features are part of the spec for perpetuals only; open-interest features when the
     store holds open interest for at least half of the training window's days.
     """
-    start, end = window.ts("ingest_start"), window.ts("interval_end")
+    end = window.ts("interval_end")
     store = open_store(settings)
     try:
         oi = store.load_open_interest(exchange=cfg.exchange, symbol=cfg.symbol,
@@ -297,7 +325,7 @@ def features(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         use_oi = len(oi) >= OPEN_INTEREST_MIN_COVERAGE * days
         # Funding features for perpetuals only: a spot market pays no funding.
         spec = FeatureSpec.default(funding=cfg.market_type == "perp", open_interest=use_oi)
-        frame = feature_frame(store, cfg, spec, start, end)
+        frame = feature_frame(store, cfg, spec, features_start(cfg, window), end)
     finally:
         store.dispose()
     path = out_dir / "features.parquet"

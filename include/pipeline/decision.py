@@ -17,7 +17,7 @@ from include.errors import GateError, PipelineError, TrainingError
 from include.features import FeatureSpec
 from include.gate import GatePolicy, decide, instant
 from include.pipeline.common import RunWindow, json_safe, open_store
-from include.pipeline.data import feature_frame
+from include.pipeline.data import feature_frame, features_start
 from include.registry import (
     PRODUCTION,
     ModelRegistry,
@@ -111,7 +111,7 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
     else:
         store = open_store(settings)
         try:
-            feats = feature_frame(store, cfg, spec, window.ts("ingest_start"), window.ts("interval_end"))
+            feats = feature_frame(store, cfg, spec, features_start(cfg, window), window.ts("interval_end"))
         finally:
             store.dispose()
     table = pd.read_parquet(out_dir / "dataset.parquet")

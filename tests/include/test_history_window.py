@@ -69,6 +69,13 @@ def test_no_candles_in_the_window_fails_naming_where_the_data_ends(stored, held)
     with pytest.raises(NoDataError) as info:
         history_window(CFG, WINDOW, None, stored, source="FileSource('data/binance')")
     message = str(info.value)
-    for needle in ("FileSource('data/binance') has no NEWUSDT perp 1h candles in [2022-12-24 00:00Z, 2023-12-31 00:00Z)",
+    for needle in ("FileSource('data/binance') has no NEWUSDT perp 1h candles in [2022-11-01 00:00Z, 2023-12-31 00:00Z)",
                    held, "source='exchange'", "as_of_date"):
         assert needle in message, (needle, message)
+
+
+def test_a_market_listed_inside_the_features_read_margin_keeps_its_full_training_window():
+    first = datetime(2022, 11, 20, tzinfo=UTC)  # after ingest_start (2022-11-01), before train_start - warm-up
+    window = history_window(CFG, WINDOW, first, (first, STORED[1]))
+    assert window.train_start == WINDOW.train_start and window.requested_train_start is None
+    assert window.ingest_start == first.isoformat()  # validation covers what there is, from its first bar

@@ -103,7 +103,37 @@ def test_a_forecast_from_data_older_than_a_bar_of_lag_is_refused_and_every_answe
     assert on_time.bar == "2023-12-30T23:00:00+00:00" and on_time.data_age_hours == 0
     late = serving.predict(AS_OF + timedelta(minutes=90))  # one bar behind: ingestion's allowance
     assert late.bar == on_time.bar and late.data_age_hours == 1.5
-    with pytest.raises(ServingError, match=r"closed at 2023-12-31T00:00:00\+00:00, 72.0 h \(72 bars\) before "
-                                           r"2024-01-03T00:00:00\+00:00; at most 1 bar"):
+    with pytest.raises(ServingError, match=r"closed at 2023-12-31T00:00:00\+00:00, 12.0 h \(12 bars\) before "
+                                           r"2023-12-31T12:00:00\+00:00; at most 1 bar"):
+        serving.predict(AS_OF + timedelta(hours=12))
+    with pytest.raises(ServingError, match=r"the newest stored candle closed at 2023-12-31T00:00:00\+00:00, 72.0 h "
+                                           r"before 2024-01-03T00:00:00\+00:00; is ingestion up to date"):
         serving.predict(AS_OF + timedelta(days=3))
+    registry.dispose()
+
+
+def test_serving_and_monitoring_compute_training_s_own_features_for_the_same_bar(trained_registry):
+    """No train/serve skew: the bar serving forecasts from has, bit for bit, the features the
+    run that trained the model wrote for it (its features.parquet, 120 days of window)."""
+    from include.config import RunConfig
+    from include.data.store import MarketStore
+    from include.pipeline import feature_frame
+    from include.pipeline.common import version_run_dir
+
+    settings = trained_registry["settings"]
+    registry = ModelRegistry.from_settings(settings)
+    _, v2 = trained_registry["versions"]
+    lineage = registry.metadata(v2)
+    names = list(lineage["feature_spec"]["names"])
+    training = pd.read_parquet(version_run_dir(settings, BTC, lineage) / "features.parquet")[names]
+    spec = FeatureSpec.from_dict({k: v for k, v in lineage["feature_spec"].items() if k != "sha256"})
+    store = MarketStore(settings.market_db_url)
+    # Serving's range (the last three days) and monitoring's (from the training end) give the same
+    # bits for every bar they share with training.
+    for start in (AS_OF - timedelta(days=3), AS_OF - timedelta(days=45), datetime(2023, 12, 1, tzinfo=UTC)):
+        served = feature_frame(store, RunConfig(), spec, start, AS_OF)[names]
+        shared = served.index.intersection(training.index)
+        assert len(shared) >= 24
+        pd.testing.assert_frame_equal(served.loc[shared], training.loc[shared], check_exact=True)
+    store.dispose()
     registry.dispose()
