@@ -15,7 +15,7 @@ from include.pipeline import ingest, resolve_window, run_dir, validate
 
 def _run_to_validation(tmp_path, data_dir, edit, as_of="2023-06-04"):
     src = tmp_path / "data"
-    src.mkdir()
+    src.mkdir(parents=True)
     bars = pd.read_csv(data_dir / "btcusdt_perp_1h.csv.gz")
     with gzip.open(src / "btcusdt_perp_1h.csv.gz", "wt") as fh:
         edit(bars).to_csv(fh, index=False)
@@ -36,11 +36,12 @@ def test_a_nan_close_in_the_warm_up_bars_fails_validation_naming_the_bar(tmp_pat
         bars.loc[bars["timestamp"] == "2023-02-01T05:00:00Z", "close"] = float("nan")
         return bars
 
-    # Week ending 2023-06-04, 120-day window: training from 2023-02-04, warm-up from 2023-01-28.
+    # Week ending 2023-06-04, 120-day window: training from 2023-02-04, warm-up from 2023-01-28, whose
+    # features read from 30 days before the start of its month: 2022-12-02.
     with pytest.raises(DataQualityError) as info:
         _run_to_validation(tmp_path, data_dir, nan_close)
     message = str(info.value)
-    assert "[2023-01-28T00:00Z, 2023-06-04T00:00Z)" in message
+    assert "[2022-12-02T00:00Z, 2023-06-04T00:00Z)" in message
     assert "ohlcv_refused: 2023-02-01T05:00Z: close is missing (from FileSource(" in message
     assert "kept out of the store, in ohlcv_quarantine" in message
 
@@ -55,9 +56,13 @@ def test_a_long_gap_is_reported_with_its_size_place_and_limit(tmp_path, data_dir
 
 
 def test_a_window_past_the_data_says_where_the_data_ends(tmp_path, data_dir):
-    with pytest.raises(NoDataError, match="no BTCUSDT perp 1h candles in \\[2024-01-27 00:00Z, 2024-06-02 00:00Z\\) .* "
+    with pytest.raises(NoDataError, match="no BTCUSDT perp 1h candles in \\[2024-01-31 00:00Z, 2024-08-04 00:00Z\\) .* "
                                           "the source covers 2019-09-10 00:00Z to 2023-12-31 23:00Z"):
-        _run_to_validation(tmp_path, data_dir, lambda bars: bars, as_of="2024-06-02")
+        _run_to_validation(tmp_path, data_dir, lambda bars: bars, as_of="2024-08-04")
+    # A window that holds the data's last month: validation names where the candles end.
+    with pytest.raises(DataQualityError, match="the candles end with the bar opening 2023-12-31T23:00Z, 3672 bar\\(s\\) "
+                                               "before the window's end"):
+        _run_to_validation(tmp_path / "later", data_dir, lambda bars: bars, as_of="2024-06-02")
 
 
 def test_labels_name_the_bars_they_drop(tmp_path, data_dir):
@@ -120,7 +125,7 @@ def test_dropped_duplicates_are_reported_by_ingestion(tmp_path, data_dir):
     from include.pipeline import RunWindow
 
     src = tmp_path / "data"
-    src.mkdir()
+    src.mkdir(parents=True)
     bars = pd.read_csv(data_dir / "btcusdt_perp_1h.csv.gz")
     with gzip.open(src / "btcusdt_perp_1h.csv.gz", "wt") as fh:
         pd.concat([bars, bars[bars["timestamp"].str.startswith("2023-05-10")]]).to_csv(fh, index=False)
