@@ -20,8 +20,12 @@ without a logical date has no data interval: it trains on the **last complete we
 (Sunday to Sunday) before it starts, unless the `as_of_date` param names another week (useful with
 the bundled data, which ends on 2023-12-31). The DAG also runs when `monitor_production` updates
 the `retrain_request` Asset (`AssetOrTimeSchedule`): such a run retrains only the models the
-request names, for the week ending at the request's day; its note says so, and `plan_run`'s
-log gives the request's reasons.
+request names, on data up to the request's day. Its data interval runs from the last Sunday to
+that day, so its earlier folds are the scheduled weeks (their fits are reused from the fit
+cache) and the champion, trained to that Sunday, is out of sample on the whole interval; the
+challenger must pass every absolute check on its out-of-fold rows, and the gate's record carries
+the request and its reasons. The next Sunday run compares with a champion promoted mid-week on
+the rows after its training data (at least `min_window_rows`, else it keeps it and says so).
 
 **Steps per market.** `ingest_market_data` (OHLCV, funding rates, open interest into the market
 store; a market with less history than `train_window_days` trains on what it has when that
@@ -66,7 +70,7 @@ running, so each gate compares with the production model as the previous week le
 week does not block the next. Backfill runs are limited by the backfill's `--max-active-runs`
 (default 10), not by the DAG's `max_active_runs=1`; 1 is the sensible value on a small machine.
 A backfill over weeks older than a production model's training data cannot promote it: its gates
-reject because the champion is not out-of-sample there.
+reject because the champion is not out of sample on enough of those rows.
 
 **Alerts.** Every task's failure goes to the Airflow connections `slack_alerts` and
 `discord_alerts` when they exist (see README), naming the market.
@@ -159,6 +163,8 @@ PARAMS = {
     "gate_min_probabilistic_sharpe": _param("gate_min_probabilistic_sharpe", ["null", "number"], GATE,
                                             "Smallest probabilistic Sharpe ratio (empty: off)", minimum=0, maximum=1),
     "require_approval": _param("require_approval", "boolean", GATE, "Ask a person to approve a promotion"),
+    "approval_timeout_hours": _param("approval_timeout_hours", "number", GATE,
+                                     "Hours to wait for the approval (then: rejected)", exclusiveMinimum=0),
     # Trading simulation
     "trade_min_probability": _param("trade_min_probability", "number", TRADING,
                                     "Smallest probability to take a position", minimum=0, exclusiveMaximum=1),
@@ -214,9 +220,14 @@ def weekly_retrain():
             selected, run_params["as_of_date"] = scope["markets"], scope["as_of_date"]
             data_interval_start = data_interval_end = None
         with fail_fast():
-            return plan_universe(run_params, selected=selected,
-                                 universe_file=params.get("universe_file"), data_interval_start=data_interval_start,
-                                 data_interval_end=data_interval_end, run_after=getattr(dag_run, "run_after", None))
+            plans = plan_universe(run_params, selected=selected,
+                                  universe_file=params.get("universe_file"), data_interval_start=data_interval_start,
+                                  data_interval_end=data_interval_end, run_after=getattr(dag_run, "run_after", None))
+        if scope is not None:  # the gate records what monitoring found, next to its own checks
+            for plan in plans:
+                plan["request"] = {"by": "monitor_production", "as_of_date": scope["as_of_date"],
+                                   "reason": scope["reasons"].get(plan["model"])}
+        return plans
 
     @task_group(group_id="market")
     def market(plan: dict):
@@ -302,7 +313,8 @@ def weekly_retrain():
                     return PokeReturnValue(is_done=False)
                 if ModelRegistry.from_settings(settings).is_locked(cfg.model_name):
                     return PokeReturnValue(is_done=False)
-                return PokeReturnValue(is_done=True, xcom_value=gate(cfg, win, settings, out, assembled, trading))
+                return PokeReturnValue(is_done=True, xcom_value=gate(cfg, win, settings, out, assembled, trading,
+                                                                     request=plan.get("request")))
 
         approve_promotion = PromotionApproval(
             task_id="approve_promotion",
@@ -333,8 +345,10 @@ def weekly_retrain():
                     return promote(settings, decision, run_id=run_id, dag_id=_dag_id(),
                                    as_of=dt.fromisoformat(window["interval_end"]))
                 if decision["passed"]:
-                    decision = {**decision, "reasons": [f"approval: {approval['chosen_options']} by "
-                                                        f"{approval.get('responded_by_user') or 'a reviewer'}"]}
+                    why = (f"approval: no answer within {approval.get('timeout_hours'):g} h, rejected by default"
+                           if approval.get("timed_out") else
+                           f"approval: {approval['chosen_options']} by {approval.get('responded_by_user') or 'a reviewer'}")
+                    decision = {**decision, "reasons": [why]}
                 return keep(settings, decision, run_id=run_id, dag_id=_dag_id())
 
         @task(map_index_template=MARKET)

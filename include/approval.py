@@ -5,8 +5,12 @@ person, and on "Reject" skips the tasks after it. Inside a mapped task group (on
 a skipped or branched path would need trigger rules that Airflow evaluates across every
 market's task instances before the group expands, so one market's failure would stop the
 others. :class:`PromotionApproval` therefore always succeeds with an answer that the next task
-(``promote_or_keep``) acts on: it asks a person only when the gate passed and the run's
-``require_approval`` param is set, and otherwise answers at once from the gate decision.
+(``promote_or_keep``) acts on: it asks a person only when the gate passed and the market's
+``require_approval`` is set (the run's param, or the market's own in the universe file: the
+gate's record carries the market's value), and otherwise answers at once from the gate decision.
+A person answers in the UI (Required Actions) or through the REST API; without an answer within
+the market's ``approval_timeout_hours``, the answer is Reject (production kept) and the record
+says nobody answered.
 """
 
 from __future__ import annotations
@@ -29,20 +33,34 @@ class PromotionApproval(ApprovalOperator):
     """
 
     def __init__(self, *, gate_task_id: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(defaults=[self.REJECT], **kwargs)
         self.gate_task_id = gate_task_id
 
     def execute(self, context: Any) -> Any:
+        from datetime import timedelta
+
         ti = context["ti"]
         decision = ti.xcom_pull(task_ids=self.gate_task_id, map_indexes=ti.map_index) or {}
-        if not decision.get("passed") or not context["params"].get("require_approval"):
+        # The market's own setting, as the gate recorded it (the universe file may set it per market).
+        required = decision.get("require_approval", context["params"].get("require_approval"))
+        if not decision.get("passed") or not required:
             answer = self.APPROVE if decision.get("passed") else self.REJECT
             self.log.info("no approval needed (gate passed: %s, require_approval: %s): %s",
-                          bool(decision.get("passed")), bool(context["params"].get("require_approval")), answer)
+                          bool(decision.get("passed")), bool(required), answer)
             return {"chosen_options": [answer], "asked": False}
+        hours = decision.get("approval_timeout_hours")
+        if hours:
+            self.response_timeout = timedelta(hours=float(hours))
+        self.log.info("asking for approval of %s (%s); waiting up to %s", decision.get("candidate"),
+                      decision.get("model"), self.response_timeout)
         return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         # The person's answer is recorded; nothing is skipped: promote_or_keep records a Reject as a keep.
         result = HITLOperator.execute_complete(self, context=context, event=event)
-        return {**result, "asked": True}
+        timed_out = not result.get("responded_by_user")
+        if timed_out:
+            self.log.warning("no answer within %s: %s by default (production kept)", self.response_timeout,
+                             result["chosen_options"])
+        return {**result, "asked": True, "timed_out": timed_out,
+                "timeout_hours": self.response_timeout.total_seconds() / 3600 if self.response_timeout else None}

@@ -311,6 +311,10 @@ class RunConfig:
         "Ask a human (Airflow's approval task) before promoting a candidate that passed the gate.",
         default=False,
     )
+    approval_timeout_hours: float = _doc(
+        "With require_approval: hours to wait for a person's answer; without one the promotion is "
+        "rejected (production kept) and the run goes on.", default=72.0,
+    )
     max_gap_share: float = _doc(
         "Largest tolerated share of missing bars in the training window.", default=0.01
     )
@@ -333,8 +337,9 @@ class RunConfig:
         "Directory of market-data files to ingest instead of MARKET_DATA_DIR.", default=None
     )
     as_of_date: str | None = _doc(
-        "Train on the week ending at this UTC date (YYYY-MM-DD) instead of the run's data "
-        "interval; used by runs triggered without a logical date.",
+        "Train on data up to this UTC date (YYYY-MM-DD) instead of the run's data interval: a "
+        "Sunday gives the week ending then, another day the days since the last Sunday (as a "
+        "retrain monitoring requests); used by runs triggered without a logical date.",
         default=None,
     )
     random_state: int = _doc("Seed of every random number generator in training.", default=42)
@@ -416,6 +421,8 @@ class RunConfig:
             fail("fee_bps" if self.fee_bps < 0 else "slippage_bps", "expected >= 0")
         if self.gate_champion_tolerance < 0:
             fail("gate_champion_tolerance", "expected >= 0")
+        if not self.approval_timeout_hours > 0:
+            fail("approval_timeout_hours", "expected a positive number of hours")
         if self.min_history_days < 14:
             fail("min_history_days", "expected at least 14 days")
 

@@ -7,8 +7,11 @@ A candidate (challenger) is promoted only if every check passes:
    ``min_f1_margin``.
 2. ``beats_prior_log_loss``: its out-of-fold log loss is at most ``max_log_loss_ratio`` times
    that of forecasting the training class frequencies, i.e. its probabilities carry information.
-3. ``champion_out_of_sample``: the champion (production model) was trained only on data before
-   the gate window (this run's data interval), so neither model saw the rows compared on.
+3. ``champion_out_of_sample``: the comparison uses only gate-window rows (this run's data
+   interval) that neither model saw: those at or after the end of the champion's training data.
+   At least ``min_window_rows`` of them are needed; fewer (a champion trained to the window's
+   end) keeps production, with the count as the reason. A champion trained before the window
+   is compared on all of it; one a requested retrain trained into it, on the rest.
 4. ``beats_champion``: on the gate window, the challenger's macro F1 is at least the champion's
    minus ``champion_tolerance``, both scored on the same rows. What is compared is exactly: the
    challenger's last walk-forward fold model (its last training row is purge + embargo bars
@@ -211,12 +214,24 @@ def decide(policy: GatePolicy, *, candidate_version: str, candidate_oof: dict[st
     champion_version = None
     if champion is not None:
         champion_version = champion["version"]
-        fair = instant(champion["trained_until"]) <= instant(champion["window_start"])
-        checks.append(Check(
-            "champion_out_of_sample", fair, None, None,
-            f"champion {champion_version} trained until {champion['trained_until']}, gate window "
-            f"starts {champion['window_start']}"))
+        n_oos = champion.get("rows_out_of_sample")
+        if n_oos is None:  # a record without the count: the whole window, if trained before it
+            fair = instant(champion["trained_until"]) <= instant(champion["window_start"])
+            checks.append(Check(
+                "champion_out_of_sample", fair, None, None,
+                f"champion {champion_version} trained until {champion['trained_until']}, gate window "
+                f"starts {champion['window_start']}"))
+        else:
+            fair = n_oos >= policy.min_window_rows
+            checks.append(Check(
+                "champion_out_of_sample", fair, float(n_oos), float(policy.min_window_rows),
+                f"{n_oos} gate-window rows where both models are out of sample, from {champion['compared_from']} "
+                f"(champion {champion_version} trained until {champion['trained_until']}, gate window starts "
+                f"{champion['window_start']}; min {policy.min_window_rows})"
+                + ("" if fair else ": too few to compare, production kept")))
         metrics = champion.get("metrics")
+        if champion.get("challenger_metrics") is not None:
+            candidate_window = {**(candidate_window or {}), **champion["challenger_metrics"]}
         paired = champion.get("paired_test") or {}
         p_value = paired.get("p_value")
         if fair and metrics is not None and candidate_window is not None:

@@ -84,13 +84,31 @@ def _utc(value: Any) -> datetime | None:
     ts = pd.Timestamp(value)
     return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
 
+#: The weekly schedule's interval: every walk-forward fold but a run's own is one of these weeks.
+SCHEDULE_INTERVAL = timedelta(days=7)
+
+
+def schedule_start(end: datetime) -> datetime:
+    """The weekly schedule's last boundary (Sunday 00:00 UTC) strictly before ``end`` (a day's 00:00).
+
+    ``end`` a Sunday gives the week before it; a Wednesday, the Sunday three days before, so a
+    run as of a mid-week day has a short interval whose earlier folds are the scheduled weeks'
+    (their fits are in the fit cache) and whose champion, trained to that Sunday, is out of
+    sample on all of it.
+    """
+    days = (end.weekday() + 1) % 7 or 7
+    return end - timedelta(days=days)
+
+
 def resolve_window(cfg: RunConfig, *, data_interval_start: Any, data_interval_end: Any,
                    run_after: Any) -> RunWindow:
     """Choose the run's data interval and training window.
 
-    Precedence: the ``as_of_date`` param (the week ending at that date's 00:00 UTC), then the
-    run's data interval, then, for a run triggered without a logical date (no data interval),
-    the last complete Sunday-to-Sunday week before ``run_after``.
+    Precedence: the ``as_of_date`` param (data up to that date's 00:00 UTC; the interval starts
+    at the weekly schedule's last boundary before it, so a Sunday gives the week ending then and
+    a mid-week date, such as a retrain monitoring requested, the days since the last Sunday: see
+    :func:`schedule_start`), then the run's data interval, then, for a run triggered without a
+    logical date (no data interval), the last complete Sunday-to-Sunday week before ``run_after``.
 
     Raises:
         ConfigError: ``as_of_date`` does not parse.
@@ -104,7 +122,7 @@ def resolve_window(cfg: RunConfig, *, data_interval_start: Any, data_interval_en
         except ValueError as exc:
             raise ConfigError(f"invalid run parameter as_of_date={cfg.as_of_date!r}: {exc}") from exc
         assert end is not None
-        start, source = end - timedelta(days=7), "as_of_date"
+        start, source = schedule_start(end), "as_of_date"
     elif start is not None and end is not None and end > start:
         source = "data_interval"
     else:

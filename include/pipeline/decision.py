@@ -99,9 +99,17 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
         raise GateError(f"production of {cfg.model_name} points at {pointer.version} of {champion_model}: "
                         "refusing to compare models of different markets or targets")
     trained_until = meta["data_window"]["trained_until"]
+    oof = pd.read_parquet(out_dir / "ensemble_oof.parquet")
+    # The challenger's gate-window rows (its last fold) where the champion is out of sample too:
+    # from the later of the window's start and the end of the champion's training data.
+    rows = oof.index[(oof["fold"] == oof["fold"].max()).to_numpy()]
+    rows = rows[(rows >= pd.Timestamp(gate_window["start"])) & (rows <= pd.Timestamp(gate_window["end"]))]
+    compared_from = max(instant(trained_until), instant(window.interval_start))
+    rows = rows[rows >= pd.Timestamp(compared_from)]
     result: dict[str, Any] = {"version": pointer.version, "model": champion_model, "trained_until": trained_until,
-                              "window_start": window.interval_start, "metrics": None}
-    if instant(trained_until) > instant(window.interval_start):
+                              "window_start": window.interval_start, "compared_from": compared_from.isoformat(),
+                              "rows_out_of_sample": int(len(rows)), "metrics": None}
+    if len(rows) == 0:
         return result
     spec = FeatureSpec.from_dict({k: v for k, v in meta["feature_spec"].items() if k != "sha256"})
     run_spec = json.loads((out_dir / "feature_spec.json").read_text())
@@ -115,13 +123,15 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
         finally:
             store.dispose()
     table = pd.read_parquet(out_dir / "dataset.parquet")
-    oof = pd.read_parquet(out_dir / "ensemble_oof.parquet")
-    # Exactly the challenger's gate-window rows: its last out-of-fold fold.
-    rows = oof.index[(oof["fold"] == oof["fold"].max()).to_numpy()]
-    rows = rows[(rows >= pd.Timestamp(gate_window["start"])) & (rows <= pd.Timestamp(gate_window["end"]))]
     y = table.loc[rows, "label"].astype(int).to_numpy()
     proba = model.predict_proba(feats.loc[rows, list(spec.names)])
     result["metrics"] = metrics_with_prior(y, proba, model.class_prior_)
+    # The challenger on exactly the same rows (all of its gate window unless the champion's
+    # training data reaches into it).
+    challenger = oof.loc[rows]
+    result["challenger_metrics"] = metrics_with_prior(
+        y, challenger[["p_down", "p_range", "p_up"]].to_numpy(),
+        challenger[["prior_down", "prior_range", "prior_up"]].to_numpy())
     result["last_training_row"] = (meta["data_window"].get("last_training_row")
                                    or meta["data_window"].get("last_labelled_bar"))
     try:
@@ -133,12 +143,16 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
     return result
 
 def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
-         assembled: dict[str, Any], trading: dict[str, Any] | None = None) -> dict[str, Any]:
+         assembled: dict[str, Any], trading: dict[str, Any] | None = None,
+         request: dict[str, Any] | None = None) -> dict[str, Any]:
     """Decide whether the candidate may replace production; write ``gate_decision.json``.
 
     The champion is the production version of the candidate's own registered model, scored on
-    exactly the rows of the candidate's last fold (this run's data interval), which the champion
-    never saw if it was trained before the interval started.
+    the rows of the candidate's last fold (this run's data interval) that it never saw: those at
+    or after the end of its training data. A champion trained before the interval started is
+    compared on all of them; one trained into it (a retrain monitoring requested mid-week) on
+    the rest of the interval. ``request`` (a retrain monitoring asked for: ``{"as_of",
+    "reason"}``) goes into the record.
 
     Raises:
         GateError: the production alias of this model names a version of another model.
@@ -152,7 +166,8 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
     record = {**decision.to_dict(), "model": cfg.model_name, "policy": asdict(policy_from_config(cfg)),
               "champion_evaluation": champion, "candidate_gate_window": assembled["gate_window"],
               "candidate_out_of_fold": assembled["ensemble"], "baselines": assembled["baselines"],
-              "trading": trading,
+              "trading": trading, "request": request,
+              "require_approval": bool(cfg.require_approval), "approval_timeout_hours": cfg.approval_timeout_hours,
               "decided_at": datetime.now(UTC).isoformat(timespec="seconds")}
     record = json_safe(record)
     atomic_write_json(out_dir / "gate_decision.json", record)

@@ -43,7 +43,8 @@ def _training_table(out_dir: Path, window: RunWindow) -> tuple[pd.DataFrame, np.
 
 def interval_splits(cfg: RunConfig, index: pd.DatetimeIndex, window: RunWindow, test_size: int) -> Any:
     """The run's split service with one test fold per data interval: the run's own and the
-    ``cv_folds - 1`` intervals before it, by calendar (see :class:`~include.evaluation.WalkForward`).
+    ``cv_folds - 1`` weeks of the schedule before it, by calendar (see
+    :class:`~include.evaluation.WalkForward`).
 
     Args:
         index: bar open times of the labelled rows, sorted.
@@ -52,8 +53,12 @@ def interval_splits(cfg: RunConfig, index: pd.DatetimeIndex, window: RunWindow, 
     Raises:
         TrainingError: an earlier interval holds no rows (its fold would be empty).
     """
+    from include.pipeline.common import SCHEDULE_INTERVAL
+
     start = pd.Timestamp(window.interval_start)
-    length = pd.Timestamp(window.interval_end) - start
+    # Earlier folds are the schedule's weeks, whatever the run's own interval: a short (requested)
+    # interval shares them, and their fits, with the scheduled runs.
+    length = pd.Timedelta(SCHEDULE_INTERVAL)
     starts = [int(index.searchsorted(start - k * length)) for k in range(cfg.cv_folds - 1, -1, -1)]
     empty = [str((start - k * length).date()) for k, (a, b) in
              zip(range(cfg.cv_folds - 1, 0, -1), zip(starts, starts[1:], strict=False), strict=True) if a == b]
@@ -157,7 +162,8 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str,
 
 #: Run parameters that do not shape the model (decision, trading, where the rows came from):
 #: left out of a version's identity, so a re-run with another gate policy is the same version.
-NOT_MODEL_INPUTS = ("gate_", "trade_", "fee_bps", "slippage_bps", "require_approval", "as_of_date", "source",
+NOT_MODEL_INPUTS = ("gate_", "trade_", "fee_bps", "slippage_bps", "require_approval", "approval_timeout_hours",
+                    "as_of_date", "source",
                     "min_history_days")
 
 

@@ -296,3 +296,41 @@ def test_fitted_ensemble_weights_are_purged_at_fold_boundaries():
     _, clean = walk_forward_weights({"a": noise, "b": oracle}, y, fold_of, times, gap, default)
     _, planted = walk_forward_weights({"a": noise, "b": leaky}, y, fold_of, times, gap, default)
     assert clean[2] == planted[2] and clean[0] == default
+
+
+def test_a_champion_trained_into_the_gate_window_is_compared_on_the_rows_after_its_training_data():
+    # A champion promoted from a mid-week retrain (trained until Thursday) meets the next Sunday run.
+    champ = {"version": "v0", "trained_until": "2023-07-06T00:00:00+00:00", "window_start": "2023-07-02T00:00:00+00:00",
+             "compared_from": "2023-07-06T00:00:00+00:00", "rows_out_of_sample": 68,
+             "metrics": {"macro_f1": 0.35, "n": 68}, "challenger_metrics": {"macro_f1": 0.36, "n": 68},
+             "paired_test": {"p_value": 0.4, "mean_difference": -0.001}}
+    args = dict(candidate_version="v1", candidate_oof={"macro_f1": 0.37, "log_loss": 1.06}, baselines=BASE,
+                candidate_window={"macro_f1": 0.30, "n": 164}, champion=champ)
+    decision = decide(GatePolicy(), **args)
+    checks = {c.name: c for c in decision.checks}
+    assert checks["champion_out_of_sample"].passed and checks["champion_out_of_sample"].value == 68
+    assert checks["champion_out_of_sample"].detail.startswith("68 gate-window rows where both models are out of sample, "
+                                                               "from 2023-07-06T00:00:00+00:00")
+    # The challenger is scored on the same 68 rows (0.36), not on its whole window (0.30).
+    assert checks["beats_champion"].passed and checks["beats_champion"].value == 0.36 and decision.passed
+    # Too few such rows: production is kept, and the record says why.
+    few = decide(GatePolicy(), **{**args, "champion": {**champ, "rows_out_of_sample": 10}})
+    reason = next(c for c in few.checks if c.name == "champion_out_of_sample")
+    assert not few.passed and not reason.passed and reason.detail.endswith("(champion v0 trained until "
+        "2023-07-06T00:00:00+00:00, gate window starts 2023-07-02T00:00:00+00:00; min 24): too few to compare, "
+        "production kept")
+
+
+def test_a_requested_retrain_s_interval_runs_from_the_last_sunday_to_the_request_day():
+    from datetime import UTC, datetime
+
+    from include.config import RunConfig
+    from include.pipeline import resolve_window
+    from include.pipeline.common import schedule_start
+
+    assert schedule_start(datetime(2023, 7, 6, tzinfo=UTC)) == datetime(2023, 7, 2, tzinfo=UTC)  # Thursday
+    assert schedule_start(datetime(2023, 7, 9, tzinfo=UTC)) == datetime(2023, 7, 2, tzinfo=UTC)  # Sunday: its week
+    window = resolve_window(RunConfig(as_of_date="2023-07-06"), data_interval_start=None, data_interval_end=None,
+                            run_after=None)
+    assert (window.interval_start, window.interval_end, window.source) == (
+        "2023-07-02T00:00:00+00:00", "2023-07-06T00:00:00+00:00", "as_of_date")

@@ -205,3 +205,39 @@ def test_a_bars_features_do_not_depend_on_where_the_window_starts(data_dir, tmp_
         assert not overlap.equals(raw[week2])
     finally:
         store.dispose()
+
+
+def test_a_retrain_requested_mid_week_shares_the_scheduled_weeks_folds_and_their_fits(market, tmp_path):
+    """Monitoring asks on Wednesday 2023-06-07: the interval is [Sunday 06-04, 06-07), the earlier
+    folds are the scheduled weeks, and their fits come from the cache the Sunday run filled."""
+    X, y = market
+    weekly_X, weekly_y, _, weekly = run_table(market, "2023-06-04")
+    cache = FitCache(tmp_path / "cache", _db(tmp_path))
+    cross_validate("lightgbm", weekly_X, weekly_y, splits=weekly, random_state=0, n_jobs=1, early_stopping_rounds=10,
+                   cache=cache)
+    fit_family("lightgbm", weekly_X, weekly_y, weekly.final_rows(len(weekly_X)), weekly, random_state=0, n_jobs=1,
+               early_stopping_rounds=10, cache=cache)
+
+    cfg = RunConfig(train_window_days=120, cv_folds=3, models=("lightgbm",), early_stopping_rounds=10,
+                    as_of_date="2023-06-07")
+    window = resolve_window(cfg, data_interval_start=None, data_interval_end=None, run_after=None)
+    assert (window.interval_start, window.interval_end) == ("2023-06-04T00:00:00+00:00", "2023-06-07T00:00:00+00:00")
+    rows = (X.index >= pd.Timestamp(window.train_start)) & (
+        X.index < pd.Timestamp(window.interval_end) - CFG.label_horizon_bars * HOUR)
+    Xr, yr = X[rows], y[rows].to_numpy()
+    test_size = int((Xr.index >= pd.Timestamp(window.interval_start)).sum())
+    requested = interval_splits(cfg, Xr.index, window, test_size)
+    folds, weekly_folds = list(requested.split(len(Xr))), list(weekly.split(len(weekly_X)))
+    # Tests: the scheduled weeks [05-21, 05-28), [05-28, 06-04), then the three days since Sunday.
+    assert [times(Xr, te).min().isoformat() for _, _, te in folds] == [
+        "2023-05-21T00:00:00+00:00", "2023-05-28T00:00:00+00:00", "2023-06-04T00:00:00+00:00"]
+    assert len(folds[-1][2]) == 3 * 24 - CFG.label_horizon_bars
+    # Fold k trains on the rows the Sunday run's fold k + 1 trained on, its last fold on the rows
+    # the Sunday run deployed its model on: the champion, out of sample on the whole interval.
+    for (_, train, _), (_, weekly_train, _) in zip(folds[:-1], weekly_folds[1:], strict=True):
+        assert times(Xr, train).equals(times(weekly_X, weekly_train))
+    assert times(Xr, folds[-1][1]).equals(times(weekly_X, weekly.final_rows(len(weekly_X))))
+    again = FitCache(tmp_path / "cache", _db(tmp_path))
+    result = cross_validate("lightgbm", Xr, yr, splits=requested, random_state=0, n_jobs=1, early_stopping_rounds=10,
+                            cache=again)
+    assert [f["reused"] for f in result.folds] == ["fit and evaluation", "fit", "fit"]
