@@ -120,7 +120,7 @@ def run_note(outcomes: list[dict[str, Any]], limit: int = NOTE_LIMIT, requested:
             f"{sum(o['status'] == 'skipped' for o in outcomes)} skipped, "
             f"{sum(o['status'] == 'failed' for o in outcomes)} failed.")
     if requested:
-        head += (f" Requested by monitor_production for the week ending {requested['as_of_date']} "
+        head += (f" Requested by monitor_production, on data up to {requested['as_of_date']} "
                  "(reasons on the Monitoring page).")
     for reasons in (True, False):
         text = "\n".join([head, *(_market_line(o, reasons=reasons) for o in outcomes)])
@@ -186,7 +186,7 @@ def plan_universe(run_params: dict[str, Any], *, selected: list[str] | None, uni
 
 def retrain_scope(triggering_asset_events: Any) -> dict[str, Any] | None:
     """What a run triggered by ``retrain_request`` events retrains: the union of their models,
-    for the week ending at the day of their latest ``as_of``.
+    on data up to the day of their latest ``as_of`` (the interval from the Sunday before it).
 
     Args:
         triggering_asset_events: the run's ``triggering_asset_events`` (asset -> events, each

@@ -41,7 +41,13 @@ BTC = "binance-btcusdt-perp-1h-h4"
 def _env(tmp_path: Path, port: int, var: str = "deploy") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "MARKET_", "MODEL_REGISTRY", "RUN_ARTIFACTS"))}
+    # BTC alone, with the small run's parameters and a gate that lets every candidate through, for
+    # every run whatever triggers it (a retrain that monitoring requests runs with the defaults).
+    universe = tmp_path / "universe.yaml"
+    universe.write_text(json.dumps({"markets": [{"symbol": "BTCUSDT", "market_type": "perp", "timeframe": "1h",
+                                                 "params": {k: v for k, v in CONF.items() if k != "markets"}}]}))
     return {**env, "PYTHONPATH": str(ROOT), "DEPLOY_VAR_DIR": str(tmp_path / var),
+            "MARKET_UNIVERSE_FILE": str(universe), "MARKET_INPUT_ROOTS": os.environ["MARKET_INPUT_ROOTS"],
             "AIRFLOW_HOME": str(tmp_path / var / "airflow"), "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -68,6 +74,66 @@ def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Pat
             last_error = exc
         time.sleep(2)
     pytest.fail(f"timed out waiting for {what} (last error: {last_error!r}):\n{log.read_text()[-4000:]}")
+
+
+def _approvals(tmp_path: Path, port: int, config, up: subprocess.Popen, log: Path) -> None:
+    """require_approval set per market in a universe file: Approve, Reject and no answer, through
+    Airflow's human-in-the-loop REST API, each ending as the registry's ledger says."""
+    import airflow_client.client as client
+
+    from include.registry import ModelRegistry
+
+    universe = tmp_path / "approvals.yaml"
+    ask = {"require_approval": True}
+    universe.write_text(json.dumps({"markets": [
+        {"symbol": "BTCUSDT", "market_type": "perp", "timeframe": "1h", "params": ask},
+        {"symbol": "ETHUSDT", "market_type": "perp", "timeframe": "1h", "params": ask},
+        {"symbol": "BTCUSDT", "market_type": "perp", "timeframe": "1h",
+         "params": {**ask, "label_horizon_bars": 6, "approval_timeout_hours": 0.01}}]}))
+    h6, eth = "binance-btcusdt-perp-1h-h6", "binance-ethusdt-perp-1h-h4"
+    conf = {**{k: v for k, v in CONF.items() if k != "markets"}, "universe_file": str(universe),
+            "as_of_date": "2023-07-16"}
+    base = f"http://127.0.0.1:{port}/api/v2/dags/{DAG_ID}/dagRuns"
+
+    def call(method: str, url: str, body: dict | None = None) -> dict:
+        req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None,
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {_token(port)}"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or b"null")
+
+    run_id = call("POST", base, {"logical_date": None, "conf": conf})["dag_run_id"]
+
+    def waiting() -> dict[str, dict]:
+        details = call("GET", f"{base}/{run_id}/hitlDetails")["hitl_details"]
+        return {d["task_instance"]["rendered_map_index"]: d for d in details}
+
+    _wait(lambda: len(waiting()) == 3, 900, "three approval requests", up, log)
+    asked = waiting()
+    assert asked[BTC]["subject"].startswith("Promote v20230716T0000-") and asked[BTC]["options"] == ["Approve", "Reject"]
+    for model, answer in ((BTC, "Approve"), (eth, "Reject")):
+        index = asked[model]["task_instance"]["map_index"]
+        done = call("PATCH", f"{base}/{run_id}/taskInstances/market.approve_promotion/{index}/hitlDetails",
+                    {"chosen_options": [answer]})
+        assert done["chosen_options"] == [answer] and done["responded_by"]["user_name"] == "admin"
+    with client.ApiClient(config) as api:
+        runs = client.DagRunApi(api)
+        _wait(lambda: getattr(runs.get_dag_run(DAG_ID, run_id).state, "value", None) in ("success", "failed"), 600,
+              "the run with approvals to finish", up, log)
+        assert getattr(runs.get_dag_run(DAG_ID, run_id).state, "value", None) == "success"
+    state = json.loads((tmp_path / "deploy" / "state.json").read_text())
+    registry = ModelRegistry(state["env"]["MODEL_REGISTRY_DIR"], state["env"]["MARKET_DB_URL"])
+    try:
+        approved = registry.ledger(BTC)[-1]
+        assert approved["event"] == "promote" and approved["run_id"] == run_id
+        assert approved["to"].startswith("v20230716T0000-")
+        for model, reason in ((eth, "approval: ['Reject'] by admin"),
+                              (h6, "approval: no answer within 0.01 h, rejected by default")):
+            last = registry.ledger(model)[-1]
+            assert last["event"] == "keep" and last["run_id"] == run_id and last["reason"] == reason, last
+            assert registry.production(model) is None  # never promoted: nothing served
+    finally:
+        registry.dispose()
 
 
 def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cleanly(tmp_path):
@@ -134,8 +200,9 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
         assert "1 run(s), 2023-06-25 to 2023-06-25" in done.stdout
         assert "finished: 1 succeeded, 0 failed" in done.stdout
 
-        # Monitoring sees a volume shift in the week after production's training data (2023-07-02)
-        # and updates retrain_request; the deployment's scheduler queues weekly_retrain for it.
+        # The loop. Monitoring sees a volume shift in the days after production's training data
+        # (2023-07-02) and, on Thursday 07-06, updates retrain_request; the deployment's scheduler
+        # queues weekly_retrain for it, which retrains on data up to 07-06 and promotes.
         src = tmp_path / "shifted"
         src.mkdir()
         for name in ("btcusdt_perp_1h.csv.gz", "btcusdt_funding_8h.csv.gz", "btcusdt_perp_open_interest_usd_1d.csv.gz"):
@@ -144,8 +211,13 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
                 frame.loc[frame["timestamp"] >= "2023-07-02T00:00:00Z", "volume"] *= 10
             with gzip.open(src / name, "wt") as fh:
                 frame.to_csv(fh, index=False)
+        from include.registry import ModelRegistry
+
+        registry = ModelRegistry(state["env"]["MODEL_REGISTRY_DIR"], state["env"]["MARKET_DB_URL"])
+        champion = registry.production(BTC).version
+        assert registry.metadata(champion)["data_window"]["trained_until"] == "2023-07-02T00:00:00+00:00"
         monitored = subprocess.run(
-            ["airflow", "dags", "test", "monitor_production", "2023-07-09",
+            ["airflow", "dags", "test", "monitor_production", "2023-07-06",
              "-c", json.dumps({"models": [BTC], "source_dir": str(src)})],
             cwd=ROOT, env={**cli_env, **state["env"]}, capture_output=True, text=True, timeout=600)
         assert monitored.returncode == 0, monitored.stdout[-3000:] + monitored.stderr[-3000:]
@@ -158,18 +230,48 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
 
             _wait(lambda: len(asset_runs()) == 1, 120, "weekly_retrain to be queued by retrain_request", up, log)
             assert getattr(asset_runs()[0].run_type, "value", asset_runs()[0].run_type) == "asset_triggered"
-            # It retrains the model the request named, for the week ending at the request's day.
             _wait(lambda: getattr(asset_runs()[0].state, "value", asset_runs()[0].state) in ("success", "failed"),
                   600, "the requested retrain to finish", up, log)
             retrain = asset_runs()[0]
             assert getattr(retrain.state, "value", retrain.state) == "success", retrain.note
-            # The default gate decides this one (promote or keep); the first line says who asked.
             first = (retrain.note or "").splitlines()[0] if retrain.note else ""
-            assert first.startswith("Weekly retrain, 1 market(s): ") and first.endswith(
-                "0 skipped, 0 failed. Requested by monitor_production for the week ending 2023-07-09 "
-                "(reasons on the Monitoring page)."), retrain.note
-        summary = tmp_path / "deploy" / "runs" / "weekly_retrain" / BTC / "20230702T0000_20230709T0000" / "summary.json"
-        assert json.loads(summary.read_text())["window"]["source"] == "as_of_date"
+            assert first == ("Weekly retrain, 1 market(s): 1 promoted, 0 kept, 0 skipped, 0 failed. Requested by "
+                             "monitor_production, on data up to 2023-07-06 (reasons on the Monitoring page)."), \
+                retrain.note
+        # The request's interval: from the last Sunday to the request's day. Its earlier folds are
+        # the scheduled weeks, whose fits the Sunday runs left in the cache.
+        requested = json.loads((tmp_path / "deploy" / "runs" / "weekly_retrain" / BTC / "20230702T0000_20230706T0000"
+                                / "summary.json").read_text())
+        assert requested["window"]["source"] == "as_of_date"
+        gate = requested["gate"]
+        assert gate["passed"] and gate["request"]["by"] == "monitor_production" and "PSI" in gate["request"]["reason"]
+        checks = {c["name"]: c for c in gate["checks"]}
+        assert checks["champion_out_of_sample"]["passed"] and gate["champion"] == champion
+        promoted = registry.production(BTC).version
+        assert promoted == gate["candidate"] and promoted.startswith("v20230706T0000-")
+        member = json.loads((tmp_path / "deploy" / "runs" / "weekly_retrain" / BTC / "20230702T0000_20230706T0000"
+                             / "candidates" / "lightgbm" / "metadata.json").read_text())
+        assert member["cache"]["hits"] >= 2, member["cache"]  # the scheduled weeks' folds
+
+        # The next Sunday run decides normally: it compares with the mid-week champion on the rows
+        # after that champion's training data.
+        done = subprocess.run([sys.executable, "-m", "include.deployment", "backfill", "2023-07-02", "2023-07-02",
+                               "--conf", json.dumps(CONF)], cwd=ROOT, env=cli_env, capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0 and "finished: 1 succeeded, 0 failed" in done.stdout, done.stdout + done.stderr
+        sunday = json.loads((tmp_path / "deploy" / "runs" / "weekly_retrain" / BTC / "20230702T0000_20230709T0000"
+                             / "summary.json").read_text())["gate"]
+        checks = {c["name"]: c for c in sunday["checks"]}
+        assert sunday["champion"] == promoted and sunday["request"] is None
+        assert checks["champion_out_of_sample"]["passed"] and checks["champion_out_of_sample"]["detail"].startswith(
+            "68 gate-window rows where both models are out of sample, from 2023-07-06T00:00:00+00:00")
+        assert sunday["champion_evaluation"]["metrics"]["n"] == 68 and sunday["passed"]
+        assert registry.production(BTC).version == sunday["candidate"]
+        history = [e for e in registry.ledger(BTC) if e["event"] == "promote"]
+        assert [e["to"] for e in history[-2:]] == [promoted, sunday["candidate"]]
+        registry.dispose()
+
+        _approvals(tmp_path, port, config, up, log)
 
         pids = [state["supervisor_pid"], *state["components"].values()]
         tree = [p.pid for pid in state["components"].values() if psutil.pid_exists(pid)

@@ -47,6 +47,6 @@ def test_a_run_that_monitoring_requested_says_so_in_its_note():
     scope = retrain_scope({"retrain_request": [Event()]})
     assert scope == {"markets": ["m1"], "as_of_date": "2023-12-20", "reasons": {"m1": "PSI"}}
     note = run_note([{"model": "m1", "status": "skipped", "reason": "x"}], requested=scope)
-    assert note.splitlines()[0].endswith("Requested by monitor_production for the week ending 2023-12-20 "
+    assert note.splitlines()[0].endswith("Requested by monitor_production, on data up to 2023-12-20 "
                                          "(reasons on the Monitoring page).")
     assert retrain_scope({"retrain_request": []}) is None and retrain_scope(None) is None
