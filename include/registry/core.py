@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -102,9 +102,10 @@ class ModelRegistry(AliasLedger):
             return not acquired
 
     @contextmanager
-    def _transaction(self, model: str) -> Iterator[Connection]:
-        """A write transaction serialised with every other writer of the same registered model."""
-        with self.lock(model), self.engine.begin() as conn:
+    def _transaction(self, model: str, *, lock: bool = True) -> Iterator[Connection]:
+        """A write transaction serialised with every other writer of the same registered model
+        (``lock=False``: the caller holds :meth:`lock` already)."""
+        with self.lock(model) if lock else nullcontext(), self.engine.begin() as conn:
             if self.backend == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
                              {"key": f"model_registry:{model}"})
@@ -210,10 +211,10 @@ class ModelRegistry(AliasLedger):
         candidate's files restore the version (same identity: the same inputs, code and
         configuration), with their own hashes.
 
-        Crash safety: the folder is staged under a temporary name, then renamed into place and
-        its row inserted in one transaction under the model's lock. A crash between the rename
-        and the commit leaves a folder without a row, which the next registration replaces; a
-        crash before the rename leaves only a temporary folder.
+        Crash safety: under the model's lock, the folder is staged under a temporary name, renamed
+        into place and its row inserted in one transaction. A crash between the rename and the
+        commit leaves a folder without a row, which the next registration replaces; a crash
+        before the rename leaves a staging folder, which the next registration removes.
 
         Args:
             identity: hex digest naming the version, e.g. from ``include.pipeline`` (the training
@@ -239,19 +240,24 @@ class ModelRegistry(AliasLedger):
         relative = f"versions/{model}/{version}"
         target = self.root / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Stage the folder first, then publish it and insert (or restore) its row under the
-        # model's lock: a folder without a row is an orphan of a crash between the two steps,
-        # never referenced by anyone, and is replaced here.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
+        # Under the model's lock: stage the folder, publish it, insert (or restore) its row. Only
+        # a lock holder stages, so a staging folder found here is a dead process's, and a folder
+        # without a row is the orphan of a crash between publishing and committing: both are
+        # never referenced by anyone, and are removed or replaced here.
+        tmp: Path | None = None
         try:
-            for name in files:
-                shutil.copy2(src / name, tmp / name)
-            atomic_write_json(tmp / MANIFEST_FILE, {"files": files, "version": version, "model": model})
             with self._transaction(model) as conn:
+                for stale in target.parent.glob(f".{version}.*"):
+                    logger.warning("register %s: removing %s, left by an interrupted registration", version, stale)
+                    shutil.rmtree(stale, ignore_errors=True)
                 current = conn.execute(sa.select(version_table).where(version_table.c.version == version)).first()
                 if current is not None and current.deleted_at is None:
                     restored = False  # registered meanwhile by another run: its artifacts stay
                 else:
+                    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
+                    for name in files:
+                        shutil.copy2(src / name, tmp / name)
+                    atomic_write_json(tmp / MANIFEST_FILE, {"files": files, "version": version, "model": model})
                     restored = current is not None
                     if target.exists():
                         logger.warning("register %s: replacing %s, a folder with no live registry row "
@@ -267,7 +273,8 @@ class ModelRegistry(AliasLedger):
                     else:
                         conn.execute(version_table.insert().values(version=version, model=model, **values))
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
         if restored:
             logger.warning("registered version %s of %s again from %s: retention had removed its artifacts",
                            version, model, src)
@@ -396,17 +403,24 @@ class ModelRegistry(AliasLedger):
                 with self.engine.connect() as conn:
                     removed += [v for v, _ in self._doomed(conn, name, keep_last)]
                 continue
-            with self._transaction(name) as conn:
-                doomed = self._doomed(conn, name, keep_last)
-                if doomed:
-                    conn.execute(version_table.update()
-                                 .where(version_table.c.version.in_([v for v, _ in doomed]))
-                                 .values(deleted_at=now_ms()))
-            # Rows are marked first: a crash before the files go leaves unreferenced files, never
-            # a live row without its artifacts.
-            for version, path in doomed:
-                _remove_tree(self.root / path)
-                logger.info("retention: removed the artifacts of %s (%s)", version, name)
+            with self.lock(name):  # held until the files are gone: no registration restores one meanwhile
+                with self._transaction(name, lock=False) as conn:
+                    doomed = self._doomed(conn, name, keep_last)
+                    if doomed:
+                        conn.execute(version_table.update()
+                                     .where(version_table.c.version.in_([v for v, _ in doomed]))
+                                     .values(deleted_at=now_ms()))
+                # Rows are marked first: a crash before the files go leaves unreferenced files,
+                # never a live row without its artifacts; they are removed here, now or next time.
+                with self.engine.connect() as conn:
+                    gone = conn.execute(sa.select(version_table.c.version, version_table.c.artifact_path).where(
+                        version_table.c.model == name, version_table.c.deleted_at.is_not(None))).all()
+                for version, path in gone:
+                    if (self.root / path).exists():
+                        _remove_tree(self.root / path)
+                        logger.info("retention: removed the artifacts of %s (%s)", version, name)
+                for aside in (self.versions_dir / name).glob(".removing.*"):
+                    shutil.rmtree(aside, ignore_errors=True)
             removed += [v for v, _ in doomed]
         return removed
 
