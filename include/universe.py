@@ -17,6 +17,7 @@ default, then the run's own parameters (the trigger form, ``--conf``), then the 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, fields
@@ -113,7 +114,8 @@ def load_universe(path: str | Path | None = None) -> list[Market]:
                       timeframe=market.timeframe)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        key = (market.exchange, market.symbol, market.market_type, market.timeframe, tuple(sorted(params.items())))
+        key = (market.exchange, market.symbol, market.market_type, market.timeframe,
+               json.dumps(params, sort_keys=True, default=str))
         if key in seen:
             raise ConfigError(f"{where}: {market.symbol} {market.market_type} {market.timeframe} is listed twice")
         seen.add(key)
