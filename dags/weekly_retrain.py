@@ -345,9 +345,11 @@ def weekly_retrain():
                     return promote(settings, decision, run_id=run_id, dag_id=_dag_id(),
                                    as_of=dt.fromisoformat(window["interval_end"]))
                 if decision["passed"]:
+                    who = approval.get("responded_by_user")
+                    who = (who.get("name") or who.get("id")) if isinstance(who, dict) else who
                     why = (f"approval: no answer within {approval.get('timeout_hours'):g} h, rejected by default"
                            if approval.get("timed_out") else
-                           f"approval: {approval['chosen_options']} by {approval.get('responded_by_user') or 'a reviewer'}")
+                           f"approval: {approval['chosen_options']} by {who or 'a reviewer'}")
                     decision = {**decision, "reasons": [why]}
                 return keep(settings, decision, run_id=run_id, dag_id=_dag_id())
 

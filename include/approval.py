@@ -59,8 +59,11 @@ class PromotionApproval(ApprovalOperator):
         # The person's answer is recorded; nothing is skipped: promote_or_keep records a Reject as a keep.
         result = HITLOperator.execute_complete(self, context=context, event=event)
         timed_out = not result.get("responded_by_user")
+        # A resumed task is a new operator instance: the market's timeout is read from the gate again.
+        ti = context["ti"]
+        decision = ti.xcom_pull(task_ids=self.gate_task_id, map_indexes=ti.map_index) or {}
+        hours = decision.get("approval_timeout_hours") or (
+            self.response_timeout.total_seconds() / 3600 if self.response_timeout else None)
         if timed_out:
-            self.log.warning("no answer within %s: %s by default (production kept)", self.response_timeout,
-                             result["chosen_options"])
-        return {**result, "asked": True, "timed_out": timed_out,
-                "timeout_hours": self.response_timeout.total_seconds() / 3600 if self.response_timeout else None}
+            self.log.warning("no answer within %s h: %s by default (production kept)", hours, result["chosen_options"])
+        return {**result, "asked": True, "timed_out": timed_out, "timeout_hours": hours}

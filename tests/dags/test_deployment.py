@@ -115,7 +115,7 @@ def _approvals(tmp_path: Path, port: int, config, up: subprocess.Popen, log: Pat
         index = asked[model]["task_instance"]["map_index"]
         done = call("PATCH", f"{base}/{run_id}/taskInstances/market.approve_promotion/{index}/hitlDetails",
                     {"chosen_options": [answer]})
-        assert done["chosen_options"] == [answer] and done["responded_by"]["user_name"] == "admin"
+        assert done["chosen_options"] == [answer] and done["responded_by"]["name"] == "admin"
     with client.ApiClient(config) as api:
         runs = client.DagRunApi(api)
         _wait(lambda: getattr(runs.get_dag_run(DAG_ID, run_id).state, "value", None) in ("success", "failed"), 600,
