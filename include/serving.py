@@ -106,6 +106,8 @@ class ProductionModel:
         self._store = None
         self._fast: FastPredictor | None = None
         self.loads = 0
+        #: The feature row ``(1, n_features)`` the last prediction was made from, indexed by its bar.
+        self.last_features: pd.DataFrame | None = None
 
     def current(self) -> tuple[str, Any, dict[str, Any]]:
         """``(version, model, lineage)`` of production, reloading if the alias moved.
@@ -211,6 +213,7 @@ class ProductionModel:
         if ready.empty:
             raise ServingError(f"no complete feature row for {lineage['symbol']} before {as_of.isoformat()}")
         row = ready.iloc[[-1]]
+        self.last_features = row
         bar_close = row.index[0] + bar
         data_age = (pd.Timestamp(as_of) - bar_close) / pd.Timedelta(hours=1)
         lag_bars = int((pd.Timestamp(as_of) - bar_close) // bar)

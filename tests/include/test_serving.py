@@ -135,5 +135,14 @@ def test_serving_and_monitoring_compute_training_s_own_features_for_the_same_bar
         shared = served.index.intersection(training.index)
         assert len(shared) >= 24
         pd.testing.assert_frame_equal(served.loc[shared], training.loc[shared], check_exact=True)
+    # The served forecast is the model's forecast on the training row of that bar, exactly.
+    serving = ProductionModel(registry, settings.market_db_url, BTC, max_age_hours=None)
+    pred = serving.predict(AS_OF)
+    assert pred.version == v2
+    # Serving's own path computed exactly training's row for the bar it forecast from.
+    pd.testing.assert_frame_equal(serving.last_features[names], training.loc[[pd.Timestamp(pred.bar)]],
+                                  check_exact=True, check_freq=False)
+    row = training.loc[[pd.Timestamp(pred.bar)]].to_numpy(dtype="float64")
+    assert list(pred.probabilities.values()) == serving.predict_row(row)[0].tolist()
     store.dispose()
     registry.dispose()
