@@ -162,6 +162,8 @@ PARAMS = {
                                 exclusiveMinimum=0, maximum=1),
     "gate_min_probabilistic_sharpe": _param("gate_min_probabilistic_sharpe", ["null", "number"], GATE,
                                             "Smallest probabilistic Sharpe ratio (empty: off)", minimum=0, maximum=1),
+    "gate_min_deflated_sharpe": _param("gate_min_deflated_sharpe", ["null", "number"], GATE,
+                                       "Smallest deflated Sharpe ratio (empty: off)", minimum=0, maximum=1),
     "require_approval": _param("require_approval", "boolean", GATE, "Ask a person to approve a promotion"),
     "approval_timeout_hours": _param("approval_timeout_hours", "number", GATE,
                                      "Hours to wait for the approval (then: rejected)", exclusiveMinimum=0),

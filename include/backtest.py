@@ -169,6 +169,64 @@ def probabilistic_sharpe(net: np.ndarray, benchmark: float = 0.0) -> float:
     return float(stats.norm.cdf((sr - benchmark) * math.sqrt(len(net) - 1) / math.sqrt(denom)))
 
 
+#: Euler-Mascheroni constant, in the expected maximum of N standard normals.
+EULER_GAMMA = 0.5772156649015329
+
+
+def expected_max_sharpe(n_trials: int, trials_variance: float) -> float:
+    """Expected maximum Sharpe ratio of ``n_trials`` unskilled trials (true Sharpe 0).
+
+    Bailey & López de Prado (2014), "The Deflated Sharpe Ratio", eq. 2 (from the False Strategy
+    theorem): ``SR0 = sqrt(V) * ((1 - g) * Z^-1(1 - 1/N) + g * Z^-1(1 - 1/(N e)))``, with ``g``
+    the Euler-Mascheroni constant and ``V`` the variance of the trials' Sharpe ratios.
+
+    Args:
+        n_trials: configurations evaluated, ``N >= 1``; one trial gives 0.
+        trials_variance: variance of their estimated Sharpe ratios, in the units of the result.
+
+    Raises:
+        ValueError: ``n_trials < 1`` or a negative variance.
+    """
+    if n_trials < 1 or trials_variance < 0:
+        raise ValueError(f"need n_trials >= 1 and a variance >= 0, got {n_trials}, {trials_variance}")
+    if n_trials == 1:
+        return 0.0
+    z = stats.norm.ppf
+    return float(math.sqrt(trials_variance) * ((1 - EULER_GAMMA) * z(1 - 1 / n_trials)
+                                               + EULER_GAMMA * z(1 - 1 / (n_trials * math.e))))
+
+
+def deflated_sharpe_ratio(sharpe: float, n_obs: int, skew: float, kurtosis: float, n_trials: int,
+                          trials_variance: float) -> float:
+    """Deflated Sharpe ratio: the probability that the true Sharpe ratio exceeds the expected
+    maximum of ``n_trials`` unskilled trials.
+
+    Bailey & López de Prado (2014), eq. 1: the probabilistic Sharpe ratio
+    ``Phi((SR - SR0) * sqrt(T - 1) / sqrt(1 - g3 * SR + (g4 - 1) / 4 * SR^2))`` with the benchmark
+    ``SR0`` = :func:`expected_max_sharpe`. All Sharpe ratios per observation (not annualised).
+
+    Args:
+        sharpe: the selected strategy's Sharpe ratio per observation.
+        n_obs: returns behind it (``T``).
+        skew: their skewness (``g3``).
+        kurtosis: their non-excess kurtosis (``g4``; 3 for normal returns).
+        n_trials: every configuration evaluated (``N``).
+        trials_variance: variance of the trials' Sharpe ratios per observation (``V``).
+
+    Returns:
+        A probability in [0, 1]; NaN with fewer than 3 observations or a non-positive
+        variance term.
+
+    Raises:
+        ValueError: from :func:`expected_max_sharpe`.
+    """
+    benchmark = expected_max_sharpe(n_trials, trials_variance)
+    denom = 1.0 - skew * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
+    if n_obs < 3 or denom <= 0:
+        return float("nan")
+    return float(stats.norm.cdf((sharpe - benchmark) * math.sqrt(n_obs - 1) / math.sqrt(denom)))
+
+
 def performance(net: np.ndarray, pos: np.ndarray, bar_seconds: int) -> dict[str, Any]:
     """Performance metrics of per-bar net returns ``net`` with positions ``pos`` (same length)."""
     n = len(net)
@@ -197,4 +255,8 @@ def performance(net: np.ndarray, pos: np.ndarray, bar_seconds: int) -> dict[str,
         "trades": len(trades),
         "exposure": float(np.mean(pos != 0)) if n else 0.0,
         "probabilistic_sharpe": probabilistic_sharpe(net),
+        # The inputs of a deflated Sharpe ratio (per bar): include.gate counts the trials.
+        "sharpe_per_bar": float(net.mean() / std) if std > 0 else 0.0,
+        "skew": float(stats.skew(net)) if n > 2 and std > 0 else float("nan"),
+        "kurtosis": float(stats.kurtosis(net, fisher=False)) if n > 2 and std > 0 else float("nan"),
     }

@@ -300,6 +300,13 @@ class RunConfig:
         "0.1). The p-value is reported either way.",
         default=None,
     )
+    gate_min_deflated_sharpe: float | None = _doc(
+        "Smallest deflated Sharpe ratio of the out-of-fold strategy (Bailey & López de Prado 2014: "
+        "the probability that its true Sharpe exceeds the expected maximum of every candidate "
+        "evaluated for the model); null leaves the check out (the value is still recorded). "
+        "0.95 is the paper's level.",
+        default=None,
+    )
     trade_min_probability: float = _doc(
         "The trading simulation takes a position only when the decided class's probability "
         "reaches this (1/3: more than uniform).",
@@ -415,6 +422,8 @@ class RunConfig:
             fail("gate_min_probabilistic_sharpe", "expected a probability in [0, 1]")
         if self.gate_max_champion_p_value is not None and not 0 < self.gate_max_champion_p_value <= 1:
             fail("gate_max_champion_p_value", "expected a probability in (0, 1]")
+        if self.gate_min_deflated_sharpe is not None and not 0 <= self.gate_min_deflated_sharpe <= 1:
+            fail("gate_min_deflated_sharpe", "expected a probability in [0, 1]")
         if not 0 <= self.trade_min_probability < 1:
             fail("trade_min_probability", "expected a probability in [0, 1)")
         if self.fee_bps < 0 or self.slippage_bps < 0:

@@ -42,7 +42,14 @@ A candidate (challenger) is promoted only if every check passes:
    Sharpe ratio (Bailey & López de Prado 2012) that the true Sharpe exceeds 0 is at least it.
    A strategy without one (it never traded, so its returns have no variance) fails it.
 
-Checks 3-4b apply only when a champion exists, 5-7 only when trading results are given. Any
+8. ``deflated_sharpe`` (only when ``min_deflated_sharpe`` is set; 0.95 is the paper's level): the
+   deflated Sharpe ratio (Bailey & López de Prado 2014) of the out-of-fold strategy, the
+   probability that its true Sharpe ratio exceeds the expected maximum of N unskilled trials,
+   with N every candidate the gate has evaluated for this registered model, this one included
+   (:func:`include.pipeline.decision.deflated_sharpe_record`). It is recorded whenever trading
+   results are given, used or not.
+
+Checks 3-4b apply only when a champion exists, 5-8 only when trading results are given. Any
 failed check keeps production as it is. Times are compared as instants (timezone-aware
 datetimes), never as strings.
 """
@@ -71,6 +78,7 @@ class GatePolicy:
             ``None`` leaves the significance check out.
         max_champion_p_value: largest allowed p-value of the paired challenger-vs-champion
             log-loss test; ``None`` leaves the check out (the p-value is still reported).
+        min_deflated_sharpe: required deflated Sharpe ratio; ``None`` leaves the check out.
     """
 
     min_f1_margin: float = 0.02
@@ -81,6 +89,7 @@ class GatePolicy:
     max_drawdown: float = 0.2
     min_probabilistic_sharpe: float | None = None
     max_champion_p_value: float | None = None
+    min_deflated_sharpe: float | None = None
 
 
 def instant(value: str | datetime) -> datetime:
@@ -142,7 +151,8 @@ class GateDecision:
 def decide(policy: GatePolicy, *, candidate_version: str, candidate_oof: dict[str, float],
            baselines: dict[str, dict[str, float]], candidate_window: dict[str, float] | None,
            champion: dict[str, Any] | None,
-           trading: dict[str, dict[str, Any]] | None = None) -> GateDecision:
+           trading: dict[str, dict[str, Any]] | None = None,
+           deflated: dict[str, Any] | None = None) -> GateDecision:
     """Apply the policy.
 
     Args:
@@ -157,7 +167,9 @@ def decide(policy: GatePolicy, *, candidate_version: str, candidate_oof: dict[st
             with ``"paired_test"`` (:func:`include.evaluation.paired_log_loss_test`'s result on
             the same rows) and ``"last_training_row"``.
         trading: out-of-fold trading metrics per strategy (``ensemble``, ``momentum``, ...), each
-            with ``sharpe``, ``max_drawdown`` and ``probabilistic_sharpe``; ``None`` skips 5-7.
+            with ``sharpe``, ``max_drawdown`` and ``probabilistic_sharpe``; ``None`` skips 5-8.
+        deflated: ``{"value", "n_trials", ...}`` of the candidate's deflated Sharpe ratio, for
+            check 8.
 
     Returns:
         The decision with every check.
@@ -211,6 +223,16 @@ def decide(policy: GatePolicy, *, candidate_version: str, candidate_oof: dict[st
                 f"probabilistic Sharpe ratio P(SR > 0) {psr:.3f} vs {policy.min_probabilistic_sharpe}" if known
                 else f"probabilistic Sharpe ratio undefined (the strategy made {strat.get('trades', 0)} trades: "
                      f"no return variance to test) vs {policy.min_probabilistic_sharpe}"))
+        if policy.min_deflated_sharpe is not None:
+            dsr = (deflated or {}).get("value")
+            known = dsr is not None and dsr == dsr
+            checks.append(Check(
+                "deflated_sharpe", known and dsr >= policy.min_deflated_sharpe, dsr if known else None,
+                policy.min_deflated_sharpe,
+                (f"deflated Sharpe ratio {dsr:.3f} vs {policy.min_deflated_sharpe}: P(true Sharpe > expected maximum "
+                 f"of {deflated['n_trials']} unskilled trials)" if known else
+                 f"deflated Sharpe ratio undefined (the strategy made {strat.get('trades', 0)} trades) vs "
+                 f"{policy.min_deflated_sharpe}")))
     champion_version = None
     if champion is not None:
         champion_version = champion["version"]

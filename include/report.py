@@ -150,10 +150,27 @@ def _gate_row(check: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
     value, threshold = check["value"], check["threshold"]
     if check["name"] == "champion_out_of_sample":
         champion = gate.get("champion_evaluation") or {}
-        value = f"trained until {_when(champion['trained_until'])}" if champion.get("trained_until") else None
-        threshold = f"window starts {_when(champion['window_start'])}" if champion.get("window_start") else None
+        if champion.get("rows_out_of_sample") is not None:
+            value = f"{champion['rows_out_of_sample']} rows from {_when(champion['compared_from'])}"
+            threshold = f"min {threshold:g} rows" if threshold is not None else None
+        else:
+            value = f"trained until {_when(champion['trained_until'])}" if champion.get("trained_until") else None
+            threshold = f"window starts {_when(champion['window_start'])}" if champion.get("window_start") else None
     return {"check": check["name"], "passed": "yes" if check["passed"] else "NO", "value": value,
             "threshold": threshold, "detail": check["detail"]}
+
+
+def _deflated_paragraph(deflated: dict[str, Any] | None) -> str:
+    """The strategy's deflated Sharpe ratio and the trials it counts (Bailey & López de Prado 2014)."""
+    if not deflated:
+        return ""
+    value = deflated.get("value")
+    shown = f"{value:.3f}" if value is not None and value == value else "undefined (no return variance)"
+    return (f"<p>Deflated Sharpe ratio {shown}: the probability that the ensemble strategy's true Sharpe ratio "
+            f"exceeds {deflated['expected_max_sharpe']:.4f} per bar, the expected maximum of "
+            f"{deflated['n_trials']} unskilled trials (every candidate the gate has evaluated for this model, "
+            f"this one included; variance of their Sharpe ratios {deflated['trials_variance']:.2e}); the "
+            f"strategy's own is {deflated['sharpe_per_bar']:.4f} per bar.</p>")
 
 
 def _champion_section(gate: dict[str, Any]) -> str:
@@ -233,6 +250,7 @@ def build_report(out_dir: Path, summary: dict[str, Any]) -> Path:
         "<h3>Challenger against champion</h3>", _champion_section(gate),
         "<h2>Trading (out-of-fold bars)</h2>", _equity_plot(trading),
         _table(trade_rows, ["strategy", "role", *TRADE_COLUMNS]),
+        _deflated_paragraph(gate.get("deflated_sharpe")),
         "<p>The gate's trading baselines are flat (never in the market: Sharpe 0) and the momentum rule. "
         "Buy-and-hold is shown for reference and is not one of them: it is market exposure, and over a few "
         "out-of-fold weeks its Sharpe measures the market's direction in those weeks, not a forecast's skill.</p>",

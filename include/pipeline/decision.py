@@ -83,7 +83,8 @@ def policy_from_config(cfg: RunConfig) -> GatePolicy:
                       champion_tolerance=cfg.gate_champion_tolerance, min_sharpe_margin=cfg.gate_min_sharpe_margin,
                       max_drawdown=cfg.gate_max_drawdown,
                       min_probabilistic_sharpe=cfg.gate_min_probabilistic_sharpe,
-                      max_champion_p_value=cfg.gate_max_champion_p_value)
+                      max_champion_p_value=cfg.gate_max_champion_p_value,
+                      min_deflated_sharpe=cfg.gate_min_deflated_sharpe)
 
 def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWindow, settings: Settings,
                          out_dir: Path, gate_window: dict[str, Any]) -> dict[str, Any] | None:
@@ -142,6 +143,45 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
         result["paired_test"] = {"p_value": None, "error": str(exc)}
     return result
 
+def deflated_sharpe_record(registry: ModelRegistry, model: str, candidate: str,
+                           strategy: dict[str, Any], bar_seconds: int) -> dict[str, Any]:
+    """The candidate's deflated Sharpe ratio, counting every candidate evaluated for ``model``.
+
+    The trials are the distinct candidates of the model's earlier gate decisions (the ledger's
+    promote and keep entries, with their out-of-fold trading record) and this one: N of them,
+    ``V`` the variance of their per-bar Sharpe ratios (Bailey & López de Prado 2014; see
+    :func:`include.backtest.deflated_sharpe_ratio`).
+
+    Args:
+        strategy: the candidate's out-of-fold ``ensemble`` trading metrics (``sharpe_per_bar``,
+            ``bars``, ``skew``, ``kurtosis``).
+
+    Returns:
+        ``{"value", "n_trials", "trials_variance", "expected_max_sharpe", "sharpe_per_bar"}``
+        (per-bar units); ``value`` is NaN when the strategy's returns have no variance.
+    """
+    import math
+
+    from include.backtest import deflated_sharpe_ratio, expected_max_sharpe
+
+    per_year = 365.25 * 86_400 / bar_seconds
+    trials: dict[str, float] = {}
+    for event in registry.ledger(model):
+        decided = event.get("decision") or {}
+        version = decided.get("candidate")
+        ens = ((decided.get("trading") or {}).get("out_of_fold") or {}).get("ensemble") or {}
+        if version and version != candidate and ens.get("sharpe") is not None:
+            trials[version] = ens.get("sharpe_per_bar", ens["sharpe"] / math.sqrt(per_year))
+    sharpe = float(strategy.get("sharpe_per_bar", strategy.get("sharpe", 0.0) / math.sqrt(per_year)))
+    values = [*trials.values(), sharpe]
+    variance = float(np.var(values, ddof=1)) if len(values) > 1 else 0.0
+    skew, kurt = strategy.get("skew"), strategy.get("kurtosis")
+    value = (deflated_sharpe_ratio(sharpe, int(strategy.get("bars", 0)), skew, kurt, len(values), variance)
+             if skew is not None and kurt is not None and skew == skew and kurt == kurt else float("nan"))
+    return {"value": value, "n_trials": len(values), "trials_variance": variance,
+            "expected_max_sharpe": expected_max_sharpe(len(values), variance), "sharpe_per_bar": sharpe}
+
+
 def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
          assembled: dict[str, Any], trading: dict[str, Any] | None = None,
          request: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -159,14 +199,16 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
     """
     registry = ModelRegistry.from_settings(settings)
     champion = _champion_evaluation(registry, cfg, window, settings, out_dir, assembled["gate_window"])
+    deflated = (deflated_sharpe_record(registry, cfg.model_name, assembled["version"],
+                                       trading["out_of_fold"]["ensemble"], cfg.bar_seconds) if trading else None)
     decision = decide(policy_from_config(cfg), candidate_version=assembled["version"],
                       candidate_oof=assembled["ensemble"], baselines=assembled["baselines"],
                       candidate_window=assembled["gate_window"], champion=champion,
-                      trading=trading["out_of_fold"] if trading else None)
+                      trading=trading["out_of_fold"] if trading else None, deflated=deflated)
     record = {**decision.to_dict(), "model": cfg.model_name, "policy": asdict(policy_from_config(cfg)),
               "champion_evaluation": champion, "candidate_gate_window": assembled["gate_window"],
               "candidate_out_of_fold": assembled["ensemble"], "baselines": assembled["baselines"],
-              "trading": trading, "request": request,
+              "trading": trading, "deflated_sharpe": deflated, "request": request,
               "require_approval": bool(cfg.require_approval), "approval_timeout_hours": cfg.approval_timeout_hours,
               "decided_at": datetime.now(UTC).isoformat(timespec="seconds")}
     record = json_safe(record)

@@ -128,3 +128,21 @@ def test_gate_trading_checks(ensemble, momentum, policy, failed):
     assert d.passed == (not failed)
     names = [c.name for c in d.checks]
     assert ("significant_sharpe" in names) == (policy.min_probabilistic_sharpe is not None)
+
+
+def test_the_deflated_sharpe_ratio_reproduces_the_paper_s_worked_example():
+    """Bailey & López de Prado (2014), the numerical example: an annualised Sharpe ratio of 2.5
+    over 1,250 daily returns (skew -3, kurtosis 10), the best of N = 100 trials whose annualised
+    Sharpe ratios have variance 1/2: SR0 = 0.1132 per day, DSR = 0.9004."""
+    import math
+
+    from include.backtest import deflated_sharpe_ratio, expected_max_sharpe
+
+    days = 250
+    assert expected_max_sharpe(100, 0.5 / days) == pytest.approx(0.1132, abs=5e-5)
+    dsr = deflated_sharpe_ratio(2.5 / math.sqrt(days), 1250, -3.0, 10.0, 100, 0.5 / days)
+    assert dsr == pytest.approx(0.9004, abs=2e-4)
+    # One trial: nothing to deflate, the probabilistic Sharpe ratio against 0.
+    assert expected_max_sharpe(1, 0.5) == 0.0
+    # More trials, a higher bar.
+    assert deflated_sharpe_ratio(0.1, 1250, 0.0, 3.0, 1000, 0.002) < deflated_sharpe_ratio(0.1, 1250, 0.0, 3.0, 10, 0.002)

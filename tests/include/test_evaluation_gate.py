@@ -334,3 +334,48 @@ def test_a_requested_retrain_s_interval_runs_from_the_last_sunday_to_the_request
                             run_after=None)
     assert (window.interval_start, window.interval_end, window.source) == (
         "2023-07-02T00:00:00+00:00", "2023-07-06T00:00:00+00:00", "as_of_date")
+
+
+def test_the_gate_counts_every_candidate_of_the_model_in_the_deflated_sharpe_ratio(tmp_path):
+    import json
+    from datetime import UTC, datetime
+
+    import joblib
+    from sklearn.dummy import DummyClassifier
+
+    from include.backtest import deflated_sharpe_ratio
+    from include.pipeline.decision import deflated_sharpe_record
+    from include.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "models", f"sqlite:///{tmp_path / 'r.sqlite'}")
+    model = "binance-btcusdt-perp-1h-h4"
+    earlier = [0.02, -0.01, 0.005]
+    for i, sharpe in enumerate(earlier):
+        d = tmp_path / f"c{i}"
+        d.mkdir()
+        joblib.dump(DummyClassifier().fit(np.zeros((3, 1)), [0, 1, 2]), d / "model.joblib")
+        (d / "metadata.json").write_text(json.dumps({
+            "exchange": "binance", "symbol": "BTCUSDT", "market_type": "perp", "timeframe": "1h",
+            "config": {"label_horizon_bars": 4}, "n": i}))
+        version = registry.register(d, datetime(2023, 12, 3 + 7 * i, tzinfo=UTC))
+        trading = {"out_of_fold": {"ensemble": {"sharpe_per_bar": sharpe, "sharpe": sharpe * 93.6}}}
+        for _ in range(2):  # a keep recorded twice (two runs of one week) is one trial
+            registry.record_keep(model, version, run_id=f"r{i}-{_}", reason="x",
+                                 decision={"candidate": version, "trading": trading})
+    strategy = {"sharpe_per_bar": 0.03, "bars": 1008, "skew": 0.1, "kurtosis": 4.0}
+    record = deflated_sharpe_record(registry, model, "v-new", strategy, 3600)
+    registry.dispose()
+    values = [*earlier, 0.03]
+    assert record["n_trials"] == 4 and record["trials_variance"] == pytest.approx(np.var(values, ddof=1))
+    assert record["value"] == pytest.approx(deflated_sharpe_ratio(0.03, 1008, 0.1, 4.0, 4, np.var(values, ddof=1)))
+    assert 0 < record["expected_max_sharpe"] < 0.03
+    # The optional check: off by default, and it says no below the level.
+    args = dict(candidate_version="v-new", candidate_oof={"macro_f1": 0.37, "log_loss": 1.06}, baselines=BASE,
+                candidate_window=None, champion=None,
+                trading={"ensemble": {"sharpe": 2.0, "max_drawdown": 0.05, "probabilistic_sharpe": 0.9, "trades": 9},
+                         "momentum": {"sharpe": 0.0}},
+                deflated={**record, "value": 0.80})
+    assert "deflated_sharpe" not in [c.name for c in decide(GatePolicy(), **args).checks]
+    strict = decide(GatePolicy(min_deflated_sharpe=0.95), **args)
+    check = next(c for c in strict.checks if c.name == "deflated_sharpe")
+    assert not strict.passed and not check.passed and "expected maximum of 4 unskilled trials" in check.detail
