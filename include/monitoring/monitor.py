@@ -316,7 +316,7 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
     if as_of <= trained_until:
         raise PipelineError(f"{model} {pointer.version} was trained until {trained_until.isoformat()}: "
                             f"nothing after it to monitor at {as_of.isoformat()}")
-    read_from = feature_read_start(trained_until)
+    read_from = feature_read_start(trained_until, cfg)
     store = open_store(settings)
     try:
         ingested = _ingest(cfg, settings, store, read_from, as_of)

@@ -21,9 +21,8 @@ logger = logging.getLogger(__name__)
 
 FUNDING_LOOKBACK = timedelta(days=10)
 
-#: History before each calendar month from which that month's features are computed
-#: (:func:`include.pipeline.data.feature_frame`): 720 hourly bars, over four times the longest
-#: indicator warm-up, so an EMA's seed weighs under 0.1 % at the month's first bar.
+#: Least history before each calendar month from which that month's features are computed
+#: (:func:`include.pipeline.data.feature_frame`); see :func:`feature_pad`.
 FEATURE_SEGMENT_PAD = timedelta(days=30)
 
 
@@ -33,10 +32,17 @@ def month_start(moment: datetime) -> datetime:
     return datetime(moment.year, moment.month, 1, tzinfo=UTC)
 
 
-def feature_read_start(start: datetime) -> datetime:
+def feature_pad(cfg: RunConfig) -> timedelta:
+    """History before each calendar month from which its features are computed: 30 days, or four
+    times the indicator warm-up in the run's bars if longer (daily bars). With 720 hourly bars
+    against a warm-up of 150, an EMA's seed weighs under 0.1 % at the month's first bar."""
+    return max(FEATURE_SEGMENT_PAD, 4 * FeatureSpec.default().warmup_bars * timedelta(seconds=cfg.bar_seconds))
+
+
+def feature_read_start(start: datetime, cfg: RunConfig) -> datetime:
     """The first bar :func:`~include.pipeline.data.feature_frame` reads for features from ``start``:
-    ``FEATURE_SEGMENT_PAD`` before the start of ``start``'s month."""
-    return month_start(start) - FEATURE_SEGMENT_PAD
+    :func:`feature_pad` before the start of ``start``'s month."""
+    return month_start(start) - feature_pad(cfg)
 
 OPEN_INTEREST_MIN_COVERAGE = 0.5
 
@@ -133,7 +139,7 @@ def resolve_window(cfg: RunConfig, *, data_interval_start: Any, data_interval_en
     assert start is not None and end is not None
     train_start = end - timedelta(days=cfg.train_window_days)
     # Everything the features read is ingested and validated by this run, whatever the store held.
-    ingest_start = feature_read_start(train_start - warmup(cfg))
+    ingest_start = feature_read_start(train_start - warmup(cfg), cfg)
     key = run_key(start, end)
     window = RunWindow(start.isoformat(), end.isoformat(), train_start.isoformat(),
                        ingest_start.isoformat(), key, source)

@@ -18,12 +18,12 @@ from include.errors import DataQualityError, MarketNotReadyError, NoDataError, T
 from include.features import FUNDING_FEATURES, FeatureSpec, build_features
 from include.labels import class_balance, make_labels
 from include.pipeline.common import (
-    FEATURE_SEGMENT_PAD,
     FUNDING_LOOKBACK,
     OPEN_INTEREST_MIN_COVERAGE,
     SKIPPED_FILE,
     SUMMARY_FILE,
     RunWindow,
+    feature_pad,
     feature_read_start,
     month_start,
     open_store,
@@ -264,7 +264,7 @@ def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: 
     """Features for bars with open time in ``[start, end)`` from the store, per ``spec``.
 
     Features are computed per calendar month: the bars of month ``m`` from the bars in
-    ``[m - FEATURE_SEGMENT_PAD, end of m)`` (:func:`~include.pipeline.common.feature_read_start`).
+    ``[m - feature_pad, end of m)`` (:func:`~include.pipeline.common.feature_read_start`).
     A bar's features therefore depend only on the bar and the month before its month, never
     on where a caller's range starts: training, the champion's evaluation, serving and
     monitoring compute the same bits for the same bar. Exponential indicators (EMA, MACD, RSI,
@@ -281,7 +281,8 @@ def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: 
         ``(n_bars, n_features + OHLCV)`` frame indexed by bar open time.
     """
     key = {"exchange": cfg.exchange, "symbol": cfg.symbol}
-    read_from = feature_read_start(start)
+    read_from = feature_read_start(start, cfg)
+    pad = feature_pad(cfg)
     ohlcv = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, start=read_from, end=end, **key)
     funding = (store.load_funding_rates(start=read_from - FUNDING_LOOKBACK, end=end, **key)
                if set(spec.names) & set(FUNDING_FEATURES) else None)
@@ -290,7 +291,7 @@ def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: 
     month = month_start(start)
     while month < end:
         following = month_start(month + timedelta(days=32))
-        seg_from = month - FEATURE_SEGMENT_PAD
+        seg_from = month - pad
         bars = ohlcv[(ohlcv["timestamp"] >= seg_from) & (ohlcv["timestamp"] < following)]
         if len(bars):
             seg_funding = (None if funding is None else

@@ -79,3 +79,13 @@ def test_a_market_listed_inside_the_features_read_margin_keeps_its_full_training
     window = history_window(CFG, WINDOW, first, (first, STORED[1]))
     assert window.train_start == WINDOW.train_start and window.requested_train_start is None
     assert window.ingest_start == first.isoformat()  # validation covers what there is, from its first bar
+
+
+def test_each_month_s_features_read_enough_history_for_the_timeframe():
+    from datetime import timedelta
+
+    from include.pipeline.common import feature_pad, feature_read_start
+
+    assert feature_pad(RunConfig()) == timedelta(days=30)  # 720 hourly bars, over 4 x the 150-bar warm-up
+    assert feature_pad(RunConfig(timeframe="1d")) == timedelta(days=600)  # 4 x 150 daily bars
+    assert feature_read_start(datetime(2023, 12, 17, 5, tzinfo=UTC), RunConfig()) == datetime(2023, 11, 1, tzinfo=UTC)
