@@ -68,7 +68,8 @@ clean-state:
 
 ## Benchmarks (not tests): one default weekly run; PostgreSQL bulk load; incremental exchange
 ## ingestion; a four-week backfill on a local deployment (PostgreSQL on 127.0.0.1:5432 needed);
-## serving latency; one universe run of 2 markets against 1; monitoring (one bar, one week).
+## serving latency; one universe run of 2 markets against 1; monitoring (one bar, one week); the
+## gate's check pass rates on 20 random-walk markets.
 bench: install
 	$(BIN)/python bench/demo_run.py 2023-12-31
 	$(BIN)/python bench/store_bulk_load.py
@@ -78,3 +79,4 @@ bench: install
 	$(BIN)/python bench/universe_run.py
 	$(BIN)/python bench/bad_input.py
 	$(BIN)/python bench/monitoring.py
+	$(BIN)/python bench/random_walk_gate.py --seeds 20
