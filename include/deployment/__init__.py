@@ -35,9 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from include.config import PROJECT_ROOT
+from include.config import PROJECT_ROOT, Settings, input_roots
 from include.deployment.postgres import ensure_database, postgres_server, stop_embedded_postgres
 from include.errors import ConfigError
+from include.universe import universe_path
 
 #: Components started, in order (docker-compose services of the same names).
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -132,7 +133,10 @@ def write_private(path: Path, text: str) -> None:
 
 # -- database ----------------------------------------------------------------------------------
 def deployment_env(root: Path, metadata_url: str, market_url: str, port: int) -> dict[str, str]:
-    """Environment of every component and CLI call of the deployment.
+    """Environment of every component and CLI call of the deployment: Airflow's settings, and
+    everything the tasks read (market store, registry, run folder, data directory, universe file,
+    the folders run parameters may name), so ``python -m include.deployment env`` gives a second
+    shell exactly what the components run with.
 
     The JWT secret is made once and kept in ``root/jwt_secret``: the api-server and the task
     processes must share it.
@@ -164,6 +168,10 @@ def deployment_env(root: Path, metadata_url: str, market_url: str, port: int) ->
         "MARKET_DB_URL": market_url,
         "MODEL_REGISTRY_DIR": os.environ.get("MODEL_REGISTRY_DIR") or str(root / "models"),
         "RUN_ARTIFACTS_DIR": os.environ.get("RUN_ARTIFACTS_DIR") or str(root / "runs"),
+        # What the tasks read, resolved once: a second shell that sources `env` sees the same.
+        "MARKET_DATA_DIR": str(Settings.from_env().data_dir),
+        "MARKET_UNIVERSE_FILE": str(universe_path()),
+        "MARKET_INPUT_ROOTS": os.pathsep.join(map(str, input_roots())),
     }
 
 

@@ -1,8 +1,9 @@
-"""Secrets stay private: masked database URLs, owner-only secret files."""
+"""Secrets stay private (masked database URLs, owner-only secret files); the deployment's environment is whole."""
 
 from __future__ import annotations
 
 import json
+import os
 import stat
 
 import pytest
@@ -36,3 +37,17 @@ def test_the_jwt_secret_and_the_state_file_are_readable_by_their_owner_only(tmp_
     write_private(tmp_path / "state.json", json.dumps({"env": env}))
     assert stat.S_IMODE((tmp_path / "state.json").stat().st_mode) == 0o600
     assert json.loads((tmp_path / "state.json").read_text())["env"] == env
+
+
+def test_the_deployment_environment_holds_everything_the_tasks_read(tmp_path, monkeypatch):
+    """A second shell that sources `python -m include.deployment env` sees what the components see."""
+    from include.deployment import deployment_env
+
+    universe = tmp_path / "u.yaml"
+    universe.write_text("markets: [{symbol: BTCUSDT, market_type: perp, timeframe: 1h}]")
+    monkeypatch.setenv("MARKET_UNIVERSE_FILE", str(universe))
+    monkeypatch.setenv("MARKET_DATA_DIR", str(tmp_path))
+    env = deployment_env(tmp_path / "deploy", "sqlite://", "sqlite:///market", 8080)
+    assert env["MARKET_UNIVERSE_FILE"] == str(universe.resolve()) and env["MARKET_DATA_DIR"] == str(tmp_path.resolve())
+    assert env["MARKET_DB_URL"] == "sqlite:///market" and env["MARKET_INPUT_ROOTS"] == os.environ["MARKET_INPUT_ROOTS"]
+    assert {"MODEL_REGISTRY_DIR", "RUN_ARTIFACTS_DIR"} <= set(env)
