@@ -182,6 +182,7 @@ class ProductionModel:
         from include.config import RunConfig
         from include.data.store import MarketStore
         from include.features import FeatureSpec
+        from include.pipeline.common import closed_bars_end
         from include.pipeline.data import feature_frame
         from include.training import prior_corrected_predict
 
@@ -198,8 +199,7 @@ class ProductionModel:
                            market_type=lineage["market_type"], timeframe=lineage["timeframe"])
         # The bar in progress at as_of is not complete: use bars that closed by then. The features
         # are training's own for each bar (feature_frame computes them the same way everywhere).
-        complete_end = (pd.Timestamp(as_of) - bar).floor(bar) + bar  # bars that closed by as_of open before it
-        feats = feature_frame(self._store, market, spec, start, complete_end.to_pydatetime())[list(spec.names)]
+        feats = feature_frame(self._store, market, spec, start, closed_bars_end(as_of, bar))[list(spec.names)]
         if feats.empty:
             extent = self._store.extent("ohlcv", exchange=market.exchange, symbol=market.symbol,
                                         market_type=market.market_type, timeframe=market.timeframe, end=as_of)

@@ -35,9 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from include.config import PROJECT_ROOT, Settings, input_roots
+from include.config import PROJECT_ROOT, Settings
 from include.deployment.postgres import ensure_database, postgres_server, stop_embedded_postgres
 from include.errors import ConfigError
+from include.paths import input_roots
 from include.universe import universe_path
 
 #: Components started, in order (docker-compose services of the same names).

@@ -293,7 +293,7 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
     from include.gate import instant
     from include.labels import make_labels
     from include.monitoring.drift import drift_table
-    from include.pipeline.common import feature_read_start, json_safe, open_store
+    from include.pipeline.common import closed_bars_end, feature_read_start, json_safe, open_store
     from include.pipeline.data import feature_frame
     from include.registry import ModelRegistry
     from include.training import metrics_with_prior, prior_corrected_predict
@@ -326,8 +326,7 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
         # Bars that closed by as_of, with training's own features for each (feature_frame). An
         # empty open-interest frame (the series stopped) gives missing values, which the drift
         # checks report; it is not an error.
-        closed_end = (pd.Timestamp(as_of) - bar).floor(bar) + bar
-        feats = feature_frame(store, cfg, spec, trained_until, closed_end.to_pydatetime())
+        feats = feature_frame(store, cfg, spec, trained_until, closed_bars_end(as_of, bar))
         reference = _reference(settings, lineage, spec, cfg, store)
         required = [c for c in spec.names if c != "oi_change_1d"]
         ready = feats[feats[required].notna().all(axis=1)]

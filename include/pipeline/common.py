@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.config import RunConfig, Settings, check_name
+from include.config import RunConfig, Settings
 from include.data.store import MarketStore
 from include.features import FeatureSpec
+from include.paths import check_name
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,22 @@ def schedule_start(end: datetime) -> datetime:
     """
     days = (end.weekday() + 1) % 7 or 7
     return end - timedelta(days=days)
+
+
+def schedule_end_on_or_after(moment: datetime) -> datetime:
+    """The weekly schedule's first boundary (Sunday 00:00 UTC) at or after ``moment``: the end of
+    the first data interval that holds it."""
+    moment = moment.astimezone(UTC)
+    day = datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
+    if day < moment:
+        day += timedelta(days=1)
+    return day + timedelta(days=(6 - day.weekday()) % 7)
+
+
+def closed_bars_end(as_of: datetime, bar: timedelta) -> datetime:
+    """The exclusive open-time bound of the bars that closed by ``as_of``: a bar opening at ``t``
+    is complete when ``t + bar <= as_of``."""
+    return ((pd.Timestamp(as_of) - bar).floor(bar) + bar).to_pydatetime()
 
 
 def resolve_window(cfg: RunConfig, *, data_interval_start: Any, data_interval_end: Any,

@@ -11,12 +11,13 @@ from typing import Any
 
 import pandas as pd
 
-from include.config import RunConfig, Settings, checked_input_path
+from include.config import RunConfig, Settings
 from include.data.sources import FileSource, MarketDataSource
 from include.data.store import MarketStore
 from include.errors import DataQualityError, MarketNotReadyError, NoDataError, TrainingError
 from include.features import FUNDING_FEATURES, FeatureSpec, build_features
 from include.labels import class_balance, make_labels
+from include.paths import checked_input_path
 from include.pipeline.common import (
     FUNDING_LOOKBACK,
     OPEN_INTEREST_MIN_COVERAGE,
@@ -27,6 +28,7 @@ from include.pipeline.common import (
     feature_read_start,
     month_start,
     open_store,
+    schedule_end_on_or_after,
     warmup,
     write_parquet,
 )
@@ -43,7 +45,7 @@ def market_source(cfg: RunConfig, settings: Settings) -> MarketDataSource:
     Raises:
         SourceError: the exchange is not supported by the exchange source.
         ConfigError: ``source_dir`` lies outside the input roots
-            (:func:`include.config.checked_input_path`).
+            (:func:`include.paths.checked_input_path`).
     """
     if cfg.source == "exchange":
         from include.data.exchange import ExchangeSource
@@ -52,15 +54,6 @@ def market_source(cfg: RunConfig, settings: Settings) -> MarketDataSource:
     if cfg.source_dir:
         return FileSource(checked_input_path(cfg.source_dir, "source_dir"))
     return FileSource(settings.data_dir)
-
-def week_end_on_or_after(moment: datetime, window: RunWindow) -> datetime:
-    """The first data-interval end of the run's schedule at or after ``moment``: the run's own
-    ``interval_end`` plus a whole number of intervals (a Sunday 00:00 UTC for the weekly DAG)."""
-    end, length = window.ts("interval_end"), window.ts("interval_end") - window.ts("interval_start")
-    if moment <= end or length <= timedelta(0):
-        return end if length > timedelta(0) else moment
-    return end + length * -(-(moment - end) // length)
-
 
 def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None,
                    stored: tuple[datetime, datetime] | None, source: str = "the source",
@@ -92,7 +85,7 @@ def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None
         listed, by = ((source_extent[0], "the source's first candle") if source_extent is not None
                       else (stored[0], "the first stored candle") if stored is not None else (None, ""))
         if listed is not None and listed >= end:
-            qualifies = week_end_on_or_after(listed + warmup(cfg) + timedelta(days=cfg.min_history_days), window)
+            qualifies = schedule_end_on_or_after(listed + warmup(cfg) + timedelta(days=cfg.min_history_days))
             raise MarketNotReadyError(
                 f"{cfg.model_name}: not listed yet in this window: {by} is "
                 f"{listed:%Y-%m-%d %H:%M}Z, after {end:%Y-%m-%d}Z. It qualifies for the week ending "
@@ -114,7 +107,7 @@ def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None
     train_start = first_bar + warmup(cfg)
     available = (end - train_start).total_seconds() / 86_400
     if available < cfg.min_history_days:
-        qualifies = week_end_on_or_after(train_start + timedelta(days=cfg.min_history_days), window)
+        qualifies = schedule_end_on_or_after(train_start + timedelta(days=cfg.min_history_days))
         raise MarketNotReadyError(
             f"{cfg.model_name}: history starts {first_bar:%Y-%m-%d %H:%M}Z, which leaves {available:.0f} days of "
             f"training data before {end:%Y-%m-%d}Z after the {warmup(cfg) / timedelta(days=1):.0f}-day warm-up; "

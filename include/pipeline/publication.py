@@ -170,9 +170,9 @@ def plan_universe(run_params: dict[str, Any], *, selected: list[str] | None, uni
 
     Raises:
         ConfigError: see :func:`include.universe.plan_markets` and :func:`resolve_window`;
-            ``universe_file`` lies outside the input roots (:func:`include.config.checked_input_path`).
+            ``universe_file`` lies outside the input roots (:func:`include.paths.checked_input_path`).
     """
-    from include.config import checked_input_path
+    from include.paths import checked_input_path
     from include.universe import plan_markets
 
     if universe_file:  # a run parameter: only under the input roots

@@ -109,33 +109,26 @@ class AliasLedger:
             if deleted is not None:
                 raise RegistryError(f"version {version}: artifacts were removed by retention at {iso(deleted)}")
             current = conn.execute(sa.select(alias_table.c.version).where(*where)).scalar()
-            if current == version and self._last_event_is(conn, model, name, event, version, run_id):
-                retried = True  # a retry of a move this run already made (its worker died after it)
-            elif expected is not ... and current != expected:
-                raise RegistryError(f"{model}: alias {name} points at {current}, not {expected}: it moved meanwhile")
-            else:
-                retried = False
-        if retried:
+            retried = current == version and self._last_event_is(conn, model, name, event, version, run_id)
+            if not retried:
+                if expected is not ... and current != expected:
+                    raise RegistryError(f"{model}: alias {name} points at {current}, not {expected}: "
+                                        "it moved meanwhile")
+                now = now_ms()
+                values = {"version": version, "since": now, "run_id": run_id, "reason": reason}
+                if current is None:
+                    conn.execute(alias_table.insert().values(model=model, alias=name, **values))
+                elif current != version:
+                    conn.execute(alias_table.update().where(*where).values(**values))
+                conn.execute(event_table.insert().values(
+                    model=model, alias=name, event=event, from_version=current, to_version=version, at=now,
+                    dag_id=dag_id, run_id=run_id,
+                    reason=reason if current != version else f"{reason} (already {name})", decision=decision))
+        if retried:  # a retry of a move this run already made (its worker died after it)
             logger.info("%s: %s %s already at %s by run %s (a retry): nothing to record", event, model, name,
                         version, run_id)
-            pointer = self.alias(model, name)
-            assert pointer is not None
-            return pointer
-        with self._transaction(model) as conn:
-            current = conn.execute(sa.select(alias_table.c.version).where(*where)).scalar()
-            if expected is not ... and current != expected:
-                raise RegistryError(f"{model}: alias {name} points at {current}, not {expected}: it moved meanwhile")
-            now = now_ms()
-            values = {"version": version, "since": now, "run_id": run_id, "reason": reason}
-            if current is None:
-                conn.execute(alias_table.insert().values(model=model, alias=name, **values))
-            elif current != version:
-                conn.execute(alias_table.update().where(*where).values(**values))
-            conn.execute(event_table.insert().values(
-                model=model, alias=name, event=event, from_version=current, to_version=version, at=now,
-                dag_id=dag_id, run_id=run_id, reason=reason if current != version else f"{reason} (already {name})",
-                decision=decision))
-        logger.info("%s: %s %s %s -> %s (%s)", event, model, name, current, version, reason)
+        else:
+            logger.info("%s: %s %s %s -> %s (%s)", event, model, name, current, version, reason)
         pointer = self.alias(model, name)
         assert pointer is not None
         return pointer

@@ -7,8 +7,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from include.config import check_name
 from include.errors import ConfigError, RegistryError
+from include.paths import check_name
 
 PRODUCTION, CHALLENGER = "production", "challenger"
 
@@ -103,7 +103,7 @@ class RegisteredModel:
 
         Raises:
             ConfigError: the fields do not form a safe path component
-                (:func:`include.config.check_name`).
+                (:func:`include.paths.check_name`).
 
         A label threshold rule other than the default (volatility, k = 0.43, 168 bars) is
         appended (``-fixed0.005``, ``-vol0.5w336``), so two targets never share a name.

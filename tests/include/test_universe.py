@@ -74,7 +74,8 @@ def test_a_name_that_would_leave_its_folder_is_refused_at_load(tmp_path, entry, 
 
 
 def test_path_components_are_checked_wherever_a_path_is_formed(tmp_path):
-    from include.config import Settings, check_name
+    from include.config import Settings
+    from include.paths import check_name
     from include.pipeline.common import run_dir, version_run_dir
     from include.registry import RegisteredModel
 
