@@ -89,3 +89,14 @@ def test_each_month_s_features_read_enough_history_for_the_timeframe():
     assert feature_pad(RunConfig()) == timedelta(days=30)  # 720 hourly bars, over 4 x the 150-bar warm-up
     assert feature_pad(RunConfig(timeframe="1d")) == timedelta(days=600)  # 4 x 150 daily bars
     assert feature_read_start(datetime(2023, 12, 17, 5, tzinfo=UTC), RunConfig()) == datetime(2023, 11, 1, tzinfo=UTC)
+
+
+def test_a_short_requested_interval_still_names_a_sunday_to_qualify_on():
+    requested = resolve_window(RunConfig(symbol="NEWUSDT", train_window_days=365, min_history_days=180,
+                                         as_of_date="2023-12-27"),
+                               data_interval_start=None, data_interval_end=None, run_after=None)
+    assert (requested.interval_start, requested.interval_end) == ("2023-12-24T00:00:00+00:00", "2023-12-27T00:00:00+00:00")
+    first = datetime(2023, 10, 1, tzinfo=UTC)
+    with pytest.raises(MarketNotReadyError) as info:
+        history_window(CFG, requested, first, (first, STORED[1]))
+    assert info.value.qualifies_on == "2024-04-07"  # a Sunday, not Wednesday plus a multiple of 3 days
