@@ -46,14 +46,15 @@ Slack/Discord, and as the run's note: `plugins/run_notes.py`) → `apply_retenti
 versions and every version that ever held production are kept) and `check_markets` (fails the
 run, so that it shows red, when any market failed; skipped young markets do not fail it).
 
-**Gate rule.** Promote only if the ensemble's out-of-fold macro F1 beats the best naive baseline by
-`gate_min_f1_margin`, its out-of-fold log loss is at most `gate_max_log_loss_ratio` x the class-
-prior forecast's, and, when the registered model has a production version, it was trained before
-this run's data interval and the candidate's macro F1 on that interval is within
-`gate_champion_tolerance` of the champion's; and the simulated strategy's out-of-fold Sharpe
-after costs beats flat and the momentum rule by `gate_min_sharpe_margin` with a maximum drawdown
-within `gate_max_drawdown` (optionally a probabilistic Sharpe ratio of at least
-`gate_min_probabilistic_sharpe`). See `include/gate.py`.
+**Gate rule.** Each skill check is a one-sided test at level `gate_alpha` (0.05) on the
+candidate's out-of-fold record (block bootstrap over the serially dependent rows, or the
+probabilistic Sharpe ratio): macro F1 above every naive baseline's, log loss below the class-prior
+forecast's, and after-cost trading better than flat and than the momentum rule. The maximum
+drawdown stays within `gate_max_drawdown`. Against the production version of the same registered
+model, on every out-of-fold row after its training data: the challenger is refused when the
+champion is significantly better (`gate_champion_alpha`); a champion whose live log loss has
+reached the class prior's does not hold back a challenger within the limits
+(`gate_replace_lapsed_champion`). See `include/gate.py`.
 
 **Outputs.** `var/runs/weekly_retrain/<registered model>/<interval>/` (features, dataset,
 candidates, validation, trading and gate reports, report.html, summary.json);
@@ -148,20 +149,19 @@ PARAMS = {
     # Ensemble
     "ensemble_weighting": _param("ensemble_weighting", "string", ENSEMBLE, "Weighting", enum=["fixed", "fitted"]),
     # Quality gate
-    "gate_min_f1_margin": _param("gate_min_f1_margin", "number", GATE, "Macro-F1 margin over the best baseline"),
+    "gate_alpha": _param("gate_alpha", "number", GATE, "Level of each skill test", exclusiveMinimum=0, maximum=1),
+    "gate_min_f1_margin": _param("gate_min_f1_margin", "number", GATE, "Macro-F1 lead over each baseline (H1)"),
     "gate_max_log_loss_ratio": _param("gate_max_log_loss_ratio", "number", GATE,
-                                      "Largest log loss / class-prior log loss", exclusiveMinimum=0),
-    "gate_champion_tolerance": _param("gate_champion_tolerance", "number", GATE,
-                                      "Macro-F1 shortfall allowed against the champion", minimum=0),
-    "gate_max_champion_p_value": _param("gate_max_champion_p_value", ["null", "number"], GATE,
-                                        "Largest p-value of the paired test against the champion (empty: off)",
-                                        exclusiveMinimum=0, maximum=1),
+                                      "Log loss / class-prior log loss to beat (H1)", exclusiveMinimum=0),
     "gate_min_sharpe_margin": _param("gate_min_sharpe_margin", "number", GATE,
-                                     "Sharpe margin over the best trading baseline"),
+                                     "Annualised Sharpe to beat, over flat and over momentum"),
     "gate_max_drawdown": _param("gate_max_drawdown", "number", GATE, "Largest drawdown (fraction)",
                                 exclusiveMinimum=0, maximum=1),
-    "gate_min_probabilistic_sharpe": _param("gate_min_probabilistic_sharpe", ["null", "number"], GATE,
-                                            "Smallest probabilistic Sharpe ratio (empty: off)", minimum=0, maximum=1),
+    "gate_champion_alpha": _param("gate_champion_alpha", ["null", "number"], GATE,
+                                  "Level at which a better champion refuses the challenger (empty: never)",
+                                  minimum=0, maximum=1),
+    "gate_replace_lapsed_champion": _param("gate_replace_lapsed_champion", "boolean", GATE,
+                                           "Replace a champion whose live log loss reached the prior's"),
     "gate_min_deflated_sharpe": _param("gate_min_deflated_sharpe", ["null", "number"], GATE,
                                        "Smallest deflated Sharpe ratio (empty: off)", minimum=0, maximum=1),
     "require_approval": _param("require_approval", "boolean", GATE, "Ask a person to approve a promotion"),

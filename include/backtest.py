@@ -93,7 +93,8 @@ def simulate(signal: pd.Series, bars: pd.DataFrame, funding: pd.DataFrame | None
     Returns:
         Metrics (see :func:`performance`) plus ``turnover`` (units traded), ``fees_and_slippage``
         and ``funding_paid`` (fractions of equity, summed per bar), ``skipped_bars`` (bars inside
-        the span without a known return) and ``equity`` (list of ``[iso time, equity]``).
+        the span without a known return), ``equity`` (list of ``[iso time, equity]``) and
+        ``net_returns`` (per-bar net return indexed by the signal's bar, a Series: not JSON).
 
     Raises:
         TrainingError: the candles hold no open for any bar after the signal.
@@ -130,6 +131,7 @@ def simulate(signal: pd.Series, bars: pd.DataFrame, funding: pd.DataFrame | None
     equity = np.cumprod(1.0 + net)
     step = max(1, len(equity) // 400)  # enough points for a plot, small enough for JSON
     metrics["equity"] = [[t.isoformat(), float(e)] for t, e in zip(held_from[::step], equity[::step], strict=True)]
+    metrics["net_returns"] = pd.Series(net, index=signal.index[keep], name="net_return")
     return metrics
 
 

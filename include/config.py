@@ -221,38 +221,41 @@ class RunConfig:
         "Soft-voting weights per family for 'fixed' weighting (renormalised over trained models).",
         default_factory=lambda: {"lightgbm": 0.4, "xgboost": 0.4, "random_forest": 0.2},
     )
+    gate_alpha: float = _doc(
+        "Level of each skill test of the gate (macro F1 against every naive baseline, log loss "
+        "against the class prior, trading against flat and momentum): the largest share of "
+        "candidates without skill a test lets through.",
+        default=0.05,
+    )
     gate_min_f1_margin: float = _doc(
-        "Candidate out-of-fold macro F1 must exceed the best naive baseline's by this margin.",
-        default=0.02,
-    )
-    gate_max_log_loss_ratio: float = _doc(
-        "Candidate out-of-fold log loss must be at most this multiple of the class-prior "
-        "forecast's log loss (1.0 = must be no worse than predicting base rates).",
-        default=1.0,
-    )
-    gate_champion_tolerance: float = _doc(
-        "Challenger macro F1 on the shared out-of-sample window may trail the champion's by at "
-        "most this much.",
+        "Macro-F1 lead over each naive baseline in the F1 test's alternative hypothesis.",
         default=0.0,
     )
+    gate_max_log_loss_ratio: float = _doc(
+        "The log-loss test's alternative: out-of-fold log loss below this multiple of the "
+        "class-prior forecast's (1.0 = better than predicting base rates).",
+        default=1.0,
+    )
     gate_min_sharpe_margin: float = _doc(
-        "Strategy out-of-fold annualised Sharpe (after costs and funding) must exceed the best "
-        "trading baseline's (flat, momentum) by this margin.",
+        "Annualised Sharpe ratio (after costs and funding) the probabilistic Sharpe ratio tests "
+        "against, for the strategy (flat is 0) and for its return over the momentum rule's.",
         default=0.0,
     )
     gate_max_drawdown: float = _doc(
         "Largest allowed out-of-fold maximum drawdown of the simulated strategy (fraction).",
         default=0.2,
     )
-    gate_min_probabilistic_sharpe: float | None = _doc(
-        "If set, the probabilistic Sharpe ratio P(true Sharpe > 0) must reach it (e.g. 0.95).",
-        default=None,
+    gate_champion_alpha: float | None = _doc(
+        "Level at which a champion significantly better than the challenger (paired block-"
+        "bootstrap log-loss test on every row where both are out of sample) refuses it; null "
+        "never refuses on the comparison (it is still reported).",
+        default=0.05,
     )
-    gate_max_champion_p_value: float | None = _doc(
-        "If set, the paired block-bootstrap test that the challenger's log loss is lower than "
-        "the champion's on the same gate-window rows must give a p-value at most this (e.g. "
-        "0.1). The p-value is reported either way.",
-        default=None,
+    gate_replace_lapsed_champion: bool = _doc(
+        "Let a challenger within the risk limits, and not significantly worse than the champion, "
+        "replace a champion whose live log loss since its training is at or above the class "
+        "prior's, even if its own skill tests did not reject.",
+        default=True,
     )
     gate_min_deflated_sharpe: float | None = _doc(
         "Smallest deflated Sharpe ratio of the out-of-fold strategy (Bailey & López de Prado 2014: "
@@ -372,18 +375,16 @@ class RunConfig:
             fail("gate_max_log_loss_ratio", "expected a positive ratio")
         if not 0 < self.gate_max_drawdown <= 1:
             fail("gate_max_drawdown", "expected a fraction in (0, 1]")
-        if self.gate_min_probabilistic_sharpe is not None and not 0 <= self.gate_min_probabilistic_sharpe <= 1:
-            fail("gate_min_probabilistic_sharpe", "expected a probability in [0, 1]")
-        if self.gate_max_champion_p_value is not None and not 0 < self.gate_max_champion_p_value <= 1:
-            fail("gate_max_champion_p_value", "expected a probability in (0, 1]")
+        if not 0 < self.gate_alpha <= 1:
+            fail("gate_alpha", "expected a level in (0, 1]")
+        if self.gate_champion_alpha is not None and not 0 <= self.gate_champion_alpha <= 1:
+            fail("gate_champion_alpha", "expected a level in [0, 1]")
         if self.gate_min_deflated_sharpe is not None and not 0 <= self.gate_min_deflated_sharpe <= 1:
             fail("gate_min_deflated_sharpe", "expected a probability in [0, 1]")
         if not 0 <= self.trade_min_probability < 1:
             fail("trade_min_probability", "expected a probability in [0, 1)")
         if self.fee_bps < 0 or self.slippage_bps < 0:
             fail("fee_bps" if self.fee_bps < 0 else "slippage_bps", "expected >= 0")
-        if self.gate_champion_tolerance < 0:
-            fail("gate_champion_tolerance", "expected >= 0")
         if not self.approval_timeout_hours > 0:
             fail("approval_timeout_hours", "expected a positive number of hours")
         if self.min_history_days < 14:

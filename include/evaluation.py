@@ -273,7 +273,8 @@ def summarise_folds(per_fold: list[dict[str, float]]) -> dict[str, dict[str, flo
 
 
 def baseline_oof(y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
-                 random_state: int, momentum: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+                 random_state: int, momentum: np.ndarray | None = None,
+                 draws: list[np.ndarray] | None = None) -> dict[str, dict[str, Any]]:
     """Naive baselines scored on the same walk-forward folds as the models.
 
     ``majority`` always predicts the training fold's most frequent class; ``prior`` forecasts
@@ -285,6 +286,8 @@ def baseline_oof(y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
         y: labels, shape ``(n,)``.
         folds: ``(train_idx, test_idx)`` pairs.
         random_state: seed of the stratified baseline.
+        draws: when given, the stratified baseline's class draws per fold are appended to it
+            (the gate's F1 test scores them row by row).
 
     Returns:
         strategy -> metrics over the concatenated out-of-fold predictions.
@@ -305,6 +308,8 @@ def baseline_oof(y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
                 prior = np.bincount(y[train_idx].astype(int), minlength=len(CLASSES)) / len(train_idx)
                 proba = np.tile(prior * 0.5, (len(test_idx), 1))
                 proba[np.arange(len(test_idx)), pred] += 0.5
+                if draws is not None:
+                    draws.append(pred)
             probas.append(proba)
             truths.append(y[test_idx])
         name = {"most_frequent": "majority"}.get(strategy, strategy)

@@ -1,57 +1,53 @@
-"""Champion/challenger quality gate.
+"""Champion/challenger quality gate: skill tests at a stated level, risk limits, the champion.
 
-A candidate (challenger) is promoted only if every check passes:
+Every **skill check** is a one-sided hypothesis test whose null is "no skill", passed when its
+p-value is at most ``alpha`` (:mod:`include.significance`; block bootstrap over the serially
+dependent out-of-fold rows, or the probabilistic Sharpe ratio). On a market with nothing to
+predict each passes in at most a share ``alpha`` of weeks:
 
-1. ``beats_baselines_f1``: its out-of-fold macro F1 over all walk-forward folds exceeds the best
-   naive baseline's (majority class, stratified random, momentum rule; same folds) by
-   ``min_f1_margin``.
-2. ``beats_prior_log_loss``: its out-of-fold log loss is at most ``max_log_loss_ratio`` times
-   that of forecasting the training class frequencies, i.e. its probabilities carry information.
-3. ``champion_out_of_sample``: the comparison uses only gate-window rows (this run's data
-   interval) that neither model saw: those at or after the end of the champion's training data.
-   At least ``min_window_rows`` of them are needed; fewer (a champion trained to the window's
-   end) keeps production, with the count as the reason. A champion trained before the window
-   is compared on all of it; one a requested retrain trained into it, on the rest.
-4. ``beats_champion``: on the gate window, the challenger's macro F1 is at least the champion's
-   minus ``champion_tolerance``, both scored on the same rows. What is compared is exactly: the
-   challenger's last walk-forward fold model (its last training row is purge + embargo bars
-   before the window) against the champion as registered (its last training row is purge +
-   embargo bars before its own data interval's end, at or before the window start). When the
-   champion is the previous week's candidate, the two are the same fit (the deployed model is
-   fitted on the rows the next run's last fold trains on) and the check passes by construction;
-   against an older champion it compares a more recent model with it. The champion is never
-   refitted.
-4b. ``champion_significance`` (only when ``max_champion_p_value`` is set): a paired test on the
-   same rows, one-sided, of H1 "the challenger's mean per-row log loss is lower than the
-   champion's", must give a p-value at most it. The p-value comes from a circular block bootstrap
-   of the per-row log-loss differences (Politis & Romano 1992; :func:`include.evaluation.
-   paired_log_loss_test`); it is reported whenever a champion is compared, used or not. When
-   both forecasts are the same on every row (the week after a promotion the challenger's last
-   fold model is the champion's own fit), the check passes as "same model" instead of failing
-   with p = 1.
+1. ``beats_baselines_f1``: the candidate's out-of-fold macro F1 over all walk-forward folds
+   exceeds each naive baseline's (majority class, stratified random, momentum rule; same rows)
+   by ``min_f1_margin``: one test per baseline, all must reject (an intersection-union test,
+   level ``alpha`` without correction; Berger 1982).
+2. ``beats_prior_log_loss``: its out-of-fold log loss is below ``max_log_loss_ratio`` times that
+   of forecasting the training class frequencies (paired, per row): its probabilities carry
+   information.
+3. ``beats_trading_baselines``: the simulated strategy (after fees, slippage and funding;
+   :mod:`include.backtest`) over all out-of-fold bars has a probabilistic Sharpe ratio against
+   ``min_sharpe_margin`` (annualised; flat is Sharpe 0) of at least ``1 - alpha``, and so has its
+   per-bar return minus the momentum rule's (both must hold). Buy-and-hold is shown in the report
+   but is not a baseline: over a few weeks its Sharpe measures the market's direction.
 
-5. ``beats_trading_baselines``: the simulated strategy's out-of-fold annualised Sharpe ratio
-   (after fees, slippage and funding; :mod:`include.backtest`) exceeds the best of the
-   trading baselines on the same bars (flat, Sharpe 0, and the momentum rule) plus
-   ``min_sharpe_margin``. Buy-and-hold is shown in the report but is not a baseline: it is
-   market exposure, and over a few out-of-fold weeks its Sharpe measures the market's direction
-   in those weeks, so beating it would reject every model in a rally and wave any through in a
-   sell-off.
-6. ``max_drawdown``: its out-of-fold maximum drawdown is at most ``max_drawdown``.
-7. ``significant_sharpe`` (only when ``min_probabilistic_sharpe`` is set): the probabilistic
-   Sharpe ratio (Bailey & López de Prado 2012) that the true Sharpe exceeds 0 is at least it.
-   A strategy without one (it never traded, so its returns have no variance) fails it.
+A **risk limit** is a limit, not a test:
 
-8. ``deflated_sharpe`` (only when ``min_deflated_sharpe`` is set; 0.95 is the paper's level): the
-   deflated Sharpe ratio (Bailey & López de Prado 2014) of the out-of-fold strategy, the
-   probability that its true Sharpe ratio exceeds the expected maximum of N unskilled trials,
-   with N every candidate the gate has evaluated for this registered model, this one included
-   (:func:`include.pipeline.decision.deflated_sharpe_record`). It is recorded whenever trading
-   results are given, used or not.
+4. ``max_drawdown``: the out-of-fold maximum drawdown is at most ``max_drawdown``.
+5. ``deflated_sharpe`` (only when ``min_deflated_sharpe`` is set; 0.95 is the paper's level): the
+   deflated Sharpe ratio (Bailey & López de Prado 2014) of the out-of-fold strategy, with N every
+   candidate the gate has evaluated for this registered model, this one included
+   (:func:`include.pipeline.decision.deflated_sharpe_record`); recorded whenever trading
+   results are given.
 
-Checks 3-4b apply only when a champion exists, 5-8 only when trading results are given. Any
-failed check keeps production as it is. Times are compared as instants (timezone-aware
-datetimes), never as strings.
+Against the **champion** (the production version of the same registered model):
+
+6. ``champion_out_of_sample``: the comparison uses every out-of-fold row (all walk-forward
+   folds, so several weeks when the champion is older) at or after the end of the champion's
+   training data, where both models are out of sample; at least ``min_window_rows`` of them.
+   Fewer keeps production, with the count as the reason.
+7. ``not_worse_than_champion``: a paired block-bootstrap test on those rows of H1 "the
+   champion's mean log loss is lower than the challenger's"; the challenger is refused when its
+   p-value is at most ``champion_alpha`` (the champion is significantly better). Without
+   evidence either way the challenger, trained on more recent data, is not held back by the
+   champion. When both give the same forecast on every row (the week after a promotion, the
+   challenger's last fold model *is* the champion's fit) the check passes as "same model".
+8. ``champion_live_skill`` (informational): the champion's own live record, its log loss on
+   those rows against the class-prior forecast's. A champion that has lost its skill (live log
+   loss at or above the prior's) has no claim to production: with
+   ``replace_lapsed_champion`` the challenger replaces it when it passes the risk limits and
+   check 7, even if its skill tests did not reject (they are recorded as waived), instead of
+   the lapsed champion serving on for months.
+
+Any failed check that is not waived keeps production as it is. Times are compared as instants
+(timezone-aware datetimes), never as strings.
 """
 
 from __future__ import annotations
@@ -65,30 +61,31 @@ from include.errors import GateError
 
 @dataclass(frozen=True)
 class GatePolicy:
-    """Thresholds of the gate (see module docstring).
+    """Levels and limits of the gate (see module docstring).
 
     Attributes:
-        min_f1_margin: required macro-F1 lead over the best naive baseline.
-        max_log_loss_ratio: largest allowed candidate / class-prior log-loss ratio.
-        champion_tolerance: largest allowed macro-F1 shortfall against the champion.
-        min_window_rows: fewest gate-window rows for a champion comparison.
-        min_sharpe_margin: required annualised-Sharpe lead over the best trading baseline.
+        alpha: level of each skill test (checks 1-3): the largest share of no-skill candidates
+            it lets through.
+        min_f1_margin: macro-F1 lead over each naive baseline in the F1 test's H1.
+        max_log_loss_ratio: multiple of the class-prior forecast's log loss to beat.
+        min_sharpe_margin: annualised Sharpe ratio to beat (flat is 0), also over momentum.
         max_drawdown: largest allowed out-of-fold maximum drawdown (fraction of equity).
-        min_probabilistic_sharpe: required probability that the true Sharpe ratio exceeds 0;
-            ``None`` leaves the significance check out.
-        max_champion_p_value: largest allowed p-value of the paired challenger-vs-champion
-            log-loss test; ``None`` leaves the check out (the p-value is still reported).
+        min_window_rows: fewest rows where both models are out of sample for a comparison.
+        champion_alpha: level at which a significantly better champion refuses the
+            challenger; ``None`` never refuses on the comparison (it is still reported).
+        replace_lapsed_champion: let a challenger within the limits replace a champion whose
+            live log loss is at or above the class prior's.
         min_deflated_sharpe: required deflated Sharpe ratio; ``None`` leaves the check out.
     """
 
-    min_f1_margin: float = 0.02
+    alpha: float = 0.05
+    min_f1_margin: float = 0.0
     max_log_loss_ratio: float = 1.0
-    champion_tolerance: float = 0.0
-    min_window_rows: int = 24
     min_sharpe_margin: float = 0.0
     max_drawdown: float = 0.2
-    min_probabilistic_sharpe: float | None = None
-    max_champion_p_value: float | None = None
+    min_window_rows: int = 24
+    champion_alpha: float | None = 0.05
+    replace_lapsed_champion: bool = True
     min_deflated_sharpe: float | None = None
 
 
@@ -110,15 +107,23 @@ def instant(value: str | datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+#: The checks a lapsed champion waives (the skill tests); limits and the comparison stay.
+SKILL_CHECKS = ("beats_baselines_f1", "beats_prior_log_loss", "beats_trading_baselines")
+
+
 @dataclass
 class Check:
-    """One gate rule's outcome: ``value`` compared with ``threshold``."""
+    """One gate rule's outcome: ``value`` compared with ``threshold``.
+
+    ``waived`` checks are recorded but do not decide (a lapsed champion's replacement).
+    """
 
     name: str
     passed: bool
     value: float | None
     threshold: float | None
     detail: str
+    waived: bool = False
 
 
 @dataclass
@@ -132,8 +137,8 @@ class GateDecision:
 
     @property
     def reasons(self) -> list[str]:
-        """Details of the failed checks (empty when passed)."""
-        return [c.detail for c in self.checks if not c.passed]
+        """Details of the failed checks that decided (empty when passed)."""
+        return [c.detail for c in self.checks if not c.passed and not c.waived]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable record."""
@@ -144,85 +149,80 @@ class GateDecision:
 
     def summary(self) -> str:
         """One line: PASS/FAIL and each check."""
-        parts = [f"{c.name}={'ok' if c.passed else 'FAIL'}" for c in self.checks]
+        parts = [f"{c.name}={'ok' if c.passed else 'waived' if c.waived else 'FAIL'}" for c in self.checks]
         return f"{'PASS' if self.passed else 'FAIL'}: " + ", ".join(parts)
 
 
-def decide(policy: GatePolicy, *, candidate_version: str, candidate_oof: dict[str, float],
-           baselines: dict[str, dict[str, float]], candidate_window: dict[str, float] | None,
-           champion: dict[str, Any] | None,
-           trading: dict[str, dict[str, Any]] | None = None,
+def _p(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def decide(policy: GatePolicy, *, candidate_version: str, evidence: dict[str, Any],
+           champion: dict[str, Any] | None, trading: dict[str, dict[str, Any]] | None = None,
            deflated: dict[str, Any] | None = None) -> GateDecision:
     """Apply the policy.
 
     Args:
-        policy: thresholds.
+        policy: levels and limits.
         candidate_version: registry id of the challenger.
-        candidate_oof: challenger's out-of-fold metrics over all folds (macro_f1, log_loss, ...).
-        baselines: baseline name -> out-of-fold metrics on the same folds; needs ``majority``,
-            ``stratified`` and ``prior``.
-        candidate_window: challenger's metrics on the gate window (last fold), or ``None``.
-        champion: ``None`` without a production model; else ``{"version", "trained_until"
-            (ISO), "window_start" (ISO), "metrics" (on the gate window, or None)}``, optionally
-            with ``"paired_test"`` (:func:`include.evaluation.paired_log_loss_test`'s result on
-            the same rows) and ``"last_training_row"``.
-        trading: out-of-fold trading metrics per strategy (``ensemble``, ``momentum``, ...), each
-            with ``sharpe``, ``max_drawdown`` and ``probabilistic_sharpe``; ``None`` skips 5-8.
-        deflated: ``{"value", "n_trials", ...}`` of the candidate's deflated Sharpe ratio, for
-            check 8.
+        evidence: :func:`include.significance.skill_evidence`'s tests of the candidate's
+            out-of-fold record: ``{"f1": {baseline: test}, "log_loss": test, "trading": {"flat":
+            test, "momentum": test} or None}``.
+        champion: ``None`` without a production model; else ``{"version", "trained_until",
+            "window_start", "compared_from", "rows_out_of_sample", "comparison"`` (paired test
+            of H1 "the champion's log loss is lower", ``None`` without rows) ``, "live"``
+            (``{"log_loss", "prior_log_loss"}`` of the champion on those rows, or ``None``)``}``.
+        trading: out-of-fold trading metrics per strategy (``ensemble`` with ``max_drawdown``
+            and ``trades``); ``None`` skips checks 3-5.
+        deflated: ``{"value", "n_trials", ...}`` of the candidate's deflated Sharpe ratio.
 
     Returns:
         The decision with every check.
 
     Raises:
-        GateError: a required metric is missing.
+        GateError: a required test or metric is missing.
     """
+    alpha = policy.alpha
     try:
-        cand_f1, cand_ll = candidate_oof["macro_f1"], candidate_oof["log_loss"]
-        names = [n for n in ("majority", "stratified", "momentum") if n in baselines]
-        best_name = max(names, key=lambda n: baselines[n]["macro_f1"])
-        best_f1 = baselines[best_name]["macro_f1"]
-        prior_ll = baselines["prior"]["log_loss"]
+        f1_tests, ll = evidence["f1"], evidence["log_loss"]
     except KeyError as exc:
-        raise GateError(f"gate input lacks {exc}") from exc
-
+        raise GateError(f"gate evidence lacks {exc}") from exc
+    if not f1_tests:
+        raise GateError("gate evidence holds no baseline to test macro F1 against")
+    f1_p = [t["p_value"] for t in f1_tests.values()]
+    f1_ok = all(p is not None and p <= alpha for p in f1_p)
+    worst = max(f1_tests, key=lambda n: 1.0 if f1_tests[n]["p_value"] is None else f1_tests[n]["p_value"])
+    first = next(iter(f1_tests.values()))
     checks = [
-        Check("beats_baselines_f1", cand_f1 >= best_f1 + policy.min_f1_margin, cand_f1,
-              best_f1 + policy.min_f1_margin,
-              f"out-of-fold macro F1 {cand_f1:.4f} vs best baseline ({best_name}) {best_f1:.4f} "
-              f"+ margin {policy.min_f1_margin}"),
-        Check("beats_prior_log_loss", cand_ll <= policy.max_log_loss_ratio * prior_ll, cand_ll,
-              policy.max_log_loss_ratio * prior_ll,
-              f"out-of-fold log loss {cand_ll:.4f} vs class-prior forecast {prior_ll:.4f} "
-              f"x {policy.max_log_loss_ratio}"),
+        Check("beats_baselines_f1", f1_ok, None if any(p is None for p in f1_p) else max(f1_p), alpha,
+              f"out-of-fold macro F1 {first['macro_f1']:.4f} vs "
+              + ", ".join(f"{n} {t['reference_macro_f1']:.4f} (p = {_p(t['p_value'])})" for n, t in f1_tests.items())
+              + f"; H1 lead > {policy.min_f1_margin} over each, at level {alpha} (weakest: {worst})"),
+        Check("beats_prior_log_loss", ll["p_value"] is not None and ll["p_value"] <= alpha, ll["p_value"], alpha,
+              f"out-of-fold log loss {ll['log_loss']:.4f} vs class-prior forecast {ll['reference_log_loss']:.4f}"
+              f" x {policy.max_log_loss_ratio}: p = {_p(ll['p_value'])} at level {alpha} "
+              f"({ll['n']} rows, blocks of {ll['block']})"),
     ]
     if trading is not None:
+        tests = evidence.get("trading")
         try:
             strat = trading["ensemble"]
-            flat = trading.get("flat", {"sharpe": 0.0})["sharpe"]
-            base_name, base_sharpe = max([("flat", flat), ("momentum", trading["momentum"]["sharpe"])],
-                                         key=lambda kv: kv[1])
-        except KeyError as exc:
+            flat, mom = tests["flat"], tests["momentum"]
+        except (KeyError, TypeError) as exc:
             raise GateError(f"gate trading input lacks {exc}") from exc
-        need = base_sharpe + policy.min_sharpe_margin
+        ps = [flat["p_value"], mom["p_value"]]
+        ok = all(p is not None and p <= alpha for p in ps)
         checks.append(Check(
-            # Strictly: a strategy that never trades (Sharpe 0) has not beaten staying flat.
-            "beats_trading_baselines", strat["sharpe"] > need, strat["sharpe"], need,
-            f"out-of-fold Sharpe {strat['sharpe']:.2f} after costs vs best trading baseline "
-            f"({base_name}) {base_sharpe:.2f} + margin {policy.min_sharpe_margin}"))
+            "beats_trading_baselines", ok, None if None in ps else max(ps), alpha,
+            f"out-of-fold Sharpe {flat['sharpe']:.2f} after costs ({strat.get('trades', 0)} trades): "
+            f"P(Sharpe > {policy.min_sharpe_margin}) = {_p(flat['probabilistic_sharpe'])}; over momentum "
+            f"(return difference, Sharpe {mom['sharpe']:.2f}): {_p(mom['probabilistic_sharpe'])}; "
+            f"each needs >= {1 - alpha:.2f}"
+            + ("" if None not in ps else " (a strategy without return variance has nothing to test)")))
         checks.append(Check(
             "max_drawdown", strat["max_drawdown"] <= policy.max_drawdown, strat["max_drawdown"],
             policy.max_drawdown,
             f"out-of-fold max drawdown {strat['max_drawdown']:.2%} vs limit {policy.max_drawdown:.2%}"))
-        if policy.min_probabilistic_sharpe is not None:
-            psr = strat.get("probabilistic_sharpe")
-            known = psr is not None and psr == psr
-            ok = known and psr >= policy.min_probabilistic_sharpe
-            checks.append(Check(
-                "significant_sharpe", ok, psr if known else None, policy.min_probabilistic_sharpe,
-                f"probabilistic Sharpe ratio P(SR > 0) {psr:.3f} vs {policy.min_probabilistic_sharpe}" if known
-                else f"probabilistic Sharpe ratio undefined (the strategy made {strat.get('trades', 0)} trades: "
-                     f"no return variance to test) vs {policy.min_probabilistic_sharpe}"))
         if policy.min_deflated_sharpe is not None:
             dsr = (deflated or {}).get("value")
             known = dsr is not None and dsr == dsr
@@ -236,56 +236,39 @@ def decide(policy: GatePolicy, *, candidate_version: str, candidate_oof: dict[st
     champion_version = None
     if champion is not None:
         champion_version = champion["version"]
-        n_oos = champion.get("rows_out_of_sample")
-        if n_oos is None:  # a record without the count: the whole window, if trained before it
-            fair = instant(champion["trained_until"]) <= instant(champion["window_start"])
+        n_oos = int(champion.get("rows_out_of_sample") or 0)
+        fair = n_oos >= policy.min_window_rows
+        checks.append(Check(
+            "champion_out_of_sample", fair, float(n_oos), float(policy.min_window_rows),
+            f"{n_oos} out-of-fold rows where both models are out of sample, from {champion['compared_from']} "
+            f"(champion {champion_version} trained until {champion['trained_until']}; min {policy.min_window_rows})"
+            + ("" if fair else ": too few to compare, production kept")))
+        comparison = champion.get("comparison") or {}
+        if fair and comparison:
+            p = comparison.get("p_value")
+            same = p is None
+            refused = (not same and policy.champion_alpha is not None and p <= policy.champion_alpha)
+            level = "not used" if policy.champion_alpha is None else f"refused at p <= {policy.champion_alpha}"
             checks.append(Check(
-                "champion_out_of_sample", fair, None, None,
-                f"champion {champion_version} trained until {champion['trained_until']}, gate window "
-                f"starts {champion['window_start']}"))
-        else:
-            fair = n_oos >= policy.min_window_rows
-            checks.append(Check(
-                "champion_out_of_sample", fair, float(n_oos), float(policy.min_window_rows),
-                f"{n_oos} gate-window rows where both models are out of sample, from {champion['compared_from']} "
-                f"(champion {champion_version} trained until {champion['trained_until']}, gate window starts "
-                f"{champion['window_start']}; min {policy.min_window_rows})"
-                + ("" if fair else ": too few to compare, production kept")))
-        metrics = champion.get("metrics")
-        if champion.get("challenger_metrics") is not None:
-            candidate_window = {**(candidate_window or {}), **champion["challenger_metrics"]}
-        paired = champion.get("paired_test") or {}
-        p_value = paired.get("p_value")
-        if fair and metrics is not None and candidate_window is not None:
-            enough = min(metrics.get("n", 0), candidate_window.get("n", 0)) >= policy.min_window_rows
-            need = metrics["macro_f1"] - policy.champion_tolerance
-            cutoffs = ""
-            if candidate_window.get("last_training_row") and champion.get("last_training_row"):
-                cutoffs = (f"; last training rows: challenger's fold model {candidate_window['last_training_row']}, "
-                           f"champion {champion['last_training_row']}")
-            test = (f"; paired log-loss test p = {p_value:.3f}" if p_value is not None
-                    else "; same forecast as the champion on every row" if paired.get("same_forecast") else "")
-            checks.append(Check(
-                "beats_champion", enough and candidate_window["macro_f1"] >= need,
-                candidate_window["macro_f1"], need,
-                f"gate-window macro F1 {candidate_window['macro_f1']:.4f} vs champion "
-                f"{metrics['macro_f1']:.4f} - tolerance {policy.champion_tolerance} on the same "
-                f"{candidate_window.get('n', 0)} rows (min {policy.min_window_rows}){test}{cutoffs}"))
-            if policy.max_champion_p_value is not None and paired.get("same_forecast"):
+                "not_worse_than_champion", not refused, p, policy.champion_alpha,
+                (f"same model: the challenger's fold model gives the champion's forecast on all {comparison['n']} "
+                 "rows (the champion is the fit that fold trains), nothing to test") if same else
+                (f"log loss on the same {comparison['n']} rows: challenger {comparison['challenger_log_loss']:.4f}, "
+                 f"champion {comparison['champion_log_loss']:.4f}; H1 champion better: p = {p:.3f} ({level}; "
+                 f"blocks of {comparison['block']})")))
+            live = champion.get("live")
+            if live:
+                lapsed = live["log_loss"] >= live["prior_log_loss"]
                 checks.append(Check(
-                    "champion_significance", True, None, policy.max_champion_p_value,
-                    "same model: the challenger's last fold model gives the champion's forecast on every "
-                    f"one of the {paired.get('n', 0)} rows (the champion is the fit the fold trains), "
-                    "so there is no difference to test"))
-            elif policy.max_champion_p_value is not None:
-                checks.append(Check(
-                    "champion_significance", p_value is not None and p_value <= policy.max_champion_p_value,
-                    p_value, policy.max_champion_p_value,
-                    f"paired block-bootstrap test, H1 challenger log loss < champion's: p = "
-                    f"{'n/a' if p_value is None else f'{p_value:.3f}'} vs max {policy.max_champion_p_value} "
-                    f"(mean difference {paired.get('mean_difference', float('nan')):+.4f} nats per row)"))
-        elif fair:
-            checks.append(Check("beats_champion", False, None, None,
-                                "no champion or challenger metrics on the gate window"))
-    return GateDecision(passed=all(c.passed for c in checks), checks=checks,
+                    "champion_live_skill", True, live["log_loss"], live["prior_log_loss"],
+                    f"champion's live log loss {live['log_loss']:.4f} vs class-prior forecast "
+                    f"{live['prior_log_loss']:.4f} on {comparison['n']} rows since its training: "
+                    + ("lapsed (no skill left)" if lapsed else "still above the prior's skill")
+                    + ("; a lapsed champion does not hold back a challenger within the limits"
+                       if lapsed and policy.replace_lapsed_champion else "")))
+                if lapsed and policy.replace_lapsed_champion:
+                    for check in checks:
+                        if check.name in SKILL_CHECKS and not check.passed:
+                            check.waived = True
+    return GateDecision(passed=all(c.passed or c.waived for c in checks), checks=checks,
                         candidate=candidate_version, champion=champion_version)

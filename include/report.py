@@ -156,7 +156,8 @@ def _gate_row(check: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
         else:
             value = f"trained until {_when(champion['trained_until'])}" if champion.get("trained_until") else None
             threshold = f"window starts {_when(champion['window_start'])}" if champion.get("window_start") else None
-    return {"check": check["name"], "passed": "yes" if check["passed"] else "NO", "value": value,
+    passed = "yes" if check["passed"] else "waived" if check.get("waived") else "NO"
+    return {"check": check["name"], "passed": passed, "value": value,
             "threshold": threshold, "detail": check["detail"]}
 
 
@@ -174,32 +175,39 @@ def _deflated_paragraph(deflated: dict[str, Any] | None) -> str:
 
 
 def _champion_section(gate: dict[str, Any]) -> str:
-    """Challenger and champion on the same gate-window rows, with the paired test."""
+    """Challenger and champion on the same out-of-fold rows where both are out of sample, with the paired test."""
     champion = gate.get("champion_evaluation") or {}
     if not champion:
         return "<p>No champion: this model has no production version, so the gate compared with baselines only.</p>"
-    metrics, cand = champion.get("metrics"), gate.get("candidate_gate_window") or {}
+    metrics, cand = champion.get("metrics"), champion.get("challenger_metrics") or {}
     if metrics is None:
         return (f"<p>Champion {html.escape(str(champion.get('version')))} was trained until "
-                f"{_when(champion['trained_until'])}, after the gate window starts: not compared.</p>")
-    last = {"challenger": cand.get("last_training_row"), "champion": champion.get("last_training_row")}
+                f"{_when(champion['trained_until'])}: no out-of-fold row after it, not compared.</p>")
+    last = {"challenger": (gate.get("candidate_gate_window") or {}).get("last_training_row"),
+            "champion": champion.get("last_training_row")}
     last = {k: _when(v) if v else None for k, v in last.items()}
     rows = [{"model": f"challenger {gate.get('candidate')}", "last training row": last["challenger"],
              **{k: cand.get(k) for k in ("n", "macro_f1", "log_loss", "brier")}},
             {"model": f"champion {champion.get('version')}", "last training row": last["champion"],
              **{k: metrics.get(k) for k in ("n", "macro_f1", "log_loss", "brier")}}]
-    paired = champion.get("paired_test") or {}
+    paired = champion.get("comparison") or {}
+    live = champion.get("live") or {}
     test = ("<p>Paired test on the same rows (circular block bootstrap of per-row log-loss differences, "
-            f"blocks of {paired.get('block')} bars, {paired.get('n_resamples')} resamples): mean difference "
-            f"{paired['mean_difference']:+.4f} nats per row, one-sided p = {paired['p_value']:.3f} "
-            "for H1 “the challenger's log loss is lower”.</p>") if paired.get("p_value") is not None else (
+            f"blocks of {paired.get('block')} bars, {paired.get('n_resamples')} resamples): champion minus "
+            f"challenger {paired['statistic']:+.4f} nats per row, one-sided p = {paired['p_value']:.3f} "
+            "for H1 “the champion's log loss is lower”.</p>") if paired.get("p_value") is not None else (
             f"<p>Paired test: same model. Both give the same forecast on every one of the {paired.get('n')} rows "
             "(the champion is the fit the challenger's last fold trains), so there is no difference to test.</p>"
             if paired.get("same_forecast") else "")
-    return ("<p>Both models scored on the same rows: this run's data interval. The challenger is its last "
-            "walk-forward fold model; the champion is the registered model, never refitted. When the "
-            "champion is last week's candidate, both were fitted on the same rows and score alike.</p>"
-            + _table(rows, ["model", "last training row", "n", "macro_f1", "log_loss", "brier"]) + test)
+    if live:
+        test += (f"<p>The champion's live record on these rows: log loss {live['log_loss']:.4f} against the "
+                 f"class-prior forecast's {live['prior_log_loss']:.4f}"
+                 + (" (lapsed: no skill left).</p>" if live["log_loss"] >= live["prior_log_loss"] else ".</p>"))
+    return (f"<p>Both models scored on the same rows: every out-of-fold row from {_when(champion['compared_from'])}, "
+            "the end of the champion's training data (several weeks when the champion is older). The challenger's "
+            "rows are scored by its walk-forward fold models; the champion is the registered model, never "
+            "refitted.</p>" + _table(rows, ["model", "last training row", "n", "macro_f1", "log_loss", "brier"])
+            + test)
 
 
 def build_report(out_dir: Path, summary: dict[str, Any]) -> Path:

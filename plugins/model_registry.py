@@ -170,7 +170,7 @@ def _gate_outcome(info: dict[str, Any]) -> dict[str, Any] | None:
 
     Returns:
         ``{"passed", "failed" (check names), "challenger", "champion" (macro F1 of both models
-        on the same gate-window rows; champion None without one), "n", "p_value",
+        on the same rows where both are out of sample; champion None without one), "n", "p_value",
         "champion_version"}``, or ``None`` when the run folder is gone.
     """
     try:
@@ -178,14 +178,15 @@ def _gate_outcome(info: dict[str, Any]) -> dict[str, Any] | None:
     except (OSError, KeyError, ValueError):
         return None
     champion = record.get("champion_evaluation") or {}
-    window = record.get("candidate_gate_window") or {}
+    window = champion.get("challenger_metrics") or record.get("candidate_gate_window") or {}
+    comparison = champion.get("comparison") or champion.get("paired_test") or {}
     return {"passed": bool(record.get("passed")),
-            "failed": [c["name"] for c in record.get("checks", []) if not c.get("passed")],
+            "failed": [c["name"] for c in record.get("checks", []) if not c.get("passed") and not c.get("waived")],
             "challenger": window.get("macro_f1"), "n": window.get("n"),
             "champion": (champion.get("metrics") or {}).get("macro_f1"),
             "champion_version": champion.get("version"),
-            "p_value": (champion.get("paired_test") or {}).get("p_value"),
-            "same_model": bool((champion.get("paired_test") or {}).get("same_forecast"))}
+            "p_value": comparison.get("p_value"),
+            "same_model": bool(comparison.get("same_forecast"))}
 
 
 def _gate_cell(gate: dict[str, Any] | None) -> str:
@@ -196,7 +197,7 @@ def _gate_cell(gate: dict[str, Any] | None) -> str:
     if gate["champion"] is None:
         versus = "no champion compared"
     else:
-        p = (f", p = {gate['p_value']:.2f}" if gate["p_value"] is not None
+        p = (f", p(champion better) = {gate['p_value']:.2f}" if gate["p_value"] is not None
              else ", same model" if gate.get("same_model") else "")
         versus = (f"macro F1 {gate['challenger']:.3f} vs champion {html.escape(str(gate['champion_version']))} "
                   f"{gate['champion']:.3f} on the same {gate['n']} rows{p}")

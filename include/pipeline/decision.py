@@ -16,7 +16,7 @@ from include.config import RunConfig, Settings
 from include.errors import GateError, PipelineError, TrainingError
 from include.features import FeatureSpec
 from include.gate import GatePolicy, decide, instant
-from include.pipeline.common import RunWindow, json_safe, open_store
+from include.pipeline.common import RunWindow, json_safe, open_store, write_parquet
 from include.pipeline.data import feature_frame, features_start
 from include.registry import (
     PRODUCTION,
@@ -25,6 +25,9 @@ from include.registry import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: Per-bar net returns of the out-of-fold strategy and the momentum rule (the gate's trading tests).
+TRADING_RETURNS = "trading_returns.parquet"
 
 # -- 7. trading simulation -------------------------------------------------------------------
 def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
@@ -65,6 +68,11 @@ def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_
     for part, rows in (("out_of_fold", np.ones(len(oof), dtype=bool)), ("gate_window", last)):
         result[part] = {name: simulate(pd.Series(sig[rows], index=oof.index[rows]), bars, funding, costs,
                                        cfg.bar_seconds) for name, sig in signals.items()}
+    returns = pd.DataFrame({name: result["out_of_fold"][name].pop("net_returns") for name in ("ensemble", "momentum")})
+    for part in ("out_of_fold", "gate_window"):
+        for metrics in result[part].values():
+            metrics.pop("net_returns", None)
+    write_parquet(returns, out_dir / TRADING_RETURNS)
     result = json_safe(result)
     path = out_dir / "trading.json"
     atomic_write_json(path, result)
@@ -79,18 +87,65 @@ def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_
 # -- 8. gate ---------------------------------------------------------------------------------
 def policy_from_config(cfg: RunConfig) -> GatePolicy:
     """The gate policy of a run's parameters."""
-    return GatePolicy(min_f1_margin=cfg.gate_min_f1_margin, max_log_loss_ratio=cfg.gate_max_log_loss_ratio,
-                      champion_tolerance=cfg.gate_champion_tolerance, min_sharpe_margin=cfg.gate_min_sharpe_margin,
-                      max_drawdown=cfg.gate_max_drawdown,
-                      min_probabilistic_sharpe=cfg.gate_min_probabilistic_sharpe,
-                      max_champion_p_value=cfg.gate_max_champion_p_value,
+    return GatePolicy(alpha=cfg.gate_alpha, min_f1_margin=cfg.gate_min_f1_margin,
+                      max_log_loss_ratio=cfg.gate_max_log_loss_ratio, min_sharpe_margin=cfg.gate_min_sharpe_margin,
+                      max_drawdown=cfg.gate_max_drawdown, champion_alpha=cfg.gate_champion_alpha,
+                      replace_lapsed_champion=cfg.gate_replace_lapsed_champion,
                       min_deflated_sharpe=cfg.gate_min_deflated_sharpe)
 
-def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWindow, settings: Settings,
-                         out_dir: Path, gate_window: dict[str, Any]) -> dict[str, Any] | None:
-    from include.evaluation import paired_log_loss_test
-    from include.training import metrics_with_prior
 
+def candidate_evidence(policy: GatePolicy, oof: pd.DataFrame, returns: pd.DataFrame | None, *, horizon: int,
+                       bar_seconds: int, random_state: int) -> dict[str, Any]:
+    """The skill tests of a candidate's out-of-fold record under ``policy``'s margins
+    (:func:`include.significance.skill_evidence`); the gate and its replay call this alike."""
+    from include.significance import skill_evidence
+
+    return skill_evidence(oof, returns, f1_margin=policy.min_f1_margin, log_loss_ratio=policy.max_log_loss_ratio,
+                          sharpe_margin=policy.min_sharpe_margin, horizon=horizon,
+                          bars_per_year=365.25 * 86_400 / bar_seconds, random_state=random_state)
+
+
+def compare_with_champion(oof: pd.DataFrame, champion: Any, meta: dict[str, Any], version: str,
+                          features: pd.DataFrame, *, horizon: int, random_state: int,
+                          window_start: str) -> dict[str, Any]:
+    """Score the champion on the challenger's out-of-fold rows where both are out of sample.
+
+    The rows are every out-of-fold row (all walk-forward folds, not only the gate window) at or
+    after the end of the champion's training data (``data_window.trained_until``): the
+    challenger's fold models never saw them by construction, the champion was fitted before
+    them. With a champion several weeks old they span several weeks.
+
+    Args:
+        oof: the challenger's out-of-fold rows.
+        champion, meta, version: the champion model, its lineage and id.
+        features: feature rows covering ``oof``'s index, with the champion's feature columns.
+        window_start: the run's data interval start (ISO), for the record.
+
+    Returns:
+        The ``champion`` input of :func:`include.gate.decide`: ``{"version", "trained_until",
+        "window_start", "compared_from", "rows_out_of_sample", "comparison", "live",
+        "metrics", "challenger_metrics", "last_training_row"}``.
+    """
+    from include.significance import champion_evidence
+
+    trained_until = meta["data_window"]["trained_until"]
+    compared_from = instant(trained_until).astimezone(UTC)
+    rows = oof[oof.index >= pd.Timestamp(compared_from)]
+    result: dict[str, Any] = {"version": version, "trained_until": trained_until, "window_start": window_start,
+                              "compared_from": compared_from.isoformat(), "rows_out_of_sample": int(len(rows)),
+                              "comparison": None, "live": None, "metrics": None,
+                              "last_training_row": (meta["data_window"].get("last_training_row")
+                                                    or meta["data_window"].get("last_labelled_bar"))}
+    if len(rows) == 0:
+        return result
+    proba = champion.predict_proba(features.loc[rows.index, list(meta["feature_spec"]["names"])])
+    result.update(champion_evidence(rows, proba, np.asarray(champion.class_prior_), horizon=horizon,
+                                    random_state=random_state))
+    return result
+
+
+def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWindow, settings: Settings,
+                         out_dir: Path) -> dict[str, Any] | None:
     pointer = registry.production(cfg.model_name)
     if pointer is None:
         return None
@@ -99,19 +154,7 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
     if champion_model != cfg.model_name:
         raise GateError(f"production of {cfg.model_name} points at {pointer.version} of {champion_model}: "
                         "refusing to compare models of different markets or targets")
-    trained_until = meta["data_window"]["trained_until"]
     oof = pd.read_parquet(out_dir / "ensemble_oof.parquet")
-    # The challenger's gate-window rows (its last fold) where the champion is out of sample too:
-    # from the later of the window's start and the end of the champion's training data.
-    rows = oof.index[(oof["fold"] == oof["fold"].max()).to_numpy()]
-    rows = rows[(rows >= pd.Timestamp(gate_window["start"])) & (rows <= pd.Timestamp(gate_window["end"]))]
-    compared_from = max(instant(trained_until), instant(window.interval_start))
-    rows = rows[rows >= pd.Timestamp(compared_from)]
-    result: dict[str, Any] = {"version": pointer.version, "model": champion_model, "trained_until": trained_until,
-                              "window_start": window.interval_start, "compared_from": compared_from.isoformat(),
-                              "rows_out_of_sample": int(len(rows)), "metrics": None}
-    if len(rows) == 0:
-        return result
     spec = FeatureSpec.from_dict({k: v for k, v in meta["feature_spec"].items() if k != "sha256"})
     run_spec = json.loads((out_dir / "feature_spec.json").read_text())
     if spec.sha256 == run_spec["sha256"]:
@@ -123,25 +166,9 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
             feats = feature_frame(store, cfg, spec, features_start(cfg, window), window.ts("interval_end"))
         finally:
             store.dispose()
-    table = pd.read_parquet(out_dir / "dataset.parquet")
-    y = table.loc[rows, "label"].astype(int).to_numpy()
-    proba = model.predict_proba(feats.loc[rows, list(spec.names)])
-    result["metrics"] = metrics_with_prior(y, proba, model.class_prior_)
-    # The challenger on exactly the same rows (all of its gate window unless the champion's
-    # training data reaches into it).
-    challenger = oof.loc[rows]
-    result["challenger_metrics"] = metrics_with_prior(
-        y, challenger[["p_down", "p_range", "p_up"]].to_numpy(),
-        challenger[["prior_down", "prior_range", "prior_up"]].to_numpy())
-    result["last_training_row"] = (meta["data_window"].get("last_training_row")
-                                   or meta["data_window"].get("last_labelled_bar"))
-    try:
-        result["paired_test"] = paired_log_loss_test(
-            y, oof.loc[rows, ["p_down", "p_range", "p_up"]].to_numpy(), proba,
-            block=max(cfg.label_horizon_bars, 1), random_state=cfg.random_state)
-    except TrainingError as exc:  # too few rows: the gate's min_window_rows check speaks for it
-        result["paired_test"] = {"p_value": None, "error": str(exc)}
-    return result
+    result = compare_with_champion(oof, model, meta, pointer.version, feats, horizon=max(cfg.label_horizon_bars, 1),
+                                   random_state=cfg.random_state, window_start=window.interval_start)
+    return {**result, "model": champion_model}
 
 def deflated_sharpe_record(registry: ModelRegistry, model: str, candidate: str,
                            strategy: dict[str, Any], bar_seconds: int) -> dict[str, Any]:
@@ -188,24 +215,25 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
     """Decide whether the candidate may replace production; write ``gate_decision.json``.
 
     The champion is the production version of the candidate's own registered model, scored on
-    the rows of the candidate's last fold (this run's data interval) that it never saw: those at
-    or after the end of its training data. A champion trained before the interval started is
-    compared on all of them; one trained into it (a retrain monitoring requested mid-week) on
-    the rest of the interval. ``request`` (a retrain monitoring asked for: ``{"as_of",
+    the candidate's out-of-fold rows that it never saw: those at or after the end of its
+    training data (:func:`compare_with_champion`). ``request`` (a retrain monitoring asked for: ``{"as_of",
     "reason"}``) goes into the record.
 
     Raises:
         GateError: the production alias of this model names a version of another model.
     """
     registry = ModelRegistry.from_settings(settings)
-    champion = _champion_evaluation(registry, cfg, window, settings, out_dir, assembled["gate_window"])
+    policy = policy_from_config(cfg)
+    champion = _champion_evaluation(registry, cfg, window, settings, out_dir)
     deflated = (deflated_sharpe_record(registry, cfg.model_name, assembled["version"],
                                        trading["out_of_fold"]["ensemble"], cfg.bar_seconds) if trading else None)
-    decision = decide(policy_from_config(cfg), candidate_version=assembled["version"],
-                      candidate_oof=assembled["ensemble"], baselines=assembled["baselines"],
-                      candidate_window=assembled["gate_window"], champion=champion,
+    returns = pd.read_parquet(out_dir / TRADING_RETURNS) if trading else None
+    evidence = candidate_evidence(policy, pd.read_parquet(out_dir / "ensemble_oof.parquet"), returns,
+                                  horizon=max(cfg.label_horizon_bars, 1), bar_seconds=cfg.bar_seconds,
+                                  random_state=cfg.random_state)
+    decision = decide(policy, candidate_version=assembled["version"], evidence=evidence, champion=champion,
                       trading=trading["out_of_fold"] if trading else None, deflated=deflated)
-    record = {**decision.to_dict(), "model": cfg.model_name, "policy": asdict(policy_from_config(cfg)),
+    record = {**decision.to_dict(), "model": cfg.model_name, "policy": asdict(policy), "evidence": evidence,
               "champion_evaluation": champion, "candidate_gate_window": assembled["gate_window"],
               "candidate_out_of_fold": assembled["ensemble"], "baselines": assembled["baselines"],
               "trading": trading, "deflated_sharpe": deflated, "request": request,

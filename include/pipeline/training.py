@@ -23,6 +23,7 @@ from include.errors import TrainingError
 from include.pipeline.common import RunWindow, write_parquet
 from include.registry import (
     CHALLENGER,
+    OOF_FILE,
     ModelRegistry,
     atomic_write_json,
     code_version,
@@ -255,11 +256,15 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     momentum = momentum_forecast(table["close"], horizon=cfg.label_horizon_bars, mode=cfg.label_threshold_mode,
                                  threshold=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)
     momentum = momentum.reindex(X.index).fillna(1.0).to_numpy()  # warm-up rows: no view (range)
-    baselines = baseline_oof(y, folds, cfg.random_state, momentum=momentum)
+    draws: list[np.ndarray] = []
+    baselines = baseline_oof(y, folds, cfg.random_state, momentum=momentum, draws=draws)
     oof_frame = pd.DataFrame(ens_oof, columns=["p_down", "p_range", "p_up"], index=ref.index)
     oof_frame[["prior_down", "prior_range", "prior_up"]] = prior_rows
     oof_frame["label"], oof_frame["fold"] = y_oof, fold_of
     oof_frame["momentum"] = pd.Series(momentum, index=X.index).reindex(ref.index).to_numpy()
+    # The stratified baseline's draws, row by row, for the gate's F1 test (same folds, same rows).
+    oof_frame["pred_stratified"] = pd.Series(np.concatenate(draws), index=X.index[np.concatenate(
+        [te for _, te in folds])]).reindex(ref.index).to_numpy()
     write_parquet(oof_frame, out_dir / "ensemble_oof.parquet")
     model = WeightedSoftVotingEnsemble.from_fitted(members, [weights[f] for f in families],
                                                    class_prior(y[final_rows]), feature_names=names)
@@ -272,6 +277,8 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     cand = out_dir / "candidates" / "ensemble"
     tmp = Path(tempfile.mkdtemp(prefix=".ensemble.", dir=out_dir / "candidates"))
     joblib.dump(model, tmp / "model.joblib")
+    # The out-of-fold record travels with the version: a replay of the gate re-tests it.
+    oof_frame.to_parquet(tmp / OOF_FILE)
     metadata = {
         "kind": "weighted_soft_voting_ensemble", "members": families, "weights": weights,
         "registered_model": cfg.model_name,

@@ -43,6 +43,7 @@ from include.registry.artifacts import (
     MANIFEST_FILE,
     METADATA_FILE,
     MODEL_FILE,
+    OOF_FILE,
     atomic_write_json,
     code_version,
     load_verified,
@@ -65,7 +66,7 @@ from include.registry.schema import (
 )
 
 __all__ = [
-    "CHALLENGER", "DEFAULT_LABEL_RULE", "MANIFEST_FILE", "METADATA_FILE", "MODEL_FILE", "PRODUCTION",
+    "CHALLENGER", "DEFAULT_LABEL_RULE", "MANIFEST_FILE", "METADATA_FILE", "MODEL_FILE", "OOF_FILE", "PRODUCTION",
     "ROLLBACK_EVENTS", "AliasPointer", "ModelRegistry", "RegisteredModel", "alias_table", "atomic_write_json",
     "code_version", "event_table", "load_verified", "main", "metadata", "model_table", "sha256_file",
     "version_table",

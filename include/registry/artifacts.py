@@ -21,6 +21,9 @@ MODEL_FILE = "model.joblib"
 
 METADATA_FILE = "metadata.json"
 
+#: The candidate's out-of-fold record (ensemble forecasts, priors, labels, baselines per row).
+OOF_FILE = "oof.parquet"
+
 MANIFEST_FILE = "manifest.json"
 
 def sha256_file(path: Path) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -24,6 +24,7 @@ from include.registry.artifacts import (
     MANIFEST_FILE,
     METADATA_FILE,
     MODEL_FILE,
+    OOF_FILE,
     atomic_write_json,
     iso,
     load_verified,
@@ -38,6 +39,9 @@ from include.registry.schema import (
     model_table,
     version_table,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -377,6 +381,30 @@ class ModelRegistry(AliasLedger):
         model = load_verified(self.root / row.artifact_path / MODEL_FILE, row.files[MODEL_FILE],
                               f"version {version}")
         return model, row.lineage
+
+    def out_of_fold(self, version: str) -> pd.DataFrame | None:
+        """The version's out-of-fold record (:data:`OOF_FILE`), checked against its manifest hash.
+
+        Returns:
+            One row per out-of-fold bar (forecast, priors, label, fold, baselines), or ``None``
+            for a version registered without one.
+
+        Raises:
+            RegistryError: no such version, or its artifacts were removed.
+            IntegrityError: the file's bytes differ from the registered hash.
+        """
+        import io
+
+        import pandas as pd
+
+        row = self._live_row(version)
+        if OOF_FILE not in row.files:
+            return None
+        path = self.root / row.artifact_path / OOF_FILE
+        data = path.read_bytes() if path.is_file() else b""
+        if hashlib.sha256(data).hexdigest() != row.files[OOF_FILE]:
+            raise IntegrityError(f"version {version}: {OOF_FILE} is missing or differs from its registered sha256")
+        return pd.read_parquet(io.BytesIO(data))
 
     # -- retention ----------------------------------------------------------------------------
     def cleanup(self, keep_last: int, *, dry_run: bool = False, model: str | None = None) -> list[str]:

@@ -103,31 +103,22 @@ def test_positions_follow_the_prior_corrected_class_and_the_threshold():
     assert positions_from_proba(proba, prior, 1 / 3).tolist() == [0, 1, 0]
 
 
-BASE = {"majority": {"macro_f1": 0.21, "log_loss": 18.0}, "prior": {"macro_f1": 0.21, "log_loss": 1.07},
-        "stratified": {"macro_f1": 0.33, "log_loss": 1.3}}
-GOOD = {"macro_f1": 0.40, "log_loss": 1.05}
-
-
-@pytest.mark.parametrize(("ensemble", "momentum", "policy", "failed"), [
-    ({"sharpe": 1.2, "max_drawdown": 0.05, "probabilistic_sharpe": 0.9}, {"sharpe": 0.4}, GatePolicy(), []),
-    ({"sharpe": 0.3, "max_drawdown": 0.05, "probabilistic_sharpe": 0.6}, {"sharpe": 0.4}, GatePolicy(),
-     ["beats_trading_baselines"]),
-    ({"sharpe": -0.5, "max_drawdown": 0.05, "probabilistic_sharpe": 0.3}, {"sharpe": -2.0}, GatePolicy(),
-     ["beats_trading_baselines"]),  # flat (0) is a baseline too
-    ({"sharpe": 0.0, "max_drawdown": 0.0, "probabilistic_sharpe": None}, {"sharpe": -1.0}, GatePolicy(),
-     ["beats_trading_baselines"]),  # never trading has not beaten staying flat
-    ({"sharpe": 2.0, "max_drawdown": 0.35, "probabilistic_sharpe": 0.9}, {"sharpe": 0.4}, GatePolicy(),
-     ["max_drawdown"]),
-    ({"sharpe": 1.2, "max_drawdown": 0.05, "probabilistic_sharpe": 0.7}, {"sharpe": 0.4},
-     GatePolicy(min_probabilistic_sharpe=0.95), ["significant_sharpe"]),
+@pytest.mark.parametrize(("flat_p", "momentum_p", "drawdown", "failed"), [
+    (0.01, 0.02, 0.05, []),
+    (0.30, 0.02, 0.05, ["beats_trading_baselines"]),  # no better than staying flat
+    (0.01, 0.40, 0.05, ["beats_trading_baselines"]),  # no better than the momentum rule
+    (None, 0.40, 0.0, ["beats_trading_baselines"]),  # never trading: no return variance to test
+    (0.01, 0.02, 0.35, ["max_drawdown"]),  # a limit, whatever the tests say
 ])
-def test_gate_trading_checks(ensemble, momentum, policy, failed):
-    d = decide(policy, candidate_version="v1", candidate_oof=GOOD, baselines=BASE, candidate_window=None,
-               champion=None, trading={"ensemble": ensemble, "momentum": momentum})
+def test_gate_trading_checks(flat_p, momentum_p, drawdown, failed):
+    from tests.include.test_gate import evidence
+
+    trading = {"ensemble": {"sharpe": 1.0, "max_drawdown": drawdown, "trades": 0 if flat_p is None else 40},
+               "momentum": {"sharpe": 0.4}}
+    d = decide(GatePolicy(), candidate_version="v1", evidence=evidence(flat_p=flat_p, momentum_p=momentum_p),
+               champion=None, trading=trading)
     assert [c.name for c in d.checks if not c.passed] == failed
     assert d.passed == (not failed)
-    names = [c.name for c in d.checks]
-    assert ("significant_sharpe" in names) == (policy.min_probabilistic_sharpe is not None)
 
 
 def test_the_deflated_sharpe_ratio_reproduces_the_paper_s_worked_example():

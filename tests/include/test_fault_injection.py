@@ -31,7 +31,7 @@ from tests.fault_child import TASKS
 BTC = "binance-btcusdt-perp-1h-h4"
 SMALL = dict(train_window_days=120, cv_folds=3, models=("lightgbm",))
 PERMISSIVE = dict(gate_min_f1_margin=-1.0, gate_max_log_loss_ratio=10.0, gate_min_sharpe_margin=-1000.0,
-                  gate_max_drawdown=1.0, gate_champion_tolerance=1.0)
+                  gate_max_drawdown=1.0, gate_champion_alpha=None)
 RUN_ID = "scheduled__2023-12-24T00:00:00+00:00"
 
 #: (fault point, the task it kills)

@@ -369,12 +369,12 @@ def test_the_gate_never_scores_a_champion_of_another_model(reg, tmp_path):
     settings = Settings(data_dir=tmp_path, market_db_url=str(reg.engine.url), registry_dir=reg.root,
                         runs_dir=tmp_path / "runs")
     # BTC has no production version: nothing to compare with, and ETH's champion is not used.
-    assert _champion_evaluation(reg, cfg, window, settings, tmp_path, {}) is None
+    assert _champion_evaluation(reg, cfg, window, settings, tmp_path) is None
     with reg.engine.begin() as conn:
         conn.execute(registry_module.alias_table.insert().values(
             model=BTC, alias=PRODUCTION, version=eth, since=0, run_id="hand-edit", reason="corrupt"))
     with pytest.raises(GateError, match=f"production of {BTC} points at {eth} of {ETH}: refusing"):
-        _champion_evaluation(reg, cfg, window, settings, tmp_path, {})
+        _champion_evaluation(reg, cfg, window, settings, tmp_path)
 
 
 def test_retention_cleans_every_registered_model_and_one_when_named(reg, tmp_path):

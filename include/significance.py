@@ -1,0 +1,289 @@
+"""The gate's skill tests: one-sided tests that state their level, on serially dependent rows.
+
+Every skill check of :mod:`include.gate` is a hypothesis test whose null is "no skill" (the
+candidate is no better than the reference), so that a check passes at level ``alpha`` on a
+market with nothing to predict in at most a share ``alpha`` of weeks:
+
+* :func:`log_loss_skill_test` and :func:`macro_f1_test` compare the candidate's out-of-fold
+  forecasts with a reference forecast on the same rows. Per-row scores are serially dependent
+  (an h-bar label overlaps the next h - 1 labels; volatility persists), so the mean difference
+  is resampled with the circular block bootstrap (Politis & Romano 1992,
+  ``arch.bootstrap.CircularBlockBootstrap``), in blocks of at least the label horizon and at
+  least the automatic length of Politis & White (2004, with Patton, Politis & White 2009's
+  correction; ``arch.bootstrap.optimal_block_length``).
+* :func:`sharpe_skill_test` is the probabilistic Sharpe ratio (Bailey & López de Prado 2012) of
+  per-bar net returns against a benchmark Sharpe ratio: a strategy passes when ``PSR >= 1 -
+  alpha``. Against another strategy (the momentum rule) it is applied to the per-bar return
+  difference, the information ratio of trading the candidate instead.
+
+The p-value of a bootstrap test is the share of centred resampled statistics at least as
+favourable to H1 as the observed one (Hall & Wilson 1991's guideline of resampling under the
+null by centring).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from include.errors import TrainingError
+
+#: Bootstrap resamples per test.
+N_RESAMPLES = 1000
+
+
+def block_length(series: np.ndarray, minimum: int) -> int:
+    """Circular-bootstrap block length for ``series``: the automatic choice of Politis & White
+    (2004), at least ``minimum`` (the label horizon in rows) and at most a quarter of the rows.
+
+    Args:
+        series: ``(n,)`` the per-row statistic to be resampled.
+        minimum: fewest rows per block.
+    """
+    from arch.bootstrap import optimal_block_length
+
+    series = np.asarray(series, dtype="float64")
+    automatic = 1.0
+    if len(series) > 8 and np.std(series) > 0:
+        value = float(optimal_block_length(series)["circular"].iloc[0])
+        automatic = value if math.isfinite(value) else 1.0
+    return int(max(minimum, 1, min(math.ceil(automatic), len(series) // 4)))
+
+
+def _resample_indices(n: int, block: int, n_resamples: int, random_state: int) -> np.ndarray:
+    """``(n_resamples, n)`` row indices of circular block-bootstrap resamples of ``n`` rows."""
+    from arch.bootstrap import CircularBlockBootstrap
+
+    boot = CircularBlockBootstrap(block, np.arange(n), seed=np.random.default_rng(random_state))
+    return np.stack([pos[0] for pos, _ in boot.bootstrap(n_resamples)])
+
+
+def mean_below_zero_test(diff: np.ndarray, *, block: int, n_resamples: int = N_RESAMPLES,
+                         random_state: int = 0) -> dict[str, Any]:
+    """One-sided test of H1 "mean of ``diff`` < 0" by the circular block bootstrap.
+
+    Args:
+        diff: ``(n,)`` per-row differences (e.g. candidate minus reference loss).
+        block: block length in rows.
+
+    Returns:
+        ``{"statistic" (mean of diff), "p_value", "n", "block", "n_resamples"}``; ``p_value`` is
+        ``None`` when every difference is 0 (the same forecast: nothing to test).
+
+    Raises:
+        TrainingError: fewer than ``2 * block`` rows.
+    """
+    diff = np.asarray(diff, dtype="float64")
+    n = len(diff)
+    if n < 2 * block:
+        raise TrainingError(f"{n} rows are too few for a block bootstrap in blocks of {block}")
+    observed = float(diff.mean())
+    out = {"statistic": observed, "p_value": None, "n": int(n), "block": int(block), "n_resamples": 0}
+    if not np.any(diff):
+        return out
+    idx = _resample_indices(n, block, n_resamples, random_state)
+    means = diff[idx].mean(axis=1)
+    return {**out, "p_value": float(np.mean(means - observed <= observed)), "n_resamples": int(n_resamples)}
+
+
+def log_loss_skill_test(y: np.ndarray, proba: np.ndarray, reference: np.ndarray, *, ratio: float = 1.0,
+                        horizon: int, n_resamples: int = N_RESAMPLES, random_state: int = 0) -> dict[str, Any]:
+    """Test H1 "the forecast's mean log loss < ``ratio`` x the reference's" on the same rows.
+
+    Args:
+        y: ``(n,)`` labels in {0, 1, 2}.
+        proba, reference: ``(n, 3)`` class probabilities (candidate, reference such as the
+            training class frequencies).
+        ratio: multiple of the reference's loss to beat (1: beat it).
+        horizon: label horizon in bars, the shortest block.
+
+    Returns:
+        :func:`mean_below_zero_test`'s result plus ``log_loss`` and ``reference_log_loss``
+        (nats per row).
+    """
+    from include.evaluation import log_loss_rows
+
+    own, ref = log_loss_rows(y, proba), log_loss_rows(y, reference)
+    diff = own - ratio * ref
+    result = mean_below_zero_test(diff, block=block_length(diff, horizon), n_resamples=n_resamples,
+                                  random_state=random_state)
+    return {**result, "log_loss": float(own.mean()), "reference_log_loss": float(ref.mean()), "ratio": ratio}
+
+
+def macro_f1_from_counts(y: np.ndarray, pred: np.ndarray, k: int = 3) -> np.ndarray:
+    """Macro F1 of each row of ``pred`` against the matching row of ``y``.
+
+    Equal to scikit-learn's ``f1_score(average="macro", labels=range(k), zero_division=0)``,
+    vectorised over resamples: F1 per class ``2 TP / (2 TP + FP + FN)``, 0 when undefined.
+
+    Args:
+        y, pred: ``(m, n)`` labels and predictions in ``{0..k-1}`` (``m`` resamples).
+
+    Returns:
+        ``(m,)`` macro F1 scores.
+    """
+    y, pred = np.atleast_2d(y).astype(int), np.atleast_2d(pred).astype(int)
+    scores = np.zeros(y.shape[0])
+    for cls in range(k):
+        tp = np.sum((pred == cls) & (y == cls), axis=1)
+        fp = np.sum((pred == cls) & (y != cls), axis=1)
+        fn = np.sum((pred != cls) & (y == cls), axis=1)
+        denom = 2 * tp + fp + fn
+        scores += np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), 0.0)
+    return scores / k
+
+
+def macro_f1_test(y: np.ndarray, pred: np.ndarray, reference: np.ndarray, *, margin: float = 0.0,
+                  horizon: int, n_resamples: int = N_RESAMPLES, random_state: int = 0) -> dict[str, Any]:
+    """Test H1 "macro F1 of ``pred`` > macro F1 of ``reference`` + ``margin``" on the same rows.
+
+    Macro F1 is not a mean over rows, so whole resamples of row indices (circular blocks, the
+    same indices for both) are scored; the block length is chosen on the per-row difference in
+    correctness.
+
+    Args:
+        y, pred, reference: ``(n,)`` labels and hard predictions in {0, 1, 2}.
+        margin: required lead in macro F1.
+        horizon: label horizon in bars, the shortest block.
+
+    Returns:
+        ``{"statistic" (F1 difference), "macro_f1", "reference_macro_f1", "margin", "p_value",
+        "n", "block", "n_resamples"}``; ``p_value`` is ``None`` when both predict the same class
+        on every row.
+
+    Raises:
+        TrainingError: fewer than ``2 * block`` rows.
+    """
+    y, pred, reference = (np.asarray(a).astype(int) for a in (y, pred, reference))
+    own, ref = macro_f1_from_counts(y, pred)[0], macro_f1_from_counts(y, reference)[0]
+    observed = float(own - ref)
+    correct = (pred == y).astype(float) - (reference == y).astype(float)
+    block = block_length(correct, horizon)
+    n = len(y)
+    if n < 2 * block:
+        raise TrainingError(f"{n} rows are too few for a block bootstrap in blocks of {block}")
+    out = {"statistic": observed, "macro_f1": float(own), "reference_macro_f1": float(ref), "margin": margin,
+           "p_value": None, "n": int(n), "block": int(block), "n_resamples": 0}
+    if np.array_equal(pred, reference):
+        return out
+    idx = _resample_indices(n, block, n_resamples, random_state)
+    boot = macro_f1_from_counts(y[idx], pred[idx]) - macro_f1_from_counts(y[idx], reference[idx])
+    # H0: difference <= margin. Centred at the observation, the resampled difference estimates the
+    # null distribution of (estimate - truth).
+    p_value = float(np.mean(boot - observed >= observed - margin))
+    return {**out, "p_value": p_value, "n_resamples": int(n_resamples)}
+
+
+def sharpe_skill_test(net: np.ndarray, *, benchmark_annual: float = 0.0, bars_per_year: float) -> dict[str, Any]:
+    """The probabilistic Sharpe ratio of per-bar returns against a benchmark, as a test.
+
+    ``PSR = P(true Sharpe > benchmark)`` (Bailey & López de Prado 2012, eq. 2, via
+    :func:`include.backtest.probabilistic_sharpe`); the test's p-value is ``1 - PSR``.
+
+    Args:
+        net: ``(n,)`` per-bar net returns (fractions), or a difference of two strategies'.
+        benchmark_annual: benchmark annualised Sharpe ratio.
+        bars_per_year: bars in a year, to convert the benchmark to per-bar units.
+
+    Returns:
+        ``{"sharpe" (annualised), "probabilistic_sharpe", "p_value", "benchmark", "n"}``;
+        ``probabilistic_sharpe`` and ``p_value`` are ``None`` for returns without variance
+        (a strategy that never traded, or the same positions as the reference).
+    """
+    from include.backtest import probabilistic_sharpe
+
+    net = np.asarray(net, dtype="float64")
+    std = net.std(ddof=1) if len(net) > 1 else 0.0
+    sharpe = float(net.mean() / std * math.sqrt(bars_per_year)) if std > 0 else 0.0
+    psr = probabilistic_sharpe(net, benchmark_annual / math.sqrt(bars_per_year))
+    known = psr == psr
+    return {"sharpe": sharpe, "probabilistic_sharpe": psr if known else None,
+            "p_value": 1.0 - psr if known else None, "benchmark": benchmark_annual, "n": int(len(net))}
+
+
+def skill_evidence(oof: Any, returns: Any | None, *, f1_margin: float, log_loss_ratio: float,
+                   sharpe_margin: float, horizon: int, bars_per_year: float, random_state: int) -> dict[str, Any]:
+    """Every skill test of the gate on a candidate's out-of-fold record (checks 1-3 of
+    :mod:`include.gate`).
+
+    Args:
+        oof: the ensemble's out-of-fold rows (``ensemble_oof.parquet``): ``p_down, p_range,
+            p_up`` (forecast), ``prior_down, prior_range, prior_up`` (training class
+            frequencies of the row's fold), ``label``, ``momentum`` (the rule's class) and, where
+            recorded, ``pred_stratified`` (the stratified baseline's draw).
+        returns: per-bar net returns over the same span with columns ``ensemble`` and
+            ``momentum`` (``trading_returns.parquet``), or ``None`` (no trading tests).
+        f1_margin, log_loss_ratio, sharpe_margin: the policy's margins (:class:`include.gate.
+            GatePolicy`).
+        horizon: label horizon in bars (shortest bootstrap block).
+        bars_per_year: for annualised Sharpe ratios.
+        random_state: seed of the resampling.
+
+    Returns:
+        ``{"f1": {baseline: macro_f1_test}, "log_loss": log_loss_skill_test, "trading":
+        {"flat": sharpe_skill_test, "momentum": sharpe_skill_test} or None}``.
+    """
+    y = oof["label"].to_numpy().astype(int)
+    proba = oof[["p_down", "p_range", "p_up"]].to_numpy()
+    prior = oof[["prior_down", "prior_range", "prior_up"]].to_numpy()
+    # The prior-corrected decision the reported macro F1 scores (include.training.metrics_with_prior).
+    pred = (proba / np.where(prior > 0, prior, 1.0)).argmax(axis=1)
+    references = {"majority": prior.argmax(axis=1)}
+    if "pred_stratified" in oof:
+        references["stratified"] = oof["pred_stratified"].to_numpy()
+    references["momentum"] = oof["momentum"].to_numpy()
+    f1 = {name: macro_f1_test(y, pred, ref, margin=f1_margin, horizon=horizon, random_state=random_state)
+          for name, ref in references.items()}
+    log_loss = log_loss_skill_test(y, proba, prior, ratio=log_loss_ratio, horizon=horizon,
+                                   random_state=random_state)
+    trading = None
+    if returns is not None:
+        ens, mom = returns["ensemble"].to_numpy(), returns["momentum"].to_numpy()
+        trading = {"flat": sharpe_skill_test(ens, benchmark_annual=sharpe_margin, bars_per_year=bars_per_year),
+                   "momentum": sharpe_skill_test(ens - mom, benchmark_annual=sharpe_margin,
+                                                 bars_per_year=bars_per_year)}
+    return {"f1": f1, "log_loss": log_loss, "trading": trading}
+
+
+def champion_evidence(rows: Any, champion_proba: np.ndarray, champion_prior: np.ndarray, *, horizon: int,
+                      random_state: int) -> dict[str, Any]:
+    """The challenger-champion comparison on rows where both are out of sample (checks 6-8 of
+    :mod:`include.gate`).
+
+    Args:
+        rows: the challenger's out-of-fold rows at or after the end of the champion's training
+            data (columns as in :func:`skill_evidence`), ``n`` of them.
+        champion_proba: ``(n, 3)`` the champion's forecasts on the same rows.
+        champion_prior: ``(3,)`` the champion's training class frequencies (its decision rule).
+        horizon: label horizon in bars (shortest bootstrap block).
+        random_state: seed of the resampling.
+
+    Returns:
+        ``{"comparison": mean_below_zero_test of champion-minus-challenger per-row log loss (H1:
+        the champion is better) with ``challenger_log_loss``, ``champion_log_loss`` and
+        ``same_forecast``, or ``None`` with ``error`` when there are too few rows; "live": the
+        champion's log loss and the class-prior forecast's on these rows; "metrics",
+        "challenger_metrics": full metrics of both}``.
+    """
+    from include.evaluation import log_loss_rows
+    from include.training import metrics_with_prior
+
+    y = rows["label"].to_numpy().astype(int)
+    challenger = rows[["p_down", "p_range", "p_up"]].to_numpy()
+    prior = rows[["prior_down", "prior_range", "prior_up"]].to_numpy()
+    champ, chall = log_loss_rows(y, champion_proba), log_loss_rows(y, challenger)
+    diff = champ - chall
+    out: dict[str, Any] = {
+        "live": {"log_loss": float(champ.mean()), "prior_log_loss": float(log_loss_rows(y, prior).mean())},
+        "metrics": metrics_with_prior(y, champion_proba, champion_prior),
+        "challenger_metrics": metrics_with_prior(y, challenger, prior), "comparison": None}
+    try:
+        test = mean_below_zero_test(diff, block=block_length(diff, horizon), random_state=random_state)
+    except TrainingError as exc:  # too few rows: champion_out_of_sample speaks for it
+        out["error"] = str(exc)
+        return out
+    out["comparison"] = {**test, "challenger_log_loss": float(chall.mean()), "champion_log_loss": float(champ.mean()),
+                         "same_forecast": test["p_value"] is None}
+    return out
