@@ -11,7 +11,8 @@ own, and one weekly run with **default parameters** (``include.pipeline.run_once
 window, six folds, three families, fresh store and registry, so no champion) decides the week
 ending ``--week-end``. Nothing in such data is predictable, so every skill check that passes
 is a false positive: a check posed as a test at level a should pass in about a share a of the
-seeds, and the gate as a whole should promote rarely. Prints one JSON line per seed and a
+seeds, and the gate as a whole should promote rarely. ``values`` holds each check's number (a
+skill test's p-value). Prints one JSON line per seed and a
 summary line with the pass rate of every check and of the gate.
 """
 
@@ -73,6 +74,7 @@ def run_seed(seed: int, week_end: str, root: Path) -> dict:
     decision = run["decision"]
     trading = (run["trading"] or {}).get("out_of_fold", {}).get("ensemble", {})
     return {"seed": seed, "passed": decision["passed"], "checks": {c["name"]: c["passed"] for c in decision["checks"]},
+            "values": {c["name"]: c["value"] for c in decision["checks"]},
             "macro_f1": run["assembled"]["ensemble"]["macro_f1"], "log_loss": run["assembled"]["ensemble"]["log_loss"],
             "prior_log_loss": run["assembled"]["baselines"]["prior"]["log_loss"],
             "sharpe": trading.get("sharpe"), "probabilistic_sharpe": trading.get("probabilistic_sharpe"),

@@ -1,0 +1,415 @@
+"""The gate's own track record, and a replay of the gate over a model's registered versions.
+
+For one registered model, every registered version (ordered by the end of its training data
+``T_k``) is scored **forward**, on the bars of the week it would serve: ``[T_k, T_{k+1})``, with
+labels the market revealed afterwards. Three policies choose which version serves each week:
+
+* ``production``: the version the registry's production alias named at ``T_k`` (the chain the
+  gate actually built), next to what that version promised (its out-of-fold log loss);
+* ``newest``: always deploy the newest candidate (version ``k`` serves week ``k``);
+* ``never_retrain``: deploy the first version and keep it.
+
+:func:`replay` re-runs the gate week by week over the same versions with another
+:class:`~include.gate.GatePolicy`: each candidate's registered out-of-fold record is re-tested
+(:func:`include.pipeline.decision.candidate_evidence`, the same code as the gate) and compared
+with the replayed chain's champion (:func:`include.pipeline.decision.compare_with_champion`),
+so a team sees what a policy would have done before turning it on. Replaying the policy a
+backfill ran with reproduces its decisions.
+
+Per policy the record gives the forward log loss and macro F1 over all weeks served (each row
+scored by the version serving it), the after-cost Sharpe ratio of trading the served forecasts
+(:mod:`include.backtest`), and the mean age of the model in production. Weeks before the chain's
+first promotion have no production model; the comparison is over the weeks every policy serves.
+
+Command line::
+
+    python -m include.track_record record --model binance-btcusdt-perp-1h-h4
+    python -m include.track_record replay --model binance-btcusdt-perp-1h-h4 --set alpha=0.1
+
+``record`` writes ``<registry>/track_record/<model>.json``, which the Models page shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from include.config import RunConfig, Settings
+from include.errors import PipelineError
+from include.gate import GatePolicy, decide, instant
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("production", "newest", "never_retrain")
+
+
+@dataclass
+class Version:
+    """One registered version, as the track record needs it."""
+
+    version: str
+    trained_until: datetime
+    lineage: dict[str, Any]
+    model: Any = None
+
+
+@dataclass
+class MarketData:
+    """Every input of forward scoring and replay for one model, loaded once.
+
+    Attributes:
+        features: feature frame per feature-spec digest, indexed by bar open time.
+        labels: label per bar (NaN where the future is not known yet).
+        bars, funding: candles and funding settlements (``timestamp`` column).
+    """
+
+    cfg: RunConfig
+    features: dict[str, pd.DataFrame]
+    labels: pd.Series
+    bars: pd.DataFrame
+    funding: pd.DataFrame | None
+
+
+def _versions(registry: Any, model: str) -> list[Version]:
+    out = []
+    for version in registry.versions(model):
+        lineage = registry.metadata(version)
+        out.append(Version(version, instant(lineage["data_window"]["trained_until"]).astimezone(UTC), lineage))
+    return sorted(out, key=lambda v: v.trained_until)
+
+
+def _load(registry: Any, v: Version) -> Any:
+    if v.model is None:
+        v.model, _ = registry.load(v.version)
+    return v.model
+
+
+def load_market(settings: Settings, versions: list[Version], end: datetime) -> MarketData:
+    """Features (one frame per feature spec), labels, candles and funding from the first
+    version's earliest out-of-fold row to ``end``.
+
+    Raises:
+        PipelineError: no versions.
+    """
+    from include.features import FeatureSpec
+    from include.labels import make_labels
+    from include.pipeline.common import open_store
+    from include.pipeline.data import feature_frame
+
+    if not versions:
+        raise PipelineError("no registered versions to score")
+    cfg = RunConfig.from_params(versions[0].lineage["config"])
+    start = versions[0].trained_until - timedelta(days=7 * (cfg.cv_folds + 1))
+    store = open_store(settings)
+    try:
+        features = {}
+        for v in versions:
+            spec_dict = {k: val for k, val in v.lineage["feature_spec"].items() if k != "sha256"}
+            spec = FeatureSpec.from_dict(spec_dict)
+            if spec.sha256 not in features:
+                features[spec.sha256] = feature_frame(store, cfg, spec, start, end)
+        key = {"exchange": cfg.exchange, "symbol": cfg.symbol}
+        bars = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, start=start,
+                                end=end + timedelta(days=2), **key)
+        funding = (store.load_funding_rates(start=start, end=end + timedelta(days=2), **key)
+                   if cfg.market_type == "perp" else None)
+    finally:
+        store.dispose()
+    closes = bars.set_index("timestamp")["close"].astype("float64")
+    labels = make_labels(closes, horizon=cfg.label_horizon_bars, mode=cfg.label_threshold_mode,
+                         threshold=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)
+    return MarketData(cfg, features, labels, bars, funding)
+
+
+def _features_of(data: MarketData, v: Version) -> pd.DataFrame:
+    from include.features import FeatureSpec
+
+    spec = FeatureSpec.from_dict({k: val for k, val in v.lineage["feature_spec"].items() if k != "sha256"})
+    return data.features[spec.sha256]
+
+
+def _slice(frame: pd.DataFrame | None, start: Any, end: Any) -> pd.DataFrame | None:
+    if frame is None:
+        return None
+    ts = frame["timestamp"]
+    return frame[(ts >= pd.Timestamp(start)) & (ts < pd.Timestamp(end))]
+
+
+# -- replay ----------------------------------------------------------------------------------
+def replay(registry: Any, data: MarketData, versions: list[Version], policy: GatePolicy) -> list[dict[str, Any]]:
+    """Re-run the gate over ``versions`` in order with ``policy``.
+
+    Each candidate is re-tested on its registered out-of-fold record and compared with the
+    replayed chain's production version, as :func:`include.pipeline.decision.gate` does. The
+    deflated Sharpe ratio counts the candidates replayed so far.
+
+    Returns:
+        One ``{"version", "trained_until", "passed", "action", "champion", "summary"}`` per
+        version; ``action`` is ``promote``, ``keep`` or ``skipped`` (a version without a
+        registered out-of-fold record).
+    """
+    from include.backtest import TradingCosts, deflated_sharpe_ratio, expected_max_sharpe, positions_from_proba, simulate
+    from include.pipeline.decision import candidate_evidence, compare_with_champion
+
+    production: Version | None = None
+    decisions, trials = [], []
+    for v in versions:
+        oof = registry.out_of_fold(v.version)
+        if oof is None:
+            decisions.append({"version": v.version, "trained_until": v.trained_until.isoformat(), "passed": None,
+                              "action": "skipped", "champion": production.version if production else None,
+                              "summary": "no out-of-fold record registered with this version"})
+            continue
+        cfg = RunConfig.from_params(v.lineage["config"])
+        # The trading simulation over exactly the candles the run's own simulation read.
+        bars = _slice(data.bars, oof.index.min(), v.trained_until)
+        funding = _slice(data.funding, oof.index.min(), v.trained_until)
+        costs = TradingCosts(fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps)
+        signals = {"ensemble": positions_from_proba(oof[["p_down", "p_range", "p_up"]].to_numpy(),
+                                                    oof[["prior_down", "prior_range", "prior_up"]].to_numpy(),
+                                                    cfg.trade_min_probability),
+                   "momentum": oof["momentum"].to_numpy().astype(int) - 1}
+        sims = {name: simulate(pd.Series(sig, index=oof.index), bars, funding, costs, cfg.bar_seconds)
+                for name, sig in signals.items()}
+        returns = pd.DataFrame({name: sim.pop("net_returns") for name, sim in sims.items()})
+        horizon = max(cfg.label_horizon_bars, 1)
+        evidence = candidate_evidence(policy, oof, returns, horizon=horizon, bar_seconds=cfg.bar_seconds,
+                                      random_state=cfg.random_state)
+        champion = None
+        if production is not None:
+            champion = compare_with_champion(oof, _load(registry, production), production.lineage, production.version,
+                                             _features_of(data, production), horizon=horizon,
+                                             random_state=cfg.random_state,
+                                             window_start=v.lineage["data_window"]["interval_start"])
+        ens = sims["ensemble"]
+        per_bar = ens["sharpe_per_bar"]
+        values = [*trials, per_bar]
+        variance = float(np.var(values, ddof=1)) if len(values) > 1 else 0.0
+        deflated = {"value": deflated_sharpe_ratio(per_bar, ens["bars"], ens["skew"], ens["kurtosis"], len(values),
+                                                   variance) if ens["skew"] == ens["skew"] else float("nan"),
+                    "n_trials": len(values), "expected_max_sharpe": expected_max_sharpe(len(values), variance)}
+        trials.append(per_bar)
+        decision = decide(policy, candidate_version=v.version, evidence=evidence, champion=champion,
+                          trading={"ensemble": ens}, deflated=deflated)
+        decisions.append({"version": v.version, "trained_until": v.trained_until.isoformat(),
+                          "passed": decision.passed, "action": "promote" if decision.passed else "keep",
+                          "champion": production.version if production else None, "summary": decision.summary()})
+        if decision.passed:
+            production = v
+    return decisions
+
+
+# -- forward record --------------------------------------------------------------------------
+def _forward(registry: Any, data: MarketData, v: Version, start: datetime, end: datetime) -> pd.DataFrame:
+    """Version ``v``'s forecasts on the labelled bars of ``[start, end)``: ``p_*``, ``label``."""
+    feats = _features_of(data, v)
+    names = list(v.lineage["feature_spec"]["names"])
+    rows = feats[(feats.index >= pd.Timestamp(start)) & (feats.index < pd.Timestamp(end))]
+    rows = rows[rows[[c for c in names if c != "oi_change_1d"]].notna().all(axis=1)]
+    labels = data.labels.reindex(rows.index)
+    rows = rows[labels.notna().to_numpy()]
+    model = _load(registry, v)
+    proba = model.predict_proba(rows[names]) if len(rows) else np.zeros((0, 3))
+    out = pd.DataFrame(proba, columns=["p_down", "p_range", "p_up"], index=rows.index)
+    out["label"] = data.labels.reindex(rows.index).astype(int)
+    out[["prior_down", "prior_range", "prior_up"]] = np.asarray(model.class_prior_, dtype="float64")
+    return out
+
+
+def _score(frames: list[pd.DataFrame], data: MarketData) -> dict[str, Any]:
+    """Forward log loss, macro F1 and after-cost trading of concatenated served forecasts."""
+    from include.backtest import TradingCosts, positions_from_proba, simulate
+    from include.training import metrics_with_prior
+
+    frame = pd.concat(frames).sort_index()
+    if frame.empty:
+        return {"rows": 0}
+    y, proba = frame["label"].to_numpy(), frame[["p_down", "p_range", "p_up"]].to_numpy()
+    prior = frame[["prior_down", "prior_range", "prior_up"]].to_numpy()
+    metrics = metrics_with_prior(y, proba, prior)
+    cfg = data.cfg
+    positions = positions_from_proba(proba, prior, cfg.trade_min_probability)
+    sim = simulate(pd.Series(positions, index=frame.index), data.bars, data.funding,
+                   TradingCosts(fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps), cfg.bar_seconds)
+    return {"rows": int(len(frame)), "log_loss": metrics["log_loss"], "macro_f1": metrics["macro_f1"],
+            "sharpe": sim["sharpe"], "total_return": sim["total_return"], "max_drawdown": sim["max_drawdown"]}
+
+
+def production_after(registry: Any, model: str) -> dict[str, str | None]:
+    """For each version the gate decided on, the production version right after that decision.
+
+    Read from the ledger in order (promotions, keeps, rollbacks), not from the events' wall-clock
+    times: a backfill decides a year of weeks within hours.
+    """
+    current: str | None = None
+    after: dict[str, str | None] = {}
+    for event in registry.ledger(model):
+        if event["event"] != "keep":
+            current = event["to"]
+        decided = event["candidate"] or event["to"]
+        if decided:
+            after[decided] = current
+    return after
+
+
+def track_record(settings: Settings, model: str, *, policies: dict[str, GatePolicy] | None = None,
+                 end: datetime | None = None) -> dict[str, Any]:
+    """The forward record of ``model``'s production chain next to the counterfactual policies.
+
+    Args:
+        settings: the deployment (registry, market store).
+        model: registered model name.
+        policies: extra replayed gate policies by label, scored like the others.
+        end: last bar to score (default: one week after the newest version's training end).
+
+    Returns:
+        ``{"model", "weeks": [per week: start, end, rows, and per policy the serving version
+        and its forward log loss], "totals": {policy: {"log_loss", "macro_f1", "sharpe",
+        "weeks", "rows", "mean_age_days", "promised_log_loss"}}, "replays": {label: decisions},
+        "compared_weeks", "made_at"}``. Totals cover the weeks every policy serves.
+
+    Raises:
+        PipelineError: the model has no registered version.
+    """
+    from include.registry import ModelRegistry
+
+    registry = ModelRegistry.from_settings(settings)
+    try:
+        versions = _versions(registry, model)
+        if not versions:
+            raise PipelineError(f"{model} has no registered version")
+        stop = end or versions[-1].trained_until + timedelta(days=7)
+        data = load_market(settings, versions, stop)
+        chains: dict[str, list[Version | None]] = {name: [] for name in POLICIES}
+        by_id = {v.version: v for v in versions}
+        after = production_after(registry, model)
+        current: str | None = None
+        for v in versions:
+            current = after.get(v.version, current)
+            chains["production"].append(by_id.get(current) if current else None)
+            chains["newest"].append(v)
+            chains["never_retrain"].append(versions[0])
+        replays = {}
+        for label, policy in (policies or {}).items():
+            decisions = replay(registry, data, versions, policy)
+            replays[label] = decisions
+            serving, chain = None, []
+            for v, d in zip(versions, decisions, strict=True):
+                if d["action"] == "promote":
+                    serving = v
+                chain.append(serving)
+            chains[label] = chain
+        weeks, served = [], {name: [] for name in chains}
+        ages = {name: [] for name in chains}
+        for k, v in enumerate(versions):
+            start = v.trained_until
+            stop_k = versions[k + 1].trained_until if k + 1 < len(versions) else stop
+            row = {"start": start.isoformat(), "end": stop_k.isoformat(), "policies": {}}
+            frames = {}
+            for name, chain in chains.items():
+                serving = chain[k]
+                if serving is None:
+                    row["policies"][name] = None
+                    continue
+                frames[name] = _forward(registry, data, serving, start, stop_k)
+                score = _score([frames[name]], data) if len(frames[name]) else {"rows": 0}
+                row["policies"][name] = {"version": serving.version, "log_loss": score.get("log_loss"),
+                                         "age_days": (start - serving.trained_until).total_seconds() / 86400}
+            row["rows"] = max((len(f) for f in frames.values()), default=0)
+            if len(frames) == len(chains) and row["rows"]:
+                for name, frame in frames.items():
+                    served[name].append(frame)
+                    ages[name].append(row["policies"][name]["age_days"])
+            weeks.append(row)
+        totals = {}
+        for name in chains:
+            score = _score(served[name], data) if served[name] else {"rows": 0}
+            totals[name] = {**score, "weeks": len(served[name]),
+                            "mean_age_days": float(np.mean(ages[name])) if ages[name] else None}
+        promised = [by_id[p["version"]].lineage["metrics"]["ensemble"]["log_loss"]
+                    for w in weeks if (p := w["policies"].get("production"))]
+        totals["production"]["promised_log_loss"] = float(np.mean(promised)) if promised else None
+    finally:
+        registry.dispose()
+    return {"model": model, "weeks": weeks, "totals": totals, "replays": replays,
+            "policies": {label: asdict(p) for label, p in (policies or {}).items()},
+            "compared_weeks": len(served["production"]), "made_at": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def parse_policy(settings: list[str]) -> GatePolicy:
+    """A :class:`GatePolicy` from ``name=value`` pairs (``none`` for an unset optional level).
+
+    Raises:
+        ValueError: an unknown field or a value of the wrong type.
+    """
+    known = {f.name: f for f in fields(GatePolicy)}
+    values: dict[str, Any] = {}
+    for item in settings:
+        name, _, raw = item.partition("=")
+        if name not in known:
+            raise ValueError(f"unknown gate policy field {name!r}; known: {', '.join(known)}")
+        text = raw.strip().lower()
+        if text in ("none", "null", ""):
+            values[name] = None
+        elif text in ("true", "false"):
+            values[name] = text == "true"
+        else:
+            values[name] = int(raw) if name == "min_window_rows" else float(raw)
+    return GatePolicy(**values)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else (
+        f"{value:.4f}" if isinstance(value, float) else str(value))
+
+
+def table(record: dict[str, Any]) -> str:
+    """The totals as a plain-text table, one line per policy."""
+    lines = [f"{record['model']}: forward record over {record['compared_weeks']} weeks every policy served",
+             f"{'policy':<18}{'log loss':>10}{'macro F1':>10}{'Sharpe':>9}{'mean age d':>12}"]
+    for name, t in record["totals"].items():
+        lines.append(f"{name:<18}{_fmt(t.get('log_loss')):>10}{_fmt(t.get('macro_f1')):>10}"
+                     f"{_fmt(t.get('sharpe')):>9}{_fmt(t.get('mean_age_days')):>12}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``record`` or ``replay`` for one registered model (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m include.track_record", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["record", "replay"])
+    parser.add_argument("--model", required=True, help="registered model name")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a gate policy field for the replay (repeatable), e.g. alpha=0.1")
+    parser.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    settings = Settings.from_env()
+    policies = {"replay": parse_policy(args.set)} if args.command == "replay" else {"gate_default": GatePolicy()}
+    record = track_record(settings, args.model, policies=policies)
+    if args.command == "record":
+        from include.registry import atomic_write_json
+
+        path = settings.registry_dir / "track_record" / f"{args.model}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, json.loads(json.dumps(record, default=str)))
+    print(json.dumps(record, default=str, indent=1) if args.json else table(record))
+    if args.command == "replay":
+        actual = [w["policies"]["production"]["version"] if w["policies"]["production"] else None
+                  for w in record["weeks"]]
+        changed = sum(1 for w, a in zip(record["weeks"], actual, strict=True)
+                      if (w["policies"]["replay"] or {}).get("version") != a)
+        print(f"the replayed policy serves another version than production did in {changed} of "
+              f"{len(actual)} weeks")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
