@@ -251,6 +251,11 @@ class RunConfig:
         "never refuses on the comparison (it is still reported).",
         default=0.05,
     )
+    gate_required_checks: tuple[str, ...] = _doc(
+        "The skill tests that decide (beats_baselines_f1, beats_prior_log_loss, "
+        "beats_trading_baselines); the others are run and recorded, not required.",
+        default=("beats_baselines_f1", "beats_prior_log_loss", "beats_trading_baselines"),
+    )
     gate_replace_lapsed_champion: bool = _doc(
         "Let a challenger within the risk limits, and not significantly worse than the champion, "
         "replace a champion whose live log loss since its training is at or above the class "
@@ -375,6 +380,11 @@ class RunConfig:
             fail("gate_max_log_loss_ratio", "expected a positive ratio")
         if not 0 < self.gate_max_drawdown <= 1:
             fail("gate_max_drawdown", "expected a fraction in (0, 1]")
+        from include.gate import SKILL_CHECKS
+
+        unknown = [c for c in self.gate_required_checks if c not in SKILL_CHECKS]
+        if unknown:
+            fail("gate_required_checks", f"unknown checks {unknown}; known: {', '.join(SKILL_CHECKS)}")
         if not 0 < self.gate_alpha <= 1:
             fail("gate_alpha", "expected a level in (0, 1]")
         if self.gate_champion_alpha is not None and not 0 <= self.gate_champion_alpha <= 1:

@@ -18,6 +18,10 @@ predict each passes in at most a share ``alpha`` of weeks:
    per-bar return minus the momentum rule's (both must hold). Buy-and-hold is shown in the report
    but is not a baseline: over a few weeks its Sharpe measures the market's direction.
 
+``required`` names the skill tests that decide; the others are run and recorded, not required
+(which ones to require is a default chosen on the gate's forward track record,
+:mod:`include.track_record`).
+
 A **risk limit** is a limit, not a test:
 
 4. ``max_drawdown``: the out-of-fold maximum drawdown is at most ``max_drawdown``.
@@ -58,6 +62,9 @@ from typing import Any
 
 from include.errors import GateError
 
+#: The skill tests (checks 1-3); a lapsed champion waives them, limits and the comparison stay.
+SKILL_CHECKS = ("beats_baselines_f1", "beats_prior_log_loss", "beats_trading_baselines")
+
 
 @dataclass(frozen=True)
 class GatePolicy:
@@ -76,6 +83,7 @@ class GatePolicy:
         replace_lapsed_champion: let a challenger within the limits replace a champion whose
             live log loss is at or above the class prior's.
         min_deflated_sharpe: required deflated Sharpe ratio; ``None`` leaves the check out.
+        required: the skill tests that decide; the others are run and recorded, not required.
     """
 
     alpha: float = 0.05
@@ -87,6 +95,7 @@ class GatePolicy:
     champion_alpha: float | None = 0.05
     replace_lapsed_champion: bool = True
     min_deflated_sharpe: float | None = None
+    required: tuple[str, ...] = SKILL_CHECKS
 
 
 def instant(value: str | datetime) -> datetime:
@@ -107,15 +116,12 @@ def instant(value: str | datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-#: The checks a lapsed champion waives (the skill tests); limits and the comparison stay.
-SKILL_CHECKS = ("beats_baselines_f1", "beats_prior_log_loss", "beats_trading_baselines")
-
-
 @dataclass
 class Check:
     """One gate rule's outcome: ``value`` compared with ``threshold``.
 
-    ``waived`` checks are recorded but do not decide (a lapsed champion's replacement).
+    ``waived`` checks (a lapsed champion's replacement) and checks the policy does not require
+    are recorded but do not decide.
     """
 
     name: str
@@ -124,6 +130,7 @@ class Check:
     threshold: float | None
     detail: str
     waived: bool = False
+    required: bool = True
 
 
 @dataclass
@@ -138,7 +145,7 @@ class GateDecision:
     @property
     def reasons(self) -> list[str]:
         """Details of the failed checks that decided (empty when passed)."""
-        return [c.detail for c in self.checks if not c.passed and not c.waived]
+        return [c.detail for c in self.checks if not c.passed and not c.waived and c.required]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable record."""
@@ -149,7 +156,8 @@ class GateDecision:
 
     def summary(self) -> str:
         """One line: PASS/FAIL and each check."""
-        parts = [f"{c.name}={'ok' if c.passed else 'waived' if c.waived else 'FAIL'}" for c in self.checks]
+        parts = [f"{c.name}={'ok' if c.passed else 'waived' if c.waived else 'FAIL' if c.required else 'no'}"
+                 for c in self.checks]
         return f"{'PASS' if self.passed else 'FAIL'}: " + ", ".join(parts)
 
 
@@ -270,5 +278,8 @@ def decide(policy: GatePolicy, *, candidate_version: str, evidence: dict[str, An
                     for check in checks:
                         if check.name in SKILL_CHECKS and not check.passed:
                             check.waived = True
-    return GateDecision(passed=all(c.passed or c.waived for c in checks), checks=checks,
+    for check in checks:
+        if check.name in SKILL_CHECKS and check.name not in policy.required:
+            check.required = False
+    return GateDecision(passed=all(c.passed or c.waived or not c.required for c in checks), checks=checks,
                         candidate=candidate_version, champion=champion_version)

@@ -156,7 +156,8 @@ def _gate_row(check: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
         else:
             value = f"trained until {_when(champion['trained_until'])}" if champion.get("trained_until") else None
             threshold = f"window starts {_when(champion['window_start'])}" if champion.get("window_start") else None
-    passed = "yes" if check["passed"] else "waived" if check.get("waived") else "NO"
+    passed = ("yes" if check["passed"] else "waived" if check.get("waived") else "NO" if check.get("required", True)
+              else "no (not required)")
     return {"check": check["name"], "passed": passed, "value": value,
             "threshold": threshold, "detail": check["detail"]}
 

@@ -19,7 +19,9 @@ backfill ran with reproduces its decisions.
 Per policy the record gives the forward log loss and macro F1 over all weeks served (each row
 scored by the version serving it), the after-cost Sharpe ratio of trading the served forecasts
 (:mod:`include.backtest`), and the mean age of the model in production. Weeks before the chain's
-first promotion have no production model; the comparison is over the weeks every policy serves.
+first promotion have no production model: a consumer then has only base rates, so such a week is
+scored as the class-prior forecast with no position, and every policy is scored on every week
+whose labels are known.
 
 Command line::
 
@@ -156,7 +158,13 @@ def replay(registry: Any, data: MarketData, versions: list[Version], policy: Gat
         version; ``action`` is ``promote``, ``keep`` or ``skipped`` (a version without a
         registered out-of-fold record).
     """
-    from include.backtest import TradingCosts, deflated_sharpe_ratio, expected_max_sharpe, positions_from_proba, simulate
+    from include.backtest import (
+        TradingCosts,
+        deflated_sharpe_ratio,
+        expected_max_sharpe,
+        positions_from_proba,
+        simulate,
+    )
     from include.pipeline.decision import candidate_evidence, compare_with_champion
 
     production: Version | None = None
@@ -221,6 +229,16 @@ def _forward(registry: Any, data: MarketData, v: Version, start: datetime, end: 
     out = pd.DataFrame(proba, columns=["p_down", "p_range", "p_up"], index=rows.index)
     out["label"] = data.labels.reindex(rows.index).astype(int)
     out[["prior_down", "prior_range", "prior_up"]] = np.asarray(model.class_prior_, dtype="float64")
+    out["served"] = True
+    return out
+
+
+def _unserved(newest: pd.DataFrame) -> pd.DataFrame:
+    """A week without a production model: the newest version's class prior as the forecast (what
+    a consumer knows without a model), and no position."""
+    out = newest.copy()
+    out[["p_down", "p_range", "p_up"]] = out[["prior_down", "prior_range", "prior_up"]].to_numpy()
+    out["served"] = False
     return out
 
 
@@ -236,7 +254,8 @@ def _score(frames: list[pd.DataFrame], data: MarketData) -> dict[str, Any]:
     prior = frame[["prior_down", "prior_range", "prior_up"]].to_numpy()
     metrics = metrics_with_prior(y, proba, prior)
     cfg = data.cfg
-    positions = positions_from_proba(proba, prior, cfg.trade_min_probability)
+    # Weeks without a production model: the class-prior forecast, and no position.
+    positions = np.where(frame["served"].to_numpy(), positions_from_proba(proba, prior, cfg.trade_min_probability), 0)
     sim = simulate(pd.Series(positions, index=frame.index), data.bars, data.funding,
                    TradingCosts(fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps), cfg.bar_seconds)
     return {"rows": int(len(frame)), "log_loss": metrics["log_loss"], "macro_f1": metrics["macro_f1"],
@@ -274,7 +293,9 @@ def track_record(settings: Settings, model: str, *, policies: dict[str, GatePoli
         ``{"model", "weeks": [per week: start, end, rows, and per policy the serving version
         and its forward log loss], "totals": {policy: {"log_loss", "macro_f1", "sharpe",
         "weeks", "rows", "mean_age_days", "promised_log_loss"}}, "replays": {label: decisions},
-        "compared_weeks", "made_at"}``. Totals cover the weeks every policy serves.
+        "compared_weeks", "made_at"}``. Totals cover every week whose labels are known; a week
+        in which a policy has no production model is scored as the class-prior forecast with no
+        position (``weeks_without_model`` counts them).
 
     Raises:
         PipelineError: the model has no registered version.
@@ -308,31 +329,31 @@ def track_record(settings: Settings, model: str, *, policies: dict[str, GatePoli
                 chain.append(serving)
             chains[label] = chain
         weeks, served = [], {name: [] for name in chains}
-        ages = {name: [] for name in chains}
+        ages: dict[str, list[float]] = {name: [] for name in chains}
         for k, v in enumerate(versions):
             start = v.trained_until
             stop_k = versions[k + 1].trained_until if k + 1 < len(versions) else stop
-            row = {"start": start.isoformat(), "end": stop_k.isoformat(), "policies": {}}
-            frames = {}
+            newest = _forward(registry, data, v, start, stop_k)
+            row = {"start": start.isoformat(), "end": stop_k.isoformat(), "rows": int(len(newest)), "policies": {}}
             for name, chain in chains.items():
                 serving = chain[k]
-                if serving is None:
-                    row["policies"][name] = None
-                    continue
-                frames[name] = _forward(registry, data, serving, start, stop_k)
-                score = _score([frames[name]], data) if len(frames[name]) else {"rows": 0}
-                row["policies"][name] = {"version": serving.version, "log_loss": score.get("log_loss"),
-                                         "age_days": (start - serving.trained_until).total_seconds() / 86400}
-            row["rows"] = max((len(f) for f in frames.values()), default=0)
-            if len(frames) == len(chains) and row["rows"]:
-                for name, frame in frames.items():
+                frame = (newest if serving is v else _forward(registry, data, serving, start, stop_k)
+                         if serving is not None else _unserved(newest))
+                score = _score([frame], data) if len(frame) else {"rows": 0}
+                age = (start - serving.trained_until).total_seconds() / 86400 if serving is not None else None
+                row["policies"][name] = {"version": serving.version if serving is not None else None,
+                                         "log_loss": score.get("log_loss"), "age_days": age}
+                if len(newest):  # a week whose labels are known: every policy is scored on it
                     served[name].append(frame)
-                    ages[name].append(row["policies"][name]["age_days"])
+                    if age is not None:
+                        ages[name].append(age)
             weeks.append(row)
         totals = {}
         for name in chains:
             score = _score(served[name], data) if served[name] else {"rows": 0}
             totals[name] = {**score, "weeks": len(served[name]),
+                            "weeks_without_model": sum(1 for w in weeks if w["rows"] and
+                                                       w["policies"][name]["version"] is None),
                             "mean_age_days": float(np.mean(ages[name])) if ages[name] else None}
         promised = [by_id[p["version"]].lineage["metrics"]["ensemble"]["log_loss"]
                     for w in weeks if (p := w["policies"].get("production"))]
@@ -341,11 +362,12 @@ def track_record(settings: Settings, model: str, *, policies: dict[str, GatePoli
         registry.dispose()
     return {"model": model, "weeks": weeks, "totals": totals, "replays": replays,
             "policies": {label: asdict(p) for label, p in (policies or {}).items()},
-            "compared_weeks": len(served["production"]), "made_at": datetime.now(UTC).isoformat(timespec="seconds")}
+            "compared_weeks": len(served["newest"]), "made_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def parse_policy(settings: list[str]) -> GatePolicy:
-    """A :class:`GatePolicy` from ``name=value`` pairs (``none`` for an unset optional level).
+    """A :class:`GatePolicy` from ``name=value`` pairs (``none`` for an unset optional level;
+    ``required`` as a comma-separated list of skill checks).
 
     Raises:
         ValueError: an unknown field or a value of the wrong type.
@@ -357,7 +379,9 @@ def parse_policy(settings: list[str]) -> GatePolicy:
         if name not in known:
             raise ValueError(f"unknown gate policy field {name!r}; known: {', '.join(known)}")
         text = raw.strip().lower()
-        if text in ("none", "null", ""):
+        if name == "required":
+            values[name] = tuple(c.strip() for c in raw.split(",") if c.strip())
+        elif text in ("none", "null", ""):
             values[name] = None
         elif text in ("true", "false"):
             values[name] = text == "true"
@@ -373,11 +397,11 @@ def _fmt(value: Any) -> str:
 
 def table(record: dict[str, Any]) -> str:
     """The totals as a plain-text table, one line per policy."""
-    lines = [f"{record['model']}: forward record over {record['compared_weeks']} weeks every policy served",
-             f"{'policy':<18}{'log loss':>10}{'macro F1':>10}{'Sharpe':>9}{'mean age d':>12}"]
+    lines = [f"{record['model']}: forward record over {record['compared_weeks']} weeks",
+             f"{'policy':<24}{'log loss':>10}{'macro F1':>10}{'Sharpe':>9}{'mean age d':>12}{'no model':>10}"]
     for name, t in record["totals"].items():
-        lines.append(f"{name:<18}{_fmt(t.get('log_loss')):>10}{_fmt(t.get('macro_f1')):>10}"
-                     f"{_fmt(t.get('sharpe')):>9}{_fmt(t.get('mean_age_days')):>12}")
+        lines.append(f"{name:<24}{_fmt(t.get('log_loss')):>10}{_fmt(t.get('macro_f1')):>10}"
+                     f"{_fmt(t.get('sharpe')):>9}{_fmt(t.get('mean_age_days')):>12}{t.get('weeks_without_model', 0):>10}")
     return "\n".join(lines)
 
 

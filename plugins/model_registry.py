@@ -181,7 +181,8 @@ def _gate_outcome(info: dict[str, Any]) -> dict[str, Any] | None:
     window = champion.get("challenger_metrics") or record.get("candidate_gate_window") or {}
     comparison = champion.get("comparison") or champion.get("paired_test") or {}
     return {"passed": bool(record.get("passed")),
-            "failed": [c["name"] for c in record.get("checks", []) if not c.get("passed") and not c.get("waived")],
+            "failed": [c["name"] for c in record.get("checks", []) if not c.get("passed") and not c.get("waived")
+                       and c.get("required", True)],
             "challenger": window.get("macro_f1"), "n": window.get("n"),
             "champion": (champion.get("metrics") or {}).get("macro_f1"),
             "champion_version": champion.get("version"),
@@ -292,6 +293,54 @@ def monitoring_page() -> str:
     return render(_monitoring(None, 500))
 
 
+def _track_record(name: str) -> dict[str, Any] | None:
+    """The stored track record of a registered model (``python -m include.track_record record``)."""
+    from include.errors import ConfigError
+    from include.paths import check_name
+
+    try:
+        path = _settings().registry_dir / "track_record" / f"{check_name(name, 'registered model')}.json"
+        return json.loads(path.read_text())
+    except (ConfigError, OSError, ValueError):
+        return None
+
+
+@app.get("/models/{name}/track-record", summary="The gate's forward track record for a registered model")
+def track_record_of(name: str) -> dict[str, Any]:
+    record = _track_record(name)
+    if record is None:
+        raise HTTPException(status_code=404, detail=f"no track record stored for {name}: run "
+                            f"python -m include.track_record record --model {name}")
+    return record
+
+
+def _track_record_section(name: str) -> str:
+    record = _track_record(name)
+    command = f"python -m include.track_record record --model {html.escape(name)}"
+    if record is None:
+        return (f"<p class='track'>Track record: none stored yet. <code>{command}</code> scores every version "
+                "forward on the week it would serve, for the production chain, the newest candidate and never "
+                "retraining.</p>")
+    labels = {"production": "production chain (the gate)", "newest": "always the newest candidate",
+              "never_retrain": "never retrain (the first version)"}
+    rows = []
+    for policy, t in record["totals"].items():
+        cells = [labels.get(policy, f"replay: {policy}"), t.get("weeks"), t.get("log_loss"), t.get("macro_f1"),
+                 t.get("sharpe"), t.get("mean_age_days"), t.get("weeks_without_model")]
+        rows.append("<tr>" + "".join(f"<td>{_cell(round(c, 4) if isinstance(c, float) else c)}</td>" for c in cells)
+                    + "</tr>")
+    promised = record["totals"].get("production", {}).get("promised_log_loss")
+    return (f"<div class='track' data-model=\"{html.escape(name)}\"><h4>Track record</h4><p>Every version scored "
+            f"forward on the week after its training data, over the {record['compared_weeks']} weeks whose labels are known (a week "
+            "without a production model counts as the class-prior forecast, no position; made " + _cell(record.get("made_at")) + "). The chain's versions promised an out-of-fold log "
+            f"loss of {_cell(round(promised, 4) if promised is not None else None)} on average. Refresh with "
+            f"<code>{command}</code>; try a policy with <code>python -m include.track_record replay --model "
+            f"{html.escape(name)} --set alpha=0.1</code>.</p><table><tr><th>policy</th><th>weeks</th>"
+            "<th>forward log loss</th><th>forward macro F1</th><th>Sharpe after costs</th><th>mean age (days)</th>"
+            "<th>weeks without a model</th>"
+            "</tr>" + "".join(rows) + "</table></div>")
+
+
 @app.get("/ui", response_class=HTMLResponse, summary="The Models page")
 def models_page() -> str:
     registry = _registry()
@@ -328,7 +377,7 @@ def models_page() -> str:
             f"{html.escape(model['timeframe'])}, horizon {model['label_horizon_bars']} bars, labels "
             f"{html.escape(model['label_threshold_mode'])} {model['label_threshold']:g}. "
             f"Production: <b>{html.escape(production)}</b>. {len(rows)} version(s).</p>"
-            f"<table><tr>{head}</tr>{''.join(body)}</table></section>")
+            f"<table><tr>{head}</tr>{''.join(body)}</table>{_track_record_section(model['name'])}</section>")
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Models</title><style>"
         "body{font-family:sans-serif;margin:16px}table{border-collapse:collapse;margin-bottom:24px}"

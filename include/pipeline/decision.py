@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from include.config import RunConfig, Settings
-from include.errors import GateError, PipelineError, TrainingError
+from include.errors import GateError, PipelineError
 from include.features import FeatureSpec
 from include.gate import GatePolicy, decide, instant
 from include.pipeline.common import RunWindow, json_safe, open_store, write_parquet
@@ -91,6 +91,7 @@ def policy_from_config(cfg: RunConfig) -> GatePolicy:
                       max_log_loss_ratio=cfg.gate_max_log_loss_ratio, min_sharpe_margin=cfg.gate_min_sharpe_margin,
                       max_drawdown=cfg.gate_max_drawdown, champion_alpha=cfg.gate_champion_alpha,
                       replace_lapsed_champion=cfg.gate_replace_lapsed_champion,
+                      required=tuple(cfg.gate_required_checks),
                       min_deflated_sharpe=cfg.gate_min_deflated_sharpe)
 
 

@@ -129,7 +129,7 @@ def test_the_macro_f1_of_a_resample_is_scikit_learns():
     rng = np.random.default_rng(0)
     y, pred = rng.integers(0, 3, (5, 200)), rng.integers(0, 3, (5, 200))
     pred[1] = 0  # a class never predicted: zero_division
-    expected = [f1_score(a, b, labels=[0, 1, 2], average="macro", zero_division=0) for a, b in zip(y, pred)]
+    expected = [f1_score(a, b, labels=[0, 1, 2], average="macro", zero_division=0) for a, b in zip(y, pred, strict=True)]
     assert macro_f1_from_counts(y, pred) == pytest.approx(expected)
 
 
@@ -166,3 +166,13 @@ def test_the_champion_comparison_spans_every_fold_after_its_training_data_and_no
     late = {**meta, "data_window": {"trained_until": "2024-01-01T00:00:00+00:00"}}
     assert compare_with_champion(oof, _Champion(), late, "v0", features, horizon=4, random_state=0,
                                  window_start="x")["rows_out_of_sample"] == 0
+
+
+def test_a_skill_test_the_policy_does_not_require_is_recorded_and_does_not_decide():
+    weak_f1 = evidence(stratified_p=0.6)
+    assert not decide(GatePolicy(), candidate_version="v1", evidence=weak_f1, champion=None).passed
+    only_log_loss = GatePolicy(required=("beats_prior_log_loss",))
+    d = decide(only_log_loss, candidate_version="v1", evidence=weak_f1, champion=None)
+    f1 = next(c for c in d.checks if c.name == "beats_baselines_f1")
+    assert d.passed and not f1.passed and not f1.required and "beats_baselines_f1=no" in d.summary()
+    assert not decide(only_log_loss, candidate_version="v1", evidence=evidence(ll_p=0.3), champion=None).passed

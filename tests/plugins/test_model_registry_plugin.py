@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -124,6 +126,26 @@ def test_predict_and_openapi(api):
     status, plugins = _request(api["base"] + "/api/v2/plugins", api["token"])
     ours = next(p for p in plugins["plugins"] if p["name"] == "model_registry")
     assert ours["external_views"][0]["name"] == "Models" and ours["fastapi_apps"][0]["url_prefix"] == "/model-registry"
+
+
+def test_the_track_record_command_stores_what_the_models_page_shows(api, trained_registry):
+    settings = trained_registry["settings"]
+    assert _request(api["base"] + f"/model-registry/models/{BTC}/track-record", api["token"])[0] == 404
+    status, page = _request(api["base"] + "/model-registry/ui", api["token"])
+    assert status == 200 and f"python -m include.track_record record --model {BTC}" in page
+    env = {**os.environ, "MARKET_DB_URL": settings.market_db_url, "MODEL_REGISTRY_DIR": str(settings.registry_dir),
+           "RUN_ARTIFACTS_DIR": str(settings.runs_dir), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "include.track_record", "record", "--model", BTC], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "forward record over 1 weeks" in done.stdout and "never_retrain" in done.stdout
+    status, record = _request(api["base"] + f"/model-registry/models/{BTC}/track-record", api["token"])
+    assert status == 200 and set(record["totals"]) == {"production", "newest", "never_retrain", "gate_default"}
+    # The first week: v1 serves under every policy; the replayed default gate promoted nothing.
+    first = record["weeks"][0]["policies"]
+    assert first["newest"]["version"] == first["production"]["version"] == api["versions"][0]
+    status, page = _request(api["base"] + "/model-registry/ui", api["token"])
+    assert "Track record" in page and "production chain (the gate)" in page and "never retrain" in page
 
 
 def _cdp(ws, method: str, **params):
