@@ -7,7 +7,7 @@ that keeps every version, then scores every version forward on the week after it
 candidate" and "never retrain", and replays of other gate policies over the same versions.
 
 Usage: ``PYTHONPATH=. .venv/bin/python bench/track_record_run.py [--symbol BTCUSDT] [--first 2023-01-08]
-[--last 2023-12-31]``. Prints one JSON line per week and the totals table, and writes
+[--last 2023-12-31] [--reuse FOLDER]``. Prints one JSON line per week and the totals table, and writes
 ``var/track_record_<symbol>.json``.
 """
 
@@ -23,13 +23,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Policies replayed next to the one the backfill ran with (the defaults).
+ALL = ("beats_baselines_f1", "beats_prior_log_loss", "beats_trading_baselines")
+
+LOG_LOSS = ("beats_prior_log_loss",)
+
+#: Policies replayed over the backfill's versions next to the chain it built.
 REPLAYED = {
-    "gate_default": {},
-    "no_lapse_rule": {"replace_lapsed_champion": False},
-    "alpha_0.10": {"alpha": 0.10},
-    "alpha_0.01": {"alpha": 0.01},
-    "champion_never_refuses": {"champion_alpha": None},
+    "all_tests": {"required": ALL},
+    "all_tests_alpha_0.10": {"required": ALL, "alpha": 0.10},
+    "log_loss_test": {"required": LOG_LOSS},
+    "log_loss_test_alpha_0.10": {"required": LOG_LOSS, "alpha": 0.10},
+    "log_loss_test_alpha_0.01": {"required": LOG_LOSS, "alpha": 0.01},
+    "log_loss_test_alpha_0.10_above_prior": {"required": LOG_LOSS, "alpha": 0.10, "lapse_rule": "above_prior"},
+    "log_loss_test_alpha_0.10_no_lapse_rule": {"required": LOG_LOSS, "alpha": 0.10, "replace_lapsed_champion": False},
+    "log_loss_test_alpha_0.10_champion_never_refuses": {"required": LOG_LOSS, "alpha": 0.10, "champion_alpha": None},
 }
 
 
@@ -38,8 +45,9 @@ def main() -> None:
     parser.add_argument("--symbol", default="BTCUSDT")
     parser.add_argument("--first", default="2023-01-08")
     parser.add_argument("--last", default="2023-12-31")
+    parser.add_argument("--reuse", type=Path, help="a folder an earlier run of this bench left: score only")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix=f"track-record-{args.symbol}-"))
+    tmp = args.reuse or Path(tempfile.mkdtemp(prefix=f"track-record-{args.symbol}-"))
     os.environ.update({"MARKET_DB_URL": f"sqlite:///{tmp / 'market.sqlite'}", "MODEL_REGISTRY_DIR": str(tmp / "models"),
                        "RUN_ARTIFACTS_DIR": str(tmp / "runs"), "GX_ANALYTICS_ENABLED": "false"})
     from include.config import RunConfig, Settings
@@ -51,7 +59,7 @@ def main() -> None:
     day, last = date.fromisoformat(args.first), date.fromisoformat(args.last)
     model = RunConfig(symbol=args.symbol).model_name
     started = time.perf_counter()
-    while day <= last:
+    while day <= last and args.reuse is None:
         t0 = time.perf_counter()
         try:
             run = run_once(RunConfig(symbol=args.symbol, as_of_date=str(day)), settings, dag_id="weekly_retrain",

@@ -264,7 +264,8 @@ def champion_evidence(rows: Any, champion_proba: np.ndarray, champion_prior: np.
         ``{"comparison": mean_below_zero_test of champion-minus-challenger per-row log loss (H1:
         the champion is better) with ``challenger_log_loss``, ``champion_log_loss`` and
         ``same_forecast``, or ``None`` with ``error`` when there are too few rows; "live": the
-        champion's log loss and the class-prior forecast's on these rows; "metrics",
+        champion's log loss and the class-prior forecast's on these rows, and the p-value of
+        :func:`log_loss_skill_test` of the champion there (its live skill); "metrics",
         "challenger_metrics": full metrics of both}``.
     """
     from include.evaluation import log_loss_rows
@@ -275,8 +276,13 @@ def champion_evidence(rows: Any, champion_proba: np.ndarray, champion_prior: np.
     prior = rows[["prior_down", "prior_range", "prior_up"]].to_numpy()
     champ, chall = log_loss_rows(y, champion_proba), log_loss_rows(y, challenger)
     diff = champ - chall
+    try:
+        live_test = log_loss_skill_test(y, champion_proba, prior, horizon=horizon, random_state=random_state)
+    except TrainingError:
+        live_test = {"p_value": None}
     out: dict[str, Any] = {
-        "live": {"log_loss": float(champ.mean()), "prior_log_loss": float(log_loss_rows(y, prior).mean())},
+        "live": {"log_loss": float(champ.mean()), "prior_log_loss": float(log_loss_rows(y, prior).mean()),
+                 "p_value": live_test["p_value"]},
         "metrics": metrics_with_prior(y, champion_proba, champion_prior),
         "challenger_metrics": metrics_with_prior(y, challenger, prior), "comparison": None}
     try:

@@ -28,7 +28,7 @@ Command line::
     python -m include.track_record record --model binance-btcusdt-perp-1h-h4
     python -m include.track_record replay --model binance-btcusdt-perp-1h-h4 --set alpha=0.1
 
-``record`` writes ``<registry>/track_record/<model>.json``, which the Models page shows.
+Both write ``<registry>/track_record/<model>.json``, which the Models page shows.
 """
 
 from __future__ import annotations
@@ -356,7 +356,7 @@ def track_record(settings: Settings, model: str, *, policies: dict[str, GatePoli
                                                        w["policies"][name]["version"] is None),
                             "mean_age_days": float(np.mean(ages[name])) if ages[name] else None}
         promised = [by_id[p["version"]].lineage["metrics"]["ensemble"]["log_loss"]
-                    for w in weeks if (p := w["policies"].get("production"))]
+                    for w in weeks if w["rows"] and (p := w["policies"]["production"])["version"]]
         totals["production"]["promised_log_loss"] = float(np.mean(promised)) if promised else None
     finally:
         registry.dispose()
@@ -418,12 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     policies = {"replay": parse_policy(args.set)} if args.command == "replay" else {"gate_default": GatePolicy()}
     record = track_record(settings, args.model, policies=policies)
-    if args.command == "record":
-        from include.registry import atomic_write_json
+    # Both commands store what they computed: the Models page shows the latest.
+    from include.registry import atomic_write_json
 
-        path = settings.registry_dir / "track_record" / f"{args.model}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, json.loads(json.dumps(record, default=str)))
+    path = settings.registry_dir / "track_record" / f"{args.model}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, json.loads(json.dumps(record, default=str)))
     print(json.dumps(record, default=str, indent=1) if args.json else table(record))
     if args.command == "replay":
         actual = [w["policies"]["production"]["version"] if w["policies"]["production"] else None

@@ -87,7 +87,9 @@ def _market_line(outcome: dict[str, Any], *, reasons: bool) -> str:
         head = f"KEEP {summary.get('production') or 'no production'}; candidate {candidate} " + (
             "passed the gate but was not approved" if gate.get("passed") else "failed the gate")
     line = f"- **{model}**: {head}{link}"
-    failed = [c for c in gate.get("checks", []) if not c.get("passed")]
+    # The checks that decided: a waived or not required one is in the report, not the note.
+    failed = [c for c in gate.get("checks", []) if not c.get("passed") and not c.get("waived")
+              and c.get("required", True)]
     if failed and reasons:
         line += "".join(f"\n  - {c['name']}: {c['detail']}" for c in failed)
     elif failed:

@@ -264,7 +264,7 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
         checks = {c["name"]: c for c in sunday["checks"]}
         assert sunday["champion"] == promoted and sunday["request"] is None
         assert checks["champion_out_of_sample"]["passed"] and checks["champion_out_of_sample"]["detail"].startswith(
-            "68 gate-window rows where both models are out of sample, from 2023-07-06T00:00:00+00:00")
+            "68 out-of-fold rows where both models are out of sample, from 2023-07-06T00:00:00+00:00")
         assert sunday["champion_evaluation"]["metrics"]["n"] == 68 and sunday["passed"]
         assert registry.production(BTC).version == sunday["candidate"]
         history = [e for e in registry.ledger(BTC) if e["event"] == "promote"]

@@ -152,8 +152,9 @@ def test_second_run_gates_each_market_against_its_own_champion(dag, first_run, w
 
     registry = ModelRegistry.from_settings(Settings.from_env())
     champions = {m: registry.production(m).version for m in (BTC, ETH)}
-    # An F1 margin no forecast can reach: the gate must say no, and production must stay.
-    dr, states = _run(dag, 31, {**SHORT, "gate_min_f1_margin": 1.0})
+    # A log loss no forecast can reach (half the class prior's), and a champion kept whatever its
+    # live record: the gate must say no, and production must stay.
+    dr, states = _run(dag, 31, {**SHORT, "gate_max_log_loss_ratio": 0.5, "gate_replace_lapsed_champion": False})
     assert dr.state == "success", states  # keeping production is not a failure: the note says what happened
     note = _note(dr)
     for model in (BTC, ETH):
@@ -162,22 +163,24 @@ def test_second_run_gates_each_market_against_its_own_champion(dag, first_run, w
         assert gate["champion_evaluation"]["model"] == model
         names = {c["name"]: c for c in gate["checks"]}
         assert names["champion_out_of_sample"]["passed"]
-        assert not gate["passed"] and not names["beats_baselines_f1"]["passed"]
-        # Last week's candidate is the champion, and this week's last fold model is that same fit:
-        # the same model, said as such (not a failed test with p = 1).
-        assert "beats_champion" in names and "same forecast as the champion on every row" in names["beats_champion"]["detail"]
+        assert not gate["passed"] and not names["beats_prior_log_loss"]["passed"]
+        # Last week's candidate is the champion, trained to this week's start: compared on this
+        # week's rows, where this week's last fold model is that same fit: the same model, said as
+        # such (not a failed test with p = 1).
+        assert names["not_worse_than_champion"]["passed"]
+        assert names["not_worse_than_champion"]["detail"].startswith("same model")
         assert gate["champion_evaluation"]["metrics"]["n"] == gate["candidate_gate_window"]["n"] > 100
-        paired = gate["champion_evaluation"]["paired_test"]
-        assert paired["same_forecast"] and paired["p_value"] is None and paired["mean_difference"] == 0
+        paired = gate["champion_evaluation"]["comparison"]
+        assert paired["same_forecast"] and paired["p_value"] is None and paired["statistic"] == 0
         action = _summary(dr, model)["action"]
         assert action["action"] == "keep" and action["rejected"] == gate["candidate"]
         assert registry.production(model).version == champions[model]
         assert (f"- **{model}**: KEEP {champions[model]}; candidate {gate['candidate']} failed the gate "
                 f"([report](/model-registry/versions/{gate['candidate']}/report))") in note
-        f1 = names["beats_baselines_f1"]
+        ll = names["beats_prior_log_loss"]
         # The full reason where the note has room, else name, value and threshold.
-        assert (f"  - beats_baselines_f1: {f1['detail']}" in note
-                or f"beats_baselines_f1 ({f1['value']:.4g} vs {f1['threshold']:.4g})" in note)
+        assert (f"  - beats_prior_log_loss: {ll['detail']}" in note
+                or f"beats_prior_log_loss ({ll['value']:.4g} vs {ll['threshold']:.4g})" in note)
 
     # The run report of one market: one self-contained HTML file next to the candidate, plots inlined.
     summary = _summary(dr, BTC)

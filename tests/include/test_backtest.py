@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from include.backtest import TradingCosts, positions_from_proba, probabilistic_sharpe, simulate
-from include.gate import GatePolicy, decide
+from include.gate import SKILL_CHECKS, GatePolicy, decide
 
 H = 3600
 NO_COSTS = TradingCosts(fee_bps=0.0, slippage_bps=0.0)
@@ -115,7 +115,8 @@ def test_gate_trading_checks(flat_p, momentum_p, drawdown, failed):
 
     trading = {"ensemble": {"sharpe": 1.0, "max_drawdown": drawdown, "trades": 0 if flat_p is None else 40},
                "momentum": {"sharpe": 0.4}}
-    d = decide(GatePolicy(), candidate_version="v1", evidence=evidence(flat_p=flat_p, momentum_p=momentum_p),
+    d = decide(GatePolicy(required=SKILL_CHECKS), candidate_version="v1",
+               evidence=evidence(flat_p=flat_p, momentum_p=momentum_p),
                champion=None, trading=trading)
     assert [c.name for c in d.checks if not c.passed] == failed
     assert d.passed == (not failed)

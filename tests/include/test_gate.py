@@ -6,7 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.gate import GatePolicy, decide
+from include.gate import SKILL_CHECKS, GatePolicy, decide
+
+#: Every skill test required (the default requires the log-loss test only).
+ALL = GatePolicy(required=SKILL_CHECKS)
 
 
 def _test(p: float | None, **extra) -> dict:
@@ -24,19 +27,20 @@ def evidence(f1_p: float | None = 0.01, ll_p: float | None = 0.01, flat_p: float
                                           probabilistic_sharpe=None if momentum_p is None else 1 - momentum_p)}}
 
 
-def champion(rows: int = 500, p: float | None = 0.5, live: float = 1.05, prior: float = 1.07) -> dict:
+def champion(rows: int = 500, p: float | None = 0.5, live: float = 1.05, prior: float = 1.07,
+             live_p: float | None = 0.01) -> dict:
     return {"version": "v0", "trained_until": "2023-11-26T00:00:00+00:00", "window_start": "2023-12-24T00:00:00+00:00",
             "compared_from": "2023-11-26T00:00:00+00:00", "rows_out_of_sample": rows,
             "comparison": {"p_value": p, "n": rows, "block": 6, "challenger_log_loss": 1.06, "champion_log_loss": 1.05,
                            "same_forecast": p is None},
-            "live": {"log_loss": live, "prior_log_loss": prior}}
+            "live": {"log_loss": live, "prior_log_loss": prior, "p_value": live_p}}
 
 
 def test_a_candidate_passes_when_every_skill_test_rejects_no_skill_at_its_level():
-    d = decide(GatePolicy(), candidate_version="v1", evidence=evidence(), champion=None)
+    d = decide(ALL, candidate_version="v1", evidence=evidence(), champion=None)
     assert d.passed and [c.name for c in d.checks] == ["beats_baselines_f1", "beats_prior_log_loss"]
     check = d.checks[0]
-    assert check.value == 0.01 and check.threshold == 0.05 and "stratified 0.3300 (p = 0.010)" in check.detail
+    assert check.value == 0.01 and check.threshold == 0.10 and "stratified 0.3300 (p = 0.010)" in check.detail
 
 
 @pytest.mark.parametrize(("kwargs", "champ", "failed"), [
@@ -47,7 +51,7 @@ def test_a_candidate_passes_when_every_skill_test_rejects_no_skill_at_its_level(
     ({}, champion(p=0.01), "not_worse_than_champion"),  # the champion is significantly better
 ])
 def test_the_gate_says_no(kwargs, champ, failed):
-    d = decide(GatePolicy(), candidate_version="v1", evidence=evidence(**kwargs), champion=champ)
+    d = decide(ALL, candidate_version="v1", evidence=evidence(**kwargs), champion=champ)
     assert not d.passed and failed in [c.name for c in d.checks if not c.passed] and d.reasons
 
 
@@ -62,24 +66,32 @@ def test_without_evidence_against_it_the_challenger_is_not_held_back_by_the_cham
                   champion=champion(p=0.001)).passed
 
 
-def test_a_lapsed_champion_does_not_keep_production_against_a_challenger_within_the_limits():
+def test_a_champion_without_shown_skill_does_not_keep_production_against_a_challenger_within_the_limits():
     weak = evidence(ll_p=0.4, stratified_p=0.5, flat_p=0.3)
     trading = {"ensemble": {"sharpe": 0.3, "max_drawdown": 0.05, "trades": 30}, "momentum": {"sharpe": 0.1}}
-    # The champion still beats the class prior live: the challenger's failed skill tests keep it.
-    kept = decide(GatePolicy(), candidate_version="v1", evidence=weak, champion=champion(live=1.05), trading=trading)
-    assert not kept.passed and "beats_prior_log_loss" in kept.summary()
-    # Its live log loss reached the prior's: the skill tests are waived, limits and the comparison are not.
-    lapsed = champion(live=1.08)
+    # The champion's live record shows skill (p = 0.01): the challenger's failed skill tests keep it.
+    kept = decide(GatePolicy(), candidate_version="v1", evidence=weak, champion=champion(live_p=0.01), trading=trading)
+    assert not kept.passed and "beats_prior_log_loss=FAIL" in kept.summary()
+    # No skill shown live (p = 0.4): both unproven, the challenger (newer data) replaces it; the
+    # skill tests are waived, the limits and the comparison are not.
+    lapsed = champion(live_p=0.4)
     replaced = decide(GatePolicy(), candidate_version="v1", evidence=weak, champion=lapsed, trading=trading)
     waived = [c.name for c in replaced.checks if c.waived]
     assert replaced.passed and waived == ["beats_baselines_f1", "beats_prior_log_loss", "beats_trading_baselines"]
     assert "beats_prior_log_loss=waived" in replaced.summary() and not replaced.reasons
+    assert "no skill shown (lapsed)" in next(c.detail for c in replaced.checks if c.name == "champion_live_skill")
     deep = {**trading, "ensemble": {**trading["ensemble"], "max_drawdown": 0.5}}
     assert not decide(GatePolicy(), candidate_version="v1", evidence=weak, champion=lapsed, trading=deep).passed
-    assert not decide(GatePolicy(), candidate_version="v1", evidence=weak, champion={**lapsed, **champion(p=0.01, live=1.08)},
+    assert not decide(GatePolicy(), candidate_version="v1", evidence=weak, champion=champion(p=0.01, live_p=0.4),
                       trading=trading).passed
     assert not decide(GatePolicy(replace_lapsed_champion=False), candidate_version="v1", evidence=weak,
                       champion=lapsed, trading=trading).passed
+    # The other rule: lapsed only when the live log loss reached the prior's.
+    point = GatePolicy(lapse_rule="above_prior")
+    assert not decide(point, candidate_version="v1", evidence=weak, champion=champion(live=1.05, live_p=0.4),
+                      trading=trading).passed
+    assert decide(point, candidate_version="v1", evidence=weak, champion=champion(live=1.08, live_p=0.4),
+                  trading=trading).passed
 
 
 def _noise_rows(seed: int, n: int = 1008, edge: float = 0.0, horizon: int = 4) -> pd.DataFrame:
@@ -170,7 +182,8 @@ def test_the_champion_comparison_spans_every_fold_after_its_training_data_and_no
 
 def test_a_skill_test_the_policy_does_not_require_is_recorded_and_does_not_decide():
     weak_f1 = evidence(stratified_p=0.6)
-    assert not decide(GatePolicy(), candidate_version="v1", evidence=weak_f1, champion=None).passed
+    assert not decide(ALL, candidate_version="v1", evidence=weak_f1, champion=None).passed
+    assert GatePolicy().required == ("beats_prior_log_loss",) and GatePolicy().alpha == 0.10
     only_log_loss = GatePolicy(required=("beats_prior_log_loss",))
     d = decide(only_log_loss, candidate_version="v1", evidence=weak_f1, champion=None)
     f1 = next(c for c in d.checks if c.name == "beats_baselines_f1")

@@ -13,7 +13,7 @@ def test_a_rerun_of_an_identical_week_is_the_same_version(tmp_path, data_dir):
     base = {"as_of_date": "2023-12-31", "train_window_days": 90, "cv_folds": 2, "models": ("lightgbm",)}
     first = run_once(RunConfig(**base), settings, dag_id="weekly_retrain", run_id="run-1")
     # Another gate policy decides differently but trains the same model from the same rows.
-    again = run_once(RunConfig(**base, gate_min_f1_margin=-1.0), settings, dag_id="weekly_retrain", run_id="run-2")
+    again = run_once(RunConfig(**base, gate_alpha=1.0), settings, dag_id="weekly_retrain", run_id="run-2")
     other = run_once(RunConfig(**base, cv_embargo_bars=12), settings, dag_id="weekly_retrain", run_id="run-3")
     registry = ModelRegistry.from_settings(settings)
     v1, v2, v3 = (r["assembled"]["version"] for r in (first, again, other))

@@ -58,11 +58,12 @@ def test_the_replay_of_the_backfill_s_policy_reproduces_its_decisions(backfill):
 
 
 def test_the_track_record_scores_each_policy_forward_on_the_weeks_it_serves(backfill):
+    from include.gate import GatePolicy
     from include.registry import ModelRegistry
     from include.track_record import track_record
 
     settings, actions = backfill
-    record = track_record(settings, BTC)
+    record = track_record(settings, BTC, policies={"strict": GatePolicy()})
     registry = ModelRegistry.from_settings(settings)
     versions = sorted(actions, key=lambda v: registry.metadata(v)["data_window"]["trained_until"])
     registry.dispose()
@@ -86,6 +87,10 @@ def test_the_track_record_scores_each_policy_forward_on_the_weeks_it_serves(back
     assert totals["newest"]["mean_age_days"] == 0 and totals["never_retrain"]["mean_age_days"] == 10.5
     for name in ("production", "newest", "never_retrain"):
         assert 0.9 < totals[name]["log_loss"] < 1.3 and totals[name]["rows"] > 4 * 160
+    # The strict replay never promotes: every week is scored as the class-prior forecast, flat.
+    strict = totals["strict"]
+    assert strict["weeks_without_model"] == strict["weeks"] == 4 and strict["sharpe"] == 0 and strict["total_return"] == 0
+    assert [w["policies"]["strict"]["version"] for w in weeks] == [None] * 5
     # The first week's three policies serve the same version: the same forward score.
     first = weeks[0]["policies"]
     assert first["newest"]["log_loss"] == first["never_retrain"]["log_loss"] == first["production"]["log_loss"]
