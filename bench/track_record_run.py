@@ -29,14 +29,14 @@ LOG_LOSS = ("beats_prior_log_loss",)
 
 #: Policies replayed over the backfill's versions next to the chain it built.
 REPLAYED = {
+    "default_policy": {},  # the policy the backfill ran with: its replay reproduces the chain
     "all_tests": {"required": ALL},
-    "all_tests_alpha_0.10": {"required": ALL, "alpha": 0.10},
-    "log_loss_test": {"required": LOG_LOSS},
-    "log_loss_test_alpha_0.10": {"required": LOG_LOSS, "alpha": 0.10},
+    "all_tests_alpha_0.05": {"required": ALL, "alpha": 0.05},
+    "log_loss_test_alpha_0.05": {"required": LOG_LOSS, "alpha": 0.05},
     "log_loss_test_alpha_0.01": {"required": LOG_LOSS, "alpha": 0.01},
-    "log_loss_test_alpha_0.10_above_prior": {"required": LOG_LOSS, "alpha": 0.10, "lapse_rule": "above_prior"},
-    "log_loss_test_alpha_0.10_no_lapse_rule": {"required": LOG_LOSS, "alpha": 0.10, "replace_lapsed_champion": False},
-    "log_loss_test_alpha_0.10_champion_never_refuses": {"required": LOG_LOSS, "alpha": 0.10, "champion_alpha": None},
+    "lapse_above_prior": {"lapse_rule": "above_prior"},
+    "no_lapse_rule": {"replace_lapsed_champion": False},
+    "champion_never_refuses": {"champion_alpha": 0.0},
 }
 
 

@@ -46,15 +46,17 @@ Slack/Discord, and as the run's note: `plugins/run_notes.py`) → `apply_retenti
 versions and every version that ever held production are kept) and `check_markets` (fails the
 run, so that it shows red, when any market failed; skipped young markets do not fail it).
 
-**Gate rule.** Each skill check is a one-sided test at level `gate_alpha` (0.05) on the
+**Gate rule.** Each skill check is a one-sided test at level `gate_alpha` (0.10) on the
 candidate's out-of-fold record (block bootstrap over the serially dependent rows, or the
-probabilistic Sharpe ratio): macro F1 above every naive baseline's, log loss below the class-prior
-forecast's, and after-cost trading better than flat and than the momentum rule. The maximum
-drawdown stays within `gate_max_drawdown`. Against the production version of the same registered
-model, on every out-of-fold row after its training data: the challenger is refused when the
-champion is significantly better (`gate_champion_alpha`); a champion whose live log loss has
-reached the class prior's does not hold back a challenger within the limits
-(`gate_replace_lapsed_champion`). See `include/gate.py`.
+probabilistic Sharpe ratio): log loss below the class-prior forecast's, macro F1 above every naive
+baseline's, and after-cost trading better than flat and than the momentum rule;
+`gate_required_checks` names those that decide (default: the log-loss test; the others are
+recorded). The maximum drawdown stays within `gate_max_drawdown`. Against the production version
+of the same registered model, on every out-of-fold row after its training data: the challenger is
+refused when the champion is significantly better (`gate_champion_alpha`); a champion that has
+shown no live skill there does not hold back a challenger within the limits
+(`gate_replace_lapsed_champion`). See `include/gate.py`; the gate's forward record:
+`python -m include.track_record record --model <name>`.
 
 **Outputs.** `var/runs/weekly_retrain/<registered model>/<interval>/` (features, dataset,
 candidates, validation, trading and gate reports, report.html, summary.json);
@@ -157,8 +159,8 @@ PARAMS = {
                                      "Annualised Sharpe to beat, over flat and over momentum"),
     "gate_max_drawdown": _param("gate_max_drawdown", "number", GATE, "Largest drawdown (fraction)",
                                 exclusiveMinimum=0, maximum=1),
-    "gate_champion_alpha": _param("gate_champion_alpha", ["null", "number"], GATE,
-                                  "Level at which a better champion refuses the challenger (empty: never)",
+    "gate_champion_alpha": _param("gate_champion_alpha", "number", GATE,
+                                  "Level at which a better champion refuses the challenger (0: never)",
                                   minimum=0, maximum=1),
     "gate_required_checks": _param("gate_required_checks", "array", GATE, "Skill tests that decide",
                                    items={"type": "string", "enum": ["beats_baselines_f1", "beats_prior_log_loss",

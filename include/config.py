@@ -245,10 +245,10 @@ class RunConfig:
         "Largest allowed out-of-fold maximum drawdown of the simulated strategy (fraction).",
         default=0.2,
     )
-    gate_champion_alpha: float | None = _doc(
+    gate_champion_alpha: float = _doc(
         "Level at which a champion significantly better than the challenger (paired block-"
-        "bootstrap log-loss test on every row where both are out of sample) refuses it; null "
-        "never refuses on the comparison (it is still reported).",
+        "bootstrap log-loss test on every row where both are out of sample) refuses it: refused "
+        "when p < this; 0 never refuses on the comparison (it is still reported).",
         default=0.05,
     )
     gate_required_checks: tuple[str, ...] = _doc(
@@ -388,7 +388,7 @@ class RunConfig:
             fail("gate_required_checks", f"unknown checks {unknown}; known: {', '.join(SKILL_CHECKS)}")
         if not 0 < self.gate_alpha <= 1:
             fail("gate_alpha", "expected a level in (0, 1]")
-        if self.gate_champion_alpha is not None and not 0 <= self.gate_champion_alpha <= 1:
+        if not 0 <= self.gate_champion_alpha <= 1:
             fail("gate_champion_alpha", "expected a level in [0, 1]")
         if self.gate_min_deflated_sharpe is not None and not 0 <= self.gate_min_deflated_sharpe <= 1:
             fail("gate_min_deflated_sharpe", "expected a probability in [0, 1]")
@@ -454,9 +454,9 @@ class RunConfig:
         known = {f.name: f for f in fields(cls)}
         kwargs: dict[str, Any] = {}
         for name, value in params.items():
-            if name not in known or value is None:
+            if name not in known or (value is None and known[name].default is not None):
                 continue
-            if name == "models":
+            if name in ("models", "gate_required_checks"):
                 value = tuple(value) if not isinstance(value, str) else tuple(
                     v.strip() for v in value.split(",") if v.strip()
                 )

@@ -41,7 +41,7 @@ Against the **champion** (the production version of the same registered model):
    Fewer keeps production, with the count as the reason.
 7. ``not_worse_than_champion``: a paired block-bootstrap test on those rows of H1 "the
    champion's mean log loss is lower than the challenger's"; the challenger is refused when its
-   p-value is at most ``champion_alpha`` (the champion is significantly better). Without
+   p-value is below ``champion_alpha`` (the champion is significantly better). Without
    evidence either way the challenger, trained on more recent data, is not held back by the
    champion. When both give the same forecast on every row (the week after a promotion, the
    challenger's last fold model *is* the champion's fit) the check passes as "same model".
@@ -83,7 +83,7 @@ class GatePolicy:
         max_drawdown: largest allowed out-of-fold maximum drawdown (fraction of equity).
         min_window_rows: fewest rows where both models are out of sample for a comparison.
         champion_alpha: level at which a significantly better champion refuses the
-            challenger; ``None`` never refuses on the comparison (it is still reported).
+            challenger (refused when p < it); 0 never refuses (the test is still reported).
         replace_lapsed_champion: let a challenger within the limits replace a lapsed champion.
         lapse_rule: when a champion has lapsed: ``no_skill_shown``, its live log-loss skill
             test (against the class prior, on the rows since its training) does not reject at
@@ -98,7 +98,7 @@ class GatePolicy:
     min_sharpe_margin: float = 0.0
     max_drawdown: float = 0.2
     min_window_rows: int = 24
-    champion_alpha: float | None = 0.05
+    champion_alpha: float = 0.05
     replace_lapsed_champion: bool = True
     lapse_rule: Literal["no_skill_shown", "above_prior"] = "no_skill_shown"
     min_deflated_sharpe: float | None = None
@@ -262,8 +262,8 @@ def decide(policy: GatePolicy, *, candidate_version: str, evidence: dict[str, An
         if fair and comparison:
             p = comparison.get("p_value")
             same = p is None
-            refused = (not same and policy.champion_alpha is not None and p <= policy.champion_alpha)
-            level = "not used" if policy.champion_alpha is None else f"refused at p <= {policy.champion_alpha}"
+            refused = not same and p < policy.champion_alpha
+            level = "not used" if policy.champion_alpha == 0 else f"refused at p < {policy.champion_alpha}"
             checks.append(Check(
                 "not_worse_than_champion", not refused, p, policy.champion_alpha,
                 (f"same model: the challenger's fold model gives the champion's forecast on all {comparison['n']} "

@@ -146,12 +146,17 @@ def _slice(frame: pd.DataFrame | None, start: Any, end: Any) -> pd.DataFrame | N
 
 
 # -- replay ----------------------------------------------------------------------------------
-def replay(registry: Any, data: MarketData, versions: list[Version], policy: GatePolicy) -> list[dict[str, Any]]:
+def replay(registry: Any, data: MarketData, versions: list[Version],
+           policy: GatePolicy | None) -> list[dict[str, Any]]:
     """Re-run the gate over ``versions`` in order with ``policy``.
 
     Each candidate is re-tested on its registered out-of-fold record and compared with the
     replayed chain's production version, as :func:`include.pipeline.decision.gate` does. The
     deflated Sharpe ratio counts the candidates replayed so far.
+
+    Args:
+        policy: the policy to replay; ``None`` replays each version with the policy its own run
+            used (from its lineage's configuration), which reproduces the decisions taken.
 
     Returns:
         One ``{"version", "trained_until", "passed", "action", "champion", "summary"}`` per
@@ -165,7 +170,7 @@ def replay(registry: Any, data: MarketData, versions: list[Version], policy: Gat
         positions_from_proba,
         simulate,
     )
-    from include.pipeline.decision import candidate_evidence, compare_with_champion
+    from include.pipeline.decision import candidate_evidence, compare_with_champion, policy_from_config
 
     production: Version | None = None
     decisions, trials = [], []
@@ -177,6 +182,7 @@ def replay(registry: Any, data: MarketData, versions: list[Version], policy: Gat
                               "summary": "no out-of-fold record registered with this version"})
             continue
         cfg = RunConfig.from_params(v.lineage["config"])
+        used = policy if policy is not None else policy_from_config(cfg)
         # The trading simulation over exactly the candles the run's own simulation read.
         bars = _slice(data.bars, oof.index.min(), v.trained_until)
         funding = _slice(data.funding, oof.index.min(), v.trained_until)
@@ -189,7 +195,7 @@ def replay(registry: Any, data: MarketData, versions: list[Version], policy: Gat
                 for name, sig in signals.items()}
         returns = pd.DataFrame({name: sim.pop("net_returns") for name, sim in sims.items()})
         horizon = max(cfg.label_horizon_bars, 1)
-        evidence = candidate_evidence(policy, oof, returns, horizon=horizon, bar_seconds=cfg.bar_seconds,
+        evidence = candidate_evidence(used, oof, returns, horizon=horizon, bar_seconds=cfg.bar_seconds,
                                       random_state=cfg.random_state)
         champion = None
         if production is not None:
@@ -205,7 +211,7 @@ def replay(registry: Any, data: MarketData, versions: list[Version], policy: Gat
                                                    variance) if ens["skew"] == ens["skew"] else float("nan"),
                     "n_trials": len(values), "expected_max_sharpe": expected_max_sharpe(len(values), variance)}
         trials.append(per_bar)
-        decision = decide(policy, candidate_version=v.version, evidence=evidence, champion=champion,
+        decision = decide(used, candidate_version=v.version, evidence=evidence, champion=champion,
                           trading={"ensemble": ens}, deflated=deflated)
         decisions.append({"version": v.version, "trained_until": v.trained_until.isoformat(),
                           "passed": decision.passed, "action": "promote" if decision.passed else "keep",
@@ -279,14 +285,15 @@ def production_after(registry: Any, model: str) -> dict[str, str | None]:
     return after
 
 
-def track_record(settings: Settings, model: str, *, policies: dict[str, GatePolicy] | None = None,
+def track_record(settings: Settings, model: str, *, policies: dict[str, GatePolicy | None] | None = None,
                  end: datetime | None = None) -> dict[str, Any]:
     """The forward record of ``model``'s production chain next to the counterfactual policies.
 
     Args:
         settings: the deployment (registry, market store).
         model: registered model name.
-        policies: extra replayed gate policies by label, scored like the others.
+        policies: extra replayed gate policies by label, scored like the others (``None``:
+            each version's own, see :func:`replay`).
         end: last bar to score (default: one week after the newest version's training end).
 
     Returns:
@@ -361,7 +368,8 @@ def track_record(settings: Settings, model: str, *, policies: dict[str, GatePoli
     finally:
         registry.dispose()
     return {"model": model, "weeks": weeks, "totals": totals, "replays": replays,
-            "policies": {label: asdict(p) for label, p in (policies or {}).items()},
+            "policies": {label: asdict(p) if p is not None else "each run's own"
+                         for label, p in (policies or {}).items()},
             "compared_weeks": len(served["newest"]), "made_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
 

@@ -126,7 +126,7 @@ def trained_registry(tmp_path_factory, data_dir):
     for symbol, day in (("BTCUSDT", "2023-12-24"), ("BTCUSDT", "2023-12-31"), ("ETHUSDT", "2023-12-31")):
         cfg = RunConfig(symbol=symbol, as_of_date=day, train_window_days=120, cv_folds=3, gate_min_f1_margin=-1.0,
                         gate_max_log_loss_ratio=10.0, gate_min_sharpe_margin=-1000.0, gate_max_drawdown=1.0,
-                        gate_champion_alpha=None)
+                        gate_champion_alpha=0.0)
         run = run_once(cfg, settings, dag_id="weekly_retrain", run_id=f"fixture__{symbol}__{day}")
         assert run["decision"]["passed"], run["decision"]["summary"]
         versions.append(run["assembled"]["version"])

@@ -369,7 +369,7 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
         except TrainingError as exc:  # no bar after the first signal yet: nothing traded
             result = {"bars": 0, "total_return": 0.0, "sharpe": 0.0, "max_drawdown": 0.0, "hit_rate": float("nan"),
                       "trades": 0, "note": str(exc)}
-        trading[name] = {k: v for k, v in result.items() if k not in ("costs",)}
+        trading[name] = {k: v for k, v in result.items() if k not in ("costs", "net_returns")}
 
     recent = feats[feats.index >= pd.Timestamp(as_of) - timedelta(days=policy.drift_window_days)]
     drift = {"window_start": pd.Timestamp(as_of) - timedelta(days=policy.drift_window_days), "rows": int(len(recent)),

@@ -34,7 +34,7 @@ DAG_ID = "weekly_retrain"
 # A gate that lets every candidate through: the monitoring step below needs a model in production.
 CONF = {"markets": ["BTCUSDT"], "train_window_days": 120, "cv_folds": 3, "models": ["lightgbm", "random_forest"],
         "gate_min_f1_margin": -1.0, "gate_max_log_loss_ratio": 10.0, "gate_min_sharpe_margin": -1000.0,
-        "gate_max_drawdown": 1.0, "gate_champion_alpha": None}
+        "gate_max_drawdown": 1.0, "gate_champion_alpha": 0.0}
 BTC = "binance-btcusdt-perp-1h-h4"
 
 

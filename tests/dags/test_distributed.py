@@ -28,7 +28,7 @@ from tests.conftest import DATA_DIR, create_pg_database, drop_pg_database
 DAG_ID = "weekly_retrain"
 MODELS = {"BTCUSDT": "binance-btcusdt-perp-1h-h4", "ETHUSDT": "binance-ethusdt-perp-1h-h4"}
 SHORT_RUN = {"train_window_days": 120, "cv_folds": 3}
-PERMISSIVE_GATE = {"gate_min_f1_margin": -1.0, "gate_max_log_loss_ratio": 10.0, "gate_champion_alpha": None,
+PERMISSIVE_GATE = {"gate_min_f1_margin": -1.0, "gate_max_log_loss_ratio": 10.0, "gate_champion_alpha": 0.0,
                    "gate_min_sharpe_margin": -1000.0, "gate_max_drawdown": 1.0}
 
 

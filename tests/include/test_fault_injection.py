@@ -31,7 +31,7 @@ from tests.fault_child import TASKS
 BTC = "binance-btcusdt-perp-1h-h4"
 SMALL = dict(train_window_days=120, cv_folds=3, models=("lightgbm",))
 PERMISSIVE = dict(gate_min_f1_margin=-1.0, gate_max_log_loss_ratio=10.0, gate_min_sharpe_margin=-1000.0,
-                  gate_max_drawdown=1.0, gate_champion_alpha=None)
+                  gate_max_drawdown=1.0, gate_champion_alpha=0.0)
 RUN_ID = "scheduled__2023-12-24T00:00:00+00:00"
 
 #: (fault point, the task it kills)
@@ -125,7 +125,8 @@ def test_a_task_killed_and_retried_leaves_a_verifiable_registry(base, tmp_path, 
     registry = ModelRegistry.from_settings(settings)
     try:
         candidate = xcom["assemble_ensemble"]["ensemble"]["version"]
-        assert xcom["promote_or_keep"]["action"] == "promote" and registry.production(BTC).version == candidate
+        assert xcom["promote_or_keep"]["action"] == "promote", xcom["quality_gate"]["summary"]
+        assert registry.production(BTC).version == candidate
         served = ProductionModel(registry, settings.market_db_url, BTC, max_age_hours=None).predict(
             datetime(2023, 12, 24, tzinfo=UTC))
         assert served.version == candidate

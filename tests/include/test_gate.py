@@ -62,7 +62,7 @@ def test_without_evidence_against_it_the_challenger_is_not_held_back_by_the_cham
         assert d.passed and check.passed
     same = decide(GatePolicy(), candidate_version="v1", evidence=evidence(), champion=champion(p=None))
     assert next(c for c in same.checks if c.name == "not_worse_than_champion").detail.startswith("same model")
-    assert decide(GatePolicy(champion_alpha=None), candidate_version="v1", evidence=evidence(),
+    assert decide(GatePolicy(champion_alpha=0.0), candidate_version="v1", evidence=evidence(),
                   champion=champion(p=0.001)).passed
 
 

@@ -11,11 +11,13 @@ from tests.conftest import ROOT
 
 BTC = "binance-btcusdt-perp-1h-h4"
 SMALL = dict(train_window_days=120, cv_folds=3, models=("lightgbm",))
-# Skill tests that always pass, and a champion that refuses the challenger when it is better at
-# p <= 0.5: some weeks promote, some keep.
-MIXED = dict(gate_min_f1_margin=-1.0, gate_max_log_loss_ratio=10.0, gate_min_sharpe_margin=-1000.0,
-             gate_max_drawdown=1.0, gate_champion_alpha=0.5, gate_replace_lapsed_champion=False)
+# Skill tests that always pass, and weeks where a log loss no forecast reaches is required of a
+# champion kept whatever its live record: some weeks promote, some keep.
+PERMISSIVE = dict(gate_min_f1_margin=-1.0, gate_max_log_loss_ratio=10.0, gate_min_sharpe_margin=-1000.0,
+                  gate_max_drawdown=1.0)
+REFUSING = dict(gate_max_log_loss_ratio=0.5, gate_replace_lapsed_champion=False)
 WEEKS = [str(date(2023, 11, 12) + timedelta(weeks=k)) for k in range(5)]
+POLICY_OF_WEEK = [PERMISSIVE, REFUSING, PERMISSIVE, REFUSING, PERMISSIVE]
 
 
 @pytest.fixture(scope="module")
@@ -27,32 +29,57 @@ def backfill(tmp_path_factory):
     settings = Settings(data_dir=ROOT / "data" / "binance", market_db_url=f"sqlite:///{root / 'market.sqlite'}",
                         registry_dir=root / "models", runs_dir=root / "runs")
     actions = {}
-    for day in WEEKS:
-        run = run_once(RunConfig(as_of_date=day, **SMALL, **MIXED), settings, dag_id="weekly_retrain",
+    for day, policy in zip(WEEKS, POLICY_OF_WEEK, strict=True):
+        run = run_once(RunConfig(as_of_date=day, **SMALL, **policy), settings, dag_id="weekly_retrain",
                        run_id=f"backfill__{day}")
         actions[run["assembled"]["version"]] = run["action"]["action"]
     return settings, actions
 
 
 def test_the_replay_of_the_backfill_s_policy_reproduces_its_decisions(backfill):
-    from include.config import RunConfig
-    from include.pipeline.decision import policy_from_config
+    from include.gate import GatePolicy
     from include.registry import ModelRegistry
     from include.track_record import _versions, load_market, replay
 
     settings, actions = backfill
-    assert set(actions.values()) == {"promote", "keep"}, actions  # the backfill decided both ways
+    assert list(actions.values()) == ["promote", "keep", "promote", "keep", "promote"]
     registry = ModelRegistry.from_settings(settings)
     try:
         versions = _versions(registry, BTC)
         data = load_market(settings, versions, versions[-1].trained_until + timedelta(days=7))
-        decisions = replay(registry, data, versions, policy_from_config(RunConfig(**SMALL, **MIXED)))
+        # Each version with the policy its run used: the decisions the backfill took.
+        decisions = replay(registry, data, versions, None)
         assert {d["version"]: d["action"] for d in decisions} == actions
-        # Another policy decides otherwise: a replay is not a copy of the ledger.
-        from include.gate import GatePolicy
+        # One policy for every week decides otherwise: a replay is not a copy of the ledger.
+        permissive = replay(registry, data, versions, GatePolicy(min_f1_margin=-1.0, max_log_loss_ratio=10.0,
+                                                                 min_sharpe_margin=-1000.0, max_drawdown=1.0))
+        assert [d["action"] for d in permissive] == ["promote"] * len(WEEKS)
+        refusing = replay(registry, data, versions, GatePolicy(max_log_loss_ratio=0.5, replace_lapsed_champion=False))
+        assert [d["action"] for d in refusing] == ["keep"] * len(WEEKS)
+        assert all(d["champion"] is None for d in refusing)
+    finally:
+        registry.dispose()
 
-        strict = replay(registry, data, versions, GatePolicy())
-        assert [d["action"] for d in strict] == ["keep"] * len(WEEKS)
+
+def test_the_replay_of_the_default_policy_reproduces_a_default_backfill(tmp_path):
+    from include.config import RunConfig, Settings
+    from include.gate import GatePolicy
+    from include.pipeline import run_once
+    from include.registry import ModelRegistry
+    from include.track_record import _versions, load_market, replay
+
+    settings = Settings(data_dir=ROOT / "data" / "binance", market_db_url=f"sqlite:///{tmp_path / 'market.sqlite'}",
+                        registry_dir=tmp_path / "models", runs_dir=tmp_path / "runs")
+    actions = {}
+    for day in WEEKS[:3]:
+        run = run_once(RunConfig(as_of_date=day, **SMALL), settings, dag_id="weekly_retrain", run_id=f"d__{day}")
+        actions[run["assembled"]["version"]] = run["action"]["action"]
+    registry = ModelRegistry.from_settings(settings)
+    try:
+        versions = _versions(registry, BTC)
+        data = load_market(settings, versions, versions[-1].trained_until + timedelta(days=7))
+        decisions = replay(registry, data, versions, GatePolicy())
+        assert {d["version"]: d["action"] for d in decisions} == actions
     finally:
         registry.dispose()
 
@@ -63,7 +90,8 @@ def test_the_track_record_scores_each_policy_forward_on_the_weeks_it_serves(back
     from include.track_record import track_record
 
     settings, actions = backfill
-    record = track_record(settings, BTC, policies={"strict": GatePolicy()})
+    refusing = GatePolicy(max_log_loss_ratio=0.5, replace_lapsed_champion=False)
+    record = track_record(settings, BTC, policies={"strict": refusing})
     registry = ModelRegistry.from_settings(settings)
     versions = sorted(actions, key=lambda v: registry.metadata(v)["data_window"]["trained_until"])
     registry.dispose()
@@ -87,7 +115,7 @@ def test_the_track_record_scores_each_policy_forward_on_the_weeks_it_serves(back
     assert totals["newest"]["mean_age_days"] == 0 and totals["never_retrain"]["mean_age_days"] == 10.5
     for name in ("production", "newest", "never_retrain"):
         assert 0.9 < totals[name]["log_loss"] < 1.3 and totals[name]["rows"] > 4 * 160
-    # The strict replay never promotes: every week is scored as the class-prior forecast, flat.
+    # A replay that never promotes: every week is scored as the class-prior forecast, flat.
     strict = totals["strict"]
     assert strict["weeks_without_model"] == strict["weeks"] == 4 and strict["sharpe"] == 0 and strict["total_return"] == 0
     assert [w["policies"]["strict"]["version"] for w in weeks] == [None] * 5
