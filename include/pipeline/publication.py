@@ -73,13 +73,36 @@ NOTE_LIMIT = 1000
 REPORT_URL = "/model-registry/versions/{version}/report"
 
 
-def _market_line(outcome: dict[str, Any], *, reasons: bool) -> str:
+def _decision(outcome: dict[str, Any]) -> str:
+    """``promoted``, ``kept``, ``skipped`` or ``failed``."""
+    if outcome["status"] != "done":
+        return outcome["status"]
+    return "promoted" if (outcome["summary"].get("action") or {}).get("action") == "promote" else "kept"
+
+
+def _market_line(outcome: dict[str, Any], *, detail: int) -> str:
+    """One market's line of the note at a level of ``detail``: 3, every deciding failed check's
+    reason on its own line; 2, each as name, value and threshold; 1, the decision and the failed
+    checks' names; 0, the decision only."""
     model = outcome["model"]
     if outcome["status"] != "done":
-        return f"- **{model}**: {outcome['status'].upper()}: {outcome.get('reason', '')}"
+        if detail == 0:
+            return f"- {model}: {outcome['status']}"
+        reason = outcome.get("reason", "")
+        return f"- **{model}**: {outcome['status'].upper()}: " + (reason if detail >= 2 else reason[:80])
     summary = outcome["summary"]
     gate, action = summary.get("gate") or {}, summary.get("action") or {}
     candidate = gate.get("candidate")
+    # The checks that decided: a waived or not required one is in the report, not the note.
+    failed = [c for c in gate.get("checks", []) if not c.get("passed") and not c.get("waived")
+              and c.get("required", True)]
+    if detail == 0:
+        return f"- {model}: {_decision(outcome)}"
+    if detail == 1:
+        head = (f"PROMOTED {candidate}" if action.get("action") == "promote"
+                else "KEEP" + (f" ({', '.join(c['name'] for c in failed)})" if failed
+                               else " (not approved)" if gate.get("passed") else ""))
+        return f"- **{model}**: {head}"
     link = f" ([report]({REPORT_URL.format(version=candidate)}))" if candidate else ""
     if action.get("action") == "promote":
         head = f"PROMOTED {candidate} (was {action.get('previous') or 'none'})"
@@ -87,10 +110,7 @@ def _market_line(outcome: dict[str, Any], *, reasons: bool) -> str:
         head = f"KEEP {summary.get('production') or 'no production'}; candidate {candidate} " + (
             "passed the gate but was not approved" if gate.get("passed") else "failed the gate")
     line = f"- **{model}**: {head}{link}"
-    # The checks that decided: a waived or not required one is in the report, not the note.
-    failed = [c for c in gate.get("checks", []) if not c.get("passed") and not c.get("waived")
-              and c.get("required", True)]
-    if failed and reasons:
+    if failed and detail >= 3:
         line += "".join(f"\n  - {c['name']}: {c['detail']}" for c in failed)
     elif failed:
         line += ": " + ", ".join(_short(c) for c in failed)
@@ -108,33 +128,44 @@ def _short(check: dict[str, Any]) -> str:
 def run_note(outcomes: list[dict[str, Any]], limit: int = NOTE_LIMIT, requested: dict[str, Any] | None = None) -> str:
     """The DAG run's note: each market's decision, the failed gate checks, a link to its report.
 
-    Markdown, at most ``limit`` characters (Airflow's note column): the failed checks' details
-    are shortened to their names, then markets are cut, when the full text is longer.
+    Markdown, at most ``limit`` characters (Airflow's note column). When the full text is
+    longer, every market's line is shortened alike (the failed checks' reasons to their names
+    and values, then to their names, then the decision alone) rather than any market dropped;
+    with more markets than even that fits, the markets are listed by decision, names only, and
+    only then cut, with the count of those not listed. The first line counts every market.
 
     Args:
         outcomes: :func:`universe_outcomes`' list.
         requested: :func:`retrain_scope` of a run that monitoring's retrain request started.
     """
     # The first line is what the run's page shows without expanding the note: the decisions.
-    done = [o for o in outcomes if o["status"] == "done"]
-    promoted = sum(((o["summary"].get("action") or {}).get("action") == "promote") for o in done)
-    head = (f"Weekly retrain, {len(outcomes)} market(s): {promoted} promoted, {len(done) - promoted} kept, "
-            f"{sum(o['status'] == 'skipped' for o in outcomes)} skipped, "
-            f"{sum(o['status'] == 'failed' for o in outcomes)} failed.")
+    counts = {k: sum(_decision(o) == k for o in outcomes) for k in ("promoted", "kept", "skipped", "failed")}
+    head = (f"Weekly retrain, {len(outcomes)} market(s): {counts['promoted']} promoted, {counts['kept']} kept, "
+            f"{counts['skipped']} skipped, {counts['failed']} failed.")
     if requested:
         head += (f" Requested by monitor_production, on data up to {requested['as_of_date']} "
                  "(reasons on the Monitoring page).")
-    for reasons in (True, False):
-        text = "\n".join([head, *(_market_line(o, reasons=reasons) for o in outcomes)])
+    for detail in (3, 2, 1, 0):
+        text = "\n".join([head, *(_market_line(o, detail=detail) for o in outcomes)])
         if len(text) <= limit:
             return text
-    lines, tail = [head], "\n- … more markets in publish_summary's log"
-    for o in outcomes:
-        line = _market_line(o, reasons=False)[:limit - len(tail) - 1]
-        if len("\n".join([*lines, line])) + len(tail) > limit:
+    # Many markets: names only, grouped by decision, as many as fit; the rest counted.
+    body, listed = [], 0
+    for decision in ("failed", "promoted", "kept", "skipped"):
+        names = [o["model"] for o in outcomes if _decision(o) == decision]
+        taken: list[str] = []
+        for name in names:
+            line = f"- {decision}: " + ", ".join([*taken, name])
+            if len("\n".join([head, *body, line])) + 50 > limit:
+                break
+            taken.append(name)
+        if taken:
+            body.append(f"- {decision}: " + ", ".join(taken))
+            listed += len(taken)
+        if len(taken) < len(names):
             break
-        lines.append(line)
-    return "\n".join(lines) + tail
+    rest = len(outcomes) - listed
+    return "\n".join([head, *body]) + (f"\n- … {rest} more in publish_summary's log" if rest else "")
 
 
 def publish_universe(settings: Settings, dag_id: str, plans: list[dict[str, Any]],

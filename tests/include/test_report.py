@@ -32,10 +32,20 @@ def test_run_note_names_each_decision_and_fits_airflows_note_column():
         "- **m1**: KEEP v1; candidate v2 failed the gate ([report](/model-registry/versions/v2/report))",
         f"  - beats_trading_baselines: {failed['detail']}",
         "- **m2**: SKIPPED: leaves 33 days"]
-    # Too long for the column: the checks shrink to name, value and threshold, then markets are cut.
-    many = run_note([_outcome(f"market-{i}", [failed]) for i in range(12)])
-    assert len(many) <= NOTE_LIMIT and "beats_trading_baselines (-6.26 vs 0)" in many
-    assert many.endswith("more markets in publish_summary's log")
+    # Too long for the column: every market's line shrinks alike, and no market is dropped.
+    some = run_note([_outcome(f"market-{i}", [failed]) for i in range(6)])
+    assert len(some) <= NOTE_LIMIT and some.count("beats_trading_baselines (-6.26 vs 0)") == 6
+    many = [_outcome(f"binance-market{i:02d}-perp-1h-h4", [failed]) for i in range(12)]
+    many.append({"model": "binance-solusdt-perp-1h-h4", "status": "failed", "reason": "ohlcv: 12991 rows"})
+    note = run_note(many)
+    assert len(note) <= NOTE_LIMIT and "more in publish_summary's log" not in note
+    assert all(o["model"] in note for o in many)
+    assert note.splitlines()[0] == "Weekly retrain, 13 market(s): 0 promoted, 12 kept, 0 skipped, 1 failed."
+    # Hundreds of markets: names by decision, as many as fit, and the rest counted.
+    crowd = run_note([_outcome(f"binance-m{i:03d}-perp-1h-h4", [failed]) for i in range(200)])
+    listed = crowd.splitlines()[1].removeprefix("- kept: ").split(", ")
+    assert len(crowd) <= NOTE_LIMIT and crowd.endswith(f"- … {200 - len(listed)} more in publish_summary's log")
+    assert crowd.splitlines()[0].startswith("Weekly retrain, 200 market(s): 0 promoted, 200 kept")
 
 
 def test_a_run_that_monitoring_requested_says_so_in_its_note():
