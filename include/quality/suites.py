@@ -202,7 +202,16 @@ def _plain_message(expectation: str, kwargs: dict[str, Any], observed: Any, fram
         return (f"{observed:.0f} missing bars in the window, over the {limits.get('max_value'):g} allowed "
                 f"(max_gap_share x expected bars); the largest gap: {largest}")
     if expectation == "expect_table_row_count_to_be_between":
-        return f"{observed} rows in the window; at least {limits.get('min_value')} expected (min_row_share x bars)"
+        text = f"{observed} rows in the window; at least {limits.get('min_value')} expected (min_row_share x bars)"
+        if len(frame) and "timestamp" in frame:
+            text += (f"; the rows run from the bar opening {_when(frame['timestamp'].iloc[0])} to the bar opening "
+                     f"{_when(frame['timestamp'].iloc[-1])}")
+            behind = float(frame["missing_bars_after"].iloc[-1]) if "missing_bars_after" in frame else 0.0
+            if behind > 0 and len(frame) > 1:
+                bar = frame["timestamp"].diff().median()
+                text += (f", {behind:.0f} bar(s) ({behind * bar / pd.Timedelta(days=1):.1f} days) before the "
+                         "window's end: the source's data stops there (a stale source or an interrupted ingestion)")
+        return text
     column = kwargs.get("column") or f"{kwargs.get('column_A')} vs {kwargs.get('column_B')}"
     expected = ", ".join(f"{k}={v}" for k, v in limits.items()) or "see the expectation"
     return f"{column}: {expectation} failed; expected {expected}; observed {observed!r}"

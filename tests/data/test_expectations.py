@@ -153,3 +153,19 @@ def test_candles_that_stop_before_the_window_end_fail_naming_where_they_end():
     late = full[full["timestamp"] >= start + pd.Timedelta(hours=30)]
     report = run_suites(late, None, None, limits())
     assert not report["success"] and "30 missing bars before 2023-11-02T06:00Z" in report["suites"][0]["failed"][0]["message"]
+
+
+def test_too_few_rows_because_the_source_stopped_says_where_the_data_ends_and_how_far_from_the_window_end():
+    index = pd.date_range("2023-10-01", "2023-12-31", freq="h", tz="UTC", inclusive="left")
+    full = pd.DataFrame({"timestamp": index, "open": 100.0, "high": 101.0, "low": 99.0, "close": 100.5,
+                         "volume": 5.0})
+    start, end = index[0], index[-1] + pd.Timedelta(hours=1)
+    stale = full[full["timestamp"] < pd.Timestamp("2023-12-01", tz="UTC")]  # a month missing at the end
+    report = run_suites(stale, None, None, SuiteLimits(3600, len(index), 0.95, 0.4, 24, 0.03, 8,
+                                                       window_start=start, window_end=end))
+    message = next(f["message"] for s in report["suites"] for f in s["failed"]
+                   if f["expectation"] == "expect_table_row_count_to_be_between")
+    assert message == (f"{len(stale)} rows in the window; at least {int(np.ceil(0.95 * len(index)))} expected "
+                       "(min_row_share x bars); the rows run from the bar opening 2023-10-01T00:00Z to the bar "
+                       "opening 2023-11-30T23:00Z, 720 bar(s) (30.0 days) before the window's end: the source's "
+                       "data stops there (a stale source or an interrupted ingestion)")
