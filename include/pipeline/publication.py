@@ -50,7 +50,8 @@ def universe_outcomes(settings: Settings, dag_id: str, plans: list[dict[str, Any
     Returns:
         Per market, in plan order: ``{"model", "status"}`` with status ``done`` (and the
         market's ``summary``), ``skipped`` (and ``reason``, ``qualifies_on``) or ``failed``
-        (no summary: a task of that market failed, and its alert named the market).
+        (no summary: a task of that market failed, and its alert named the market; the reason
+        is its failed validation's first message when there is one).
     """
     out = []
     for plan in plans:
@@ -63,9 +64,24 @@ def universe_outcomes(settings: Settings, dag_id: str, plans: list[dict[str, Any
             out.append({"model": plan["model"], "status": "skipped", "reason": skipped["reason"],
                         "qualifies_on": skipped.get("qualifies_on")})
         else:
-            out.append({"model": plan["model"], "status": "failed",
-                        "reason": f"no summary in {folder}: a task of this market failed (see its alert and log)"})
+            out.append({"model": plan["model"], "status": "failed", "reason": _failure_reason(folder)})
     return out
+
+
+def _failure_reason(folder: Path) -> str:
+    """Why a market's run has no summary: its failed validation's first message when the run
+    folder holds one, else where to look."""
+    try:
+        report = json.loads((folder / "validation.json").read_text())
+    except (OSError, ValueError):
+        report = None
+    if report and not report.get("success"):
+        failures = [(s["suite"], f["message"]) for s in report.get("suites", []) for f in s.get("failed", [])]
+        if failures:
+            suite, message = failures[0]
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            return f"validation failed: {suite}: {message}{more}; report {folder / 'validation.json'}"
+    return f"no summary in {folder}: a task of this market failed (see its alert and log)"
 
 #: Airflow stores a DAG run's note in 1,000 characters.
 NOTE_LIMIT = 1000

@@ -60,3 +60,21 @@ def test_a_run_that_monitoring_requested_says_so_in_its_note():
     assert note.splitlines()[0].endswith("Requested by monitor_production, on data up to 2023-12-20 "
                                          "(reasons on the Monitoring page).")
     assert retrain_scope({"retrain_request": []}) is None and retrain_scope(None) is None
+
+
+def test_a_market_that_failed_validation_says_why_in_the_run_outcomes(tmp_path):
+    from include.config import Settings
+    from include.pipeline.publication import universe_outcomes
+
+    settings = Settings(data_dir=tmp_path, market_db_url="sqlite://", registry_dir=tmp_path / "m", runs_dir=tmp_path)
+    plans = [{"model": m, "window": {"run_key": "20231224T0000_20231231T0000"}} for m in ("sol", "eth")]
+    sol = tmp_path / "weekly_retrain" / "sol" / "20231224T0000_20231231T0000"
+    sol.mkdir(parents=True)
+    (sol / "validation.json").write_text(json.dumps({"success": False, "suites": [
+        {"suite": "ohlcv", "failed": [{"message": "12991 rows in the window; at least 16804 expected"},
+                                      {"message": "a gap"}]}]}))
+    sol_out, eth_out = universe_outcomes(settings, "weekly_retrain", plans)
+    assert sol_out == {"model": "sol", "status": "failed", "reason": (
+        "validation failed: ohlcv: 12991 rows in the window; at least 16804 expected (and 1 more); "
+        f"report {sol / 'validation.json'}")}
+    assert eth_out["status"] == "failed" and "a task of this market failed" in eth_out["reason"]
