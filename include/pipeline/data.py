@@ -108,9 +108,14 @@ def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None
     available = (end - train_start).total_seconds() / 86_400
     if available < cfg.min_history_days:
         qualifies = schedule_end_on_or_after(train_start + timedelta(days=cfg.min_history_days))
+        # A market listed less than a warm-up before the window's end has no training day at all:
+        # say so rather than count negative days.
+        leaves = (f"which leaves {available:.0f} days of training data before {end:%Y-%m-%d}Z after the "
+                  f"{warmup(cfg) / timedelta(days=1):.0f}-day warm-up" if available >= 1 else
+                  f"less than the {warmup(cfg) / timedelta(days=1):.0f}-day warm-up before {end:%Y-%m-%d}Z, so "
+                  "no training data yet")
         raise MarketNotReadyError(
-            f"{cfg.model_name}: history starts {first_bar:%Y-%m-%d %H:%M}Z, which leaves {available:.0f} days of "
-            f"training data before {end:%Y-%m-%d}Z after the {warmup(cfg) / timedelta(days=1):.0f}-day warm-up; "
+            f"{cfg.model_name}: history starts {first_bar:%Y-%m-%d %H:%M}Z, {leaves}; "
             f"min_history_days={cfg.min_history_days}. It qualifies for the week ending {qualifies:%Y-%m-%d} "
             f"or later; skipped this run.", qualifies_on=qualifies.date().isoformat())
     logger.warning("%s: young market: %.0f days of history instead of train_window_days=%d; training from %s",

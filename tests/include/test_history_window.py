@@ -39,6 +39,15 @@ def test_a_too_young_market_is_skipped_with_the_week_it_qualifies():
     assert info.value.qualifies_on == "2024-04-07" and "for the week ending 2024-04-07 or later" in str(info.value)
 
 
+def test_a_market_listed_within_a_warm_up_of_the_window_end_is_told_so_not_given_negative_days():
+    first = datetime(2023, 12, 27, tzinfo=UTC)  # 4 days before the window's end, the warm-up is 7
+    with pytest.raises(MarketNotReadyError) as info:
+        history_window(CFG, WINDOW, first, (first, STORED[1]))
+    assert ("history starts 2023-12-27 00:00Z, less than the 7-day warm-up before 2023-12-31Z, so no training "
+            "data yet; min_history_days=180") in str(info.value)
+    assert "-" not in str(info.value).split("leaves")[-1][:4] and info.value.qualifies_on == "2024-07-07"
+
+
 def test_a_market_listed_after_the_window_is_skipped_not_failed():
     listing = datetime(2024, 3, 1, tzinfo=UTC)
     with pytest.raises(MarketNotReadyError, match="not listed yet") as info:
