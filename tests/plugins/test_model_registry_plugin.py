@@ -58,7 +58,9 @@ def test_every_route_needs_an_airflow_user(api):
     for path in ("/model-registry/versions", "/model-registry/ui", "/model-registry/models",
                  f"/model-registry/models/{BTC}/versions", f"/model-registry/models/{BTC}/aliases/production",
                  f"/model-registry/versions/{api['eth']}/report", "/model-registry/monitoring",
-                 f"/model-registry/monitoring/{BTC}", "/model-registry/monitoring-ui"):
+                 f"/model-registry/monitoring/{BTC}", "/model-registry/monitoring-ui",
+                 f"/model-registry/versions/{api['eth']}/page", f"/model-registry/models/{BTC}/timeline",
+                 f"/model-registry/models/{BTC}/track-record"):
         assert _request(api["base"] + path)[0] == 401, path
     assert _request(api["base"] + "/model-registry/predict", body={"symbol": "BTCUSDT"})[0] == 401
     assert _request(api["base"] + "/model-registry/versions", token="not-a-token")[0] in (401, 403)
@@ -126,6 +128,28 @@ def test_predict_and_openapi(api):
     status, plugins = _request(api["base"] + "/api/v2/plugins", api["token"])
     ours = next(p for p in plugins["plugins"] if p["name"] == "model_registry")
     assert ours["external_views"][0]["name"] == "Models" and ours["fastapi_apps"][0]["url_prefix"] == "/model-registry"
+
+
+def test_a_version_has_a_page_and_a_model_its_production_history(api):
+    v1, v2 = api["versions"]
+    status, page = _request(api["base"] + f"/model-registry/versions/{v2}/page", api["token"])
+    assert status == 200, page
+    for needle in ("Lineage", "last training row", "code version", "lightgbm", "hyperparameters",
+                   "Out-of-fold metrics per walk-forward fold", "Gate: PASS", "not_worse_than_champion",
+                   f"champion {v1}", "In production", "promote", "fixture__BTCUSDT__2023-12-31"):
+        assert needle in page, needle
+    status, old = _request(api["base"] + f"/model-registry/versions/{v1}/page", api["token"])
+    # v1 held production from its promotion until v2's: both ends of the span are on its page.
+    assert status == 200 and "This version has not held production" not in old and "Gate: PASS" in old
+    assert _request(api["base"] + "/model-registry/versions/v-missing/page", api["token"])[0] == 404
+    status, timeline = _request(api["base"] + f"/model-registry/models/{BTC}/timeline", api["token"])
+    assert status == 200 and "production history" in timeline
+    # Newest first: v2's promotion over v1, then v1's first promotion, with the run that made each.
+    assert timeline.index("fixture__BTCUSDT__2023-12-31") < timeline.index("fixture__BTCUSDT__2023-12-24")
+    assert timeline.count("data-event='promote'") == 2
+    assert _request(api["base"] + "/model-registry/models/nope/timeline", api["token"])[0] == 404
+    status, models = _request(api["base"] + "/model-registry/ui", api["token"])
+    assert f"href='versions/{v1}/page'" in models and f"href='models/{BTC}/timeline'" in models
 
 
 def test_the_track_record_command_stores_what_the_models_page_shows(api, trained_registry):
@@ -200,6 +224,16 @@ def test_models_page_in_headless_chromium(api, tmp_path):
                 " (r.querySelector('a[href^=\"/dags/\"]') || {}).href || ''])"))["result"]["value"]
             shot = _cdp(ws, "Page.captureScreenshot", format="png")["data"]
             (ARTIFACTS / "models_view.png").write_bytes(base64.b64decode(shot))
+            # A version's page and the model's production history, followed from the Models page's links.
+            pages = {}
+            for name, path in (("version_page", f"/model-registry/versions/{api['versions'][1]}/page"),
+                               ("alias_timeline", f"/model-registry/models/{BTC}/timeline")):
+                _cdp(ws, "Page.navigate", url=api["base"] + path)
+                time.sleep(2)
+                pages[name] = _cdp(ws, "Runtime.evaluate", returnByValue=True,
+                                   expression="document.body.innerText")["result"]["value"]
+                shot = _cdp(ws, "Page.captureScreenshot", format="png")["data"]
+                (ARTIFACTS / f"{name}.png").write_bytes(base64.b64decode(shot))
     finally:
         proc.terminate()
         proc.wait(10)
@@ -217,3 +251,6 @@ def test_models_page_in_headless_chromium(api, tmp_path):
     assert "same model" in rows[0][2] and "p = " not in rows[0][2]
     assert "PASS" in rows[1][2] and "no champion compared" in rows[1][2], rows[1][2]
     assert Path(ARTIFACTS / "models_view.png").stat().st_size > 5000
+    assert "Gate: PASS" in pages["version_page"] and "In production" in pages["version_page"]
+    assert "production history" in pages["alias_timeline"] and "promote" in pages["alias_timeline"]
+    assert all(Path(ARTIFACTS / f"{name}.png").stat().st_size > 5000 for name in pages)
