@@ -9,7 +9,8 @@ empty means the version that held production before the current one and was not 
 away from, so triggering it twice walks back two steps and never returns to a rejected version.
 Other registered models are not touched. The target's files are checked against the sha256 the
 registry recorded before the `production` alias moves; the move is recorded in the ledger with
-this run's id and the `reason` param, in the same transaction. The same code path as
+this run's id and the `reason` param, in the same transaction, and the model's production asset
+(`model://<model>/production`) is updated with the restored version. The same code path as
 `python -m include.registry rollback --model NAME`. Trigger it from the UI (the trigger form
 shows the params) or with
 `airflow dags trigger rollback_model --conf '{"model": "binance-btcusdt-perp-1h-h4"}'`.
@@ -21,6 +22,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from include.assets import PRODUCTION_ALIAS
 from include.notify import on_task_failure
 
 
@@ -43,8 +45,9 @@ from include.notify import on_task_failure
                   "on_failure_callback": on_task_failure},
 )
 def rollback_model():
-    @task
-    def rollback(params=None) -> dict:
+    @task(outlets=[PRODUCTION_ALIAS])
+    def rollback(params=None, outlet_events=None) -> dict:
+        from include.assets import production_asset, production_event
         from include.config import Settings
         from include.registry import ModelRegistry
 
@@ -53,6 +56,9 @@ def rollback_model():
         pointer = registry.rollback(params["model"], params.get("version") or None, run_id=ctx["run_id"],
                                     reason=params["reason"], dag_id=ctx["dag"].dag_id)
         registry.dispose()
+        # The model's production asset: a DAG scheduled on it runs with the restored version.
+        outlet_events[PRODUCTION_ALIAS].add(production_asset(pointer.model), extra=production_event(
+            pointer.model, pointer.version, pointer.previous, "rollback", params["reason"]))
         return {"model": pointer.model, "production": pointer.version, "previous": pointer.previous}
 
     rollback()

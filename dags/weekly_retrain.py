@@ -95,7 +95,7 @@ from airflow.sdk import (
 )
 
 from include.approval import PromotionApproval
-from include.assets import RETRAIN_REQUEST
+from include.assets import PRODUCTION_ALIAS, RETRAIN_REQUEST
 from include.config import MODEL_FAMILIES, RunConfig
 from include.notify import on_task_failure
 from include.resources import TRAINING_POOL
@@ -335,11 +335,13 @@ def weekly_retrain():
             map_index_template="{{ ti.xcom_pull(task_ids='market.quality_gate', map_indexes=ti.map_index)['model'] }}",
         )
 
-        @task(map_index_template=MARKET)
-        def promote_or_keep(plan: dict, window: dict, decision: dict, approval: dict) -> dict:
-            """Promote after a passing gate (and approval, when asked); otherwise record a keep."""
+        @task(map_index_template=MARKET, outlets=[PRODUCTION_ALIAS])
+        def promote_or_keep(plan: dict, window: dict, decision: dict, approval: dict, outlet_events=None) -> dict:
+            """Promote after a passing gate (and approval, when asked); otherwise record a keep.
+            A promotion updates the model's production asset (``model://<model>/production``)."""
             from datetime import datetime as dt
 
+            from include.assets import production_asset, production_event
             from include.config import Settings
             from include.pipeline import keep, promote
             from include.tasks import fail_fast
@@ -349,8 +351,13 @@ def weekly_retrain():
             with fail_fast():
                 settings = Settings.from_env()
                 if decision["passed"] and approval["chosen_options"] == ["Approve"]:
-                    return promote(settings, decision, run_id=run_id, dag_id=_dag_id(),
+                    done = promote(settings, decision, run_id=run_id, dag_id=_dag_id(),
                                    as_of=dt.fromisoformat(window["interval_end"]))
+                    outlet_events[PRODUCTION_ALIAS].add(
+                        production_asset(done["model"]),
+                        extra=production_event(done["model"], done["production"], done["previous"], "promote",
+                                               decision.get("summary")))
+                    return done
                 if decision["passed"]:
                     who = approval.get("responded_by_user")
                     who = (who.get("name") or who.get("id")) if isinstance(who, dict) else who

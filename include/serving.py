@@ -352,3 +352,56 @@ def production_model(settings: Any, model: str) -> ProductionModel:
                 max_age_hours=None if raw_age.lower() == "none" else float(raw_age), on_stale=policy,
                 max_data_lag_bars=None if raw_lag.lower() == "none" else int(raw_lag))
         return _instances[key]
+
+
+def write_signal(settings: Any, model: str, event: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Forecast with ``model``'s production version and append the probabilities to its signal file.
+
+    What a downstream consumer of a promotion does (``dags/publish_signals.py``): the forecast is
+    made from the bars that closed by the end of the production version's training data, and
+    appended as one row (``bar``, ``version``, ``p_down``, ``p_range``, ``p_up``, ``decision``,
+    ``event``, ``event_version``) to ``<runs_dir>/signals/<model>.csv``, rewritten whole under a
+    temporary name and renamed into place.
+
+    Args:
+        settings: the deployment (:class:`include.config.Settings`).
+        model: registered model name.
+        event: the production asset event's extra (:func:`include.assets.production_event`).
+
+    Returns:
+        The row written.
+
+    Raises:
+        ServingError: the model has no production version, or no complete feature row.
+    """
+    import tempfile
+
+    from include.gate import instant
+    from include.paths import check_name
+
+    registry = ModelRegistry.from_settings(settings)
+    try:
+        pointer = registry.production(model)
+        if pointer is None:
+            raise ServingError(f"{model} has no production version to publish signals from")
+        as_of = instant(registry.metadata(pointer.version)["data_window"]["trained_until"])
+    finally:
+        registry.dispose()
+    serving = ProductionModel(ModelRegistry.from_settings(settings), settings.market_db_url, model, max_age_hours=None)
+    try:
+        prediction = serving.predict(as_of)
+    finally:
+        serving.registry.dispose()
+    event = event or {}
+    row = {"bar": prediction.bar, "version": prediction.version,
+           **{f"p_{k}": v for k, v in prediction.probabilities.items()}, "decision": prediction.decision,
+           "event": event.get("event"), "event_version": event.get("version")}
+    path = settings.runs_dir / "signals" / f"{check_name(model, 'registered model')}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.concat([pd.read_csv(path), pd.DataFrame([row])]) if path.is_file() else pd.DataFrame([row])
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    logger.info("%s: signal from %s for the bar %s written to %s", model, prediction.version, prediction.bar, path)
+    return row

@@ -23,10 +23,11 @@ def dagbag(airflow_db):
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"weekly_retrain", "rollback_model", "monitor_production"}
+    assert set(dagbag.dag_ids) == {"weekly_retrain", "rollback_model", "monitor_production", "publish_signals"}
 
 
-@pytest.mark.parametrize("dag_file", ["weekly_retrain.py", "rollback_model.py", "monitor_production.py"])
+@pytest.mark.parametrize("dag_file", ["weekly_retrain.py", "rollback_model.py", "monitor_production.py",
+                                      "publish_signals.py"])
 def test_parsing_runs_no_query_connection_lookup_or_heavy_import(dag_file):
     code = textwrap.dedent(f"""
         import runpy, sys
@@ -121,3 +122,17 @@ def test_monitor_production_graph(dagbag):
     assert [a.name for a in outlets] == ["retrain_request"]
     assert dag.params["monitor_max_psi"] == 0.25 and dag.params["monitor_cooldown_hours"] == 72.0
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
+
+
+def test_promotions_and_rollbacks_update_each_models_production_asset_and_the_example_consumer_follows_one(dagbag):
+    from include.assets import PRODUCTION_ALIAS, production_asset
+
+    promote = dagbag.get_dag("weekly_retrain").get_task("market.promote_or_keep")
+    rollback = dagbag.get_dag("rollback_model").get_task("rollback")
+    assert PRODUCTION_ALIAS in promote.outlets and PRODUCTION_ALIAS in rollback.outlets
+    consumer = dagbag.get_dag("publish_signals")
+    asset = production_asset("binance-btcusdt-perp-1h-h4")
+    assert asset.uri == "model://binance-btcusdt-perp-1h-h4/production"
+    condition = consumer.timetable.asset_condition
+    assert [a.uri for a in getattr(condition, "objects", [condition])] == [asset.uri]
+    assert consumer.is_paused_upon_creation and "example" in consumer.tags

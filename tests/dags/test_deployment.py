@@ -169,6 +169,11 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
             dags, backfills, dag_runs = client.DAGApi(api), client.BackfillApi(api), client.DagRunApi(api)
             _wait(lambda: dags.get_dag(DAG_ID).dag_id == DAG_ID, 180, "the DAG to be parsed", up, log)
             dags.patch_dag(DAG_ID, client.DAGPatchBody(is_paused=False))
+            # The example consumer of promotions, paused on creation: a team turns it on.
+            for consumer in ("publish_signals", "rollback_model"):
+                _wait(lambda c=consumer: dags.get_dag(c).dag_id == c, 180, f"{consumer} to be parsed", up, log)
+                assert dags.get_dag(consumer).is_paused
+                dags.patch_dag(consumer, client.DAGPatchBody(is_paused=False))
             created = backfills.create_backfill(client.BackfillPostBody(
                 dag_id=DAG_ID, from_date="2023-06-04T00:00:00Z", to_date="2023-06-18T00:00:00Z",
                 max_active_runs=1, dag_run_conf=CONF))
@@ -269,6 +274,24 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
         assert registry.production(BTC).version == sunday["candidate"]
         history = [e for e in registry.ledger(BTC) if e["event"] == "promote"]
         assert [e["to"] for e in history[-2:]] == [promoted, sunday["candidate"]]
+
+        # Every promotion updated model://<model>/production: the consumer DAG ran on the events
+        # and published the probabilities of the version the event names.
+        signals = Path(state["env"]["RUN_ARTIFACTS_DIR"]) / "signals" / f"{BTC}.csv"
+
+        def published(event: str, version: str) -> bool:
+            if not signals.is_file():
+                return False
+            rows = pd.read_csv(signals)
+            return bool(((rows["event"] == event) & (rows["event_version"] == version) & (rows["version"] == version)).any())
+
+        _wait(lambda: published("promote", sunday["candidate"]), 300, "publish_signals to run on the promotion", up, log)
+        # A rollback through rollback_model updates the asset too, with the restored version.
+        with client.ApiClient(config) as api:
+            client.DagRunApi(api).trigger_dag_run("rollback_model", client.TriggerDAGRunPostBody(
+                logical_date=None, conf={"model": BTC, "reason": "asset event test"}))
+        _wait(lambda: registry.production(BTC).version == promoted, 300, "rollback_model to restore", up, log)
+        _wait(lambda: published("rollback", promoted), 300, "publish_signals to run on the rollback", up, log)
         registry.dispose()
 
         _approvals(tmp_path, port, config, up, log)

@@ -146,3 +146,21 @@ def test_serving_and_monitoring_compute_training_s_own_features_for_the_same_bar
     assert list(pred.probabilities.values()) == serving.predict_row(row)[0].tolist()
     store.dispose()
     registry.dispose()
+
+
+def test_a_promotion_s_consumer_appends_the_production_models_latest_probabilities(trained_registry, tmp_path):
+    from dataclasses import replace
+
+    from include.serving import write_signal
+
+    settings = replace(trained_registry["settings"], runs_dir=tmp_path)  # its own signal file
+    v1, v2 = trained_registry["versions"]
+    first = write_signal(settings, BTC, {"event": "promote", "version": v2})
+    # v2 was trained until 2023-12-31: the forecast from the last bar that closed by then.
+    assert (first["version"], first["bar"], first["event_version"]) == (v2, "2023-12-30T23:00:00+00:00", v2)
+    write_signal(settings, BTC, {"event": "rollback", "version": v2})
+    rows = pd.read_csv(tmp_path / "signals" / f"{BTC}.csv")
+    assert list(rows["event"]) == ["promote", "rollback"] and len(rows) == 2
+    assert np.allclose(rows[["p_down", "p_range", "p_up"]].sum(axis=1), 1.0)
+    with pytest.raises(ServingError, match="no production version"):
+        write_signal(settings, "binance-xrpusdt-perp-1h-h4")
