@@ -21,7 +21,7 @@ export GX_ANALYTICS_ENABLED := false
 DEMO_DATES ?= 2023-12-24 2023-12-31
 DEMO_CONF  ?=
 
-.PHONY: install demo monitor test airflow airflow-stop backfill lint clean-state bench
+.PHONY: install demo monitor test airflow airflow-stop backfill lint docs clean-state bench
 
 install: $(STAMP)
 
@@ -61,6 +61,10 @@ backfill: install
 
 lint: install
 	$(BIN)/ruff check .
+
+## The documentation site into var/site/ (strict: a broken link or a missing page fails).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 ## Forget local state: Airflow metadata, market store (and registry state), run artifacts, model artifacts.
 clean-state:

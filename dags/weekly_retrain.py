@@ -23,8 +23,8 @@ the `retrain_request` Asset (`AssetOrTimeSchedule`): such a run retrains only th
 request names, on data up to the request's day. Its data interval runs from the last Sunday to
 that day, so its earlier folds are the scheduled weeks (their fits are reused from the fit
 cache) and the champion, trained to that Sunday, is out of sample on the whole interval; the
-challenger must pass every absolute check on its out-of-fold rows, and the gate's record carries
-the request and its reasons. The next Sunday run compares with a champion promoted mid-week on
+challenger must pass the gate as any candidate does, and the gate's record carries the request
+and its reasons. The next Sunday run compares with a champion promoted mid-week on
 the rows after its training data (at least `min_window_rows`, else it keeps it and says so).
 
 **Steps per market.** `ingest_market_data` (OHLCV, funding rates, open interest into the market

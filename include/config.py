@@ -476,3 +476,19 @@ class RunConfig:
     def describe(cls) -> dict[str, str]:
         """Field name -> description, for Params and documentation."""
         return {f.name: f.metadata.get("description", "") for f in fields(cls)}
+
+
+def params_markdown() -> str:
+    """The run-parameter reference page (``docs/reference/params.md``): every :class:`RunConfig`
+    field with its default and description."""
+    defaults = RunConfig()
+    lines = ["# Run parameters", "",
+             "Every field of `RunConfig` (`include/config.py`) is a run parameter of `weekly_retrain`: a field",
+             "of the trigger form, a key of `--conf`, or a market's own value in the universe file.", "",
+             "| Parameter | Default | Description |", "| --- | --- | --- |"]
+    described = RunConfig.describe()
+    for f in fields(RunConfig):
+        default = getattr(defaults, f.name)
+        default = list(default) if isinstance(default, tuple) else default
+        lines.append(f"| `{f.name}` | `{default}` | {described.get(f.name, '').replace('|', '/')} |")
+    return "\n".join(lines) + "\n"

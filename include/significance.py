@@ -94,8 +94,8 @@ def log_loss_skill_test(y: np.ndarray, proba: np.ndarray, reference: np.ndarray,
 
     Args:
         y: ``(n,)`` labels in {0, 1, 2}.
-        proba, reference: ``(n, 3)`` class probabilities (candidate, reference such as the
-            training class frequencies).
+        proba: ``(n, 3)`` the candidate's class probabilities.
+        reference: ``(n, 3)`` the reference's (such as the training class frequencies).
         ratio: multiple of the reference's loss to beat (1: beat it).
         horizon: label horizon in bars, the shortest block.
 
@@ -119,7 +119,9 @@ def macro_f1_from_counts(y: np.ndarray, pred: np.ndarray, k: int = 3) -> np.ndar
     vectorised over resamples: F1 per class ``2 TP / (2 TP + FP + FN)``, 0 when undefined.
 
     Args:
-        y, pred: ``(m, n)`` labels and predictions in ``{0..k-1}`` (``m`` resamples).
+        y: ``(m, n)`` labels in ``{0..k-1}`` (``m`` resamples).
+        pred: ``(m, n)`` predictions in ``{0..k-1}``.
+        k: classes.
 
     Returns:
         ``(m,)`` macro F1 scores.
@@ -144,7 +146,9 @@ def macro_f1_test(y: np.ndarray, pred: np.ndarray, reference: np.ndarray, *, mar
     correctness.
 
     Args:
-        y, pred, reference: ``(n,)`` labels and hard predictions in {0, 1, 2}.
+        y: ``(n,)`` labels in {0, 1, 2}.
+        pred: ``(n,)`` the candidate's hard predictions.
+        reference: ``(n,)`` the reference's hard predictions.
         margin: required lead in macro F1.
         horizon: label horizon in bars, the shortest block.
 
@@ -215,8 +219,9 @@ def skill_evidence(oof: Any, returns: Any | None, *, f1_margin: float, log_loss_
             recorded, ``pred_stratified`` (the stratified baseline's draw).
         returns: per-bar net returns over the same span with columns ``ensemble`` and
             ``momentum`` (``trading_returns.parquet``), or ``None`` (no trading tests).
-        f1_margin, log_loss_ratio, sharpe_margin: the policy's margins (:class:`include.gate.
-            GatePolicy`).
+        f1_margin: the policy's macro-F1 margin (:class:`include.gate.GatePolicy`).
+        log_loss_ratio: the policy's log-loss ratio.
+        sharpe_margin: the policy's annualised Sharpe margin.
         horizon: label horizon in bars (shortest bootstrap block).
         bars_per_year: for annualised Sharpe ratios.
         random_state: seed of the resampling.
