@@ -36,9 +36,12 @@ demo: install
 	$(BIN)/python -m include.demo $(DEMO_DATES) $(if $(DEMO_CONF),--conf '$(DEMO_CONF)')
 
 ## Run monitor_production through Airflow over the week after a production model's training data
-## (trains one for the week ending 2023-12-17 first if BTCUSDT has none that early).
+## (trains one for the week ending 2023-12-17 first if BTCUSDT has none that early), in a market
+## store and registry of its own (var/monitor/), so that it works before or after `make demo`.
 monitor: install
-	$(BIN)/python -m include.monitoring.demo
+	mkdir -p var/monitor
+	MARKET_DB_URL=sqlite:///$(CURDIR)/var/monitor/market.sqlite MODEL_REGISTRY_DIR=$(CURDIR)/var/monitor/models \
+	RUN_ARTIFACTS_DIR=$(CURDIR)/var/monitor/runs $(BIN)/python -m include.monitoring.demo
 
 ## The whole test suite (what CI runs).
 test: install

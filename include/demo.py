@@ -66,7 +66,9 @@ def report(summary: dict[str, Any]) -> str:
                      f"exposure {100 * m['exposure']:.0f}%")
     lines.append(f"gate           {gate['summary']}")
     for check in gate["checks"]:
-        lines.append(f"  {'ok  ' if check['passed'] else 'FAIL'} {check['name']}: {check['detail']}")
+        mark = ("ok  " if check["passed"] else "waived" if check.get("waived")
+                else "FAIL" if check.get("required", True) else "no (not required)")
+        lines.append(f"  {mark} {check['name']}: {check['detail']}")
     action = summary["action"]
     lines.append(f"action         {(action or {}).get('action')}; production of {summary.get('model')}: "
                  f"{summary['production']}")

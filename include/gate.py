@@ -289,7 +289,7 @@ def decide(policy: GatePolicy, *, candidate_version: str, evidence: dict[str, An
                        if lapsed and policy.replace_lapsed_champion else "")))
                 if lapsed and policy.replace_lapsed_champion:
                     for check in checks:
-                        if check.name in SKILL_CHECKS and not check.passed:
+                        if check.name in policy.required and not check.passed:
                             check.waived = True
     for check in checks:
         if check.name in SKILL_CHECKS and check.name not in policy.required:

@@ -1,8 +1,8 @@
 """Run ``monitor_production`` through Airflow over days of bundled data the production model never saw.
 
 Usage: ``python -m include.monitoring.demo [--trained-until 2023-12-17] [--days 7]`` (what
-``make monitor`` runs), in the Makefile's Airflow environment (the demo's SQLite store and
-registry).
+``make monitor`` runs), in the Makefile's Airflow environment with a market store and registry of
+its own (``var/monitor/``), so that it finds the same state whatever ``make demo`` left.
 
 1. If BTCUSDT has no production version, or only one trained after ``--trained-until``, it runs
    ``weekly_retrain`` for the week ending ``--trained-until`` (``airflow dags test``) with the

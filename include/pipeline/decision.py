@@ -247,8 +247,10 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
     logger.log(level, "gate %s: %s (candidate %s, champion %s)", cfg.model_name, decision.summary(),
                decision.candidate, decision.champion or "none")
     for check in decision.checks:
-        logger.log(logging.INFO if check.passed else logging.WARNING, "  %s %s: %s",
-                   "ok  " if check.passed else "FAIL", check.name, check.detail)
+        deciding = not check.passed and not check.waived and check.required
+        mark = ("ok  " if check.passed else "waived" if check.waived else "FAIL" if check.required
+                else "no (not required)")
+        logger.log(logging.WARNING if deciding else logging.INFO, "  %s %s: %s", mark, check.name, check.detail)
     return record
 
 # -- 9. promote / keep -----------------------------------------------------------------------
