@@ -87,6 +87,64 @@ def port_holder(port: int) -> str | None:
     return "another process"
 
 
+#: Airflow's log servers (``[logging] worker_log_server_port``, ``trigger_log_server_port``): the
+#: scheduler's LocalExecutor workers and the triggerer serve task logs to the api-server there.
+LOG_SERVER_PORTS = {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": 8793,
+                    "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": 8794}
+
+
+def log_server_ports() -> dict[str, str]:
+    """Ports for Airflow's log servers: the ones set in the environment, else Airflow's defaults
+    when free, else free ports (a second deployment on the machine holds the defaults).
+
+    Raises:
+        ConfigError: a port set in the environment is not a number or is in use.
+    """
+    out = {}
+    for key, default in LOG_SERVER_PORTS.items():
+        raw = os.environ.get(key)
+        try:
+            port = int(raw) if raw else default
+        except ValueError:
+            raise ConfigError(f"{key}={raw!r}: expected a port number") from None
+        holder = port_holder(port)
+        if holder and raw:
+            raise ConfigError(f"{key}={port} is in use by {holder}: choose another port")
+        while holder or str(port) in out.values():
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            holder = None
+        out[key] = str(port)
+    return out
+
+
+def wait_until_healthy(port: int, timeout: float = 180.0, say=print) -> bool:
+    """Poll the api-server's health endpoint until the scheduler reports healthy; say "starting"
+    meanwhile (the scheduler preloads the pipeline first, about 30 s), instead of "unhealthy".
+
+    Returns:
+        Whether the scheduler became healthy within ``timeout`` seconds.
+    """
+    import urllib.request
+
+    deadline, said = time.monotonic() + timeout, False
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=5) as resp:
+                health = json.loads(resp.read())
+            if (health.get("scheduler") or {}).get("status") == "healthy":
+                say("Scheduler healthy: the deployment is ready.", flush=True)
+                return True
+        except (OSError, ValueError):
+            pass
+        if not said:
+            say("Starting: the scheduler is preloading the pipeline (about 30 s) ...", flush=True)
+            said = True
+        time.sleep(2)
+    return False
+
+
 def alive(pid: int | None) -> bool:
     """Whether process ``pid`` exists (and is not a zombie)."""
     import psutil
@@ -241,7 +299,15 @@ def up() -> int:
               f"AIRFLOW__API__PORT=<port> make airflow.", file=sys.stderr)
         return 1
     server_url, embedded = postgres_server(root)
-    env = deployment_env(root, ensure_database(server_url, "airflow"), ensure_database(server_url, "market"), port)
+    try:
+        log_ports = log_server_ports()
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        if embedded is not None:
+            stop_embedded_postgres(root)
+        return 1
+    env = {**deployment_env(root, ensure_database(server_url, "airflow"), ensure_database(server_url, "market"), port),
+           **log_ports}
     full_env = process_env(env)
     home = Path(env["AIRFLOW_HOME"])
     (home / "logs").mkdir(parents=True, exist_ok=True)
@@ -275,6 +341,7 @@ def up() -> int:
           f"LocalExecutor.\n  UI: http://127.0.0.1:{port}  (login admin / admin)\n"
           f"  Logs: {home / 'logs'}\n  Backfill from another terminal: make backfill FROM=2023-11-05 TO=2023-12-24\n"
           f"  Stop: Ctrl-C here, or make airflow-stop\n", flush=True)
+    threading.Thread(target=wait_until_healthy, args=(port,), daemon=True).start()
     status, died = 0, None
     while not stop.wait(1.0):
         died = next((n for n, p in procs.items() if p.poll() is not None), None)

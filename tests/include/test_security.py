@@ -51,3 +51,35 @@ def test_the_deployment_environment_holds_everything_the_tasks_read(tmp_path, mo
     assert env["MARKET_UNIVERSE_FILE"] == str(universe.resolve()) and env["MARKET_DATA_DIR"] == str(tmp_path.resolve())
     assert env["MARKET_DB_URL"] == "sqlite:///market" and env["MARKET_INPUT_ROOTS"] == os.environ["MARKET_INPUT_ROOTS"]
     assert {"MODEL_REGISTRY_DIR", "RUN_ARTIFACTS_DIR"} <= set(env)
+
+
+def test_a_second_deployment_gets_free_log_server_ports_when_the_defaults_are_taken(monkeypatch):
+    import socket
+
+    from include.deployment import LOG_SERVER_PORTS, log_server_ports
+    from include.errors import ConfigError
+
+    for key in LOG_SERVER_PORTS:
+        monkeypatch.delenv(key, raising=False)
+    held = []
+    try:
+        for port in LOG_SERVER_PORTS.values():  # what a first deployment's scheduler and triggerer hold
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # already taken on this machine: the same situation
+                sock.close()
+                continue
+            sock.listen()
+            held.append(sock)
+        ports = log_server_ports()
+        assert set(ports) == set(LOG_SERVER_PORTS)
+        assert all(int(p) not in LOG_SERVER_PORTS.values() for p in ports.values()), ports
+        assert len(set(ports.values())) == 2
+        # A port chosen by hand that is taken is an error that names it, not a silent change.
+        monkeypatch.setenv("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", "8793")
+        with pytest.raises(ConfigError, match="AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=8793 is in use"):
+            log_server_ports()
+    finally:
+        for sock in held:
+            sock.close()
