@@ -211,6 +211,19 @@ def _champion_section(gate: dict[str, Any]) -> str:
             + test)
 
 
+def _validation_paragraph(out_dir: Path) -> str:
+    """The data validation's outcome per suite, and a link to its Great Expectations Data Docs."""
+    try:
+        report = json.loads((out_dir / "validation.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    suites = ", ".join(f"{s['suite']} {s.get('rows', '?')} rows" for s in report.get("suites", []))
+    docs = (" <a href='data_docs/index.html'>Great Expectations Data Docs</a> (every expectation and its result)."
+            if (out_dir / "data_docs" / "index.html").is_file() else "")
+    return (f"<h2>Data validation: {'passed' if report.get('success') else 'FAILED'}</h2>"
+            f"<p>{html.escape(suites)}.{docs}</p>")
+
+
 def build_report(out_dir: Path, summary: dict[str, Any]) -> Path:
     """Write ``report.html`` in the run folder and return its path.
 
@@ -257,6 +270,7 @@ def build_report(out_dir: Path, summary: dict[str, Any]) -> Path:
         f"production now {html.escape(str(summary.get('production') or 'none'))}.</p>",
         f"<h2>Gate: <span class='{verdict}'>{verdict}</span></h2>", _table(gate_rows, list(gate_rows[0]) if gate_rows else []),
         "<h3>Challenger against champion</h3>", _champion_section(gate),
+        _validation_paragraph(out_dir),
         "<h2>Trading (out-of-fold bars)</h2>", _equity_plot(trading),
         _table(trade_rows, ["strategy", "role", *TRADE_COLUMNS]),
         _deflated_paragraph(gate.get("deflated_sharpe")),

@@ -225,6 +225,21 @@ def version_report(version: str) -> FileResponse:
     return FileResponse(path, media_type="text/html")
 
 
+@app.get("/versions/{version}/data_docs/{path:path}", summary="The Great Expectations Data Docs of a version's run",
+         response_class=FileResponse)
+def version_data_docs(version: str, path: str) -> FileResponse:
+    from include.errors import RegistryError
+
+    try:
+        root = (_report_path(_registry().describe(version)).parent / "data_docs").resolve()
+    except RegistryError as exc:
+        raise _not_found(exc) from exc
+    target = (root / path).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise HTTPException(status_code=404, detail=f"no Data Docs page {path!r} for {version}")
+    return FileResponse(target, media_type="text/html" if target.suffix == ".html" else None)
+
+
 @app.post("/predict", summary="Predict with a registered model's production version", response_model=PredictResponse,
           dependencies=[_MAY_WRITE_PREDICTIONS])
 def predict(body: PredictRequest) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -203,10 +204,11 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     before it, so a bad bar in the warm-up is caught here, not as degenerate labels later. The
     candles must cover it: bars missing at its start count as a gap, and the last bar must close
     at ``interval_end`` unless the store records an exchange gap there, so a version's
-    ``trained_until`` is true.
+    ``trained_until`` is true. Great Expectations renders the suites and their results as Data
+    Docs in ``data_docs/`` of the run folder, which the run's report and a failure's message name.
 
     Returns:
-        ``{"success": True, "rows": {...}, "report": path}``.
+        ``{"success": True, "rows": {...}, "report": path, "data_docs": index page}``.
 
     Raises:
         DataQualityError: any expectation failed; the message lists each failure with examples.
@@ -238,7 +240,10 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         max_abs_funding_rate=cfg.max_abs_funding_rate, funding_interval_hours=cfg.funding_interval_hours,
         window_start=pd.Timestamp(start), window_end=pd.Timestamp(end), exchange_gap_bars_at_end=tail_gap,
     )
-    report = run_suites(ohlcv, funding, oi, limits)
+    # Great Expectations' Data Docs of this validation, in the run folder (replaced on a re-run).
+    docs = out_dir / "data_docs"
+    shutil.rmtree(docs, ignore_errors=True)
+    report = run_suites(ohlcv, funding, oi, limits, docs_dir=docs)
     if len(refused):
         report["suites"].insert(0, quarantine_suite(refused))
         report["success"] = False
@@ -252,9 +257,10 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
                 f"{extent[0]:%Y-%m-%dT%H:%MZ} to {extent[1]:%Y-%m-%dT%H:%MZ}" if extent else "the store holds no candles")
         raise DataQualityError(
             f"market data for {cfg.model_name} [{start:%Y-%m-%dT%H:%MZ}, {end:%Y-%m-%dT%H:%MZ}) failed {failed} "
-            f"expectation(s) ({held}); report {path}:\n{format_failures(report)}", report, str(path))
-    logger.info("validation passed: %s", rows)
-    return {"success": True, "rows": rows, "report": str(path)}
+            f"expectation(s) ({held}); report {path}; Data Docs {report['data_docs']}:\n{format_failures(report)}",
+            report, str(path))
+    logger.info("validation passed: %s; Data Docs %s", rows, report["data_docs"])
+    return {"success": True, "rows": rows, "report": str(path), "data_docs": report["data_docs"]}
 
 # -- 3. features -----------------------------------------------------------------------------
 def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: datetime,

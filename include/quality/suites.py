@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -232,7 +233,7 @@ def _jsonable(v: Any) -> Any:
 
 
 def run_suites(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest: pd.DataFrame | None,
-               limits: SuiteLimits) -> dict[str, Any]:
+               limits: SuiteLimits, docs_dir: Path | None = None) -> dict[str, Any]:
     """Validate one window of market data with Great Expectations.
 
     Args:
@@ -240,10 +241,14 @@ def run_suites(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest:
         funding: funding settlements of the window, or ``None`` to skip the funding suite.
         open_interest: daily open interest, or ``None``/empty to skip its suite.
         limits: thresholds.
+        docs_dir: when given, each suite runs through a Great Expectations checkpoint whose
+            ``UpdateDataDocsAction`` renders the suites and their validation results as Data
+            Docs there (``index.html``).
 
     Returns:
-        ``{"success": bool, "suites": [per-suite summary]}``; each summary lists every failed
-        expectation with its type, arguments, observed value and up to five example rows.
+        ``{"success": bool, "suites": [per-suite summary]}``, plus ``data_docs`` (the index
+        page) with ``docs_dir``; each summary lists every failed expectation with its type,
+        arguments, observed value and up to five example rows.
     """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     quiet_great_expectations()
@@ -253,6 +258,10 @@ def run_suites(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest:
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    if docs_dir is not None:
+        context.add_data_docs_site(site_name=DOCS_SITE, site_config={
+            "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)}})
     source = context.data_sources.add_pandas("market")
     plan = [("ohlcv", _ohlcv_frame(ohlcv, limits), _ohlcv_expectations(gxe, limits))]
     if funding is not None:
@@ -268,16 +277,32 @@ def run_suites(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest:
         batch_def = asset.add_batch_definition_whole_dataframe(f"{name}_window")
         # Built whole and stored once (adding expectations one by one rewrites the stored suite each time).
         suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=expectations))
-        batch = batch_def.get_batch(batch_parameters={"dataframe": frame})
-        result = batch.validate(suite, result_format={"result_format": "SUMMARY",
-                                                      "partial_unexpected_count": _EXAMPLES,
-                                                      "include_unexpected_rows": False,
-                                                      "return_unexpected_index_query": False})
+        result_format = {"result_format": "SUMMARY", "partial_unexpected_count": _EXAMPLES,
+                         "include_unexpected_rows": False, "return_unexpected_index_query": False}
+        if docs_dir is None:
+            result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(
+                suite, result_format=result_format)
+        else:
+            from great_expectations.checkpoint import UpdateDataDocsAction
+
+            definition = context.validation_definitions.add(
+                gx.ValidationDefinition(data=batch_def, suite=suite, name=f"{name}_validation"))
+            checkpoint = context.checkpoints.add(gx.Checkpoint(
+                name=f"{name}_checkpoint", validation_definitions=[definition], result_format=result_format,
+                actions=[UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])]))
+            result = next(iter(checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values()))
         summary = _summarise(name, result, frame)
         logger.info("suite %s on %d rows: %d expectations, %d failed", name, len(frame),
                     summary["evaluated"], len(summary["failed"]))
         summaries.append(summary)
-    return {"success": all(s["success"] for s in summaries), "suites": summaries}
+    out = {"success": all(s["success"] for s in summaries), "suites": summaries}
+    if docs_dir is not None:
+        out["data_docs"] = str(docs_dir / "index.html")
+    return out
+
+
+#: The Data Docs site of a validation (one per run folder).
+DOCS_SITE = "run"
 
 
 def quiet_great_expectations() -> None:

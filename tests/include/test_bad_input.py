@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -51,8 +53,14 @@ def test_a_long_gap_is_reported_with_its_size_place_and_limit(tmp_path, data_dir
         ts = pd.to_datetime(bars["timestamp"])
         return bars[(ts < "2023-04-15T12:00Z") | (ts >= "2023-04-18T12:00Z")]
 
-    with pytest.raises(DataQualityError, match=r"72 missing bars before 2023-04-18T12:00Z \(max_gap_bars=24\)"):
+    with pytest.raises(DataQualityError, match=r"72 missing bars before 2023-04-18T12:00Z \(max_gap_bars=24\)") as info:
         _run_to_validation(tmp_path, data_dir, gap)
+    # The failing task's message names the Great Expectations Data Docs of the validation, which
+    # render the failed expectation with its observed value.
+    docs = Path(re.search(r"Data Docs (\S+/data_docs/index\.html)", str(info.value)).group(1))
+    assert docs.is_file()
+    pages = [p.read_text() for p in docs.parent.rglob("*.html") if "validations" in p.parts]
+    assert pages and any("missing_bars_before" in page for page in pages)
 
 
 def test_a_window_past_the_data_says_where_the_data_ends(tmp_path, data_dir):

@@ -150,6 +150,13 @@ def test_a_version_has_a_page_and_a_model_its_production_history(api):
     assert _request(api["base"] + "/model-registry/models/nope/timeline", api["token"])[0] == 404
     status, models = _request(api["base"] + "/model-registry/ui", api["token"])
     assert f"href='versions/{v1}/page'" in models and f"href='models/{BTC}/timeline'" in models
+    # The run's report links the validation's Great Expectations Data Docs, served beside it.
+    status, report = _request(api["base"] + f"/model-registry/versions/{v2}/report", api["token"])
+    assert status == 200 and "href='data_docs/index.html'" in report and "Data validation: passed" in report
+    status, docs = _request(api["base"] + f"/model-registry/versions/{v2}/data_docs/index.html", api["token"])
+    assert status == 200 and "ohlcv_suite" in docs
+    assert _request(api["base"] + f"/model-registry/versions/{v2}/data_docs/..%2F..%2Fsummary.json",
+                    api["token"])[0] == 404
 
 
 def test_the_track_record_command_stores_what_the_models_page_shows(api, trained_registry):
