@@ -1,7 +1,8 @@
 """DAG run notes: the weekly run's decisions, where a person looks first in the Airflow UI.
 
 A rejected candidate leaves a green run: keeping production is a success, not a failure. So when
-a run of a DAG that publishes a summary ends (success or failure), this listener writes the
+a run of a DAG that publishes a summary ends (success or failure), this listener names the market
+instances that never ran (a skipped market's) after their registered model, and writes the
 ``note`` that ``publish_summary`` returned (:func:`include.pipeline.publication.run_note`: each
 market's decision, its failed gate checks, a link to its report) as the run's note, shown on the
 run's page and in the runs list.
@@ -42,7 +43,48 @@ def _published_note(session, dag_id: str, run_id: str) -> str | None:
     return value.get(NOTE_KEY) if isinstance(value, dict) else None
 
 
+#: The task whose return value lists the run's market plans, one per map index of the group.
+PLAN_TASK = "plan_run"
+#: The mapped task group of one market.
+MARKET_GROUP = "market."
+
+
+def _name_skipped_markets(session, dag_run) -> int:
+    """Give the market group's instances that never ran (skipped with their market) the registered
+    model's name as their map index label, as the ones that ran render it from
+    ``map_index_template``: in the grid a skipped market is named, not numbered."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from sqlalchemy import select, update
+
+    row = session.execute(
+        select(XComModel.value).where(XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id,
+                                      XComModel.task_id == PLAN_TASK, XComModel.key == "return_value",
+                                      XComModel.map_index == -1)
+    ).first()
+    plans = XComModel.deserialize_value(row) if row is not None else None
+    if not isinstance(plans, list):
+        return 0
+    # The table's own column: the model's attribute of the same name is a read-only fallback to
+    # the bare index.
+    table = TaskInstance.__table__
+    named = 0
+    for index, plan in enumerate(plans):
+        if isinstance(plan, dict) and plan.get("model"):
+            named += session.execute(
+                update(table).where(table.c.dag_id == dag_run.dag_id, table.c.run_id == dag_run.run_id,
+                                    table.c.task_id.startswith(MARKET_GROUP), table.c.map_index == index,
+                                    table.c.rendered_map_index.is_(None))
+                .values(rendered_map_index=plan["model"])).rowcount
+    return named
+
+
 def _write(session, dag_run) -> bool:
+    try:
+        with session.begin_nested():  # a savepoint: an error here leaves the scheduler's transaction whole
+            _name_skipped_markets(session, dag_run)
+    except Exception:  # names in the grid are not worth losing the note over
+        logger.exception("could not name the unrendered market instances of %s", dag_run)
     note = _published_note(session, dag_run.dag_id, dag_run.run_id)
     if not note:
         return False
