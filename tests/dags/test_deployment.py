@@ -164,6 +164,30 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
         assert time.monotonic() - t0 < 30
         assert not (tmp_path / "second" / "state.json").exists()
 
+        # A second deployment on another port starts cleanly beside the first: its log servers take
+        # free ports (the first holds Airflow's 8793 and 8794), and it says "Starting" until its
+        # scheduler's first heartbeat, then that it is healthy.
+        other = free_port()
+        second_log = tmp_path / "second-up.log"
+        with open(second_log, "wb") as out:
+            beside = subprocess.Popen([sys.executable, "-m", "include.deployment", "up"],
+                                      env=_env(tmp_path, other, var="second"), cwd=ROOT, stdout=out,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait(lambda: "Scheduler healthy" in second_log.read_text(errors="replace"), 240,
+                  "the second deployment's scheduler", beside, second_log)
+            text = second_log.read_text(errors="replace")
+            assert text.index("Starting: the scheduler is preloading") < text.index("Scheduler healthy")
+            ports = {k: v for k, v in json.loads((tmp_path / "second" / "state.json").read_text())["env"].items()
+                     if "LOG_SERVER_PORT" in k}
+            firsts = {k: v for k, v in state["env"].items() if "LOG_SERVER_PORT" in k}
+            assert len(ports) == 2 and not set(ports.values()) & set(firsts.values()), (ports, firsts)
+            assert "address already in use" not in text.lower()
+        finally:
+            os.killpg(beside.pid, signal.SIGTERM)
+            beside.wait(120)
+        assert beside.returncode == 0 and not (tmp_path / "second" / "state.json").exists()
+
         config = client.Configuration(host=f"http://127.0.0.1:{port}", access_token=_token(port))
         with client.ApiClient(config) as api:
             dags, backfills, dag_runs = client.DAGApi(api), client.BackfillApi(api), client.DagRunApi(api)
