@@ -339,14 +339,17 @@ def _track_record_section(name: str) -> str:
     labels = {"production": "production chain (the gate)", "newest": "always the newest candidate",
               "never_retrain": "never retrain (the first version)"}
     rows = []
-    for policy, t in record["totals"].items():
+    base = ("production", "newest", "never_retrain")
+    ordered = [*base, *sorted(k for k in record["totals"] if k not in base)]
+    for policy in (k for k in ordered if k in record["totals"]):
+        t = record["totals"][policy]
         cells = [labels.get(policy, f"replay: {policy}"), t.get("weeks"), t.get("log_loss"), t.get("macro_f1"),
                  t.get("sharpe"), t.get("mean_age_days"), t.get("weeks_without_model")]
         rows.append("<tr>" + "".join(f"<td>{_cell(round(c, 4) if isinstance(c, float) else c)}</td>" for c in cells)
                     + "</tr>")
     promised = record["totals"].get("production", {}).get("promised_log_loss")
     return (f"<div class='track' data-model=\"{html.escape(name)}\"><h4>Track record</h4><p>Every version scored "
-            f"forward on the week after its training data, over the {record['compared_weeks']} weeks whose labels are known (a week "
+            f"forward on the week after its training data, over the {record['compared_weeks']} week(s) whose labels are known (a week "
             "without a production model counts as the class-prior forecast, no position; made " + _cell(record.get("made_at")) + "). The chain's versions promised an out-of-fold log "
             f"loss of {_cell(round(promised, 4) if promised is not None else None)} on average. Refresh with "
             f"<code>{command}</code>; try a policy with <code>python -m include.track_record replay --model "
@@ -524,7 +527,8 @@ def models_page() -> str:
         "tr.production{background:#e6f4ea;font-weight:bold}.pass{color:#070}.fail{color:#b00}</style></head><body>"
         f"<h2>Registered models ({len(sections)})</h2><p>&#9733; production. macro_f1, log_loss, brier: the "
         "ensemble's out-of-fold metrics over all walk-forward folds. gate: the decision, and the challenger and "
-        "the champion it was compared with, both scored on the same rows of the run's data interval.</p>"
+        "the champion it was compared with, both scored on the same rows, where both are out of sample. A "
+        "version's id opens its page; Production history, the model's alias timeline.</p>"
         + "".join(sections) + "</body></html>"
     )
 
