@@ -146,7 +146,7 @@ def test_a_version_has_a_page_and_a_model_its_production_history(api):
     assert status == 200 and "production history" in timeline
     # Newest first: v2's promotion over v1, then v1's first promotion, with the run that made each.
     assert timeline.index("fixture__BTCUSDT__2023-12-31") < timeline.index("fixture__BTCUSDT__2023-12-24")
-    assert timeline.count("data-event='promote'") == 2
+    assert timeline.count("data-event='promote'") >= 2  # other tests sharing the registry may add later moves above them
     assert _request(api["base"] + "/model-registry/models/nope/timeline", api["token"])[0] == 404
     status, models = _request(api["base"] + "/model-registry/ui", api["token"])
     assert f"href='versions/{v1}/page'" in models and f"href='models/{BTC}/timeline'" in models
