@@ -163,14 +163,14 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
         version; ``action`` is ``promote``, ``keep`` or ``skipped`` (a version without a
         registered out-of-fold record).
     """
-    from include.backtest import (
-        TradingCosts,
-        deflated_sharpe_ratio,
-        expected_max_sharpe,
-        positions_from_proba,
-        simulate,
+    from include.backtest import TradingCosts, simulate
+    from include.pipeline.decision import (
+        candidate_evidence,
+        compare_with_champion,
+        deflated_sharpe_of,
+        oof_signals,
+        policy_from_config,
     )
-    from include.pipeline.decision import candidate_evidence, compare_with_champion, policy_from_config
 
     production: Version | None = None
     decisions, trials = [], []
@@ -187,12 +187,8 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
         bars = _slice(data.bars, oof.index.min(), v.trained_until)
         funding = _slice(data.funding, oof.index.min(), v.trained_until)
         costs = TradingCosts(fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps)
-        signals = {"ensemble": positions_from_proba(oof[["p_down", "p_range", "p_up"]].to_numpy(),
-                                                    oof[["prior_down", "prior_range", "prior_up"]].to_numpy(),
-                                                    cfg.trade_min_probability),
-                   "momentum": oof["momentum"].to_numpy().astype(int) - 1}
         sims = {name: simulate(pd.Series(sig, index=oof.index), bars, funding, costs, cfg.bar_seconds)
-                for name, sig in signals.items()}
+                for name, sig in oof_signals(oof, cfg.trade_min_probability).items()}
         returns = pd.DataFrame({name: sim.pop("net_returns") for name, sim in sims.items()})
         horizon = max(cfg.label_horizon_bars, 1)
         evidence = candidate_evidence(used, oof, returns, horizon=horizon, bar_seconds=cfg.bar_seconds,
@@ -204,13 +200,8 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
                                              random_state=cfg.random_state,
                                              window_start=v.lineage["data_window"]["interval_start"])
         ens = sims["ensemble"]
-        per_bar = ens["sharpe_per_bar"]
-        values = [*trials, per_bar]
-        variance = float(np.var(values, ddof=1)) if len(values) > 1 else 0.0
-        deflated = {"value": deflated_sharpe_ratio(per_bar, ens["bars"], ens["skew"], ens["kurtosis"], len(values),
-                                                   variance) if ens["skew"] == ens["skew"] else float("nan"),
-                    "n_trials": len(values), "expected_max_sharpe": expected_max_sharpe(len(values), variance)}
-        trials.append(per_bar)
+        deflated = deflated_sharpe_of(ens, trials, cfg.bar_seconds)
+        trials.append(deflated["sharpe_per_bar"])
         decision = decide(used, candidate_version=v.version, evidence=evidence, champion=champion,
                           trading={"ensemble": ens}, deflated=deflated)
         decisions.append({"version": v.version, "trained_until": v.trained_until.isoformat(),
@@ -229,11 +220,12 @@ def _forward(registry: Any, data: MarketData, v: Version, start: datetime, end: 
     rows = feats[(feats.index >= pd.Timestamp(start)) & (feats.index < pd.Timestamp(end))]
     rows = rows[rows[[c for c in names if c != "oi_change_1d"]].notna().all(axis=1)]
     labels = data.labels.reindex(rows.index)
-    rows = rows[labels.notna().to_numpy()]
+    known = labels.notna().to_numpy()
+    rows = rows[known]
     model = _load(registry, v)
     proba = model.predict_proba(rows[names]) if len(rows) else np.zeros((0, 3))
     out = pd.DataFrame(proba, columns=["p_down", "p_range", "p_up"], index=rows.index)
-    out["label"] = data.labels.reindex(rows.index).astype(int)
+    out["label"] = labels[known].astype(int).to_numpy()
     out[["prior_down", "prior_range", "prior_up"]] = np.asarray(model.class_prior_, dtype="float64")
     out["served"] = True
     return out

@@ -40,6 +40,8 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, Field
 
+from include.registry.pages import cell as _cell
+
 app = FastAPI(
     title="Model registry",
     version="2.0",
@@ -260,12 +262,6 @@ def predict(body: PredictRequest) -> dict[str, Any]:
         raise HTTPException(status_code=500, detail=str(exc)) from exc
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return html.escape("" if value is None else str(value))
-
-
 #: The Models page sits in an iframe under the Airflow UI; links open in the top window.
 _RUN_LINK = "/dags/{dag_id}/runs/{run_id}"
 
@@ -329,158 +325,37 @@ def track_record_of(name: str) -> dict[str, Any]:
     return record
 
 
-def _track_record_section(name: str) -> str:
-    record = _track_record(name)
-    command = f"python -m include.track_record record --model {html.escape(name)}"
-    if record is None:
-        return (f"<p class='track'>Track record: none stored yet. <code>{command}</code> scores every version "
-                "forward on the week it would serve, for the production chain, the newest candidate and never "
-                "retraining.</p>")
-    labels = {"production": "production chain (the gate)", "newest": "always the newest candidate",
-              "never_retrain": "never retrain (the first version)"}
-    rows = []
-    base = ("production", "newest", "never_retrain")
-    ordered = [*base, *sorted(k for k in record["totals"] if k not in base)]
-    for policy in (k for k in ordered if k in record["totals"]):
-        t = record["totals"][policy]
-        cells = [labels.get(policy, f"replay: {policy}"), t.get("weeks"), t.get("log_loss"), t.get("macro_f1"),
-                 t.get("sharpe"), t.get("mean_age_days"), t.get("weeks_without_model")]
-        rows.append("<tr>" + "".join(f"<td>{_cell(round(c, 4) if isinstance(c, float) else c)}</td>" for c in cells)
-                    + "</tr>")
-    promised = record["totals"].get("production", {}).get("promised_log_loss")
-    return (f"<div class='track' data-model=\"{html.escape(name)}\"><h4>Track record</h4><p>Every version scored "
-            f"forward on the week after its training data, over the {record['compared_weeks']} week(s) whose labels are known (a week "
-            "without a production model counts as the class-prior forecast, no position; made " + _cell(record.get("made_at")) + "). The chain's versions promised an out-of-fold log "
-            f"loss of {_cell(round(promised, 4) if promised is not None else None)} on average. Refresh with "
-            f"<code>{command}</code>; try a policy with <code>python -m include.track_record replay --model "
-            f"{html.escape(name)} --set alpha=0.1</code>.</p><table><tr><th>policy</th><th>weeks</th>"
-            "<th>forward log loss</th><th>forward macro F1</th><th>Sharpe after costs</th><th>mean age (days)</th>"
-            "<th>weeks without a model</th>"
-            "</tr>" + "".join(rows) + "</table></div>")
-
-
-_STYLE = ("<style>body{font-family:sans-serif;margin:16px}table{border-collapse:collapse;margin-bottom:16px}"
-          "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}h3{margin:16px 0 4px}"
-          ".pass{color:#070}.fail{color:#b00}tr.production{background:#e6f4ea}</style>")
-
-
-def _rows_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(round(r.get(c), 4) if isinstance(r.get(c), float) else r.get(c))}</td>"
-                                    for c in columns) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _production_spans(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The production alias's spans from its ledger: who held it, from when, until when, and why."""
-    spans: list[dict[str, Any]] = []
-    for e in events:
-        if e["event"] == "keep":
-            continue
-        if spans and spans[-1]["until"] is None:
-            spans[-1]["until"] = e["at"]
-        if e["to"]:
-            spans.append({"version": e["to"], "since": e["at"], "until": None, "event": e["event"],
-                          "by": f"{e['dag_id'] or 'cli'} {e['run_id'] or ''}".strip(), "reason": e["reason"]})
-    return spans
-
-
 @app.get("/versions/{version}/page", response_class=HTMLResponse, summary="One version's page")
 def version_page(version: str) -> str:
     from include.errors import RegistryError
+    from include.registry.pages import version_page as render
 
     registry = _registry()
     try:
         info = registry.describe(version)
     except RegistryError as exc:
         raise _not_found(exc) from exc
-    lineage, model = info["lineage"], info["model"]
-    window = lineage.get("data_window", {})
-    metrics = lineage.get("metrics", {})
-    config = lineage.get("config", {})
-    lineage_rows = [
-        {"field": "registered model", "value": model},
-        {"field": "data window", "value": f"training {window.get('train_start')} to {window.get('trained_until')} "
-                                          f"(data interval from {window.get('interval_start')})"},
-        {"field": "last training row", "value": window.get("last_training_row")},
-        {"field": "rows", "value": json.dumps(lineage.get("rows"))},
-        {"field": "run", "value": f"{lineage.get('dag_id')} {lineage.get('run_id')}"},
-        {"field": "code version", "value": lineage.get("code_version")},
-        {"field": "libraries", "value": ", ".join(f"{k} {v}" for k, v in (lineage.get("libraries") or {}).items())},
-        {"field": "feature spec", "value": f"{len((lineage.get('feature_spec') or {}).get('names', []))} features, "
-                                            f"sha256 {(lineage.get('feature_spec') or {}).get('sha256', '')[:12]}"},
-        {"field": "ensemble", "value": json.dumps(lineage.get("weights"))},
-        {"field": "hyperparameters", "value": json.dumps(lineage.get("member_params"))},
-        {"field": "label", "value": f"horizon {config.get('label_horizon_bars')} bars, "
-                                     f"{config.get('label_threshold_mode')} {config.get('label_threshold')}"},
-        {"field": "files (sha256)", "value": ", ".join(f"{k} {v[:12]}" for k, v in (info.get("files") or {}).items())},
-    ]
-    folds = [{"fold": f.get("fold"), **{k: f.get(k) for k in ("n", "macro_f1", "balanced_accuracy", "log_loss", "brier")}}
-             for f in metrics.get("ensemble_per_fold", [])]
-    events = registry.ledger(model)
-    decision = next((e["decision"] for e in reversed(events) if e.get("decision")
-                     and (e["decision"].get("candidate") == version)), None)
-    gate = ""
-    if decision:
-        checks = [{"check": c["name"], "outcome": "passed" if c["passed"] else "waived" if c.get("waived")
-                   else "failed" if c.get("required", True) else "failed (not required)",
-                   "value": c.get("value"), "threshold": c.get("threshold"), "detail": c.get("detail")}
-                  for c in decision.get("checks", [])]
-        gate = (f"<h3>Gate: {'PASS' if decision.get('passed') else 'FAIL'}</h3><p>{_cell(decision.get('summary'))} "
-                f"(champion {_cell(decision.get('champion') or 'none')})</p>"
-                + _rows_table(checks, ["check", "outcome", "value", "threshold", "detail"]))
-    else:
-        gate = "<h3>Gate</h3><p>No gate decision about this version in the ledger.</p>"
-    held = [sp for sp in _production_spans(events) if sp["version"] == version]
-    production = (_rows_table(held, ["since", "until", "event", "by", "reason"]) if held
-                  else "<p>This version has not held production.</p>")
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(version) + "</title>" + _STYLE
-            + f"</head><body><p><a href='../../ui'>Models</a> / <a href='../../models/{quote(model)}/timeline'>"
-            f"{html.escape(model)}</a></p><h2>{html.escape(version)}</h2>"
-            f"<p>Aliases now: {_cell(', '.join(info['aliases']) or 'none')}. "
-            f"<a target='_blank' href='report'>The run's report</a>.</p>"
-            + gate + "<h3>In production</h3>" + production
-            + "<h3>Lineage</h3>" + _rows_table(lineage_rows, ["field", "value"])
-            + "<h3>Out-of-fold metrics per walk-forward fold</h3>"
-            + _rows_table(folds, ["fold", "n", "macro_f1", "balanced_accuracy", "log_loss", "brier"])
-            + "</body></html>")
-
-
-def _version_link(version: str | None) -> str:
-    return f"<a href='../../versions/{quote(version)}/page'>{html.escape(version)}</a>" if version else ""
+    return render(info, registry.ledger(info["model"]))
 
 
 @app.get("/models/{name}/timeline", response_class=HTMLResponse,
          summary="A registered model's production alias history: moves, keeps, rollbacks, who and why")
 def alias_timeline(name: str) -> str:
     from include.errors import RegistryError
+    from include.registry.pages import timeline_page
 
     registry = _registry()
     try:
         registry.model(name)
     except RegistryError as exc:
         raise _not_found(exc) from exc
-    rows = []
-    for e in reversed(registry.ledger(name)):
-        rows.append({"when": e["at"], "event": e["event"], "from": e["from"], "to": e["to"],
-                     "candidate": e["candidate"], "by": f"{e['dag_id'] or 'cli'} {e['run_id'] or ''}".strip(),
-                     "reason": e["reason"]})
-    body = []
-    for r in rows:
-        cells = [_cell(r["when"]), f"<b>{_cell(r['event'])}</b>", _version_link(r["from"]), _version_link(r["to"]),
-                 _version_link(r["candidate"]), _cell(r["by"]), _cell(r["reason"])]
-        body.append(f"<tr class='{'production' if r['event'] != 'keep' else ''}' data-event='{html.escape(r['event'])}'>"
-                    + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{c}</th>" for c in ("when", "event", "from", "to", "candidate", "by", "reason"))
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(name) + "</title>" + _STYLE
-            + f"</head><body><p><a href='../../ui'>Models</a></p><h2>{html.escape(name)}: production history</h2>"
-            f"<p>Every decision about the production alias, newest first: promotions, keeps, rollbacks and "
-            f"removals, with the run or person that made them and why. {len(rows)} event(s).</p>"
-            f"<table class='timeline'><tr>{head}</tr>{''.join(body)}</table></body></html>")
+    return timeline_page(name, registry.ledger(name))
 
 
 @app.get("/ui", response_class=HTMLResponse, summary="The Models page")
 def models_page() -> str:
+    from include.registry.pages import track_record_section
+
     registry = _registry()
     aliases = registry.version_aliases()
     columns = ["version", "aliases", "interval_end", "macro_f1", "log_loss", "brier", "gate",
@@ -519,7 +394,8 @@ def models_page() -> str:
             f"{html.escape(model['label_threshold_mode'])} {model['label_threshold']:g}. "
             f"Production: <b>{html.escape(production)}</b>. {len(rows)} version(s). "
             f"<a href='models/{quote(model['name'])}/timeline'>Production history</a>.</p>"
-            f"<table><tr>{head}</tr>{''.join(body)}</table>{_track_record_section(model['name'])}</section>")
+            f"<table><tr>{head}</tr>{''.join(body)}</table>"
+            f"{track_record_section(model['name'], _track_record(model['name']))}</section>")
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Models</title><style>"
         "body{font-family:sans-serif;margin:16px}table{border-collapse:collapse;margin-bottom:24px}"

@@ -30,6 +30,18 @@ logger = logging.getLogger(__name__)
 TRADING_RETURNS = "trading_returns.parquet"
 
 # -- 7. trading simulation -------------------------------------------------------------------
+def oof_signals(oof: pd.DataFrame, min_probability: float) -> dict[str, np.ndarray]:
+    """Target positions per out-of-fold bar of the gate's traded strategies: ``ensemble`` (from
+    its probabilities, :func:`include.backtest.positions_from_proba`) and ``momentum`` (the rule's
+    class as a position); the trading simulation and the gate's replay share them."""
+    from include.backtest import positions_from_proba
+
+    return {"ensemble": positions_from_proba(oof[["p_down", "p_range", "p_up"]].to_numpy(),
+                                             oof[["prior_down", "prior_range", "prior_up"]].to_numpy(),
+                                             min_probability),
+            "momentum": oof["momentum"].to_numpy().astype(int) - 1}
+
+
 def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
     """Trade the ensemble's out-of-fold forecasts and the baselines; write ``trading.json``.
 
@@ -43,7 +55,7 @@ def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_
         ``{"out_of_fold": {strategy: metrics}, "gate_window": {...}, "path"}`` without the
         equity curves (those are in ``trading.json``).
     """
-    from include.backtest import TradingCosts, positions_from_proba, simulate
+    from include.backtest import TradingCosts, simulate
 
     oof = pd.read_parquet(out_dir / "ensemble_oof.parquet")
     start, end = oof.index.min().to_pydatetime(), window.ts("interval_end")
@@ -55,14 +67,8 @@ def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_
     finally:
         store.dispose()
     costs = TradingCosts(fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps)
-    signals = {
-        "ensemble": positions_from_proba(oof[["p_down", "p_range", "p_up"]].to_numpy(),
-                                         oof[["prior_down", "prior_range", "prior_up"]].to_numpy(),
-                                         cfg.trade_min_probability),
-        "momentum": oof["momentum"].to_numpy().astype(int) - 1,
-        "flat": np.zeros(len(oof), dtype=int),
-        "buy_and_hold": np.ones(len(oof), dtype=int),
-    }
+    signals = {**oof_signals(oof, cfg.trade_min_probability),
+               "flat": np.zeros(len(oof), dtype=int), "buy_and_hold": np.ones(len(oof), dtype=int)}
     last = (oof["fold"] == oof["fold"].max()).to_numpy()
     result: dict[str, Any] = {"costs": asdict(costs), "min_probability": cfg.trade_min_probability}
     for part, rows in (("out_of_fold", np.ones(len(oof), dtype=bool)), ("gate_window", last)):
@@ -146,7 +152,7 @@ def compare_with_champion(oof: pd.DataFrame, champion: Any, meta: dict[str, Any]
 
 
 def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWindow, settings: Settings,
-                         out_dir: Path) -> dict[str, Any] | None:
+                         out_dir: Path, oof: pd.DataFrame | None = None) -> dict[str, Any] | None:
     pointer = registry.production(cfg.model_name)
     if pointer is None:
         return None
@@ -155,7 +161,7 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
     if champion_model != cfg.model_name:
         raise GateError(f"production of {cfg.model_name} points at {pointer.version} of {champion_model}: "
                         "refusing to compare models of different markets or targets")
-    oof = pd.read_parquet(out_dir / "ensemble_oof.parquet")
+    oof = pd.read_parquet(out_dir / "ensemble_oof.parquet") if oof is None else oof
     spec = FeatureSpec.from_dict({k: v for k, v in meta["feature_spec"].items() if k != "sha256"})
     run_spec = json.loads((out_dir / "feature_spec.json").read_text())
     if spec.sha256 == run_spec["sha256"]:
@@ -190,8 +196,6 @@ def deflated_sharpe_record(registry: ModelRegistry, model: str, candidate: str,
     """
     import math
 
-    from include.backtest import deflated_sharpe_ratio, expected_max_sharpe
-
     per_year = 365.25 * 86_400 / bar_seconds
     trials: dict[str, float] = {}
     for event in registry.ledger(model):
@@ -200,8 +204,24 @@ def deflated_sharpe_record(registry: ModelRegistry, model: str, candidate: str,
         ens = ((decided.get("trading") or {}).get("out_of_fold") or {}).get("ensemble") or {}
         if version and version != candidate and ens.get("sharpe") is not None:
             trials[version] = ens.get("sharpe_per_bar", ens["sharpe"] / math.sqrt(per_year))
+    return deflated_sharpe_of(strategy, list(trials.values()), bar_seconds)
+
+
+def deflated_sharpe_of(strategy: dict[str, Any], earlier: list[float], bar_seconds: int) -> dict[str, Any]:
+    """The deflated Sharpe ratio of ``strategy`` among ``earlier`` trials' per-bar Sharpe ratios
+    and its own (Bailey & López de Prado 2014; :func:`include.backtest.deflated_sharpe_ratio`).
+
+    Returns:
+        ``{"value", "n_trials", "trials_variance", "expected_max_sharpe", "sharpe_per_bar"}``
+        (per-bar units); ``value`` is NaN when the strategy's returns have no variance.
+    """
+    import math
+
+    from include.backtest import deflated_sharpe_ratio, expected_max_sharpe
+
+    per_year = 365.25 * 86_400 / bar_seconds
     sharpe = float(strategy.get("sharpe_per_bar", strategy.get("sharpe", 0.0) / math.sqrt(per_year)))
-    values = [*trials.values(), sharpe]
+    values = [*earlier, sharpe]
     variance = float(np.var(values, ddof=1)) if len(values) > 1 else 0.0
     skew, kurt = strategy.get("skew"), strategy.get("kurtosis")
     value = (deflated_sharpe_ratio(sharpe, int(strategy.get("bars", 0)), skew, kurt, len(values), variance)
@@ -225,11 +245,12 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
     """
     registry = ModelRegistry.from_settings(settings)
     policy = policy_from_config(cfg)
-    champion = _champion_evaluation(registry, cfg, window, settings, out_dir)
+    oof = pd.read_parquet(out_dir / "ensemble_oof.parquet")
+    champion = _champion_evaluation(registry, cfg, window, settings, out_dir, oof)
     deflated = (deflated_sharpe_record(registry, cfg.model_name, assembled["version"],
                                        trading["out_of_fold"]["ensemble"], cfg.bar_seconds) if trading else None)
     returns = pd.read_parquet(out_dir / TRADING_RETURNS) if trading else None
-    evidence = candidate_evidence(policy, pd.read_parquet(out_dir / "ensemble_oof.parquet"), returns,
+    evidence = candidate_evidence(policy, oof, returns,
                                   horizon=max(cfg.label_horizon_bars, 1), bar_seconds=cfg.bar_seconds,
                                   random_state=cfg.random_state)
     decision = decide(policy, candidate_version=assembled["version"], evidence=evidence, champion=champion,

@@ -340,6 +340,6 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
     assert left == [], [psutil.Process(p).cmdline() for p in left]
     assert not state_path.exists()
     assert not (tmp_path / "deploy" / "postgres" / "postmaster.pid").exists()
-    from include.deployment import port_holder
+    from include.deployment.ports import port_holder
 
     assert port_holder(port) is None  # a new api-server could bind the port again

@@ -56,7 +56,7 @@ def test_the_deployment_environment_holds_everything_the_tasks_read(tmp_path, mo
 def test_a_second_deployment_gets_free_log_server_ports_when_the_defaults_are_taken(monkeypatch):
     import socket
 
-    from include.deployment import LOG_SERVER_PORTS, log_server_ports
+    from include.deployment.ports import LOG_SERVER_PORTS, log_server_ports
     from include.errors import ConfigError
 
     for key in LOG_SERVER_PORTS:
