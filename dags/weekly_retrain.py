@@ -148,8 +148,10 @@ PARAMS = {
     "cv_folds": _param("cv_folds", "integer", CV, "Walk-forward folds", minimum=2, maximum=52),
     "cv_scheme": _param("cv_scheme", "string", CV, "Walk-forward scheme", enum=["expanding", "rolling"]),
     "cv_embargo_bars": _param("cv_embargo_bars", "integer", CV, "Embargo (bars)", minimum=0, maximum=1000),
+    "hyperparameters": _param("hyperparameters", "string", CV, "Hyperparameters", enum=["tuned", "default"]),
     # Ensemble
-    "ensemble_weighting": _param("ensemble_weighting", "string", ENSEMBLE, "Weighting", enum=["fixed", "fitted"]),
+    "ensemble_weighting": _param("ensemble_weighting", "string", ENSEMBLE, "Weighting",
+                                 enum=["fixed", "fitted", "stacking"]),
     # Quality gate
     "gate_alpha": _param("gate_alpha", "number", GATE, "Level of each skill test", exclusiveMinimum=0, maximum=1),
     "gate_min_f1_margin": _param("gate_min_f1_margin", "number", GATE, "Macro-F1 lead over each baseline (H1)"),

@@ -213,9 +213,17 @@ class RunConfig:
         "XGBoost stop (0 disables early stopping).",
         default=50,
     )
-    ensemble_weighting: Literal["fixed", "fitted"] = _doc(
-        "'fixed': ensemble_weights as given; 'fitted': weights minimising out-of-fold log loss.",
+    ensemble_weighting: Literal["fixed", "fitted", "stacking"] = _doc(
+        "'fixed': ensemble_weights as given; 'fitted': weights minimising out-of-fold log loss; "
+        "'stacking': a multinomial logistic regression on the members' out-of-fold "
+        "log-probabilities (fold k's fitted on earlier folds only).",
         default="fixed",
+    )
+    hyperparameters: Literal["tuned", "default"] = _doc(
+        "'tuned': each family uses the newest hyperparameter set tune_hyperparameters recorded "
+        "for the registered model as of the run's first test fold or earlier (its defaults when "
+        "there is none); 'default': the families' fixed defaults.",
+        default="tuned",
     )
     ensemble_weights: dict[str, float] = _doc(
         "Soft-voting weights per family for 'fixed' weighting (renormalised over trained models).",
@@ -360,8 +368,10 @@ class RunConfig:
             fail("cv_embargo_bars", "expected 0..1000")
         if self.early_stopping_rounds < 0:
             fail("early_stopping_rounds", "expected >= 0")
-        if self.ensemble_weighting not in ("fixed", "fitted"):
-            fail("ensemble_weighting", "expected 'fixed' or 'fitted'")
+        if self.ensemble_weighting not in ("fixed", "fitted", "stacking"):
+            fail("ensemble_weighting", "expected 'fixed', 'fitted' or 'stacking'")
+        if self.hyperparameters not in ("tuned", "default"):
+            fail("hyperparameters", "expected 'tuned' or 'default'")
         weights = {m: self.ensemble_weights.get(m, 0.0) for m in self.models}
         if any(w < 0 for w in self.ensemble_weights.values()) or sum(weights.values()) <= 0:
             fail("ensemble_weights", "expected non-negative weights with a positive sum over models")

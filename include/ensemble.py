@@ -1,10 +1,12 @@
-"""Weighted soft-voting ensemble over fitted model families.
+"""Ensembles over fitted model families: weighted soft voting, and stacking.
 
 The ensemble's class probabilities are the weighted mean of its members' (Kuncheva 2004,
 *Combining Pattern Classifiers*, ch. 5): ``p(x) = sum_m w_m p_m(x) / sum_m w_m``. Hard
 predictions use the prior-corrected rule of :func:`include.training.prior_corrected_predict`.
 Weights are either given (the reference design's 0.4 / 0.4 / 0.2) or fitted to minimise the
-log loss of the out-of-fold probabilities, never of in-sample ones.
+log loss of the out-of-fold probabilities, never of in-sample ones. Stacking (Wolpert 1992,
+"Stacked generalization", Neural Networks 5(2)) replaces the weighted mean by a multinomial
+logistic regression on the members' out-of-fold log-probabilities (:class:`StackingEnsemble`).
 """
 
 from __future__ import annotations
@@ -71,10 +73,14 @@ class WeightedSoftVotingEnsemble(ClassifierMixin, BaseEstimator):
         ens.class_prior_ = np.asarray(prior, dtype="float64")
         return ens
 
+    def combine(self, probas: list[np.ndarray]) -> np.ndarray:
+        """The ensemble's probabilities ``(n, 3)`` from its members' ``(n, 3)`` each, in member order."""
+        w = self._check()
+        return sum(wi * p for wi, p in zip(w, probas, strict=True))
+
     def predict_proba(self, X) -> np.ndarray:
         """Weighted mean of member probabilities, shape ``(n_samples, 3)``."""
-        w = self._check()
-        return sum(wi * predict_proba_all(est, X) for wi, (_, est) in zip(w, self.estimators_, strict=True))
+        return self.combine([predict_proba_all(est, X) for _, est in self.estimators_])
 
     def predict(self, X) -> np.ndarray:
         """Prior-corrected class decisions, shape ``(n_samples,)``."""
@@ -168,4 +174,100 @@ def walk_forward_weights(probas: dict[str, np.ndarray], y: np.ndarray, fold_of: 
         w_k = fit_weights({f: p[seen] for f, p in probas.items()}, y[seen]) if seen.any() else default
         out[rows] = combine({f: p[rows] for f, p in probas.items()}, w_k)
         used[int(k)] = w_k
+    return out, used
+
+
+#: Fewest out-of-fold rows a fold's stacker is fitted on; with fewer, the fold is combined with
+#: the default weights.
+MIN_STACKING_ROWS = 100
+
+
+def stacking_features(probas: list[np.ndarray]) -> np.ndarray:
+    """The stacker's inputs: each member's log-probabilities side by side, ``(n, 3 * members)``
+    (clipped at 1e-6, so a zero probability stays finite)."""
+    return np.hstack([np.log(np.clip(np.asarray(p, dtype="float64"), 1e-6, 1.0)) for p in probas])
+
+
+def fit_stacker(probas: list[np.ndarray], y: np.ndarray, random_state: int = 0) -> Any:
+    """A multinomial logistic regression (scikit-learn's ``LogisticRegression``, L2 penalty,
+    ``C=1``) from the members' log-probabilities to the label.
+
+    Args:
+        probas: out-of-fold probabilities ``(n, 3)`` per member, same rows.
+        y: labels ``(n,)`` with at least two classes.
+
+    Raises:
+        ValueError: ``y`` holds a single class.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=1.0, max_iter=2000, random_state=random_state).fit(stacking_features(probas), y)
+
+
+def stacker_proba(stacker: Any, probas: list[np.ndarray]) -> np.ndarray:
+    """The stacker's class probabilities ``(n, 3)`` over :data:`CLASSES` (a class the stacker never
+    saw gets 0)."""
+    raw = stacker.predict_proba(stacking_features(probas))
+    out = np.zeros((raw.shape[0], len(CLASSES)))
+    for j, cls in enumerate(stacker.classes_):
+        out[:, int(cls)] = raw[:, j]
+    return out
+
+
+class StackingEnsemble(WeightedSoftVotingEnsemble):
+    """Members combined by a fitted stacker (:func:`fit_stacker`) instead of a weighted mean.
+
+    ``weights`` are kept for display and as the members' order; the probabilities are the
+    stacker's on the members' log-probabilities.
+    """
+
+    def __init__(self, estimators: list[tuple[str, Any]], weights: list[float], stacker: Any = None,
+                 feature_names: list[str] | None = None) -> None:
+        super().__init__(estimators, weights, feature_names)
+        self.stacker = stacker
+
+    @classmethod
+    def from_fitted(cls, estimators: list[tuple[str, Any]], weights: list[float], prior: np.ndarray,
+                    feature_names: list[str] | None = None, stacker: Any = None) -> StackingEnsemble:
+        """An ensemble over already-fitted members and a fitted ``stacker``."""
+        ens = super().from_fitted(estimators, weights, prior, feature_names=feature_names)
+        ens.stacker = stacker
+        return ens
+
+    def combine(self, probas: list[np.ndarray]) -> np.ndarray:
+        """The stacker's probabilities ``(n, 3)`` from the members' ``(n, 3)`` each."""
+        return stacker_proba(self.stacker, probas)
+
+
+def walk_forward_stacking(probas: dict[str, np.ndarray], y: np.ndarray, fold_of: np.ndarray,
+                          times: pd.DatetimeIndex, gap: pd.Timedelta, default: dict[str, float],
+                          random_state: int = 0) -> tuple[np.ndarray, dict[int, str]]:
+    """Out-of-fold stacked probabilities: fold k is combined by a stacker fitted only on
+    :func:`weight_fitting_rows` of fold k (earlier folds, purged at its boundary), so no row is
+    scored by a stacker that saw its label. A fold with fewer than :data:`MIN_STACKING_ROWS` such
+    rows, or a single class among them, is combined with the ``default`` weights.
+
+    Args:
+        probas: member name -> out-of-fold probabilities ``(n, 3)``.
+        y: labels ``(n,)``.
+        fold_of: fold per row ``(n,)``.
+        times: bar open times ``(n,)``, sorted.
+        gap: purge + embargo as a duration.
+        default: weights for a fold without enough earlier rows.
+
+    Returns:
+        ``(probabilities (n, 3), fold -> "stacker" or "default weights")``.
+    """
+    names = list(probas)
+    out = np.zeros_like(probas[names[0]])
+    used: dict[int, str] = {}
+    for k in np.unique(fold_of):
+        rows, seen = fold_of == k, weight_fitting_rows(fold_of, times, int(k), gap)
+        if seen.sum() >= MIN_STACKING_ROWS and len(np.unique(y[seen])) > 1:
+            stacker = fit_stacker([probas[n][seen] for n in names], y[seen], random_state)
+            out[rows] = stacker_proba(stacker, [probas[n][rows] for n in names])
+            used[int(k)] = "stacker"
+        else:
+            out[rows] = combine({n: probas[n][rows] for n in names}, default)
+            used[int(k)] = "default weights"
     return out, used

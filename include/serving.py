@@ -275,7 +275,8 @@ def _native_member(est: Any) -> Any | None:
 
 
 class FastPredictor:
-    """One-row-fast ``predict_proba`` of a fitted soft-voting ensemble, on numpy arrays.
+    """One-row-fast ``predict_proba`` of a fitted ensemble, on numpy arrays: the members' native
+    predictors, combined by the ensemble's own ``combine`` (weighted mean or stacker).
 
     Built at load time and checked against the ensemble's own ``predict_proba`` on probe rows;
     if any member has no native path or any probe differs (``atol=1e-9``), every call falls back
@@ -290,8 +291,6 @@ class FastPredictor:
         self.model = model
         self.columns = list(probe.columns)
         members = [(_native_member(est), est) for _, est in model.estimators_]
-        weights = np.asarray(model.weights, dtype="float64")
-        self.weights = weights / weights.sum()
         self.members = members
         self.native = all(fn is not None and list(est.classes_) == [0, 1, 2] for fn, est in members)
         if self.native:
@@ -303,7 +302,7 @@ class FastPredictor:
     def _native(self, X: np.ndarray) -> np.ndarray:
         # Rows renormalised in float64 as include.training.predict_proba_all does (XGBoost's are float32).
         probas = (np.asarray(fn(X), dtype="float64") for fn, _ in self.members)
-        return sum(w * (p / p.sum(axis=1, keepdims=True)) for w, p in zip(self.weights, probas, strict=True))
+        return self.model.combine([p / p.sum(axis=1, keepdims=True) for p in probas])
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities ``(n, 3)`` for rows ``X`` ``(n, k)`` in :attr:`columns` order."""

@@ -182,8 +182,10 @@ def deflated_sharpe_record(registry: ModelRegistry, model: str, candidate: str,
     """The candidate's deflated Sharpe ratio, counting every candidate evaluated for ``model``.
 
     The trials are the distinct candidates of the model's earlier gate decisions (the ledger's
-    promote and keep entries, with their out-of-fold trading record) and this one: N of them,
-    ``V`` the variance of their per-bar Sharpe ratios (Bailey & López de Prado 2014; see
+    promote and keep entries, with their out-of-fold trading record), this one, and every trial
+    of the hyperparameter studies whose sets the candidate's members use (their completed
+    trials' per-bar Sharpe ratios join the variance): N of them, ``V`` the variance of their
+    per-bar Sharpe ratios (Bailey & López de Prado 2014; see
     :func:`include.backtest.deflated_sharpe_ratio`).
 
     Args:
@@ -204,12 +206,20 @@ def deflated_sharpe_record(registry: ModelRegistry, model: str, candidate: str,
         ens = ((decided.get("trading") or {}).get("out_of_fold") or {}).get("ensemble") or {}
         if version and version != candidate and ens.get("sharpe") is not None:
             trials[version] = ens.get("sharpe_per_bar", ens["sharpe"] / math.sqrt(per_year))
-    return deflated_sharpe_of(strategy, list(trials.values()), bar_seconds)
+    earlier, unscored = list(trials.values()), 0
+    for used in (registry.metadata(candidate).get("hyperparameter_sets") or {}).values():
+        if used:
+            sharpes = [float(v) for v in used.get("trial_sharpes") or []]
+            earlier += sharpes
+            unscored += max(int(used.get("n_trials") or 0) - len(sharpes), 0)
+    return deflated_sharpe_of(strategy, earlier, bar_seconds, unscored_trials=unscored)
 
 
-def deflated_sharpe_of(strategy: dict[str, Any], earlier: list[float], bar_seconds: int) -> dict[str, Any]:
+def deflated_sharpe_of(strategy: dict[str, Any], earlier: list[float], bar_seconds: int,
+                       unscored_trials: int = 0) -> dict[str, Any]:
     """The deflated Sharpe ratio of ``strategy`` among ``earlier`` trials' per-bar Sharpe ratios
     and its own (Bailey & López de Prado 2014; :func:`include.backtest.deflated_sharpe_ratio`).
+    ``unscored_trials`` (pruned or failed tuning trials, with no Sharpe ratio) add to N only.
 
     Returns:
         ``{"value", "n_trials", "trials_variance", "expected_max_sharpe", "sharpe_per_bar"}``
@@ -224,10 +234,11 @@ def deflated_sharpe_of(strategy: dict[str, Any], earlier: list[float], bar_secon
     values = [*earlier, sharpe]
     variance = float(np.var(values, ddof=1)) if len(values) > 1 else 0.0
     skew, kurt = strategy.get("skew"), strategy.get("kurtosis")
-    value = (deflated_sharpe_ratio(sharpe, int(strategy.get("bars", 0)), skew, kurt, len(values), variance)
+    n_trials = len(values) + unscored_trials
+    value = (deflated_sharpe_ratio(sharpe, int(strategy.get("bars", 0)), skew, kurt, n_trials, variance)
              if skew is not None and kurt is not None and skew == skew and kurt == kurt else float("nan"))
-    return {"value": value, "n_trials": len(values), "trials_variance": variance,
-            "expected_max_sharpe": expected_max_sharpe(len(values), variance), "sharpe_per_bar": sharpe}
+    return {"value": value, "n_trials": n_trials, "trials_variance": variance,
+            "expected_max_sharpe": expected_max_sharpe(n_trials, variance), "sharpe_per_bar": sharpe}
 
 
 def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,

@@ -86,6 +86,34 @@ def library_versions() -> dict[str, str]:
             "scikit-learn": sklearn.__version__, "lightgbm": lightgbm.__version__,
             "xgboost": xgboost.__version__, "ta-lib": talib.__version__}
 
+def hyperparameter_choice(cfg: RunConfig, settings: Settings | None, family: str,
+                          first_test: datetime) -> dict[str, Any]:
+    """The hyperparameters one family trains with in a run whose first test fold starts at ``first_test``.
+
+    With ``cfg.hyperparameters == "tuned"`` and ``settings``: the newest set
+    ``tune_hyperparameters`` recorded for the registered model and family with an as-of date at
+    or before ``first_test`` (:meth:`include.tuning.sets.HyperparameterSets.valid_set`), so no
+    row the tuning scored on is tested on here; otherwise, or without such a set, the family's
+    defaults.
+
+    Returns:
+        ``{"params": overrides of the defaults, "set": the set's lineage record or None}``.
+    """
+    if cfg.hyperparameters == "default" or settings is None:
+        return {"params": {}, "set": None}
+    from include.tuning.sets import HyperparameterSets
+
+    sets = HyperparameterSets(settings.market_db_url)
+    try:
+        chosen = sets.valid_set(cfg.model_name, family, first_test)
+    finally:
+        sets.dispose()
+    if chosen is None:
+        return {"params": {}, "set": None}
+    return {"params": chosen["params"],
+            "set": {k: chosen.get(k) for k in ("set_id", "as_of", "study", "n_trials", "best_value", "pbo",
+                                                "trial_sharpes")}}
+
 def _replace_dir(tmp: Path, target: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
@@ -98,6 +126,9 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str,
 
     With ``settings``, fits and fold evaluations an earlier run already computed on the same
     rows are reused (:func:`fit_cache`); the metadata counts them.
+
+    The family's hyperparameters are its defaults or a tuned set (:func:`hyperparameter_choice`);
+    the metadata names the set.
 
     Writes ``candidates/<family>/`` with ``model.joblib`` (final fit), ``oof.parquet``
     (out-of-fold probabilities with fold and training prior per row) and ``metadata.json``.
@@ -115,15 +146,19 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str,
     t0 = time.perf_counter()
     X, y, test_size, names = _training_table(out_dir, window)
     splits = interval_splits(cfg, X.index, window, test_size)
+    first_test = X.index[next(iter(splits.split(len(X))))[2][0]].to_pydatetime()
+    chosen = hyperparameter_choice(cfg, settings, family, first_test)
     n_jobs = model_threads()
-    logger.info("%s: training with %d thread(s) (thread budget: %d core(s), %d training slot(s))",
-                family, n_jobs, available_cpus(), training_slots())
+    logger.info("%s: training with %d thread(s) (thread budget: %d core(s), %d training slot(s)); "
+                "hyperparameters: %s", family, n_jobs, available_cpus(), training_slots(),
+                f"set {chosen['set']['set_id']} (as of {chosen['set']['as_of']})" if chosen["set"] else "defaults")
     cache = fit_cache(settings) if settings is not None else None
     cv = cross_validate(family, X, y, splits=splits, random_state=cfg.random_state, n_jobs=n_jobs,
-                        early_stopping_rounds=cfg.early_stopping_rounds, cache=cache)
+                        early_stopping_rounds=cfg.early_stopping_rounds, cache=cache, params=chosen["params"])
     final_rows = splits.final_rows(len(X))
     final, final_rounds = fit_family(family, X, y, final_rows, splits, random_state=cfg.random_state,
-                                     n_jobs=n_jobs, early_stopping_rounds=cfg.early_stopping_rounds, cache=cache)
+                                     n_jobs=n_jobs, early_stopping_rounds=cfg.early_stopping_rounds, cache=cache,
+                                     params=chosen["params"])
     if cache is not None:
         logger.info("%s: reused %d of %d cached fits and evaluations from earlier runs", family, cache.hits,
                     cache.hits + cache.misses)
@@ -140,7 +175,8 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str,
     joblib.dump(final, tmp / "model.joblib")
     seconds = round(time.perf_counter() - t0, 2)
     meta = {
-        "family": family, "params": family_params(family), "random_state": cfg.random_state,
+        "family": family, "params": {**family_params(family), **chosen["params"]},
+        "hyperparameter_set": chosen["set"], "random_state": cfg.random_state,
         "feature_names": names, "train_rows": int(len(final_rows)),
         "train_start": X.index[final_rows[0]].isoformat(), "train_end": X.index[final_rows[-1]].isoformat(),
         "class_prior": class_prior(y[final_rows]).tolist(),
@@ -157,6 +193,7 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str,
     _replace_dir(tmp, target)
     logger.info("%s: out-of-fold %s in %.1fs", family, cv.overall, seconds)
     return {"family": family, "path": str(target), "sha256": meta["files"]["model.joblib"],
+            "hyperparameter_set": chosen["set"]["set_id"] if chosen["set"] else None,
             "overall": cv.overall, "summary": cv.summary,
             "importance_stability": {k: cv.importance[k]["rank_stability"] for k in ("gain", "permutation")},
             "n_jobs": n_jobs, "seconds": seconds}
@@ -206,7 +243,15 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     """
     import joblib
 
-    from include.ensemble import WeightedSoftVotingEnsemble, combine, fit_weights, walk_forward_weights
+    from include.ensemble import (
+        StackingEnsemble,
+        WeightedSoftVotingEnsemble,
+        combine,
+        fit_stacker,
+        fit_weights,
+        walk_forward_stacking,
+        walk_forward_weights,
+    )
     from include.evaluation import baseline_oof, reliability, summarise_folds
     from include.labels import momentum_forecast
     from include.monitoring.drift import reference_bins
@@ -241,6 +286,13 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         ens_oof, _ = walk_forward_weights(probas, y_oof, fold_of, ref.index,
                                           splits.gap * pd.Timedelta(seconds=cfg.bar_seconds), weights)
         weights = fit_weights(probas, y_oof)
+    elif cfg.ensemble_weighting == "stacking":
+        # Fold k is scored by a stacker fitted on earlier folds' rows, purged at its boundary (fold
+        # 0 with the configured weights); the registered model's stacker sees every out-of-fold row.
+        ens_oof, _ = walk_forward_stacking(probas, y_oof, fold_of, ref.index,
+                                           splits.gap * pd.Timedelta(seconds=cfg.bar_seconds), weights,
+                                           cfg.random_state)
+        stacker = fit_stacker([probas[f] for f in families], y_oof, cfg.random_state)
     else:
         ens_oof = combine(probas, weights)
     last = ref["fold"].to_numpy() == ref["fold"].max()
@@ -266,8 +318,12 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     oof_frame["pred_stratified"] = pd.Series(np.concatenate(draws), index=X.index[np.concatenate(
         [te for _, te in folds])]).reindex(ref.index).to_numpy()
     write_parquet(oof_frame, out_dir / "ensemble_oof.parquet")
-    model = WeightedSoftVotingEnsemble.from_fitted(members, [weights[f] for f in families],
-                                                   class_prior(y[final_rows]), feature_names=names)
+    if cfg.ensemble_weighting == "stacking":
+        model = StackingEnsemble.from_fitted(members, [weights[f] for f in families], class_prior(y[final_rows]),
+                                             feature_names=names, stacker=stacker)
+    else:
+        model = WeightedSoftVotingEnsemble.from_fitted(members, [weights[f] for f in families],
+                                                       class_prior(y[final_rows]), feature_names=names)
     spec = json.loads((out_dir / "feature_spec.json").read_text())
     per_fold = [
         {"fold": int(k), **metrics_with_prior(y_oof[ref["fold"] == k], ens_oof[ref["fold"] == k],
@@ -280,7 +336,8 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     # The out-of-fold record travels with the version: a replay of the gate re-tests it.
     oof_frame.to_parquet(tmp / OOF_FILE)
     metadata = {
-        "kind": "weighted_soft_voting_ensemble", "members": families, "weights": weights,
+        "kind": "stacking_ensemble" if cfg.ensemble_weighting == "stacking" else "weighted_soft_voting_ensemble",
+        "members": families, "weights": weights,
         "registered_model": cfg.model_name,
         "symbol": cfg.symbol, "exchange": cfg.exchange, "market_type": cfg.market_type,
         "timeframe": cfg.timeframe, "config": cfg.to_dict(), "feature_spec": spec,
@@ -303,6 +360,8 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
                     "members_summary": {f: member_meta[f]["cv"]["summary"] for f in families},
                     "baselines": baselines},
         "member_params": {f: member_meta[f]["params"] for f in families},
+        # The tuned sets the members used (None: the family's defaults); the gate counts their trials.
+        "hyperparameter_sets": {f: member_meta[f].get("hyperparameter_set") for f in families},
         # Monitoring's references: the training distribution of every feature, and the features
         # ranked by permutation importance (mean over the families).
         "drift_reference": reference_bins(X.iloc[final_rows]),
@@ -320,6 +379,8 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
                  "feature_spec": spec.get("sha256"), "data_window": metadata["data_window"],
                  "config": {k: v for k, v in cfg.to_dict().items() if not k.startswith(NOT_MODEL_INPUTS)},
                  "members": families, "member_params": metadata["member_params"],
+                 "hyperparameter_sets": {f: (s or {}).get("set_id") for f, s in
+                                         metadata["hyperparameter_sets"].items()},
                  "libraries": metadata["libraries"], "code_version": metadata["code_version"]}
     metadata["identity_sha256"] = hashlib.sha256(json.dumps(made_from, sort_keys=True, default=str)
                                                  .encode()).hexdigest()

@@ -252,7 +252,7 @@ def metrics_with_prior(y: np.ndarray, proba: np.ndarray, prior: np.ndarray) -> d
 
 def fit_family(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, splits: WalkForward, *,
                random_state: int, n_jobs: int, early_stopping_rounds: int = 0,
-               cache: FitCache | None = None) -> tuple[Any, int | None]:
+               cache: FitCache | None = None, params: dict[str, Any] | None = None) -> tuple[Any, int | None]:
     """Fit one family on the rows ``train_idx``, early-stopping the boosted families.
 
     For a family whose module has ``best_n_estimators`` (LightGBM, XGBoost) and
@@ -261,6 +261,8 @@ def fit_family(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarra
     then the model is refitted on all of ``train_idx`` with that many rounds. Every fit uses
     ``n_jobs`` threads. With a ``cache``, a fit of the same family and settings on the same rows
     is loaded instead of repeated (:mod:`include.training.fit_cache`), set to ``n_jobs`` threads.
+    ``params`` override the family's default hyperparameters (a tuned set); they are part of the
+    cache key.
 
     Returns:
         ``(fitted estimator, chosen n_estimators or None)``.
@@ -270,19 +272,20 @@ def fit_family(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarra
         TrainingError: the training set holds a single class or is too short to split.
     """
     return _cached_fit(family, X, y, train_idx, splits, random_state=random_state, n_jobs=n_jobs,
-                       early_stopping_rounds=early_stopping_rounds, cache=cache)[:2]
+                       early_stopping_rounds=early_stopping_rounds, cache=cache, params=params)[:2]
 
 
 def _cached_fit(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, splits: WalkForward, *,
                 random_state: int, n_jobs: int, early_stopping_rounds: int,
-                cache: FitCache | None, key: str | None = None) -> tuple[Any, int | None, str | None, bool]:
+                cache: FitCache | None, key: str | None = None,
+                params: dict[str, Any] | None = None) -> tuple[Any, int | None, str | None, bool]:
     """:func:`fit_family` through ``cache``: ``(estimator, n_estimators, cache key, hit)``; ``key``
     is the fit's :func:`_fit_key` when the caller has it already."""
     if cache is None:
         return (*_fit(family, X, y, train_idx, splits, random_state=random_state, n_jobs=n_jobs,
-                      early_stopping_rounds=early_stopping_rounds), None, False)
+                      early_stopping_rounds=early_stopping_rounds, params=params), None, False)
     key = key or _fit_key(family, X, y, train_idx, splits, random_state=random_state,
-                          early_stopping_rounds=early_stopping_rounds)
+                          early_stopping_rounds=early_stopping_rounds, params=params)
     stored = cache.get(key)
     if stored is not None:
         est = stored["model"]
@@ -290,22 +293,23 @@ def _cached_fit(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarr
             est.set_params(n_jobs=n_jobs)
         return est, stored["n_estimators"], key, True
     est, n_best = _fit(family, X, y, train_idx, splits, random_state=random_state, n_jobs=n_jobs,
-                       early_stopping_rounds=early_stopping_rounds)
+                       early_stopping_rounds=early_stopping_rounds, params=params)
     cache.put(key, {"model": est, "n_estimators": n_best})
     return est, n_best, key, False
 
 
 def _fit_key(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, splits: WalkForward, *,
-             random_state: int, early_stopping_rounds: int) -> str:
-    """Cache key of :func:`fit_family`'s fit of ``family`` on ``train_idx``."""
-    return fit_key(family, family_params(family), random_state=random_state,
+             random_state: int, early_stopping_rounds: int, params: dict[str, Any] | None = None) -> str:
+    """Cache key of :func:`fit_family`'s fit of ``family`` with ``params`` on ``train_idx``."""
+    return fit_key(family, {**family_params(family), **(params or {})}, random_state=random_state,
                    early_stopping_rounds=early_stopping_rounds, gap=splits.gap,
                    inner_validation_share=splits.inner_validation_share,
                    train_digest=rows_digest(X.iloc[train_idx], y[train_idx]))
 
 
 def _fit(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, splits: WalkForward, *,
-         random_state: int, n_jobs: int, early_stopping_rounds: int) -> tuple[Any, int | None]:
+         random_state: int, n_jobs: int, early_stopping_rounds: int,
+         params: dict[str, Any] | None = None) -> tuple[Any, int | None]:
     if len(np.unique(y[train_idx])) < 2:
         raise TrainingError(f"{family}: training set holds a single class")
     module = FAMILIES.get(family)
@@ -315,14 +319,18 @@ def _fit(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, spl
     if early_stopping_rounds > 0 and hasattr(module, "best_n_estimators"):
         fit_idx, val_idx = splits.inner_split(train_idx)
         n_best = module.best_n_estimators(X.iloc[fit_idx], y[fit_idx], X.iloc[val_idx], y[val_idx],
-                                          random_state=random_state, rounds=early_stopping_rounds, n_jobs=n_jobs)
-    est = build_estimator(family, random_state, n_jobs, **({"n_estimators": n_best} if n_best else {}))
+                                          random_state=random_state, rounds=early_stopping_rounds, n_jobs=n_jobs,
+                                          **(params or {}))
+    est = build_estimator(family, random_state, n_jobs, **{**(params or {}),
+                                                           **({"n_estimators": n_best} if n_best else {})})
     return est.fit(X.iloc[train_idx], y[train_idx]), n_best
 
 
 def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkForward, random_state: int,
                    n_jobs: int, early_stopping_rounds: int = 0,
-                   build: Callable[..., Any] | None = None, cache: FitCache | None = None) -> CrossValidation:
+                   build: Callable[..., Any] | None = None, cache: FitCache | None = None,
+                   params: dict[str, Any] | None = None, importance: bool = True,
+                   on_fold: Callable[[int, dict[str, Any]], None] | None = None) -> CrossValidation:
     """Purged walk-forward cross-validation of one family.
 
     Args:
@@ -337,6 +345,11 @@ def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkF
             (no early stopping then, and no cache).
         cache: reuse fits and fold evaluations already computed on the same rows
             (:mod:`include.training.fit_cache`); each fold records what it reused.
+        params: hyperparameters overriding the family's defaults (a tuned set).
+        importance: compute each fold's feature importance (``False`` for tuning trials; not
+            with ``cache``, whose stored evaluations hold it).
+        on_fold: called with ``(fold, fold metrics)`` after each fold; an exception it raises
+            (a pruned tuning trial) stops the cross-validation.
 
     Returns:
         The out-of-fold predictions and per-fold metrics.
@@ -353,7 +366,7 @@ def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkF
         if build is None and cache is not None:
             # A stored evaluation holds all the fold needs from its fit: the fitted model is not loaded.
             key = _fit_key(family, X, y, train_idx, splits, random_state=random_state,
-                           early_stopping_rounds=early_stopping_rounds)
+                           early_stopping_rounds=early_stopping_rounds, params=params)
             eval_key = evaluation_key(key, rows_digest(X.iloc[test_idx], y[test_idx]), random_state,
                                       IMPORTANCE_REPEATS)
             evaluation = cache.get(eval_key)
@@ -365,10 +378,10 @@ def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkF
             else:
                 est, n_best, key, fit_hit = _cached_fit(family, X, y, train_idx, splits, random_state=random_state,
                                                         n_jobs=n_jobs, early_stopping_rounds=early_stopping_rounds,
-                                                        cache=cache, key=key)
+                                                        cache=cache, key=key, params=params)
             evaluation = {"proba": predict_proba_all(est, X.iloc[test_idx]),
                           "importance": fold_importance(est, X.iloc[test_idx], y[test_idx], random_state,
-                                                        IMPORTANCE_REPEATS),
+                                                        IMPORTANCE_REPEATS) if importance or key else None,
                           "n_estimators": n_best}
             if key is not None:
                 cache.put(eval_key, evaluation)
@@ -385,7 +398,8 @@ def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkF
             "train_rows": int(len(train_idx)), "test_rows": int(len(test_idx)), "n_estimators": n_best,
             "reused": reused, "seconds": round(time.perf_counter() - started, 3), **metrics,
         })
-        importances.append(evaluation["importance"])
+        if evaluation["importance"] is not None:
+            importances.append(evaluation["importance"])
         probas.append(proba)
         positions.append(test_idx)
         fold_ids.append(np.full(len(test_idx), fold))
@@ -393,9 +407,11 @@ def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkF
         logger.info("%s fold %d: train %d rows, test %d rows, macro F1 %.4f, log loss %.4f%s",
                     family, fold, len(train_idx), len(test_idx), metrics["macro_f1"], metrics["log_loss"],
                     f" (reused {reused} of an earlier run)" if reused else "")
+        if on_fold is not None:
+            on_fold(fold, metrics)
     cv = CrossValidation(oof_proba=np.vstack(probas), oof_positions=np.concatenate(positions),
                          oof_fold=np.concatenate(fold_ids), oof_prior=np.vstack(priors), folds=folds)
     cv.summary = summarise_folds(folds)
-    cv.importance = {"per_fold": importances, **importance_stability(importances)}
+    cv.importance = {"per_fold": importances, **importance_stability(importances)} if importances else {}
     cv.overall = metrics_with_prior(y[cv.oof_positions], cv.oof_proba, cv.oof_prior)
     return cv

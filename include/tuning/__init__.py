@@ -1,0 +1,220 @@
+"""Hyperparameter search: Optuna studies scored by the purged walk-forward service, as of a date.
+
+A study tunes one model family of one registered model on data strictly before its as-of date:
+the tuning run's window ends there, so every label it reads ends before it
+(:func:`include.pipeline.resolve_window`, :func:`include.pipeline.labels`). Each trial samples
+the family's search space (:mod:`include.tuning.spaces`) with Optuna's TPE sampler, fits the
+walk-forward folds of the last ``cv_folds`` weeks before the as-of date and is scored by its
+out-of-fold multi-class log loss (a proper scoring rule); after each fold the running mean is
+reported, so Optuna's median pruner stops configurations that are already worse than most
+(https://optuna.readthedocs.io). Macro F1 and the after-cost trading record of each completed
+trial are kept beside it as user attributes.
+
+Trials live in Optuna's RDB storage on the market database (``optuna.storages.RDBStorage``), so
+workers on several machines share one study, a re-run resumes it, and a worker killed
+mid-trial leaves a trial that the next worker marks failed (Optuna's heartbeat) while the study
+goes on. The study's result is a hyperparameter set with as-of semantics
+(:mod:`include.tuning.sets`); its search is measured for overfitting
+(:mod:`include.tuning.overfitting`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from include.config import RunConfig, Settings
+from include.errors import ConfigError, TrainingError
+from include.tuning.overfitting import probability_of_backtest_overfitting
+from include.tuning.spaces import search_space, suggest
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between a running trial's heartbeats in the study's storage; a trial silent for
+#: twice as long (its worker died) is marked failed by the next worker of the study.
+HEARTBEAT_SECONDS = 60
+
+
+def study_name(model: str, family: str, as_of: datetime) -> str:
+    """Name of the study tuning ``family`` of registered model ``model`` as of ``as_of`` (UTC):
+    ``<model>/<family>/as-of-<YYYY-MM-DDTHHMM>``. One study per triple: a re-run resumes it."""
+    return f"{model}/{family}/as-of-{as_of:%Y-%m-%dT%H%M}"
+
+
+def open_storage(url: str, *, heartbeat_seconds: int = HEARTBEAT_SECONDS) -> Any:
+    """Optuna's RDB storage on the database at SQLAlchemy ``url`` (the market database), with
+    heartbeats so a dead worker's trial is failed rather than left running forever.
+
+    Raises:
+        ConfigError: ``heartbeat_seconds`` below 1.
+    """
+    import optuna
+
+    if heartbeat_seconds < 1:
+        raise ConfigError(f"heartbeat_seconds={heartbeat_seconds}: expected at least 1")
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 60}  # workers of one study write the same file
+    with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_seconds,
+                                          grace_period=2 * heartbeat_seconds)
+
+
+def _trial_trading(cfg: RunConfig, proba: np.ndarray, prior: np.ndarray, index: pd.DatetimeIndex,
+                   bars: pd.DataFrame, funding: pd.DataFrame | None) -> dict[str, float]:
+    """After-cost trading record of a trial's out-of-fold forecasts (the weekly run's rules)."""
+    from include.backtest import TradingCosts, positions_from_proba, simulate
+
+    signal = pd.Series(positions_from_proba(proba, prior, cfg.trade_min_probability), index=index)
+    metrics = simulate(signal, bars, funding, TradingCosts(fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps),
+                       cfg.bar_seconds)
+    return {k: float(metrics[k]) for k in ("sharpe", "sharpe_per_bar", "total_return", "max_drawdown")}
+
+
+def tune_family(cfg: RunConfig, window: Any, settings: Settings, out_dir: Path, family: str, *,
+                n_trials: int, timeout_s: float | None = None, space_overrides: dict[str, Any] | None = None,
+                worker: int = 0, heartbeat_seconds: int = HEARTBEAT_SECONDS) -> dict[str, Any]:
+    """Run (or resume) the study of ``family`` until it holds ``n_trials`` finished trials.
+
+    The modelling table is the tuning run's ``dataset.parquet`` in ``out_dir`` (written by
+    :func:`include.pipeline.features` and :func:`include.pipeline.labels` for a window ending at
+    the as-of date). Folds: :func:`include.pipeline.training.interval_splits` with
+    ``cfg.cv_folds`` weekly test folds, the purge and embargo of the weekly runs. The family's
+    defaults are enqueued as the study's first trial, so the search starts from them.
+
+    Args:
+        cfg: the market's run configuration; ``cv_folds`` is the tuning's fold count.
+        window: the tuning run's :class:`~include.pipeline.RunWindow` (``interval_end`` = as-of).
+        n_trials: finished (complete or pruned) trials the study should hold; trials other
+            workers finish count too.
+        timeout_s: stop starting trials after this many seconds (``None``: no limit).
+        space_overrides: per-hyperparameter overrides of the family's search space.
+        worker: index of this worker among the study's (seeds its sampler).
+        heartbeat_seconds: see :func:`open_storage`.
+
+    Returns:
+        ``{"study", "family", "as_of", "trials_run", "seconds", "seconds_per_trial"}``.
+
+    Raises:
+        ConfigError: bad search space or trial count.
+        TrainingError: the table is too short for the folds.
+    """
+    import optuna
+
+    from include.pipeline.training import _training_table, interval_splits
+    from include.resources import model_threads
+    from include.training import cross_validate, family_params
+
+    if n_trials < 1:
+        raise ConfigError(f"n_trials={n_trials}: expected at least 1")
+    space = search_space(family, space_overrides)
+    X, y, test_size, _ = _training_table(out_dir, window)
+    splits = interval_splits(cfg, X.index, window, test_size)
+    bars, funding = _market_frames(cfg, settings, X.index.min().to_pydatetime(), window.ts("interval_end"))
+    n_jobs = model_threads()
+    name = study_name(cfg.model_name, family, window.ts("interval_end"))
+    sampler = optuna.samplers.TPESampler(seed=cfg.random_state + 1000 * worker, n_startup_trials=5)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    study = optuna.create_study(study_name=name, storage=open_storage(settings.market_db_url,
+                                                                      heartbeat_seconds=heartbeat_seconds),
+                                direction="minimize", sampler=sampler, pruner=pruner, load_if_exists=True)
+    if not study.trials:
+        defaults = family_params(family)
+        study.enqueue_trial({k: defaults[k] for k in space if k in defaults}, skip_if_exists=True)
+        study.set_user_attr("search_space", space)
+        study.set_user_attr("data_window", {"train_start": window.train_start, "as_of": window.interval_end,
+                                            "folds": cfg.cv_folds, "purge_bars": splits.purge,
+                                            "embargo_bars": splits.embargo})
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, space)
+        fold_losses: list[float] = []
+
+        def on_fold(fold: int, metrics: dict[str, Any]) -> None:
+            fold_losses.append(float(metrics["log_loss"]))
+            trial.report(float(np.mean(fold_losses)), step=fold)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"running log loss {np.mean(fold_losses):.5f} after fold {fold}")
+
+        cv = cross_validate(family, X, y, splits=splits, random_state=cfg.random_state, n_jobs=n_jobs,
+                            early_stopping_rounds=cfg.early_stopping_rounds, params=params,
+                            importance=False, on_fold=on_fold)
+        trial.set_user_attr("fold_log_loss", fold_losses)
+        trial.set_user_attr("macro_f1", float(cv.overall["macro_f1"]))
+        trial.set_user_attr("trading", _trial_trading(cfg, cv.oof_proba, cv.oof_prior, X.index[cv.oof_positions],
+                                                      bars, funding))
+        return float(cv.overall["log_loss"])
+
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    before = len(study.get_trials(deepcopy=False, states=finished))
+    t0 = time.perf_counter()
+    if before < n_trials:
+        study.optimize(objective, timeout=timeout_s, catch=(TrainingError,), gc_after_trial=True,
+                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=finished)])
+    seconds = time.perf_counter() - t0
+    ran = len(study.get_trials(deepcopy=False, states=finished)) - before
+    logger.info("study %s: %d trial(s) here in %.1f s; best log loss %.5f", name, ran, seconds,
+                study.best_value if study.best_trials else float("nan"))
+    return {"study": name, "family": family, "as_of": window.interval_end, "trials_run": ran,
+            "seconds": round(seconds, 2), "seconds_per_trial": round(seconds / ran, 2) if ran else None}
+
+
+def _market_frames(cfg: RunConfig, settings: Settings, start: datetime,
+                   end: datetime) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """OHLCV bars and (perpetuals) funding rates of the market in ``[start, end)``, for trading records."""
+    from include.pipeline.common import open_store
+
+    store = open_store(settings)
+    try:
+        key = {"exchange": cfg.exchange, "symbol": cfg.symbol, "start": start, "end": end}
+        bars = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
+        funding = store.load_funding_rates(**key) if cfg.market_type == "perp" else None
+    finally:
+        store.dispose()
+    return bars, funding
+
+
+def summarise_study(study: Any) -> dict[str, Any]:
+    """What a hyperparameter set records of its study.
+
+    Returns:
+        ``{"best_params", "best_value", "best_trial", "n_trials", "states", "trial_sharpes",
+        "best_metrics", "pbo"}``: ``n_trials`` counts every trial that was scored or pruned or
+        failed (each is a configuration tried); ``trial_sharpes`` the per-bar Sharpe ratio of
+        every completed trial's out-of-fold strategy (for the deflated Sharpe ratio's variance);
+        ``pbo`` the probability of backtest overfitting over the completed trials' per-fold log
+        losses.
+
+    Raises:
+        TrainingError: the study has no completed trial.
+    """
+    import optuna
+
+    state = optuna.trial.TrialState
+    complete = study.get_trials(deepcopy=False, states=(state.COMPLETE,))
+    if not complete:
+        raise TrainingError(f"study {study.study_name} has no completed trial")
+    counted = study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED, state.FAIL))
+    states: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    best = study.best_trial
+    folds = [t.user_attrs.get("fold_log_loss") for t in complete]
+    width = max(len(f) for f in folds if f)
+    matrix = np.asarray([f for f in folds if f and len(f) == width])
+    return {"best_params": dict(best.params), "best_value": float(best.value), "best_trial": best.number,
+            "n_trials": len(counted), "states": states,
+            "trial_sharpes": [float(t.user_attrs["trading"]["sharpe_per_bar"]) for t in complete
+                              if "trading" in t.user_attrs],
+            "best_metrics": {"log_loss": float(best.value), "macro_f1": best.user_attrs.get("macro_f1"),
+                             "trading": best.user_attrs.get("trading"),
+                             "fold_log_loss": best.user_attrs.get("fold_log_loss")},
+            "pbo": probability_of_backtest_overfitting(matrix) if len(matrix) else None}

@@ -1,0 +1,147 @@
+"""The steps of a tuning run, one function per task of ``tune_hyperparameters``.
+
+A tuning run plans the markets as ``weekly_retrain`` does (:func:`include.pipeline.plan_universe`)
+for a window ending at the as-of date, with ``cv_folds`` set to the tuning's fold count; builds
+each market's modelling table with the weekly run's own steps (ingest, validate, features,
+labels) under ``<RUN_ARTIFACTS_DIR>/tune_hyperparameters/<model>/<interval>/``; tunes each
+(market, family) as one study (:func:`include.tuning.tune_family`) and records its set
+(:class:`include.tuning.sets.HyperparameterSets`); and writes ``tuning.json`` beside the table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from include.config import RunConfig, Settings
+from include.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DAG_ID = "tune_hyperparameters"
+#: Run parameters of the tuning itself (the rest are :class:`~include.config.RunConfig` fields).
+TUNING_PARAMS = ("tune_trials", "tune_timeout_minutes", "tune_folds", "tune_search_space")
+
+
+def plan_tuning(params: dict[str, Any], *, data_interval_start: Any, data_interval_end: Any,
+                run_after: Any) -> list[dict[str, Any]]:
+    """One plan per market: ``{"model", "config", "window", "tuning"}`` (JSON for XCom).
+
+    Raises:
+        ConfigError: a bad run parameter, named.
+    """
+    from include.pipeline import plan_universe
+
+    tuning = {k: params.get(k) for k in TUNING_PARAMS}
+    if not isinstance(tuning["tune_trials"], int) or tuning["tune_trials"] < 1:
+        raise ConfigError(f"tune_trials={tuning['tune_trials']!r}: expected an integer of at least 1")
+    if not isinstance(tuning["tune_folds"], int) or tuning["tune_folds"] < 2:
+        raise ConfigError(f"tune_folds={tuning['tune_folds']!r}: expected an integer of at least 2")
+    run_params = {k: v for k, v in params.items() if k not in (*TUNING_PARAMS, "markets", "universe_file")}
+    run_params["cv_folds"] = tuning["tune_folds"]
+    plans = plan_universe(run_params, selected=params.get("markets"), universe_file=params.get("universe_file"),
+                          data_interval_start=data_interval_start, data_interval_end=data_interval_end,
+                          run_after=run_after)
+    for plan in plans:
+        plan["config"]["cv_folds"] = tuning["tune_folds"]  # over any universe entry's own folds
+        RunConfig.from_params(plan["config"])
+        plan["tuning"] = tuning
+    return plans
+
+
+def _unpack(plan: dict[str, Any], window: dict[str, Any] | None = None) -> tuple[RunConfig, Any, Settings, Path]:
+    from include.pipeline import RunWindow, run_dir
+
+    cfg, settings = RunConfig.from_params(plan["config"]), Settings.from_env()
+    win = RunWindow(**(window or plan["window"]))
+    return cfg, win, settings, run_dir(settings, DAG_ID, cfg.model_name, win)
+
+
+def prepare(plan: dict[str, Any]) -> dict[str, Any]:
+    """Ingest, validate, build features and labels for the tuning window of one market.
+
+    Returns:
+        The plan with the settled ``window`` and ``labelled_rows``.
+
+    Raises:
+        PipelineError: as the weekly run's steps raise (bad data stops the market with a report).
+    """
+    from include.pipeline import RunWindow, features, ingest, labels, validate
+
+    cfg, win, settings, out = _unpack(plan)
+    ingested = ingest(cfg, win, settings, out)
+    win = RunWindow(**ingested["window"])
+    validate(cfg, win, settings, out)
+    features(cfg, win, settings, out)
+    dataset = labels(cfg, win, out)
+    return {**plan, "window": asdict(win), "labelled_rows": dataset.get("labelled_rows")}
+
+
+def studies(prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One job per (market, family in the market's ``models``): the unit a mapped task tunes."""
+    return [{**plan, "family": family} for plan in prepared
+            for family in RunConfig.from_params(plan["config"]).models]
+
+
+def tune_and_record(job: dict[str, Any], *, worker: int = 0) -> dict[str, Any]:
+    """Run the job's study to ``tune_trials`` finished trials, then record its set.
+
+    Returns:
+        The recorded set's summary: ``{"model", "family", "set_id", "as_of", "study", "n_trials",
+        "best_value", "params", "pbo", "best_metrics", "seconds_per_trial"}``.
+
+    Raises:
+        ConfigError: bad search space; TrainingError: no trial completed.
+    """
+    import optuna
+
+    from include.tuning import open_storage, summarise_study, tune_family
+    from include.tuning.sets import HyperparameterSets
+
+    cfg, win, settings, out = _unpack(job, job["window"])
+    tuning, family = job["tuning"], job["family"]
+    timeout = tuning.get("tune_timeout_minutes")
+    ran = tune_family(cfg, win, settings, out, family, n_trials=tuning["tune_trials"],
+                      timeout_s=60 * float(timeout) if timeout else None,
+                      space_overrides=(tuning.get("tune_search_space") or {}).get(family), worker=worker)
+    study = optuna.load_study(study_name=ran["study"], storage=open_storage(settings.market_db_url))
+    summary = summarise_study(study)
+    sets = HyperparameterSets(settings.market_db_url)
+    try:
+        stored = sets.record(cfg.model_name, family, win.ts("interval_end"), summary, study=ran["study"],
+                             search_space=study.user_attrs.get("search_space", {}),
+                             data_window=study.user_attrs.get("data_window", {}))
+    finally:
+        sets.dispose()
+    pbo = (stored.get("pbo") or {}).get("pbo")
+    logger.info("%s %s: set %s from %d trial(s) (%s), best out-of-fold log loss %.5f, PBO %s; params %s",
+                cfg.model_name, family, stored["set_id"], stored["n_trials"], stored["states"],
+                stored["best_value"], "n/a" if pbo is None else f"{pbo:.2f}", stored["params"])
+    return {"model": cfg.model_name, "family": family, "set_id": stored["set_id"], "as_of": stored["as_of"],
+            "study": stored["study"], "n_trials": stored["n_trials"], "states": stored["states"],
+            "best_value": stored["best_value"], "params": stored["params"], "pbo": stored.get("pbo"),
+            "best_metrics": stored["best_metrics"], "seconds_per_trial": ran["seconds_per_trial"],
+            "run_folder": str(out)}
+
+
+def report(results: list[dict[str, Any]]) -> str:
+    """The run's sets as text, one line per (market, family), and ``tuning.json`` in each market's folder."""
+    lines = []
+    by_folder: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        if not r:
+            continue
+        by_folder.setdefault(r["run_folder"], []).append(r)
+        pbo = (r.get("pbo") or {}).get("pbo")
+        f1 = r["best_metrics"].get("macro_f1")
+        lines.append(f"{r['model']} {r['family']}: {r['set_id']} ({r['n_trials']} trials: {r['states']}), "
+                     f"log loss {r['best_value']:.5f}, macro F1 {f1:.4f}, "
+                     f"PBO {'n/a' if pbo is None else f'{pbo:.2f}'}; {json.dumps(r['params'], sort_keys=True)}")
+    for folder, rows in by_folder.items():
+        from include.registry import atomic_write_json
+
+        atomic_write_json(Path(folder) / "tuning.json", rows)
+    return "\n".join(lines)
