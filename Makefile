@@ -21,7 +21,7 @@ export GX_ANALYTICS_ENABLED := false
 DEMO_DATES ?= 2023-12-24 2023-12-31
 DEMO_CONF  ?=
 
-.PHONY: install demo monitor test airflow airflow-stop backfill lint docs clean-state bench
+.PHONY: install demo monitor tune test airflow airflow-stop backfill lint docs clean-state bench
 
 install: $(STAMP)
 
@@ -42,6 +42,13 @@ monitor: install
 	mkdir -p var/monitor
 	MARKET_DB_URL=sqlite:///$(CURDIR)/var/monitor/market.sqlite MODEL_REGISTRY_DIR=$(CURDIR)/var/monitor/models \
 	RUN_ARTIFACTS_DIR=$(CURDIR)/var/monitor/runs $(BIN)/python -m include.monitoring.demo
+
+## Tune each model family's hyperparameters for BTCUSDT as of 2023-06-30 through Airflow
+## (tune_hyperparameters), then list the recorded sets; weekly runs from then on use them.
+TUNE_AS_OF ?= 2023-06-30
+TUNE_TRIALS ?= 20
+tune: install
+	$(BIN)/python -m include.tuning run --as-of $(TUNE_AS_OF) --markets BTCUSDT --trials $(TUNE_TRIALS)
 
 ## The whole test suite (what CI runs).
 test: install

@@ -23,11 +23,12 @@ def dagbag(airflow_db):
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"weekly_retrain", "rollback_model", "monitor_production", "publish_signals"}
+    assert set(dagbag.dag_ids) == {"weekly_retrain", "rollback_model", "monitor_production", "publish_signals",
+                                   "tune_hyperparameters"}
 
 
 @pytest.mark.parametrize("dag_file", ["weekly_retrain.py", "rollback_model.py", "monitor_production.py",
-                                      "publish_signals.py"])
+                                      "publish_signals.py", "tune_hyperparameters.py"])
 def test_parsing_runs_no_query_connection_lookup_or_heavy_import(dag_file):
     code = textwrap.dedent(f"""
         import runpy, sys
@@ -102,6 +103,16 @@ def test_weekly_retrain_graph(dagbag):
     timetable = schedule.timetable
     assert type(timetable).__name__ == "CronDataIntervalTimetable"
     assert dag.doc_md and "Gate rule" in dag.doc_md and "universe" in dag.doc_md
+
+
+def test_tune_hyperparameters_graph(dagbag):
+    dag = dagbag.get_dag("tune_hyperparameters")
+    assert [t.task_id for t in dag.topological_sort()] == ["plan_tuning", "prepare_dataset", "list_studies",
+                                                           "tune_family", "report"]
+    assert dag.get_task("tune_family").pool == "training"
+    assert dag.max_active_runs == 1 and not dag.catchup
+    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable" and dag.timetable.expression == "0 0 1 * *"
+    assert dag.params["tune_trials"] == 20 and dag.params["tune_folds"] == 8
 
 
 def test_rollback_graph(dagbag):

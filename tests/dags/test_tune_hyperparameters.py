@@ -1,0 +1,38 @@
+"""A real Airflow run (``dag.test()``) of tune_hyperparameters: one study and one set per (market, family)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from include.config import Settings
+
+BTC = "binance-btcusdt-perp-1h-h4"
+
+
+def test_a_tuning_run_records_one_set_per_family_as_of_its_date(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from include.tuning.sets import HyperparameterSets
+    from tests.conftest import ROOT
+
+    conf = {"markets": ["BTCUSDT"], "as_of_date": "2023-10-01", "train_window_days": 120,
+            "models": ["lightgbm", "random_forest"], "tune_trials": 3, "tune_folds": 2}
+    dr = DagBag(dag_folder=str(ROOT / "dags")).get_dag("tune_hyperparameters").test(
+        logical_date=datetime(2023, 9, 1, tzinfo=UTC), run_conf=conf)
+    states = {(ti.task_id, ti.map_index): ti.state for ti in dr.get_task_instances()}
+    assert set(states.values()) == {"success"}, states
+    assert {k for k in states if k[0] == "tune_family"} == {("tune_family", 0), ("tune_family", 1)}
+    sets = HyperparameterSets(Settings.from_env().market_db_url)
+    try:
+        recorded = {s["family"]: s for s in sets.list(BTC) if s["as_of"].startswith("2023-10-01")}
+    finally:
+        sets.dispose()
+    assert set(recorded) == {"lightgbm", "random_forest"}
+    for s in recorded.values():
+        assert s["n_trials"] == 3 and s["states"] == {"complete": 3}, s  # no pruning before 5 trials
+        assert s["data_window"]["as_of"].startswith("2023-10-01") and s["data_window"]["folds"] == 2
+        assert s["search_space"] and s["code_version"] and s["best_metrics"]["macro_f1"] is not None
+        assert len(s["trial_sharpes"]) == s["states"].get("complete", 0)
+    folder = Settings.from_env().runs_dir / "tune_hyperparameters" / BTC / "20230924T0000_20231001T0000"
+    assert {r["family"] for r in json.loads((folder / "tuning.json").read_text())} == set(recorded)
