@@ -61,7 +61,9 @@ def _token(port: int) -> str:
         return json.loads(resp.read())["access_token"]
 
 
-def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path) -> None:
+def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path, describe=None) -> None:
+    """Poll ``predicate`` every 2 s until it is true; fail with the deployment's log tail (and
+    ``describe()``, e.g. the run's task states) when ``proc`` exits or ``timeout`` passes."""
     deadline, last_error = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -73,7 +75,13 @@ def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Pat
         except Exception as exc:  # noqa: BLE001 - not up yet; reported if it never comes up
             last_error = exc
         time.sleep(2)
-    pytest.fail(f"timed out waiting for {what} (last error: {last_error!r}):\n{log.read_text()[-4000:]}")
+    state = ""
+    if describe is not None:
+        try:
+            state = f"\nstate: {describe()}"
+        except Exception as exc:  # noqa: BLE001 - the description is a diagnostic only
+            state = f"\nstate: unavailable ({exc!r})"
+    pytest.fail(f"timed out waiting for {what} (last error: {last_error!r}){state}:\n{log.read_text()[-4000:]}")
 
 
 def _approvals(tmp_path: Path, port: int, config, up: subprocess.Popen, log: Path) -> None:
@@ -108,7 +116,11 @@ def _approvals(tmp_path: Path, port: int, config, up: subprocess.Popen, log: Pat
         details = call("GET", f"{base}/{run_id}/hitlDetails")["hitl_details"]
         return {d["task_instance"]["rendered_map_index"]: d for d in details}
 
-    _wait(lambda: len(waiting()) == 3, 900, "three approval requests", up, log)
+    def task_states() -> str:
+        tis = call("GET", f"{base}/{run_id}/taskInstances?limit=100")["task_instances"]
+        return "; ".join(sorted(f"{t['task_id']}[{t['map_index']}]={t['state']}" for t in tis))
+
+    _wait(lambda: len(waiting()) == 3, 900, "three approval requests", up, log, task_states)
     asked = waiting()
     assert asked[BTC]["subject"].startswith("Promote v20230716T0000-") and asked[BTC]["options"] == ["Approve", "Reject"]
     for model, answer in ((BTC, "Approve"), (eth, "Reject")):
@@ -118,8 +130,8 @@ def _approvals(tmp_path: Path, port: int, config, up: subprocess.Popen, log: Pat
         assert done["chosen_options"] == [answer] and done["responded_by"]["name"] == "admin"
     with client.ApiClient(config) as api:
         runs = client.DagRunApi(api)
-        _wait(lambda: getattr(runs.get_dag_run(DAG_ID, run_id).state, "value", None) in ("success", "failed"), 600,
-              "the run with approvals to finish", up, log)
+        _wait(lambda: getattr(runs.get_dag_run(DAG_ID, run_id).state, "value", None) in ("success", "failed"), 1200,
+              "the run with approvals to finish", up, log, task_states)
         assert getattr(runs.get_dag_run(DAG_ID, run_id).state, "value", None) == "success"
     state = json.loads((tmp_path / "deploy" / "state.json").read_text())
     registry = ModelRegistry(state["env"]["MODEL_REGISTRY_DIR"], state["env"]["MARKET_DB_URL"])
