@@ -44,11 +44,13 @@ monitor: install
 	RUN_ARTIFACTS_DIR=$(CURDIR)/var/monitor/runs $(BIN)/python -m include.monitoring.demo
 
 ## Tune each model family's hyperparameters for BTCUSDT as of 2023-06-30 through Airflow
-## (tune_hyperparameters), then list the recorded sets; weekly runs from then on use them.
+## (tune_hyperparameters), then list the recorded sets; weekly runs whose first test fold starts
+## on or after that date use them.
 TUNE_AS_OF ?= 2023-06-30
-TUNE_TRIALS ?= 20
+TUNE_TRIALS ?= 10
+TUNE_FOLDS ?= 6
 tune: install
-	$(BIN)/python -m include.tuning run --as-of $(TUNE_AS_OF) --markets BTCUSDT --trials $(TUNE_TRIALS)
+	$(BIN)/python -m include.tuning run --as-of $(TUNE_AS_OF) --markets BTCUSDT --trials $(TUNE_TRIALS) --folds $(TUNE_FOLDS)
 
 ## The whole test suite (what CI runs).
 test: install

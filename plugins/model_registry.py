@@ -98,6 +98,8 @@ def _not_found(exc: Exception) -> HTTPException:
 
 
 def _summary(registry, version: str, aliases: dict[str, list[str]]) -> dict[str, Any]:
+    from include.registry.pages import hyperparameter_summary
+
     info = registry.describe(version)
     lineage = info["lineage"]
     metrics = lineage.get("metrics", {})
@@ -112,6 +114,7 @@ def _summary(registry, version: str, aliases: dict[str, list[str]]) -> dict[str,
         "gate": _gate_outcome(info),
         "short_history": bool(window.get("short_history")), "train_start": window.get("train_start"),
         "dag_id": lineage.get("dag_id"), "run_id": lineage.get("run_id"),
+        "hyperparameters": hyperparameter_summary(lineage),
     }
 
 
@@ -358,7 +361,7 @@ def models_page() -> str:
 
     registry = _registry()
     aliases = registry.version_aliases()
-    columns = ["version", "aliases", "interval_end", "macro_f1", "log_loss", "brier", "gate",
+    columns = ["version", "aliases", "interval_end", "macro_f1", "log_loss", "brier", "gate", "hyperparameters",
                "registered_at", "run", "report"]
     head = "".join(f"<th>{c}</th>" for c in columns)
     sections = []

@@ -83,6 +83,15 @@ def version_link(version: str | None) -> str:
     return f"<a href='../../versions/{quote(version)}/page'>{html.escape(version)}</a>" if version else ""
 
 
+def hyperparameter_summary(lineage: dict[str, Any]) -> str:
+    """Which hyperparameters a version's members used, in a few words: ``defaults`` or, per family
+    with a tuned set, ``family: set id (trials)``."""
+    used = {f: u for f, u in (lineage.get("hyperparameter_sets") or {}).items() if u}
+    if not used:
+        return "defaults"
+    return "; ".join(f"{f}: {u.get('set_id')} ({u.get('n_trials')} trials)" for f, u in used.items())
+
+
 def version_page(info: dict[str, Any], events: list[dict[str, Any]]) -> str:
     """A version's page: its gate decision with every check, where it held production, its lineage
     and per-fold metrics. ``info`` is :meth:`ModelRegistry.describe`'s, ``events`` its model's ledger."""
@@ -103,6 +112,7 @@ def version_page(info: dict[str, Any], events: list[dict[str, Any]]) -> str:
         {"field": "feature spec", "value": f"{len((lineage.get('feature_spec') or {}).get('names', []))} features, "
                                             f"sha256 {(lineage.get('feature_spec') or {}).get('sha256', '')[:12]}"},
         {"field": "ensemble", "value": json.dumps(lineage.get("weights"))},
+        {"field": "hyperparameter sets", "value": hyperparameter_summary(lineage)},
         {"field": "hyperparameters", "value": json.dumps(lineage.get("member_params"))},
         {"field": "label", "value": f"horizon {config.get('label_horizon_bars')} bars, "
                                      f"{config.get('label_threshold_mode')} {config.get('label_threshold')}"},

@@ -21,6 +21,8 @@ goes on. The study's result is a hyperparameter set with as-of semantics
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 import warnings
 from datetime import datetime
@@ -134,7 +136,10 @@ def tune_family(cfg: RunConfig, window: Any, settings: Settings, out_dir: Path, 
                                             "folds": cfg.cv_folds, "purge_bars": splits.purge,
                                             "embargo_bars": splits.embargo})
 
+    host = f"{socket.gethostname()}:{os.getpid()}"
+
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", host)  # which worker ran it, when several share the study
         params = suggest(trial, space)
         fold_losses: list[float] = []
 

@@ -152,6 +152,10 @@ def test_a_weekly_run_uses_the_set_valid_at_its_first_test_fold_and_its_lineage_
     plain = registry.metadata(default["assembled"]["version"])
     assert plain["hyperparameter_sets"] == {"lightgbm": None} and plain["member_params"]["lightgbm"]["num_leaves"] == 15
     assert default["assembled"]["version"] != run["assembled"]["version"]
+    from include.registry.pages import hyperparameter_summary
+
+    assert hyperparameter_summary(meta) == f"lightgbm: {valid['set_id']} (12 trials)"
+    assert hyperparameter_summary(plain) == "defaults"
     registry.dispose()
 
 

@@ -150,6 +150,9 @@ def test_a_version_has_a_page_and_a_model_its_production_history(api):
     assert _request(api["base"] + "/model-registry/models/nope/timeline", api["token"])[0] == 404
     status, models = _request(api["base"] + "/model-registry/ui", api["token"])
     assert f"href='versions/{v1}/page'" in models and f"href='models/{BTC}/timeline'" in models
+    # Which hyperparameters each version used: the fixture's versions trained with the defaults.
+    assert "<th>hyperparameters</th>" in models and "<td>defaults</td>" in models
+    assert "hyperparameter sets</td><td>defaults" in page.replace("\n", "")
     # The run's report links the validation's Great Expectations Data Docs, served beside it.
     status, report = _request(api["base"] + f"/model-registry/versions/{v2}/report", api["token"])
     assert status == 200 and "href='data_docs/index.html'" in report and "Data validation: passed" in report
