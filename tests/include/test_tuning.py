@@ -251,3 +251,30 @@ def test_the_study_survives_a_worker_killed_mid_trial(tuning_dataset):
     states = {t.number: t.state for t in study.trials}
     assert states[killed] == optuna.trial.TrialState.FAIL
     assert len(study.get_trials(states=finished)) == before + 1 and done["trials_run"] == 1
+
+
+def test_a_stacked_candidate_registers_loads_and_serves_its_stackers_probabilities(tmp_path, data_dir):
+    from include.ensemble import StackingEnsemble
+    from include.pipeline import run_once
+    from include.registry import ModelRegistry
+    from include.serving import FastPredictor
+
+    settings = _settings(tmp_path, data_dir)
+    cfg = RunConfig(as_of_date="2023-12-24", train_window_days=120, cv_folds=3, models=("lightgbm", "random_forest"),
+                    ensemble_weighting="stacking", gate_min_f1_margin=-1.0, gate_max_log_loss_ratio=10.0,
+                    gate_min_sharpe_margin=-1000.0, gate_max_drawdown=1.0)
+    run = run_once(cfg, settings, dag_id="weekly_retrain", run_id="stacked")
+    registry = ModelRegistry.from_settings(settings)
+    model, meta = registry.load(run["assembled"]["version"])
+    registry.dispose()
+    assert isinstance(model, StackingEnsemble) and meta["kind"] == "stacking_ensemble"
+    X = pd.read_parquet(settings.runs_dir / "weekly_retrain" / cfg.model_name / "20231217T0000_20231224T0000"
+                        / "dataset.parquet")[meta["feature_spec"]["names"]].tail(50)
+    proba = model.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    # Not the weighted mean of its members: the stacker's own combination.
+    members = [m.predict_proba(X) for _, m in model.estimators_]
+    assert not np.allclose(proba, sum(w * p for w, p in zip(model._check(), members, strict=True)))
+    fast = FastPredictor(model, X.head(5))
+    assert fast.native
+    np.testing.assert_allclose(fast.predict_proba(X.to_numpy()), proba, atol=1e-9)
