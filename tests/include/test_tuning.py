@@ -120,41 +120,50 @@ def test_the_valid_set_is_the_newest_at_or_before_the_date_and_a_rerun_replaces_
     sets.dispose()
 
 
-def test_a_weekly_run_uses_the_set_valid_at_its_first_test_fold_and_its_lineage_names_it(tmp_path, data_dir):
-    """Sets as of 2023-11-15 and 2023-12-15: the week ending 2023-12-24 with three folds tests from
-    2023-12-03, so it uses the earlier set (the later one tuned on rows it tests on); the version's
-    lineage names the set, its members' params are the set's, and the gate counts its trials."""
+def test_a_backfill_uses_the_set_valid_at_each_weeks_first_test_fold_and_the_lineage_names_it(tmp_path, data_dir):
+    """Sets as of 2023-11-15, 2023-12-05 and 2023-12-15. With three folds the week ending 2023-12-24
+    tests from 2023-12-03 and uses the November set; the week ending 2023-12-31 tests from
+    2023-12-10 and uses the set of 2023-12-05, not the one of 2023-12-15, which was tuned on rows
+    it tests on. The version's lineage names the set, its members' params are the set's, and the
+    gate's deflated Sharpe ratio counts the set's trials."""
     from include.pipeline import run_once
+    from include.registry import ModelRegistry
+    from include.registry.pages import hyperparameter_summary
 
     settings = _settings(tmp_path, data_dir)
     cfg = RunConfig(as_of_date="2023-12-24", train_window_days=120, cv_folds=3, models=("lightgbm",),
                     gate_min_f1_margin=-1.0, gate_max_log_loss_ratio=10.0, gate_min_sharpe_margin=-1000.0,
                     gate_max_drawdown=1.0)
     sets = HyperparameterSets(settings.market_db_url)
-    valid = sets.record(cfg.model_name, "lightgbm", datetime(2023, 11, 15, tzinfo=UTC),
-                        _summary({"num_leaves": 7, "learning_rate": 0.05}, 12), study="s-nov",
-                        search_space={}, data_window={})
+    november = sets.record(cfg.model_name, "lightgbm", datetime(2023, 11, 15, tzinfo=UTC),
+                           _summary({"num_leaves": 7, "learning_rate": 0.05}, 12), study="s-nov",
+                           search_space={}, data_window={})
+    december = sets.record(cfg.model_name, "lightgbm", datetime(2023, 12, 5, tzinfo=UTC),
+                           _summary({"num_leaves": 31}, 5), study="s-dec", search_space={}, data_window={})
     sets.record(cfg.model_name, "lightgbm", datetime(2023, 12, 15, tzinfo=UTC), _summary({"num_leaves": 63}),
-                study="s-dec", search_space={}, data_window={})
+                study="s-late", search_space={}, data_window={})
     sets.dispose()
-    run = run_once(cfg, settings, dag_id="weekly_retrain", run_id="tuned")
-    from include.registry import ModelRegistry
-
+    first = run_once(cfg, settings, dag_id="weekly_retrain", run_id="week-1")
+    second = run_once(RunConfig(**{**cfg.to_dict(), "as_of_date": "2023-12-31"}), settings,
+                      dag_id="weekly_retrain", run_id="week-2")
     registry = ModelRegistry.from_settings(settings)
-    meta = registry.metadata(run["assembled"]["version"])
-    assert meta["hyperparameter_sets"]["lightgbm"]["set_id"] == valid["set_id"]
+    meta = registry.metadata(first["assembled"]["version"])
+    assert meta["hyperparameter_sets"]["lightgbm"]["set_id"] == november["set_id"]
     assert meta["member_params"]["lightgbm"]["num_leaves"] == 7
     assert meta["member_params"]["lightgbm"]["learning_rate"] == 0.05
     # 12 tuning trials with Sharpe ratios and this candidate: N = 13.
-    assert run["decision"]["deflated_sharpe"]["n_trials"] == 13
-    default = run_once(RunConfig(**{**cfg.to_dict(), "models": ("lightgbm",), "hyperparameters": "default"}),
+    assert first["decision"]["deflated_sharpe"]["n_trials"] == 13
+    later = registry.metadata(second["assembled"]["version"])
+    assert later["hyperparameter_sets"]["lightgbm"]["set_id"] == december["set_id"]
+    assert later["member_params"]["lightgbm"]["num_leaves"] == 31
+    # The earlier week's candidate, the December set's 5 trials and this candidate.
+    assert second["decision"]["deflated_sharpe"]["n_trials"] == 7
+    default = run_once(RunConfig(**{**cfg.to_dict(), "as_of_date": "2023-12-31", "hyperparameters": "default"}),
                        settings, dag_id="weekly_retrain", run_id="default")
     plain = registry.metadata(default["assembled"]["version"])
     assert plain["hyperparameter_sets"] == {"lightgbm": None} and plain["member_params"]["lightgbm"]["num_leaves"] == 15
-    assert default["assembled"]["version"] != run["assembled"]["version"]
-    from include.registry.pages import hyperparameter_summary
-
-    assert hyperparameter_summary(meta) == f"lightgbm: {valid['set_id']} (12 trials)"
+    assert default["assembled"]["version"] != second["assembled"]["version"]
+    assert hyperparameter_summary(meta) == f"lightgbm: {november['set_id']} (12 trials)"
     assert hyperparameter_summary(plain) == "defaults"
     registry.dispose()
 
