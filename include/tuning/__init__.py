@@ -52,22 +52,35 @@ def study_name(model: str, family: str, as_of: datetime) -> str:
 
 def open_storage(url: str, *, heartbeat_seconds: int = HEARTBEAT_SECONDS) -> Any:
     """Optuna's RDB storage on the database at SQLAlchemy ``url`` (the market database), with
-    heartbeats so a dead worker's trial is failed rather than left running forever.
+    heartbeats so a dead worker's trial is failed rather than left running forever. Opening it
+    creates Optuna's tables when missing; workers that race to do so on a fresh database retry.
 
     Raises:
         ConfigError: ``heartbeat_seconds`` below 1.
+        sqlalchemy.exc.DBAPIError: the database refused three attempts.
     """
     import optuna
 
     if heartbeat_seconds < 1:
         raise ConfigError(f"heartbeat_seconds={heartbeat_seconds}: expected at least 1")
+    import sqlalchemy as sa
+
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 60}  # workers of one study write the same file
-    with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.9
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_seconds,
-                                          grace_period=2 * heartbeat_seconds)
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_seconds,
+                                                  grace_period=2 * heartbeat_seconds)
+        except sa.exc.DBAPIError:
+            # Workers starting together on a fresh database race to create Optuna's tables; the
+            # loser's CREATE TABLE fails, and on the next attempt the tables are there.
+            if attempt == 2:
+                raise
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
 
 
 def _trial_trading(cfg: RunConfig, proba: np.ndarray, prior: np.ndarray, index: pd.DatetimeIndex,

@@ -61,7 +61,8 @@ def _unpack(plan: dict[str, Any], window: dict[str, Any] | None = None) -> tuple
 
 
 def prepare(plan: dict[str, Any]) -> dict[str, Any]:
-    """Ingest, validate, build features and labels for the tuning window of one market.
+    """Ingest, validate, build features and labels for the tuning window of one market, and
+    create the study storage's tables in the market database.
 
     Returns:
         The plan with the settled ``window`` and ``labelled_rows``.
@@ -70,8 +71,10 @@ def prepare(plan: dict[str, Any]) -> dict[str, Any]:
         PipelineError: as the weekly run's steps raise (bad data stops the market with a report).
     """
     from include.pipeline import RunWindow, features, ingest, labels, validate
+    from include.tuning import open_storage
 
     cfg, win, settings, out = _unpack(plan)
+    open_storage(settings.market_db_url).remove_session()  # Optuna's tables, before the studies start together
     ingested = ingest(cfg, win, settings, out)
     win = RunWindow(**ingested["window"])
     validate(cfg, win, settings, out)

@@ -287,3 +287,31 @@ def test_a_stacked_candidate_registers_loads_and_serves_its_stackers_probabiliti
     fast = FastPredictor(model, X.head(5))
     assert fast.native
     np.testing.assert_allclose(fast.predict_proba(X.to_numpy()), proba, atol=1e-9)
+
+
+def _open_together(url: str, barrier, results) -> None:
+    from include.tuning import open_storage
+
+    barrier.wait()
+    try:
+        open_storage(url)
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        results.put(repr(exc))
+
+
+def test_workers_opening_the_study_storage_together_on_a_fresh_database_all_succeed(tmp_path):
+    """Optuna creates its tables on first open; four workers released together race to do so (its
+    own RDBStorage fails in some of them: 'table studies already exists'), and every one opens."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(2):
+        url = f"sqlite:///{tmp_path / f'fresh-{round_}.sqlite'}"
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        workers = [ctx.Process(target=_open_together, args=(url, barrier, results)) for _ in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+        assert [results.get(timeout=5) for _ in workers] == ["ok"] * 4
