@@ -19,7 +19,7 @@ database (Optuna's RDB storage) so several workers share a study and a re-run re
 best trial becomes the set, with its trial count, search space, data window, code version and
 probability of backtest overfitting → `report` (one line per set; `tuning.json` in the run folder).
 
-**Use.** A `weekly_retrain` run with `hyperparameters=tuned` (the default) trains each family
+**Use.** A `weekly_retrain` run with `hyperparameters=tuned` (opt-in) trains each family
 with the newest set whose as-of date is at or before its first walk-forward test fold, so no
 tuned-on row is tested on; the version's lineage names the set and the gate's deflated Sharpe
 ratio counts the study's trials. See `include/tuning/`.

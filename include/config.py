@@ -220,10 +220,11 @@ class RunConfig:
         default="fixed",
     )
     hyperparameters: Literal["tuned", "default"] = _doc(
-        "'tuned': each family uses the newest hyperparameter set tune_hyperparameters recorded "
-        "for the registered model as of the run's first test fold or earlier (its defaults when "
-        "there is none); 'default': the families' fixed defaults.",
-        default="tuned",
+        "'default': the families' fixed defaults; 'tuned': each family uses the newest "
+        "hyperparameter set tune_hyperparameters recorded for the registered model as of the "
+        "run's first test fold or earlier (its defaults when there is none). Tuned sets did not "
+        "beat the defaults out of sample on the bundled data (docs: Hyperparameter tuning).",
+        default="default",
     )
     ensemble_weights: dict[str, float] = _doc(
         "Soft-voting weights per family for 'fixed' weighting (renormalised over trained models).",

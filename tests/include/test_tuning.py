@@ -132,8 +132,8 @@ def test_a_backfill_uses_the_set_valid_at_each_weeks_first_test_fold_and_the_lin
 
     settings = _settings(tmp_path, data_dir)
     cfg = RunConfig(as_of_date="2023-12-24", train_window_days=120, cv_folds=3, models=("lightgbm",),
-                    gate_min_f1_margin=-1.0, gate_max_log_loss_ratio=10.0, gate_min_sharpe_margin=-1000.0,
-                    gate_max_drawdown=1.0)
+                    hyperparameters="tuned", gate_min_f1_margin=-1.0, gate_max_log_loss_ratio=10.0,
+                    gate_min_sharpe_margin=-1000.0, gate_max_drawdown=1.0)
     sets = HyperparameterSets(settings.market_db_url)
     november = sets.record(cfg.model_name, "lightgbm", datetime(2023, 11, 15, tzinfo=UTC),
                            _summary({"num_leaves": 7, "learning_rate": 0.05}, 12), study="s-nov",
