@@ -19,9 +19,11 @@ logger = logging.getLogger(__name__)
 
 
 def market_of(context: dict[str, Any]) -> str | None:
-    """The registered model a failing task worked on, from its ``plan`` argument, if it has one."""
+    """The registered model a failing task worked on, from its ``plan`` argument (``job`` in
+    ``tune_hyperparameters``), if it has one."""
     task = context.get("task")
-    plan = (getattr(task, "op_kwargs", None) or {}).get("plan")
+    kwargs = getattr(task, "op_kwargs", None) or {}
+    plan = kwargs.get("plan") or kwargs.get("job")
     if isinstance(plan, dict) and plan.get("model"):
         return str(plan["model"])
     ti = context.get("ti") or context.get("task_instance")

@@ -315,3 +315,12 @@ def test_workers_opening_the_study_storage_together_on_a_fresh_database_all_succ
         for w in workers:
             w.join(60)
         assert [results.get(timeout=5) for _ in workers] == ["ok"] * 4
+
+
+def test_a_failing_tuning_task_names_its_market_in_the_alert():
+    from types import SimpleNamespace
+
+    from include.notify import market_of
+
+    task = SimpleNamespace(op_kwargs={"job": {"model": "binance-btcusdt-perp-1h-h4", "family": "xgboost"}})
+    assert market_of({"task": task}) == "binance-btcusdt-perp-1h-h4"
