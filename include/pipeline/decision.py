@@ -178,7 +178,8 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
     return {**result, "model": champion_model}
 
 def deflated_sharpe_record(registry: ModelRegistry, model: str, candidate: str,
-                           strategy: dict[str, Any], bar_seconds: int) -> dict[str, Any]:
+                           strategy: dict[str, Any], bar_seconds: int,
+                           tuning_sets: dict[str, Any] | None = None) -> dict[str, Any]:
     """The candidate's deflated Sharpe ratio, counting every candidate evaluated for ``model``.
 
     The trials are the distinct candidates of the model's earlier gate decisions (the ledger's
@@ -191,6 +192,8 @@ def deflated_sharpe_record(registry: ModelRegistry, model: str, candidate: str,
     Args:
         strategy: the candidate's out-of-fold ``ensemble`` trading metrics (``sharpe_per_bar``,
             ``bars``, ``skew``, ``kurtosis``).
+        tuning_sets: the candidate's ``hyperparameter_sets`` lineage (family -> set record with
+            ``n_trials`` and ``trial_sharpes``, or ``None`` for defaults).
 
     Returns:
         ``{"value", "n_trials", "trials_variance", "expected_max_sharpe", "sharpe_per_bar"}``
@@ -207,7 +210,7 @@ def deflated_sharpe_record(registry: ModelRegistry, model: str, candidate: str,
         if version and version != candidate and ens.get("sharpe") is not None:
             trials[version] = ens.get("sharpe_per_bar", ens["sharpe"] / math.sqrt(per_year))
     earlier, unscored = list(trials.values()), 0
-    for used in (registry.metadata(candidate).get("hyperparameter_sets") or {}).values():
+    for used in (tuning_sets or {}).values():
         if used:
             sharpes = [float(v) for v in used.get("trial_sharpes") or []]
             earlier += sharpes
@@ -259,7 +262,9 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
     oof = pd.read_parquet(out_dir / "ensemble_oof.parquet")
     champion = _champion_evaluation(registry, cfg, window, settings, out_dir, oof)
     deflated = (deflated_sharpe_record(registry, cfg.model_name, assembled["version"],
-                                       trading["out_of_fold"]["ensemble"], cfg.bar_seconds) if trading else None)
+                                       trading["out_of_fold"]["ensemble"], cfg.bar_seconds,
+                                       registry.metadata(assembled["version"]).get("hyperparameter_sets"))
+                if trading else None)
     returns = pd.read_parquet(out_dir / TRADING_RETURNS) if trading else None
     evidence = candidate_evidence(policy, oof, returns,
                                   horizon=max(cfg.label_horizon_bars, 1), bar_seconds=cfg.bar_seconds,

@@ -243,7 +243,13 @@ def test_the_gate_counts_every_candidate_of_the_model_in_the_deflated_sharpe_rat
                                  decision={"candidate": version, "trading": trading})
     strategy = {"sharpe_per_bar": 0.03, "bars": 1008, "skew": 0.1, "kurtosis": 4.0}
     record = deflated_sharpe_record(registry, model, "v-new", strategy, 3600)
+    # A member tuned by a study of 10 trials (7 completed with a Sharpe ratio, 3 pruned): each is a trial.
+    tuned = deflated_sharpe_record(registry, model, "v-new", strategy, 3600, {
+        "lightgbm": {"n_trials": 10, "trial_sharpes": [0.001 * k for k in range(7)]}, "xgboost": None})
     registry.dispose()
+    assert tuned["n_trials"] == 3 + 10 + 1
+    assert tuned["trials_variance"] == pytest.approx(np.var([*earlier, *(0.001 * k for k in range(7)), 0.03], ddof=1))
+    assert tuned["value"] < record["value"]  # more trials, a higher bar
     values = [*earlier, 0.03]
     assert record["n_trials"] == 4 and record["trials_variance"] == pytest.approx(np.var(values, ddof=1))
     assert record["value"] == pytest.approx(deflated_sharpe_ratio(0.03, 1008, 0.1, 4.0, 4, np.var(values, ddof=1)))
