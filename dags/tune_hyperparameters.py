@@ -17,7 +17,8 @@ purged, embargoed walk-forward service on the last `tune_folds` weeks, objective
 log loss, macro F1 and the after-cost trading record beside it; trials are stored in the market
 database (Optuna's RDB storage) so several workers share a study and a re-run resumes it; the
 best trial becomes the set, with its trial count, search space, data window, code version and
-probability of backtest overfitting → `report` (one line per set; `tuning.json` in the run folder).
+probability of backtest overfitting → `publish_summary` (one line per set in the log and in
+`tuning.json` in the run folder; the run's note lists the sets).
 
 **Use.** A `weekly_retrain` run with `hyperparameters=tuned` (opt-in) trains each family
 with the newest set whose as-of date is at or before its first walk-forward test fold, so no
@@ -115,18 +116,19 @@ def tune_hyperparameters():
             return tune_and_record(job, worker=ti.map_index if ti is not None else 0)
 
     @task
-    def report(results: list) -> str:
-        """Every set of the run, one line each (also in each market's ``tuning.json``)."""
+    def publish_summary(results: list) -> dict:
+        """Every set of the run, one line each in the log and in each market's ``tuning.json``; the
+        run's note (plugins/run_notes.py) lists them."""
         import logging
 
-        from include.tuning.runs import report as lines
+        from include.tuning.runs import report, run_note
 
-        text = lines(list(results))
-        logging.getLogger(__name__).info("hyperparameter sets:\n%s", text)
-        return text
+        sets = list(results)
+        logging.getLogger(__name__).info("hyperparameter sets:\n%s", report(sets))
+        return {"note": run_note(sets), "sets": [s["set_id"] for s in sets if s]}
 
     prepared = prepare_dataset.expand(plan=plan_tuning())
-    report(tune_family.expand(job=list_studies(prepared)))
+    publish_summary(tune_family.expand(job=list_studies(prepared)))
 
 
 tune_hyperparameters()

@@ -130,6 +130,27 @@ def tune_and_record(job: dict[str, Any], *, worker: int = 0) -> dict[str, Any]:
             "run_folder": str(out)}
 
 
+def run_note(results: list[dict[str, Any]], limit: int = 1000) -> str:
+    """The tuning run's note for the Airflow UI: one short clause per set, within ``limit``
+    characters (Airflow stores 1,000); sets that do not fit are counted."""
+    done = [r for r in results if r]
+    if not done:
+        return "Tuning recorded no hyperparameter set."
+    head = (f"Tuned {len(done)} hyperparameter set(s) as of {done[0]['as_of'][:10]} "
+            "(used by weekly runs with hyperparameters=tuned): ")
+    parts = []
+    for r in done:
+        pbo = (r.get("pbo") or {}).get("pbo")
+        parts.append(f"{r['model']} {r['family']}: {r['n_trials']} trials, log loss {r['best_value']:.4f}, "
+                     f"PBO {'n/a' if pbo is None else f'{pbo:.2f}'}")
+    for shown in range(len(parts), -1, -1):
+        rest = len(parts) - shown
+        note = head + "; ".join(parts[:shown]) + (f"; and {rest} more (see publish_summary's log)" if rest else "") + "."
+        if len(note) <= limit:
+            return note
+    return note[:limit]
+
+
 def report(results: list[dict[str, Any]]) -> str:
     """The run's sets as text, one line per (market, family), and ``tuning.json`` in each market's folder."""
     lines = []

@@ -108,7 +108,7 @@ def test_weekly_retrain_graph(dagbag):
 def test_tune_hyperparameters_graph(dagbag):
     dag = dagbag.get_dag("tune_hyperparameters")
     assert [t.task_id for t in dag.topological_sort()] == ["plan_tuning", "prepare_dataset", "list_studies",
-                                                           "tune_family", "report"]
+                                                           "tune_family", "publish_summary"]
     assert dag.get_task("tune_family").pool == "training"
     assert dag.max_active_runs == 1 and not dag.catchup
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable" and dag.timetable.expression == "0 0 1 * *"

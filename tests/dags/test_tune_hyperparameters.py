@@ -34,5 +34,10 @@ def test_a_tuning_run_records_one_set_per_family_as_of_its_date(airflow_db):
         assert s["data_window"]["as_of"].startswith("2023-10-01") and s["data_window"]["folds"] == 2
         assert s["search_space"] and s["code_version"] and s["best_metrics"]["macro_f1"] is not None
         assert len(s["trial_sharpes"]) == s["states"].get("complete", 0)
+    # The run's note, where a person looks first, names each set.
+    from tests.dags.test_weekly_retrain_e2e import _note
+
+    note = _note(dr)
+    assert note.startswith("Tuned 2 hyperparameter set(s) as of 2023-10-01") and "random_forest: 3 trials" in note
     folder = Settings.from_env().runs_dir / "tune_hyperparameters" / BTC / "20230924T0000_20231001T0000"
     assert {r["family"] for r in json.loads((folder / "tuning.json").read_text())} == set(recorded)

@@ -324,3 +324,15 @@ def test_a_failing_tuning_task_names_its_market_in_the_alert():
 
     task = SimpleNamespace(op_kwargs={"job": {"model": "binance-btcusdt-perp-1h-h4", "family": "xgboost"}})
     assert market_of({"task": task}) == "binance-btcusdt-perp-1h-h4"
+
+
+def test_the_tuning_runs_note_fits_airflows_1000_characters_and_counts_what_it_leaves_out():
+    from include.tuning.runs import run_note
+
+    sets = [{"model": f"binance-m{i:03d}usdt-perp-1h-h4", "family": "lightgbm", "as_of": "2023-06-30T00:00:00+00:00",
+             "n_trials": 20, "best_value": 1.01, "pbo": {"pbo": 0.25}} for i in range(200)]
+    note = run_note(sets)
+    assert len(note) <= 1000 and note.startswith("Tuned 200 hyperparameter set(s) as of 2023-06-30")
+    shown = note.count("trials, log loss")
+    assert 0 < shown < 200 and f"and {200 - shown} more" in note
+    assert run_note(sets[:2]).endswith("PBO 0.25.") and run_note([None]) == "Tuning recorded no hyperparameter set."
