@@ -16,6 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from include.config import RunConfig, Settings
 from include.errors import ConfigError
 
@@ -28,7 +30,9 @@ TUNING_PARAMS = ("tune_trials", "tune_timeout_minutes", "tune_folds", "tune_sear
 
 def plan_tuning(params: dict[str, Any], *, data_interval_start: Any, data_interval_end: Any,
                 run_after: Any) -> list[dict[str, Any]]:
-    """One plan per market: ``{"model", "config", "window", "tuning"}`` (JSON for XCom).
+    """One plan per market: ``{"model", "config", "window", "tuning"}`` (JSON for XCom), as of the
+    ``as_of_date`` param, else the data interval's end (a scheduled run), else the last complete
+    week.
 
     Raises:
         ConfigError: a bad run parameter, named.
@@ -42,6 +46,10 @@ def plan_tuning(params: dict[str, Any], *, data_interval_start: Any, data_interv
         raise ConfigError(f"tune_folds={tuning['tune_folds']!r}: expected an integer of at least 2")
     run_params = {k: v for k, v in params.items() if k not in (*TUNING_PARAMS, "markets", "universe_file")}
     run_params["cv_folds"] = tuning["tune_folds"]
+    if not run_params.get("as_of_date") and data_interval_end is not None:
+        # A scheduled (monthly) run tunes as of its interval's end: the folds are the weeks before
+        # it, as for a run triggered with that as-of date, not one month-long last fold.
+        run_params["as_of_date"] = pd.Timestamp(data_interval_end).strftime("%Y-%m-%d")
     plans = plan_universe(run_params, selected=params.get("markets"), universe_file=params.get("universe_file"),
                           data_interval_start=data_interval_start, data_interval_end=data_interval_end,
                           run_after=run_after)

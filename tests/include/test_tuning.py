@@ -336,3 +336,17 @@ def test_the_tuning_runs_note_fits_airflows_1000_characters_and_counts_what_it_l
     shown = note.count("trials, log loss")
     assert 0 < shown < 200 and f"and {200 - shown} more" in note
     assert run_note(sets[:2]).endswith("PBO 0.25.") and run_note([None]) == "Tuning recorded no hyperparameter set."
+
+
+def test_a_scheduled_tuning_run_tunes_as_of_its_data_intervals_end_on_weekly_folds():
+    from include.tuning.runs import plan_tuning
+
+    params = {**SMALL, "as_of_date": None}
+    plans = plan_tuning(params, data_interval_start=datetime(2023, 6, 1, tzinfo=UTC),
+                        data_interval_end=datetime(2023, 7, 1, tzinfo=UTC), run_after=None)
+    window = plans[0]["window"]
+    assert window["interval_end"] == "2023-07-01T00:00:00+00:00" and window["source"] == "as_of_date"
+    assert window["interval_start"] == "2023-06-25T00:00:00+00:00"  # the last Sunday: weekly folds before it
+    assert plans[0]["config"]["cv_folds"] == SMALL["tune_folds"]
+    with pytest.raises(Exception, match="tune_trials"):
+        plan_tuning({**SMALL, "tune_trials": 0}, data_interval_start=None, data_interval_end=None, run_after=None)
