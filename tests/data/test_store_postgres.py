@@ -37,19 +37,21 @@ def test_migrations_build_exactly_the_schema_the_store_queries(backend, pg_url, 
     assert store.schema_revision == "0009"
     with store.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": SCHEMA_VERSION_TABLE})
-        # The migrated database holds the market series, the model registry, the monitoring and
-        # the fit cache's tables: compare with all four.
+        # The migrated database holds the market series, the model registry, the monitoring, the
+        # fit cache's and the hyperparameter sets' tables: compare with all five.
         from include.training.fit_cache import metadata as fit_cache_meta
+        from include.tuning.sets import metadata as tuning_meta
 
         every_table = sa.MetaData()
         for table in (*metadata.tables.values(), *registry_meta.tables.values(), *monitoring_meta.tables.values(),
-                      *fit_cache_meta.tables.values()):
+                      *fit_cache_meta.tables.values(), *tuning_meta.tables.values()):
             table.to_metadata(every_table)
         diff = compare_metadata(ctx, every_table)
         tables = set(sa.inspect(conn).get_table_names())
     assert diff == []
     assert {"ohlcv", "funding_rate", "open_interest", "ohlcv_gap", "model_version", "model_alias",
-            "model_alias_event", "prediction_log", "monitor_report", "fit_cache_entry", SCHEMA_VERSION_TABLE} <= tables
+            "model_alias_event", "prediction_log", "monitor_report", "fit_cache_entry", "hyperparameter_set",
+            SCHEMA_VERSION_TABLE} <= tables
     assert "alembic_version" not in tables  # Airflow's own version table name stays free
     assert migrate(store.engine) == "0009"  # re-opening is a no-op
     store.dispose()
