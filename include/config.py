@@ -215,17 +215,12 @@ class RunConfig:
     )
     ensemble_weighting: Literal["fixed", "fitted", "stacking"] = _doc(
         "'fixed': ensemble_weights as given; 'fitted': weights minimising out-of-fold log loss; "
-        "'stacking': a multinomial logistic regression on the members' out-of-fold "
-        "log-probabilities (fold k's fitted on earlier folds only).",
+        "'stacking': a logistic regression on the members' out-of-fold log-probabilities.",
         default="fixed",
     )
     hyperparameters: Literal["tuned", "default"] = _doc(
-        "'default': the families' fixed defaults; 'tuned': each family uses the newest "
-        "hyperparameter set tune_hyperparameters recorded for the registered model as of the "
-        "run's first test fold or earlier (its defaults when there is none). Tuned sets did not "
-        "beat the defaults out of sample on the bundled data (docs: Hyperparameter tuning).",
-        default="default",
-    )
+        "'default': the families' defaults; 'tuned': per family, the newest set of "
+        "tune_hyperparameters as of the run's first test fold or earlier.", default="default")
     ensemble_weights: dict[str, float] = _doc(
         "Soft-voting weights per family for 'fixed' weighting (renormalised over trained models).",
         default_factory=lambda: {"lightgbm": 0.4, "xgboost": 0.4, "random_forest": 0.2},

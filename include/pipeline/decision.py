@@ -42,6 +42,20 @@ def oof_signals(oof: pd.DataFrame, min_probability: float) -> dict[str, np.ndarr
             "momentum": oof["momentum"].to_numpy().astype(int) - 1}
 
 
+def market_frames(cfg: RunConfig, settings: Settings, start: datetime,
+                  end: datetime) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The market's OHLCV bars and (perpetuals only, else ``None``) funding rates in
+    ``[start, end)`` from the market store: what a trading simulation charges and earns."""
+    store = open_store(settings)
+    try:
+        key = {"exchange": cfg.exchange, "symbol": cfg.symbol, "start": start, "end": end}
+        bars = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
+        funding = store.load_funding_rates(**key) if cfg.market_type == "perp" else None
+    finally:
+        store.dispose()
+    return bars, funding
+
+
 def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
     """Trade the ensemble's out-of-fold forecasts and the baselines; write ``trading.json``.
 
@@ -58,14 +72,7 @@ def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_
     from include.backtest import TradingCosts, simulate
 
     oof = pd.read_parquet(out_dir / "ensemble_oof.parquet")
-    start, end = oof.index.min().to_pydatetime(), window.ts("interval_end")
-    store = open_store(settings)
-    try:
-        key = {"exchange": cfg.exchange, "symbol": cfg.symbol, "start": start, "end": end}
-        bars = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
-        funding = store.load_funding_rates(**key) if cfg.market_type == "perp" else None
-    finally:
-        store.dispose()
+    bars, funding = market_frames(cfg, settings, oof.index.min().to_pydatetime(), window.ts("interval_end"))
     costs = TradingCosts(fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps)
     signals = {**oof_signals(oof, cfg.trade_min_probability),
                "flat": np.zeros(len(oof), dtype=int), "buy_and_hold": np.ones(len(oof), dtype=int)}

@@ -124,6 +124,7 @@ def tune_family(cfg: RunConfig, window: Any, settings: Settings, out_dir: Path, 
     """
     import optuna
 
+    from include.pipeline.decision import market_frames
     from include.pipeline.training import _training_table, interval_splits
     from include.resources import model_threads
     from include.training import cross_validate, family_params
@@ -133,7 +134,7 @@ def tune_family(cfg: RunConfig, window: Any, settings: Settings, out_dir: Path, 
     space = search_space(family, space_overrides)
     X, y, test_size, _ = _training_table(out_dir, window)
     splits = interval_splits(cfg, X.index, window, test_size)
-    bars, funding = _market_frames(cfg, settings, X.index.min().to_pydatetime(), window.ts("interval_end"))
+    bars, funding = market_frames(cfg, settings, X.index.min().to_pydatetime(), window.ts("interval_end"))
     n_jobs = model_threads()
     name = study_name(cfg.model_name, family, window.ts("interval_end"))
     sampler = optuna.samplers.TPESampler(seed=cfg.random_state + 1000 * worker, n_startup_trials=5)
@@ -183,21 +184,6 @@ def tune_family(cfg: RunConfig, window: Any, settings: Settings, out_dir: Path, 
                 study.best_value if study.best_trials else float("nan"))
     return {"study": name, "family": family, "as_of": window.interval_end, "trials_run": ran,
             "seconds": round(seconds, 2), "seconds_per_trial": round(seconds / ran, 2) if ran else None}
-
-
-def _market_frames(cfg: RunConfig, settings: Settings, start: datetime,
-                   end: datetime) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """OHLCV bars and (perpetuals) funding rates of the market in ``[start, end)``, for trading records."""
-    from include.pipeline.common import open_store
-
-    store = open_store(settings)
-    try:
-        key = {"exchange": cfg.exchange, "symbol": cfg.symbol, "start": start, "end": end}
-        bars = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
-        funding = store.load_funding_rates(**key) if cfg.market_type == "perp" else None
-    finally:
-        store.dispose()
-    return bars, funding
 
 
 def summarise_study(study: Any) -> dict[str, Any]:
