@@ -246,10 +246,9 @@ def weekly_retrain():
 
             from include.errors import MarketNotReadyError
             from include.pipeline import ingest
-            from include.tasks import fail_fast, unpack
+            from include.tasks import fail_fast, market_run
 
-            with fail_fast():
-                cfg, win, settings, out = unpack(plan, None, _dag_id())
+            with fail_fast(), market_run(plan, None, _dag_id()) as (cfg, win, settings, out):
                 try:
                     return ingest(cfg, win, settings, out)
                 except MarketNotReadyError as exc:
@@ -258,20 +257,19 @@ def weekly_retrain():
         @task(map_index_template=MARKET)
         def validate_market_data(plan: dict, window: dict) -> dict:
             from include.pipeline import validate
-            from include.tasks import fail_fast, unpack
+            from include.tasks import fail_fast, market_run
 
-            with fail_fast():  # bad data does not improve on a retry: the full report is in the message
-                cfg, win, settings, out = unpack(plan, window, _dag_id())
+            # Bad data does not improve on a retry: the full report is in the message.
+            with fail_fast(), market_run(plan, window, _dag_id()) as (cfg, win, settings, out):
                 return validate(cfg, win, settings, out)
 
         @task(multiple_outputs=True, map_index_template=MARKET)
         def build_features(plan: dict, window: dict, validation: dict) -> dict:
             """The modelling table: features, then their labels (one task: one step fewer to schedule)."""
             from include.pipeline import features, labels
-            from include.tasks import fail_fast, unpack
+            from include.tasks import fail_fast, market_run
 
-            with fail_fast():
-                cfg, win, settings, out = unpack(plan, window, _dag_id())
+            with fail_fast(), market_run(plan, window, _dag_id()) as (cfg, win, settings, out):
                 return {"features": features(cfg, win, settings, out), "labels": labels(cfg, win, out)}
 
         @task(map_index_template=MARKET)
@@ -279,15 +277,17 @@ def weekly_retrain():
             """Train one family; ``None`` when the run's ``models`` leaves it out."""
             import logging
 
+            from include.config import RunConfig
             from include.pipeline import train
-            from include.tasks import fail_fast, unpack
+            from include.tasks import fail_fast, market_run
 
             with fail_fast():
-                cfg, win, settings, out = unpack(plan, window, _dag_id())
-                if family not in cfg.models:
-                    logging.getLogger(__name__).info("%s is not in this run's models %s: nothing to train",
-                                                     family, list(cfg.models))
-                    return None
+                models = RunConfig.from_params(plan["config"]).models
+            if family not in models:
+                logging.getLogger(__name__).info("%s is not in this run's models %s: nothing to train",
+                                                 family, list(models))
+                return None
+            with fail_fast(), market_run(plan, window, _dag_id()) as (cfg, win, settings, out):
                 return train(cfg, win, out, family, settings)
 
         @task(multiple_outputs=True, map_index_template=MARKET)
@@ -295,11 +295,10 @@ def weekly_retrain():
             """The candidate: soft-vote the members and register it, then simulate its out-of-fold
             trading (one task: one step fewer to schedule)."""
             from include.pipeline import assemble, simulate_trading
-            from include.tasks import fail_fast, unpack
+            from include.tasks import fail_fast, market_run
 
             ctx = get_current_context()
-            with fail_fast():
-                cfg, win, settings, out = unpack(plan, window, _dag_id())
+            with fail_fast(), market_run(plan, window, _dag_id()) as (cfg, win, settings, out):
                 assembled = assemble(cfg, win, settings, out, list(trained), dag_id=_dag_id(), run_id=ctx["run_id"],
                                      logical_date=logical_date.isoformat() if logical_date else None)
                 return {"ensemble": assembled, "trading": simulate_trading(cfg, win, settings, out)}
@@ -310,18 +309,19 @@ def weekly_retrain():
             """Wait for earlier runs to finish and the model's registry lock, then apply the gate policy."""
             import logging
 
+            from include.config import Settings
             from include.pipeline import gate
             from include.registry import ModelRegistry
-            from include.tasks import fail_fast, unfinished_earlier_runs, unpack
+            from include.tasks import fail_fast, market_run, unfinished_earlier_runs
 
+            waiting = unfinished_earlier_runs(ti, dag_run)
+            if waiting:
+                logging.getLogger(__name__).info("waiting for %d earlier run(s) to decide first", waiting)
+                return PokeReturnValue(is_done=False)
             with fail_fast():
-                cfg, win, settings, out = unpack(plan, window, _dag_id())
-                waiting = unfinished_earlier_runs(ti, dag_run)
-                if waiting:
-                    logging.getLogger(__name__).info("waiting for %d earlier run(s) to decide first", waiting)
+                if ModelRegistry.from_settings(Settings.from_env()).is_locked(plan["model"]):
                     return PokeReturnValue(is_done=False)
-                if ModelRegistry.from_settings(settings).is_locked(cfg.model_name):
-                    return PokeReturnValue(is_done=False)
+            with fail_fast(), market_run(plan, window, _dag_id()) as (cfg, win, settings, out):
                 return PokeReturnValue(is_done=True, xcom_value=gate(cfg, win, settings, out, assembled, trading,
                                                                      request=plan.get("request")))
 
@@ -374,13 +374,12 @@ def weekly_retrain():
                                    dataset: dict, assembled: dict, trading: dict, decision: dict,
                                    action: dict) -> dict:
             from include.pipeline import summarise
-            from include.tasks import fail_fast, unpack
+            from include.tasks import fail_fast, market_run
 
             parts = {"ingested": ingested, "validation": validation, "features": feature_info,
                      "labels": dataset, "ensemble": assembled, "trading": trading, "gate": decision,
                      "action": action}
-            with fail_fast():
-                cfg, win, settings, out = unpack(plan, window, _dag_id())
+            with fail_fast(), market_run(plan, window, _dag_id()) as (cfg, win, settings, out):
                 return summarise(settings, cfg, out, win, parts)
 
         # Keyword arguments: the map index template and the alerts read the market from op_kwargs["plan"].

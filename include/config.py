@@ -3,8 +3,7 @@
 Two objects:
 
 * :class:`Settings` — where things live (market database, data directory, model registry, run
-  artifacts). Read from environment variables so the same code runs embedded, in tests and in
-  production.
+  artifacts). Read from environment variables so the same code runs embedded, in tests and in production.
 * :class:`RunConfig` — the knobs of one retraining run (symbol, windows, labels, models, gate).
   The DAG's ``Param`` trigger form mirrors these fields; :meth:`RunConfig.from_params` validates
   them and raises :class:`~include.errors.ConfigError` naming the offending field.
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from include.errors import ConfigError
+from include.storage import location
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,8 +61,8 @@ class Settings:
             (``MARKET_DATA_DIR``; default: the bundled Binance data in ``data/binance``).
         market_db_url: SQLAlchemy URL of the market store; see :func:`market_db_url`.
         registry_dir: root of the model registry (``MODEL_REGISTRY_DIR``; default ``models/``).
-        runs_dir: root of per-run artifacts such as feature files, candidate models and
-            validation reports (``RUN_ARTIFACTS_DIR``; default ``var/runs``).
+        runs_dir: root of per-run artifacts such as feature files, candidate models and validation reports
+            (``RUN_ARTIFACTS_DIR``; default ``var/runs``). Both: a path or ``s3://`` URI (:mod:`include.storage`).
         exchange_api_url: base URL replacing the exchange's API hosts for the exchange source
             (``EXCHANGE_API_URL``; default: the exchange's own), e.g. a proxy or a local replay.
         registry_keep_last: retention: registry versions kept besides every version that ever
@@ -71,8 +71,8 @@ class Settings:
 
     data_dir: Path
     market_db_url: str
-    registry_dir: Path
-    runs_dir: Path
+    registry_dir: Any
+    runs_dir: Any
     exchange_api_url: str | None = None
     registry_keep_last: int = 20
 
@@ -84,8 +84,8 @@ class Settings:
         return cls(
             data_dir=_env_path("MARKET_DATA_DIR", PROJECT_ROOT / "data" / "binance"),
             market_db_url=market_db_url(default_db),
-            registry_dir=_env_path("MODEL_REGISTRY_DIR", PROJECT_ROOT / "models"),
-            runs_dir=_env_path("RUN_ARTIFACTS_DIR", var / "runs"),
+            registry_dir=location(os.environ.get("MODEL_REGISTRY_DIR") or PROJECT_ROOT / "models"),
+            runs_dir=location(os.environ.get("RUN_ARTIFACTS_DIR") or var / "runs"),
             exchange_api_url=os.environ.get("EXCHANGE_API_URL") or None,
             registry_keep_last=env_int("MODEL_REGISTRY_KEEP_LAST", 20) or 20,
         )

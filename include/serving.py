@@ -359,8 +359,8 @@ def write_signal(settings: Any, model: str, event: dict[str, Any] | None = None)
     What a downstream consumer of a promotion does (``dags/publish_signals.py``): the forecast is
     made from the bars that closed by the end of the production version's training data, and
     appended as one row (``bar``, ``version``, ``p_down``, ``p_range``, ``p_up``, ``decision``,
-    ``event``, ``event_version``) to ``<runs_dir>/signals/<model>.csv``, rewritten whole under a
-    temporary name and renamed into place.
+    ``event``, ``event_version``) to ``<runs_dir>/signals/<model>.csv``, rewritten whole and
+    atomically (:func:`include.storage.write_bytes`).
 
     Args:
         settings: the deployment (:class:`include.config.Settings`).
@@ -373,10 +373,11 @@ def write_signal(settings: Any, model: str, event: dict[str, Any] | None = None)
     Raises:
         ServingError: the model has no production version, or no complete feature row.
     """
-    import tempfile
+    import io
 
     from include.gate import instant
     from include.paths import check_name
+    from include.storage import read_bytes, write_bytes
 
     registry = ModelRegistry.from_settings(settings)
     try:
@@ -396,11 +397,8 @@ def write_signal(settings: Any, model: str, event: dict[str, Any] | None = None)
            **{f"p_{k}": v for k, v in prediction.probabilities.items()}, "decision": prediction.decision,
            "event": event.get("event"), "event_version": event.get("version")}
     path = settings.runs_dir / "signals" / f"{check_name(model, 'registered model')}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.concat([pd.read_csv(path), pd.DataFrame([row])]) if path.is_file() else pd.DataFrame([row])
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    frame = (pd.concat([pd.read_csv(io.BytesIO(read_bytes(path))), pd.DataFrame([row])]) if path.is_file()
+             else pd.DataFrame([row]))
+    write_bytes(path, frame.to_csv(index=False).encode())
     logger.info("%s: signal from %s for the bar %s written to %s", model, prediction.version, prediction.bar, path)
     return row

@@ -10,12 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from include.config import RunConfig, Settings
-from include.pipeline import RunWindow, run_dir
+from include.pipeline import RunWindow
 
 
-def unpack(plan: dict[str, Any], window: dict[str, Any] | None,
-           dag_id: str) -> tuple[RunConfig, RunWindow, Settings, Path]:
-    """``(config, window, settings, run folder)`` of one market's run.
+@contextmanager
+def market_run(plan: dict[str, Any], window: dict[str, Any] | None,
+               dag_id: str) -> Iterator[tuple[RunConfig, RunWindow, Settings, Path]]:
+    """``(config, window, settings, run folder)`` of one market's run, for one task's step.
+
+    The run folder is local: the run's own when ``RUN_ARTIFACTS_DIR`` is a local path; when it is
+    an object store, this worker's mirror of it, whose changes are uploaded when the step ends
+    (:func:`include.pipeline.common.staged_run_dir`).
 
     Args:
         plan: the market's plan from ``plan_run`` (``{"model", "config", "window"}``).
@@ -23,10 +28,13 @@ def unpack(plan: dict[str, Any], window: dict[str, Any] | None,
             ``None`` for the plan's own window.
         dag_id: the DAG's id (names the run folder's parent).
     """
+    from include.pipeline.common import staged_run_dir
+
     cfg = RunConfig.from_params(plan["config"])
     win = RunWindow(**(window or plan["window"]))
     settings = Settings.from_env()
-    return cfg, win, settings, run_dir(settings, dag_id, cfg.model_name, win)
+    with staged_run_dir(settings, dag_id, cfg.model_name, win) as out:
+        yield cfg, win, settings, out
 
 
 @contextmanager

@@ -422,7 +422,6 @@ def main(argv: list[str] | None = None) -> int:
     from include.registry import atomic_write_json
 
     path = settings.registry_dir / "track_record" / f"{args.model}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, json.loads(json.dumps(record, default=str)))
     print(json.dumps(record, default=str, indent=1) if args.json else table(record))
     if args.command == "replay":

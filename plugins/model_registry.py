@@ -37,7 +37,7 @@ from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessE
 from airflow.api_fastapi.core_api.security import get_user, requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, Field
 
 from include.registry.pages import cell as _cell
@@ -210,15 +210,24 @@ def _gate_cell(gate: dict[str, Any] | None) -> str:
     return f"{verdict}<br><small>{versus}</small>"
 
 
-def _report_path(info: dict[str, Any]) -> Path:
+def _report_path(info: dict[str, Any]) -> Any:
     from include.pipeline.common import version_run_dir
 
     return version_run_dir(_settings(), info["model"], info["lineage"]) / "report.html"
 
 
+def _file_response(path: Any, media_type: str | None) -> Response:
+    """A run folder's file: sent from disk, or read from the object store."""
+    from include.storage import is_remote
+
+    if is_remote(path):
+        return Response(path.read_bytes(), media_type=media_type)
+    return FileResponse(path, media_type=media_type)
+
+
 @app.get("/versions/{version}/report", summary="The HTML report of the run that made a version",
          response_class=FileResponse)
-def version_report(version: str) -> FileResponse:
+def version_report(version: str) -> Response:
     from include.errors import RegistryError
 
     try:
@@ -227,22 +236,29 @@ def version_report(version: str) -> FileResponse:
         raise _not_found(exc) from exc
     if not path.is_file():
         raise HTTPException(status_code=404, detail=f"no report at {path} (run folder cleaned, or run unfinished)")
-    return FileResponse(path, media_type="text/html")
+    return _file_response(path, "text/html")
 
 
 @app.get("/versions/{version}/data_docs/{path:path}", summary="The Great Expectations Data Docs of a version's run",
          response_class=FileResponse)
-def version_data_docs(version: str, path: str) -> FileResponse:
+def version_data_docs(version: str, path: str) -> Response:
     from include.errors import RegistryError
+    from include.storage import is_remote
 
     try:
-        root = (_report_path(_registry().describe(version)).parent / "data_docs").resolve()
+        root = _report_path(_registry().describe(version)).parent / "data_docs"
     except RegistryError as exc:
         raise _not_found(exc) from exc
-    target = (root / path).resolve()
-    if not target.is_relative_to(root) or not target.is_file():
+    parts = Path(path).parts
+    if is_remote(root):  # keys have no links to follow: only ".." could leave the folder
+        target, inside = root.joinpath(*parts), ".." not in parts
+    else:
+        root = root.resolve()
+        target = (root / path).resolve()
+        inside = target.is_relative_to(root)
+    if not inside or not target.is_file():
         raise HTTPException(status_code=404, detail=f"no Data Docs page {path!r} for {version}")
-    return FileResponse(target, media_type="text/html" if target.suffix == ".html" else None)
+    return _file_response(target, "text/html" if target.suffix == ".html" else None)
 
 
 @app.post("/predict", summary="Predict with a registered model's production version", response_model=PredictResponse,

@@ -31,6 +31,7 @@ def _install(fault: str) -> None:
     """Wrap the function at ``fault`` so that reaching the point kills this process."""
     import include.pipeline.decision as decision
     import include.registry.core as core
+    import include.registry.retention as retention
     import include.serving as serving
     from include.registry import CHALLENGER, ModelRegistry
 
@@ -62,10 +63,10 @@ def _install(fault: str) -> None:
 
         serving.ProductionModel.predict = predict
     elif fault == "retention: rows marked, files not removed":
-        core._remove_tree = lambda path: _die()
+        retention._remove_tree = lambda path: _die()
     elif fault == "retention: folder set aside, not deleted":
-        real_rmtree = core.shutil.rmtree
-        core.shutil.rmtree = lambda path, *a, **k: _die() if Path(path).name.startswith(".removing.") \
+        real_rmtree = retention.shutil.rmtree
+        retention.shutil.rmtree = lambda path, *a, **k: _die() if Path(path).name.startswith(".removing.") \
             else real_rmtree(path, *a, **k)
     else:
         raise ValueError(f"unknown fault point {fault!r}")

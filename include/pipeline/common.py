@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -172,22 +174,56 @@ def run_key(start: datetime, end: datetime) -> str:
     """The folder name of a data interval ``[start, end)``: ``20231224T0000_20231231T0000``."""
     return f"{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
 
-def version_run_dir(settings: Settings, model: str, lineage: dict[str, Any]) -> Path:
-    """The run folder that made a registered version, from its lineage (it may have been cleaned)."""
+def version_run_dir(settings: Settings, model: str, lineage: dict[str, Any]) -> Any:
+    """The run folder that made a registered version, from its lineage (it may have been cleaned);
+    local or in the object store, as ``settings.runs_dir``."""
     window = lineage["data_window"]
     start, end = (datetime.fromisoformat(window[k]) for k in ("interval_start", "interval_end"))
     dag_id = check_name(lineage.get("dag_id") or "weekly_retrain", "DAG id")
     return settings.runs_dir / dag_id / check_name(model, "registered model name") / run_key(start, end)
 
-def run_dir(settings: Settings, dag_id: str, model: str, window: RunWindow) -> Path:
-    """The artifact folder of one registered model's run over one data interval (created).
+def run_location(settings: Settings, dag_id: str, model: str, window: RunWindow) -> Any:
+    """Where one registered model's run over one data interval keeps its artifacts: a folder
+    under ``settings.runs_dir``, local or in the object store (not created).
 
     Raises:
         ConfigError: ``dag_id`` or ``model`` is not a safe path component.
     """
-    path = settings.runs_dir / check_name(dag_id, "DAG id") / check_name(model, "registered model name") / window.run_key
+    return settings.runs_dir / check_name(dag_id, "DAG id") / check_name(model, "registered model name") / window.run_key
+
+
+def run_dir(settings: Settings, dag_id: str, model: str, window: RunWindow) -> Path:
+    """The local artifact folder of one registered model's run over one data interval (created).
+
+    Raises:
+        ConfigError: ``dag_id`` or ``model`` is not a safe path component, or the run artifacts
+            are in an object store: then use :func:`staged_run_dir`.
+    """
+    from include.errors import ConfigError
+    from include.storage import is_remote
+
+    path = run_location(settings, dag_id, model, window)
+    if is_remote(path):
+        raise ConfigError(f"RUN_ARTIFACTS_DIR is an object store ({settings.runs_dir}): a step works on "
+                          "a staged local copy of its run folder (include.pipeline.common.staged_run_dir)")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextmanager
+def staged_run_dir(settings: Settings, dag_id: str, model: str, window: RunWindow) -> Iterator[Path]:
+    """A local folder with the run's artifacts for one step (:func:`include.storage.staged`):
+    the run folder itself when local; a mirror of it whose changes are uploaded after the step
+    when ``RUN_ARTIFACTS_DIR`` is an object store.
+
+    Raises:
+        ConfigError: ``dag_id`` or ``model`` is not a safe path component.
+    """
+    from include.storage import staged
+
+    folder = run_location(settings, dag_id, model, window)
+    with staged(folder, name=f"{dag_id}/{model}/{window.run_key}") as path:
+        yield path
 
 def open_store(settings: Settings) -> MarketStore:
     """The deployment's market store (dispose it after use)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from include.config import RunConfig, Settings
-from include.pipeline.common import SKIPPED_FILE, SUMMARY_FILE, RunWindow, json_safe, resolve_window, run_dir
+from include.pipeline.common import SKIPPED_FILE, SUMMARY_FILE, RunWindow, json_safe, resolve_window, staged_run_dir
 from include.pipeline.data import features, ingest, labels, validate
 from include.pipeline.decision import gate, keep, promote, simulate_trading
 from include.pipeline.training import assemble, train
@@ -275,22 +275,22 @@ def run_once(cfg: RunConfig, settings: Settings, *, dag_id: str, run_id: str,
     """
     window = resolve_window(cfg, data_interval_start=data_interval_start, data_interval_end=data_interval_end,
                             run_after=None)
-    out = run_dir(settings, dag_id, cfg.model_name, window)
-    ingested = ingest(cfg, window, settings, out)
-    window = RunWindow(**ingested["window"])
-    validation = validate(cfg, window, settings, out)
-    feature_info = features(cfg, window, settings, out)
-    dataset = labels(cfg, window, out)
-    trained = [train(cfg, window, out, family, settings) for family in cfg.models]
-    assembled = assemble(cfg, window, settings, out, trained, dag_id=dag_id, run_id=run_id)
-    trading = simulate_trading(cfg, window, settings, out)
-    decision = gate(cfg, window, settings, out, assembled, trading)
-    if decision["passed"]:
-        action = promote(settings, decision, run_id=run_id, dag_id=dag_id, as_of=window.ts("interval_end"))
-    else:
-        action = keep(settings, decision, run_id=run_id, dag_id=dag_id)
-    summary = summarise(settings, cfg, out, window, {
-        "ingested": ingested, "validation": validation, "features": feature_info, "labels": dataset,
-        "ensemble": assembled, "trading": trading, "gate": decision, "action": action})
+    with staged_run_dir(settings, dag_id, cfg.model_name, window) as out:
+        ingested = ingest(cfg, window, settings, out)
+        window = RunWindow(**ingested["window"])
+        validation = validate(cfg, window, settings, out)
+        feature_info = features(cfg, window, settings, out)
+        dataset = labels(cfg, window, out)
+        trained = [train(cfg, window, out, family, settings) for family in cfg.models]
+        assembled = assemble(cfg, window, settings, out, trained, dag_id=dag_id, run_id=run_id)
+        trading = simulate_trading(cfg, window, settings, out)
+        decision = gate(cfg, window, settings, out, assembled, trading)
+        if decision["passed"]:
+            action = promote(settings, decision, run_id=run_id, dag_id=dag_id, as_of=window.ts("interval_end"))
+        else:
+            action = keep(settings, decision, run_id=run_id, dag_id=dag_id)
+        summary = summarise(settings, cfg, out, window, {
+            "ingested": ingested, "validation": validation, "features": feature_info, "labels": dataset,
+            "ensemble": assembled, "trading": trading, "gate": decision, "action": action})
     return {"window": window, "assembled": assembled, "trading": trading, "decision": decision,
             "action": action, "summary": summary}

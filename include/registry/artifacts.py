@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import os
 import subprocess
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,22 +24,22 @@ OOF_FILE = "oof.parquet"
 
 MANIFEST_FILE = "manifest.json"
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
+def sha256_file(path: Any) -> str:
+    """Hex sha256 of a file's bytes, local or in the object store (read in 1 MiB chunks)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with (Path(path) if isinstance(path, str) else path).open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
-def load_verified(path: Path, expected_sha256: str, what: str) -> Any:
+def load_verified(path: Any, expected_sha256: str, what: str) -> Any:
     """Unpickle a joblib file after checking the sha256 of the very bytes that are unpickled.
 
     Reading the file once and hashing those bytes closes the window in which a file checked on
     disk could be swapped before it is opened again.
 
     Args:
-        path: the joblib file.
+        path: the joblib file, local or in the object store.
         expected_sha256: hex digest recorded by a trusted party (the registry database, or the
             XCom of the task that wrote the file).
         what: what the file is, for the error message.
@@ -51,8 +49,10 @@ def load_verified(path: Path, expected_sha256: str, what: str) -> Any:
     """
     import joblib
 
+    from include.storage import read_bytes
+
     try:
-        data = Path(path).read_bytes()
+        data = read_bytes(Path(path) if isinstance(path, str) else path)
     except FileNotFoundError:
         raise IntegrityError(f"{what}: {path} is missing") from None
     actual = hashlib.sha256(data).hexdigest()
@@ -62,19 +62,12 @@ def load_verified(path: Path, expected_sha256: str, what: str) -> Any:
             "refusing to load a modified artifact")
     return joblib.load(io.BytesIO(data))
 
-def atomic_write_json(path: Path, payload: Any) -> None:
-    """Write JSON to ``path`` via a flushed temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def atomic_write_json(path: Any, payload: Any) -> None:
+    """Write JSON to ``path``, local or in the object store, atomically
+    (:func:`include.storage.write_json`)."""
+    from include.storage import write_json
+
+    write_json(path, payload)
 
 def now_ms() -> int:
     """Now, in ms since the epoch (UTC): the registry's time unit."""

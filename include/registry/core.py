@@ -31,6 +31,7 @@ from include.registry.artifacts import (
     now_ms,
     sha256_file,
 )
+from include.registry.retention import Retention, _remove_tree
 from include.registry.schema import (
     PRODUCTION,
     RegisteredModel,
@@ -39,32 +40,35 @@ from include.registry.schema import (
     model_table,
     version_table,
 )
+from include.storage import is_remote, remove, scratch_root, write_json
 
 if TYPE_CHECKING:
     import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-class ModelRegistry(AliasLedger):
+class ModelRegistry(AliasLedger, Retention):
     """Model registry over artifacts under ``root`` and state in the database at ``url``.
 
     Registered models, versions, locking and retention are here; aliases and the ledger come
     from :class:`~include.registry.aliases.AliasLedger`.
 
     Args:
-        root: artifact folder; created if missing.
+        root: artifact folder (created if missing), local or in an object store
+            (:mod:`include.storage`).
         url: SQLAlchemy URL of the database (the market store's); migrated on open.
 
     Raises:
         ConfigError: unsupported database URL (from the store's migration).
     """
 
-    def __init__(self, root: str | Path, url: str) -> None:
+    def __init__(self, root: Any, url: str) -> None:
         from include.data.store import MarketStore
 
-        self.root = Path(root)
+        self.root = root if is_remote(root) else Path(root)
         self.versions_dir = self.root / "versions"
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        if not is_remote(root):
+            self.versions_dir.mkdir(parents=True, exist_ok=True)
         store = MarketStore(url)  # validates the URL and applies the migrations
         self.engine: Engine = store.engine
         self.backend = store.backend
@@ -84,12 +88,29 @@ class ModelRegistry(AliasLedger):
     # -- locking ------------------------------------------------------------------------------
     @contextmanager
     def lock(self, model: str, blocking: bool = True) -> Iterator[bool]:
-        """Exclusive advisory file lock over one registered model's writes on this host.
+        """Exclusive lock over one registered model's writes: an advisory file lock on this host
+        for a local registry; a PostgreSQL session advisory lock, held on its own connection,
+        for artifacts in an object store (writers on several machines).
 
         Yields:
             Whether the lock was acquired (always ``True`` when ``blocking``).
         """
-        fh = open(self.root / f".lock-{model}", "a+")  # noqa: SIM115 - held for the context's lifetime
+        if is_remote(self.root) and self.backend == "postgresql":
+            with self.engine.connect() as conn:
+                key = {"key": f"model_registry_writer:{model}"}
+                if blocking:
+                    conn.execute(sa.text("SELECT pg_advisory_lock(hashtextextended(:key, 0))"), key)
+                elif not conn.execute(sa.text("SELECT pg_try_advisory_lock(hashtextextended(:key, 0))"), key).scalar():
+                    yield False
+                    return
+                try:
+                    yield True
+                finally:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"), key)
+            return
+        folder = self.root if not is_remote(self.root) else scratch_root()  # SQLite: one machine
+        folder.mkdir(parents=True, exist_ok=True)
+        fh = open(folder / f".lock-{model}", "a+")  # noqa: SIM115 - held for the context's lifetime
         try:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
@@ -243,6 +264,8 @@ class ModelRegistry(AliasLedger):
         model = self.ensure_model(RegisteredModel.from_lineage(lineage))
         relative = f"versions/{model}/{version}"
         target = self.root / relative
+        if is_remote(target):
+            return self._register_remote(src, files, digest, version, model, lineage, interval_end, relative)
         target.parent.mkdir(parents=True, exist_ok=True)
         # Under the model's lock: stage the folder, publish it, insert (or restore) its row. Only
         # a lock holder stages, so a staging folder found here is a dead process's, and a folder
@@ -284,6 +307,31 @@ class ModelRegistry(AliasLedger):
                            version, model, src)
         else:
             logger.info("registered version %s of %s from %s", version, model, src)
+        self.verify(version)
+        return version
+
+    def _register_remote(self, src: Path, files: dict[str, str], digest: str, version: str, model: str,
+                         lineage: dict[str, Any], interval_end: datetime, relative: str) -> str:
+        """:meth:`register` into an object store: under the model's lock, upload each file (an
+        object appears whole or not at all), then insert the row. Objects without a live row
+        (a crash before the commit) are replaced by the next registration."""
+        target = self.root / relative
+        with self._transaction(model) as conn:
+            current = conn.execute(sa.select(version_table).where(version_table.c.version == version)).first()
+            restored = current is not None and current.deleted_at is not None
+            if current is None or restored:
+                remove(target)
+                for name in files:
+                    target.fs.put_file(str(src / name), (target / name).path)
+                write_json(target / MANIFEST_FILE, {"files": files, "version": version, "model": model})
+                values = {"interval_end": int(interval_end.timestamp() * 1000), "registered_at": now_ms(),
+                          "manifest_sha256": digest, "files": files, "artifact_path": relative, "lineage": lineage}
+                if restored:
+                    conn.execute(version_table.update().where(version_table.c.version == version)
+                                 .values(deleted_at=None, **values))
+                else:
+                    conn.execute(version_table.insert().values(version=version, model=model, **values))
+        logger.info("registered version %s of %s from %s in %s", version, model, src, target)
         self.verify(version)
         return version
 
@@ -405,71 +453,3 @@ class ModelRegistry(AliasLedger):
         if hashlib.sha256(data).hexdigest() != row.files[OOF_FILE]:
             raise IntegrityError(f"version {version}: {OOF_FILE} is missing or differs from its registered sha256")
         return pd.read_parquet(io.BytesIO(data))
-
-    # -- retention ----------------------------------------------------------------------------
-    def cleanup(self, keep_last: int, *, dry_run: bool = False, model: str | None = None) -> list[str]:
-        """Remove the artifacts of versions outside the retention set; their rows stay, marked.
-
-        Kept, per registered model: the ``keep_last`` most recently registered versions, every
-        version that ever held ``production``, and every version an alias points at now.
-        ``model`` limits the cleanup to one registered model. Each model's retention set is read
-        and its versions are marked removed inside one transaction under the model's lock, so a
-        concurrent promotion or alias move cannot point at a version being removed.
-
-        Returns:
-            The versions removed (or that would be, with ``dry_run``).
-
-        Raises:
-            ValueError: ``keep_last`` is negative.
-        """
-        if keep_last < 0:
-            raise ValueError(f"keep_last must be >= 0, got {keep_last}")
-        names = [model] if model is not None else self.model_names()
-        removed: list[str] = []
-        for name in names:
-            if dry_run:
-                with self.engine.connect() as conn:
-                    removed += [v for v, _ in self._doomed(conn, name, keep_last)]
-                continue
-            with self.lock(name):  # held until the files are gone: no registration restores one meanwhile
-                with self._transaction(name, lock=False) as conn:
-                    doomed = self._doomed(conn, name, keep_last)
-                    if doomed:
-                        conn.execute(version_table.update()
-                                     .where(version_table.c.version.in_([v for v, _ in doomed]))
-                                     .values(deleted_at=now_ms()))
-                # Rows are marked first: a crash before the files go leaves unreferenced files,
-                # never a live row without its artifacts; they are removed here, now or next time.
-                with self.engine.connect() as conn:
-                    gone = conn.execute(sa.select(version_table.c.version, version_table.c.artifact_path).where(
-                        version_table.c.model == name, version_table.c.deleted_at.is_not(None))).all()
-                for version, path in gone:
-                    if (self.root / path).exists():
-                        _remove_tree(self.root / path)
-                        logger.info("retention: removed the artifacts of %s (%s)", version, name)
-                for aside in (self.versions_dir / name).glob(".removing.*"):
-                    shutil.rmtree(aside, ignore_errors=True)
-            removed += [v for v, _ in doomed]
-        return removed
-
-    @staticmethod
-    def _doomed(conn: Connection, model: str, keep_last: int) -> list[tuple[str, str]]:
-        """``(version, artifact path)`` of ``model``'s live versions outside its retention set."""
-        live = conn.execute(
-            sa.select(version_table.c.version, version_table.c.artifact_path)
-            .where(version_table.c.deleted_at.is_(None), version_table.c.model == model)
-            .order_by(version_table.c.registered_at.desc(), version_table.c.version.desc())).all()
-        ever = {v for (v,) in conn.execute(sa.select(event_table.c.to_version).where(
-            event_table.c.model == model, event_table.c.alias == PRODUCTION, event_table.c.event != "keep")) if v}
-        pointed = {v for (v,) in conn.execute(sa.select(alias_table.c.version).where(alias_table.c.model == model))}
-        protected = {v for v, _ in live[:keep_last]} | ever | pointed
-        return [(v, path) for v, path in live if v not in protected]
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove a version folder: renamed aside first, so no reader sees a half-removed folder."""
-    if not path.exists():
-        return
-    aside = path.with_name(f".removing.{path.name}.{os.getpid()}")
-    os.rename(path, aside)
-    shutil.rmtree(aside, ignore_errors=True)

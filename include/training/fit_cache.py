@@ -16,13 +16,14 @@ consecutive runs repeat all but one fit per family. The cache recognises a repea
 
 A key that matches means the same computation on the same inputs, so a hit returns what the
 fit would have returned; any change to a bar, a label, a parameter or a library version is a
-miss. Entries are joblib files written atomically under ``<runs_dir>/.fit_cache`` (shared by
-the tasks of one worker). Unpickling runs code, so no file is trusted for being in the folder:
+miss. Entries are joblib files written atomically under ``<runs_dir>/.fit_cache``: shared by the
+tasks of one machine, or by every worker when ``RUN_ARTIFACTS_DIR`` is an object store
+(:mod:`include.storage`). Unpickling runs code, so no file is trusted for being in the folder:
 the sha256 of each entry's bytes is stored apart from it, in the market database's
 ``fit_cache_entry`` table (migration ``0007``), and :meth:`FitCache.get` hashes the very bytes it
 then unpickles. A file whose digest does not match, that has no digest, or that cannot be read
 is discarded with a warning and recomputed. Entries not used for ``max_age_days`` are removed
-when the cache is opened.
+when the cache is opened (in an object store: entries written longer ago than that).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from datetime import UTC, datetime
 from functools import cache
@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+
+from include.storage import is_remote, read_bytes, remove, write_bytes
 
 metadata = sa.MetaData()
 
@@ -124,7 +126,7 @@ class FitCache:
     module docstring).
 
     Args:
-        root: the cache directory (created on first write).
+        root: the cache directory (created on first write), local or in an object store.
         url: SQLAlchemy URL of the market database, which holds the entries' digests (migrated
             on open).
         max_age_days: entries not read or written for this long are removed on open.
@@ -133,10 +135,10 @@ class FitCache:
         ConfigError: unsupported database URL (from the store).
     """
 
-    def __init__(self, root: Path, url: str, max_age_days: float = 30.0) -> None:
+    def __init__(self, root: Any, url: str, max_age_days: float = 30.0) -> None:
         from include.data.store import MarketStore
 
-        self.root = Path(root)
+        self.root = root
         self.engine = MarketStore(url).engine
         self.hits = 0
         self.misses = 0
@@ -147,10 +149,20 @@ class FitCache:
         """Close pooled database connections."""
         self.engine.dispose()
 
-    def _path(self, key: str) -> Path:
+    def _path(self, key: str) -> Any:
         return self.root / key[:2] / f"{key}.joblib"
 
     def _prune(self, max_age_days: float) -> None:
+        if is_remote(self.root):  # objects keep no access time: age by the recorded write time
+            cutoff_ms = int((time.time() - max_age_days * 86_400) * 1000)
+            with self.engine.begin() as conn:
+                old = list(conn.execute(sa.select(entry_table.c.key).where(entry_table.c.written_at < cutoff_ms))
+                           .scalars())
+                for key in old:
+                    remove(self._path(key))
+                if old:
+                    conn.execute(entry_table.delete().where(entry_table.c.key.in_(old)))
+            return
         if not self.root.is_dir():
             return
         cutoff = time.time() - max_age_days * 86_400
@@ -166,9 +178,9 @@ class FitCache:
             with self.engine.begin() as conn:
                 conn.execute(entry_table.delete().where(entry_table.c.key.in_(gone)))
 
-    def _discard(self, key: str, path: Path, why: str) -> None:
+    def _discard(self, key: str, path: Any, why: str) -> None:
         logger.warning("fit cache: discarding entry %s (%s); it is recomputed", path.name, why)
-        path.unlink(missing_ok=True)
+        remove(path)
         with self.engine.begin() as conn:
             conn.execute(entry_table.delete().where(entry_table.c.key == key))
         self.discarded += 1
@@ -194,7 +206,7 @@ class FitCache:
             self._discard(key, path, "no digest recorded for it: not written by this cache")
             return None
         try:
-            data = path.read_bytes()
+            data = read_bytes(path)
         except OSError as exc:
             self._discard(key, path, f"unreadable: {exc}")
             return None
@@ -207,7 +219,8 @@ class FitCache:
         except Exception as exc:  # verified bytes another library version cannot read
             self._discard(key, path, f"cannot be unpickled: {exc}")
             return None
-        os.utime(path)
+        if not is_remote(path):
+            os.utime(path)
         self.hits += 1
         return value
 
@@ -219,16 +232,7 @@ class FitCache:
         buffer = io.BytesIO()
         joblib.dump(value, buffer)
         data = buffer.getvalue()
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes(self._path(key), data)
         row = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
                "written_at": int(datetime.now(UTC).timestamp() * 1000)}
         with self.engine.begin() as conn:

@@ -1,0 +1,244 @@
+"""Where artifacts live: a local folder, or an S3-compatible object store through Airflow's
+:class:`~airflow.sdk.ObjectStoragePath` (fsspec).
+
+``RUN_ARTIFACTS_DIR`` and ``MODEL_REGISTRY_DIR`` take a local path (the default: nothing here
+changes a one-machine deployment) or a URI such as ``s3://bucket/prefix``. A URI is opened with
+the Airflow connection ``ARTIFACT_STORE_CONN_ID`` (default ``artifact_store``, an ``aws``
+connection whose extra may name an ``endpoint_url`` for MinIO, Ceph or a local test server);
+the scheme's filesystem comes from its provider (``s3``: ``apache-airflow-providers-amazon``).
+
+Writes never leave half an artifact where a reader expects a whole one: a local file is written
+to a temporary name and renamed over the target (``os.replace``), an object is uploaded in one
+request that the store makes visible only when it completes (S3's PUT and multipart-complete
+are atomic). A registry version and a fit-cache entry are in addition published by a database
+row that records each file's sha256, which readers check against the bytes they load.
+
+A task works on a local copy of its run folder (:func:`staged`): the pipeline's steps read and
+write local files with pandas, joblib and Great Expectations, as on one machine, and the folder
+is mirrored from the store before the step and its changes are uploaded after it, so tasks of one
+run may run on workers that share nothing but the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: A local folder or an object-store location; both support ``/``, ``name``, ``parent``,
+#: ``exists``, ``is_file``, ``read_bytes``, ``read_text``, ``iterdir`` and ``glob``.
+Location = Any
+
+#: The file beside a mirrored run folder that records each file's remote identity (ETag, size).
+MIRROR_MANIFEST = ".store-mirror.json"
+
+
+def conn_id() -> str | None:
+    """The Airflow connection of the object store (``ARTIFACT_STORE_CONN_ID``; default
+    ``artifact_store``; empty: the filesystem's own credentials chain)."""
+    value = os.environ.get("ARTIFACT_STORE_CONN_ID", "artifact_store")
+    return value or None
+
+
+def location(value: str | os.PathLike[str]) -> Location:
+    """The artifact location a setting names.
+
+    Args:
+        value: a local path (``~`` expanded, made absolute), ``file://`` plus a path, or a URI of
+            an object store (``s3://bucket/prefix``, any scheme a provider registers).
+
+    Returns:
+        ``pathlib.Path`` for a local path, else ``ObjectStoragePath`` bound to :func:`conn_id`.
+    """
+    text = os.fspath(value)
+    if "://" in text and not text.startswith("file://"):
+        from airflow.sdk import ObjectStoragePath
+
+        return ObjectStoragePath(text.rstrip("/"), conn_id=conn_id())
+    return Path(text.removeprefix("file://")).expanduser().resolve()
+
+
+def is_remote(path: Location) -> bool:
+    """Whether ``path`` is in an object store rather than on this machine's filesystem."""
+    return not isinstance(path, Path)
+
+
+def read_bytes(path: Location) -> bytes:
+    """The whole content of ``path``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (locally or in the store).
+    """
+    if not is_remote(path):
+        return Path(path).read_bytes()
+    if not path.is_file():
+        raise FileNotFoundError(str(path))
+    return path.read_bytes()
+
+
+def write_bytes(path: Location, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: readers see the old content or all of ``data``.
+
+    Locally through a flushed temporary file in the same folder and ``os.replace``; in an object
+    store in one upload (visible only once complete).
+    """
+    if is_remote(path):
+        path.write_bytes(data)
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Location, payload: Any) -> None:
+    """:func:`write_bytes` of ``payload`` as indented JSON (keys sorted; ``str`` for other types)."""
+    write_bytes(path, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
+
+
+def remove(path: Location) -> None:
+    """Remove a file or a whole folder (prefix); nothing if it does not exist."""
+    if not is_remote(path):
+        path = Path(path)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        return
+    fs, key = path.fs, path.path
+    if fs.exists(key):
+        fs.rm(key, recursive=True)
+
+
+def _remote_files(root: Location) -> dict[str, dict[str, Any]]:
+    """``{relative path: info}`` of every object under ``root`` (empty if there is none)."""
+    fs, base = root.fs, root.path.rstrip("/")
+    fs.invalidate_cache(base)  # another worker may have written since this process listed it
+    try:
+        found = fs.find(base, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {name[len(base) + 1:]: info for name, info in found.items()
+            if info.get("type") != "directory" and name.startswith(base + "/")}
+
+
+def _download(source: Location, target: Path) -> None:
+    """Stream one object to a local file, published by ``os.replace`` once complete."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        source.fs.get_file(source.path, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _identity(info: dict[str, Any]) -> str:
+    return f"{info.get('ETag') or info.get('etag') or info.get('LastModified')}:{info.get('size')}"
+
+
+def _local_files(root: Path) -> dict[str, tuple[int, int]]:
+    """``{relative path: (size, mtime ns)}`` of the files under ``root``, leaving out temporary
+    files and folders (a name starting with ``.``)."""
+    out = {}
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+            stat = path.stat()
+            out[rel.as_posix()] = (stat.st_size, stat.st_mtime_ns)
+    return out
+
+
+def scratch_root() -> Path:
+    """This worker's folder for local copies of remote run folders (``ARTIFACT_SCRATCH_DIR``;
+    default ``<temporary directory>/market-artifacts``)."""
+    value = os.environ.get("ARTIFACT_SCRATCH_DIR")
+    return Path(value).expanduser().resolve() if value else Path(tempfile.gettempdir()) / "market-artifacts"
+
+
+def mirror(remote: Location, local: Path) -> dict[str, str]:
+    """Make ``local`` an exact copy of the folder ``remote``; download only changed objects.
+
+    A file whose object is unchanged since the last mirror (same ETag and size, recorded in
+    ``local/.store-mirror.json``) is kept; a local file with no object is removed.
+
+    Returns:
+        ``{relative path: remote identity}`` of the mirrored files.
+    """
+    local.mkdir(parents=True, exist_ok=True)
+    manifest_path = local / MIRROR_MANIFEST
+    try:
+        known = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    objects = _remote_files(remote)
+    for rel in set(_local_files(local)) - set(objects):
+        (local / rel).unlink()
+    identities, fetched = {}, 0
+    for rel, info in objects.items():
+        identities[rel] = _identity(info)
+        target = local / rel
+        if known.get(rel) == identities[rel] and target.is_file() and target.stat().st_size == info.get("size"):
+            continue
+        _download(remote / rel, target)
+        fetched += 1
+    write_json(manifest_path, identities)
+    logger.debug("mirrored %s: %d file(s), %d downloaded", remote, len(objects), fetched)
+    return identities
+
+
+@contextmanager
+def staged(folder: Location, *, name: str) -> Iterator[Path]:
+    """A local folder holding ``folder``'s files for the duration of a step.
+
+    A local ``folder`` is yielded as it is (created). A remote one is mirrored into
+    ``scratch_root()/name`` (:func:`mirror`); when the step ends, successfully or not, the files
+    it created or changed are uploaded and those it removed are deleted from the store, so a
+    failed validation's report is kept too. Files and folders whose name starts with ``.`` are
+    temporary and stay local.
+
+    Args:
+        folder: the run folder, local or in the store.
+        name: the local copy's path under the scratch root (e.g. ``<dag>/<model>/<run key>``).
+    """
+    if not is_remote(folder):
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    local = scratch_root() / name
+    mirror(folder, local)
+    before = _local_files(local)
+    try:
+        yield local
+    finally:
+        after = _local_files(local)
+        changed = [rel for rel, stat in after.items() if before.get(rel) != stat]
+        identities = json.loads((local / MIRROR_MANIFEST).read_text())
+        for rel in changed:  # streamed from the file; the object appears once the upload completes
+            target = folder / rel
+            target.fs.put_file(str(local / rel), target.path)
+            identities[rel] = _identity(target.fs.info(target.path))
+        for rel in set(before) - set(after):
+            remove(folder / rel)
+            identities.pop(rel, None)
+        write_json(local / MIRROR_MANIFEST, identities)
+        logger.info("run folder %s: %d file(s) uploaded, %d removed", folder, len(changed), len(set(before) - set(after)))
