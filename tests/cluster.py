@@ -223,3 +223,55 @@ def market_deployment_env(root: Path, market_url: str, data_dir: Path) -> dict[s
             .render_as_string(hide_password=False),
             "MODEL_REGISTRY_DIR": str(root / "models"), "RUN_ARTIFACTS_DIR": str(root / "runs"),
             "MARKET_DATA_DIR": str(data_dir)}
+
+
+class S3Server:
+    """A local S3-compatible object store: moto's server mode (``moto[server]``) as a process.
+
+    Args:
+        log: the server's log file.
+        bucket: a bucket created once the server answers.
+
+    ``env()`` is what a deployment sets to keep its artifacts there: ``RUN_ARTIFACTS_DIR``,
+    ``MODEL_REGISTRY_DIR`` and the ``artifact_store`` connection (an ``aws`` connection with the
+    server's ``endpoint_url``).
+    """
+
+    def __init__(self, log: Path, bucket: str = "artifacts") -> None:
+        self.port, self.bucket, self.log = free_port(), bucket, log
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> S3Server:
+        import boto3
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="test",
+                              aws_secret_access_key="test", region_name="us-east-1")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.create_bucket(Bucket=self.bucket)
+                break
+            except Exception:  # not listening yet
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"the S3 server did not start; see {self.log}") from None
+                time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+    def connection(self) -> str:
+        """The ``artifact_store`` Airflow connection, as JSON."""
+        return json.dumps({"conn_type": "aws", "login": "test", "password": "test",
+                           "extra": {"endpoint_url": self.endpoint, "region_name": "us-east-1"}})
+
+    def env(self, prefix: str = "") -> dict[str, str]:
+        """Settings that put the run folders and the registry in this store under ``prefix``."""
+        base = f"s3://{self.bucket}/{prefix}".rstrip("/")
+        return {"AIRFLOW_CONN_ARTIFACT_STORE": self.connection(), "RUN_ARTIFACTS_DIR": f"{base}/runs",
+                "MODEL_REGISTRY_DIR": f"{base}/models"}

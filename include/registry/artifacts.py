@@ -51,14 +51,15 @@ def load_verified(path: Any, expected_sha256: str, what: str) -> Any:
 
     from include.storage import read_bytes
 
+    path = Path(path) if isinstance(path, str) else path
     try:
-        data = read_bytes(Path(path) if isinstance(path, str) else path)
+        data = read_bytes(path)
     except FileNotFoundError:
         raise IntegrityError(f"{what}: {path} is missing") from None
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected_sha256:
         raise IntegrityError(
-            f"{what}: {Path(path).name} sha256 {actual[:12]}… does not match the recorded {expected_sha256[:12]}…; "
+            f"{what}: {path.name} sha256 {actual[:12]}… does not match the recorded {expected_sha256[:12]}…; "
             "refusing to load a modified artifact")
     return joblib.load(io.BytesIO(data))
 

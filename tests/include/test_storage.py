@@ -1,0 +1,121 @@
+"""Artifacts in an S3-compatible object store (moto's server on 127.0.0.1): run folders staged on
+workers that share nothing else, a registry whose sha256 checks hold for remote objects, and a
+fit cache that a second worker reuses."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import boto3
+import pytest
+
+from include.config import RunConfig, Settings
+from include.errors import IntegrityError
+from include.pipeline import run_once
+from include.registry import ModelRegistry
+from include.storage import is_remote, location, mirror, staged
+from tests.cluster import S3Server
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    with S3Server(tmp_path_factory.mktemp("s3") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture
+def store_env(s3, monkeypatch, tmp_path):
+    monkeypatch.setenv("AIRFLOW_CONN_ARTIFACT_STORE", s3.connection())
+    return f"s3://{s3.bucket}/{tmp_path.name}"
+
+
+def _objects(s3: S3Server, prefix: str) -> dict[str, int]:
+    client = boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+                          region_name="us-east-1")
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix=prefix)
+    return {o["Key"][len(prefix):].lstrip("/"): o["Size"] for page in pages for o in page.get("Contents", [])}
+
+
+def test_location_is_local_for_a_path_and_remote_for_a_uri(store_env, tmp_path):
+    assert not is_remote(location(tmp_path)) and location(f"file://{tmp_path}") == tmp_path
+    remote = location(f"{store_env}/runs/")
+    assert is_remote(remote) and str(remote).endswith("/runs")
+
+
+def test_staged_folder_mirrors_the_store_on_two_workers(s3, store_env, tmp_path, monkeypatch):
+    folder = location(f"{store_env}/runs/dag/model/key")
+    monkeypatch.setenv("ARTIFACT_SCRATCH_DIR", str(tmp_path / "worker-a"))
+    with staged(folder, name="dag/model/key") as out:
+        (out / "features.parquet").write_bytes(b"a" * 1000)
+        (out / "candidates" / "lightgbm").mkdir(parents=True)
+        (out / "candidates" / "lightgbm" / "model.joblib").write_bytes(b"model")
+        (out / ".features.parquet.tmp").write_bytes(b"half")  # a temporary file stays local
+    prefix = f"{tmp_path.name}/runs/dag/model/key"
+    assert _objects(s3, prefix) == {"features.parquet": 1000, "candidates/lightgbm/model.joblib": 5}
+
+    # Worker B, with its own disk, sees A's files; it changes one, removes one, adds one.
+    monkeypatch.setenv("ARTIFACT_SCRATCH_DIR", str(tmp_path / "worker-b"))
+    with staged(folder, name="dag/model/key") as out:
+        assert (out / "features.parquet").read_bytes() == b"a" * 1000
+        (out / "features.parquet").write_bytes(b"b" * 10)
+        (out / "candidates" / "lightgbm" / "model.joblib").unlink()
+        (out / "summary.json").write_text("{}")
+    assert _objects(s3, prefix) == {"features.parquet": 10, "summary.json": 2}
+
+    # Back on A: its stale copy is replaced and the removed file is gone locally too.
+    monkeypatch.setenv("ARTIFACT_SCRATCH_DIR", str(tmp_path / "worker-a"))
+    local = tmp_path / "worker-a" / "dag/model/key"
+    assert set(mirror(folder, local)) == {"features.parquet", "summary.json"}
+    assert (local / "features.parquet").read_bytes() == b"b" * 10
+    assert not (local / "candidates" / "lightgbm" / "model.joblib").exists()
+
+
+def test_a_failed_step_still_uploads_what_it_wrote(s3, store_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("ARTIFACT_SCRATCH_DIR", str(tmp_path / "worker"))
+    folder = location(f"{store_env}/runs/x")
+    with pytest.raises(RuntimeError, match="bad data"), staged(folder, name="x") as out:
+        (out / "validation.json").write_text(json.dumps({"success": False}))
+        raise RuntimeError("bad data")
+    assert json.loads((folder / "validation.json").read_text()) == {"success": False}
+
+
+def test_weekly_run_with_artifacts_in_the_store(s3, store_env, tmp_path, monkeypatch, data_dir):
+    """run_once with run folders and registry in the store: the version's objects carry the
+    registry's hashes, a modified object is refused, and a second worker re-running the week
+    reuses every fit through the shared fit cache and finds the same version."""
+    settings = Settings(data_dir=data_dir, market_db_url=f"sqlite:///{tmp_path / 'market.sqlite'}",
+                        registry_dir=location(f"{store_env}/models"), runs_dir=location(f"{store_env}/runs"))
+    cfg = RunConfig(as_of_date="2023-12-31", train_window_days=90, cv_folds=2, models=("lightgbm",))
+    monkeypatch.setenv("ARTIFACT_SCRATCH_DIR", str(tmp_path / "worker-a"))
+    first = run_once(cfg, settings, dag_id="weekly_retrain", run_id="run-a")
+    version = first["assembled"]["version"]
+    registry = ModelRegistry.from_settings(settings)
+    row = registry.verify(version)
+    stored = _objects(s3, f"{tmp_path.name}/models/{row.artifact_path}")
+    assert set(row.files) <= set(stored) and "manifest.json" in stored
+    model, lineage = registry.load(version)
+    assert lineage["registered_model"] == cfg.model_name and hasattr(model, "predict_proba")
+    run_files = _objects(s3, f"{tmp_path.name}/runs/weekly_retrain/{cfg.model_name}")
+    assert any(k.endswith("/summary.json") for k in run_files)
+    assert any(k.endswith("/candidates/lightgbm/model.joblib") for k in run_files)
+    assert not any(k.startswith(".") or "/." in k for k in run_files)  # no temporary object
+    assert _objects(s3, f"{tmp_path.name}/runs/.fit_cache")  # the cache lives in the store too
+
+    # Worker B: nothing local; the fit cache and the registry come from the store.
+    monkeypatch.setenv("ARTIFACT_SCRATCH_DIR", str(tmp_path / "worker-b"))
+    again = run_once(cfg, settings, dag_id="weekly_retrain", run_id="run-b")
+    assert again["assembled"]["version"] == version
+    meta = json.loads((location(f"{store_env}/runs/weekly_retrain/{cfg.model_name}")
+                       / first["window"].run_key / "candidates" / "lightgbm" / "metadata.json").read_text())
+    assert meta["cache"]["misses"] == 0 and meta["cache"]["hits"] > 0
+    assert not os.path.exists(tmp_path / "worker-a" / ".fit_cache")
+
+    # A modified object is refused, by the sha256 the registry recorded.
+    target = settings.registry_dir / row.artifact_path / "model.joblib"
+    target.write_bytes(target.read_bytes() + b"tampered")
+    with pytest.raises(IntegrityError, match="sha256"):
+        registry.load(version)
+    with pytest.raises(IntegrityError, match="sha256"):
+        registry.verify(version)
+    registry.dispose()
