@@ -42,12 +42,18 @@ class LocalAirflow:
         env: extra environment for every component (market store, registry, runs folder …).
         broker_url: Celery broker (Redis) for the CeleryExecutor.
         components: start only these (e.g. ``("api-server",)``); default: all.
+        workers: for the CeleryExecutor, one Celery worker per entry (name -> its own
+            environment on top of ``env``, e.g. its private ``TMPDIR``); default: one worker.
+        worker_concurrency: task slots per Celery worker.
     """
 
     def __init__(self, home: Path, metadata_url: str, executor: str = "LocalExecutor",
                  env: dict[str, str] | None = None, broker_url: str = "redis://127.0.0.1:6379/7",
-                 components: tuple[str, ...] | None = None) -> None:
+                 components: tuple[str, ...] | None = None, workers: dict[str, dict[str, str]] | None = None,
+                 worker_concurrency: int = 2) -> None:
         self.home = Path(home)
+        self.workers = workers or {"celery-worker": {}}
+        self.worker_concurrency = worker_concurrency
         self.home.mkdir(parents=True, exist_ok=True)
         self.metadata_url = metadata_url
         self.executor = executor
@@ -112,12 +118,14 @@ class LocalAirflow:
             ("dag-processor", ["dag-processor"]),
         ]
         if self.executor == "CeleryExecutor":
-            components.append(("celery-worker", ["celery", "worker", "--concurrency", "2"]))
+            components += [(name, ["celery", "worker", "--concurrency", str(self.worker_concurrency),
+                                   "--celery-hostname", f"{name}@%h"]) for name in self.workers]
         if self.components is not None:
             components = [(n, a) for n, a in components if n in self.components]
         for name, args in components:
             log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - owned by the process
-            self.procs[name] = subprocess.Popen(["airflow", *args], env=self.env, stdout=log,
+            env = {**self.env, **self.workers.get(name, {})} if self.executor == "CeleryExecutor" else self.env
+            self.procs[name] = subprocess.Popen(["airflow", *args], env=env, stdout=log,
                                                 stderr=subprocess.STDOUT, cwd=ROOT,
                                                 start_new_session=True)
         self._wait(lambda: self._api_up(), 120, "api-server to answer")
@@ -208,6 +216,12 @@ class LocalAirflow:
         rows = self.query("SELECT task_id, map_index, state FROM task_instance "
                           "WHERE dag_id = :d AND run_id = :r", d=dag_id, r=run_id)
         return {(t if m < 0 else f"{t}[{m}]"): s for t, m, s in rows}
+
+
+def worker_hostname() -> str:
+    """The host name a task instance records (``[core] hostname_callable``): ``WORKER_HOSTNAME``
+    when set, so that two workers on one machine are told apart, else the machine's name."""
+    return os.environ.get("WORKER_HOSTNAME") or socket.getfqdn()
 
 
 def conf_json(**params: Any) -> str:

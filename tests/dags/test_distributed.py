@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +24,8 @@ import sqlalchemy as sa
 from include.data.replay import BinanceReplayServer
 from include.data.store import MarketStore
 from include.registry import ModelRegistry
-from tests.cluster import LocalAirflow, conf_json
+from include.storage import location
+from tests.cluster import LocalAirflow, conf_json, free_port
 from tests.conftest import DATA_DIR, create_pg_database, drop_pg_database
 
 DAG_ID = "weekly_retrain"
@@ -50,6 +53,10 @@ def deployment_env(tmp_path):
     yield meta, market, env
     drop_pg_database(meta)
     drop_pg_database(market)
+
+
+def _key(run: dict) -> str:
+    return f"{run['data_interval_start']:%Y%m%dT%H%M}_{run['data_interval_end']:%Y%m%dT%H%M}"
 
 
 def _summary(runs_dir: Path, model: str, interval_start: datetime, interval_end: datetime) -> dict:
@@ -187,3 +194,102 @@ def test_a_failing_market_does_not_stop_the_other_under_the_scheduler(deployment
     registry = ModelRegistry(tmp_path / "models", market)
     assert registry.model_names() == [MODELS["BTCUSDT"]]
     registry.dispose()
+
+
+FOUR_MARKETS = ("markets:\n"
+                "  - {symbol: BTCUSDT, market_type: perp, timeframe: 1h}\n"
+                "  - {symbol: ETHUSDT, market_type: perp, timeframe: 1h}\n"
+                "  - {symbol: BTCUSDT, market_type: spot, timeframe: 1h}\n"
+                "  - {symbol: ETHUSDT, market_type: spot, timeframe: 1h}\n")
+
+
+def test_two_celery_workers_sharing_only_postgres_redis_and_an_object_store(deployment_env, tmp_path):
+    """Two Celery workers, each with a private temporary folder as its only disk: run folders,
+    registry artifacts and the fit cache live in an S3-compatible store (moto's server), the
+    market store and registry state in PostgreSQL. A backfill of two weeks of four markets decides
+    every market, spreads its tasks over both workers, reuses the first week's fits in the second,
+    and finds the same out-of-fold numbers and version ids as one process on one disk."""
+    import boto3
+
+    from include.config import RunConfig, Settings
+    from include.pipeline import run_once
+    from tests.cluster import S3Server
+
+    meta, market, env = deployment_env
+    universe = tmp_path / "universe.yaml"
+    universe.write_text(FOUR_MARKETS)
+    workers = {}
+    for name in ("worker-a", "worker-b"):
+        private = tmp_path / name
+        private.mkdir()
+        # Its own temporary folder, Airflow home (logs) and log-server port; half the machine's cores.
+        workers[name] = {"TMPDIR": str(private), "ARTIFACT_SCRATCH_DIR": str(private / "artifacts"),
+                         "AIRFLOW_HOME": str(private / "airflow"), "WORKER_HOSTNAME": name, "TASK_CPUS": "1",
+                         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.cluster.worker_hostname",
+                         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
+    conf = conf_json(**SHORT_RUN, **PERMISSIVE_GATE, universe_file=str(universe))
+    with S3Server(tmp_path / "moto.log") as s3:
+        env = {**env, **s3.env("deployment")}
+        del env["MARKET_DATA_DIR"]  # the bundled data: the code's own folder, as in an image
+        with LocalAirflow(tmp_path / "airflow", meta, "CeleryExecutor", env, workers=workers,
+                          worker_concurrency=1) as airflow:
+            airflow.wait_for_dag(DAG_ID)
+            airflow.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", "2023-12-17",
+                            "--to-date", "2023-12-24", "--max-active-runs", "1", "--dag-run-conf", conf)
+            runs = airflow.wait_for_runs(DAG_ID, 2, timeout=1500, run_type="backfill")
+            states = {r["run_id"]: airflow.task_states(DAG_ID, r["run_id"]) for r in runs}
+            hosts = airflow.query("SELECT run_id, task_id, map_index, hostname FROM task_instance "
+                                  "WHERE dag_id = :d", d=DAG_ID)
+            logs = airflow.logs()
+        client = boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id="test",
+                              aws_secret_access_key="test", region_name="us-east-1")
+        keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket)
+                for o in page.get("Contents", [])]
+        os.environ["AIRFLOW_CONN_ARTIFACT_STORE"] = s3.connection()
+        try:
+            remote = Settings(data_dir=DATA_DIR, market_db_url=market, registry_dir=location(env["MODEL_REGISTRY_DIR"]),
+                              runs_dir=location(env["RUN_ARTIFACTS_DIR"]))
+            registry = ModelRegistry.from_settings(remote)
+            folders = {r["run_id"]: {m: remote.runs_dir / DAG_ID / m / _key(r) for m in registry.model_names()}
+                       for r in runs}
+            summaries = {run_id: {m: json.loads((f / "summary.json").read_text()) for m, f in by_model.items()}
+                         for run_id, by_model in folders.items()}
+            caches = {m: {fam: json.loads((f / "candidates" / fam / "metadata.json").read_text())["cache"]
+                          for fam in ("lightgbm", "xgboost", "random_forest")}
+                      for m, f in folders[runs[1]["run_id"]].items()}
+            for version in registry.versions():
+                registry.verify(version)  # every artifact in the store matches its recorded sha256
+            registry.dispose()
+        finally:
+            del os.environ["AIRFLOW_CONN_ARTIFACT_STORE"]
+
+    assert [r["state"] for r in runs] == ["success"] * 2, (states, logs)
+    for run_id, task_states in states.items():
+        assert all(task_states[f"market.promote_or_keep[{i}]"] == "success" for i in range(4)), (run_id, task_states)
+    # The tasks ran on both workers, and no worker wrote to the shared folders.
+    by_host = Counter(host for *_, host in hosts)
+    assert set(by_host) >= {"worker-a", "worker-b"} and min(by_host["worker-a"], by_host["worker-b"]) >= 5, by_host
+    print(f"\ntask instances per worker: {by_host}")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "models").exists()
+    assert any("/runs/.fit_cache/" in k for k in keys) and any("/models/versions/" in k for k in keys)
+    assert not any(k.rsplit("/", 1)[-1].startswith(".") for k in keys), [k for k in keys if "/." in k][:5]
+
+    first = summaries[runs[0]["run_id"]]
+    assert len(first) == 4
+    # The second week reused the first week's fits (all but its newest fold), whichever worker ran them.
+    for model, by_family in caches.items():
+        for family, cache in by_family.items():
+            assert cache["hits"] >= 1, (model, family, cache)
+    print(f"fit cache in week 2: {caches}")
+
+    # One process, one disk, a SQLite store: the same first week gives the same numbers and versions.
+    local = Settings(data_dir=DATA_DIR, market_db_url=f"sqlite:///{tmp_path / 'single.sqlite'}",
+                     registry_dir=tmp_path / "single" / "models", runs_dir=tmp_path / "single" / "runs")
+    for symbol, market_type in (("BTCUSDT", "perp"), ("ETHUSDT", "perp"), ("BTCUSDT", "spot"), ("ETHUSDT", "spot")):
+        cfg = RunConfig(symbol=symbol, market_type=market_type, **SHORT_RUN, **PERMISSIVE_GATE)
+        single = run_once(cfg, local, dag_id=DAG_ID, run_id=f"single-{symbol}-{market_type}",
+                          data_interval_start=runs[0]["data_interval_start"],
+                          data_interval_end=runs[0]["data_interval_end"])
+        distributed = first[cfg.model_name]["ensemble"]
+        assert single["assembled"]["version"] == distributed["version"], cfg.model_name
+        assert single["assembled"]["ensemble"] == pytest.approx(distributed["ensemble"]), cfg.model_name
