@@ -98,7 +98,7 @@ from include.approval import PromotionApproval
 from include.assets import PRODUCTION_ALIAS, RETRAIN_REQUEST
 from include.config import MODEL_FAMILIES, RunConfig
 from include.notify import on_task_failure
-from include.resources import TRAINING_POOL
+from include.resources import MARKET_DATA_POOL, TRAINING_POOL
 
 DEFAULTS = RunConfig()
 DOCS = RunConfig.describe()
@@ -240,7 +240,8 @@ def weekly_retrain():
 
     @task_group(group_id="market")
     def market(plan: dict):
-        @task(multiple_outputs=True, map_index_template=MARKET)
+        # The market_data pool bounds how many markets read from the exchange at once (its rate limits).
+        @task(multiple_outputs=True, map_index_template=MARKET, pool=MARKET_DATA_POOL)
         def ingest_market_data(plan: dict) -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
 

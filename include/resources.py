@@ -12,10 +12,10 @@ at once took 3-5x longer each than one at a time). The budget:
 
 Cores come from ``os.sched_getaffinity`` (what the OS lets this process use, e.g. a container's
 CPU set), not ``os.cpu_count``. ``TASK_CPUS``, ``TRAINING_SLOTS`` and ``TRAINING_THREADS``
-override the three numbers. The pool is created by the deployment entry points
-(``make airflow``, the compose ``airflow-init``, :class:`tests.cluster.LocalAirflow`):
-``airflow pools set training <training_slots()> "..."``; on a cluster of several workers, give
-the pool the sum of the workers' slots.
+override the three numbers. The deployment entry points (``make airflow``, the compose
+``airflow-init``, the Helm values' migration job, :class:`tests.cluster.LocalAirflow`) create the
+pools (:func:`pool_commands`); on a cluster of several workers, give the training pool the sum of
+the workers' slots.
 """
 
 from __future__ import annotations
@@ -83,6 +83,33 @@ def model_threads() -> int:
     if override is not None:
         return min(override, cpus)  # never more threads than the cores this process may use
     return max(1, cpus // training_slots(cpus))
+
+
+#: Airflow pool of the market-data ingestion tasks: how many markets read from the exchange at once.
+MARKET_DATA_POOL = "market_data"
+#: Default slots of :data:`MARKET_DATA_POOL`. ccxt's Binance client spaces requests by their
+#: weight at 50 ms per unit (``rateLimit``), so one client stays under 1,200 weight per minute;
+#: Binance allows an IP 2,400 per minute on USDT-M futures and 6,000 on spot (Binance API docs,
+#: "LIMITS"). Two ingestions at once keep every host of a deployment that shares one egress IP
+#: within the futures limit, whatever the number of workers.
+MARKET_DATA_SLOTS = 2
+
+
+def market_data_slots() -> int:
+    """Slots of the ``market_data`` pool (``MARKET_DATA_SLOTS`` overrides :data:`MARKET_DATA_SLOTS`).
+
+    Raises:
+        ConfigError: the override is not a positive integer.
+    """
+    return env_int("MARKET_DATA_SLOTS", None) or MARKET_DATA_SLOTS
+
+
+def pool_commands() -> list[list[str]]:
+    """The ``airflow pools set`` commands a deployment runs after ``db migrate``: the training pool
+    sized for this machine, and the market-data pool."""
+    return [["pools", "set", TRAINING_POOL, str(training_slots()), "model training (include/resources.py)"],
+            ["pools", "set", MARKET_DATA_POOL, str(market_data_slots()),
+             "market-data ingestion: exchange rate limits across tasks (include/resources.py)"]]
 
 
 def main() -> None:

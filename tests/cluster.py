@@ -108,10 +108,11 @@ class LocalAirflow:
         (self.home / "simple_auth_manager_passwords.json.generated").write_text(
             '{"admin": "admin", "viewer": "viewer"}')
         self.airflow("db", "migrate")
-        # The thread budget's pool (include/resources.py), sized for this machine as `make airflow` does.
-        from include.resources import TRAINING_POOL, training_slots
+        # The thread budget's and the market data's pools (include/resources.py), as `make airflow` sets them.
+        from include.resources import pool_commands
 
-        self.airflow("pools", "set", TRAINING_POOL, str(training_slots()), "model training (include/resources.py)")
+        for command in pool_commands():
+            self.airflow(*command)
         components: list[tuple[str, list[str]]] = [
             ("api-server", ["api-server", "--port", str(self.port)]),
             ("scheduler", ["scheduler"]),

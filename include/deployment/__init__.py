@@ -231,10 +231,9 @@ def up() -> int:
     passwords = home / "simple_auth_manager_passwords.json.generated"
     if not passwords.exists():
         passwords.write_text('{"admin": "admin"}')
-    from include.resources import TRAINING_POOL, training_slots
+    from include.resources import pool_commands
 
-    for args in (["db", "migrate"],
-                 ["pools", "set", TRAINING_POOL, str(training_slots()), "model training (include/resources.py)"]):
+    for args in (["db", "migrate"], *pool_commands()):
         done = subprocess.run(["airflow", *args], env=full_env, capture_output=True, text=True, cwd=PROJECT_ROOT)
         if done.returncode != 0:
             print(f"airflow {' '.join(args)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}", file=sys.stderr)

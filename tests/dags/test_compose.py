@@ -13,7 +13,7 @@ SERVICES = COMPOSE["services"]
 
 
 def test_official_airflow3_topology():
-    assert {"postgres", "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler",
+    assert {"postgres", "redis", "minio", "minio-init", "airflow-init", "airflow-apiserver", "airflow-scheduler",
             "airflow-dag-processor", "airflow-triggerer", "airflow-worker"} == set(SERVICES)
     commands = {name: s.get("command") for name, s in SERVICES.items()}
     assert commands["airflow-apiserver"] == "api-server"
@@ -23,7 +23,7 @@ def test_official_airflow3_topology():
 def test_every_service_has_an_image_and_long_running_ones_a_healthcheck():
     for name, svc in SERVICES.items():
         assert "image" in svc or "build" in svc, name
-        if name != "airflow-init":
+        if not name.endswith("-init"):
             assert "healthcheck" in svc, name
 
 
@@ -39,7 +39,7 @@ def test_airflow_services_use_the_project_image_and_mount_the_code():
             continue
         assert svc["build"] == "." and svc["env_file"] == ".env"
         mounts = {v.split(":")[1] for v in svc["volumes"]}
-        assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include", "/opt/airflow/models"} <= mounts
+        assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include"} <= mounts
         env = svc["environment"]
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
         for var in ("AIRFLOW_CONN_MARKET_DB", "MODEL_REGISTRY_DIR", "RUN_ARTIFACTS_DIR", "MARKET_DATA_DIR"):
@@ -113,3 +113,52 @@ def test_secrets_come_from_an_uncommitted_env_file():
         assert var in example, var
     assert ".env" in (ROOT / ".gitignore").read_text().split()
     assert "requirements.txt" in (ROOT / "Dockerfile").read_text()
+
+
+def test_artifacts_live_in_the_object_store_so_workers_can_scale_out():
+    """Workers share only PostgreSQL, Redis and MinIO: no artifact folder is a shared volume."""
+    import json
+
+    env = SERVICES["airflow-worker"]["environment"]
+    for var in ("RUN_ARTIFACTS_DIR", "MODEL_REGISTRY_DIR"):
+        assert env[var].startswith("s3://artifacts/"), var
+    conn = json.loads(env["AIRFLOW_CONN_ARTIFACT_STORE"])
+    assert conn["conn_type"] == "aws" and conn["extra"]["endpoint_url"] == "http://minio:9000"
+    assert env["ARTIFACT_STORE_CONN_ID"] == "artifact_store"
+    assert "store/artifacts" in " ".join(SERVICES["minio-init"]["command"])
+    assert SERVICES["airflow-worker"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    mounts = {v.split(":")[1] for v in SERVICES["airflow-worker"]["volumes"]}
+    assert not mounts & {"/opt/airflow/models", "/opt/airflow/var/runs"}
+    reqs = (ROOT / "requirements.txt").read_text()
+    assert "apache-airflow-providers-amazon" in reqs and "s3fs" in reqs
+
+
+def test_init_creates_both_pools_the_dag_uses():
+    from include.resources import MARKET_DATA_POOL, TRAINING_POOL
+
+    init = " ".join(SERVICES["airflow-init"]["command"])
+    for pool in (TRAINING_POOL, MARKET_DATA_POOL):
+        assert f"airflow pools set {pool} " in init, pool
+    dag = (ROOT / "dags" / "weekly_retrain.py").read_text()
+    assert "pool=MARKET_DATA_POOL" in dag and "pool=TRAINING_POOL" in dag
+
+
+def test_helm_values_for_the_official_chart():
+    """helm-values.yaml: CeleryExecutor with KEDA, artifacts in the object store, both pools sized
+    for the workers at full scale, each task's core share matching the worker's cores."""
+    values = yaml.safe_load((ROOT / "helm-values.yaml").read_text())
+    assert values["executor"] == "CeleryExecutor" and values["workers"]["keda"]["enabled"] is True
+    env = {e["name"]: e["value"] for e in values["env"]}
+    assert env["RUN_ARTIFACTS_DIR"].startswith("s3://") and env["MODEL_REGISTRY_DIR"].startswith("s3://")
+    assert set(env) - {"GX_ANALYTICS_ENABLED"} <= _env_read_by_the_code()
+    secrets = {s["envName"] for s in values["secret"]}
+    assert {"AIRFLOW_CONN_MARKET_DB", "AIRFLOW_CONN_ARTIFACT_STORE"} <= secrets
+    assert values["postgresql"]["enabled"] is False and values["data"]["metadataSecretName"]
+    concurrency = int(values["config"]["celery"]["worker_concurrency"])
+    cpus = int(values["workers"]["resources"]["limits"]["cpu"])
+    assert int(env["TASK_CPUS"]) * concurrency == cpus
+    migrate = " ".join(values["migrateDatabaseJob"]["args"])
+    assert "exec " not in migrate  # the pools are set after the migration, in the same shell
+    slots = dict(re.findall(r"airflow pools set (\w+) (\d+)", migrate))
+    assert int(slots["training"]) == values["workers"]["keda"]["maxReplicaCount"] * concurrency
+    assert int(slots["market_data"]) == int(env["MARKET_DATA_SLOTS"])

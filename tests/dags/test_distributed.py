@@ -129,6 +129,8 @@ def test_backfill_of_three_weeks_with_scheduler_and_local_executor(deployment_en
 
 
 def test_one_run_through_the_celery_executor_with_the_exchange_source(deployment_env, tmp_path):
+    """The exchange lists BTCUSDT but no longer ETHUSDT: ETH's ingestion fails on its first try,
+    naming the unknown symbol, and BTC's run goes on to its decision."""
     meta, market, env = deployment_env
     with BinanceReplayServer(DATA_DIR, symbols=("BTCUSDT",)) as replay:
         env = {**env, "EXCHANGE_API_URL": replay.url}
@@ -136,13 +138,18 @@ def test_one_run_through_the_celery_executor_with_the_exchange_source(deployment
             airflow.wait_for_dag(DAG_ID)
             airflow.airflow("dags", "trigger", DAG_ID, "--conf",
                             conf_json(**SHORT_RUN, **PERMISSIVE_GATE, as_of_date="2023-12-31", source="exchange",
-                                      markets=["BTCUSDT"]))
+                                      markets=["BTCUSDT", "ETHUSDT"]))
             runs = airflow.wait_for_runs(DAG_ID, 1, timeout=900, run_type="manual")
             states = airflow.task_states(DAG_ID, runs[0]["run_id"])
+            tries = dict(airflow.query("SELECT map_index, try_number FROM task_instance WHERE dag_id = :d "
+                                       "AND task_id = 'market.ingest_market_data'", d=DAG_ID))
             logs = airflow.logs()
             worker_log = (tmp_path / "airflow" / "celery-worker.log").read_text(errors="replace")
-    assert runs[0]["state"] == "success", (states, logs)
-    assert states["market.promote_or_keep[0]"] == "success" and "market.promote_or_keep[1]" not in states
+    # Map index 0 is BTCUSDT, 1 is ETHUSDT (universe order).
+    assert states["market.promote_or_keep[0]"] == "success", (states, logs)
+    assert states["market.ingest_market_data[1]"] == "failed" and tries[1] == 1, (states, tries)
+    assert states["market.promote_or_keep[1]"] == "upstream_failed"
+    assert runs[0]["state"] == "failed" and states["check_markets"] == "failed"
     # Tasks really ran on the Celery worker, and ingestion really went through the exchange API.
     assert "Task execute_workload" in worker_log or "execute_workload" in worker_log, worker_log[-3000:]
     assert len(replay.requests_to("/fapi/v1/klines")) >= 3
@@ -151,6 +158,9 @@ def test_one_run_through_the_celery_executor_with_the_exchange_source(deployment
     assert summary["action"]["action"] == "promote"
     assert summary["ingested"]["ohlcv"]["mode"] == "incremental"
     assert summary["ingested"]["source"].startswith("ExchangeSource('binance', 'http://127.0.0.1:")
+    universe = json.loads((tmp_path / "runs" / DAG_ID / "_universe" / "20231224T0000_20231231T0000.json").read_text())
+    assert {m["model"]: m["status"] for m in universe["markets"]} == {
+        MODELS["BTCUSDT"]: "done", MODELS["ETHUSDT"]: "failed"}
 
 
 def test_a_failing_market_does_not_stop_the_other_under_the_scheduler(deployment_env, tmp_path):
@@ -292,4 +302,5 @@ def test_two_celery_workers_sharing_only_postgres_redis_and_an_object_store(depl
                           data_interval_end=runs[0]["data_interval_end"])
         distributed = first[cfg.model_name]["ensemble"]
         assert single["assembled"]["version"] == distributed["version"], cfg.model_name
-        assert single["assembled"]["ensemble"] == pytest.approx(distributed["ensemble"]), cfg.model_name
+        assert single["assembled"]["ensemble"] == distributed["ensemble"], cfg.model_name
+        assert single["assembled"]["members"] == distributed["members"], cfg.model_name

@@ -1,0 +1,190 @@
+"""Benchmark: one weekly run of a universe of N synthetic markets on the local deployment.
+
+For each N, generates N random-walk perpetual markets in the file format (hourly OHLCV and
+8-hourly funding, ``<symbol>_perp_1h.csv.gz`` / ``<symbol>_funding_8h.csv.gz``; nothing shipped),
+starts a fresh local deployment (:class:`tests.cluster.LocalAirflow`: scheduler, dag-processor,
+api-server, the LocalExecutor, PostgreSQL metadata and market store) and triggers one
+``weekly_retrain`` run for the week ending 2023-12-31 with small per-market work (120-day window,
+3 folds, LightGBM only, a permissive gate). Then the same markets run in this machine's processes
+without Airflow (``include.pipeline.run_once``, one process per core), for the in-process time.
+
+Reported per N (one JSON line each, then a table):
+
+* ``run_wall_s``: the DAG run's start to end; ``per_market_s``: that over N;
+* ``in_process_s``: the same markets' steps in ``cores`` processes; ``ratio``: run wall over it;
+* ``task_s``: the task instances' summed durations; ``task_instances``;
+* ``scheduler_cpu_s`` and ``api_server_cpu_s`` during the run, and the scheduler's CPU per task
+  instance;
+* ``orchestration_per_market_s``: (run wall x cores - in-process time x cores) / N, the core
+  time a market costs beyond its own work;
+* ``ready_to_running_s``: the mean gap from a task instance being scheduled to starting;
+* ``busy_share``: of the time some task instance was scheduled or queued and not yet running,
+  the share of the executor's slots that were running one.
+
+Usage: ``PYTHONPATH=. .venv/bin/python bench/universe_scale.py [N ...]`` (default 2 20 100 200).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tests.cluster import LocalAirflow, conf_json, market_deployment_env
+from tests.conftest import create_pg_database, drop_pg_database
+
+AS_OF = "2023-12-31"
+WORK = {"train_window_days": 120, "cv_folds": 3, "models": ["lightgbm"], "gate_min_f1_margin": -1.0,
+        "gate_max_log_loss_ratio": 10.0, "gate_champion_alpha": 0.0, "gate_min_sharpe_margin": -1000.0,
+        "gate_max_drawdown": 1.0}
+PARALLELISM = 4
+
+
+def symbol(i: int) -> str:
+    return f"SYN{i:03d}USDT"
+
+
+def write_markets(folder: Path, n: int, seed: int = 7) -> Path:
+    """``n`` random-walk perpetual markets from 2023-05-01 to the as-of date; returns the universe file.
+
+    Hourly log returns are Gaussian with a 0.6 % standard deviation; highs and lows add the
+    absolute value of a second draw; volume is log-normal; funding is 0.01 % plus noise.
+    """
+    rng = np.random.default_rng(seed)
+    hours = pd.date_range("2023-05-01", AS_OF, freq="1h", inclusive="left", tz="UTC")
+    funding_times = pd.date_range("2023-05-01", AS_OF, freq="8h", inclusive="left", tz="UTC")
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    for i in range(n):
+        close = 100.0 * np.exp(np.cumsum(rng.normal(0, 0.006, len(hours))))
+        open_ = np.concatenate([[100.0], close[:-1]])
+        wick = np.abs(rng.normal(0, 0.003, (2, len(hours))))
+        frame = pd.DataFrame({"timestamp": hours.strftime(stamp), "open": open_,
+                              "high": np.maximum(open_, close) * (1 + wick[0]),
+                              "low": np.minimum(open_, close) * (1 - wick[1]),
+                              "close": close, "volume": rng.lognormal(8, 0.5, len(hours))})
+        with gzip.open(folder / f"{symbol(i).lower()}_perp_1h.csv.gz", "wt") as fh:
+            frame.to_csv(fh, index=False)
+        funding = pd.DataFrame({"timestamp": funding_times.strftime(stamp),
+                                "funding_rate": 1e-4 + rng.normal(0, 5e-5, len(funding_times))})
+        with gzip.open(folder / f"{symbol(i).lower()}_funding_8h.csv.gz", "wt") as fh:
+            funding.to_csv(fh, index=False)
+    universe = folder / "universe.yaml"
+    universe.write_text("markets:\n" + "".join(
+        f"  - {{symbol: {symbol(i)}, market_type: perp, timeframe: 1h}}\n" for i in range(n)))
+    return universe
+
+
+def _cpu(proc) -> float:
+    import psutil
+
+    times = psutil.Process(proc.pid).cpu_times()
+    return times.user + times.system
+
+
+def busy_share(rows: list[tuple], slots: int, step: float = 0.5) -> float:
+    """Share of slots running a task instance while any was waiting (scheduled or queued)."""
+    spans = [(s.timestamp() if s else None, b.timestamp() if b else None, e.timestamp() if e else None)
+             for s, b, e in rows]
+    t0 = min(s for s, _, _ in spans if s)
+    t1 = max(e for _, _, e in spans if e)
+    waiting_time = busy = 0.0
+    for t in np.arange(t0, t1, step):
+        waiting = any(s is not None and s <= t and (b is None or t < b) for s, b, _ in spans)
+        if waiting:
+            running = sum(b is not None and b <= t < (e or t1) for _, b, e in spans)
+            waiting_time += step
+            busy += step * min(running, slots) / slots
+    return busy / waiting_time if waiting_time else 1.0
+
+
+def _run_market(args: tuple[str, str, str]) -> float:
+    symbol_, data_dir, root = args
+    os.environ["TASK_CPUS"] = "1"
+    from include.config import RunConfig, Settings
+    from include.pipeline import run_once
+
+    settings = Settings(data_dir=Path(data_dir), market_db_url=f"sqlite:///{root}/{symbol_}.sqlite",
+                        registry_dir=Path(root) / "models", runs_dir=Path(root) / "runs")
+    cfg = RunConfig(symbol=symbol_, as_of_date=AS_OF, **{k: tuple(v) if isinstance(v, list) else v
+                                                         for k, v in WORK.items()})
+    t0 = time.perf_counter()
+    run_once(cfg, settings, dag_id="bench", run_id=f"bench-{symbol_}")
+    return time.perf_counter() - t0
+
+
+def in_process(n: int, data_dir: Path, cores: int) -> float:
+    """Wall time of the N markets' run_once in ``cores`` processes (each its own SQLite store)."""
+    root = Path(tempfile.mkdtemp(prefix="bench-inprocess-"))
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(cores) as pool:
+        list(pool.map(_run_market, [(symbol(i), str(data_dir), str(root)) for i in range(n)]))
+    return time.perf_counter() - t0
+
+
+def one(n: int) -> dict:
+    from include.resources import available_cpus
+
+    cores = available_cpus()
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-scale-{n}-"))
+    data = tmp / "data"
+    data.mkdir()
+    universe = write_markets(data, n)
+    meta, market = create_pg_database("bench_meta"), create_pg_database("bench_market")
+    env = {**market_deployment_env(tmp, market, data), "MARKET_INPUT_ROOTS": str(data),
+           "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM)}
+    try:
+        with LocalAirflow(tmp / "airflow", meta, "LocalExecutor", env) as airflow:
+            airflow.wait_for_dag("weekly_retrain")
+            cpu0 = {name: _cpu(airflow.procs[name]) for name in ("scheduler", "api-server")}
+            airflow.airflow("dags", "trigger", "weekly_retrain", "--conf",
+                            conf_json(as_of_date=AS_OF, universe_file=str(universe), **WORK))
+            (run,) = airflow.wait_for_runs("weekly_retrain", 1, timeout=6 * 3600, run_type="manual")
+            cpu = {name: _cpu(airflow.procs[name]) - cpu0[name] for name in cpu0}
+            rows = airflow.query(
+                "SELECT task_id, state, scheduled_dttm, start_date, end_date, "
+                "EXTRACT(EPOCH FROM (end_date - start_date)), EXTRACT(EPOCH FROM (start_date - scheduled_dttm)) "
+                "FROM task_instance WHERE dag_id = 'weekly_retrain' AND run_id = :r", r=run["run_id"])
+    finally:
+        drop_pg_database(meta)
+        drop_pg_database(market)
+    wall = (run["end_date"] - run["start_date"]).total_seconds()
+    ran = [r for r in rows if r[3] is not None]
+    alone = in_process(n, data, cores)
+    gaps = [float(r[6]) for r in ran if r[6] is not None]
+    return {"n": n, "state": run["state"], "cores": cores, "parallelism": PARALLELISM,
+            "run_wall_s": round(wall, 1), "per_market_s": round(wall / n, 2),
+            "in_process_s": round(alone, 1), "ratio": round(wall / alone, 2),
+            "task_instances": len(ran), "task_s": round(sum(float(r[5] or 0) for r in ran), 1),
+            "scheduler_cpu_s": round(cpu["scheduler"], 1), "api_server_cpu_s": round(cpu["api-server"], 1),
+            "scheduler_cpu_per_ti_ms": round(1000 * cpu["scheduler"] / max(1, len(ran))),
+            "orchestration_per_market_s": round((wall - alone) * cores / n, 2),
+            "ready_to_running_s": round(float(np.mean(gaps)), 2) if gaps else None,
+            "busy_share": round(busy_share([(r[2], r[3], r[4]) for r in ran], PARALLELISM), 3),
+            "states": sorted({r[1] for r in rows})}
+
+
+def main() -> None:
+    sizes = [int(a) for a in sys.argv[1:]] or [2, 20, 100, 200]
+    results = []
+    for n in sizes:
+        results.append(one(n))
+        print(json.dumps({"benchmark": "universe_scale", **results[-1]}), flush=True)
+    print("| N | TIs | run wall s | per market s | in-process s | ratio | task s | scheduler CPU s "
+          "| ms/TI | orchestration s/market | ready→running s | busy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['n']} | {r['task_instances']} | {r['run_wall_s']} | {r['per_market_s']} | {r['in_process_s']} "
+              f"| {r['ratio']} | {r['task_s']} | {r['scheduler_cpu_s']} | {r['scheduler_cpu_per_ti_ms']} "
+              f"| {r['orchestration_per_market_s']} | {r['ready_to_running_s']} | {r['busy_share']} |")
+
+
+if __name__ == "__main__":
+    main()
