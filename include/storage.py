@@ -14,9 +14,10 @@ are atomic). A registry version and a fit-cache entry are in addition published 
 row that records each file's sha256, which readers check against the bytes they load.
 
 A task works on a local copy of its run folder (:func:`staged`): the pipeline's steps read and
-write local files with pandas, joblib and Great Expectations, as on one machine, and the folder
-is mirrored from the store before the step and its changes are uploaded after it, so tasks of one
-run may run on workers that share nothing but the store.
+write local files with pandas, joblib and Great Expectations, as on one machine. The folder is
+copied from the store before the step (through the worker's cache of object versions) and the
+step's changes are uploaded after it, so tasks of one run may run on workers that share nothing
+but the store.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,9 +38,6 @@ logger = logging.getLogger(__name__)
 #: A local folder or an object-store location; both support ``/``, ``name``, ``parent``,
 #: ``exists``, ``is_file``, ``read_bytes``, ``read_text``, ``iterdir`` and ``glob``.
 Location = Any
-
-#: The file beside a mirrored run folder that records each file's remote identity (ETag, size).
-MIRROR_MANIFEST = ".store-mirror.json"
 
 
 def conn_id() -> str | None:
@@ -168,40 +167,59 @@ def _local_files(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def scratch_root() -> Path:
-    """This worker's folder for local copies of remote run folders (``ARTIFACT_SCRATCH_DIR``;
-    default ``<temporary directory>/market-artifacts``)."""
+    """This worker's folder for step copies of remote run folders and its object cache
+    (``ARTIFACT_SCRATCH_DIR``; default ``<temporary directory>/market-artifacts``)."""
     value = os.environ.get("ARTIFACT_SCRATCH_DIR")
     return Path(value).expanduser().resolve() if value else Path(tempfile.gettempdir()) / "market-artifacts"
 
 
-def mirror(remote: Location, local: Path) -> dict[str, str]:
-    """Make ``local`` an exact copy of the folder ``remote``; download only changed objects.
+#: Cached objects not used for this long are removed from a worker's object cache (seconds).
+OBJECT_CACHE_MAX_AGE_S = 86_400
 
-    A file whose object is unchanged since the last mirror (same ETag and size, recorded in
-    ``local/.store-mirror.json``) is kept; a local file with no object is removed.
+
+def _cached(source: Location, identity: str) -> Path:
+    """The worker's local copy of one version of an object (downloaded on first use).
+
+    Keyed by the object's path and identity (ETag and size): another version of the object is
+    another entry, so a stale copy is never returned.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(f"{source}\0{identity}".encode()).hexdigest()
+    path = scratch_root() / ".objects" / digest[:2] / digest
+    if path.is_file():
+        os.utime(path)
+    else:
+        _download(source, path)
+    return path
+
+
+def _prune_object_cache() -> None:
+    cutoff = time.time() - OBJECT_CACHE_MAX_AGE_S
+    for path in (scratch_root() / ".objects").glob("*/*"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def mirror(remote: Location, local: Path) -> dict[str, str]:
+    """Copy every object under the folder ``remote`` into the empty folder ``local``.
+
+    Objects come from the worker's object cache (:func:`_cached`): an object version a task on
+    this worker already read is not downloaded again.
 
     Returns:
-        ``{relative path: remote identity}`` of the mirrored files.
+        ``{relative path: object identity}`` of the files copied.
     """
-    local.mkdir(parents=True, exist_ok=True)
-    manifest_path = local / MIRROR_MANIFEST
-    try:
-        known = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    objects = _remote_files(remote)
-    for rel in set(_local_files(local)) - set(objects):
-        (local / rel).unlink()
-    identities, fetched = {}, 0
-    for rel, info in objects.items():
+    identities = {}
+    for rel, info in _remote_files(remote).items():
         identities[rel] = _identity(info)
         target = local / rel
-        if known.get(rel) == identities[rel] and target.is_file() and target.stat().st_size == info.get("size"):
-            continue
-        _download(remote / rel, target)
-        fetched += 1
-    write_json(manifest_path, identities)
-    logger.debug("mirrored %s: %d file(s), %d downloaded", remote, len(objects), fetched)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_cached(remote / rel, identities[rel]), target)
+    logger.debug("mirrored %s: %d file(s)", remote, len(identities))
     return identities
 
 
@@ -209,36 +227,40 @@ def mirror(remote: Location, local: Path) -> dict[str, str]:
 def staged(folder: Location, *, name: str) -> Iterator[Path]:
     """A local folder holding ``folder``'s files for the duration of a step.
 
-    A local ``folder`` is yielded as it is (created). A remote one is mirrored into
-    ``scratch_root()/name`` (:func:`mirror`); when the step ends, successfully or not, the files
-    it created or changed are uploaded and those it removed are deleted from the store, so a
-    failed validation's report is kept too. Files and folders whose name starts with ``.`` are
+    A local ``folder`` is yielded as it is (created). A remote one is copied into a folder of the
+    step's own under ``scratch_root()`` (:func:`mirror`), so steps running at once on one worker
+    never share a copy; when the step ends, successfully or not, the files it created or changed
+    are uploaded and those it removed are deleted from the store (a failed validation's report
+    is kept too), and the copy is removed. Files and folders whose name starts with ``.`` are
     temporary and stay local.
 
     Args:
         folder: the run folder, local or in the store.
-        name: the local copy's path under the scratch root (e.g. ``<dag>/<model>/<run key>``).
+        name: a readable prefix of the step's folder (e.g. ``<dag>/<model>/<run key>``).
     """
     if not is_remote(folder):
         path = Path(folder)
         path.mkdir(parents=True, exist_ok=True)
         yield path
         return
-    local = scratch_root() / name
-    mirror(folder, local)
-    before = _local_files(local)
+    steps = scratch_root() / "steps"
+    steps.mkdir(parents=True, exist_ok=True)
+    _prune_object_cache()
+    local = Path(tempfile.mkdtemp(prefix=name.replace("/", "_") + ".", dir=steps))
     try:
-        yield local
+        mirror(folder, local)
+        before = _local_files(local)
+        try:
+            yield local
+        finally:
+            after = _local_files(local)
+            changed = [rel for rel, stat in after.items() if before.get(rel) != stat]
+            for rel in changed:  # streamed from the file; the object appears once the upload completes
+                target = folder / rel
+                target.fs.put_file(str(local / rel), target.path)
+            removed = set(before) - set(after)
+            for rel in removed:
+                remove(folder / rel)
+            logger.info("run folder %s: %d file(s) uploaded, %d removed", folder, len(changed), len(removed))
     finally:
-        after = _local_files(local)
-        changed = [rel for rel, stat in after.items() if before.get(rel) != stat]
-        identities = json.loads((local / MIRROR_MANIFEST).read_text())
-        for rel in changed:  # streamed from the file; the object appears once the upload completes
-            target = folder / rel
-            target.fs.put_file(str(local / rel), target.path)
-            identities[rel] = _identity(target.fs.info(target.path))
-        for rel in set(before) - set(after):
-            remove(folder / rel)
-            identities.pop(rel, None)
-        write_json(local / MIRROR_MANIFEST, identities)
-        logger.info("run folder %s: %d file(s) uploaded, %d removed", folder, len(changed), len(set(before) - set(after)))
+        shutil.rmtree(local, ignore_errors=True)

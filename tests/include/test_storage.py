@@ -63,12 +63,33 @@ def test_staged_folder_mirrors_the_store_on_two_workers(s3, store_env, tmp_path,
         (out / "summary.json").write_text("{}")
     assert _objects(s3, prefix) == {"features.parquet": 10, "summary.json": 2}
 
-    # Back on A: its stale copy is replaced and the removed file is gone locally too.
+    # Back on A: its cached copy of the old object is not used, and the removed file is gone.
     monkeypatch.setenv("ARTIFACT_SCRATCH_DIR", str(tmp_path / "worker-a"))
-    local = tmp_path / "worker-a" / "dag/model/key"
-    assert set(mirror(folder, local)) == {"features.parquet", "summary.json"}
-    assert (local / "features.parquet").read_bytes() == b"b" * 10
-    assert not (local / "candidates" / "lightgbm" / "model.joblib").exists()
+    with staged(folder, name="dag/model/key") as out:
+        assert (out / "features.parquet").read_bytes() == b"b" * 10
+        assert not (out / "candidates" / "lightgbm" / "model.joblib").exists()
+        assert {p.name for p in out.iterdir()} == {"features.parquet", "summary.json"}
+    assert not list((tmp_path / "worker-a" / "steps").iterdir())  # each step's copy is removed
+
+
+def test_steps_running_at_once_on_one_worker_do_not_share_a_copy(s3, store_env, tmp_path, monkeypatch):
+    """Two families training at once on one worker: neither removes nor re-uploads the other's files."""
+    monkeypatch.setenv("ARTIFACT_SCRATCH_DIR", str(tmp_path / "worker"))
+    folder = location(f"{store_env}/runs/run")
+    with staged(folder, name="run") as first:
+        (first / "dataset.parquet").write_bytes(b"rows")
+    with staged(folder, name="run") as lightgbm, staged(folder, name="run") as xgboost:
+        assert lightgbm != xgboost
+        (lightgbm / "candidates" / "lightgbm").mkdir(parents=True)
+        (lightgbm / "candidates" / "lightgbm" / "model.joblib").write_bytes(b"L")
+        (xgboost / "candidates" / "xgboost").mkdir(parents=True)
+        (xgboost / "candidates" / "xgboost" / "model.joblib").write_bytes(b"X")
+    assert _objects(s3, f"{tmp_path.name}/runs/run") == {
+        "dataset.parquet": 4, "candidates/lightgbm/model.joblib": 1, "candidates/xgboost/model.joblib": 1}
+    local = tmp_path / "copy"
+    local.mkdir()
+    assert set(mirror(folder, local)) == {"dataset.parquet", "candidates/lightgbm/model.joblib",
+                                          "candidates/xgboost/model.joblib"}
 
 
 def test_a_failed_step_still_uploads_what_it_wrote(s3, store_env, tmp_path, monkeypatch):
