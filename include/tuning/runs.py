@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,19 @@ def _unpack(plan: dict[str, Any], window: dict[str, Any] | None = None) -> tuple
     return cfg, win, settings, run_dir(settings, DAG_ID, cfg.model_name, win)
 
 
+@contextmanager
+def _staged(plan: dict[str, Any], window: dict[str, Any] | None = None) -> Iterator[tuple[Any, ...]]:
+    """``(config, window, settings, local run folder, the folder's location)`` for one step; the
+    folder is staged when the run artifacts are in an object store (:mod:`include.storage`)."""
+    from include.pipeline import RunWindow
+    from include.pipeline.common import run_location, staged_run_dir
+
+    cfg, settings = RunConfig.from_params(plan["config"]), Settings.from_env()
+    win = RunWindow(**(window or plan["window"]))
+    with staged_run_dir(settings, DAG_ID, cfg.model_name, win) as out:
+        yield cfg, win, settings, out, run_location(settings, DAG_ID, cfg.model_name, win)
+
+
 def prepare(plan: dict[str, Any]) -> dict[str, Any]:
     """Ingest, validate, build features and labels for the tuning window of one market, and
     create the study storage's tables in the market database.
@@ -81,13 +96,13 @@ def prepare(plan: dict[str, Any]) -> dict[str, Any]:
     from include.pipeline import RunWindow, features, ingest, labels, validate
     from include.tuning import open_storage
 
-    cfg, win, settings, out = _unpack(plan)
-    open_storage(settings.market_db_url).remove_session()  # Optuna's tables, before the studies start together
-    ingested = ingest(cfg, win, settings, out)
-    win = RunWindow(**ingested["window"])
-    validate(cfg, win, settings, out)
-    features(cfg, win, settings, out)
-    dataset = labels(cfg, win, out)
+    with _staged(plan) as (cfg, win, settings, out, _):
+        open_storage(settings.market_db_url).remove_session()  # Optuna's tables, before the studies start together
+        ingested = ingest(cfg, win, settings, out)
+        win = RunWindow(**ingested["window"])
+        validate(cfg, win, settings, out)
+        features(cfg, win, settings, out)
+        dataset = labels(cfg, win, out)
     return {**plan, "window": asdict(win), "labelled_rows": dataset.get("labelled_rows")}
 
 
@@ -112,12 +127,12 @@ def tune_and_record(job: dict[str, Any], *, worker: int = 0) -> dict[str, Any]:
     from include.tuning import open_storage, summarise_study, tune_family
     from include.tuning.sets import HyperparameterSets
 
-    cfg, win, settings, out = _unpack(job, job["window"])
     tuning, family = job["tuning"], job["family"]
     timeout = tuning.get("tune_timeout_minutes")
-    ran = tune_family(cfg, win, settings, out, family, n_trials=tuning["tune_trials"],
-                      timeout_s=60 * float(timeout) if timeout else None,
-                      space_overrides=(tuning.get("tune_search_space") or {}).get(family), worker=worker)
+    with _staged(job, job["window"]) as (cfg, win, settings, out, folder):
+        ran = tune_family(cfg, win, settings, out, family, n_trials=tuning["tune_trials"],
+                          timeout_s=60 * float(timeout) if timeout else None,
+                          space_overrides=(tuning.get("tune_search_space") or {}).get(family), worker=worker)
     study = optuna.load_study(study_name=ran["study"], storage=open_storage(settings.market_db_url))
     summary = summarise_study(study)
     sets = HyperparameterSets(settings.market_db_url)
@@ -135,7 +150,7 @@ def tune_and_record(job: dict[str, Any], *, worker: int = 0) -> dict[str, Any]:
             "study": stored["study"], "n_trials": stored["n_trials"], "states": stored["states"],
             "best_value": stored["best_value"], "params": stored["params"], "pbo": stored.get("pbo"),
             "best_metrics": stored["best_metrics"], "seconds_per_trial": ran["seconds_per_trial"],
-            "run_folder": str(out)}
+            "run_folder": str(folder)}
 
 
 def run_note(results: list[dict[str, Any]], limit: int = 1000) -> str:
@@ -173,7 +188,7 @@ def report(results: list[dict[str, Any]]) -> str:
                      f"log loss {r['best_value']:.5f}, macro F1 {f1:.4f}, "
                      f"PBO {'n/a' if pbo is None else f'{pbo:.2f}'}; {json.dumps(r['params'], sort_keys=True)}")
     for folder, rows in by_folder.items():
-        from include.registry import atomic_write_json
+        from include.storage import location, write_json
 
-        atomic_write_json(Path(folder) / "tuning.json", rows)
+        write_json(location(folder) / "tuning.json", rows)
     return "\n".join(lines)
