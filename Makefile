@@ -93,6 +93,7 @@ bench: install
 	$(BIN)/python bench/backfill_run.py 4
 	$(BIN)/python bench/serving_latency.py
 	$(BIN)/python bench/universe_run.py
+	$(BIN)/python bench/universe_scale.py 2 20
 	$(BIN)/python bench/bad_input.py
 	$(BIN)/python bench/monitoring.py
 	$(BIN)/python bench/random_walk_gate.py --seeds 20

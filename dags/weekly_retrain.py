@@ -381,7 +381,7 @@ def weekly_retrain():
                      "labels": dataset, "ensemble": assembled, "trading": trading, "gate": decision,
                      "action": action}
             with fail_fast(), market_run(plan, window, _dag_id()) as (cfg, win, settings, out):
-                return summarise(settings, cfg, out, win, parts)
+                return summarise(settings, cfg, out, win, parts, dag_id=_dag_id())
 
         # Keyword arguments: the map index template and the alerts read the market from op_kwargs["plan"].
         ingested = ingest_market_data(plan=plan)

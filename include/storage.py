@@ -66,8 +66,9 @@ def location(value: str | os.PathLike[str]) -> Location:
 
 
 def is_remote(path: Location) -> bool:
-    """Whether ``path`` is in an object store rather than on this machine's filesystem."""
-    return not isinstance(path, Path)
+    """Whether ``path`` is in an object store (an ``ObjectStoragePath`` of a remote protocol)
+    rather than on this machine's filesystem (a ``str`` or ``pathlib`` path)."""
+    return getattr(path, "protocol", None) not in (None, "", "file", "local")
 
 
 def read_bytes(path: Location) -> bytes:

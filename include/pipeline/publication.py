@@ -21,24 +21,32 @@ from include.registry import (
 logger = logging.getLogger(__name__)
 
 def summarise(settings: Settings, cfg: RunConfig, out_dir: Path, window: RunWindow,
-              parts: dict[str, Any]) -> dict[str, Any]:
+              parts: dict[str, Any], *, dag_id: str | None = None) -> dict[str, Any]:
     """Write one market's ``summary.json`` and HTML report.
+
+    Args:
+        dag_id: the run's DAG; with run artifacts in an object store, the paths returned name the
+            run folder there rather than the step's local copy (``out_dir``).
 
     Returns:
         ``{"model", "path", "report", "production", "action"}``.
     """
+    from include.pipeline.common import run_location
     from include.report import build_report
+    from include.storage import is_remote
 
     registry = ModelRegistry.from_settings(settings)
     pointer = registry.production(cfg.model_name)
     registry.dispose()
     summary = json_safe({"model": cfg.model_name, "window": asdict(window), **parts,
                          "production": pointer.version if pointer else None})
-    report = build_report(out_dir, summary)
+    shown = (run_location(settings, dag_id, cfg.model_name, window) if dag_id and is_remote(settings.runs_dir)
+             else out_dir)
+    report = shown / build_report(out_dir, summary).name
     summary["report"] = str(report)
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
     logger.info("%s: run report written to %s", cfg.model_name, report)
-    return {"model": cfg.model_name, "path": str(out_dir / SUMMARY_FILE), "report": str(report),
+    return {"model": cfg.model_name, "path": str(shown / SUMMARY_FILE), "report": str(report),
             "production": summary["production"], "action": (parts.get("action") or {}).get("action")}
 
 def universe_outcomes(settings: Settings, dag_id: str, plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -291,6 +299,6 @@ def run_once(cfg: RunConfig, settings: Settings, *, dag_id: str, run_id: str,
             action = keep(settings, decision, run_id=run_id, dag_id=dag_id)
         summary = summarise(settings, cfg, out, window, {
             "ingested": ingested, "validation": validation, "features": feature_info, "labels": dataset,
-            "ensemble": assembled, "trading": trading, "gate": decision, "action": action})
+            "ensemble": assembled, "trading": trading, "gate": decision, "action": action}, dag_id=dag_id)
     return {"window": window, "assembled": assembled, "trading": trading, "decision": decision,
             "action": action, "summary": summary}

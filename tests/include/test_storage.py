@@ -39,6 +39,7 @@ def _objects(s3: S3Server, prefix: str) -> dict[str, int]:
 
 def test_location_is_local_for_a_path_and_remote_for_a_uri(store_env, tmp_path):
     assert not is_remote(location(tmp_path)) and location(f"file://{tmp_path}") == tmp_path
+    assert not is_remote(str(tmp_path)) and not is_remote(tmp_path)  # a plain path, as text too
     remote = location(f"{store_env}/runs/")
     assert is_remote(remote) and str(remote).endswith("/runs")
 
@@ -117,6 +118,7 @@ def test_weekly_run_with_artifacts_in_the_store(s3, store_env, tmp_path, monkeyp
     assert set(row.files) <= set(stored) and "manifest.json" in stored
     model, lineage = registry.load(version)
     assert lineage["registered_model"] == cfg.model_name and hasattr(model, "predict_proba")
+    assert first["summary"]["report"].startswith("s3://") and first["summary"]["report"].endswith("/report.html")
     run_files = _objects(s3, f"{tmp_path.name}/runs/weekly_retrain/{cfg.model_name}")
     assert any(k.endswith("/summary.json") for k in run_files)
     assert any(k.endswith("/candidates/lightgbm/model.joblib") for k in run_files)
