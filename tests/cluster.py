@@ -257,9 +257,18 @@ class S3Server:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
+    @staticmethod
+    def _forget_stores() -> None:
+        """Drop the object stores this process attached (Airflow caches one per connection id):
+        a store attached for an earlier server would keep that server's endpoint."""
+        from airflow.sdk.io import store
+
+        store._STORE_CACHE.clear()
+
     def __enter__(self) -> S3Server:
         import boto3
 
+        self._forget_stores()
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
         client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="test",
@@ -276,6 +285,7 @@ class S3Server:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._forget_stores()
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(timeout=30)
