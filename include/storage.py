@@ -174,7 +174,8 @@ def scratch_root() -> Path:
     return Path(value).expanduser().resolve() if value else Path(tempfile.gettempdir()) / "market-artifacts"
 
 
-#: Cached objects not used for this long are removed from a worker's object cache (seconds).
+#: Cached objects not used for this long, and step copies left this long by a step that was
+#: killed before it could remove its own, are removed from a worker's scratch folder (seconds).
 OBJECT_CACHE_MAX_AGE_S = 86_400
 
 
@@ -195,12 +196,18 @@ def _cached(source: Location, identity: str) -> Path:
     return path
 
 
-def _prune_object_cache() -> None:
+def _prune_scratch() -> None:
     cutoff = time.time() - OBJECT_CACHE_MAX_AGE_S
     for path in (scratch_root() / ".objects").glob("*/*"):
         try:
             if path.stat().st_mtime < cutoff:
                 path.unlink()
+        except FileNotFoundError:
+            pass
+    for path in (scratch_root() / "steps").iterdir():
+        try:
+            if path.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
         except FileNotFoundError:
             pass
 
@@ -246,7 +253,7 @@ def staged(folder: Location, *, name: str) -> Iterator[Path]:
         return
     steps = scratch_root() / "steps"
     steps.mkdir(parents=True, exist_ok=True)
-    _prune_object_cache()
+    _prune_scratch()
     local = Path(tempfile.mkdtemp(prefix=name.replace("/", "_") + ".", dir=steps))
     try:
         mirror(folder, local)

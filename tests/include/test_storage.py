@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import boto3
 import pytest
@@ -71,6 +72,19 @@ def test_staged_folder_mirrors_the_store_on_two_workers(s3, store_env, tmp_path,
         assert not (out / "candidates" / "lightgbm" / "model.joblib").exists()
         assert {p.name for p in out.iterdir()} == {"features.parquet", "summary.json"}
     assert not list((tmp_path / "worker-a" / "steps").iterdir())  # each step's copy is removed
+
+
+def test_copies_left_by_killed_steps_are_removed_after_a_day(s3, store_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("ARTIFACT_SCRATCH_DIR", str(tmp_path / "worker"))
+    old, recent = tmp_path / "worker" / "steps" / "run.killed", tmp_path / "worker" / "steps" / "run.running"
+    for path in (old, recent):
+        path.mkdir(parents=True)
+        (path / "features.parquet").write_bytes(b"x")
+    day_ago = time.time() - 86_400 - 60
+    os.utime(old, (day_ago, day_ago))
+    with staged(location(f"{store_env}/runs/y"), name="y"):
+        pass
+    assert not old.exists() and recent.exists()
 
 
 def test_steps_running_at_once_on_one_worker_do_not_share_a_copy(s3, store_env, tmp_path, monkeypatch):
