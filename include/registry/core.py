@@ -291,14 +291,9 @@ class ModelRegistry(AliasLedger, Retention):
                                        "(left by an interrupted registration or retention)", version, target)
                         _remove_tree(target)
                     os.rename(tmp, target)
-                    values = {"interval_end": int(interval_end.timestamp() * 1000), "registered_at": now_ms(),
-                              "manifest_sha256": digest, "files": files, "artifact_path": relative,
-                              "lineage": lineage}
-                    if restored:
-                        conn.execute(version_table.update().where(version_table.c.version == version)
-                                     .values(deleted_at=None, **values))
-                    else:
-                        conn.execute(version_table.insert().values(version=version, model=model, **values))
+                    _write_version_row(conn, version, model, restored, interval_end=int(interval_end.timestamp() * 1000),
+                                       registered_at=now_ms(), manifest_sha256=digest, files=files,
+                                       artifact_path=relative, lineage=lineage)
         finally:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -324,13 +319,9 @@ class ModelRegistry(AliasLedger, Retention):
                 for name in files:
                     target.fs.put_file(str(src / name), (target / name).path)
                 write_json(target / MANIFEST_FILE, {"files": files, "version": version, "model": model})
-                values = {"interval_end": int(interval_end.timestamp() * 1000), "registered_at": now_ms(),
-                          "manifest_sha256": digest, "files": files, "artifact_path": relative, "lineage": lineage}
-                if restored:
-                    conn.execute(version_table.update().where(version_table.c.version == version)
-                                 .values(deleted_at=None, **values))
-                else:
-                    conn.execute(version_table.insert().values(version=version, model=model, **values))
+                _write_version_row(conn, version, model, restored, interval_end=int(interval_end.timestamp() * 1000),
+                                   registered_at=now_ms(), manifest_sha256=digest, files=files,
+                                   artifact_path=relative, lineage=lineage)
         logger.info("registered version %s of %s from %s in %s", version, model, src, target)
         self.verify(version)
         return version
@@ -453,3 +444,11 @@ class ModelRegistry(AliasLedger, Retention):
         if hashlib.sha256(data).hexdigest() != row.files[OOF_FILE]:
             raise IntegrityError(f"version {version}: {OOF_FILE} is missing or differs from its registered sha256")
         return pd.read_parquet(io.BytesIO(data))
+
+
+def _write_version_row(conn: Connection, version: str, model: str, restored: bool, **values: Any) -> None:
+    """Insert a version's row, or bring back the row retention marked removed (``restored``)."""
+    if restored:
+        conn.execute(version_table.update().where(version_table.c.version == version).values(deleted_at=None, **values))
+    else:
+        conn.execute(version_table.insert().values(version=version, model=model, **values))
