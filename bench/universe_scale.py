@@ -5,7 +5,10 @@ For each N, generates N random-walk perpetual markets in the file format (hourly
 starts a fresh local deployment (:class:`tests.cluster.LocalAirflow`: scheduler, dag-processor,
 api-server, the LocalExecutor, PostgreSQL metadata and market store) and triggers one
 ``weekly_retrain`` run for the week ending 2023-12-31 with small per-market work (120-day window,
-3 folds, LightGBM only, a permissive gate). Then the same markets run in this machine's processes
+3 folds, LightGBM only, a permissive gate). The run deals the markets into at most
+``MARKET_GROUP_INSTANCES`` instances of the market task group (the deployment's default, twice
+the parallelism: 8; ``--instances K`` sets it, e.g. ``--instances 1000`` for one market per
+instance). Then the same markets run in this machine's processes
 without Airflow (``include.pipeline.run_once``, one process per core), for the in-process time.
 
 Reported per N (one JSON line each, then a table):
@@ -21,7 +24,10 @@ Reported per N (one JSON line each, then a table):
 * ``busy_share``: of the time some task instance was scheduled or queued and not yet running,
   the share of the executor's slots that were running one.
 
-Usage: ``PYTHONPATH=. .venv/bin/python bench/universe_scale.py [N ...]`` (default 2 20 100 200).
+* ``instances``: the market group's instances in the run.
+
+Usage: ``PYTHONPATH=. .venv/bin/python bench/universe_scale.py [--instances K] [N ...]`` (default
+2 20 100 200).
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -129,7 +134,7 @@ def in_process(n: int, data_dir: Path, cores: int) -> float:
     return time.perf_counter() - t0
 
 
-def one(n: int) -> dict:
+def one(n: int, instances: int | None = None) -> dict:
     from include.resources import available_cpus
 
     cores = available_cpus()
@@ -140,6 +145,8 @@ def one(n: int) -> dict:
     meta, market = create_pg_database("bench_meta"), create_pg_database("bench_market")
     env = {**market_deployment_env(tmp, market, data), "MARKET_INPUT_ROOTS": str(data),
            "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM)}
+    if instances:
+        env["MARKET_GROUP_INSTANCES"] = str(instances)
     try:
         with LocalAirflow(tmp / "airflow", meta, "LocalExecutor", env) as airflow:
             airflow.wait_for_dag("weekly_retrain")
@@ -153,7 +160,8 @@ def one(n: int) -> dict:
             cpu = {name: _cpu(airflow.procs[name]) - cpu0[name] for name in cpu0}
             rows = airflow.query(
                 "SELECT task_id, state, scheduled_dttm, start_date, end_date, "
-                "EXTRACT(EPOCH FROM (end_date - start_date)), EXTRACT(EPOCH FROM (start_date - scheduled_dttm)) "
+                "EXTRACT(EPOCH FROM (end_date - start_date)), EXTRACT(EPOCH FROM (start_date - scheduled_dttm)), "
+                "map_index "
                 "FROM task_instance WHERE dag_id = 'weekly_retrain' AND run_id = :r", r=run["run_id"])
     finally:
         drop_pg_database(meta)
@@ -171,20 +179,26 @@ def one(n: int) -> dict:
             "orchestration_per_market_s": round((wall - alone) * cores / n, 2),
             "ready_to_running_s": round(float(np.mean(gaps)), 2) if gaps else None,
             "busy_share": round(busy_share([(r[2], r[3], r[4]) for r in ran], PARALLELISM), 3),
+            "instances": len({r[7] for r in rows if r[0] == "market.ingest_market_data"}),
             "states": sorted({r[1] for r in rows})}
 
 
 def main() -> None:
-    sizes = [int(a) for a in sys.argv[1:]] or [2, 20, 100, 200]
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sizes", nargs="*", type=int, default=[2, 20, 100, 200])
+    parser.add_argument("--instances", type=int, default=None, help="MARKET_GROUP_INSTANCES of the deployment")
+    args = parser.parse_args()
     results = []
-    for n in sizes:
-        results.append(one(n))
+    for n in args.sizes:
+        results.append(one(n, args.instances))
         print(json.dumps({"benchmark": "universe_scale", **results[-1]}), flush=True)
-    print("| N | TIs | run wall s | per market s | in-process s | ratio | task s | scheduler CPU s "
+    print("| N | instances | TIs | run wall s | per market s | in-process s | ratio | task s | scheduler CPU s "
           "| ms/TI | orchestration s/market | ready→running s | busy |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['n']} | {r['task_instances']} | {r['run_wall_s']} | {r['per_market_s']} | {r['in_process_s']} "
+        print(f"| {r['n']} | {r['instances']} | {r['task_instances']} | {r['run_wall_s']} | {r['per_market_s']} | {r['in_process_s']} "
               f"| {r['ratio']} | {r['task_s']} | {r['scheduler_cpu_s']} | {r['scheduler_cpu_per_ti_ms']} "
               f"| {r['orchestration_per_market_s']} | {r['ready_to_running_s']} | {r['busy_share']} |")
 

@@ -10,7 +10,12 @@ type, timeframe, label horizon) with its own versions, `production` and `challen
 ledger. The `markets` param picks a subset (symbols or model names). A market's parameters are
 the run's params overridden by its `params` in the universe file. Each market runs in its own
 instance of the mapped task group `market` (the map index shows the model name): a failing
-market does not stop the others, and its alert names it.
+market does not stop the others, and its alert names it. A universe larger than
+`MARKET_GROUP_INSTANCES` (default: twice the scheduler's `parallelism`) is dealt into that many
+instances, each running its markets' steps in turn (the `market_batch_size` param sets the batch
+size instead): every instance costs the scheduler its eleven task instances whatever it holds,
+and at 100 one-market instances on two cores the run took 15.7x the in-process time. In a batch,
+a market's failure is alerted with its name and not retried, and the batch's other markets go on.
 
 **Schedule.** Sundays 00:00 UTC with weekly data intervals
 (`CronDataIntervalTimetable("0 0 * * 0")`): the run with logical date 2023-12-24 covers
@@ -131,6 +136,10 @@ PARAMS = {
     "universe_file": Param(None, type=["null", "string"], title="Universe file", section=DATA,
                            description="Universe file (YAML) instead of MARKET_UNIVERSE_FILE or the bundled "
                                        "include/universe.yaml."),
+    "market_batch_size": Param(None, type=["null", "integer"], minimum=1, title="Markets per instance", section=DATA,
+                               description="Markets each instance of the market task group runs in turn; empty = "
+                                           "one each while they fit in MARKET_GROUP_INSTANCES instances (default "
+                                           "twice the scheduler's parallelism), else evenly spread over them."),
     "as_of_date": _param("as_of_date", ["null", "string"], DATA, "As-of date (runs without a data interval)",
                          format="date"),
     "source": _param("source", "string", DATA, "Market data source", enum=["files", "exchange"]),
@@ -181,8 +190,9 @@ PARAMS = {
     "slippage_bps": _param("slippage_bps", "number", TRADING, "Slippage per side (bps)", minimum=0),
 }
 
-#: Tasks of the market group show the registered model's name as their map index.
-MARKET = "{{ task.op_kwargs['plan']['model'] }}"
+#: Tasks of the market group show their batch's label as their map index: the registered model's
+#: name for a batch of one market.
+BATCH = "{{ task.op_kwargs['batch']['label'] }}"
 
 
 def _dag_id() -> str:
@@ -210,7 +220,8 @@ def weekly_retrain():
     @task
     def plan_run(params=None, data_interval_start=None, data_interval_end=None, dag_run=None,
                  triggering_asset_events=None) -> list[dict]:
-        """One plan per market: registered model, its run configuration and window.
+        """The market group's instances: batches of market plans (registered model, its run
+        configuration and window), one market each while they fit (include/universe.py).
 
         A run triggered by monitor_production's retrain_request retrains the models it names,
         for the week ending at the request's as_of day.
@@ -219,8 +230,9 @@ def weekly_retrain():
 
         from include.pipeline import plan_universe, retrain_scope
         from include.tasks import fail_fast
+        from include.universe import batch_markets
 
-        run_params = {k: v for k, v in params.items() if k not in ("markets", "universe_file")}
+        run_params = {k: v for k, v in params.items() if k not in ("markets", "universe_file", "market_batch_size")}
         selected = params.get("markets")
         scope = retrain_scope(triggering_asset_events) if dag_run.run_type == "asset_triggered" else None
         if scope is not None:
@@ -236,110 +248,135 @@ def weekly_retrain():
             for plan in plans:
                 plan["request"] = {"by": "monitor_production", "as_of_date": scope["as_of_date"],
                                    "reason": scope["reasons"].get(plan["model"])}
-        return plans
+        with fail_fast():
+            return batch_markets(plans, params.get("market_batch_size"))
 
     @task_group(group_id="market")
-    def market(plan: dict):
-        # The market_data pool bounds how many markets read from the exchange at once (its rate limits).
-        @task(multiple_outputs=True, map_index_template=MARKET, pool=MARKET_DATA_POOL)
-        def ingest_market_data(plan: dict) -> dict:
+    def market(batch: dict):
+        """One instance per batch of markets (one market per batch while the markets fit within
+        ``MARKET_GROUP_INSTANCES``: include/universe.py); each task runs its step per market."""
+
+        # The market_data pool bounds how many instances read from the exchange at once (its rate limits).
+        @task(map_index_template=BATCH, pool=MARKET_DATA_POOL)
+        def ingest_market_data(batch: dict) -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
 
             from include.errors import MarketNotReadyError
             from include.pipeline import ingest
-            from include.tasks import fail_fast, market_run
+            from include.tasks import each_market, fail_fast, market_run
 
-            with fail_fast(), market_run(plan, None, _dag_id()) as (cfg, win, settings, out):
-                try:
-                    return ingest(cfg, win, settings, out)
-                except MarketNotReadyError as exc:
-                    raise AirflowSkipException(str(exc)) from exc
+            def step(plan):
+                with fail_fast(), market_run(plan, None, _dag_id()) as (cfg, win, settings, out):
+                    try:
+                        return ingest(cfg, win, settings, out)
+                    except MarketNotReadyError as exc:
+                        raise AirflowSkipException(str(exc)) from exc
 
-        @task(map_index_template=MARKET)
-        def validate_market_data(plan: dict, window: dict) -> dict:
+            return each_market(batch, step, context=get_current_context())
+
+        @task(map_index_template=BATCH)
+        def validate_market_data(batch: dict, ingested: dict) -> dict:
             from include.pipeline import validate
-            from include.tasks import fail_fast, market_run
+            from include.tasks import each_market, fail_fast, market_run
 
             # Bad data does not improve on a retry: the full report is in the message.
-            with fail_fast(), market_run(plan, window, _dag_id()) as (cfg, win, settings, out):
-                return validate(cfg, win, settings, out)
+            def step(plan):
+                with fail_fast(), market_run(plan, ingested[plan["model"]]["window"], _dag_id()) as (cfg, win, s, out):
+                    return validate(cfg, win, s, out)
 
-        @task(multiple_outputs=True, map_index_template=MARKET)
-        def build_features(plan: dict, window: dict, validation: dict) -> dict:
+            return each_market(batch, step, ingested, context=get_current_context())
+
+        @task(map_index_template=BATCH)
+        def build_features(batch: dict, ingested: dict, validation: dict) -> dict:
             """The modelling table: features, then their labels (one task: one step fewer to schedule)."""
             from include.pipeline import features, labels
-            from include.tasks import fail_fast, market_run
+            from include.tasks import each_market, fail_fast, market_run
 
-            with fail_fast(), market_run(plan, window, _dag_id()) as (cfg, win, settings, out):
-                return {"features": features(cfg, win, settings, out), "labels": labels(cfg, win, out)}
+            def step(plan):
+                with fail_fast(), market_run(plan, ingested[plan["model"]]["window"], _dag_id()) as (cfg, win, s, out):
+                    return {"features": features(cfg, win, s, out), "labels": labels(cfg, win, out)}
 
-        @task(map_index_template=MARKET)
-        def train_model(plan: dict, window: dict, dataset: dict, family: str) -> dict | None:
-            """Train one family; ``None`` when the run's ``models`` leaves it out."""
+            return each_market(batch, step, ingested, validation, context=get_current_context())
+
+        @task(map_index_template=BATCH)
+        def train_model(batch: dict, ingested: dict, built: dict, family: str) -> dict:
+            """Train one family per market; ``None`` for a market whose ``models`` leaves it out."""
             import logging
 
             from include.config import RunConfig
             from include.pipeline import train
-            from include.tasks import fail_fast, market_run
+            from include.tasks import each_market, fail_fast, market_run
 
-            with fail_fast():
-                models = RunConfig.from_params(plan["config"]).models
-            if family not in models:
-                logging.getLogger(__name__).info("%s is not in this run's models %s: nothing to train",
-                                                 family, list(models))
-                return None
-            with fail_fast(), market_run(plan, window, _dag_id()) as (cfg, win, settings, out):
-                return train(cfg, win, out, family, settings)
+            def step(plan):
+                with fail_fast():
+                    models = RunConfig.from_params(plan["config"]).models
+                if family not in models:
+                    logging.getLogger(__name__).info("%s: %s is not in its models %s: nothing to train",
+                                                     plan["model"], family, list(models))
+                    return None
+                with fail_fast(), market_run(plan, ingested[plan["model"]]["window"], _dag_id()) as (cfg, win, s, out):
+                    return train(cfg, win, out, family, s)
 
-        @task(multiple_outputs=True, map_index_template=MARKET)
-        def assemble_ensemble(plan: dict, window: dict, trained: list, logical_date=None) -> dict:
+            return each_market(batch, step, ingested, built, context=get_current_context())
+
+        @task(map_index_template=BATCH)
+        def assemble_ensemble(batch: dict, ingested: dict, trained: list, logical_date=None) -> dict:
             """The candidate: soft-vote the members and register it, then simulate its out-of-fold
             trading (one task: one step fewer to schedule)."""
             from include.pipeline import assemble, simulate_trading
-            from include.tasks import fail_fast, market_run
+            from include.tasks import each_market, fail_fast, market_run
 
             ctx = get_current_context()
-            with fail_fast(), market_run(plan, window, _dag_id()) as (cfg, win, settings, out):
-                assembled = assemble(cfg, win, settings, out, list(trained), dag_id=_dag_id(), run_id=ctx["run_id"],
-                                     logical_date=logical_date.isoformat() if logical_date else None)
-                return {"ensemble": assembled, "trading": simulate_trading(cfg, win, settings, out)}
 
-        @task.sensor(poke_interval=10, timeout=timedelta(hours=12), mode="reschedule", map_index_template=MARKET)
-        def quality_gate(plan: dict, window: dict, assembled: dict, trading: dict, ti=None,
-                         dag_run=None) -> PokeReturnValue:
-            """Wait for earlier runs to finish and the model's registry lock, then apply the gate policy."""
+            def step(plan):
+                members = [family[plan["model"]] for family in trained]
+                with fail_fast(), market_run(plan, ingested[plan["model"]]["window"], _dag_id()) as (cfg, win, s, out):
+                    assembled = assemble(cfg, win, s, out, members, dag_id=_dag_id(), run_id=ctx["run_id"],
+                                         logical_date=logical_date.isoformat() if logical_date else None)
+                    return {"ensemble": assembled, "trading": simulate_trading(cfg, win, s, out)}
+
+            return each_market(batch, step, ingested, *trained, context=ctx)
+
+        @task.sensor(poke_interval=10, timeout=timedelta(hours=12), mode="reschedule", map_index_template=BATCH)
+        def quality_gate(batch: dict, ingested: dict, candidates: dict, ti=None, dag_run=None) -> PokeReturnValue:
+            """Wait for earlier runs to finish and the models' registry locks, then apply the gate policy."""
             import logging
 
             from include.config import Settings
             from include.pipeline import gate
             from include.registry import ModelRegistry
-            from include.tasks import fail_fast, market_run, unfinished_earlier_runs
+            from include.tasks import each_market, fail_fast, market_run, unfinished_earlier_runs
 
             waiting = unfinished_earlier_runs(ti, dag_run)
             if waiting:
                 logging.getLogger(__name__).info("waiting for %d earlier run(s) to decide first", waiting)
                 return PokeReturnValue(is_done=False)
             with fail_fast():
-                if ModelRegistry.from_settings(Settings.from_env()).is_locked(plan["model"]):
-                    return PokeReturnValue(is_done=False)
-            with fail_fast(), market_run(plan, window, _dag_id()) as (cfg, win, settings, out):
-                return PokeReturnValue(is_done=True, xcom_value=gate(cfg, win, settings, out, assembled, trading,
-                                                                     request=plan.get("request")))
+                registry = ModelRegistry.from_settings(Settings.from_env())
+                try:
+                    if any(registry.is_locked(model) for model in candidates):
+                        return PokeReturnValue(is_done=False)
+                finally:
+                    registry.dispose()
+
+            def step(plan):
+                made = candidates[plan["model"]]
+                with fail_fast(), market_run(plan, ingested[plan["model"]]["window"], _dag_id()) as (cfg, win, s, out):
+                    return gate(cfg, win, s, out, made["ensemble"], made["trading"], request=plan.get("request"))
+
+            return PokeReturnValue(is_done=True, xcom_value=each_market(batch, step, candidates,
+                                                                        context=get_current_context()))
 
         approve_promotion = PromotionApproval(
             task_id="approve_promotion",
             gate_task_id="market.quality_gate",
-            subject="Promote {{ ti.xcom_pull(task_ids='market.quality_gate', map_indexes=ti.map_index)['candidate'] }}"
-                    " to production of {{ ti.xcom_pull(task_ids='market.quality_gate', "
-                    "map_indexes=ti.map_index)['model'] }}?",
-            body="Gate: {{ ti.xcom_pull(task_ids='market.quality_gate', map_indexes=ti.map_index)['summary'] }}\n\n"
-                 "Run {{ run_id }}. Approve moves the production alias; Reject keeps production as it is.",
             response_timeout=timedelta(days=3),
-            map_index_template="{{ ti.xcom_pull(task_ids='market.quality_gate', map_indexes=ti.map_index)['model'] }}",
+            map_index_template="{% set m = ti.xcom_pull(task_ids='market.quality_gate', map_indexes=ti.map_index)"
+                               " | list %}{{ m[0] }}{% if m | length > 1 %} (+{{ m | length - 1 }} more){% endif %}",
         )
 
-        @task(map_index_template=MARKET, outlets=[PRODUCTION_ALIAS])
-        def promote_or_keep(plan: dict, window: dict, decision: dict, approval: dict, outlet_events=None) -> dict:
+        @task(map_index_template=BATCH, outlets=[PRODUCTION_ALIAS])
+        def promote_or_keep(batch: dict, ingested: dict, decisions: dict, approvals: dict, outlet_events=None) -> dict:
             """Promote after a passing gate (and approval, when asked); otherwise record a keep.
             A promotion updates the model's production asset (``model://<model>/production``)."""
             from datetime import datetime as dt
@@ -347,60 +384,66 @@ def weekly_retrain():
             from include.assets import production_asset, production_event
             from include.config import Settings
             from include.pipeline import keep, promote
-            from include.tasks import fail_fast
+            from include.tasks import each_market, fail_fast
 
             run_id = get_current_context()["run_id"]
+
             # A refused or rolled-back promotion must not be retried: a retry would promote again.
-            with fail_fast():
-                settings = Settings.from_env()
-                if decision["passed"] and approval["chosen_options"] == ["Approve"]:
-                    done = promote(settings, decision, run_id=run_id, dag_id=_dag_id(),
-                                   as_of=dt.fromisoformat(window["interval_end"]))
-                    outlet_events[PRODUCTION_ALIAS].add(
-                        production_asset(done["model"]),
-                        extra=production_event(done["model"], done["production"], done["previous"], "promote",
-                                               decision.get("summary")))
-                    return done
-                if decision["passed"]:
-                    who = approval.get("responded_by_user")
-                    who = (who.get("name") or who.get("id")) if isinstance(who, dict) else who
-                    why = (f"approval: no answer within {approval.get('timeout_hours'):g} h, rejected by default"
-                           if approval.get("timed_out") else
-                           f"approval: {approval['chosen_options']} by {who or 'a reviewer'}")
-                    decision = {**decision, "reasons": [why]}
-                return keep(settings, decision, run_id=run_id, dag_id=_dag_id())
+            def step(plan):
+                decision, approval = decisions[plan["model"]], approvals[plan["model"]]
+                with fail_fast():
+                    settings = Settings.from_env()
+                    if decision["passed"] and approval["chosen_options"] == ["Approve"]:
+                        done = promote(settings, decision, run_id=run_id, dag_id=_dag_id(),
+                                       as_of=dt.fromisoformat(ingested[plan["model"]]["window"]["interval_end"]))
+                        outlet_events[PRODUCTION_ALIAS].add(
+                            production_asset(done["model"]),
+                            extra=production_event(done["model"], done["production"], done["previous"], "promote",
+                                                   decision.get("summary")))
+                        return done
+                    if decision["passed"]:
+                        who = approval.get("responded_by_user")
+                        who = (who.get("name") or who.get("id")) if isinstance(who, dict) else who
+                        why = (f"approval: no answer within {approval.get('timeout_hours'):g} h, rejected by default"
+                               if approval.get("timed_out") else
+                               f"approval: {approval['chosen_options']} by {who or 'a reviewer'}")
+                        decision = {**decision, "reasons": [why]}
+                    return keep(settings, decision, run_id=run_id, dag_id=_dag_id())
 
-        @task(map_index_template=MARKET)
-        def publish_market_summary(plan: dict, window: dict, ingested: dict, validation: dict, feature_info: dict,
-                                   dataset: dict, assembled: dict, trading: dict, decision: dict,
-                                   action: dict) -> dict:
+            return each_market(batch, step, decisions, approvals, context=get_current_context())
+
+        @task(map_index_template=BATCH)
+        def publish_market_summary(batch: dict, ingested: dict, validation: dict, built: dict, candidates: dict,
+                                   decisions: dict, actions: dict) -> dict:
             from include.pipeline import summarise
-            from include.tasks import fail_fast, market_run
+            from include.tasks import each_market, fail_fast, market_run
 
-            parts = {"ingested": ingested, "validation": validation, "features": feature_info,
-                     "labels": dataset, "ensemble": assembled, "trading": trading, "gate": decision,
-                     "action": action}
-            with fail_fast(), market_run(plan, window, _dag_id()) as (cfg, win, settings, out):
-                return summarise(settings, cfg, out, win, parts, dag_id=_dag_id())
+            def step(plan):
+                model = plan["model"]
+                parts = {"ingested": ingested[model], "validation": validation[model],
+                         "features": built[model]["features"], "labels": built[model]["labels"],
+                         "ensemble": candidates[model]["ensemble"], "trading": candidates[model]["trading"],
+                         "gate": decisions[model], "action": actions[model]}
+                with fail_fast(), market_run(plan, ingested[model]["window"], _dag_id()) as (cfg, win, s, out):
+                    return summarise(s, cfg, out, win, parts, dag_id=_dag_id())
 
-        # Keyword arguments: the map index template and the alerts read the market from op_kwargs["plan"].
-        ingested = ingest_market_data(plan=plan)
-        window = ingested["window"]
-        validation = validate_market_data(plan=plan, window=window)
-        built = build_features(plan=plan, window=window, validation=validation)
-        feature_info, dataset = built["features"], built["labels"]
+            return each_market(batch, step, ingested, validation, built, candidates, decisions, actions,
+                               context=get_current_context())
+
+        # Keyword arguments: the map index template and the alerts read the batch from op_kwargs["batch"].
+        ingested = ingest_market_data(batch=batch)
+        validation = validate_market_data(batch=batch, ingested=ingested)
+        built = build_features(batch=batch, ingested=ingested, validation=validation)
         # The training pool caps how many fits run at once; each uses the cores / slots threads.
         trained = [train_model.override(task_id=f"train_{family}", pool=TRAINING_POOL)(
-                       plan=plan, window=window, dataset=dataset, family=family)
+                       batch=batch, ingested=ingested, built=built, family=family)
                    for family in MODEL_FAMILIES]
-        candidate = assemble_ensemble(plan=plan, window=window, trained=trained)
-        assembled, trading = candidate["ensemble"], candidate["trading"]
-        decision = quality_gate(plan=plan, window=window, assembled=assembled, trading=trading)
-        decision >> approve_promotion
-        action = promote_or_keep(plan=plan, window=window, decision=decision, approval=approve_promotion.output)
-        return publish_market_summary(plan=plan, window=window, ingested=ingested, validation=validation,
-                                      feature_info=feature_info, dataset=dataset, assembled=assembled,
-                                      trading=trading, decision=decision, action=action)
+        candidates = assemble_ensemble(batch=batch, ingested=ingested, trained=trained)
+        decisions = quality_gate(batch=batch, ingested=ingested, candidates=candidates)
+        decisions >> approve_promotion
+        actions = promote_or_keep(batch=batch, ingested=ingested, decisions=decisions, approvals=approve_promotion.output)
+        return publish_market_summary(batch=batch, ingested=ingested, validation=validation, built=built,
+                                      candidates=candidates, decisions=decisions, actions=actions)
 
     @task(trigger_rule="all_done")
     def publish_summary(ti=None, dag_run=None, triggering_asset_events=None) -> dict:
@@ -410,11 +453,11 @@ def weekly_retrain():
         from include.config import Settings
         from include.pipeline import publish_universe, retrain_scope
 
-        plans = ti.xcom_pull(task_ids="plan_run")
-        if plans is None:  # plan_run failed (and alerted): there are no markets to report on
+        batches = ti.xcom_pull(task_ids="plan_run")
+        if batches is None:  # plan_run failed (and alerted): there are no markets to report on
             raise AirflowSkipException("plan_run did not plan any market; nothing to publish")
         requested = retrain_scope(triggering_asset_events) if dag_run.run_type == "asset_triggered" else None
-        return publish_universe(Settings.from_env(), _dag_id(), list(plans), context=get_current_context(),
+        return publish_universe(Settings.from_env(), _dag_id(), [p for b in batches for p in b["plans"]], context=get_current_context(),
                                 requested=requested)
 
     @task(trigger_rule="all_done", on_failure_callback=None)
@@ -445,8 +488,7 @@ def weekly_retrain():
         registry.dispose()
         return {"removed": removed, "keep_last": settings.registry_keep_last}
 
-    plans = plan_run()
-    markets = market.expand(plan=plans)
+    markets = market.expand(batch=plan_run())
     published = publish_summary()
     markets >> published >> [apply_retention(), check_markets()]
 

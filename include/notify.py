@@ -20,19 +20,26 @@ logger = logging.getLogger(__name__)
 
 def market_of(context: dict[str, Any]) -> str | None:
     """The registered model a failing task worked on, from its ``plan`` argument (``job`` in
-    ``tune_hyperparameters``), if it has one."""
+    ``tune_hyperparameters``; the batch's label in ``weekly_retrain``'s market group), if it has one."""
     task = context.get("task")
     kwargs = getattr(task, "op_kwargs", None) or {}
     plan = kwargs.get("plan") or kwargs.get("job")
     if isinstance(plan, dict) and plan.get("model"):
         return str(plan["model"])
+    batch = kwargs.get("batch")
+    if isinstance(batch, dict) and batch.get("label"):
+        return str(batch["label"])
     ti = context.get("ti") or context.get("task_instance")
     rendered = getattr(ti, "rendered_map_index", None)
     return str(rendered) if rendered else None
 
 
-def failure_message(context: dict[str, Any]) -> str:
-    """Plain-text alert: DAG, market, task, run id, data interval (if any), error and log URL."""
+def failure_message(context: dict[str, Any], market: str | None = None) -> str:
+    """Plain-text alert: DAG, market, task, run id, data interval (if any), error and log URL.
+
+    Args:
+        market: the failing market, when the task ran several (default: :func:`market_of`).
+    """
     ti = context.get("ti") or context.get("task_instance")
     dag_run = context.get("dag_run")
     dag_id = getattr(ti, "dag_id", None) or getattr(dag_run, "dag_id", "?")
@@ -47,7 +54,7 @@ def failure_message(context: dict[str, Any]) -> str:
         error = error[:1500] + " …"
     log_url = getattr(ti, "log_url", None) or "n/a"
     task = task_id if map_index in (None, -1) else f"{task_id}[{map_index}]"
-    market = market_of(context)
+    market = market or market_of(context)
     return (f"Airflow task failed{f' for {market}' if market else ''}\nDAG: {dag_id}\n"
             + (f"Market: {market}\n" if market else "")
             + f"Task: {task}\nRun: {run_id}\nData interval: {interval}\nError: {error}\nLog: {log_url}")

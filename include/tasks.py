@@ -3,7 +3,8 @@ and fail at once on errors a retry cannot mend."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 
 from include.config import RunConfig, Settings
 from include.pipeline import RunWindow
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -35,6 +38,64 @@ def market_run(plan: dict[str, Any], window: dict[str, Any] | None,
     settings = Settings.from_env()
     with staged_run_dir(settings, dag_id, cfg.model_name, win) as out:
         yield cfg, win, settings, out
+
+
+def each_market(batch: dict[str, Any], step: Callable[[dict[str, Any]], Any], *upstream: dict[str, Any] | None,
+                context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one step for every market of a ``market`` task-group instance, each on its own.
+
+    A market left out of any ``upstream`` result (it failed or was skipped at an earlier step)
+    is passed over. In a batch of one market the step's exceptions propagate, so the task fails,
+    retries or skips as that market's step. In a larger batch a market's failure is logged with
+    its traceback and alerted, naming the market (:func:`include.notify.failure_message`), and
+    the other markets go on; it is not retried, and ``check_markets`` turns the run red. A
+    market skipped (too young) is logged and left out.
+
+    Args:
+        batch: ``{"label", "plans"}`` from :func:`include.universe.batch_markets`.
+        step: called with a market's plan; returns its JSON-serialisable result.
+        upstream: earlier steps' results of this instance (``{model: result}``).
+        context: the task context, for the alerts; ``None`` sends none.
+
+    Returns:
+        ``{model: result}`` for the markets whose step ran.
+
+    Raises:
+        AirflowFailException: every market of a larger batch failed at this step (its errors named).
+        AirflowSkipException: no market of a larger batch is left to run (all skipped).
+        Exception: a batch of one market's own error.
+    """
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from include.notify import failure_message, send
+
+    plans = batch["plans"]
+    results: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    for plan in plans:
+        model = plan["model"]
+        if any(model not in (up or {}) for up in upstream):
+            logger.info("%s: not run (it failed or was skipped at an earlier step)", model)
+            continue
+        try:
+            results[model] = step(plan)
+        except AirflowSkipException as exc:
+            if len(plans) == 1:
+                raise
+            logger.warning("%s: skipped: %s", model, exc)
+        except Exception as exc:
+            if len(plans) == 1:
+                raise
+            failed[model] = f"{type(exc).__name__}: {exc}"
+            logger.exception("%s: failed; the batch's other markets go on", model)
+            if context is not None:
+                send(failure_message({**context, "exception": exc}, market=model), context)
+    if not results and failed:
+        raise AirflowFailException(f"every market of {batch['label']} failed: "
+                                   + "; ".join(f"{m}: {e}" for m, e in failed.items()))
+    if not results and len(plans) > 1:
+        raise AirflowSkipException(f"no market of {batch['label']} is left to run")
+    return results
 
 
 @contextmanager

@@ -158,3 +158,76 @@ def plan_markets(run_params: dict[str, Any], *, selected: list[str] | None = Non
         raise ConfigError(f"universe lists registered model(s) {dupes} more than once")
     logger.info("universe: %d market(s): %s", len(configs), ", ".join(names))
     return configs
+
+
+#: Instances of the ``market`` task group per executor slot, when the batch size is automatic:
+#: two per slot keep every slot busy while the slowest instances finish.
+INSTANCES_PER_SLOT = 2
+
+
+def market_group_instances() -> int:
+    """Most instances of the weekly run's ``market`` task group: ``MARKET_GROUP_INSTANCES``, else
+    :data:`INSTANCES_PER_SLOT` x Airflow's ``[core] parallelism`` (the task instances a scheduler
+    runs at once; 32 by default, so 64 instances).
+
+    Each instance costs about eleven task instances of scheduling, whatever the markets it holds:
+    on a 2-core deployment with parallelism 4, 100 markets of one market each ran 1,104 task
+    instances, and the scheduler spent 911 ms of CPU on each (``bench/universe_scale.py``).
+
+    Raises:
+        ConfigError: ``MARKET_GROUP_INSTANCES`` is not a positive integer.
+    """
+    from include.config import env_int
+
+    override = env_int("MARKET_GROUP_INSTANCES", None)
+    if override is not None:
+        return override
+    from airflow.configuration import conf
+
+    return INSTANCES_PER_SLOT * max(1, conf.getint("core", "parallelism", fallback=32))
+
+
+def batch_markets(plans: list[dict[str, Any]], size: int | None = None,
+                  instances: int | None = None) -> list[dict[str, Any]]:
+    """Deal the run's market plans into the instances of the ``market`` task group.
+
+    Each instance runs every step for each market of its batch in turn. A market that asks for
+    a person's approval (``require_approval``) gets an instance of its own, since an approval
+    task asks about one candidate. The others are cut, in plan order, into batches of ``size``
+    markets, or, when ``size`` is ``None``, into at most ``instances`` batches of sizes that
+    differ by at most one (one market per batch while the markets fit).
+
+    Args:
+        plans: from :func:`include.pipeline.plan_universe` (``{"model", "config", "window"}``).
+        size: markets per batch (the run's ``market_batch_size``); ``None`` for automatic.
+        instances: most batches when automatic; default :func:`market_group_instances`.
+
+    Returns:
+        ``[{"label": str, "plans": [plan, ...]}, ...]``: ``label`` is the registered model's name
+        for a batch of one (the grid's map index), else the first model and how many follow.
+
+    Raises:
+        ConfigError: ``size`` is below 1.
+    """
+    if size is not None and size < 1:
+        raise ConfigError(f"market_batch_size={size}: expected at least 1 market per instance")
+    alone = [p for p in plans if p["config"].get("require_approval")]
+    rest = [p for p in plans if not p["config"].get("require_approval")]
+    if size is None:
+        slots = max(1, (instances or market_group_instances()) - len(alone))
+        size = -(-len(rest) // slots) if rest else 1
+    count = -(-len(rest) // size)
+    base, extra = divmod(len(rest), count) if count else (0, 0)
+    sizes = [base + (1 if i < extra else 0) for i in range(count)]
+    batches: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    for plan in plans:  # plan order within batches; an approval market's batch is emitted when reached
+        if plan["config"].get("require_approval"):
+            batches.append([plan])
+            continue
+        current.append(plan)
+        if len(current) == sizes[0]:
+            batches.append(current)
+            current, sizes = [], sizes[1:]
+    return [{"label": b[0]["model"] if len(b) == 1 else f"{b[0]['model']} (+{len(b) - 1} more)", "plans": b}
+            for b in batches]

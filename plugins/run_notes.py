@@ -50,8 +50,8 @@ MARKET_GROUP = "market."
 
 
 def _name_skipped_markets(session, dag_run) -> int:
-    """Give the market group's instances that never ran (skipped with their market) the registered
-    model's name as their map index label, as the ones that ran render it from
+    """Give the market group's instances that never ran (skipped with their market) their batch's
+    label (the registered model's name for one market) as their map index label, as the ones that ran render it from
     ``map_index_template``: in the grid a skipped market is named, not numbered."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.xcom import XComModel
@@ -62,20 +62,22 @@ def _name_skipped_markets(session, dag_run) -> int:
                                       XComModel.task_id == PLAN_TASK, XComModel.key == "return_value",
                                       XComModel.map_index == -1)
     ).first()
-    plans = XComModel.deserialize_value(row) if row is not None else None
-    if not isinstance(plans, list):
+    batches = XComModel.deserialize_value(row) if row is not None else None
+    if not isinstance(batches, list):
         return 0
     # The table's own column: the model's attribute of the same name is a read-only fallback to
     # the bare index.
     table = TaskInstance.__table__
     named = 0
-    for index, plan in enumerate(plans):
-        if isinstance(plan, dict) and plan.get("model"):
+    for index, batch in enumerate(batches):
+        # A batch's label (include/universe.py); a bare plan's model in runs planned one market per instance.
+        label = batch.get("label") or batch.get("model") if isinstance(batch, dict) else None
+        if label:
             named += session.execute(
                 update(table).where(table.c.dag_id == dag_run.dag_id, table.c.run_id == dag_run.run_id,
                                     table.c.task_id.startswith(MARKET_GROUP), table.c.map_index == index,
                                     table.c.rendered_map_index.is_(None))
-                .values(rendered_map_index=plan["model"])).rowcount
+                .values(rendered_map_index=label)).rowcount
     return named
 
 

@@ -345,6 +345,36 @@ def test_young_markets_train_on_shorter_history_or_are_skipped_with_a_date(unive
     assert meta["data_window"]["first_bar"] >= "2023-09-12"
 
 
+def test_a_batch_of_markets_runs_each_on_its_own_in_one_instance(dag, universe_run, tmp_path_factory, data_dir):
+    """The same three markets dealt into one instance of the market group (market_batch_size 3):
+    the corrupted market's failure is alerted with its name, the young one is skipped, the third
+    decides, all in one instance whose tasks succeed; the run is red through check_markets."""
+    src = tmp_path_factory.mktemp("batch-data")
+    _copy_market(data_dir, src, "BADUSDT", nan_close_at="2023-12-20T05:00:00Z")
+    _copy_market(data_dir, src, "YNGUSDT", first="2023-11-14T00:00:00Z")
+    _copy_market(data_dir, src, "NEWUSDT", first="2023-09-05T00:00:00Z")
+    universe = src / "universe.yaml"
+    universe.write_text("markets:\n" + "".join(
+        f"  - {{symbol: {s}, market_type: perp, timeframe: 1h}}\n" for s in ("BADUSDT", "YNGUSDT", "NEWUSDT")))
+    conf = {**SHORT, **PERMISSIVE, "min_history_days": 60, "universe_file": str(universe), "source_dir": str(src),
+            "market_batch_size": 3}
+    with _webhooks() as received:
+        dr, states = _run(dag, 24, conf)
+    label = f"{BAD} (+2 more)"
+    group = {task: state for (task, index), state in states.items() if index == label}
+    assert len(group) == 11 and set(group.values()) == {"success"}, states
+    assert dr.state == "failed" and states[("check_markets", -1)] == "failed"
+    outcomes = _universe(dr)
+    assert [outcomes[m]["status"] for m in (BAD, YNG, NEW)] == ["failed", "skipped", "done"]
+    assert outcomes[BAD]["reason"].startswith("validation failed")
+    slack = [json.loads(b)["text"] for p, b in received if p.startswith("/slack")]
+    alerts = [t for t in slack if t.startswith("Airflow task failed")]
+    assert len(alerts) == 1, alerts
+    for needle in (f"Market: {BAD}", "validate_market_data", "2023-12-20T05:00Z: close is missing"):
+        assert needle in alerts[0], (needle, alerts[0])
+    assert _summary(dr, NEW)["action"]["action"] in ("promote", "keep")
+
+
 def test_failed_smoke_test_rolls_production_back_within_the_model(first_run, tmp_path):
     """A promoted model that cannot predict on the latest bars is rolled back automatically."""
     from include.errors import PipelineError

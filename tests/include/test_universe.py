@@ -116,3 +116,42 @@ def test_a_market_s_params_may_hold_lists(tmp_path):
             "  - {symbol: BTCUSDT, market_type: perp, timeframe: 1h, params: {models: [lightgbm], label_horizon_bars: 6}}")
     configs = plan_markets({}, path=_write(tmp_path, text))
     assert [(c.models, c.label_horizon_bars) for c in configs] == [(("lightgbm",), 4), (("lightgbm",), 6)]
+
+
+def _plans(n: int, approval: tuple[int, ...] = ()) -> list[dict]:
+    return [{"model": f"m{i:03d}", "config": {"require_approval": i in approval}} for i in range(n)]
+
+
+def test_markets_get_an_instance_each_while_they_fit_then_even_batches():
+    from include.universe import batch_markets
+
+    assert [b["label"] for b in batch_markets(_plans(3), instances=8)] == ["m000", "m001", "m002"]
+    batches = batch_markets(_plans(200), instances=8)
+    assert [len(b["plans"]) for b in batches] == [25] * 8
+    assert batches[1]["label"] == "m025 (+24 more)"
+    assert [p["model"] for b in batches for p in b["plans"]] == [f"m{i:03d}" for i in range(200)]
+    assert [len(b["plans"]) for b in batch_markets(_plans(10), instances=4)] == [3, 3, 2, 2]
+    assert [len(b["plans"]) for b in batch_markets(_plans(10), size=4)] == [4, 3, 3]
+
+
+def test_a_market_that_asks_for_approval_has_an_instance_of_its_own():
+    from include.universe import batch_markets
+
+    batches = batch_markets(_plans(7, approval=(2,)), instances=3)
+    assert [[p["model"] for p in b["plans"]] for b in batches] == [
+        ["m002"], ["m000", "m001", "m003"], ["m004", "m005", "m006"]]
+
+
+def test_the_instances_default_to_twice_the_parallelism_and_bad_sizes_are_refused(monkeypatch):
+    from include.universe import batch_markets, market_group_instances
+
+    monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "4")
+    monkeypatch.delenv("MARKET_GROUP_INSTANCES", raising=False)
+    assert market_group_instances() == 8
+    monkeypatch.setenv("MARKET_GROUP_INSTANCES", "3")
+    assert len(batch_markets(_plans(10))) == 3
+    monkeypatch.setenv("MARKET_GROUP_INSTANCES", "zero")
+    with pytest.raises(ConfigError, match="MARKET_GROUP_INSTANCES"):
+        market_group_instances()
+    with pytest.raises(ConfigError, match="market_batch_size=0"):
+        batch_markets(_plans(2), size=0)
