@@ -8,8 +8,9 @@ api-server, the LocalExecutor, PostgreSQL metadata and market store) and trigger
 3 folds, LightGBM only, a permissive gate). The run deals the markets into at most
 ``MARKET_GROUP_INSTANCES`` instances of the market task group (the deployment's default, twice
 the parallelism: 8; ``--instances K`` sets it, e.g. ``--instances 1000`` for one market per
-instance). Then the same markets run in this machine's processes
-without Airflow (``include.pipeline.run_once``, one process per core), for the in-process time.
+instance). Before the deployment starts, the same markets run in this machine's processes
+without Airflow (``include.pipeline.run_once``, one process per core, on a PostgreSQL market
+store as the deployment's), for the in-process time.
 
 Reported per N (one JSON line each, then a table):
 
@@ -22,8 +23,9 @@ Reported per N (one JSON line each, then a table):
   time a market costs beyond its own work;
 * ``ready_to_running_s``: the mean gap from a task instance being scheduled to starting;
 * ``busy_share``: of the time some task instance was scheduled or queued and not yet running,
-  the share of the executor's slots that were running one.
-
+  the share of the executor's slots that were running one; ``busy_share_pool_free``: the same
+  counting only waiting instances whose pool had a free slot (a fit held back by the training
+  pool, which keeps fits within the cores, is not idle capacity);
 * ``instances``: the market group's instances in the run.
 
 Usage: ``PYTHONPATH=. .venv/bin/python bench/universe_scale.py [--instances K] [N ...]`` (default
@@ -94,29 +96,37 @@ def _cpu(proc) -> float:
     return times.user + times.system
 
 
-def busy_share(rows: list[tuple], slots: int, step: float = 0.5) -> float:
-    """Share of slots running a task instance while any was waiting (scheduled or queued)."""
-    spans = [(s.timestamp() if s else None, b.timestamp() if b else None, e.timestamp() if e else None)
-             for s, b, e in rows]
-    t0 = min(s for s, _, _ in spans if s)
-    t1 = max(e for _, _, e in spans if e)
+def busy_share(rows: list[tuple], slots: int, pools: dict[str, int] | None = None, step: float = 0.5) -> float:
+    """Share of the executor's ``slots`` running a task instance while one was waiting to run.
+
+    Args:
+        rows: ``(scheduled, started, ended, pool)`` per task instance that ran.
+        pools: pool name -> slots; given, an instance counts as waiting only while its pool had
+            a free slot (work that the thread budget holds back is not idle capacity).
+    """
+    spans = [(s.timestamp() if s else None, b.timestamp() if b else None, e.timestamp() if e else None, p)
+             for s, b, e, p in rows]
+    t0 = min(s for s, _, _, _ in spans if s)
+    t1 = max(e for _, _, e, _ in spans if e)
     waiting_time = busy = 0.0
     for t in np.arange(t0, t1, step):
-        waiting = any(s is not None and s <= t and (b is None or t < b) for s, b, _ in spans)
+        running = [p for _, b, e, p in spans if b is not None and b <= t < (e or t1)]
+        waiting = [p for s, b, _, p in spans if s is not None and s <= t and (b is None or t < b)]
+        if pools is not None:
+            waiting = [p for p in waiting if running.count(p) < pools.get(p, slots)]
         if waiting:
-            running = sum(b is not None and b <= t < (e or t1) for _, b, e in spans)
             waiting_time += step
-            busy += step * min(running, slots) / slots
+            busy += step * min(len(running), slots) / slots
     return busy / waiting_time if waiting_time else 1.0
 
 
-def _run_market(args: tuple[str, str, str]) -> float:
-    symbol_, data_dir, root = args
+def _run_market(args: tuple[str, str, str, str]) -> float:
+    symbol_, data_dir, root, market_url = args
     os.environ["TASK_CPUS"] = "1"
     from include.config import RunConfig, Settings
     from include.pipeline import run_once
 
-    settings = Settings(data_dir=Path(data_dir), market_db_url=f"sqlite:///{root}/{symbol_}.sqlite",
+    settings = Settings(data_dir=Path(data_dir), market_db_url=market_url,
                         registry_dir=Path(root) / "models", runs_dir=Path(root) / "runs")
     cfg = RunConfig(symbol=symbol_, as_of_date=AS_OF, **{k: tuple(v) if isinstance(v, list) else v
                                                          for k, v in WORK.items()})
@@ -126,12 +136,17 @@ def _run_market(args: tuple[str, str, str]) -> float:
 
 
 def in_process(n: int, data_dir: Path, cores: int) -> float:
-    """Wall time of the N markets' run_once in ``cores`` processes (each its own SQLite store)."""
+    """Wall time of the N markets' run_once in ``cores`` processes, on a PostgreSQL market store
+    (and registry) as the deployment's."""
     root = Path(tempfile.mkdtemp(prefix="bench-inprocess-"))
-    t0 = time.perf_counter()
-    with ProcessPoolExecutor(cores) as pool:
-        list(pool.map(_run_market, [(symbol(i), str(data_dir), str(root)) for i in range(n)]))
-    return time.perf_counter() - t0
+    url = create_pg_database("bench_inprocess")
+    try:
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(cores) as pool:
+            list(pool.map(_run_market, [(symbol(i), str(data_dir), str(root), url) for i in range(n)]))
+        return time.perf_counter() - t0
+    finally:
+        drop_pg_database(url)
 
 
 def one(n: int, instances: int | None = None) -> dict:
@@ -142,6 +157,7 @@ def one(n: int, instances: int | None = None) -> dict:
     data = tmp / "data"
     data.mkdir()
     universe = write_markets(data, n)
+    alone = in_process(n, data, cores)  # first, on a quiet machine: no deployment winding down
     meta, market = create_pg_database("bench_meta"), create_pg_database("bench_market")
     env = {**market_deployment_env(tmp, market, data), "MARKET_INPUT_ROOTS": str(data),
            "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM)}
@@ -158,17 +174,17 @@ def one(n: int, instances: int | None = None) -> dict:
                             conf_json(as_of_date=AS_OF, universe_file=str(universe), **WORK))
             (run,) = airflow.wait_for_runs("weekly_retrain", 1, timeout=6 * 3600, run_type="manual")
             cpu = {name: _cpu(airflow.procs[name]) - cpu0[name] for name in cpu0}
+            pools = {name: int(slots) for name, slots in airflow.query("SELECT pool, slots FROM slot_pool")}
             rows = airflow.query(
                 "SELECT task_id, state, scheduled_dttm, start_date, end_date, "
                 "EXTRACT(EPOCH FROM (end_date - start_date)), EXTRACT(EPOCH FROM (start_date - scheduled_dttm)), "
-                "map_index "
+                "map_index, pool "
                 "FROM task_instance WHERE dag_id = 'weekly_retrain' AND run_id = :r", r=run["run_id"])
     finally:
         drop_pg_database(meta)
         drop_pg_database(market)
     wall = (run["end_date"] - run["start_date"]).total_seconds()
     ran = [r for r in rows if r[3] is not None]
-    alone = in_process(n, data, cores)
     gaps = [float(r[6]) for r in ran if r[6] is not None]
     return {"n": n, "state": run["state"], "cores": cores, "parallelism": PARALLELISM,
             "run_wall_s": round(wall, 1), "per_market_s": round(wall / n, 2),
@@ -178,7 +194,8 @@ def one(n: int, instances: int | None = None) -> dict:
             "scheduler_cpu_per_ti_ms": round(1000 * cpu["scheduler"] / max(1, len(ran))),
             "orchestration_per_market_s": round((wall - alone) * cores / n, 2),
             "ready_to_running_s": round(float(np.mean(gaps)), 2) if gaps else None,
-            "busy_share": round(busy_share([(r[2], r[3], r[4]) for r in ran], PARALLELISM), 3),
+            "busy_share": round(busy_share([(r[2], r[3], r[4], r[8]) for r in ran], PARALLELISM), 3),
+            "busy_share_pool_free": round(busy_share([(r[2], r[3], r[4], r[8]) for r in ran], PARALLELISM, pools), 3),
             "instances": len({r[7] for r in rows if r[0] == "market.ingest_market_data"}),
             "states": sorted({r[1] for r in rows})}
 
@@ -195,12 +212,12 @@ def main() -> None:
         results.append(one(n, args.instances))
         print(json.dumps({"benchmark": "universe_scale", **results[-1]}), flush=True)
     print("| N | instances | TIs | run wall s | per market s | in-process s | ratio | task s | scheduler CPU s "
-          "| ms/TI | orchestration s/market | ready→running s | busy |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| ms/TI | orchestration s/market | ready→running s | busy | busy, pool free |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['n']} | {r['instances']} | {r['task_instances']} | {r['run_wall_s']} | {r['per_market_s']} | {r['in_process_s']} "
               f"| {r['ratio']} | {r['task_s']} | {r['scheduler_cpu_s']} | {r['scheduler_cpu_per_ti_ms']} "
-              f"| {r['orchestration_per_market_s']} | {r['ready_to_running_s']} | {r['busy_share']} |")
+              f"| {r['orchestration_per_market_s']} | {r['ready_to_running_s']} | {r['busy_share']} | {r['busy_share_pool_free']} |")
 
 
 if __name__ == "__main__":

@@ -334,6 +334,9 @@ def promote(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id
     on the model's first promotion, the alias is removed so that no broken model serves; then
     the error is raised.
 
+    A candidate that is production already, moved by an earlier try of the same step, is
+    returned as promoted without a second move.
+
     Raises:
         PipelineError: the decision did not pass, or the smoke test failed (after the rollback).
         RegistryError: the candidate fails verification, or production moved since the gate
@@ -343,6 +346,12 @@ def promote(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id
         raise PipelineError(f"refusing to promote {decision.get('candidate')}: gate did not pass")
     registry = ModelRegistry.from_settings(settings)
     try:
+        current = registry.production(decision["model"])
+        if current is not None and current.version == decision["candidate"] and current.version != decision.get("champion"):
+            # An earlier try of this step moved it (a batch's task retried after a crash): not twice.
+            logger.info("%s: %s is production already (an earlier try promoted it)", current.model, current.version)
+            return {"action": "promote", "model": current.model, "production": current.version,
+                    "previous": decision.get("champion"), "smoke_test": None}
         pointer = registry.promote(decision["candidate"], run_id=run_id, reason=decision["summary"],
                                    decision=decision, dag_id=dag_id, expected=decision.get("champion"))
         model = pointer.model

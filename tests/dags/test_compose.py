@@ -64,7 +64,7 @@ def test_settings_read_by_the_code_are_the_ones_compose_sets():
     optional = {"MARKET_DB_URL", "MARKET_DB_CONN_ID", "EXCHANGE_API_URL", "ALERT_SLACK_CONN_ID",
                 "ALERT_DISCORD_CONN_ID", "MODEL_REGISTRY_KEEP_LAST", "MODEL_MAX_AGE_HOURS", "MODEL_MAX_DATA_LAG_BARS",
                 "MODEL_STALE_POLICY", "CODE_VERSION", "TASK_CPUS", "TRAINING_SLOTS", "TRAINING_THREADS",
-                "ARTIFACT_SCRATCH_DIR"}
+                "ARTIFACT_SCRATCH_DIR", "MARKET_GROUP_INSTANCES"}
     # Settings of the local launcher (include/deployment/, `make airflow`), which compose replaces.
     launcher = {"DEPLOY_DATABASE_URL", "DEPLOY_VAR_DIR", "AIRFLOW_HOME", "AIRFLOW__API__PORT",
                 "AIRFLOW__CORE__PARALLELISM", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL"}
@@ -145,8 +145,9 @@ def test_init_creates_both_pools_the_dag_uses():
 
 
 def test_helm_values_for_the_official_chart():
-    """helm-values.yaml: CeleryExecutor with KEDA, artifacts in the object store, both pools sized
-    for the workers at full scale, each task's core share matching the worker's cores."""
+    """helm-values.yaml: CeleryExecutor with KEDA, artifacts in the object store, both pools and the
+    market group's instances sized for the workers at full scale, each task's core share matching
+    the worker's cores."""
     values = yaml.safe_load((ROOT / "helm-values.yaml").read_text())
     assert values["executor"] == "CeleryExecutor" and values["workers"]["keda"]["enabled"] is True
     env = {e["name"]: e["value"] for e in values["env"]}
@@ -163,3 +164,4 @@ def test_helm_values_for_the_official_chart():
     slots = dict(re.findall(r"airflow pools set (\w+) (\d+)", migrate))
     assert int(slots["training"]) == values["workers"]["keda"]["maxReplicaCount"] * concurrency
     assert int(slots["market_data"]) == int(env["MARKET_DATA_SLOTS"])
+    assert int(env["MARKET_GROUP_INSTANCES"]) == 2 * int(slots["training"])

@@ -399,6 +399,33 @@ def test_failed_smoke_test_rolls_production_back_within_the_model(first_run, tmp
     assert "smoke test failed" in registry.ledger(BTC)[-1]["reason"]
 
 
+def test_a_promotion_retried_after_it_moved_production_does_not_move_it_twice(first_run, tmp_path):
+    """A batch's promote_or_keep retried after a crash promotes its earlier markets again: the
+    second call finds the candidate in production and reports it, with no second ledger event."""
+    from include.pipeline import promote
+    from include.registry import ModelRegistry
+
+    settings = Settings.from_env()
+    registry = ModelRegistry.from_settings(settings)
+    champion = registry.production(BTC).version
+    copy = tmp_path / "copy"
+    shutil.copytree(registry.root / registry.describe(champion)["artifact_path"], copy)
+    (copy / "manifest.json").unlink()
+    lineage = json.loads((copy / "metadata.json").read_text())
+    (copy / "metadata.json").write_text(json.dumps({**lineage, "copied_from": champion}))
+    candidate = registry.register(copy, datetime(2023, 12, 31, tzinfo=UTC))
+    decision = {"passed": True, "candidate": candidate, "champion": champion, "summary": "PASS (test)", "model": BTC}
+    try:
+        first = promote(settings, decision, run_id="retried", as_of=datetime(2023, 12, 31, tzinfo=UTC))
+        events = len(registry.ledger(BTC))
+        again = promote(settings, decision, run_id="retried", as_of=datetime(2023, 12, 31, tzinfo=UTC))
+        assert first["production"] == again["production"] == candidate and again["previous"] == champion
+        assert len(registry.ledger(BTC)) == events and registry.production(BTC).version == candidate
+    finally:
+        registry.rollback(BTC, champion, run_id="retried", reason="test: restore the champion")
+    assert registry.production(BTC).version == champion
+
+
 def test_failed_smoke_test_on_a_first_promotion_leaves_no_production(first_run, tmp_path):
     from include.errors import PipelineError
     from include.pipeline import promote
