@@ -13,8 +13,8 @@ instance of the mapped task group `market` (the map index shows the model name):
 market does not stop the others, and its alert names it. A universe larger than
 `MARKET_GROUP_INSTANCES` (default: twice the scheduler's `parallelism`) is dealt into that many
 instances, each running its markets' steps in turn (the `market_batch_size` param sets the batch
-size instead): every instance costs the scheduler its eleven task instances whatever it holds,
-and at 100 one-market instances on two cores the run took 15.7x the in-process time. In a batch,
+size instead): every instance costs the scheduler its eleven task instances whatever it holds
+(measured by `bench/universe_scale.py`: docs/operating/deployment.md). In a batch,
 a market's failure is alerted with its name and not retried, and the batch's other markets go on.
 
 **Schedule.** Sundays 00:00 UTC with weekly data intervals

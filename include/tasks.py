@@ -26,7 +26,7 @@ def market_run(plan: dict[str, Any], window: dict[str, Any] | None,
     (:func:`include.pipeline.common.staged_run_dir`).
 
     Args:
-        plan: the market's plan from ``plan_run`` (``{"model", "config", "window"}``).
+        plan: one market's plan from a ``plan_run`` batch (``{"model", "config", "window"}``).
         window: the window ``ingest_market_data`` settled on (shorter for a young market);
             ``None`` for the plan's own window.
         dag_id: the DAG's id (names the run folder's parent).
