@@ -3,7 +3,8 @@
 For each N, generates N random-walk perpetual markets in the file format (hourly OHLCV and
 8-hourly funding, ``<symbol>_perp_1h.csv.gz`` / ``<symbol>_funding_8h.csv.gz``; nothing shipped),
 starts a fresh local deployment (:class:`tests.cluster.LocalAirflow`: scheduler, dag-processor,
-api-server, the LocalExecutor, PostgreSQL metadata and market store) and triggers one
+api-server, PostgreSQL metadata and market store; ``make airflow``'s preloading LocalExecutor and
+scheduler settings, or ``--executor LocalExecutor``) and triggers one
 ``weekly_retrain`` run for the week ending 2023-12-31 with small per-market work (120-day window,
 3 folds, LightGBM only, a permissive gate). The run deals the markets into at most
 ``MARKET_GROUP_INSTANCES`` instances of the market task group (the deployment's default, twice
@@ -28,8 +29,8 @@ Reported per N (one JSON line each, then a table):
   pool, which keeps fits within the cores, is not idle capacity);
 * ``instances``: the market group's instances in the run.
 
-Usage: ``PYTHONPATH=. .venv/bin/python bench/universe_scale.py [--instances K] [N ...]`` (default
-2 20 100 200).
+Usage: ``PYTHONPATH=. .venv/bin/python bench/universe_scale.py [--instances K] [--executor E] [N ...]``
+(default 2 20 100 200).
 """
 
 from __future__ import annotations
@@ -149,7 +150,12 @@ def in_process(n: int, data_dir: Path, cores: int) -> float:
         drop_pg_database(url)
 
 
-def one(n: int, instances: int | None = None) -> dict:
+#: ``make airflow``'s executor (include/deployment/executor.py) and scheduler settings.
+DEPLOYMENT_EXECUTOR = "include.deployment.executor.PreloadingLocalExecutor"
+DEPLOYMENT_ENV = {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10"}
+
+
+def one(n: int, instances: int | None = None, executor: str = DEPLOYMENT_EXECUTOR) -> dict:
     from include.resources import available_cpus
 
     cores = available_cpus()
@@ -160,11 +166,11 @@ def one(n: int, instances: int | None = None) -> dict:
     alone = in_process(n, data, cores)  # first, on a quiet machine: no deployment winding down
     meta, market = create_pg_database("bench_meta"), create_pg_database("bench_market")
     env = {**market_deployment_env(tmp, market, data), "MARKET_INPUT_ROOTS": str(data),
-           "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM)}
+           "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM), **(DEPLOYMENT_ENV if executor == DEPLOYMENT_EXECUTOR else {})}
     if instances:
         env["MARKET_GROUP_INSTANCES"] = str(instances)
     try:
-        with LocalAirflow(tmp / "airflow", meta, "LocalExecutor", env) as airflow:
+        with LocalAirflow(tmp / "airflow", meta, executor, env) as airflow:
             airflow.wait_for_dag("weekly_retrain")
             # Unpausing creates the schedule's latest run (its week has no bundled data: it fails
             # at ingestion); it ends before the measured run starts, so its work is not counted.
@@ -186,7 +192,7 @@ def one(n: int, instances: int | None = None) -> dict:
     wall = (run["end_date"] - run["start_date"]).total_seconds()
     ran = [r for r in rows if r[3] is not None]
     gaps = [float(r[6]) for r in ran if r[6] is not None]
-    return {"n": n, "state": run["state"], "cores": cores, "parallelism": PARALLELISM,
+    return {"n": n, "executor": executor.rsplit(".", 1)[-1], "state": run["state"], "cores": cores, "parallelism": PARALLELISM,
             "run_wall_s": round(wall, 1), "per_market_s": round(wall / n, 2),
             "in_process_s": round(alone, 1), "ratio": round(wall / alone, 2),
             "task_instances": len(ran), "task_s": round(sum(float(r[5] or 0) for r in ran), 1),
@@ -206,10 +212,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sizes", nargs="*", type=int, default=[2, 20, 100, 200])
     parser.add_argument("--instances", type=int, default=None, help="MARKET_GROUP_INSTANCES of the deployment")
+    parser.add_argument("--executor", default=DEPLOYMENT_EXECUTOR,
+                        help="Airflow executor (default: make airflow's preloading LocalExecutor)")
     args = parser.parse_args()
     results = []
     for n in args.sizes:
-        results.append(one(n, args.instances))
+        results.append(one(n, args.instances, args.executor))
         print(json.dumps({"benchmark": "universe_scale", **results[-1]}), flush=True)
     print("| N | instances | TIs | run wall s | per market s | in-process s | ratio | task s | scheduler CPU s "
           "| ms/TI | orchestration s/market | ready→running s | busy | busy, pool free |")

@@ -72,11 +72,14 @@ def each_market(batch: dict[str, Any], step: Callable[[dict[str, Any]], Any], *u
     plans = batch["plans"]
     results: dict[str, Any] = {}
     failed: dict[str, str] = {}
-    for plan in plans:
+    for i, plan in enumerate(plans, 1):
         model = plan["model"]
         if any(model not in (up or {}) for up in upstream):
-            logger.info("%s: not run (it failed or was skipped at an earlier step)", model)
+            logger.info("market %d of %d, %s: not run (it failed or was skipped at an earlier step)", i,
+                        len(plans), model)
             continue
+        if len(plans) > 1:
+            logger.info("market %d of %d: %s", i, len(plans), model)
         try:
             results[model] = step(plan)
         except AirflowSkipException as exc:
