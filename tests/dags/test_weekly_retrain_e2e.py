@@ -399,6 +399,16 @@ def test_failed_smoke_test_rolls_production_back_within_the_model(first_run, tmp
     assert "smoke test failed" in registry.ledger(BTC)[-1]["reason"]
 
 
+def _register_copy(registry, version: str, dest: Path, edit) -> str:
+    """Register a copy of ``version``'s artifacts whose lineage ``edit`` changed (in place); its id."""
+    shutil.copytree(registry.root / registry.describe(version)["artifact_path"], dest)
+    (dest / "manifest.json").unlink()
+    lineage = json.loads((dest / "metadata.json").read_text())
+    edit(lineage)
+    (dest / "metadata.json").write_text(json.dumps(lineage))
+    return registry.register(dest, datetime(2023, 12, 31, tzinfo=UTC))
+
+
 def test_a_promotion_retried_after_it_moved_production_does_not_move_it_twice(first_run, tmp_path):
     """A batch's promote_or_keep retried after a crash promotes its earlier markets again: the
     second call finds the candidate in production and reports it, with no second ledger event."""
@@ -408,17 +418,13 @@ def test_a_promotion_retried_after_it_moved_production_does_not_move_it_twice(fi
     settings = Settings.from_env()
     registry = ModelRegistry.from_settings(settings)
     champion = registry.production(BTC).version
-    copy = tmp_path / "copy"
-    shutil.copytree(registry.root / registry.describe(champion)["artifact_path"], copy)
-    (copy / "manifest.json").unlink()
-    lineage = json.loads((copy / "metadata.json").read_text())
-    (copy / "metadata.json").write_text(json.dumps({**lineage, "copied_from": champion}))
-    candidate = registry.register(copy, datetime(2023, 12, 31, tzinfo=UTC))
+    candidate = _register_copy(registry, champion, tmp_path / "copy",
+                               lambda lineage: lineage.update(copied_from=champion))
     decision = {"passed": True, "candidate": candidate, "champion": champion, "summary": "PASS (test)", "model": BTC}
     try:
-        first = promote(settings, decision, run_id="retried", as_of=datetime(2023, 12, 31, tzinfo=UTC))
+        first = promote(settings, decision, run_id="retried", as_of=datetime(2023, 12, 24, tzinfo=UTC))
         events = len(registry.ledger(BTC))
-        again = promote(settings, decision, run_id="retried", as_of=datetime(2023, 12, 31, tzinfo=UTC))
+        again = promote(settings, decision, run_id="retried", as_of=datetime(2023, 12, 24, tzinfo=UTC))
         assert first["production"] == again["production"] == candidate and again["previous"] == champion
         assert len(registry.ledger(BTC)) == events and registry.production(BTC).version == candidate
     finally:
@@ -434,13 +440,11 @@ def test_failed_smoke_test_on_a_first_promotion_leaves_no_production(first_run, 
     settings = Settings.from_env()
     registry = ModelRegistry.from_settings(settings)
     source = registry.production(BTC).version
-    broken = tmp_path / "first"
-    shutil.copytree(registry.root / registry.describe(source)["artifact_path"], broken)
-    (broken / "manifest.json").unlink()
-    lineage = json.loads((broken / "metadata.json").read_text())
-    lineage["symbol"] = lineage["config"]["symbol"] = "XRPUSDT"  # a market the store holds no candles of
-    (broken / "metadata.json").write_text(json.dumps(lineage))
-    first = registry.register(broken, datetime(2023, 12, 31, tzinfo=UTC))
+
+    def to_xrp(lineage):  # a market the store holds no candles of
+        lineage["symbol"] = lineage["config"]["symbol"] = "XRPUSDT"
+
+    first = _register_copy(registry, source, tmp_path / "first", to_xrp)
     model = registry.model_of(first)
     assert model == "binance-xrpusdt-perp-1h-h4" and registry.production(model) is None
     decision = {"passed": True, "candidate": first, "champion": None, "summary": "PASS (test)", "model": model}
