@@ -14,8 +14,10 @@ market does not stop the others, and its alert names it. A universe larger than
 `MARKET_GROUP_INSTANCES` (default: twice the scheduler's `parallelism`) is dealt into that many
 instances, each running its markets' steps in turn (the `market_batch_size` param sets the batch
 size instead): every instance costs the scheduler its eleven task instances whatever it holds
-(measured by `bench/universe_scale.py`: docs/operating/deployment.md). In a batch,
-a market's failure is alerted with its name and not retried, and the batch's other markets go on.
+(measured by `bench/universe_scale.py`: docs/operating/deployment.md). In a batch the other
+markets go on after a market's failure; a retriable one is retried with the task, whose next try
+runs only the markets that did not finish (`include.tasks.each_market`), and a final one is
+alerted with the market's name.
 
 **Schedule.** Sundays 00:00 UTC with weekly data intervals
 (`CronDataIntervalTimetable("0 0 * * 0")`): the run with logical date 2023-12-24 covers
@@ -478,10 +480,12 @@ def weekly_retrain():
         return published["markets"]
 
     @task
-    def apply_retention() -> dict:
+    def apply_retention(run_id=None) -> dict:
         from include.config import Settings
         from include.registry import ModelRegistry
+        from include.tasks import forget_batch_outcomes
 
+        forget_batch_outcomes(_dag_id(), run_id)
         settings = Settings.from_env()
         registry = ModelRegistry.from_settings(settings)
         removed = registry.cleanup(settings.registry_keep_last)

@@ -18,6 +18,11 @@ class TransientError(PipelineError):
     """A failure that may pass on a later try (network, HTTP 5xx, rate limits): Airflow retries it."""
 
 
+class BatchRetryError(TransientError):
+    """Markets of a batch failed in a way a later try may mend: Airflow retries the task, whose
+    next try runs only the markets that did not finish (:class:`include.tasks.BatchOutcomes`)."""
+
+
 class ConfigError(PipelineError, ValueError):
     """A configuration value or run parameter is invalid; the message names the field."""
 

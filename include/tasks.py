@@ -46,59 +46,182 @@ def each_market(batch: dict[str, Any], step: Callable[[dict[str, Any]], Any], *u
 
     A market left out of any ``upstream`` result (it failed or was skipped at an earlier step)
     is passed over. In a batch of one market the step's exceptions propagate, so the task fails,
-    retries or skips as that market's step. In a larger batch a market's failure is logged with
-    its traceback and alerted, naming the market (:func:`include.notify.failure_message`), and
-    the other markets go on; it is not retried, and ``check_markets`` turns the run red. A
-    market skipped (too young) is logged and left out.
+    retries or skips as that market's step. In a larger batch the other markets go on after a
+    market's failure, which is logged with its traceback. A failure a later try may mend (any
+    error but a permanent :class:`~include.errors.PipelineError` or ``AirflowFailException``,
+    as :func:`fail_fast` sorts them) makes the task fail once its markets are done, while it has
+    tries left, so that Airflow retries it after the task's ``retry_delay``; the retry runs only
+    the markets that did not finish, and reuses the results of the others
+    (:class:`BatchOutcomes`). A market's failure that stays (a permanent one, or on the last try)
+    is alerted, naming the market (:func:`include.notify.failure_message`), and
+    ``check_markets`` turns the run red. A market skipped (too young) is logged and left out.
 
     Args:
         batch: ``{"label", "plans"}`` from :func:`include.universe.batch_markets`.
         step: called with a market's plan; returns its JSON-serialisable result.
         upstream: earlier steps' results of this instance (``{model: result}``).
-        context: the task context, for the alerts; ``None`` sends none.
+        context: the task context, for the alerts and the retries; ``None`` sends no alert and
+            does not retry.
 
     Returns:
-        ``{model: result}`` for the markets whose step ran.
+        ``{model: result}`` for the markets whose step ran (in this try or an earlier one).
 
     Raises:
+        BatchRetryError: a market of a larger batch failed in a way a retry may mend, and the task
+            has tries left.
         AirflowFailException: every market of a larger batch failed at this step (its errors named).
         AirflowSkipException: no market of a larger batch is left to run (all skipped).
         Exception: a batch of one market's own error.
     """
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-
-    from include.notify import failure_message, send
+    from airflow.sdk.exceptions import AirflowSkipException
 
     plans = batch["plans"]
-    results: dict[str, Any] = {}
-    failed: dict[str, str] = {}
+    if len(plans) == 1:
+        plan = plans[0]
+        if any(plan["model"] not in (up or {}) for up in upstream):
+            logger.info("%s: not run (it failed or was skipped at an earlier step)", plan["model"])
+            return {}
+        return {plan["model"]: step(plan)}
+    outcomes = BatchOutcomes(context)
     for i, plan in enumerate(plans, 1):
         model = plan["model"]
         if any(model not in (up or {}) for up in upstream):
             logger.info("market %d of %d, %s: not run (it failed or was skipped at an earlier step)", i,
                         len(plans), model)
-            continue
-        if len(plans) > 1:
+        elif model in outcomes.earlier:
+            logger.info("market %d of %d, %s: %s in an earlier try of this task, not run again", i, len(plans),
+                        model, {"result": "done", "skipped": "skipped", "failed": "failed"}[
+                            next(iter(outcomes.earlier[model]))])
+            outcomes.record(model, **outcomes.earlier[model])
+        else:
             logger.info("market %d of %d: %s", i, len(plans), model)
-        try:
-            results[model] = step(plan)
-        except AirflowSkipException as exc:
-            if len(plans) == 1:
-                raise
-            logger.warning("%s: skipped: %s", model, exc)
-        except Exception as exc:
-            if len(plans) == 1:
-                raise
-            failed[model] = f"{type(exc).__name__}: {exc}"
+            try:
+                outcomes.record(model, result=step(plan))
+            except AirflowSkipException as exc:
+                logger.warning("%s: skipped: %s", model, exc)
+                outcomes.record(model, skipped=str(exc))
+            except Exception as exc:
+                outcomes.failed(model, exc)
+    return outcomes.finish(batch["label"])
+
+
+class BatchOutcomes:
+    """What each market of a batch came to in this task's tries: its result, its skip or its
+    failure, kept beside the run's artifacts while a retry may follow.
+
+    The outcomes of a try are written after every market to
+    ``<RUN_ARTIFACTS_DIR>/.batches/<dag id>/<run id>/<task id>/<map index>.json`` (a local
+    file or an object, replaced atomically: :func:`include.storage.write_bytes`), so the next
+    try, on any worker, reads them and runs only the markets that failed with a retriable
+    error; the file is removed when the task ends without a retry. XCom cannot carry them:
+    Airflow clears a task instance's XComs when a new try starts.
+
+    Args:
+        context: the task context (``ti``: ``dag_id``, ``run_id``, ``task_id``, ``map_index``,
+            ``try_number``, ``max_tries``); ``None``: nothing is kept and nothing retried.
+
+    Attributes:
+        earlier: ``{model: {"result" | "skipped" | "failed": value}}`` that earlier tries left, but
+            for the retriable failures (run again).
+    """
+
+    def __init__(self, context: dict[str, Any] | None) -> None:
+        import json
+
+        from airflow.sdk.serde import deserialize
+
+        from include import storage
+
+        self.context = context
+        self.results: dict[str, Any] = {}
+        self.outcomes: dict[str, dict[str, Any]] = {}
+        self.retriable: dict[str, str] = {}
+        self.earlier: dict[str, dict[str, Any]] = {}
+        ti = (context or {}).get("ti")
+        self.path = None
+        self.retries_left = False
+        if ti is None:
+            return
+        self.path = (Settings.from_env().runs_dir / ".batches" / ti.dag_id / ti.run_id / ti.task_id
+                     / f"{ti.map_index}.json")
+        self.retries_left = int(ti.try_number) <= int(ti.max_tries)
+        if int(ti.try_number) > 1:
+            try:
+                kept = json.loads(storage.read_bytes(self.path))
+            except FileNotFoundError:
+                kept = {}
+            self.earlier = {m: o for m, o in deserialize(kept).items() if "retriable" not in o}
+
+    def record(self, model: str, **outcome: Any) -> None:
+        """Keep ``model``'s outcome: ``result=``, ``skipped=`` (a reason) or ``failed=`` (an error)."""
+        if "result" in outcome:
+            self.results[model] = outcome["result"]
+        self.outcomes[model] = outcome
+        self._save()
+
+    def failed(self, model: str, exc: BaseException) -> None:
+        """Log ``model``'s failure; alert it at once when no retry can mend it."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.errors import PipelineError, TransientError
+
+        error = f"{type(exc).__name__}: {exc}"
+        permanent = isinstance(exc, AirflowFailException) or (
+            isinstance(exc, PipelineError) and not isinstance(exc, TransientError))
+        if permanent or not self.retries_left:
             logger.exception("%s: failed; the batch's other markets go on", model)
-            if context is not None:
-                send(failure_message({**context, "exception": exc}, market=model), context)
-    if not results and failed:
-        raise AirflowFailException(f"every market of {batch['label']} failed: "
-                                   + "; ".join(f"{m}: {e}" for m, e in failed.items()))
-    if not results and len(plans) > 1:
-        raise AirflowSkipException(f"no market of {batch['label']} is left to run")
-    return results
+            self.record(model, failed=error)
+            self._alert(model, exc)
+        else:
+            logger.exception("%s: failed; tried again when the batch's other markets are done", model)
+            self.retriable[model] = error
+            self.outcomes[model] = {"failed": error, "retriable": True}
+            self._save()
+
+    def finish(self, label: str) -> dict[str, Any]:
+        """The try's ``{model: result}``; see :func:`each_market` for what it raises."""
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        from include import storage
+        from include.errors import BatchRetryError
+
+        if self.retriable:
+            raise BatchRetryError(f"{len(self.retriable)} market(s) of {label} failed and will be tried again: "
+                                  + "; ".join(f"{m}: {e}" for m, e in self.retriable.items()))
+        if self.path is not None:
+            storage.remove(self.path)
+        failed = {m: o["failed"] for m, o in self.outcomes.items() if "failed" in o}
+        if not self.results and failed:
+            raise AirflowFailException(f"every market of {label} failed: "
+                                       + "; ".join(f"{m}: {e}" for m, e in failed.items()))
+        if not self.results:
+            raise AirflowSkipException(f"no market of {label} is left to run")
+        return self.results
+
+    def _save(self) -> None:
+        import json
+
+        from airflow.sdk.serde import serialize
+
+        from include import storage
+
+        if self.path is not None and self.retries_left:
+            # Airflow's own serialiser, as XCom's: a reused result reads back as the step returned it.
+            storage.write_bytes(self.path, json.dumps(serialize({**self.earlier, **self.outcomes})).encode())
+
+    def _alert(self, model: str, exc: BaseException) -> None:
+        from include.notify import failure_message, send
+
+        if self.context is not None:
+            send(failure_message({**self.context, "exception": exc}, market=model), self.context)
+
+
+def forget_batch_outcomes(dag_id: str, run_id: str) -> None:
+    """Remove what :class:`BatchOutcomes` kept for a run's tasks (left only by a try that was
+    killed and never retried); a task cleared later runs all its markets again."""
+    from include import storage
+
+    storage.remove(Settings.from_env().runs_dir / ".batches" / dag_id / run_id)
 
 
 @contextmanager

@@ -564,3 +564,42 @@ def test_monitoring_a_drifting_market_updates_the_retrain_request_asset(dag, fir
     # What the weekly_retrain run it triggers will retrain: that model, the week ending 2023-12-31.
     scope = retrain_scope({"retrain_request": events})
     assert scope["markets"] == [BTC] and scope["as_of_date"] == "2023-12-31"
+
+
+def test_a_batch_retries_the_market_the_exchange_failed_and_reuses_the_other(tmp_path, monkeypatch, data_dir):
+    """Two markets in one instance, ingested from a local replay of Binance's API: BTCUSDT's
+    candles keep failing through the source's own retries (HTTP 503), ETHUSDT's come through.
+    The task is retried by Airflow; its second try ingests BTCUSDT only, reusing ETHUSDT's
+    result, and both markets decide."""
+    from datetime import timedelta
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from include.data.replay import BinanceReplayServer
+    from tests.conftest import ROOT
+
+    for name, value in (("MARKET_DB_URL", f"sqlite:///{tmp_path / 'market.sqlite'}"),
+                        ("MODEL_REGISTRY_DIR", str(tmp_path / "models")), ("RUN_ARTIFACTS_DIR", str(tmp_path / "runs"))):
+        monkeypatch.setenv(name, value)
+    dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("weekly_retrain")
+    for task in dag.tasks:  # the retry at once rather than after the DAG's two minutes
+        task.retry_delay = timedelta(seconds=1)
+    with BinanceReplayServer(data_dir, symbols=("BTCUSDT", "ETHUSDT")) as replay:
+        monkeypatch.setenv("EXCHANGE_API_URL", replay.url)
+        replay.fail_next("/fapi/v1/klines", 503, times=6)  # the first request and the source's 5 retries
+        dr = dag.test(logical_date=datetime(2023, 12, 24, tzinfo=UTC), run_conf={
+            **SHORT, **PERMISSIVE, "models": ["lightgbm"], "source": "exchange", "markets": ["BTCUSDT", "ETHUSDT"],
+            "market_batch_size": 2})
+        klines = [q["symbol"] for q in replay.requests_to("/fapi/v1/klines")]
+    tis = {ti.task_id: ti for ti in dr.get_task_instances()}
+    ingest = tis["market.ingest_market_data"]
+    assert ingest.rendered_map_index == f"{BTC} (+1 more)" and ingest.try_number == 2, ingest
+    assert dr.state == "success", {t: ti.state for t, ti in tis.items()}
+    assert klines[:6] == ["BTCUSDT"] * 6 and "ETHUSDT" in klines
+    for model in (BTC, ETH):
+        # Each market's ingestion as it ran, once, from the empty store: the whole window (run
+        # again, ETHUSDT's would have found every bar stored and fetched nothing).
+        ingested = _summary(dr, model)["ingested"]["ohlcv"]
+        assert [r[0] for r in ingested["ranges"]] == ["all"] and ingested["rows_fetched"] > 0, ingested
+        assert _summary(dr, model)["action"]["action"] in ("promote", "keep")
+    assert not (tmp_path / "runs" / ".batches").exists() or not list((tmp_path / "runs" / ".batches").rglob("*.json"))

@@ -156,3 +156,18 @@ def test_weekly_run_with_artifacts_in_the_store(s3, store_env, tmp_path, monkeyp
     with pytest.raises(IntegrityError, match="sha256"):
         registry.verify(version)
     registry.dispose()
+
+
+def test_a_batch_retried_on_another_worker_reads_what_the_first_try_kept_in_the_store(s3, store_env, monkeypatch):
+    from include.errors import BatchRetryError
+    from include.tasks import each_market
+    from tests.include.test_tasks import _batch, _context, _Flaky
+
+    monkeypatch.setenv("RUN_ARTIFACTS_DIR", f"{store_env}/runs")
+    step = _Flaky(failures=1)
+    with pytest.raises(BatchRetryError):
+        each_market(_batch("ok", "flaky"), step, context=_context(1))
+    prefix = f"{store_env.split('/', 3)[3]}/runs/.batches/weekly_retrain"
+    assert list(_objects(s3, prefix)) == ["manual__2026-12-03T10:37:42+00:00/market.train_model/3.json"]
+    assert set(each_market(_batch("ok", "flaky"), step, context=_context(2))) == {"ok", "flaky"}
+    assert step.calls == ["ok", "flaky", "flaky"] and _objects(s3, prefix) == {}
