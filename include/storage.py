@@ -178,6 +178,28 @@ def scratch_root() -> Path:
 #: killed before it could remove its own, are removed from a worker's scratch folder (seconds).
 OBJECT_CACHE_MAX_AGE_S = 86_400
 
+#: Cached objects used this recently are kept whatever the cache's size: a step running beside
+#: the one that prunes may be copying them (seconds).
+OBJECT_CACHE_IN_USE_S = 900
+
+
+def object_cache_max_bytes() -> int:
+    """The most a worker's object cache may hold (``ARTIFACT_CACHE_MAX_MB``; default 5,120 MiB).
+
+    Raises:
+        ConfigError: the setting is not a positive number.
+    """
+    from include.errors import ConfigError
+
+    text = os.environ.get("ARTIFACT_CACHE_MAX_MB", "5120")
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ConfigError(f"ARTIFACT_CACHE_MAX_MB={text!r}: expected a positive number of MiB")
+    return int(value * 2**20)
+
 
 def _cached(source: Location, identity: str) -> Path:
     """The worker's local copy of one version of an object (downloaded on first use).
@@ -197,13 +219,28 @@ def _cached(source: Location, identity: str) -> Path:
 
 
 def _prune_scratch() -> None:
-    cutoff = time.time() - OBJECT_CACHE_MAX_AGE_S
+    """Remove what a worker's scratch folder no longer needs: cached objects unused for
+    :data:`OBJECT_CACHE_MAX_AGE_S`, then the least recently used ones until the cache holds at
+    most :func:`object_cache_max_bytes` (but for those used in the last
+    :data:`OBJECT_CACHE_IN_USE_S`), and step copies a killed step left."""
+    now = time.time()
+    cached = []
     for path in (scratch_root() / ".objects").glob("*/*"):
         try:
-            if path.stat().st_mtime < cutoff:
+            stat = path.stat()
+            if stat.st_mtime < now - OBJECT_CACHE_MAX_AGE_S:
                 path.unlink()
+            else:
+                cached.append((stat.st_mtime, stat.st_size, path))
         except FileNotFoundError:
             pass
+    excess = sum(size for _, size, _ in cached) - object_cache_max_bytes()
+    for used, size, path in sorted(cached):
+        if excess <= 0 or used > now - OBJECT_CACHE_IN_USE_S:
+            break
+        path.unlink(missing_ok=True)
+        excess -= size
+    cutoff = now - OBJECT_CACHE_MAX_AGE_S
     for path in (scratch_root() / "steps").iterdir():
         try:
             if path.stat().st_mtime < cutoff:

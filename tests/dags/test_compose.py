@@ -64,7 +64,7 @@ def test_settings_read_by_the_code_are_the_ones_compose_sets():
     optional = {"MARKET_DB_URL", "MARKET_DB_CONN_ID", "EXCHANGE_API_URL", "ALERT_SLACK_CONN_ID",
                 "ALERT_DISCORD_CONN_ID", "MODEL_REGISTRY_KEEP_LAST", "MODEL_MAX_AGE_HOURS", "MODEL_MAX_DATA_LAG_BARS",
                 "MODEL_STALE_POLICY", "CODE_VERSION", "TASK_CPUS", "TRAINING_SLOTS", "TRAINING_THREADS",
-                "ARTIFACT_SCRATCH_DIR", "MARKET_GROUP_INSTANCES"}
+                "ARTIFACT_SCRATCH_DIR", "ARTIFACT_CACHE_MAX_MB", "MARKET_GROUP_INSTANCES"}
     # Settings of the local launcher (include/deployment/, `make airflow`), which compose replaces.
     launcher = {"DEPLOY_DATABASE_URL", "DEPLOY_VAR_DIR", "AIRFLOW_HOME", "AIRFLOW__API__PORT",
                 "AIRFLOW__CORE__PARALLELISM", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL"}

@@ -566,7 +566,8 @@ def test_monitoring_a_drifting_market_updates_the_retrain_request_asset(dag, fir
     assert scope["markets"] == [BTC] and scope["as_of_date"] == "2023-12-31"
 
 
-def test_a_batch_retries_the_market_the_exchange_failed_and_reuses_the_other(tmp_path, monkeypatch, data_dir):
+def test_a_batch_retries_the_market_the_exchange_failed_and_reuses_the_other(airflow_db, tmp_path, monkeypatch,
+                                                                            data_dir):
     """Two markets in one instance, ingested from a local replay of Binance's API: BTCUSDT's
     candles keep failing through the source's own retries (HTTP 503), ETHUSDT's come through.
     The task is retried by Airflow; its second try ingests BTCUSDT only, reusing ETHUSDT's

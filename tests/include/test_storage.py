@@ -171,3 +171,24 @@ def test_a_batch_retried_on_another_worker_reads_what_the_first_try_kept_in_the_
     assert list(_objects(s3, prefix)) == ["manual__2026-12-03T10:37:42+00:00/market.train_model/3.json"]
     assert set(each_market(_batch("ok", "flaky"), step, context=_context(2))) == {"ok", "flaky"}
     assert step.calls == ["ok", "flaky", "flaky"] and _objects(s3, prefix) == {}
+
+
+def test_the_object_cache_is_cut_to_its_size_least_recently_used_first(s3, store_env, tmp_path, monkeypatch):
+    from include.errors import ConfigError
+
+    monkeypatch.setenv("ARTIFACT_SCRATCH_DIR", str(tmp_path / "worker"))
+    monkeypatch.setenv("ARTIFACT_CACHE_MAX_MB", "2")
+    objects = tmp_path / "worker" / ".objects" / "ab"
+    objects.mkdir(parents=True)
+    now = time.time()
+    # Four 1 MiB objects: used 5 h, 4 h and 3 h ago, and one just now (another step may be copying it).
+    for name, hours in (("oldest", 5), ("older", 4), ("old", 3), ("in-use", 0)):
+        (objects / name).write_bytes(b"x" * 2**20)
+        os.utime(objects / name, (now - hours * 3600, now - hours * 3600))
+    with staged(location(f"{store_env}/runs/z"), name="z"):
+        pass
+    assert sorted(p.name for p in objects.iterdir()) == ["in-use", "old"]
+    monkeypatch.setenv("ARTIFACT_CACHE_MAX_MB", "none")
+    with (pytest.raises(ConfigError, match="ARTIFACT_CACHE_MAX_MB='none': expected a positive number of MiB"),
+          staged(location(f"{store_env}/runs/z"), name="z")):
+        pass
