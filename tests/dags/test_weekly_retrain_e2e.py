@@ -6,7 +6,9 @@ version. Run 2's gates compare each candidate with the champion of its own model
 universe of three markets built from corrupted or cut copies of the bundled files: one with a
 NaN close (validation fails, its alert names it), one listed too recently (skipped, saying when
 it qualifies), one young but long enough (trains on its shorter history); the failing market
-stops neither of the others.
+stops neither of the others. The same markets in one batch, and a batch of two markets from a
+replay of Binance's API whose first market the exchange fails: Airflow retries the task, and the
+retry runs that market only.
 """
 
 from __future__ import annotations
