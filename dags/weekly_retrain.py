@@ -14,10 +14,9 @@ market does not stop the others, and its alert names it. A universe larger than
 `MARKET_GROUP_INSTANCES` (default: twice the scheduler's `parallelism`) is dealt into that many
 instances, each running its markets' steps in turn (the `market_batch_size` param sets the batch
 size instead): every instance costs the scheduler its eleven task instances whatever it holds
-(measured by `bench/universe_scale.py`: docs/operating/deployment.md). In a batch the other
-markets go on after a market's failure; a retriable one is retried with the task, whose next try
-runs only the markets that did not finish (`include.tasks.each_market`), and a final one is
-alerted with the market's name.
+(measured by `bench/universe_scale.py`: docs/operating/deployment.md). In a batch the others go
+on after a market's failure; a retriable one is retried with the task, whose retry runs only the
+markets not finished (`include.tasks.each_market`); a final one is alerted by market name.
 
 **Schedule.** Sundays 00:00 UTC with weekly data intervals
 (`CronDataIntervalTimetable("0 0 * * 0")`): the run with logical date 2023-12-24 covers
@@ -396,13 +395,8 @@ def weekly_retrain():
                 with fail_fast():
                     settings = Settings.from_env()
                     if decision["passed"] and approval["chosen_options"] == ["Approve"]:
-                        done = promote(settings, decision, run_id=run_id, dag_id=_dag_id(),
+                        return promote(settings, decision, run_id=run_id, dag_id=_dag_id(),
                                        as_of=dt.fromisoformat(ingested[plan["model"]]["window"]["interval_end"]))
-                        outlet_events[PRODUCTION_ALIAS].add(
-                            production_asset(done["model"]),
-                            extra=production_event(done["model"], done["production"], done["previous"], "promote",
-                                                   decision.get("summary")))
-                        return done
                     if decision["passed"]:
                         who = approval.get("responded_by_user")
                         who = (who.get("name") or who.get("id")) if isinstance(who, dict) else who
@@ -412,7 +406,13 @@ def weekly_retrain():
                         decision = {**decision, "reasons": [why]}
                     return keep(settings, decision, run_id=run_id, dag_id=_dag_id())
 
-            return each_market(batch, step, decisions, approvals, context=get_current_context())
+            done = each_market(batch, step, decisions, approvals, context=get_current_context())
+            # The events go out with the task's success: a promotion an earlier try made is in ``done`` too.
+            for model, result in done.items():
+                if result["action"] == "promote":
+                    outlet_events[PRODUCTION_ALIAS].add(production_asset(model), extra=production_event(
+                        model, result["production"], result["previous"], "promote", decisions[model].get("summary")))
+            return done
 
         @task(map_index_template=BATCH)
         def publish_market_summary(batch: dict, ingested: dict, validation: dict, built: dict, candidates: dict,

@@ -604,5 +604,14 @@ def test_a_batch_retries_the_market_the_exchange_failed_and_reuses_the_other(air
         # again, ETHUSDT's would have found every bar stored and fetched nothing).
         ingested = _summary(dr, model)["ingested"]["ohlcv"]
         assert [r[0] for r in ingested["ranges"]] == ["all"] and ingested["rows_fetched"] > 0, ingested
-        assert _summary(dr, model)["action"]["action"] in ("promote", "keep")
+        assert _summary(dr, model)["action"]["action"] == "promote"  # a first model, a permissive gate
+    # Each promotion of the batch updated its model's production asset.
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        uris = session.scalars(select(AssetModel.uri).join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
+                               .where(AssetEvent.source_run_id == dr.run_id)).all()
+    assert sorted(uris) == [f"model://{BTC}/production", f"model://{ETH}/production"]
     assert not (tmp_path / "runs" / ".batches").exists() or not list((tmp_path / "runs" / ".batches").rglob("*.json"))
