@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -88,12 +88,7 @@ def each_market(batch: dict[str, Any], step: Callable[[dict[str, Any]], Any], *u
         if any(model not in (up or {}) for up in upstream):
             logger.info("market %d of %d, %s: not run (it failed or was skipped at an earlier step)", i,
                         len(plans), model)
-        elif model in outcomes.earlier:
-            logger.info("market %d of %d, %s: %s in an earlier try of this task, not run again", i, len(plans),
-                        model, {"result": "done", "skipped": "skipped", "failed": "failed"}[
-                            next(iter(outcomes.earlier[model]))])
-            outcomes.record(model, **outcomes.earlier[model])
-        else:
+        elif not outcomes.reuse(model, f"market {i} of {len(plans)}"):
             logger.info("market %d of %d: %s", i, len(plans), model)
             try:
                 outcomes.record(model, result=step(plan))
@@ -105,6 +100,23 @@ def each_market(batch: dict[str, Any], step: Callable[[dict[str, Any]], Any], *u
     return outcomes.finish(batch["label"])
 
 
+def _batches(dag_id: str, run_id: str) -> Any:
+    """Where :class:`BatchOutcomes` keeps a run's outcomes: ``<RUN_ARTIFACTS_DIR>/.batches/<dag>/<run>``."""
+    return Settings.from_env().runs_dir / ".batches" / dag_id / run_id
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether a retry cannot mend ``exc``: ``AirflowFailException``, or a
+    :class:`~include.errors.PipelineError` that is not a :class:`~include.errors.TransientError`
+    (the rule :func:`fail_fast` applies)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.errors import PipelineError, TransientError
+
+    return isinstance(exc, AirflowFailException) or (
+        isinstance(exc, PipelineError) and not isinstance(exc, TransientError))
+
+
 class BatchOutcomes:
     """What each market of a batch came to in this task's tries: its result, its skip or its
     failure, kept beside the run's artifacts while a retry may follow.
@@ -113,16 +125,15 @@ class BatchOutcomes:
     ``<RUN_ARTIFACTS_DIR>/.batches/<dag id>/<run id>/<task id>/<map index>.json`` (a local
     file or an object, replaced atomically: :func:`include.storage.write_bytes`), so the next
     try, on any worker, reads them and runs only the markets that failed with a retriable
-    error; the file is removed when the task ends without a retry. XCom cannot carry them:
-    Airflow clears a task instance's XComs when a new try starts.
+    error (those are not written); the file is removed when the task ends without a retry. XCom
+    cannot carry them: Airflow clears a task instance's XComs when a new try starts.
 
     Args:
         context: the task context (``ti``: ``dag_id``, ``run_id``, ``task_id``, ``map_index``,
             ``try_number``, ``max_tries``); ``None``: nothing is kept and nothing retried.
 
     Attributes:
-        earlier: ``{model: {"result" | "skipped" | "failed": value}}`` that earlier tries left, but
-            for the retriable failures (run again).
+        earlier: ``{model: {"result" | "skipped" | "failed": value}}`` that earlier tries left.
     """
 
     def __init__(self, context: dict[str, Any] | None) -> None:
@@ -133,7 +144,6 @@ class BatchOutcomes:
         from include import storage
 
         self.context = context
-        self.results: dict[str, Any] = {}
         self.outcomes: dict[str, dict[str, Any]] = {}
         self.retriable: dict[str, str] = {}
         self.earlier: dict[str, dict[str, Any]] = {}
@@ -142,41 +152,37 @@ class BatchOutcomes:
         self.retries_left = False
         if ti is None:
             return
-        self.path = (Settings.from_env().runs_dir / ".batches" / ti.dag_id / ti.run_id / ti.task_id
-                     / f"{ti.map_index}.json")
+        self.path = _batches(ti.dag_id, ti.run_id) / ti.task_id / f"{ti.map_index}.json"
         self.retries_left = int(ti.try_number) <= int(ti.max_tries)
         if int(ti.try_number) > 1:
-            try:
-                kept = json.loads(storage.read_bytes(self.path))
-            except FileNotFoundError:
-                kept = {}
-            self.earlier = {m: o for m, o in deserialize(kept).items() if "retriable" not in o}
+            with suppress(FileNotFoundError):  # a try killed before its first market
+                self.earlier = deserialize(json.loads(storage.read_bytes(self.path)))
+
+    def reuse(self, model: str, where: str) -> bool:
+        """Take ``model``'s outcome from an earlier try, if one left it; whether it did."""
+        if model not in self.earlier:
+            return False
+        outcome = self.earlier[model]
+        logger.info("%s, %s: %s in an earlier try of this task, not run again", where, model,
+                    {"result": "done", "skipped": "skipped", "failed": "failed"}[next(iter(outcome))])
+        self.outcomes[model] = outcome  # already in the file
+        return True
 
     def record(self, model: str, **outcome: Any) -> None:
         """Keep ``model``'s outcome: ``result=``, ``skipped=`` (a reason) or ``failed=`` (an error)."""
-        if "result" in outcome:
-            self.results[model] = outcome["result"]
         self.outcomes[model] = outcome
         self._save()
 
     def failed(self, model: str, exc: BaseException) -> None:
         """Log ``model``'s failure; alert it at once when no retry can mend it."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from include.errors import PipelineError, TransientError
-
         error = f"{type(exc).__name__}: {exc}"
-        permanent = isinstance(exc, AirflowFailException) or (
-            isinstance(exc, PipelineError) and not isinstance(exc, TransientError))
-        if permanent or not self.retries_left:
+        if is_permanent(exc) or not self.retries_left:
             logger.exception("%s: failed; the batch's other markets go on", model)
             self.record(model, failed=error)
             self._alert(model, exc)
         else:
             logger.exception("%s: failed; tried again when the batch's other markets are done", model)
             self.retriable[model] = error
-            self.outcomes[model] = {"failed": error, "retriable": True}
-            self._save()
 
     def finish(self, label: str) -> dict[str, Any]:
         """The try's ``{model: result}``; see :func:`each_market` for what it raises."""
@@ -190,13 +196,14 @@ class BatchOutcomes:
                                   + "; ".join(f"{m}: {e}" for m, e in self.retriable.items()))
         if self.path is not None:
             storage.remove(self.path)
+        results = {m: o["result"] for m, o in self.outcomes.items() if "result" in o}
         failed = {m: o["failed"] for m, o in self.outcomes.items() if "failed" in o}
-        if not self.results and failed:
+        if not results and failed:
             raise AirflowFailException(f"every market of {label} failed: "
                                        + "; ".join(f"{m}: {e}" for m, e in failed.items()))
-        if not self.results:
+        if not results:
             raise AirflowSkipException(f"no market of {label} is left to run")
-        return self.results
+        return results
 
     def _save(self) -> None:
         import json
@@ -221,7 +228,7 @@ def forget_batch_outcomes(dag_id: str, run_id: str) -> None:
     killed and never retried); a task cleared later runs all its markets again."""
     from include import storage
 
-    storage.remove(Settings.from_env().runs_dir / ".batches" / dag_id / run_id)
+    storage.remove(_batches(dag_id, run_id))
 
 
 @contextmanager
@@ -240,12 +247,12 @@ def fail_fast() -> Iterator[None]:
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include.errors import PipelineError, TransientError
+    from include.errors import PipelineError
 
     try:
         yield
     except PipelineError as exc:
-        if isinstance(exc, TransientError):
+        if not is_permanent(exc):
             raise
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
