@@ -54,7 +54,7 @@ def rollback_model():
         ctx = get_current_context()
         registry = ModelRegistry.from_settings(Settings.from_env())
         pointer = registry.rollback(params["model"], params.get("version") or None, run_id=ctx["run_id"],
-                                    reason=params["reason"], dag_id=ctx["dag"].dag_id)
+                                    reason=params["reason"], dag_id=ctx["dag"].dag_id, once_per_run=True)
         registry.dispose()
         # The model's production asset: a DAG scheduled on it runs with the restored version.
         outlet_events[PRODUCTION_ALIAS].add(production_asset(pointer.model), extra=production_event(

@@ -20,7 +20,12 @@ class TransientError(PipelineError):
 
 class BatchRetryError(TransientError):
     """Markets of a batch failed in a way a later try may mend: Airflow retries the task, whose
-    next try runs only the markets that did not finish (:class:`include.tasks.BatchOutcomes`)."""
+    next try runs only the markets that did not finish (:class:`include.batch_outcomes.BatchOutcomes`)."""
+
+
+class SupersededTryError(PipelineError):
+    """A later try of the same task instance has started: this try (a zombie) stops without
+    running or recording anything more (:class:`include.batch_outcomes.BatchOutcomes`)."""
 
 
 class ConfigError(PipelineError, ValueError):

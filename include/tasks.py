@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from include.batch_outcomes import BatchOutcomes, forget_batch_outcomes, inputs_digest
 from include.config import RunConfig, Settings
+from include.errors import BatchRetryError, PipelineError, TransientError
+from include.notify import failure_message, send
 from include.pipeline import RunWindow
+
+__all__ = ["each_market", "fail_fast", "forget_batch_outcomes", "is_permanent", "market_run",
+           "unfinished_earlier_runs"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +55,21 @@ def each_market(batch: dict[str, Any], step: Callable[[dict[str, Any]], Any], *u
     retries or skips as that market's step. In a larger batch the other markets go on after a
     market's failure, which is logged with its traceback. A failure a later try may mend (any
     error but a permanent :class:`~include.errors.PipelineError` or ``AirflowFailException``,
-    as :func:`fail_fast` sorts them) makes the task fail once its markets are done, while it has
-    tries left, so that Airflow retries it after the task's ``retry_delay``; the retry runs only
-    the markets that did not finish, and reuses the results of the others
-    (:class:`BatchOutcomes`). A market's failure that stays (a permanent one, or on the last try)
-    is alerted, naming the market (:func:`include.notify.failure_message`), and
-    ``check_markets`` turns the run red. A market skipped (too young) is logged and left out.
+    as :func:`is_permanent` sorts them) makes the task fail once its markets are done, while it
+    has tries left, so that Airflow retries it after the task's ``retry_delay``; the retry runs
+    only the markets that did not finish, and reuses the others' outcomes, recorded in the
+    market database for the same try sequence and the same inputs
+    (:class:`~include.batch_outcomes.BatchOutcomes`): a cleared task, or a market whose inputs
+    changed, runs again. A market's failure that stays (a permanent one, or on the last try) is
+    alerted, naming the market (:func:`include.notify.failure_message`), and ``check_markets``
+    turns the run red. A market skipped (too young) is logged and left out.
 
     Args:
         batch: ``{"label", "plans"}`` from :func:`include.universe.batch_markets`.
         step: called with a market's plan; returns its JSON-serialisable result.
         upstream: earlier steps' results of this instance (``{model: result}``).
-        context: the task context, for the alerts and the retries; ``None`` sends no alert and
-            does not retry.
+        context: the task context, for the alerts, the retries and the try fence; ``None``
+            sends no alert and does not retry.
 
     Returns:
         ``{model: result}`` for the markets whose step ran (in this try or an earlier one).
@@ -69,6 +77,7 @@ def each_market(batch: dict[str, Any], step: Callable[[dict[str, Any]], Any], *u
     Raises:
         BatchRetryError: a market of a larger batch failed in a way a retry may mend, and the task
             has tries left.
+        SupersededTryError: a later try of this task instance has started (this one is a zombie).
         AirflowFailException: every market of a larger batch failed at this step (its errors named).
         AirflowSkipException: no market of a larger batch is left to run (all skipped).
         Exception: a batch of one market's own error.
@@ -83,26 +92,61 @@ def each_market(batch: dict[str, Any], step: Callable[[dict[str, Any]], Any], *u
             return {}
         return {plan["model"]: step(plan)}
     outcomes = BatchOutcomes(context)
-    for i, plan in enumerate(plans, 1):
-        model = plan["model"]
-        if any(model not in (up or {}) for up in upstream):
-            logger.info("market %d of %d, %s: not run (it failed or was skipped at an earlier step)", i,
-                        len(plans), model)
-        elif not outcomes.reuse(model, f"market {i} of {len(plans)}"):
+    try:
+        for i, plan in enumerate(plans, 1):
+            model = plan["model"]
+            if any(model not in (up or {}) for up in upstream):
+                logger.info("market %d of %d, %s: not run (it failed or was skipped at an earlier step)", i,
+                            len(plans), model)
+                continue
+            digest = inputs_digest(plan, [up[model] for up in upstream if up is not None])
+            if outcomes.reuse(model, digest, f"market {i} of {len(plans)}"):
+                continue
+            outcomes.check_fence()
             logger.info("market %d of %d: %s", i, len(plans), model)
             try:
-                outcomes.record(model, result=step(plan))
+                outcome = {"result": step(plan)}
             except AirflowSkipException as exc:
                 logger.warning("%s: skipped: %s", model, exc)
-                outcomes.record(model, skipped=str(exc))
+                outcome = {"skipped": str(exc)}
             except Exception as exc:
-                outcomes.failed(model, exc)
-    return outcomes.finish(batch["label"])
+                error = f"{type(exc).__name__}: {exc}"
+                if is_permanent(exc) or not outcomes.retries_left:
+                    logger.exception("%s: failed; the batch's other markets go on", model)
+                    outcome = {"failed": error}
+                    _alert(context, model, exc)
+                else:
+                    logger.exception("%s: failed; tried again when the batch's other markets are done", model)
+                    outcomes.retriable[model] = error
+                    continue
+            outcomes.record(model, digest, **outcome)
+        return _finish(outcomes, batch["label"])
+    finally:
+        outcomes.close()
 
 
-def _batches(dag_id: str, run_id: str) -> Any:
-    """Where :class:`BatchOutcomes` keeps a run's outcomes: ``<RUN_ARTIFACTS_DIR>/.batches/<dag>/<run>``."""
-    return Settings.from_env().runs_dir / ".batches" / dag_id / run_id
+def _finish(outcomes: BatchOutcomes, label: str) -> dict[str, Any]:
+    """The try's ``{model: result}``; see :func:`each_market` for what it raises."""
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    if outcomes.retriable:
+        raise BatchRetryError(f"{len(outcomes.retriable)} market(s) of {label} failed and will be tried again: "
+                              + "; ".join(f"{m}: {e}" for m, e in outcomes.retriable.items()))
+    outcomes.forget()
+    results = {m: o["result"] for m, o in outcomes.outcomes.items() if "result" in o}
+    failed = {m: o["failed"] for m, o in outcomes.outcomes.items() if "failed" in o}
+    if not results and failed:
+        raise AirflowFailException(f"every market of {label} failed: "
+                                   + "; ".join(f"{m}: {e}" for m, e in failed.items()))
+    if not results:
+        raise AirflowSkipException(f"no market of {label} is left to run")
+    return results
+
+
+def _alert(context: dict[str, Any] | None, model: str, exc: BaseException) -> None:
+    """Send a market's final failure to the alert channels, naming the market."""
+    if context is not None:
+        send(failure_message({**context, "exception": exc}, market=model), context)
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -111,124 +155,8 @@ def is_permanent(exc: BaseException) -> bool:
     (the rule :func:`fail_fast` applies)."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include.errors import PipelineError, TransientError
-
     return isinstance(exc, AirflowFailException) or (
         isinstance(exc, PipelineError) and not isinstance(exc, TransientError))
-
-
-class BatchOutcomes:
-    """What each market of a batch came to in this task's tries: its result, its skip or its
-    failure, kept beside the run's artifacts while a retry may follow.
-
-    The outcomes of a try are written after every market to
-    ``<RUN_ARTIFACTS_DIR>/.batches/<dag id>/<run id>/<task id>/<map index>.json`` (a local
-    file or an object, replaced atomically: :func:`include.storage.write_bytes`), so the next
-    try, on any worker, reads them and runs only the markets that failed with a retriable
-    error (those are not written); the file is removed when the task ends without a retry. XCom
-    cannot carry them: Airflow clears a task instance's XComs when a new try starts.
-
-    Args:
-        context: the task context (``ti``: ``dag_id``, ``run_id``, ``task_id``, ``map_index``,
-            ``try_number``, ``max_tries``); ``None``: nothing is kept and nothing retried.
-
-    Attributes:
-        earlier: ``{model: {"result" | "skipped" | "failed": value}}`` that earlier tries left.
-    """
-
-    def __init__(self, context: dict[str, Any] | None) -> None:
-        import json
-
-        from airflow.sdk.serde import deserialize
-
-        from include import storage
-
-        self.context = context
-        self.outcomes: dict[str, dict[str, Any]] = {}
-        self.retriable: dict[str, str] = {}
-        self.earlier: dict[str, dict[str, Any]] = {}
-        ti = (context or {}).get("ti")
-        self.path = None
-        self.retries_left = False
-        if ti is None:
-            return
-        self.path = _batches(ti.dag_id, ti.run_id) / ti.task_id / f"{ti.map_index}.json"
-        self.retries_left = int(ti.try_number) <= int(ti.max_tries)
-        if int(ti.try_number) > 1:
-            with suppress(FileNotFoundError):  # a try killed before its first market
-                self.earlier = deserialize(json.loads(storage.read_bytes(self.path)))
-
-    def reuse(self, model: str, where: str) -> bool:
-        """Take ``model``'s outcome from an earlier try, if one left it; whether it did."""
-        if model not in self.earlier:
-            return False
-        outcome = self.earlier[model]
-        logger.info("%s, %s: %s in an earlier try of this task, not run again", where, model,
-                    {"result": "done", "skipped": "skipped", "failed": "failed"}[next(iter(outcome))])
-        self.outcomes[model] = outcome  # already in the file
-        return True
-
-    def record(self, model: str, **outcome: Any) -> None:
-        """Keep ``model``'s outcome: ``result=``, ``skipped=`` (a reason) or ``failed=`` (an error)."""
-        self.outcomes[model] = outcome
-        self._save()
-
-    def failed(self, model: str, exc: BaseException) -> None:
-        """Log ``model``'s failure; alert it at once when no retry can mend it."""
-        error = f"{type(exc).__name__}: {exc}"
-        if is_permanent(exc) or not self.retries_left:
-            logger.exception("%s: failed; the batch's other markets go on", model)
-            self.record(model, failed=error)
-            self._alert(model, exc)
-        else:
-            logger.exception("%s: failed; tried again when the batch's other markets are done", model)
-            self.retriable[model] = error
-
-    def finish(self, label: str) -> dict[str, Any]:
-        """The try's ``{model: result}``; see :func:`each_market` for what it raises."""
-        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-
-        from include import storage
-        from include.errors import BatchRetryError
-
-        if self.retriable:
-            raise BatchRetryError(f"{len(self.retriable)} market(s) of {label} failed and will be tried again: "
-                                  + "; ".join(f"{m}: {e}" for m, e in self.retriable.items()))
-        if self.path is not None:
-            storage.remove(self.path)
-        results = {m: o["result"] for m, o in self.outcomes.items() if "result" in o}
-        failed = {m: o["failed"] for m, o in self.outcomes.items() if "failed" in o}
-        if not results and failed:
-            raise AirflowFailException(f"every market of {label} failed: "
-                                       + "; ".join(f"{m}: {e}" for m, e in failed.items()))
-        if not results:
-            raise AirflowSkipException(f"no market of {label} is left to run")
-        return results
-
-    def _save(self) -> None:
-        import json
-
-        from airflow.sdk.serde import serialize
-
-        from include import storage
-
-        if self.path is not None and self.retries_left:
-            # Airflow's own serialiser, as XCom's: a reused result reads back as the step returned it.
-            storage.write_bytes(self.path, json.dumps(serialize({**self.earlier, **self.outcomes})).encode())
-
-    def _alert(self, model: str, exc: BaseException) -> None:
-        from include.notify import failure_message, send
-
-        if self.context is not None:
-            send(failure_message({**self.context, "exception": exc}, market=model), self.context)
-
-
-def forget_batch_outcomes(dag_id: str, run_id: str) -> None:
-    """Remove what :class:`BatchOutcomes` kept for a run's tasks (left only by a try that was
-    killed and never retried); a task cleared later runs all its markets again."""
-    from include import storage
-
-    storage.remove(_batches(dag_id, run_id))
 
 
 @contextmanager
@@ -246,8 +174,6 @@ def fail_fast() -> Iterator[None]:
         AirflowFailException: from a permanent ``PipelineError``.
     """
     from airflow.sdk.exceptions import AirflowFailException
-
-    from include.errors import PipelineError
 
     try:
         yield

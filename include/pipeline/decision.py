@@ -334,8 +334,11 @@ def promote(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id
     on the model's first promotion, the alias is removed so that no broken model serves; then
     the error is raised.
 
-    A candidate that is production already, moved by an earlier try of the same step, is
-    returned as promoted without a second move.
+    A candidate that is production already, moved by an earlier try of the same step, is not
+    moved a second time; it is returned as promoted only when this run's passed smoke test of it
+    is recorded (:meth:`~include.registry.ModelRegistry.record_smoke_test`). Otherwise the earlier
+    try died before its smoke test ended (the worker was killed, then Airflow retried or a person
+    cleared the task), so the smoke test runs now, with the same rollback on failure.
 
     Raises:
         PipelineError: the decision did not pass, or the smoke test failed (after the rollback).
@@ -349,14 +352,19 @@ def promote(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id
         current = registry.production(decision["model"])
         if current is not None and current.version == decision["candidate"] and current.version != decision.get("champion"):
             # An earlier try of this step moved it (a batch's task retried after a crash): not twice.
-            logger.info("%s: %s is production already (an earlier try promoted it)", current.model, current.version)
-            return {"action": "promote", "model": current.model, "production": current.version,
-                    "previous": decision.get("champion"), "smoke_test": None}
-        pointer = registry.promote(decision["candidate"], run_id=run_id, reason=decision["summary"],
-                                   decision=decision, dag_id=dag_id, expected=decision.get("champion"))
+            pointer = current
+            smoke = registry.smoke_test_passed(current.model, current.version, run_id)
+            logger.info("%s: %s is production already (an earlier try promoted it); its smoke test %s",
+                        current.model, current.version, "passed then" if smoke else "did not finish: run it now")
+        else:
+            pointer = registry.promote(decision["candidate"], run_id=run_id, reason=decision["summary"],
+                                       decision=decision, dag_id=dag_id, expected=decision.get("champion"))
+            smoke = None
         model = pointer.model
         try:
-            smoke = smoke_test(settings, model, as_of or datetime.now(UTC))
+            if smoke is None:
+                smoke = smoke_test(settings, model, as_of or datetime.now(UTC))
+                registry.record_smoke_test(model, pointer.version, run_id, smoke)
         except PipelineError as exc:
             target = registry.rollback_target(model)
             if target is not None:
@@ -370,8 +378,9 @@ def promote(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id
                                 "the model has no production version") from exc
     finally:
         registry.dispose()
-    logger.info("%s: promoted %s (previous %s); smoke test: %s", model, pointer.version, pointer.previous, smoke)
-    return {"action": "promote", "model": model, "production": pointer.version, "previous": pointer.previous,
+    previous = pointer.previous if pointer.previous is not None else decision.get("champion")
+    logger.info("%s: promoted %s (previous %s); smoke test: %s", model, pointer.version, previous, smoke)
+    return {"action": "promote", "model": model, "production": pointer.version, "previous": previous,
             "smoke_test": smoke}
 
 def keep(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id: str | None = None) -> dict[str, Any]:

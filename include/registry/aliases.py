@@ -22,6 +22,7 @@ from include.registry.schema import (
     AliasPointer,
     alias_table,
     event_table,
+    smoke_test_table,
     version_table,
 )
 
@@ -207,13 +208,31 @@ class AliasLedger:
         return None
 
     def rollback(self, model: str, version: str | None = None, *, run_id: str, reason: str,
-                 event: str = "rollback", dag_id: str | None = None) -> AliasPointer:
+                 event: str = "rollback", dag_id: str | None = None, once_per_run: bool = False) -> AliasPointer:
         """Point ``model``'s production back at ``version`` (default: :meth:`rollback_target`).
+
+        Args:
+            once_per_run: a run that has already recorded this ``event`` for ``model`` (a try that
+                died after committing the move, then retried or cleared) gets production's
+                pointer back without a second move; without it, a cleared ``rollback_model`` run
+                would recompute the target from the state its first try left and walk back two
+                versions (C → B → A) under one run id. Off for the command line, whose every
+                call is a person's new rollback under the same ``cli:<user>`` id.
 
         Raises:
             RegistryError: nothing to roll back to, ``version`` belongs to another registered
                 model, or the target fails verification.
         """
+        if once_per_run:
+            done = [e for e in self.history(PRODUCTION, model=model) if e["event"] == event and e["run_id"] == run_id]
+            if done:
+                pointer = self.production(model)
+                logger.info("%s: run %s already rolled production back (%s -> %s at %s): not moved again", model,
+                            run_id, done[-1]["from"], done[-1]["to"], done[-1]["at"])
+                if pointer is None:
+                    raise RegistryError(f"{model}: run {run_id} rolled production back already, and it has no "
+                                        "production version now")
+                return pointer
         target = version or self.rollback_target(model)
         if target is None:
             raise RegistryError(f"{model}: no earlier production version to roll back to "
@@ -221,6 +240,23 @@ class AliasLedger:
         if self.model_of(target) != model:
             raise RegistryError(f"version {target} belongs to {self.model_of(target)}, not {model}")
         return self.move_alias(PRODUCTION, target, event=event, run_id=run_id, reason=reason, dag_id=dag_id)
+
+    # -- smoke tests --------------------------------------------------------------------------
+    def record_smoke_test(self, model: str, version: str, run_id: str, prediction: dict[str, Any]) -> None:
+        """Record that ``run_id``'s smoke test of production version ``version`` passed."""
+        with self.engine.begin() as conn:
+            where = (smoke_test_table.c.model == model, smoke_test_table.c.version == version,
+                     smoke_test_table.c.run_id == run_id)
+            conn.execute(smoke_test_table.delete().where(*where))
+            conn.execute(smoke_test_table.insert().values(model=model, version=version, run_id=run_id,
+                                                          prediction=prediction, at=now_ms()))
+
+    def smoke_test_passed(self, model: str, version: str, run_id: str) -> dict[str, Any] | None:
+        """The prediction of ``run_id``'s passed smoke test of ``version``, or ``None`` if none is recorded."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(smoke_test_table.c.prediction).where(
+                smoke_test_table.c.model == model, smoke_test_table.c.version == version,
+                smoke_test_table.c.run_id == run_id)).scalar()
 
     # -- ledger -------------------------------------------------------------------------------
     def history(self, alias: str | None = None, *, model: str | None = None) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Registry tables (migrations 0003 and 0004) and the value types: registered model, alias pointer."""
+"""Registry tables (migrations 0003, 0004 and 0011) and the value types: registered model, alias pointer."""
 
 from __future__ import annotations
 
@@ -67,6 +67,15 @@ event_table = sa.Table(
     sa.Column("run_id", sa.String(250), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("decision", sa.JSON, nullable=True, comment="the gate decision record"),
+)
+
+smoke_test_table = sa.Table(
+    "smoke_test", metadata,
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("version", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("prediction", sa.JSON, nullable=False, comment="what the smoke test's prediction returned"),
+    sa.Column("at", sa.BigInteger, nullable=False, comment="ms since epoch UTC"),
 )
 
 #: The label threshold rule that registered-model names leave out (the configuration default).

@@ -434,6 +434,34 @@ def test_a_promotion_retried_after_it_moved_production_does_not_move_it_twice(fi
     assert registry.production(BTC).version == champion
 
 
+def test_a_promotion_retried_after_its_smoke_test_was_killed_smoke_tests_and_rolls_back(first_run, tmp_path):
+    """Issue 35, finding 2: a worker killed during the smoke test leaves production at the
+    candidate with no smoke test recorded; the retry must smoke-test it (and roll back a broken
+    one), not report it as promoted."""
+    from include.errors import PipelineError
+    from include.pipeline import promote
+    from include.registry import ModelRegistry
+
+    settings = Settings.from_env()
+    registry = ModelRegistry.from_settings(settings)
+    champion = registry.production(BTC).version
+
+    def cannot_predict(lineage):
+        lineage["feature_spec"]["names"] = [*lineage["feature_spec"]["names"], "feature_the_store_cannot_compute"]
+
+    bad = _register_copy(registry, champion, tmp_path / "broken", cannot_predict)
+    run_id = "killed-during-smoke-test"
+    decision = {"passed": True, "candidate": bad, "champion": champion, "summary": "PASS (test)", "model": BTC}
+    # The first try moved production, then its worker was killed inside the smoke test.
+    registry.promote(bad, run_id=run_id, reason="PASS (test)", decision=decision, expected=champion)
+    assert registry.smoke_test_passed(BTC, bad, run_id) is None
+    with pytest.raises(PipelineError, match="smoke test failed.*rolled back to"):
+        promote(settings, decision, run_id=run_id, as_of=datetime(2023, 12, 31, tzinfo=UTC))
+    assert registry.production(BTC).version == champion
+    assert [(e["event"], e["to"]) for e in registry.ledger(BTC)[-2:]] == [("promote", bad), ("auto_rollback", champion)]
+    registry.dispose()
+
+
 def test_failed_smoke_test_on_a_first_promotion_leaves_no_production(first_run, tmp_path):
     from include.errors import PipelineError
     from include.pipeline import promote
@@ -614,4 +642,15 @@ def test_a_batch_retries_the_market_the_exchange_failed_and_reuses_the_other(air
         uris = session.scalars(select(AssetModel.uri).join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
                                .where(AssetEvent.source_run_id == dr.run_id)).all()
     assert sorted(uris) == [f"model://{BTC}/production", f"model://{ETH}/production"]
-    assert not (tmp_path / "runs" / ".batches").exists() or not list((tmp_path / "runs" / ".batches").rglob("*.json"))
+    # The retry's reused outcomes were kept in the market database, and removed when the tasks ended.
+    import sqlalchemy as sa
+
+    from include.batch_outcomes import outcome_table
+    from include.config import Settings
+
+    engine = sa.create_engine(Settings.from_env().market_db_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(outcome_table)
+                            .where(outcome_table.c.run_id == dr.run_id)).scalar() == 0
+    engine.dispose()
+    assert not (tmp_path / "runs" / ".batches").exists()

@@ -34,26 +34,27 @@ def test_migrations_build_exactly_the_schema_the_store_queries(backend, pg_url, 
 
     url = pg_url if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.sqlite'}"
     store = MarketStore(url)
-    assert store.schema_revision == "0009"
+    assert store.schema_revision == "0011"
     with store.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": SCHEMA_VERSION_TABLE})
         # The migrated database holds the market series, the model registry, the monitoring, the
-        # fit cache's and the hyperparameter sets' tables: compare with all five.
+        # fit cache's, the hyperparameter sets' and the batch outcomes' tables: compare with all.
+        from include.batch_outcomes import metadata as batch_meta
         from include.training.fit_cache import metadata as fit_cache_meta
         from include.tuning.sets import metadata as tuning_meta
 
         every_table = sa.MetaData()
         for table in (*metadata.tables.values(), *registry_meta.tables.values(), *monitoring_meta.tables.values(),
-                      *fit_cache_meta.tables.values(), *tuning_meta.tables.values()):
+                      *fit_cache_meta.tables.values(), *tuning_meta.tables.values(), *batch_meta.tables.values()):
             table.to_metadata(every_table)
         diff = compare_metadata(ctx, every_table)
         tables = set(sa.inspect(conn).get_table_names())
     assert diff == []
     assert {"ohlcv", "funding_rate", "open_interest", "ohlcv_gap", "model_version", "model_alias",
             "model_alias_event", "prediction_log", "monitor_report", "fit_cache_entry", "hyperparameter_set",
-            SCHEMA_VERSION_TABLE} <= tables
+            "batch_outcome", "task_try_fence", "smoke_test", SCHEMA_VERSION_TABLE} <= tables
     assert "alembic_version" not in tables  # Airflow's own version table name stays free
-    assert migrate(store.engine) == "0009"  # re-opening is a no-op
+    assert migrate(store.engine) == "0011"  # re-opening is a no-op
     store.dispose()
 
 
@@ -72,7 +73,7 @@ def test_concurrent_first_opens_migrate_once(pg_url):
         t.start()
     for t in threads:
         t.join()
-    assert errors == [] and results == ["0009"] * 4
+    assert errors == [] and results == ["0011"] * 4
     for e in engines:
         e.dispose()
 

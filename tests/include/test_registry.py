@@ -449,3 +449,20 @@ def test_a_promotion_retried_after_its_worker_died_carries_on_and_records_once(r
     reg.record_keep(BTC, v1, run_id="r4", reason="worse")
     reg.record_keep(BTC, v1, run_id="r4", reason="worse")
     assert [e["event"] for e in reg.ledger(BTC)] == ["promote", "promote", "keep"]
+
+
+def test_a_rollback_run_cleared_after_its_move_does_not_walk_back_twice(reg, tmp_path):
+    """Issue 35, finding 4: a ``rollback_model`` try that died after committing its move, then
+    cleared, recomputed the target and moved again (C → B → A under one run id)."""
+    a, b, c = (_register(reg, tmp_path, n, "prior", d) for n, d in (("a", 10), ("bb", 17), ("ccc", 24)))
+    for v in (a, b, c):
+        reg.promote(v, run_id="r", reason="x")
+    run = "manual__2023-12-25T10:00:00+00:00"
+    assert reg.rollback(BTC, run_id=run, reason="c is bad", once_per_run=True).version == b
+    again = reg.rollback(BTC, run_id=run, reason="c is bad", once_per_run=True)  # the cleared task's new try
+    assert again.version == b and reg.production(BTC).version == b
+    assert [(e["event"], e["to"], e["run_id"]) for e in reg.ledger(BTC)][-1:] == [("rollback", b, run)]
+    assert sum(e["event"] == "rollback" for e in reg.ledger(BTC)) == 1
+    # Another run (or the command line, which moves on every call) still walks down the chain.
+    assert reg.rollback(BTC, run_id="manual__2023-12-26T10:00:00+00:00", reason="b too",
+                        once_per_run=True).version == a
