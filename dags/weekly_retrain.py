@@ -108,6 +108,7 @@ from include.resources import MARKET_DATA_POOL, TRAINING_POOL
 
 DEFAULTS = RunConfig()
 DOCS = RunConfig.describe()
+BOUNDS = RunConfig.bounds()
 #: Run-wide fields a market's universe entry sets instead (exchange, symbol, market type, timeframe).
 MARKET_FIELDS = ("exchange", "symbol", "market_type", "timeframe")
 
@@ -119,12 +120,14 @@ DATA, LABELS, CV, ENSEMBLE, GATE, TRADING = ("Data", "Labels", "Models and cross
 
 def _param(name: str, type_: str | list[str], section: str, title: str, **kwargs) -> Param:
     """A trigger-form field for a :class:`RunConfig` field: its default (floats shown to 4
-    decimals), description, title and section."""
+    decimals), description, title, section, and the field's bounds as minimum and maximum."""
     default = getattr(DEFAULTS, name)
     if isinstance(default, tuple):
         default = list(default)
     if isinstance(default, float):
         default = round(default, 4)  # 1/3 is shown and used as 0.3333
+    if name in BOUNDS:
+        kwargs = {"minimum": BOUNDS[name][0], "maximum": BOUNDS[name][1], **kwargs}
     return Param(default, type=type_, description=DOCS[name], title=title, section=section,
                  **kwargs)
 
@@ -145,19 +148,19 @@ PARAMS = {
                          format="date"),
     "source": _param("source", "string", DATA, "Market data source", enum=["files", "exchange"]),
     "source_dir": _param("source_dir", ["null", "string"], DATA, "Data directory (files source)"),
-    "train_window_days": _param("train_window_days", "integer", DATA, "Training window (days)", minimum=14),
-    "min_history_days": _param("min_history_days", "integer", DATA, "Minimum history (days)", minimum=14),
+    "train_window_days": _param("train_window_days", "integer", DATA, "Training window (days)"),
+    "min_history_days": _param("min_history_days", "integer", DATA, "Minimum history (days)"),
     # Labels
-    "label_horizon_bars": _param("label_horizon_bars", "integer", LABELS, "Horizon (bars)", minimum=1, maximum=168),
+    "label_horizon_bars": _param("label_horizon_bars", "integer", LABELS, "Horizon (bars)"),
     "label_threshold_mode": _param("label_threshold_mode", "string", LABELS, "Threshold mode",
                                    enum=["volatility", "fixed"]),
     "label_threshold": _param("label_threshold", "number", LABELS, "Threshold", exclusiveMinimum=0),
     # Models and cross-validation
     "models": _param("models", "array", CV, "Model families", items={"type": "string", "enum": list(MODEL_FAMILIES)},
                      examples=list(MODEL_FAMILIES), minItems=1, uniqueItems=True),
-    "cv_folds": _param("cv_folds", "integer", CV, "Walk-forward folds", minimum=2, maximum=52),
+    "cv_folds": _param("cv_folds", "integer", CV, "Walk-forward folds"),
     "cv_scheme": _param("cv_scheme", "string", CV, "Walk-forward scheme", enum=["expanding", "rolling"]),
-    "cv_embargo_bars": _param("cv_embargo_bars", "integer", CV, "Embargo (bars)", minimum=0, maximum=1000),
+    "cv_embargo_bars": _param("cv_embargo_bars", "integer", CV, "Embargo (bars)"),
     "hyperparameters": _param("hyperparameters", "string", CV, "Hyperparameters", enum=["tuned", "default"]),
     # Ensemble
     "ensemble_weighting": _param("ensemble_weighting", "string", ENSEMBLE, "Weighting",
@@ -187,8 +190,8 @@ PARAMS = {
     # Trading simulation
     "trade_min_probability": _param("trade_min_probability", "number", TRADING,
                                     "Smallest probability to take a position", minimum=0, exclusiveMaximum=1),
-    "fee_bps": _param("fee_bps", "number", TRADING, "Fee per side (bps)", minimum=0),
-    "slippage_bps": _param("slippage_bps", "number", TRADING, "Slippage per side (bps)", minimum=0),
+    "fee_bps": _param("fee_bps", "number", TRADING, "Fee per side (bps)"),
+    "slippage_bps": _param("slippage_bps", "number", TRADING, "Slippage per side (bps)"),
 }
 
 #: Tasks of the market group show their batch's label as their map index: the registered model's

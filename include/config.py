@@ -12,6 +12,7 @@ Two objects:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -27,6 +28,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TIMEFRAME_SECONDS: dict[str, int] = {"15m": 900, "1h": 3600, "4h": 14_400, "1d": 86_400}
 
 MODEL_FAMILIES: tuple[str, ...] = ("lightgbm", "xgboost", "random_forest")
+
+#: Most days a run parameter may count (100 years): the dates a run derives from them (training
+#: start, feature warm-up, ingestion start) stay inside pandas' nanosecond range (1677-2262).
+MAX_DAYS = 36_525
 
 
 def env_int(name: str, default: int | None) -> int | None:
@@ -146,9 +151,19 @@ def market_db_url(default: str) -> str:
                              login=conn.login, password=conn.password, extra=conn.extra_dejson)
 
 
-def _doc(text: str, **kwargs: Any) -> Any:
-    """A dataclass field carrying its description in metadata (used for Params and docs)."""
-    return field(metadata={"description": text}, **kwargs)
+def _doc(text: str, *, bounds: tuple[float, float] | None = None, **kwargs: Any) -> Any:
+    """A dataclass field carrying its description in metadata (used for Params and docs).
+
+    Args:
+        text: the field's description.
+        bounds: for a number, the smallest and largest accepted value (both included), checked by
+            :class:`RunConfig` and shown as the trigger form's minimum and maximum.
+        **kwargs: passed to :func:`dataclasses.field` (``default``, ``default_factory``).
+    """
+    metadata: dict[str, Any] = {"description": text}
+    if bounds is not None:
+        metadata["bounds"] = bounds
+    return field(metadata=metadata, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -156,8 +171,9 @@ class RunConfig:
     """Parameters of one weekly retraining run. Every field has a default and a description.
 
     Raises:
-        ConfigError: from ``__post_init__`` when a value is out of range; the message names the
-            field and the accepted values.
+        ConfigError: from ``__post_init__`` when a value is out of range, or a number (alone, in
+            a tuple or in a mapping) is NaN or infinite; the message names the field and the
+            accepted values.
     """
 
     exchange: str = _doc("Exchange id (ccxt notation) the data belongs to.", default="binance")
@@ -167,9 +183,10 @@ class RunConfig:
     )
     timeframe: str = _doc("Candle timeframe (ccxt notation).", default="1h")
     train_window_days: int = _doc(
-        "Length of the training window in days, ending at the run's data_interval_end.", default=730
+        "Length of the training window in days, ending at the run's data_interval_end.", default=730,
+        bounds=(14, MAX_DAYS),
     )
-    label_horizon_bars: int = _doc("Forward-return horizon of the label, in bars.", default=4)
+    label_horizon_bars: int = _doc("Forward-return horizon of the label, in bars.", default=4, bounds=(1, 168))
     label_threshold_mode: Literal["volatility", "fixed"] = _doc(
         "'volatility': threshold = k * sigma * sqrt(horizon) with sigma the trailing std of "
         "1-bar log returns; 'fixed': threshold is a log-return fraction.",
@@ -182,14 +199,14 @@ class RunConfig:
     )
     label_vol_window_bars: int = _doc(
         "Trailing window, in bars, of the volatility estimate used by 'volatility' labels.",
-        default=168,
+        default=168, bounds=(2, 10_000),
     )
     models: tuple[str, ...] = _doc(
         "Model families to train (subset of lightgbm, xgboost, random_forest).",
         default=MODEL_FAMILIES,
     )
     cv_folds: int = _doc(
-        "Walk-forward folds; each test fold is one data interval (one week) long.", default=6
+        "Walk-forward folds; each test fold is one data interval (one week) long.", default=6, bounds=(2, 52)
     )
     cv_scheme: Literal["expanding", "rolling"] = _doc(
         "Walk-forward training windows: 'rolling' (the last cv_rolling_train_days before each "
@@ -202,16 +219,16 @@ class RunConfig:
         "scheme; 0: train_window_days less one week per fold and one more week (681 days for "
         "the defaults), so the earliest fold trains on about as much history as it would "
         "expanding.",
-        default=0,
+        default=0, bounds=(0, MAX_DAYS),
     )
     cv_embargo_bars: int = _doc(
         "Rows kept out of training next to every test window, beyond the label-horizon purge.",
-        default=24,
+        default=24, bounds=(0, 1000),
     )
     early_stopping_rounds: int = _doc(
         "Boosting rounds without improvement on the inner validation split before LightGBM and "
         "XGBoost stop (0 disables early stopping).",
-        default=50,
+        default=50, bounds=(0, 10_000),
     )
     ensemble_weighting: Literal["fixed", "fitted", "stacking"] = _doc(
         "'fixed': ensemble_weights as given; 'fitted': weights minimising out-of-fold log loss; "
@@ -233,7 +250,7 @@ class RunConfig:
     )
     gate_min_f1_margin: float = _doc(
         "Macro-F1 lead over each naive baseline in the F1 test's alternative hypothesis.",
-        default=0.0,
+        default=0.0, bounds=(-1.0, 1.0),
     )
     gate_max_log_loss_ratio: float = _doc(
         "The log-loss test's alternative: out-of-fold log loss below this multiple of the "
@@ -279,20 +296,20 @@ class RunConfig:
         "reaches this (1/3: more than uniform).",
         default=1 / 3,
     )
-    fee_bps: float = _doc("Trading fee per side, basis points of notional.", default=4.0)
-    slippage_bps: float = _doc("Slippage per side, basis points of notional.", default=1.0)
+    fee_bps: float = _doc("Trading fee per side, basis points of notional.", default=4.0, bounds=(0, 10_000))
+    slippage_bps: float = _doc("Slippage per side, basis points of notional.", default=1.0, bounds=(0, 10_000))
     require_approval: bool = _doc(
         "Ask a human (Airflow's approval task) before promoting a candidate that passed the gate.",
         default=False,
     )
     approval_timeout_hours: float = _doc(
         "With require_approval: hours to wait for a person's answer; without one the promotion is "
-        "rejected (production kept) and the run goes on.", default=72.0,
+        "rejected (production kept) and the run goes on.", default=72.0, bounds=(0, 8_760),
     )
     max_gap_share: float = _doc(
         "Largest tolerated share of missing bars in the training window.", default=0.01
     )
-    max_gap_bars: int = _doc("Largest tolerated single gap, in missing bars.", default=24)
+    max_gap_bars: int = _doc("Largest tolerated single gap, in missing bars.", default=24, bounds=(0, 100_000))
     min_row_share: float = _doc(
         "Minimum rows in the window as a share of the bars the window should hold.", default=0.95
     )
@@ -316,17 +333,30 @@ class RunConfig:
         "retrain monitoring requests); used by runs triggered without a logical date.",
         default=None,
     )
-    random_state: int = _doc("Seed of every random number generator in training.", default=42)
+    random_state: int = _doc("Seed of every random number generator in training.", default=42,
+                             bounds=(0, 2**32 - 1))  # numpy's seed range
     min_history_days: int = _doc(
         "A market whose stored history is shorter than train_window_days (a recent listing) "
         "trains on what it has when that reaches this many days, and is skipped below it.",
-        default=180,
+        default=180, bounds=(14, MAX_DAYS),
     )
 
     def __post_init__(self) -> None:
         def fail(name: str, why: str) -> None:
             raise ConfigError(f"invalid run parameter {name}={getattr(self, name)!r}: {why}")
 
+        # First, because every comparison with NaN is false: a NaN would pass each check below.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            members = (value.values() if isinstance(value, dict)
+                       else value if isinstance(value, (tuple, list)) else (value,))
+            if any(isinstance(v, float) and not math.isfinite(v) for v in members):
+                fail(f.name, "expected finite numbers only (no NaN, no infinity)")
+            if "bounds" in f.metadata:
+                low, high = f.metadata["bounds"]
+                number = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if not number or not low <= value <= high:
+                    fail(f.name, f"expected a number from {low:,} to {high:,}")
         if self.timeframe not in TIMEFRAME_SECONDS:
             fail("timeframe", f"expected one of {sorted(TIMEFRAME_SECONDS)}")
         if self.market_type not in ("perp", "spot"):
@@ -335,23 +365,15 @@ class RunConfig:
             fail("symbol", "expected 2-32 ASCII letters and digits, e.g. BTCUSDT")
         if not re.fullmatch(r"[a-z0-9][a-z0-9_]{0,31}", (self.exchange or "").lower()):
             fail("exchange", "expected a ccxt exchange id: ASCII letters, digits and '_', e.g. binance")
-        if self.train_window_days < 14:
-            fail("train_window_days", "expected at least 14 days")
-        if not 1 <= self.label_horizon_bars <= 168:
-            fail("label_horizon_bars", "expected 1..168")
         if self.label_threshold_mode not in ("volatility", "fixed"):
             fail("label_threshold_mode", "expected 'volatility' or 'fixed'")
         if not self.label_threshold > 0:
             fail("label_threshold", "expected a positive number")
-        if self.label_vol_window_bars < 2:
-            fail("label_vol_window_bars", "expected at least 2")
         if not self.models:
             fail("models", "expected at least one model family")
         unknown = sorted(set(self.models) - set(MODEL_FAMILIES))
         if unknown or len(set(self.models)) != len(self.models):
             fail("models", f"expected distinct names from {list(MODEL_FAMILIES)}")
-        if not 2 <= self.cv_folds <= 52:
-            fail("cv_folds", "expected 2..52")
         if self.cv_scheme not in ("expanding", "rolling"):
             fail("cv_scheme", "expected 'expanding' or 'rolling'")
         if self.cv_rolling_train_days != 0 and self.cv_rolling_train_days < 14:
@@ -360,10 +382,6 @@ class RunConfig:
             fail("cv_rolling_train_days", f"train_window_days={self.train_window_days} less "
                  f"{self.cv_folds + 1} week(s) leaves {self.rolling_train_days} days to train each fold on; "
                  "lengthen train_window_days, lower cv_folds or set cv_rolling_train_days")
-        if not 0 <= self.cv_embargo_bars <= 1000:
-            fail("cv_embargo_bars", "expected 0..1000")
-        if self.early_stopping_rounds < 0:
-            fail("early_stopping_rounds", "expected >= 0")
         if self.ensemble_weighting not in ("fixed", "fitted", "stacking"):
             fail("ensemble_weighting", "expected 'fixed', 'fitted' or 'stacking'")
         if self.hyperparameters not in ("tuned", "default"):
@@ -375,8 +393,6 @@ class RunConfig:
             fail("max_gap_share", "expected a fraction in [0, 1)")
         if self.source not in ("files", "exchange"):
             fail("source", "expected 'files' or 'exchange'")
-        if self.max_gap_bars < 0:
-            fail("max_gap_bars", "expected >= 0")
         if not 0 < self.min_row_share <= 1:
             fail("min_row_share", "expected a fraction in (0, 1]")
         if not 0 < self.max_abs_funding_rate < 1:
@@ -400,12 +416,8 @@ class RunConfig:
             fail("gate_min_deflated_sharpe", "expected a probability in [0, 1]")
         if not 0 <= self.trade_min_probability < 1:
             fail("trade_min_probability", "expected a probability in [0, 1)")
-        if self.fee_bps < 0 or self.slippage_bps < 0:
-            fail("fee_bps" if self.fee_bps < 0 else "slippage_bps", "expected >= 0")
         if not self.approval_timeout_hours > 0:
             fail("approval_timeout_hours", "expected a positive number of hours")
-        if self.min_history_days < 14:
-            fail("min_history_days", "expected at least 14 days")
 
     @property
     def registered_model(self) -> Any:
@@ -482,6 +494,11 @@ class RunConfig:
     def describe(cls) -> dict[str, str]:
         """Field name -> description, for Params and documentation."""
         return {f.name: f.metadata.get("description", "") for f in fields(cls)}
+
+    @classmethod
+    def bounds(cls) -> dict[str, tuple[float, float]]:
+        """Field name -> (smallest, largest) accepted value, both included, for the numbers that have them."""
+        return {f.name: f.metadata["bounds"] for f in fields(cls) if "bounds" in f.metadata}
 
 
 def params_markdown() -> str:
