@@ -4,18 +4,26 @@ fit cache that a second worker reuses."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import logging
 import os
+import re
+import stat
+import tempfile
 import time
+from pathlib import Path
 
 import boto3
 import pytest
 
+from include import storage
 from include.config import RunConfig, Settings
-from include.errors import IntegrityError
+from include.errors import ConfigError, IntegrityError
 from include.pipeline import run_once
 from include.registry import ModelRegistry
-from include.storage import is_remote, location, mirror, staged
+from include.storage import is_remote, location, mirror, scratch_root, staged
 from tests.cluster import S3Server
 
 
@@ -76,6 +84,7 @@ def test_staged_folder_mirrors_the_store_on_two_workers(s3, store_env, tmp_path,
 
 def test_copies_left_by_killed_steps_are_removed_after_a_day(s3, store_env, tmp_path, monkeypatch):
     monkeypatch.setenv("ARTIFACT_SCRATCH_DIR", str(tmp_path / "worker"))
+    (tmp_path / "worker").mkdir(mode=0o700)
     old, recent = tmp_path / "worker" / "steps" / "run.killed", tmp_path / "worker" / "steps" / "run.running"
     for path in (old, recent):
         path.mkdir(parents=True)
@@ -174,10 +183,9 @@ def test_a_batch_retried_on_another_worker_reads_what_the_first_try_kept_in_the_
 
 
 def test_the_object_cache_is_cut_to_its_size_least_recently_used_first(s3, store_env, tmp_path, monkeypatch):
-    from include.errors import ConfigError
-
     monkeypatch.setenv("ARTIFACT_SCRATCH_DIR", str(tmp_path / "worker"))
     monkeypatch.setenv("ARTIFACT_CACHE_MAX_MB", "2")
+    (tmp_path / "worker").mkdir(mode=0o700)
     objects = tmp_path / "worker" / ".objects" / "ab"
     objects.mkdir(parents=True)
     now = time.time()
@@ -192,3 +200,122 @@ def test_the_object_cache_is_cut_to_its_size_least_recently_used_first(s3, store
     with (pytest.raises(ConfigError, match="ARTIFACT_CACHE_MAX_MB='none': expected a positive number of MiB"),
           staged(location(f"{store_env}/runs/z"), name="z")):
         pass
+
+
+def _cache_entries(scratch: Path) -> list[Path]:
+    """The object cache's entries (not its temporary files) in the scratch folder ``scratch``."""
+    return [p for p in (scratch / ".objects").glob("*/*") if not p.name.startswith(".")]
+
+
+def test_the_pruner_never_removes_an_object_a_step_is_copying(s3, store_env, tmp_path, monkeypatch):
+    """A pruner that runs between a step finding a cached object and copying it, which saw the object
+    unused for days, leaves it to the step; so does one that finds the object locked by a step."""
+    monkeypatch.setenv("ARTIFACT_SCRATCH_DIR", str(tmp_path / "worker"))
+    folder = location(f"{store_env}/runs/r")
+    with staged(folder, name="r") as out:
+        (out / "features.parquet").write_bytes(b"f" * 100)
+    (tmp_path / "first").mkdir()
+    mirror(folder, tmp_path / "first")
+    [cached] = _cache_entries(tmp_path / "worker")
+    two_days_ago = time.time() - 2 * 86_400
+    os.utime(cached, (two_days_ago, two_days_ago))
+
+    # Another step on the worker prunes at the moment this step touches the object (before the touch
+    # lands, so the pruner sees it unused for two days).
+    real_utime, pruned = os.utime, []
+
+    def touch_while_a_pruner_runs(*args, **kwargs):
+        if not pruned:
+            pruned.append(storage._prune_scratch())
+        return real_utime(*args, **kwargs)
+
+    monkeypatch.setattr(os, "utime", touch_while_a_pruner_runs)
+    (tmp_path / "second").mkdir()
+    mirror(folder, tmp_path / "second")
+    monkeypatch.setattr(os, "utime", real_utime)
+    assert pruned and cached.exists()
+    assert (tmp_path / "second" / "features.parquet").read_bytes() == b"f" * 100
+
+    # A step holding the object (its shared lock) keeps it from the pruner; once it lets go, it may go.
+    os.utime(cached, (two_days_ago, two_days_ago))
+    with open(cached, "rb") as copying:
+        fcntl.flock(copying, fcntl.LOCK_SH)
+        storage._prune_scratch()
+        assert cached.exists()
+    storage._prune_scratch()
+    assert not cached.exists()
+
+
+def test_the_scratch_folder_is_private_to_its_user(s3, store_env, tmp_path, monkeypatch):
+    monkeypatch.delenv("ARTIFACT_SCRATCH_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    root = scratch_root()
+    assert root == tmp_path.resolve() / f"market-artifacts-{os.geteuid()}"
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+
+    # A folder others may write to (a planted cache entry would be read as the store's object).
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("ARTIFACT_SCRATCH_DIR", str(shared))
+    with (pytest.raises(ConfigError, match=rf"ARTIFACT_SCRATCH_DIR=.*{re.escape(str(shared.resolve()))} has mode "
+                                           r"0o777, which lets its group or others in"),
+          staged(location(f"{store_env}/runs/s"), name="s")):
+        pass
+    shared.chmod(0o750)
+    with pytest.raises(ConfigError, match="has mode 0o750"):
+        scratch_root()
+    shared.chmod(0o700)
+    assert scratch_root() == shared.resolve()
+
+    # A folder another user owns, at the default path too (someone created it first).
+    uid = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: uid + 1)
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(shared.resolve()))} is owned by uid {uid}, "):
+        scratch_root()
+    (tmp_path / f"market-artifacts-{uid + 1}").mkdir(mode=0o700)
+    os.chown(tmp_path / f"market-artifacts-{uid + 1}", uid, -1)
+    monkeypatch.delenv("ARTIFACT_SCRATCH_DIR")
+    with pytest.raises(ConfigError, match=r"ARTIFACT_SCRATCH_DIR \(unset, so its default\): .* is owned by uid"):
+        scratch_root()
+
+
+def test_a_cached_copy_is_used_only_while_it_matches_the_store(s3, store_env, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("ARTIFACT_SCRATCH_DIR", str(tmp_path / "worker"))
+    folder = location(f"{store_env}/runs/p")
+    with staged(folder, name="p") as out:
+        (out / "model.joblib").write_bytes(b"the store's model")
+    (tmp_path / "first").mkdir()
+    mirror(folder, tmp_path / "first")
+    [cached] = _cache_entries(tmp_path / "worker")
+    assert cached.read_bytes() == b"the store's model"
+
+    # A planted copy is not read: it is discarded, with a warning naming the object, and replaced.
+    cached.write_bytes(b"a planted model")
+    with caplog.at_level(logging.WARNING, logger="include.storage"), staged(folder, name="p") as out:
+        assert (out / "model.joblib").read_bytes() == b"the store's model"
+    assert f"{folder}/model.joblib does not match the store's ETag" in caplog.text
+    assert _cache_entries(tmp_path / "worker") == [cached] and cached.read_bytes() == b"the store's model"
+
+    # A download whose bytes do not hash to the ETag is refused, and nothing of it is kept.
+    listed = storage._remote_files
+
+    def listed_with_etag(etag):
+        return lambda root: {rel: {**info, "ETag": etag} for rel, info in listed(root).items()}
+
+    other = hashlib.md5(b"another model").hexdigest()
+    monkeypatch.setattr(storage, "_remote_files", listed_with_etag(f'"{other}"'))
+    (tmp_path / "refused").mkdir()
+    with pytest.raises(IntegrityError, match=rf"object {re.escape(str(folder))}/model.joblib: .* ETag says {other}"):
+        mirror(folder, tmp_path / "refused")
+    assert _cache_entries(tmp_path / "worker") == [cached]
+    assert not (tmp_path / "refused" / "model.joblib").exists()
+
+    # A multipart ETag is no MD5 of the bytes: a copy is not trusted from one use to the next.
+    monkeypatch.setattr(storage, "_remote_files", listed_with_etag('"0123456789abcdef0123456789abcdef-2"'))
+    for use in ("once", "again"):
+        for entry in _cache_entries(tmp_path / "worker"):
+            entry.write_bytes(b"a planted model")
+        (tmp_path / use).mkdir()
+        mirror(folder, tmp_path / use)
+        assert (tmp_path / use / "model.joblib").read_bytes() == b"the store's model"
