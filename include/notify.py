@@ -15,6 +15,8 @@ import logging
 import os
 from typing import Any
 
+from include.redaction import mask_urls
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,6 +39,9 @@ def market_of(context: dict[str, Any]) -> str | None:
 def failure_message(context: dict[str, Any], market: str | None = None) -> str:
     """Plain-text alert: DAG, market, task, run id, data interval (if any), error and log URL.
 
+    Credentials in a URL the error quotes (a database's password, an API key in a query) are
+    masked (:func:`~include.redaction.mask_urls`): the alert leaves for a chat channel.
+
     Args:
         market: the failing market, when the task ran several (default: :func:`market_of`).
     """
@@ -49,7 +54,7 @@ def failure_message(context: dict[str, Any], market: str | None = None) -> str:
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
     interval = f"{start.isoformat()} → {end.isoformat()}" if start and end else "none (manual run)"
     exc = context.get("exception")
-    error = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
+    error = mask_urls(f"{type(exc).__name__}: {exc}") if exc is not None else "unknown error"
     if len(error) > 1500:
         error = error[:1500] + " …"
     log_url = getattr(ti, "log_url", None) or "n/a"

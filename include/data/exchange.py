@@ -24,13 +24,18 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 
 from include.data.sources import FUNDING_COLUMNS, OHLCV_COLUMNS, OPEN_INTEREST_COLUMNS
 from include.errors import SourceError, TransientSourceError
+from include.redaction import MaskUrlSecrets, mask_exception, mask_url
 
 logger = logging.getLogger(__name__)
+#: ccxt logs each request's full URL (credentials included) at DEBUG on this logger.
+_CCXT_LOGGER = "ccxt.base.exchange"
+_MASK_FILTER = MaskUrlSecrets()
 
 _DAY_MS = 86_400_000
 #: Largest page per request: Binance API docs ("Market Data endpoints"), as capped by ccxt (klines: 1000).
@@ -56,6 +61,9 @@ class ExchangeSource:
         exchange_id: ccxt exchange id; only ``"binance"`` is supported.
         api_url: base URL replacing the exchange's hosts (``https://api.binance.com``,
             ``https://fapi.binance.com``), e.g. a local replay or a proxy. Paths are kept.
+            Credentials in it (``user:password@``, a key or token query parameter) are masked
+            wherever the source names the URL: its repr (stored with ingested data and gaps),
+            its errors, the exceptions they chain, and ccxt's request log.
         max_retries: attempts after the first for a transient failure.
         backoff_s: first backoff in seconds; doubles per attempt up to ``max_backoff_s``.
         max_backoff_s: longest backoff.
@@ -64,9 +72,10 @@ class ExchangeSource:
         sleep: the function used to wait between retries.
 
     Raises:
-        SourceError: unsupported exchange id. The fetch methods raise it for an unknown symbol
-            or timeframe, a malformed response, or a transient failure that outlasts the
-            retries; nothing is returned in those cases.
+        SourceError: unsupported exchange id, or an ``api_url`` with a query or fragment (ccxt
+            appends each endpoint's path to the URL, which would land inside the query). The
+            fetch methods raise it for an unknown symbol or timeframe, a malformed response, or
+            a transient failure that outlasts the retries; nothing is returned in those cases.
     """
 
     name = "exchange"
@@ -80,8 +89,12 @@ class ExchangeSource:
 
         if exchange_id != "binance":
             raise SourceError(f"exchange {exchange_id!r} is not supported by the exchange source (binance)")
+        if api_url and (urlsplit(api_url).query or urlsplit(api_url).fragment):
+            raise SourceError(f"exchange API URL {mask_url(api_url)!r}: expected no query or fragment (the "
+                              "endpoints' paths are appended to it); a proxy's credentials go in user:password@")
         self.exchange_id = exchange_id
         self.api_url = api_url.rstrip("/") if api_url else None
+        logging.getLogger(_CCXT_LOGGER).addFilter(_MASK_FILTER)  # once: a filter is added at most once
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -105,20 +118,26 @@ class ExchangeSource:
             }
 
     def __repr__(self) -> str:
-        return f"ExchangeSource({self.exchange_id!r}{', ' + repr(self.api_url) if self.api_url else ''})"
+        return f"ExchangeSource({self.exchange_id!r}{', ' + repr(mask_url(self.api_url)) if self.api_url else ''})"
 
     # -- plumbing ---------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Call ccxt with retries on transient errors; translate every other failure."""
+        """Call ccxt with retries on transient errors; translate every other failure.
+
+        ccxt's and the HTTP client's errors name the request's full URL: they are masked
+        (:func:`~include.redaction.mask_exception`) before they are quoted or chained.
+        """
         ccxt = self._ccxt
         for attempt in range(self.max_retries + 1):
             try:
                 return fn(*args, **kwargs)
             except ccxt.BadSymbol as exc:
+                mask_exception(exc)
                 raise SourceError(f"{self.exchange_id}: {what}: unknown symbol: {exc}") from exc
             except ccxt.OperationFailed as exc:
                 # ccxt's recoverable class: NetworkError (timeouts, HTTP 5xx, rate limits) and
                 # exchange-reported transient failures such as Binance -1001 "internal error".
+                mask_exception(exc)
                 if attempt == self.max_retries:
                     raise TransientSourceError(
                         f"{self.exchange_id}: {what} still failing after {self.max_retries} "
@@ -133,8 +152,10 @@ class ExchangeSource:
                                type(exc).__name__, attempt + 1, self.max_retries, wait)
                 self.sleep(wait)
             except ccxt.BaseError as exc:
+                mask_exception(exc)
                 raise SourceError(f"{self.exchange_id}: {what} failed: {type(exc).__name__}: {exc}") from exc
             except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+                mask_exception(exc)
                 raise SourceError(f"{self.exchange_id}: {what}: malformed response: {exc!r}") from exc
         raise AssertionError("unreachable")
 

@@ -150,3 +150,55 @@ def test_exchange_gaps_are_recorded_not_filled(source, tmp_path):
     stored = store.load_ohlcv(exchange="binance", market_type="spot", symbol="BTCUSDT", timeframe="1h",
                               start=start, end=end)
     assert len(stored) == 10 * 24 - sum(g.missing_bars for g in expected)
+
+
+def test_credentials_in_the_api_url_never_reach_the_log_the_store_or_an_error(replay, tmp_path, caplog):
+    """EXCHANGE_API_URL with a password (a proxy's basic auth) or an API key in its query: the
+    secret is in no log line (ccxt's DEBUG request log included), no stored record (the market
+    store's file, the ingestion summary) and no error message or chained exception."""
+    import json
+    import logging
+    import traceback
+
+    from include.config import RunConfig, Settings
+    from include.pipeline import ingest, resolve_window, run_dir
+
+    replay.clear_faults()
+    caplog.set_level(logging.DEBUG)
+    with_password = replay.url.replace("http://", "http://ops:pw-s3cret@")
+    settings = Settings(data_dir=DATA_DIR, market_db_url=f"sqlite:///{tmp_path / 'market.sqlite'}",
+                        registry_dir=tmp_path / "models", runs_dir=tmp_path / "runs", exchange_api_url=with_password)
+    # Spot BTC around Binance's outage of 2018-02-08/09: the ingestion records a gap, naming its source.
+    cfg = RunConfig(source="exchange", market_type="spot", as_of_date="2018-02-18", train_window_days=14,
+                    min_history_days=14, cv_folds=2, cv_rolling_train_days=14)
+    window = resolve_window(cfg, data_interval_start=None, data_interval_end=None, run_after=None)
+    out = run_dir(settings, "weekly_retrain", cfg.model_name, window)
+    summary = ingest(cfg, window, settings, out)
+    assert summary["ohlcv"]["rows_new"] > 0 and summary["gaps"]
+    assert summary["source"] == f"ExchangeSource('binance', '{replay.url.replace('http://', 'http://ops:***@')}')"
+    stored = MarketStore(settings.market_db_url)
+    with stored.engine.connect() as conn:
+        (gap_source,) = {row[0] for row in conn.exec_driver_sql("SELECT source FROM ohlcv_gap")}
+    stored.dispose()
+    assert gap_source == summary["source"]
+
+    errors = []
+    for fault in (502, 401):  # retries run out; a permanent refusal
+        source = ExchangeSource(api_url=with_password, backoff_s=0.0, max_retries=1, clock=lambda: NOW,
+                                sleep=lambda s: None)
+        replay.fail_next("/api/v3/klines", fault, times=2)
+        with pytest.raises(SourceError) as info:
+            source.fetch_ohlcv("BTCUSDT", "spot", "1h", datetime(2023, 10, 1, tzinfo=UTC),
+                               datetime(2023, 10, 2, tzinfo=UTC))
+        errors.append("".join(traceback.format_exception(info.value)))  # the chained ccxt and HTTP errors too
+    assert "still failing after 1 retries" in errors[0] and "401 Unauthorized" in errors[1]
+    assert all("GET http://ops:***@127.0.0.1" in e for e in errors)
+    # A query cannot work (the endpoints' paths would land inside it): refused before any request.
+    with pytest.raises(SourceError, match=r"'http://127.0.0.1:\d+/\?apiKey=\*\*\*': expected no query") as info:
+        ExchangeSource(api_url=replay.url + "/?apiKey=k-s3cret")
+    errors.append(str(info.value))
+    assert caplog.text.count("GET http://ops:***@127.0.0.1") > 3  # ccxt's request log, masked
+    files = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
+    for secret in ("pw-s3cret", "k-s3cret"):
+        assert not any(secret in text for text in (caplog.text, json.dumps(summary), *errors)), secret
+        assert not any(secret.encode() in f for f in files), secret

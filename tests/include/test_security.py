@@ -83,3 +83,31 @@ def test_a_second_deployment_gets_free_log_server_ports_when_the_defaults_are_ta
     finally:
         for sock in held:
             sock.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("https://ops:s3cret@proxy:8443/api?symbol=BTCUSDT", "https://ops:***@proxy:8443/api?symbol=BTCUSDT"),
+        ("https://tok3n@proxy/", "https://***@proxy/"),
+        ("https://proxy/v1?apiKey=s3cret&limit=5", "https://proxy/v1?apiKey=***&limit=5"),
+        ("https://h/x?X-Amz-Signature=s3cret&api_key=s3cret&passphrase=s3cret&token=s3cret#top",
+         "https://h/x?X-Amz-Signature=***&api_key=***&passphrase=***&token=***#top"),
+        ("http://127.0.0.1:8080/fapi/v1/klines?symbol=BTCUSDT", "http://127.0.0.1:8080/fapi/v1/klines?symbol=BTCUSDT"),
+    ],
+)
+def test_a_url_s_password_and_secret_query_values_are_masked(url, masked):
+    from include.redaction import mask_url, mask_urls
+
+    assert mask_url(url) == masked
+    assert mask_urls(f"binance GET {url} 502 Bad Gateway, source='{url}'") == (
+        f"binance GET {masked} 502 Bad Gateway, source='{masked}'")
+
+
+def test_an_alert_never_quotes_a_url_s_credentials():
+    from include.notify import failure_message
+
+    error = RuntimeError("could not reach http://ops:s3cret@proxy:8443/api/v3/klines?signature=s1gned&limit=5")
+    message = failure_message({"exception": error})
+    assert "s3cret" not in message and "s1gned" not in message
+    assert "http://ops:***@proxy:8443/api/v3/klines?signature=***&limit=5" in message
