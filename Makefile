@@ -57,7 +57,8 @@ test: install
 	$(BIN)/python -m pytest
 
 ## Local deployment (include/deployment/): PostgreSQL (embedded, or DEPLOY_DATABASE_URL), api-server,
-## scheduler (LocalExecutor), dag-processor and triggerer on http://127.0.0.1:8080, login admin/admin.
+## scheduler (LocalExecutor), dag-processor and triggerer on http://127.0.0.1:8080, user admin, password
+## $AIRFLOW_ADMIN_PASSWORD (unset: one is generated and shown once).
 ## Ctrl-C or `make airflow-stop` stops all of it.
 airflow: install
 	$(BIN)/python -m include.deployment up

@@ -50,6 +50,8 @@ from include.universe import universe_path
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 #: Seconds a component gets to exit after SIGTERM before it is killed.
 STOP_GRACE_S = 30.0
+#: Environment variable holding the password of the deployment's ``admin`` user (``.env.example``).
+ADMIN_PASSWORD_ENV = "AIRFLOW_ADMIN_PASSWORD"
 
 
 def var_dir() -> Path:
@@ -105,6 +107,40 @@ def write_private(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def admin_login(home: Path) -> str:
+    """Set the password of the ``admin`` user of Airflow's simple auth manager; say how to log in.
+
+    The password comes from ``AIRFLOW_ADMIN_PASSWORD``; without it, a password already in the
+    password file is kept, except the well-known ``admin``, and otherwise one is generated
+    (:func:`secrets.token_urlsafe`). The file (``AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE``,
+    default ``<home>/simple_auth_manager_passwords.json.generated``, Airflow's own) is written
+    readable by its owner only, other users' entries kept.
+
+    Args:
+        home: the deployment's ``AIRFLOW_HOME``.
+
+    Returns:
+        The line ``up`` prints about the login: it shows a password only when it was just
+        generated (nobody could know it otherwise), once.
+    """
+    path = Path(os.environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
+                or home / "simple_auth_manager_passwords.json.generated")
+    try:
+        passwords = json.loads(path.read_text() or "{}") if path.is_file() else {}
+    except ValueError:  # a damaged file: Airflow could not read it either
+        passwords = {}
+    given, kept = os.environ.get(ADMIN_PASSWORD_ENV), passwords.get("admin")
+    if given:
+        password, line = given, f"login admin, password from {ADMIN_PASSWORD_ENV}"
+    elif kept and kept != "admin":
+        password, line = kept, f"login admin, password in {path}"
+    else:
+        password = secrets.token_urlsafe(16)
+        line = f"login admin / {password}  (generated, shown once; kept in {path}; or set {ADMIN_PASSWORD_ENV})"
+    write_private(path, json.dumps({**passwords, "admin": password}))
+    return line
 
 
 # -- database ----------------------------------------------------------------------------------
@@ -228,9 +264,7 @@ def up() -> int:
     full_env = process_env(env)
     home = Path(env["AIRFLOW_HOME"])
     (home / "logs").mkdir(parents=True, exist_ok=True)
-    passwords = home / "simple_auth_manager_passwords.json.generated"
-    if not passwords.exists():
-        passwords.write_text('{"admin": "admin"}')
+    login = admin_login(home)
     from include.resources import pool_commands
 
     for args in (["db", "migrate"], *pool_commands()):
@@ -254,7 +288,7 @@ def up() -> int:
              "embedded_postgres": embedded is not None, "env": env}
     write_private(state_file(), json.dumps(state, indent=2))  # holds the whole environment: secrets
     print(f"\nAirflow on PostgreSQL ({'embedded, ' + str(root / 'postgres') if embedded else masked(server_url)}), "
-          f"LocalExecutor.\n  UI: http://127.0.0.1:{port}  (login admin / admin)\n"
+          f"LocalExecutor.\n  UI: http://127.0.0.1:{port}  ({login})\n"
           f"  Logs: {home / 'logs'}\n  Backfill from another terminal: make backfill FROM=2023-11-05 TO=2023-12-24\n"
           f"  Stop: Ctrl-C here, or make airflow-stop\n", flush=True)
     threading.Thread(target=wait_until_healthy, args=(port,), daemon=True).start()

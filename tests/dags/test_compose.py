@@ -67,7 +67,8 @@ def test_settings_read_by_the_code_are_the_ones_compose_sets():
                 "ARTIFACT_SCRATCH_DIR", "ARTIFACT_CACHE_MAX_MB", "MARKET_GROUP_INSTANCES"}
     # Settings of the local launcher (include/deployment/, `make airflow`), which compose replaces.
     launcher = {"DEPLOY_DATABASE_URL", "DEPLOY_VAR_DIR", "AIRFLOW_HOME", "AIRFLOW__API__PORT",
-                "AIRFLOW__CORE__PARALLELISM", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL"}
+                "AIRFLOW__CORE__PARALLELISM", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "AIRFLOW_ADMIN_PASSWORD",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"}
     assert read - optional - launcher - {"GX_ANALYTICS_ENABLED"} <= set(env)
     # Every non-Airflow variable compose sets is one the code reads (catches misspellings).
     ours = {k for k in env if not k.startswith(("AIRFLOW", "_", "DUMB_"))}

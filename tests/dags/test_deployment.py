@@ -18,6 +18,7 @@ import gzip
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -36,6 +37,8 @@ CONF = {"markets": ["BTCUSDT"], "train_window_days": 120, "cv_folds": 3, "models
         "gate_min_f1_margin": -1.0, "gate_max_log_loss_ratio": 10.0, "gate_min_sharpe_margin": -1000.0,
         "gate_max_drawdown": 1.0, "gate_champion_alpha": 0.0}
 BTC = "binance-btcusdt-perp-1h-h4"
+#: The admin's password, given to the deployment as a user gives it (AIRFLOW_ADMIN_PASSWORD).
+ADMIN_PASSWORD = "deployment-test-admin"
 
 
 def _env(tmp_path: Path, port: int, var: str = "deploy") -> dict[str, str]:
@@ -49,13 +52,13 @@ def _env(tmp_path: Path, port: int, var: str = "deploy") -> dict[str, str]:
     return {**env, "PYTHONPATH": str(ROOT), "DEPLOY_VAR_DIR": str(tmp_path / var),
             "MARKET_UNIVERSE_FILE": str(universe), "MARKET_INPUT_ROOTS": os.environ["MARKET_INPUT_ROOTS"],
             "AIRFLOW_HOME": str(tmp_path / var / "airflow"), "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5", "AIRFLOW_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def _token(port: int) -> str:
     req = urllib.request.Request(f"http://127.0.0.1:{port}/auth/token", method="POST",
-                                 data=json.dumps({"username": "admin", "password": "admin"}).encode(),
+                                 data=json.dumps({"username": "admin", "password": ADMIN_PASSWORD}).encode(),
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())["access_token"]
@@ -174,6 +177,12 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
         assert state["embedded_postgres"] is True
         assert state["env"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
         assert state["env"]["AIRFLOW__CORE__EXECUTOR"] == "include.deployment.executor.PreloadingLocalExecutor"
+        # The admin logs in with the environment's password (_token above), kept in a file only its
+        # owner reads, and never printed.
+        passwords = tmp_path / "deploy" / "airflow" / "simple_auth_manager_passwords.json.generated"
+        assert stat.S_IMODE(passwords.stat().st_mode) == 0o600
+        assert "login admin, password from AIRFLOW_ADMIN_PASSWORD" in log.read_text(errors="replace")
+        assert ADMIN_PASSWORD not in log.read_text(errors="replace")
 
         # A second deployment on the same port says so and exits instead of half-starting.
         t0 = time.monotonic()

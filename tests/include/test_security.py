@@ -111,3 +111,29 @@ def test_an_alert_never_quotes_a_url_s_credentials():
     message = failure_message({"exception": error})
     assert "s3cret" not in message and "s1gned" not in message
     assert "http://ops:***@proxy:8443/api/v3/klines?signature=***&limit=5" in message
+
+
+def test_the_deployment_s_admin_password_is_private_not_admin_and_taken_from_the_environment(tmp_path, monkeypatch):
+    from include.deployment import admin_login
+
+    monkeypatch.delenv("AIRFLOW_ADMIN_PASSWORD", raising=False)
+    monkeypatch.delenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", raising=False)
+    path = tmp_path / "simple_auth_manager_passwords.json.generated"  # where Airflow's simple auth manager reads
+    path.write_text('{"admin": "admin", "viewer": "v13wer"}')  # a world-readable file with the well-known password
+    path.chmod(0o644)
+    line = admin_login(tmp_path)
+    password = json.loads(path.read_text())["admin"]
+    assert password != "admin" and len(password) >= 16 and password in line  # generated, and shown
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text())["viewer"] == "v13wer"
+    again = admin_login(tmp_path)
+    assert json.loads(path.read_text())["admin"] == password and password not in again  # shown once
+    monkeypatch.setenv("AIRFLOW_ADMIN_PASSWORD", "fr0m-the-env")
+    line = admin_login(tmp_path)
+    assert json.loads(path.read_text())["admin"] == "fr0m-the-env" and "fr0m-the-env" not in line
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    fresh = tmp_path / "fresh"
+    monkeypatch.delenv("AIRFLOW_ADMIN_PASSWORD")
+    admin_login(fresh)
+    written = fresh / "simple_auth_manager_passwords.json.generated"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600 and json.loads(written.read_text())["admin"] != "admin"
