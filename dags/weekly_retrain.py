@@ -52,17 +52,19 @@ Slack/Discord, and as the run's note: `plugins/run_notes.py`) → `apply_retenti
 versions and every version that ever held production are kept) and `check_markets` (fails the
 run, so that it shows red, when any market failed; skipped young markets do not fail it).
 
-**Gate rule.** Each skill check is a one-sided test at level `gate_alpha` (0.10) on the
-candidate's out-of-fold record (block bootstrap over the serially dependent rows, or the
-probabilistic Sharpe ratio): log loss below the class-prior forecast's, macro F1 above every naive
-baseline's, and after-cost trading better than flat and than the momentum rule;
-`gate_required_checks` names those that decide (default: the log-loss test; the others are
-recorded). The maximum drawdown stays within `gate_max_drawdown`. Against the production version
-of the same registered model, on every out-of-fold row after its training data: the challenger is
-refused when the champion is significantly better (`gate_champion_alpha`); a champion that has
-shown no live skill there does not hold back a challenger within the limits
-(`gate_replace_lapsed_champion`). See `include/gate.py`; the gate's forward record:
-`python -m include.track_record record --model <name>`.
+**Gate rule.** `gate_alpha` (0.10) is the yearly false-promotion rate per registered model:
+each week's skill checks are one-sided tests at `gate_alpha / 52` on the candidate's out-of-fold
+record (block bootstrap over the serially dependent rows, or the probabilistic Sharpe ratio):
+log loss below the class-prior forecast's, macro F1 above every naive baseline's, and after-cost
+trading better than flat and than the momentum rule; `gate_required_checks` names those that
+decide (default: the log-loss test; the others are recorded), and a challenger that fails one
+is never promoted. The maximum drawdown stays within `gate_max_drawdown`. Against the production
+version of the same registered model, on every out-of-fold row after its training data: the
+challenger is refused when the champion is significantly better (`gate_champion_alpha`). A
+champion whose own record (as many rows as the challenger's, same test, same level) is
+significantly worse than the class prior's is demoted to "no model" when the challenger is not
+promoted (`gate_demote`): production then serves the class-prior forecast and no position. See
+`include/gate.py`; the gate's forward record: `python -m include.track_record record --model <name>`.
 
 **Outputs.** `var/runs/weekly_retrain/<registered model>/<interval>/` (features, dataset,
 candidates, validation, trading and gate reports, report.html, summary.json);
@@ -166,7 +168,8 @@ PARAMS = {
     "ensemble_weighting": _param("ensemble_weighting", "string", ENSEMBLE, "Weighting",
                                  enum=["fixed", "fitted", "stacking"]),
     # Quality gate
-    "gate_alpha": _param("gate_alpha", "number", GATE, "Level of each skill test", exclusiveMinimum=0, maximum=1),
+    "gate_alpha": _param("gate_alpha", "number", GATE, "False-promotion rate per year (each week at 1/52 of it)",
+                         exclusiveMinimum=0, maximum=1),
     "gate_min_f1_margin": _param("gate_min_f1_margin", "number", GATE, "Macro-F1 lead over each baseline (H1)"),
     "gate_max_log_loss_ratio": _param("gate_max_log_loss_ratio", "number", GATE,
                                       "Log loss / class-prior log loss to beat (H1)", exclusiveMinimum=0),
@@ -180,8 +183,8 @@ PARAMS = {
     "gate_required_checks": _param("gate_required_checks", "array", GATE, "Skill tests that decide",
                                    items={"type": "string", "enum": ["beats_baselines_f1", "beats_prior_log_loss",
                                                                      "beats_trading_baselines"]}, uniqueItems=True),
-    "gate_replace_lapsed_champion": _param("gate_replace_lapsed_champion", "boolean", GATE,
-                                           "Replace a champion whose live log loss reached the prior's"),
+    "gate_demote": _param("gate_demote", "boolean", GATE,
+                          "Demote a champion significantly worse than the class prior to no model"),
     "gate_min_deflated_sharpe": _param("gate_min_deflated_sharpe", ["null", "number"], GATE,
                                        "Smallest deflated Sharpe ratio (empty: off)", minimum=0, maximum=1),
     "require_approval": _param("require_approval", "boolean", GATE, "Ask a person to approve a promotion"),
@@ -381,40 +384,31 @@ def weekly_retrain():
 
         @task(map_index_template=BATCH, outlets=[PRODUCTION_ALIAS])
         def promote_or_keep(batch: dict, ingested: dict, decisions: dict, approvals: dict, outlet_events=None) -> dict:
-            """Promote after a passing gate (and approval, when asked); otherwise record a keep.
-            A promotion updates the model's production asset (``model://<model>/production``)."""
+            """Apply each market's decision: promote (after approval, when asked), demote to no
+            model, or keep. A move updates the model's production asset (``model://<model>/production``)."""
             from datetime import datetime as dt
 
             from include.assets import production_asset, production_event
             from include.config import Settings
-            from include.pipeline import keep, promote
+            from include.pipeline import act
             from include.tasks import each_market, fail_fast
 
             run_id = get_current_context()["run_id"]
 
             # A refused or rolled-back promotion must not be retried: a retry would promote again.
             def step(plan):
-                decision, approval = decisions[plan["model"]], approvals[plan["model"]]
                 with fail_fast():
-                    settings = Settings.from_env()
-                    if decision["passed"] and approval["chosen_options"] == ["Approve"]:
-                        return promote(settings, decision, run_id=run_id, dag_id=_dag_id(),
-                                       as_of=dt.fromisoformat(ingested[plan["model"]]["window"]["interval_end"]))
-                    if decision["passed"]:
-                        who = approval.get("responded_by_user")
-                        who = (who.get("name") or who.get("id")) if isinstance(who, dict) else who
-                        why = (f"approval: no answer within {approval.get('timeout_hours'):g} h, rejected by default"
-                               if approval.get("timed_out") else
-                               f"approval: {approval['chosen_options']} by {who or 'a reviewer'}")
-                        decision = {**decision, "reasons": [why]}
-                    return keep(settings, decision, run_id=run_id, dag_id=_dag_id())
+                    return act(Settings.from_env(), decisions[plan["model"]], run_id=run_id, dag_id=_dag_id(),
+                               as_of=dt.fromisoformat(ingested[plan["model"]]["window"]["interval_end"]),
+                               approval=approvals[plan["model"]] if decisions[plan["model"]]["passed"] else None)
 
             done = each_market(batch, step, decisions, approvals, context=get_current_context())
-            # The events go out with the task's success: a promotion an earlier try made is in ``done`` too.
+            # The events go out with the task's success: a move an earlier try made is in ``done`` too.
             for model, result in done.items():
-                if result["action"] == "promote":
+                if result["action"] in ("promote", "demote"):
                     outlet_events[PRODUCTION_ALIAS].add(production_asset(model), extra=production_event(
-                        model, result["production"], result["previous"], "promote", decisions[model].get("summary")))
+                        model, result["production"], result["previous"], result["action"],
+                        decisions[model].get("summary")))
             return done
 
         @task(map_index_template=BATCH)

@@ -243,9 +243,10 @@ class RunConfig:
         default_factory=lambda: {"lightgbm": 0.4, "xgboost": 0.4, "random_forest": 0.2},
     )
     gate_alpha: float = _doc(
-        "Level of each skill test of the gate (macro F1 against every naive baseline, log loss "
-        "against the class prior, trading against flat and momentum): the largest share of "
-        "candidates without skill a test lets through.",
+        "Yearly false-promotion rate per registered model: the largest probability that a model "
+        "without skill is promoted in any of a year's weekly decisions. Each week's skill tests "
+        "(macro F1 against every naive baseline, log loss against the class prior, trading "
+        "against flat and momentum) run at gate_alpha / 52 (Bonferroni over the year's decisions).",
         default=0.10,
     )
     gate_min_f1_margin: float = _doc(
@@ -277,11 +278,11 @@ class RunConfig:
         "beats_trading_baselines); the others are run and recorded, not required.",
         default=("beats_prior_log_loss",),
     )
-    gate_replace_lapsed_champion: bool = _doc(
-        "Let a challenger within the risk limits, and not significantly worse than the champion, "
-        "replace a champion that has shown no skill since its training (its live log-loss test "
-        "against the class prior does not reject at gate_alpha), even if its own skill tests did "
-        "not reject.",
+    gate_demote: bool = _doc(
+        "Demote a champion to 'no model' (production serves the class-prior forecast and no "
+        "position) when its own record, on as many rows as the challenger's and at the same "
+        "weekly level, is significantly worse than the class prior's, and the challenger is not "
+        "promoted.",
         default=True,
     )
     gate_min_deflated_sharpe: float | None = _doc(

@@ -1,28 +1,34 @@
-"""Champion/challenger quality gate: skill tests at a stated level, risk limits, the champion.
+"""Champion/challenger quality gate: skill tests at a stated yearly level, risk limits, the champion.
+
+**The error rate is stated per year.** A registered model is decided 52 times a year, and the
+weeks are not independent (consecutive candidates share five of six folds), so a level per week
+says little about a year. ``alpha`` (0.10 by default) is the largest probability that a market
+with nothing to predict gets *any* false promotion in a year: each week's skill tests run at
+``alpha / DECISIONS_PER_YEAR`` (the Bonferroni bound, which holds whatever the dependence between
+weeks: P(any false promotion in 52 weeks) <= 52 x alpha / 52). Across a universe of N markets the
+expected number of false promotions per week is then at most ``N x alpha / 52`` (0.04 for 20
+markets), a bound that needs no correction across the week's markets (Benjamini–Hochberg would
+control a rate, not a count, and is weaker than this). A retrain that monitoring requests mid-week
+is one more decision: a market retrained that way k extra times spends (52 + k) / 52 x alpha.
 
 Every **skill check** is a one-sided hypothesis test whose null is "no skill", passed when its
-p-value is at most ``alpha`` (0.10 by default; :mod:`include.significance`: block bootstrap over
-the serially dependent out-of-fold rows, or the probabilistic Sharpe ratio). On a market with
-nothing to predict each passes in at most a share ``alpha`` of weeks:
+p-value is at most the weekly level (:mod:`include.significance`: block bootstrap over the
+serially dependent out-of-fold rows, or the probabilistic Sharpe ratio):
 
 1. ``beats_baselines_f1``: the candidate's out-of-fold macro F1 over all walk-forward folds
-   exceeds each naive baseline's (majority class, stratified random, momentum rule; same rows)
-   by ``min_f1_margin``: one test per baseline, all must reject (an intersection-union test,
-   level ``alpha`` without correction; Berger 1982).
+   exceeds each naive baseline's (same rows) by ``min_f1_margin``: one test per baseline, all
+   must reject (an intersection-union test, level held without correction; Berger 1982).
 2. ``beats_prior_log_loss``: its out-of-fold log loss is below ``max_log_loss_ratio`` times that
    of forecasting the training class frequencies (paired, per row): its probabilities carry
    information.
 3. ``beats_trading_baselines``: the simulated strategy (after fees, slippage and funding;
    :mod:`include.backtest`) over all out-of-fold bars has a probabilistic Sharpe ratio against
-   ``min_sharpe_margin`` (annualised; flat is Sharpe 0) of at least ``1 - alpha``, and so has its
+   ``min_sharpe_margin`` (annualised; flat is Sharpe 0) of at least ``1 - level``, and so has its
    per-bar return minus the momentum rule's (both must hold). Buy-and-hold is shown in the report
    but is not a baseline: over a few weeks its Sharpe measures the market's direction.
 
 ``required`` names the skill tests that decide; the others are run and recorded, not required.
-The default (the log-loss test alone, at level 0.10) was chosen on the gate's forward track
-record (:mod:`include.track_record`, ``bench/track_record_run.py``): over 2023 it did at least as
-well on forward log loss as deploying every newest candidate and as never retraining, for BTC and
-ETH, where requiring the F1 and trading tests too left both markets without a model most weeks.
+**A challenger that fails a required test is never promoted**: nothing waives it.
 
 A **risk limit** is a limit, not a test:
 
@@ -45,17 +51,16 @@ Against the **champion** (the production version of the same registered model):
    evidence either way the challenger, trained on more recent data, is not held back by the
    champion. When both give the same forecast on every row (the week after a promotion, the
    challenger's last fold model *is* the champion's fit) the check passes as "same model".
-8. ``champion_live_skill`` (informational): the champion's own live record, the log-loss skill
-   test of its forecasts on those rows against the class-prior forecast's. A champion that has
-   not shown skill there (``lapse_rule`` ``no_skill_shown``: the test does not reject at
-   ``alpha``; ``above_prior``: its live log loss is at or above the prior's) has no better claim
-   to production than the challenger: with ``replace_lapsed_champion`` the challenger replaces
-   it when it passes the risk limits and check 7, even if its own skill tests did not reject
-   (they are recorded as waived). Production thus goes to the model with evidence of skill,
-   and between two without it, to the one trained on more recent data.
+8. ``champion_worse_than_prior`` (decides a demotion, never a promotion): the champion's own
+   record, judged as the challenger is, on as many rows (its out-of-fold rows from its own
+   training run followed by every live row since, the most recent ``n`` where ``n`` is the
+   challenger's row count), with the same test at the same weekly level, of H1 "the champion's
+   log loss is above the class prior's". When it rejects and the challenger is not promoted, the
+   champion is **demoted to "no model"**: production serves the class-prior forecast and no
+   position until a candidate passes (:data:`ACTIONS`).
 
-Any failed check that is not waived keeps production as it is. Times are compared as instants
-(timezone-aware datetimes), never as strings.
+Any failed required check keeps production as it is (or demotes it, by check 8). Times are
+compared as instants (timezone-aware datetimes), never as strings.
 """
 
 from __future__ import annotations
@@ -66,8 +71,14 @@ from typing import Any, Literal
 
 from include.errors import GateError
 
-#: The skill tests (checks 1-3); a lapsed champion waives them, limits and the comparison stay.
+#: The skill tests (checks 1-3).
 SKILL_CHECKS = ("beats_baselines_f1", "beats_prior_log_loss", "beats_trading_baselines")
+#: Decisions a registered model gets in a year on the weekly schedule: the yearly level is spent
+#: evenly over them.
+DECISIONS_PER_YEAR = 52
+#: What a decision does to production: move it to the candidate, leave it, or take it away (the
+#: champion's own record is worse than the class prior's; production then serves no model).
+ACTIONS = ("promote", "keep", "demote")
 
 
 @dataclass(frozen=True)
@@ -75,8 +86,9 @@ class GatePolicy:
     """Levels and limits of the gate (see module docstring).
 
     Attributes:
-        alpha: level of each skill test (checks 1-3): the largest share of no-skill candidates
-            it lets through.
+        alpha: the yearly false-promotion rate per registered model: the largest probability
+            that a model without skill is promoted in any of a year's decisions. Each week's
+            skill tests run at :attr:`level` (``alpha / DECISIONS_PER_YEAR``).
         min_f1_margin: macro-F1 lead over each naive baseline in the F1 test's H1.
         max_log_loss_ratio: multiple of the class-prior forecast's log loss to beat.
         min_sharpe_margin: annualised Sharpe ratio to beat (flat is 0), also over momentum.
@@ -84,10 +96,8 @@ class GatePolicy:
         min_window_rows: fewest rows where both models are out of sample for a comparison.
         champion_alpha: level at which a significantly better champion refuses the
             challenger (refused when p < it); 0 never refuses (the test is still reported).
-        replace_lapsed_champion: let a challenger within the limits replace a lapsed champion.
-        lapse_rule: when a champion has lapsed: ``no_skill_shown``, its live log-loss skill
-            test (against the class prior, on the rows since its training) does not reject at
-            ``alpha``; ``above_prior``, its live log loss is at or above the prior's.
+        demote: demote a champion whose record is significantly worse than the class prior's
+            (check 8) when the challenger is not promoted; ``False`` only records the test.
         min_deflated_sharpe: required deflated Sharpe ratio; ``None`` leaves the check out.
         required: the skill tests that decide; the others are run and recorded, not required.
     """
@@ -99,10 +109,14 @@ class GatePolicy:
     max_drawdown: float = 0.2
     min_window_rows: int = 24
     champion_alpha: float = 0.05
-    replace_lapsed_champion: bool = True
-    lapse_rule: Literal["no_skill_shown", "above_prior"] = "no_skill_shown"
+    demote: bool = True
     min_deflated_sharpe: float | None = None
     required: tuple[str, ...] = ("beats_prior_log_loss",)
+
+    @property
+    def level(self) -> float:
+        """The level of each week's skill tests: ``alpha / DECISIONS_PER_YEAR`` (Bonferroni)."""
+        return self.alpha / DECISIONS_PER_YEAR
 
 
 def instant(value: str | datetime) -> datetime:
@@ -127,8 +141,7 @@ def instant(value: str | datetime) -> datetime:
 class Check:
     """One gate rule's outcome: ``value`` compared with ``threshold``.
 
-    ``waived`` checks (a lapsed champion's replacement) and checks the policy does not require
-    are recorded but do not decide.
+    Checks the policy does not require are recorded but do not decide.
     """
 
     name: str
@@ -136,40 +149,81 @@ class Check:
     value: float | None
     threshold: float | None
     detail: str
-    waived: bool = False
     required: bool = True
 
 
 @dataclass
 class GateDecision:
-    """The gate's verdict and every number behind it."""
+    """The gate's verdict and every number behind it.
+
+    Attributes:
+        passed: whether the candidate may replace production.
+        checks: every check, in order.
+        candidate, champion: the versions compared (``champion`` ``None`` without production).
+        action: what the decision does to production (:data:`ACTIONS`): ``promote`` when
+            passed; ``demote`` when not passed and the champion's record is significantly worse
+            than the class prior's; else ``keep``.
+    """
 
     passed: bool
     checks: list[Check] = field(default_factory=list)
     candidate: str | None = None
     champion: str | None = None
+    action: Literal["promote", "keep", "demote"] = "keep"
 
     @property
     def reasons(self) -> list[str]:
-        """Details of the failed checks that decided (empty when passed)."""
-        return [c.detail for c in self.checks if not c.passed and not c.waived and c.required]
+        """Details of the failed required checks that decided (empty when passed), then the
+        demotion's reason when the champion is demoted."""
+        out = [c.detail for c in self.checks if not c.passed and c.required]
+        if self.action == "demote":
+            out += [c.detail for c in self.checks if c.name == "champion_worse_than_prior"]
+        return out
+
+    @property
+    def deciding(self) -> str:
+        """In words, which required test decided: the first failed required check, the demotion,
+        or that every required check passed."""
+        failed = [c for c in self.checks if not c.passed and c.required]
+        if self.action == "demote":
+            return (f"demoted to no model: {CHECK_WORDS['champion_worse_than_prior']}"
+                    + (f"; and the challenger failed {CHECK_WORDS.get(failed[0].name, failed[0].name)}"
+                       if failed else ""))
+        if failed:
+            return f"kept: the challenger failed {CHECK_WORDS.get(failed[0].name, failed[0].name)}"
+        required = [CHECK_WORDS.get(c.name, c.name) for c in self.checks if c.required]
+        return "promoted: it passed " + ", ".join(required)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable record."""
+        """JSON-serialisable record (with ``reasons``, ``summary`` and ``deciding``)."""
         out = asdict(self)
         out["reasons"] = self.reasons
         out["summary"] = self.summary()
+        out["deciding"] = self.deciding
         return out
 
     def summary(self) -> str:
-        """One line: PASS/FAIL and each check."""
-        parts = [f"{c.name}={'ok' if c.passed else 'waived' if c.waived else 'FAIL' if c.required else 'no'}"
-                 for c in self.checks]
-        return f"{'PASS' if self.passed else 'FAIL'}: " + ", ".join(parts)
+        """One line: PASS/FAIL (and a demotion) and each check."""
+        parts = [f"{c.name}={'ok' if c.passed else 'FAIL' if c.required else 'no'}" for c in self.checks]
+        head = "PASS" if self.passed else "FAIL, DEMOTE" if self.action == "demote" else "FAIL"
+        return f"{head}: " + ", ".join(parts)
+
+
+#: What each check asks, in the words the Models page and the run note use.
+CHECK_WORDS = {
+    "beats_baselines_f1": "the macro-F1 test against every naive baseline",
+    "beats_prior_log_loss": "the log-loss test against the class-prior forecast",
+    "beats_trading_baselines": "the after-cost trading test against flat and momentum",
+    "max_drawdown": "the drawdown limit",
+    "deflated_sharpe": "the deflated Sharpe ratio limit",
+    "champion_out_of_sample": "enough rows where both models are out of sample",
+    "not_worse_than_champion": "the comparison with the champion (the champion is significantly better)",
+    "champion_worse_than_prior": "the champion's own record is significantly worse than the class prior's",
+}
 
 
 def _p(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+    return "n/a" if value is None else f"{value:.4f}" if value < 0.01 else f"{value:.3f}"
 
 
 def decide(policy: GatePolicy, *, candidate_version: str, evidence: dict[str, Any],
@@ -186,7 +240,9 @@ def decide(policy: GatePolicy, *, candidate_version: str, evidence: dict[str, An
         champion: ``None`` without a production model; else ``{"version", "trained_until",
             "window_start", "compared_from", "rows_out_of_sample", "comparison"`` (paired test
             of H1 "the champion's log loss is lower", ``None`` without rows) ``, "live"``
-            (``{"log_loss", "prior_log_loss"}`` of the champion on those rows, or ``None``)``}``.
+            (``{"log_loss", "prior_log_loss"}`` of the champion on those rows, or ``None``)
+            ``, "record"`` (the test of H1 "the champion's log loss is above the class prior's"
+            on its record, :func:`include.pipeline.decision.champion_record_test`, or ``None``)``}``.
         trading: out-of-fold trading metrics per strategy (``ensemble`` with ``max_drawdown``
             and ``trades``); ``None`` skips checks 3-5.
         deflated: ``{"value", "n_trials", ...}`` of the candidate's deflated Sharpe ratio.
@@ -197,7 +253,7 @@ def decide(policy: GatePolicy, *, candidate_version: str, evidence: dict[str, An
     Raises:
         GateError: a required test or metric is missing.
     """
-    alpha = policy.alpha
+    alpha = policy.level
     try:
         f1_tests, ll = evidence["f1"], evidence["log_loss"]
     except KeyError as exc:
@@ -212,10 +268,10 @@ def decide(policy: GatePolicy, *, candidate_version: str, evidence: dict[str, An
         Check("beats_baselines_f1", f1_ok, None if any(p is None for p in f1_p) else max(f1_p), alpha,
               f"out-of-fold macro F1 {first['macro_f1']:.4f} vs "
               + ", ".join(f"{n} {t['reference_macro_f1']:.4f} (p = {_p(t['p_value'])})" for n, t in f1_tests.items())
-              + f"; H1 lead > {policy.min_f1_margin} over each, at level {alpha} (weakest: {worst})"),
+              + f"; H1 lead > {policy.min_f1_margin} over each, at level {alpha:.4f} (weakest: {worst})"),
         Check("beats_prior_log_loss", ll["p_value"] is not None and ll["p_value"] <= alpha, ll["p_value"], alpha,
               f"out-of-fold log loss {ll['log_loss']:.4f} vs class-prior forecast {ll['reference_log_loss']:.4f}"
-              f" x {policy.max_log_loss_ratio}: p = {_p(ll['p_value'])} at level {alpha} "
+              f" x {policy.max_log_loss_ratio}: p = {_p(ll['p_value'])} at level {alpha:.4f} "
               f"({ll['n']} rows, blocks of {ll['block']})"),
     ]
     if trading is not None:
@@ -232,7 +288,7 @@ def decide(policy: GatePolicy, *, candidate_version: str, evidence: dict[str, An
             f"out-of-fold Sharpe {flat['sharpe']:.2f} after costs ({strat.get('trades', 0)} trades): "
             f"P(Sharpe > {policy.min_sharpe_margin}) = {_p(flat['probabilistic_sharpe'])}; over momentum "
             f"(return difference, Sharpe {mom['sharpe']:.2f}): {_p(mom['probabilistic_sharpe'])}; "
-            f"each needs >= {1 - alpha:.2f}"
+            f"each needs >= {1 - alpha:.4f}"
             + ("" if None not in ps else " (a strategy without return variance has nothing to test)")))
         checks.append(Check(
             "max_drawdown", strat["max_drawdown"] <= policy.max_drawdown, strat["max_drawdown"],
@@ -271,28 +327,21 @@ def decide(policy: GatePolicy, *, candidate_version: str, evidence: dict[str, An
                 (f"log loss on the same {comparison['n']} rows: challenger {comparison['challenger_log_loss']:.4f}, "
                  f"champion {comparison['champion_log_loss']:.4f}; H1 champion better: p = {p:.3f} ({level}; "
                  f"blocks of {comparison['block']})")))
-            live = champion.get("live")
-            if live:
-                live_p = live.get("p_value")
-                if policy.lapse_rule == "above_prior":
-                    lapsed = live["log_loss"] >= live["prior_log_loss"]
-                    verdict = "lapsed (no better than the prior)" if lapsed else "better than the prior"
-                else:
-                    lapsed = live_p is None or live_p > alpha
-                    verdict = (f"live skill test p = {_p(live_p)}: "
-                               + ("no skill shown (lapsed)" if lapsed else f"skill shown at level {alpha}"))
-                checks.append(Check(
-                    "champion_live_skill", True, live_p, alpha,
-                    f"champion's live log loss {live['log_loss']:.4f} vs class-prior forecast "
-                    f"{live['prior_log_loss']:.4f} on {comparison['n']} rows since its training: " + verdict
-                    + ("; a lapsed champion does not hold back a challenger within the limits"
-                       if lapsed and policy.replace_lapsed_champion else "")))
-                if lapsed and policy.replace_lapsed_champion:
-                    for check in checks:
-                        if check.name in policy.required and not check.passed:
-                            check.waived = True
+        record = champion.get("record")
+        if record and record.get("p_value") is not None:
+            worse = record["p_value"] <= alpha
+            checks.append(Check(
+                "champion_worse_than_prior", not worse, record["p_value"], alpha,
+                f"champion's record: log loss {record['log_loss']:.4f} vs class-prior forecast "
+                f"{record['reference_log_loss']:.4f} on its last {record['n']} rows ({record['live_rows']} live, "
+                f"the rest out-of-fold from its own run); H1 worse than the prior: p = {_p(record['p_value'])} at "
+                f"level {alpha:.4f}: " + ("worse than the prior" if worse else "not shown worse than the prior"),
+                required=False))
     for check in checks:
         if check.name in SKILL_CHECKS and check.name not in policy.required:
             check.required = False
-    return GateDecision(passed=all(c.passed or c.waived or not c.required for c in checks), checks=checks,
-                        candidate=candidate_version, champion=champion_version)
+    passed = all(c.passed or not c.required for c in checks)
+    demoted = (not passed and policy.demote
+               and any(c.name == "champion_worse_than_prior" and not c.passed for c in checks))
+    return GateDecision(passed=passed, checks=checks, candidate=candidate_version, champion=champion_version,
+                        action="promote" if passed else "demote" if demoted else "keep")

@@ -10,7 +10,7 @@ re-running a run overwrites exactly its own outputs.
 Modules: :mod:`~include.pipeline.common` (the run window, run folders),
 :mod:`~include.pipeline.data` (ingest, validate, features, labels),
 :mod:`~include.pipeline.training` (train, assemble), :mod:`~include.pipeline.decision`
-(simulate trading, gate, promote, keep) and :mod:`~include.pipeline.publication` (summaries,
+(simulate trading, gate, promote, keep, demote) and :mod:`~include.pipeline.publication` (summaries,
 planning a universe run, one run in-process). Everything is importable from here.
 """
 
@@ -29,7 +29,16 @@ from include.pipeline.common import (
     write_parquet,
 )
 from include.pipeline.data import feature_frame, features, history_window, ingest, labels, market_source, validate
-from include.pipeline.decision import gate, keep, policy_from_config, promote, simulate_trading, smoke_test
+from include.pipeline.decision import (
+    act,
+    demote,
+    gate,
+    keep,
+    policy_from_config,
+    promote,
+    simulate_trading,
+    smoke_test,
+)
 from include.pipeline.publication import (
     plan_universe,
     publish_universe,
@@ -42,7 +51,7 @@ from include.pipeline.training import assemble, library_versions, train
 
 __all__ = [
     "FUNDING_LOOKBACK", "SKIPPED_FILE", "SUMMARY_FILE", "RunWindow", "assemble", "feature_frame", "features",
-    "gate", "history_window", "ingest", "json_safe", "keep", "labels", "library_versions", "market_source",
+    "act", "demote", "gate", "history_window", "ingest", "json_safe", "keep", "labels", "library_versions", "market_source",
     "open_store", "plan_universe", "policy_from_config", "promote", "publish_universe", "resolve_window", "retrain_scope",
     "run_dir", "run_once", "simulate_trading", "smoke_test", "summarise", "train", "universe_outcomes",
     "validate", "warmup", "write_parquet",

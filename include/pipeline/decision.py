@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from include.config import RunConfig, Settings
-from include.errors import GateError, PipelineError
+from include.errors import GateError, PipelineError, TrainingError
 from include.features import FeatureSpec
 from include.gate import GatePolicy, decide, instant
 from include.pipeline.common import RunWindow, json_safe, open_store, write_parquet
@@ -103,8 +104,7 @@ def policy_from_config(cfg: RunConfig) -> GatePolicy:
     return GatePolicy(alpha=cfg.gate_alpha, min_f1_margin=cfg.gate_min_f1_margin,
                       max_log_loss_ratio=cfg.gate_max_log_loss_ratio, min_sharpe_margin=cfg.gate_min_sharpe_margin,
                       max_drawdown=cfg.gate_max_drawdown, champion_alpha=cfg.gate_champion_alpha,
-                      replace_lapsed_champion=cfg.gate_replace_lapsed_champion,
-                      required=tuple(cfg.gate_required_checks),
+                      demote=cfg.gate_demote, required=tuple(cfg.gate_required_checks),
                       min_deflated_sharpe=cfg.gate_min_deflated_sharpe)
 
 
@@ -180,9 +180,82 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
             feats = feature_frame(store, cfg, spec, features_start(cfg, window), window.ts("interval_end"))
         finally:
             store.dispose()
-    result = compare_with_champion(oof, model, meta, pointer.version, feats, horizon=max(cfg.label_horizon_bars, 1),
+    horizon = max(cfg.label_horizon_bars, 1)
+    result = compare_with_champion(oof, model, meta, pointer.version, feats, horizon=horizon,
                                    random_state=cfg.random_state, window_start=window.interval_start)
+    live = oof[oof.index >= pd.Timestamp(result["compared_from"])]
+    live_proba = (model.predict_proba(feats.loc[live.index, list(meta["feature_spec"]["names"])]) if len(live)
+                  else np.empty((0, 3)))
+    result["record"] = champion_record_test(registry.out_of_fold(pointer.version), live, live_proba,
+                                            np.asarray(model.class_prior_), n=len(oof), horizon=horizon,
+                                            level=policy_from_config(cfg).level, random_state=cfg.random_state)
     return {**result, "model": champion_model}
+
+
+def champion_record_test(own_oof: pd.DataFrame | None, live: pd.DataFrame, live_proba: np.ndarray,
+                         prior: np.ndarray, *, n: int, horizon: int, level: float,
+                         random_state: int) -> dict[str, Any] | None:
+    """Test H1 "the champion's mean log loss is above the class prior's" on its record, with the
+    challenger's row budget (check 8 of :mod:`include.gate`).
+
+    The champion's record is its own out-of-fold rows (from the run that registered it, rows
+    before its live ones) followed by its live rows (forecasts on rows after its training data);
+    the test uses the most recent ``n`` of them, ``n`` being the challenger's out-of-fold row
+    count, so that the champion is judged on as many rows, by the same block bootstrap, at the
+    same level as a challenger is, and not, as a test on its few live rows would, declared
+    without skill for want of rows.
+
+    Args:
+        own_oof: the champion's registered out-of-fold record (``label``, ``p_*``, ``prior_*``
+            columns), or ``None`` when it was registered without one.
+        live: the challenger's out-of-fold rows after the champion's training data (``label``).
+        live_proba: ``(len(live), 3)`` the champion's forecasts on them.
+        prior: ``(3,)`` the champion's training class frequencies, its reference on live rows.
+        n: the row budget.
+        horizon: label horizon in bars (shortest bootstrap block).
+        level: the gate's weekly level (sets the number of resamples, :func:`resamples_for`).
+
+    Returns:
+        :func:`include.significance.mean_below_zero_test` of prior-minus-champion per-row log
+        loss, with ``log_loss``, ``reference_log_loss``, ``n`` and ``live_rows``; ``None`` when
+        the record is too short to test.
+    """
+    from include.evaluation import log_loss_rows
+    from include.significance import block_length, mean_below_zero_test
+
+    cols, priors = ["p_down", "p_range", "p_up"], ["prior_down", "prior_range", "prior_up"]
+    y_parts, own_parts, ref_parts = [], [], []
+    if own_oof is not None and len(own_oof):
+        older = own_oof[own_oof.index < live.index.min()] if len(live) else own_oof
+        y = older["label"].to_numpy().astype(int)
+        y_parts.append(y)
+        own_parts.append(log_loss_rows(y, older[cols].to_numpy()))
+        ref_parts.append(log_loss_rows(y, older[priors].to_numpy()))
+    if len(live):
+        y = live["label"].to_numpy().astype(int)
+        y_parts.append(y)
+        own_parts.append(log_loss_rows(y, live_proba))
+        ref_parts.append(log_loss_rows(y, np.tile(prior, (len(live), 1))))
+    if not y_parts:
+        return None
+    own, ref = np.concatenate(own_parts)[-n:], np.concatenate(ref_parts)[-n:]
+    diff = ref - own  # below zero when the champion loses more than the prior
+    try:
+        test = mean_below_zero_test(diff, block=block_length(diff, horizon), n_resamples=resamples_for(level),
+                                    random_state=random_state)
+    except TrainingError:
+        return None
+    return {**test, "log_loss": float(own.mean()), "reference_log_loss": float(ref.mean()),
+            "live_rows": int(min(len(live), len(own)))}
+
+
+def resamples_for(level: float) -> int:
+    """Bootstrap resamples enough to resolve p-values at ``level``: at least 20 / level (so that a
+    p-value at the level rests on about 20 resamples beyond it), and never fewer than the
+    default (:data:`include.significance.N_RESAMPLES`)."""
+    from include.significance import N_RESAMPLES
+
+    return max(N_RESAMPLES, math.ceil(20 / level))
 
 def deflated_sharpe_record(registry: ModelRegistry, model: str, candidate: str,
                            strategy: dict[str, Any], bar_seconds: int,
@@ -290,10 +363,10 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
     level = logging.INFO if decision.passed else logging.WARNING
     logger.log(level, "gate %s: %s (candidate %s, champion %s)", cfg.model_name, decision.summary(),
                decision.candidate, decision.champion or "none")
+    logger.log(level, "gate %s: %s", cfg.model_name, decision.deciding)
     for check in decision.checks:
-        deciding = not check.passed and not check.waived and check.required
-        mark = ("ok  " if check.passed else "waived" if check.waived else "FAIL" if check.required
-                else "no (not required)")
+        deciding = not check.passed and check.required
+        mark = "ok  " if check.passed else "FAIL" if check.required else "no (not required)"
         logger.log(logging.WARNING if deciding else logging.INFO, "  %s %s: %s", mark, check.name, check.detail)
     return record
 
@@ -382,6 +455,64 @@ def promote(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id
     logger.info("%s: promoted %s (previous %s); smoke test: %s", model, pointer.version, previous, smoke)
     return {"action": "promote", "model": model, "production": pointer.version, "previous": previous,
             "smoke_test": smoke}
+
+def act(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id: str | None = None,
+        as_of: datetime | None = None, approval: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Apply the gate's decision to production: :func:`promote`, :func:`demote` or :func:`keep`.
+
+    The one place a decision becomes a move: the DAG's ``promote_or_keep`` and
+    :func:`~include.pipeline.publication.run_once` both call it.
+
+    Args:
+        decision: the gate's record (:func:`gate`).
+        as_of: the latest bar time the promotion's smoke test predicts from.
+        approval: the answer of a person asked to approve a passing decision (``chosen_options``,
+            ``responded_by_user``, ``timed_out``, ``timeout_hours``), ``None`` when nobody was
+            asked; anything but ``["Approve"]`` keeps production, with the answer as the reason.
+
+    Returns:
+        The move's record (``action``: ``promote``, ``demote`` or ``keep``).
+    """
+    if decision.get("passed"):
+        if approval is None or approval.get("chosen_options") == ["Approve"]:
+            return promote(settings, decision, run_id=run_id, dag_id=dag_id, as_of=as_of)
+        who = approval.get("responded_by_user")
+        who = (who.get("name") or who.get("id")) if isinstance(who, dict) else who
+        why = (f"approval: no answer within {approval.get('timeout_hours'):g} h, rejected by default"
+               if approval.get("timed_out") else f"approval: {approval.get('chosen_options')} by {who or 'a reviewer'}")
+        return keep(settings, {**decision, "reasons": [why]}, run_id=run_id, dag_id=dag_id)
+    if decision.get("action") == "demote":
+        return demote(settings, decision, run_id=run_id, dag_id=dag_id)
+    return keep(settings, decision, run_id=run_id, dag_id=dag_id)
+
+
+def demote(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id: str | None = None) -> dict[str, Any]:
+    """Take production away after a decision whose action is ``demote``: the champion's record is
+    significantly worse than the class prior's and the challenger was not promoted. Production
+    then serves no model (the class-prior forecast, no position) until a candidate passes.
+
+    The move is a compare-and-set on the champion the gate judged; a retry after it was recorded
+    records nothing again.
+
+    Raises:
+        PipelineError: the decision's action is not ``demote``.
+        RegistryError: production moved since the gate decided (production unchanged).
+    """
+    if decision.get("action") != "demote":
+        raise PipelineError(f"refusing to demote {decision.get('champion')}: the gate decided {decision.get('action')}")
+    registry = ModelRegistry.from_settings(settings)
+    model = decision["model"]
+    try:
+        registry.demote(model, run_id=run_id, dag_id=dag_id, decision=decision, expected=decision.get("champion"),
+                        reason="; ".join(decision.get("reasons", [])) or decision.get("summary", ""))
+    finally:
+        registry.dispose()
+    logger.warning("%s: DEMOTE production %s to no model (class-prior forecast, no position); candidate %s not "
+                   "promoted because:\n  %s", model, decision.get("champion"), decision.get("candidate"),
+                   "\n  ".join(decision.get("reasons") or [decision.get("summary", "")]))
+    return {"action": "demote", "model": model, "production": None, "previous": decision.get("champion"),
+            "rejected": decision.get("candidate")}
+
 
 def keep(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id: str | None = None) -> dict[str, Any]:
     """Record that the model's production stays as it is after a failing (or unapproved) decision."""

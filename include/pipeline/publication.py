@@ -11,7 +11,7 @@ from typing import Any
 from include.config import RunConfig, Settings
 from include.pipeline.common import SKIPPED_FILE, SUMMARY_FILE, RunWindow, json_safe, resolve_window, staged_run_dir
 from include.pipeline.data import features, ingest, labels, validate
-from include.pipeline.decision import gate, keep, promote, simulate_trading
+from include.pipeline.decision import act, gate, simulate_trading
 from include.pipeline.training import assemble, train
 from include.registry import (
     ModelRegistry,
@@ -97,11 +97,16 @@ NOTE_LIMIT = 1000
 REPORT_URL = "/model-registry/versions/{version}/report"
 
 
+#: The decisions a market's line of the note can report, in the note's order.
+DECISIONS = ("promoted", "demoted", "kept", "skipped", "failed")
+
+
 def _decision(outcome: dict[str, Any]) -> str:
-    """``promoted``, ``kept``, ``skipped`` or ``failed``."""
+    """``promoted``, ``demoted`` (to no model), ``kept``, ``skipped`` or ``failed``."""
     if outcome["status"] != "done":
         return outcome["status"]
-    return "promoted" if (outcome["summary"].get("action") or {}).get("action") == "promote" else "kept"
+    action = (outcome["summary"].get("action") or {}).get("action")
+    return {"promote": "promoted", "demote": "demoted"}.get(action, "kept")
 
 
 def _market_line(outcome: dict[str, Any], *, detail: int) -> str:
@@ -117,19 +122,22 @@ def _market_line(outcome: dict[str, Any], *, detail: int) -> str:
     summary = outcome["summary"]
     gate, action = summary.get("gate") or {}, summary.get("action") or {}
     candidate = gate.get("candidate")
-    # The checks that decided: a waived or not required one is in the report, not the note.
-    failed = [c for c in gate.get("checks", []) if not c.get("passed") and not c.get("waived")
-              and c.get("required", True)]
+    # The checks that decided: one not required is in the report, not the note.
+    failed = [c for c in gate.get("checks", []) if not c.get("passed") and c.get("required", True)]
     if detail == 0:
         return f"- {model}: {_decision(outcome)}"
     if detail == 1:
         head = (f"PROMOTED {candidate}" if action.get("action") == "promote"
+                else "DEMOTED to no model" if action.get("action") == "demote"
                 else "KEEP" + (f" ({', '.join(c['name'] for c in failed)})" if failed
                                else " (not approved)" if gate.get("passed") else ""))
         return f"- **{model}**: {head}"
     link = f" ([report]({REPORT_URL.format(version=candidate)}))" if candidate else ""
     if action.get("action") == "promote":
         head = f"PROMOTED {candidate} (was {action.get('previous') or 'none'})"
+    elif action.get("action") == "demote":
+        head = (f"DEMOTED {action.get('previous')} to no model (class-prior forecast, no position): "
+                f"{gate.get('deciding', '')}; candidate {candidate} failed the gate")
     else:
         head = f"KEEP {summary.get('production') or 'no production'}; candidate {candidate} " + (
             "passed the gate but was not approved" if gate.get("passed") else "failed the gate")
@@ -163,9 +171,10 @@ def run_note(outcomes: list[dict[str, Any]], limit: int = NOTE_LIMIT, requested:
         requested: :func:`retrain_scope` of a run that monitoring's retrain request started.
     """
     # The first line is what the run's page shows without expanding the note: the decisions.
-    counts = {k: sum(_decision(o) == k for o in outcomes) for k in ("promoted", "kept", "skipped", "failed")}
-    head = (f"Weekly retrain, {len(outcomes)} market(s): {counts['promoted']} promoted, {counts['kept']} kept, "
-            f"{counts['skipped']} skipped, {counts['failed']} failed.")
+    counts = {k: sum(_decision(o) == k for o in outcomes) for k in DECISIONS}
+    head = (f"Weekly retrain, {len(outcomes)} market(s): {counts['promoted']} promoted, "
+            + (f"{counts['demoted']} demoted, " if counts["demoted"] else "")
+            + f"{counts['kept']} kept, {counts['skipped']} skipped, {counts['failed']} failed.")
     if requested:
         head += (f" Requested by monitor_production, on data up to {requested['as_of_date']} "
                  "(reasons on the Monitoring page).")
@@ -175,7 +184,7 @@ def run_note(outcomes: list[dict[str, Any]], limit: int = NOTE_LIMIT, requested:
             return text
     # Many markets: names only, grouped by decision, as many as fit; the rest counted.
     body, listed = [], 0
-    for decision in ("failed", "promoted", "kept", "skipped"):
+    for decision in ("failed", "promoted", "demoted", "kept", "skipped"):
         names = [o["model"] for o in outcomes if _decision(o) == decision]
         taken: list[str] = []
         for name in names:
@@ -293,10 +302,7 @@ def run_once(cfg: RunConfig, settings: Settings, *, dag_id: str, run_id: str,
         assembled = assemble(cfg, window, settings, out, trained, dag_id=dag_id, run_id=run_id)
         trading = simulate_trading(cfg, window, settings, out)
         decision = gate(cfg, window, settings, out, assembled, trading)
-        if decision["passed"]:
-            action = promote(settings, decision, run_id=run_id, dag_id=dag_id, as_of=window.ts("interval_end"))
-        else:
-            action = keep(settings, decision, run_id=run_id, dag_id=dag_id)
+        action = act(settings, decision, run_id=run_id, dag_id=dag_id, as_of=window.ts("interval_end"))
         summary = summarise(settings, cfg, out, window, {
             "ingested": ingested, "validation": validation, "features": feature_info, "labels": dataset,
             "ensemble": assembled, "trading": trading, "gate": decision, "action": action}, dag_id=dag_id)

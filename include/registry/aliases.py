@@ -144,8 +144,12 @@ class AliasLedger:
                 and last.run_id == run_id and (candidate is ... or last.candidate == candidate))
 
     def remove_alias(self, model: str, name: str, *, event: str, run_id: str, reason: str,
-                     dag_id: str | None = None, expected: str | None | EllipsisType = ...) -> None:
+                     dag_id: str | None = None, expected: str | None | EllipsisType = ...,
+                     decision: dict[str, Any] | None = None, candidate: str | None = None) -> None:
         """Unset alias ``name`` of ``model`` and record it (ledger ``to`` is empty), in one transaction.
+
+        A retry of a removal this run already recorded (the alias is unset and its last ledger
+        entry is this ``event`` by ``run_id``) records nothing, whatever ``expected`` says.
 
         Raises:
             RegistryError: ``expected`` is given and the alias points elsewhere.
@@ -153,13 +157,42 @@ class AliasLedger:
         where = (alias_table.c.model == model, alias_table.c.alias == name)
         with self._transaction(model) as conn:
             current = conn.execute(sa.select(alias_table.c.version).where(*where)).scalar()
+            if current is None and self._last_event_is(conn, model, name, event, None, run_id):
+                logger.info("%s: %s %s already removed by run %s (a retry): nothing to record", event, model, name,
+                            run_id)
+                return
             if expected is not ... and current != expected:
                 raise RegistryError(f"{model}: alias {name} points at {current}, not {expected}: it moved meanwhile")
             conn.execute(alias_table.delete().where(*where))
             conn.execute(event_table.insert().values(
                 model=model, alias=name, event=event, from_version=current, to_version=None, at=now_ms(),
-                dag_id=dag_id, run_id=run_id, reason=reason))
+                candidate=candidate, dag_id=dag_id, run_id=run_id, reason=reason, decision=decision))
         logger.warning("%s: %s %s %s -> none (%s)", event, model, name, current, reason)
+
+    def demote(self, model: str, *, run_id: str, reason: str, decision: dict[str, Any] | None = None,
+               dag_id: str | None = None, expected: str | None | EllipsisType = ...) -> None:
+        """Take ``model``'s production away: it serves no model (the class-prior forecast, no
+        position) until a later promotion or rollback. Ledger event ``demote``, with the decision.
+
+        Raises:
+            RegistryError: production moved away from ``expected`` (nothing changed).
+        """
+        self.remove_alias(model, PRODUCTION, event="demote", run_id=run_id, reason=reason, dag_id=dag_id,
+                          expected=expected, decision=decision,
+                          candidate=(decision or {}).get("candidate"))
+
+    def no_model_since(self, model: str) -> dict[str, Any] | None:
+        """The ledger entry that left ``model`` without production when the last one was a
+        demotion (the "no model" state), else ``None`` (it has production, or never had one, or
+        lost it to a failed first promotion)."""
+        with self.engine.connect() as conn:
+            last = conn.execute(sa.select(event_table).where(
+                event_table.c.model == model, event_table.c.alias == PRODUCTION, event_table.c.event != "keep")
+                .order_by(event_table.c.id.desc()).limit(1)).first()
+        if last is None or last.event != "demote" or last.to_version is not None:
+            return None
+        return {"at": iso(last.at), "from": last.from_version, "run_id": last.run_id, "reason": last.reason,
+                "decision": last.decision}
 
     def promote(self, version: str, *, run_id: str, reason: str, decision: dict[str, Any] | None = None,
                 dag_id: str | None = None, expected: str | None | EllipsisType = ...) -> AliasPointer:

@@ -156,7 +156,7 @@ def test_second_run_gates_each_market_against_its_own_champion(dag, first_run, w
     champions = {m: registry.production(m).version for m in (BTC, ETH)}
     # A log loss no forecast can reach (half the class prior's), and a champion kept whatever its
     # live record: the gate must say no, and production must stay.
-    dr, states = _run(dag, 31, {**SHORT, "gate_max_log_loss_ratio": 0.5, "gate_replace_lapsed_champion": False})
+    dr, states = _run(dag, 31, {**SHORT, "gate_max_log_loss_ratio": 0.5, "gate_demote": False})
     assert dr.state == "success", states  # keeping production is not a failure: the note says what happened
     note = _note(dr)
     for model in (BTC, ETH):

@@ -141,7 +141,7 @@ def base(request, tmp_path_factory):
         promoted = run_once(RunConfig(as_of_date="2023-12-10", **SMALL, **PERMISSIVE), settings,
                             dag_id="weekly_retrain", run_id="scheduled__2023-12-10")
         kept = run_once(RunConfig(as_of_date="2023-12-17", **SMALL, gate_max_log_loss_ratio=0.5,
-                                  gate_replace_lapsed_champion=False), settings,
+                                  gate_demote=False), settings,
                         dag_id="weekly_retrain", run_id="scheduled__2023-12-17")
         assert promoted["action"]["action"] == "promote" and kept["action"]["action"] == "keep"
         cfg = RunConfig(as_of_date="2023-12-24", **SMALL, **PERMISSIVE)
