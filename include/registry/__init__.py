@@ -3,7 +3,10 @@
 MLflow-style aliases with a history MLflow does not keep. Artifacts live under the registry root
 (``models/`` by default; a path that could be an object store)::
 
-    versions/<version_id>/   immutable: model.joblib, metadata.json (lineage), manifest.json
+    versions/<model>/<version_id>/   immutable: model.joblib, metadata.json (lineage), manifest.json
+
+(in an object store, under ``<version_id>/<attempt>/``: each registration uploads under a prefix
+of its own, which the version's row records).
 
 Every version belongs to one **registered model** (as in MLflow): one market and one target,
 named like ``binance-btcusdt-perp-1h-h4`` (see :class:`RegisteredModel`). Aliases belong to a
@@ -23,8 +26,9 @@ tables from migrations ``0003`` and ``0004``):
 
 A version id is ``v<interval end yyyymmddTHHMM>-<sha256 prefix>`` of its file hashes: the same
 artifact always gets the same id. Moving an alias is one database transaction (alias row and
-ledger row together) under a per-model lock (PostgreSQL advisory lock, plus a file lock on the
-registry root), so a crash at any point leaves the previous version in place, two runs promoting
+ledger row together) under a per-model lock (a file lock on the registry root; a PostgreSQL
+advisory lock when the root is in an object store, which is why such a registry needs
+PostgreSQL), so a crash at any point leaves the previous version in place, two runs promoting
 one model are applied one after the other, and two models never wait for each other. Before
 unpickling, :meth:`ModelRegistry.load` hashes the very bytes it then unpickles and compares them
 with the sha256 in the database (joblib files execute code when loaded).

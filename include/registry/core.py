@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from include.errors import IntegrityError, RegistryError
+from include.errors import ConfigError, IntegrityError, RegistryError
 from include.registry.aliases import AliasLedger
 from include.registry.artifacts import (
     MANIFEST_FILE,
@@ -40,7 +41,7 @@ from include.registry.schema import (
     model_table,
     version_table,
 )
-from include.storage import is_remote, remove, scratch_root, write_json
+from include.storage import is_remote, remove, write_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,15 +57,21 @@ class ModelRegistry(AliasLedger, Retention):
     Args:
         root: artifact folder (created if missing), local or in an object store
             (:mod:`include.storage`).
-        url: SQLAlchemy URL of the database (the market store's); migrated on open.
+        url: SQLAlchemy URL of the database (the market store's); migrated on open. PostgreSQL
+            when ``root`` is in an object store: its advisory locks are what serialise writers
+            on different machines.
 
     Raises:
-        ConfigError: unsupported database URL (from the store's migration).
+        ConfigError: unsupported database URL (from the store's migration), or ``root`` in an
+            object store with a database other than PostgreSQL (checked before anything is
+            written).
     """
 
     def __init__(self, root: Any, url: str) -> None:
         from include.data.store import MarketStore
 
+        if is_remote(root):
+            _require_shared_lock(root, url)
         self.root = root if is_remote(root) else Path(root)
         self.versions_dir = self.root / "versions"
         if not is_remote(root):
@@ -90,12 +97,13 @@ class ModelRegistry(AliasLedger, Retention):
     def lock(self, model: str, blocking: bool = True) -> Iterator[bool]:
         """Exclusive lock over one registered model's writes: an advisory file lock on this host
         for a local registry; a PostgreSQL session advisory lock, held on its own connection,
-        for artifacts in an object store (writers on several machines).
+        for artifacts in an object store (writers on several machines; the constructor refuses
+        any other database there).
 
         Yields:
             Whether the lock was acquired (always ``True`` when ``blocking``).
         """
-        if is_remote(self.root) and self.backend == "postgresql":
+        if is_remote(self.root):
             with self.engine.connect() as conn:
                 key = {"key": f"model_registry_writer:{model}"}
                 if blocking:
@@ -108,9 +116,8 @@ class ModelRegistry(AliasLedger, Retention):
                 finally:
                     conn.execute(sa.text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"), key)
             return
-        folder = self.root if not is_remote(self.root) else scratch_root()  # SQLite: one machine
-        folder.mkdir(parents=True, exist_ok=True)
-        fh = open(folder / f".lock-{model}", "a+")  # noqa: SIM115 - held for the context's lifetime
+        self.root.mkdir(parents=True, exist_ok=True)
+        fh = open(self.root / f".lock-{model}", "a+")  # noqa: SIM115 - held for the context's lifetime
         try:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
@@ -239,7 +246,9 @@ class ModelRegistry(AliasLedger, Retention):
         Crash safety: under the model's lock, the folder is staged under a temporary name, renamed
         into place and its row inserted in one transaction. A crash between the rename and the
         commit leaves a folder without a row, which the next registration replaces; a crash
-        before the rename leaves a staging folder, which the next registration removes.
+        before the rename leaves a staging folder, which the next registration removes. In an
+        object store each attempt uploads under a prefix of its own, which its row records
+        (:meth:`_register_remote`).
 
         Args:
             identity: hex digest naming the version, e.g. from ``include.pipeline`` (the training
@@ -262,10 +271,10 @@ class ModelRegistry(AliasLedger, Retention):
             return version
         lineage = json.loads((src / METADATA_FILE).read_text())
         model = self.ensure_model(RegisteredModel.from_lineage(lineage))
+        if is_remote(self.root):
+            return self._register_remote(src, files, digest, version, model, lineage, interval_end)
         relative = f"versions/{model}/{version}"
         target = self.root / relative
-        if is_remote(target):
-            return self._register_remote(src, files, digest, version, model, lineage, interval_end, relative)
         target.parent.mkdir(parents=True, exist_ok=True)
         # Under the model's lock: stage the folder, publish it, insert (or restore) its row. Only
         # a lock holder stages, so a staging folder found here is a dead process's, and a folder
@@ -306,23 +315,53 @@ class ModelRegistry(AliasLedger, Retention):
         return version
 
     def _register_remote(self, src: Path, files: dict[str, str], digest: str, version: str, model: str,
-                         lineage: dict[str, Any], interval_end: datetime, relative: str) -> str:
-        """:meth:`register` into an object store: under the model's lock, upload each file (an
-        object appears whole or not at all), then insert the row. Objects without a live row
-        (a crash before the commit) are replaced by the next registration."""
+                         lineage: dict[str, Any], interval_end: datetime) -> str:
+        """:meth:`register` into an object store.
+
+        Each attempt uploads under a prefix of its own, ``versions/<model>/<version>/<attempt>/``
+        (an object appears whole or not at all), and the row it commits names that prefix. So a
+        writer that finds no row but loses the race to commit one (the lock rules this out; the
+        layout keeps the winner's objects whole should the lock ever fail) writes beside the
+        winner's objects, never over them, and removes its own. Once its row is committed, an
+        attempt removes, still under the lock, what other attempts left under the version's
+        prefix without a row (a crash before their commit).
+        """
+        folder = self.root / "versions" / model / version
+        relative = f"versions/{model}/{version}/{uuid.uuid4().hex}"
         target = self.root / relative
-        with self._transaction(model) as conn:
-            current = conn.execute(sa.select(version_table).where(version_table.c.version == version)).first()
-            restored = current is not None and current.deleted_at is not None
-            if current is None or restored:
+        uploaded = published = False
+        try:
+            with self.lock(model):
+                try:
+                    with self._transaction(model, lock=False) as conn:
+                        current = conn.execute(sa.select(version_table).where(version_table.c.version == version)).first()
+                        restored = current is not None and current.deleted_at is not None
+                        wrote = False
+                        if current is None or restored:
+                            uploaded = True
+                            for name in files:
+                                target.fs.put_file(str(src / name), (target / name).path)
+                            write_json(target / MANIFEST_FILE, {"files": files, "version": version, "model": model})
+                            wrote = _write_version_row(conn, version, model, restored,
+                                                       interval_end=int(interval_end.timestamp() * 1000),
+                                                       registered_at=now_ms(), manifest_sha256=digest, files=files,
+                                                       artifact_path=relative, lineage=lineage)
+                    published = wrote
+                except sa.exc.IntegrityError:
+                    # Another writer inserted the row after this one looked: a live row is theirs.
+                    row = self._row(version)
+                    if row is None or row.deleted_at is not None:
+                        raise
+                if published:
+                    _remove_other_attempts(folder, target)
+        finally:
+            if uploaded and not published:
                 remove(target)
-                for name in files:
-                    target.fs.put_file(str(src / name), (target / name).path)
-                write_json(target / MANIFEST_FILE, {"files": files, "version": version, "model": model})
-                _write_version_row(conn, version, model, restored, interval_end=int(interval_end.timestamp() * 1000),
-                                   registered_at=now_ms(), manifest_sha256=digest, files=files,
-                                   artifact_path=relative, lineage=lineage)
-        logger.info("registered version %s of %s from %s in %s", version, model, src, target)
+        if published:
+            logger.info("registered version %s of %s from %s in %s", version, model, src, target)
+        elif uploaded:
+            logger.warning("register %s: another writer registered it first; its artifacts stay and this "
+                           "attempt's upload (%s) was removed", version, target)
         self.verify(version)
         return version
 
@@ -446,9 +485,53 @@ class ModelRegistry(AliasLedger, Retention):
         return pd.read_parquet(io.BytesIO(data))
 
 
-def _write_version_row(conn: Connection, version: str, model: str, restored: bool, **values: Any) -> None:
-    """Insert a version's row, or bring back the row retention marked removed (``restored``)."""
+def _write_version_row(conn: Connection, version: str, model: str, restored: bool, **values: Any) -> bool:
+    """Insert a version's row, or bring back the row retention marked removed (``restored``).
+
+    Returns:
+        Whether the row was written: ``False`` when the row to restore is live again (another
+        writer restored it first).
+
+    Raises:
+        sqlalchemy.exc.IntegrityError: the row to insert exists (another writer inserted it).
+    """
     if restored:
-        conn.execute(version_table.update().where(version_table.c.version == version).values(deleted_at=None, **values))
-    else:
-        conn.execute(version_table.insert().values(version=version, model=model, **values))
+        return conn.execute(version_table.update()
+                            .where(version_table.c.version == version, version_table.c.deleted_at.is_not(None))
+                            .values(deleted_at=None, **values)).rowcount == 1
+    conn.execute(version_table.insert().values(version=version, model=model, **values))
+    return True
+
+
+def _remove_other_attempts(folder: Any, keep: Any) -> None:
+    """Remove everything under a version's prefix ``folder`` in the object store except the
+    attempt ``keep`` whose row is committed: uploads of attempts that never committed."""
+    fs = folder.fs
+    fs.invalidate_cache(folder.path)  # a listing cached earlier would not show the others' uploads
+    try:
+        entries = fs.ls(folder.path, detail=False)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.strip("/") != keep.path.strip("/"):
+            logger.warning("register: removing %s, an upload of a registration that never committed", entry)
+            fs.rm(entry, recursive=True)
+
+
+def _require_shared_lock(root: Any, url: str) -> None:
+    """Refuse a registry in an object store over a database without advisory locks.
+
+    Writers on different machines are serialised by a PostgreSQL advisory lock; with SQLite each
+    machine (or each worker with its own temporary folder) would only lock a file of its own, and
+    two writers could register one version at once.
+
+    Raises:
+        ConfigError: ``url`` is not a PostgreSQL URL.
+    """
+    backend = sa.engine.make_url(url).get_backend_name()
+    if backend != "postgresql":
+        raise ConfigError(
+            f"MODEL_REGISTRY_DIR={root} is in an object store, whose writers on different machines take a "
+            "PostgreSQL advisory lock; the market database (MARKET_DB_URL, or the market_db connection) is "
+            f"{backend}, which has no lock that another machine sees. Set MARKET_DB_URL to a PostgreSQL URL "
+            "(postgresql+psycopg2://…), or keep MODEL_REGISTRY_DIR on a local path")
