@@ -65,9 +65,9 @@ def report(summary: dict[str, Any]) -> str:
                      f"max drawdown {100 * m['max_drawdown']:.2f}%  trades {m['trades']}  "
                      f"exposure {100 * m['exposure']:.0f}%")
     lines.append(f"gate           {gate['summary']}")
+    lines.append(f"decided by     {gate.get('deciding', '')}")
     for check in gate["checks"]:
-        mark = ("ok  " if check["passed"] else "waived" if check.get("waived")
-                else "FAIL" if check.get("required", True) else "no (not required)")
+        mark = "ok  " if check["passed"] else "FAIL" if check.get("required", True) else "no (not required)"
         lines.append(f"  {mark} {check['name']}: {check['detail']}")
     action = summary["action"]
     lines.append(f"action         {(action or {}).get('action')}; production of {summary.get('model')}: "

@@ -156,8 +156,7 @@ def _gate_row(check: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
         else:
             value = f"trained until {_when(champion['trained_until'])}" if champion.get("trained_until") else None
             threshold = f"window starts {_when(champion['window_start'])}" if champion.get("window_start") else None
-    passed = ("yes" if check["passed"] else "waived" if check.get("waived") else "NO" if check.get("required", True)
-              else "no (not required)")
+    passed = "yes" if check["passed"] else "NO" if check.get("required", True) else "no (not required)"
     return {"check": check["name"], "passed": passed, "value": value,
             "threshold": threshold, "detail": check["detail"]}
 
@@ -202,8 +201,17 @@ def _champion_section(gate: dict[str, Any]) -> str:
             if paired.get("same_forecast") else "")
     if live:
         test += (f"<p>The champion's live record on these rows: log loss {live['log_loss']:.4f} against the "
-                 f"class-prior forecast's {live['prior_log_loss']:.4f}"
-                 + (" (lapsed: no skill left).</p>" if live["log_loss"] >= live["prior_log_loss"] else ".</p>"))
+                 f"class-prior forecast's {live['prior_log_loss']:.4f}.</p>")
+    record = champion.get("record") or {}
+    if record.get("p_value") is not None:
+        worse = next((not c["passed"] for c in gate.get("checks", []) if c["name"] == "champion_worse_than_prior"),
+                     False)
+        test += (f"<p>The champion's record, judged as a challenger is (its last {record['n']} rows: "
+                 f"{record['live_rows']} live, the rest out-of-fold from its own run): log loss "
+                 f"{record['log_loss']:.4f} against the class prior's {record['reference_log_loss']:.4f}, p = "
+                 f"{record['p_value']:.4f} for H1 “worse than the prior”: "
+                 + ("<b>worse than the prior</b>; without a passing challenger it is demoted to no model.</p>"
+                    if worse else "not shown worse than the prior.</p>"))
     return (f"<p>Both models scored on the same rows: every out-of-fold row from {_when(champion['compared_from'])}, "
             "the end of the champion's training data (several weeks when the champion is older). The challenger's "
             "rows are scored by its walk-forward fold models; the champion is the registered model, never "
@@ -254,7 +262,7 @@ def build_report(out_dir: Path, summary: dict[str, Any]) -> Path:
     model_rows = [{"model": f, **m} for f, m in metrics["members"].items()]
     model_rows.append({"model": "ensemble", **metrics["ensemble"]})
     model_rows += [{"model": f"baseline: {b}", **m} for b, m in metrics["baselines"].items()]
-    verdict = "PASS" if gate["passed"] else "FAIL"
+    verdict = "PASS" if gate["passed"] else "FAIL, DEMOTE" if gate.get("action") == "demote" else "FAIL"
     costs = trading.get("costs") or {}
     period = f"{_when(window['interval_start'])} → {_when(window['interval_end'])}"
     model = summary.get("model") or ens.get("registered_model") or "weekly_retrain"

@@ -70,6 +70,16 @@ def _install(fault: str, remote: bool) -> None:
         serving.ProductionModel.predict = predict
     elif fault == "retention: rows marked, files not removed":
         retention._remove_tree = lambda path: _die()
+    elif fault == "retention: folder set aside, not deleted" and remote:
+        # In an object store there is no folder to set aside: the first version's objects are
+        # deleted, the rest of the pass is not done.
+        real_remove = retention.remove
+
+        def remove_then_die(path: Any) -> None:
+            real_remove(path)
+            _die()
+
+        retention.remove = remove_then_die
     elif fault == "retention: folder set aside, not deleted":
         real_rmtree = retention.shutil.rmtree
         retention.shutil.rmtree = lambda path, *a, **k: _die() if Path(path).name.startswith(".removing.") \

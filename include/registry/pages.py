@@ -72,7 +72,7 @@ def production_spans(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         if spans and spans[-1]["until"] is None:
             spans[-1]["until"] = e["at"]
-        if e["to"]:
+        if e["to"] or e["event"] == "demote":  # a demotion starts a span of its own: no model
             spans.append({"version": e["to"], "since": e["at"], "until": None, "event": e["event"],
                           "by": f"{e['dag_id'] or 'cli'} {e['run_id'] or ''}".strip(), "reason": e["reason"]})
     return spans
@@ -124,12 +124,13 @@ def version_page(info: dict[str, Any], events: list[dict[str, Any]]) -> str:
                      and (e["decision"].get("candidate") == version)), None)
     gate = ""
     if decision:
-        checks = [{"check": c["name"], "outcome": "passed" if c["passed"] else "waived" if c.get("waived")
+        checks = [{"check": c["name"], "outcome": "passed" if c["passed"]
                    else "failed" if c.get("required", True) else "failed (not required)",
                    "value": c.get("value"), "threshold": c.get("threshold"), "detail": c.get("detail")}
                   for c in decision.get("checks", [])]
-        gate = (f"<h3>Gate: {'PASS' if decision.get('passed') else 'FAIL'}</h3><p>{cell(decision.get('summary'))} "
-                f"(champion {cell(decision.get('champion') or 'none')})</p>"
+        gate = (f"<h3>Gate: {'PASS' if decision.get('passed') else 'FAIL'}</h3>"
+                f"<p class='deciding'><b>{cell(decision.get('deciding') or decision.get('summary'))}</b></p>"
+                f"<p>{cell(decision.get('summary'))} (champion {cell(decision.get('champion') or 'none')})</p>"
                 + rows_table(checks, ["check", "outcome", "value", "threshold", "detail"]))
     else:
         gate = "<h3>Gate</h3><p>No gate decision about this version in the ledger.</p>"
@@ -159,13 +160,16 @@ def timeline_page(name: str, events: list[dict[str, Any]]) -> str:
                      "reason": e["reason"]})
     body = []
     for r in rows:
-        cells = [cell(r["when"]), f"<b>{cell(r['event'])}</b>", version_link(r["from"]), version_link(r["to"]),
+        to = (version_link(r["to"]) if r["to"] else
+              "<b>no model</b> (class-prior forecast, no position)" if r["event"] == "demote" else "")
+        cells = [cell(r["when"]), f"<b>{cell(r['event'])}</b>", version_link(r["from"]), to,
                  version_link(r["candidate"]), cell(r["by"]), cell(r["reason"])]
         body.append(f"<tr class='{'production' if r['event'] != 'keep' else ''}' data-event='{html.escape(r['event'])}'>"
                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{c}</th>" for c in ("when", "event", "from", "to", "candidate", "by", "reason"))
     return ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(name) + "</title>" + STYLE
             + f"</head><body><p><a href='../../ui'>Models</a></p><h2>{html.escape(name)}: production history</h2>"
-            f"<p>Every decision about the production alias, newest first: promotions, keeps, rollbacks and "
-            f"removals, with the run or person that made them and why. {len(rows)} event(s).</p>"
+            f"<p>Every decision about the production alias, newest first: promotions, keeps, demotions to no "
+            f"model, rollbacks and removals, with the run or person that made them and why. {len(rows)} "
+            "event(s).</p>"
             f"<table class='timeline'><tr>{head}</tr>{''.join(body)}</table></body></html>")

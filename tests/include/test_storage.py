@@ -125,11 +125,11 @@ def test_a_failed_step_still_uploads_what_it_wrote(s3, store_env, tmp_path, monk
     assert json.loads((folder / "validation.json").read_text()) == {"success": False}
 
 
-def test_weekly_run_with_artifacts_in_the_store(s3, store_env, tmp_path, monkeypatch, data_dir):
+def test_weekly_run_with_artifacts_in_the_store(s3, store_env, tmp_path, monkeypatch, data_dir, pg_url):
     """run_once with run folders and registry in the store: the version's objects carry the
     registry's hashes, a modified object is refused, and a second worker re-running the week
     reuses every fit through the shared fit cache and finds the same version."""
-    settings = Settings(data_dir=data_dir, market_db_url=f"sqlite:///{tmp_path / 'market.sqlite'}",
+    settings = Settings(data_dir=data_dir, market_db_url=pg_url,
                         registry_dir=location(f"{store_env}/models"), runs_dir=location(f"{store_env}/runs"))
     cfg = RunConfig(as_of_date="2023-12-31", train_window_days=90, cv_folds=2, models=("lightgbm",))
     monkeypatch.setenv("ARTIFACT_SCRATCH_DIR", str(tmp_path / "worker-a"))
