@@ -3,7 +3,10 @@
 :class:`ProductionModel` serves one registered model: it loads the version that model's
 ``production`` alias points at (unpickling only bytes whose sha256 matches the registry), keeps
 it in memory, and reloads it when the alias moves; it
-looks the alias up at most every ``refresh_seconds``. A staleness guard compares the model's
+looks the alias up at most every ``refresh_seconds``. When the alias moves to a version that
+fails verification, production keeps serving the last good model: the version already loaded
+answers every call, each answer naming the refused version and why (``refused``), until the
+alias moves again or the artifact verifies. A staleness guard compares the model's
 training-data end with now, in the manner of FreqAI's ``expiration_hours``: past
 ``max_age_hours`` it warns (``on_stale="warn"``, the prediction says ``stale``) or refuses
 (``"refuse"``). A second guard concerns the market data: a forecast is for the bars after the
@@ -32,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from include.config import TIMEFRAME_SECONDS
-from include.errors import ServingError
+from include.errors import RegistryError, ServingError
 from include.labels import CLASS_NAMES
 from include.registry import ModelRegistry
 
@@ -56,6 +59,9 @@ class Prediction:
         stale: older than the configured maximum age.
         data_age_hours: hours from the close of the bar used to ``as_of`` (0 to 1 bar when
             ingestion is up to date).
+        refused: the version the production alias points at, when it is not ``version``
+            because it failed verification: ``{"version": …, "error": …}``; ``None`` when the
+            answer comes from the alias's own version.
     """
 
     model: str
@@ -68,6 +74,7 @@ class Prediction:
     model_age_hours: float
     stale: bool
     data_age_hours: float = 0.0
+    refused: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable view."""
@@ -76,6 +83,17 @@ class Prediction:
 
 class ProductionModel:
     """The production version of one registered model, loaded once and reloaded when the alias moves.
+
+    When the alias moves to a version whose artifact fails verification (a modified or missing
+    file), the loader keeps serving the version it has loaded, on every call, and says so: each
+    prediction carries ``refused`` (the alias's version and the error), and the refusal is logged
+    as an error once per version and error. This is the project's rule that production keeps
+    serving the last good model (a failed promotion's smoke test rolls back; the gate keeps the
+    champion): a refused artifact is never unpickled, and an answer from the last verified version
+    is better than none, as long as it says whose it is. The alias is looked up again every
+    ``refresh_seconds``, so a repaired artifact or another move is served from then on. A loader
+    that has no verified version yet (a new process, or the post-promotion smoke test, which
+    builds its own) has nothing good to serve: it raises the verification error on every call.
 
     Args:
         registry: the model registry.
@@ -105,6 +123,7 @@ class ProductionModel:
         self._checked = 0.0
         self._store = None
         self._fast: FastPredictor | None = None
+        self._refused: dict[str, str] | None = None
         self.loads = 0
         #: The feature row ``(1, n_features)`` the last prediction was made from, indexed by its bar.
         self.last_features: pd.DataFrame | None = None
@@ -112,21 +131,43 @@ class ProductionModel:
     def current(self) -> tuple[str, Any, dict[str, Any]]:
         """``(version, model, lineage)`` of production, reloading if the alias moved.
 
+        The version is the last verified one while the alias points at one that fails
+        verification (see the class).
+
         Raises:
             ServingError: the registered model has no production version.
-            RegistryError: the production artifact fails its sha256 check.
+            RegistryError: the production artifact fails its sha256 check and no verified
+                version is loaded.
         """
+        return self._current()[:3]
+
+    def _current(self) -> tuple[str, Any, dict[str, Any], dict[str, str] | None]:
+        """:meth:`current` and, read under the same lock, the refused alias version (or ``None``)."""
         with self._lock:
             now = time.monotonic()
             if self._version is None or now - self._checked >= self.refresh_seconds:
                 pointer = self.registry.production(self.model_name)
                 self._checked = now
                 if pointer is None:
-                    self._version = None
+                    self._version, self._refused = None, None
                     raise ServingError(f"{self.model_name} has no production version (never promoted, or "
                                        "its alias was removed after a failed promotion)")
-                if pointer.version != self._version:
-                    model, lineage = self.registry.load(pointer.version)
+                if pointer.version == self._version:
+                    self._refused = None
+                else:
+                    try:
+                        model, lineage = self.registry.load(pointer.version)
+                    except RegistryError as exc:
+                        if self._version is None:
+                            raise
+                        refused = {"version": pointer.version, "error": str(exc)}
+                        if refused != self._refused:
+                            logger.error("%s: production moved to %s, which fails verification (%s); serving "
+                                         "the last verified version %s", self.model_name, pointer.version, exc,
+                                         self._version)
+                        self._refused = refused
+                        return self._version, self._model, self._lineage, self._refused
+                    self._refused = None
                     for _, est in getattr(model, "estimators_", []):
                         # One-row predictions: thread pools cost more than they save.
                         if "n_jobs" in est.get_params():
@@ -135,7 +176,7 @@ class ProductionModel:
                     self._fast = None  # rebuilt, and checked, on the first prediction
                     self.loads += 1
                     logger.info("serving %s production version %s", self.model_name, pointer.version)
-            return self._version, self._model, self._lineage
+            return self._version, self._model, self._lineage, self._refused
 
     def age_hours(self, lineage: dict[str, Any], now: datetime | None = None) -> float:
         """Hours from the end of the model's training data to ``now``."""
@@ -174,10 +215,16 @@ class ProductionModel:
                 ``smoke_test``); ``None`` writes nothing. The first prediction of a bar by a
                 version is the one kept.
 
+        Returns:
+            The prediction; while the alias points at a version that fails verification, the
+            last verified version's, with ``refused`` naming the alias's version and the error.
+
         Raises:
             ServingError: no production version, a stale model under ``refuse``, no complete
                 feature row in the store before ``as_of``, or the newest one lags ``as_of`` by
                 more than ``max_data_lag_bars``.
+            RegistryError: the production artifact fails verification and no verified version
+                is loaded.
         """
         from include.config import RunConfig
         from include.data.store import MarketStore
@@ -186,7 +233,7 @@ class ProductionModel:
         from include.pipeline.data import feature_frame
         from include.training import prior_corrected_predict
 
-        version, model, lineage = self.current()
+        version, model, lineage, refused = self._current()
         ts = pd.Timestamp(as_of or datetime.now(UTC))
         as_of = (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
         age, stale = self._check_age(version, lineage, as_of)
@@ -232,7 +279,8 @@ class ProductionModel:
                                 probabilities=dict(zip(CLASS_NAMES, map(float, proba), strict=True)),
                                 decision=CLASS_NAMES[decided],
                                 horizon_bars=int(lineage["config"]["label_horizon_bars"]),
-                                model_age_hours=round(age, 2), stale=stale, data_age_hours=round(data_age, 2))
+                                model_age_hours=round(age, 2), stale=stale, data_age_hours=round(data_age, 2),
+                                refused=refused)
         if log_as is not None:
             from include.monitoring.predictions import log_predictions
 

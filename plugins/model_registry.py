@@ -79,6 +79,9 @@ class PredictResponse(BaseModel):
     model_age_hours: float
     stale: bool
     data_age_hours: float = Field(description="Hours from the close of the bar used to as_of.")
+    refused: dict[str, str] | None = Field(
+        None, description="The production alias's version when it failed verification ({version, error}): the "
+                          "answer is then the last verified version's (see version); null otherwise.")
 
 
 def _settings():

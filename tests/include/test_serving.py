@@ -164,3 +164,52 @@ def test_a_promotion_s_consumer_appends_the_production_models_latest_probabiliti
     assert np.allclose(rows[["p_down", "p_range", "p_up"]].sum(axis=1), 1.0)
     with pytest.raises(ServingError, match="no production version"):
         write_signal(settings, "binance-xrpusdt-perp-1h-h4")
+
+
+def test_production_moved_to_a_tampered_version_keeps_serving_the_last_verified_one_on_every_call(
+        serving, trained_registry, caplog):
+    """Not errors and old answers by turns: every call gets the last verified version's answer,
+    naming the refused version and why, and the refusal is logged once; a loader with nothing
+    verified refuses on every call; once the alias moves on, the refusal is gone."""
+    import time
+
+    from include.errors import RegistryError
+
+    v1, v2 = trained_registry["versions"]
+    assert serving.predict(AS_OF).version == v2 and serving.predict(AS_OF).refused is None
+    registry = serving.registry
+    # A loader that looks the alias up every 0.3 s, as the API's does every few seconds: between
+    # two look-ups it answers from memory.
+    periodic = ProductionModel(registry, trained_registry["settings"].market_db_url, BTC, refresh_seconds=0.3)
+    assert periodic.predict(AS_OF).version == v2
+    registry.rollback(BTC, v1, run_id="test", reason="tampered-version check")
+    row = registry.verify(v1)
+    artifact = registry.root / row.artifact_path / "model.joblib"
+    original = artifact.read_bytes()
+    artifact.write_bytes(original + b"tampered")
+    try:
+        time.sleep(0.35)
+        outcomes = []
+        for _ in range(8):
+            try:
+                outcomes.append(periodic.predict(AS_OF).version)
+            except RegistryError as exc:
+                outcomes.append(f"error: {exc}")
+            time.sleep(0.1)
+        assert outcomes == [v2] * 8, outcomes
+        answers = [serving.predict(AS_OF) for _ in range(5)]
+        assert [a.version for a in answers] == [v2] * 5
+        assert all(a.refused == answers[0].refused for a in answers)
+        assert answers[0].refused["version"] == v1 and "refusing to load a modified artifact" in answers[0].refused["error"]
+        assert answers[0].to_dict()["refused"] == answers[0].refused
+        refusals = [r for r in caplog.records if r.levelname == "ERROR" and "fails verification" in r.getMessage()]
+        assert len(refusals) == 2 and v1 in refusals[0].getMessage() and v2 in refusals[0].getMessage()  # once per loader
+        fresh = ProductionModel(registry, trained_registry["settings"].market_db_url, BTC, refresh_seconds=0)
+        for _ in range(3):
+            with pytest.raises(RegistryError, match="refusing to load a modified artifact"):
+                fresh.predict(AS_OF)
+    finally:
+        artifact.write_bytes(original)
+        registry.promote(v2, run_id="test", reason="restore")
+    back = serving.predict(AS_OF)
+    assert (back.version, back.refused) == (v2, None)
