@@ -18,7 +18,10 @@ the data ends and how old it is; every prediction says how old its bar is (``dat
 with the model's own feature spec (the one stored in its lineage) and returns the class
 probabilities (down / range / up) of the last complete bar, with the version that produced them.
 :func:`production_model` gives the process-wide instance of a registered model for a deployment
-(the API plugin uses it; the post-promotion smoke test builds its own).
+(the API plugin uses it; the post-promotion smoke test builds its own). A model the gate demoted
+to no model answers with the class-prior forecast (the demoted version's training class
+frequencies), ``version`` ``"none"``, ``decision`` ``"no position"`` and ``no_model`` saying
+since when and why.
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ class Prediction:
         refused: the version the production alias points at, when it is not ``version``
             because it failed verification: ``{"version": …, "error": …}``; ``None`` when the
             answer comes from the alias's own version.
+        no_model: set while the gate has demoted the model to no model (``{"since", "demoted",
+            "reason"}``): the probabilities are then the demoted version's training class
+            frequencies (the class-prior forecast), ``version`` is ``"none"`` and ``decision``
+            is ``"no position"``.
     """
 
     model: str
@@ -75,6 +82,7 @@ class Prediction:
     stale: bool
     data_age_hours: float = 0.0
     refused: dict[str, str] | None = None
+    no_model: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable view."""
@@ -124,6 +132,8 @@ class ProductionModel:
         self._store = None
         self._fast: FastPredictor | None = None
         self._refused: dict[str, str] | None = None
+        self._no_model: dict[str, Any] | None = None
+        self._prior: tuple[str, np.ndarray, dict[str, Any]] | None = None
         self.loads = 0
         #: The feature row ``(1, n_features)`` the last prediction was made from, indexed by its bar.
         self.last_features: pd.DataFrame | None = None
@@ -135,7 +145,8 @@ class ProductionModel:
         verification (see the class).
 
         Raises:
-            ServingError: the registered model has no production version.
+            ServingError: the registered model has no production version (:class:`NoModel`
+                when the gate demoted it to no model).
             RegistryError: the production artifact fails its sha256 check and no verified
                 version is loaded.
         """
@@ -145,13 +156,19 @@ class ProductionModel:
         """:meth:`current` and, read under the same lock, the refused alias version (or ``None``)."""
         with self._lock:
             now = time.monotonic()
+            if self._version is None and self._no_model is not None and now - self._checked < self.refresh_seconds:
+                raise NoModel(self._no_model)
             if self._version is None or now - self._checked >= self.refresh_seconds:
                 pointer = self.registry.production(self.model_name)
                 self._checked = now
                 if pointer is None:
                     self._version, self._refused = None, None
-                    raise ServingError(f"{self.model_name} has no production version (never promoted, or "
-                                       "its alias was removed after a failed promotion)")
+                    self._no_model = self.registry.no_model_since(self.model_name)
+                    if self._no_model is None:
+                        raise ServingError(f"{self.model_name} has no production version (never promoted, or "
+                                           "its alias was removed after a failed promotion)")
+                    raise NoModel(self._no_model)
+                self._no_model = None
                 if pointer.version == self._version:
                     self._refused = None
                 else:
@@ -233,9 +250,12 @@ class ProductionModel:
         from include.pipeline.data import feature_frame
         from include.training import prior_corrected_predict
 
-        version, model, lineage, refused = self._current()
         ts = pd.Timestamp(as_of or datetime.now(UTC))
         as_of = (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
+        try:
+            version, model, lineage, refused = self._current()
+        except NoModel as state:
+            return self._prior_forecast(state.since, as_of, log_as)
         age, stale = self._check_age(version, lineage, as_of)
         spec = FeatureSpec.from_dict({k: v for k, v in lineage["feature_spec"].items() if k != "sha256"})
         bar = timedelta(seconds=TIMEFRAME_SECONDS[lineage["timeframe"]])
@@ -288,6 +308,47 @@ class ProductionModel:
                             [{"bar": row.index[0], "decision": prediction.decision,
                               **{f"p_{k}": v for k, v in prediction.probabilities.items()}}], source=log_as)
         return prediction
+
+
+    def _prior_forecast(self, since: dict[str, Any], as_of: datetime, log_as: str | None) -> Prediction:
+        """The no-model answer: the demoted version's training class frequencies for the last bar
+        closed by ``as_of``, and no position."""
+        from include.pipeline.common import closed_bars_end
+
+        demoted = since["from"]
+        if self._prior is None or self._prior[0] != demoted:
+            # The demoted version's own record of its training class frequencies: verified, as any load.
+            model, lineage = self.registry.load(demoted)
+            self._prior = (demoted, np.asarray(model.class_prior_, dtype="float64"), lineage)
+        _, prior, lineage = self._prior
+        bar = timedelta(seconds=TIMEFRAME_SECONDS[lineage["timeframe"]])
+        last = closed_bars_end(as_of, bar) - bar
+        prediction = Prediction(model=self.model_name, version="none", symbol=lineage["symbol"],
+                                bar=pd.Timestamp(last).isoformat(),
+                                probabilities=dict(zip(CLASS_NAMES, map(float, prior), strict=True)),
+                                decision="no position", horizon_bars=int(lineage["config"]["label_horizon_bars"]),
+                                model_age_hours=0.0, stale=False,
+                                no_model={"since": since["at"], "demoted": demoted, "reason": since["reason"]})
+        if log_as is not None:
+            from include.monitoring.predictions import log_predictions
+
+            if self._store is None:
+                from include.data.store import MarketStore
+
+                self._store = MarketStore(self.market_db_url)
+            log_predictions(self._store.engine, self.model_name, "none",
+                            [{"bar": pd.Timestamp(last), "decision": "no position",
+                              **{f"p_{k}": v for k, v in prediction.probabilities.items()}}], source=log_as)
+        return prediction
+
+
+class NoModel(ServingError):  # noqa: N818 - a state, named as the pages name it
+    """The registered model is demoted to no model: the gate took production away
+    (:meth:`~include.registry.ModelRegistry.demote`). ``since`` is the ledger entry."""
+
+    def __init__(self, since: dict[str, Any]) -> None:
+        super().__init__(f"demoted to no model at {since['at']}: {since['reason']}")
+        self.since = since
 
 
 def _native_member(est: Any) -> Any | None:
@@ -430,9 +491,11 @@ def write_signal(settings: Any, model: str, event: dict[str, Any] | None = None)
     registry = ModelRegistry.from_settings(settings)
     try:
         pointer = registry.production(model)
-        if pointer is None:
+        since = registry.no_model_since(model) if pointer is None else None
+        if pointer is None and since is None:
             raise ServingError(f"{model} has no production version to publish signals from")
-        as_of = instant(registry.metadata(pointer.version)["data_window"]["trained_until"])
+        # A demotion's signal is "no position" from the bars that closed by the demotion.
+        as_of = instant(since["at"] if since else registry.metadata(pointer.version)["data_window"]["trained_until"])
     finally:
         registry.dispose()
     serving = ProductionModel(ModelRegistry.from_settings(settings), settings.market_db_url, model, max_age_hours=None)

@@ -82,6 +82,9 @@ class PredictResponse(BaseModel):
     refused: dict[str, str] | None = Field(
         None, description="The production alias's version when it failed verification ({version, error}): the "
                           "answer is then the last verified version's (see version); null otherwise.")
+    no_model: dict[str, str] | None = Field(
+        None, description="Set while the gate has demoted the model to no model ({since, demoted, reason}): the "
+                          "probabilities are the class-prior forecast, version 'none', decision 'no position'.")
 
 
 def _settings():
@@ -189,8 +192,8 @@ def _gate_outcome(info: dict[str, Any]) -> dict[str, Any] | None:
     window = champion.get("challenger_metrics") or record.get("candidate_gate_window") or {}
     comparison = champion.get("comparison") or champion.get("paired_test") or {}
     return {"passed": bool(record.get("passed")),
-            "failed": [c["name"] for c in record.get("checks", []) if not c.get("passed") and not c.get("waived")
-                       and c.get("required", True)],
+            "failed": [c["name"] for c in record.get("checks", []) if not c.get("passed") and c.get("required", True)],
+            "deciding": record.get("deciding"), "action": record.get("action"),
             "challenger": window.get("macro_f1"), "n": window.get("n"),
             "champion": (champion.get("metrics") or {}).get("macro_f1"),
             "champion_version": champion.get("version"),
@@ -203,6 +206,8 @@ def _gate_cell(gate: dict[str, Any] | None) -> str:
         return "<span title='run folder cleaned'>–</span>"
     verdict = ("<b class='pass'>PASS</b>" if gate["passed"]
                else f"<b class='fail'>FAIL</b> {html.escape(', '.join(gate['failed']))}")
+    if gate.get("deciding"):
+        verdict += f"<br>{html.escape(gate['deciding'])}"
     if gate["champion"] is None:
         versus = "no champion compared"
     else:
@@ -408,13 +413,22 @@ def models_page() -> str:
                 cells.append(f"<td>{cell}</td>")
             body.append(f"<tr class=\"{'production' if marked else ''}\" data-version=\"{html.escape(row['version'])}\">"
                         + "".join(cells) + "</tr>")
-        production = model["production"] or "none"
+        production = html.escape(model["production"] or "none")
+        since = registry.no_model_since(model["name"]) if model["production"] is None else None
+        if since is not None:
+            decided = (since.get("decision") or {}).get("deciding") or since["reason"]
+            production = (f"no model</b> since {html.escape(since['at'])}: the class-prior forecast and no "
+                          f"position ({html.escape(str(decided))}; {html.escape(str(since['from']))} demoted)<b>")
+        last = next((e for e in reversed(registry.ledger(model["name"])) if e.get("decision")), None)
+        latest = (f" Last decision ({html.escape(last['at'])}): "
+                  f"<b>{html.escape(str(last['decision'].get('deciding') or last['decision'].get('summary')))}</b>."
+                  if last else "")
         sections.append(
             f"<section class='model' data-model=\"{html.escape(model['name'])}\">"
             f"<h3>{html.escape(model['name'])}</h3><p>{html.escape(model['symbol'])} {html.escape(model['market_type'])} "
             f"{html.escape(model['timeframe'])}, horizon {model['label_horizon_bars']} bars, labels "
             f"{html.escape(model['label_threshold_mode'])} {model['label_threshold']:g}. "
-            f"Production: <b>{html.escape(production)}</b>. {len(rows)} version(s). "
+            f"Production: <b>{production}</b>.{latest} {len(rows)} version(s). "
             f"<a href='models/{quote(model['name'])}/timeline'>Production history</a>.</p>"
             f"<table><tr>{head}</tr>{''.join(body)}</table>"
             f"{track_record_section(model['name'], _track_record(model['name']))}</section>")

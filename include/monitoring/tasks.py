@@ -17,6 +17,9 @@ logger = logging.getLogger(__name__)
 def production_models(settings: Settings, wanted: list[str] | None = None) -> list[str]:
     """Registered models with a production version, in name order; ``wanted`` narrows them.
 
+    A model the gate demoted to no model is not monitored (it serves the class-prior forecast);
+    the log names such models.
+
     Raises:
         ConfigError: a wanted model is unknown or has no production version.
     """
@@ -24,13 +27,21 @@ def production_models(settings: Settings, wanted: list[str] | None = None) -> li
 
     registry = ModelRegistry.from_settings(settings)
     try:
-        live = [m["name"] for m in registry.models() if m["production"]]
+        models = registry.models()
+        live = [m["name"] for m in models if m["production"]]
+        # Demoted to no model: they serve the class-prior forecast, which has nothing to drift.
+        no_model = [m["name"] for m in models if not m["production"] and registry.no_model_since(m["name"])]
     finally:
         registry.dispose()
+    if no_model:
+        logger.info("not monitored, demoted to no model by the gate (class-prior forecast, no position): %s",
+                    ", ".join(no_model))
     if wanted:
         missing = sorted(set(wanted) - set(live))
         if missing:
-            raise ConfigError(f"models {missing} have no production version to monitor (in production: {live})")
+            demoted = sorted(set(missing) & set(no_model))
+            raise ConfigError(f"models {missing} have no production version to monitor (in production: {live}"
+                              + (f"; demoted to no model: {demoted}" if demoted else "") + ")")
         return [m for m in live if m in wanted]
     logger.info("monitoring %d production model(s): %s", len(live), ", ".join(live) or "none")
     return live

@@ -124,3 +124,31 @@ def test_a_demotion_is_a_production_state_of_its_own_in_the_registry(tmp_path):
         assert reg.no_model_since(BTC) is None
     finally:
         reg.dispose()
+
+
+def test_serving_a_demoted_model_answers_the_class_prior_and_no_position(tmp_path):
+    from datetime import UTC, datetime
+
+    from include.registry import ModelRegistry
+    from include.serving import ProductionModel
+    from tests.include.test_registry import BTC, _register
+
+    url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    reg = ModelRegistry(tmp_path / "models", url)
+    try:
+        a = _register(reg, tmp_path, "a", "prior", 10)
+        reg.promote(a, run_id="r1", reason="x")
+        reg.demote(BTC, run_id="r2", reason="worse than the prior", expected=a,
+                   decision={"deciding": "demoted to no model: …", "action": "demote"})
+        serving = ProductionModel(reg, url, BTC, refresh_seconds=0)
+        answer = serving.predict(datetime(2023, 12, 24, 10, 30, tzinfo=UTC))
+        prior = reg.load(a)[0].class_prior_
+        assert answer.version == "none" and answer.decision == "no position"
+        assert list(answer.probabilities.values()) == pytest.approx(list(prior))
+        assert answer.bar == "2023-12-24T09:00:00+00:00"  # the last bar closed by 10:30
+        assert answer.no_model["demoted"] == a and answer.no_model["reason"] == "worse than the prior"
+        # A rollback ends the state: the demoted version serves again.
+        reg.rollback(BTC, run_id="r3", reason="restore")
+        assert serving.current()[0] == a
+    finally:
+        reg.dispose()
