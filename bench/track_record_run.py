@@ -34,8 +34,8 @@ REPLAYED = {
     "all_tests_alpha_0.05": {"required": ALL, "alpha": 0.05},
     "log_loss_test_alpha_0.05": {"required": LOG_LOSS, "alpha": 0.05},
     "log_loss_test_alpha_0.01": {"required": LOG_LOSS, "alpha": 0.01},
-    "lapse_above_prior": {"lapse_rule": "above_prior"},
-    "no_lapse_rule": {"replace_lapsed_champion": False},
+    "weekly_level_0.10": {"alpha": 0.10 * 52},  # each week at 0.10, as a per-week level would
+    "no_demotion": {"demote": False},
     "champion_never_refuses": {"champion_alpha": 0.0},
 }
 

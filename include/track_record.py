@@ -159,13 +159,15 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
             used (from its lineage's configuration), which reproduces the decisions taken.
 
     Returns:
-        One ``{"version", "trained_until", "passed", "action", "champion", "summary"}`` per
-        version; ``action`` is ``promote``, ``keep`` or ``skipped`` (a version without a
-        registered out-of-fold record).
+        One ``{"version", "trained_until", "passed", "action", "champion", "summary", "deciding"}``
+        per version; ``action`` is ``promote``, ``keep``, ``demote`` (the replayed chain then
+        serves no model until a later promotion) or ``skipped`` (a version without a registered
+        out-of-fold record).
     """
     from include.backtest import TradingCosts, simulate
     from include.pipeline.decision import (
         candidate_evidence,
+        champion_record_test,
         compare_with_champion,
         deflated_sharpe_of,
         oof_signals,
@@ -195,20 +197,30 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
                                       random_state=cfg.random_state)
         champion = None
         if production is not None:
-            champion = compare_with_champion(oof, _load(registry, production), production.lineage, production.version,
-                                             _features_of(data, production), horizon=horizon,
-                                             random_state=cfg.random_state,
+            model = _load(registry, production)
+            features = _features_of(data, production)
+            champion = compare_with_champion(oof, model, production.lineage, production.version, features,
+                                             horizon=horizon, random_state=cfg.random_state,
                                              window_start=v.lineage["data_window"]["interval_start"])
+            live = oof[oof.index >= pd.Timestamp(champion["compared_from"])]
+            live_proba = (model.predict_proba(features.loc[live.index, list(production.lineage["feature_spec"]["names"])])
+                          if len(live) else np.empty((0, 3)))
+            champion["record"] = champion_record_test(registry.out_of_fold(production.version), live, live_proba,
+                                                      np.asarray(model.class_prior_), n=len(oof), horizon=horizon,
+                                                      level=used.level, random_state=cfg.random_state)
         ens = sims["ensemble"]
         deflated = deflated_sharpe_of(ens, trials, cfg.bar_seconds)
         trials.append(deflated["sharpe_per_bar"])
         decision = decide(used, candidate_version=v.version, evidence=evidence, champion=champion,
                           trading={"ensemble": ens}, deflated=deflated)
         decisions.append({"version": v.version, "trained_until": v.trained_until.isoformat(),
-                          "passed": decision.passed, "action": "promote" if decision.passed else "keep",
-                          "champion": production.version if production else None, "summary": decision.summary()})
-        if decision.passed:
+                          "passed": decision.passed, "action": decision.action,
+                          "champion": production.version if production else None, "summary": decision.summary(),
+                          "deciding": decision.deciding})
+        if decision.action == "promote":
             production = v
+        elif decision.action == "demote":
+            production = None
     return decisions
 
 
@@ -325,6 +337,8 @@ def track_record(settings: Settings, model: str, *, policies: dict[str, GatePoli
             for v, d in zip(versions, decisions, strict=True):
                 if d["action"] == "promote":
                     serving = v
+                elif d["action"] == "demote":
+                    serving = None
                 chain.append(serving)
             chains[label] = chain
         weeks, served = [], {name: [] for name in chains}

@@ -11,11 +11,11 @@ from tests.conftest import ROOT
 
 BTC = "binance-btcusdt-perp-1h-h4"
 SMALL = dict(train_window_days=120, cv_folds=3, models=("lightgbm",))
-# Skill tests that always pass, and weeks where a log loss no forecast reaches is required of a
-# champion kept whatever its live record: some weeks promote, some keep.
+# Skill tests that always pass, and weeks where a log loss no forecast reaches is required and the
+# champion is not demoted: some weeks promote, some keep.
 PERMISSIVE = dict(gate_min_f1_margin=-1.0, gate_max_log_loss_ratio=10.0, gate_min_sharpe_margin=-1000.0,
                   gate_max_drawdown=1.0)
-REFUSING = dict(gate_max_log_loss_ratio=0.5, gate_replace_lapsed_champion=False)
+REFUSING = dict(gate_max_log_loss_ratio=0.5, gate_demote=False)
 WEEKS = [str(date(2023, 11, 12) + timedelta(weeks=k)) for k in range(5)]
 POLICY_OF_WEEK = [PERMISSIVE, REFUSING, PERMISSIVE, REFUSING, PERMISSIVE]
 
@@ -54,7 +54,7 @@ def test_the_replay_of_the_backfill_s_policy_reproduces_its_decisions(backfill):
         permissive = replay(registry, data, versions, GatePolicy(min_f1_margin=-1.0, max_log_loss_ratio=10.0,
                                                                  min_sharpe_margin=-1000.0, max_drawdown=1.0))
         assert [d["action"] for d in permissive] == ["promote"] * len(WEEKS)
-        refusing = replay(registry, data, versions, GatePolicy(max_log_loss_ratio=0.5, replace_lapsed_champion=False))
+        refusing = replay(registry, data, versions, GatePolicy(max_log_loss_ratio=0.5, demote=False))
         assert [d["action"] for d in refusing] == ["keep"] * len(WEEKS)
         assert all(d["champion"] is None for d in refusing)
     finally:
@@ -90,7 +90,7 @@ def test_the_track_record_scores_each_policy_forward_on_the_weeks_it_serves(back
     from include.track_record import track_record
 
     settings, actions = backfill
-    refusing = GatePolicy(max_log_loss_ratio=0.5, replace_lapsed_champion=False)
+    refusing = GatePolicy(max_log_loss_ratio=0.5, demote=False)
     record = track_record(settings, BTC, policies={"strict": refusing})
     registry = ModelRegistry.from_settings(settings)
     versions = sorted(actions, key=lambda v: registry.metadata(v)["data_window"]["trained_until"])
