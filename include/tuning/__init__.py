@@ -195,7 +195,8 @@ def summarise_study(study: Any) -> dict[str, Any]:
         failed (each is a configuration tried); ``trial_sharpes`` the per-bar Sharpe ratio of
         every completed trial's out-of-fold strategy (for the deflated Sharpe ratio's variance);
         ``pbo`` the probability of backtest overfitting over the completed trials' per-fold log
-        losses.
+        losses (pruned trials are not in it, so it understates the search's overfitting: see
+        :mod:`include.tuning.overfitting`).
 
     Raises:
         TrainingError: the study has no completed trial.

@@ -39,10 +39,13 @@ def show(model: str | None = None) -> str:
     for s in rows:
         pbo = (s.get("pbo") or {}).get("pbo")
         f1 = (s.get("best_metrics") or {}).get("macro_f1")
+        pruned = (s.get("states") or {}).get("pruned", 0)
+        # The PBO ranks the completed trials only; the pruner's own selection is not in it.
+        caveat = f" (completed trials only; {pruned} pruned: understated)" if pruned and pbo is not None else ""
         lines.append(f"{s['model']}  {s['family']:<13}  as of {s['as_of'][:10]}  {s['set_id']}\n"
                      f"  {s['n_trials']} trials {s.get('states')}, best out-of-fold log loss {s['best_value']:.5f}"
                      f"{'' if f1 is None else f', macro F1 {f1:.4f}'}, "
-                     f"probability of backtest overfitting {'n/a' if pbo is None else f'{pbo:.2f}'}\n"
+                     f"probability of backtest overfitting {'n/a' if pbo is None else f'{pbo:.2f}'}{caveat}\n"
                      f"  {json.dumps(s['params'], sort_keys=True)}")
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -62,6 +63,34 @@ def test_pbo_of_pure_noise_is_near_one_half_and_bad_input_is_named():
     assert probability_of_backtest_overfitting(np.ones((4, 5)))["n_partitions"] == 4  # odd: earliest left out
     with pytest.raises(ValueError, match="non-finite"):
         probability_of_backtest_overfitting(np.array([[1.0, np.nan], [1.0, 2.0]]))
+
+
+def test_pbo_over_more_splits_than_the_cap_agrees_with_the_pbo_over_all_splits():
+    # 16 folds: C(16, 8) = 12,870 splits, over the cap of 5,000. Configuration 0 is far best on
+    # fold 0 and worst elsewhere: it wins every half that holds fold 0 and then ranks last.
+    rng = np.random.default_rng(3)
+    scores = 1.0 + 0.01 * rng.normal(size=(12, 16))
+    scores[0, 0] -= 0.5
+    scores[0, 1:] += 0.02
+    every = probability_of_backtest_overfitting(scores, max_splits=math.comb(16, 8))
+    sampled = probability_of_backtest_overfitting(scores)
+    assert 0.6 < every["pbo"] < 0.85
+    # A uniform sample of 5,000 of 12,870 splits: standard error 0.005.
+    assert sampled["pbo"] == pytest.approx(every["pbo"], abs=0.03)
+    assert every["n_splits"] == every["n_possible_splits"] == 12870 and not every["sampled"]
+    assert sampled["n_splits"] == 5000 and sampled["sampled"]
+
+
+def test_sampled_cscv_splits_are_distinct_and_hold_each_fold_in_sample_half_the_time():
+    from include.tuning.overfitting import cscv_splits
+
+    splits = cscv_splits(16, 5000, random_state=0)
+    assert splits.shape == (5000, 8) and len({tuple(s) for s in splits}) == 5000
+    in_sample = np.array([(splits == fold).any(axis=1).mean() for fold in range(16)])
+    # Each fold is in half of all splits; a sample of 5,000 (without replacement) has standard error 0.0055.
+    assert np.abs(in_sample - 0.5).max() < 0.03, in_sample
+    assert len(cscv_splits(8, 5000)) == 70  # all of them, in order
+    assert (cscv_splits(16, 5000, random_state=0) == splits).all()
 
 
 # -- stacking -------------------------------------------------------------------------------------
