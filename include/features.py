@@ -4,6 +4,14 @@ Every feature of the row for bar ``t`` (bar open time ``t``) is computed from ca
 including bar ``t`` and from funding settlements and open-interest closes *published* at or
 before ``t``. Appending later rows never changes an earlier row; ``tests/models`` checks this.
 
+The default features are stationary: returns, ratios, z-scores, gaps and volatility in units of
+the price (fractions), none a price or volume level. A level (a close of 30,000 USD, an ATR of
+220 USD) recurs only while the market stays in that price regime, so a tree's split on it
+describes the training months and says nothing about later ones. Multiplying every price by a
+constant and every volume by another leaves the default features unchanged; ``tests/include``
+checks this. The level features (:data:`LEVEL_FEATURES`) stay computable by name, so a model
+registered with a spec that names them is still served its own inputs.
+
 Indicators come from TA-Lib (https://ta-lib.github.io/ta-lib-python/); formulas as documented
 there: RSI (Wilder 1978), MACD (Appel; EMA 12/26, signal EMA 9), ATR (Wilder 1978), Bollinger
 Bands (Bollinger 2001; SMA 20 +/- 2 population std), EMA.
@@ -27,17 +35,42 @@ from include.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-FEATURE_SPEC_VERSION = "1"
+#: The feature code's version: which names it knows and what each computes. A version knows every
+#: name of the versions before it, with the same formulas, so a stored spec of an earlier version
+#: computes the same values it was trained on.
+FEATURE_SPEC_VERSION = "2"
 
-#: The reference design's twelve features, in order.
+#: The reference design's twelve features, in order; seven of them are levels (see below).
 BASE_FEATURES: tuple[str, ...] = (
     "close", "volume", "returns_1", "rsi_14", "macd", "macd_signal", "atr_14", "bb_position",
     "ema_20", "ema_50", "zscore", "volume_ratio",
 )
-#: Scale-free companions of the price-level features, comparable across price regimes.
+#: Features in USD (close, EMAs, MACD and its signal line, ATR) or in base-asset units (volume):
+#: levels, never in the default spec; computed for stored specs that name them.
+LEVEL_FEATURES: tuple[str, ...] = ("close", "volume", "macd", "macd_signal", "atr_14", "ema_20", "ema_50")
+#: Scale-free companions of the level features, comparable across price regimes.
 RELATIVE_FEATURES: tuple[str, ...] = ("returns_24", "ema_20_gap", "ema_50_gap", "atr_pct")
+#: Scale-free forms of the remaining levels: the EMAs' gap to each other, MACD, its signal line and
+#: their difference (the histogram) as fractions of the close, and volume as a trailing z-score.
+STATIONARY_FEATURES: tuple[str, ...] = (
+    "ema_20_50_gap", "macd_pct", "macd_signal_pct", "macd_hist_pct", "volume_zscore",
+)
 FUNDING_FEATURES: tuple[str, ...] = ("funding_rate", "funding_rate_zscore")
 OPEN_INTEREST_FEATURES: tuple[str, ...] = ("oi_change_1d",)
+
+#: The names each spec version knows. Version 1's default spec was ``BASE_FEATURES +
+#: RELATIVE_FEATURES`` plus funding and open interest.
+KNOWN_FEATURES: dict[str, frozenset[str]] = {
+    "1": frozenset(BASE_FEATURES + RELATIVE_FEATURES + FUNDING_FEATURES + OPEN_INTEREST_FEATURES),
+}
+KNOWN_FEATURES["2"] = KNOWN_FEATURES["1"] | frozenset(STATIONARY_FEATURES)
+
+#: The default spec's candle features, in model input order: every one scale-free.
+DEFAULT_CANDLE_FEATURES: tuple[str, ...] = (
+    "returns_1", "returns_24", "rsi_14", "bb_position", "zscore", "ema_20_gap", "ema_50_gap",
+    "ema_20_50_gap", "macd_pct", "macd_signal_pct", "macd_hist_pct", "atr_pct", "volume_ratio",
+    "volume_zscore",
+)
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "rsi_period": 14,
@@ -51,6 +84,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "ema_slow": 50,
     "zscore_period": 20,
     "volume_ratio_period": 20,
+    # Five days of hourly bars: a whole number of days, so every hour of the day's volume cycle
+    # weighs the same in the mean and the deviation; within the EMA warm-up (150 bars).
+    "volume_zscore_period": 120,
     "momentum_bars": 24,
     "funding_zscore_settlements": 21,
     "open_interest_publish_lag_hours": 24,
@@ -67,8 +103,10 @@ class FeatureSpec:
 
     Attributes:
         names: feature columns in model input order.
-        params: indicator parameters (periods in bars; see :data:`DEFAULT_PARAMS`).
-        version: version of the feature code's formulas.
+        params: indicator parameters (periods in bars; see :data:`DEFAULT_PARAMS`). A stored
+            spec keeps the parameters it was written with: one from before a parameter existed
+            lacks it, and names no feature that reads it.
+        version: the feature code's version the spec was written by (:data:`KNOWN_FEATURES`).
     """
 
     names: tuple[str, ...]
@@ -77,8 +115,9 @@ class FeatureSpec:
 
     @classmethod
     def default(cls, *, funding: bool = True, open_interest: bool = True) -> FeatureSpec:
-        """The standard spec: base + relative features, plus funding / OI features if asked."""
-        names = BASE_FEATURES + RELATIVE_FEATURES
+        """The standard spec: the scale-free candle features (:data:`DEFAULT_CANDLE_FEATURES`),
+        plus funding / OI features if asked."""
+        names = DEFAULT_CANDLE_FEATURES
         if funding:
             names += FUNDING_FEATURES
         if open_interest:
@@ -94,8 +133,10 @@ class FeatureSpec:
     def warmup_bars(self) -> int:
         """Bars of history needed before the first row with every candle feature defined."""
         p = self.params
-        # TA-Lib's EMA seeds with an SMA; 3x the period lets the seed's influence decay.
-        return int(max(3 * p["ema_slow"], 3 * (p["macd_slow"] + p["macd_signal"]), p["momentum_bars"]))
+        # TA-Lib's EMA seeds with an SMA; 3x the period lets the seed's influence decay. The
+        # volume z-score's window is plain: it is defined from its period's last bar on.
+        return int(max(3 * p["ema_slow"], 3 * (p["macd_slow"] + p["macd_signal"]), p["momentum_bars"],
+                       p.get("volume_zscore_period", 0)))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable view."""
@@ -107,13 +148,17 @@ class FeatureSpec:
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
         """Inverse of :meth:`to_dict`.
 
+        The version and parameters are kept as stored, so the spec's :attr:`sha256` is the one
+        recorded with the model.
+
         Raises:
-            ConfigError: the stored spec was written by a different feature-code version.
+            ConfigError: the stored spec was written by a feature-code version this code does not
+                know (a later one).
         """
-        if data.get("version") != FEATURE_SPEC_VERSION:
+        if data.get("version") not in KNOWN_FEATURES:
             raise ConfigError(
                 f"feature spec version {data.get('version')!r} is not supported by this code "
-                f"(expects {FEATURE_SPEC_VERSION!r})"
+                f"(knows {sorted(KNOWN_FEATURES)})"
             )
         return cls(names=tuple(data["names"]), params=dict(data["params"]), version=data["version"])
 
@@ -154,16 +199,22 @@ def build_features(ohlcv: pd.DataFrame, spec: FeatureSpec, funding: pd.DataFrame
         spec order, float64. Warm-up rows hold NaN.
 
     Raises:
-        ConfigError: the spec names a feature this code does not know, or needs funding / open
-            interest that was not given.
+        ConfigError: the spec's version is unknown, it names a feature its version does not know,
+            lacks a parameter a named feature reads, or needs funding / open interest that was not
+            given.
     """
     import talib
 
-    known = set(BASE_FEATURES + RELATIVE_FEATURES + FUNDING_FEATURES + OPEN_INTEREST_FEATURES)
+    known = KNOWN_FEATURES.get(spec.version)
+    if known is None:
+        raise ConfigError(f"feature spec version {spec.version!r} is not supported by this code "
+                          f"(knows {sorted(KNOWN_FEATURES)})")
     unknown = [n for n in spec.names if n not in known]
     if unknown:
-        raise ConfigError(f"feature spec names unknown features {unknown}")
+        raise ConfigError(f"feature spec (version {spec.version}) names unknown features {unknown}")
     p = spec.params
+    if "volume_zscore" in spec.names and "volume_zscore_period" not in p:
+        raise ConfigError("feature spec names volume_zscore but has no parameter volume_zscore_period")
     bars = ohlcv.sort_values("timestamp").reset_index(drop=True)
     h, lo, c, v = (bars[k].to_numpy(dtype="float64") for k in ("high", "low", "close", "volume"))
 
@@ -192,6 +243,21 @@ def build_features(ohlcv: pd.DataFrame, spec: FeatureSpec, funding: pd.DataFrame
         feats["zscore"] = np.where(std > 0, (c - sma) / std, 0.0)
         vol_sma = talib.SMA(v, timeperiod=p["volume_ratio_period"])
         feats["volume_ratio"] = np.where(vol_sma > 0, v / vol_sma, np.nan)
+        # Gaps and MACD as fractions of the price: MACD (a difference of EMAs) and its signal line
+        # scale with the price, so divided by the close they read the same at 3,000 and 30,000 USD.
+        feats["ema_20_50_gap"] = feats["ema_20"] / feats["ema_50"] - 1.0
+        feats["macd_pct"] = macd / c
+        feats["macd_signal_pct"] = macd_signal / c
+        feats["macd_hist_pct"] = (macd - macd_signal) / c
+        if "volume_zscore" in spec.names:
+            # Raw volume, not its logarithm: a bar may trade nothing (the data-quality suite allows
+            # volume 0), and log 0 would leave the feature undefined for a whole window.
+            n = p["volume_zscore_period"]
+            v_mean = talib.SMA(v, timeperiod=n)
+            v_std = talib.STDDEV(v, timeperiod=n, nbdev=1.0)
+            # A window of identical volumes (a halted market) has no spread: the bar is typical.
+            feats["volume_zscore"] = np.where(v_std > 0, (v - v_mean) / v_std, 0.0)
+            feats["volume_zscore"][np.isnan(v_mean)] = np.nan
     feats["bb_position"][np.isnan(upper)] = np.nan
     feats["zscore"][np.isnan(sma)] = np.nan
 

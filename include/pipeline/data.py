@@ -282,7 +282,7 @@ def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: 
         start, end: UTC bounds of the bars wanted.
 
     Returns:
-        ``(n_bars, n_features + OHLCV)`` frame indexed by bar open time.
+        ``(n_bars, len(spec.names))`` frame indexed by bar open time, columns in spec order.
     """
     key = {"exchange": cfg.exchange, "symbol": cfg.symbol}
     read_from = feature_read_start(start, cfg)
@@ -319,7 +319,9 @@ def features(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     """Compute features for the ingest window; write ``features.parquet`` and ``feature_spec.json``.
 
     Funding features are part of the spec for perpetuals only; open-interest features when the
-    store holds open interest for at least half of the training window's days.
+    store holds open interest for at least half of the training window's days. Besides the
+    spec's features the file holds each bar's ``close`` (USD), the labels' input: the default
+    spec names no price level, so the close rides along without being a model input.
     """
     end = window.ts("interval_end")
     store = open_store(settings)
@@ -331,6 +333,11 @@ def features(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         # Funding features for perpetuals only: a spot market pays no funding.
         spec = FeatureSpec.default(funding=cfg.market_type == "perp", open_interest=use_oi)
         frame = feature_frame(store, cfg, spec, features_start(cfg, window), end)
+        if "close" not in frame.columns:
+            bars = store.load_ohlcv(exchange=cfg.exchange, symbol=cfg.symbol, market_type=cfg.market_type,
+                                    timeframe=cfg.timeframe, start=features_start(cfg, window), end=end)
+            closes = bars.set_index("timestamp")["close"].astype("float64")
+            frame["close"] = closes.reindex(frame.index).to_numpy()
     finally:
         store.dispose()
     path = out_dir / "features.parquet"

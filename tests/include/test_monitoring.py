@@ -112,15 +112,18 @@ def test_a_volume_shift_requests_one_retrain_per_cooldown(deployment):
 
     settings, src = deployment
 
-    def tenfold(frame, live):
-        frame.loc[live, "volume"] *= 10
+    def surging(frame, live):
+        # Volume 5 % higher every hour: the features are scale-free, so a volume that only jumped
+        # to a new level would look normal again once the trailing windows hold that level; a
+        # surge keeps the volume z-score far above its training range for as long as it lasts.
+        frame.loc[live, "volume"] *= 1.05 ** np.arange(int(live.sum()))
         return frame
 
-    _edit(src, FILES[0], tenfold)
+    _edit(src, FILES[0], surging)
     source = {"source_dir": str(src)}
     first = monitor(settings, BTC, datetime(2023, 12, 24, tzinfo=UTC), run_id="d1", source=source)
-    volume = next(r for r in first["drift"]["table"] if r["feature"] == "volume")
-    assert volume["psi"] > 0.25 and "volume" in first["drift"]["top_features"][:5]
+    volume = next(r for r in first["drift"]["table"] if r["feature"] == "volume_zscore")
+    assert volume["psi"] > 0.25 and "volume_zscore" in first["drift"]["top_features"][:5]
     assert _check(first, "feature_drift")["tripped"] and first["action"] == RETRAIN
     # The request never became an asset event (request_retrain did not run): no cooldown yet.
     engine = sa.create_engine(settings.market_db_url)
@@ -148,7 +151,7 @@ def test_a_volume_shift_requests_one_retrain_per_cooldown(deployment):
     assert rows[0]["max_top_psi"] == pytest.approx(volume["psi"]) and rows[0]["promised_macro_f1"] > 0
     page = render({BTC: found})
     assert page.count("data:image/png;base64,") == 1 and "RETRAIN_REQUESTED" in page
-    assert "<tr class='top'><td>volume</td>" in page and page.count("<td>cooldown</td>") == 1
+    assert "<tr class='top'><td>volume_zscore</td>" in page and page.count("<td>cooldown</td>") == 1
 
 
 def test_funding_that_stops_arriving_shows_as_missing_values(deployment):

@@ -213,3 +213,61 @@ def test_production_moved_to_a_tampered_version_keeps_serving_the_last_verified_
         registry.promote(v2, run_id="test", reason="restore")
     back = serving.predict(AS_OF)
     assert (back.version, back.refused) == (v2, None)
+
+
+def test_a_version_registered_with_the_version_1_spec_is_served_its_own_level_features(trained_registry, tmp_path):
+    """A model whose lineage names the price and volume levels (feature spec version 1, from before
+    the default spec became scale-free) still loads and serves: serving computes the columns of
+    the version's own stored spec, levels included, and forecasts from them."""
+    import json
+    import shutil
+    from dataclasses import replace
+    from pathlib import Path
+
+    import joblib
+
+    from include.config import RunConfig
+    from include.data.store import MarketStore
+    from include.ensemble import WeightedSoftVotingEnsemble
+    from include.labels import make_labels
+    from include.pipeline import feature_frame
+    from include.training import build_estimator
+    from tests.include.test_features_labels import STORED_V1_SHA256, STORED_V1_SPEC
+
+    shared = trained_registry["settings"]
+    # Copies of the market store and the registry: the shared registry's versions stay as they are.
+    shutil.copy2(Path(shared.market_db_url.removeprefix("sqlite:///")), tmp_path / "market.sqlite")
+    shutil.copytree(shared.registry_dir, tmp_path / "models")
+    settings = replace(shared, market_db_url=f"sqlite:///{tmp_path / 'market.sqlite'}",
+                       registry_dir=tmp_path / "models", runs_dir=tmp_path / "runs")
+    registry = ModelRegistry.from_settings(settings)
+    store = MarketStore(settings.market_db_url)
+    spec = FeatureSpec.from_dict(STORED_V1_SPEC)
+    names = list(spec.names)
+    X = feature_frame(store, RunConfig(), spec, datetime(2023, 11, 1, tzinfo=UTC), AS_OF)
+    assert list(X.columns) == names
+    y = make_labels(X["close"], horizon=4, mode="volatility", threshold=0.43)
+    rows = X.drop(columns="oi_change_1d").notna().all(axis=1) & y.notna()
+    member = build_estimator("lightgbm", random_state=0, n_jobs=1, n_estimators=20).fit(X[rows], y[rows].astype(int))
+    model = WeightedSoftVotingEnsemble.from_fitted([("lightgbm", member)], [1.0], np.full(3, 1 / 3), feature_names=names)
+    _, v2 = trained_registry["versions"]
+    candidate = tmp_path / "candidate"
+    shutil.copytree(registry.root / registry.describe(v2)["artifact_path"], candidate)
+    (candidate / "manifest.json").unlink()
+    joblib.dump(model, candidate / "model.joblib")
+    lineage = json.loads((candidate / "metadata.json").read_text())
+    lineage["feature_spec"] = {**STORED_V1_SPEC, "sha256": STORED_V1_SHA256}
+    (candidate / "metadata.json").write_text(json.dumps(lineage))
+    old = registry.register(candidate, AS_OF)
+    registry.promote(old, run_id="test", reason="a version-1 model in production")
+
+    pred = ProductionModel(registry, settings.market_db_url, BTC, max_age_hours=None).predict(AS_OF)
+    assert (pred.version, pred.bar) == (old, "2023-12-30T23:00:00+00:00")
+    bar = pd.Timestamp(pred.bar)
+    close = store.load_ohlcv(exchange="binance", symbol="BTCUSDT", market_type="perp", timeframe="1h",
+                             start=bar.to_pydatetime(), end=AS_OF)["close"].iloc[0]
+    assert X.loc[bar, "close"] == close  # a level, as the version was trained on
+    expected = model.predict_proba(X.loc[[bar], names])[0]
+    np.testing.assert_allclose(list(pred.probabilities.values()), expected, rtol=1e-9)
+    store.dispose()
+    registry.dispose()

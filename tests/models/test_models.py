@@ -10,7 +10,7 @@ from sklearn.base import clone
 from include.config import MODEL_FAMILIES
 from include.ensemble import WeightedSoftVotingEnsemble
 from include.evaluation import WalkForward, baseline_oof
-from include.features import FeatureSpec, build_features
+from include.features import FEATURE_SPEC_VERSION, KNOWN_FEATURES, FeatureSpec, build_features
 from include.labels import make_labels
 from include.training import build_estimator, cross_validate
 
@@ -19,7 +19,8 @@ from include.training import build_estimator, cross_validate
 def xy(btc_slice):
     spec = FeatureSpec.default(open_interest=False)
     X = build_features(btc_slice["ohlcv"], spec, btc_slice["funding"])
-    y = make_labels(X["close"], horizon=4, mode="volatility", threshold=0.43)
+    close = btc_slice["ohlcv"].set_index("timestamp")["close"].set_axis(X.index)
+    y = make_labels(close, horizon=4, mode="volatility", threshold=0.43)
     keep = X.notna().all(axis=1) & y.notna()
     return X[keep], y[keep].astype(int).to_numpy()
 
@@ -56,9 +57,13 @@ def test_ensemble_contract(xy):
     assert set(ens.predict(X)) <= {0, 1, 2}
 
 
-def test_features_have_no_look_ahead(btc_slice):
+#: Every feature the code computes, levels included: what a stored spec may name.
+EVERY_FEATURE = FeatureSpec(names=tuple(sorted(KNOWN_FEATURES[FEATURE_SPEC_VERSION])))
+
+
+@pytest.mark.parametrize("spec", [FeatureSpec.default(), EVERY_FEATURE], ids=["default", "every-known-feature"])
+def test_features_have_no_look_ahead(btc_slice, spec):
     """Features at bar t are identical whether or not later rows exist."""
-    spec = FeatureSpec.default()
     full = build_features(btc_slice["ohlcv"], spec, btc_slice["funding"], btc_slice["open_interest"])
     for cut in (700, 1500, 2000):
         t = btc_slice["ohlcv"]["timestamp"].iloc[cut - 1]
