@@ -146,36 +146,78 @@ def _slice(frame: pd.DataFrame | None, start: Any, end: Any) -> pd.DataFrame | N
 
 
 # -- replay ----------------------------------------------------------------------------------
+class _LedgerBefore:
+    """A model's ledger cut where the live gate read it for each version it decided.
+
+    Args:
+        entries: the model's ledger, oldest first (:meth:`~include.registry.ModelRegistry.ledger`).
+        versions: the model's versions in replay order.
+    """
+
+    def __init__(self, entries: list[dict[str, Any]], versions: list[Version]) -> None:
+        self.entries = entries
+        self.order = {v.version: k for k, v in enumerate(versions)}
+
+    def _decided(self, entry: dict[str, Any]) -> str | None:
+        return (entry.get("decision") or {}).get("candidate")
+
+    def before(self, v: Version) -> _Ledger:
+        """The entries the live gate had when it decided ``v``: those before ``v``'s first decision;
+        for a version the gate never decided, those before the first decision of a later version."""
+        cut = next((i for i, e in enumerate(self.entries) if self._decided(e) == v.version), None)
+        if cut is None:
+            rank = self.order[v.version]
+            cut = next((i for i, e in enumerate(self.entries) if self.order.get(self._decided(e) or "", -1) > rank),
+                       len(self.entries))
+        return _Ledger(self.entries[:cut])
+
+
+class _Ledger:
+    """A registry as :func:`include.pipeline.decision.deflated_sharpe_record` reads it, whose ledger
+    is a given list of entries."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        self.entries = entries
+
+    def ledger(self, model: str | None = None) -> list[dict[str, Any]]:
+        """The entries, oldest first."""
+        return list(self.entries)
+
+
 def replay(registry: Any, data: MarketData, versions: list[Version],
            policy: GatePolicy | None) -> list[dict[str, Any]]:
     """Re-run the gate over ``versions`` in order with ``policy``.
 
     Each candidate is re-tested on its registered out-of-fold record and compared with the
-    replayed chain's production version, as :func:`include.pipeline.decision.gate` does. The
-    deflated Sharpe ratio counts the candidates replayed so far.
+    replayed chain's production version, as :func:`include.pipeline.decision.gate` does. Its
+    deflated Sharpe ratio is the live gate's: :func:`include.pipeline.decision.deflated_sharpe_record`
+    over the model's ledger as it stood when the live gate decided the version (every candidate
+    decided before it) and the trials of the hyperparameter sets its members use. The trials a
+    selection drew from do not depend on the policy replayed, so neither does this count.
 
     Args:
         policy: the policy to replay; ``None`` replays each version with the policy its own run
             used (from its lineage's configuration), which reproduces the decisions taken.
 
     Returns:
-        One ``{"version", "trained_until", "passed", "action", "champion", "summary", "deciding"}``
-        per version; ``action`` is ``promote``, ``keep``, ``demote`` (the replayed chain then
-        serves no model until a later promotion) or ``skipped`` (a version without a registered
-        out-of-fold record).
+        One ``{"version", "trained_until", "passed", "action", "champion", "summary", "deciding",
+        "deflated_sharpe"}`` per version; ``action`` is ``promote``, ``keep``, ``demote`` (the
+        replayed chain then serves no model until a later promotion) or ``skipped`` (a version
+        without a registered out-of-fold record).
     """
     from include.backtest import TradingCosts, simulate
     from include.pipeline.decision import (
         candidate_evidence,
         champion_record_test,
         compare_with_champion,
-        deflated_sharpe_of,
+        deflated_sharpe_record,
         oof_signals,
         policy_from_config,
     )
 
     production: Version | None = None
-    decisions, trials = [], []
+    decisions = []
+    ledgers: dict[str, _LedgerBefore] = {}
     for v in versions:
         oof = registry.out_of_fold(v.version)
         if oof is None:
@@ -209,14 +251,16 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
                                                       np.asarray(model.class_prior_), n=len(oof), horizon=horizon,
                                                       level=used.level, random_state=cfg.random_state)
         ens = sims["ensemble"]
-        deflated = deflated_sharpe_of(ens, trials, cfg.bar_seconds)
-        trials.append(deflated["sharpe_per_bar"])
+        if cfg.model_name not in ledgers:
+            ledgers[cfg.model_name] = _LedgerBefore(registry.ledger(cfg.model_name), versions)
+        deflated = deflated_sharpe_record(ledgers[cfg.model_name].before(v), cfg.model_name, v.version, ens,
+                                          cfg.bar_seconds, v.lineage.get("hyperparameter_sets"))
         decision = decide(used, candidate_version=v.version, evidence=evidence, champion=champion,
                           trading={"ensemble": ens}, deflated=deflated)
         decisions.append({"version": v.version, "trained_until": v.trained_until.isoformat(),
                           "passed": decision.passed, "action": decision.action,
                           "champion": production.version if production else None, "summary": decision.summary(),
-                          "deciding": decision.deciding})
+                          "deciding": decision.deciding, "deflated_sharpe": deflated})
         if decision.action == "promote":
             production = v
         elif decision.action == "demote":

@@ -61,6 +61,41 @@ def test_the_replay_of_the_backfill_s_policy_reproduces_its_decisions(backfill):
         registry.dispose()
 
 
+def test_the_replay_s_deflated_sharpe_ratio_counts_the_trials_the_live_gate_counted(backfill):
+    from include.pipeline.common import json_safe
+    from include.pipeline.decision import deflated_sharpe_record
+    from include.registry import ModelRegistry
+    from include.track_record import _versions, load_market, replay
+
+    settings, _ = backfill
+    registry = ModelRegistry.from_settings(settings)
+    try:
+        versions = _versions(registry, BTC)
+        data = load_market(settings, versions, versions[-1].trained_until + timedelta(days=7))
+        recorded = {e["decision"]["candidate"]: e["decision"] for e in registry.ledger(BTC)
+                    if (e.get("decision") or {}).get("candidate")}
+        # The newest version as if a member had been tuned by a study of 10 trials, 6 of them
+        # completed with a Sharpe ratio: the live gate counts every one of them.
+        tuned = {"lightgbm": {"n_trials": 10, "trial_sharpes": [0.001 * k for k in range(6)]}}
+        last = versions[-1]
+        last.lineage = {**last.lineage, "hyperparameter_sets": tuned}
+        decisions = replay(registry, data, versions, None)
+        # As the gate's record stores them: a value without variance (NaN) as None.
+        replayed = {d["version"]: json_safe(d["deflated_sharpe"]) for d in decisions}
+        for k, v in enumerate(versions[:-1]):  # the values the live gate recorded
+            live = recorded[v.version]["deflated_sharpe"]
+            assert replayed[v.version]["n_trials"] == live["n_trials"] == k + 1
+            for key in ("trials_variance", "sharpe_per_bar", "value"):
+                assert replayed[v.version][key] == (None if live[key] is None else pytest.approx(live[key])), key
+        strategy = recorded[last.version]["trading"]["out_of_fold"]["ensemble"]
+        live = json_safe(deflated_sharpe_record(registry, BTC, last.version, strategy, 3600, tuned))
+        assert replayed[last.version]["n_trials"] == live["n_trials"] == 4 + 10 + 1
+        for key in ("trials_variance", "sharpe_per_bar", "value", "expected_max_sharpe"):
+            assert replayed[last.version][key] == (None if live[key] is None else pytest.approx(live[key])), key
+    finally:
+        registry.dispose()
+
+
 def test_the_replay_of_the_default_policy_reproduces_a_default_backfill(tmp_path):
     from include.config import RunConfig, Settings
     from include.gate import GatePolicy
