@@ -10,9 +10,10 @@ few dozen market-years; a yearly false-promotion rate of 0.10 takes hundreds of 
 This benchmark keeps the gate's decision path and replaces training by a simulated forecaster:
 
 - the candidate's skill test is :func:`include.significance.log_loss_skill_test`, called as
-  :func:`include.significance.skill_evidence` calls it (checked against
-  :func:`include.pipeline.decision.candidate_evidence` on the first record of every run); with
-  ``--all-tests`` every skill test is run through ``candidate_evidence`` (about ten times slower);
+  :func:`include.significance.skill_evidence` calls it, with the resamples the gate step uses
+  under each policy (read from :func:`include.pipeline.decision.candidate_evidence` and checked
+  equal to it on one record at the start of every run, :func:`gate_resamples`); with
+  ``--all-tests`` every skill test is run through ``candidate_evidence`` (several times slower);
 - the champion is judged by :func:`include.pipeline.decision.compare_with_champion` (which calls
   :func:`include.significance.champion_evidence`) and
   :func:`include.pipeline.decision.champion_record_test`, as the gate step does;
@@ -242,14 +243,13 @@ class MarketYear:
         return frame
 
 
-def boundary_edge(spec: SimSpec, rows: int = 400_000, seed: int = 12345) -> float:
-    """The edge at which the simulated forecast's expected log loss equals the class prior's: the
-    boundary of the skill test's null hypothesis, where a test holding its level passes in a
-    share ``level`` of weeks (with edge 0 the forecast's spread makes it worse than the prior).
+def log_loss_excess(spec: SimSpec, rows: int = 400_000, seed: int = 12345) -> Callable[[float], float]:
+    """The simulated forecast's expected log loss minus the class prior's (nats per row), as a
+    function of the edge: negative where the forecast has skill.
 
-    Found by bisection on one large sample of labels and forecast deviations (common to every
-    edge tried, so the mean difference is monotone in the edge); the deviations' persistence
-    does not change their mean.
+    Estimated on one large sample of labels and forecast deviations, common to every edge asked
+    for (so the estimate is monotone in the edge); the deviations' persistence does not change
+    their mean, so the sample's rows are independent.
 
     Args:
         spec: the simulation's parameters (``noise``, ``threshold``, ``floor``).
@@ -272,6 +272,15 @@ def boundary_edge(spec: SimSpec, rows: int = 400_000, seed: int = 12345) -> floa
         p /= p.sum(axis=1, keepdims=True)
         return float(np.mean(-np.log(p[np.arange(rows), y]) - reference))
 
+    return excess
+
+
+def boundary_edge(spec: SimSpec, rows: int = 400_000, seed: int = 12345) -> float:
+    """The edge at which the simulated forecast's expected log loss equals the class prior's: the
+    boundary of the skill test's null hypothesis, where a test holding its level passes in a
+    share ``level`` of weeks (with edge 0 the forecast's spread makes it worse than the prior).
+    Found by bisection on :func:`log_loss_excess` (``rows``, ``seed`` as there)."""
+    excess = log_loss_excess(spec, rows, seed)
     low, high = 0.0, 0.1
     for _ in range(40):
         middle = (low + high) / 2
@@ -357,43 +366,56 @@ class ResampleCache:
 
 def not_run_f1() -> dict[str, dict[str, Any]]:
     """The macro-F1 evidence of a run that does not test it: no p-value (the check fails, and
-    :func:`require_fast_path` refuses a policy that requires it)."""
+    :func:`gate_resamples` refuses a policy that requires it)."""
     return {"not_run": {"p_value": None, "macro_f1": float("nan"), "reference_macro_f1": float("nan")}}
 
 
-def fast_evidence(policy: GatePolicy, oof: pd.DataFrame, spec: SimSpec) -> dict[str, Any]:
-    """The log-loss skill test of a candidate's record, called as :func:`skill_evidence` calls it;
-    the macro-F1 tests are not run and no trading evidence is given."""
+def fast_evidence(policy: GatePolicy, oof: pd.DataFrame, spec: SimSpec, n_resamples: int | None = None) -> dict[str, Any]:
+    """The log-loss skill test of a candidate's record, called as :func:`skill_evidence` calls it
+    with ``n_resamples`` (``None``: the test's default; :func:`gate_resamples` finds the gate
+    step's); the macro-F1 tests are not run and no trading evidence is given."""
+    extra = {} if n_resamples is None else {"n_resamples": n_resamples}
     log_loss = significance.log_loss_skill_test(
         oof["label"].to_numpy().astype(int), oof[PROBA].to_numpy(), oof[PRIOR].to_numpy(),
-        ratio=policy.max_log_loss_ratio, horizon=spec.horizon, random_state=spec.random_state)
+        ratio=policy.max_log_loss_ratio, horizon=spec.horizon, random_state=spec.random_state, **extra)
     return {"f1": not_run_f1(), "log_loss": log_loss, "trading": None}
 
 
-def full_evidence(policy: GatePolicy, oof: pd.DataFrame, spec: SimSpec) -> dict[str, Any]:
-    """Every skill test the gate step runs on a record without trading returns."""
+def full_evidence(policy: GatePolicy, oof: pd.DataFrame, spec: SimSpec, n_resamples: int | None = None) -> dict[str, Any]:
+    """Every skill test the gate step runs on a record without trading returns (the gate step
+    chooses the resamples; ``n_resamples`` is accepted for :func:`fast_evidence`'s signature)."""
     return candidate_evidence(policy, oof, None, horizon=spec.horizon, bar_seconds=3600,
                               random_state=spec.random_state)
 
 
-def require_fast_path(policies: dict[str, GatePolicy], spec: SimSpec) -> None:
-    """Refuse the fast evidence where it would decide differently from the gate step.
+def gate_resamples(policies: dict[str, GatePolicy], spec: SimSpec) -> dict[str, int]:
+    """The bootstrap resamples of the gate step's log-loss test under each policy, checked: on one
+    record, :func:`fast_evidence` with them gives exactly :func:`candidate_evidence`'s test.
+
+    The count is read from the gate step's own result rather than assumed, since it may depend
+    on the policy's level.
+
+    Returns:
+        Policy name to resamples.
 
     Raises:
-        ValueError: a policy requires a skill test other than the log-loss test, or the log-loss
-            test of :func:`fast_evidence` differs from :func:`candidate_evidence`'s on one record
-            (the gate step calls it otherwise now): run with ``--all-tests``.
+        ValueError: a policy requires a skill test other than the log-loss test, or the two
+            log-loss tests differ (the gate step calls it otherwise): run with ``--all-tests``.
     """
     for name, policy in policies.items():
         if set(policy.required) & set(SKILL_CHECKS) - {"beats_prior_log_loss"}:
             raise ValueError(f"policy {name} requires {policy.required}: only beats_prior_log_loss is simulated "
                              "without --all-tests")
     oof = MarketYear(spec, seed=0).oof(0)
+    found: dict[str, int] = {}
     for name, policy in policies.items():
-        fast, full = fast_evidence(policy, oof, spec)["log_loss"], full_evidence(policy, oof, spec)["log_loss"]
+        full = full_evidence(policy, oof, spec)["log_loss"]
+        found[name] = int(full["n_resamples"])
+        fast = fast_evidence(policy, oof, spec, found[name])["log_loss"]
         if fast != full:
             raise ValueError(f"policy {name}: the simulated log-loss test {fast} differs from the gate step's {full}; "
                              "run with --all-tests")
+    return found
 
 
 @dataclass
@@ -434,7 +456,8 @@ def champion_input(market: MarketYear, champion: Champion, oof: pd.DataFrame, po
 
 
 def simulate_year(spec: SimSpec, seed: int, edge: float, policies: dict[str, GatePolicy], *, weeks: int | None = None,
-                  until_promoted: bool = False, all_tests: bool = False) -> dict[str, Any]:
+                  until_promoted: bool = False, all_tests: bool = False,
+                  resamples: dict[str, int] | None = None) -> dict[str, Any]:
     """Weekly gate decisions on one simulated market-year under each policy, state kept per policy.
 
     Args:
@@ -445,37 +468,41 @@ def simulate_year(spec: SimSpec, seed: int, edge: float, policies: dict[str, Gat
         weeks: decisions (at most ``spec.weeks``; default all).
         until_promoted: end each policy's year at its first promotion.
         all_tests: every skill test through :func:`candidate_evidence` instead of :func:`fast_evidence`.
+        resamples: policy name to the log-loss test's resamples in :func:`fast_evidence`
+            (:func:`gate_resamples`; a policy not named: the test's default).
 
     Returns:
-        ``{"seed", "edge", "weeks", "seconds", "log_loss_p"`` (the candidates' log-loss p-values,
-        week by week, while any policy ran)``, "policies": {name: {"promotions", "demotions",
+        ``{"seed", "edge", "weeks", "seconds", "policies": {name: {"promotions", "demotions",
         "refused"`` (weeks a candidate passed its skill test and lost on a champion check)``,
-        "weeks_with_model", "weeks_run", "first_promotion"}}}``; weeks are 1-based.
+        "weeks_with_model", "weeks_run", "first_promotion", "log_loss_p"`` (the candidates'
+        log-loss p-values, week by week)``}}}``; weeks are 1-based.
     """
     started = time.perf_counter()
     weeks = spec.weeks if weeks is None else min(weeks, spec.weeks)
     market = MarketYear(spec, seed, edge)
     evidence_of = full_evidence if all_tests else fast_evidence
     production: dict[str, Champion | None] = dict.fromkeys(policies)
-    paths = {name: {"promotions": [], "demotions": [], "refused": 0, "weeks_with_model": 0, "weeks_run": 0,
-                    "first_promotion": None} for name in policies}
-    p_values: list[float | None] = []
+    paths: dict[str, dict[str, Any]] = {
+        name: {"promotions": [], "demotions": [], "refused": 0, "weeks_with_model": 0, "weeks_run": 0,
+               "first_promotion": None, "log_loss_p": []} for name in policies}
     for week in range(weeks):
         running = [name for name in policies if not (until_promoted and paths[name]["promotions"])]
         if not running:
             break
         oof = market.oof(week)
         window_start = market.index[(week + spec.folds - 1) * spec.week_rows].isoformat()
-        evidence: dict[tuple[float, ...], dict[str, Any]] = {}
+        evidence: dict[tuple[float, ...], dict[str, Any]] = {}  # policies with the same test share it
         for name in running:
             policy, path, champion = policies[name], paths[name], production[name]
-            margins = (policy.min_f1_margin, policy.max_log_loss_ratio, policy.min_sharpe_margin)
+            n_resamples = (resamples or {}).get(name)
+            margins = (policy.min_f1_margin, policy.max_log_loss_ratio, policy.min_sharpe_margin, n_resamples or 0)
             if margins not in evidence:
-                evidence[margins] = evidence_of(policy, oof, spec)
+                evidence[margins] = evidence_of(policy, oof, spec, n_resamples)
             found = champion_input(market, champion, oof, policy, window_start) if champion else None
             decision = decide(policy, candidate_version=f"s{seed}-w{week + 1:02d}", evidence=evidence[margins],
                               champion=found)
             path["weeks_run"] += 1
+            path["log_loss_p"].append(evidence[margins]["log_loss"]["p_value"])
             if decision.action == "promote":
                 production[name] = promoted(market, week, decision.candidate or "")
                 path["promotions"].append(week + 1)
@@ -487,9 +514,8 @@ def simulate_year(spec: SimSpec, seed: int, edge: float, policies: dict[str, Gat
             if champion is not None and ll.passed and not decision.passed:
                 path["refused"] += 1
             path["weeks_with_model"] += production[name] is not None
-        p_values.append(next(iter(evidence.values()))["log_loss"]["p_value"])
     return {"seed": seed, "edge": edge, "weeks": weeks, "seconds": time.perf_counter() - started,
-            "log_loss_p": p_values, "policies": paths}
+            "policies": paths}
 
 
 # -- the runs -----------------------------------------------------------------------------------
@@ -543,7 +569,7 @@ def null_summary(years: list[dict[str, Any]], name: str, policy: GatePolicy) -> 
     paths = [r["policies"][name] for r in years]
     hit = sum(bool(p["promotions"]) for p in paths)
     weeks = sum(p["weeks_run"] for p in paths)
-    tested = [p for r in years for p in r["log_loss_p"]]
+    tested = [p for path in paths for p in path["log_loss_p"]]
     passes = sum(p is not None and p <= policy.level for p in tested)
     return {"years": len(years), "edge": years[0]["edge"], "weeks_per_year": years[0]["weeks"],
             "weekly_level": policy.level, "stated_yearly_bound": min(policy.level * years[0]["weeks"], 1.0),
@@ -569,7 +595,8 @@ def power_summary(years: list[dict[str, Any]], name: str) -> dict[str, Any]:
         value = ranked[max(math.ceil(q * len(ranked)) - 1, 0)]
         return None if math.isinf(value) else value
 
-    return {"years": len(years), "weeks": weeks, "promoted_within_4": prompt, "share_within_4": prompt / len(years),
+    return {"years": len(years), "edge": years[0]["edge"], "weeks": weeks, "promoted_within_4": prompt,
+            "share_within_4": prompt / len(years),
             "share_within_4_interval": clopper_pearson(prompt, len(years)),
             "promoted_within_year": sum(f is not None for f in firsts),
             "median_weeks_to_first": rank(0.5), "quartiles": [rank(0.25), rank(0.75)]}
@@ -664,12 +691,14 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any], runtime: dict[st
         lines += ["", "## Power: weeks to the first promotion by planted edge", "",
                   "Edge: extra probability on the true class before renormalising; 0 and the least favourable "
                   "edge are the full years above, the others end at the policy's first promotion.",
-                  "", "| policy | edge | years | promoted within 4 weeks | share [95 % CI] | promoted within the year | "
-                  "median weeks to first | quartiles |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "", "| policy | edge | log loss - prior's (nats/row) | years | promoted within 4 weeks | "
+                  "share [95 % CI] | promoted within the year | median weeks to first | quartiles |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, by_edge in summary["power"].items():
             for edge, s in by_edge.items():
                 lines.append(
-                    f"| {name} | {float(edge):.4g} | {s['years']} | {s['promoted_within_4']} | "
+                    f"| {name} | {float(edge):.4g} | {s.get('log_loss_excess', float('nan')):+.4f} | {s['years']} | "
+                    f"{s['promoted_within_4']} | "
                     f"{s['share_within_4']:.3f} {_fmt_interval(s['share_within_4_interval'])} | "
                     f"{s['promoted_within_year']} | {_weeks_text(s['median_weeks_to_first'], s['weeks'])} | "
                     f"{_weeks_text(s['quartiles'][0], s['weeks'])} - {_weeks_text(s['quartiles'][1], s['weeks'])} |")
@@ -713,11 +742,11 @@ def _write(path: Path, text: str) -> None:
 
 def build_tasks(spec: SimSpec, *, years: int, boundary_years: int, boundary: float, power_years: int,
                 edges: list[float], seed: int, universe: int, universe_weeks: int, universe_reps: int,
-                all_tests: bool) -> list[dict[str, Any]]:
+                all_tests: bool, resamples: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """Every market-year to simulate: full years at edge 0 and at the least favourable edge
     ``boundary``, years per positive edge ending at the first promotion (the same seeds: the same
     returns and forecast errors at every edge), universe markets (seeds of their own)."""
-    common = {"spec": spec, "policies": POLICIES, "all_tests": all_tests}
+    common = {"spec": spec, "policies": POLICIES, "all_tests": all_tests, "resamples": resamples}
     tasks = [{"kind": "no_skill", "seed": seed + i, "edge": 0.0, **common} for i in range(years)]
     tasks += [{"kind": "boundary", "seed": seed + i, "edge": boundary, **common} for i in range(boundary_years)]
     tasks += [{"kind": "power", "seed": seed + i, "edge": edge, "until_promoted": True, **common}
@@ -765,15 +794,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--edges: expected edges >= 0")
     spec = SimSpec.from_config(weeks=args.weeks, noise=args.noise, persistence=args.persistence,
                                model_corr=args.model_corr)
-    if not args.all_tests:
-        require_fast_path(POLICIES, spec)
+    resamples = None if args.all_tests else gate_resamples(POLICIES, spec)
     boundary = boundary_edge(spec)
     tasks = build_tasks(spec, years=args.years, boundary=boundary,
                         boundary_years=args.years if args.boundary_years is None else args.boundary_years,
                         power_years=args.years if args.power_years is None else args.power_years,
                         edges=sorted(set(args.edges)), seed=args.seed, universe=args.universe,
                         universe_weeks=args.universe_weeks, universe_reps=args.universe_reps,
-                        all_tests=args.all_tests)
+                        all_tests=args.all_tests, resamples=resamples)
     code = _code_state()
     print(f"{len(tasks)} market-year(s) to simulate, {args.jobs} process(es); least favourable edge {boundary:.5f}",
           file=sys.stderr, flush=True)
@@ -787,14 +815,19 @@ def main(argv: list[str] | None = None) -> None:
         chosen = [r for r in results if r["kind"] == kind]
         if chosen:
             seconds = sum(r["seconds"] for r in chosen)
-            runtime["by_kind"][kind] = {"years": len(chosen), "weeks": sum(len(r["log_loss_p"]) for r in chosen),
+            weeks = sum(max(p["weeks_run"] for p in r["policies"].values()) for r in chosen)
+            runtime["by_kind"][kind] = {"years": len(chosen), "weeks": weeks,
                                         "seconds": seconds, "per_year": seconds / len(chosen)}
     settings = {"spec": asdict(spec), "policies": {n: asdict(p) | {"level": p.level} for n, p in POLICIES.items()},
                 "years": args.years, "boundary_years": args.boundary_years, "boundary_edge": boundary,
                 "power_years": args.power_years, "edges": args.edges, "seed": args.seed, "universe": args.universe,
                 "universe_weeks": args.universe_weeks, "universe_reps": args.universe_reps,
-                "all_tests": args.all_tests, "jobs": args.jobs, "nice": os.nice(0), **code}
+                "all_tests": args.all_tests, "log_loss_resamples": resamples, "jobs": args.jobs, "nice": os.nice(0), **code}
     summary = summarise(results, POLICIES, args.universe)
+    excess = log_loss_excess(spec)
+    for by_edge in summary["power"].values():
+        for entry in by_edge.values():
+            entry["log_loss_excess"] = excess(entry["edge"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     _write(args.out.with_suffix(".json"), json.dumps({"settings": settings, "summary": summary, "runtime": runtime,
                                                       "results": results}, indent=1, default=str))

@@ -17,14 +17,21 @@ from bench.gate_year_sim import (
     champion_input,
     clopper_pearson,
     fast_evidence,
+    gate_resamples,
+    log_loss_excess,
     main,
     promoted,
-    require_fast_path,
     simulate_year,
 )
 from include.gate import GatePolicy, decide
 
 SPEC = SimSpec.from_config(weeks=4)
+
+
+@pytest.fixture(scope="module")
+def resamples() -> dict[str, int]:
+    """The gate step's log-loss resamples per policy, checked against candidate_evidence."""
+    return gate_resamples(POLICIES, SPEC)
 
 
 def test_consecutive_candidates_share_five_folds_of_rows_and_forecasts():
@@ -53,29 +60,31 @@ def test_the_champion_meets_the_next_candidate_as_the_same_model_then_on_more_ro
     assert two_weeks["rows_out_of_sample"] == 336 and two_weeks["comparison"]["p_value"] is not None
 
 
-def test_a_champion_whose_record_is_worse_than_the_prior_is_demoted():
+def test_a_champion_whose_record_is_worse_than_the_prior_is_demoted(resamples):
     # A negative edge moves probability away from the true class: far worse than the prior.
     market = MarketYear(SPEC, seed=1, edge=-0.1)
     champion = promoted(market, 0, "w01")
     oof = market.oof(1)
     found = champion_input(market, champion, oof, GatePolicy(), "")
-    decision = decide(GatePolicy(), candidate_version="w02", evidence=fast_evidence(GatePolicy(), oof, SPEC),
+    decision = decide(GatePolicy(), candidate_version="w02", evidence=fast_evidence(GatePolicy(), oof, SPEC, resamples["default"]),
                       champion=found)
     assert found["record"]["p_value"] <= GatePolicy().level and decision.action == "demote"
 
 
-def test_the_simulated_test_is_the_gate_steps_and_the_least_favourable_edge_is_small():
-    require_fast_path(POLICIES, SPEC)
+def test_the_simulated_test_is_the_gate_steps_and_the_least_favourable_edge_is_small(resamples):
+    assert set(resamples) == set(POLICIES) and min(resamples.values()) > 0
     edge = boundary_edge(SPEC, rows=100_000)
-    assert 0 < edge < 0.01
+    excess = log_loss_excess(SPEC, rows=100_000)
+    assert 0 < edge < 0.01 and excess(0.0) > 0 > excess(2 * edge) > excess(0.01)
 
 
-def test_a_large_edge_is_promoted_within_four_weeks_and_no_skill_never_in_the_first_week():
-    skilled = [simulate_year(SPEC, seed, 0.15, POLICIES, until_promoted=True) for seed in range(5)]
+def test_a_large_edge_is_promoted_within_four_weeks_and_no_skill_never_in_the_first_week(resamples):
+    skilled = [simulate_year(SPEC, seed, 0.15, POLICIES, until_promoted=True, resamples=resamples)
+               for seed in range(5)]
     assert sum(r["policies"]["default"]["first_promotion"] is not None for r in skilled) >= 4
     # At the default weekly level (0.0019) a week-one promotion without skill has probability at
-    # most 0.0019 per year: five years all pass with probability above 0.99.
-    unskilled = [simulate_year(SPEC, seed, 0.0, POLICIES, weeks=1) for seed in range(10, 15)]
+    # most 0.0019 per market: five markets all pass with probability above 0.99.
+    unskilled = [simulate_year(SPEC, seed, 0.0, POLICIES, weeks=1, resamples=resamples) for seed in range(10, 15)]
     assert all(r["policies"]["default"]["promotions"] == [] for r in unskilled)
 
 
