@@ -43,9 +43,11 @@ from include.errors import TrainingError
 #: Bootstrap resamples per test.
 N_RESAMPLES = 1000
 
-#: The studentized mean test's blocks are at least ``rows // MAX_BLOCKS`` long, so that a
-#: resample is at most this many whole blocks.
-MAX_BLOCKS = 4
+#: The studentized mean test's blocks are at least ``rows // MAX_BLOCKS`` and at least
+#: ``MIN_BLOCK_ROWS`` long, so that a resample is at most this many whole blocks: 6 (a week of
+#: hourly rows each) for the gate's 1,008 out-of-fold rows, 4 for a 164-row window.
+MAX_BLOCKS = 6
+MIN_BLOCK_ROWS = 40
 
 
 def block_length(series: np.ndarray, minimum: int) -> int:
@@ -104,21 +106,35 @@ def mean_below_zero_test(diff: np.ndarray, *, block: int, n_resamples: int = N_R
     - mean) / sqrt(var(B*_1..B*_k) / k)`` (Götze & Künsch 1996); ``p = (1 + #{T* <= T}) / (B +
     1)`` (Davison & Hinkley 1997, section 4.2).
 
-    The blocks are at least ``n // MAX_BLOCKS`` rows long, whatever ``block`` asks for. A loss
-    difference whose persistent part is small beside the labels' noise has a short automatic
-    block length (a few rows), and a bootstrap in such blocks misses the slow part: at level 0.10
-    it rejects a true null in 17 % of 164-row and 1,000-row windows when both forecasts' errors
-    are AR(1) with coefficient 0.99. Few, long blocks keep the slow part inside a block; a
-    standard error from so few blocks is noisy, and the resamples, being as few blocks, carry
-    that noise into the null distribution (a fixed bandwidth ratio: Kiefer & Vogelsang 2005;
-    Gonçalves & Vogelsang 2011). Measured by ``tests/include/test_significance.py`` (500
-    markets per case, level 0.10): 8.8 % and 12.8 % of 164-row windows at AR(1) 0.9 and 0.99,
-    10.0 % of 1,000-row windows at both.
+    The blocks are at least ``n // MAX_BLOCKS`` (6 blocks) and ``MIN_BLOCK_ROWS`` (40) rows long,
+    whatever ``block`` asks for. A loss difference whose persistent part is small beside the
+    labels' noise has a short automatic block length (a few rows), and a bootstrap in such blocks
+    misses the slow part: at level 0.10 it rejects a true null in 17 % of 164-row and 1,000-row
+    windows when both forecasts' errors are AR(1) with coefficient 0.99. Few, long blocks keep
+    the slow part inside a block; a standard error from so few blocks is noisy, and the
+    resamples, being as few blocks, carry that noise into the null distribution (a fixed
+    bandwidth ratio: Kiefer & Vogelsang 2005; Gonçalves & Vogelsang 2011). Fewer blocks hold the
+    level better and cost power at the gate's small weekly level. Measured on two forecasts of
+    equal expected loss whose errors are AR(1) (rejection rates at level 0.10, and at 0.01 where
+    shown; 1,000 markets per case and 999 resamples, or 500 and 199 for the 6-block row), and the
+    share of 40 skilled markets (1,008 rows, extra probability ``e`` on the true class) passed at
+    the weekly level 0.10 / 52 with 10,400 resamples:
 
-    Limits. The price is power at small levels: a resample of four blocks is studentized with
-    three degrees of freedom, so its lower tail is long (about a Student t with 3), and a p-value
-    below 0.002 needs a t-ratio of about -11 (from -5 to -22 over 20 Gaussian series of 164 or
-    1,008 rows). No test holds its level on every series either: on
+    ================  ===========  ===========  ============  =============  ======  ======
+    blocks             164, φ 0.9   164, φ 0.99  1,000, φ 0.9  1,000, φ 0.99  e 0.01  e 0.02
+    ================  ===========  ===========  ============  =============  ======  ======
+    4                  .091 / .002  .112 / .004  .087 / .001   .095 / .003    0.30    0.88
+    6                                            .100, .088    .122, .100     0.85    1.00
+    8                  .109 / .016  .137 / .012  .109 / .005   .117 / .011    0.95    1.00
+    ================  ===========  ===========  ============  =============  ======  ======
+
+    So a short window (the champion's comparison a few days after a promotion) is tested in 4
+    blocks, which hold its level, and the candidate's 1,008 out-of-fold rows in 6, a week each,
+    with the power to find a real edge at the gate's weekly level.
+
+    Limits. A resample of ``k`` blocks is studentized with ``k - 1`` degrees of freedom, so its
+    lower tail is long: with four blocks a p-value below 0.002 needs a t-ratio of about -11. No
+    test holds its level on every series either: on
     a loss difference that is itself an AR(1) of coefficient 0.99, 164 rows span less than two
     of its time constants, and this test rejects about 29 % of the time at level 0.10 (Müller
     2014, "HAC corrections for strongly autocorrelated time series", shows that no test can
@@ -144,7 +160,7 @@ def mean_below_zero_test(diff: np.ndarray, *, block: int, n_resamples: int = N_R
     if n < 2 * block:
         raise TrainingError(f"{n} rows are too few for a block bootstrap in blocks of {block}")
     observed = float(diff.mean())
-    used = int(max(block, 1, n // MAX_BLOCKS))
+    used = int(max(block, 1, n // MAX_BLOCKS, min(MIN_BLOCK_ROWS, n // 4)))
     k = n // used
     out = {"statistic": observed, "p_value": None, "n": int(n), "block": used, "blocks": int(k),
            "standard_error": None, "t_statistic": None, "n_resamples": 0,
@@ -281,7 +297,8 @@ def sharpe_skill_test(net: np.ndarray, *, benchmark_annual: float = 0.0, bars_pe
 
 
 def skill_evidence(oof: Any, returns: Any | None, *, f1_margin: float, log_loss_ratio: float,
-                   sharpe_margin: float, horizon: int, bars_per_year: float, random_state: int) -> dict[str, Any]:
+                   sharpe_margin: float, horizon: int, bars_per_year: float, random_state: int,
+                   n_resamples: int = N_RESAMPLES, f1_resamples: int | None = None) -> dict[str, Any]:
     """Every skill test of the gate on a candidate's out-of-fold record (checks 1-3 of
     :mod:`include.gate`).
 
@@ -298,6 +315,10 @@ def skill_evidence(oof: Any, returns: Any | None, *, f1_margin: float, log_loss_
         horizon: label horizon in bars (shortest bootstrap block).
         bars_per_year: for annualised Sharpe ratios.
         random_state: seed of the resampling.
+        n_resamples: bootstrap resamples of each test (enough to resolve the gate's level).
+        f1_resamples: the F1 tests' resamples when they differ (``None``: ``n_resamples``); their
+            resamples cost a macro F1 each, so a gate that records them without requiring
+            them may use fewer.
 
     Returns:
         ``{"f1": {baseline: macro_f1_test}, "log_loss": log_loss_skill_test, "trading":
@@ -317,9 +338,10 @@ def skill_evidence(oof: Any, returns: Any | None, *, f1_margin: float, log_loss_
     if "pred_stratified" in oof:
         references["stratified"] = oof["pred_stratified"].to_numpy()
     references["momentum"] = oof["momentum"].to_numpy()
-    f1 = {name: macro_f1_test(y, pred, ref, margin=f1_margin, horizon=horizon, random_state=random_state)
+    f1 = {name: macro_f1_test(y, pred, ref, margin=f1_margin, horizon=horizon,
+                              n_resamples=f1_resamples or n_resamples, random_state=random_state)
           for name, ref in references.items()}
-    log_loss = log_loss_skill_test(y, proba, prior, ratio=log_loss_ratio, horizon=horizon,
+    log_loss = log_loss_skill_test(y, proba, prior, ratio=log_loss_ratio, horizon=horizon, n_resamples=n_resamples,
                                    random_state=random_state)
     trading = None
     if returns is not None:

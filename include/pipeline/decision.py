@@ -112,11 +112,14 @@ def candidate_evidence(policy: GatePolicy, oof: pd.DataFrame, returns: pd.DataFr
                        bar_seconds: int, random_state: int) -> dict[str, Any]:
     """The skill tests of a candidate's out-of-fold record under ``policy``'s margins
     (:func:`include.significance.skill_evidence`); the gate and its replay call this alike."""
-    from include.significance import skill_evidence
+    from include.significance import N_RESAMPLES, skill_evidence
 
     return skill_evidence(oof, returns, f1_margin=policy.min_f1_margin, log_loss_ratio=policy.max_log_loss_ratio,
                           sharpe_margin=policy.min_sharpe_margin, horizon=horizon,
-                          bars_per_year=365.25 * 86_400 / bar_seconds, random_state=random_state)
+                          bars_per_year=365.25 * 86_400 / bar_seconds, random_state=random_state,
+                          n_resamples=resamples_for(policy.level),
+                          # Recorded, not deciding: the default resolution is enough to show them.
+                          f1_resamples=None if "beats_baselines_f1" in policy.required else N_RESAMPLES)
 
 
 def compare_with_champion(oof: pd.DataFrame, champion: Any, meta: dict[str, Any], version: str,
