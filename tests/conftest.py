@@ -99,6 +99,15 @@ def drop_pg_database(url: str) -> None:
     admin.dispose()
 
 
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A local S3-compatible object store (moto's server, :class:`tests.cluster.S3Server`), one per module."""
+    from tests.cluster import S3Server
+
+    with S3Server(tmp_path_factory.mktemp("s3") / "moto.log") as server:
+        yield server
+
+
 @pytest.fixture
 def pg_url():
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""

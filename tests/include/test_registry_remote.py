@@ -27,12 +27,6 @@ END = datetime(2023, 12, 24, tzinfo=UTC)
 IDENTITY = "ab" * 32
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    with S3Server(tmp_path_factory.mktemp("s3") / "moto.log") as server:
-        yield server
-
-
 @pytest.fixture
 def root(s3, monkeypatch, tmp_path):
     """The registry root: a prefix of its own in the store for each test."""

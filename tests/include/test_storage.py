@@ -27,12 +27,6 @@ from include.storage import is_remote, location, mirror, scratch_root, staged
 from tests.cluster import S3Server
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    with S3Server(tmp_path_factory.mktemp("s3") / "moto.log") as server:
-        yield server
-
-
 @pytest.fixture
 def store_env(s3, monkeypatch, tmp_path):
     monkeypatch.setenv("AIRFLOW_CONN_ARTIFACT_STORE", s3.connection())
