@@ -52,7 +52,7 @@ This benchmark keeps the gate's decision path and replaces training by a simulat
   week, as the pipeline does, so weeks share the bootstrap's draws.
 - Not simulated: the macro-F1 and trading tests (run, with ``--all-tests``, but required by
   neither policy), the drawdown and deflated-Sharpe limits, approval, smoke-test failures,
-  retrains monitoring requests mid-week, volatility clustering, and dependence between markets
+  retrains that monitoring requests mid-week, volatility clustering, and dependence between markets
   (the universe's markets are independent).
 
 **Policies.** ``default`` is :class:`include.gate.GatePolicy` as it stands (yearly ``alpha`` 0.10,
@@ -61,10 +61,13 @@ each week at 0.10 / 52 = 0.0019); ``weekly_0.10`` is ``GatePolicy(alpha=0.10 * 5
 
 **Runs.** ``--years`` no-skill market-years of ``--weeks`` decisions under each policy (state
 kept all year): the share of years with at least one false promotion (Clopper-Pearson 95 %
-interval), promotions and demotions per year, the weekly pass rate of the skill test.
-``--power-years`` market-years per ``--edges`` value, each policy's year ending at its first
+interval), promotions and demotions per year, the weekly pass rate of the skill test. The same
+for ``--boundary-years`` at the least favourable null (:func:`boundary_edge`: the edge at which
+the forecast's expected log loss equals the prior's; at edge 0 the forecast's spread makes it
+worse than the prior, an easier null). ``--power-years`` market-years per ``--edges`` value, each policy's year ending at its first
 promotion (before it production is empty, so nothing else decides): the share of years promoted
-within 4 weeks and the median weeks to the first promotion. Seeds are shared across edges, so
+within 4 weeks and the median weeks to the first promotion, beside the edge's expected log loss
+minus the prior's (:func:`log_loss_excess`). Seeds are shared across edges, so
 every edge sees the same returns and forecast errors. ``--universe N``: ``--universe-reps``
 replications of N no-skill markets for ``--universe-weeks`` weeks with state kept, promotions per
 week across the universe against the gate's stated bound ``N x alpha / 52``.
@@ -74,12 +77,14 @@ production, the comparison (with :func:`include.significance.champion_evidence`'
 record test (10,400 resamples at the default level). Bootstrap row indices drawn through
 ``include.significance._resample_indices`` are memoised (:class:`ResampleCache`): they depend only
 on their arguments, and the random state is the same every week. On 2 shared cores at nice 10
-(load 3 to 5) a no-skill year under both policies took about 0.5 s, a year at the least
-favourable null about 1.6 s (a champion in production for a third of the weekly policy's weeks),
-a year of the power curve 0.16 s (it ends at the first promotion).
+(load 3 to 5) a no-skill year under both policies took about 0.8 s, a year at the least
+favourable null 1.5 s (a champion in production for two fifths of the weekly policy's weeks), a
+year of the power curve under 0.2 s (it ends at the first promotion), a universe market's 8
+weeks 0.14 s: 400 + 200 + 4 x 200 years and 100 universes of 20 markets in 16 minutes.
 
-Output: ``--out`` with ``.md`` (tables) and ``.json`` (settings, every market-year, the tables'
-numbers, runtimes); default ``var/artifacts/gate_year_sim``.
+Output: ``--out`` with ``.md`` (tables) and ``.json`` (settings, the gate modules' digests, every
+market-year, the tables' numbers, runtimes); default ``var/artifacts/gate_year_sim``.
+``--resummarise`` rewrites both from the market-years already in the JSON.
 """
 
 from __future__ import annotations
@@ -104,7 +109,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
-from scipy.stats import beta
+from scipy.stats import beta, chi2
 
 import include.significance as significance
 from include.config import PROJECT_ROOT, RunConfig
@@ -613,8 +618,11 @@ def universe_summary(reps: list[dict[str, Any]], name: str, policy: GatePolicy, 
     per_rep = [sum(c) / weeks for c in counts.values()]
     total = sum(sum(c) for c in counts.values())
     mean, low, high = mean_interval(per_rep)
-    if total == 0:  # no spread to estimate from: the Poisson upper limit of zero events
-        low, high = 0.0, -math.log(0.05) / (len(per_rep) * weeks)
+    if total < 10:
+        # Too few events for a normal interval: the exact Poisson interval of the count (Garwood
+        # 1936) over every universe-week, rare promotions being nearly independent.
+        low, high = (chi2.ppf(0.025, 2 * total) / 2 if total else 0.0), chi2.ppf(0.975, 2 * total + 2) / 2
+        low, high = float(low) / (len(per_rep) * weeks), float(high) / (len(per_rep) * weeks)
     return {"markets": markets, "weeks": weeks, "replications": len(per_rep), "promotions": total,
             "per_week": mean, "per_week_interval": (low, high), "bound_per_week": markets * policy.level,
             "weeks_with_any": sum(n > 0 for c in counts.values() for n in c) / (len(counts) * weeks),
@@ -740,6 +748,23 @@ def _write(path: Path, text: str) -> None:
     partial.replace(path)
 
 
+def write_outputs(out: Path, settings: dict[str, Any], results: list[dict[str, Any]],
+                  runtime: dict[str, Any]) -> str:
+    """Summarise ``results``, add each power-curve edge's expected log loss minus the prior's,
+    write ``out`` with ``.json`` and ``.md``; return the markdown."""
+    summary = summarise(results, POLICIES, settings["universe"])
+    excess = log_loss_excess(SimSpec(**settings["spec"]))
+    for by_edge in summary["power"].values():
+        for entry in by_edge.values():
+            entry["log_loss_excess"] = excess(entry["edge"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write(out.with_suffix(".json"), json.dumps({"settings": settings, "summary": summary, "runtime": runtime,
+                                                 "results": results}, indent=1, default=str))
+    report = markdown(summary, settings, runtime)
+    _write(out.with_suffix(".md"), report)
+    return report
+
+
 def build_tasks(spec: SimSpec, *, years: int, boundary_years: int, boundary: float, power_years: int,
                 edges: list[float], seed: int, universe: int, universe_weeks: int, universe_reps: int,
                 all_tests: bool, resamples: dict[str, int] | None = None) -> list[dict[str, Any]]:
@@ -781,7 +806,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="processes (default 1)")
     parser.add_argument("--cache-mb", type=int, default=768, help="bootstrap-index cache per process (default 768)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output stem (default {DEFAULT_OUT})")
+    parser.add_argument("--resummarise", action="store_true",
+                        help="rewrite the tables from the market-years in --out's JSON; simulate nothing")
     args = parser.parse_args(argv)
+    if args.resummarise:
+        saved = json.loads(args.out.with_suffix(".json").read_text())
+        print(write_outputs(args.out, saved["settings"], saved["results"], saved["runtime"]))
+        return
     counts = (args.years, args.boundary_years or 0, args.power_years or 0, args.universe, args.universe_reps)
     if min(counts) < 0 or args.jobs < 1 or args.universe_weeks < 1:
         parser.error("--years, --boundary-years, --power-years, --universe, --universe-reps: expected >= 0; "
@@ -822,18 +853,9 @@ def main(argv: list[str] | None = None) -> None:
                 "years": args.years, "boundary_years": args.boundary_years, "boundary_edge": boundary,
                 "power_years": args.power_years, "edges": args.edges, "seed": args.seed, "universe": args.universe,
                 "universe_weeks": args.universe_weeks, "universe_reps": args.universe_reps,
-                "all_tests": args.all_tests, "log_loss_resamples": resamples, "jobs": args.jobs, "nice": os.nice(0), **code}
-    summary = summarise(results, POLICIES, args.universe)
-    excess = log_loss_excess(spec)
-    for by_edge in summary["power"].values():
-        for entry in by_edge.values():
-            entry["log_loss_excess"] = excess(entry["edge"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    _write(args.out.with_suffix(".json"), json.dumps({"settings": settings, "summary": summary, "runtime": runtime,
-                                                      "results": results}, indent=1, default=str))
-    report = markdown(summary, settings, runtime)
-    _write(args.out.with_suffix(".md"), report)
-    print(report)
+                "all_tests": args.all_tests, "log_loss_resamples": resamples, "jobs": args.jobs,
+                "nice": os.nice(0), **code}
+    print(write_outputs(args.out, settings, results, runtime))
 
 
 if __name__ == "__main__":

@@ -99,6 +99,8 @@ def test_a_tiny_run_writes_every_table(tmp_path):
     assert power["years"] == 2 and power["promoted_within_4"] == 2
     assert data["summary"]["universe"]["default"]["replications"] == 2
     assert len([r for r in data["results"] if r["kind"] == "no_skill"]) == 2
+    main(["--resummarise", "--out", str(tmp_path / "sim")])  # the same tables from the saved market-years
+    assert (tmp_path / "sim.md").read_text() == report
 
 
 def test_clopper_pearson_interval():
