@@ -217,7 +217,7 @@ CHECK_WORDS = {
     "max_drawdown": "the drawdown limit",
     "deflated_sharpe": "the deflated Sharpe ratio limit",
     "champion_out_of_sample": "enough rows where both models are out of sample",
-    "not_worse_than_champion": "the comparison with the champion (the champion is significantly better)",
+    "not_worse_than_champion": "the comparison with the champion (refused when the champion is significantly better)",
     "champion_worse_than_prior": "the champion's own record is significantly worse than the class prior's",
 }
 
