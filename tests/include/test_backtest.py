@@ -104,11 +104,12 @@ def test_positions_follow_the_prior_corrected_class_and_the_threshold():
 
 
 @pytest.mark.parametrize(("flat_p", "momentum_p", "drawdown", "failed"), [
-    (0.01, 0.02, 0.05, []),
-    (0.30, 0.02, 0.05, ["beats_trading_baselines"]),  # no better than staying flat
-    (0.01, 0.40, 0.05, ["beats_trading_baselines"]),  # no better than the momentum rule
+    (0.001, 0.0015, 0.05, []),  # both below the weekly level 0.10 / 52
+    (0.30, 0.001, 0.05, ["beats_trading_baselines"]),  # no better than staying flat
+    (0.001, 0.40, 0.05, ["beats_trading_baselines"]),  # no better than the momentum rule
+    (0.001, 0.01, 0.05, ["beats_trading_baselines"]),  # a weekly 0.10 would pass it, a yearly 0.10 does not
     (None, 0.40, 0.0, ["beats_trading_baselines"]),  # never trading: no return variance to test
-    (0.01, 0.02, 0.35, ["max_drawdown"]),  # a limit, whatever the tests say
+    (0.001, 0.0015, 0.35, ["max_drawdown"]),  # a limit, whatever the tests say
 ])
 def test_gate_trading_checks(flat_p, momentum_p, drawdown, failed):
     from tests.include.test_gate import evidence
