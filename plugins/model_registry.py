@@ -415,10 +415,9 @@ def models_page() -> str:
                         + "".join(cells) + "</tr>")
         production = html.escape(model["production"] or "none")
         since = registry.no_model_since(model["name"]) if model["production"] is None else None
-        if since is not None:
-            decided = (since.get("decision") or {}).get("deciding") or since["reason"]
-            production = (f"no model</b> since {html.escape(since['at'])}: the class-prior forecast and no "
-                          f"position ({html.escape(str(decided))}; {html.escape(str(since['from']))} demoted)<b>")
+        if since is not None:  # why: the last decision, next
+            production = (f"no model</b> since {html.escape(since['at'])}, when the gate demoted "
+                          f"{html.escape(str(since['from']))}: the class-prior forecast and no position<b>")
         last = next((e for e in reversed(registry.ledger(model["name"])) if e.get("decision")), None)
         latest = (f" Last decision ({html.escape(last['at'])}): "
                   f"<b>{html.escape(str(last['decision'].get('deciding') or last['decision'].get('summary')))}</b>."
