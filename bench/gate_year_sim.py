@@ -15,8 +15,8 @@ This benchmark keeps the gate's decision path and replaces training by a simulat
   equal to it on one record at the start of every run, :func:`gate_resamples`); with
   ``--all-tests`` every skill test is run through ``candidate_evidence`` (several times slower);
 - the champion is judged by :func:`include.pipeline.decision.compare_with_champion` (which calls
-  :func:`include.significance.champion_evidence`) and
-  :func:`include.pipeline.decision.champion_record_test`, as the gate step does;
+  :func:`include.significance.champion_evidence` and
+  :func:`include.pipeline.decision.champion_record_test`), as the gate step does;
 - the decision is :func:`include.gate.decide`'s ``action``: ``promote`` makes the candidate's
   deployed model the champion, ``demote`` empties production, ``keep`` leaves it.
 
@@ -114,7 +114,7 @@ from scipy.stats import beta, chi2
 import include.significance as significance
 from include.config import PROJECT_ROOT, RunConfig
 from include.gate import DECISIONS_PER_YEAR, SKILL_CHECKS, GatePolicy, decide
-from include.pipeline.decision import candidate_evidence, champion_record_test, compare_with_champion
+from include.pipeline.decision import candidate_evidence, compare_with_champion
 
 #: The two policies compared: the gate's default (yearly level) and each week at 0.10.
 POLICIES: dict[str, GatePolicy] = {"default": GatePolicy(), "weekly_0.10": GatePolicy(alpha=0.10 * DECISIONS_PER_YEAR)}
@@ -450,14 +450,9 @@ def champion_input(market: MarketYear, champion: Champion, oof: pd.DataFrame, po
     (``include.pipeline.decision._champion_evaluation``): the comparison on the rows after the
     champion's training, then the test of its record."""
     spec = market.spec
-    result = compare_with_champion(oof, champion.model, champion.meta, champion.version, market.features,
-                                   horizon=spec.horizon, random_state=spec.random_state, window_start=window_start)
-    live = oof[oof.index >= pd.Timestamp(result["compared_from"])]
-    live_proba = champion.model.predict_proba(market.features.loc[live.index]) if len(live) else np.empty((0, 3))
-    result["record"] = champion_record_test(champion.own_oof, live, live_proba, champion.model.class_prior_,
-                                            n=len(oof), horizon=spec.horizon, level=policy.level,
-                                            random_state=spec.random_state)
-    return result
+    return compare_with_champion(oof, champion.model, champion.meta, champion.version, market.features,
+                                 horizon=spec.horizon, random_state=spec.random_state, window_start=window_start,
+                                 own_oof=champion.own_oof, level=policy.level)
 
 
 def simulate_year(spec: SimSpec, seed: int, edge: float, policies: dict[str, GatePolicy], *, weeks: int | None = None,

@@ -208,7 +208,6 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
     from include.backtest import TradingCosts, simulate
     from include.pipeline.decision import (
         candidate_evidence,
-        champion_record_test,
         compare_with_champion,
         deflated_sharpe_record,
         oof_signals,
@@ -239,17 +238,11 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
                                       random_state=cfg.random_state)
         champion = None
         if production is not None:
-            model = _load(registry, production)
-            features = _features_of(data, production)
-            champion = compare_with_champion(oof, model, production.lineage, production.version, features,
-                                             horizon=horizon, random_state=cfg.random_state,
-                                             window_start=v.lineage["data_window"]["interval_start"])
-            live = oof[oof.index >= pd.Timestamp(champion["compared_from"])]
-            live_proba = (model.predict_proba(features.loc[live.index, list(production.lineage["feature_spec"]["names"])])
-                          if len(live) else np.empty((0, 3)))
-            champion["record"] = champion_record_test(registry.out_of_fold(production.version), live, live_proba,
-                                                      np.asarray(model.class_prior_), n=len(oof), horizon=horizon,
-                                                      level=used.level, random_state=cfg.random_state)
+            champion = compare_with_champion(oof, _load(registry, production), production.lineage,
+                                             production.version, _features_of(data, production), horizon=horizon,
+                                             random_state=cfg.random_state,
+                                             window_start=v.lineage["data_window"]["interval_start"],
+                                             own_oof=registry.out_of_fold(production.version), level=used.level)
         ens = sims["ensemble"]
         if cfg.model_name not in ledgers:
             ledgers[cfg.model_name] = _LedgerBefore(registry.ledger(cfg.model_name), versions)

@@ -124,7 +124,8 @@ def candidate_evidence(policy: GatePolicy, oof: pd.DataFrame, returns: pd.DataFr
 
 def compare_with_champion(oof: pd.DataFrame, champion: Any, meta: dict[str, Any], version: str,
                           features: pd.DataFrame, *, horizon: int, random_state: int,
-                          window_start: str) -> dict[str, Any]:
+                          window_start: str, own_oof: pd.DataFrame | None = None,
+                          level: float | None = None) -> dict[str, Any]:
     """Score the champion on the challenger's out-of-fold rows where both are out of sample.
 
     The rows are every out-of-fold row (all walk-forward folds, not only the gate window) at or
@@ -137,11 +138,13 @@ def compare_with_champion(oof: pd.DataFrame, champion: Any, meta: dict[str, Any]
         champion, meta, version: the champion model, its lineage and id.
         features: feature rows covering ``oof``'s index, with the champion's feature columns.
         window_start: the run's data interval start (ISO), for the record.
+        own_oof: the champion's registered out-of-fold record, for :func:`champion_record_test`.
+        level: the gate's weekly level; ``None`` leaves the record test out (``record`` ``None``).
 
     Returns:
         The ``champion`` input of :func:`include.gate.decide`: ``{"version", "trained_until",
         "window_start", "compared_from", "rows_out_of_sample", "comparison", "live",
-        "metrics", "challenger_metrics", "last_training_row"}``.
+        "metrics", "challenger_metrics", "last_training_row", "record"}``.
     """
     from include.significance import champion_evidence
 
@@ -150,14 +153,17 @@ def compare_with_champion(oof: pd.DataFrame, champion: Any, meta: dict[str, Any]
     rows = oof[oof.index >= pd.Timestamp(compared_from)]
     result: dict[str, Any] = {"version": version, "trained_until": trained_until, "window_start": window_start,
                               "compared_from": compared_from.isoformat(), "rows_out_of_sample": int(len(rows)),
-                              "comparison": None, "live": None, "metrics": None,
+                              "comparison": None, "live": None, "metrics": None, "record": None,
                               "last_training_row": (meta["data_window"].get("last_training_row")
                                                     or meta["data_window"].get("last_labelled_bar"))}
-    if len(rows) == 0:
-        return result
-    proba = champion.predict_proba(features.loc[rows.index, list(meta["feature_spec"]["names"])])
-    result.update(champion_evidence(rows, proba, np.asarray(champion.class_prior_), horizon=horizon,
-                                    random_state=random_state))
+    proba = (champion.predict_proba(features.loc[rows.index, list(meta["feature_spec"]["names"])]) if len(rows)
+             else np.empty((0, 3)))
+    if level is not None:
+        result["record"] = champion_record_test(own_oof, rows, proba, np.asarray(champion.class_prior_), n=len(oof),
+                                                horizon=horizon, level=level, random_state=random_state)
+    if len(rows):
+        result.update(champion_evidence(rows, proba, np.asarray(champion.class_prior_), horizon=horizon,
+                                        random_state=random_state))
     return result
 
 
@@ -185,13 +191,8 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
             store.dispose()
     horizon = max(cfg.label_horizon_bars, 1)
     result = compare_with_champion(oof, model, meta, pointer.version, feats, horizon=horizon,
-                                   random_state=cfg.random_state, window_start=window.interval_start)
-    live = oof[oof.index >= pd.Timestamp(result["compared_from"])]
-    live_proba = (model.predict_proba(feats.loc[live.index, list(meta["feature_spec"]["names"])]) if len(live)
-                  else np.empty((0, 3)))
-    result["record"] = champion_record_test(registry.out_of_fold(pointer.version), live, live_proba,
-                                            np.asarray(model.class_prior_), n=len(oof), horizon=horizon,
-                                            level=policy_from_config(cfg).level, random_state=cfg.random_state)
+                                   random_state=cfg.random_state, window_start=window.interval_start,
+                                   own_oof=registry.out_of_fold(pointer.version), level=policy_from_config(cfg).level)
     return {**result, "model": champion_model}
 
 
