@@ -44,13 +44,18 @@ logger = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
+def _task_instance_key() -> list[sa.Column]:
+    """The columns that name one task instance (a new set per table)."""
+    return [sa.Column("dag_id", sa.String(250), primary_key=True),
+            sa.Column("run_id", sa.String(250), primary_key=True),
+            sa.Column("task_id", sa.String(250), primary_key=True),
+            sa.Column("map_index", sa.Integer, primary_key=True)]
+
+
 # The tables of migration 0010, as the code queries them.
 outcome_table = sa.Table(
     "batch_outcome", metadata,
-    sa.Column("dag_id", sa.String(250), primary_key=True),
-    sa.Column("run_id", sa.String(250), primary_key=True),
-    sa.Column("task_id", sa.String(250), primary_key=True),
-    sa.Column("map_index", sa.Integer, primary_key=True),
+    *_task_instance_key(),
     sa.Column("model", sa.String(128), primary_key=True),
     sa.Column("max_tries", sa.Integer, nullable=False, comment="the task instance's try sequence"),
     sa.Column("try_number", sa.Integer, nullable=False, comment="the try that wrote the outcome"),
@@ -61,10 +66,7 @@ outcome_table = sa.Table(
 
 fence_table = sa.Table(
     "task_try_fence", metadata,
-    sa.Column("dag_id", sa.String(250), primary_key=True),
-    sa.Column("run_id", sa.String(250), primary_key=True),
-    sa.Column("task_id", sa.String(250), primary_key=True),
-    sa.Column("map_index", sa.Integer, primary_key=True),
+    *_task_instance_key(),
     sa.Column("try_number", sa.Integer, nullable=False, comment="the highest try that started"),
     sa.Column("at", sa.BigInteger, nullable=False, comment="ms since epoch UTC"),
 )
