@@ -182,7 +182,8 @@ def universe_key(n: int, seeds: list[int], start_week: str, weeks: int, config: 
 
 def config_label(config: dict[str, Any]) -> str:
     """A training configuration in a few characters, e.g. ``240d/6f/lightgbm``."""
-    return f"{config['train_window_days']}d/{config['cv_folds']}f/{'+'.join(config['models'])}"
+    return (f"{config['train_window_days']}d/{config['cv_folds']}f/{'+'.join(config['models'])}"
+            + (f"/{config['ensemble_weighting']}" if config.get("ensemble_weighting") else ""))
 
 
 def run_market(kind: Kind, phi: float, seed: int, start_week: str, weeks: int, config: dict[str, Any],
@@ -430,6 +431,10 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"training window, days (default {BENCH_CONFIG['train_window_days']})")
     parser.add_argument("--cv-folds", type=int, default=BENCH_CONFIG["cv_folds"],
                         help=f"walk-forward folds, one week each (default {BENCH_CONFIG['cv_folds']})")
+    parser.add_argument("--models", nargs="+", default=list(BENCH_CONFIG["models"]),
+                        help=f"model families (default {' '.join(BENCH_CONFIG['models'])})")
+    parser.add_argument("--weighting", choices=["fixed", "fitted", "stacking"], default=None,
+                        help="ensemble weighting (default: the run parameter's default)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
     parser.add_argument("--workdir", default=None, help="where the markets' temporary folders go")
     parser.add_argument("--keep", action="store_true", help="keep each market's folder (store, registry, runs)")
@@ -445,7 +450,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.kind == "walk" and args.phi not in (None, [0.0]):
         parser.error("--phi: a random walk has phi 0; use --kind ar1")
     weeks = args.weeks or (8 if args.universe else 52)
-    config = {**BENCH_CONFIG, "train_window_days": args.train_window_days, "cv_folds": args.cv_folds}
+    config = {**BENCH_CONFIG, "train_window_days": args.train_window_days, "cv_folds": args.cv_folds,
+              "models": tuple(args.models)}
+    if args.weighting:
+        config["ensemble_weighting"] = args.weighting
     # A bad date or configuration fails before any market is written.
     try:
         week_ends(args.start_week, weeks)

@@ -185,6 +185,8 @@ PARAMS = {
                                                                      "beats_trading_baselines"]}, uniqueItems=True),
     "gate_demote": _param("gate_demote", "boolean", GATE,
                           "Demote a champion significantly worse than the class prior to no model"),
+    "gate_record_weeks": _param("gate_record_weeks", "integer", GATE,
+                                "Weeks of earlier candidates' forecasts in the log-loss test"),
     "gate_min_deflated_sharpe": _param("gate_min_deflated_sharpe", ["null", "number"], GATE,
                                        "Smallest deflated Sharpe ratio (empty: off)", minimum=0, maximum=1),
     "require_approval": _param("require_approval", "boolean", GATE, "Ask a person to approve a promotion"),

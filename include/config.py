@@ -27,7 +27,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: Bar length in seconds for every timeframe the pipeline understands (ccxt notation).
 TIMEFRAME_SECONDS: dict[str, int] = {"15m": 900, "1h": 3600, "4h": 14_400, "1d": 86_400}
 
-MODEL_FAMILIES: tuple[str, ...] = ("lightgbm", "xgboost", "random_forest")
+MODEL_FAMILIES: tuple[str, ...] = ("lightgbm", "xgboost", "random_forest", "logistic")
 
 #: Most days a run parameter may count (100 years): the dates a run derives from them (training
 #: start, feature warm-up, ingestion start) stay inside pandas' nanosecond range (1677-2262).
@@ -202,8 +202,8 @@ class RunConfig:
         default=168, bounds=(2, 10_000),
     )
     models: tuple[str, ...] = _doc(
-        "Model families to train (subset of lightgbm, xgboost, random_forest).",
-        default=MODEL_FAMILIES,
+        "Model families to train (subset of lightgbm, xgboost, random_forest, logistic).",
+        default=("lightgbm", "xgboost", "random_forest"),
     )
     cv_folds: int = _doc(
         "Walk-forward folds; each test fold is one data interval (one week) long.", default=6, bounds=(2, 52)
@@ -284,6 +284,13 @@ class RunConfig:
         "weekly level, is significantly worse than the class prior's, and the challenger is not "
         "promoted.",
         default=True,
+    )
+    gate_record_weeks: int = _doc(
+        "Weeks of shadow record in the log-loss test: the walk-forward forecasts that earlier "
+        "candidates of the same recipe (promoted or not) recorded in this many weeks before the "
+        "candidate's out-of-fold rows join them, so evidence of an edge accumulates week by week; "
+        "0 tests the candidate's own out-of-fold rows only.",
+        default=20, bounds=(0, 520),
     )
     gate_min_deflated_sharpe: float | None = _doc(
         "Smallest deflated Sharpe ratio of the out-of-fold strategy (Bailey & López de Prado 2014: "

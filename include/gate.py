@@ -20,7 +20,12 @@ serially dependent out-of-fold rows, or the probabilistic Sharpe ratio):
    must reject (an intersection-union test, level held without correction; Berger 1982).
 2. ``beats_prior_log_loss``: its out-of-fold log loss is below ``max_log_loss_ratio`` times that
    of forecasting the training class frequencies (paired, per row): its probabilities carry
-   information.
+   information. The rows are the candidate's out-of-fold rows preceded by its **shadow record**:
+   the walk-forward forecasts that earlier candidates of the same recipe, promoted or not,
+   recorded in the ``record_weeks`` weeks before them (each bar once, each forecast by a model
+   fitted before it; :func:`include.pipeline.decision.earlier_record`). A candidate refused one
+   week keeps counting: the evidence for a steady edge grows week by week, while on a market
+   with nothing to predict every row is still a forecast without skill, so the level holds.
 3. ``beats_trading_baselines``: the simulated strategy (after fees, slippage and funding;
    :mod:`include.backtest`) over all out-of-fold bars has a probabilistic Sharpe ratio against
    ``min_sharpe_margin`` (annualised; flat is Sharpe 0) of at least ``1 - level``, and so has its
@@ -100,6 +105,9 @@ class GatePolicy:
             (check 8) when the challenger is not promoted; ``False`` only records the test.
         min_deflated_sharpe: required deflated Sharpe ratio; ``None`` leaves the check out.
         required: the skill tests that decide; the others are run and recorded, not required.
+        record_weeks: weeks of earlier candidates' walk-forward forecasts (of the same recipe,
+            before the candidate's out-of-fold rows) that join the log-loss test (its shadow
+            record, :func:`include.pipeline.decision.earlier_record`); 0: its own rows only.
     """
 
     alpha: float = 0.10
@@ -112,6 +120,7 @@ class GatePolicy:
     demote: bool = True
     min_deflated_sharpe: float | None = None
     required: tuple[str, ...] = ("beats_prior_log_loss",)
+    record_weeks: int = 20
 
     @property
     def level(self) -> float:
@@ -222,6 +231,15 @@ CHECK_WORDS = {
 }
 
 
+def _shadow_words(test: dict[str, Any]) -> str:
+    """How many of the log-loss test's rows are the candidate's own and how many its shadow record's."""
+    earlier = int(test.get("earlier_rows") or 0)
+    if not earlier:
+        return ""
+    return (f": {test['n'] - earlier} its own out-of-fold, {earlier} from earlier candidates' walk-forward "
+            f"forecasts since {str(test.get('earlier_from'))[:10]}")
+
+
 def _p(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}" if value < 0.01 else f"{value:.3f}"
 
@@ -272,7 +290,7 @@ def decide(policy: GatePolicy, *, candidate_version: str, evidence: dict[str, An
         Check("beats_prior_log_loss", ll["p_value"] is not None and ll["p_value"] <= alpha, ll["p_value"], alpha,
               f"out-of-fold log loss {ll['log_loss']:.4f} vs class-prior forecast {ll['reference_log_loss']:.4f}"
               f" x {policy.max_log_loss_ratio}: p = {_p(ll['p_value'])} at level {alpha:.4f} "
-              f"({ll['n']} rows, blocks of {ll['block']})"),
+              f"({ll['n']} rows, blocks of {ll['block']}" + _shadow_words(ll) + ")"),
     ]
     if trading is not None:
         tests = evidence.get("trading")

@@ -48,6 +48,10 @@ N_RESAMPLES = 1000
 #: hourly rows each) for the gate's 1,008 out-of-fold rows, 4 for a 164-row window.
 MAX_BLOCKS = 6
 MIN_BLOCK_ROWS = 40
+#: ... but never longer than this (two weeks of hourly rows) because of ``MAX_BLOCKS``: a longer
+#: record (a candidate's out-of-fold rows with its shadow record, several months) is tested in
+#: more blocks of two weeks, not in six blocks of a month, so its power grows with its length.
+MAX_BLOCK_ROWS = 336
 
 
 def block_length(series: np.ndarray, minimum: int) -> int:
@@ -106,8 +110,8 @@ def mean_below_zero_test(diff: np.ndarray, *, block: int, n_resamples: int = N_R
     - mean) / sqrt(var(B*_1..B*_k) / k)`` (Götze & Künsch 1996); ``p = (1 + #{T* <= T}) / (B +
     1)`` (Davison & Hinkley 1997, section 4.2).
 
-    The blocks are at least ``n // MAX_BLOCKS`` (6 blocks) and ``MIN_BLOCK_ROWS`` (40) rows long,
-    whatever ``block`` asks for. A loss difference whose persistent part is small beside the
+    The blocks are at least ``n // MAX_BLOCKS`` (6 blocks) but at most ``MAX_BLOCK_ROWS`` (336)
+    for that reason, and at least ``MIN_BLOCK_ROWS`` (40) rows long, whatever ``block`` asks for. A loss difference whose persistent part is small beside the
     labels' noise has a short automatic block length (a few rows), and a bootstrap in such blocks
     misses the slow part: at level 0.10 it rejects a true null in 17 % of 164-row and 1,000-row
     windows when both forecasts' errors are AR(1) with coefficient 0.99. Few, long blocks keep
@@ -160,7 +164,7 @@ def mean_below_zero_test(diff: np.ndarray, *, block: int, n_resamples: int = N_R
     if n < 2 * block:
         raise TrainingError(f"{n} rows are too few for a block bootstrap in blocks of {block}")
     observed = float(diff.mean())
-    used = int(max(block, 1, n // MAX_BLOCKS, min(MIN_BLOCK_ROWS, n // 4)))
+    used = int(max(block, 1, min(n // MAX_BLOCKS, MAX_BLOCK_ROWS), min(MIN_BLOCK_ROWS, n // 4)))
     k = n // used
     out = {"statistic": observed, "p_value": None, "n": int(n), "block": used, "blocks": int(k),
            "standard_error": None, "t_statistic": None, "n_resamples": 0,

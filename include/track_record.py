@@ -37,7 +37,7 @@ import argparse
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -210,6 +210,7 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
         candidate_evidence,
         compare_with_champion,
         deflated_sharpe_record,
+        earlier_record,
         oof_signals,
         policy_from_config,
     )
@@ -226,6 +227,8 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
             continue
         cfg = RunConfig.from_params(v.lineage["config"])
         used = policy if policy is not None else policy_from_config(cfg)
+        if policy is None and "gate_record_weeks" not in v.lineage["config"]:
+            used = replace(used, record_weeks=0)  # decided before the gate read shadow records
         # The trading simulation over exactly the candles the run's own simulation read.
         bars = _slice(data.bars, oof.index.min(), v.trained_until)
         funding = _slice(data.funding, oof.index.min(), v.trained_until)
@@ -234,15 +237,17 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
                 for name, sig in oof_signals(oof, cfg.trade_min_probability).items()}
         returns = pd.DataFrame({name: sim.pop("net_returns") for name, sim in sims.items()})
         horizon = max(cfg.label_horizon_bars, 1)
+        earlier = earlier_record(registry, cfg.model_name, v.lineage, oof, weeks=used.record_weeks)
         evidence = candidate_evidence(used, oof, returns, horizon=horizon, bar_seconds=cfg.bar_seconds,
-                                      random_state=cfg.random_state)
+                                      random_state=cfg.random_state, earlier=earlier)
         champion = None
         if production is not None:
             champion = compare_with_champion(oof, _load(registry, production), production.lineage,
                                              production.version, _features_of(data, production), horizon=horizon,
                                              random_state=cfg.random_state,
                                              window_start=v.lineage["data_window"]["interval_start"],
-                                             own_oof=registry.out_of_fold(production.version), level=used.level)
+                                             own_oof=registry.out_of_fold(production.version), level=used.level,
+                                             record_rows=evidence["log_loss"]["record_rows"])
         ens = sims["ensemble"]
         if cfg.model_name not in ledgers:
             ledgers[cfg.model_name] = _LedgerBefore(registry.ledger(cfg.model_name), versions)

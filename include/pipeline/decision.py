@@ -105,27 +105,118 @@ def policy_from_config(cfg: RunConfig) -> GatePolicy:
                       max_log_loss_ratio=cfg.gate_max_log_loss_ratio, min_sharpe_margin=cfg.gate_min_sharpe_margin,
                       max_drawdown=cfg.gate_max_drawdown, champion_alpha=cfg.gate_champion_alpha,
                       demote=cfg.gate_demote, required=tuple(cfg.gate_required_checks),
+                      record_weeks=cfg.gate_record_weeks,
                       min_deflated_sharpe=cfg.gate_min_deflated_sharpe)
 
 
 def candidate_evidence(policy: GatePolicy, oof: pd.DataFrame, returns: pd.DataFrame | None, *, horizon: int,
-                       bar_seconds: int, random_state: int) -> dict[str, Any]:
+                       bar_seconds: int, random_state: int, earlier: pd.DataFrame | None = None) -> dict[str, Any]:
     """The skill tests of a candidate's out-of-fold record under ``policy``'s margins
-    (:func:`include.significance.skill_evidence`); the gate and its replay call this alike."""
-    from include.significance import N_RESAMPLES, skill_evidence
+    (:func:`include.significance.skill_evidence`); the gate and its replay call this alike.
 
-    return skill_evidence(oof, returns, f1_margin=policy.min_f1_margin, log_loss_ratio=policy.max_log_loss_ratio,
-                          sharpe_margin=policy.min_sharpe_margin, horizon=horizon,
-                          bars_per_year=365.25 * 86_400 / bar_seconds, random_state=random_state,
-                          n_resamples=resamples_for(policy.level),
-                          # Recorded, not deciding: the default resolution is enough to show them.
-                          f1_resamples=None if "beats_baselines_f1" in policy.required else N_RESAMPLES)
+    ``earlier`` (:func:`earlier_record`: the walk-forward forecasts earlier candidates of the same
+    recipe recorded before ``oof``'s first row) joins the log-loss test: it runs on ``earlier``
+    followed by ``oof``, and its result says how many rows came from each (``record_rows``,
+    ``earlier_rows``, ``earlier_from``). The F1 and trading tests use ``oof`` alone.
+    """
+    from include.significance import N_RESAMPLES, log_loss_skill_test, skill_evidence
+
+    evidence = skill_evidence(oof, returns, f1_margin=policy.min_f1_margin, log_loss_ratio=policy.max_log_loss_ratio,
+                              sharpe_margin=policy.min_sharpe_margin, horizon=horizon,
+                              bars_per_year=365.25 * 86_400 / bar_seconds, random_state=random_state,
+                              n_resamples=resamples_for(policy.level),
+                              # Recorded, not deciding: the default resolution is enough to show them.
+                              f1_resamples=None if "beats_baselines_f1" in policy.required else N_RESAMPLES)
+    rows = earlier if earlier is not None else oof.iloc[:0]
+    if len(rows):
+        record = pd.concat([rows[RECORD_COLUMNS], oof[RECORD_COLUMNS]])
+        evidence["log_loss"] = log_loss_skill_test(
+            record["label"].to_numpy().astype(int), record[RECORD_COLUMNS[1:4]].to_numpy(),
+            record[RECORD_COLUMNS[4:]].to_numpy(), ratio=policy.max_log_loss_ratio, horizon=horizon,
+            n_resamples=resamples_for(policy.level), random_state=random_state)
+    evidence["log_loss"].update({"record_rows": int(len(oof) + len(rows)), "earlier_rows": int(len(rows)),
+                                 "earlier_from": rows.index.min().isoformat() if len(rows) else None})
+    return evidence
+
+
+#: The columns of a walk-forward record row: the label, the forecast, the fold's class prior.
+RECORD_COLUMNS = ["label", "p_down", "p_range", "p_up", "prior_down", "prior_range", "prior_up"]
+
+
+def recipe(lineage: dict[str, Any]) -> str:
+    """What makes two versions of a registered model the same recipe, as a sha256: the run
+    parameters that shape the model (every field of its configuration but the gate's, the
+    trading simulation's, approval and the run's own date and source) and the feature spec."""
+    import hashlib
+
+    from include.pipeline.training import NOT_MODEL_INPUTS
+
+    config = {k: v for k, v in (lineage.get("config") or {}).items() if not k.startswith(NOT_MODEL_INPUTS)}
+    made_of = {"config": config, "feature_spec": (lineage.get("feature_spec") or {}).get("sha256")}
+    return hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def earlier_record(registry: ModelRegistry, model: str, lineage: dict[str, Any], oof: pd.DataFrame, *,
+                   weeks: int) -> pd.DataFrame:
+    """The walk-forward forecasts that earlier candidates of the same recipe recorded in the
+    ``weeks`` weeks before ``oof``'s first row: the candidate's shadow record.
+
+    A candidate that is not promoted keeps counting: each weekly run registers its candidate with
+    its out-of-fold record, whose newest fold is the week just past, forecast by a fold model
+    fitted only on rows before it. Read backwards from the newest earlier version, each version
+    contributes its rows before the earliest row taken so far, so the record is a contiguous
+    walk-forward history with no bar twice. Every row was forecast out of sample, by a model of
+    the same recipe (:func:`recipe`); under "no skill" each row's expected log loss is no lower
+    than the prior's, so the test on the longer record keeps its level, and where there is an
+    edge its power grows week by week (``weeks`` more rows at most).
+
+    Args:
+        model: the registered model.
+        lineage: the candidate's lineage (its configuration, feature spec and
+            ``data_window.trained_until``).
+        oof: the candidate's out-of-fold rows.
+        weeks: how far back the record reaches before ``oof``'s first row (0: nothing).
+
+    Returns:
+        :data:`RECORD_COLUMNS` rows, oldest first, all before ``oof.index.min()``; empty when no
+        earlier version of the recipe has rows there. Versions whose artifacts retention removed
+        are skipped.
+    """
+    from include.errors import RegistryError
+
+    if weeks <= 0 or not len(oof):
+        return pd.DataFrame(columns=RECORD_COLUMNS)
+    first = oof.index.min()
+    since = first - pd.Timedelta(weeks=weeks)
+    trained_until = instant(lineage["data_window"]["trained_until"])
+    mine = recipe(lineage)
+    parts: list[pd.DataFrame] = []
+    earliest = first
+    for version in reversed(registry.versions(model)):
+        if earliest <= since:
+            break
+        try:
+            meta = registry.metadata(version)
+            if (instant(meta["data_window"]["trained_until"]) >= trained_until or recipe(meta) != mine):
+                continue
+            rows = registry.out_of_fold(version)
+        except (RegistryError, KeyError):
+            continue
+        if rows is None or not len(rows):
+            continue
+        rows = rows[(rows.index < earliest) & (rows.index >= since)]
+        if len(rows):
+            parts.append(rows[RECORD_COLUMNS])
+            earliest = rows.index.min()
+    if not parts:
+        return pd.DataFrame(columns=RECORD_COLUMNS)
+    return pd.concat(parts[::-1]).sort_index()
 
 
 def compare_with_champion(oof: pd.DataFrame, champion: Any, meta: dict[str, Any], version: str,
                           features: pd.DataFrame, *, horizon: int, random_state: int,
                           window_start: str, own_oof: pd.DataFrame | None = None,
-                          level: float | None = None) -> dict[str, Any]:
+                          level: float | None = None, record_rows: int | None = None) -> dict[str, Any]:
     """Score the champion on the challenger's out-of-fold rows where both are out of sample.
 
     The rows are every out-of-fold row (all walk-forward folds, not only the gate window) at or
@@ -140,6 +231,8 @@ def compare_with_champion(oof: pd.DataFrame, champion: Any, meta: dict[str, Any]
         window_start: the run's data interval start (ISO), for the record.
         own_oof: the champion's registered out-of-fold record, for :func:`champion_record_test`.
         level: the gate's weekly level; ``None`` leaves the record test out (``record`` ``None``).
+        record_rows: the challenger's row budget for the record test (the rows of its log-loss
+            test, :func:`candidate_evidence`); ``None``: ``len(oof)``.
 
     Returns:
         The ``champion`` input of :func:`include.gate.decide`: ``{"version", "trained_until",
@@ -159,7 +252,8 @@ def compare_with_champion(oof: pd.DataFrame, champion: Any, meta: dict[str, Any]
     proba = (champion.predict_proba(features.loc[rows.index, list(meta["feature_spec"]["names"])]) if len(rows)
              else np.empty((0, 3)))
     if level is not None:
-        result["record"] = champion_record_test(own_oof, rows, proba, np.asarray(champion.class_prior_), n=len(oof),
+        result["record"] = champion_record_test(own_oof, rows, proba, np.asarray(champion.class_prior_),
+                                                n=record_rows or len(oof),
                                                 horizon=horizon, level=level, random_state=random_state)
     if len(rows):
         result.update(champion_evidence(rows, proba, np.asarray(champion.class_prior_), horizon=horizon,
@@ -168,7 +262,8 @@ def compare_with_champion(oof: pd.DataFrame, champion: Any, meta: dict[str, Any]
 
 
 def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWindow, settings: Settings,
-                         out_dir: Path, oof: pd.DataFrame | None = None) -> dict[str, Any] | None:
+                         out_dir: Path, oof: pd.DataFrame | None = None,
+                         record_rows: int | None = None) -> dict[str, Any] | None:
     pointer = registry.production(cfg.model_name)
     if pointer is None:
         return None
@@ -192,7 +287,8 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
     horizon = max(cfg.label_horizon_bars, 1)
     result = compare_with_champion(oof, model, meta, pointer.version, feats, horizon=horizon,
                                    random_state=cfg.random_state, window_start=window.interval_start,
-                                   own_oof=registry.out_of_fold(pointer.version), level=policy_from_config(cfg).level)
+                                   own_oof=registry.out_of_fold(pointer.version), level=policy_from_config(cfg).level,
+                                   record_rows=record_rows)
     return {**result, "model": champion_model}
 
 
@@ -344,15 +440,18 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
     registry = ModelRegistry.from_settings(settings)
     policy = policy_from_config(cfg)
     oof = pd.read_parquet(out_dir / "ensemble_oof.parquet")
-    champion = _champion_evaluation(registry, cfg, window, settings, out_dir, oof)
-    deflated = (deflated_sharpe_record(registry, cfg.model_name, assembled["version"],
-                                       trading["out_of_fold"]["ensemble"], cfg.bar_seconds,
-                                       registry.metadata(assembled["version"]).get("hyperparameter_sets"))
-                if trading else None)
+    lineage = registry.metadata(assembled["version"])
+    earlier = earlier_record(registry, cfg.model_name, lineage, oof, weeks=policy.record_weeks)
     returns = pd.read_parquet(out_dir / TRADING_RETURNS) if trading else None
     evidence = candidate_evidence(policy, oof, returns,
                                   horizon=max(cfg.label_horizon_bars, 1), bar_seconds=cfg.bar_seconds,
-                                  random_state=cfg.random_state)
+                                  random_state=cfg.random_state, earlier=earlier)
+    champion = _champion_evaluation(registry, cfg, window, settings, out_dir, oof,
+                                    record_rows=evidence["log_loss"]["record_rows"])
+    deflated = (deflated_sharpe_record(registry, cfg.model_name, assembled["version"],
+                                       trading["out_of_fold"]["ensemble"], cfg.bar_seconds,
+                                       lineage.get("hyperparameter_sets"))
+                if trading else None)
     decision = decide(policy, candidate_version=assembled["version"], evidence=evidence, champion=champion,
                       trading=trading["out_of_fold"] if trading else None, deflated=deflated)
     record = {**decision.to_dict(), "model": cfg.model_name, "policy": asdict(policy), "evidence": evidence,

@@ -28,7 +28,7 @@ from include.evaluation import (
     summarise_folds,
 )
 from include.labels import CLASSES
-from include.training import lightgbm, random_forest, xgboost
+from include.training import lightgbm, logistic, random_forest, xgboost
 from include.training.fit_cache import FitCache, evaluation_key, fit_key, rows_digest
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ FAMILIES: dict[str, Any] = {
     "lightgbm": lightgbm,
     "xgboost": xgboost,
     "random_forest": random_forest,
+    "logistic": logistic,
 }
 
 

@@ -39,6 +39,9 @@ SEARCH_SPACES: dict[str, dict[str, dict[str, Any]]] = {
         "max_features": {"type": "categorical", "choices": ["sqrt", "log2", 0.5]},
         "max_samples": {"type": "float", "low": 0.2, "high": 0.9},
     },
+    "logistic": {
+        "C": {"type": "float", "low": 0.001, "high": 10.0, "log": True},
+    },
 }
 
 

@@ -63,12 +63,12 @@ def test_weekly_retrain_graph(dagbag):
              "publish_summary", "apply_retention"]
     for up, down in zip(chain, chain[1:], strict=False):
         assert (up, down) in edges, (up, down)
-    for family in ("xgboost", "random_forest"):
+    for family in ("xgboost", "random_forest", "logistic"):
         assert (m + "build_features", m + f"train_{family}") in edges
         assert (m + f"train_{family}", m + "assemble_ensemble") in edges
     # The thread budget: every fit runs in the training pool; nothing else does.
     assert {t.task_id for t in dag.tasks if t.pool == "training"} == {
-        m + f"train_{f}" for f in ("lightgbm", "xgboost", "random_forest")}
+        m + f"train_{f}" for f in ("lightgbm", "xgboost", "random_forest", "logistic")}
     # One mapped task group per market; inside it only all_success rules: Airflow evaluates the
     # "fast" rules (none_failed_min_one_success, one_*) of a not-yet-expanded group task against every
     # market's upstream instances, so one failing market would stop the others.

@@ -50,7 +50,7 @@ MOST_REJECTIONS = int(binom.ppf(0.995, LEVEL_REPS, 0.10))
 
 
 @pytest.mark.parametrize("phi", [0.9, 0.99])
-@pytest.mark.parametrize("n", [164, 1000])
+@pytest.mark.parametrize("n", [164, 1000, 4368])
 def test_the_log_loss_test_holds_its_level_at_the_null_boundary_when_errors_persist(n, phi):
     """Two forecasts of equal expected loss: the test may reject in at most 10 % of markets.
 
