@@ -216,8 +216,8 @@ def test_the_logistic_family_captures_most_of_a_linear_edge_and_reads_missing_va
     missing and nine noise features beside it."""
     from scipy.stats import norm
 
-    from include.training import class_prior
     from include.evaluation import log_loss_rows
+    from include.training import class_prior
 
     rng = np.random.default_rng(3)
     n = 9000
