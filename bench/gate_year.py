@@ -69,7 +69,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.synthetic_markets import KINDS, Kind, write_market
+from bench.synthetic_markets import Kind, write_market
 from include.config import PROJECT_ROOT, RunConfig, Settings
 from include.errors import ConfigError
 from include.pipeline import run_once
@@ -418,7 +418,7 @@ def seed_range(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kind", choices=KINDS, default="walk", help="market kind (default walk)")
+    parser.add_argument("--kind", choices=("walk", "ar1"), default="walk", help="market kind (default walk)")
     parser.add_argument("--phi", type=float, nargs="+", default=None,
                         help="AR(1) coefficients, each a market per seed (ar1 only; default 0.1 0.2 0.3)")
     parser.add_argument("--seeds", type=seed_range, default=seed_range("0-19"), help="seed range (default 0-19)")
