@@ -143,7 +143,7 @@ def oracle(frames: dict[str, pd.DataFrame], kind: str, strength: float, rows: pd
         mean = unit * z * known
         var = horizon * sig ** 2
         for later in range(1, horizon):  # each later settlement's bars
-            count = ((ids == ids[:, :1] + later)).sum(axis=1)
+            count = (ids == ids[:, :1] + later).sum(axis=1)
             var = var + (unit * count) ** 2
     else:
         mean, var = np.zeros(len(pos)), horizon * sig ** 2
