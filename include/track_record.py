@@ -295,7 +295,14 @@ def _unserved(newest: pd.DataFrame) -> pd.DataFrame:
 
 
 def _score(frames: list[pd.DataFrame], data: MarketData) -> dict[str, Any]:
-    """Forward log loss, macro F1 and after-cost trading of concatenated served forecasts."""
+    """Forward log loss, macro F1 and after-cost trading of concatenated served forecasts.
+
+    Returns:
+        ``{"rows", "log_loss", "macro_f1", "sharpe", "total_return", "max_drawdown",
+        "net_returns"}`` (``{"rows": 0}`` for no rows); ``net_returns`` is the simulation's
+        per-bar net return indexed by the forecast's bar (a Series, fraction of equity, not
+        JSON): the series ``sharpe`` and ``total_return`` summarise.
+    """
     from include.backtest import TradingCosts, positions_from_proba, simulate
     from include.training import metrics_with_prior
 
@@ -311,7 +318,8 @@ def _score(frames: list[pd.DataFrame], data: MarketData) -> dict[str, Any]:
     sim = simulate(pd.Series(positions, index=frame.index), data.bars, data.funding,
                    TradingCosts(fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps), cfg.bar_seconds)
     return {"rows": int(len(frame)), "log_loss": metrics["log_loss"], "macro_f1": metrics["macro_f1"],
-            "sharpe": sim["sharpe"], "total_return": sim["total_return"], "max_drawdown": sim["max_drawdown"]}
+            "sharpe": sim["sharpe"], "total_return": sim["total_return"], "max_drawdown": sim["max_drawdown"],
+            "net_returns": sim["net_returns"]}
 
 
 def production_after(registry: Any, model: str) -> dict[str, str | None]:
@@ -343,12 +351,26 @@ def track_record(settings: Settings, model: str, *, policies: dict[str, GatePoli
         end: last bar to score (default: one week after the newest version's training end).
 
     Returns:
-        ``{"model", "weeks": [per week: start, end, rows, and per policy the serving version
-        and its forward log loss], "totals": {policy: {"log_loss", "macro_f1", "sharpe",
-        "weeks", "rows", "mean_age_days", "promised_log_loss"}}, "replays": {label: decisions},
-        "compared_weeks", "made_at"}``. Totals cover every week whose labels are known; a week
-        in which a policy has no production model is scored as the class-prior forecast with no
-        position (``weeks_without_model`` counts them).
+        ``{"model", "weeks", "totals", "replays", "policies", "compared_weeks", "made_at"}``:
+
+        * ``weeks``: one row per version, oldest first, ``{"start", "end", "rows",
+          "prior_log_loss", "policies": {policy: {"version", "log_loss", "age_days",
+          "net_return"}}}``. ``start``/``end`` (ISO times) bound the week ``[T_k, T_{k+1})``;
+          ``rows`` counts its labelled bars (0 while its labels are pending). ``prior_log_loss``
+          is the forward log loss (nats per row) of the class-prior forecast, what a week
+          without a model serves; ``log_loss`` the serving version's (nats per row);
+          ``version`` is ``None`` where the policy has no model; ``age_days`` the days since
+          the serving version's training end. ``net_return`` is the week's sum of the after-cost
+          per-bar net returns (fraction of equity) of trading the policy's served forecasts, taken
+          from the one simulation of its whole record (:mod:`include.backtest`): 0.0 in a week
+          without a model (no position), ``None`` in a week without labels.
+        * ``totals``: ``{policy: {"rows", "log_loss", "macro_f1", "sharpe", "total_return",
+          "max_drawdown", "weeks", "weeks_without_model", "mean_age_days"}}``, and
+          ``promised_log_loss`` for ``production``. Totals cover every week whose labels are
+          known; a week in which a policy has no production model is scored as the class-prior
+          forecast with no position (``weeks_without_model`` counts them).
+        * ``replays``: ``{label: decisions}`` (:func:`replay`); ``policies``: each replayed
+          policy's fields.
 
     Raises:
         PipelineError: the model has no registered version.
@@ -389,12 +411,17 @@ def track_record(settings: Settings, model: str, *, policies: dict[str, GatePoli
             start = v.trained_until
             stop_k = versions[k + 1].trained_until if k + 1 < len(versions) else stop
             newest = _forward(registry, data, v, start, stop_k)
-            row = {"start": start.isoformat(), "end": stop_k.isoformat(), "rows": int(len(newest)), "policies": {}}
+            unserved = _unserved(newest)
+            prior = _score([unserved], data) if len(unserved) else {"rows": 0}
+            row = {"start": start.isoformat(), "end": stop_k.isoformat(), "rows": int(len(newest)),
+                   "prior_log_loss": prior.get("log_loss"), "policies": {}}
             for name, chain in chains.items():
                 serving = chain[k]
-                frame = (newest if serving is v else _forward(registry, data, serving, start, stop_k)
-                         if serving is not None else _unserved(newest))
-                score = _score([frame], data) if len(frame) else {"rows": 0}
+                if serving is None:
+                    frame, score = unserved, prior
+                else:
+                    frame = newest if serving is v else _forward(registry, data, serving, start, stop_k)
+                    score = _score([frame], data) if len(frame) else {"rows": 0}
                 age = (start - serving.trained_until).total_seconds() / 86400 if serving is not None else None
                 row["policies"][name] = {"version": serving.version if serving is not None else None,
                                          "log_loss": score.get("log_loss"), "age_days": age}
@@ -406,6 +433,13 @@ def track_record(settings: Settings, model: str, *, policies: dict[str, GatePoli
         totals = {}
         for name in chains:
             score = _score(served[name], data) if served[name] else {"rows": 0}
+            # Each week's share of the one simulation of the policy's whole record (the series its
+            # Sharpe ratio summarises), so a position held across a week's end is not closed there.
+            net = score.pop("net_returns", None)
+            for w in weeks:
+                w["policies"][name]["net_return"] = (
+                    float(net[(net.index >= pd.Timestamp(w["start"])) & (net.index < pd.Timestamp(w["end"]))].sum())
+                    + 0.0 if net is not None and w["rows"] else None)  # + 0.0: no "-0.0" in the JSON
             totals[name] = {**score, "weeks": len(served[name]),
                             "weeks_without_model": sum(1 for w in weeks if w["rows"] and
                                                        w["policies"][name]["version"] is None),

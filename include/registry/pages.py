@@ -1,5 +1,6 @@
 """HTML of the registry's pages that the plugin serves: a version's page, a registered model's
-production history (its alias timeline) and the track-record section of the Models page.
+production history (its alias timeline) and the track-record section of the Models page (an
+inline SVG chart of the weekly record above a table of its totals).
 
 Pure functions of the registry's records; the plugin (``plugins/model_registry.py``) looks them up
 behind Airflow's auth and returns these pages.
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import html
 import json
+import math
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -20,6 +23,178 @@ def cell(value: Any) -> str:
     return html.escape("" if value is None else str(value))
 
 
+# Line colours per series (the class prior is dashed grey); replayed policies take the rest in turn.
+COLOURS = {"production": "#1f77b4", "newest": "#ff7f0e", "never_retrain": "#2ca02c", "prior": "#7f7f7f"}
+REPLAY_COLOURS = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+SERIES_LABELS = {"production": "production chain (the gate)", "newest": "always the newest candidate",
+                 "never_retrain": "never retrain (the first version)", "prior": "class prior (no model)"}
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, or ``None`` (missing, ``None``, NaN or infinite)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _points(xs: list[float], ys: list[float | None], scale: Callable[[float], float]) -> str:
+    """An SVG ``points`` list of the weeks with a value (a week without one is left out)."""
+    return " ".join(f"{x:.1f},{scale(y):.1f}" for x, y in zip(xs, ys, strict=True) if y is not None)
+
+
+def _range(values: list[float], *, floor: float | None = None) -> tuple[float, float]:
+    """A y-axis span holding ``values`` (and ``floor``), padded by 5%, never empty."""
+    low, high = min(values), max(values)
+    if floor is not None:
+        low, high = min(low, floor), max(high, floor)
+    pad = (high - low) * 0.05 or max(abs(high) * 0.05, 1e-3)
+    return low - pad, high + pad
+
+
+def production_changes(weeks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The weeks in which the production chain changed, from a track record's ``weeks``.
+
+    A promotion is a week whose production version differs from the week before's and is a
+    version (the first week counts as following no model); a demotion is a week with no model
+    after a week with one.
+
+    Returns:
+        ``[{"week": index, "event": "promotion" | "demotion", "version": the version promoted, or
+        the one demoted}]``, oldest first.
+    """
+    changes: list[dict[str, Any]] = []
+    before: str | None = None
+    for k, week in enumerate(weeks):
+        version = ((week.get("policies") or {}).get("production") or {}).get("version")
+        if version is not None and version != before:
+            changes.append({"week": k, "event": "promotion", "version": version})
+        elif version is None and before is not None:
+            changes.append({"week": k, "event": "demotion", "version": before})
+        before = version
+    return changes
+
+
+def track_record_chart(record: dict[str, Any]) -> str:
+    """An inline SVG chart of a track record's weeks (no script, every text escaped).
+
+    Top panel: the forward log loss (nats per row) per week of the production chain, the newest
+    candidate, never retraining and the class-prior forecast. Bottom panel: the cumulative
+    after-cost return per policy, the running sum of the weeks' ``net_return`` (fractions of
+    equity). Weeks in which production had no model are shaded; a triangle marks each week the
+    production chain changed (up: a promotion, down: a demotion) where that week starts, with a
+    tooltip naming the version.
+    A record whose weeks lack ``prior_log_loss`` or ``net_return`` is drawn without the prior's line
+    or without the bottom panel.
+
+    Args:
+        record: as :func:`include.track_record.track_record` returns it.
+
+    Returns:
+        ``<svg>…</svg>``, or ``""`` for a record without weeks.
+    """
+    weeks = record.get("weeks") or []
+    if not weeks:
+        return ""
+    base = ("production", "newest", "never_retrain")
+    policies = [*base, *sorted({p for w in weeks for p in (w.get("policies") or {}) if p not in base})]
+
+    def value(week: dict[str, Any], policy: str, key: str) -> float | None:
+        return _number(((week.get("policies") or {}).get(policy) or {}).get(key))
+
+    losses = {p: [value(w, p, "log_loss") for w in weeks] for p in base}
+    losses["prior"] = [_number(w.get("prior_log_loss")) for w in weeks]
+    losses = {p: ys for p, ys in losses.items() if any(y is not None for y in ys)}
+    returns: dict[str, list[float | None]] = {}
+    for policy in policies:
+        weekly = [value(w, policy, "net_return") for w in weeks]
+        if any(r is not None for r in weekly):
+            total = 0.0
+            path: list[float | None] = []
+            for r in weekly:
+                total += r or 0.0
+                path.append(total if r is not None else None)
+            returns[policy] = path
+    colours = dict(COLOURS)
+    for k, policy in enumerate(p for p in policies if p not in COLOURS):
+        colours[policy] = REPLAY_COLOURS[k % len(REPLAY_COLOURS)]
+
+    width, left, right, top, panel, gap = 760, 70, 200, 24, 150, 44
+    bottom_top = top + panel + gap
+    height = (bottom_top + panel if returns else top + panel) + 36
+    step = (width - left - right) / len(weeks)
+    xs = [left + step * (k + 0.5) for k in range(len(weeks))]
+
+    def scaler(low: float, high: float, y0: int) -> Callable[[float], float]:
+        return lambda y: y0 + panel - (y - low) / (high - low) * panel
+
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' class='track-chart' width='{width}' height='{height}' "
+             f"viewBox='0 0 {width} {height}' font-family='sans-serif' font-size='11' role='img'>",
+             "<title>Track record per week: forward log loss and cumulative after-cost return</title>"]
+    # Weeks without a production model, shaded over both panels.
+    for k, week in enumerate(weeks):
+        if ((week.get("policies") or {}).get("production") or {}).get("version") is None:
+            span = (height - 36) - top
+            parts.append(f"<rect class='no-model' data-week='{k}' x='{xs[k] - step / 2:.1f}' y='{top}' "
+                         f"width='{step:.1f}' height='{span}' fill='#eeeeee'><title>"
+                         f"{html.escape(str(week.get('start', ''))[:10])}: no model (class-prior forecast, no position)"
+                         "</title></rect>")
+    panels = [("log_loss", "forward log loss (nats per row)", losses, top, None)]
+    if returns:
+        panels.append(("return", "cumulative after-cost return", returns, bottom_top, 0.0))
+    for key, title, series, y0, floor in panels:
+        parts.append(f"<text x='{left}' y='{y0 - 8}' font-weight='bold'>{html.escape(title)}</text>"
+                     f"<rect x='{left}' y='{y0}' width='{width - left - right}' height='{panel}' fill='none' "
+                     "stroke='#999999'/>")
+        values = [y for ys in series.values() for y in ys if y is not None]
+        if not values:
+            parts.append(f"<text x='{left + 8}' y='{y0 + panel / 2:.1f}'>not recorded</text>")
+            continue
+        low, high = _range(values, floor=floor)
+        scale = scaler(low, high, y0)
+        fmt = "{:.3f}" if key == "log_loss" else "{:+.1%}"
+        for tick in (low, (low + high) / 2, high):
+            parts.append(f"<text x='{left - 4}' y='{scale(tick) + 4:.1f}' text-anchor='end'>"
+                         f"{html.escape(fmt.format(tick))}</text>")
+        if floor is not None:
+            parts.append(f"<line x1='{left}' x2='{width - right}' y1='{scale(floor):.1f}' y2='{scale(floor):.1f}' "
+                         "stroke='#999999' stroke-dasharray='2,2'/>")
+        for policy, ys in reversed(series.items()):  # production drawn last, on top
+            label = SERIES_LABELS.get(policy, f"replay: {policy}")
+            dash = " stroke-dasharray='5,3'" if policy == "prior" else ""
+            parts.append(f"<polyline class='series' data-panel='{key}' data-series='{html.escape(policy)}' "
+                         f"fill='none' stroke='{colours[policy]}' stroke-width='1.5'{dash} "
+                         f"points='{_points(xs, ys, scale)}'><title>{html.escape(label)}</title></polyline>")
+        # The legend, right of the panel.
+        for n, policy in enumerate(series):
+            y = y0 + 10 + 16 * n
+            dash = " stroke-dasharray='5,3'" if policy == "prior" else ""
+            parts.append(f"<line x1='{width - right + 10}' x2='{width - right + 30}' y1='{y}' y2='{y}' "
+                         f"stroke='{colours[policy]}' stroke-width='2'{dash}/><text x='{width - right + 34}' "
+                         f"y='{y + 4}'>{html.escape(SERIES_LABELS.get(policy, f'replay: {policy}'))}</text>")
+    # Week labels under the last panel: every week when few, otherwise about eight.
+    every = max(1, math.ceil(len(weeks) / 8))
+    for k in range(0, len(weeks), every):
+        parts.append(f"<text x='{xs[k]:.1f}' y='{height - 20}' text-anchor='middle'>"
+                     f"{html.escape(str(weeks[k].get('start', ''))[:10])}</text>")
+    # The production chain's changes, where the week starts (the version serves from there on): a
+    # triangle on the top panel's upper edge and a thin line down through both panels.
+    for change in production_changes(weeks):
+        k = change["week"]
+        x = xs[k] - step / 2
+        shape = (f"M{x - 5:.1f},{top + 9} L{x + 5:.1f},{top + 9} L{x:.1f},{top + 1} Z"
+                 if change["event"] == "promotion" else
+                 f"M{x - 5:.1f},{top + 1} L{x + 5:.1f},{top + 1} L{x:.1f},{top + 9} Z")
+        colour = "#2e7d32" if change["event"] == "promotion" else "#c62828"
+        parts.append(f"<g class='{change['event']}' data-week='{k}'><title>"
+                     f"{html.escape(str(weeks[k].get('start', ''))[:10])}: {change['event']} of "
+                     f"{html.escape(str(change['version']))}</title><line x1='{x:.1f}' x2='{x:.1f}' y1='{top}' "
+                     f"y2='{height - 36}' stroke='{colour}' stroke-opacity='0.5' stroke-dasharray='3,3'/>"
+                     f"<path d='{shape}' fill='{colour}'/></g>")
+    parts.append(f"<text x='{left}' y='{height - 4}' fill='#555555'>shaded: production had no model; "
+                 "&#9650; promotion, &#9660; demotion (hover for the version)</text></svg>")
+    return "".join(parts)
+
+
 def track_record_section(name: str, record: dict[str, Any] | None) -> str:
     """The Models page's track-record section of one registered model (``record`` as
     :func:`include.track_record.track_record` stores it, or ``None``)."""
@@ -28,14 +203,12 @@ def track_record_section(name: str, record: dict[str, Any] | None) -> str:
         return (f"<p class='track'>Track record: none stored yet. <code>{command}</code> scores every version "
                 "forward on the week it would serve, for the production chain, the newest candidate and never "
                 "retraining.</p>")
-    labels = {"production": "production chain (the gate)", "newest": "always the newest candidate",
-              "never_retrain": "never retrain (the first version)"}
     rows = []
     base = ("production", "newest", "never_retrain")
     ordered = [*base, *sorted(k for k in record["totals"] if k not in base)]
     for policy in (k for k in ordered if k in record["totals"]):
         t = record["totals"][policy]
-        cells = [labels.get(policy, f"replay: {policy}"), t.get("weeks"), t.get("log_loss"), t.get("macro_f1"),
+        cells = [SERIES_LABELS.get(policy, f"replay: {policy}"), t.get("weeks"), t.get("log_loss"), t.get("macro_f1"),
                  t.get("sharpe"), t.get("mean_age_days"), t.get("weeks_without_model")]
         rows.append("<tr>" + "".join(f"<td>{cell(round(c, 4) if isinstance(c, float) else c)}</td>" for c in cells)
                     + "</tr>")
@@ -45,7 +218,7 @@ def track_record_section(name: str, record: dict[str, Any] | None) -> str:
             "without a production model counts as the class-prior forecast, no position; made " + cell(record.get("made_at")) + "). The chain's versions promised an out-of-fold log "
             f"loss of {cell(round(promised, 4) if promised is not None else None)} on average. Refresh with "
             f"<code>{command}</code>; try a policy with <code>python -m include.track_record replay --model "
-            f"{html.escape(name)} --set alpha=0.1</code>.</p><table><tr><th>policy</th><th>weeks</th>"
+            f"{html.escape(name)} --set alpha=0.1</code>.</p>" + track_record_chart(record) + "<table><tr><th>policy</th><th>weeks</th>"
             "<th>forward log loss</th><th>forward macro F1</th><th>Sharpe after costs</th><th>mean age (days)</th>"
             "<th>weeks without a model</th>"
             "</tr>" + "".join(rows) + "</table></div>")

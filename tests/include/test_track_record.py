@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
+from xml.etree import ElementTree
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -18,6 +20,7 @@ PERMISSIVE = dict(gate_min_f1_margin=-1.0, gate_max_log_loss_ratio=10.0, gate_mi
 REFUSING = dict(gate_max_log_loss_ratio=0.5, gate_demote=False)
 WEEKS = [str(date(2023, 11, 12) + timedelta(weeks=k)) for k in range(5)]
 POLICY_OF_WEEK = [PERMISSIVE, REFUSING, PERMISSIVE, REFUSING, PERMISSIVE]
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 @pytest.fixture(scope="module")
@@ -119,14 +122,20 @@ def test_the_replay_of_the_default_policy_reproduces_a_default_backfill(tmp_path
         registry.dispose()
 
 
-def test_the_track_record_scores_each_policy_forward_on_the_weeks_it_serves(backfill):
+@pytest.fixture(scope="module")
+def record(backfill):
+    """The backfill's track record, with a replay ("strict") that never promotes."""
     from include.gate import GatePolicy
-    from include.registry import ModelRegistry
     from include.track_record import track_record
 
+    settings, _ = backfill
+    return track_record(settings, BTC, policies={"strict": GatePolicy(max_log_loss_ratio=0.5, demote=False)})
+
+
+def test_the_track_record_scores_each_policy_forward_on_the_weeks_it_serves(backfill, record):
+    from include.registry import ModelRegistry
+
     settings, actions = backfill
-    refusing = GatePolicy(max_log_loss_ratio=0.5, demote=False)
-    record = track_record(settings, BTC, policies={"strict": refusing})
     registry = ModelRegistry.from_settings(settings)
     versions = sorted(actions, key=lambda v: registry.metadata(v)["data_window"]["trained_until"])
     registry.dispose()
@@ -157,3 +166,119 @@ def test_the_track_record_scores_each_policy_forward_on_the_weeks_it_serves(back
     # The first week's three policies serve the same version: the same forward score.
     first = weeks[0]["policies"]
     assert first["newest"]["log_loss"] == first["never_retrain"]["log_loss"] == first["production"]["log_loss"]
+
+
+def test_a_week_holds_the_class_prior_s_log_loss_and_each_policy_s_net_return(backfill, record):
+    from include.registry import ModelRegistry
+    from include.track_record import _forward, _versions, load_market
+
+    settings, _ = backfill
+    weeks = record["weeks"]
+    registry = ModelRegistry.from_settings(settings)
+    try:
+        versions = _versions(registry, BTC)
+        data = load_market(settings, versions, versions[-1].trained_until + timedelta(days=7))
+        for k, (week, v) in enumerate(zip(weeks, versions, strict=True)):
+            if not week["rows"]:
+                continue
+            # The class-prior forecast: the newest version's training class frequencies, every row.
+            frame = _forward(registry, data, v, v.trained_until, versions[k + 1].trained_until)
+            prior = frame[["prior_down", "prior_range", "prior_up"]].to_numpy()
+            expected = -np.log(prior[np.arange(len(frame)), frame["label"].to_numpy()]).mean()
+            assert week["prior_log_loss"] == pytest.approx(expected, rel=1e-9)
+            assert week["prior_log_loss"] != pytest.approx(week["policies"]["newest"]["log_loss"])
+    finally:
+        registry.dispose()
+    pending = weeks[-1]
+    assert pending["rows"] == 0 and pending["prior_log_loss"] is None
+    assert all(p["net_return"] is None for p in pending["policies"].values())
+    # A week without a model holds no position: no return, no cost.
+    strict = [w["policies"]["strict"] for w in weeks[:-1]]
+    assert all(p["version"] is None and p["net_return"] == 0.0 for p in strict)
+    # A policy with a model trades: its weeks' returns are the one simulation's, split by week.
+    for name in ("production", "newest", "never_retrain"):
+        returns = [w["policies"][name]["net_return"] for w in weeks[:-1]]
+        assert all(np.isfinite(returns)) and any(r != 0 for r in returns), name
+        assert all(abs(r) < 0.5 for r in returns), name
+
+
+# -- the chart on the Models page ------------------------------------------------------------------
+def _week(k: int, production: str | None, *, rows: int = 168, replay: str = "strict<&>") -> dict:
+    start = pd.Timestamp("2024-01-07", tz="UTC") + pd.Timedelta(weeks=k)
+    loss = None if not rows else 1.0 + 0.01 * k
+
+    def policy(version, net):
+        return {"version": version, "log_loss": loss, "age_days": 0.0 if version else None,
+                "net_return": net if rows else None}
+
+    return {"start": start.isoformat(), "end": (start + pd.Timedelta(weeks=1)).isoformat(), "rows": rows,
+            "prior_log_loss": 1.09 if rows else None,
+            "policies": {"production": policy(production, 0.01 * k if production else 0.0),
+                         "newest": policy(f"n{k}", -0.005), "never_retrain": policy("n0", 0.002),
+                         replay: policy(None, 0.0)}}
+
+
+def _chart_record() -> dict:
+    """Six weeks: no model, a promotion of ``v<1>``, a keep, a promotion of ``v2``, a demotion, and
+    a promotion of ``v3`` in a week whose labels are pending."""
+    chain = [None, "v<1>", "v<1>", "v2", None, "v3"]
+    weeks = [_week(k, version, rows=0 if k == 5 else 168) for k, version in enumerate(chain)]
+    totals = {name: {"weeks": 5, "log_loss": 1.05, "macro_f1": 0.3, "sharpe": 0.1, "mean_age_days": 0.0,
+                     "weeks_without_model": 0} for name in ("production", "newest", "never_retrain", "strict<&>")}
+    return {"model": BTC, "weeks": weeks, "totals": totals, "replays": {}, "compared_weeks": 5,
+            "made_at": "2024-02-18T00:00:00+00:00"}
+
+
+def _svg(record: dict) -> ElementTree.Element:
+    from include.registry.pages import track_record_chart
+
+    return ElementTree.fromstring(track_record_chart(record))
+
+
+def _series(svg: ElementTree.Element, panel: str) -> dict[str, str]:
+    return {p.get("data-series"): p.get("points") for p in svg.iter(f"{SVG}polyline") if p.get("data-panel") == panel}
+
+
+def test_the_chart_draws_each_policy_the_prior_and_the_production_chain_s_changes():
+    from include.registry.pages import track_record_chart, track_record_section
+
+    record = _chart_record()
+    svg = _svg(record)
+    losses, returns = _series(svg, "log_loss"), _series(svg, "return")
+    assert sorted(losses) == ["never_retrain", "newest", "prior", "production"]
+    assert sorted(returns) == ["never_retrain", "newest", "production", "strict<&>"]
+    # The pending week has no value: five points per line.
+    assert all(len(points.split()) == 5 for points in [*losses.values(), *returns.values()])
+    # Cumulative return: production earns 0.01 k in week k (0 without a model), so it never falls;
+    # the newest candidate loses 0.005 a week, so it falls every week (SVG y grows downwards).
+    production = [float(p.split(",")[1]) for p in returns["production"].split()]
+    newest = [float(p.split(",")[1]) for p in returns["newest"].split()]
+    assert all(b <= a for a, b in zip(production, production[1:], strict=False))
+    assert all(b > a for a, b in zip(newest, newest[1:], strict=False))
+
+    def marks(kind):
+        return [(int(g.get("data-week")), g.find(f"{SVG}title").text) for g in svg.iter(f"{SVG}g")
+                if g.get("class") == kind]
+
+    promotions, demotions = marks("promotion"), marks("demotion")
+    assert [k for k, _ in promotions] == [1, 3, 5] and [k for k, _ in demotions] == [4]
+    assert promotions[0][1].endswith("promotion of v<1>") and promotions[1][1].endswith("promotion of v2")
+    assert demotions[0][1] == "2024-02-04: demotion of v2"
+    shaded = [int(r.get("data-week")) for r in svg.iter(f"{SVG}rect") if r.get("class") == "no-model"]
+    assert shaded == [0, 4]
+    text = track_record_chart(record)
+    assert "v<1>" not in text and "v&lt;1&gt;" in text and "strict<&>" not in text
+    section = track_record_section(BTC, record)
+    assert section.index("<svg") < section.index("<table>")
+
+
+def test_the_chart_of_a_record_without_prior_or_returns_draws_the_log_loss_lines():
+    record = _chart_record()
+    for week in record["weeks"]:
+        del week["prior_log_loss"]
+        for policy in week["policies"].values():
+            del policy["net_return"]
+    svg = _svg(record)
+    assert sorted(_series(svg, "log_loss")) == ["never_retrain", "newest", "production"]
+    assert _series(svg, "return") == {}
+    assert [int(g.get("data-week")) for g in svg.iter(f"{SVG}g") if g.get("class") == "promotion"] == [1, 3, 5]
