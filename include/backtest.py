@@ -4,10 +4,15 @@ Rules (one position at a time, re-decided every bar):
 
 * The forecast for bar t is known when bar t closes; the position it asks for is entered at the
   **next bar's open** and held over open-to-open returns ``open[t+2] / open[t+1] - 1``.
-* Position: +1 (long) when the decided class is up, -1 (short) when it is down, 0 (flat) for
-  range, and 0 whenever the decided class's probability is below ``min_probability``. The decided
-  class is the prior-corrected most likely class, the decision the classification metrics score
-  (:func:`include.training.prior_corrected_predict`).
+* Position (:class:`TradingDecision`, the one decision the trading simulation, the gate's
+  trading evidence, monitoring, the track record and serving's signal use): the forecast's
+  **expected move** over the label horizon, ``scale_t * sum_k p_k m_k``, where ``m_k`` is the
+  mean forward return of class ``k`` on the model's training rows in units of the label rule's
+  volatility scale ``scale_t = sigma_t sqrt(h)`` (:func:`standardised_moves`), is compared with
+  what a position costs: the round trip (twice fees and slippage) and the funding the horizon
+  pays at the last settled rate. Long when the expected move exceeds that cost by more than the
+  decision's ``margin``, short when its negative does, flat otherwise. The margin is chosen on
+  earlier walk-forward folds only (:func:`choose_margin`), never on the rows it trades.
 * Costs: every change of position pays ``fee_bps + slippage_bps`` per unit of notional traded
   (a reversal trades 2 units). Each unit is booked to the trade it belongs to: the entry to the
   trade's first bar, the exit to its last bar. A position still open at the end is closed there
@@ -57,6 +62,123 @@ class TradingCosts:
     def per_unit(self) -> float:
         """Cost of trading one unit of notional, as a fraction."""
         return (self.fee_bps + self.slippage_bps) / 1e4
+
+
+#: Margins a decision may take, in multiples of the round-trip cost (0: trade wherever the
+#: expected move pays for the round trip and the funding).
+MARGIN_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+
+
+def standardised_moves(close: pd.Series, *, horizon: int, vol_window: int) -> tuple[pd.Series, pd.Series]:
+    """The label rule's volatility scale and each bar's forward move in its units.
+
+    Args:
+        close: close prices, ``(n,)``, sorted by time.
+        horizon: label horizon ``h`` in bars.
+        vol_window: bars of the trailing volatility (the label rule's, :func:`include.labels.make_labels`).
+
+    Returns:
+        ``(scale, move)``, both ``(n,)`` aligned with ``close``: ``scale_t = sigma_t sqrt(h)``
+        (a log-return fraction; NaN in the warm-up) and ``move_t = ln(close[t+h] / close[t]) /
+        scale_t`` (NaN where the forward close is not known yet).
+    """
+    log_close = np.log(close.astype("float64"))
+    scale = log_close.diff().rolling(vol_window, min_periods=vol_window).std() * math.sqrt(horizon)
+    move = (log_close.shift(-horizon) - log_close) / scale.where(scale > 0)
+    return scale.rename("move_scale"), move.rename("move")
+
+
+def class_moves(y: np.ndarray, move: np.ndarray) -> np.ndarray:
+    """Mean standardised forward move of each class (down, range, up), shape ``(3,)``, over the
+    rows where the move is known; 0 for a class without such rows."""
+    y, move = np.asarray(y, dtype=int), np.asarray(move, dtype="float64")
+    known = np.isfinite(move)
+    out = np.zeros(3)
+    for k in range(3):
+        rows = known & (y == k)
+        out[k] = float(move[rows].mean()) if rows.any() else 0.0
+    return out
+
+
+@dataclass(frozen=True)
+class TradingDecision:
+    """The cost-aware trading decision (module docstring).
+
+    Attributes:
+        costs: fees and slippage per side.
+        horizon_bars: the label horizon the expected move spans.
+        bar_seconds: bar length.
+        margin: required edge beyond the costs, in multiples of the round trip.
+        min_probability: the position's side (up for long, down for short) must have at least
+            this probability as well (``trade_min_probability``; 0 adds nothing).
+        settlement_hours: hours between funding settlements (8 on Binance USDT-M).
+    """
+
+    costs: TradingCosts
+    horizon_bars: int
+    bar_seconds: int
+    margin: float = 0.0
+    min_probability: float = 0.0
+    settlement_hours: float = 8.0
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], margin: float = 0.0) -> TradingDecision:
+        """The decision of a run's parameters (a ``RunConfig.to_dict()`` or a version's lineage
+        ``config``): ``fee_bps``, ``slippage_bps``, ``label_horizon_bars``, ``timeframe``,
+        ``trade_min_probability``.
+
+        Raises:
+            KeyError: a parameter is missing.
+        """
+        from include.config import TIMEFRAME_SECONDS
+
+        return cls(costs=TradingCosts(fee_bps=float(config["fee_bps"]), slippage_bps=float(config["slippage_bps"])),
+                   horizon_bars=max(int(config["label_horizon_bars"]), 1),
+                   bar_seconds=TIMEFRAME_SECONDS[config["timeframe"]], margin=margin,
+                   min_probability=float(config.get("trade_min_probability", 0.0)))
+
+    @property
+    def round_trip(self) -> float:
+        """Cost of entering and leaving one unit, as a fraction."""
+        return 2 * self.costs.per_unit
+
+    def expected_move(self, proba: np.ndarray, moves: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """``(n,)`` expected log return over the horizon: ``scale * (proba @ moves)``; ``moves``
+        is ``(3,)`` or per row ``(n, 3)``; a row without a scale expects no move."""
+        proba = np.asarray(proba, dtype="float64")
+        moves = np.broadcast_to(np.asarray(moves, dtype="float64"), proba.shape)
+        scale = np.nan_to_num(np.asarray(scale, dtype="float64"), nan=0.0)
+        return scale * (proba * moves).sum(axis=1)
+
+    def positions(self, proba: np.ndarray, moves: np.ndarray, scale: np.ndarray,
+                  funding_rate: np.ndarray | None = None, margin: float | np.ndarray | None = None) -> np.ndarray:
+        """Target positions in {-1, 0, +1}, ``(n,)``.
+
+        Args:
+            proba: ``(n, 3)`` class probabilities (down, range, up).
+            moves: ``(3,)`` or ``(n, 3)`` standardised class moves (:func:`class_moves`).
+            scale: ``(n,)`` the label rule's volatility scale at each bar.
+            funding_rate: ``(n,)`` the last settled funding rate at each bar (fraction per
+                settlement; ``None`` or NaN: none, as for spot).
+            margin: per row or one value, overriding :attr:`margin`.
+        """
+        proba = np.asarray(proba, dtype="float64")
+        expected = self.expected_move(proba, moves, scale)
+        rate = np.zeros(len(proba)) if funding_rate is None else np.nan_to_num(
+            np.asarray(funding_rate, dtype="float64"), nan=0.0)
+        funding = rate * self.horizon_bars * self.bar_seconds / (self.settlement_hours * 3600)
+        hurdle = self.round_trip * (1.0 + np.asarray(self.margin if margin is None else margin, dtype="float64"))
+        long_ok = (expected - funding > hurdle) & (proba[:, 2] >= self.min_probability)
+        short_ok = (-expected + funding > hurdle) & (proba[:, 0] >= self.min_probability)
+        return np.where(long_ok, 1, np.where(short_ok, -1, 0))
+
+
+def choose_margin(score: Any, grid: tuple[float, ...] = MARGIN_GRID) -> float:
+    """The margin of ``grid`` whose positions made the most after-cost return, ``score(margin)``
+    giving that return (on rows the margin is then *not* used on); ties go to the larger margin
+    (fewer trades for the same return)."""
+    best = max(grid, key=lambda m: (round(float(score(m)), 12), m))
+    return float(best)
 
 
 def positions_from_proba(proba: np.ndarray, prior: np.ndarray, min_probability: float) -> np.ndarray:

@@ -300,9 +300,11 @@ class RunConfig:
         default=None,
     )
     trade_min_probability: float = _doc(
-        "The trading simulation takes a position only when the decided class's probability "
-        "reaches this (1/3: more than uniform).",
-        default=1 / 3,
+        "A position's side must have at least this probability too (up for a long, down for a "
+        "short); 0: the expected move net of the round trip and funding alone decides "
+        "(include/backtest.py, TradingDecision). Versions registered without class moves trade "
+        "their decided class when its probability reaches this.",
+        default=0.0,
     )
     fee_bps: float = _doc("Trading fee per side, basis points of notional.", default=4.0, bounds=(0, 10_000))
     slippage_bps: float = _doc("Slippage per side, basis points of notional.", default=1.0, bounds=(0, 10_000))

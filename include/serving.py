@@ -69,6 +69,12 @@ class Prediction:
             "reason"}``): the probabilities are then the demoted version's training class
             frequencies (the class-prior forecast), ``version`` is ``"none"`` and ``decision``
             is ``"no position"``.
+        position: the trading decision for the next bar, -1 (short), 0 (flat) or +1 (long): the
+            cost-aware rule of :class:`include.backtest.TradingDecision` at the margin the gate's
+            trading step chose for this version, as the trading simulation traded it; 0 without
+            a model.
+        expected_move: the forecast's expected log return over the horizon (``None`` for a
+            version registered without class moves, which trades by its decided class).
     """
 
     model: str
@@ -83,6 +89,8 @@ class Prediction:
     data_age_hours: float = 0.0
     refused: dict[str, str] | None = None
     no_model: dict[str, str] | None = None
+    position: int = 0
+    expected_move: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable view."""
@@ -134,6 +142,7 @@ class ProductionModel:
         self._refused: dict[str, str] | None = None
         self._no_model: dict[str, Any] | None = None
         self._prior: tuple[str, np.ndarray, dict[str, Any]] | None = None
+        self._margin: tuple[str, float] | None = None
         self.loads = 0
         #: The feature row ``(1, n_features)`` the last prediction was made from, indexed by its bar.
         self.last_features: pd.DataFrame | None = None
@@ -294,13 +303,14 @@ class ProductionModel:
             self._fast = FastPredictor(model, ready.tail(64))
         proba = self._fast.predict_proba(row.to_numpy(dtype="float64"))[0]
         decided = int(prior_corrected_predict(proba[None, :], model.class_prior_)[0])
+        position, expected = self._position(version, lineage, model, row, proba, market, bar)
         prediction = Prediction(model=self.model_name, version=version, symbol=lineage["symbol"],
                                 bar=row.index[0].isoformat(),
                                 probabilities=dict(zip(CLASS_NAMES, map(float, proba), strict=True)),
                                 decision=CLASS_NAMES[decided],
                                 horizon_bars=int(lineage["config"]["label_horizon_bars"]),
                                 model_age_hours=round(age, 2), stale=stale, data_age_hours=round(data_age, 2),
-                                refused=refused)
+                                refused=refused, position=position, expected_move=expected)
         if log_as is not None:
             from include.monitoring.predictions import log_predictions
 
@@ -309,6 +319,39 @@ class ProductionModel:
                               **{f"p_{k}": v for k, v in prediction.probabilities.items()}}], source=log_as)
         return prediction
 
+
+    def _position(self, version: str, lineage: dict[str, Any], model: Any, row: pd.DataFrame, proba: np.ndarray,
+                  market: Any, bar: timedelta) -> tuple[int, float | None]:
+        """The trading decision for ``row``'s forecast: ``(position, expected move)``.
+
+        The version's class moves come from its lineage, the margin from its gate decision (the
+        trading step's ``deployed_margin``; 0 when the gate never decided it), the volatility
+        scale from the stored candles up to the row's bar (the label rule's window), the funding
+        rate from the row's features. A version registered without class moves trades its
+        decided class (:func:`include.backtest.positions_from_proba`).
+        """
+        from include.backtest import TradingDecision, positions_from_proba, standardised_moves
+
+        config = lineage["config"]
+        if self._margin is None or self._margin[0] != version:
+            decided = self.registry.decision_of(self.model_name, version)
+            margin = (((decided or {}).get("trading") or {}).get("decision") or {}).get("deployed_margin")
+            self._margin = (version, float(margin) if margin is not None else 0.0)
+        decision = TradingDecision.from_config(config, self._margin[1])
+        moves = (lineage.get("trading") or {}).get("class_moves")
+        if not moves:
+            return int(positions_from_proba(proba[None, :], model.class_prior_, decision.min_probability)[0]), None
+        window = int(config["label_vol_window_bars"])
+        candles = self._store.load_ohlcv(exchange=market.exchange, symbol=market.symbol,
+                                         market_type=market.market_type, timeframe=market.timeframe,
+                                         start=(row.index[0] - bar * (window + 8)).to_pydatetime(),
+                                         end=(row.index[0] + bar).to_pydatetime())
+        closes = candles.set_index("timestamp")["close"].astype("float64")
+        scale, _ = standardised_moves(closes, horizon=decision.horizon_bars, vol_window=window)
+        scale_now = np.array([scale.get(row.index[0], np.nan)], dtype="float64")
+        funding = row["funding_rate"].to_numpy(dtype="float64") if "funding_rate" in row else None
+        expected = float(decision.expected_move(proba[None, :], np.asarray(moves), scale_now)[0])
+        return int(decision.positions(proba[None, :], np.asarray(moves), scale_now, funding)[0]), expected
 
     def _prior_forecast(self, since: dict[str, Any], as_of: datetime, log_as: str | None) -> Prediction:
         """The no-model answer: the demoted version's training class frequencies for the last bar
@@ -468,7 +511,7 @@ def write_signal(settings: Any, model: str, event: dict[str, Any] | None = None)
     What a downstream consumer of a promotion does (``dags/publish_signals.py``): the forecast is
     made from the bars that closed by the end of the production version's training data, and
     appended as one row (``bar``, ``version``, ``p_down``, ``p_range``, ``p_up``, ``decision``,
-    ``event``, ``event_version``) to ``<runs_dir>/signals/<model>.csv``, rewritten whole and
+    ``position``, ``event``, ``event_version``) to ``<runs_dir>/signals/<model>.csv``, rewritten whole and
     atomically (:func:`include.storage.write_bytes`).
 
     Args:
@@ -506,7 +549,7 @@ def write_signal(settings: Any, model: str, event: dict[str, Any] | None = None)
     event = event or {}
     row = {"bar": prediction.bar, "version": prediction.version,
            **{f"p_{k}": v for k, v in prediction.probabilities.items()}, "decision": prediction.decision,
-           "event": event.get("event"), "event_version": event.get("version")}
+           "position": prediction.position, "event": event.get("event"), "event_version": event.get("version")}
     path = settings.runs_dir / "signals" / f"{check_name(model, 'registered model')}.csv"
     frame = (pd.concat([pd.read_csv(io.BytesIO(read_bytes(path))), pd.DataFrame([row])]) if path.is_file()
              else pd.DataFrame([row]))

@@ -71,6 +71,8 @@ class MarketData:
         features: feature frame per feature-spec digest, indexed by bar open time.
         labels: label per bar (NaN where the future is not known yet).
         bars, funding: candles and funding settlements (``timestamp`` column).
+        move_scale: the label rule's volatility scale per bar (the trading decision's unit,
+            :func:`include.backtest.standardised_moves`).
     """
 
     cfg: RunConfig
@@ -78,6 +80,7 @@ class MarketData:
     labels: pd.Series
     bars: pd.DataFrame
     funding: pd.DataFrame | None
+    move_scale: pd.Series
 
 
 def _versions(registry: Any, model: str) -> list[Version]:
@@ -101,6 +104,7 @@ def load_market(settings: Settings, versions: list[Version], end: datetime) -> M
     Raises:
         PipelineError: no versions.
     """
+    from include.backtest import standardised_moves
     from include.features import FeatureSpec
     from include.labels import make_labels
     from include.pipeline.common import open_store
@@ -128,7 +132,8 @@ def load_market(settings: Settings, versions: list[Version], end: datetime) -> M
     closes = bars.set_index("timestamp")["close"].astype("float64")
     labels = make_labels(closes, horizon=cfg.label_horizon_bars, mode=cfg.label_threshold_mode,
                          threshold=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)
-    return MarketData(cfg, features, labels, bars, funding)
+    scale, _ = standardised_moves(closes, horizon=cfg.label_horizon_bars, vol_window=cfg.label_vol_window_bars)
+    return MarketData(cfg, features, labels, bars, funding, scale)
 
 
 def _features_of(data: MarketData, v: Version) -> pd.DataFrame:
@@ -205,14 +210,13 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
         replayed chain then serves no model until a later promotion) or ``skipped`` (a version
         without a registered out-of-fold record).
     """
-    from include.backtest import TradingCosts, simulate
     from include.pipeline.decision import (
         candidate_evidence,
         compare_with_champion,
         deflated_sharpe_record,
         earlier_record,
-        oof_signals,
         policy_from_config,
+        trade_out_of_fold,
     )
 
     production: Version | None = None
@@ -232,9 +236,7 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
         # The trading simulation over exactly the candles the run's own simulation read.
         bars = _slice(data.bars, oof.index.min(), v.trained_until)
         funding = _slice(data.funding, oof.index.min(), v.trained_until)
-        costs = TradingCosts(fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps)
-        sims = {name: simulate(pd.Series(sig, index=oof.index), bars, funding, costs, cfg.bar_seconds)
-                for name, sig in oof_signals(oof, cfg.trade_min_probability).items()}
+        sims, _, _ = trade_out_of_fold(oof, cfg, bars, funding)
         returns = pd.DataFrame({name: sim.pop("net_returns") for name, sim in sims.items()})
         horizon = max(cfg.label_horizon_bars, 1)
         earlier = earlier_record(registry, cfg.model_name, v.lineage, oof, weeks=used.record_weeks)
@@ -281,8 +283,22 @@ def _forward(registry: Any, data: MarketData, v: Version, start: datetime, end: 
     out = pd.DataFrame(proba, columns=["p_down", "p_range", "p_up"], index=rows.index)
     out["label"] = labels[known].astype(int).to_numpy()
     out[["prior_down", "prior_range", "prior_up"]] = np.asarray(model.class_prior_, dtype="float64")
+    # The trading decision's inputs: the version's class moves, the bar's volatility scale and
+    # funding rate, and the margin the version's gate decision chose for it.
+    moves = (v.lineage.get("trading") or {}).get("class_moves")
+    out[["move_down", "move_range", "move_up"]] = np.asarray(moves if moves else [np.nan] * 3, dtype="float64")
+    out["move_scale"] = data.move_scale.reindex(out.index).to_numpy()
+    out["funding_rate"] = rows["funding_rate"].to_numpy() if "funding_rate" in rows else np.nan
+    out["margin"] = _deployed_margin(registry, v)
     out["served"] = True
     return out
+
+
+def _deployed_margin(registry: Any, v: Version) -> float:
+    """The margin ``v``'s gate decision chose for the deployed model (0 when none was recorded)."""
+    decided = registry.decision_of(v.lineage.get("registered_model") or registry.model_of(v.version), v.version)
+    margin = (((decided or {}).get("trading") or {}).get("decision") or {}).get("deployed_margin")
+    return float(margin) if margin is not None else 0.0
 
 
 def _unserved(newest: pd.DataFrame) -> pd.DataFrame:
@@ -303,7 +319,8 @@ def _score(frames: list[pd.DataFrame], data: MarketData) -> dict[str, Any]:
         per-bar net return indexed by the forecast's bar (a Series, fraction of equity, not
         JSON): the series ``sharpe`` and ``total_return`` summarise.
     """
-    from include.backtest import TradingCosts, positions_from_proba, simulate
+    from include.backtest import simulate
+    from include.pipeline.decision import forecast_positions, trading_decision
     from include.training import metrics_with_prior
 
     frame = pd.concat(frames).sort_index()
@@ -313,10 +330,12 @@ def _score(frames: list[pd.DataFrame], data: MarketData) -> dict[str, Any]:
     prior = frame[["prior_down", "prior_range", "prior_up"]].to_numpy()
     metrics = metrics_with_prior(y, proba, prior)
     cfg = data.cfg
+    decision = trading_decision(cfg)
+    margins = frame["margin"].to_numpy() if "margin" in frame else None
     # Weeks without a production model: the class-prior forecast, and no position.
-    positions = np.where(frame["served"].to_numpy(), positions_from_proba(proba, prior, cfg.trade_min_probability), 0)
-    sim = simulate(pd.Series(positions, index=frame.index), data.bars, data.funding,
-                   TradingCosts(fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps), cfg.bar_seconds)
+    positions = np.where(frame["served"].to_numpy(), forecast_positions(frame, decision, margins), 0)
+    sim = simulate(pd.Series(positions, index=frame.index), data.bars, data.funding, decision.costs,
+                   cfg.bar_seconds)
     return {"rows": int(len(frame)), "log_loss": metrics["log_loss"], "macro_f1": metrics["macro_f1"],
             "sharpe": sim["sharpe"], "total_return": sim["total_return"], "max_drawdown": sim["max_drawdown"],
             "net_returns": sim["net_returns"]}

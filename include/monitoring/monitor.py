@@ -287,7 +287,7 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
         PipelineError: the model has no production version, or it has no stored drift reference
             and the store holds no bar of its training window to recompute one from.
     """
-    from include.backtest import TradingCosts, positions_from_proba, simulate
+    from include.backtest import simulate, standardised_moves
     from include.evaluation import multiclass_log_loss
     from include.features import FeatureSpec
     from include.gate import instant
@@ -295,6 +295,7 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
     from include.monitoring.drift import drift_table
     from include.pipeline.common import closed_bars_end, feature_read_start, json_safe, open_store
     from include.pipeline.data import feature_frame
+    from include.pipeline.decision import forecast_positions, trading_decision
     from include.registry import ModelRegistry
     from include.training import metrics_with_prior, prior_corrected_predict
 
@@ -307,6 +308,7 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
         if pointer is None:
             raise PipelineError(f"{model} has no production version to monitor")
         estimator, lineage = registry.load(pointer.version)
+        decided_by_gate = registry.decision_of(model, pointer.version)
     finally:
         registry.dispose()
     cfg = RunConfig.from_params({**lineage["config"], **(source or {})})
@@ -360,9 +362,19 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
     else:
         live["realised"], live["daily"] = None, []
 
-    costs = TradingCosts(fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps)
-    positions = positions_from_proba(frame[["p_down", "p_range", "p_up"]].to_numpy(), prior, cfg.trade_min_probability)
-    trading = {"costs": asdict(costs)}
+    # The position serving gave each bar: the cost-aware decision at the margin the gate chose.
+    margin = (((decided_by_gate or {}).get("trading") or {}).get("decision") or {}).get("deployed_margin")
+    decision = trading_decision(cfg, float(margin) if margin is not None else 0.0)
+    costs = decision.costs
+    scale, _ = standardised_moves(closes, horizon=decision.horizon_bars, vol_window=cfg.label_vol_window_bars)
+    moves = (lineage.get("trading") or {}).get("class_moves")
+    inputs = frame.assign(prior_down=prior[0], prior_range=prior[1], prior_up=prior[2],
+                          move_down=(moves or [np.nan])[0], move_range=(moves or [np.nan] * 2)[1],
+                          move_up=(moves or [np.nan] * 3)[2], move_scale=scale.reindex(frame.index).to_numpy(),
+                          funding_rate=(feats["funding_rate"].reindex(frame.index).to_numpy()
+                                        if "funding_rate" in feats else np.nan))
+    positions = forecast_positions(inputs, decision)
+    trading = {"costs": asdict(costs), "margin": decision.margin}
     for name, signal in (("strategy", positions), ("buy_and_hold", np.ones(len(frame), dtype=int))):
         try:
             result = simulate(pd.Series(signal, index=frame.index), bars, funding, costs, cfg.bar_seconds)

@@ -31,16 +31,118 @@ logger = logging.getLogger(__name__)
 TRADING_RETURNS = "trading_returns.parquet"
 
 # -- 7. trading simulation -------------------------------------------------------------------
-def oof_signals(oof: pd.DataFrame, min_probability: float) -> dict[str, np.ndarray]:
-    """Target positions per out-of-fold bar of the gate's traded strategies: ``ensemble`` (from
-    its probabilities, :func:`include.backtest.positions_from_proba`) and ``momentum`` (the rule's
-    class as a position); the trading simulation and the gate's replay share them."""
+def trading_decision(cfg: RunConfig, margin: float = 0.0) -> Any:
+    """The run's :class:`include.backtest.TradingDecision`: its costs, horizon and probability
+    floor, with ``margin``."""
+    from include.backtest import TradingDecision
+
+    return TradingDecision.from_config(cfg.to_dict(), margin)
+
+
+#: The out-of-fold columns the trading decision reads besides the forecast (written by
+#: :func:`include.pipeline.training.assemble`).
+DECISION_COLUMNS = ["move_down", "move_range", "move_up", "move_scale", "funding_rate"]
+
+
+def forecast_positions(frame: pd.DataFrame, decision: Any, margins: np.ndarray | float | None = None) -> np.ndarray:
+    """Positions of a forecast's rows under ``decision`` (:class:`include.backtest.TradingDecision`).
+
+    Each row needs its forecast (``p_*``) and the decision's inputs (:data:`DECISION_COLUMNS`:
+    its model's standardised class moves, the volatility scale and the last settled funding
+    rate). A row without class moves (an out-of-fold record or a version registered before they
+    were recorded) is traded by the rule it was decided with: the prior-corrected class when its
+    probability reaches ``decision.min_probability``
+    (:func:`include.backtest.positions_from_proba`).
+
+    Returns:
+        ``(n,)`` positions in {-1, 0, +1}.
+    """
     from include.backtest import positions_from_proba
 
-    return {"ensemble": positions_from_proba(oof[["p_down", "p_range", "p_up"]].to_numpy(),
-                                             oof[["prior_down", "prior_range", "prior_up"]].to_numpy(),
-                                             min_probability),
+    proba = frame[["p_down", "p_range", "p_up"]].to_numpy()
+    legacy = positions_from_proba(proba, frame[["prior_down", "prior_range", "prior_up"]].to_numpy(),
+                                  decision.min_probability)
+    if not all(c in frame for c in DECISION_COLUMNS):
+        return legacy
+    moves = frame[DECISION_COLUMNS[:3]].to_numpy(dtype="float64")
+    known = np.isfinite(moves).all(axis=1)
+    decided = decision.positions(proba, np.nan_to_num(moves), frame["move_scale"].to_numpy(dtype="float64"),
+                                 frame["funding_rate"].to_numpy(dtype="float64"), margin=margins)
+    return np.where(known, decided, legacy)
+
+
+def oof_signals(oof: pd.DataFrame, decision: Any, margins: np.ndarray | float | None = None) -> dict[str, np.ndarray]:
+    """Target positions per out-of-fold bar of the gate's traded strategies: ``ensemble``
+    (:func:`forecast_positions` with ``margins``) and ``momentum`` (the rule's class as a
+    position)."""
+    return {"ensemble": forecast_positions(oof, decision, margins),
             "momentum": oof["momentum"].to_numpy().astype(int) - 1}
+
+
+def walk_forward_margins(oof: pd.DataFrame, decision: Any, net_return: Any) -> dict[str, Any]:
+    """The decision's margin for each out-of-fold row, chosen on earlier folds only, and the
+    deployed model's, chosen on every fold (:func:`include.backtest.choose_margin`).
+
+    Args:
+        oof: out-of-fold rows with ``fold`` and the decision's inputs.
+        decision: the run's :class:`include.backtest.TradingDecision`.
+        net_return: ``net_return(positions, rows)``: the after-cost return of trading
+            ``positions`` on the rows selected by the boolean mask ``rows``.
+
+    Returns:
+        ``{"per_row": (n,) margins, "per_fold": {fold: margin}, "deployed": margin}``; the first
+        fold has no earlier fold and trades at the smallest margin of the grid.
+    """
+    from include.backtest import MARGIN_GRID, choose_margin
+
+    fold = oof["fold"].to_numpy()
+
+    def score(margin: float, rows: np.ndarray) -> float:
+        return net_return(forecast_positions(oof, decision, margin), rows)
+
+    per_row, per_fold = np.zeros(len(oof)), {}
+    for k in sorted(np.unique(fold)):
+        earlier = fold < k
+        chosen = choose_margin(lambda m, rows=earlier: score(m, rows)) if earlier.any() else MARGIN_GRID[0]
+        per_fold[int(k)] = chosen
+        per_row[fold == k] = chosen
+    deployed = choose_margin(lambda m: score(m, np.ones(len(oof), dtype=bool)))
+    return {"per_row": per_row, "per_fold": per_fold, "deployed": deployed}
+
+
+def trade_out_of_fold(oof: pd.DataFrame, cfg: RunConfig, bars: pd.DataFrame, funding: pd.DataFrame | None
+                      ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray], dict[str, Any] | None]:
+    """Simulate the gate's strategies over a candidate's out-of-fold bars: what the trading step
+    and the gate's replay both run.
+
+    Strategies: ``ensemble`` (the cost-aware decision, each fold at the margin chosen on the
+    folds before it, :func:`walk_forward_margins`), ``momentum``, ``flat`` and ``buy_and_hold``.
+
+    Returns:
+        ``(simulations, signals, decision)``: per strategy :func:`include.backtest.simulate`'s
+        result over every out-of-fold bar (with ``net_returns``) and its ``(n,)`` positions, and
+        the decision's record (``{"rule", "round_trip", "margin_per_fold", "deployed_margin"}``;
+        ``None`` for a record without the decision's inputs).
+    """
+    from include.backtest import simulate
+
+    decision = trading_decision(cfg)
+
+    def net_return(positions: np.ndarray, rows: np.ndarray) -> float:
+        traded = simulate(pd.Series(positions[rows], index=oof.index[rows]), bars, funding, decision.costs,
+                          cfg.bar_seconds)
+        return float(traded["net_returns"].sum())
+
+    margins = walk_forward_margins(oof, decision, net_return) if all(c in oof for c in DECISION_COLUMNS) else None
+    signals = {**oof_signals(oof, decision, None if margins is None else margins["per_row"]),
+               "flat": np.zeros(len(oof), dtype=int), "buy_and_hold": np.ones(len(oof), dtype=int)}
+    sims = {name: simulate(pd.Series(sig, index=oof.index), bars, funding, decision.costs, cfg.bar_seconds)
+            for name, sig in signals.items()}
+    record = None if margins is None else {
+        "rule": "long or short where the expected move beats the round trip and funding by the margin",
+        "round_trip": decision.round_trip, "margin_per_fold": margins["per_fold"],
+        "deployed_margin": margins["deployed"]}
+    return sims, signals, record
 
 
 def market_frames(cfg: RunConfig, settings: Settings, start: datetime,
@@ -60,28 +162,30 @@ def market_frames(cfg: RunConfig, settings: Settings, start: datetime,
 def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
     """Trade the ensemble's out-of-fold forecasts and the baselines; write ``trading.json``.
 
-    Strategies on the same bars: ``ensemble`` (positions from its probabilities, see
-    :mod:`include.backtest`), the gate's trading baselines ``flat`` (never in the market) and
-    ``momentum`` (the momentum rule's class as a position), and ``buy_and_hold`` (always long),
-    shown for reference only. Each over all out-of-fold bars and over the gate window (the last
-    fold). Funding is charged for perpetuals.
+    Strategies on the same bars (:func:`trade_out_of_fold`): ``ensemble`` (the cost-aware
+    decision of :mod:`include.backtest`, each fold at a margin chosen on earlier folds), the
+    gate's trading baselines ``flat`` (never in the market) and ``momentum`` (the momentum rule's
+    class as a position), and ``buy_and_hold`` (always long), shown for reference only. Each over
+    all out-of-fold bars and over the gate window (the last fold, its positions as decided in the
+    whole record). Funding is charged for perpetuals.
 
     Returns:
-        ``{"out_of_fold": {strategy: metrics}, "gate_window": {...}, "path"}`` without the
-        equity curves (those are in ``trading.json``).
+        ``{"out_of_fold": {strategy: metrics}, "gate_window": {...}, "decision": {...} or None,
+        "path"}`` without the equity curves (those are in ``trading.json``); ``decision`` holds
+        the margins per fold and the deployed model's margin, which serving trades at.
     """
-    from include.backtest import TradingCosts, simulate
+    from include.backtest import simulate
 
     oof = pd.read_parquet(out_dir / "ensemble_oof.parquet")
     bars, funding = market_frames(cfg, settings, oof.index.min().to_pydatetime(), window.ts("interval_end"))
-    costs = TradingCosts(fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps)
-    signals = {**oof_signals(oof, cfg.trade_min_probability),
-               "flat": np.zeros(len(oof), dtype=int), "buy_and_hold": np.ones(len(oof), dtype=int)}
+    costs = trading_decision(cfg).costs
+    sims, signals, decided = trade_out_of_fold(oof, cfg, bars, funding)
     last = (oof["fold"] == oof["fold"].max()).to_numpy()
-    result: dict[str, Any] = {"costs": asdict(costs), "min_probability": cfg.trade_min_probability}
-    for part, rows in (("out_of_fold", np.ones(len(oof), dtype=bool)), ("gate_window", last)):
-        result[part] = {name: simulate(pd.Series(sig[rows], index=oof.index[rows]), bars, funding, costs,
-                                       cfg.bar_seconds) for name, sig in signals.items()}
+    result: dict[str, Any] = {"costs": asdict(costs), "min_probability": cfg.trade_min_probability,
+                              "decision": decided}
+    result["out_of_fold"] = sims
+    result["gate_window"] = {name: simulate(pd.Series(sig[last], index=oof.index[last]), bars, funding, costs,
+                                            cfg.bar_seconds) for name, sig in signals.items()}
     returns = pd.DataFrame({name: result["out_of_fold"][name].pop("net_returns") for name in ("ensemble", "momentum")})
     for part in ("out_of_fold", "gate_window"):
         for metrics in result[part].values():
@@ -96,7 +200,7 @@ def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_
         logger.info("trading %s (out-of-fold): return %.2f%%, Sharpe %.2f, max drawdown %.2f%%, %d trades, "
                     "%d bars skipped over candle gaps", name, 100 * m["total_return"], m["sharpe"],
                     100 * m["max_drawdown"], m["trades"], m["skipped_bars"])
-    return {**compact, "path": str(path)}
+    return {**compact, "decision": result["decision"], "path": str(path)}
 
 # -- 8. gate ---------------------------------------------------------------------------------
 def policy_from_config(cfg: RunConfig) -> GatePolicy:

@@ -227,6 +227,37 @@ def ranked_features(member_meta: dict[str, Any], families: list[str], names: lis
     return sorted(score, key=lambda n: (-score[n], n))
 
 
+def _trading_inputs(cfg: RunConfig, out_dir: Path, oof_frame: pd.DataFrame, index: pd.DatetimeIndex, y: np.ndarray,
+                    folds: list[tuple[np.ndarray, np.ndarray]], final_rows: np.ndarray) -> np.ndarray:
+    """Add the trading decision's inputs to the out-of-fold rows; the deployed model's class moves.
+
+    Each out-of-fold row gets its fold's standardised class moves (``move_down``,
+    ``move_range``, ``move_up``: :func:`include.backtest.class_moves` on that fold's training
+    rows, whose forward moves end before the fold by the purge), the label rule's volatility
+    scale at the row (``move_scale``) and the last settled funding rate it saw (``funding_rate``,
+    NaN without funding features), so the trading simulation decides each row as serving would
+    have, from what its fold model knew.
+
+    Returns:
+        ``(3,)`` the class moves of the deployed model's training rows ``final_rows``.
+    """
+    from include.backtest import class_moves, standardised_moves
+
+    feats = pd.read_parquet(out_dir / "features.parquet")
+    scale, move = standardised_moves(feats["close"], horizon=cfg.label_horizon_bars,
+                                     vol_window=cfg.label_vol_window_bars)
+    move_rows = move.reindex(index).to_numpy()
+    per_row = pd.DataFrame(np.nan, index=oof_frame.index, columns=["move_down", "move_range", "move_up"])
+    for train, test in folds:
+        rows = index[test].intersection(oof_frame.index)
+        per_row.loc[rows] = class_moves(y[train], move_rows[train])
+    oof_frame[list(per_row.columns)] = per_row.to_numpy()
+    oof_frame["move_scale"] = scale.reindex(oof_frame.index).to_numpy()
+    oof_frame["funding_rate"] = (feats["funding_rate"].reindex(oof_frame.index).to_numpy()
+                                 if "funding_rate" in feats else np.nan)
+    return class_moves(y[final_rows], move_rows[final_rows])
+
+
 def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
              trained: list[dict[str, Any]], *, dag_id: str, run_id: str,
              logical_date: str | None = None) -> dict[str, Any]:
@@ -317,6 +348,7 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     # The stratified baseline's draws, row by row, for the gate's F1 test (same folds, same rows).
     oof_frame["pred_stratified"] = pd.Series(np.concatenate(draws), index=X.index[np.concatenate(
         [te for _, te in folds])]).reindex(ref.index).to_numpy()
+    final_moves = _trading_inputs(cfg, out_dir, oof_frame, X.index, y, folds, final_rows)
     write_parquet(oof_frame, out_dir / "ensemble_oof.parquet")
     if cfg.ensemble_weighting == "stacking":
         model = StackingEnsemble.from_fitted(members, [weights[f] for f in families], class_prior(y[final_rows]),
@@ -353,6 +385,8 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
                                               * pd.Timedelta(seconds=cfg.bar_seconds)).isoformat()},
         "rows": {"train": int(len(final_rows)), "out_of_fold": int(len(y_oof)), "gate_window": int(last.sum())},
         "class_prior": class_prior(y[final_rows]).tolist(),
+        # The trading decision's class moves (include.backtest.TradingDecision), from the same rows.
+        "trading": {"class_moves": final_moves.tolist()},
         "metrics": {"ensemble": ensemble_metrics, "ensemble_per_fold": per_fold,
                     "ensemble_per_fold_summary": summarise_folds(per_fold), "gate_window": gate_window,
                     "reliability": reliability(y_oof, ens_oof),

@@ -313,6 +313,15 @@ class AliasLedger:
         """Every decision about production (promote, keep, rollback, removal), oldest first."""
         return self.history(PRODUCTION, model=model)
 
+    def decision_of(self, model: str, version: str) -> dict[str, Any] | None:
+        """The gate's record of its latest decision on ``version`` as a candidate (the ledger's
+        promote, keep or demote entry naming it), or ``None`` when the gate never decided it."""
+        for event in reversed(self.ledger(model)):
+            decided = event.get("decision") or {}
+            if decided.get("candidate") == version:
+                return decided
+        return None
+
     def production_on(self, model: str, when: datetime) -> str | None:
         """The version ``model``'s production pointed at, at time ``when`` (UTC); ``None`` if none."""
         ms = int(when.timestamp() * 1000)

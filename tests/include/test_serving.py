@@ -271,3 +271,34 @@ def test_a_version_registered_with_the_version_1_spec_is_served_its_own_level_fe
     np.testing.assert_allclose(list(pred.probabilities.values()), expected, rtol=1e-9)
     store.dispose()
     registry.dispose()
+
+
+def test_the_served_position_is_the_trading_decision_at_the_margin_the_gate_chose(serving, trained_registry):
+    """Serving's position is :class:`include.backtest.TradingDecision` on the version's class
+    moves, the bar's volatility scale and funding rate, at the deployed margin of the version's
+    gate decision (the trading step's record in the ledger)."""
+    from include.backtest import TradingDecision, standardised_moves
+    from include.data.store import MarketStore
+
+    v1, v2 = trained_registry["versions"]
+    pred = serving.predict(AS_OF)
+    _, model, lineage = serving.current()
+    decided = serving.registry.decision_of(BTC, v2)
+    margin = decided["trading"]["decision"]["deployed_margin"]
+    assert margin in (0.0, 0.5, 1.0, 2.0) and len(lineage["trading"]["class_moves"]) == 3
+    decision = TradingDecision.from_config(lineage["config"], margin)
+    store = MarketStore(trained_registry["settings"].market_db_url)
+    bars = store.load_ohlcv(exchange="binance", symbol="BTCUSDT", market_type="perp", timeframe="1h",
+                            start=AS_OF - timedelta(days=30), end=AS_OF)
+    scale, _ = standardised_moves(bars.set_index("timestamp")["close"], horizon=4, vol_window=168)
+    proba = np.array([list(pred.probabilities.values())])
+    scale_now = [scale[pd.Timestamp(pred.bar)]]
+    funding = serving.last_features["funding_rate"].to_numpy()
+    assert pred.expected_move == pytest.approx(
+        decision.expected_move(proba, np.array(lineage["trading"]["class_moves"]), scale_now)[0], rel=1e-9)
+    assert pred.position == decision.positions(proba, np.array(lineage["trading"]["class_moves"]), scale_now,
+                                               funding)[0]
+    # With no cost and no margin, a forecast that expects a move takes a position.
+    free = TradingDecision.from_config({**lineage["config"], "fee_bps": 0.0, "slippage_bps": 0.0})
+    assert free.positions(proba, np.array(lineage["trading"]["class_moves"]), scale_now)[0] == np.sign(
+        pred.expected_move)
