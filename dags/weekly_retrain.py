@@ -194,7 +194,8 @@ PARAMS = {
                                      "Hours to wait for the approval (then: rejected)", exclusiveMinimum=0),
     # Trading simulation
     "trade_min_probability": _param("trade_min_probability", "number", TRADING,
-                                    "Smallest probability to take a position", minimum=0, exclusiveMaximum=1),
+                                    "Smallest probability of a position's side (0: the cost rule alone)",
+                                    minimum=0, exclusiveMaximum=1),
     "fee_bps": _param("fee_bps", "number", TRADING, "Fee per side (bps)"),
     "slippage_bps": _param("slippage_bps", "number", TRADING, "Slippage per side (bps)"),
 }

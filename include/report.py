@@ -23,6 +23,20 @@ logger = logging.getLogger(__name__)
 CLASS_NAMES = ("down", "range", "up")
 
 
+def _decision_words(trading: dict[str, Any]) -> str:
+    """The trading decision in one or two sentences, with the margins the walk-forward chose."""
+    decided = trading.get("decision")
+    floor = float(trading.get("min_probability") or 0)
+    side = f" The position's side also needs a probability of at least {floor:.3f}." if floor > 0 else ""
+    if not decided:
+        return f"A position needs the decided class's probability ≥ {floor:.3f}."
+    per_fold = ", ".join(f"{m:g}" for m in (decided.get("margin_per_fold") or {}).values())
+    return (f"A position is taken where the forecast's expected move over the horizon beats the round trip "
+            f"({100 * float(decided.get('round_trip') or 0):.2f} %) and the funding it pays by a margin, in round "
+            f"trips, chosen on earlier folds only (per fold: {per_fold}; the deployed model: "
+            f"{float(decided.get('deployed_margin') or 0):g}).{side}")
+
+
 def _png(fig: Any) -> str:
     import matplotlib.pyplot as plt
 
@@ -286,9 +300,9 @@ def build_report(out_dir: Path, summary: dict[str, Any]) -> Path:
         "Buy-and-hold is shown for reference and is not one of them: it is market exposure, and over a few "
         "out-of-fold weeks its Sharpe measures the market's direction in those weeks, not a forecast's skill.</p>",
         f"<p>Costs: fee {costs.get('fee_bps', 0):g} bps + slippage {costs.get('slippage_bps', 0):g} bps per side of "
-        f"notional traded; funding charged to the position held into each settlement. A position needs the "
-        f"decided class's probability ≥ {float(trading.get('min_probability') or 0):.3f}; entry at the next bar's "
-        "open; bars without a known return (candle gaps) are traded flat and counted as skipped.</p>",
+        f"notional traded; funding charged to the position held into each settlement. {_decision_words(trading)} "
+        "Entry at the next bar's open; bars without a known return (candle gaps) are traded flat and counted as "
+        "skipped.</p>",
         "<h2>Classification (out-of-fold, purged walk-forward)</h2>",
         _table(model_rows, ["model", "macro_f1", "balanced_accuracy", "log_loss", "brier", "n"]),
         "<h3>Ensemble per fold</h3>", _table(metrics["ensemble_per_fold"], fold_cols),
