@@ -83,14 +83,34 @@ def open_storage(url: str, *, heartbeat_seconds: int = HEARTBEAT_SECONDS) -> Any
     raise AssertionError("unreachable")
 
 
-def _trial_trading(cfg: RunConfig, proba: np.ndarray, prior: np.ndarray, index: pd.DatetimeIndex,
+def _trial_trading(cfg: RunConfig, proba: np.ndarray, prior: np.ndarray, fold: np.ndarray, inputs: pd.DataFrame,
                    bars: pd.DataFrame, funding: pd.DataFrame | None) -> dict[str, float]:
-    """After-cost trading record of a trial's out-of-fold forecasts (the weekly run's rules)."""
-    from include.backtest import TradingCosts, positions_from_proba, simulate
+    """After-cost trading record of a trial's out-of-fold forecasts under the weekly run's trading
+    decision (:func:`include.pipeline.decision.forecast_positions`, each fold at the margin
+    chosen on earlier folds), so that its Sharpe ratio is a trial of the same strategy the gate's
+    deflated Sharpe ratio judges.
 
-    signal = pd.Series(positions_from_proba(proba, prior, cfg.trade_min_probability), index=index)
-    metrics = simulate(signal, bars, funding, TradingCosts(fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps),
-                       cfg.bar_seconds)
+    Args:
+        proba, prior: ``(n, 3)`` the trial's out-of-fold forecasts and their folds' class priors.
+        fold: ``(n,)`` fold of each row.
+        inputs: ``(n, ...)`` the rows' decision inputs (:data:`include.pipeline.decision.DECISION_COLUMNS`),
+            indexed by bar.
+    """
+    from include.backtest import simulate
+    from include.pipeline.decision import forecast_positions, trading_decision, walk_forward_margins
+
+    decision = trading_decision(cfg)
+    frame = inputs.assign(p_down=proba[:, 0], p_range=proba[:, 1], p_up=proba[:, 2], prior_down=prior[:, 0],
+                          prior_range=prior[:, 1], prior_up=prior[:, 2], fold=fold)
+
+    def net_return(positions: np.ndarray, rows: np.ndarray) -> float:
+        traded = simulate(pd.Series(positions[rows], index=frame.index[rows]), bars, funding, decision.costs,
+                          cfg.bar_seconds)
+        return float(traded["net_returns"].sum())
+
+    margins = walk_forward_margins(frame, decision, net_return)
+    signal = pd.Series(forecast_positions(frame, decision, margins["per_row"]), index=frame.index)
+    metrics = simulate(signal, bars, funding, decision.costs, cfg.bar_seconds)
     return {k: float(metrics[k]) for k in ("sharpe", "sharpe_per_bar", "total_return", "max_drawdown")}
 
 
@@ -125,7 +145,7 @@ def tune_family(cfg: RunConfig, window: Any, settings: Settings, out_dir: Path, 
     import optuna
 
     from include.pipeline.decision import market_frames
-    from include.pipeline.training import _training_table, interval_splits
+    from include.pipeline.training import _trading_inputs, _training_table, interval_splits
     from include.resources import model_threads
     from include.training import cross_validate, family_params
 
@@ -135,6 +155,10 @@ def tune_family(cfg: RunConfig, window: Any, settings: Settings, out_dir: Path, 
     X, y, test_size, _ = _training_table(out_dir, window)
     splits = interval_splits(cfg, X.index, window, test_size)
     bars, funding = market_frames(cfg, settings, X.index.min().to_pydatetime(), window.ts("interval_end"))
+    # The trading decision's inputs of every test row, as the weekly run records them.
+    folds = [(train, test) for _, train, test in splits.split(len(X))]
+    inputs = pd.DataFrame(index=X.index[np.concatenate([test for _, test in folds])])
+    _trading_inputs(cfg, out_dir, inputs, X.index, y, folds, splits.final_rows(len(X)))
     n_jobs = model_threads()
     name = study_name(cfg.model_name, family, window.ts("interval_end"))
     sampler = optuna.samplers.TPESampler(seed=cfg.random_state + 1000 * worker, n_startup_trials=5)
@@ -168,8 +192,8 @@ def tune_family(cfg: RunConfig, window: Any, settings: Settings, out_dir: Path, 
                             importance=False, on_fold=on_fold)
         trial.set_user_attr("fold_log_loss", fold_losses)
         trial.set_user_attr("macro_f1", float(cv.overall["macro_f1"]))
-        trial.set_user_attr("trading", _trial_trading(cfg, cv.oof_proba, cv.oof_prior, X.index[cv.oof_positions],
-                                                      bars, funding))
+        trial.set_user_attr("trading", _trial_trading(cfg, cv.oof_proba, cv.oof_prior, cv.oof_fold,
+                                                      inputs.loc[X.index[cv.oof_positions]], bars, funding))
         return float(cv.overall["log_loss"])
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
