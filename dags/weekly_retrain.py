@@ -105,6 +105,7 @@ from airflow.sdk import (
 from include.approval import PromotionApproval
 from include.assets import PRODUCTION_ALIAS, RETRAIN_REQUEST
 from include.config import MODEL_FAMILIES, RunConfig
+from include.extensions import feature_names
 from include.notify import on_task_failure
 from include.resources import MARKET_DATA_POOL, TRAINING_POOL
 
@@ -160,6 +161,8 @@ PARAMS = {
     # Models and cross-validation
     "models": _param("models", "array", CV, "Model families", items={"type": "string", "enum": list(MODEL_FAMILIES)},
                      examples=list(MODEL_FAMILIES), minItems=1, uniqueItems=True),
+    "extra_features": _param("extra_features", "array", DATA, "Plug-in features (installed packages)",
+                             items={"type": "string", "enum": list(feature_names())}, uniqueItems=True),
     "cv_folds": _param("cv_folds", "integer", CV, "Walk-forward folds"),
     "cv_scheme": _param("cv_scheme", "string", CV, "Walk-forward scheme", enum=["expanding", "rolling"]),
     "cv_embargo_bars": _param("cv_embargo_bars", "integer", CV, "Embargo (bars)"),

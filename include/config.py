@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from include.errors import ConfigError
+from include.extensions import family_names, feature_names
 from include.storage import location
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +28,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: Bar length in seconds for every timeframe the pipeline understands (ccxt notation).
 TIMEFRAME_SECONDS: dict[str, int] = {"15m": 900, "1h": 3600, "4h": 14_400, "1d": 86_400}
 
-MODEL_FAMILIES: tuple[str, ...] = ("lightgbm", "xgboost", "random_forest", "logistic")
+#: The model families this code defines (:mod:`include.training`).
+BUILTIN_FAMILIES: tuple[str, ...] = ("lightgbm", "xgboost", "random_forest", "logistic")
+#: Every model family a run may name: the built-in ones and those installed packages declare
+#: (:mod:`include.extensions`).
+MODEL_FAMILIES: tuple[str, ...] = BUILTIN_FAMILIES + tuple(n for n in family_names() if n not in BUILTIN_FAMILIES)
 
 #: Most days a run parameter may count (100 years): the dates a run derives from them (training
 #: start, feature warm-up, ingestion start) stay inside pandas' nanosecond range (1677-2262).
@@ -202,8 +207,14 @@ class RunConfig:
         default=168, bounds=(2, 10_000),
     )
     models: tuple[str, ...] = _doc(
-        "Model families to train (subset of lightgbm, xgboost, random_forest, logistic).",
+        "Model families to train (subset of lightgbm, xgboost, random_forest, logistic and the "
+        "families installed packages declare, include/extensions.py).",
         default=("lightgbm", "xgboost", "random_forest"),
+    )
+    extra_features: tuple[str, ...] = _doc(
+        "Features that installed packages declare (include/extensions.py), appended to the "
+        "default feature spec.",
+        default=(),
     )
     cv_folds: int = _doc(
         "Walk-forward folds; each test fold is one data interval (one week) long.", default=6, bounds=(2, 52)
@@ -239,7 +250,8 @@ class RunConfig:
         "'default': the families' defaults; 'tuned': per family, the newest set of "
         "tune_hyperparameters as of the run's first test fold or earlier.", default="default")
     ensemble_weights: dict[str, float] = _doc(
-        "Soft-voting weights per family for 'fixed' weighting (renormalised over trained models).",
+        "Soft-voting weights per family for 'fixed' weighting (renormalised over trained models); "
+        "a family without one weighs 1 / (number of models).",
         default_factory=lambda: {"lightgbm": 0.4, "xgboost": 0.4, "random_forest": 0.2},
     )
     gate_alpha: float = _doc(
@@ -396,7 +408,10 @@ class RunConfig:
             fail("ensemble_weighting", "expected 'fixed', 'fitted' or 'stacking'")
         if self.hyperparameters not in ("tuned", "default"):
             fail("hyperparameters", "expected 'tuned' or 'default'")
-        weights = {m: self.ensemble_weights.get(m, 0.0) for m in self.models}
+        weights = self.member_weights(self.models)
+        clashes = sorted(set(self.extra_features) - set(feature_names()))
+        if clashes or len(set(self.extra_features)) != len(self.extra_features):
+            fail("extra_features", f"expected distinct names of installed feature plug-ins {list(feature_names())}")
         if any(w < 0 for w in self.ensemble_weights.values()) or sum(weights.values()) <= 0:
             fail("ensemble_weights", "expected non-negative weights with a positive sum over models")
         if not 0 <= self.max_gap_share < 1:
@@ -469,6 +484,11 @@ class RunConfig:
                            max_train_size=rolling_rows if self.cv_scheme == "rolling" else None,
                            test_starts=test_starts)
 
+    def member_weights(self, families: Any) -> dict[str, float]:
+        """The 'fixed' soft-voting weight of each of ``families``, before renormalising: its
+        ``ensemble_weights`` entry, or ``1 / len(models)`` for a family without one."""
+        return {f: float(self.ensemble_weights.get(f, 1.0 / len(self.models))) for f in families}
+
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> RunConfig:
         """Build a config from a DAG run's params (or any mapping of field names to values).
@@ -484,7 +504,7 @@ class RunConfig:
         for name, value in params.items():
             if name not in known or (value is None and known[name].default is not None):
                 continue
-            if name in ("models", "gate_required_checks"):
+            if name in ("models", "gate_required_checks", "extra_features"):
                 value = tuple(value) if not isinstance(value, str) else tuple(
                     v.strip() for v in value.split(",") if v.strip()
                 )
@@ -498,6 +518,7 @@ class RunConfig:
         """JSON-serialisable view of every field."""
         out = dataclasses.asdict(self)
         out["models"] = list(self.models)
+        out["extra_features"] = list(self.extra_features)
         return out
 
     @classmethod

@@ -114,15 +114,27 @@ class FeatureSpec:
     version: str = FEATURE_SPEC_VERSION
 
     @classmethod
-    def default(cls, *, funding: bool = True, open_interest: bool = True) -> FeatureSpec:
+    def default(cls, *, funding: bool = True, open_interest: bool = True, extra: tuple[str, ...] = ()) -> FeatureSpec:
         """The standard spec: the scale-free candle features (:data:`DEFAULT_CANDLE_FEATURES`),
-        plus funding / OI features if asked."""
+        plus funding / OI features if asked, plus the plug-in features ``extra``
+        (:mod:`include.extensions`), each recorded in ``params["plugins"]`` with its package,
+        version and warm-up.
+
+        Raises:
+            ConfigError: a name in ``extra`` is no installed feature plug-in.
+        """
         names = DEFAULT_CANDLE_FEATURES
         if funding:
             names += FUNDING_FEATURES
         if open_interest:
             names += OPEN_INTEREST_FEATURES
-        return cls(names=names)
+        if not extra:
+            return cls(names=names)
+        from include.extensions import FEATURE_GROUP, load_feature, provenance
+
+        plugins = {name: {"from": provenance(FEATURE_GROUP, name),
+                          "warmup_bars": int(getattr(load_feature(name), "warmup_bars", 0))} for name in extra}
+        return cls(names=names + tuple(extra), params={**DEFAULT_PARAMS, "plugins": plugins})
 
     @property
     def sha256(self) -> str:
@@ -136,7 +148,8 @@ class FeatureSpec:
         # TA-Lib's EMA seeds with an SMA; 3x the period lets the seed's influence decay. The
         # volume z-score's window is plain: it is defined from its period's last bar on.
         return int(max(3 * p["ema_slow"], 3 * (p["macd_slow"] + p["macd_signal"]), p["momentum_bars"],
-                       p.get("volume_zscore_period", 0)))
+                       p.get("volume_zscore_period", 0),
+                       *(plugin["warmup_bars"] for plugin in p.get("plugins", {}).values())))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable view."""
@@ -161,6 +174,27 @@ class FeatureSpec:
                 f"(knows {sorted(KNOWN_FEATURES)})"
             )
         return cls(names=tuple(data["names"]), params=dict(data["params"]), version=data["version"])
+
+
+def _plugin_feature(name: str, recorded: dict[str, Any], bars: pd.DataFrame) -> np.ndarray:
+    """Plug-in feature ``name`` of every bar, from the package the spec recorded.
+
+    Raises:
+        ConfigError: the installed plug-in is not the one the spec was made with, or its values
+            are not one per bar.
+    """
+    from include.extensions import FEATURE_GROUP, load_feature, provenance
+
+    installed = provenance(FEATURE_GROUP, name)
+    if installed != recorded["from"]:
+        raise ConfigError(f"feature {name}: the spec was made with plug-in {recorded['from']!r}, this deployment "
+                          f"has {installed!r}; install that version or retrain")
+    candles = bars.set_index(pd.DatetimeIndex(bars["timestamp"], name="timestamp"))[
+        ["open", "high", "low", "close", "volume"]].astype("float64")
+    values = np.asarray(load_feature(name)(candles), dtype="float64").reshape(-1)
+    if len(values) != len(candles):
+        raise ConfigError(f"feature plug-in {name} returned {len(values)} values for {len(candles)} bars")
+    return values
 
 
 def _asof_join(bars: pd.DataFrame, series: pd.DataFrame, available_col: str,
@@ -209,7 +243,8 @@ def build_features(ohlcv: pd.DataFrame, spec: FeatureSpec, funding: pd.DataFrame
     if known is None:
         raise ConfigError(f"feature spec version {spec.version!r} is not supported by this code "
                           f"(knows {sorted(KNOWN_FEATURES)})")
-    unknown = [n for n in spec.names if n not in known]
+    plugins = spec.params.get("plugins", {})
+    unknown = [n for n in spec.names if n not in known and n not in plugins]
     if unknown:
         raise ConfigError(f"feature spec (version {spec.version}) names unknown features {unknown}")
     p = spec.params
@@ -285,6 +320,9 @@ def build_features(ohlcv: pd.DataFrame, spec: FeatureSpec, funding: pd.DataFrame
         oi["available_at"] = oi["timestamp"] + pd.Timedelta(hours=p["open_interest_publish_lag_hours"])
         out["oi_change_1d"] = _asof_join(bars, oi, "available_at", ["oi_change_1d"],
                                          p.get("open_interest_max_age_hours"))["oi_change_1d"].to_numpy()
+
+    for name, recorded in plugins.items():
+        out[name] = _plugin_feature(name, recorded, bars)
 
     result = out[list(spec.names)].astype("float64")
     logger.info("built %d features for %d bars (%s .. %s), spec %s", result.shape[1], len(result),

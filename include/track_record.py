@@ -372,24 +372,26 @@ def track_record(settings: Settings, model: str, *, policies: dict[str, GatePoli
     Returns:
         ``{"model", "weeks", "totals", "replays", "policies", "compared_weeks", "made_at"}``:
 
-        * ``weeks``: one row per version, oldest first, ``{"start", "end", "rows",
-          "prior_log_loss", "policies": {policy: {"version", "log_loss", "age_days",
-          "net_return"}}}``. ``start``/``end`` (ISO times) bound the week ``[T_k, T_{k+1})``;
-          ``rows`` counts its labelled bars (0 while its labels are pending). ``prior_log_loss``
-          is the forward log loss (nats per row) of the class-prior forecast, what a week
-          without a model serves; ``log_loss`` the serving version's (nats per row);
-          ``version`` is ``None`` where the policy has no model; ``age_days`` the days since
-          the serving version's training end. ``net_return`` is the week's sum of the after-cost
-          per-bar net returns (fraction of equity) of trading the policy's served forecasts, taken
-          from the one simulation of its whole record (:mod:`include.backtest`): 0.0 in a week
-          without a model (no position), ``None`` in a week without labels.
-        * ``totals``: ``{policy: {"rows", "log_loss", "macro_f1", "sharpe", "total_return",
-          "max_drawdown", "weeks", "weeks_without_model", "mean_age_days"}}``, and
-          ``promised_log_loss`` for ``production``. Totals cover every week whose labels are
-          known; a week in which a policy has no production model is scored as the class-prior
-          forecast with no position (``weeks_without_model`` counts them).
-        * ``replays``: ``{label: decisions}`` (:func:`replay`); ``policies``: each replayed
-          policy's fields.
+        ``weeks``: one row per version, oldest first, ``{"start", "end", "rows",
+        "prior_log_loss", "policies": {policy: {"version", "log_loss", "age_days",
+        "net_return"}}}``. ``start``/``end`` (ISO times) bound the week ``[T_k, T_{k+1})``;
+        ``rows`` counts its labelled bars (0 while its labels are pending). ``prior_log_loss``
+        is the forward log loss (nats per row) of the class-prior forecast, what a week
+        without a model serves; ``log_loss`` the serving version's (nats per row);
+        ``version`` is ``None`` where the policy has no model; ``age_days`` the days since
+        the serving version's training end. ``net_return`` is the week's sum of the after-cost
+        per-bar net returns (fraction of equity) of trading the policy's served forecasts, taken
+        from the one simulation of its whole record (:mod:`include.backtest`): 0.0 in a week
+        without a model (no position), ``None`` in a week without labels.
+
+        ``totals``: ``{policy: {"rows", "log_loss", "macro_f1", "sharpe", "total_return",
+        "max_drawdown", "weeks", "weeks_without_model", "mean_age_days"}}``, and
+        ``promised_log_loss`` for ``production``. Totals cover every week whose labels are
+        known; a week in which a policy has no production model is scored as the class-prior
+        forecast with no position (``weeks_without_model`` counts them).
+
+        ``replays``: ``{label: decisions}`` (:func:`replay`); ``policies``: each replayed
+        policy's fields.
 
     Raises:
         PipelineError: the model has no registered version.

@@ -39,7 +39,8 @@ def feature_pad(cfg: RunConfig) -> timedelta:
     """History before each calendar month from which its features are computed: 30 days, or four
     times the indicator warm-up in the run's bars if longer (daily bars). With 720 hourly bars
     against a warm-up of 150, an EMA's seed weighs under 0.1 % at the month's first bar."""
-    return max(FEATURE_SEGMENT_PAD, 4 * FeatureSpec.default().warmup_bars * timedelta(seconds=cfg.bar_seconds))
+    spec = FeatureSpec.default(extra=cfg.extra_features)
+    return max(FEATURE_SEGMENT_PAD, 4 * spec.warmup_bars * timedelta(seconds=cfg.bar_seconds))
 
 
 def feature_read_start(start: datetime, cfg: RunConfig) -> datetime:
@@ -168,7 +169,8 @@ def resolve_window(cfg: RunConfig, *, data_interval_start: Any, data_interval_en
 def warmup(cfg: RunConfig) -> timedelta:
     """Bars before the training window that features and labels need: indicator warm-up or the
     label's volatility window, whichever is longer."""
-    return max(FeatureSpec.default().warmup_bars, cfg.label_vol_window_bars) * timedelta(seconds=cfg.bar_seconds)
+    spec = FeatureSpec.default(extra=cfg.extra_features)
+    return max(spec.warmup_bars, cfg.label_vol_window_bars) * timedelta(seconds=cfg.bar_seconds)
 
 def run_key(start: datetime, end: datetime) -> str:
     """The folder name of a data interval ``[start, end)``: ``20231224T0000_20231231T0000``."""

@@ -331,7 +331,8 @@ def features(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         days = (end - window.ts("train_start")).days
         use_oi = len(oi) >= OPEN_INTEREST_MIN_COVERAGE * days
         # Funding features for perpetuals only: a spot market pays no funding.
-        spec = FeatureSpec.default(funding=cfg.market_type == "perp", open_interest=use_oi)
+        spec = FeatureSpec.default(funding=cfg.market_type == "perp", open_interest=use_oi,
+                                   extra=cfg.extra_features)
         frame = feature_frame(store, cfg, spec, features_start(cfg, window), end)
         if "close" not in frame.columns:
             bars = store.load_ohlcv(exchange=cfg.exchange, symbol=cfg.symbol, market_type=cfg.market_type,

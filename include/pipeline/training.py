@@ -305,7 +305,7 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     y_oof = ref["label"].to_numpy()
     prior_rows = ref[["prior_down", "prior_range", "prior_up"]].to_numpy()
     probas = {f: oofs[f][["p_down", "p_range", "p_up"]].to_numpy() for f in families}
-    raw = {f: cfg.ensemble_weights.get(f, 0.0) for f in families}
+    raw = cfg.member_weights(families)
     weights = {f: w / sum(raw.values()) for f, w in raw.items()}
     fold_of = ref["fold"].to_numpy()
     X, y, test_size, names = _training_table(out_dir, window)

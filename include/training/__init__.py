@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.errors import ConfigError, TrainingError
+from include.errors import TrainingError
 from include.evaluation import (
     WalkForward,
     brier_score,
@@ -41,17 +41,25 @@ FAMILIES: dict[str, Any] = {
 }
 
 
+def family_module(family: str) -> Any:
+    """The module of ``family``: a built-in one (:data:`FAMILIES`) or an installed plug-in's
+    (:func:`include.extensions.load_family`).
+
+    Raises:
+        ConfigError: unknown family, or a plug-in that fails to load.
+    """
+    from include.extensions import load_family
+
+    return FAMILIES[family] if family in FAMILIES else load_family(family)
+
+
 def build_estimator(family: str, random_state: int, n_jobs: int, **overrides: Any):
     """An unfitted classifier of ``family`` with its default hyperparameters, using ``n_jobs`` threads.
 
     Raises:
         ConfigError: unknown family.
     """
-    try:
-        module = FAMILIES[family]
-    except KeyError:
-        raise ConfigError(f"unknown model family {family!r}; expected one of {sorted(FAMILIES)}") from None
-    return module.build(random_state=random_state, n_jobs=n_jobs, **overrides)
+    return family_module(family).build(random_state=random_state, n_jobs=n_jobs, **overrides)
 
 
 def family_params(family: str) -> dict[str, Any]:
@@ -60,9 +68,7 @@ def family_params(family: str) -> dict[str, Any]:
     Raises:
         ConfigError: unknown family.
     """
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown model family {family!r}; expected one of {sorted(FAMILIES)}")
-    return dict(FAMILIES[family].DEFAULT_PARAMS)
+    return dict(family_module(family).DEFAULT_PARAMS)
 
 
 def class_prior(y: np.ndarray) -> np.ndarray:
@@ -313,9 +319,7 @@ def _fit(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, spl
          params: dict[str, Any] | None = None) -> tuple[Any, int | None]:
     if len(np.unique(y[train_idx])) < 2:
         raise TrainingError(f"{family}: training set holds a single class")
-    module = FAMILIES.get(family)
-    if module is None:
-        raise ConfigError(f"unknown model family {family!r}; expected one of {sorted(FAMILIES)}")
+    module = family_module(family)
     n_best = None
     if early_stopping_rounds > 0 and hasattr(module, "best_n_estimators"):
         fit_idx, val_idx = splits.inner_split(train_idx)

@@ -52,9 +52,16 @@ def search_space(family: str, overrides: dict[str, dict[str, Any]] | None = None
         ConfigError: unknown family, or a distribution that is not one of the three forms above
             (the message names the family and hyperparameter).
     """
-    if family not in SEARCH_SPACES:
-        raise ConfigError(f"no search space for model family {family!r}; expected one of {sorted(SEARCH_SPACES)}")
-    space = {**SEARCH_SPACES[family], **(overrides or {})}
+    if family in SEARCH_SPACES:
+        declared = SEARCH_SPACES[family]
+    else:
+        from include.training import family_module
+
+        declared = getattr(family_module(family), "SEARCH_SPACE", None)
+        if not isinstance(declared, dict):
+            raise ConfigError(f"no search space for model family {family!r}: a plug-in family declares one as "
+                              f"SEARCH_SPACE (built-in ones: {sorted(SEARCH_SPACES)})")
+    space = {**declared, **(overrides or {})}
     for name, spec in space.items():
         kind = spec.get("type") if isinstance(spec, dict) else None
         where = f"search space of {family}, {name}"
