@@ -36,6 +36,7 @@ REPLAYED = {
     "log_loss_test_alpha_0.01": {"required": LOG_LOSS, "alpha": 0.01},
     "weekly_level_0.10": {"alpha": 0.10 * 52},  # each week at 0.10, as a per-week level would
     "no_demotion": {"demote": False},
+    "no_shadow_record": {"record_weeks": 0},  # each candidate's own out-of-fold rows only
     "champion_never_refuses": {"champion_alpha": 0.0},
 }
 
