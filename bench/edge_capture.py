@@ -38,8 +38,11 @@ pipeline's out-of-fold strategy (the run's own trading simulation) and of the **
 (long or short the sign of the expected 4-bar move where its size exceeds the round-trip cost of
 fees and slippage, flat elsewhere; re-decided every bar; :func:`include.backtest.simulate` on the same bars, costs and
 funding), their ratio, the share of bars each holds a position, and the gate's decision. On a
-``walk`` the oracle's gain is zero, so the share is not defined: the table gives the ensemble's
-gain (within noise of zero when nothing is overfitted) and its exposure.
+``walk`` the oracle's true gain is zero (its measured gain is sampling noise: the fold's class
+prior is itself an estimate), so no share is defined: the table gives the ensemble's gain (within
+noise of zero, or below it, when nothing is there to find) and its exposure. A share is a ratio of
+two noisy gains: with 1,008 rows the standard error of a gain is about 0.002 nats, so shares are
+meaningful only where the oracle's gain is several times that (AR 0.2 and above, the funding edge).
 
 Output: one JSON line per (cell, seed) appended to ``--out`` (default
 ``var/artifacts/edge_capture.jsonl``; a line already there for the same cell, seed, week and
@@ -200,7 +203,7 @@ def run_cell(kind: str, strength: float, seed: int, week: str, overrides: dict[s
     return {"benchmark": "edge_capture", "kind": kind, "strength": strength, "seed": seed, "week": week,
             "settings": overrides, "rows": int(len(oof)), "prior_log_loss": prior_ll, "ensemble_log_loss": ens_ll,
             "oracle_log_loss": oracle_ll, "ensemble_gain": gain, "oracle_gain": oracle_gain,
-            "captured_share": gain / oracle_gain if oracle_gain > 1e-4 else None,
+            "captured_share": gain / oracle_gain if kind != "walk" and oracle_gain > 1e-4 else None,
             "ensemble_sharpe": ens_trading.get("sharpe"), "ensemble_exposure": ens_trading.get("exposure"),
             "oracle_sharpe": policy["sharpe"], "oracle_exposure": policy["exposure"],
             "sharpe_share": (ens_trading.get("sharpe") / policy["sharpe"]
@@ -229,6 +232,8 @@ def summary(records: list[dict[str, Any]]) -> str:
     """Markdown table: per cell and settings, mean ± standard deviation over seeds."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
+        if r["kind"] == "walk":  # no edge: the oracle's "gain" is sampling noise, and no share is defined
+            r = {**r, "captured_share": None, "sharpe_share": None}
         label = f"{r['kind']}" + (f" {r['strength']:g}" if r["kind"] != "walk" else "")
         groups.setdefault((json.dumps(r["settings"], sort_keys=True), label), []).append(r)
     lines = ["| settings | cell | seeds | ensemble gain (nats/row) | oracle gain | captured share | "
