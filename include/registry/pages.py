@@ -120,7 +120,10 @@ def track_record_chart(record: dict[str, Any]) -> str:
 
     width, left, right, top, panel, gap = 760, 70, 200, 24, 150, 44
     bottom_top = top + panel + gap
-    height = (bottom_top + panel if returns else top + panel) + 36
+    plot_bottom = bottom_top + panel if returns else top + panel
+    # Tall enough for the longest legend (one line per series, replays included) as well.
+    legend_bottom = (bottom_top if returns else top) + 10 + 16 * len(returns or losses) + 6
+    height = max(plot_bottom + 36, legend_bottom)
     step = (width - left - right) / len(weeks)
     xs = [left + step * (k + 0.5) for k in range(len(weeks))]
 
@@ -133,7 +136,7 @@ def track_record_chart(record: dict[str, Any]) -> str:
     # Weeks without a production model, shaded over both panels.
     for k, week in enumerate(weeks):
         if ((week.get("policies") or {}).get("production") or {}).get("version") is None:
-            span = (height - 36) - top
+            span = plot_bottom - top
             parts.append(f"<rect class='no-model' data-week='{k}' x='{xs[k] - step / 2:.1f}' y='{top}' "
                          f"width='{step:.1f}' height='{span}' fill='#eeeeee'><title>"
                          f"{html.escape(str(week.get('start', ''))[:10])}: no model (class-prior forecast, no position)"
@@ -174,7 +177,7 @@ def track_record_chart(record: dict[str, Any]) -> str:
     # Week labels under the last panel: every week when few, otherwise about eight.
     every = max(1, math.ceil(len(weeks) / 8))
     for k in range(0, len(weeks), every):
-        parts.append(f"<text x='{xs[k]:.1f}' y='{height - 20}' text-anchor='middle'>"
+        parts.append(f"<text x='{xs[k]:.1f}' y='{plot_bottom + 16}' text-anchor='middle'>"
                      f"{html.escape(str(weeks[k].get('start', ''))[:10])}</text>")
     # The production chain's changes, where the week starts (the version serves from there on): a
     # triangle on the top panel's upper edge and a thin line down through both panels.
@@ -188,9 +191,9 @@ def track_record_chart(record: dict[str, Any]) -> str:
         parts.append(f"<g class='{change['event']}' data-week='{k}'><title>"
                      f"{html.escape(str(weeks[k].get('start', ''))[:10])}: {change['event']} of "
                      f"{html.escape(str(change['version']))}</title><line x1='{x:.1f}' x2='{x:.1f}' y1='{top}' "
-                     f"y2='{height - 36}' stroke='{colour}' stroke-opacity='0.5' stroke-dasharray='3,3'/>"
+                     f"y2='{plot_bottom}' stroke='{colour}' stroke-opacity='0.5' stroke-dasharray='3,3'/>"
                      f"<path d='{shape}' fill='{colour}'/></g>")
-    parts.append(f"<text x='{left}' y='{height - 4}' fill='#555555'>shaded: production had no model; "
+    parts.append(f"<text x='{left}' y='{plot_bottom + 32}' fill='#555555'>shaded: production had no model; "
                  "&#9650; promotion, &#9660; demotion (hover for the version)</text></svg>")
     return "".join(parts)
 
