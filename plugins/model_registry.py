@@ -429,8 +429,9 @@ def models_page() -> str:
             f"{html.escape(model['label_threshold_mode'])} {model['label_threshold']:g}. "
             f"Production: <b>{production}</b>.{latest} {len(rows)} version(s). "
             f"<a href='models/{quote(model['name'])}/timeline'>Production history</a>.</p>"
-            f"<table><tr>{head}</tr>{''.join(body)}</table>"
-            f"{track_record_section(model['name'], _track_record(model['name']))}</section>")
+            # The gate's record (chart first) before the versions: how the decisions did, then each one.
+            f"{track_record_section(model['name'], _track_record(model['name']))}"
+            f"<table><tr>{head}</tr>{''.join(body)}</table></section>")
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Models</title><style>"
         "body{font-family:sans-serif;margin:16px}table{border-collapse:collapse;margin-bottom:24px}"
