@@ -98,7 +98,8 @@ def market_frames(kind: Kind, seed: int, *, phi: float = 0.0, beta: float = 0.0,
             ``regime`` market's high-state coefficient too.
         beta: the ``funding`` market's edge, in innovation standard deviations per unit z-score.
         seed: seed of the market's random numbers; the same arguments give the same frames (a
-            ``walk`` or ``ar1`` market draws exactly the numbers it always has).
+            ``walk`` or ``ar1`` market's numbers are drawn in :func:`log_returns`' order, then
+            the wicks, volume, funding and open interest).
         start, end: first day and the day after the last (dates or ISO timestamps).
 
     Returns:

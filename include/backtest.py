@@ -111,7 +111,8 @@ class TradingDecision:
         margin: required edge beyond the costs, in multiples of the round trip.
         min_probability: the position's side (up for long, down for short) must have at least
             this probability as well (``trade_min_probability``; 0 adds nothing).
-        settlement_hours: hours between funding settlements (8 on Binance USDT-M).
+        settlement_hours: hours between funding settlements (the run's ``funding_interval_hours``;
+            8 on most Binance USDT-M perpetuals).
     """
 
     costs: TradingCosts
@@ -125,7 +126,7 @@ class TradingDecision:
     def from_config(cls, config: dict[str, Any], margin: float = 0.0) -> TradingDecision:
         """The decision of a run's parameters (a ``RunConfig.to_dict()`` or a version's lineage
         ``config``): ``fee_bps``, ``slippage_bps``, ``label_horizon_bars``, ``timeframe``,
-        ``trade_min_probability``.
+        ``trade_min_probability``, ``funding_interval_hours``.
 
         Raises:
             KeyError: a parameter is missing.
@@ -135,7 +136,8 @@ class TradingDecision:
         return cls(costs=TradingCosts(fee_bps=float(config["fee_bps"]), slippage_bps=float(config["slippage_bps"])),
                    horizon_bars=max(int(config["label_horizon_bars"]), 1),
                    bar_seconds=TIMEFRAME_SECONDS[config["timeframe"]], margin=margin,
-                   min_probability=float(config.get("trade_min_probability", 0.0)))
+                   min_probability=float(config.get("trade_min_probability", 0.0)),
+                   settlement_hours=float(config.get("funding_interval_hours", 8)))
 
     @property
     def round_trip(self) -> float:

@@ -409,8 +409,15 @@ class RunConfig:
         if self.hyperparameters not in ("tuned", "default"):
             fail("hyperparameters", "expected 'tuned' or 'default'")
         weights = self.member_weights(self.models)
-        clashes = sorted(set(self.extra_features) - set(feature_names()))
-        if clashes or len(set(self.extra_features)) != len(self.extra_features):
+        if self.extra_features:  # (no import of the feature code, and pandas, for the DAG file's defaults)
+            from include.features import KNOWN_FEATURES
+
+            builtin = set().union(*KNOWN_FEATURES.values()) | {"close", "volume"}
+            if set(self.extra_features) & builtin:
+                fail("extra_features", f"{sorted(set(self.extra_features) & builtin)} name built-in features: a "
+                     "plug-in feature needs a name of its own")
+        unknown = sorted(set(self.extra_features) - set(feature_names()))
+        if unknown or len(set(self.extra_features)) != len(self.extra_features):
             fail("extra_features", f"expected distinct names of installed feature plug-ins {list(feature_names())}")
         if any(w < 0 for w in self.ensemble_weights.values()) or sum(weights.values()) <= 0:
             fail("ensemble_weights", "expected non-negative weights with a positive sum over models")

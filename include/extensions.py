@@ -24,8 +24,9 @@ is installed sees it.
     version, so a version trained with it is served with it, and a changed plug-in is a changed
     spec.
 
-A plug-in may not reuse a built-in name. Names are read without importing the plug-ins; a plug-in
-is imported when first used.
+A plug-in family named like a built-in one is not used (the built-in one is); a run naming a
+built-in feature in ``extra_features`` is refused; a name that is not a Python identifier is left
+out. Names are read without importing the plug-ins; a plug-in is imported when first used.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ FEATURE_GROUP = "weekly_retrain.features"
 
 @functools.cache
 def _entry_points(group: str) -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=group)}
+    """The group's entry points by name; a name that is not a Python identifier (it becomes a task
+    id and a column name) is left out."""
+    return {ep.name: ep for ep in entry_points(group=group) if ep.name.isidentifier()}
 
 
 def family_names() -> tuple[str, ...]:

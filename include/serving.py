@@ -272,7 +272,8 @@ class ProductionModel:
         if self._store is None:
             self._store = MarketStore(self.market_db_url)
         market = RunConfig(exchange=lineage["exchange"], symbol=lineage["symbol"],
-                           market_type=lineage["market_type"], timeframe=lineage["timeframe"])
+                           market_type=lineage["market_type"], timeframe=lineage["timeframe"],
+                           extra_features=tuple(lineage["config"].get("extra_features") or ()))
         # The bar in progress at as_of is not complete: use bars that closed by then. The features
         # are training's own for each bar (feature_frame computes them the same way everywhere).
         feats = feature_frame(self._store, market, spec, start, closed_bars_end(as_of, bar))[list(spec.names)]

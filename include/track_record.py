@@ -215,6 +215,7 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
         compare_with_champion,
         deflated_sharpe_record,
         earlier_record,
+        own_record,
         policy_from_config,
         trade_out_of_fold,
     )
@@ -232,7 +233,7 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
         cfg = RunConfig.from_params(v.lineage["config"])
         used = policy if policy is not None else policy_from_config(cfg)
         if policy is None and "gate_record_weeks" not in v.lineage["config"]:
-            used = replace(used, record_weeks=0)  # decided before the gate read shadow records
+            used = replace(used, record_weeks=0)  # its run's configuration has no shadow record
         # The trading simulation over exactly the candles the run's own simulation read.
         bars = _slice(data.bars, oof.index.min(), v.trained_until)
         funding = _slice(data.funding, oof.index.min(), v.trained_until)
@@ -248,7 +249,9 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
                                              production.version, _features_of(data, production), horizon=horizon,
                                              random_state=cfg.random_state,
                                              window_start=v.lineage["data_window"]["interval_start"],
-                                             own_oof=registry.out_of_fold(production.version), level=used.level,
+                                             own_oof=own_record(registry, cfg.model_name, production.version,
+                                                                production.lineage, weeks=used.record_weeks),
+                                             level=used.level,
                                              record_rows=evidence["log_loss"]["record_rows"])
         ens = sims["ensemble"]
         if cfg.model_name not in ledgers:
@@ -270,7 +273,12 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
 
 # -- forward record --------------------------------------------------------------------------
 def _forward(registry: Any, data: MarketData, v: Version, start: datetime, end: datetime) -> pd.DataFrame:
-    """Version ``v``'s forecasts on the labelled bars of ``[start, end)``: ``p_*``, ``label``."""
+    """Version ``v``'s forecasts on the labelled bars of ``[start, end)``: ``p_*``, ``label``,
+    the class prior, the trading decision's inputs and the ``position`` it gives (``v``'s own
+    costs, probability floor and deployed margin)."""
+    from include.backtest import TradingDecision
+    from include.pipeline.decision import forecast_positions
+
     feats = _features_of(data, v)
     names = list(v.lineage["feature_spec"]["names"])
     rows = feats[(feats.index >= pd.Timestamp(start)) & (feats.index < pd.Timestamp(end))]
@@ -289,7 +297,9 @@ def _forward(registry: Any, data: MarketData, v: Version, start: datetime, end: 
     out[["move_down", "move_range", "move_up"]] = np.asarray(moves if moves else [np.nan] * 3, dtype="float64")
     out["move_scale"] = data.move_scale.reindex(out.index).to_numpy()
     out["funding_rate"] = rows["funding_rate"].to_numpy() if "funding_rate" in rows else np.nan
-    out["margin"] = _deployed_margin(registry, v)
+    margin = _deployed_margin(registry, v)
+    # The position serving gave: this version's own decision (costs, floor, margin).
+    out["position"] = forecast_positions(out, TradingDecision.from_config(v.lineage["config"], margin), margin)
     out["served"] = True
     return out
 
@@ -319,8 +329,7 @@ def _score(frames: list[pd.DataFrame], data: MarketData) -> dict[str, Any]:
         per-bar net return indexed by the forecast's bar (a Series, fraction of equity, not
         JSON): the series ``sharpe`` and ``total_return`` summarise.
     """
-    from include.backtest import simulate
-    from include.pipeline.decision import forecast_positions, trading_decision
+    from include.backtest import TradingDecision, simulate
     from include.training import metrics_with_prior
 
     frame = pd.concat(frames).sort_index()
@@ -330,12 +339,11 @@ def _score(frames: list[pd.DataFrame], data: MarketData) -> dict[str, Any]:
     prior = frame[["prior_down", "prior_range", "prior_up"]].to_numpy()
     metrics = metrics_with_prior(y, proba, prior)
     cfg = data.cfg
-    decision = trading_decision(cfg)
-    margins = frame["margin"].to_numpy() if "margin" in frame else None
-    # Weeks without a production model: the class-prior forecast, and no position.
-    positions = np.where(frame["served"].to_numpy(), forecast_positions(frame, decision, margins), 0)
-    sim = simulate(pd.Series(positions, index=frame.index), data.bars, data.funding, decision.costs,
-                   cfg.bar_seconds)
+    # Each served row's position is its version's decision (:func:`_forward`); weeks without a
+    # production model: the class-prior forecast, and no position.
+    positions = np.where(frame["served"].to_numpy(), frame["position"].to_numpy(), 0)
+    sim = simulate(pd.Series(positions, index=frame.index), data.bars, data.funding,
+                   TradingDecision.from_config(cfg.to_dict()).costs, cfg.bar_seconds)
     return {"rows": int(len(frame)), "log_loss": metrics["log_loss"], "macro_f1": metrics["macro_f1"],
             "sharpe": sim["sharpe"], "total_return": sim["total_return"], "max_drawdown": sim["max_drawdown"],
             "net_returns": sim["net_returns"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from include.config import RunConfig, Settings
-from include.errors import GateError, PipelineError, TrainingError
+from include.errors import ConfigError, GateError, PipelineError, TrainingError
 from include.features import FeatureSpec
 from include.gate import GatePolicy, decide, instant
 from include.pipeline.common import RunWindow, json_safe, open_store, write_parquet
@@ -49,9 +50,8 @@ def forecast_positions(frame: pd.DataFrame, decision: Any, margins: np.ndarray |
 
     Each row needs its forecast (``p_*``) and the decision's inputs (:data:`DECISION_COLUMNS`:
     its model's standardised class moves, the volatility scale and the last settled funding
-    rate). A row without class moves (an out-of-fold record or a version registered before they
-    were recorded) is traded by the rule it was decided with: the prior-corrected class when its
-    probability reaches ``decision.min_probability``
+    rate). A row without class moves (an out-of-fold record or a version registered without them)
+    is traded by the decided-class rule: the prior-corrected class when its probability reaches ``decision.min_probability``
     (:func:`include.backtest.positions_from_proba`).
 
     Returns:
@@ -255,7 +255,12 @@ def recipe(lineage: dict[str, Any]) -> str:
 
     from include.pipeline.training import NOT_MODEL_INPUTS
 
-    config = {k: v for k, v in (lineage.get("config") or {}).items() if not k.startswith(NOT_MODEL_INPUTS)}
+    raw = lineage.get("config") or {}
+    # Every field, with its default where the lineage lacks it: a field added to RunConfig is no
+    # new recipe. A configuration this code refuses is compared as stored.
+    with contextlib.suppress(ConfigError, TypeError):
+        raw = RunConfig.from_params(raw).to_dict()
+    config = {k: v for k, v in raw.items() if not k.startswith(NOT_MODEL_INPUTS)}
     made_of = {"config": config, "feature_spec": (lineage.get("feature_spec") or {}).get("sha256")}
     return hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -266,13 +271,16 @@ def earlier_record(registry: ModelRegistry, model: str, lineage: dict[str, Any],
     ``weeks`` weeks before ``oof``'s first row: the candidate's shadow record.
 
     A candidate that is not promoted keeps counting: each weekly run registers its candidate with
-    its out-of-fold record, whose newest fold is the week just past, forecast by a fold model
-    fitted only on rows before it. Read backwards from the newest earlier version, each version
-    contributes its rows before the earliest row taken so far, so the record is a contiguous
-    walk-forward history with no bar twice. Every row was forecast out of sample, by a model of
-    the same recipe (:func:`recipe`); under "no skill" each row's expected log loss is no lower
-    than the prior's, so the test on the longer record keeps its level, and where there is an
-    edge its power grows week by week (``weeks`` more rows at most).
+    its out-of-fold record, each row forecast by a fold model fitted only on rows before it. Read
+    backwards from the newest earlier version, each version contributes its rows before the
+    earliest row taken so far (its oldest fold, the week before the next version's record
+    begins), so the record is a contiguous walk-forward history with no bar twice. With the
+    rolling scheme and the fit cache a fold's fit is the one the same rows gave every version
+    (with ``fitted`` or ``stacking`` weighting an oldest fold is combined with the configured
+    weights). Every row was forecast out of sample, by a model of the same recipe
+    (:func:`recipe`); under "no skill" each row's expected log loss is no lower than the
+    prior's, so the test on the longer record keeps its level, and where there is an edge its
+    power grows week by week, up to ``weeks`` weeks of extra rows.
 
     Args:
         model: the registered model.
@@ -304,9 +312,11 @@ def earlier_record(registry: ModelRegistry, model: str, lineage: dict[str, Any],
             if (instant(meta["data_window"]["trained_until"]) >= trained_until or recipe(meta) != mine):
                 continue
             rows = registry.out_of_fold(version)
-        except (RegistryError, KeyError):
+        except (RegistryError, KeyError) as exc:
+            logger.warning("shadow record of %s: version %s left out: %s", model, version, exc)
             continue
-        if rows is None or not len(rows):
+        if rows is None or not len(rows) or not set(RECORD_COLUMNS) <= set(rows.columns):
+            logger.info("shadow record of %s: version %s has no out-of-fold record to add", model, version)
             continue
         rows = rows[(rows.index < earliest) & (rows.index >= since)]
         if len(rows):
@@ -391,9 +401,23 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
     horizon = max(cfg.label_horizon_bars, 1)
     result = compare_with_champion(oof, model, meta, pointer.version, feats, horizon=horizon,
                                    random_state=cfg.random_state, window_start=window.interval_start,
-                                   own_oof=registry.out_of_fold(pointer.version), level=policy_from_config(cfg).level,
-                                   record_rows=record_rows)
+                                   own_oof=own_record(registry, cfg.model_name, pointer.version, meta,
+                                                      weeks=policy_from_config(cfg).record_weeks),
+                                   level=policy_from_config(cfg).level, record_rows=record_rows)
     return {**result, "model": champion_model}
+
+
+def own_record(registry: ModelRegistry, model: str, version: str, lineage: dict[str, Any], *,
+               weeks: int) -> pd.DataFrame | None:
+    """A registered version's own walk-forward record: its shadow record (:func:`earlier_record`)
+    followed by its out-of-fold rows; what :func:`champion_record_test` judges a champion on, so
+    that it has as many rows as the challenger it meets. ``None`` for a version registered without
+    an out-of-fold record."""
+    oof = registry.out_of_fold(version)
+    if oof is None or not len(oof):
+        return oof
+    earlier = earlier_record(registry, model, lineage, oof, weeks=weeks)
+    return pd.concat([earlier, oof[RECORD_COLUMNS]]) if len(earlier) else oof
 
 
 def champion_record_test(own_oof: pd.DataFrame | None, live: pd.DataFrame, live_proba: np.ndarray,
@@ -402,20 +426,20 @@ def champion_record_test(own_oof: pd.DataFrame | None, live: pd.DataFrame, live_
     """Test H1 "the champion's mean log loss is above the class prior's" on its record, with the
     challenger's row budget (check 8 of :mod:`include.gate`).
 
-    The champion's record is its own out-of-fold rows (from the run that registered it, rows
-    before its live ones) followed by its live rows (forecasts on rows after its training data);
-    the test uses the most recent ``n`` of them, ``n`` being the challenger's out-of-fold row
-    count, so that the champion is judged on as many rows, by the same block bootstrap, at the
+    The champion's record is its own walk-forward record (its shadow record and out-of-fold rows
+    from the run that registered it, rows before its live ones, :func:`own_record`) followed by
+    its live rows (forecasts on rows after its training data); the test uses the most recent
+    ``n`` of them, ``n`` being the rows of the challenger's log-loss test, so that the champion is judged on as many rows, by the same block bootstrap, at the
     same level as a challenger is, and not, as a test on its few live rows would, declared
     without skill for want of rows.
 
     Args:
-        own_oof: the champion's registered out-of-fold record (``label``, ``p_*``, ``prior_*``
-            columns), or ``None`` when it was registered without one.
+        own_oof: the champion's own walk-forward record (:func:`own_record`: ``label``, ``p_*``,
+            ``prior_*`` columns), or ``None`` when it was registered without one.
         live: the challenger's out-of-fold rows after the champion's training data (``label``).
         live_proba: ``(len(live), 3)`` the champion's forecasts on them.
         prior: ``(3,)`` the champion's training class frequencies, its reference on live rows.
-        n: the row budget.
+        n: the row budget (the rows of the challenger's log-loss test, its shadow record included).
         horizon: label horizon in bars (shortest bootstrap block).
         level: the gate's weekly level (sets the number of resamples, :func:`resamples_for`).
 
