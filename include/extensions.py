@@ -77,6 +77,22 @@ def provenance(group: str, name: str) -> str:
     return f"{dist.name if dist else '?'} {dist.version if dist else '?'} {ep.value}"
 
 
+def _load(group: str, name: str, kind: str) -> tuple[Any, EntryPoint]:
+    """The object entry point ``name`` of ``group`` names, and the entry point.
+
+    Raises:
+        ConfigError: no such plug-in, or it fails to import (the message names ``kind``, the
+            plug-in and its package).
+    """
+    ep = _entry_points(group).get(name)
+    if ep is None:
+        raise ConfigError(f"unknown {kind} {name!r}: no built-in {kind} and no plug-in of that name")
+    try:
+        return ep.load(), ep
+    except Exception as exc:  # noqa: BLE001 - any import error of a third-party package
+        raise ConfigError(f"{kind} plug-in {name} ({_where(ep)}) failed to import: {exc}") from exc
+
+
 @functools.cache
 def load_family(name: str) -> ModuleType:
     """The module of plug-in model family ``name``.
@@ -85,13 +101,7 @@ def load_family(name: str) -> ModuleType:
         ConfigError: no such plug-in, it fails to import, or it lacks ``DEFAULT_PARAMS`` or
             ``build`` (the message names the plug-in and its package).
     """
-    ep = _entry_points(FAMILY_GROUP).get(name)
-    if ep is None:
-        raise ConfigError(f"unknown model family {name!r}: no built-in family and no plug-in of that name")
-    try:
-        module = ep.load()
-    except Exception as exc:  # noqa: BLE001 - any import error of a third-party package
-        raise ConfigError(f"model family plug-in {name} ({_where(ep)}) failed to import: {exc}") from exc
+    module, ep = _load(FAMILY_GROUP, name, "model family")
     if not isinstance(getattr(module, "DEFAULT_PARAMS", None), dict) or not callable(getattr(module, "build", None)):
         raise ConfigError(f"model family plug-in {name} ({_where(ep)}) must define DEFAULT_PARAMS (a dict) "
                           "and build(random_state, n_jobs, **overrides)")
@@ -105,13 +115,7 @@ def load_feature(name: str) -> Any:
     Raises:
         ConfigError: no such plug-in, it fails to import, or it is not callable.
     """
-    ep = _entry_points(FEATURE_GROUP).get(name)
-    if ep is None:
-        raise ConfigError(f"unknown feature {name!r}: no built-in feature and no plug-in of that name")
-    try:
-        function = ep.load()
-    except Exception as exc:  # noqa: BLE001 - any import error of a third-party package
-        raise ConfigError(f"feature plug-in {name} ({_where(ep)}) failed to import: {exc}") from exc
+    function, ep = _load(FEATURE_GROUP, name, "feature")
     if not callable(function):
         raise ConfigError(f"feature plug-in {name} ({_where(ep)}) is not a function of the candles")
     return function
