@@ -140,3 +140,13 @@ def trained_registry(tmp_path_factory, data_dir):
         assert run["decision"]["passed"], run["decision"]["summary"]
         versions.append(run["assembled"]["version"])
     return {"settings": settings, "versions": versions[:2], "eth_version": versions[2]}
+
+
+@pytest.fixture
+def reg(tmp_path):
+    """An empty model registry: SQLite records and artifacts under the test's own folder."""
+    from include.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "models", f"sqlite:///{tmp_path / 'registry.sqlite'}")
+    yield registry
+    registry.dispose()

@@ -34,13 +34,6 @@ def _candidate(tmp_path, name, strategy, symbol="BTCUSDT"):
     return d
 
 
-@pytest.fixture
-def reg(tmp_path):
-    registry = ModelRegistry(tmp_path / "models", f"sqlite:///{tmp_path / 'registry.sqlite'}")
-    yield registry
-    registry.dispose()
-
-
 def _register(reg, tmp_path, name, strategy, day, symbol="BTCUSDT"):
     return reg.register(_candidate(tmp_path, name, strategy, symbol), datetime(2023, 12, day, tzinfo=UTC))
 

@@ -12,7 +12,6 @@ from datetime import timedelta
 import joblib
 import numpy as np
 import pandas as pd
-import pytest
 from sklearn.dummy import DummyClassifier
 
 from include.gate import GatePolicy
@@ -48,13 +47,6 @@ def _register(reg: ModelRegistry, tmp_path, end: pd.Timestamp, oof: pd.DataFrame
     (folder / "metadata.json").write_text(json.dumps(lineage))
     reg.register(folder, end.to_pydatetime())
     return lineage
-
-
-@pytest.fixture
-def reg(tmp_path):
-    registry = ModelRegistry(tmp_path / "models", f"sqlite:///{tmp_path / 'registry.sqlite'}")
-    yield registry
-    registry.dispose()
 
 
 def test_the_shadow_record_is_the_weeks_before_the_candidate_from_earlier_candidates_each_bar_once(reg, tmp_path):
