@@ -2,7 +2,9 @@
 
 Tables (created by the Alembic migrations under ``include/data/migrations``; times are ms since
 the epoch, UTC): ``ohlcv``, ``funding_rate``, ``open_interest``, ``ohlcv_quarantine`` (candles
-refused at ingestion) and ``ohlcv_gap``. The model registry's tables live in the same database
+refused at ingestion), ``ohlcv_gap``, ``bar_validation`` (days that passed the expectation
+suites, :mod:`include.quality.ledger`) and ``feature_month`` (computed features by month,
+:func:`include.pipeline.data.feature_frame`). The model registry's tables live in the same database
 (:mod:`include.registry.schema`). :func:`migrate` brings a database to the latest revision.
 """
 
@@ -77,6 +79,34 @@ ohlcv_gap_table = sa.Table(
     sa.Column("missing_bars", sa.Integer, nullable=False),
     sa.Column("source", sa.String(256), nullable=False, comment="source that reported the gap"),
     sa.Column("recorded_at", sa.BigInteger, nullable=False, comment="ms since epoch UTC"),
+)
+
+bar_validation_table = sa.Table(
+    "bar_validation",
+    metadata,
+    sa.Column("series", sa.String(16), primary_key=True, comment="ohlcv, funding_rate or open_interest"),
+    sa.Column("exchange", sa.String(32), primary_key=True),
+    sa.Column("market_type", sa.String(16), primary_key=True, comment="'' for funding and open interest"),
+    sa.Column("symbol", sa.String(32), primary_key=True),
+    sa.Column("timeframe", sa.String(8), primary_key=True, comment="'' for funding and open interest"),
+    sa.Column("suite_sha", sa.String(64), primary_key=True, comment="sha256 of the suite's row checks"),
+    sa.Column("day_ts", sa.BigInteger, primary_key=True, comment="UTC day start, ms since epoch"),
+    sa.Column("digest", sa.String(64), primary_key=True, comment="sha256 of the day's validated rows"),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("run_key", sa.String(64), nullable=False, comment="data interval of the run that validated it"),
+    sa.Column("validated_at", sa.BigInteger, nullable=False, comment="ms since epoch UTC"),
+)
+
+feature_month_table = sa.Table(
+    "feature_month",
+    metadata,
+    *_candle_series_key(),
+    sa.Column("spec_sha", sa.String(64), primary_key=True, comment="sha256 of the feature spec"),
+    sa.Column("month_ts", sa.BigInteger, primary_key=True, comment="month start, ms since epoch UTC"),
+    sa.Column("inputs", sa.String(64), nullable=False, comment="sha256 of spec, feature code and input rows"),
+    sa.Column("frame", sa.LargeBinary, nullable=False, comment="the month's features as Parquet bytes"),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("written_at", sa.BigInteger, nullable=False, comment="ms since epoch UTC"),
 )
 
 #: Alembic version table of the market schema (distinct from Airflow's ``alembic_version``).

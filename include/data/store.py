@@ -40,6 +40,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from include.data.schema import (  # noqa: F401 - re-exported: the store is where callers look
     SCHEMA_VERSION_TABLE,
+    bar_validation_table,
+    feature_month_table,
     funding_table,
     metadata,
     migrate,
@@ -345,6 +347,84 @@ class MarketStore:
         with self._conn(conn) as c:
             c.execute(stmt, rows)
         return len(rows)
+
+    def record_validated_days(self, days: list[tuple[int, str, int]], *, series: str, exchange: str, symbol: str,
+                              market_type: str = "", timeframe: str = "", suite_sha: str,
+                              run_key: str) -> int:
+        """Record UTC days of one series whose rows passed the suite ``suite_sha`` (idempotent).
+
+        Args:
+            days: ``(day start ms since epoch UTC, sha256 of the day's rows, rows)`` per day
+                (:func:`include.quality.ledger.day_digests`).
+            series: ``ohlcv``, ``funding_rate`` or ``open_interest``; ``market_type`` and
+                ``timeframe`` name candles only.
+
+        Returns:
+            Number of days given.
+        """
+        if not days:
+            return 0
+        now = _bound_ms(datetime.now(UTC))
+        keys = {"series": series, "exchange": exchange, "market_type": market_type, "symbol": symbol,
+                "timeframe": timeframe, "suite_sha": suite_sha}
+        rows = [{**keys, "day_ts": int(day), "digest": digest, "rows": int(n), "run_key": run_key,
+                 "validated_at": now} for day, digest, n in days]
+        if self.backend == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        with self.engine.begin() as conn:
+            conn.execute(insert(bar_validation_table).on_conflict_do_nothing(), rows)
+        return len(rows)
+
+    def load_validated_days(self, *, series: str, exchange: str, symbol: str, market_type: str = "",
+                            timeframe: str = "", suite_sha: str, start: datetime,
+                            end: datetime) -> set[tuple[int, str]]:
+        """``(day start ms, digest)`` of the days in ``[start, end)`` recorded as passing ``suite_sha``
+        (:meth:`record_validated_days`); ``start`` is floored to its UTC day."""
+        t = bar_validation_table
+        first_day = _bound_ms(start) // 86_400_000 * 86_400_000
+        stmt = (sa.select(t.c.day_ts, t.c.digest)
+                .where(t.c.series == series, t.c.exchange == exchange, t.c.market_type == market_type,
+                       t.c.symbol == symbol, t.c.timeframe == timeframe, t.c.suite_sha == suite_sha,
+                       t.c.day_ts >= first_day, t.c.day_ts < _bound_ms(end)))
+        with self.engine.connect() as conn:
+            return {(int(day), str(digest)) for day, digest in conn.execute(stmt)}
+
+    def save_feature_months(self, months: dict[int, tuple[str, bytes, int]], *, exchange: str, market_type: str,
+                            symbol: str, timeframe: str, spec_sha: str) -> int:
+        """Store computed feature months of one series and spec, replacing what each month held.
+
+        Args:
+            months: ``{month start ms: (inputs digest, Parquet bytes, rows)}``.
+
+        Returns:
+            Number of months written.
+        """
+        if not months:
+            return 0
+        t = feature_month_table
+        keys = {"exchange": exchange, "market_type": market_type, "symbol": symbol, "timeframe": timeframe,
+                "spec_sha": spec_sha}
+        now = _bound_ms(datetime.now(UTC))
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(t).where(*(t.c[k] == v for k, v in keys.items()),
+                                            t.c.month_ts.in_([int(m) for m in months])))
+            conn.execute(sa.insert(t), [{**keys, "month_ts": int(m), "inputs": inputs, "frame": frame, "rows": int(n),
+                                         "written_at": now} for m, (inputs, frame, n) in months.items()])
+        return len(months)
+
+    def load_feature_months(self, *, exchange: str, market_type: str, symbol: str, timeframe: str, spec_sha: str,
+                            start: datetime, end: datetime) -> dict[int, tuple[str, bytes]]:
+        """Stored feature months of one series and spec with month start in ``[start, end)``:
+        ``{month start ms: (inputs digest, Parquet bytes)}`` (:meth:`save_feature_months`)."""
+        t = feature_month_table
+        stmt = (sa.select(t.c.month_ts, t.c.inputs, t.c.frame)
+                .where(t.c.exchange == exchange, t.c.market_type == market_type, t.c.symbol == symbol,
+                       t.c.timeframe == timeframe, t.c.spec_sha == spec_sha,
+                       t.c.month_ts >= _bound_ms(start), t.c.month_ts < _bound_ms(end)))
+        with self.engine.connect() as conn:
+            return {int(m): (str(inputs), bytes(frame)) for m, inputs, frame in conn.execute(stmt)}
 
     def load_gaps(self, *, exchange: str, market_type: str, symbol: str, timeframe: str) -> list[Gap]:
         """Recorded candle gaps of one series, oldest first."""

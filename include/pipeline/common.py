@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -19,8 +23,11 @@ from include.config import RunConfig, Settings
 from include.data.store import MarketStore
 from include.features import FeatureSpec
 from include.paths import check_name
+from include.registry.artifacts import atomic_write_json
 
 logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 FUNDING_LOOKBACK = timedelta(days=10)
 
@@ -244,3 +251,64 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 #: Files a market's run leaves for the universe summary; removed when the run starts again.
 SUMMARY_FILE, SKIPPED_FILE = "summary.json", "skipped.json"
+
+#: Folder of a run's step timings, one JSON file per step (:func:`timed_step`).
+STEP_TIMES_DIR = "step_times"
+
+
+def timed_step(name: str, *, part: str | None = None) -> Callable[[F], F]:
+    """Record the wall and CPU seconds of a pipeline step in its run folder.
+
+    The decorated function must take an ``out_dir`` argument (the run folder). Each call writes
+    ``<out_dir>/step_times/<name>[.<part>].json``: ``{"step", "wall_s", "cpu_s", "ok"}``, where
+    ``cpu_s`` is this process's CPU time over the step (all its threads: steps that run side by
+    side in one process, as ``run_once`` trains the families, count each other's) and ``ok`` is
+    false when the step raised.
+    One file per step, so the DAG's parallel tasks (one per model family) never write the same
+    file; :func:`step_times` collects them for the run's summary and report.
+
+    Args:
+        name: the step's name in the summary (``validate``, ``train``, ...).
+        part: name of an argument whose value qualifies the step (``family`` for ``train``).
+    """
+    def wrap(fn: F) -> F:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            label = name if part is None else f"{name}.{bound.arguments[part]}"
+            wall, cpu, ok = time.perf_counter(), time.process_time(), False
+            try:
+                result = fn(*args, **kwargs)
+                ok = True
+                return result
+            finally:
+                if bound.arguments.get("out_dir") is not None:
+                    _record_step_time(Path(bound.arguments["out_dir"]), label, time.perf_counter() - wall,
+                                      time.process_time() - cpu, ok)
+        return timed  # type: ignore[return-value]
+    return wrap
+
+
+def _record_step_time(out_dir: Path, label: str, wall_s: float, cpu_s: float, ok: bool) -> None:
+    folder = out_dir / STEP_TIMES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / f"{label}.json",
+                      {"step": label, "wall_s": round(wall_s, 4), "cpu_s": round(cpu_s, 4), "ok": ok})
+
+
+def step_times(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """The step timings a run recorded (:func:`timed_step`), by step, in the order they ran."""
+    folder = Path(out_dir) / STEP_TIMES_DIR
+    if not folder.is_dir():
+        return {}
+    records = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+    ordered = sorted(records, key=lambda r: STEP_ORDER.index(r["step"].split(".")[0])
+                     if r["step"].split(".")[0] in STEP_ORDER else len(STEP_ORDER))
+    return {r["step"]: {k: r[k] for k in ("wall_s", "cpu_s", "ok")} for r in ordered}
+
+
+#: The order of a weekly run's steps, for :func:`step_times`.
+STEP_ORDER = ("ingest", "validate", "features", "labels", "train", "assemble", "trading", "gate", "promote",
+              "report")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import io
+import json
 import logging
 import shutil
 from dataclasses import asdict
@@ -10,6 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from include.config import RunConfig, Settings
@@ -30,6 +35,7 @@ from include.pipeline.common import (
     month_start,
     open_store,
     schedule_end_on_or_after,
+    timed_step,
     warmup,
     write_parquet,
 )
@@ -125,6 +131,7 @@ def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None
                      window.run_key, window.source, requested_train_start=window.train_start)
 
 
+@timed_step("ingest")
 def ingest(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path | None = None) -> dict[str, Any]:
     """Bring the store's OHLCV, funding and open interest up to the run's ``interval_end``.
 
@@ -197,6 +204,7 @@ def quarantine_suite(refused: pd.DataFrame) -> dict[str, Any]:
             "failed": failures}
 
 
+@timed_step("validate")
 def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
     """Run the expectation suites over every bar the features read; write ``validation.json``.
 
@@ -207,13 +215,23 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     ``trained_until`` is true. Great Expectations renders the suites and their results as Data
     Docs in ``data_docs/`` of the run folder, which the run's report and a failure's message name.
 
+    Each bar is validated once per suite version: the row checks run only on days of the window
+    that the store's ``bar_validation`` records do not show as passed with the same rows
+    (:mod:`include.quality.ledger`); the window's checks (row count, gaps, the end of the data,
+    quarantined bars) run on the whole window every time. When anything fails, the whole window
+    is validated from scratch, so the report lists every failure as a first run would. After a
+    pass, the window's days are recorded.
+
     Returns:
-        ``{"success": True, "rows": {...}, "report": path, "data_docs": index page}``.
+        ``{"success": True, "rows": {...}, "validated_rows": {...}, "report": path, "data_docs":
+        index page}``; ``rows`` per suite is the window's, ``validated_rows`` what the row checks
+        ran on.
 
     Raises:
         DataQualityError: any expectation failed; the message lists each failure with examples.
     """
-    from include.quality.suites import SuiteLimits, format_failures, run_suites
+    from include.quality.ledger import day_digests, validated_rows
+    from include.quality.suites import SuiteLimits, format_failures, run_suites, suite_versions
 
     start, end = window.ts("ingest_start"), window.ts("interval_end")
     store = open_store(settings)
@@ -227,26 +245,44 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         refused = store.load_quarantine(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
         gaps = store.load_gaps(exchange=cfg.exchange, market_type=cfg.market_type, symbol=cfg.symbol,
                                timeframe=cfg.timeframe)
+        bar = timedelta(seconds=cfg.bar_seconds)
+        last_close = (ohlcv["timestamp"].iloc[-1] + bar) if len(ohlcv) else pd.Timestamp(start)
+        # Bars at the window's end that the exchange itself does not have: not expected in the data.
+        tail_gap = sum(max(0, int((min(g.end, pd.Timestamp(end)) - max(g.start, last_close)) // bar)) for g in gaps)
+        limits = SuiteLimits(
+            bar_seconds=cfg.bar_seconds,
+            expected_bars=int((end - start).total_seconds() // cfg.bar_seconds),
+            min_row_share=cfg.min_row_share, max_gap_share=cfg.max_gap_share, max_gap_bars=cfg.max_gap_bars,
+            max_abs_funding_rate=cfg.max_abs_funding_rate, funding_interval_hours=cfg.funding_interval_hours,
+            window_start=pd.Timestamp(start), window_end=pd.Timestamp(end), exchange_gap_bars_at_end=tail_gap,
+        )
+        # Each bar is validated once per suite version: days recorded as passed with the same rows
+        # are not checked row by row again (include.quality.ledger).
+        versions = suite_versions(limits)
+        frames = {name: frame for name, frame in (("ohlcv", ohlcv), ("funding_rate", funding), ("open_interest", oi))
+                  if frame is not None and not frame.empty}
+        where = {name: {"series": name, "exchange": cfg.exchange, "symbol": cfg.symbol, "suite_sha": versions[name],
+                        **({"market_type": cfg.market_type, "timeframe": cfg.timeframe} if name == "ohlcv" else {})}
+                 for name in frames}
+        recorded = {name: store.load_validated_days(**where[name], start=start, end=end) for name in frames}
+        # Great Expectations' Data Docs of this validation, in the run folder (replaced on a re-run).
+        docs = out_dir / "data_docs"
+        shutil.rmtree(docs, ignore_errors=True)
+        report = run_suites(ohlcv, funding, oi, limits, docs_dir=docs,
+                            validated={name: validated_rows(frame, recorded[name]) for name, frame in frames.items()})
+        if not report["success"] and report["incremental"]:
+            # Bad data: validated from scratch, so the report names every failure as a first run would.
+            shutil.rmtree(docs, ignore_errors=True)
+            report = run_suites(ohlcv, funding, oi, limits, docs_dir=docs)
+        if len(refused):
+            report["suites"].insert(0, quarantine_suite(refused))
+            report["success"] = False
+        if report["success"]:
+            for name, frame in frames.items():
+                store.record_validated_days([d for d in day_digests(frame) if d[:2] not in recorded[name]],
+                                            **where[name], run_key=window.run_key)
     finally:
         store.dispose()
-    bar = timedelta(seconds=cfg.bar_seconds)
-    last_close = (ohlcv["timestamp"].iloc[-1] + bar) if len(ohlcv) else pd.Timestamp(start)
-    # Bars at the window's end that the exchange itself does not have: not expected in the data.
-    tail_gap = sum(max(0, int((min(g.end, pd.Timestamp(end)) - max(g.start, last_close)) // bar)) for g in gaps)
-    limits = SuiteLimits(
-        bar_seconds=cfg.bar_seconds,
-        expected_bars=int((end - start).total_seconds() // cfg.bar_seconds),
-        min_row_share=cfg.min_row_share, max_gap_share=cfg.max_gap_share, max_gap_bars=cfg.max_gap_bars,
-        max_abs_funding_rate=cfg.max_abs_funding_rate, funding_interval_hours=cfg.funding_interval_hours,
-        window_start=pd.Timestamp(start), window_end=pd.Timestamp(end), exchange_gap_bars_at_end=tail_gap,
-    )
-    # Great Expectations' Data Docs of this validation, in the run folder (replaced on a re-run).
-    docs = out_dir / "data_docs"
-    shutil.rmtree(docs, ignore_errors=True)
-    report = run_suites(ohlcv, funding, oi, limits, docs_dir=docs)
-    if len(refused):
-        report["suites"].insert(0, quarantine_suite(refused))
-        report["success"] = False
     report["window"] = {"start": start.isoformat(), "end": end.isoformat()}
     path = out_dir / "validation.json"
     atomic_write_json(path, report)
@@ -259,12 +295,42 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
             f"market data for {cfg.model_name} [{start:%Y-%m-%dT%H:%MZ}, {end:%Y-%m-%dT%H:%MZ}) failed {failed} "
             f"expectation(s) ({held}); report {path}; Data Docs {report['data_docs']}:\n{format_failures(report)}",
             report, str(path))
-    logger.info("validation passed: %s; Data Docs %s", rows, report["data_docs"])
-    return {"success": True, "rows": rows, "report": str(path), "data_docs": report["data_docs"]}
+    checked = {s["suite"]: s.get("validated_rows", s["rows"]) for s in report["suites"]}
+    logger.info("validation passed: %s rows in the window; row checks ran on %s (the other days passed before); "
+                "Data Docs %s", rows, checked, report["data_docs"])
+    return {"success": True, "rows": rows, "validated_rows": checked, "report": str(path),
+            "data_docs": report["data_docs"]}
 
 # -- 3. features -----------------------------------------------------------------------------
+@functools.cache
+def feature_code_digest() -> str:
+    """SHA-256 of the feature code (``include/features.py``) and the versions of the libraries it
+    computes with (TA-Lib, NumPy, pandas): part of every stored feature month's key."""
+    import talib
+
+    h = hashlib.sha256((Path(__file__).resolve().parents[1] / "features.py").read_bytes())
+    h.update(f"talib {talib.__version__} numpy {np.__version__} pandas {pd.__version__}".encode())
+    return h.hexdigest()
+
+
+def feature_inputs_digest(spec: FeatureSpec, month: datetime, pad: timedelta,
+                          inputs: tuple[pd.DataFrame | None, ...]) -> str:
+    """Key of one computed feature month: SHA-256 of the spec, the feature code
+    (:func:`feature_code_digest`), the month, the padding and every value of the input rows
+    (candles, funding, open interest; :func:`pandas.util.hash_pandas_object`)."""
+    h = hashlib.sha256(json.dumps({"spec": spec.sha256, "code": feature_code_digest(), "month": month.isoformat(),
+                                   "pad_s": pad.total_seconds()}).encode())
+    for frame in inputs:
+        if frame is None:
+            h.update(b"\0none")
+            continue
+        h.update("\x1f".join(map(str, frame.columns)).encode())
+        h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
 def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: datetime,
-                  end: datetime) -> pd.DataFrame:
+                  end: datetime, *, reuse: bool = False) -> pd.DataFrame:
     """Features for bars with open time in ``[start, end)`` from the store, per ``spec``.
 
     Features are computed per calendar month: the bars of month ``m`` from the bars in
@@ -276,10 +342,17 @@ def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: 
     differently from different starts; this is what makes consecutive weekly runs' rows
     identical, so :mod:`include.training.fit_cache` recognises a fold it has fitted before.
 
+    With ``reuse``, each month is computed once: a month stored in the market database
+    (``feature_month``) under the same key (:func:`feature_inputs_digest`: spec, feature code,
+    exact input rows) is read back, bit for bit what computing it gives; a computed month is
+    stored, replacing that month's earlier entry. Specs with plug-in features are always
+    computed (a plug-in's code is not part of the key).
+
     Args:
         cfg: names the market (exchange, symbol, market type, timeframe).
         spec: the features.
         start, end: UTC bounds of the bars wanted.
+        reuse: read and store computed months (the weekly run's features step).
 
     Returns:
         ``(n_bars, len(spec.names))`` frame indexed by bar open time, columns in spec order.
@@ -291,6 +364,10 @@ def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: 
     funding = (store.load_funding_rates(start=read_from - FUNDING_LOOKBACK, end=end, **key)
                if set(spec.names) & set(FUNDING_FEATURES) else None)
     oi = store.load_open_interest(start=read_from - timedelta(days=2), end=end, **key)
+    series = {"market_type": cfg.market_type, "timeframe": cfg.timeframe, "spec_sha": spec.sha256, **key}
+    reuse = reuse and not spec.params.get("plugins")
+    stored = store.load_feature_months(start=month_start(start), end=end, **series) if reuse else {}
+    computed: dict[int, tuple[str, bytes, int]] = {}
     parts = []
     month = month_start(start)
     while month < end:
@@ -302,9 +379,22 @@ def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: 
                            funding[(funding["timestamp"] >= seg_from - FUNDING_LOOKBACK)
                                    & (funding["timestamp"] < following)])
             seg_oi = oi[(oi["timestamp"] >= seg_from - timedelta(days=2)) & (oi["timestamp"] < following)]
-            frame = build_features(bars, spec, seg_funding, seg_oi)
-            parts.append(frame[(frame.index >= pd.Timestamp(max(month, start))) & (frame.index < pd.Timestamp(following))])
+            month_ms = int(pd.Timestamp(month).value // 1_000_000)
+            inputs = feature_inputs_digest(spec, month, pad, (bars, seg_funding, seg_oi)) if reuse else None
+            hit = stored.get(month_ms)
+            if hit is not None and hit[0] == inputs:
+                frame = pd.read_parquet(io.BytesIO(hit[1]))
+            else:
+                frame = build_features(bars, spec, seg_funding, seg_oi)
+                frame = frame[(frame.index >= pd.Timestamp(month)) & (frame.index < pd.Timestamp(following))]
+                if reuse:
+                    buffer = io.BytesIO()
+                    frame.to_parquet(buffer)
+                    computed[month_ms] = (inputs, buffer.getvalue(), len(frame))
+            parts.append(frame[frame.index >= pd.Timestamp(max(month, start))])
         month = following
+    if computed:
+        store.save_feature_months(computed, **series)
     if not parts:
         return build_features(ohlcv, spec, funding, oi)  # no bars: the empty frame with its columns
     return pd.concat(parts)
@@ -315,6 +405,7 @@ def features_start(cfg: RunConfig, window: RunWindow) -> datetime:
     return window.ts("train_start") - warmup(cfg)
 
 
+@timed_step("features")
 def features(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
     """Compute features for the ingest window; write ``features.parquet`` and ``feature_spec.json``.
 
@@ -333,7 +424,7 @@ def features(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         # Funding features for perpetuals only: a spot market pays no funding.
         spec = FeatureSpec.default(funding=cfg.market_type == "perp", open_interest=use_oi,
                                    extra=cfg.extra_features)
-        frame = feature_frame(store, cfg, spec, features_start(cfg, window), end)
+        frame = feature_frame(store, cfg, spec, features_start(cfg, window), end, reuse=True)
         if "close" not in frame.columns:
             bars = store.load_ohlcv(exchange=cfg.exchange, symbol=cfg.symbol, market_type=cfg.market_type,
                                     timeframe=cfg.timeframe, start=features_start(cfg, window), end=end)
@@ -350,6 +441,7 @@ def features(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     return out
 
 # -- 4. labels -------------------------------------------------------------------------------
+@timed_step("labels")
 def labels(cfg: RunConfig, window: RunWindow, out_dir: Path) -> dict[str, Any]:
     """Label the training window and write the modelling table ``dataset.parquet``.
 

@@ -18,7 +18,7 @@ from include.config import RunConfig, Settings
 from include.errors import ConfigError, GateError, PipelineError, TrainingError
 from include.features import FeatureSpec
 from include.gate import GatePolicy, decide, instant
-from include.pipeline.common import RunWindow, json_safe, open_store, write_parquet
+from include.pipeline.common import RunWindow, json_safe, open_store, timed_step, write_parquet
 from include.pipeline.data import feature_frame, features_start
 from include.registry import (
     PRODUCTION,
@@ -159,6 +159,7 @@ def market_frames(cfg: RunConfig, settings: Settings, start: datetime,
     return bars, funding
 
 
+@timed_step("trading")
 def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
     """Trade the ensemble's out-of-fold forecasts and the baselines; write ``trading.json``.
 
@@ -552,6 +553,7 @@ def deflated_sharpe_of(strategy: dict[str, Any], earlier: list[float], bar_secon
             "expected_max_sharpe": expected_max_sharpe(n_trials, variance), "sharpe_per_bar": sharpe}
 
 
+@timed_step("gate")
 def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
          assembled: dict[str, Any], trading: dict[str, Any] | None = None,
          request: dict[str, Any] | None = None) -> dict[str, Any]:

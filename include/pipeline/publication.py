@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from include.config import RunConfig, Settings
-from include.pipeline.common import SKIPPED_FILE, SUMMARY_FILE, RunWindow, json_safe, resolve_window, staged_run_dir
+from include.pipeline.common import (
+    SKIPPED_FILE,
+    SUMMARY_FILE,
+    RunWindow,
+    json_safe,
+    resolve_window,
+    staged_run_dir,
+    step_times,
+    timed_step,
+)
 from include.pipeline.data import features, ingest, labels, validate
 from include.pipeline.decision import act, gate, simulate_trading
 from include.pipeline.training import assemble, train
@@ -17,9 +27,11 @@ from include.registry import (
     ModelRegistry,
     atomic_write_json,
 )
+from include.resources import training_slots
 
 logger = logging.getLogger(__name__)
 
+@timed_step("report")
 def summarise(settings: Settings, cfg: RunConfig, out_dir: Path, window: RunWindow,
               parts: dict[str, Any], *, dag_id: str | None = None) -> dict[str, Any]:
     """Write one market's ``summary.json`` and HTML report.
@@ -39,7 +51,7 @@ def summarise(settings: Settings, cfg: RunConfig, out_dir: Path, window: RunWind
     pointer = registry.production(cfg.model_name)
     registry.dispose()
     summary = json_safe({"model": cfg.model_name, "window": asdict(window), **parts,
-                         "production": pointer.version if pointer else None})
+                         "production": pointer.version if pointer else None, "step_times": step_times(out_dir)})
     shown = (run_location(settings, dag_id, cfg.model_name, window) if dag_id and is_remote(settings.runs_dir)
              else out_dir)
     report = shown / build_report(out_dir, summary).name
@@ -281,7 +293,8 @@ def run_once(cfg: RunConfig, settings: Settings, *, dag_id: str, run_id: str,
     """Every step of one market's weekly run in order, in this process, without a scheduler.
 
     The same functions the DAG's tasks call, with the same inputs; for benchmarks, the gate's
-    multi-week record and tests that need a real registry. (The DAG adds what only Airflow
+    multi-week record and tests that need a real registry. The model families train side by
+    side, :func:`~include.resources.training_slots` at a time, as the DAG's training pool runs them. (The DAG adds what only Airflow
     gives: retries, alerts, the approval step, the wait for earlier runs, markets in parallel.)
 
     Returns:
@@ -298,7 +311,10 @@ def run_once(cfg: RunConfig, settings: Settings, *, dag_id: str, run_id: str,
         validation = validate(cfg, window, settings, out)
         feature_info = features(cfg, window, settings, out)
         dataset = labels(cfg, window, out)
-        trained = [train(cfg, window, out, family, settings) for family in cfg.models]
+        # The families side by side, as many at a time as the DAG's training pool runs
+        # (include.resources): each fit uses its share of the cores.
+        with ThreadPoolExecutor(max_workers=max(1, min(len(cfg.models), training_slots()))) as pool:
+            trained = list(pool.map(lambda family: train(cfg, window, out, family, settings), cfg.models))
         assembled = assemble(cfg, window, settings, out, trained, dag_id=dag_id, run_id=run_id)
         trading = simulate_trading(cfg, window, settings, out)
         decision = gate(cfg, window, settings, out, assembled, trading)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from include.config import RunConfig, Settings
 from include.errors import TrainingError
-from include.pipeline.common import RunWindow, write_parquet
+from include.pipeline.common import RunWindow, timed_step, write_parquet
 from include.registry import (
     CHALLENGER,
     OOF_FILE,
@@ -119,6 +119,7 @@ def _replace_dir(tmp: Path, target: Path) -> None:
         shutil.rmtree(target)
     os.rename(tmp, target)
 
+@timed_step("train", part="family")
 def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str,
           settings: Settings | None = None) -> dict[str, Any]:
     """Cross-validate one family with purged walk-forward folds (one per data interval), then
@@ -258,6 +259,7 @@ def _trading_inputs(cfg: RunConfig, out_dir: Path, oof_frame: pd.DataFrame, inde
     return class_moves(y[final_rows], move_rows[final_rows])
 
 
+@timed_step("assemble")
 def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
              trained: list[dict[str, Any]], *, dag_id: str, run_id: str,
              logical_date: str | None = None) -> dict[str, Any]:

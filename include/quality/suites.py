@@ -91,11 +91,17 @@ def _funding_frame(df: pd.DataFrame, interval_h: int) -> pd.DataFrame:
     return out
 
 
-def _ohlcv_expectations(gxe: Any, limits: SuiteLimits) -> list[Any]:
+def min_rows(limits: SuiteLimits) -> int:
+    """Least candles the window must hold: ``min_row_share`` of its expected bars, at least 1."""
+    return max(1, int(np.ceil(limits.min_row_share * limits.expected_bars)))
+
+
+def _ohlcv_expectations(gxe: Any, limits: SuiteLimits, row_floor: int | None = None) -> list[Any]:
+    """The candle suite; ``row_floor`` replaces :func:`min_rows` in the row-count check (a subset
+    of the window whose row count was checked on the whole window)."""
     cols = ["timestamp", "open", "high", "low", "close", "volume"]
     exps: list[Any] = [
-        gxe.ExpectTableRowCountToBeBetween(
-            min_value=max(1, int(np.ceil(limits.min_row_share * limits.expected_bars)))),
+        gxe.ExpectTableRowCountToBeBetween(min_value=min_rows(limits) if row_floor is None else row_floor),
         gxe.ExpectTableColumnsToMatchSet(
             column_set=cols + ["grid_offset_s", "missing_bars_before", "missing_bars_after"], exact_match=True),
     ]
@@ -150,6 +156,58 @@ def _open_interest_expectations(gxe: Any) -> list[Any]:
         gxe.ExpectColumnValuesToBeIncreasing(column="timestamp", strictly=True),
         gxe.ExpectColumnValuesToBeBetween(column="open_interest", min_value=0, strict_min=True),
     ]
+
+
+#: Derived columns of the whole window's checks: evaluated on every run, never recorded per bar.
+WINDOW_COLUMNS = ("missing_bars_before", "missing_bars_after")
+
+
+def _is_row_check(expectation: Any) -> bool:
+    """Whether an expectation checks rows one by one (or each against its predecessor), so that
+    a row that passed it once passes it again: not the row count, not the window's gaps."""
+    config = expectation.configuration
+    return (config.type != "expect_table_row_count_to_be_between"
+            and config.kwargs.get("column") not in WINDOW_COLUMNS)
+
+
+def suite_versions(limits: SuiteLimits) -> dict[str, str]:
+    """The version of each suite's row checks: sha256 of their types and arguments, with the
+    Great Expectations version. Recorded with each validated day (:mod:`include.quality.ledger`),
+    so that a changed check (a new bound, a new expectation, a library upgrade) validates every
+    bar again.
+
+    Returns:
+        ``{"ohlcv": sha, "funding_rate": sha, "open_interest": sha}``.
+    """
+    import hashlib
+    import json
+
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    suites = {"ohlcv": _ohlcv_expectations(gxe, limits), "funding_rate": _funding_expectations(gxe, limits),
+              "open_interest": _open_interest_expectations(gxe)}
+    out = {}
+    for name, expectations in suites.items():
+        checks = [e.configuration.to_json_dict() for e in expectations if _is_row_check(e)]
+        payload = json.dumps({"great_expectations": gx.__version__, "suite": name, "checks": checks},
+                             sort_keys=True, default=str)
+        out[name] = hashlib.sha256(payload.encode()).hexdigest()
+    return out
+
+
+def _window_rows(name: str, frame: pd.DataFrame, limits: SuiteLimits) -> np.ndarray:
+    """Rows of a derived frame that the window's checks read: the first and the last row, and
+    each row that follows a gap (candles) or an off-cadence step (funding). Kept in a subset, they
+    make the subset's gap sum, largest gap and end of data those of the whole window."""
+    keep = np.zeros(len(frame), dtype=bool)
+    if len(frame):
+        keep[[0, -1]] = True
+    if name == "ohlcv":
+        keep |= (frame["missing_bars_before"] > 0).to_numpy() | (frame["missing_bars_after"] > 0).to_numpy()
+    elif name == "funding_rate":
+        keep |= (frame["step_hours"] != float(limits.funding_interval_hours)).to_numpy()
+    return keep
 
 
 def _summarise(suite: str, result: Any, frame: pd.DataFrame) -> dict[str, Any]:
@@ -233,7 +291,8 @@ def _jsonable(v: Any) -> Any:
 
 
 def run_suites(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest: pd.DataFrame | None,
-               limits: SuiteLimits, docs_dir: Path | None = None) -> dict[str, Any]:
+               limits: SuiteLimits, docs_dir: Path | None = None,
+               validated: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Validate one window of market data with Great Expectations.
 
     Args:
@@ -241,20 +300,30 @@ def run_suites(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest:
         funding: funding settlements of the window, or ``None`` to skip the funding suite.
         open_interest: daily open interest, or ``None``/empty to skip its suite.
         limits: thresholds.
-        docs_dir: when given, each suite runs through a Great Expectations checkpoint whose
-            ``UpdateDataDocsAction`` renders the suites and their validation results as Data
+        docs_dir: when given, each suite runs through a Great Expectations checkpoint, and the
+            site is built once for all of them: the suites and their validation results as Data
             Docs there (``index.html``).
+        validated: per suite (``ohlcv``, ``funding_rate``, ``open_interest``), a boolean mask
+            over that frame's rows that passed the same row checks before
+            (:func:`include.quality.ledger.validated_rows`). The suite then runs on the other
+            rows plus those the window's checks read (:func:`_window_rows`), with the derived gap
+            columns computed on the whole window, so the gap and end-of-data checks see the whole
+            window; the row count is checked on the whole window first (fewer rows than
+            :func:`min_rows`: the whole window is validated).
 
     Returns:
-        ``{"success": bool, "suites": [per-suite summary]}``, plus ``data_docs`` (the index
-        page) with ``docs_dir``; each summary lists every failed expectation with its type,
-        arguments, observed value and up to five example rows.
+        ``{"success": bool, "incremental": bool, "suites": [per-suite summary]}``, plus
+        ``data_docs`` (the index page) with ``docs_dir``; each summary gives the window's
+        ``rows``, the ``validated_rows`` the suite ran on, and every failed expectation with its
+        type, arguments, observed value and up to five example rows. ``incremental`` is true when
+        a suite ran on a subset.
     """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     quiet_great_expectations()
     import great_expectations as gx
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -263,16 +332,25 @@ def run_suites(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest:
             "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)}})
     source = context.data_sources.add_pandas("market")
-    plan = [("ohlcv", _ohlcv_frame(ohlcv, limits), _ohlcv_expectations(gxe, limits))]
+    done = dict(validated or {})
+    if len(ohlcv) < min_rows(limits):
+        done.pop("ohlcv", None)  # too few rows: the whole window's row-count failure, as from scratch
+    subset_floor = 1 if done.get("ohlcv") is not None and done["ohlcv"].any() else None
+    plan = [("ohlcv", _ohlcv_frame(ohlcv, limits), _ohlcv_expectations(gxe, limits, subset_floor))]
     if funding is not None:
         plan.append(("funding_rate", _funding_frame(funding, limits.funding_interval_hours),
                      _funding_expectations(gxe, limits)))
     if open_interest is not None and not open_interest.empty:
         plan.append(("open_interest", open_interest.copy(), _open_interest_expectations(gxe)))
 
-    summaries = []
+    summaries, incremental, rendered = [], False, []
     for name, frame, expectations in plan:
         frame = frame.reset_index(drop=True)
+        window_rows = len(frame)
+        mask = done.get(name)
+        if mask is not None and mask.any():
+            frame = frame[~mask | _window_rows(name, frame, limits)].reset_index(drop=True)
+            incremental = True
         asset = source.add_dataframe_asset(name=name)
         batch_def = asset.add_batch_definition_whole_dataframe(f"{name}_window")
         # Built whole and stored once (adding expectations one by one rewrites the stored suite each time).
@@ -283,20 +361,20 @@ def run_suites(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest:
             result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(
                 suite, result_format=result_format)
         else:
-            from great_expectations.checkpoint import UpdateDataDocsAction
-
             definition = context.validation_definitions.add(
                 gx.ValidationDefinition(data=batch_def, suite=suite, name=f"{name}_validation"))
             checkpoint = context.checkpoints.add(gx.Checkpoint(
-                name=f"{name}_checkpoint", validation_definitions=[definition], result_format=result_format,
-                actions=[UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])]))
-            result = next(iter(checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values()))
-        summary = _summarise(name, result, frame)
-        logger.info("suite %s on %d rows: %d expectations, %d failed", name, len(frame),
-                    summary["evaluated"], len(summary["failed"]))
+                name=f"{name}_checkpoint", validation_definitions=[definition], result_format=result_format))
+            identifier, result = next(iter(checkpoint.run(batch_parameters={"dataframe": frame}).run_results.items()))
+            rendered += [identifier, ExpectationSuiteIdentifier(name=suite.name)]
+        summary = {**_summarise(name, result, frame), "rows": window_rows, "validated_rows": int(len(frame))}
+        logger.info("suite %s on %d of the window's %d rows: %d expectations, %d failed", name, len(frame),
+                    window_rows, summary["evaluated"], len(summary["failed"]))
         summaries.append(summary)
-    out = {"success": all(s["success"] for s in summaries), "suites": summaries}
+    out = {"success": all(s["success"] for s in summaries), "incremental": incremental, "suites": summaries}
     if docs_dir is not None:
+        # One build of the site for all suites (what UpdateDataDocsAction does for one result).
+        context.build_data_docs(site_names=[DOCS_SITE], resource_identifiers=rendered, build_index=True)
         out["data_docs"] = str(docs_dir / "index.html")
     return out
 

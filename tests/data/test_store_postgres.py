@@ -34,7 +34,7 @@ def test_migrations_build_exactly_the_schema_the_store_queries(backend, pg_url, 
 
     url = pg_url if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.sqlite'}"
     store = MarketStore(url)
-    assert store.schema_revision == "0011"
+    assert store.schema_revision == "0013"
     with store.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": SCHEMA_VERSION_TABLE})
         # The migrated database holds the market series, the model registry, the monitoring, the
@@ -54,7 +54,7 @@ def test_migrations_build_exactly_the_schema_the_store_queries(backend, pg_url, 
             "model_alias_event", "prediction_log", "monitor_report", "fit_cache_entry", "hyperparameter_set",
             "batch_outcome", "task_try_fence", "smoke_test", SCHEMA_VERSION_TABLE} <= tables
     assert "alembic_version" not in tables  # Airflow's own version table name stays free
-    assert migrate(store.engine) == "0011"  # re-opening is a no-op
+    assert migrate(store.engine) == "0013"  # re-opening is a no-op
     store.dispose()
 
 
@@ -73,7 +73,7 @@ def test_concurrent_first_opens_migrate_once(pg_url):
         t.start()
     for t in threads:
         t.join()
-    assert errors == [] and results == ["0011"] * 4
+    assert errors == [] and results == ["0013"] * 4
     for e in engines:
         e.dispose()
 
