@@ -9,6 +9,7 @@ removed, so both sides read the same bars.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from datetime import UTC, datetime
@@ -63,10 +64,8 @@ def _validate(cfg: RunConfig, settings: Settings, window: RunWindow | None = Non
     validation report (also when it fails)."""
     window = window or _ingest(cfg, settings)
     out = run_dir(settings, "weekly_retrain", cfg.model_name, window)
-    try:
+    with contextlib.suppress(DataQualityError):
         validate(cfg, window, settings, out)
-    except DataQualityError:
-        pass
     return json.loads((out / "validation.json").read_text()), window
 
 
