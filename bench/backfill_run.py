@@ -2,7 +2,7 @@
 
 Starts the deployment as local processes (:class:`tests.cluster.LocalAirflow`: scheduler,
 the deployment's preloading LocalExecutor, api-server, dag-processor on PostgreSQL), backfills N weekly windows (default
-52, logical dates 2023-01-01 onward, the bundled data) with ``--max-active-runs 1`` and the run
+52, logical dates 2023-01-01 onward, the bundled data) with ``--max-active-runs 1`` (``--max-active-runs``) and the run
 conf given (default: none, i.e. the default parameters: 730-day window, 6 folds, three
 families, every market of the universe), and reports:
 
@@ -84,7 +84,29 @@ def component_cpu(airflow: LocalAirflow) -> dict[str, float]:
     return out
 
 
-def main(weeks: int, conf: dict[str, Any], first: date) -> None:
+def decisions(market_url: str) -> dict[str, list[list[Any]]]:
+    """Per registered model, each version registered (oldest first) with what the weekly run did
+    with it: ``[version, manifest sha256, alias events naming it as candidate]``. Two backfills
+    that decided the same have the same lists."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(market_url)
+    try:
+        with engine.connect() as conn:
+            events: dict[tuple[str, str], list[str]] = defaultdict(list)
+            for model, candidate, event in conn.execute(sa.text(
+                    "SELECT model, candidate, event FROM model_alias_event WHERE candidate IS NOT NULL ORDER BY id")):
+                events[(model, candidate)].append(event)
+            out: dict[str, list[list[Any]]] = defaultdict(list)
+            for model, version, sha in conn.execute(sa.text(
+                    "SELECT model, version, manifest_sha256 FROM model_version ORDER BY model, interval_end")):
+                out[model].append([version, sha, events.get((model, version), [])])
+    finally:
+        engine.dispose()
+    return dict(out)
+
+
+def main(weeks: int, conf: dict[str, Any], first: date, max_active_runs: int = 1) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
     meta, market = create_pg_database("bench_meta"), create_pg_database("bench_market")
     # As make airflow runs it (include/deployment): the scheduler's idle pause.
@@ -97,24 +119,26 @@ def main(weeks: int, conf: dict[str, Any], first: date) -> None:
             airflow.wait_for_dag("weekly_retrain")
             started = time.perf_counter()
             airflow.airflow("backfill", "create", "--dag-id", "weekly_retrain", "--from-date", str(first),
-                            "--to-date", str(last), "--max-active-runs", "1",
+                            "--to-date", str(last), "--max-active-runs", str(max_active_runs),
                             *(["--dag-run-conf", json.dumps(conf)] if conf else []))
             runs = airflow.wait_for_runs("weekly_retrain", weeks, timeout=6 * 3600, run_type="backfill")
             done = time.perf_counter()
             components = component_cpu(airflow)
             tasks, idle = profile(airflow, runs)
+        decided = decisions(market)
     finally:
         drop_pg_database(meta)
         drop_pg_database(market)
     per_run = [round((r["end_date"] - r["start_date"]).total_seconds(), 1) for r in runs]
     print(json.dumps({
         "benchmark": "backfill_local_executor", "weeks": weeks, "first": str(first), "conf": conf,
+        "max_active_runs": max_active_runs,
         "states": sorted({r["state"] for r in runs}), "failed": [r["run_id"] for r in runs if r["state"] != "success"],
         "per_run_s": per_run, "mean_run_s": round(sum(per_run) / len(per_run), 1),
         "total_s": round(done - started, 1), "total_min": round((done - started) / 60, 1),
         "deployment_start_s": round(started - t0, 1),
         "idle_s_per_run": round(sum(idle) / len(idle), 1),
-        "component_cpu_s": components, "profile": tasks,
+        "component_cpu_s": components, "profile": tasks, "decisions": decided,
     }))
 
 
@@ -123,5 +147,6 @@ if __name__ == "__main__":
     parser.add_argument("weeks", nargs="?", type=int, default=52)
     parser.add_argument("--conf", default="{}", help="run conf JSON (default: none = default parameters)")
     parser.add_argument("--first", default="2023-01-01", help="first logical date (a Sunday)")
+    parser.add_argument("--max-active-runs", type=int, default=1, help="the backfill's runs at a time")
     args = parser.parse_args()
-    main(args.weeks, json.loads(args.conf), date.fromisoformat(args.first))
+    main(args.weeks, json.loads(args.conf), date.fromisoformat(args.first), args.max_active_runs)
