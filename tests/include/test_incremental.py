@@ -216,3 +216,22 @@ def test_each_step_of_a_run_records_its_time(trained_registry, step):
     assert record["step"] == step and record["ok"] and record["wall_s"] > 0 and record["cpu_s"] >= 0
     if step != "report":  # the report's own time is recorded after the summary it renders
         assert step in json.loads(summaries[0].read_text())["step_times"]
+
+
+def test_the_records_of_earlier_work_live_in_a_postgresql_market_store_too(tmp_path, data_dir, pg_url):
+    settings = Settings(data_dir=data_dir, market_db_url=pg_url, registry_dir=tmp_path / "models",
+                        runs_dir=tmp_path / "runs")
+    first, window = _validate(RunConfig(as_of_date="2023-06-04", **SMALL), settings)
+    again, _ = _validate(RunConfig(as_of_date="2023-06-04", **SMALL), settings, window)
+    assert first["success"] and again["success"] and again["incremental"]
+    assert _outcome(first) == _outcome(again)
+    cfg, spec = RunConfig(as_of_date="2023-06-04", **SMALL), FeatureSpec.default(funding=True, open_interest=False)
+    start, end = datetime(2023, 4, 10, tzinfo=UTC), datetime(2023, 6, 4, tzinfo=UTC)
+    store = MarketStore(pg_url)
+    try:
+        fresh = feature_frame(store, cfg, spec, start, end)
+        for _ in range(2):  # computed and stored, then read back
+            pd.testing.assert_frame_equal(feature_frame(store, cfg, spec, start, end, reuse=True), fresh,
+                                          check_exact=True)
+    finally:
+        store.dispose()
