@@ -105,9 +105,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
         folder = Path(run["summary"]["path"]).parent
         summary = json.loads(Path(run["summary"]["path"]).read_text())
-        steps = {name: rec["wall_s"] for name, rec in summary["step_times"].items()}
-        report = json.loads((folder / "step_times" / "report.json").read_text())
-        steps["report"] = report["wall_s"]
+        # Code from before the runs recorded their step times has none: its week is wall time only.
+        steps = {name: rec["wall_s"] for name, rec in summary.get("step_times", {}).items()}
+        report = folder / "step_times" / "report.json"
+        steps["report"] = json.loads(report.read_text())["wall_s"] if report.is_file() else 0.0
         line = {"benchmark": "market_week", "week": week, "symbol": args.symbol, "wall_s": round(wall, 2),
                 "decided_s": round(wall - steps["report"], 2), "cpu_s": round(cpu, 2),
                 "steps_s": steps, "action": run["action"]["action"], "folder": str(folder)}
