@@ -246,6 +246,17 @@ def _validation_paragraph(out_dir: Path) -> str:
             f"<p>{html.escape(suites)}.{docs}</p>")
 
 
+def _step_times_section(times: dict[str, dict[str, Any]]) -> str:
+    """Where the run's time went: wall and CPU seconds per step (:func:`include.pipeline.common.timed_step`)."""
+    if not times:
+        return ""
+    rows = [{"step": step, "wall s": f"{t['wall_s']:.2f}", "CPU s": f"{t['cpu_s']:.2f}",
+             "finished": "yes" if t.get("ok", True) else "no (raised)"} for step, t in times.items()]
+    return ("<h2>Where the run's time went</h2><p>Seconds per step of this market's run (CPU: its process's, "
+            "all threads). A step run again (a retry) shows its last try.</p>"
+            + _table(rows, ["step", "wall s", "CPU s", "finished"]))
+
+
 def build_report(out_dir: Path, summary: dict[str, Any]) -> Path:
     """Write ``report.html`` in the run folder and return its path.
 
@@ -309,6 +320,7 @@ def build_report(out_dir: Path, summary: dict[str, Any]) -> Path:
         "<h3>Gate window (this run's data interval)</h3>", _table([metrics["gate_window"]], fold_cols[1:]),
         _confusion_plot(metrics["ensemble"]["confusion"]), _calibration_plot(metrics["reliability"]),
         "<h2>Feature importance (mean over folds; the 12 largest)</h2>", _importance_plot(importance),
+        _step_times_section(summary.get("step_times") or {}),
         "</body></html>",
     ]
     path = out_dir / "report.html"

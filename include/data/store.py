@@ -407,11 +407,17 @@ class MarketStore:
         keys = {"exchange": exchange, "market_type": market_type, "symbol": symbol, "timeframe": timeframe,
                 "spec_sha": spec_sha}
         now = _bound_ms(datetime.now(UTC))
+        if self.backend == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(t)
+        # An upsert: two runs of one market storing the same month at once both succeed.
+        stmt = stmt.on_conflict_do_update(index_elements=[c.name for c in t.primary_key.columns],
+                                          set_={c: stmt.excluded[c] for c in ("inputs", "frame", "rows", "written_at")})
         with self.engine.begin() as conn:
-            conn.execute(sa.delete(t).where(*(t.c[k] == v for k, v in keys.items()),
-                                            t.c.month_ts.in_([int(m) for m in months])))
-            conn.execute(sa.insert(t), [{**keys, "month_ts": int(m), "inputs": inputs, "frame": frame, "rows": int(n),
-                                         "written_at": now} for m, (inputs, frame, n) in months.items()])
+            conn.execute(stmt, [{**keys, "month_ts": int(m), "inputs": inputs, "frame": frame, "rows": int(n),
+                                 "written_at": now} for m, (inputs, frame, n) in months.items()])
         return len(months)
 
     def load_feature_months(self, *, exchange: str, market_type: str, symbol: str, timeframe: str, spec_sha: str,
