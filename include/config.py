@@ -62,6 +62,11 @@ def _env_path(name: str, default: Path) -> Path:
     return Path(value).expanduser().resolve() if value else default
 
 
+#: Registry retention: versions of a registered model kept besides every version that ever held
+#: production (the weekly run's ``apply_retention`` and ``python -m include.registry cleanup``).
+REGISTRY_KEEP_LAST = 20
+
+
 @dataclass(frozen=True)
 class Settings:
     """Deployment settings, read from the environment at call time (never at DAG parse time).
@@ -84,7 +89,7 @@ class Settings:
     registry_dir: Any
     runs_dir: Any
     exchange_api_url: str | None = None
-    registry_keep_last: int = 20
+    registry_keep_last: int = REGISTRY_KEEP_LAST
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -97,7 +102,7 @@ class Settings:
             registry_dir=location(os.environ.get("MODEL_REGISTRY_DIR") or PROJECT_ROOT / "models"),
             runs_dir=location(os.environ.get("RUN_ARTIFACTS_DIR") or var / "runs"),
             exchange_api_url=os.environ.get("EXCHANGE_API_URL") or None,
-            registry_keep_last=env_int("MODEL_REGISTRY_KEEP_LAST", 20) or 20,
+            registry_keep_last=env_int("MODEL_REGISTRY_KEEP_LAST", REGISTRY_KEEP_LAST) or REGISTRY_KEEP_LAST,
         )
 
 

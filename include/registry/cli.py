@@ -54,11 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--model", help="every version of this registered model")
     clean = sub.add_parser("cleanup", help="apply retention (per registered model)")
     clean.add_argument("--model", help="only this registered model")
-    clean.add_argument("--keep", type=int, default=10)
+    clean.add_argument("--keep", type=int, default=None,
+                       help="versions kept besides every former production (default: MODEL_REGISTRY_KEEP_LAST, "
+                            "the weekly run's retention)")
     clean.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
 
-    registry = ModelRegistry.from_settings(Settings.from_env())
+    settings = Settings.from_env()
+    registry = ModelRegistry.from_settings(settings)
     actor = f"cli:{os.environ.get('USER', 'unknown')}"
     try:
         if getattr(args, "model", None):
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{v}: ok")
         elif args.command == "cleanup":
             _print({"removed" if not args.dry_run else "would_remove":
-                    registry.cleanup(args.keep, dry_run=args.dry_run, model=args.model)})
+                    registry.cleanup(settings.registry_keep_last if args.keep is None else args.keep,
+                                     dry_run=args.dry_run, model=args.model)})
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

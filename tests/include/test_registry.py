@@ -274,6 +274,12 @@ def test_cli(reg, tmp_path, monkeypatch, capsys):
     assert code == 1 and "does not match" in err
     code, _, err = run("promote", "v-nope", "--reason", "x")
     assert code == 1 and "no model version" in err
+    # Retention without --keep is the weekly run's: MODEL_REGISTRY_KEEP_LAST (20 unless set).
+    v3, _ = _register(reg, tmp_path, "c", "prior", 30), _register(reg, tmp_path, "d", "prior", 31)
+    assert json.loads(run("cleanup", "--dry-run", "--model", BTC)[1]) == {"would_remove": []}
+    monkeypatch.setenv("MODEL_REGISTRY_KEEP_LAST", "1")
+    assert json.loads(run("cleanup", "--dry-run", "--model", BTC)[1]) == {"would_remove": [v3]}
+    assert json.loads(run("cleanup", "--dry-run", "--keep", "2", "--model", BTC)[1]) == {"would_remove": []}
 
 
 def _promote_many(root, url, versions, worker, n):
