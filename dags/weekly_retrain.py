@@ -383,7 +383,8 @@ def weekly_retrain():
         approve_promotion = PromotionApproval(
             task_id="approve_promotion",
             gate_task_id="market.quality_gate",
-            response_timeout=timedelta(days=3),
+            # The run parameter's default; each market's own approval_timeout_hours replaces it.
+            response_timeout=timedelta(hours=RunConfig.__dataclass_fields__["approval_timeout_hours"].default),
             map_index_template="{% set m = ti.xcom_pull(task_ids='market.quality_gate', map_indexes=ti.map_index)"
                                " | list %}{{ m[0] }}{% if m | length > 1 %} (+{{ m | length - 1 }} more){% endif %}",
         )
