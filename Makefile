@@ -83,12 +83,14 @@ docs: install
 clean-state:
 	rm -rf var models/versions models/.lock
 
-## Benchmarks (not tests): one default weekly run; PostgreSQL bulk load; incremental exchange
+## Benchmarks (not tests): one default weekly run; three consecutive weeks of one market against
+## the floor of six default fits (bench/market_week.py); PostgreSQL bulk load; incremental exchange
 ## ingestion; a four-week backfill on a local deployment (PostgreSQL on 127.0.0.1:5432 needed);
 ## serving latency; one universe run of 2 markets against 1; monitoring (one bar, one week); the
 ## gate's check pass rates on 20 random-walk markets.
 bench: install
 	$(BIN)/python bench/demo_run.py 2023-12-31
+	$(BIN)/python bench/market_week.py
 	$(BIN)/python bench/store_bulk_load.py
 	$(BIN)/python bench/incremental_ingest.py
 	$(BIN)/python bench/backfill_run.py 4
