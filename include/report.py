@@ -239,9 +239,16 @@ def _validation_paragraph(out_dir: Path) -> str:
         report = json.loads((out_dir / "validation.json").read_text())
     except (OSError, ValueError):
         return ""
-    suites = ", ".join(f"{s['suite']} {s.get('rows', '?')} rows" for s in report.get("suites", []))
-    docs = (" <a href='data_docs/index.html'>Great Expectations Data Docs</a> (every expectation and its result)."
-            if (out_dir / "data_docs" / "index.html").is_file() else "")
+    def suite_words(s: dict[str, Any]) -> str:
+        checked = s.get("validated_rows")
+        words = f"{s['suite']} {s.get('rows', '?')} rows"
+        if checked is not None and checked != s.get("rows"):
+            words += f" (row checks on {checked} of them; the other days passed in earlier runs)"
+        return words
+
+    suites = ", ".join(suite_words(s) for s in report.get("suites", []))
+    docs = (" <a href='data_docs/index.html'>Great Expectations Data Docs</a> (every expectation and its result "
+            "on the rows checked)." if (out_dir / "data_docs" / "index.html").is_file() else "")
     return (f"<h2>Data validation: {'passed' if report.get('success') else 'FAILED'}</h2>"
             f"<p>{html.escape(suites)}.{docs}</p>")
 

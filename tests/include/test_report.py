@@ -78,3 +78,20 @@ def test_a_market_that_failed_validation_says_why_in_the_run_outcomes(tmp_path):
         "validation failed: ohlcv: 12991 rows in the window; at least 16804 expected (and 1 more); "
         f"report {sol / 'validation.json'}")}
     assert eth_out["status"] == "failed" and "a task of this market failed" in eth_out["reason"]
+
+
+def test_the_report_says_which_rows_the_row_checks_ran_on(tmp_path):
+    from include.report import _step_times_section, _validation_paragraph
+
+    (tmp_path / "validation.json").write_text(json.dumps({"success": True, "suites": [
+        {"suite": "ohlcv", "rows": 18960, "validated_rows": 169}, {"suite": "open_interest", "rows": 728,
+                                                                  "validated_rows": 728}]}))
+    text = _validation_paragraph(tmp_path)
+    assert "Data validation: passed" in text
+    assert "ohlcv 18960 rows (row checks on 169 of them; the other days passed in earlier runs)" in text
+    assert "open_interest 728 rows." in text  # a first run checks every row: nothing more to say
+    table = _step_times_section({"validate": {"wall_s": 0.5, "cpu_s": 0.4, "ok": True},
+                                 "train.lightgbm": {"wall_s": 1.25, "cpu_s": 1.2, "ok": False}})
+    assert "<td>validate</td><td>0.50</td><td>0.40</td><td>yes</td>" in table
+    assert "<td>train.lightgbm</td><td>1.25</td><td>1.20</td><td>no (raised)</td>" in table
+    assert _step_times_section({}) == ""
