@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -150,6 +150,15 @@ class MarketStore:
         """One transaction: pass the connection as ``conn=`` to several writes to commit them together."""
         with self.engine.begin() as conn:
             yield conn
+
+    @property
+    def _dialect_insert(self) -> Any:
+        """This backend's ``insert`` construct, which has ``on_conflict_do_update`` / ``_nothing``."""
+        if self.backend == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert
 
     @contextmanager
     def _conn(self, conn: Connection | None) -> Iterator[Connection]:
@@ -336,11 +345,7 @@ class MarketStore:
         keys = {"exchange": exchange, "market_type": market_type, "symbol": symbol, "timeframe": timeframe}
         rows = [{**keys, "start_ts": _bound_ms(g.start), "end_ts": _bound_ms(g.end),
                  "missing_bars": g.missing_bars, "source": source, "recorded_at": now} for g in gaps]
-        if self.backend == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(ohlcv_gap_table)
+        stmt = self._dialect_insert(ohlcv_gap_table)
         stmt = stmt.on_conflict_do_update(
             index_elements=[c.name for c in ohlcv_gap_table.primary_key.columns],
             set_={c: stmt.excluded[c] for c in ("end_ts", "missing_bars", "source", "recorded_at")})
@@ -369,12 +374,8 @@ class MarketStore:
                 "timeframe": timeframe, "suite_sha": suite_sha}
         rows = [{**keys, "day_ts": int(day), "digest": digest, "rows": int(n), "run_key": run_key,
                  "validated_at": now} for day, digest, n in days]
-        if self.backend == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
         with self.engine.begin() as conn:
-            conn.execute(insert(bar_validation_table).on_conflict_do_nothing(), rows)
+            conn.execute(self._dialect_insert(bar_validation_table).on_conflict_do_nothing(), rows)
         return len(rows)
 
     def load_validated_days(self, *, series: str, exchange: str, symbol: str, market_type: str = "",
@@ -407,11 +408,7 @@ class MarketStore:
         keys = {"exchange": exchange, "market_type": market_type, "symbol": symbol, "timeframe": timeframe,
                 "spec_sha": spec_sha}
         now = _bound_ms(datetime.now(UTC))
-        if self.backend == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(t)
+        stmt = self._dialect_insert(t)
         # An upsert: two runs of one market storing the same month at once both succeed.
         stmt = stmt.on_conflict_do_update(index_elements=[c.name for c in t.primary_key.columns],
                                           set_={c: stmt.excluded[c] for c in ("inputs", "frame", "rows", "written_at")})
