@@ -285,8 +285,12 @@ def timed_step(name: str, *, part: str | None = None) -> Callable[[F], F]:
                 return result
             finally:
                 if bound.arguments.get("out_dir") is not None:
-                    _record_step_time(Path(bound.arguments["out_dir"]), label, time.perf_counter() - wall,
-                                      time.process_time() - cpu, ok)
+                    try:
+                        _record_step_time(Path(bound.arguments["out_dir"]), label, time.perf_counter() - wall,
+                                          time.process_time() - cpu, ok)
+                    except OSError as exc:  # a timing never fails a step, nor hides its error
+                        logger.warning("%s: could not record the step's time in %s: %s", label,
+                                       bound.arguments["out_dir"], exc)
         return timed  # type: ignore[return-value]
     return wrap
 
@@ -310,5 +314,4 @@ def step_times(out_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 #: The order of a weekly run's steps, for :func:`step_times`.
-STEP_ORDER = ("ingest", "validate", "features", "labels", "train", "assemble", "trading", "gate", "promote",
-              "report")
+STEP_ORDER = ("ingest", "validate", "features", "labels", "train", "assemble", "trading", "gate", "report")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import io
 import json
 import logging
@@ -270,7 +271,7 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         shutil.rmtree(docs, ignore_errors=True)
         report = run_suites(ohlcv, funding, oi, limits, docs_dir=docs,
                             validated={name: validated_rows(frame, recorded[name]) for name, frame in frames.items()})
-        if not report["success"] and report["incremental"]:
+        if (not report["success"] or len(refused)) and report["incremental"]:
             # Bad data: validated from scratch, so the report names every failure as a first run would.
             shutil.rmtree(docs, ignore_errors=True)
             report = run_suites(ohlcv, funding, oi, limits, docs_dir=docs)
@@ -302,13 +303,19 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
             "data_docs": report["data_docs"]}
 
 # -- 3. features -----------------------------------------------------------------------------
+#: The feature code (``include/features.py``) as this process imported it: a deployment that
+#: preloads modules keeps running the code it loaded after the file changes on disk.
+_FEATURES_SOURCE = Path(inspect.getsourcefile(build_features) or "").read_bytes()
+
+
 @functools.cache
 def feature_code_digest() -> str:
-    """SHA-256 of the feature code (``include/features.py``) and the versions of the libraries it
-    computes with (TA-Lib, NumPy, pandas): part of every stored feature month's key."""
+    """SHA-256 of the feature code this process runs (``include/features.py`` as imported) and
+    the versions of the libraries it computes with (TA-Lib, NumPy, pandas): part of every stored
+    feature month's key."""
     import talib
 
-    h = hashlib.sha256((Path(__file__).resolve().parents[1] / "features.py").read_bytes())
+    h = hashlib.sha256(_FEATURES_SOURCE)
     h.update(f"talib {talib.__version__} numpy {np.__version__} pandas {pd.__version__}".encode())
     return h.hexdigest()
 
@@ -327,6 +334,19 @@ def feature_inputs_digest(spec: FeatureSpec, month: datetime, pad: timedelta,
         h.update("\x1f".join(map(str, frame.columns)).encode())
         h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     return h.hexdigest()
+
+
+def _canonical_nan(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every NaN of its float columns as the one quiet NaN NumPy writes: Parquet
+    stores a missing float as null and reads back that NaN, so a stored month and a computed one
+    are the same bytes whatever NaN payload an indicator produced."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype.kind == "f":
+            values = out[column].to_numpy(copy=True)
+            values[np.isnan(values)] = np.nan
+            out[column] = values
+    return out
 
 
 def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: datetime,
@@ -386,7 +406,8 @@ def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: 
                 frame = pd.read_parquet(io.BytesIO(hit[1]))
             else:
                 frame = build_features(bars, spec, seg_funding, seg_oi)
-                frame = frame[(frame.index >= pd.Timestamp(month)) & (frame.index < pd.Timestamp(following))]
+                frame = _canonical_nan(frame[(frame.index >= pd.Timestamp(month))
+                                             & (frame.index < pd.Timestamp(following))])
                 if reuse:
                     buffer = io.BytesIO()
                     frame.to_parquet(buffer)

@@ -16,6 +16,8 @@ gap and cadence rules into standard column expectations.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -170,18 +172,22 @@ def _is_row_check(expectation: Any) -> bool:
             and config.kwargs.get("column") not in WINDOW_COLUMNS)
 
 
+#: This module's source as this process imported it: the code that derives the checked columns
+#: (the grid offset, the settlement hour) is part of every suite's version (:func:`suite_versions`).
+_SOURCE_SHA256 = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
 def suite_versions(limits: SuiteLimits) -> dict[str, str]:
-    """The version of each suite's row checks: sha256 of their types and arguments, with the
-    Great Expectations version. Recorded with each validated day (:mod:`include.quality.ledger`),
-    so that a changed check (a new bound, a new expectation, a library upgrade) validates every
-    bar again.
+    """The version of each suite's row checks: sha256 of their types and arguments, this
+    module's source (which derives the checked columns) as imported, and the Great Expectations
+    and pandas versions. Recorded with each validated day (:mod:`include.quality.ledger`), so
+    that a changed check (a new bound, a new expectation, a fixed derivation, a library upgrade)
+    validates every bar again.
 
     Returns:
         ``{"ohlcv": sha, "funding_rate": sha, "open_interest": sha}``.
     """
-    import hashlib
-    import json
-
+    quiet_great_expectations()
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
@@ -190,8 +196,8 @@ def suite_versions(limits: SuiteLimits) -> dict[str, str]:
     out = {}
     for name, expectations in suites.items():
         checks = [e.configuration.to_json_dict() for e in expectations if _is_row_check(e)]
-        payload = json.dumps({"great_expectations": gx.__version__, "suite": name, "checks": checks},
-                             sort_keys=True, default=str)
+        payload = json.dumps({"great_expectations": gx.__version__, "pandas": pd.__version__, "code": _SOURCE_SHA256,
+                              "suite": name, "checks": checks}, sort_keys=True, default=str)
         out[name] = hashlib.sha256(payload.encode()).hexdigest()
     return out
 

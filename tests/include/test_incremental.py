@@ -235,3 +235,42 @@ def test_the_records_of_earlier_work_live_in_a_postgresql_market_store_too(tmp_p
                                           check_exact=True)
     finally:
         store.dispose()
+
+
+def test_a_quarantined_bar_fails_the_week_as_validation_from_scratch_does(tmp_path, data_dir):
+    import gzip
+
+    source = tmp_path / "data"
+    source.mkdir()
+    for name in ("btcusdt_perp_1h.csv.gz", "btcusdt_funding_8h.csv.gz", "btcusdt_perp_open_interest_usd_1d.csv.gz"):
+        shutil.copy(data_dir / name, source / name)
+    settings = _settings(tmp_path / "store", source)
+    first, _ = _validate(RunConfig(as_of_date="2023-06-04", **SMALL), settings)
+    assert first["success"]
+
+    # The next week's source holds a candle without a close: ingestion keeps it out of the store
+    # (quarantined), and validation fails naming it, having validated the window from scratch.
+    bars = pd.read_csv(source / "btcusdt_perp_1h.csv.gz")
+    bars.loc[bars["timestamp"] == "2023-06-06T05:00:00Z", "close"] = float("nan")
+    with gzip.open(source / "btcusdt_perp_1h.csv.gz", "wt") as fh:
+        bars.to_csv(fh, index=False)
+    cfg = RunConfig(as_of_date="2023-06-11", **SMALL)
+    window = _ingest(cfg, settings)
+    scratch, _ = _validate(cfg, _scratch_copy(settings, tmp_path / "scratch"), window)
+    report, _ = _validate(cfg, settings, window)
+    assert not report["success"] and not report["incremental"]
+    assert report["suites"][0]["suite"] == "ohlcv_refused"
+    assert "2023-06-06T05:00Z: close is missing" in report["suites"][0]["failed"][0]["message"]
+    assert _outcome(report) == _outcome(scratch)
+
+
+def test_the_suite_version_covers_the_code_that_derives_the_checked_columns(monkeypatch):
+    from include.quality import suites
+
+    limits = suites.SuiteLimits(bar_seconds=3600, expected_bars=100, min_row_share=0.9, max_gap_share=0.1,
+                                max_gap_bars=24, max_abs_funding_rate=0.03, funding_interval_hours=8)
+    before = suites.suite_versions(limits)
+    assert before == suites.suite_versions(limits)
+    monkeypatch.setattr(suites, "_SOURCE_SHA256", "another derivation of grid_offset_s")
+    after = suites.suite_versions(limits)
+    assert all(after[name] != before[name] for name in before)
