@@ -110,8 +110,9 @@ def main(weeks: int, conf: dict[str, Any], first: date, max_active_runs: int = 1
     tmp = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
     meta, market = create_pg_database("bench_meta"), create_pg_database("bench_market")
     # As make airflow runs it (include/deployment): the scheduler's idle pause.
-    env = market_deployment_env(tmp, market, DATA_DIR) | {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": os.environ.get(
-        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME", "0.25")}
+    env = market_deployment_env(tmp, market, DATA_DIR) | {
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": os.environ.get(
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME", "0.25")}
     last = first + timedelta(weeks=weeks - 1)
     try:
         t0 = time.perf_counter()

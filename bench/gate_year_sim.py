@@ -64,7 +64,8 @@ kept all year): the share of years with at least one false promotion (Clopper-Pe
 interval), promotions and demotions per year, the weekly pass rate of the skill test. The same
 for ``--boundary-years`` at the least favourable null (:func:`boundary_edge`: the edge at which
 the forecast's expected log loss equals the prior's; at edge 0 the forecast's spread makes it
-worse than the prior, an easier null). ``--power-years`` market-years per ``--edges`` value, each policy's year ending at its first
+worse than the prior, an easier null). ``--power-years`` market-years per ``--edges`` value, each
+policy's year ending at its first
 promotion (before it production is empty, so nothing else decides): the share of years promoted
 within 4 weeks and the median weeks to the first promotion, beside the edge's expected log loss
 minus the prior's (:func:`log_loss_excess`). Seeds are shared across edges, so
@@ -375,7 +376,8 @@ def not_run_f1() -> dict[str, dict[str, Any]]:
     return {"not_run": {"p_value": None, "macro_f1": float("nan"), "reference_macro_f1": float("nan")}}
 
 
-def fast_evidence(policy: GatePolicy, oof: pd.DataFrame, spec: SimSpec, n_resamples: int | None = None) -> dict[str, Any]:
+def fast_evidence(policy: GatePolicy, oof: pd.DataFrame, spec: SimSpec,
+                  n_resamples: int | None = None) -> dict[str, Any]:
     """The log-loss skill test of a candidate's record, called as :func:`skill_evidence` calls it
     with ``n_resamples`` (``None``: the test's default; :func:`gate_resamples` finds the gate
     step's); the macro-F1 tests are not run and no trading evidence is given."""
@@ -386,7 +388,8 @@ def fast_evidence(policy: GatePolicy, oof: pd.DataFrame, spec: SimSpec, n_resamp
     return {"f1": not_run_f1(), "log_loss": log_loss, "trading": None}
 
 
-def full_evidence(policy: GatePolicy, oof: pd.DataFrame, spec: SimSpec, n_resamples: int | None = None) -> dict[str, Any]:
+def full_evidence(policy: GatePolicy, oof: pd.DataFrame, spec: SimSpec,
+                  n_resamples: int | None = None) -> dict[str, Any]:
     """Every skill test the gate step runs on a record without trading returns (the gate step
     chooses the resamples; ``n_resamples`` is accepted for :func:`fast_evidence`'s signature)."""
     return candidate_evidence(policy, oof, None, horizon=spec.horizon, bar_seconds=3600,
@@ -710,8 +713,10 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any], runtime: dict[st
                     f"{_weeks_text(s['quartiles'][0], s['weeks'])} - {_weeks_text(s['quartiles'][1], s['weeks'])} |")
     if summary["universe"]:
         lines += ["", "## Universe: promotions per week across no-skill markets (edge 0, state kept)", "",
-                  "| policy | markets | weeks | replications | promotions | per week [95 % CI] | bound N x alpha / 52 | "
-                  "weeks with any promotion | most in a week |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| policy | markets | weeks | replications | promotions | per week [95 % CI] "
+                  "| bound N x alpha / 52 | "
+                  "weeks with any promotion | most in a week |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, s in summary["universe"].items():
             lines.append(
                 f"| {name} | {s['markets']} | {s['weeks']} | {s['replications']} | {s['promotions']} | "

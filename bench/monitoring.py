@@ -71,8 +71,10 @@ def main() -> None:
         ms = np.array(times) * 1000
         print(json.dumps({
             "train_and_promote_s": round(train_s, 1),
-            "one_bar_score_and_log_ms": {"p50": round(float(np.median(ms)), 1), "p90": round(float(np.percentile(ms, 90)), 1),
-                                         "max": round(float(ms.max()), 1), "calls": len(ms), "rows_logged": int(logged)},
+            "one_bar_score_and_log_ms": {"p50": round(float(np.median(ms)), 1),
+                                         "p90": round(float(np.percentile(ms, 90)), 1),
+                                         "max": round(float(ms.max()), 1), "calls": len(ms),
+                                         "rows_logged": int(logged)},
             "week_monitoring_run_s": round(week_s, 2), "week_bars_scored": report["scoring"]["new_rows"],
             "week_action": report["action"],
             "targets": {"one_bar_p50_ms": 50, "week_run_s": 10}}))

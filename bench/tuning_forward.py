@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _env(root: Path) -> None:
-    os.environ.update({"MARKET_DB_URL": f"sqlite:///{root / 'market.sqlite'}", "MODEL_REGISTRY_DIR": str(root / "models"),
+    os.environ.update({"MARKET_DB_URL": f"sqlite:///{root / 'market.sqlite'}",
+                       "MODEL_REGISTRY_DIR": str(root / "models"),
                        "RUN_ARTIFACTS_DIR": str(root / "runs"), "GX_ANALYTICS_ENABLED": "false",
                        "TRAINING_THREADS": "1"})
 

@@ -152,7 +152,8 @@ def in_process(n: int, data_dir: Path, cores: int) -> float:
 
 #: ``make airflow``'s executor (include/deployment/executor.py) and scheduler settings.
 DEPLOYMENT_EXECUTOR = "include.deployment.executor.PreloadingLocalExecutor"
-DEPLOYMENT_ENV = {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10"}
+DEPLOYMENT_ENV = {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25",
+                  "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10"}
 
 
 def one(n: int, instances: int | None = None, executor: str = DEPLOYMENT_EXECUTOR) -> dict:
@@ -166,7 +167,8 @@ def one(n: int, instances: int | None = None, executor: str = DEPLOYMENT_EXECUTO
     alone = in_process(n, data, cores)  # first, on a quiet machine: no deployment winding down
     meta, market = create_pg_database("bench_meta"), create_pg_database("bench_market")
     env = {**market_deployment_env(tmp, market, data), "MARKET_INPUT_ROOTS": str(data),
-           "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM), **(DEPLOYMENT_ENV if executor == DEPLOYMENT_EXECUTOR else {})}
+           "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM),
+           **(DEPLOYMENT_ENV if executor == DEPLOYMENT_EXECUTOR else {})}
     if instances:
         env["MARKET_GROUP_INSTANCES"] = str(instances)
     try:
@@ -192,7 +194,8 @@ def one(n: int, instances: int | None = None, executor: str = DEPLOYMENT_EXECUTO
     wall = (run["end_date"] - run["start_date"]).total_seconds()
     ran = [r for r in rows if r[3] is not None]
     gaps = [float(r[6]) for r in ran if r[6] is not None]
-    return {"n": n, "executor": executor.rsplit(".", 1)[-1], "state": run["state"], "cores": cores, "parallelism": PARALLELISM,
+    return {"n": n, "executor": executor.rsplit(".", 1)[-1], "state": run["state"], "cores": cores,
+            "parallelism": PARALLELISM,
             "run_wall_s": round(wall, 1), "per_market_s": round(wall / n, 2),
             "in_process_s": round(alone, 1), "ratio": round(wall / alone, 2),
             "task_instances": len(ran), "task_s": round(sum(float(r[5] or 0) for r in ran), 1),
@@ -223,9 +226,11 @@ def main() -> None:
           "| ms/TI | orchestration s/market | ready→running s | busy | busy, pool free |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['n']} | {r['instances']} | {r['task_instances']} | {r['run_wall_s']} | {r['per_market_s']} | {r['in_process_s']} "
+        print(f"| {r['n']} | {r['instances']} | {r['task_instances']} | {r['run_wall_s']} | {r['per_market_s']} "
+              f"| {r['in_process_s']} "
               f"| {r['ratio']} | {r['task_s']} | {r['scheduler_cpu_s']} | {r['scheduler_cpu_per_ti_ms']} "
-              f"| {r['orchestration_per_market_s']} | {r['ready_to_running_s']} | {r['busy_share']} | {r['busy_share_pool_free']} |")
+              f"| {r['orchestration_per_market_s']} | {r['ready_to_running_s']} | {r['busy_share']} "
+              f"| {r['busy_share_pool_free']} |")
 
 
 if __name__ == "__main__":

@@ -41,14 +41,16 @@ reaches `min_history_days`, and is skipped below it, saying when it qualifies) �
 down / range / up from the forward return) → `train_<family>` (one task per model family;
 purged, embargoed walk-forward cross-validation, early stopping on an inner split; families
 not in `models` pass through; in the `training` pool, whose slots bound how many fits run at
-once, each with the worker's cores divided by the slots as threads: `include/resources.py`) → `assemble_ensemble` (weighted soft voting; each member's sha256
+once, each with the worker's cores divided by the slots as threads: `include/resources.py`) → `assemble_ensemble`
+(weighted soft voting; each member's sha256
 checked before it is loaded; candidate registered as an immutable version of the market's
 registered model; then the trading simulation: out-of-fold positions after fees, slippage and
 funding, next to buy-and-hold and momentum) → `quality_gate` (sensor; champion/challenger policy against
 the production version of the same registered model only) → `approve_promotion` (asks a person
 only with `require_approval` and a passing gate) → `promote_or_keep` → `publish_market_summary`
 (HTML report). Then, once for the run: `publish_summary` (every market's outcome, to
-Slack/Discord, and as the run's note: `plugins/run_notes.py`) → `apply_retention` (per registered model: the last `MODEL_REGISTRY_KEEP_LAST`
+Slack/Discord, and as the run's note: `plugins/run_notes.py`) → `apply_retention`
+(per registered model: the last `MODEL_REGISTRY_KEEP_LAST`
 versions and every version that ever held production are kept) and `check_markets` (fails the
 run, so that it shows red, when any market failed; skipped young markets do not fail it).
 
@@ -447,7 +449,8 @@ def weekly_retrain():
         candidates = assemble_ensemble(batch=batch, ingested=ingested, trained=trained)
         decisions = quality_gate(batch=batch, ingested=ingested, candidates=candidates)
         decisions >> approve_promotion
-        actions = promote_or_keep(batch=batch, ingested=ingested, decisions=decisions, approvals=approve_promotion.output)
+        actions = promote_or_keep(batch=batch, ingested=ingested, decisions=decisions,
+                                  approvals=approve_promotion.output)
         return publish_market_summary(batch=batch, ingested=ingested, validation=validation, built=built,
                                       candidates=candidates, decisions=decisions, actions=actions)
 
@@ -463,7 +466,8 @@ def weekly_retrain():
         if batches is None:  # plan_run failed (and alerted): there are no markets to report on
             raise AirflowSkipException("plan_run did not plan any market; nothing to publish")
         requested = retrain_scope(triggering_asset_events) if dag_run.run_type == "asset_triggered" else None
-        return publish_universe(Settings.from_env(), _dag_id(), [p for b in batches for p in b["plans"]], context=get_current_context(),
+        return publish_universe(Settings.from_env(), _dag_id(), [p for b in batches for p in b["plans"]],
+                                context=get_current_context(),
                                 requested=requested)
 
     @task(trigger_rule="all_done", on_failure_callback=None)

@@ -306,9 +306,11 @@ def build_report(out_dir: Path, summary: dict[str, Any]) -> Path:
         ".PASS{color:#070}.FAIL{color:#b00}h1{font-size:22px}</style></head><body>",
         f"<h1>{html.escape(model)}</h1><p>Data interval {html.escape(period)}.</p>",
         f"<p>Candidate <b>{html.escape(str(gate.get('candidate')))}</b>; champion "
-        f"{html.escape(str(gate.get('champion') or 'none'))}; action <b>{html.escape(str((summary.get('action') or {}).get('action')))}</b>; "
+        f"{html.escape(str(gate.get('champion') or 'none'))}; action "
+        f"<b>{html.escape(str((summary.get('action') or {}).get('action')))}</b>; "
         f"production now {html.escape(str(summary.get('production') or 'none'))}.</p>",
-        f"<h2>Gate: <span class='{verdict}'>{verdict}</span></h2>", _table(gate_rows, list(gate_rows[0]) if gate_rows else []),
+        f"<h2>Gate: <span class='{verdict}'>{verdict}</span></h2>",
+        _table(gate_rows, list(gate_rows[0]) if gate_rows else []),
         "<h3>Challenger against champion</h3>", _champion_section(gate),
         _validation_paragraph(out_dir),
         "<h2>Trading (out-of-fold bars)</h2>", _equity_plot(trading),

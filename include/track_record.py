@@ -520,7 +520,8 @@ def table(record: dict[str, Any]) -> str:
              f"{'policy':<24}{'log loss':>10}{'macro F1':>10}{'Sharpe':>9}{'mean age d':>12}{'no model':>10}"]
     for name, t in record["totals"].items():
         lines.append(f"{name:<24}{_fmt(t.get('log_loss')):>10}{_fmt(t.get('macro_f1')):>10}"
-                     f"{_fmt(t.get('sharpe')):>9}{_fmt(t.get('mean_age_days')):>12}{t.get('weeks_without_model', 0):>10}")
+                     f"{_fmt(t.get('sharpe')):>9}{_fmt(t.get('mean_age_days')):>12}"
+                     f"{t.get('weeks_without_model', 0):>10}")
     return "\n".join(lines)
 
 

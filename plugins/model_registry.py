@@ -397,7 +397,8 @@ def models_page() -> str:
             cells = []
             for c in columns:
                 if c == "run":
-                    cell = (f"<a target='_top' href='{_RUN_LINK.format(dag_id=quote(row['dag_id'] or ''), run_id=quote(row['run_id']))}'>"
+                    cell = ("<a target='_top' href='"
+                            f"{_RUN_LINK.format(dag_id=quote(row['dag_id'] or ''), run_id=quote(row['run_id']))}'>"
                             f"{_cell(row['run_id'])}</a>" if row["run_id"] and row["dag_id"] else "")
                 elif c == "report":
                     cell = f"<a target='_blank' href='versions/{quote(row['version'])}/report'>report</a>"
@@ -411,7 +412,8 @@ def models_page() -> str:
                 else:
                     cell = _cell(row[c])
                 cells.append(f"<td>{cell}</td>")
-            body.append(f"<tr class=\"{'production' if marked else ''}\" data-version=\"{html.escape(row['version'])}\">"
+            body.append(f"<tr class=\"{'production' if marked else ''}\" "
+                        f"data-version=\"{html.escape(row['version'])}\">"
                         + "".join(cells) + "</tr>")
         production = html.escape(model["production"] or "none")
         since = registry.no_model_since(model["name"]) if model["production"] is None else None
@@ -424,7 +426,8 @@ def models_page() -> str:
                   if last else "")
         sections.append(
             f"<section class='model' data-model=\"{html.escape(model['name'])}\">"
-            f"<h3>{html.escape(model['name'])}</h3><p>{html.escape(model['symbol'])} {html.escape(model['market_type'])} "
+            f"<h3>{html.escape(model['name'])}</h3><p>{html.escape(model['symbol'])} "
+            f"{html.escape(model['market_type'])} "
             f"{html.escape(model['timeframe'])}, horizon {model['label_horizon_bars']} bars, labels "
             f"{html.escape(model['label_threshold_mode'])} {model['label_threshold']:g}. "
             f"Production: <b>{production}</b>.{latest} {len(rows)} version(s). "

@@ -357,7 +357,8 @@ def airflow_cli(state: dict[str, Any], *args: str, check: bool = True) -> subpro
     env = process_env(state["env"])
     done = subprocess.run(["airflow", *args], env=env, capture_output=True, text=True, cwd=PROJECT_ROOT)
     if check and done.returncode != 0:
-        raise ConfigError(f"airflow {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+        raise ConfigError(f"airflow {' '.join(args)} failed ({done.returncode}):\n"
+                          f"{done.stdout[-3000:]}{done.stderr[-3000:]}")
     return done
 
 

@@ -16,5 +16,5 @@ from include.monitoring.monitor import (
 )
 from include.monitoring.predictions import last_scored_bar, load_predictions, log_predictions
 
-__all__ = ["ALERT", "COOLDOWN", "OK", "RETRAIN", "MonitorPolicy", "mark_requested", "last_scored_bar", "load_predictions",
-           "log_predictions", "monitor", "reports"]
+__all__ = ["ALERT", "COOLDOWN", "OK", "RETRAIN", "MonitorPolicy", "mark_requested", "last_scored_bar",
+           "load_predictions", "log_predictions", "monitor", "reports"]

@@ -70,7 +70,8 @@ def describe(report: dict[str, Any]) -> str:
     top = report["drift"]["top_features"][: report["policy"]["psi_top_k"]]
     for row in report["drift"]["table"]:
         lines.append(f"  {'*' if row['feature'] in top else ' '} {row['feature']:<20} PSI {num(row['psi'], '{:7.3f}')}"
-                     f"   missing {num(row['missing_share'], '{:.0%}')} (training {num(row['reference_missing_share'], '{:.0%}')})")
+                     f"   missing {num(row['missing_share'], '{:.0%}')} "
+                     f"(training {num(row['reference_missing_share'], '{:.0%}')})")
     lines.append("checks:")
     lines += [f"  {'TRIPPED' if c['tripped'] else 'ok     '} {c['name']:<18} {c['detail']}" for c in report["checks"]]
     lines.append(f"decision       {report['action'].upper()}: {report['reason']}")

@@ -219,7 +219,8 @@ def evaluate(report: dict[str, Any], policy: MonitorPolicy) -> list[dict[str, An
                              f"{policy.min_labelled_rows}", "performance"))
     age = report["freshness"]["age_hours"]
     checks.append(_check("data_freshness", not (age <= policy.max_data_age_hours), age, policy.max_data_age_hours,
-                         f"last closed bar {report['freshness']['last_bar_close']}, {age:.1f} h before {report['as_of']} "
+                         f"last closed bar {report['freshness']['last_bar_close']}, "
+                         f"{age:.1f} h before {report['as_of']} "
                          f"(limit {policy.max_data_age_hours} h)", "freshness"))
     return checks
 
@@ -254,7 +255,8 @@ def decide(engine: sa.Engine, model: str, checks: list[dict[str, Any]], as_of_ms
     retrain = [c for c in tripped if c["kind"] in ("drift", "performance")]
     if any(c["kind"] == "freshness" for c in tripped):
         # A retrain would not see newer data than the monitor did: fix ingestion first.
-        return ALERT, "; ".join(c["detail"] for c in tripped) + ("; no retrain requested on stale data" if retrain else "")
+        return ALERT, "; ".join(c["detail"] for c in tripped) + (
+            "; no retrain requested on stale data" if retrain else "")
     if retrain:
         last = _last_request(engine, model, as_of_ms, run_id)
         if last is not None and as_of_ms - last < policy.cooldown_hours * 3_600_000:
@@ -352,7 +354,8 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
     prior = np.asarray(estimator.class_prior_, dtype="float64")
     live: dict[str, Any] = {"scored_rows": int(len(frame)), "labelled_rows": int(len(labelled)),
                             "first_bar": frame.index.min(), "last_bar": frame.index.max(),
-                            "promised": {k: lineage["metrics"]["ensemble"].get(k) for k in ("macro_f1", "log_loss", "brier")},
+                            "promised": {k: lineage["metrics"]["ensemble"].get(k)
+                                         for k in ("macro_f1", "log_loss", "brier")},
                             "promised_prior_log_loss": lineage["metrics"]["baselines"].get("prior", {}).get("log_loss")}
     if len(labelled):
         y, p = labelled["label"].astype(int).to_numpy(), labelled[["p_down", "p_range", "p_up"]].to_numpy()

@@ -88,7 +88,8 @@ def monitor_one(settings: Settings, model: str, *, params: dict[str, Any], data_
 
 def monitor_message(results: list[dict[str, Any]]) -> str:
     """The alert text: per model the action, and every tripped check with its numbers."""
-    lines = [f"monitor_production: {sum(r['action'] != 'ok' for r in results)} of {len(results)} model(s) need attention"]
+    lines = [f"monitor_production: {sum(r['action'] != 'ok' for r in results)} of {len(results)} "
+             "model(s) need attention"]
     for r in results:
         lines.append(f"{r['model']} {r['version']} at {r['as_of']}: {r['action'].upper()}")
         lines += [f"  - {c['name']}: {c['detail']}" for c in r["tripped"]]

@@ -51,8 +51,9 @@ from include.pipeline.training import assemble, library_versions, train
 
 __all__ = [
     "FUNDING_LOOKBACK", "SKIPPED_FILE", "SUMMARY_FILE", "RunWindow", "assemble", "feature_frame", "features",
-    "act", "demote", "gate", "history_window", "ingest", "json_safe", "keep", "labels", "library_versions", "market_source",
-    "open_store", "plan_universe", "policy_from_config", "promote", "publish_universe", "resolve_window", "retrain_scope",
+    "act", "demote", "gate", "history_window", "ingest", "json_safe", "keep", "labels", "library_versions",
+    "market_source", "open_store", "plan_universe", "policy_from_config", "promote", "publish_universe",
+    "resolve_window", "retrain_scope",
     "run_dir", "run_once", "simulate_trading", "smoke_test", "summarise", "train", "universe_outcomes",
     "validate", "warmup", "write_parquet",
 ]

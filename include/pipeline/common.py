@@ -198,7 +198,8 @@ def run_location(settings: Settings, dag_id: str, model: str, window: RunWindow)
     Raises:
         ConfigError: ``dag_id`` or ``model`` is not a safe path component.
     """
-    return settings.runs_dir / check_name(dag_id, "DAG id") / check_name(model, "registered model name") / window.run_key
+    return (settings.runs_dir / check_name(dag_id, "DAG id") / check_name(model, "registered model name")
+            / window.run_key)
 
 
 def run_dir(settings: Settings, dag_id: str, model: str, window: RunWindow) -> Path:

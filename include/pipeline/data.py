@@ -291,7 +291,8 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     if not report["success"]:
         failed = sum(len(s["failed"]) for s in report["suites"])
         held = (f"the market store holds {cfg.symbol} {cfg.market_type} {cfg.timeframe} candles from "
-                f"{extent[0]:%Y-%m-%dT%H:%MZ} to {extent[1]:%Y-%m-%dT%H:%MZ}" if extent else "the store holds no candles")
+                f"{extent[0]:%Y-%m-%dT%H:%MZ} to {extent[1]:%Y-%m-%dT%H:%MZ}" if extent
+                else "the store holds no candles")
         raise DataQualityError(
             f"market data for {cfg.model_name} [{start:%Y-%m-%dT%H:%MZ}, {end:%Y-%m-%dT%H:%MZ}) failed {failed} "
             f"expectation(s) ({held}); report {path}; Data Docs {report['data_docs']}:\n{format_failures(report)}",

@@ -51,7 +51,8 @@ def forecast_positions(frame: pd.DataFrame, decision: Any, margins: np.ndarray |
     Each row needs its forecast (``p_*``) and the decision's inputs (:data:`DECISION_COLUMNS`:
     its model's standardised class moves, the volatility scale and the last settled funding
     rate). A row without class moves (an out-of-fold record or a version registered without them)
-    is traded by the decided-class rule: the prior-corrected class when its probability reaches ``decision.min_probability``
+    is traded by the decided-class rule: the prior-corrected class when its probability reaches
+    ``decision.min_probability``
     (:func:`include.backtest.positions_from_proba`).
 
     Returns:
@@ -430,7 +431,8 @@ def champion_record_test(own_oof: pd.DataFrame | None, live: pd.DataFrame, live_
     The champion's record is its own walk-forward record (its shadow record and out-of-fold rows
     from the run that registered it, rows before its live ones, :func:`own_record`) followed by
     its live rows (forecasts on rows after its training data); the test uses the most recent
-    ``n`` of them, ``n`` being the rows of the challenger's log-loss test, so that the champion is judged on as many rows, by the same block bootstrap, at the
+    ``n`` of them, ``n`` being the rows of the challenger's log-loss test, so that the champion is
+    judged on as many rows, by the same block bootstrap, at the
     same level as a challenger is, and not, as a test on its few live rows would, declared
     without skill for want of rows.
 
@@ -656,7 +658,8 @@ def promote(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id
     registry = ModelRegistry.from_settings(settings)
     try:
         current = registry.production(decision["model"])
-        if current is not None and current.version == decision["candidate"] and current.version != decision.get("champion"):
+        if (current is not None and current.version == decision["candidate"]
+                and current.version != decision.get("champion")):
             # An earlier try of this step moved it (a batch's task retried after a crash): not twice.
             pointer = current
             smoke = registry.smoke_test_passed(current.model, current.version, run_id)

@@ -294,7 +294,8 @@ def run_once(cfg: RunConfig, settings: Settings, *, dag_id: str, run_id: str,
 
     The same functions the DAG's tasks call, with the same inputs; for benchmarks, the gate's
     multi-week record and tests that need a real registry. The model families train side by
-    side, :func:`~include.resources.training_slots` at a time, as the DAG's training pool runs them. (The DAG adds what only Airflow
+    side, :func:`~include.resources.training_slots` at a time, as the DAG's training pool runs them.
+    (The DAG adds what only Airflow
     gives: retries, alerts, the approval step, the wait for earlier runs, markets in parallel.)
 
     Returns:

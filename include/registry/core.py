@@ -300,7 +300,8 @@ class ModelRegistry(AliasLedger, Retention):
                                        "(left by an interrupted registration or retention)", version, target)
                         _remove_tree(target)
                     os.rename(tmp, target)
-                    _write_version_row(conn, version, model, restored, interval_end=int(interval_end.timestamp() * 1000),
+                    _write_version_row(conn, version, model, restored,
+                                       interval_end=int(interval_end.timestamp() * 1000),
                                        registered_at=now_ms(), manifest_sha256=digest, files=files,
                                        artifact_path=relative, lineage=lineage)
         finally:
@@ -334,7 +335,8 @@ class ModelRegistry(AliasLedger, Retention):
             with self.lock(model):
                 try:
                     with self._transaction(model, lock=False) as conn:
-                        current = conn.execute(sa.select(version_table).where(version_table.c.version == version)).first()
+                        current = conn.execute(
+                            sa.select(version_table).where(version_table.c.version == version)).first()
                         restored = current is not None and current.deleted_at is not None
                         wrote = False
                         if current is None or restored:
@@ -401,7 +403,8 @@ class ModelRegistry(AliasLedger, Retention):
         if row is None:
             raise RegistryError(f"no model version {version!r} in the registry")
         with self.engine.connect() as conn:
-            aliases = [a for (a,) in conn.execute(sa.select(alias_table.c.alias).where(alias_table.c.version == version))]
+            aliases = [a for (a,) in conn.execute(
+                sa.select(alias_table.c.alias).where(alias_table.c.version == version))]
             held = sorted({a for (a,) in conn.execute(sa.select(event_table.c.alias).where(
                 event_table.c.to_version == version, event_table.c.event != "keep"))})
         return {"version": version, "model": row.model, "interval_end": iso(row.interval_end),

@@ -217,11 +217,15 @@ def track_record_section(name: str, record: dict[str, Any] | None) -> str:
                     + "</tr>")
     promised = record["totals"].get("production", {}).get("promised_log_loss")
     return (f"<div class='track' data-model=\"{html.escape(name)}\"><h4>Track record</h4><p>Every version scored "
-            f"forward on the week after its training data, over the {record['compared_weeks']} week(s) whose labels are known (a week "
-            "without a production model counts as the class-prior forecast, no position; made " + cell(record.get("made_at")) + "). The chain's versions promised an out-of-fold log "
+            f"forward on the week after its training data, over the {record['compared_weeks']} week(s) "
+            "whose labels are known (a week "
+            "without a production model counts as the class-prior forecast, no position; made "
+            + cell(record.get("made_at"))
+            + "). The chain's versions promised an out-of-fold log "
             f"loss of {cell(round(promised, 4) if promised is not None else None)} on average. Refresh with "
             f"<code>{command}</code>; try a policy with <code>python -m include.track_record replay --model "
-            f"{html.escape(name)} --set alpha=0.1</code>.</p>" + track_record_chart(record) + "<table><tr><th>policy</th><th>weeks</th>"
+            f"{html.escape(name)} --set alpha=0.1</code>.</p>" + track_record_chart(record)
+            + "<table><tr><th>policy</th><th>weeks</th>"
             "<th>forward log loss</th><th>forward macro F1</th><th>Sharpe after costs</th><th>mean age (days)</th>"
             "<th>weeks without a model</th>"
             "</tr>" + "".join(rows) + "</table></div>")
@@ -294,7 +298,8 @@ def version_page(info: dict[str, Any], events: list[dict[str, Any]]) -> str:
                                      f"{config.get('label_threshold_mode')} {config.get('label_threshold')}"},
         {"field": "files (sha256)", "value": ", ".join(f"{k} {v[:12]}" for k, v in (info.get("files") or {}).items())},
     ]
-    folds = [{"fold": f.get("fold"), **{k: f.get(k) for k in ("n", "macro_f1", "balanced_accuracy", "log_loss", "brier")}}
+    folds = [{"fold": f.get("fold"),
+              **{k: f.get(k) for k in ("n", "macro_f1", "balanced_accuracy", "log_loss", "brier")}}
              for f in metrics.get("ensemble_per_fold", [])]
     decision = next((e["decision"] for e in reversed(events) if e.get("decision")
                      and (e["decision"].get("candidate") == version)), None)
@@ -340,7 +345,8 @@ def timeline_page(name: str, events: list[dict[str, Any]]) -> str:
               "<b>no model</b> (class-prior forecast, no position)" if r["event"] == "demote" else "")
         cells = [cell(r["when"]), f"<b>{cell(r['event'])}</b>", version_link(r["from"]), to,
                  version_link(r["candidate"]), cell(r["by"]), cell(r["reason"])]
-        body.append(f"<tr class='{'production' if r['event'] != 'keep' else ''}' data-event='{html.escape(r['event'])}'>"
+        body.append(f"<tr class='{'production' if r['event'] != 'keep' else ''}' "
+                    f"data-event='{html.escape(r['event'])}'>"
                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{c}</th>" for c in ("when", "event", "from", "to", "candidate", "by", "reason"))
     return ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(name) + "</title>" + STYLE

@@ -168,7 +168,8 @@ def run_note(results: list[dict[str, Any]], limit: int = 1000) -> str:
                      f"PBO {'n/a' if pbo is None else f'{pbo:.2f}'}")
     for shown in range(len(parts), -1, -1):
         rest = len(parts) - shown
-        note = head + "; ".join(parts[:shown]) + (f"; and {rest} more (see publish_summary's log)" if rest else "") + "."
+        note = (head + "; ".join(parts[:shown]) + (f"; and {rest} more (see publish_summary's log)" if rest else "")
+                + ".")
         if len(note) <= limit:
             return note
     return note[:limit]

@@ -101,7 +101,8 @@ def test_healthchecks_back_every_service_healthy_dependency_and_ports_match():
 
 def test_executor_broker_and_result_backend_point_at_compose_services():
     env = SERVICES["airflow-worker"]["environment"]
-    assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://") and "@redis:6379" in env["AIRFLOW__CELERY__BROKER_URL"]
+    assert (env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+            and "@redis:6379" in env["AIRFLOW__CELERY__BROKER_URL"])
     assert "@postgres/airflow" in env["AIRFLOW__CELERY__RESULT_BACKEND"]
     assert "@postgres/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     reqs = (ROOT / "requirements.txt").read_text()

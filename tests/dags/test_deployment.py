@@ -133,7 +133,8 @@ def _approvals(tmp_path: Path, port: int, config, up: subprocess.Popen, log: Pat
 
     _wait(answerable, 900, "three approval requests", up, log, task_states)
     asked = waiting()
-    assert asked[BTC]["subject"].startswith("Promote v20230716T0000-") and asked[BTC]["options"] == ["Approve", "Reject"]
+    assert (asked[BTC]["subject"].startswith("Promote v20230716T0000-")
+            and asked[BTC]["options"] == ["Approve", "Reject"])
     for model, answer in ((BTC, "Approve"), (eth, "Reject")):
         index = asked[model]["task_instance"]["map_index"]
         done = call("PATCH", f"{base}/{run_id}/taskInstances/market.approve_promotion/{index}/hitlDetails",
@@ -240,10 +241,12 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
                   1200, "the three backfill runs", up, log)
             runs = [r for _, _, r in backfill_runs()]
             assert [s for _, s, _ in backfill_runs()] == ["success"] * 3, [(r.dag_run_id, r.state) for r in runs]
-            assert [r.data_interval_start.date().isoformat() for r in runs] == ["2023-06-04", "2023-06-11", "2023-06-18"]
+            assert [r.data_interval_start.date().isoformat() for r in runs] == [
+                "2023-06-04", "2023-06-11", "2023-06-18"]
             # The scheduler wrote each run's decision as its note (plugins/run_notes.py).
             for r in runs:
-                assert (r.note or "").startswith("Weekly retrain, 1 market(s): 1 promoted, 0 kept"), (r.dag_run_id, r.note)
+                assert (r.note or "").startswith("Weekly retrain, 1 market(s): 1 promoted, 0 kept"), (
+                    r.dag_run_id, r.note)
                 assert "/model-registry/versions/" in r.note, r.note
             # Airflow runs one backfill per DAG: the scheduler closes this one shortly after its last run.
             _wait(lambda: backfills.get_backfill(created.id).completed_at is not None, 120,
@@ -336,9 +339,11 @@ def test_make_airflow_deployment_backfills_through_the_rest_client_and_stops_cle
             if not signals.is_file():
                 return False
             rows = pd.read_csv(signals)
-            return bool(((rows["event"] == event) & (rows["event_version"] == version) & (rows["version"] == version)).any())
+            return bool(((rows["event"] == event) & (rows["event_version"] == version)
+                         & (rows["version"] == version)).any())
 
-        _wait(lambda: published("promote", sunday["candidate"]), 300, "publish_signals to run on the promotion", up, log)
+        _wait(lambda: published("promote", sunday["candidate"]), 300, "publish_signals to run on the promotion",
+              up, log)
         # A rollback through rollback_model updates the asset too, with the restored version.
         with client.ApiClient(config) as api:
             client.DagRunApi(api).trigger_dag_run("rollback_model", client.TriggerDAGRunPostBody(

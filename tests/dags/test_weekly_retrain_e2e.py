@@ -146,7 +146,8 @@ def test_first_run_promotes_one_loadable_model_per_market(first_run):
     assert note.startswith("Weekly retrain, 2 market(s): 2 promoted, 0 kept, 0 skipped, 0 failed.")
     for model in (BTC, ETH):
         version = _summary(dr, model)["production"]
-        assert f"- **{model}**: PROMOTED {version} (was none) ([report](/model-registry/versions/{version}/report))" in note
+        assert (f"- **{model}**: PROMOTED {version} (was none) "
+                f"([report](/model-registry/versions/{version}/report))") in note
 
 
 def test_second_run_gates_each_market_against_its_own_champion(dag, first_run, webhook_server):
@@ -613,7 +614,8 @@ def test_a_batch_retries_the_market_the_exchange_failed_and_reuses_the_other(air
     from tests.conftest import ROOT
 
     for name, value in (("MARKET_DB_URL", f"sqlite:///{tmp_path / 'market.sqlite'}"),
-                        ("MODEL_REGISTRY_DIR", str(tmp_path / "models")), ("RUN_ARTIFACTS_DIR", str(tmp_path / "runs"))):
+                        ("MODEL_REGISTRY_DIR", str(tmp_path / "models")),
+                        ("RUN_ARTIFACTS_DIR", str(tmp_path / "runs"))):
         monkeypatch.setenv(name, value)
     dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("weekly_retrain")
     for task in dag.tasks:  # the retry at once rather than after the DAG's two minutes

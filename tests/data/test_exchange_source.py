@@ -63,7 +63,8 @@ def test_never_returns_an_unfinished_bar(source, replay):
     got = source.fetch_ohlcv("BTCUSDT", "perp", "1h", NOW - timedelta(days=1), NOW + timedelta(days=1))
     assert got["timestamp"].max() == pd.Timestamp("2023-12-20 04:00", tz="UTC")  # 05:00 bar is open at 05:30
     # The exchange does send the bar in progress; the source drops it.
-    raw = source.client.fetch_ohlcv("BTC/USDT:USDT", "1h", int(pd.Timestamp("2023-12-20 04:00", tz="UTC").value // 10**6), 5)
+    raw = source.client.fetch_ohlcv("BTC/USDT:USDT", "1h",
+                                    int(pd.Timestamp("2023-12-20 04:00", tz="UTC").value // 10**6), 5)
     assert [r[0] for r in raw][-1] == int(pd.Timestamp("2023-12-20 05:00", tz="UTC").value // 10**6)
 
 
@@ -85,7 +86,8 @@ def test_rate_limit_response_is_retried_after_the_servers_delay(source, replay):
 def test_retries_run_out_with_a_clear_error(source, replay):
     replay.fail_next("/fapi/v1/klines", 502, times=10)
     with pytest.raises(SourceError, match="still failing after 3 retries"):
-        source.fetch_ohlcv("BTCUSDT", "perp", "1h", datetime(2023, 10, 1, tzinfo=UTC), datetime(2023, 10, 2, tzinfo=UTC))
+        source.fetch_ohlcv("BTCUSDT", "perp", "1h", datetime(2023, 10, 1, tzinfo=UTC),
+                           datetime(2023, 10, 2, tzinfo=UTC))
     replay.clear_faults()
 
 

@@ -101,7 +101,8 @@ def test_spot_gaps_of_the_real_data_are_measured(data_dir):
     bars = src.fetch_ohlcv("BTCUSDT", "spot", "1h", start, end)
     limits = SuiteLimits(3600, 28 * 24, 0.9, 0.1, 24, 0.03, 8)
     report = run_suites(bars, None, None, limits)
-    gap = next(f for s in report["suites"] for f in s["failed"] if f["expectation"] == "expect_column_max_to_be_between")
+    gap = next(f for s in report["suites"] for f in s["failed"]
+               if f["expectation"] == "expect_column_max_to_be_between")
     assert gap["observed_value"] == 33.0
 
 
@@ -152,7 +153,8 @@ def test_candles_that_stop_before_the_window_end_fail_naming_where_they_end():
     # Candles that start late leave a gap at the window's start like any other.
     late = full[full["timestamp"] >= start + pd.Timedelta(hours=30)]
     report = run_suites(late, None, None, limits())
-    assert not report["success"] and "30 missing bars before 2023-11-02T06:00Z" in report["suites"][0]["failed"][0]["message"]
+    assert not report["success"] and (
+        "30 missing bars before 2023-11-02T06:00Z" in report["suites"][0]["failed"][0]["message"])
 
 
 def test_too_few_rows_because_the_source_stopped_says_where_the_data_ends_and_how_far_from_the_window_end():

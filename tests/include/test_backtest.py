@@ -138,4 +138,5 @@ def test_the_deflated_sharpe_ratio_reproduces_the_paper_s_worked_example():
     # One trial: nothing to deflate, the probabilistic Sharpe ratio against 0.
     assert expected_max_sharpe(1, 0.5) == 0.0
     # More trials, a higher bar.
-    assert deflated_sharpe_ratio(0.1, 1250, 0.0, 3.0, 1000, 0.002) < deflated_sharpe_ratio(0.1, 1250, 0.0, 3.0, 10, 0.002)
+    assert (deflated_sharpe_ratio(0.1, 1250, 0.0, 3.0, 1000, 0.002)
+            < deflated_sharpe_ratio(0.1, 1250, 0.0, 3.0, 10, 0.002))

@@ -68,8 +68,9 @@ def test_a_window_past_the_data_says_where_the_data_ends(tmp_path, data_dir):
                                           "the source covers 2019-09-10 00:00Z to 2023-12-31 23:00Z"):
         _run_to_validation(tmp_path, data_dir, lambda bars: bars, as_of="2024-08-04")
     # A window that holds the data's last month: validation names where the candles end.
-    with pytest.raises(DataQualityError, match="the candles end with the bar opening 2023-12-31T23:00Z, 3672 bar\\(s\\) "
-                                               "before the window's end"):
+    with pytest.raises(DataQualityError,
+                       match="the candles end with the bar opening 2023-12-31T23:00Z, 3672 bar\\(s\\) "
+                             "before the window's end"):
         _run_to_validation(tmp_path / "later", data_dir, lambda bars: bars, as_of="2024-06-02")
 
 

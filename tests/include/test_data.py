@@ -94,9 +94,12 @@ def _bad_copy(data_dir, tmp_path, edit):
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda line: ",".join(line.split(",")[:3]), r"line {n}: 3 fields, expected 6 \(timestamp,open,high,low,close,volume\): '2023-12-20T05:00:00Z,"),
-    (lambda line: ",".join([*line.split(",")[:4], "abc", line.split(",")[5]]), r"line {n}, column close: 'abc' is not a number \(timestamp 2023-12-20T05:00:00Z\)"),
-    (lambda line: "20-12-2023 05h," + line.split(",", 1)[1], r"line {n}: timestamp '20-12-2023 05h' is not an ISO-8601 time"),
+    (lambda line: ",".join(line.split(",")[:3]),
+     r"line {n}: 3 fields, expected 6 \(timestamp,open,high,low,close,volume\): '2023-12-20T05:00:00Z,"),
+    (lambda line: ",".join([*line.split(",")[:4], "abc", line.split(",")[5]]),
+     r"line {n}, column close: 'abc' is not a number \(timestamp 2023-12-20T05:00:00Z\)"),
+    (lambda line: "20-12-2023 05h," + line.split(",", 1)[1],
+     r"line {n}: timestamp '20-12-2023 05h' is not an ISO-8601 time"),
 ])
 def test_files_are_read_strictly_naming_file_line_column_and_text(data_dir, tmp_path, edit, message):
     from include.data.sources import FileSource
@@ -110,7 +113,8 @@ def test_files_are_read_strictly_naming_file_line_column_and_text(data_dir, tmp_
 def test_an_empty_cell_is_a_missing_value_and_a_naive_timestamp_is_logged_as_utc(data_dir, tmp_path, caplog):
     from include.data.sources import FileSource
 
-    _bad_copy(data_dir, tmp_path, lambda line: line.replace("Z,", ",", 1).rsplit(",", 2)[0] + ",," + line.rsplit(",", 1)[1])
+    _bad_copy(data_dir, tmp_path,
+              lambda line: line.replace("Z,", ",", 1).rsplit(",", 2)[0] + ",," + line.rsplit(",", 1)[1])
     bars = FileSource(tmp_path).fetch_ohlcv("BTCUSDT", "perp", "1h", datetime(2023, 12, 20, tzinfo=UTC),
                                             datetime(2023, 12, 21, tzinfo=UTC))
     row = bars[bars["timestamp"] == pd.Timestamp("2023-12-20T05:00Z")].iloc[0]
@@ -124,7 +128,8 @@ def test_a_missing_directory_or_file_is_named_plainly(tmp_path):
     with pytest.raises(SourceError, match=f"data directory {tmp_path / 'nope'} does not exist"):
         FileSource(tmp_path / "nope").fetch_ohlcv("BTCUSDT", "perp", "1h", datetime(2023, 1, 1, tzinfo=UTC),
                                                   datetime(2023, 2, 1, tzinfo=UTC))
-    with pytest.raises(SourceError, match=f"no OHLCV file btcusdt_perp_1h.csv or btcusdt_perp_1h.csv.gz in {tmp_path}$"):
+    with pytest.raises(SourceError,
+                       match=f"no OHLCV file btcusdt_perp_1h.csv or btcusdt_perp_1h.csv.gz in {tmp_path}$"):
         FileSource(tmp_path).fetch_ohlcv("BTCUSDT", "perp", "1h", datetime(2023, 1, 1, tzinfo=UTC),
                                          datetime(2023, 2, 1, tzinfo=UTC))
 

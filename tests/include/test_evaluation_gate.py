@@ -148,7 +148,8 @@ def test_prior_corrected_metrics_score_the_forecast_itself_and_the_corrected_dec
     proper = ("log_loss", "brier")
     assert {k: v for k, v in m.items() if k not in proper} == {k: v for k, v in decided.items() if k not in proper}
     # Dividing by the prior moves hard decisions away from the majority class.
-    assert np.asarray(m["confusion"])[:, 1].sum() < np.asarray(classification_metrics(y, proba)["confusion"])[:, 1].sum()
+    assert (np.asarray(m["confusion"])[:, 1].sum()
+            < np.asarray(classification_metrics(y, proba)["confusion"])[:, 1].sum())
 
 
 def test_the_brier_score_of_a_calibrated_prior_forecast_is_its_own_not_the_rescaled_decisions():

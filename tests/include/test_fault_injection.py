@@ -269,7 +269,8 @@ def test_a_promotion_killed_in_its_smoke_test_is_smoke_tested_by_the_retry_and_r
     champion = base["champion"]
     assert _child(base, settings, case, spec, ["apply_retention"]).returncode == 0
     _check(base, settings, production=champion, run_events=[
-        (CHALLENGER, "candidate", candidate), (PRODUCTION, "promote", candidate), (PRODUCTION, "auto_rollback", champion)])
+        (CHALLENGER, "candidate", candidate), (PRODUCTION, "promote", candidate),
+        (PRODUCTION, "auto_rollback", champion)])
     _record(base, OTHERS[0], "promote_or_keep", "SIGKILL in the smoke test; retry smoke-tested, failed, rolled back",
             champion, "candidate, promote, auto_rollback")
 

@@ -98,7 +98,8 @@ def test_the_macro_f1_of_a_resample_is_scikit_learns():
     rng = np.random.default_rng(0)
     y, pred = rng.integers(0, 3, (5, 200)), rng.integers(0, 3, (5, 200))
     pred[1] = 0  # a class never predicted: zero_division
-    expected = [f1_score(a, b, labels=[0, 1, 2], average="macro", zero_division=0) for a, b in zip(y, pred, strict=True)]
+    expected = [f1_score(a, b, labels=[0, 1, 2], average="macro", zero_division=0)
+                for a, b in zip(y, pred, strict=True)]
     assert macro_f1_from_counts(y, pred) == pytest.approx(expected)
 
 

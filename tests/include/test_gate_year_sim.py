@@ -66,7 +66,8 @@ def test_a_champion_whose_record_is_worse_than_the_prior_is_demoted(resamples):
     champion = promoted(market, 0, "w01")
     oof = market.oof(1)
     found = champion_input(market, champion, oof, GatePolicy(), "")
-    decision = decide(GatePolicy(), candidate_version="w02", evidence=fast_evidence(GatePolicy(), oof, SPEC, resamples["default"]),
+    decision = decide(GatePolicy(), candidate_version="w02",
+                      evidence=fast_evidence(GatePolicy(), oof, SPEC, resamples["default"]),
                       champion=found)
     assert found["record"]["p_value"] <= GatePolicy().level and decision.action == "demote"
 

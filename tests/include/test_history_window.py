@@ -78,7 +78,8 @@ def test_no_candles_in_the_window_fails_naming_where_the_data_ends(stored, held)
     with pytest.raises(NoDataError) as info:
         history_window(CFG, WINDOW, None, stored, source="FileSource('data/binance')")
     message = str(info.value)
-    for needle in ("FileSource('data/binance') has no NEWUSDT perp 1h candles in [2022-11-01 00:00Z, 2023-12-31 00:00Z)",
+    for needle in ("FileSource('data/binance') has no NEWUSDT perp 1h candles in "
+                   "[2022-11-01 00:00Z, 2023-12-31 00:00Z)",
                    held, "source='exchange'", "as_of_date"):
         assert needle in message, (needle, message)
 
@@ -104,7 +105,8 @@ def test_a_short_requested_interval_still_names_a_sunday_to_qualify_on():
     requested = resolve_window(RunConfig(symbol="NEWUSDT", train_window_days=365, min_history_days=180,
                                          as_of_date="2023-12-27"),
                                data_interval_start=None, data_interval_end=None, run_after=None)
-    assert (requested.interval_start, requested.interval_end) == ("2023-12-24T00:00:00+00:00", "2023-12-27T00:00:00+00:00")
+    assert (requested.interval_start, requested.interval_end) == (
+        "2023-12-24T00:00:00+00:00", "2023-12-27T00:00:00+00:00")
     first = datetime(2023, 10, 1, tzinfo=UTC)
     with pytest.raises(MarketNotReadyError) as info:
         history_window(CFG, requested, first, (first, STORED[1]))

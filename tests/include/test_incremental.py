@@ -56,7 +56,8 @@ def _scratch_copy(settings: Settings, root: Path) -> Settings:
 
 def _ingest(cfg: RunConfig, settings: Settings) -> RunWindow:
     window = resolve_window(cfg, data_interval_start=None, data_interval_end=None, run_after=None)
-    return RunWindow(**ingest(cfg, window, settings, run_dir(settings, "weekly_retrain", cfg.model_name, window))["window"])
+    return RunWindow(**ingest(cfg, window, settings,
+                              run_dir(settings, "weekly_retrain", cfg.model_name, window))["window"])
 
 
 def _validate(cfg: RunConfig, settings: Settings, window: RunWindow | None = None) -> tuple[dict, RunWindow]:
@@ -120,7 +121,8 @@ def test_incremental_validation_concludes_what_validation_from_scratch_does(tmp_
     _edit_store(settings, "UPDATE ohlcv SET high = open + 1e6 WHERE symbol = 'BTCUSDT' AND market_type = 'perp' "
                 "AND ts = :ts", ts=_ms("2023-05-10T07:00Z"))
     gap = compare(3, RunConfig(as_of_date=weeks[3], **SMALL), "DELETE FROM ohlcv WHERE symbol = 'BTCUSDT' AND "
-                  "market_type = 'perp' AND ts >= :a AND ts < :b", a=_ms("2023-04-15T12:00Z"), b=_ms("2023-04-18T12:00Z"))
+                  "market_type = 'perp' AND ts >= :a AND ts < :b", a=_ms("2023-04-15T12:00Z"),
+                  b=_ms("2023-04-18T12:00Z"))
     assert not gap["success"]
     assert any("72 missing bars before 2023-04-18T12:00Z" in f["message"] for s in gap["suites"] for f in s["failed"])
 
@@ -180,7 +182,8 @@ def _week_results(run: dict, settings: Settings) -> dict:
     metrics and the bytes of every member model."""
     decision = run["decision"]
     folder = Path(run["summary"]["path"]).parent
-    members = {p.parent.name: json.loads(p.read_text())["files"] for p in sorted(folder.glob("candidates/*/metadata.json"))}
+    members = {p.parent.name: json.loads(p.read_text())["files"]
+               for p in sorted(folder.glob("candidates/*/metadata.json"))}
     return {"passed": decision["passed"], "action": run["action"]["action"],
             "checks": [(c["name"], c["passed"], c.get("value"), c.get("threshold")) for c in decision["checks"]],
             "ensemble": run["assembled"]["ensemble"], "members": members,

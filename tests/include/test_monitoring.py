@@ -228,7 +228,8 @@ def test_a_version_registered_without_a_reference_is_monitored_from_the_store(de
     version = registry.production(BTC).version
     with_stored = monitor(settings, BTC, datetime(2023, 12, 24, tzinfo=UTC), run_id="stored")
     assert with_stored["drift"]["reference"] == "stored at registration"
-    old = {k: v for k, v in registry.describe(version)["lineage"].items() if k not in ("drift_reference", "top_features")}
+    old = {k: v for k, v in registry.describe(version)["lineage"].items()
+           if k not in ("drift_reference", "top_features")}
     with registry.engine.begin() as conn:
         conn.execute(sa.update(version_table).where(version_table.c.version == version).values(lineage=old))
     report = monitor(settings, BTC, datetime(2023, 12, 24, tzinfo=UTC), run_id="old-version")

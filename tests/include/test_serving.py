@@ -87,12 +87,14 @@ def test_native_fast_path_equals_the_ensembles_predict_proba(serving, trained_re
     names = list(lineage["feature_spec"]["names"])
     spec = FeatureSpec.from_dict({k: v for k, v in lineage["feature_spec"].items() if k != "sha256"})
     frame = feature_frame(MarketStore(trained_registry["settings"].market_db_url), RunConfig(), spec,
-                          AS_OF - timedelta(days=40), AS_OF)[names].dropna(subset=[n for n in names if n != "oi_change_1d"])
+                          AS_OF - timedelta(days=40), AS_OF)[names].dropna(
+                              subset=[n for n in names if n != "oi_change_1d"])
     frame.iloc[::7, names.index("oi_change_1d")] = np.nan  # missing values take the models' own NaN route
     fast = FastPredictor(model, frame.tail(64))
     assert fast.native
     np.testing.assert_allclose(fast.predict_proba(frame.to_numpy()), model.predict_proba(frame), atol=1e-9)
-    np.testing.assert_allclose(serving.predict_row(frame.to_numpy()[-3:]), model.predict_proba(frame.tail(3)), atol=1e-9)
+    np.testing.assert_allclose(serving.predict_row(frame.to_numpy()[-3:]), model.predict_proba(frame.tail(3)),
+                               atol=1e-9)
 
 
 def test_a_forecast_from_data_older_than_a_bar_of_lag_is_refused_and_every_answer_says_how_old(trained_registry):
@@ -200,10 +202,12 @@ def test_production_moved_to_a_tampered_version_keeps_serving_the_last_verified_
         answers = [serving.predict(AS_OF) for _ in range(5)]
         assert [a.version for a in answers] == [v2] * 5
         assert all(a.refused == answers[0].refused for a in answers)
-        assert answers[0].refused["version"] == v1 and "refusing to load a modified artifact" in answers[0].refused["error"]
+        assert (answers[0].refused["version"] == v1
+                and "refusing to load a modified artifact" in answers[0].refused["error"])
         assert answers[0].to_dict()["refused"] == answers[0].refused
         refusals = [r for r in caplog.records if r.levelname == "ERROR" and "fails verification" in r.getMessage()]
-        assert len(refusals) == 2 and v1 in refusals[0].getMessage() and v2 in refusals[0].getMessage()  # once per loader
+        assert (len(refusals) == 2 and v1 in refusals[0].getMessage()
+                and v2 in refusals[0].getMessage())  # once per loader
         fresh = ProductionModel(registry, trained_registry["settings"].market_db_url, BTC, refresh_seconds=0)
         for _ in range(3):
             with pytest.raises(RegistryError, match="refusing to load a modified artifact"):
@@ -249,7 +253,8 @@ def test_a_version_registered_with_the_version_1_spec_is_served_its_own_level_fe
     y = make_labels(X["close"], horizon=4, mode="volatility", threshold=0.43)
     rows = X.drop(columns="oi_change_1d").notna().all(axis=1) & y.notna()
     member = build_estimator("lightgbm", random_state=0, n_jobs=1, n_estimators=20).fit(X[rows], y[rows].astype(int))
-    model = WeightedSoftVotingEnsemble.from_fitted([("lightgbm", member)], [1.0], np.full(3, 1 / 3), feature_names=names)
+    model = WeightedSoftVotingEnsemble.from_fitted([("lightgbm", member)], [1.0], np.full(3, 1 / 3),
+                                                   feature_names=names)
     _, v2 = trained_registry["versions"]
     candidate = tmp_path / "candidate"
     shutil.copytree(registry.root / registry.describe(v2)["artifact_path"], candidate)

@@ -164,7 +164,8 @@ def test_the_track_record_scores_each_policy_forward_on_the_weeks_it_serves(back
         assert 0.9 < totals[name]["log_loss"] < 1.3 and totals[name]["rows"] > 4 * 160
     # A replay that never promotes: every week is scored as the class-prior forecast, flat.
     strict = totals["strict"]
-    assert strict["weeks_without_model"] == strict["weeks"] == 4 and strict["sharpe"] == 0 and strict["total_return"] == 0
+    assert (strict["weeks_without_model"] == strict["weeks"] == 4 and strict["sharpe"] == 0
+            and strict["total_return"] == 0)
     assert [w["policies"]["strict"]["version"] for w in weeks] == [None] * 5
     # The first week's three policies serve the same version: the same forward score.
     first = weeks[0]["policies"]

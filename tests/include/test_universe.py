@@ -113,7 +113,8 @@ def test_universe_file_and_source_dir_params_are_read_only_under_the_input_roots
 
 def test_a_market_s_params_may_hold_lists(tmp_path):
     text = ("markets:\n  - {symbol: BTCUSDT, market_type: perp, timeframe: 1h, params: {models: [lightgbm]}}\n"
-            "  - {symbol: BTCUSDT, market_type: perp, timeframe: 1h, params: {models: [lightgbm], label_horizon_bars: 6}}")
+            "  - {symbol: BTCUSDT, market_type: perp, timeframe: 1h, "
+            "params: {models: [lightgbm], label_horizon_bars: 6}}")
     configs = plan_markets({}, path=_write(tmp_path, text))
     assert [(c.models, c.label_horizon_bars) for c in configs] == [(("lightgbm",), 4), (("lightgbm",), 6)]
 

@@ -35,7 +35,8 @@ def _request(url: str, token: str | None = None, body: dict | None = None) -> tu
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             raw = resp.read()
-            return resp.status, json.loads(raw) if resp.headers.get_content_type() == "application/json" else raw.decode()
+            return resp.status, (json.loads(raw) if resp.headers.get_content_type() == "application/json"
+                                 else raw.decode())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
 
@@ -72,7 +73,8 @@ def test_a_viewer_reads_the_registry_but_cannot_write_the_prediction_log(api):
     viewer = token["access_token"]
     assert _request(api["base"] + "/model-registry/models", viewer)[0] == 200
     assert _request(api["base"] + f"/model-registry/versions/{api['eth']}", viewer)[0] == 200
-    status, err = _request(api["base"] + "/model-registry/predict", viewer, {"model": BTC, "as_of": "2023-12-31T00:00:00Z"})
+    status, err = _request(api["base"] + "/model-registry/predict", viewer,
+                           {"model": BTC, "as_of": "2023-12-31T00:00:00Z"})
     assert status == 403 and err["detail"] == "Forbidden"
 
 
@@ -105,7 +107,8 @@ def test_models_versions_aliases_and_history(api):
     status, report = _request(api["base"] + f"/model-registry/versions/{api['eth']}/report", api["token"])
     assert status == 200 and api["eth"] in report and "<html" in report.lower()
     # The first two moves are the fixture's promotions (other tests may add and undo moves).
-    assert [(h["event"], h["from"], h["to"]) for h in alias["history"][:2]] == [("promote", None, v1), ("promote", v1, v2)]
+    assert [(h["event"], h["from"], h["to"]) for h in alias["history"][:2]] == [
+        ("promote", None, v1), ("promote", v1, v2)]
     assert alias["history"][1]["decision"]["passed"] is True
 
 
@@ -146,7 +149,8 @@ def test_a_version_has_a_page_and_a_model_its_production_history(api):
     assert status == 200 and "production history" in timeline
     # Newest first: v2's promotion over v1, then v1's first promotion, with the run that made each.
     assert timeline.index("fixture__BTCUSDT__2023-12-31") < timeline.index("fixture__BTCUSDT__2023-12-24")
-    assert timeline.count("data-event='promote'") >= 2  # other tests sharing the registry may add later moves above them
+    # other tests sharing the registry may add later moves above them
+    assert timeline.count("data-event='promote'") >= 2
     assert _request(api["base"] + "/model-registry/models/nope/timeline", api["token"])[0] == 404
     status, models = _request(api["base"] + "/model-registry/ui", api["token"])
     assert f"href='versions/{v1}/page'" in models and f"href='models/{BTC}/timeline'" in models
@@ -198,7 +202,8 @@ def test_models_page_in_headless_chromium(api, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Debian's chromium package is required (bash .ci/run installs it)"
     port = free_port()
-    proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                             "--no-first-run",
                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
                              f"--user-data-dir={tmp_path / 'profile'}", f"--remote-debugging-port={port}",
                              "--window-size=1400,900", "about:blank"],
