@@ -263,7 +263,7 @@ def summary(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _overrides(pairs: list[str]) -> dict[str, Any]:
+def run_overrides(pairs: list[str]) -> dict[str, Any]:
     """``NAME=VALUE`` pairs as run parameters: JSON values where they parse (numbers, booleans),
     ``models`` as a comma list, anything else as a string."""
     out: dict[str, Any] = {}
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="ERROR")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level)
-    overrides = _overrides(args.set)
+    overrides = run_overrides(args.set)
     RunConfig.from_params({"as_of_date": args.week, **overrides})  # bad settings fail before any run
     cells = [parse_cell(c) for c in args.cells]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,22 +38,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from include.config import PROJECT_ROOT, RunConfig, Settings  # noqa: E402
+from bench.edge_capture import run_overrides  # noqa: E402
+from bench.gate_year import settings_for  # noqa: E402
+from include.config import PROJECT_ROOT, RunConfig  # noqa: E402
 from include.pipeline import run_once  # noqa: E402
 
 DAG_ID = "market_week"
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs as run parameters, values parsed as JSON where they parse."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, _, raw = pair.partition("=")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def fit_floor(dataset: Path, cfg: RunConfig, repeats: int = 2) -> dict[str, Any]:
@@ -87,15 +77,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--symbol", default="BTCUSDT")
     parser.add_argument("--weeks", nargs="+", default=["2023-12-10", "2023-12-17", "2023-12-24"])
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="run parameters")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a run parameter (repeat; models as a comma list)")
     parser.add_argument("--target", type=float, default=0.5, help="steady week / floor at most this")
     parser.add_argument("--root", type=Path, default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args(argv)
-    overrides = parse_overrides(args.set)
+    overrides = run_overrides(args.set)
     root = args.root or Path(tempfile.mkdtemp(prefix="market_week."))
     root.mkdir(parents=True, exist_ok=True)
-    settings = Settings(data_dir=PROJECT_ROOT / "data" / "binance", market_db_url=f"sqlite:///{root / 'market.sqlite'}",
-                        registry_dir=root / "models", runs_dir=root / "runs")
+    settings = settings_for(root, PROJECT_ROOT / "data" / "binance")
     weeks = []
     cfg = None
     for week in args.weeks:

@@ -261,7 +261,8 @@ def timed_step(name: str, *, part: str | None = None) -> Callable[[F], F]:
     """Record the wall and CPU seconds of a pipeline step in its run folder.
 
     The decorated function must take an ``out_dir`` argument (the run folder). Each call writes
-    ``<out_dir>/step_times/<name>[.<part>].json``: ``{"step", "wall_s", "cpu_s", "ok"}``, where
+    ``<out_dir>/step_times/<name>[.<part>].json``: ``{"step", "started", "wall_s", "cpu_s", "ok"}``
+    (``started`` in seconds since the epoch), where
     ``cpu_s`` is this process's CPU time over the step (all its threads: steps that run side by
     side in one process, as ``run_once`` trains the families, count each other's) and ``ok`` is
     false when the step raised.
@@ -279,7 +280,7 @@ def timed_step(name: str, *, part: str | None = None) -> Callable[[F], F]:
         def timed(*args: Any, **kwargs: Any) -> Any:
             bound = signature.bind(*args, **kwargs)
             label = name if part is None else f"{name}.{bound.arguments[part]}"
-            wall, cpu, ok = time.perf_counter(), time.process_time(), False
+            started, wall, cpu, ok = time.time(), time.perf_counter(), time.process_time(), False
             try:
                 result = fn(*args, **kwargs)
                 ok = True
@@ -287,8 +288,8 @@ def timed_step(name: str, *, part: str | None = None) -> Callable[[F], F]:
             finally:
                 if bound.arguments.get("out_dir") is not None:
                     try:
-                        _record_step_time(Path(bound.arguments["out_dir"]), label, time.perf_counter() - wall,
-                                          time.process_time() - cpu, ok)
+                        _record_step_time(Path(bound.arguments["out_dir"]), label, started,
+                                          time.perf_counter() - wall, time.process_time() - cpu, ok)
                     except OSError as exc:  # a timing never fails a step, nor hides its error
                         logger.warning("%s: could not record the step's time in %s: %s", label,
                                        bound.arguments["out_dir"], exc)
@@ -296,11 +297,11 @@ def timed_step(name: str, *, part: str | None = None) -> Callable[[F], F]:
     return wrap
 
 
-def _record_step_time(out_dir: Path, label: str, wall_s: float, cpu_s: float, ok: bool) -> None:
+def _record_step_time(out_dir: Path, label: str, started: float, wall_s: float, cpu_s: float, ok: bool) -> None:
     folder = out_dir / STEP_TIMES_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / f"{label}.json",
-                      {"step": label, "wall_s": round(wall_s, 4), "cpu_s": round(cpu_s, 4), "ok": ok})
+    atomic_write_json(folder / f"{label}.json", {"step": label, "started": round(started, 3),
+                                                 "wall_s": round(wall_s, 4), "cpu_s": round(cpu_s, 4), "ok": ok})
 
 
 def step_times(out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -308,11 +309,5 @@ def step_times(out_dir: Path) -> dict[str, dict[str, Any]]:
     folder = Path(out_dir) / STEP_TIMES_DIR
     if not folder.is_dir():
         return {}
-    records = [json.loads(p.read_text()) for p in folder.glob("*.json")]
-    ordered = sorted(records, key=lambda r: STEP_ORDER.index(r["step"].split(".")[0])
-                     if r["step"].split(".")[0] in STEP_ORDER else len(STEP_ORDER))
-    return {r["step"]: {k: r[k] for k in ("wall_s", "cpu_s", "ok")} for r in ordered}
-
-
-#: The order of a weekly run's steps, for :func:`step_times`.
-STEP_ORDER = ("ingest", "validate", "features", "labels", "train", "assemble", "trading", "gate", "report")
+    records = sorted((json.loads(p.read_text()) for p in folder.glob("*.json")), key=lambda r: r["started"])
+    return {r["step"]: {k: r[k] for k in ("wall_s", "cpu_s", "ok")} for r in records}

@@ -13,14 +13,14 @@ import shutil
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from include.config import RunConfig, Settings
 from include.data.sources import FileSource, MarketDataSource
-from include.data.store import MarketStore
+from include.data.store import Gap, MarketStore
 from include.errors import DataQualityError, MarketNotReadyError, NoDataError, TrainingError
 from include.features import FUNDING_FEATURES, FeatureSpec, build_features
 from include.labels import class_balance, make_labels
@@ -43,6 +43,9 @@ from include.pipeline.common import (
 from include.registry import (
     atomic_write_json,
 )
+
+if TYPE_CHECKING:
+    from include.quality.suites import SuiteLimits
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +208,26 @@ def quarantine_suite(refused: pd.DataFrame) -> dict[str, Any]:
             "failed": failures}
 
 
+def suite_limits(cfg: RunConfig, start: datetime, end: datetime, ohlcv: pd.DataFrame,
+                 gaps: list[Gap]) -> SuiteLimits:
+    """The suites' thresholds for the window ``[start, end)`` of ``cfg``'s market
+    (:class:`~include.quality.suites.SuiteLimits`): the run's limits, the bars the window should
+    hold, and the bars at its end that the exchange itself does not have (recorded ``gaps``
+    after the last candle of ``ohlcv``), which the data is not expected to hold."""
+    from include.quality.suites import SuiteLimits
+
+    bar = timedelta(seconds=cfg.bar_seconds)
+    last_close = (ohlcv["timestamp"].iloc[-1] + bar) if len(ohlcv) else pd.Timestamp(start)
+    tail_gap = sum(max(0, int((min(g.end, pd.Timestamp(end)) - max(g.start, last_close)) // bar)) for g in gaps)
+    return SuiteLimits(
+        bar_seconds=cfg.bar_seconds,
+        expected_bars=int((end - start).total_seconds() // cfg.bar_seconds),
+        min_row_share=cfg.min_row_share, max_gap_share=cfg.max_gap_share, max_gap_bars=cfg.max_gap_bars,
+        max_abs_funding_rate=cfg.max_abs_funding_rate, funding_interval_hours=cfg.funding_interval_hours,
+        window_start=pd.Timestamp(start), window_end=pd.Timestamp(end), exchange_gap_bars_at_end=tail_gap,
+    )
+
+
 @timed_step("validate")
 def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
     """Run the expectation suites over every bar the features read; write ``validation.json``.
@@ -232,7 +255,7 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         DataQualityError: any expectation failed; the message lists each failure with examples.
     """
     from include.quality.ledger import day_digests, validated_rows
-    from include.quality.suites import SuiteLimits, format_failures, run_suites, suite_versions
+    from include.quality.suites import format_failures, run_suites, suite_versions
 
     start, end = window.ts("ingest_start"), window.ts("interval_end")
     store = open_store(settings)
@@ -246,17 +269,7 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         refused = store.load_quarantine(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
         gaps = store.load_gaps(exchange=cfg.exchange, market_type=cfg.market_type, symbol=cfg.symbol,
                                timeframe=cfg.timeframe)
-        bar = timedelta(seconds=cfg.bar_seconds)
-        last_close = (ohlcv["timestamp"].iloc[-1] + bar) if len(ohlcv) else pd.Timestamp(start)
-        # Bars at the window's end that the exchange itself does not have: not expected in the data.
-        tail_gap = sum(max(0, int((min(g.end, pd.Timestamp(end)) - max(g.start, last_close)) // bar)) for g in gaps)
-        limits = SuiteLimits(
-            bar_seconds=cfg.bar_seconds,
-            expected_bars=int((end - start).total_seconds() // cfg.bar_seconds),
-            min_row_share=cfg.min_row_share, max_gap_share=cfg.max_gap_share, max_gap_bars=cfg.max_gap_bars,
-            max_abs_funding_rate=cfg.max_abs_funding_rate, funding_interval_hours=cfg.funding_interval_hours,
-            window_start=pd.Timestamp(start), window_end=pd.Timestamp(end), exchange_gap_bars_at_end=tail_gap,
-        )
+        limits = suite_limits(cfg, start, end, ohlcv, gaps)
         # Each bar is validated once per suite version: days recorded as passed with the same rows
         # are not checked row by row again (include.quality.ledger).
         versions = suite_versions(limits)
@@ -266,11 +279,13 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
                         **({"market_type": cfg.market_type, "timeframe": cfg.timeframe} if name == "ohlcv" else {})}
                  for name in frames}
         recorded = {name: store.load_validated_days(**where[name], start=start, end=end) for name in frames}
+        digests = {name: day_digests(frame) for name, frame in frames.items()}
         # Great Expectations' Data Docs of this validation, in the run folder (replaced on a re-run).
         docs = out_dir / "data_docs"
         shutil.rmtree(docs, ignore_errors=True)
         report = run_suites(ohlcv, funding, oi, limits, docs_dir=docs,
-                            validated={name: validated_rows(frame, recorded[name]) for name, frame in frames.items()})
+                            validated={name: validated_rows(frame, digests[name], recorded[name])
+                                       for name, frame in frames.items()})
         if (not report["success"] or len(refused)) and report["incremental"]:
             # Bad data: validated from scratch, so the report names every failure as a first run would.
             shutil.rmtree(docs, ignore_errors=True)
@@ -279,8 +294,8 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
             report["suites"].insert(0, quarantine_suite(refused))
             report["success"] = False
         if report["success"]:
-            for name, frame in frames.items():
-                store.record_validated_days([d for d in day_digests(frame) if d[:2] not in recorded[name]],
+            for name in frames:
+                store.record_validated_days([d for d in digests[name] if d[:2] not in recorded[name]],
                                             **where[name], run_key=window.run_key)
     finally:
         store.dispose()
@@ -337,11 +352,14 @@ def feature_inputs_digest(spec: FeatureSpec, month: datetime, pad: timedelta,
     return h.hexdigest()
 
 
-def _canonical_nan(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with every NaN of its float columns as the one quiet NaN NumPy writes: Parquet
+def _month_features(bars: pd.DataFrame, spec: FeatureSpec, funding: pd.DataFrame | None,
+                    open_interest: pd.DataFrame, month: datetime, following: datetime) -> pd.DataFrame:
+    """The features of the bars of ``[month, following)``, computed from ``bars`` (the month and
+    its padding), with every NaN of a float column as the one quiet NaN NumPy writes: Parquet
     stores a missing float as null and reads back that NaN, so a stored month and a computed one
     are the same bytes whatever NaN payload an indicator produced."""
-    out = frame.copy()
+    frame = build_features(bars, spec, funding, open_interest)
+    out = frame[(frame.index >= pd.Timestamp(month)) & (frame.index < pd.Timestamp(following))].copy()
     for column in out.columns:
         if out[column].dtype.kind == "f":
             values = out[column].to_numpy(copy=True)
@@ -406,9 +424,7 @@ def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: 
             if hit is not None and hit[0] == inputs:
                 frame = pd.read_parquet(io.BytesIO(hit[1]))
             else:
-                frame = build_features(bars, spec, seg_funding, seg_oi)
-                frame = _canonical_nan(frame[(frame.index >= pd.Timestamp(month))
-                                             & (frame.index < pd.Timestamp(following))])
+                frame = _month_features(bars, spec, seg_funding, seg_oi, month, following)
                 if reuse:
                     buffer = io.BytesIO()
                     frame.to_parquet(buffer)

@@ -50,11 +50,13 @@ def day_digests(frame: pd.DataFrame) -> list[tuple[int, str, int]]:
             for a, b in zip(starts, ends, strict=True)]
 
 
-def validated_rows(frame: pd.DataFrame, recorded: set[tuple[int, str]]) -> np.ndarray:
+def validated_rows(frame: pd.DataFrame, digests: list[tuple[int, str, int]],
+                   recorded: set[tuple[int, str]]) -> np.ndarray:
     """Which rows of ``frame`` belong to a day recorded as validated with the same digest.
 
     Args:
         frame: as for :func:`day_digests`.
+        digests: :func:`day_digests` of ``frame``.
         recorded: ``(day start ms, digest)`` pairs that passed the suite
             (:meth:`~include.data.store.MarketStore.load_validated_days`).
 
@@ -65,5 +67,5 @@ def validated_rows(frame: pd.DataFrame, recorded: set[tuple[int, str]]) -> np.nd
     if frame.empty or not recorded:
         return mask
     days = _row_days(frame)
-    passed = {day for day, digest, _ in day_digests(frame) if (day, digest) in recorded}
+    passed = {day for day, digest, _ in digests if (day, digest) in recorded}
     return np.isin(days, np.fromiter(passed, dtype="int64", count=len(passed)))
