@@ -115,7 +115,7 @@ from scipy.stats import beta, chi2
 import include.significance as significance
 from include.config import PROJECT_ROOT, RunConfig
 from include.gate import DECISIONS_PER_YEAR, SKILL_CHECKS, GatePolicy, decide
-from include.pipeline.decision import candidate_evidence, compare_with_champion
+from include.gate.evidence import candidate_evidence, compare_with_champion
 
 #: The two policies compared: the gate's default (yearly level) and each week at 0.10.
 POLICIES: dict[str, GatePolicy] = {"default": GatePolicy(), "weekly_0.10": GatePolicy(alpha=0.10 * DECISIONS_PER_YEAR)}

@@ -4,7 +4,7 @@ Runs one market's weekly run (``include.pipeline.run_once``, default parameters 
 changes them) for consecutive weeks on one fresh market store, registry and run folder, as a
 user's weekly schedule does: the first week ingests and validates the whole window, the later
 ones only what is new. Each week's time is split by step from the run's own record
-(``step_times`` in its summary, :func:`include.pipeline.common.timed_step`).
+(``step_times`` in its summary, :func:`include.run_folder.timed_step`).
 
 Then, in the same process, the floor: the full-size fits a week cannot avoid, taken as each
 default model family fitted twice on the last week's labelled training rows (``dataset.parquet``,

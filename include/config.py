@@ -15,15 +15,17 @@ import dataclasses
 import math
 import os
 import re
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from include.errors import ConfigError
 from include.extensions import family_names, feature_names
+from include.feature_names import KNOWN_FEATURES
+from include.identity import DEFAULT_LABEL_RULE, RegisteredModel
+from include.paths import PROJECT_ROOT, market_data_dir
 from include.storage import location
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 #: Bar length in seconds for every timeframe the pipeline understands (ccxt notation).
 TIMEFRAME_SECONDS: dict[str, int] = {"15m": 900, "1h": 3600, "4h": 14_400, "1d": 86_400}
@@ -33,6 +35,10 @@ BUILTIN_FAMILIES: tuple[str, ...] = ("lightgbm", "xgboost", "random_forest", "lo
 #: Every model family a run may name: the built-in ones and those installed packages declare
 #: (:mod:`include.extensions`).
 MODEL_FAMILIES: tuple[str, ...] = BUILTIN_FAMILIES + tuple(n for n in family_names() if n not in BUILTIN_FAMILIES)
+
+#: The quality gate's skill tests (include/gate.py, checks 1-3), the names ``gate_required_checks``
+#: chooses from.
+SKILL_CHECKS: tuple[str, ...] = ("beats_baselines_f1", "beats_prior_log_loss", "beats_trading_baselines")
 
 #: Most days a run parameter may count (100 years): the dates a run derives from them (training
 #: start, feature warm-up, ingestion start) stay inside pandas' nanosecond range (1677-2262).
@@ -55,11 +61,6 @@ def env_int(name: str, default: int | None) -> int | None:
     if value < 1:
         raise ConfigError(f"{name}={raw!r}: expected at least 1")
     return value
-
-
-def _env_path(name: str, default: Path) -> Path:
-    value = os.environ.get(name)
-    return Path(value).expanduser().resolve() if value else default
 
 
 #: Registry retention: versions of a registered model kept besides every version that ever held
@@ -97,7 +98,7 @@ class Settings:
         var = PROJECT_ROOT / "var"
         default_db = f"sqlite:///{var / 'market.sqlite'}"
         return cls(
-            data_dir=_env_path("MARKET_DATA_DIR", PROJECT_ROOT / "data" / "binance"),
+            data_dir=market_data_dir(),
             market_db_url=market_db_url(default_db),
             registry_dir=location(os.environ.get("MODEL_REGISTRY_DIR") or PROJECT_ROOT / "models"),
             runs_dir=location(os.environ.get("RUN_ARTIFACTS_DIR") or var / "runs"),
@@ -161,19 +162,107 @@ def market_db_url(default: str) -> str:
                              login=conn.login, password=conn.password, extra=conn.extra_dejson)
 
 
-def _doc(text: str, *, bounds: tuple[float, float] | None = None, **kwargs: Any) -> Any:
-    """A dataclass field carrying its description in metadata (used for Params and docs).
+@dataclass(frozen=True)
+class Interval:
+    """The accepted values of a number: from ``low`` to ``high``, each end included unless open.
+
+    Checked by :class:`RunConfig` for its field, shown as the trigger form's ``minimum`` /
+    ``exclusiveMinimum`` / ``maximum`` / ``exclusiveMaximum`` (JSON Schema) and in the message of
+    a refused value.
+
+    Attributes:
+        low: smallest value, ``None`` for no lower end.
+        high: largest value, ``None`` for no upper end.
+        low_open: ``low`` itself is refused.
+        high_open: ``high`` itself is refused.
+        what: what the number is, for the message ("a number", "a fraction", "a level").
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    what: str = "a number"
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def expected(self) -> str:
+        """What a refused value's message says was expected, e.g. ``a number from 14 to 36,525``,
+        ``a fraction in [0, 1)``, ``a positive number``."""
+        if self.high is None and self.low == 0 and self.low_open:
+            return f"a positive {self.what.removeprefix('a ')}"
+        closed = not (self.low_open or self.high_open) and self.low is not None and self.high is not None
+        if closed and self.what == "a number":
+            return f"{self.what} from {self.low:,} to {self.high:,}"
+        low = "(" if self.low_open or self.low is None else "["
+        high = ")" if self.high_open or self.high is None else "]"
+        return f"{self.what} in {low}{_end(self.low, '-inf')}, {_end(self.high, 'inf')}{high}"
+
+    def schema(self) -> dict[str, float]:
+        """The interval as JSON Schema keywords."""
+        out: dict[str, float] = {}
+        if self.low is not None:
+            out["exclusiveMinimum" if self.low_open else "minimum"] = self.low
+        if self.high is not None:
+            out["exclusiveMaximum" if self.high_open else "maximum"] = self.high
+        return out
+
+
+def _end(value: float | None, missing: str) -> str:
+    return missing if value is None else f"{value:,}"
+
+
+#: Sections of the trigger form, in the order shown.
+FORM_SECTIONS = DATA, LABELS, CV, ENSEMBLE, GATE, TRADING = (
+    "Data", "Labels", "Models and cross-validation", "Ensemble", "Quality gate", "Trading simulation")
+
+
+@dataclass(frozen=True)
+class FormField:
+    """How a run parameter appears in ``weekly_retrain``'s trigger form.
+
+    Attributes:
+        section: one of :data:`FORM_SECTIONS`.
+        title: the field's label.
+        schema: further JSON Schema keywords (``format``, ``examples``, ``minItems``).
+    """
+
+    section: str
+    title: str
+    schema: dict[str, Any] = field(default_factory=dict)
+
+
+def _doc(text: str, *, interval: Interval | None = None, choices: tuple[Any, ...] | None = None,
+         members: Any = None, form: FormField | None = None, **kwargs: Any) -> Any:
+    """A :class:`RunConfig` field with everything declared about it, in its metadata.
 
     Args:
-        text: the field's description.
-        bounds: for a number, the smallest and largest accepted value (both included), checked by
-            :class:`RunConfig` and shown as the trigger form's minimum and maximum.
+        text: the field's description (trigger form, docs' parameter table).
+        interval: for a number, the accepted values (checked, shown as the form's bounds).
+        choices: the accepted values of a field whose type does not name them (a ``Literal``
+            type does); checked, shown as the form's ``enum``.
+        members: for a tuple of names, a function returning the names it may hold (checked:
+            distinct names from these; shown as the form's item ``enum``).
+        form: how the field appears in the trigger form; ``None``: not in the form (still a
+            key of ``--conf`` and of a market's entry in the universe file).
         **kwargs: passed to :func:`dataclasses.field` (``default``, ``default_factory``).
     """
     metadata: dict[str, Any] = {"description": text}
-    if bounds is not None:
-        metadata["bounds"] = bounds
+    for key, value in (("interval", interval), ("choices", choices), ("members", members), ("form", form)):
+        if value is not None:
+            metadata[key] = value
     return field(metadata=metadata, **kwargs)
+
+
+def _one_of(values: Any) -> str:
+    """``'a', 'b' or 'c'``."""
+    shown = [repr(v) for v in values]
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
 
 
 @dataclass(frozen=True)
@@ -191,69 +280,74 @@ class RunConfig:
     market_type: Literal["perp", "spot"] = _doc(
         "Market of the OHLCV candles: 'perp' (USDT-M perpetual) or 'spot'.", default="perp"
     )
-    timeframe: str = _doc("Candle timeframe (ccxt notation).", default="1h")
+    timeframe: str = _doc("Candle timeframe (ccxt notation).", default="1h", choices=tuple(TIMEFRAME_SECONDS))
     train_window_days: int = _doc(
         "Length of the training window in days, ending at the run's data_interval_end.", default=730,
-        bounds=(14, MAX_DAYS),
+        interval=Interval(14, MAX_DAYS), form=FormField(DATA, "Training window (days)"),
     )
-    label_horizon_bars: int = _doc("Forward-return horizon of the label, in bars.", default=4, bounds=(1, 168))
+    label_horizon_bars: int = _doc("Forward-return horizon of the label, in bars.", default=4,
+                                   interval=Interval(1, 168), form=FormField(LABELS, "Horizon (bars)"))
     label_threshold_mode: Literal["volatility", "fixed"] = _doc(
         "'volatility': threshold = k * sigma * sqrt(horizon) with sigma the trailing std of "
         "1-bar log returns; 'fixed': threshold is a log-return fraction.",
-        default="volatility",
+        default=DEFAULT_LABEL_RULE[0], form=FormField(LABELS, "Threshold mode"),
     )
     label_threshold: float = _doc(
         "k for 'volatility' mode (0.43 gives equal thirds for Gaussian returns), or the "
         "log-return threshold for 'fixed' mode (0.005 = 0.5 %).",
-        default=0.43,
+        default=DEFAULT_LABEL_RULE[1], interval=Interval(0, None, low_open=True), form=FormField(LABELS, "Threshold"),
     )
     label_vol_window_bars: int = _doc(
         "Trailing window, in bars, of the volatility estimate used by 'volatility' labels.",
-        default=168, bounds=(2, 10_000),
+        default=DEFAULT_LABEL_RULE[2], interval=Interval(2, 10_000),
     )
     models: tuple[str, ...] = _doc(
         "Model families to train (subset of lightgbm, xgboost, random_forest, logistic and the "
         "families installed packages declare, include/extensions.py).",
-        default=("lightgbm", "xgboost", "random_forest"),
+        default=("lightgbm", "xgboost", "random_forest"), members=lambda: MODEL_FAMILIES,
+        form=FormField(CV, "Model families", {"examples": list(MODEL_FAMILIES), "minItems": 1, "uniqueItems": True}),
     )
     extra_features: tuple[str, ...] = _doc(
         "Features that installed packages declare (include/extensions.py), appended to the "
         "default feature spec.",
-        default=(),
+        default=(), members=feature_names, form=FormField(DATA, "Plug-in features (installed packages)",
+                                                          {"uniqueItems": True}),
     )
     cv_folds: int = _doc(
-        "Walk-forward folds; each test fold is one data interval (one week) long.", default=6, bounds=(2, 52)
+        "Walk-forward folds; each test fold is one data interval (one week) long.", default=6, interval=Interval(2, 52),
+        form=FormField(CV, "Walk-forward folds")
     )
     cv_scheme: Literal["expanding", "rolling"] = _doc(
         "Walk-forward training windows: 'rolling' (the last cv_rolling_train_days before each "
         "test week, the same rows in every weekly run, so earlier runs' fits are reused) or "
         "'expanding' (every earlier row of the window).",
-        default="rolling",
+        default="rolling", form=FormField(CV, "Walk-forward scheme"),
     )
     cv_rolling_train_days: int = _doc(
         "Training-window length of each fold and of the deployed model, in days, for the rolling "
         "scheme; 0: train_window_days less one week per fold and one more week (681 days for "
         "the defaults), so the earliest fold trains on about as much history as it would "
         "expanding.",
-        default=0, bounds=(0, MAX_DAYS),
+        default=0, interval=Interval(0, MAX_DAYS),
     )
     cv_embargo_bars: int = _doc(
         "Rows kept out of training next to every test window, beyond the label-horizon purge.",
-        default=24, bounds=(0, 1000),
+        default=24, interval=Interval(0, 1000), form=FormField(CV, "Embargo (bars)"),
     )
     early_stopping_rounds: int = _doc(
         "Boosting rounds without improvement on the inner validation split before LightGBM and "
         "XGBoost stop (0 disables early stopping).",
-        default=50, bounds=(0, 10_000),
+        default=50, interval=Interval(0, 10_000),
     )
     ensemble_weighting: Literal["fixed", "fitted", "stacking"] = _doc(
         "'fixed': ensemble_weights as given; 'fitted': weights minimising out-of-fold log loss; "
         "'stacking': a logistic regression on the members' out-of-fold log-probabilities.",
-        default="fixed",
+        default="fixed", form=FormField(ENSEMBLE, "Weighting"),
     )
     hyperparameters: Literal["tuned", "default"] = _doc(
         "'default': the families' defaults; 'tuned': per family, the newest set of "
-        "tune_hyperparameters as of the run's first test fold or earlier.", default="default")
+        "tune_hyperparameters as of the run's first test fold or earlier.", default="default",
+        form=FormField(CV, "Hyperparameters"))
     ensemble_weights: dict[str, float] = _doc(
         "Soft-voting weights per family for 'fixed' weighting (renormalised over trained models); "
         "a family without one weighs 1 / (number of models).",
@@ -264,203 +358,181 @@ class RunConfig:
         "without skill is promoted in any of a year's weekly decisions. Each week's skill tests "
         "(macro F1 against every naive baseline, log loss against the class prior, trading "
         "against flat and momentum) run at gate_alpha / 52 (Bonferroni over the year's decisions).",
-        default=0.10,
+        default=0.10, interval=Interval(0, 1, low_open=True, what="a level"),
+        form=FormField(GATE, "False-promotion rate per year (each week at 1/52 of it)"),
     )
     gate_min_f1_margin: float = _doc(
         "Macro-F1 lead over each naive baseline in the F1 test's alternative hypothesis.",
-        default=0.0, bounds=(-1.0, 1.0),
+        default=0.0, interval=Interval(-1.0, 1.0),
     )
     gate_max_log_loss_ratio: float = _doc(
         "The log-loss test's alternative: out-of-fold log loss below this multiple of the "
         "class-prior forecast's (1.0 = better than predicting base rates).",
-        default=1.0,
+        default=1.0, interval=Interval(0, None, low_open=True, what="a ratio"),
+        form=FormField(GATE, "Log loss / class-prior log loss to beat (H1)"),
     )
     gate_min_sharpe_margin: float = _doc(
         "Annualised Sharpe ratio (after costs and funding) the probabilistic Sharpe ratio tests "
         "against, for the strategy (flat is 0) and for its return over the momentum rule's.",
-        default=0.0,
+        default=0.0, form=FormField(GATE, "Annualised Sharpe to beat, over flat and over momentum"),
     )
     gate_max_drawdown: float = _doc(
         "Largest allowed out-of-fold maximum drawdown of the simulated strategy (fraction).",
-        default=0.2,
+        default=0.2, interval=Interval(0, 1, low_open=True, what="a fraction"),
+        form=FormField(GATE, "Largest drawdown (fraction)"),
     )
     gate_champion_alpha: float = _doc(
         "Level at which a champion significantly better than the challenger (paired block-"
         "bootstrap log-loss test on every row where both are out of sample) refuses it: refused "
         "when p < this; 0 never refuses on the comparison (it is still reported).",
-        default=0.05,
+        default=0.05, interval=Interval(0, 1, what="a level"),
+        form=FormField(GATE, "Level at which a better champion refuses the challenger (0: never)"),
     )
     gate_required_checks: tuple[str, ...] = _doc(
         "The skill tests that decide (beats_baselines_f1, beats_prior_log_loss, "
         "beats_trading_baselines); the others are run and recorded, not required.",
-        default=("beats_prior_log_loss",),
+        default=("beats_prior_log_loss",), members=lambda: SKILL_CHECKS,
+        form=FormField(GATE, "Skill tests that decide", {"uniqueItems": True}),
     )
     gate_demote: bool = _doc(
         "Demote a champion to 'no model' (production serves the class-prior forecast and no "
         "position) when its own record, on as many rows as the challenger's and at the same "
         "weekly level, is significantly worse than the class prior's, and the challenger is not "
         "promoted.",
-        default=True,
+        default=True, form=FormField(GATE, "Demote a champion significantly worse than the class prior to no model"),
     )
     gate_record_weeks: int = _doc(
         "Weeks of shadow record in the log-loss test: the walk-forward forecasts that earlier "
         "candidates of the same recipe (promoted or not) recorded in this many weeks before the "
         "candidate's out-of-fold rows join them, so evidence of an edge accumulates week by week; "
         "0 tests the candidate's own out-of-fold rows only.",
-        default=20, bounds=(0, 520),
+        default=20, interval=Interval(0, 520),
+        form=FormField(GATE, "Weeks of earlier candidates' forecasts in the log-loss test"),
     )
     gate_min_deflated_sharpe: float | None = _doc(
         "Smallest deflated Sharpe ratio of the out-of-fold strategy (Bailey & López de Prado 2014: "
         "the probability that its true Sharpe exceeds the expected maximum of every candidate "
         "evaluated for the model); null leaves the check out (the value is still recorded). "
         "0.95 is the paper's level.",
-        default=None,
+        default=None, interval=Interval(0, 1, what="a probability"),
+        form=FormField(GATE, "Smallest deflated Sharpe ratio (empty: off)"),
     )
     trade_min_probability: float = _doc(
         "A position's side must have at least this probability too (up for a long, down for a "
         "short); 0: the expected move net of the round trip and funding alone decides "
         "(include/backtest.py, TradingDecision). Versions registered without class moves trade "
         "their decided class when its probability reaches this.",
-        default=0.0,
+        default=0.0, interval=Interval(0, 1, high_open=True, what="a probability"),
+        form=FormField(TRADING, "Smallest probability of a position's side (0: the cost rule alone)"),
     )
-    fee_bps: float = _doc("Trading fee per side, basis points of notional.", default=4.0, bounds=(0, 10_000))
-    slippage_bps: float = _doc("Slippage per side, basis points of notional.", default=1.0, bounds=(0, 10_000))
+    fee_bps: float = _doc("Trading fee per side, basis points of notional.", default=4.0,
+                          interval=Interval(0, 10_000), form=FormField(TRADING, "Fee per side (bps)"))
+    slippage_bps: float = _doc("Slippage per side, basis points of notional.", default=1.0,
+                               interval=Interval(0, 10_000), form=FormField(TRADING, "Slippage per side (bps)"))
     require_approval: bool = _doc(
         "Ask a human (Airflow's approval task) before promoting a candidate that passed the gate.",
-        default=False,
+        default=False, form=FormField(GATE, "Ask a person to approve a promotion"),
     )
     approval_timeout_hours: float = _doc(
         "With require_approval: hours to wait for a person's answer; without one the promotion is "
-        "rejected (production kept) and the run goes on.", default=72.0, bounds=(0, 8_760),
+        "rejected (production kept) and the run goes on.", default=72.0,
+        interval=Interval(0, 8_760, low_open=True, what="a number of hours"),
+        form=FormField(GATE, "Hours to wait for the approval (then: rejected)"),
     )
     max_gap_share: float = _doc(
-        "Largest tolerated share of missing bars in the training window.", default=0.01
+        "Largest tolerated share of missing bars in the training window.", default=0.01,
+        interval=Interval(0, 1, high_open=True, what="a fraction"),
     )
-    max_gap_bars: int = _doc("Largest tolerated single gap, in missing bars.", default=24, bounds=(0, 100_000))
+    max_gap_bars: int = _doc("Largest tolerated single gap, in missing bars.", default=24,
+                             interval=Interval(0, 100_000))
     min_row_share: float = _doc(
-        "Minimum rows in the window as a share of the bars the window should hold.", default=0.95
+        "Minimum rows in the window as a share of the bars the window should hold.", default=0.95,
+        interval=Interval(0, 1, low_open=True, what="a fraction"),
     )
     max_abs_funding_rate: float = _doc(
         "Largest plausible |funding rate| per settlement, as a fraction (0.03 = 3 %).",
-        default=0.03,
+        default=0.03, interval=Interval(0, 1, low_open=True, high_open=True, what="a fraction"),
     )
-    funding_interval_hours: int = _doc("Funding settlement cadence in hours.", default=8)
+    funding_interval_hours: int = _doc("Funding settlement cadence in hours.", default=8, choices=(1, 2, 4, 8))
     source: Literal["files", "exchange"] = _doc(
         "Where ingestion reads market data: 'files' (the bundled data or source_dir; re-reads "
         "the whole window) or 'exchange' (the exchange's REST API through ccxt; fetches only "
         "what the store is missing).",
-        default="files",
+        default="files", form=FormField(DATA, "Market data source"),
     )
     source_dir: str | None = _doc(
-        "Directory of market-data files to ingest instead of MARKET_DATA_DIR.", default=None
+        "Directory of market-data files to ingest instead of MARKET_DATA_DIR.", default=None,
+        form=FormField(DATA, "Data directory (files source)"),
     )
     as_of_date: str | None = _doc(
         "Train on data up to this UTC date (YYYY-MM-DD) instead of the run's data interval: a "
         "Sunday gives the week ending then, another day the days since the last Sunday (as a "
         "retrain monitoring requests); used by runs triggered without a logical date.",
-        default=None,
+        default=None, form=FormField(DATA, "As-of date (runs without a data interval)", {"format": "date"}),
     )
     random_state: int = _doc("Seed of every random number generator in training.", default=42,
-                             bounds=(0, 2**32 - 1))  # numpy's seed range
+                             interval=Interval(0, 2**32 - 1))  # numpy's seed range
     min_history_days: int = _doc(
         "A market whose stored history is shorter than train_window_days (a recent listing) "
         "trains on what it has when that reaches this many days, and is skipped below it.",
-        default=180, bounds=(14, MAX_DAYS),
+        default=180, interval=Interval(14, MAX_DAYS), form=FormField(DATA, "Minimum history (days)"),
     )
 
     def __post_init__(self) -> None:
-        def fail(name: str, why: str) -> None:
-            raise ConfigError(f"invalid run parameter {name}={getattr(self, name)!r}: {why}")
-
-        # First, because every comparison with NaN is false: a NaN would pass each check below.
         for f in fields(self):
-            value = getattr(self, f.name)
-            members = (value.values() if isinstance(value, dict)
-                       else value if isinstance(value, (tuple, list)) else (value,))
-            if any(isinstance(v, float) and not math.isfinite(v) for v in members):
-                fail(f.name, "expected finite numbers only (no NaN, no infinity)")
-            if "bounds" in f.metadata:
-                low, high = f.metadata["bounds"]
-                number = isinstance(value, (int, float)) and not isinstance(value, bool)
-                if not number or not low <= value <= high:
-                    fail(f.name, f"expected a number from {low:,} to {high:,}")
-        if self.timeframe not in TIMEFRAME_SECONDS:
-            fail("timeframe", f"expected one of {sorted(TIMEFRAME_SECONDS)}")
-        if self.market_type not in ("perp", "spot"):
-            fail("market_type", "expected 'perp' or 'spot'")
+            self._check_declared(f)
         if not re.fullmatch(r"[A-Za-z0-9]{2,32}", self.symbol or ""):
-            fail("symbol", "expected 2-32 ASCII letters and digits, e.g. BTCUSDT")
+            self._fail("symbol", "expected 2-32 ASCII letters and digits, e.g. BTCUSDT")
         if not re.fullmatch(r"[a-z0-9][a-z0-9_]{0,31}", (self.exchange or "").lower()):
-            fail("exchange", "expected a ccxt exchange id: ASCII letters, digits and '_', e.g. binance")
-        if self.label_threshold_mode not in ("volatility", "fixed"):
-            fail("label_threshold_mode", "expected 'volatility' or 'fixed'")
-        if not self.label_threshold > 0:
-            fail("label_threshold", "expected a positive number")
+            self._fail("exchange", "expected a ccxt exchange id: ASCII letters, digits and '_', e.g. binance")
         if not self.models:
-            fail("models", "expected at least one model family")
-        unknown = sorted(set(self.models) - set(MODEL_FAMILIES))
-        if unknown or len(set(self.models)) != len(self.models):
-            fail("models", f"expected distinct names from {list(MODEL_FAMILIES)}")
-        if self.cv_scheme not in ("expanding", "rolling"):
-            fail("cv_scheme", "expected 'expanding' or 'rolling'")
+            self._fail("models", "expected at least one model family")
         if self.cv_rolling_train_days != 0 and self.cv_rolling_train_days < 14:
-            fail("cv_rolling_train_days", "expected 0 (derived) or at least 14 days")
+            self._fail("cv_rolling_train_days", "expected 0 (derived) or at least 14 days")
         if self.cv_scheme == "rolling" and self.rolling_train_days < 14:
-            fail("cv_rolling_train_days", f"train_window_days={self.train_window_days} less "
-                 f"{self.cv_folds + 1} week(s) leaves {self.rolling_train_days} days to train each fold on; "
-                 "lengthen train_window_days, lower cv_folds or set cv_rolling_train_days")
-        if self.ensemble_weighting not in ("fixed", "fitted", "stacking"):
-            fail("ensemble_weighting", "expected 'fixed', 'fitted' or 'stacking'")
-        if self.hyperparameters not in ("tuned", "default"):
-            fail("hyperparameters", "expected 'tuned' or 'default'")
-        weights = self.member_weights(self.models)
-        if self.extra_features:  # (no import of the feature code, and pandas, for the DAG file's defaults)
-            from include.features import KNOWN_FEATURES
-
+            self._fail("cv_rolling_train_days", f"train_window_days={self.train_window_days} less "
+                       f"{self.cv_folds + 1} week(s) leaves {self.rolling_train_days} days to train each fold on; "
+                       "lengthen train_window_days, lower cv_folds or set cv_rolling_train_days")
+        if self.extra_features:
             builtin = set().union(*KNOWN_FEATURES.values()) | {"close", "volume"}
             if set(self.extra_features) & builtin:
-                fail("extra_features", f"{sorted(set(self.extra_features) & builtin)} name built-in features: a "
-                     "plug-in feature needs a name of its own")
-        unknown = sorted(set(self.extra_features) - set(feature_names()))
-        if unknown or len(set(self.extra_features)) != len(self.extra_features):
-            fail("extra_features", f"expected distinct names of installed feature plug-ins {list(feature_names())}")
+                self._fail("extra_features", f"{sorted(set(self.extra_features) & builtin)} name built-in "
+                           "features: a plug-in feature needs a name of its own")
+        weights = self.member_weights(self.models)
         if any(w < 0 for w in self.ensemble_weights.values()) or sum(weights.values()) <= 0:
-            fail("ensemble_weights", "expected non-negative weights with a positive sum over models")
-        if not 0 <= self.max_gap_share < 1:
-            fail("max_gap_share", "expected a fraction in [0, 1)")
-        if self.source not in ("files", "exchange"):
-            fail("source", "expected 'files' or 'exchange'")
-        if not 0 < self.min_row_share <= 1:
-            fail("min_row_share", "expected a fraction in (0, 1]")
-        if not 0 < self.max_abs_funding_rate < 1:
-            fail("max_abs_funding_rate", "expected a fraction in (0, 1)")
-        if self.funding_interval_hours not in (1, 2, 4, 8):
-            fail("funding_interval_hours", "expected 1, 2, 4 or 8")
-        if self.gate_max_log_loss_ratio <= 0:
-            fail("gate_max_log_loss_ratio", "expected a positive ratio")
-        if not 0 < self.gate_max_drawdown <= 1:
-            fail("gate_max_drawdown", "expected a fraction in (0, 1]")
-        from include.gate import SKILL_CHECKS
+            self._fail("ensemble_weights", "expected non-negative weights with a positive sum over models")
 
-        unknown = [c for c in self.gate_required_checks if c not in SKILL_CHECKS]
-        if unknown:
-            fail("gate_required_checks", f"unknown checks {unknown}; known: {', '.join(SKILL_CHECKS)}")
-        if not 0 < self.gate_alpha <= 1:
-            fail("gate_alpha", "expected a level in (0, 1]")
-        if not 0 <= self.gate_champion_alpha <= 1:
-            fail("gate_champion_alpha", "expected a level in [0, 1]")
-        if self.gate_min_deflated_sharpe is not None and not 0 <= self.gate_min_deflated_sharpe <= 1:
-            fail("gate_min_deflated_sharpe", "expected a probability in [0, 1]")
-        if not 0 <= self.trade_min_probability < 1:
-            fail("trade_min_probability", "expected a probability in [0, 1)")
-        if not self.approval_timeout_hours > 0:
-            fail("approval_timeout_hours", "expected a positive number of hours")
+    def _fail(self, name: str, why: str) -> None:
+        raise ConfigError(f"invalid run parameter {name}={getattr(self, name)!r}: {why}")
+
+    def _check_declared(self, f: dataclasses.Field) -> None:
+        """What a field's declaration says of its values: finite numbers, its interval, its
+        choices (declared, or a ``Literal`` type's) and, for a tuple of names, its members.
+
+        Raises:
+            ConfigError: naming the field, its value and what was expected.
+        """
+        value = getattr(self, f.name)
+        # First, because every comparison with NaN is false: a NaN would pass each check below.
+        members = value.values() if isinstance(value, dict) else value if isinstance(value, tuple | list) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in members):
+            self._fail(f.name, "expected finite numbers only (no NaN, no infinity)")
+        if value is None:
+            return
+        interval = f.metadata.get("interval")
+        if interval is not None and value not in interval:
+            self._fail(f.name, f"expected {interval.expected()}")
+        choices = field_choices(f)
+        if choices is not None and value not in choices:
+            self._fail(f.name, f"expected {_one_of(choices)}")
+        if "members" in f.metadata:
+            allowed = f.metadata["members"]()
+            if set(value) - set(allowed) or len(set(value)) != len(value):
+                self._fail(f.name, f"expected distinct names from {list(allowed)}")
 
     @property
-    def registered_model(self) -> Any:
-        """The :class:`~include.registry.RegisteredModel` this run trains a version of."""
-        from include.registry import RegisteredModel
-
+    def registered_model(self) -> RegisteredModel:
+        """The registered model (a market's identity) this run trains a version of."""
         return RegisteredModel(self.exchange.lower(), self.symbol.upper(), self.market_type, self.timeframe,
                                self.label_horizon_bars, self.label_threshold_mode, float(self.label_threshold),
                                self.label_vol_window_bars)
@@ -479,22 +551,6 @@ class RunConfig:
     def rolling_train_days(self) -> int:
         """Days each fold trains on under the rolling scheme (``cv_rolling_train_days`` or derived)."""
         return self.cv_rolling_train_days or self.train_window_days - 7 * (self.cv_folds + 1)
-
-    def walk_forward(self, test_size: int, test_starts: tuple[int, ...] | None = None) -> Any:
-        """The run's :class:`~include.evaluation.WalkForward` split service.
-
-        Args:
-            test_size: labelled rows of the run's own data interval (the last fold).
-            test_starts: first row of each fold's test window (see ``WalkForward``); ``None``:
-                folds of ``test_size`` rows counted back from the end.
-        """
-        from include.evaluation import WalkForward
-
-        rolling_rows = self.rolling_train_days * 86_400 // self.bar_seconds
-        return WalkForward(n_splits=self.cv_folds, test_size=test_size, purge=self.label_horizon_bars,
-                           embargo=self.cv_embargo_bars, scheme=self.cv_scheme,
-                           max_train_size=rolling_rows if self.cv_scheme == "rolling" else None,
-                           test_starts=test_starts)
 
     def member_weights(self, families: Any) -> dict[str, float]:
         """The 'fixed' soft-voting weight of each of ``families``, before renormalising: its
@@ -539,22 +595,92 @@ class RunConfig:
         return {f.name: f.metadata.get("description", "") for f in fields(cls)}
 
     @classmethod
-    def bounds(cls) -> dict[str, tuple[float, float]]:
-        """Field name -> (smallest, largest) accepted value, both included, for the numbers that have them."""
-        return {f.name: f.metadata["bounds"] for f in fields(cls) if "bounds" in f.metadata}
+    def intervals(cls) -> dict[str, Interval]:
+        """Field name -> accepted values, for the numbers that declare them."""
+        return {f.name: f.metadata["interval"] for f in fields(cls) if "interval" in f.metadata}
+
+
+def field_choices(f: dataclasses.Field) -> tuple[Any, ...] | None:
+    """The values a :class:`RunConfig` field accepts when they are a list: its declared
+    ``choices`` or its ``Literal`` type's; ``None`` for any other field."""
+    if "choices" in f.metadata:
+        return tuple(f.metadata["choices"])
+    hint = typing.get_type_hints(RunConfig)[f.name]
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
+def _json_type(f: dataclasses.Field) -> str | list[str]:
+    """The JSON Schema ``type`` of a :class:`RunConfig` field, from its type hint."""
+    hint = typing.get_type_hints(RunConfig)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    names = {str: "string", int: "integer", float: "number", bool: "boolean", tuple: "array", dict: "object"}
+    if typing.get_origin(hint) is Literal:
+        base = names[type(args[0])]
+    else:
+        base = names.get(typing.get_origin(hint) or hint) or names[args[0]]
+    return ["null", base] if type(None) in typing.get_args(hint) else base
+
+
+def trigger_form() -> dict[str, Any]:
+    """``weekly_retrain``'s trigger form: an Airflow ``Param`` for every :class:`RunConfig`
+    field declared with a :class:`FormField`, section by section (:data:`FORM_SECTIONS`), in
+    field order.
+
+    Each carries the field's default (floats shown to 4 decimals: 1/3 is shown and used as
+    0.3333), description, title and section, its interval as the schema's bounds, and its
+    choices (or members, for a list of names) as an ``enum``.
+    """
+    from airflow.sdk import Param
+
+    defaults, form = RunConfig(), {}
+    declared = [f for f in fields(RunConfig) if "form" in f.metadata]
+    for f in sorted(declared, key=lambda f: FORM_SECTIONS.index(f.metadata["form"].section)):
+        spec: FormField = f.metadata["form"]
+        default = getattr(defaults, f.name)
+        default = list(default) if isinstance(default, tuple) else round(default, 4) if isinstance(default, float) \
+            else default
+        schema: dict[str, Any] = dict(f.metadata["interval"].schema()) if "interval" in f.metadata else {}
+        if field_choices(f) is not None:
+            schema["enum"] = list(field_choices(f))
+        if "members" in f.metadata:
+            schema["items"] = {"type": "string", "enum": list(f.metadata["members"]())}
+        form[f.name] = Param(default, type=_json_type(f), description=f.metadata["description"], title=spec.title,
+                             section=spec.section, **schema, **spec.schema)
+    return form
 
 
 def params_markdown() -> str:
     """The run-parameter reference page (``docs/reference/params.md``): every :class:`RunConfig`
-    field with its default and description."""
+    field with its default, the values it accepts, where the trigger form shows it, and its
+    description, all read from the field's declaration."""
     defaults = RunConfig()
     lines = ["# Run parameters", "",
              "Every field of `RunConfig` (`include/config.py`) is a run parameter of `weekly_retrain`: a field",
-             "of the trigger form, a key of `--conf`, or a market's own value in the universe file.", "",
-             "| Parameter | Default | Description |", "| --- | --- | --- |"]
-    described = RunConfig.describe()
+             "of the trigger form (in the section given), a key of `--conf`, or a market's own value in the",
+             "universe file. This page is generated from the fields' declarations.", "",
+             "| Parameter | Default | Accepts | Form section | Description |", "| --- | --- | --- | --- | --- |"]
     for f in fields(RunConfig):
         default = getattr(defaults, f.name)
         default = list(default) if isinstance(default, tuple) else default
-        lines.append(f"| `{f.name}` | `{default}` | {described.get(f.name, '').replace('|', '/')} |")
+        section = f.metadata["form"].section if "form" in f.metadata else "(--conf, universe file)"
+        lines.append(f"| `{f.name}` | `{default}` | {_accepts(f)} | {section} | "
+                     f"{f.metadata['description'].replace('|', '/')} |")
     return "\n".join(lines) + "\n"
+
+
+def _accepts(f: dataclasses.Field) -> str:
+    """What a field accepts, for the parameter table."""
+    if "interval" in f.metadata:
+        return f.metadata["interval"].expected()
+    if field_choices(f) is not None:
+        return _one_of(field_choices(f))
+    if "members" in f.metadata:
+        return "distinct names (see the description)"
+    return ""
+
+
+#: Run parameters that do not shape the model (decision, trading, where the rows came from):
+#: left out of a version's identity, so a re-run with another gate policy is the same version.
+NOT_MODEL_INPUTS = ("gate_", "trade_", "fee_bps", "slippage_bps", "require_approval", "approval_timeout_hours",
+                    "as_of_date", "source",
+                    "min_history_days")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from include.config import PROJECT_ROOT, Settings
+from include.gate import check_outcome
 
 DAG_ID = "weekly_retrain"
 
@@ -67,7 +68,7 @@ def report(summary: dict[str, Any]) -> str:
     lines.append(f"gate           {gate['summary']}")
     lines.append(f"decided by     {gate.get('deciding', '')}")
     for check in gate["checks"]:
-        mark = "ok  " if check["passed"] else "FAIL" if check.get("required", True) else "no (not required)"
+        mark = {"passed": "ok  ", "failed": "FAIL", "not required": "no (not required)"}[check_outcome(check)]
         lines.append(f"  {mark} {check['name']}: {check['detail']}")
     action = summary["action"]
     lines.append(f"action         {(action or {}).get('action')}; production of {summary.get('model')}: "

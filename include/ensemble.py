@@ -271,3 +271,15 @@ def walk_forward_stacking(probas: dict[str, np.ndarray], y: np.ndarray, fold_of:
             out[rows] = combine({n: probas[n][rows] for n in names}, default)
             used[int(k)] = "default weights"
     return out, used
+
+
+# -- 6. ensemble -----------------------------------------------------------------------------
+def ranked_features(member_meta: dict[str, Any], families: list[str], names: list[str]) -> list[str]:
+    """Feature names by mean permutation importance over the families, largest first."""
+    score = dict.fromkeys(names, 0.0)
+    for fam in families:
+        perm = ((member_meta[fam].get("cv") or {}).get("importance") or {}).get("permutation", {}).get("mean", {})
+        for name, value in perm.items():
+            if name in score and value == value:
+                score[name] += value / len(families)
+    return sorted(score, key=lambda n: (-score[n], n))

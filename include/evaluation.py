@@ -41,8 +41,10 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import TimeSeriesSplit
 
+from include.config import RunConfig
 from include.errors import TrainingError
 from include.labels import CLASS_NAMES, CLASSES
+from include.windows import RunWindow
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,23 @@ class WalkForward:
     max_train_size: int | None = None
     inner_validation_share: float = 0.2
     test_starts: tuple[int, ...] | None = None
+
+    @classmethod
+    def for_run(cls, cfg: RunConfig, test_size: int, test_starts: tuple[int, ...] | None = None) -> WalkForward:
+        """The folds of a run configuration: ``cv_folds`` folds purged by the label horizon and
+        embargoed by ``cv_embargo_bars``, each fold trained on the ``rolling_train_days`` before
+        it under the rolling scheme.
+
+        Args:
+            cfg: the run's configuration.
+            test_size: labelled rows of the run's own data interval (the last fold).
+            test_starts: first row of each fold's test window; ``None``: folds of ``test_size``
+                rows counted back from the end.
+        """
+        rolling_rows = cfg.rolling_train_days * 86_400 // cfg.bar_seconds
+        return cls(n_splits=cfg.cv_folds, test_size=test_size, purge=cfg.label_horizon_bars,
+                   embargo=cfg.cv_embargo_bars, scheme=cfg.cv_scheme,
+                   max_train_size=rolling_rows if cfg.cv_scheme == "rolling" else None, test_starts=test_starts)
 
     @property
     def gap(self) -> int:
@@ -391,3 +410,30 @@ def paired_log_loss_test(y_true: np.ndarray, proba_a: np.ndarray, proba_b: np.nd
     p_value = float(np.mean(means - observed <= observed))
     return {"mean_difference": observed, "p_value": p_value, "same_forecast": False, "n": int(n), "block": block,
             "n_resamples": int(n_resamples), "method": "circular block bootstrap, one-sided"}
+
+
+def interval_splits(cfg: RunConfig, index: pd.DatetimeIndex, window: RunWindow, test_size: int) -> Any:
+    """The run's split service with one test fold per data interval: the run's own and the
+    ``cv_folds - 1`` weeks of the schedule before it, by calendar (see
+    :class:`~include.evaluation.WalkForward`).
+
+    Args:
+        index: bar open times of the labelled rows, sorted.
+        test_size: labelled rows in the run's own interval.
+
+    Raises:
+        TrainingError: an earlier interval holds no rows (its fold would be empty).
+    """
+    from include.windows import SCHEDULE_INTERVAL
+
+    start = pd.Timestamp(window.interval_start)
+    # Earlier folds are the schedule's weeks, whatever the run's own interval: a short (requested)
+    # interval shares them, and their fits, with the scheduled runs.
+    length = pd.Timedelta(SCHEDULE_INTERVAL)
+    starts = [int(index.searchsorted(start - k * length)) for k in range(cfg.cv_folds - 1, -1, -1)]
+    empty = [str((start - k * length).date()) for k, (a, b) in
+             zip(range(cfg.cv_folds - 1, 0, -1), zip(starts, starts[1:], strict=False), strict=True) if a == b]
+    if empty:
+        raise TrainingError(f"{cfg.model_name}: no labelled bars in the interval(s) starting {empty}, "
+                            "so their walk-forward folds would be empty; lower cv_folds")
+    return WalkForward.for_run(cfg, test_size, test_starts=tuple(starts))

@@ -32,38 +32,18 @@ import numpy as np
 import pandas as pd
 
 from include.errors import ConfigError
+from include.feature_names import (  # noqa: F401 - the feature code's vocabulary, re-exported
+    BASE_FEATURES,
+    FEATURE_SPEC_VERSION,
+    FUNDING_FEATURES,
+    KNOWN_FEATURES,
+    LEVEL_FEATURES,
+    OPEN_INTEREST_FEATURES,
+    RELATIVE_FEATURES,
+    STATIONARY_FEATURES,
+)
 
 logger = logging.getLogger(__name__)
-
-#: The feature code's version: which names it knows and what each computes. A version knows every
-#: name of the versions before it, with the same formulas, so a stored spec of an earlier version
-#: computes the same values it was trained on.
-FEATURE_SPEC_VERSION = "2"
-
-#: The reference design's twelve features, in order; seven of them are levels (see below).
-BASE_FEATURES: tuple[str, ...] = (
-    "close", "volume", "returns_1", "rsi_14", "macd", "macd_signal", "atr_14", "bb_position",
-    "ema_20", "ema_50", "zscore", "volume_ratio",
-)
-#: Features in USD (close, EMAs, MACD and its signal line, ATR) or in base-asset units (volume):
-#: levels, never in the default spec; computed for stored specs that name them.
-LEVEL_FEATURES: tuple[str, ...] = ("close", "volume", "macd", "macd_signal", "atr_14", "ema_20", "ema_50")
-#: Scale-free companions of the level features, comparable across price regimes.
-RELATIVE_FEATURES: tuple[str, ...] = ("returns_24", "ema_20_gap", "ema_50_gap", "atr_pct")
-#: Scale-free forms of the remaining levels: the EMAs' gap to each other, MACD, its signal line and
-#: their difference (the histogram) as fractions of the close, and volume as a trailing z-score.
-STATIONARY_FEATURES: tuple[str, ...] = (
-    "ema_20_50_gap", "macd_pct", "macd_signal_pct", "macd_hist_pct", "volume_zscore",
-)
-FUNDING_FEATURES: tuple[str, ...] = ("funding_rate", "funding_rate_zscore")
-OPEN_INTEREST_FEATURES: tuple[str, ...] = ("oi_change_1d",)
-
-#: The names each spec version knows. Version 1's default spec was ``BASE_FEATURES +
-#: RELATIVE_FEATURES`` plus funding and open interest.
-KNOWN_FEATURES: dict[str, frozenset[str]] = {
-    "1": frozenset(BASE_FEATURES + RELATIVE_FEATURES + FUNDING_FEATURES + OPEN_INTEREST_FEATURES),
-}
-KNOWN_FEATURES["2"] = KNOWN_FEATURES["1"] | frozenset(STATIONARY_FEATURES)
 
 #: The default spec's candle features, in model input order: every one scale-free.
 DEFAULT_CANDLE_FEATURES: tuple[str, ...] = (
@@ -212,6 +192,146 @@ def _asof_join(bars: pd.DataFrame, series: pd.DataFrame, available_col: str,
     return joined[columns].set_axis(bars.index)
 
 
+def _check_spec(spec: FeatureSpec) -> dict[str, Any]:
+    """The spec's recorded plug-ins (``params["plugins"]``, empty without any), after checking that
+    this code can compute every feature the spec names.
+
+    Raises:
+        ConfigError: the spec's version is unknown, it names a feature its version does not know, or
+            lacks a parameter a named feature reads.
+    """
+    known = KNOWN_FEATURES.get(spec.version)
+    if known is None:
+        raise ConfigError(f"feature spec version {spec.version!r} is not supported by this code "
+                          f"(knows {sorted(KNOWN_FEATURES)})")
+    plugins = spec.params.get("plugins", {})
+    unknown = [n for n in spec.names if n not in known and n not in plugins]
+    if unknown:
+        raise ConfigError(f"feature spec (version {spec.version}) names unknown features {unknown}")
+    p = spec.params
+    if "volume_zscore" in spec.names and "volume_zscore_period" not in p:
+        raise ConfigError("feature spec names volume_zscore but has no parameter volume_zscore_period")
+    return plugins
+
+
+def _return_features(c: np.ndarray, p: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``returns_1`` and ``returns_24`` (the return over ``momentum_bars``) of closes ``c``, as fractions."""
+    feats: dict[str, np.ndarray] = {}
+    prev = np.concatenate([[np.nan], c[:-1]])
+    feats["returns_1"] = c / prev - 1.0
+    m = p["momentum_bars"]
+    feats["returns_24"] = c / np.concatenate([np.full(m, np.nan), c[:-m]])[: len(c)] - 1.0
+    return feats
+
+
+def _momentum_features(h: np.ndarray, lo: np.ndarray, c: np.ndarray, p: dict[str, Any]) -> dict[str, np.ndarray]:
+    """TA-Lib's RSI, MACD with its signal line (USD) and ATR (USD and as a fraction of the close)."""
+    import talib
+
+    feats: dict[str, np.ndarray] = {}
+    feats["rsi_14"] = talib.RSI(c, timeperiod=p["rsi_period"])
+    macd, macd_signal, _ = talib.MACD(c, fastperiod=p["macd_fast"], slowperiod=p["macd_slow"],
+                                      signalperiod=p["macd_signal"])
+    feats["macd"], feats["macd_signal"] = macd, macd_signal
+    feats["atr_14"] = talib.ATR(h, lo, c, timeperiod=p["atr_period"])
+    feats["atr_pct"] = feats["atr_14"] / c
+    return feats
+
+
+def _average_and_band_features(c: np.ndarray, v: np.ndarray, macd: np.ndarray, macd_signal: np.ndarray,
+                               spec: FeatureSpec) -> dict[str, np.ndarray]:
+    """Bollinger position, EMAs and their gaps, price and volume z-scores, volume ratio and MACD as
+    fractions of the close; warm-up bars NaN."""
+    import talib
+
+    p = spec.params
+    feats: dict[str, np.ndarray] = {}
+    upper, _, lower = talib.BBANDS(c, timeperiod=p["bb_period"], nbdevup=p["bb_nbdev"],
+                                   nbdevdn=p["bb_nbdev"])
+    width = upper - lower
+    with np.errstate(divide="ignore", invalid="ignore"):
+        feats["bb_position"] = np.where(width > 0, (c - lower) / width, 0.5)
+        feats["ema_20"] = talib.EMA(c, timeperiod=p["ema_fast"])
+        feats["ema_50"] = talib.EMA(c, timeperiod=p["ema_slow"])
+        feats["ema_20_gap"] = c / feats["ema_20"] - 1.0
+        feats["ema_50_gap"] = c / feats["ema_50"] - 1.0
+        sma = talib.SMA(c, timeperiod=p["zscore_period"])
+        std = talib.STDDEV(c, timeperiod=p["zscore_period"], nbdev=1.0)
+        feats["zscore"] = np.where(std > 0, (c - sma) / std, 0.0)
+        vol_sma = talib.SMA(v, timeperiod=p["volume_ratio_period"])
+        feats["volume_ratio"] = np.where(vol_sma > 0, v / vol_sma, np.nan)
+        # Gaps and MACD as fractions of the price: MACD (a difference of EMAs) and its signal line
+        # scale with the price, so divided by the close they read the same at 3,000 and 30,000 USD.
+        feats["ema_20_50_gap"] = feats["ema_20"] / feats["ema_50"] - 1.0
+        feats["macd_pct"] = macd / c
+        feats["macd_signal_pct"] = macd_signal / c
+        feats["macd_hist_pct"] = (macd - macd_signal) / c
+        if "volume_zscore" in spec.names:
+            feats["volume_zscore"] = _volume_zscore(v, p["volume_zscore_period"])
+    feats["bb_position"][np.isnan(upper)] = np.nan
+    feats["zscore"][np.isnan(sma)] = np.nan
+    return feats
+
+
+def _volume_zscore(v: np.ndarray, n: int) -> np.ndarray:
+    """Z-score of each bar's volume in its trailing ``n``-bar window; NaN before the first full window."""
+    import talib
+
+    # Raw volume, not its logarithm: a bar may trade nothing (the data-quality suite allows
+    # volume 0), and log 0 would leave the feature undefined for a whole window.
+    v_mean = talib.SMA(v, timeperiod=n)
+    v_std = talib.STDDEV(v, timeperiod=n, nbdev=1.0)
+    # A window of identical volumes (a halted market) has no spread: the bar is typical.
+    volume_zscore = np.where(v_std > 0, (v - v_mean) / v_std, 0.0)
+    volume_zscore[np.isnan(v_mean)] = np.nan
+    return volume_zscore
+
+
+def _candle_features(bars: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """Every candle feature of every bar of ``bars`` (sorted, default index), indexed by bar open time."""
+    p = spec.params
+    h, lo, c, v = (bars[k].to_numpy(dtype="float64") for k in ("high", "low", "close", "volume"))
+
+    feats: dict[str, np.ndarray] = {"close": c, "volume": v}
+    feats.update(_return_features(c, p))
+    feats.update(_momentum_features(h, lo, c, p))
+    feats.update(_average_and_band_features(c, v, feats["macd"], feats["macd_signal"], spec))
+    return pd.DataFrame(feats, index=pd.DatetimeIndex(bars["timestamp"], name="timestamp"))
+
+
+def _funding_features(bars: pd.DataFrame, funding: pd.DataFrame | None, p: dict[str, Any]) -> pd.DataFrame:
+    """``funding_rate`` and ``funding_rate_zscore`` of the last settlement each bar sees, on ``bars``' index.
+
+    Raises:
+        ConfigError: ``funding`` is ``None``.
+    """
+    if funding is None:
+        raise ConfigError("feature spec has funding features but no funding rates were given")
+    f = funding.sort_values("timestamp").reset_index(drop=True)
+    n = p["funding_zscore_settlements"]
+    roll = f["funding_rate"].rolling(n, min_periods=n)
+    dev, std = f["funding_rate"] - roll.mean(), roll.std(ddof=0)
+    # Funding often sits at its floor for days (std 0): the rate is then exactly typical.
+    f["funding_rate_zscore"] = (dev / std.where(std > 0)).where(std != 0, 0.0)
+    return _asof_join(bars, f, "timestamp", ["funding_rate", "funding_rate_zscore"],
+                      p.get("funding_max_age_hours"))
+
+
+def _open_interest_change(bars: pd.DataFrame, open_interest: pd.DataFrame | None, p: dict[str, Any]) -> np.ndarray:
+    """``oi_change_1d`` of each bar: the last published daily change of open interest it sees.
+
+    Raises:
+        ConfigError: ``open_interest`` is ``None``.
+    """
+    if open_interest is None:
+        raise ConfigError("feature spec has open-interest features but none was given")
+    oi = open_interest.sort_values("timestamp").reset_index(drop=True)
+    oi["oi_change_1d"] = oi["open_interest"].pct_change(fill_method=None)
+    oi["available_at"] = oi["timestamp"] + pd.Timedelta(hours=p["open_interest_publish_lag_hours"])
+    return _asof_join(bars, oi, "available_at", ["oi_change_1d"],
+                      p.get("open_interest_max_age_hours"))["oi_change_1d"].to_numpy()
+
+
 def build_features(ohlcv: pd.DataFrame, spec: FeatureSpec, funding: pd.DataFrame | None = None,
                    open_interest: pd.DataFrame | None = None) -> pd.DataFrame:
     """Compute the feature matrix for every bar.
@@ -237,89 +357,18 @@ def build_features(ohlcv: pd.DataFrame, spec: FeatureSpec, funding: pd.DataFrame
             lacks a parameter a named feature reads, or needs funding / open interest that was not
             given.
     """
-    import talib
-
-    known = KNOWN_FEATURES.get(spec.version)
-    if known is None:
-        raise ConfigError(f"feature spec version {spec.version!r} is not supported by this code "
-                          f"(knows {sorted(KNOWN_FEATURES)})")
-    plugins = spec.params.get("plugins", {})
-    unknown = [n for n in spec.names if n not in known and n not in plugins]
-    if unknown:
-        raise ConfigError(f"feature spec (version {spec.version}) names unknown features {unknown}")
+    plugins = _check_spec(spec)
     p = spec.params
-    if "volume_zscore" in spec.names and "volume_zscore_period" not in p:
-        raise ConfigError("feature spec names volume_zscore but has no parameter volume_zscore_period")
     bars = ohlcv.sort_values("timestamp").reset_index(drop=True)
-    h, lo, c, v = (bars[k].to_numpy(dtype="float64") for k in ("high", "low", "close", "volume"))
-
-    feats: dict[str, np.ndarray] = {"close": c, "volume": v}
-    prev = np.concatenate([[np.nan], c[:-1]])
-    feats["returns_1"] = c / prev - 1.0
-    m = p["momentum_bars"]
-    feats["returns_24"] = c / np.concatenate([np.full(m, np.nan), c[:-m]])[: len(c)] - 1.0
-    feats["rsi_14"] = talib.RSI(c, timeperiod=p["rsi_period"])
-    macd, macd_signal, _ = talib.MACD(c, fastperiod=p["macd_fast"], slowperiod=p["macd_slow"],
-                                      signalperiod=p["macd_signal"])
-    feats["macd"], feats["macd_signal"] = macd, macd_signal
-    feats["atr_14"] = talib.ATR(h, lo, c, timeperiod=p["atr_period"])
-    feats["atr_pct"] = feats["atr_14"] / c
-    upper, _, lower = talib.BBANDS(c, timeperiod=p["bb_period"], nbdevup=p["bb_nbdev"],
-                                   nbdevdn=p["bb_nbdev"])
-    width = upper - lower
-    with np.errstate(divide="ignore", invalid="ignore"):
-        feats["bb_position"] = np.where(width > 0, (c - lower) / width, 0.5)
-        feats["ema_20"] = talib.EMA(c, timeperiod=p["ema_fast"])
-        feats["ema_50"] = talib.EMA(c, timeperiod=p["ema_slow"])
-        feats["ema_20_gap"] = c / feats["ema_20"] - 1.0
-        feats["ema_50_gap"] = c / feats["ema_50"] - 1.0
-        sma = talib.SMA(c, timeperiod=p["zscore_period"])
-        std = talib.STDDEV(c, timeperiod=p["zscore_period"], nbdev=1.0)
-        feats["zscore"] = np.where(std > 0, (c - sma) / std, 0.0)
-        vol_sma = talib.SMA(v, timeperiod=p["volume_ratio_period"])
-        feats["volume_ratio"] = np.where(vol_sma > 0, v / vol_sma, np.nan)
-        # Gaps and MACD as fractions of the price: MACD (a difference of EMAs) and its signal line
-        # scale with the price, so divided by the close they read the same at 3,000 and 30,000 USD.
-        feats["ema_20_50_gap"] = feats["ema_20"] / feats["ema_50"] - 1.0
-        feats["macd_pct"] = macd / c
-        feats["macd_signal_pct"] = macd_signal / c
-        feats["macd_hist_pct"] = (macd - macd_signal) / c
-        if "volume_zscore" in spec.names:
-            # Raw volume, not its logarithm: a bar may trade nothing (the data-quality suite allows
-            # volume 0), and log 0 would leave the feature undefined for a whole window.
-            n = p["volume_zscore_period"]
-            v_mean = talib.SMA(v, timeperiod=n)
-            v_std = talib.STDDEV(v, timeperiod=n, nbdev=1.0)
-            # A window of identical volumes (a halted market) has no spread: the bar is typical.
-            feats["volume_zscore"] = np.where(v_std > 0, (v - v_mean) / v_std, 0.0)
-            feats["volume_zscore"][np.isnan(v_mean)] = np.nan
-    feats["bb_position"][np.isnan(upper)] = np.nan
-    feats["zscore"][np.isnan(sma)] = np.nan
-
-    out = pd.DataFrame(feats, index=pd.DatetimeIndex(bars["timestamp"], name="timestamp"))
+    out = _candle_features(bars, spec)
 
     if any(n in spec.names for n in FUNDING_FEATURES):
-        if funding is None:
-            raise ConfigError("feature spec has funding features but no funding rates were given")
-        f = funding.sort_values("timestamp").reset_index(drop=True)
-        n = p["funding_zscore_settlements"]
-        roll = f["funding_rate"].rolling(n, min_periods=n)
-        dev, std = f["funding_rate"] - roll.mean(), roll.std(ddof=0)
-        # Funding often sits at its floor for days (std 0): the rate is then exactly typical.
-        f["funding_rate_zscore"] = (dev / std.where(std > 0)).where(std != 0, 0.0)
-        joined = _asof_join(bars, f, "timestamp", ["funding_rate", "funding_rate_zscore"],
-                            p.get("funding_max_age_hours"))
+        joined = _funding_features(bars, funding, p)
         out["funding_rate"] = joined["funding_rate"].to_numpy()
         out["funding_rate_zscore"] = joined["funding_rate_zscore"].to_numpy()
 
     if any(n in spec.names for n in OPEN_INTEREST_FEATURES):
-        if open_interest is None:
-            raise ConfigError("feature spec has open-interest features but none was given")
-        oi = open_interest.sort_values("timestamp").reset_index(drop=True)
-        oi["oi_change_1d"] = oi["open_interest"].pct_change(fill_method=None)
-        oi["available_at"] = oi["timestamp"] + pd.Timedelta(hours=p["open_interest_publish_lag_hours"])
-        out["oi_change_1d"] = _asof_join(bars, oi, "available_at", ["oi_change_1d"],
-                                         p.get("open_interest_max_age_hours"))["oi_change_1d"].to_numpy()
+        out["oi_change_1d"] = _open_interest_change(bars, open_interest, p)
 
     for name, recorded in plugins.items():
         out[name] = _plugin_feature(name, recorded, bars)

@@ -14,8 +14,24 @@ import re
 from pathlib import Path
 from typing import Any
 
-from include.config import PROJECT_ROOT, _env_path
 from include.errors import ConfigError
+
+#: The repository's root: the bundled data and the default registry and run folders are under it.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: The bundled market data: the file source's default folder (``MARKET_DATA_DIR``).
+BUNDLED_DATA_DIR = PROJECT_ROOT / "data" / "binance"
+
+
+def env_path(name: str, default: Path) -> Path:
+    """The path environment variable ``name`` holds (``~`` expanded, resolved), or ``default``
+    when it is unset or empty."""
+    value = os.environ.get(name)
+    return Path(value).expanduser().resolve() if value else default
+
+
+def market_data_dir() -> Path:
+    """The file source's folder of market-data files: ``MARKET_DATA_DIR``, else the bundled data."""
+    return env_path("MARKET_DATA_DIR", BUNDLED_DATA_DIR)
 
 #: What a name that becomes part of a path may look like: an exchange id, a symbol, a registered
 #: model's name, a DAG id. Lower or upper ASCII letters, digits, ``_``, ``-`` and ``.``, starting
@@ -45,7 +61,7 @@ def input_roots() -> tuple[Path, ...]:
     raw = os.environ.get("MARKET_INPUT_ROOTS")
     if raw:
         return tuple(Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p)
-    return (PROJECT_ROOT / "data", _env_path("MARKET_DATA_DIR", PROJECT_ROOT / "data" / "binance"))
+    return (PROJECT_ROOT / "data", market_data_dir())
 
 
 def checked_input_path(value: str, what: str) -> Path:

@@ -18,6 +18,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from include.gate import check_outcome
+
 logger = logging.getLogger(__name__)
 
 CLASS_NAMES = ("down", "range", "up")
@@ -170,7 +172,7 @@ def _gate_row(check: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
         else:
             value = f"trained until {_when(champion['trained_until'])}" if champion.get("trained_until") else None
             threshold = f"window starts {_when(champion['window_start'])}" if champion.get("window_start") else None
-    passed = "yes" if check["passed"] else "NO" if check.get("required", True) else "no (not required)"
+    passed = {"passed": "yes", "failed": "NO", "not required": "no (not required)"}[check_outcome(check)]
     return {"check": check["name"], "passed": passed, "value": value,
             "threshold": threshold, "detail": check["detail"]}
 
@@ -254,7 +256,7 @@ def _validation_paragraph(out_dir: Path) -> str:
 
 
 def _step_times_section(times: dict[str, dict[str, Any]]) -> str:
-    """Where the run's time went: wall and CPU seconds per step (:func:`include.pipeline.common.timed_step`)."""
+    """Where the run's time went: wall and CPU seconds per step (:func:`include.run_folder.timed_step`)."""
     if not times:
         return ""
     rows = [{"step": step, "wall s": f"{t['wall_s']:.2f}", "CPU s": f"{t['cpu_s']:.2f}",

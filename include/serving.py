@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,10 @@ from include.config import TIMEFRAME_SECONDS
 from include.errors import RegistryError, ServingError
 from include.labels import CLASS_NAMES
 from include.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from include.config import RunConfig
+    from include.features import FeatureSpec
 
 logger = logging.getLogger(__name__)
 
@@ -252,11 +256,7 @@ class ProductionModel:
             RegistryError: the production artifact fails verification and no verified version
                 is loaded.
         """
-        from include.config import RunConfig
-        from include.data.store import MarketStore
         from include.features import FeatureSpec
-        from include.pipeline.common import closed_bars_end
-        from include.pipeline.data import feature_frame
         from include.training import prior_corrected_predict
 
         ts = pd.Timestamp(as_of or datetime.now(UTC))
@@ -268,6 +268,43 @@ class ProductionModel:
         age, stale = self._check_age(version, lineage, as_of)
         spec = FeatureSpec.from_dict({k: v for k, v in lineage["feature_spec"].items() if k != "sha256"})
         bar = timedelta(seconds=TIMEFRAME_SECONDS[lineage["timeframe"]])
+        market, ready = self._ready_features(lineage, spec, as_of, bar)
+        row = ready.iloc[[-1]]
+        self.last_features = row
+        data_age = self._check_data_lag(lineage, row.index[0], as_of, bar)
+        if self._fast is None or self._fast.model is not model:
+            self._fast = FastPredictor(model, ready.tail(64))
+        proba = self._fast.predict_proba(row.to_numpy(dtype="float64"))[0]
+        decided = int(prior_corrected_predict(proba[None, :], model.class_prior_)[0])
+        position, expected = self._position(version, lineage, model, row, proba, market, bar)
+        prediction = Prediction(model=self.model_name, version=version, symbol=lineage["symbol"],
+                                bar=row.index[0].isoformat(),
+                                probabilities=dict(zip(CLASS_NAMES, map(float, proba), strict=True)),
+                                decision=CLASS_NAMES[decided],
+                                horizon_bars=int(lineage["config"]["label_horizon_bars"]),
+                                model_age_hours=round(age, 2), stale=stale, data_age_hours=round(data_age, 2),
+                                refused=refused, position=position, expected_move=expected)
+        if log_as is not None:
+            from include.predictions import log_predictions
+
+            log_predictions(self._store.engine, self.model_name, version,
+                            [{"bar": row.index[0], "decision": prediction.decision,
+                              **{f"p_{k}": v for k, v in prediction.probabilities.items()}}], source=log_as)
+        return prediction
+
+    def _ready_features(self, lineage: dict[str, Any], spec: FeatureSpec, as_of: datetime,
+                        bar: timedelta) -> tuple[RunConfig, pd.DataFrame]:
+        """``(market, ready)``: the version's market, and the complete feature rows of its last 72 bars by ``as_of``.
+
+        Raises:
+            ServingError: no candle in the market store in the 72 bars before ``as_of``, or no
+                complete feature row among them.
+        """
+        from include.config import RunConfig
+        from include.data.store import MarketStore
+        from include.feature_store import feature_frame
+        from include.windows import closed_bars_end
+
         start = as_of - bar * 72
         if self._store is None:
             self._store = MarketStore(self.market_db_url)
@@ -289,9 +326,16 @@ class ProductionModel:
         ready = feats[feats[required].notna().all(axis=1)]
         if ready.empty:
             raise ServingError(f"no complete feature row for {lineage['symbol']} before {as_of.isoformat()}")
-        row = ready.iloc[[-1]]
-        self.last_features = row
-        bar_close = row.index[0] + bar
+        return market, ready
+
+    def _check_data_lag(self, lineage: dict[str, Any], bar_open: pd.Timestamp, as_of: datetime,
+                        bar: timedelta) -> float:
+        """Hours from the close of the bar opening at ``bar_open`` to ``as_of``.
+
+        Raises:
+            ServingError: that bar closed more than ``max_data_lag_bars`` bars before ``as_of``.
+        """
+        bar_close = bar_open + bar
         data_age = (pd.Timestamp(as_of) - bar_close) / pd.Timedelta(hours=1)
         lag_bars = int((pd.Timestamp(as_of) - bar_close) // bar)
         if self.max_data_lag_bars is not None and lag_bars > self.max_data_lag_bars:
@@ -300,25 +344,7 @@ class ProductionModel:
                 f"{bar_close.isoformat()}, {data_age:.1f} h ({lag_bars} bars) before {as_of.isoformat()}; "
                 f"at most {self.max_data_lag_bars} bar(s) of lag are allowed: refusing to forecast from stale data "
                 "(is ingestion up to date?)")
-        if self._fast is None or self._fast.model is not model:
-            self._fast = FastPredictor(model, ready.tail(64))
-        proba = self._fast.predict_proba(row.to_numpy(dtype="float64"))[0]
-        decided = int(prior_corrected_predict(proba[None, :], model.class_prior_)[0])
-        position, expected = self._position(version, lineage, model, row, proba, market, bar)
-        prediction = Prediction(model=self.model_name, version=version, symbol=lineage["symbol"],
-                                bar=row.index[0].isoformat(),
-                                probabilities=dict(zip(CLASS_NAMES, map(float, proba), strict=True)),
-                                decision=CLASS_NAMES[decided],
-                                horizon_bars=int(lineage["config"]["label_horizon_bars"]),
-                                model_age_hours=round(age, 2), stale=stale, data_age_hours=round(data_age, 2),
-                                refused=refused, position=position, expected_move=expected)
-        if log_as is not None:
-            from include.monitoring.predictions import log_predictions
-
-            log_predictions(self._store.engine, self.model_name, version,
-                            [{"bar": row.index[0], "decision": prediction.decision,
-                              **{f"p_{k}": v for k, v in prediction.probabilities.items()}}], source=log_as)
-        return prediction
+        return data_age
 
 
     def _position(self, version: str, lineage: dict[str, Any], model: Any, row: pd.DataFrame, proba: np.ndarray,
@@ -357,7 +383,7 @@ class ProductionModel:
     def _prior_forecast(self, since: dict[str, Any], as_of: datetime, log_as: str | None) -> Prediction:
         """The no-model answer: the demoted version's training class frequencies for the last bar
         closed by ``as_of``, and no position."""
-        from include.pipeline.common import closed_bars_end
+        from include.windows import closed_bars_end
 
         demoted = since["from"]
         if self._prior is None or self._prior[0] != demoted:
@@ -374,7 +400,7 @@ class ProductionModel:
                                 model_age_hours=0.0, stale=False,
                                 no_model={"since": since["at"], "demoted": demoted, "reason": since["reason"]})
         if log_as is not None:
-            from include.monitoring.predictions import log_predictions
+            from include.predictions import log_predictions
 
             if self._store is None:
                 from include.data.store import MarketStore

@@ -98,6 +98,28 @@ def _t_ratio(deviation: np.ndarray, se: np.ndarray) -> np.ndarray:
     return np.where(se > 0, finite, np.where(deviation == 0, 0.0, np.copysign(np.inf, deviation)))
 
 
+def _studentized_block_rows(n: int, block: int) -> int:
+    """The block length :func:`mean_below_zero_test` uses on ``n`` rows: at least ``block``, at least
+    ``n // MAX_BLOCKS`` up to ``MAX_BLOCK_ROWS``, and at least ``MIN_BLOCK_ROWS`` up to a quarter of the rows."""
+    return int(max(block, 1, min(n // MAX_BLOCKS, MAX_BLOCK_ROWS), min(MIN_BLOCK_ROWS, n // 4)))
+
+
+def _studentized_bootstrap(diff: np.ndarray, observed: float, used: int, k: int, n_resamples: int,
+                           random_state: int) -> tuple[float, float, float]:
+    """``(standard_error, t_statistic, p_value)`` of H1 "mean of ``diff`` < 0": the observed mean
+    ``observed`` studentized by its overlapping-block standard error in circular blocks of ``used``
+    rows, against ``n_resamples`` resamples of ``k`` whole blocks, each studentized by its own
+    block variance (see :func:`mean_below_zero_test`)."""
+    n = len(diff)
+    means = _circular_block_means(diff, used)
+    se = math.sqrt(used * float(np.mean((means - observed) ** 2)) / n)
+    t = float(_t_ratio(np.array(observed), np.array(se)))
+    drawn = means[np.random.default_rng(random_state).integers(0, n, (n_resamples, k))]
+    t_boot = _t_ratio(drawn.mean(axis=1) - observed, np.sqrt(drawn.var(axis=1) / k))
+    p_value = (1 + int(np.sum(t_boot <= t))) / (n_resamples + 1)
+    return se, t, p_value
+
+
 def mean_below_zero_test(diff: np.ndarray, *, block: int, n_resamples: int = N_RESAMPLES,
                          random_state: int = 0) -> dict[str, Any]:
     """One-sided test of H1 "mean of ``diff`` < 0" by the studentized circular block bootstrap.
@@ -165,19 +187,14 @@ def mean_below_zero_test(diff: np.ndarray, *, block: int, n_resamples: int = N_R
     if n < 2 * block:
         raise TrainingError(f"{n} rows are too few for a block bootstrap in blocks of {block}")
     observed = float(diff.mean())
-    used = int(max(block, 1, min(n // MAX_BLOCKS, MAX_BLOCK_ROWS), min(MIN_BLOCK_ROWS, n // 4)))
+    used = _studentized_block_rows(n, block)
     k = n // used
     out = {"statistic": observed, "p_value": None, "n": int(n), "block": used, "blocks": int(k),
            "standard_error": None, "t_statistic": None, "n_resamples": 0,
            "method": "studentized circular block bootstrap, one-sided"}
     if not np.any(diff):
         return out
-    means = _circular_block_means(diff, used)
-    se = math.sqrt(used * float(np.mean((means - observed) ** 2)) / n)
-    t = float(_t_ratio(np.array(observed), np.array(se)))
-    drawn = means[np.random.default_rng(random_state).integers(0, n, (n_resamples, k))]
-    t_boot = _t_ratio(drawn.mean(axis=1) - observed, np.sqrt(drawn.var(axis=1) / k))
-    p_value = (1 + int(np.sum(t_boot <= t))) / (n_resamples + 1)
+    se, t, p_value = _studentized_bootstrap(diff, observed, used, k, n_resamples, random_state)
     return {**out, "p_value": float(p_value), "standard_error": se, "t_statistic": t,
             "n_resamples": int(n_resamples)}
 

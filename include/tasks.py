@@ -1,5 +1,6 @@
-"""Glue between Airflow task bodies and :mod:`include.pipeline`: rebuild typed objects from XCom,
-and fail at once on errors a retry cannot mend."""
+"""Glue every DAG's task bodies share: a step run per market of a batch, failing at once on errors
+a retry cannot mend, and the wait for earlier runs. The weekly DAG's own task bodies are in
+:mod:`include.pipeline.tasks`."""
 
 from __future__ import annotations
 
@@ -7,43 +8,15 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from include.batch_outcomes import BatchOutcomes, forget_batch_outcomes, inputs_digest
-from include.config import RunConfig, Settings
 from include.errors import BatchRetryError, PipelineError, TransientError
 from include.notify import failure_message, send
-from include.pipeline import RunWindow
 
-__all__ = ["each_market", "fail_fast", "forget_batch_outcomes", "is_permanent", "market_run",
-           "unfinished_earlier_runs"]
+__all__ = ["each_market", "fail_fast", "forget_batch_outcomes", "is_permanent", "unfinished_earlier_runs"]
 
 logger = logging.getLogger(__name__)
-
-
-@contextmanager
-def market_run(plan: dict[str, Any], window: dict[str, Any] | None,
-               dag_id: str) -> Iterator[tuple[RunConfig, RunWindow, Settings, Path]]:
-    """``(config, window, settings, run folder)`` of one market's run, for one task's step.
-
-    The run folder is local: the run's own when ``RUN_ARTIFACTS_DIR`` is a local path; when it is
-    an object store, this worker's mirror of it, whose changes are uploaded when the step ends
-    (:func:`include.pipeline.common.staged_run_dir`).
-
-    Args:
-        plan: one market's plan from a ``plan_run`` batch (``{"model", "config", "window"}``).
-        window: the window ``ingest_market_data`` settled on (shorter for a young market);
-            ``None`` for the plan's own window.
-        dag_id: the DAG's id (names the run folder's parent).
-    """
-    from include.pipeline.common import staged_run_dir
-
-    cfg = RunConfig.from_params(plan["config"])
-    win = RunWindow(**(window or plan["window"]))
-    settings = Settings.from_env()
-    with staged_run_dir(settings, dag_id, cfg.model_name, win) as out:
-        yield cfg, win, settings, out
 
 
 def each_market(batch: dict[str, Any], step: Callable[[dict[str, Any]], Any], *upstream: dict[str, Any] | None,

@@ -105,10 +105,10 @@ def load_market(settings: Settings, versions: list[Version], end: datetime) -> M
         PipelineError: no versions.
     """
     from include.backtest import standardised_moves
+    from include.data.store import open_store
+    from include.feature_store import feature_frame
     from include.features import FeatureSpec
     from include.labels import make_labels
-    from include.pipeline.common import open_store
-    from include.pipeline.data import feature_frame
 
     if not versions:
         raise PipelineError("no registered versions to score")
@@ -210,15 +210,15 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
         replayed chain then serves no model until a later promotion) or ``skipped`` (a version
         without a registered out-of-fold record).
     """
-    from include.pipeline.decision import (
+    from include.gate.evidence import (
         candidate_evidence,
         compare_with_champion,
         deflated_sharpe_record,
         earlier_record,
         own_record,
         policy_from_config,
-        trade_out_of_fold,
     )
+    from include.trading import trade_out_of_fold
 
     production: Version | None = None
     decisions = []
@@ -277,7 +277,7 @@ def _forward(registry: Any, data: MarketData, v: Version, start: datetime, end: 
     the class prior, the trading decision's inputs and the ``position`` it gives (``v``'s own
     costs, probability floor and deployed margin)."""
     from include.backtest import TradingDecision
-    from include.pipeline.decision import forecast_positions
+    from include.trading import forecast_positions
 
     feats = _features_of(data, v)
     names = list(v.lineage["feature_spec"]["names"])
@@ -366,6 +366,108 @@ def production_after(registry: Any, model: str) -> dict[str, str | None]:
     return after
 
 
+def _base_chains(registry: Any, model: str, versions: list[Version]) -> dict[str, list[Version | None]]:
+    """The version each of :data:`POLICIES` serves in each version's week (``None``: no model).
+
+    ``production`` follows the registry's ledger (:func:`production_after`); ``newest`` serves
+    each week's own version; ``never_retrain`` the first version throughout.
+    """
+    chains: dict[str, list[Version | None]] = {name: [] for name in POLICIES}
+    by_id = {v.version: v for v in versions}
+    after = production_after(registry, model)
+    current: str | None = None
+    for v in versions:
+        current = after.get(v.version, current)
+        chains["production"].append(by_id.get(current) if current else None)
+        chains["newest"].append(v)
+        chains["never_retrain"].append(versions[0])
+    return chains
+
+
+def _replayed_chain(versions: list[Version], decisions: list[dict[str, Any]]) -> list[Version | None]:
+    """The version a replayed gate's ``decisions`` (:func:`replay`) serve in each version's week
+    (``None`` before its first promotion and after a demotion)."""
+    serving, chain = None, []
+    for v, d in zip(versions, decisions, strict=True):
+        if d["action"] == "promote":
+            serving = v
+        elif d["action"] == "demote":
+            serving = None
+        chain.append(serving)
+    return chain
+
+
+def _score_weeks(registry: Any, data: MarketData, versions: list[Version], chains: dict[str, list[Version | None]],
+                 stop: datetime) -> tuple[list[dict[str, Any]], dict[str, list[pd.DataFrame]], dict[str, list[float]]]:
+    """Score every policy's serving version forward on each version's week.
+
+    Returns:
+        ``(weeks, served, ages)``: ``weeks`` as :func:`track_record` returns them, without
+        ``net_return`` (:func:`_totals` adds it); per policy, the frames it served in the weeks
+        whose labels are known (the class-prior forecast where it had no model), and the ages
+        (days) of its serving versions in those weeks.
+    """
+    weeks: list[dict[str, Any]] = []
+    served: dict[str, list[pd.DataFrame]] = {name: [] for name in chains}
+    ages: dict[str, list[float]] = {name: [] for name in chains}
+    for k, v in enumerate(versions):
+        start = v.trained_until
+        stop_k = versions[k + 1].trained_until if k + 1 < len(versions) else stop
+        newest = _forward(registry, data, v, start, stop_k)
+        unserved = _unserved(newest)
+        prior = _score([unserved], data) if len(unserved) else {"rows": 0}
+        row: dict[str, Any] = {"start": start.isoformat(), "end": stop_k.isoformat(), "rows": int(len(newest)),
+                               "prior_log_loss": prior.get("log_loss"), "policies": {}}
+        for name, chain in chains.items():
+            serving = chain[k]
+            if serving is None:
+                frame, score = unserved, prior
+            else:
+                frame = newest if serving is v else _forward(registry, data, serving, start, stop_k)
+                score = _score([frame], data) if len(frame) else {"rows": 0}
+            age = (start - serving.trained_until).total_seconds() / 86400 if serving is not None else None
+            row["policies"][name] = {"version": serving.version if serving is not None else None,
+                                     "log_loss": score.get("log_loss"), "age_days": age}
+            if len(newest):  # a week whose labels are known: every policy is scored on it
+                served[name].append(frame)
+                if age is not None:
+                    ages[name].append(age)
+        weeks.append(row)
+    return weeks, served, ages
+
+
+def _add_week_returns(weeks: list[dict[str, Any]], name: str, net: pd.Series | None) -> None:
+    """Set policy ``name``'s ``net_return`` in each of ``weeks``: the sum of ``net`` (per-bar net
+    returns, fraction of equity) over the week's bars; ``None`` in a week without labels or when
+    ``net`` is ``None``."""
+    for w in weeks:
+        w["policies"][name]["net_return"] = (
+            float(net[(net.index >= pd.Timestamp(w["start"])) & (net.index < pd.Timestamp(w["end"]))].sum())
+            + 0.0 if net is not None and w["rows"] else None)  # + 0.0: no "-0.0" in the JSON
+
+
+def _totals(data: MarketData, versions: list[Version], weeks: list[dict[str, Any]],
+            served: dict[str, list[pd.DataFrame]], ages: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """Each policy's totals over the weeks it served (as :func:`track_record` returns them), adding
+    each week's ``net_return`` to ``weeks`` on the way."""
+    by_id = {v.version: v for v in versions}
+    totals: dict[str, dict[str, Any]] = {}
+    for name in served:
+        score = _score(served[name], data) if served[name] else {"rows": 0}
+        # Each week's share of the one simulation of the policy's whole record (the series its
+        # Sharpe ratio summarises), so a position held across a week's end is not closed there.
+        net = score.pop("net_returns", None)
+        _add_week_returns(weeks, name, net)
+        totals[name] = {**score, "weeks": len(served[name]),
+                        "weeks_without_model": sum(1 for w in weeks if w["rows"] and
+                                                   w["policies"][name]["version"] is None),
+                        "mean_age_days": float(np.mean(ages[name])) if ages[name] else None}
+    promised = [by_id[p["version"]].lineage["metrics"]["ensemble"]["log_loss"]
+                for w in weeks if w["rows"] and (p := w["policies"]["production"])["version"]]
+    totals["production"]["promised_log_loss"] = float(np.mean(promised)) if promised else None
+    return totals
+
+
 def track_record(settings: Settings, model: str, *, policies: dict[str, GatePolicy | None] | None = None,
                  end: datetime | None = None) -> dict[str, Any]:
     """The forward record of ``model``'s production chain next to the counterfactual policies.
@@ -413,69 +515,14 @@ def track_record(settings: Settings, model: str, *, policies: dict[str, GatePoli
             raise PipelineError(f"{model} has no registered version")
         stop = end or versions[-1].trained_until + timedelta(days=7)
         data = load_market(settings, versions, stop)
-        chains: dict[str, list[Version | None]] = {name: [] for name in POLICIES}
-        by_id = {v.version: v for v in versions}
-        after = production_after(registry, model)
-        current: str | None = None
-        for v in versions:
-            current = after.get(v.version, current)
-            chains["production"].append(by_id.get(current) if current else None)
-            chains["newest"].append(v)
-            chains["never_retrain"].append(versions[0])
+        chains = _base_chains(registry, model, versions)
         replays = {}
         for label, policy in (policies or {}).items():
             decisions = replay(registry, data, versions, policy)
             replays[label] = decisions
-            serving, chain = None, []
-            for v, d in zip(versions, decisions, strict=True):
-                if d["action"] == "promote":
-                    serving = v
-                elif d["action"] == "demote":
-                    serving = None
-                chain.append(serving)
-            chains[label] = chain
-        weeks, served = [], {name: [] for name in chains}
-        ages: dict[str, list[float]] = {name: [] for name in chains}
-        for k, v in enumerate(versions):
-            start = v.trained_until
-            stop_k = versions[k + 1].trained_until if k + 1 < len(versions) else stop
-            newest = _forward(registry, data, v, start, stop_k)
-            unserved = _unserved(newest)
-            prior = _score([unserved], data) if len(unserved) else {"rows": 0}
-            row = {"start": start.isoformat(), "end": stop_k.isoformat(), "rows": int(len(newest)),
-                   "prior_log_loss": prior.get("log_loss"), "policies": {}}
-            for name, chain in chains.items():
-                serving = chain[k]
-                if serving is None:
-                    frame, score = unserved, prior
-                else:
-                    frame = newest if serving is v else _forward(registry, data, serving, start, stop_k)
-                    score = _score([frame], data) if len(frame) else {"rows": 0}
-                age = (start - serving.trained_until).total_seconds() / 86400 if serving is not None else None
-                row["policies"][name] = {"version": serving.version if serving is not None else None,
-                                         "log_loss": score.get("log_loss"), "age_days": age}
-                if len(newest):  # a week whose labels are known: every policy is scored on it
-                    served[name].append(frame)
-                    if age is not None:
-                        ages[name].append(age)
-            weeks.append(row)
-        totals = {}
-        for name in chains:
-            score = _score(served[name], data) if served[name] else {"rows": 0}
-            # Each week's share of the one simulation of the policy's whole record (the series its
-            # Sharpe ratio summarises), so a position held across a week's end is not closed there.
-            net = score.pop("net_returns", None)
-            for w in weeks:
-                w["policies"][name]["net_return"] = (
-                    float(net[(net.index >= pd.Timestamp(w["start"])) & (net.index < pd.Timestamp(w["end"]))].sum())
-                    + 0.0 if net is not None and w["rows"] else None)  # + 0.0: no "-0.0" in the JSON
-            totals[name] = {**score, "weeks": len(served[name]),
-                            "weeks_without_model": sum(1 for w in weeks if w["rows"] and
-                                                       w["policies"][name]["version"] is None),
-                            "mean_age_days": float(np.mean(ages[name])) if ages[name] else None}
-        promised = [by_id[p["version"]].lineage["metrics"]["ensemble"]["log_loss"]
-                    for w in weeks if w["rows"] and (p := w["policies"]["production"])["version"]]
-        totals["production"]["promised_log_loss"] = float(np.mean(promised)) if promised else None
+            chains[label] = _replayed_chain(versions, decisions)
+        weeks, served, ages = _score_weeks(registry, data, versions, chains, stop)
+        totals = _totals(data, versions, weeks, served, ages)
     finally:
         registry.dispose()
     return {"model": model, "weeks": weeks, "totals": totals, "replays": replays,

@@ -40,6 +40,7 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, Field
 
+from include.gate import check_outcome
 from include.registry.pages import cell as _cell
 
 app = FastAPI(
@@ -192,7 +193,7 @@ def _gate_outcome(info: dict[str, Any]) -> dict[str, Any] | None:
     window = champion.get("challenger_metrics") or record.get("candidate_gate_window") or {}
     comparison = champion.get("comparison") or champion.get("paired_test") or {}
     return {"passed": bool(record.get("passed")),
-            "failed": [c["name"] for c in record.get("checks", []) if not c.get("passed") and c.get("required", True)],
+            "failed": [c["name"] for c in record.get("checks", []) if check_outcome(c) == "failed"],
             "deciding": record.get("deciding"), "action": record.get("action"),
             "challenger": window.get("macro_f1"), "n": window.get("n"),
             "champion": (champion.get("metrics") or {}).get("macro_f1"),
@@ -219,7 +220,7 @@ def _gate_cell(gate: dict[str, Any] | None) -> str:
 
 
 def _report_path(info: dict[str, Any]) -> Any:
-    from include.pipeline.common import version_run_dir
+    from include.run_folder import version_run_dir
 
     return version_run_dir(_settings(), info["model"], info["lineage"]) / "report.html"
 

@@ -160,11 +160,12 @@ def run(spec: dict[str, Any]) -> None:
     from airflow.sdk.exceptions import AirflowSkipException
 
     from include.config import RunConfig, Settings
-    from include.pipeline import RunWindow, assemble, gate, keep, promote
-    from include.pipeline.common import staged_run_dir
+    from include.pipeline import assemble, gate, keep, promote
     from include.registry import ModelRegistry
+    from include.run_folder import staged_run_dir
     from include.storage import is_remote, location
     from include.tasks import each_market
+    from include.windows import RunWindow
 
     settings = Settings(**{k: (location(v) if k.endswith("_dir") else v) for k, v in spec["settings"].items()})
     cfg, window = RunConfig.from_params(spec["config"]), RunWindow(**spec["window"])

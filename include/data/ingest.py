@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
 
-from include.data.sources import MarketDataSource
-from include.data.store import Gap, MarketStore
+from include.config import RunConfig, Settings
+from include.data.sources import FileSource, MarketDataSource
+from include.data.store import Gap, MarketStore, UpsertResult
+from include.paths import checked_input_path
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +132,93 @@ def screen_candles(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return frame[~refused], bad
 
 
+#: The stored span of one series: its first and last timestamp, ``None`` when it holds no rows.
+_Extent = tuple[pd.Timestamp, pd.Timestamp] | None
+
+
+def _series_windows(store: MarketStore, key: SeriesKey, *, start: datetime, funding_start: datetime,
+                    open_interest_start: datetime) -> dict[str, tuple[datetime, timedelta, _Extent]]:
+    """Per series the window's first timestamp, the series' step and the store's extent of it; no
+    funding for a spot market."""
+    ident = {"exchange": key.exchange, "symbol": key.symbol}
+    candle_ident = {**ident, "market_type": key.market_type, "timeframe": key.timeframe}
+    windows = {
+        "ohlcv": (start, key.bar, store.extent("ohlcv", **candle_ident)),
+        "funding_rate": (funding_start, timedelta(milliseconds=1), store.extent("funding_rate", **ident)),
+        "open_interest": (open_interest_start, timedelta(days=1), store.extent("open_interest", **ident)),
+    }
+    if key.market_type == "spot":
+        del windows["funding_rate"]  # funding is paid on perpetuals; a spot market has none
+    return windows
+
+
+def _series_fetchers(source: MarketDataSource,
+                     key: SeriesKey) -> dict[str, Callable[[datetime, datetime], pd.DataFrame]]:
+    """Per series the source call that fetches its rows in ``[a, b)``."""
+    return {
+        "ohlcv": lambda a, b: source.fetch_ohlcv(key.symbol, key.market_type, key.timeframe, a, b),
+        "funding_rate": lambda a, b: source.fetch_funding_rates(key.symbol, a, b),
+        "open_interest": lambda a, b: source.fetch_open_interest(key.symbol, a, b),
+    }
+
+
+def _fetch_ranges(fetch: Callable[[datetime, datetime], pd.DataFrame], ranges: list[tuple[str, datetime, datetime]],
+                  extent: _Extent, bar: timedelta | None) -> tuple[pd.DataFrame | None, list[Gap]]:
+    """``(rows of every range, None when there is no range; gaps found)``; gaps are looked for (in
+    candles) only when ``bar`` is given."""
+    parts = []
+    gaps: list[Gap] = []
+    for side, a, b in ranges:
+        part = fetch(a, b)
+        parts.append(part)
+        if bar is not None:
+            # Stored neighbours make the edges of an incremental range checkable for gaps; a
+            # full re-read ("all") is checked on its own, whatever older bars the store holds.
+            neighbours = ([] if extent is None or side == "all"
+                          else [extent[1]] if side == "after" else [extent[0]])
+            ts = pd.concat([part["timestamp"], pd.Series(neighbours, dtype=part["timestamp"].dtype)])
+            gaps += find_gaps(ts.sort_values(ignore_index=True), bar)
+    frame = pd.concat(parts, ignore_index=True) if parts else None
+    return frame, gaps
+
+
+def _quarantine_candles(frame: pd.DataFrame, ranges: list[tuple[str, datetime, datetime]],
+                        key: SeriesKey) -> tuple[pd.DataFrame, list[tuple[datetime, datetime, pd.DataFrame]], int]:
+    """``(candles fit for the store, refused candles of each fetched range, rows refused)``; logs a
+    warning naming the first refused candle."""
+    # Rows that would fail validation stay out of the store, kept with their reason.
+    frame, bad = screen_candles(frame)
+    refused: list[tuple[datetime, datetime, pd.DataFrame]] = []
+    for _, a, b in ranges:
+        in_range = (bad["timestamp"] >= pd.Timestamp(a)) & (bad["timestamp"] < pd.Timestamp(b))
+        refused.append((a, b, bad[in_range]))
+    if len(bad):
+        first = bad.iloc[0]
+        logger.warning("%s %s: %d candle(s) refused and quarantined, e.g. %s: %s", key.symbol,
+                       key.market_type, len(bad), first["timestamp"].isoformat(), first["reason"])
+    return frame, refused, int(len(bad))
+
+
+def _write_fetched(store: MarketStore, key: SeriesKey, source: MarketDataSource, frames: dict[str, pd.DataFrame | None],
+                   gaps: list[Gap], refused: list[tuple[datetime, datetime, pd.DataFrame]]) -> dict[str, UpsertResult]:
+    """Per series written its upsert's outcome: all fetched rows, gaps and quarantined candles are
+    written in one transaction."""
+    ident = {"exchange": key.exchange, "symbol": key.symbol}
+    candle_ident = {**ident, "market_type": key.market_type, "timeframe": key.timeframe}
+    with store.begin() as conn:
+        results: dict[str, UpsertResult] = {}
+        if frames["ohlcv"] is not None:
+            results["ohlcv"] = store.upsert_ohlcv(frames["ohlcv"], **candle_ident, conn=conn)
+        if frames.get("funding_rate") is not None:
+            results["funding_rate"] = store.upsert_funding_rates(frames["funding_rate"], **ident, conn=conn)
+        if frames["open_interest"] is not None:
+            results["open_interest"] = store.upsert_open_interest(frames["open_interest"], **ident, conn=conn)
+        store.record_gaps(gaps, **candle_ident, source=repr(source), conn=conn)
+        for a, b, bad in refused:
+            store.quarantine_ohlcv(bad, **candle_ident, start=a, end=b, source=repr(source), conn=conn)
+    return results
+
+
 def ingest_window(source: MarketDataSource, store: MarketStore, key: SeriesKey, *,
                   start: datetime, end: datetime, funding_start: datetime,
                   open_interest_start: datetime) -> dict[str, Any]:
@@ -150,64 +240,26 @@ def ingest_window(source: MarketDataSource, store: MarketStore, key: SeriesKey, 
     """
     t0 = time.perf_counter()
     incremental = bool(getattr(source, "incremental", False))
-    ident = {"exchange": key.exchange, "symbol": key.symbol}
-    candle_ident = {**ident, "market_type": key.market_type, "timeframe": key.timeframe}
-    windows = {
-        "ohlcv": (start, key.bar, store.extent("ohlcv", **candle_ident)),
-        "funding_rate": (funding_start, timedelta(milliseconds=1), store.extent("funding_rate", **ident)),
-        "open_interest": (open_interest_start, timedelta(days=1), store.extent("open_interest", **ident)),
-    }
-    if key.market_type == "spot":
-        del windows["funding_rate"]  # funding is paid on perpetuals; a spot market has none
-    fetchers = {
-        "ohlcv": lambda a, b: source.fetch_ohlcv(key.symbol, key.market_type, key.timeframe, a, b),
-        "funding_rate": lambda a, b: source.fetch_funding_rates(key.symbol, a, b),
-        "open_interest": lambda a, b: source.fetch_open_interest(key.symbol, a, b),
-    }
-    frames: dict[str, pd.DataFrame] = {}
+    windows = _series_windows(store, key, start=start, funding_start=funding_start,
+                              open_interest_start=open_interest_start)
+    fetchers = _series_fetchers(source, key)
+    frames: dict[str, pd.DataFrame | None] = {}
     report: dict[str, Any] = {}
     gaps: list[Gap] = []
     refused: list[tuple[datetime, datetime, pd.DataFrame]] = []
     for series, (first, step, extent) in windows.items():
         ranges = missing_ranges(extent, first, end, step) if incremental else [("all", first, end)]
-        parts = []
-        for side, a, b in ranges:
-            part = fetchers[series](a, b)
-            parts.append(part)
-            if series == "ohlcv":
-                # Stored neighbours make the edges of an incremental range checkable for gaps; a
-                # full re-read ("all") is checked on its own, whatever older bars the store holds.
-                neighbours = ([] if extent is None or side == "all"
-                              else [extent[1]] if side == "after" else [extent[0]])
-                ts = pd.concat([part["timestamp"], pd.Series(neighbours, dtype=part["timestamp"].dtype)])
-                gaps += find_gaps(ts.sort_values(ignore_index=True), key.bar)
-        frame = pd.concat(parts, ignore_index=True) if parts else None
+        frame, found = _fetch_ranges(fetchers[series], ranges, extent, key.bar if series == "ohlcv" else None)
+        gaps += found
         report[series] = {"mode": "incremental" if incremental else "full",
                           "ranges": [[side, a.isoformat(), b.isoformat()] for side, a, b in ranges],
                           "rows_fetched": 0 if frame is None else int(len(frame)), "rows_new": 0}
         if series == "ohlcv" and frame is not None:
-            # Rows that would fail validation stay out of the store, kept with their reason.
-            frame, bad = screen_candles(frame)
-            for _, a, b in ranges:
-                in_range = (bad["timestamp"] >= pd.Timestamp(a)) & (bad["timestamp"] < pd.Timestamp(b))
-                refused.append((a, b, bad[in_range]))
-            report[series]["quarantined"] = int(len(bad))
-            if len(bad):
-                first = bad.iloc[0]
-                logger.warning("%s %s: %d candle(s) refused and quarantined, e.g. %s: %s", key.symbol,
-                               key.market_type, len(bad), first["timestamp"].isoformat(), first["reason"])
+            frame, bad_rows, quarantined = _quarantine_candles(frame, ranges, key)
+            refused += bad_rows
+            report[series]["quarantined"] = quarantined
         frames[series] = frame
-    with store.begin() as conn:
-        results = {}
-        if frames["ohlcv"] is not None:
-            results["ohlcv"] = store.upsert_ohlcv(frames["ohlcv"], **candle_ident, conn=conn)
-        if frames.get("funding_rate") is not None:
-            results["funding_rate"] = store.upsert_funding_rates(frames["funding_rate"], **ident, conn=conn)
-        if frames["open_interest"] is not None:
-            results["open_interest"] = store.upsert_open_interest(frames["open_interest"], **ident, conn=conn)
-        store.record_gaps(gaps, **candle_ident, source=repr(source), conn=conn)
-        for a, b, bad in refused:
-            store.quarantine_ohlcv(bad, **candle_ident, start=a, end=b, source=repr(source), conn=conn)
+    results = _write_fetched(store, key, source, frames, gaps, refused)
     for series, result in results.items():
         report[series]["rows_new"] = result.rows_new
         report[series]["duplicates_dropped"] = result.duplicates_dropped
@@ -217,3 +269,21 @@ def ingest_window(source: MarketDataSource, store: MarketStore, key: SeriesKey, 
     logger.info("ingested %s %s %s up to %s from %s: %s", key.exchange, key.symbol, key.market_type,
                 end, source, report)
     return report
+
+
+# -- 1. ingest -------------------------------------------------------------------------------
+def market_source(cfg: RunConfig, settings: Settings) -> MarketDataSource:
+    """The run's market-data source: the file source (default) or the exchange source.
+
+    Raises:
+        SourceError: the exchange is not supported by the exchange source.
+        ConfigError: ``source_dir`` lies outside the input roots
+            (:func:`include.paths.checked_input_path`).
+    """
+    if cfg.source == "exchange":
+        from include.data.exchange import ExchangeSource
+
+        return ExchangeSource(cfg.exchange, api_url=settings.exchange_api_url)
+    if cfg.source_dir:
+        return FileSource(checked_input_path(cfg.source_dir, "source_dir"))
+    return FileSource(settings.data_dir)

@@ -38,6 +38,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from include.config import Settings
 from include.data.schema import (  # noqa: F401 - re-exported: the store is where callers look
     SCHEMA_VERSION_TABLE,
     bar_validation_table,
@@ -499,3 +500,8 @@ class MarketStore:
         """Daily open interest with day start in ``[start, end)``, sorted; shape ``(n, 2)``."""
         return self._load(open_interest_table, {"exchange": exchange, "symbol": symbol},
                           OPEN_INTEREST_COLUMNS, start, end)
+
+
+def open_store(settings: Settings) -> MarketStore:
+    """The deployment's market store (dispose it after use)."""
+    return MarketStore(settings.market_db_url)

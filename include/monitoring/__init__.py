@@ -1,6 +1,6 @@
 """Production monitoring between retrains: the prediction log, live metrics, drift, retrain requests.
 
-:mod:`include.monitoring.predictions` (the prediction log), :mod:`include.monitoring.drift`
+:mod:`include.predictions` (the prediction log), :mod:`include.drift`
 (reference bins, PSI), :mod:`include.monitoring.monitor` (one monitoring run and its policy).
 """
 
@@ -14,7 +14,7 @@ from include.monitoring.monitor import (
     monitor,
     reports,
 )
-from include.monitoring.predictions import last_scored_bar, load_predictions, log_predictions
+from include.predictions import last_scored_bar, load_predictions, log_predictions
 
 __all__ = ["ALERT", "COOLDOWN", "OK", "RETRAIN", "MonitorPolicy", "mark_requested", "last_scored_bar",
            "load_predictions", "log_predictions", "monitor", "reports"]

@@ -5,7 +5,7 @@ Steps, for the span from the version's training end to ``as_of``:
 1. **Ingest** the newest bars into the market store (the run's source: files, or the exchange
    incrementally).
 2. **Score** every closed bar of the span the version has no logged prediction for, and append
-   them to the prediction log (:mod:`include.monitoring.predictions`).
+   them to the prediction log (:mod:`include.predictions`).
 3. **Join realised labels** once their horizon has passed (the version's own label rule).
 4. **Compare** with what the gate saw at promotion: realised macro F1, log loss (and the
    class-prior forecast's on the same rows), Brier, per UTC day and over the span, next to the
@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,11 @@ import sqlalchemy as sa
 from include.config import RunConfig, Settings
 from include.errors import PipelineError, TrainingError
 from include.labels import CLASS_NAMES
-from include.monitoring.predictions import _ms, load_predictions, log_predictions, report_table
+from include.predictions import _ms, load_predictions, log_predictions, report_table
+
+if TYPE_CHECKING:
+    from include.data.store import MarketStore
+    from include.features import FeatureSpec
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +95,8 @@ def _closed_bars(store: Any, cfg: RunConfig, start: datetime, end: datetime) -> 
 
 
 def _ingest(cfg: RunConfig, settings: Settings, store: Any, start: datetime, end: datetime) -> dict[str, Any]:
-    from include.data.ingest import SeriesKey, ingest_window
-    from include.pipeline.common import FUNDING_LOOKBACK
-    from include.pipeline.data import market_source
+    from include.data.ingest import SeriesKey, ingest_window, market_source
+    from include.windows import FUNDING_LOOKBACK
 
     key = SeriesKey(cfg.exchange, cfg.symbol, cfg.market_type, cfg.timeframe, timedelta(seconds=cfg.bar_seconds))
     return ingest_window(market_source(cfg, settings), store, key, start=start, end=end,
@@ -112,8 +115,8 @@ def _reference(settings: Settings, lineage: dict[str, Any], spec: Any, cfg: RunC
     Raises:
         PipelineError: nothing stored, and no bar of the training window in the store.
     """
-    from include.monitoring.drift import reference_bins
-    from include.pipeline.data import feature_frame
+    from include.drift import reference_bins
+    from include.feature_store import feature_frame
 
     if "drift_reference" in lineage:
         return {"bins": lineage["drift_reference"], "top_features": list(lineage.get("top_features") or spec.names),
@@ -138,8 +141,8 @@ def _reference(settings: Settings, lineage: dict[str, Any], spec: Any, cfg: RunC
 
 def _ranking_from_run_folder(settings: Settings, lineage: dict[str, Any], names: list[str]) -> tuple[list[str], str]:
     """Features by the permutation importance in the version's run folder, or in spec order."""
-    from include.pipeline.common import version_run_dir
-    from include.pipeline.training import ranked_features
+    from include.ensemble import ranked_features
+    from include.run_folder import version_run_dir
 
     folder = version_run_dir(settings, lineage["registered_model"], lineage) / "candidates"
     try:
@@ -268,6 +271,208 @@ def decide(engine: sa.Engine, model: str, checks: list[dict[str, Any]], as_of_ms
     return OK, "every check within its threshold"
 
 
+@dataclass(frozen=True)
+class _ScoredSpan:
+    """What the market store holds for one monitoring run once the span is ingested and scored.
+
+    Attributes:
+        ingested: what ingestion wrote (:func:`include.data.ingest.ingest_window`'s summary).
+        bars: the candles that closed by ``as_of``, from the features' read start.
+        funding: funding settlements (perpetuals; ``None`` for other markets).
+        feats: training's own features of each bar after the version's training end.
+        reference: the version's drift reference (:func:`_reference`).
+        new_rows: bars this run scored and logged.
+        predictions: the version's prediction log over the span, indexed by bar.
+    """
+
+    ingested: dict[str, Any]
+    bars: pd.DataFrame
+    funding: pd.DataFrame | None
+    feats: pd.DataFrame
+    reference: dict[str, Any]
+    new_rows: int
+    predictions: pd.DataFrame
+
+
+def _production_version(settings: Settings, model: str) -> tuple[str, Any, dict[str, Any], dict[str, Any] | None]:
+    """``(version, estimator, lineage, gate decision)`` of ``model``'s production version.
+
+    Raises:
+        PipelineError: the model has no production version.
+    """
+    from include.registry import ModelRegistry
+
+    registry = ModelRegistry.from_settings(settings)
+    try:
+        pointer = registry.production(model)
+        if pointer is None:
+            raise PipelineError(f"{model} has no production version to monitor")
+        estimator, lineage = registry.load(pointer.version)
+        decided_by_gate = registry.decision_of(model, pointer.version)
+    finally:
+        registry.dispose()
+    return pointer.version, estimator, lineage, decided_by_gate
+
+
+def _score_new_bars(store: MarketStore, model: str, version: str, estimator: Any, spec: FeatureSpec,
+                    feats: pd.DataFrame, trained_until: datetime, as_of: datetime) -> int:
+    """Score the span's complete feature rows the version has no logged prediction for; returns how many."""
+    from include.training import prior_corrected_predict
+
+    required = [c for c in spec.names if c != "oi_change_1d"]
+    ready = feats[feats[required].notna().all(axis=1)]
+    logged = load_predictions(store.engine, model, version, start=trained_until, end=as_of)
+    todo = ready[~ready.index.isin(logged.index)]
+    if len(todo):
+        proba = estimator.predict_proba(todo[list(spec.names)])
+        decided = prior_corrected_predict(proba, estimator.class_prior_)
+        log_predictions(store.engine, model, version,
+                        [{"bar": t, "p_down": p[0], "p_range": p[1], "p_up": p[2], "decision": CLASS_NAMES[d]}
+                         for t, p, d in zip(todo.index, proba, decided, strict=True)], source="monitor")
+    return int(len(todo))
+
+
+def _score_span(settings: Settings, model: str, version: str, estimator: Any, lineage: dict[str, Any],
+                cfg: RunConfig, spec: FeatureSpec, trained_until: datetime, as_of: datetime) -> _ScoredSpan:
+    """Ingest the newest bars, score the unscored ones after ``trained_until``; returns what the store then holds.
+
+    Raises:
+        PipelineError: no drift reference stored with the version, and no bar of its training
+            window in the store to recompute one from.
+    """
+    from include.data.store import open_store
+    from include.feature_store import feature_frame
+    from include.windows import closed_bars_end, feature_read_start
+
+    bar = timedelta(seconds=cfg.bar_seconds)
+    read_from = feature_read_start(trained_until, cfg)
+    store = open_store(settings)
+    try:
+        ingested = _ingest(cfg, settings, store, read_from, as_of)
+        bars = _closed_bars(store, cfg, read_from, as_of)
+        funding = store.load_funding_rates(start=read_from - timedelta(days=10), end=as_of, exchange=cfg.exchange,
+                                           symbol=cfg.symbol) if cfg.market_type == "perp" else None
+        # Bars that closed by as_of, with training's own features for each (feature_frame). An
+        # empty open-interest frame (the series stopped) gives missing values, which the drift
+        # checks report; it is not an error.
+        feats = feature_frame(store, cfg, spec, trained_until, closed_bars_end(as_of, bar))
+        reference = _reference(settings, lineage, spec, cfg, store)
+        new_rows = _score_new_bars(store, model, version, estimator, spec, feats, trained_until, as_of)
+        predictions = load_predictions(store.engine, model, version, start=trained_until, end=as_of)
+    finally:
+        store.dispose()
+    return _ScoredSpan(ingested=ingested, bars=bars, funding=funding, feats=feats, reference=reference,
+                       new_rows=new_rows, predictions=predictions)
+
+
+def _with_realised_labels(predictions: pd.DataFrame, bars: pd.DataFrame,
+                          cfg: RunConfig) -> tuple[pd.Series, pd.DataFrame]:
+    """``(closes, frame)``: the bars' closes, and the predictions with a ``label`` column (NaN until realised)."""
+    from include.labels import make_labels
+
+    closes = bars.set_index("timestamp")["close"].astype("float64")
+    labels = make_labels(closes, horizon=cfg.label_horizon_bars, mode=cfg.label_threshold_mode,
+                         threshold=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)
+    return closes, predictions.join(labels.rename("label"), how="left")
+
+
+def _live_metrics(frame: pd.DataFrame, lineage: dict[str, Any], prior: np.ndarray) -> dict[str, Any]:
+    """The report's ``live`` section: realised metrics and daily log loss next to the promised ones."""
+    from include.evaluation import multiclass_log_loss
+    from include.training import metrics_with_prior
+
+    labelled = frame[frame["label"].notna()]
+    live: dict[str, Any] = {"scored_rows": int(len(frame)), "labelled_rows": int(len(labelled)),
+                            "first_bar": frame.index.min(), "last_bar": frame.index.max(),
+                            "promised": {k: lineage["metrics"]["ensemble"].get(k)
+                                         for k in ("macro_f1", "log_loss", "brier")},
+                            "promised_prior_log_loss": lineage["metrics"]["baselines"].get("prior", {}).get("log_loss")}
+    if len(labelled):
+        y, p = labelled["label"].astype(int).to_numpy(), labelled[["p_down", "p_range", "p_up"]].to_numpy()
+        live["realised"] = {k: v for k, v in metrics_with_prior(y, p, prior).items() if k != "confusion"}
+        live["realised"]["prior_log_loss"] = multiclass_log_loss(y, np.tile(prior, (len(y), 1)))
+        live["daily"] = _daily_log_loss(labelled, prior)
+    else:
+        live["realised"], live["daily"] = None, []
+    return live
+
+
+def _live_trading(frame: pd.DataFrame, closes: pd.Series, span: _ScoredSpan, cfg: RunConfig,
+                  lineage: dict[str, Any], prior: np.ndarray,
+                  decided_by_gate: dict[str, Any] | None) -> dict[str, Any]:
+    """The report's ``trading`` section: costs, margin, and the simulated strategy and buy-and-hold records."""
+    from include.backtest import simulate, standardised_moves
+    from include.trading import forecast_positions, trading_decision
+
+    feats = span.feats
+    # The position serving gave each bar: the cost-aware decision at the margin the gate chose.
+    margin = (((decided_by_gate or {}).get("trading") or {}).get("decision") or {}).get("deployed_margin")
+    decision = trading_decision(cfg, float(margin) if margin is not None else 0.0)
+    costs = decision.costs
+    scale, _ = standardised_moves(closes, horizon=decision.horizon_bars, vol_window=cfg.label_vol_window_bars)
+    moves = (lineage.get("trading") or {}).get("class_moves")
+    inputs = frame.assign(prior_down=prior[0], prior_range=prior[1], prior_up=prior[2],
+                          move_down=(moves or [np.nan])[0], move_range=(moves or [np.nan] * 2)[1],
+                          move_up=(moves or [np.nan] * 3)[2], move_scale=scale.reindex(frame.index).to_numpy(),
+                          funding_rate=(feats["funding_rate"].reindex(frame.index).to_numpy()
+                                        if "funding_rate" in feats else np.nan))
+    positions = forecast_positions(inputs, decision)
+    trading = {"costs": asdict(costs), "margin": decision.margin}
+    for name, signal in (("strategy", positions), ("buy_and_hold", np.ones(len(frame), dtype=int))):
+        try:
+            result = simulate(pd.Series(signal, index=frame.index), span.bars, span.funding, costs, cfg.bar_seconds)
+        except TrainingError as exc:  # no bar after the first signal yet: nothing traded
+            result = {"bars": 0, "total_return": 0.0, "sharpe": 0.0, "max_drawdown": 0.0, "hit_rate": float("nan"),
+                      "trades": 0, "note": str(exc)}
+        trading[name] = {k: v for k, v in result.items() if k not in ("costs", "net_returns")}
+    return trading
+
+
+def _drift_summary(feats: pd.DataFrame, reference: dict[str, Any], as_of: datetime,
+                   policy: MonitorPolicy) -> dict[str, Any]:
+    """The report's ``drift`` section: the last ``drift_window_days`` of features against the reference."""
+    from include.drift import drift_table
+
+    recent = feats[feats.index >= pd.Timestamp(as_of) - timedelta(days=policy.drift_window_days)]
+    return {"window_start": pd.Timestamp(as_of) - timedelta(days=policy.drift_window_days), "rows": int(len(recent)),
+            "top_features": reference["top_features"], "reference": reference["source"],
+            "table": drift_table(reference["bins"], recent)}
+
+
+def _freshness(bars: pd.DataFrame, bar: timedelta, as_of: datetime) -> dict[str, Any]:
+    """The report's ``freshness`` section: the last bar's close and its age in hours at ``as_of`` (inf: none)."""
+    last_close = bars["timestamp"].max() + bar if len(bars) else None
+    return {"last_bar_close": last_close.isoformat() if last_close is not None else None,
+            "age_hours": (pd.Timestamp(as_of) - last_close).total_seconds() / 3600 if last_close is not None
+            else math.inf}
+
+
+def _decide_and_record(settings: Settings, report: dict[str, Any], as_of: datetime, policy: MonitorPolicy,
+                       started: float) -> dict[str, Any]:
+    """Decide the report's action, record it (replacing the run's own record) and log it; returns it as JSON."""
+    from include.data.store import open_store
+    from include.run_folder import json_safe
+
+    model, version, run_id = report["model"], report["version"], report["run_id"]
+    store = open_store(settings)
+    try:
+        action, reason = decide(store.engine, model, report["checks"], _ms(as_of), run_id, policy)
+        report.update(action=action, reason=reason)
+        report["scoring"]["seconds"] = round(time.perf_counter() - started, 3)
+        report = json_safe(json.loads(json.dumps(report, default=_plain)))
+        with store.engine.begin() as conn:
+            t = report_table
+            conn.execute(sa.delete(t).where(t.c.model == model, t.c.run_id == run_id))
+            conn.execute(sa.insert(t).values(model=model, version=version, as_of=_ms(as_of),
+                                             made_at=int(time.time() * 1000), action=action, run_id=run_id,
+                                             report=report))
+    finally:
+        store.dispose()
+    level = logging.INFO if action == OK else logging.WARNING
+    logger.log(level, "%s %s at %s: %s (%s)", model, version, as_of.isoformat(), action.upper(), reason)
+    return report
+
+
 def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorPolicy | None = None,
             run_id: str = "manual", source: dict[str, Any] | None = None) -> dict[str, Any]:
     """Monitor ``model``'s production version up to ``as_of``; record and return the report.
@@ -289,134 +494,34 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
         PipelineError: the model has no production version, or it has no stored drift reference
             and the store holds no bar of its training window to recompute one from.
     """
-    from include.backtest import simulate, standardised_moves
-    from include.evaluation import multiclass_log_loss
     from include.features import FeatureSpec
     from include.gate import instant
-    from include.labels import make_labels
-    from include.monitoring.drift import drift_table
-    from include.pipeline.common import closed_bars_end, feature_read_start, json_safe, open_store
-    from include.pipeline.data import feature_frame
-    from include.pipeline.decision import forecast_positions, trading_decision
-    from include.registry import ModelRegistry
-    from include.training import metrics_with_prior, prior_corrected_predict
 
     policy = policy or MonitorPolicy()
     started = time.perf_counter()
     as_of = instant(as_of).astimezone(UTC)
-    registry = ModelRegistry.from_settings(settings)
-    try:
-        pointer = registry.production(model)
-        if pointer is None:
-            raise PipelineError(f"{model} has no production version to monitor")
-        estimator, lineage = registry.load(pointer.version)
-        decided_by_gate = registry.decision_of(model, pointer.version)
-    finally:
-        registry.dispose()
+    version, estimator, lineage, decided_by_gate = _production_version(settings, model)
     cfg = RunConfig.from_params({**lineage["config"], **(source or {})})
     spec = FeatureSpec.from_dict({k: v for k, v in lineage["feature_spec"].items() if k != "sha256"})
     bar = timedelta(seconds=cfg.bar_seconds)
     trained_until = pd.Timestamp(lineage["data_window"]["trained_until"]).to_pydatetime()
     if as_of <= trained_until:
-        raise PipelineError(f"{model} {pointer.version} was trained until {trained_until.isoformat()}: "
+        raise PipelineError(f"{model} {version} was trained until {trained_until.isoformat()}: "
                             f"nothing after it to monitor at {as_of.isoformat()}")
-    read_from = feature_read_start(trained_until, cfg)
-    store = open_store(settings)
-    try:
-        ingested = _ingest(cfg, settings, store, read_from, as_of)
-        bars = _closed_bars(store, cfg, read_from, as_of)
-        funding = store.load_funding_rates(start=read_from - timedelta(days=10), end=as_of, exchange=cfg.exchange,
-                                           symbol=cfg.symbol) if cfg.market_type == "perp" else None
-        # Bars that closed by as_of, with training's own features for each (feature_frame). An
-        # empty open-interest frame (the series stopped) gives missing values, which the drift
-        # checks report; it is not an error.
-        feats = feature_frame(store, cfg, spec, trained_until, closed_bars_end(as_of, bar))
-        reference = _reference(settings, lineage, spec, cfg, store)
-        required = [c for c in spec.names if c != "oi_change_1d"]
-        ready = feats[feats[required].notna().all(axis=1)]
-        logged = load_predictions(store.engine, model, pointer.version, start=trained_until, end=as_of)
-        todo = ready[~ready.index.isin(logged.index)]
-        if len(todo):
-            proba = estimator.predict_proba(todo[list(spec.names)])
-            decided = prior_corrected_predict(proba, estimator.class_prior_)
-            log_predictions(store.engine, model, pointer.version,
-                            [{"bar": t, "p_down": p[0], "p_range": p[1], "p_up": p[2], "decision": CLASS_NAMES[d]}
-                             for t, p, d in zip(todo.index, proba, decided, strict=True)], source="monitor")
-        predictions = load_predictions(store.engine, model, pointer.version, start=trained_until, end=as_of)
-    finally:
-        store.dispose()
+    span = _score_span(settings, model, version, estimator, lineage, cfg, spec, trained_until, as_of)
 
-    closes = bars.set_index("timestamp")["close"].astype("float64")
-    labels = make_labels(closes, horizon=cfg.label_horizon_bars, mode=cfg.label_threshold_mode,
-                         threshold=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)
-    frame = predictions.join(labels.rename("label"), how="left")
-    labelled = frame[frame["label"].notna()]
+    closes, frame = _with_realised_labels(span.predictions, span.bars, cfg)
     prior = np.asarray(estimator.class_prior_, dtype="float64")
-    live: dict[str, Any] = {"scored_rows": int(len(frame)), "labelled_rows": int(len(labelled)),
-                            "first_bar": frame.index.min(), "last_bar": frame.index.max(),
-                            "promised": {k: lineage["metrics"]["ensemble"].get(k)
-                                         for k in ("macro_f1", "log_loss", "brier")},
-                            "promised_prior_log_loss": lineage["metrics"]["baselines"].get("prior", {}).get("log_loss")}
-    if len(labelled):
-        y, p = labelled["label"].astype(int).to_numpy(), labelled[["p_down", "p_range", "p_up"]].to_numpy()
-        live["realised"] = {k: v for k, v in metrics_with_prior(y, p, prior).items() if k != "confusion"}
-        live["realised"]["prior_log_loss"] = multiclass_log_loss(y, np.tile(prior, (len(y), 1)))
-        live["daily"] = _daily_log_loss(labelled, prior)
-    else:
-        live["realised"], live["daily"] = None, []
-
-    # The position serving gave each bar: the cost-aware decision at the margin the gate chose.
-    margin = (((decided_by_gate or {}).get("trading") or {}).get("decision") or {}).get("deployed_margin")
-    decision = trading_decision(cfg, float(margin) if margin is not None else 0.0)
-    costs = decision.costs
-    scale, _ = standardised_moves(closes, horizon=decision.horizon_bars, vol_window=cfg.label_vol_window_bars)
-    moves = (lineage.get("trading") or {}).get("class_moves")
-    inputs = frame.assign(prior_down=prior[0], prior_range=prior[1], prior_up=prior[2],
-                          move_down=(moves or [np.nan])[0], move_range=(moves or [np.nan] * 2)[1],
-                          move_up=(moves or [np.nan] * 3)[2], move_scale=scale.reindex(frame.index).to_numpy(),
-                          funding_rate=(feats["funding_rate"].reindex(frame.index).to_numpy()
-                                        if "funding_rate" in feats else np.nan))
-    positions = forecast_positions(inputs, decision)
-    trading = {"costs": asdict(costs), "margin": decision.margin}
-    for name, signal in (("strategy", positions), ("buy_and_hold", np.ones(len(frame), dtype=int))):
-        try:
-            result = simulate(pd.Series(signal, index=frame.index), bars, funding, costs, cfg.bar_seconds)
-        except TrainingError as exc:  # no bar after the first signal yet: nothing traded
-            result = {"bars": 0, "total_return": 0.0, "sharpe": 0.0, "max_drawdown": 0.0, "hit_rate": float("nan"),
-                      "trades": 0, "note": str(exc)}
-        trading[name] = {k: v for k, v in result.items() if k not in ("costs", "net_returns")}
-
-    recent = feats[feats.index >= pd.Timestamp(as_of) - timedelta(days=policy.drift_window_days)]
-    drift = {"window_start": pd.Timestamp(as_of) - timedelta(days=policy.drift_window_days), "rows": int(len(recent)),
-             "top_features": reference["top_features"], "reference": reference["source"],
-             "table": drift_table(reference["bins"], recent)}
-    last_close = bars["timestamp"].max() + bar if len(bars) else None
-    freshness = {"last_bar_close": last_close.isoformat() if last_close is not None else None,
-                 "age_hours": (pd.Timestamp(as_of) - last_close).total_seconds() / 3600 if last_close is not None
-                 else math.inf}
-    report = {"model": model, "version": pointer.version, "as_of": as_of.isoformat(), "run_id": run_id,
+    report = {"model": model, "version": version, "as_of": as_of.isoformat(), "run_id": run_id,
               "trained_until": trained_until.isoformat(),
-              "scoring": {"new_rows": int(len(todo)), "seconds": None, "ingested": ingested},
-              "live": live, "trading": trading, "drift": drift, "freshness": freshness,
+              "scoring": {"new_rows": span.new_rows, "seconds": None, "ingested": span.ingested},
+              "live": _live_metrics(frame, lineage, prior),
+              "trading": _live_trading(frame, closes, span, cfg, lineage, prior, decided_by_gate),
+              "drift": _drift_summary(span.feats, span.reference, as_of, policy),
+              "freshness": _freshness(span.bars, bar, as_of),
               "policy": asdict(policy)}
     report["checks"] = evaluate(report, policy)
-    store = open_store(settings)
-    try:
-        action, reason = decide(store.engine, model, report["checks"], _ms(as_of), run_id, policy)
-        report.update(action=action, reason=reason)
-        report["scoring"]["seconds"] = round(time.perf_counter() - started, 3)
-        report = json_safe(json.loads(json.dumps(report, default=_plain)))
-        with store.engine.begin() as conn:
-            t = report_table
-            conn.execute(sa.delete(t).where(t.c.model == model, t.c.run_id == run_id))
-            conn.execute(sa.insert(t).values(model=model, version=pointer.version, as_of=_ms(as_of),
-                                             made_at=int(time.time() * 1000), action=action, run_id=run_id,
-                                             report=report))
-    finally:
-        store.dispose()
-    level = logging.INFO if action == OK else logging.WARNING
-    logger.log(level, "%s %s at %s: %s (%s)", model, pointer.version, as_of.isoformat(), action.upper(), reason)
-    return report
+    return _decide_and_record(settings, report, as_of, policy, started)
 
 
 def reports(engine: sa.Engine, model: str | None = None, limit: int = 200) -> list[dict[str, Any]]:

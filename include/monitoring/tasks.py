@@ -121,8 +121,8 @@ def retrain_request(results: list[dict[str, Any]], context: dict[str, Any] | Non
                "reasons": {r["model"]: r["reason"] for r in wanted}}
     if context is not None and settings is not None:
         # Last step: the cooldown starts with the event, not with the report that asked for it.
+        from include.data.store import open_store
         from include.monitoring import mark_requested
-        from include.pipeline.common import open_store
 
         store = open_store(settings)
         try:

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
-import inspect
-import io
-import json
 import logging
 import shutil
 from dataclasses import asdict
@@ -19,29 +14,21 @@ import numpy as np
 import pandas as pd
 
 from include.config import RunConfig, Settings
-from include.data.sources import FileSource, MarketDataSource
-from include.data.store import Gap, MarketStore
+from include.data.ingest import market_source
+from include.data.store import Gap, open_store
 from include.errors import DataQualityError, MarketNotReadyError, NoDataError, TrainingError
-from include.features import FUNDING_FEATURES, FeatureSpec, build_features
+from include.feature_store import feature_frame
+from include.features import FeatureSpec
 from include.labels import class_balance, make_labels
-from include.paths import checked_input_path
-from include.pipeline.common import (
-    FUNDING_LOOKBACK,
-    OPEN_INTEREST_MIN_COVERAGE,
-    SKIPPED_FILE,
-    SUMMARY_FILE,
-    RunWindow,
-    feature_pad,
-    feature_read_start,
-    month_start,
-    open_store,
-    schedule_end_on_or_after,
-    timed_step,
-    warmup,
-    write_parquet,
-)
 from include.registry import (
     atomic_write_json,
+)
+from include.run_folder import SKIPPED_FILE, SUMMARY_FILE, timed_step, write_parquet
+from include.windows import (
+    FUNDING_LOOKBACK,
+    RunWindow,
+    schedule_end_on_or_after,
+    warmup,
 )
 
 if TYPE_CHECKING:
@@ -49,22 +36,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# -- 1. ingest -------------------------------------------------------------------------------
-def market_source(cfg: RunConfig, settings: Settings) -> MarketDataSource:
-    """The run's market-data source: the file source (default) or the exchange source.
+#: Least share of a window's days with an open-interest close for the open-interest features to be
+#: used (else the spec leaves them out).
+OPEN_INTEREST_MIN_COVERAGE = 0.5
 
-    Raises:
-        SourceError: the exchange is not supported by the exchange source.
-        ConfigError: ``source_dir`` lies outside the input roots
-            (:func:`include.paths.checked_input_path`).
-    """
-    if cfg.source == "exchange":
-        from include.data.exchange import ExchangeSource
-
-        return ExchangeSource(cfg.exchange, api_url=settings.exchange_api_url)
-    if cfg.source_dir:
-        return FileSource(checked_input_path(cfg.source_dir, "source_dir"))
-    return FileSource(settings.data_dir)
 
 def history_window(cfg: RunConfig, window: RunWindow, first_bar: datetime | None,
                    stored: tuple[datetime, datetime] | None, source: str = "the source",
@@ -228,6 +203,108 @@ def suite_limits(cfg: RunConfig, start: datetime, end: datetime, ohlcv: pd.DataF
     )
 
 
+def _suite_report(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, oi: pd.DataFrame, refused: pd.DataFrame,
+                  limits: SuiteLimits, docs: Path, validated: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The suites' report on one window (:func:`include.quality.suites.run_suites`), with Data Docs in ``docs``.
+
+    The suites run on the rows not in ``validated`` first; when that finds bad data (a failure or
+    a bar refused at ingestion), the whole window is validated from scratch. Refused bars add a
+    failed ``ohlcv_refused`` suite at the front (:func:`quarantine_suite`).
+
+    Args:
+        ohlcv: candles of the window, columns timestamp (UTC) + OHLCV.
+        funding: funding settlements of the window, or ``None`` (spot) to skip the funding suite.
+        oi: daily open interest of the window.
+        refused: candles of the window refused at ingestion (``ohlcv_quarantine``).
+        limits: the suites' thresholds (:func:`suite_limits`).
+        docs: folder of the Data Docs site.
+        validated: per suite, a boolean mask over its frame's rows that passed the same row checks
+            before (:func:`include.quality.ledger.validated_rows`).
+
+    Returns:
+        The report of :func:`~include.quality.suites.run_suites`.
+    """
+    from include.quality.suites import run_suites
+
+    report = run_suites(ohlcv, funding, oi, limits, docs_dir=docs, validated=validated)
+    if (not report["success"] or len(refused)) and report["incremental"]:
+        # Bad data: validated from scratch, so the report names every failure as a first run would.
+        shutil.rmtree(docs, ignore_errors=True)
+        report = run_suites(ohlcv, funding, oi, limits, docs_dir=docs)
+    if len(refused):
+        report["suites"].insert(0, quarantine_suite(refused))
+        report["success"] = False
+    return report
+
+
+def _validate_stored_window(cfg: RunConfig, window: RunWindow, settings: Settings, start: datetime, end: datetime,
+                            out_dir: Path) -> tuple[dict[str, Any], tuple[pd.Timestamp, pd.Timestamp] | None]:
+    """Validate the stored window ``[start, end)`` of ``cfg``'s market and record its days after a pass.
+
+    Returns:
+        The suites' report (:func:`_suite_report`) and the first and last stored candle of the
+        market (``None`` when the store holds none).
+    """
+    from include.quality.ledger import day_digests, validated_rows
+    from include.quality.suites import suite_versions
+
+    store = open_store(settings)
+    try:
+        extent = store.extent("ohlcv", exchange=cfg.exchange, symbol=cfg.symbol, market_type=cfg.market_type,
+                              timeframe=cfg.timeframe)
+        key = {"exchange": cfg.exchange, "symbol": cfg.symbol, "start": start, "end": end}
+        ohlcv = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
+        funding = store.load_funding_rates(**key) if cfg.market_type == "perp" else None
+        oi = store.load_open_interest(**key)
+        refused = store.load_quarantine(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
+        gaps = store.load_gaps(exchange=cfg.exchange, market_type=cfg.market_type, symbol=cfg.symbol,
+                               timeframe=cfg.timeframe)
+        limits = suite_limits(cfg, start, end, ohlcv, gaps)
+        # Each bar is validated once per suite version: days recorded as passed with the same rows
+        # are not checked row by row again (include.quality.ledger).
+        versions = suite_versions(limits)
+        frames = {name: frame for name, frame in (("ohlcv", ohlcv), ("funding_rate", funding), ("open_interest", oi))
+                  if frame is not None and not frame.empty}
+        where = {name: {"series": name, "exchange": cfg.exchange, "symbol": cfg.symbol, "suite_sha": versions[name],
+                        **({"market_type": cfg.market_type, "timeframe": cfg.timeframe} if name == "ohlcv" else {})}
+                 for name in frames}
+        recorded = {name: store.load_validated_days(**where[name], start=start, end=end) for name in frames}
+        digests = {name: day_digests(frame) for name, frame in frames.items()}
+        # Great Expectations' Data Docs of this validation, in the run folder (replaced on a re-run).
+        docs = out_dir / "data_docs"
+        shutil.rmtree(docs, ignore_errors=True)
+        report = _suite_report(ohlcv, funding, oi, refused, limits, docs,
+                               validated={name: validated_rows(frame, digests[name], recorded[name])
+                                          for name, frame in frames.items()})
+        if report["success"]:
+            for name in frames:
+                store.record_validated_days([d for d in digests[name] if d[:2] not in recorded[name]],
+                                            **where[name], run_key=window.run_key)
+    finally:
+        store.dispose()
+    return report, extent
+
+
+def _validation_error(cfg: RunConfig, start: datetime, end: datetime,
+                      extent: tuple[pd.Timestamp, pd.Timestamp] | None, report: dict[str, Any],
+                      path: Path) -> DataQualityError:
+    """The error of a failed validation: the market, the window, the store's extent, the report and each failure.
+
+    Returns:
+        The :class:`~include.errors.DataQualityError` to raise, carrying the report and its path.
+    """
+    from include.quality.suites import format_failures
+
+    failed = sum(len(s["failed"]) for s in report["suites"])
+    held = (f"the market store holds {cfg.symbol} {cfg.market_type} {cfg.timeframe} candles from "
+            f"{extent[0]:%Y-%m-%dT%H:%MZ} to {extent[1]:%Y-%m-%dT%H:%MZ}" if extent
+            else "the store holds no candles")
+    return DataQualityError(
+        f"market data for {cfg.model_name} [{start:%Y-%m-%dT%H:%MZ}, {end:%Y-%m-%dT%H:%MZ}) failed {failed} "
+        f"expectation(s) ({held}); report {path}; Data Docs {report['data_docs']}:\n{format_failures(report)}",
+        report, str(path))
+
+
 @timed_step("validate")
 def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path) -> dict[str, Any]:
     """Run the expectation suites over every bar the features read; write ``validation.json``.
@@ -254,188 +331,20 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     Raises:
         DataQualityError: any expectation failed; the message lists each failure with examples.
     """
-    from include.quality.ledger import day_digests, validated_rows
-    from include.quality.suites import format_failures, run_suites, suite_versions
-
     start, end = window.ts("ingest_start"), window.ts("interval_end")
-    store = open_store(settings)
-    try:
-        extent = store.extent("ohlcv", exchange=cfg.exchange, symbol=cfg.symbol, market_type=cfg.market_type,
-                              timeframe=cfg.timeframe)
-        key = {"exchange": cfg.exchange, "symbol": cfg.symbol, "start": start, "end": end}
-        ohlcv = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
-        funding = store.load_funding_rates(**key) if cfg.market_type == "perp" else None
-        oi = store.load_open_interest(**key)
-        refused = store.load_quarantine(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
-        gaps = store.load_gaps(exchange=cfg.exchange, market_type=cfg.market_type, symbol=cfg.symbol,
-                               timeframe=cfg.timeframe)
-        limits = suite_limits(cfg, start, end, ohlcv, gaps)
-        # Each bar is validated once per suite version: days recorded as passed with the same rows
-        # are not checked row by row again (include.quality.ledger).
-        versions = suite_versions(limits)
-        frames = {name: frame for name, frame in (("ohlcv", ohlcv), ("funding_rate", funding), ("open_interest", oi))
-                  if frame is not None and not frame.empty}
-        where = {name: {"series": name, "exchange": cfg.exchange, "symbol": cfg.symbol, "suite_sha": versions[name],
-                        **({"market_type": cfg.market_type, "timeframe": cfg.timeframe} if name == "ohlcv" else {})}
-                 for name in frames}
-        recorded = {name: store.load_validated_days(**where[name], start=start, end=end) for name in frames}
-        digests = {name: day_digests(frame) for name, frame in frames.items()}
-        # Great Expectations' Data Docs of this validation, in the run folder (replaced on a re-run).
-        docs = out_dir / "data_docs"
-        shutil.rmtree(docs, ignore_errors=True)
-        report = run_suites(ohlcv, funding, oi, limits, docs_dir=docs,
-                            validated={name: validated_rows(frame, digests[name], recorded[name])
-                                       for name, frame in frames.items()})
-        if (not report["success"] or len(refused)) and report["incremental"]:
-            # Bad data: validated from scratch, so the report names every failure as a first run would.
-            shutil.rmtree(docs, ignore_errors=True)
-            report = run_suites(ohlcv, funding, oi, limits, docs_dir=docs)
-        if len(refused):
-            report["suites"].insert(0, quarantine_suite(refused))
-            report["success"] = False
-        if report["success"]:
-            for name in frames:
-                store.record_validated_days([d for d in digests[name] if d[:2] not in recorded[name]],
-                                            **where[name], run_key=window.run_key)
-    finally:
-        store.dispose()
+    report, extent = _validate_stored_window(cfg, window, settings, start, end, out_dir)
     report["window"] = {"start": start.isoformat(), "end": end.isoformat()}
     path = out_dir / "validation.json"
     atomic_write_json(path, report)
     rows = {s["suite"]: s["rows"] for s in report["suites"]}
     if not report["success"]:
-        failed = sum(len(s["failed"]) for s in report["suites"])
-        held = (f"the market store holds {cfg.symbol} {cfg.market_type} {cfg.timeframe} candles from "
-                f"{extent[0]:%Y-%m-%dT%H:%MZ} to {extent[1]:%Y-%m-%dT%H:%MZ}" if extent
-                else "the store holds no candles")
-        raise DataQualityError(
-            f"market data for {cfg.model_name} [{start:%Y-%m-%dT%H:%MZ}, {end:%Y-%m-%dT%H:%MZ}) failed {failed} "
-            f"expectation(s) ({held}); report {path}; Data Docs {report['data_docs']}:\n{format_failures(report)}",
-            report, str(path))
+        raise _validation_error(cfg, start, end, extent, report, path)
     checked = {s["suite"]: s.get("validated_rows", s["rows"]) for s in report["suites"]}
     logger.info("validation passed: %s rows in the window; row checks ran on %s (the other days passed before); "
                 "Data Docs %s", rows, checked, report["data_docs"])
     return {"success": True, "rows": rows, "validated_rows": checked, "report": str(path),
             "data_docs": report["data_docs"]}
 
-# -- 3. features -----------------------------------------------------------------------------
-#: The feature code (``include/features.py``) as this process imported it: a deployment that
-#: preloads modules keeps running the code it loaded after the file changes on disk.
-_FEATURES_SOURCE = Path(inspect.getsourcefile(build_features) or "").read_bytes()
-
-
-@functools.cache
-def feature_code_digest() -> str:
-    """SHA-256 of the feature code this process runs (``include/features.py`` as imported) and
-    the versions of the libraries it computes with (TA-Lib, NumPy, pandas): part of every stored
-    feature month's key."""
-    import talib
-
-    h = hashlib.sha256(_FEATURES_SOURCE)
-    h.update(f"talib {talib.__version__} numpy {np.__version__} pandas {pd.__version__}".encode())
-    return h.hexdigest()
-
-
-def feature_inputs_digest(spec: FeatureSpec, month: datetime, pad: timedelta,
-                          inputs: tuple[pd.DataFrame | None, ...]) -> str:
-    """Key of one computed feature month: SHA-256 of the spec, the feature code
-    (:func:`feature_code_digest`), the month, the padding and every value of the input rows
-    (candles, funding, open interest; :func:`pandas.util.hash_pandas_object`)."""
-    h = hashlib.sha256(json.dumps({"spec": spec.sha256, "code": feature_code_digest(), "month": month.isoformat(),
-                                   "pad_s": pad.total_seconds()}).encode())
-    for frame in inputs:
-        if frame is None:
-            h.update(b"\0none")
-            continue
-        h.update("\x1f".join(map(str, frame.columns)).encode())
-        h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-    return h.hexdigest()
-
-
-def _month_features(bars: pd.DataFrame, spec: FeatureSpec, funding: pd.DataFrame | None,
-                    open_interest: pd.DataFrame, month: datetime, following: datetime) -> pd.DataFrame:
-    """The features of the bars of ``[month, following)``, computed from ``bars`` (the month and
-    its padding), with every NaN of a float column as the one quiet NaN NumPy writes: Parquet
-    stores a missing float as null and reads back that NaN, so a stored month and a computed one
-    are the same bytes whatever NaN payload an indicator produced."""
-    frame = build_features(bars, spec, funding, open_interest)
-    out = frame[(frame.index >= pd.Timestamp(month)) & (frame.index < pd.Timestamp(following))].copy()
-    for column in out.columns:
-        if out[column].dtype.kind == "f":
-            values = out[column].to_numpy(copy=True)
-            values[np.isnan(values)] = np.nan
-            out[column] = values
-    return out
-
-
-def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: datetime,
-                  end: datetime, *, reuse: bool = False) -> pd.DataFrame:
-    """Features for bars with open time in ``[start, end)`` from the store, per ``spec``.
-
-    Features are computed per calendar month: the bars of month ``m`` from the bars in
-    ``[m - feature_pad, end of m)`` (:func:`~include.pipeline.common.feature_read_start`).
-    A bar's features therefore depend only on the bar and the month before its month, never
-    on where a caller's range starts: training, the champion's evaluation, serving and
-    monitoring compute the same bits for the same bar. Exponential indicators (EMA, MACD, RSI,
-    ATR's Wilder smoothing) remember where their series began, and running sums round
-    differently from different starts; this is what makes consecutive weekly runs' rows
-    identical, so :mod:`include.training.fit_cache` recognises a fold it has fitted before.
-
-    With ``reuse``, each month is computed once: a month stored in the market database
-    (``feature_month``) under the same key (:func:`feature_inputs_digest`: spec, feature code,
-    exact input rows) is read back, bit for bit what computing it gives; a computed month is
-    stored, replacing that month's earlier entry. Specs with plug-in features are always
-    computed (a plug-in's code is not part of the key).
-
-    Args:
-        cfg: names the market (exchange, symbol, market type, timeframe).
-        spec: the features.
-        start, end: UTC bounds of the bars wanted.
-        reuse: read and store computed months (the weekly run's features step).
-
-    Returns:
-        ``(n_bars, len(spec.names))`` frame indexed by bar open time, columns in spec order.
-    """
-    key = {"exchange": cfg.exchange, "symbol": cfg.symbol}
-    read_from = feature_read_start(start, cfg)
-    pad = feature_pad(cfg)
-    ohlcv = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, start=read_from, end=end, **key)
-    funding = (store.load_funding_rates(start=read_from - FUNDING_LOOKBACK, end=end, **key)
-               if set(spec.names) & set(FUNDING_FEATURES) else None)
-    oi = store.load_open_interest(start=read_from - timedelta(days=2), end=end, **key)
-    series = {"market_type": cfg.market_type, "timeframe": cfg.timeframe, "spec_sha": spec.sha256, **key}
-    reuse = reuse and not spec.params.get("plugins")
-    stored = store.load_feature_months(start=month_start(start), end=end, **series) if reuse else {}
-    computed: dict[int, tuple[str, bytes, int]] = {}
-    parts = []
-    month = month_start(start)
-    while month < end:
-        following = month_start(month + timedelta(days=32))
-        seg_from = month - pad
-        bars = ohlcv[(ohlcv["timestamp"] >= seg_from) & (ohlcv["timestamp"] < following)]
-        if len(bars):
-            seg_funding = (None if funding is None else
-                           funding[(funding["timestamp"] >= seg_from - FUNDING_LOOKBACK)
-                                   & (funding["timestamp"] < following)])
-            seg_oi = oi[(oi["timestamp"] >= seg_from - timedelta(days=2)) & (oi["timestamp"] < following)]
-            month_ms = int(pd.Timestamp(month).value // 1_000_000)
-            inputs = feature_inputs_digest(spec, month, pad, (bars, seg_funding, seg_oi)) if reuse else None
-            hit = stored.get(month_ms)
-            if hit is not None and hit[0] == inputs:
-                frame = pd.read_parquet(io.BytesIO(hit[1]))
-            else:
-                frame = _month_features(bars, spec, seg_funding, seg_oi, month, following)
-                if reuse:
-                    buffer = io.BytesIO()
-                    frame.to_parquet(buffer)
-                    computed[month_ms] = (inputs, buffer.getvalue(), len(frame))
-            parts.append(frame[frame.index >= pd.Timestamp(max(month, start))])
-        month = following
-    if computed:
-        store.save_feature_months(computed, **series)
-    if not parts:
-        return build_features(ohlcv, spec, funding, oi)  # no bars: the empty frame with its columns
-    return pd.concat(parts)
 
 def features_start(cfg: RunConfig, window: RunWindow) -> datetime:
     """First bar of a run's feature file: ``train_start`` less the warm-up features and labels

@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from include.config import RunConfig, Settings
-from include.pipeline.common import (
-    SKIPPED_FILE,
-    SUMMARY_FILE,
-    RunWindow,
-    json_safe,
-    resolve_window,
-    staged_run_dir,
-    step_times,
-    timed_step,
-)
-from include.pipeline.data import features, ingest, labels, validate
-from include.pipeline.decision import act, gate, simulate_trading
-from include.pipeline.training import assemble, train
+from include.gate import check_outcome
 from include.registry import (
     ModelRegistry,
     atomic_write_json,
 )
-from include.resources import training_slots
+from include.run_folder import SKIPPED_FILE, SUMMARY_FILE, json_safe, step_times, timed_step
+from include.windows import RunWindow, resolve_window
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +31,8 @@ def summarise(settings: Settings, cfg: RunConfig, out_dir: Path, window: RunWind
     Returns:
         ``{"model", "path", "report", "production", "action"}``.
     """
-    from include.pipeline.common import run_location
     from include.report import build_report
+    from include.run_folder import run_location
     from include.storage import is_remote
 
     registry = ModelRegistry.from_settings(settings)
@@ -135,7 +123,7 @@ def _market_line(outcome: dict[str, Any], *, detail: int) -> str:
     gate, action = summary.get("gate") or {}, summary.get("action") or {}
     candidate = gate.get("candidate")
     # The checks that decided: one not required is in the report, not the note.
-    failed = [c for c in gate.get("checks", []) if not c.get("passed") and c.get("required", True)]
+    failed = [c for c in gate.get("checks", []) if check_outcome(c) == "failed"]
     if detail == 0:
         return f"- {model}: {_decision(outcome)}"
     if detail == 1:
@@ -286,42 +274,3 @@ def retrain_scope(triggering_asset_events: Any) -> dict[str, Any] | None:
     if not models or as_of is None:
         return None
     return {"markets": models, "as_of_date": as_of[:10], "reasons": reasons}
-
-
-def run_once(cfg: RunConfig, settings: Settings, *, dag_id: str, run_id: str,
-             data_interval_start: Any = None, data_interval_end: Any = None) -> dict[str, Any]:
-    """Every step of one market's weekly run in order, in this process, without a scheduler.
-
-    The same functions the DAG's tasks call, with the same inputs; for benchmarks, the gate's
-    multi-week record and tests that need a real registry. The model families train side by
-    side, :func:`~include.resources.training_slots` at a time, as the DAG's training pool runs them.
-    (The DAG adds what only Airflow
-    gives: retries, alerts, the approval step, the wait for earlier runs, markets in parallel.)
-
-    Returns:
-        ``{"window", "assembled", "trading", "decision", "action", "summary"}``.
-
-    Raises:
-        PipelineError: from any step, as in the DAG.
-    """
-    window = resolve_window(cfg, data_interval_start=data_interval_start, data_interval_end=data_interval_end,
-                            run_after=None)
-    with staged_run_dir(settings, dag_id, cfg.model_name, window) as out:
-        ingested = ingest(cfg, window, settings, out)
-        window = RunWindow(**ingested["window"])
-        validation = validate(cfg, window, settings, out)
-        feature_info = features(cfg, window, settings, out)
-        dataset = labels(cfg, window, out)
-        # The families side by side, as many at a time as the DAG's training pool runs
-        # (include.resources): each fit uses its share of the cores.
-        with ThreadPoolExecutor(max_workers=max(1, min(len(cfg.models), training_slots()))) as pool:
-            trained = list(pool.map(lambda family: train(cfg, window, out, family, settings), cfg.models))
-        assembled = assemble(cfg, window, settings, out, trained, dag_id=dag_id, run_id=run_id)
-        trading = simulate_trading(cfg, window, settings, out)
-        decision = gate(cfg, window, settings, out, assembled, trading)
-        action = act(settings, decision, run_id=run_id, dag_id=dag_id, as_of=window.ts("interval_end"))
-        summary = summarise(settings, cfg, out, window, {
-            "ingested": ingested, "validation": validation, "features": feature_info, "labels": dataset,
-            "ensemble": assembled, "trading": trading, "gate": decision, "action": action}, dag_id=dag_id)
-    return {"window": window, "assembled": assembled, "trading": trading, "decision": decision,
-            "action": action, "summary": summary}

@@ -10,17 +10,18 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from include.config import RunConfig, Settings
+from include.config import NOT_MODEL_INPUTS, RunConfig, Settings
+from include.ensemble import ranked_features
 from include.errors import TrainingError
-from include.pipeline.common import RunWindow, timed_step, write_parquet
+from include.evaluation import WalkForward, interval_splits
 from include.registry import (
     CHALLENGER,
     OOF_FILE,
@@ -30,43 +31,15 @@ from include.registry import (
     load_verified,
     sha256_file,
 )
+from include.run_folder import timed_step, training_table, write_parquet
+from include.trading import trading_inputs
+from include.windows import RunWindow
+
+if TYPE_CHECKING:
+    from include.ensemble import WeightedSoftVotingEnsemble
 
 logger = logging.getLogger(__name__)
 
-# -- 5. train --------------------------------------------------------------------------------
-def _training_table(out_dir: Path, window: RunWindow) -> tuple[pd.DataFrame, np.ndarray, int, list[str]]:
-    spec = json.loads((out_dir / "feature_spec.json").read_text())
-    table = pd.read_parquet(out_dir / "dataset.parquet")
-    table = table[table["label"].notna()]
-    names = list(spec["names"])
-    test_size = int((table.index >= pd.Timestamp(window.interval_start)).sum())
-    return table[names], table["label"].astype(int).to_numpy(), test_size, names
-
-def interval_splits(cfg: RunConfig, index: pd.DatetimeIndex, window: RunWindow, test_size: int) -> Any:
-    """The run's split service with one test fold per data interval: the run's own and the
-    ``cv_folds - 1`` weeks of the schedule before it, by calendar (see
-    :class:`~include.evaluation.WalkForward`).
-
-    Args:
-        index: bar open times of the labelled rows, sorted.
-        test_size: labelled rows in the run's own interval.
-
-    Raises:
-        TrainingError: an earlier interval holds no rows (its fold would be empty).
-    """
-    from include.pipeline.common import SCHEDULE_INTERVAL
-
-    start = pd.Timestamp(window.interval_start)
-    # Earlier folds are the schedule's weeks, whatever the run's own interval: a short (requested)
-    # interval shares them, and their fits, with the scheduled runs.
-    length = pd.Timedelta(SCHEDULE_INTERVAL)
-    starts = [int(index.searchsorted(start - k * length)) for k in range(cfg.cv_folds - 1, -1, -1)]
-    empty = [str((start - k * length).date()) for k, (a, b) in
-             zip(range(cfg.cv_folds - 1, 0, -1), zip(starts, starts[1:], strict=False), strict=True) if a == b]
-    if empty:
-        raise TrainingError(f"{cfg.model_name}: no labelled bars in the interval(s) starting {empty}, "
-                            "so their walk-forward folds would be empty; lower cv_folds")
-    return cfg.walk_forward(test_size, test_starts=tuple(starts))
 
 def fit_cache(settings: Settings) -> Any:
     """The worker's :class:`~include.training.fit_cache.FitCache`: files under the runs folder,
@@ -92,7 +65,7 @@ def hyperparameter_choice(cfg: RunConfig, settings: Settings | None, family: str
 
     With ``cfg.hyperparameters == "tuned"`` and ``settings``: the newest set
     ``tune_hyperparameters`` recorded for the registered model and family with an as-of date at
-    or before ``first_test`` (:meth:`include.tuning.sets.HyperparameterSets.valid_set`), so no
+    or before ``first_test`` (:meth:`include.training.sets.HyperparameterSets.valid_set`), so no
     row the tuning scored on is tested on here; otherwise, or without such a set, the family's
     defaults.
 
@@ -101,7 +74,7 @@ def hyperparameter_choice(cfg: RunConfig, settings: Settings | None, family: str
     """
     if cfg.hyperparameters == "default" or settings is None:
         return {"params": {}, "set": None}
-    from include.tuning.sets import HyperparameterSets
+    from include.training.sets import HyperparameterSets
 
     sets = HyperparameterSets(settings.market_db_url)
     try:
@@ -145,7 +118,7 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str,
     from include.training import class_prior, cross_validate, family_params, fit_family
 
     t0 = time.perf_counter()
-    X, y, test_size, names = _training_table(out_dir, window)
+    X, y, test_size, names = training_table(out_dir, window)
     splits = interval_splits(cfg, X.index, window, test_size)
     first_test = X.index[next(iter(splits.split(len(X))))[2][0]].to_pydatetime()
     chosen = hyperparameter_choice(cfg, settings, family, first_test)
@@ -199,12 +172,6 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str,
             "importance_stability": {k: cv.importance[k]["rank_stability"] for k in ("gain", "permutation")},
             "n_jobs": n_jobs, "seconds": seconds}
 
-#: Run parameters that do not shape the model (decision, trading, where the rows came from):
-#: left out of a version's identity, so a re-run with another gate policy is the same version.
-NOT_MODEL_INPUTS = ("gate_", "trade_", "fee_bps", "slippage_bps", "require_approval", "approval_timeout_hours",
-                    "as_of_date", "source",
-                    "min_history_days")
-
 
 def _validation_summary(out_dir: Path) -> dict[str, Any] | None:
     """The expectation-suite result of the run, for the version's lineage."""
@@ -216,47 +183,269 @@ def _validation_summary(out_dir: Path) -> dict[str, Any] | None:
             "suites": [{"suite": r.get("suite"), "rows": r.get("rows"), "expectations": r.get("evaluated"),
                         "failed": len(r.get("failed", []))} for r in report.get("suites", [])]}
 
-# -- 6. ensemble -----------------------------------------------------------------------------
-def ranked_features(member_meta: dict[str, Any], families: list[str], names: list[str]) -> list[str]:
-    """Feature names by mean permutation importance over the families, largest first."""
-    score = dict.fromkeys(names, 0.0)
+
+def _load_members(cfg: RunConfig, out_dir: Path, trained: list[dict[str, Any]]
+                  ) -> tuple[list[str], list[tuple[str, Any]], dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:
+    """The trained families in ``cfg.models`` order, with their verified fitted models
+    (``(family, model)`` pairs), out-of-fold frames and metadata, by family.
+
+    Raises:
+        IntegrityError: a member's model file does not hash to what its training task reported.
+    """
+    trained = [t for t in trained if t]
+    families = [t["family"] for t in sorted(trained, key=lambda t: cfg.models.index(t["family"]))]
+    hashes = {t["family"]: t["sha256"] for t in trained}
+    members, oofs, member_meta = [], {}, {}
     for fam in families:
-        perm = ((member_meta[fam].get("cv") or {}).get("importance") or {}).get("permutation", {}).get("mean", {})
-        for name, value in perm.items():
-            if name in score and value == value:
-                score[name] += value / len(families)
-    return sorted(score, key=lambda n: (-score[n], n))
+        cdir = out_dir / "candidates" / fam
+        # The hash comes from the training task's XCom, not from a file beside the model.
+        members.append((fam, load_verified(cdir / "model.joblib", hashes[fam], f"{cfg.model_name} member {fam}")))
+        oofs[fam] = pd.read_parquet(cdir / "oof.parquet")
+        member_meta[fam] = json.loads((cdir / "metadata.json").read_text())
+    return families, members, oofs, member_meta
 
 
-def _trading_inputs(cfg: RunConfig, out_dir: Path, oof_frame: pd.DataFrame, index: pd.DatetimeIndex, y: np.ndarray,
-                    folds: list[tuple[np.ndarray, np.ndarray]], final_rows: np.ndarray) -> np.ndarray:
-    """Add the trading decision's inputs to the out-of-fold rows; the deployed model's class moves.
+def _shared_oof_rows(families: list[str], oofs: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The first family's out-of-fold frame, once every family's is checked to hold the same rows.
 
-    Each out-of-fold row gets its fold's standardised class moves (``move_down``,
-    ``move_range``, ``move_up``: :func:`include.backtest.class_moves` on that fold's training
-    rows, whose forward moves end before the fold by the purge), the label rule's volatility
-    scale at the row (``move_scale``) and the last settled funding rate it saw (``funding_rate``,
-    NaN without funding features), so the trading simulation decides each row as serving would
-    have, from what its fold model knew.
+    Raises:
+        TrainingError: families disagree on out-of-fold rows.
+    """
+    ref = oofs[families[0]]
+    for fam in families[1:]:
+        if not oofs[fam].index.equals(ref.index):
+            raise TrainingError(f"out-of-fold rows of {fam} differ from {families[0]}")
+    return ref
+
+
+def _soft_vote(cfg: RunConfig, families: list[str], probas: dict[str, np.ndarray], ref: pd.DataFrame,
+               splits: WalkForward, weights: dict[str, float]) -> tuple[np.ndarray, dict[str, float], Any]:
+    """Combine the members' out-of-fold probabilities as ``cfg.ensemble_weighting`` says.
+
+    Args:
+        probas: each family's out-of-fold probabilities, shape ``(n_oof, 3)``.
+        ref: the out-of-fold rows (label and fold per row), see :func:`_shared_oof_rows`.
+        weights: the configured member weights, summing to 1.
 
     Returns:
-        ``(3,)`` the class moves of the deployed model's training rows ``final_rows``.
+        ``(ensemble out-of-fold probabilities (n_oof, 3), the registered model's weights, its
+        stacker or None)``.
     """
-    from include.backtest import class_moves, standardised_moves
+    from include.ensemble import combine, fit_stacker, fit_weights, walk_forward_stacking, walk_forward_weights
 
-    feats = pd.read_parquet(out_dir / "features.parquet")
-    scale, move = standardised_moves(feats["close"], horizon=cfg.label_horizon_bars,
-                                     vol_window=cfg.label_vol_window_bars)
-    move_rows = move.reindex(index).to_numpy()
-    per_row = pd.DataFrame(np.nan, index=oof_frame.index, columns=["move_down", "move_range", "move_up"])
-    for train, test in folds:
-        rows = index[test].intersection(oof_frame.index)
-        per_row.loc[rows] = class_moves(y[train], move_rows[train])
-    oof_frame[list(per_row.columns)] = per_row.to_numpy()
-    oof_frame["move_scale"] = scale.reindex(oof_frame.index).to_numpy()
-    oof_frame["funding_rate"] = (feats["funding_rate"].reindex(oof_frame.index).to_numpy()
-                                 if "funding_rate" in feats else np.nan)
-    return class_moves(y[final_rows], move_rows[final_rows])
+    y_oof = ref["label"].to_numpy()
+    fold_of = ref["fold"].to_numpy()
+    stacker = None
+    if cfg.ensemble_weighting == "fitted":
+        # Walk-forward weights: fold k is scored with weights fitted on earlier folds' rows,
+        # purged at its boundary (fold 0 with the configured weights), so no row is scored by
+        # weights that saw it. The registered model gets weights fitted on every out-of-fold row.
+        ens_oof, _ = walk_forward_weights(probas, y_oof, fold_of, ref.index,
+                                          splits.gap * pd.Timedelta(seconds=cfg.bar_seconds), weights)
+        weights = fit_weights(probas, y_oof)
+    elif cfg.ensemble_weighting == "stacking":
+        # Fold k is scored by a stacker fitted on earlier folds' rows, purged at its boundary (fold
+        # 0 with the configured weights); the registered model's stacker sees every out-of-fold row.
+        ens_oof, _ = walk_forward_stacking(probas, y_oof, fold_of, ref.index,
+                                           splits.gap * pd.Timedelta(seconds=cfg.bar_seconds), weights,
+                                           cfg.random_state)
+        stacker = fit_stacker([probas[f] for f in families], y_oof, cfg.random_state)
+    else:
+        ens_oof = combine(probas, weights)
+    return ens_oof, weights, stacker
+
+
+@dataclass
+class _EnsembleOutOfFold:
+    """The ensemble's out-of-fold record: what the gate tests and the version's metadata reports.
+
+    Attributes:
+        frame: one row per out-of-fold bar: ensemble probabilities, the fold's training prior,
+            label, fold, momentum forecast, the stratified baseline's draw and the trading
+            decision's inputs (``ensemble_oof.parquet``).
+        proba: ensemble out-of-fold probabilities, shape ``(n_oof, 3)``.
+        labels: out-of-fold labels in {0, 1, 2}, shape ``(n_oof,)``.
+        metrics: ensemble metrics over all out-of-fold rows.
+        per_fold: ensemble metrics of each fold.
+        gate_window: ensemble metrics on the last fold (this run's data interval), its bounds and
+            the last row its model was fitted on.
+        gate_rows: out-of-fold rows in the last fold.
+        baselines: out-of-fold metrics of the baseline forecasts on the same folds.
+        final_moves: ``(3,)`` class moves of the deployed model's training rows.
+    """
+
+    frame: pd.DataFrame
+    proba: np.ndarray
+    labels: np.ndarray
+    metrics: dict[str, float]
+    per_fold: list[dict[str, Any]]
+    gate_window: dict[str, Any]
+    gate_rows: int
+    baselines: dict[str, dict[str, Any]]
+    final_moves: np.ndarray
+
+
+def _out_of_fold_record(cfg: RunConfig, out_dir: Path, ref: pd.DataFrame, ens_oof: np.ndarray, X: pd.DataFrame,
+                        y: np.ndarray, splits: WalkForward, final_rows: np.ndarray) -> _EnsembleOutOfFold:
+    """Score the ensemble out-of-fold, with the baselines on the same folds, and write its rows
+    to ``ensemble_oof.parquet``.
+
+    Args:
+        ref: the out-of-fold rows (label, fold and training prior per row), see :func:`_shared_oof_rows`.
+        ens_oof: ensemble out-of-fold probabilities, shape ``(n_oof, 3)``.
+        X: the labelled training rows' features, ``(n_rows, n_features)``; ``y`` their labels.
+        final_rows: positions of the deployed model's training rows.
+
+    Returns:
+        The ensemble's out-of-fold record.
+    """
+    from include.evaluation import baseline_oof
+    from include.labels import momentum_forecast
+    from include.training import metrics_with_prior
+
+    y_oof = ref["label"].to_numpy()
+    prior_rows = ref[["prior_down", "prior_range", "prior_up"]].to_numpy()
+    fold_of = ref["fold"].to_numpy()
+    last = ref["fold"].to_numpy() == ref["fold"].max()
+    ensemble_metrics = metrics_with_prior(y_oof, ens_oof, prior_rows)
+    gate_window = metrics_with_prior(y_oof[last], ens_oof[last], prior_rows[last])
+    gate_window.update({"start": ref.index[last][0].isoformat(), "end": ref.index[last][-1].isoformat()})
+
+    folds = [(tr, te) for _, tr, te in splits.split(len(X))]
+    # What the gate compares: the last fold's model was fitted on rows up to this one.
+    gate_window["last_training_row"] = X.index[folds[-1][0][-1]].isoformat()
+    table = pd.read_parquet(out_dir / "dataset.parquet")
+    momentum = momentum_forecast(table["close"], horizon=cfg.label_horizon_bars, mode=cfg.label_threshold_mode,
+                                 threshold=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)
+    momentum = momentum.reindex(X.index).fillna(1.0).to_numpy()  # warm-up rows: no view (range)
+    draws: list[np.ndarray] = []
+    baselines = baseline_oof(y, folds, cfg.random_state, momentum=momentum, draws=draws)
+    oof_frame = pd.DataFrame(ens_oof, columns=["p_down", "p_range", "p_up"], index=ref.index)
+    oof_frame[["prior_down", "prior_range", "prior_up"]] = prior_rows
+    oof_frame["label"], oof_frame["fold"] = y_oof, fold_of
+    oof_frame["momentum"] = pd.Series(momentum, index=X.index).reindex(ref.index).to_numpy()
+    # The stratified baseline's draws, row by row, for the gate's F1 test (same folds, same rows).
+    oof_frame["pred_stratified"] = pd.Series(np.concatenate(draws), index=X.index[np.concatenate(
+        [te for _, te in folds])]).reindex(ref.index).to_numpy()
+    final_moves = trading_inputs(cfg, out_dir, oof_frame, X.index, y, folds, final_rows)
+    write_parquet(oof_frame, out_dir / "ensemble_oof.parquet")
+    per_fold = [
+        {"fold": int(k), **metrics_with_prior(y_oof[ref["fold"] == k], ens_oof[ref["fold"] == k],
+                                              prior_rows[ref["fold"] == k])}
+        for k in sorted(ref["fold"].unique())
+    ]
+    return _EnsembleOutOfFold(frame=oof_frame, proba=ens_oof, labels=y_oof, metrics=ensemble_metrics,
+                              per_fold=per_fold, gate_window=gate_window, gate_rows=int(last.sum()),
+                              baselines=baselines, final_moves=final_moves)
+
+
+def _ensemble_model(cfg: RunConfig, families: list[str], members: list[tuple[str, Any]], weights: dict[str, float],
+                    stacker: Any, prior: np.ndarray, names: list[str]) -> WeightedSoftVotingEnsemble:
+    """The model to register: the fitted members soft-voted with ``weights`` or, with
+    ``cfg.ensemble_weighting == "stacking"``, combined by ``stacker``; ``prior`` is the training
+    class prior ``(3,)``."""
+    from include.ensemble import StackingEnsemble, WeightedSoftVotingEnsemble
+
+    if cfg.ensemble_weighting == "stacking":
+        return StackingEnsemble.from_fitted(members, [weights[f] for f in families], prior,
+                                            feature_names=names, stacker=stacker)
+    return WeightedSoftVotingEnsemble.from_fitted(members, [weights[f] for f in families],
+                                                  prior, feature_names=names)
+
+
+def _candidate_metadata(cfg: RunConfig, window: RunWindow, out_dir: Path, spec: dict[str, Any], families: list[str],
+                        weights: dict[str, float], member_meta: dict[str, dict[str, Any]], X: pd.DataFrame,
+                        y: np.ndarray, names: list[str], final_rows: np.ndarray, record: _EnsembleOutOfFold, *,
+                        dag_id: str, run_id: str, logical_date: str | None) -> dict[str, Any]:
+    """The candidate's lineage: what it is, the data window and rows it was trained on, its
+    out-of-fold metrics, monitoring's references and the run that made it.
+
+    Returns:
+        The version's ``metadata.json`` content, before its file hashes and identity.
+    """
+    from include.drift import reference_bins
+    from include.evaluation import reliability, summarise_folds
+    from include.training import class_prior
+
+    return {
+        "kind": "stacking_ensemble" if cfg.ensemble_weighting == "stacking" else "weighted_soft_voting_ensemble",
+        "members": families, "weights": weights,
+        "registered_model": cfg.model_name,
+        "symbol": cfg.symbol, "exchange": cfg.exchange, "market_type": cfg.market_type,
+        "timeframe": cfg.timeframe, "config": cfg.to_dict(), "feature_spec": spec,
+        "data_window": {"train_start": window.train_start, "interval_start": window.interval_start,
+                        "requested_train_start": window.requested_train_start or window.train_start,
+                        "short_history": window.requested_train_start is not None,
+                        "interval_end": window.interval_end, "trained_until": window.interval_end,
+                        "first_bar": X.index[final_rows[0]].isoformat(),
+                        "last_training_row": X.index[final_rows[-1]].isoformat(),
+                        "last_labelled_bar": X.index.max().isoformat(),
+                        # End of the last bar any label read: the proof of no data past interval_end.
+                        "last_bar_read_end": (X.index.max() + (cfg.label_horizon_bars + 1)
+                                              * pd.Timedelta(seconds=cfg.bar_seconds)).isoformat()},
+        "rows": {"train": int(len(final_rows)), "out_of_fold": int(len(record.labels)),
+                 "gate_window": record.gate_rows},
+        "class_prior": class_prior(y[final_rows]).tolist(),
+        # The trading decision's class moves (include.backtest.TradingDecision), from the same rows.
+        "trading": {"class_moves": record.final_moves.tolist()},
+        "metrics": {"ensemble": record.metrics, "ensemble_per_fold": record.per_fold,
+                    "ensemble_per_fold_summary": summarise_folds(record.per_fold),
+                    "gate_window": record.gate_window,
+                    "reliability": reliability(record.labels, record.proba),
+                    "members": {f: member_meta[f]["cv"]["overall"] for f in families},
+                    "members_summary": {f: member_meta[f]["cv"]["summary"] for f in families},
+                    "baselines": record.baselines},
+        "member_params": {f: member_meta[f]["params"] for f in families},
+        # The tuned sets the members used (None: the family's defaults); the gate counts their trials.
+        "hyperparameter_sets": {f: member_meta[f].get("hyperparameter_set") for f in families},
+        # Monitoring's references: the training distribution of every feature, and the features
+        # ranked by permutation importance (mean over the families).
+        "drift_reference": reference_bins(X.iloc[final_rows]),
+        "top_features": ranked_features(member_meta, families, names),
+        "libraries": library_versions(), "code_version": code_version(),
+        "dag_id": dag_id, "run_id": run_id, "logical_date": logical_date,
+        "validation": _validation_summary(out_dir),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _version_identity(cfg: RunConfig, X: pd.DataFrame, y: np.ndarray, spec: dict[str, Any], families: list[str],
+                      metadata: dict[str, Any]) -> str:
+    """The sha256 of what the version was made from: training rows, feature spec, data window,
+    model-shaping configuration (not :data:`NOT_MODEL_INPUTS`), members and their
+    hyperparameters, libraries and code."""
+    # The version is named by what it was made from, not by when: re-running the same inputs,
+    # code and configuration finds the same version instead of registering a new one.
+    made_from = {"training_rows": hashlib.sha256(pd.util.hash_pandas_object(X, index=True).to_numpy().tobytes()
+                                                 + y.tobytes()).hexdigest(),
+                 "feature_spec": spec.get("sha256"), "data_window": metadata["data_window"],
+                 "config": {k: v for k, v in cfg.to_dict().items() if not k.startswith(NOT_MODEL_INPUTS)},
+                 "members": families, "member_params": metadata["member_params"],
+                 "hyperparameter_sets": {f: (s or {}).get("set_id") for f, s in
+                                         metadata["hyperparameter_sets"].items()},
+                 "libraries": metadata["libraries"], "code_version": metadata["code_version"]}
+    return hashlib.sha256(json.dumps(made_from, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _register_candidate(cfg: RunConfig, settings: Settings, window: RunWindow, cand: Path, identity: str, *,
+                        dag_id: str, run_id: str) -> str:
+    """Register the candidate folder ``cand`` (or find the version of the same ``identity``) and
+    move the challenger alias to it.
+
+    Returns:
+        The version.
+
+    Raises:
+        TrainingError: the version is registered under another model.
+    """
+    registry = ModelRegistry.from_settings(settings)
+    version = registry.register(cand, window.ts("interval_end"), identity=identity)
+    if registry.model_of(version) != cfg.model_name:
+        raise TrainingError(f"candidate {version} registered under {registry.model_of(version)}, not {cfg.model_name}")
+    registry.move_alias(CHALLENGER, version, event="candidate", run_id=run_id, dag_id=dag_id,
+                        reason=f"candidate of {window.run_key}")
+    registry.dispose()
+    return version
 
 
 @timed_step("assemble")
@@ -276,161 +465,35 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     """
     import joblib
 
-    from include.ensemble import (
-        StackingEnsemble,
-        WeightedSoftVotingEnsemble,
-        combine,
-        fit_stacker,
-        fit_weights,
-        walk_forward_stacking,
-        walk_forward_weights,
-    )
-    from include.evaluation import baseline_oof, reliability, summarise_folds
-    from include.labels import momentum_forecast
-    from include.monitoring.drift import reference_bins
-    from include.training import class_prior, metrics_with_prior
+    from include.training import class_prior
 
-    trained = [t for t in trained if t]
-    families = [t["family"] for t in sorted(trained, key=lambda t: cfg.models.index(t["family"]))]
-    hashes = {t["family"]: t["sha256"] for t in trained}
-    members, oofs, member_meta = [], {}, {}
-    for fam in families:
-        cdir = out_dir / "candidates" / fam
-        # The hash comes from the training task's XCom, not from a file beside the model.
-        members.append((fam, load_verified(cdir / "model.joblib", hashes[fam], f"{cfg.model_name} member {fam}")))
-        oofs[fam] = pd.read_parquet(cdir / "oof.parquet")
-        member_meta[fam] = json.loads((cdir / "metadata.json").read_text())
-    ref = oofs[families[0]]
-    for fam in families[1:]:
-        if not oofs[fam].index.equals(ref.index):
-            raise TrainingError(f"out-of-fold rows of {fam} differ from {families[0]}")
-    y_oof = ref["label"].to_numpy()
-    prior_rows = ref[["prior_down", "prior_range", "prior_up"]].to_numpy()
+    families, members, oofs, member_meta = _load_members(cfg, out_dir, trained)
+    ref = _shared_oof_rows(families, oofs)
     probas = {f: oofs[f][["p_down", "p_range", "p_up"]].to_numpy() for f in families}
     raw = cfg.member_weights(families)
     weights = {f: w / sum(raw.values()) for f, w in raw.items()}
-    fold_of = ref["fold"].to_numpy()
-    X, y, test_size, names = _training_table(out_dir, window)
+    X, y, test_size, names = training_table(out_dir, window)
     splits = interval_splits(cfg, X.index, window, test_size)
-    if cfg.ensemble_weighting == "fitted":
-        # Walk-forward weights: fold k is scored with weights fitted on earlier folds' rows,
-        # purged at its boundary (fold 0 with the configured weights), so no row is scored by
-        # weights that saw it. The registered model gets weights fitted on every out-of-fold row.
-        ens_oof, _ = walk_forward_weights(probas, y_oof, fold_of, ref.index,
-                                          splits.gap * pd.Timedelta(seconds=cfg.bar_seconds), weights)
-        weights = fit_weights(probas, y_oof)
-    elif cfg.ensemble_weighting == "stacking":
-        # Fold k is scored by a stacker fitted on earlier folds' rows, purged at its boundary (fold
-        # 0 with the configured weights); the registered model's stacker sees every out-of-fold row.
-        ens_oof, _ = walk_forward_stacking(probas, y_oof, fold_of, ref.index,
-                                           splits.gap * pd.Timedelta(seconds=cfg.bar_seconds), weights,
-                                           cfg.random_state)
-        stacker = fit_stacker([probas[f] for f in families], y_oof, cfg.random_state)
-    else:
-        ens_oof = combine(probas, weights)
-    last = ref["fold"].to_numpy() == ref["fold"].max()
-    ensemble_metrics = metrics_with_prior(y_oof, ens_oof, prior_rows)
-    gate_window = metrics_with_prior(y_oof[last], ens_oof[last], prior_rows[last])
-    gate_window.update({"start": ref.index[last][0].isoformat(), "end": ref.index[last][-1].isoformat()})
-
-    folds = [(tr, te) for _, tr, te in splits.split(len(X))]
+    ens_oof, weights, stacker = _soft_vote(cfg, families, probas, ref, splits, weights)
     final_rows = splits.final_rows(len(X))
-    # What the gate compares: the last fold's model was fitted on rows up to this one.
-    gate_window["last_training_row"] = X.index[folds[-1][0][-1]].isoformat()
-    table = pd.read_parquet(out_dir / "dataset.parquet")
-    momentum = momentum_forecast(table["close"], horizon=cfg.label_horizon_bars, mode=cfg.label_threshold_mode,
-                                 threshold=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)
-    momentum = momentum.reindex(X.index).fillna(1.0).to_numpy()  # warm-up rows: no view (range)
-    draws: list[np.ndarray] = []
-    baselines = baseline_oof(y, folds, cfg.random_state, momentum=momentum, draws=draws)
-    oof_frame = pd.DataFrame(ens_oof, columns=["p_down", "p_range", "p_up"], index=ref.index)
-    oof_frame[["prior_down", "prior_range", "prior_up"]] = prior_rows
-    oof_frame["label"], oof_frame["fold"] = y_oof, fold_of
-    oof_frame["momentum"] = pd.Series(momentum, index=X.index).reindex(ref.index).to_numpy()
-    # The stratified baseline's draws, row by row, for the gate's F1 test (same folds, same rows).
-    oof_frame["pred_stratified"] = pd.Series(np.concatenate(draws), index=X.index[np.concatenate(
-        [te for _, te in folds])]).reindex(ref.index).to_numpy()
-    final_moves = _trading_inputs(cfg, out_dir, oof_frame, X.index, y, folds, final_rows)
-    write_parquet(oof_frame, out_dir / "ensemble_oof.parquet")
-    if cfg.ensemble_weighting == "stacking":
-        model = StackingEnsemble.from_fitted(members, [weights[f] for f in families], class_prior(y[final_rows]),
-                                             feature_names=names, stacker=stacker)
-    else:
-        model = WeightedSoftVotingEnsemble.from_fitted(members, [weights[f] for f in families],
-                                                       class_prior(y[final_rows]), feature_names=names)
+    record = _out_of_fold_record(cfg, out_dir, ref, ens_oof, X, y, splits, final_rows)
+    model = _ensemble_model(cfg, families, members, weights, stacker, class_prior(y[final_rows]), names)
     spec = json.loads((out_dir / "feature_spec.json").read_text())
-    per_fold = [
-        {"fold": int(k), **metrics_with_prior(y_oof[ref["fold"] == k], ens_oof[ref["fold"] == k],
-                                              prior_rows[ref["fold"] == k])}
-        for k in sorted(ref["fold"].unique())
-    ]
     cand = out_dir / "candidates" / "ensemble"
     tmp = Path(tempfile.mkdtemp(prefix=".ensemble.", dir=out_dir / "candidates"))
     joblib.dump(model, tmp / "model.joblib")
     # The out-of-fold record travels with the version: a replay of the gate re-tests it.
-    oof_frame.to_parquet(tmp / OOF_FILE)
-    metadata = {
-        "kind": "stacking_ensemble" if cfg.ensemble_weighting == "stacking" else "weighted_soft_voting_ensemble",
-        "members": families, "weights": weights,
-        "registered_model": cfg.model_name,
-        "symbol": cfg.symbol, "exchange": cfg.exchange, "market_type": cfg.market_type,
-        "timeframe": cfg.timeframe, "config": cfg.to_dict(), "feature_spec": spec,
-        "data_window": {"train_start": window.train_start, "interval_start": window.interval_start,
-                        "requested_train_start": window.requested_train_start or window.train_start,
-                        "short_history": window.requested_train_start is not None,
-                        "interval_end": window.interval_end, "trained_until": window.interval_end,
-                        "first_bar": X.index[final_rows[0]].isoformat(),
-                        "last_training_row": X.index[final_rows[-1]].isoformat(),
-                        "last_labelled_bar": X.index.max().isoformat(),
-                        # End of the last bar any label read: the proof of no data past interval_end.
-                        "last_bar_read_end": (X.index.max() + (cfg.label_horizon_bars + 1)
-                                              * pd.Timedelta(seconds=cfg.bar_seconds)).isoformat()},
-        "rows": {"train": int(len(final_rows)), "out_of_fold": int(len(y_oof)), "gate_window": int(last.sum())},
-        "class_prior": class_prior(y[final_rows]).tolist(),
-        # The trading decision's class moves (include.backtest.TradingDecision), from the same rows.
-        "trading": {"class_moves": final_moves.tolist()},
-        "metrics": {"ensemble": ensemble_metrics, "ensemble_per_fold": per_fold,
-                    "ensemble_per_fold_summary": summarise_folds(per_fold), "gate_window": gate_window,
-                    "reliability": reliability(y_oof, ens_oof),
-                    "members": {f: member_meta[f]["cv"]["overall"] for f in families},
-                    "members_summary": {f: member_meta[f]["cv"]["summary"] for f in families},
-                    "baselines": baselines},
-        "member_params": {f: member_meta[f]["params"] for f in families},
-        # The tuned sets the members used (None: the family's defaults); the gate counts their trials.
-        "hyperparameter_sets": {f: member_meta[f].get("hyperparameter_set") for f in families},
-        # Monitoring's references: the training distribution of every feature, and the features
-        # ranked by permutation importance (mean over the families).
-        "drift_reference": reference_bins(X.iloc[final_rows]),
-        "top_features": ranked_features(member_meta, families, names),
-        "libraries": library_versions(), "code_version": code_version(),
-        "dag_id": dag_id, "run_id": run_id, "logical_date": logical_date,
-        "validation": _validation_summary(out_dir),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    record.frame.to_parquet(tmp / OOF_FILE)
+    metadata = _candidate_metadata(cfg, window, out_dir, spec, families, weights, member_meta, X, y, names,
+                                   final_rows, record, dag_id=dag_id, run_id=run_id, logical_date=logical_date)
     metadata["files"] = {"model.joblib": sha256_file(tmp / "model.joblib")}
-    # The version is named by what it was made from, not by when: re-running the same inputs,
-    # code and configuration finds the same version instead of registering a new one.
-    made_from = {"training_rows": hashlib.sha256(pd.util.hash_pandas_object(X, index=True).to_numpy().tobytes()
-                                                 + y.tobytes()).hexdigest(),
-                 "feature_spec": spec.get("sha256"), "data_window": metadata["data_window"],
-                 "config": {k: v for k, v in cfg.to_dict().items() if not k.startswith(NOT_MODEL_INPUTS)},
-                 "members": families, "member_params": metadata["member_params"],
-                 "hyperparameter_sets": {f: (s or {}).get("set_id") for f, s in
-                                         metadata["hyperparameter_sets"].items()},
-                 "libraries": metadata["libraries"], "code_version": metadata["code_version"]}
-    metadata["identity_sha256"] = hashlib.sha256(json.dumps(made_from, sort_keys=True, default=str)
-                                                 .encode()).hexdigest()
+    metadata["identity_sha256"] = _version_identity(cfg, X, y, spec, families, metadata)
     atomic_write_json(tmp / "metadata.json", metadata)
     _replace_dir(tmp, cand)
-    registry = ModelRegistry.from_settings(settings)
-    version = registry.register(cand, window.ts("interval_end"), identity=metadata["identity_sha256"])
-    if registry.model_of(version) != cfg.model_name:
-        raise TrainingError(f"candidate {version} registered under {registry.model_of(version)}, not {cfg.model_name}")
-    registry.move_alias(CHALLENGER, version, event="candidate", run_id=run_id, dag_id=dag_id,
-                        reason=f"candidate of {window.run_key}")
-    registry.dispose()
+    version = _register_candidate(cfg, settings, window, cand, metadata["identity_sha256"], dag_id=dag_id,
+                                  run_id=run_id)
     logger.info("ensemble %s weights %s: out-of-fold %s; baselines %s", version, weights,
-                ensemble_metrics, baselines)
-    return {"version": version, "model": cfg.model_name, "weights": weights, "ensemble": ensemble_metrics,
-            "members": metadata["metrics"]["members"], "baselines": baselines,
-            "gate_window": gate_window}
+                record.metrics, record.baselines)
+    return {"version": version, "model": cfg.model_name, "weights": weights, "ensemble": record.metrics,
+            "members": metadata["metrics"]["members"], "baselines": record.baselines,
+            "gate_window": record.gate_window}

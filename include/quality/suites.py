@@ -22,10 +22,16 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from great_expectations.core import ExpectationSuiteValidationResult
+    from great_expectations.data_context import AbstractDataContext
+    from great_expectations.data_context.types.resource_identifiers import DataContextKey
+    from great_expectations.datasource.fluent import PandasDatasource
 
 logger = logging.getLogger(__name__)
 
@@ -296,6 +302,73 @@ def _jsonable(v: Any) -> Any:
     return v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
 
 
+def _ephemeral_context(docs_dir: Path | None) -> AbstractDataContext:
+    """An ephemeral Great Expectations context without progress bars; with ``docs_dir``, it holds
+    the Data Docs site :data:`DOCS_SITE` there. Returns the context."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    if docs_dir is not None:
+        context.add_data_docs_site(site_name=DOCS_SITE, site_config={
+            "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)}})
+    return context
+
+
+def _validated_masks(ohlcv: pd.DataFrame, limits: SuiteLimits,
+                     validated: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """The masks of rows validated before that the suites may skip: ``validated``, less the
+    candles' mask when the window holds fewer than :func:`min_rows`. Returns a new dict."""
+    done = dict(validated or {})
+    if len(ohlcv) < min_rows(limits):
+        done.pop("ohlcv", None)  # too few rows: the whole window's row-count failure, as from scratch
+    return done
+
+
+def _suite_plan(gxe: Any, ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest: pd.DataFrame | None,
+                limits: SuiteLimits, done: dict[str, np.ndarray]) -> list[tuple[str, pd.DataFrame, list[Any]]]:
+    """The suites to run, in order: ``(name, derived frame, expectations)`` for the candles, then the
+    funding settlements and the open interest where given. Returns the list."""
+    subset_floor = 1 if done.get("ohlcv") is not None and done["ohlcv"].any() else None
+    plan = [("ohlcv", _ohlcv_frame(ohlcv, limits), _ohlcv_expectations(gxe, limits, subset_floor))]
+    if funding is not None:
+        plan.append(("funding_rate", _funding_frame(funding, limits.funding_interval_hours),
+                     _funding_expectations(gxe, limits)))
+    if open_interest is not None and not open_interest.empty:
+        plan.append(("open_interest", open_interest.copy(), _open_interest_expectations(gxe)))
+    return plan
+
+
+def _validate_suite(context: AbstractDataContext, source: PandasDatasource, name: str, frame: pd.DataFrame,
+                    expectations: list[Any],
+                    checkpoint: bool) -> tuple[ExpectationSuiteValidationResult, list[DataContextKey]]:
+    """Run the suite ``name`` on ``frame`` in ``context``: through a checkpoint with ``checkpoint``
+    (for Data Docs), else on the batch directly. Returns the validation result and the resource
+    identifiers for the Data Docs site (the validation result and the suite; none without
+    ``checkpoint``)."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
+    asset = source.add_dataframe_asset(name=name)
+    batch_def = asset.add_batch_definition_whole_dataframe(f"{name}_window")
+    # Built whole and stored once (adding expectations one by one rewrites the stored suite each time).
+    suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=expectations))
+    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": _EXAMPLES,
+                     "include_unexpected_rows": False, "return_unexpected_index_query": False}
+    if not checkpoint:
+        result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(
+            suite, result_format=result_format)
+        return result, []
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(data=batch_def, suite=suite, name=f"{name}_validation"))
+    runner = context.checkpoints.add(gx.Checkpoint(
+        name=f"{name}_checkpoint", validation_definitions=[definition], result_format=result_format))
+    identifier, result = next(iter(runner.run(batch_parameters={"dataframe": frame}).run_results.items()))
+    return result, [identifier, ExpectationSuiteIdentifier(name=suite.name)]
+
+
 def run_suites(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest: pd.DataFrame | None,
                limits: SuiteLimits, docs_dir: Path | None = None,
                validated: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
@@ -326,28 +399,12 @@ def run_suites(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest:
     """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     quiet_great_expectations()
-    import great_expectations as gx
     import great_expectations.expectations as gxe
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    if docs_dir is not None:
-        context.add_data_docs_site(site_name=DOCS_SITE, site_config={
-            "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)}})
+    context = _ephemeral_context(docs_dir)
     source = context.data_sources.add_pandas("market")
-    done = dict(validated or {})
-    if len(ohlcv) < min_rows(limits):
-        done.pop("ohlcv", None)  # too few rows: the whole window's row-count failure, as from scratch
-    subset_floor = 1 if done.get("ohlcv") is not None and done["ohlcv"].any() else None
-    plan = [("ohlcv", _ohlcv_frame(ohlcv, limits), _ohlcv_expectations(gxe, limits, subset_floor))]
-    if funding is not None:
-        plan.append(("funding_rate", _funding_frame(funding, limits.funding_interval_hours),
-                     _funding_expectations(gxe, limits)))
-    if open_interest is not None and not open_interest.empty:
-        plan.append(("open_interest", open_interest.copy(), _open_interest_expectations(gxe)))
+    done = _validated_masks(ohlcv, limits, validated)
+    plan = _suite_plan(gxe, ohlcv, funding, open_interest, limits, done)
 
     summaries, incremental, rendered = [], False, []
     for name, frame, expectations in plan:
@@ -357,22 +414,9 @@ def run_suites(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, open_interest:
         if mask is not None and mask.any():
             frame = frame[~mask | _window_rows(name, frame, limits)].reset_index(drop=True)
             incremental = True
-        asset = source.add_dataframe_asset(name=name)
-        batch_def = asset.add_batch_definition_whole_dataframe(f"{name}_window")
-        # Built whole and stored once (adding expectations one by one rewrites the stored suite each time).
-        suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=expectations))
-        result_format = {"result_format": "SUMMARY", "partial_unexpected_count": _EXAMPLES,
-                         "include_unexpected_rows": False, "return_unexpected_index_query": False}
-        if docs_dir is None:
-            result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(
-                suite, result_format=result_format)
-        else:
-            definition = context.validation_definitions.add(
-                gx.ValidationDefinition(data=batch_def, suite=suite, name=f"{name}_validation"))
-            checkpoint = context.checkpoints.add(gx.Checkpoint(
-                name=f"{name}_checkpoint", validation_definitions=[definition], result_format=result_format))
-            identifier, result = next(iter(checkpoint.run(batch_parameters={"dataframe": frame}).run_results.items()))
-            rendered += [identifier, ExpectationSuiteIdentifier(name=suite.name)]
+        result, identifiers = _validate_suite(context, source, name, frame, expectations,
+                                              checkpoint=docs_dir is not None)
+        rendered += identifiers
         summary = {**_summarise(name, result, frame), "rows": window_rows, "validated_rows": int(len(frame))}
         logger.info("suite %s on %d of the window's %d rows: %d expectations, %d failed", name, len(frame),
                     window_rows, summary["evaluated"], len(summary["failed"]))

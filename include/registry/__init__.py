@@ -43,6 +43,7 @@ rollback, history, verify, cleanup).
 
 from __future__ import annotations
 
+from include.identity import DEFAULT_LABEL_RULE, RegisteredModel
 from include.registry.artifacts import (
     MANIFEST_FILE,
     METADATA_FILE,
@@ -53,15 +54,12 @@ from include.registry.artifacts import (
     load_verified,
     sha256_file,
 )
-from include.registry.cli import main
 from include.registry.core import ModelRegistry
 from include.registry.schema import (
     CHALLENGER,
-    DEFAULT_LABEL_RULE,
     PRODUCTION,
     ROLLBACK_EVENTS,
     AliasPointer,
-    RegisteredModel,
     alias_table,
     event_table,
     metadata,
@@ -72,6 +70,6 @@ from include.registry.schema import (
 __all__ = [
     "CHALLENGER", "DEFAULT_LABEL_RULE", "MANIFEST_FILE", "METADATA_FILE", "MODEL_FILE", "OOF_FILE", "PRODUCTION",
     "ROLLBACK_EVENTS", "AliasPointer", "ModelRegistry", "RegisteredModel", "alias_table", "atomic_write_json",
-    "code_version", "event_table", "load_verified", "main", "metadata", "model_table", "sha256_file",
+    "code_version", "event_table", "load_verified", "metadata", "model_table", "sha256_file",
     "version_table",
 ]

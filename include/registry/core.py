@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from include.errors import ConfigError, IntegrityError, RegistryError
+from include.identity import RegisteredModel
 from include.registry.aliases import AliasLedger
 from include.registry.artifacts import (
     MANIFEST_FILE,
@@ -35,7 +36,6 @@ from include.registry.artifacts import (
 from include.registry.retention import Retention, _remove_tree
 from include.registry.schema import (
     PRODUCTION,
-    RegisteredModel,
     alias_table,
     event_table,
     model_table,
@@ -259,10 +259,7 @@ class ModelRegistry(AliasLedger, Retention):
                 market and label.
         """
         src = Path(candidate_dir)
-        for name in (MODEL_FILE, METADATA_FILE):
-            if not (src / name).is_file():
-                raise RegistryError(f"candidate {src} lacks {name}")
-        files = {p.name: sha256_file(p) for p in sorted(src.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
+        files = _candidate_files(src)
         digest = hashlib.sha256(json.dumps({"files": files}, sort_keys=True).encode()).hexdigest()
         version = f"v{interval_end.strftime('%Y%m%dT%H%M')}-{(identity or digest)[:10]}"
         row = self._row(version)
@@ -273,6 +270,21 @@ class ModelRegistry(AliasLedger, Retention):
         model = self.ensure_model(RegisteredModel.from_lineage(lineage))
         if is_remote(self.root):
             return self._register_remote(src, files, digest, version, model, lineage, interval_end)
+        restored = self._register_local(src, files, digest, version, model, lineage, interval_end)
+        if restored:
+            logger.warning("registered version %s of %s again from %s: retention had removed its artifacts",
+                           version, model, src)
+        else:
+            logger.info("registered version %s of %s from %s", version, model, src)
+        self.verify(version)
+        return version
+
+    def _register_local(self, src: Path, files: dict[str, str], digest: str, version: str, model: str,
+                        lineage: dict[str, Any], interval_end: datetime) -> bool:
+        """:meth:`register` into a local folder, ``versions/<model>/<version>``; returns whether it
+        restored a version whose artifacts retention had removed (``False`` also when another run
+        registered the version meanwhile, whose artifacts then stay).
+        """
         relative = f"versions/{model}/{version}"
         target = self.root / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -307,13 +319,7 @@ class ModelRegistry(AliasLedger, Retention):
         finally:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
-        if restored:
-            logger.warning("registered version %s of %s again from %s: retention had removed its artifacts",
-                           version, model, src)
-        else:
-            logger.info("registered version %s of %s from %s", version, model, src)
-        self.verify(version)
-        return version
+        return restored
 
     def _register_remote(self, src: Path, files: dict[str, str], digest: str, version: str, model: str,
                          lineage: dict[str, Any], interval_end: datetime) -> str:
@@ -486,6 +492,18 @@ class ModelRegistry(AliasLedger, Retention):
         if hashlib.sha256(data).hexdigest() != row.files[OOF_FILE]:
             raise IntegrityError(f"version {version}: {OOF_FILE} is missing or differs from its registered sha256")
         return pd.read_parquet(io.BytesIO(data))
+
+
+def _candidate_files(src: Path) -> dict[str, str]:
+    """The sha256 of each file in candidate folder ``src`` by name, its manifest left out.
+
+    Raises:
+        RegistryError: the candidate lacks ``model.joblib`` or ``metadata.json``.
+    """
+    for name in (MODEL_FILE, METADATA_FILE):
+        if not (src / name).is_file():
+            raise RegistryError(f"candidate {src} lacks {name}")
+    return {p.name: sha256_file(p) for p in sorted(src.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
 
 
 def _write_version_row(conn: Connection, version: str, model: str, restored: bool, **values: Any) -> bool:

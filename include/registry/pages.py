@@ -12,8 +12,11 @@ import html
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
+
+from include.gate import check_outcome
 
 
 def cell(value: Any) -> str:
@@ -74,6 +77,220 @@ def production_changes(weeks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return changes
 
 
+# The policies every track record scores, drawn first and in this order (replayed ones follow).
+_BASE_POLICIES = ("production", "newest", "never_retrain")
+
+
+def _policy_value(week: dict[str, Any], policy: str, key: str) -> float | None:
+    """The finite number ``key`` of ``policy`` in one of a record's ``weeks``, or ``None``."""
+    return _number(((week.get("policies") or {}).get(policy) or {}).get(key))
+
+
+def _chart_policies(weeks: list[dict[str, Any]]) -> list[str]:
+    """The policies the chart draws: the three scored by every record, then the replayed ones, sorted."""
+    return [*_BASE_POLICIES,
+            *sorted({p for w in weeks for p in (w.get("policies") or {}) if p not in _BASE_POLICIES})]
+
+
+def _loss_series(weeks: list[dict[str, Any]]) -> dict[str, list[float | None]]:
+    """Per series with any value, its forward log loss per week (``None`` where not recorded).
+
+    The base policies, then the class prior (``"prior"``), in that order.
+    """
+    losses = {p: [_policy_value(w, p, "log_loss") for w in weeks] for p in _BASE_POLICIES}
+    losses["prior"] = [_number(w.get("prior_log_loss")) for w in weeks]
+    return {p: ys for p, ys in losses.items() if any(y is not None for y in ys)}
+
+
+def _cumulative_returns(weeks: list[dict[str, Any]], policies: list[str]) -> dict[str, list[float | None]]:
+    """Per policy with any ``net_return``, the running sum of its weeks' returns (``None`` in a week
+    without one, which adds nothing to the sum), in the order of ``policies``."""
+    returns: dict[str, list[float | None]] = {}
+    for policy in policies:
+        weekly = [_policy_value(w, policy, "net_return") for w in weeks]
+        if any(r is not None for r in weekly):
+            total = 0.0
+            path: list[float | None] = []
+            for r in weekly:
+                total += r or 0.0
+                path.append(total if r is not None else None)
+            returns[policy] = path
+    return returns
+
+
+def _series_colours(policies: list[str]) -> dict[str, str]:
+    """Each series' line colour: :data:`COLOURS`, and the replayed policies :data:`REPLAY_COLOURS` in turn."""
+    colours = dict(COLOURS)
+    for k, policy in enumerate(p for p in policies if p not in COLOURS):
+        colours[policy] = REPLAY_COLOURS[k % len(REPLAY_COLOURS)]
+    return colours
+
+
+@dataclass(frozen=True)
+class _ChartLayout:
+    """Where the chart's parts go, in SVG user units (pixels; y grows downwards).
+
+    ``left``/``right``: the margins beside the panels (axis labels; the legend); ``top``: the top
+    panel's upper edge; ``panel``: each panel's height; ``gap``: the space between the panels;
+    ``bottom_top``: the bottom panel's upper edge; ``plot_bottom``: the last panel's lower edge;
+    ``step``: a week's width; ``xs``: each week's centre.
+    """
+
+    width: int
+    height: int
+    left: int
+    right: int
+    top: int
+    panel: int
+    bottom_top: int
+    plot_bottom: int
+    step: float
+    xs: list[float]
+
+    def scaler(self, low: float, high: float, y0: int) -> Callable[[float], float]:
+        """The map from a value in ``[low, high]`` to its y in the panel whose upper edge is ``y0``."""
+        panel = self.panel
+        return lambda y: y0 + panel - (y - low) / (high - low) * panel
+
+
+def _chart_layout(n_weeks: int, legend_lines: int, two_panels: bool) -> _ChartLayout:
+    """The layout of a chart of ``n_weeks`` weeks whose longest legend has ``legend_lines`` lines,
+    with the bottom (return) panel when ``two_panels``."""
+    width, left, right, top, panel, gap = 760, 70, 200, 24, 150, 44
+    bottom_top = top + panel + gap
+    plot_bottom = bottom_top + panel if two_panels else top + panel
+    # Tall enough for the longest legend (one line per series, replays included) as well.
+    legend_bottom = (bottom_top if two_panels else top) + 10 + 16 * legend_lines + 6
+    height = max(plot_bottom + 36, legend_bottom)
+    step = (width - left - right) / n_weeks
+    xs = [left + step * (k + 0.5) for k in range(n_weeks)]
+    return _ChartLayout(width=width, height=height, left=left, right=right, top=top, panel=panel,
+                        bottom_top=bottom_top, plot_bottom=plot_bottom, step=step, xs=xs)
+
+
+def _svg_open(layout: _ChartLayout) -> list[str]:
+    """The chart's opening ``<svg>`` tag and its title."""
+    width, height = layout.width, layout.height
+    return [f"<svg xmlns='http://www.w3.org/2000/svg' class='track-chart' width='{width}' height='{height}' "
+            f"viewBox='0 0 {width} {height}' font-family='sans-serif' font-size='11' role='img'>",
+            "<title>Track record per week: forward log loss and cumulative after-cost return</title>"]
+
+
+def _no_model_shading(weeks: list[dict[str, Any]], layout: _ChartLayout) -> list[str]:
+    """A grey ``<rect>`` over both panels for each week without a production model."""
+    top, step, xs = layout.top, layout.step, layout.xs
+    parts = []
+    # Weeks without a production model, shaded over both panels.
+    for k, week in enumerate(weeks):
+        if ((week.get("policies") or {}).get("production") or {}).get("version") is None:
+            span = layout.plot_bottom - top
+            parts.append(f"<rect class='no-model' data-week='{k}' x='{xs[k] - step / 2:.1f}' y='{top}' "
+                         f"width='{step:.1f}' height='{span}' fill='#eeeeee'><title>"
+                         f"{html.escape(str(week.get('start', ''))[:10])}: no model (class-prior forecast, no position)"
+                         "</title></rect>")
+    return parts
+
+
+def _panel_axis(key: str, low: float, high: float, floor: float | None, scale: Callable[[float], float],
+                layout: _ChartLayout) -> list[str]:
+    """A panel's y-axis labels (its span's ends and middle) and, given a ``floor``, its dotted line."""
+    left, width, right = layout.left, layout.width, layout.right
+    parts = []
+    fmt = "{:.3f}" if key == "log_loss" else "{:+.1%}"
+    for tick in (low, (low + high) / 2, high):
+        parts.append(f"<text x='{left - 4}' y='{scale(tick) + 4:.1f}' text-anchor='end'>"
+                     f"{html.escape(fmt.format(tick))}</text>")
+    if floor is not None:
+        parts.append(f"<line x1='{left}' x2='{width - right}' y1='{scale(floor):.1f}' y2='{scale(floor):.1f}' "
+                     "stroke='#999999' stroke-dasharray='2,2'/>")
+    return parts
+
+
+def _series_lines(key: str, series: dict[str, list[float | None]], scale: Callable[[float], float],
+                  colours: dict[str, str], layout: _ChartLayout) -> list[str]:
+    """A panel's ``<polyline>`` per series, the first of ``series`` drawn last (on top)."""
+    parts = []
+    for policy, ys in reversed(series.items()):  # production drawn last, on top
+        label = SERIES_LABELS.get(policy, f"replay: {policy}")
+        dash = " stroke-dasharray='5,3'" if policy == "prior" else ""
+        parts.append(f"<polyline class='series' data-panel='{key}' data-series='{html.escape(policy)}' "
+                     f"fill='none' stroke='{colours[policy]}' stroke-width='1.5'{dash} "
+                     f"points='{_points(layout.xs, ys, scale)}'><title>{html.escape(label)}</title></polyline>")
+    return parts
+
+
+def _panel_legend(series: dict[str, list[float | None]], y0: int, colours: dict[str, str],
+                  layout: _ChartLayout) -> list[str]:
+    """A panel's legend, right of it: one line sample and label per series, in order."""
+    width, right = layout.width, layout.right
+    parts = []
+    # The legend, right of the panel.
+    for n, policy in enumerate(series):
+        y = y0 + 10 + 16 * n
+        dash = " stroke-dasharray='5,3'" if policy == "prior" else ""
+        parts.append(f"<line x1='{width - right + 10}' x2='{width - right + 30}' y1='{y}' y2='{y}' "
+                     f"stroke='{colours[policy]}' stroke-width='2'{dash}/><text x='{width - right + 34}' "
+                     f"y='{y + 4}'>{html.escape(SERIES_LABELS.get(policy, f'replay: {policy}'))}</text>")
+    return parts
+
+
+def _chart_panel(key: str, title: str, series: dict[str, list[float | None]], y0: int, floor: float | None,
+                 colours: dict[str, str], layout: _ChartLayout) -> list[str]:
+    """One panel: its title and frame, then its axis, lines and legend (or "not recorded")."""
+    left, panel = layout.left, layout.panel
+    parts = [f"<text x='{left}' y='{y0 - 8}' font-weight='bold'>{html.escape(title)}</text>"
+             f"<rect x='{left}' y='{y0}' width='{layout.width - left - layout.right}' height='{panel}' fill='none' "
+             "stroke='#999999'/>"]
+    values = [y for ys in series.values() for y in ys if y is not None]
+    if not values:
+        parts.append(f"<text x='{left + 8}' y='{y0 + panel / 2:.1f}'>not recorded</text>")
+        return parts
+    low, high = _range(values, floor=floor)
+    scale = layout.scaler(low, high, y0)
+    parts.extend(_panel_axis(key, low, high, floor, scale, layout))
+    parts.extend(_series_lines(key, series, scale, colours, layout))
+    parts.extend(_panel_legend(series, y0, colours, layout))
+    return parts
+
+
+def _week_labels(weeks: list[dict[str, Any]], layout: _ChartLayout) -> list[str]:
+    """The weeks' start dates under the last panel."""
+    parts = []
+    # Week labels under the last panel: every week when few, otherwise about eight.
+    every = max(1, math.ceil(len(weeks) / 8))
+    for k in range(0, len(weeks), every):
+        parts.append(f"<text x='{layout.xs[k]:.1f}' y='{layout.plot_bottom + 16}' text-anchor='middle'>"
+                     f"{html.escape(str(weeks[k].get('start', ''))[:10])}</text>")
+    return parts
+
+
+def _production_change_markers(weeks: list[dict[str, Any]], layout: _ChartLayout) -> list[str]:
+    """A ``<g>`` per change of the production chain (:func:`production_changes`): a triangle and a line."""
+    top, plot_bottom = layout.top, layout.plot_bottom
+    parts = []
+    # The production chain's changes, where the week starts (the version serves from there on): a
+    # triangle on the top panel's upper edge and a thin line down through both panels.
+    for change in production_changes(weeks):
+        k = change["week"]
+        x = layout.xs[k] - layout.step / 2
+        shape = (f"M{x - 5:.1f},{top + 9} L{x + 5:.1f},{top + 9} L{x:.1f},{top + 1} Z"
+                 if change["event"] == "promotion" else
+                 f"M{x - 5:.1f},{top + 1} L{x + 5:.1f},{top + 1} L{x:.1f},{top + 9} Z")
+        colour = "#2e7d32" if change["event"] == "promotion" else "#c62828"
+        parts.append(f"<g class='{change['event']}' data-week='{k}'><title>"
+                     f"{html.escape(str(weeks[k].get('start', ''))[:10])}: {change['event']} of "
+                     f"{html.escape(str(change['version']))}</title><line x1='{x:.1f}' x2='{x:.1f}' y1='{top}' "
+                     f"y2='{plot_bottom}' stroke='{colour}' stroke-opacity='0.5' stroke-dasharray='3,3'/>"
+                     f"<path d='{shape}' fill='{colour}'/></g>")
+    return parts
+
+
+def _svg_close(layout: _ChartLayout) -> str:
+    """The key to the shading and the markers under the week labels, and the closing ``</svg>``."""
+    return (f"<text x='{layout.left}' y='{layout.plot_bottom + 32}' fill='#555555'>shaded: production had no model; "
+            "&#9650; promotion, &#9660; demotion (hover for the version)</text></svg>")
+
+
 def track_record_chart(record: dict[str, Any]) -> str:
     """An inline SVG chart of a track record's weeks (no script, every text escaped).
 
@@ -95,106 +312,20 @@ def track_record_chart(record: dict[str, Any]) -> str:
     weeks = record.get("weeks") or []
     if not weeks:
         return ""
-    base = ("production", "newest", "never_retrain")
-    policies = [*base, *sorted({p for w in weeks for p in (w.get("policies") or {}) if p not in base})]
-
-    def value(week: dict[str, Any], policy: str, key: str) -> float | None:
-        return _number(((week.get("policies") or {}).get(policy) or {}).get(key))
-
-    losses = {p: [value(w, p, "log_loss") for w in weeks] for p in base}
-    losses["prior"] = [_number(w.get("prior_log_loss")) for w in weeks]
-    losses = {p: ys for p, ys in losses.items() if any(y is not None for y in ys)}
-    returns: dict[str, list[float | None]] = {}
-    for policy in policies:
-        weekly = [value(w, policy, "net_return") for w in weeks]
-        if any(r is not None for r in weekly):
-            total = 0.0
-            path: list[float | None] = []
-            for r in weekly:
-                total += r or 0.0
-                path.append(total if r is not None else None)
-            returns[policy] = path
-    colours = dict(COLOURS)
-    for k, policy in enumerate(p for p in policies if p not in COLOURS):
-        colours[policy] = REPLAY_COLOURS[k % len(REPLAY_COLOURS)]
-
-    width, left, right, top, panel, gap = 760, 70, 200, 24, 150, 44
-    bottom_top = top + panel + gap
-    plot_bottom = bottom_top + panel if returns else top + panel
-    # Tall enough for the longest legend (one line per series, replays included) as well.
-    legend_bottom = (bottom_top if returns else top) + 10 + 16 * len(returns or losses) + 6
-    height = max(plot_bottom + 36, legend_bottom)
-    step = (width - left - right) / len(weeks)
-    xs = [left + step * (k + 0.5) for k in range(len(weeks))]
-
-    def scaler(low: float, high: float, y0: int) -> Callable[[float], float]:
-        return lambda y: y0 + panel - (y - low) / (high - low) * panel
-
-    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' class='track-chart' width='{width}' height='{height}' "
-             f"viewBox='0 0 {width} {height}' font-family='sans-serif' font-size='11' role='img'>",
-             "<title>Track record per week: forward log loss and cumulative after-cost return</title>"]
-    # Weeks without a production model, shaded over both panels.
-    for k, week in enumerate(weeks):
-        if ((week.get("policies") or {}).get("production") or {}).get("version") is None:
-            span = plot_bottom - top
-            parts.append(f"<rect class='no-model' data-week='{k}' x='{xs[k] - step / 2:.1f}' y='{top}' "
-                         f"width='{step:.1f}' height='{span}' fill='#eeeeee'><title>"
-                         f"{html.escape(str(week.get('start', ''))[:10])}: no model (class-prior forecast, no position)"
-                         "</title></rect>")
-    panels = [("log_loss", "forward log loss (nats per row)", losses, top, None)]
+    policies = _chart_policies(weeks)
+    losses = _loss_series(weeks)
+    returns = _cumulative_returns(weeks, policies)
+    colours = _series_colours(policies)
+    layout = _chart_layout(len(weeks), len(returns or losses), bool(returns))
+    parts = [*_svg_open(layout), *_no_model_shading(weeks, layout)]
+    panels = [("log_loss", "forward log loss (nats per row)", losses, layout.top, None)]
     if returns:
-        panels.append(("return", "cumulative after-cost return", returns, bottom_top, 0.0))
+        panels.append(("return", "cumulative after-cost return", returns, layout.bottom_top, 0.0))
     for key, title, series, y0, floor in panels:
-        parts.append(f"<text x='{left}' y='{y0 - 8}' font-weight='bold'>{html.escape(title)}</text>"
-                     f"<rect x='{left}' y='{y0}' width='{width - left - right}' height='{panel}' fill='none' "
-                     "stroke='#999999'/>")
-        values = [y for ys in series.values() for y in ys if y is not None]
-        if not values:
-            parts.append(f"<text x='{left + 8}' y='{y0 + panel / 2:.1f}'>not recorded</text>")
-            continue
-        low, high = _range(values, floor=floor)
-        scale = scaler(low, high, y0)
-        fmt = "{:.3f}" if key == "log_loss" else "{:+.1%}"
-        for tick in (low, (low + high) / 2, high):
-            parts.append(f"<text x='{left - 4}' y='{scale(tick) + 4:.1f}' text-anchor='end'>"
-                         f"{html.escape(fmt.format(tick))}</text>")
-        if floor is not None:
-            parts.append(f"<line x1='{left}' x2='{width - right}' y1='{scale(floor):.1f}' y2='{scale(floor):.1f}' "
-                         "stroke='#999999' stroke-dasharray='2,2'/>")
-        for policy, ys in reversed(series.items()):  # production drawn last, on top
-            label = SERIES_LABELS.get(policy, f"replay: {policy}")
-            dash = " stroke-dasharray='5,3'" if policy == "prior" else ""
-            parts.append(f"<polyline class='series' data-panel='{key}' data-series='{html.escape(policy)}' "
-                         f"fill='none' stroke='{colours[policy]}' stroke-width='1.5'{dash} "
-                         f"points='{_points(xs, ys, scale)}'><title>{html.escape(label)}</title></polyline>")
-        # The legend, right of the panel.
-        for n, policy in enumerate(series):
-            y = y0 + 10 + 16 * n
-            dash = " stroke-dasharray='5,3'" if policy == "prior" else ""
-            parts.append(f"<line x1='{width - right + 10}' x2='{width - right + 30}' y1='{y}' y2='{y}' "
-                         f"stroke='{colours[policy]}' stroke-width='2'{dash}/><text x='{width - right + 34}' "
-                         f"y='{y + 4}'>{html.escape(SERIES_LABELS.get(policy, f'replay: {policy}'))}</text>")
-    # Week labels under the last panel: every week when few, otherwise about eight.
-    every = max(1, math.ceil(len(weeks) / 8))
-    for k in range(0, len(weeks), every):
-        parts.append(f"<text x='{xs[k]:.1f}' y='{plot_bottom + 16}' text-anchor='middle'>"
-                     f"{html.escape(str(weeks[k].get('start', ''))[:10])}</text>")
-    # The production chain's changes, where the week starts (the version serves from there on): a
-    # triangle on the top panel's upper edge and a thin line down through both panels.
-    for change in production_changes(weeks):
-        k = change["week"]
-        x = xs[k] - step / 2
-        shape = (f"M{x - 5:.1f},{top + 9} L{x + 5:.1f},{top + 9} L{x:.1f},{top + 1} Z"
-                 if change["event"] == "promotion" else
-                 f"M{x - 5:.1f},{top + 1} L{x + 5:.1f},{top + 1} L{x:.1f},{top + 9} Z")
-        colour = "#2e7d32" if change["event"] == "promotion" else "#c62828"
-        parts.append(f"<g class='{change['event']}' data-week='{k}'><title>"
-                     f"{html.escape(str(weeks[k].get('start', ''))[:10])}: {change['event']} of "
-                     f"{html.escape(str(change['version']))}</title><line x1='{x:.1f}' x2='{x:.1f}' y1='{top}' "
-                     f"y2='{plot_bottom}' stroke='{colour}' stroke-opacity='0.5' stroke-dasharray='3,3'/>"
-                     f"<path d='{shape}' fill='{colour}'/></g>")
-    parts.append(f"<text x='{left}' y='{plot_bottom + 32}' fill='#555555'>shaded: production had no model; "
-                 "&#9650; promotion, &#9660; demotion (hover for the version)</text></svg>")
+        parts.extend(_chart_panel(key, title, series, y0, floor, colours, layout))
+    parts.extend(_week_labels(weeks, layout))
+    parts.extend(_production_change_markers(weeks, layout))
+    parts.append(_svg_close(layout))
     return "".join(parts)
 
 
@@ -305,8 +436,9 @@ def version_page(info: dict[str, Any], events: list[dict[str, Any]]) -> str:
                      and (e["decision"].get("candidate") == version)), None)
     gate = ""
     if decision:
-        checks = [{"check": c["name"], "outcome": "passed" if c["passed"]
-                   else "failed" if c.get("required", True) else "failed (not required)",
+        checks = [{"check": c["name"],
+                   "outcome": {"passed": "passed", "failed": "failed",
+                               "not required": "failed (not required)"}[check_outcome(c)],
                    "value": c.get("value"), "threshold": c.get("threshold"), "detail": c.get("detail")}
                   for c in decision.get("checks", [])]
         gate = (f"<h3>Gate: {'PASS' if decision.get('passed') else 'FAIL'}</h3>"

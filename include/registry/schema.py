@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import sqlalchemy as sa
-
-from include.errors import ConfigError, RegistryError
-from include.paths import check_name
 
 PRODUCTION, CHALLENGER = "production", "challenger"
 
@@ -77,84 +73,6 @@ smoke_test_table = sa.Table(
     sa.Column("prediction", sa.JSON, nullable=False, comment="what the smoke test's prediction returned"),
     sa.Column("at", sa.BigInteger, nullable=False, comment="ms since epoch UTC"),
 )
-
-#: The label threshold rule that registered-model names leave out (the configuration default).
-DEFAULT_LABEL_RULE = ("volatility", 0.43, 168)
-
-@dataclass(frozen=True)
-class RegisteredModel:
-    """One market and one target: what a registered model forecasts. Its versions compete only
-    with each other.
-
-    Attributes:
-        exchange: ccxt exchange id, e.g. ``binance``.
-        symbol: instrument without separator, upper case, e.g. ``BTCUSDT``.
-        market_type: ``perp`` or ``spot``.
-        timeframe: bar length in ccxt notation, e.g. ``1h``.
-        label_horizon_bars: forward-return horizon of the label, in bars.
-        label_threshold_mode: ``volatility`` or ``fixed`` (see :mod:`include.labels`).
-        label_threshold: k for volatility labels, or the log-return threshold for fixed ones.
-        label_vol_window_bars: trailing window of the volatility estimate, in bars.
-    """
-
-    exchange: str
-    symbol: str
-    market_type: str
-    timeframe: str
-    label_horizon_bars: int
-    label_threshold_mode: str = "volatility"
-    label_threshold: float = 0.43
-    label_vol_window_bars: int = 168
-
-    @property
-    def name(self) -> str:
-        """Readable unique name: ``<exchange>-<symbol>-<market type>-<timeframe>-h<horizon>``.
-
-        Raises:
-            ConfigError: the fields do not form a safe path component
-                (:func:`include.paths.check_name`).
-
-        A label threshold rule other than the default (volatility, k = 0.43, 168 bars) is
-        appended (``-fixed0.005``, ``-vol0.5w336``), so two targets never share a name.
-        """
-        name = (f"{self.exchange.lower()}-{self.symbol.lower()}-{self.market_type}-{self.timeframe}"
-                f"-h{self.label_horizon_bars}")
-        rule = (self.label_threshold_mode, float(self.label_threshold), int(self.label_vol_window_bars))
-        if rule != DEFAULT_LABEL_RULE:
-            if self.label_threshold_mode == "fixed":
-                name += f"-fixed{self.label_threshold:g}"
-            else:
-                name += f"-vol{self.label_threshold:g}w{self.label_vol_window_bars}"
-        return check_name(name, "registered model name")
-
-    @classmethod
-    def from_lineage(cls, lineage: dict[str, Any]) -> RegisteredModel:
-        """The registered model a version's lineage (``metadata.json``) describes.
-
-        Raises:
-            RegistryError: the lineage lacks the market or label fields, or they do not form a
-                safe name.
-        """
-        config = lineage.get("config") or {}
-        try:
-            model = cls(exchange=str(lineage["exchange"]).lower(), symbol=str(lineage["symbol"]).upper(),
-                       market_type=lineage["market_type"], timeframe=lineage["timeframe"],
-                       label_horizon_bars=int(config["label_horizon_bars"]),
-                       label_threshold_mode=config.get("label_threshold_mode", "volatility"),
-                       label_threshold=float(config.get("label_threshold", 0.43)),
-                       label_vol_window_bars=int(config.get("label_vol_window_bars", 168)))
-        except KeyError as exc:
-            raise RegistryError(f"lineage lacks {exc.args[0]!r}: cannot tell which registered model it belongs to") \
-                from None
-        try:
-            model.name  # noqa: B018 - validates every field that forms it
-        except ConfigError as exc:
-            raise RegistryError(f"lineage names no valid registered model: {exc}") from None
-        return model
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON view with the name."""
-        return {"name": self.name, **asdict(self)}
 
 @dataclass(frozen=True)
 class AliasPointer:

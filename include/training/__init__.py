@@ -331,6 +331,78 @@ def _fit(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, spl
     return est.fit(X.iloc[train_idx], y[train_idx]), n_best
 
 
+def _stored_evaluation(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
+                       splits: WalkForward, *, random_state: int, early_stopping_rounds: int, cache: FitCache,
+                       params: dict[str, Any] | None) -> tuple[str, str, dict[str, Any] | None]:
+    """The fold's fit key, its evaluation key and the evaluation ``cache`` holds under it (``None``:
+    none, or one that cannot be reused)."""
+    key = _fit_key(family, X, y, train_idx, splits, random_state=random_state,
+                   early_stopping_rounds=early_stopping_rounds, params=params)
+    eval_key = evaluation_key(key, rows_digest(X.iloc[test_idx], y[test_idx]), random_state,
+                              IMPORTANCE_REPEATS)
+    evaluation = cache.get(eval_key)
+    if evaluation is not None and "n_estimators" not in evaluation:
+        evaluation = None  # written without its fit's n_estimators: evaluated again by the caller
+    return key, eval_key, evaluation
+
+
+def _evaluate_fold(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
+                   splits: WalkForward, *, random_state: int, n_jobs: int, early_stopping_rounds: int,
+                   build: Callable[..., Any] | None, cache: FitCache | None, params: dict[str, Any] | None,
+                   importance: bool) -> tuple[dict[str, Any], int | None, str | None]:
+    """``(evaluation, n_estimators, what was reused or None)`` of one fold: the evaluation
+    (``{"proba", "importance", "n_estimators"}`` on the test rows) stored by an earlier run, or
+    computed from a fit (itself possibly cached) and stored in ``cache``."""
+    key, eval_key, fit_hit, evaluation = None, None, False, None
+    if build is None and cache is not None:
+        # A stored evaluation holds all the fold needs from its fit: the fitted model is not loaded.
+        key, eval_key, evaluation = _stored_evaluation(family, X, y, train_idx, test_idx, splits,
+                                                       random_state=random_state,
+                                                       early_stopping_rounds=early_stopping_rounds, cache=cache,
+                                                       params=params)
+    if evaluation is not None:
+        return evaluation, evaluation["n_estimators"], "fit and evaluation"
+    if build is not None:
+        est, n_best = build(random_state).fit(X.iloc[train_idx], y[train_idx]), None
+    else:
+        est, n_best, key, fit_hit = _cached_fit(family, X, y, train_idx, splits, random_state=random_state,
+                                                n_jobs=n_jobs, early_stopping_rounds=early_stopping_rounds,
+                                                cache=cache, key=key, params=params)
+    evaluation = {"proba": predict_proba_all(est, X.iloc[test_idx]),
+                  "importance": fold_importance(est, X.iloc[test_idx], y[test_idx], random_state,
+                                                IMPORTANCE_REPEATS) if importance or key else None,
+                  "n_estimators": n_best}
+    if key is not None and cache is not None and eval_key is not None:
+        cache.put(eval_key, evaluation)
+    return evaluation, n_best, "fit" if fit_hit else None
+
+
+def _fold_record(fold: int, X: pd.DataFrame, train_idx: np.ndarray, test_idx: np.ndarray, n_best: int | None,
+                 reused: str | None, started: float, metrics: dict[str, float]) -> dict[str, Any]:
+    """One fold's entry of :attr:`CrossValidation.folds`: its bounds, row counts, what it reused,
+    its seconds since ``started`` and its metrics."""
+    return {
+        "fold": fold,
+        "train_start": X.index[train_idx[0]].isoformat(), "train_end": X.index[train_idx[-1]].isoformat(),
+        "test_start": X.index[test_idx[0]].isoformat(), "test_end": X.index[test_idx[-1]].isoformat(),
+        "train_rows": int(len(train_idx)), "test_rows": int(len(test_idx)), "n_estimators": n_best,
+        "reused": reused, "seconds": round(time.perf_counter() - started, 3), **metrics,
+    }
+
+
+def _collect_folds(y: np.ndarray, probas: list[np.ndarray], positions: list[np.ndarray],
+                   fold_ids: list[np.ndarray], priors: list[np.ndarray], folds: list[dict[str, Any]],
+                   importances: list[dict[str, dict[str, float]]]) -> CrossValidation:
+    """The :class:`CrossValidation` of the folds' out-of-fold rows, with its summary over folds,
+    importance stability and overall metrics."""
+    cv = CrossValidation(oof_proba=np.vstack(probas), oof_positions=np.concatenate(positions),
+                         oof_fold=np.concatenate(fold_ids), oof_prior=np.vstack(priors), folds=folds)
+    cv.summary = summarise_folds(folds)
+    cv.importance = {"per_fold": importances, **importance_stability(importances)} if importances else {}
+    cv.overall = metrics_with_prior(y[cv.oof_positions], cv.oof_proba, cv.oof_prior)
+    return cv
+
+
 def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkForward, random_state: int,
                    n_jobs: int, early_stopping_rounds: int = 0,
                    build: Callable[..., Any] | None = None, cache: FitCache | None = None,
@@ -367,42 +439,14 @@ def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkF
         if len(np.unique(y[train_idx])) < 2:
             raise TrainingError(f"{family}: fold {fold} training set holds a single class")
         started = time.perf_counter()
-        key, fit_hit, evaluation = None, False, None
-        if build is None and cache is not None:
-            # A stored evaluation holds all the fold needs from its fit: the fitted model is not loaded.
-            key = _fit_key(family, X, y, train_idx, splits, random_state=random_state,
-                           early_stopping_rounds=early_stopping_rounds, params=params)
-            eval_key = evaluation_key(key, rows_digest(X.iloc[test_idx], y[test_idx]), random_state,
-                                      IMPORTANCE_REPEATS)
-            evaluation = cache.get(eval_key)
-            if evaluation is not None and "n_estimators" not in evaluation:
-                evaluation = None  # written without its fit's n_estimators: evaluated again below
-        if evaluation is None:
-            if build is not None:
-                est, n_best = build(random_state).fit(X.iloc[train_idx], y[train_idx]), None
-            else:
-                est, n_best, key, fit_hit = _cached_fit(family, X, y, train_idx, splits, random_state=random_state,
-                                                        n_jobs=n_jobs, early_stopping_rounds=early_stopping_rounds,
-                                                        cache=cache, key=key, params=params)
-            evaluation = {"proba": predict_proba_all(est, X.iloc[test_idx]),
-                          "importance": fold_importance(est, X.iloc[test_idx], y[test_idx], random_state,
-                                                        IMPORTANCE_REPEATS) if importance or key else None,
-                          "n_estimators": n_best}
-            if key is not None:
-                cache.put(eval_key, evaluation)
-            reused = "fit" if fit_hit else None
-        else:
-            n_best, reused = evaluation["n_estimators"], "fit and evaluation"
+        evaluation, n_best, reused = _evaluate_fold(family, X, y, train_idx, test_idx, splits,
+                                                    random_state=random_state, n_jobs=n_jobs,
+                                                    early_stopping_rounds=early_stopping_rounds, build=build,
+                                                    cache=cache, params=params, importance=importance)
         proba = evaluation["proba"]
         prior = class_prior(y[train_idx])
         metrics = metrics_with_prior(y[test_idx], proba, prior)
-        folds.append({
-            "fold": fold,
-            "train_start": X.index[train_idx[0]].isoformat(), "train_end": X.index[train_idx[-1]].isoformat(),
-            "test_start": X.index[test_idx[0]].isoformat(), "test_end": X.index[test_idx[-1]].isoformat(),
-            "train_rows": int(len(train_idx)), "test_rows": int(len(test_idx)), "n_estimators": n_best,
-            "reused": reused, "seconds": round(time.perf_counter() - started, 3), **metrics,
-        })
+        folds.append(_fold_record(fold, X, train_idx, test_idx, n_best, reused, started, metrics))
         if evaluation["importance"] is not None:
             importances.append(evaluation["importance"])
         probas.append(proba)
@@ -414,9 +458,4 @@ def cross_validate(family: str, X: pd.DataFrame, y: np.ndarray, *, splits: WalkF
                     f" (reused {reused} of an earlier run)" if reused else "")
         if on_fold is not None:
             on_fold(fold, metrics)
-    cv = CrossValidation(oof_proba=np.vstack(probas), oof_positions=np.concatenate(positions),
-                         oof_fold=np.concatenate(fold_ids), oof_prior=np.vstack(priors), folds=folds)
-    cv.summary = summarise_folds(folds)
-    cv.importance = {"per_fold": importances, **importance_stability(importances)} if importances else {}
-    cv.overall = metrics_with_prior(y[cv.oof_positions], cv.oof_proba, cv.oof_prior)
-    return cv
+    return _collect_folds(y, probas, positions, fold_ids, priors, folds, importances)

@@ -14,7 +14,7 @@ Trials live in Optuna's RDB storage on the market database (``optuna.storages.RD
 workers on several machines share one study, a re-run resumes it, and a worker killed
 mid-trial leaves a trial that the next worker marks failed (Optuna's heartbeat) while the study
 goes on. The study's result is a hyperparameter set with as-of semantics
-(:mod:`include.tuning.sets`); its search is measured for overfitting
+(:mod:`include.training.sets`); its search is measured for overfitting
 (:mod:`include.tuning.overfitting`).
 """
 
@@ -25,9 +25,10 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,9 @@ from include.config import RunConfig, Settings
 from include.errors import ConfigError, TrainingError
 from include.tuning.overfitting import probability_of_backtest_overfitting
 from include.tuning.spaces import search_space, suggest
+
+if TYPE_CHECKING:
+    import optuna
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +101,7 @@ def _trial_trading(cfg: RunConfig, proba: np.ndarray, prior: np.ndarray, fold: n
             indexed by bar.
     """
     from include.backtest import simulate
-    from include.pipeline.decision import forecast_positions, trading_decision, walk_forward_margins
+    from include.trading import forecast_positions, trading_decision, walk_forward_margins
 
     decision = trading_decision(cfg)
     frame = inputs.assign(p_down=proba[:, 0], p_range=proba[:, 1], p_up=proba[:, 2], prior_down=prior[:, 0],
@@ -112,6 +116,124 @@ def _trial_trading(cfg: RunConfig, proba: np.ndarray, prior: np.ndarray, fold: n
     signal = pd.Series(forecast_positions(frame, decision, margins["per_row"]), index=frame.index)
     metrics = simulate(signal, bars, funding, decision.costs, cfg.bar_seconds)
     return {k: float(metrics[k]) for k in ("sharpe", "sharpe_per_bar", "total_return", "max_drawdown")}
+
+
+class _TuningTable(NamedTuple):
+    """A tuning run's modelling table, its folds and what its trials' trading simulation reads.
+
+    Attributes:
+        X: ``(n, n_features)`` the labelled rows' features, indexed by bar open time.
+        y: ``(n,)`` their class labels.
+        splits: the walk-forward split service (:func:`include.pipeline.training.interval_splits`).
+        bars: the market's OHLCV bars from the first row to the as-of date.
+        funding: funding rates over the same span (perpetuals), else ``None``.
+        inputs: the trading decision's inputs of every test row, indexed by bar.
+    """
+
+    X: pd.DataFrame
+    y: np.ndarray
+    splits: Any
+    bars: pd.DataFrame
+    funding: pd.DataFrame | None
+    inputs: pd.DataFrame
+
+
+def _tuning_table(cfg: RunConfig, window: Any, settings: Settings, out_dir: Path) -> _TuningTable:
+    """The tuning run's table in ``out_dir``, its weekly folds, the market frames and the test rows'
+    decision inputs.
+
+    Raises:
+        TrainingError: the table is too short for the folds.
+    """
+    from include.evaluation import interval_splits
+    from include.run_folder import training_table
+    from include.trading import market_frames, trading_inputs
+
+    X, y, test_size, _ = training_table(out_dir, window)
+    splits = interval_splits(cfg, X.index, window, test_size)
+    bars, funding = market_frames(cfg, settings, X.index.min().to_pydatetime(), window.ts("interval_end"))
+    # The trading decision's inputs of every test row, as the weekly run records them.
+    folds = [(train, test) for _, train, test in splits.split(len(X))]
+    inputs = pd.DataFrame(index=X.index[np.concatenate([test for _, test in folds])])
+    trading_inputs(cfg, out_dir, inputs, X.index, y, folds, splits.final_rows(len(X)))
+    return _TuningTable(X, y, splits, bars, funding, inputs)
+
+
+def _open_study(cfg: RunConfig, window: Any, settings: Settings, family: str, space: dict[str, dict[str, Any]],
+                splits: Any, *, worker: int, heartbeat_seconds: int) -> tuple[str, optuna.Study]:
+    """The study's name and the study, created (or loaded) in the market database's storage; a new
+    study gets the family's defaults as its first trial and records its search space and data window.
+    """
+    import optuna
+
+    from include.training import family_params
+
+    name = study_name(cfg.model_name, family, window.ts("interval_end"))
+    sampler = optuna.samplers.TPESampler(seed=cfg.random_state + 1000 * worker, n_startup_trials=5)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    study = optuna.create_study(study_name=name, storage=open_storage(settings.market_db_url,
+                                                                      heartbeat_seconds=heartbeat_seconds),
+                                direction="minimize", sampler=sampler, pruner=pruner, load_if_exists=True)
+    if not study.trials:
+        defaults = family_params(family)
+        study.enqueue_trial({k: defaults[k] for k in space if k in defaults}, skip_if_exists=True)
+        study.set_user_attr("search_space", space)
+        study.set_user_attr("data_window", {"train_start": window.train_start, "as_of": window.interval_end,
+                                            "folds": cfg.cv_folds, "purge_bars": splits.purge,
+                                            "embargo_bars": splits.embargo})
+    return name, study
+
+
+def _study_objective(cfg: RunConfig, family: str, space: dict[str, dict[str, Any]], table: _TuningTable,
+                     n_jobs: int) -> Callable[[optuna.Trial], float]:
+    """The trial objective: the out-of-fold log loss of one sampled configuration, reported after
+    each fold for pruning, with its fold losses, macro F1 and trading record as user attributes."""
+    import optuna
+
+    from include.training import cross_validate
+
+    X, y, splits = table.X, table.y, table.splits
+    host = f"{socket.gethostname()}:{os.getpid()}"
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", host)  # which worker ran it, when several share the study
+        params = suggest(trial, space)
+        fold_losses: list[float] = []
+
+        def on_fold(fold: int, metrics: dict[str, Any]) -> None:
+            fold_losses.append(float(metrics["log_loss"]))
+            trial.report(float(np.mean(fold_losses)), step=fold)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"running log loss {np.mean(fold_losses):.5f} after fold {fold}")
+
+        cv = cross_validate(family, X, y, splits=splits, random_state=cfg.random_state, n_jobs=n_jobs,
+                            early_stopping_rounds=cfg.early_stopping_rounds, params=params,
+                            importance=False, on_fold=on_fold)
+        trial.set_user_attr("fold_log_loss", fold_losses)
+        trial.set_user_attr("macro_f1", float(cv.overall["macro_f1"]))
+        trial.set_user_attr("trading", _trial_trading(cfg, cv.oof_proba, cv.oof_prior, cv.oof_fold,
+                                                      table.inputs.loc[X.index[cv.oof_positions]], table.bars,
+                                                      table.funding))
+        return float(cv.overall["log_loss"])
+
+    return objective
+
+
+def _run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int,
+                timeout_s: float | None) -> tuple[int, float]:
+    """``(trials finished here, seconds spent)``: runs ``objective`` until the study holds
+    ``n_trials`` finished (complete or pruned) trials or ``timeout_s`` passes."""
+    import optuna
+
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    before = len(study.get_trials(deepcopy=False, states=finished))
+    t0 = time.perf_counter()
+    if before < n_trials:
+        study.optimize(objective, timeout=timeout_s, catch=(TrainingError,), gc_after_trial=True,
+                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=finished)])
+    seconds = time.perf_counter() - t0
+    ran = len(study.get_trials(deepcopy=False, states=finished)) - before
+    return ran, seconds
 
 
 def tune_family(cfg: RunConfig, window: Any, settings: Settings, out_dir: Path, family: str, *,
@@ -142,68 +264,16 @@ def tune_family(cfg: RunConfig, window: Any, settings: Settings, out_dir: Path, 
         ConfigError: bad search space or trial count.
         TrainingError: the table is too short for the folds.
     """
-    import optuna
-
-    from include.pipeline.decision import market_frames
-    from include.pipeline.training import _trading_inputs, _training_table, interval_splits
     from include.resources import model_threads
-    from include.training import cross_validate, family_params
 
     if n_trials < 1:
         raise ConfigError(f"n_trials={n_trials}: expected at least 1")
     space = search_space(family, space_overrides)
-    X, y, test_size, _ = _training_table(out_dir, window)
-    splits = interval_splits(cfg, X.index, window, test_size)
-    bars, funding = market_frames(cfg, settings, X.index.min().to_pydatetime(), window.ts("interval_end"))
-    # The trading decision's inputs of every test row, as the weekly run records them.
-    folds = [(train, test) for _, train, test in splits.split(len(X))]
-    inputs = pd.DataFrame(index=X.index[np.concatenate([test for _, test in folds])])
-    _trading_inputs(cfg, out_dir, inputs, X.index, y, folds, splits.final_rows(len(X)))
+    table = _tuning_table(cfg, window, settings, out_dir)
     n_jobs = model_threads()
-    name = study_name(cfg.model_name, family, window.ts("interval_end"))
-    sampler = optuna.samplers.TPESampler(seed=cfg.random_state + 1000 * worker, n_startup_trials=5)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-    study = optuna.create_study(study_name=name, storage=open_storage(settings.market_db_url,
-                                                                      heartbeat_seconds=heartbeat_seconds),
-                                direction="minimize", sampler=sampler, pruner=pruner, load_if_exists=True)
-    if not study.trials:
-        defaults = family_params(family)
-        study.enqueue_trial({k: defaults[k] for k in space if k in defaults}, skip_if_exists=True)
-        study.set_user_attr("search_space", space)
-        study.set_user_attr("data_window", {"train_start": window.train_start, "as_of": window.interval_end,
-                                            "folds": cfg.cv_folds, "purge_bars": splits.purge,
-                                            "embargo_bars": splits.embargo})
-
-    host = f"{socket.gethostname()}:{os.getpid()}"
-
-    def objective(trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", host)  # which worker ran it, when several share the study
-        params = suggest(trial, space)
-        fold_losses: list[float] = []
-
-        def on_fold(fold: int, metrics: dict[str, Any]) -> None:
-            fold_losses.append(float(metrics["log_loss"]))
-            trial.report(float(np.mean(fold_losses)), step=fold)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"running log loss {np.mean(fold_losses):.5f} after fold {fold}")
-
-        cv = cross_validate(family, X, y, splits=splits, random_state=cfg.random_state, n_jobs=n_jobs,
-                            early_stopping_rounds=cfg.early_stopping_rounds, params=params,
-                            importance=False, on_fold=on_fold)
-        trial.set_user_attr("fold_log_loss", fold_losses)
-        trial.set_user_attr("macro_f1", float(cv.overall["macro_f1"]))
-        trial.set_user_attr("trading", _trial_trading(cfg, cv.oof_proba, cv.oof_prior, cv.oof_fold,
-                                                      inputs.loc[X.index[cv.oof_positions]], bars, funding))
-        return float(cv.overall["log_loss"])
-
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    before = len(study.get_trials(deepcopy=False, states=finished))
-    t0 = time.perf_counter()
-    if before < n_trials:
-        study.optimize(objective, timeout=timeout_s, catch=(TrainingError,), gc_after_trial=True,
-                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=finished)])
-    seconds = time.perf_counter() - t0
-    ran = len(study.get_trials(deepcopy=False, states=finished)) - before
+    name, study = _open_study(cfg, window, settings, family, space, table.splits, worker=worker,
+                              heartbeat_seconds=heartbeat_seconds)
+    ran, seconds = _run_trials(study, _study_objective(cfg, family, space, table, n_jobs), n_trials, timeout_s)
     logger.info("study %s: %d trial(s) here in %.1f s; best log loss %.5f", name, ran, seconds,
                 study.best_value if study.best_trials else float("nan"))
     return {"study": name, "family": family, "as_of": window.interval_end, "trials_run": ran,

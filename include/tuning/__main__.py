@@ -26,7 +26,7 @@ from include.config import Settings
 
 def show(model: str | None = None) -> str:
     """The recorded sets as text, one block per set, oldest as-of date first."""
-    from include.tuning.sets import HyperparameterSets
+    from include.training.sets import HyperparameterSets
 
     sets = HyperparameterSets(Settings.from_env().market_db_url)
     try:

@@ -5,7 +5,7 @@ for a window ending at the as-of date, with ``cv_folds`` set to the tuning's fol
 each market's modelling table with the weekly run's own steps (ingest, validate, features,
 labels) under ``<RUN_ARTIFACTS_DIR>/tune_hyperparameters/<model>/<interval>/``; tunes each
 (market, family) as one study (:func:`include.tuning.tune_family`) and records its set
-(:class:`include.tuning.sets.HyperparameterSets`); and writes ``tuning.json`` beside the table.
+(:class:`include.training.sets.HyperparameterSets`); and writes ``tuning.json`` beside the table.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def plan_tuning(params: dict[str, Any], *, data_interval_start: Any, data_interv
 
 
 def _unpack(plan: dict[str, Any], window: dict[str, Any] | None = None) -> tuple[RunConfig, Any, Settings, Path]:
-    from include.pipeline import RunWindow, run_dir
+    from include.run_folder import run_dir
+    from include.windows import RunWindow
 
     cfg, settings = RunConfig.from_params(plan["config"]), Settings.from_env()
     win = RunWindow(**(window or plan["window"]))
@@ -74,8 +75,8 @@ def _unpack(plan: dict[str, Any], window: dict[str, Any] | None = None) -> tuple
 def _staged(plan: dict[str, Any], window: dict[str, Any] | None = None) -> Iterator[tuple[Any, ...]]:
     """``(config, window, settings, local run folder, the folder's location)`` for one step; the
     folder is staged when the run artifacts are in an object store (:mod:`include.storage`)."""
-    from include.pipeline import RunWindow
-    from include.pipeline.common import run_location, staged_run_dir
+    from include.run_folder import run_location, staged_run_dir
+    from include.windows import RunWindow
 
     cfg, settings = RunConfig.from_params(plan["config"]), Settings.from_env()
     win = RunWindow(**(window or plan["window"]))
@@ -93,16 +94,14 @@ def prepare(plan: dict[str, Any]) -> dict[str, Any]:
     Raises:
         PipelineError: as the weekly run's steps raise (bad data stops the market with a report).
     """
-    from include.pipeline import RunWindow, features, ingest, labels, validate
+    from include.pipeline import MarketRun, run_routine
     from include.tuning import open_storage
 
     with _staged(plan) as (cfg, win, settings, out, _):
         open_storage(settings.market_db_url).remove_session()  # Optuna's tables, before the studies start together
-        ingested = ingest(cfg, win, settings, out)
-        win = RunWindow(**ingested["window"])
-        validate(cfg, win, settings, out)
-        features(cfg, win, settings, out)
-        dataset = labels(cfg, win, out)
+        # The weekly routine's steps up to the labels: the same data, checks and table a weekly run trains on.
+        results = run_routine(MarketRun(cfg, win, settings, out, DAG_ID, run_id=None), until="build")
+        win, dataset = results["run"].window, results["labels"]
     return {**plan, "window": asdict(win), "labelled_rows": dataset.get("labelled_rows")}
 
 
@@ -124,8 +123,8 @@ def tune_and_record(job: dict[str, Any], *, worker: int = 0) -> dict[str, Any]:
     """
     import optuna
 
+    from include.training.sets import HyperparameterSets
     from include.tuning import open_storage, summarise_study, tune_family
-    from include.tuning.sets import HyperparameterSets
 
     tuning, family = job["tuning"], job["family"]
     timeout = tuning.get("tune_timeout_minutes")

@@ -13,7 +13,7 @@ BTC = "binance-btcusdt-perp-1h-h4"
 def test_a_tuning_run_records_one_set_per_family_as_of_its_date(airflow_db):
     from airflow.dag_processing.dagbag import DagBag
 
-    from include.tuning.sets import HyperparameterSets
+    from include.training.sets import HyperparameterSets
     from tests.conftest import ROOT
 
     conf = {"markets": ["BTCUSDT"], "as_of_date": "2023-10-01", "train_window_days": 120,
@@ -49,7 +49,7 @@ def test_a_tuning_run_keeps_its_artifacts_in_an_object_store(airflow_db, tmp_pat
     from airflow.dag_processing.dagbag import DagBag
 
     from include.storage import location
-    from include.tuning.sets import HyperparameterSets
+    from include.training.sets import HyperparameterSets
     from tests.cluster import S3Server
     from tests.conftest import ROOT
 

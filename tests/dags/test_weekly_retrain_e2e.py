@@ -98,8 +98,8 @@ def first_run(dag):
 def test_first_run_promotes_one_loadable_model_per_market(first_run):
     from include.config import RunConfig
     from include.data.store import MarketStore
+    from include.feature_store import feature_frame
     from include.features import FeatureSpec
-    from include.pipeline import feature_frame
     from include.registry import ModelRegistry
     from include.resources import model_threads
 
@@ -493,8 +493,9 @@ def test_failed_smoke_test_on_a_first_promotion_leaves_no_production(first_run, 
 def test_a_tampered_member_is_refused_before_it_is_unpickled(first_run, tmp_path):
     from include.config import RunConfig
     from include.errors import IntegrityError
-    from include.pipeline import RunWindow, assemble
+    from include.pipeline import assemble
     from include.registry import ModelRegistry
+    from include.windows import RunWindow
 
     dr, _ = first_run
     settings = Settings.from_env()
@@ -580,7 +581,7 @@ def test_monitoring_a_drifting_market_updates_the_retrain_request_asset(dag, fir
     import sqlalchemy as sa
 
     from include.config import Settings
-    from include.monitoring.predictions import report_table
+    from include.predictions import report_table
 
     engine = sa.create_engine(Settings.from_env().market_db_url)
     with engine.connect() as conn:

@@ -163,7 +163,9 @@ def test_credentials_in_the_api_url_never_reach_the_log_the_store_or_an_error(re
     import traceback
 
     from include.config import RunConfig, Settings
-    from include.pipeline import ingest, resolve_window, run_dir
+    from include.pipeline import ingest
+    from include.run_folder import run_dir
+    from include.windows import resolve_window
 
     replay.clear_faults()
     caplog.set_level(logging.DEBUG)

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from include.config import connection_to_url, market_db_url
 from include.data.store import SCHEMA_VERSION_TABLE, MarketStore, metadata, migrate
 from include.errors import ConfigError, SourceError
-from include.monitoring.predictions import metadata as monitoring_meta
+from include.predictions import metadata as monitoring_meta
 from include.registry import metadata as registry_meta
 
 KEY = {"exchange": "binance", "market_type": "perp", "symbol": "BTCUSDT", "timeframe": "1h"}
@@ -41,7 +41,7 @@ def test_migrations_build_exactly_the_schema_the_store_queries(backend, pg_url, 
         # fit cache's, the hyperparameter sets' and the batch outcomes' tables: compare with all.
         from include.batch_outcomes import metadata as batch_meta
         from include.training.fit_cache import metadata as fit_cache_meta
-        from include.tuning.sets import metadata as tuning_meta
+        from include.training.sets import metadata as tuning_meta
 
         every_table = sa.MetaData()
         for table in (*metadata.tables.values(), *registry_meta.tables.values(), *monitoring_meta.tables.values(),

@@ -12,7 +12,9 @@ import pytest
 
 from include.config import RunConfig, Settings
 from include.errors import DataQualityError, NoDataError
-from include.pipeline import ingest, resolve_window, run_dir, validate
+from include.pipeline import ingest, validate
+from include.run_folder import run_dir
+from include.windows import resolve_window
 
 
 def _run_to_validation(tmp_path, data_dir, edit, as_of="2023-06-04"):
@@ -28,7 +30,7 @@ def _run_to_validation(tmp_path, data_dir, edit, as_of="2023-06-04"):
     window = resolve_window(cfg, data_interval_start=None, data_interval_end=None, run_after=None)
     out = run_dir(settings, "weekly_retrain", cfg.model_name, window)
     window_dict = ingest(cfg, window, settings, out)["window"]
-    from include.pipeline import RunWindow
+    from include.windows import RunWindow
 
     return validate(cfg, RunWindow(**window_dict), settings, out)
 
@@ -77,7 +79,8 @@ def test_a_window_past_the_data_says_where_the_data_ends(tmp_path, data_dir):
 def test_labels_name_the_bars_they_drop(tmp_path, data_dir):
     import numpy as np
 
-    from include.pipeline import RunWindow, labels
+    from include.pipeline import labels
+    from include.windows import RunWindow
 
     bars = pd.read_csv(data_dir / "btcusdt_perp_1h.csv.gz", index_col="timestamp", parse_dates=True)
     feats = bars.loc["2023-05-01":"2023-06-03"].copy()
@@ -131,7 +134,7 @@ def test_a_corrected_source_clears_the_quarantine(tmp_path, data_dir):
 
 
 def test_dropped_duplicates_are_reported_by_ingestion(tmp_path, data_dir):
-    from include.pipeline import RunWindow
+    from include.windows import RunWindow
 
     src = tmp_path / "data"
     src.mkdir(parents=True)

@@ -75,7 +75,8 @@ def test_every_float_parameter_refuses_nan_and_infinities():
         ({"min_history_days": 10**7}, "min_history_days=10000000: expected a number from 14 to 36,525"),
         ({"cv_rolling_train_days": 10**7}, "cv_rolling_train_days=10000000: expected a number from 0 to 36,525"),
         ({"label_vol_window_bars": 10**9}, "label_vol_window_bars=1000000000: expected a number from 2 to 10,000"),
-        ({"approval_timeout_hours": 1e300}, "approval_timeout_hours=1e\\+300: expected a number from 0 to 8,760"),
+        ({"approval_timeout_hours": 1e300},
+         "approval_timeout_hours=1e\\+300: expected a number of hours in \\(0, 8,760\\]"),
         ({"random_state": -1}, "random_state=-1: expected a number from 0 to 4,294,967,295"),
         ({"train_window_days": "730"}, "train_window_days='730': expected a number from 14 to 36,525"),
     ],
@@ -90,7 +91,7 @@ def test_the_largest_day_and_bar_counts_stay_inside_date_arithmetic():
     and are pandas Timestamps (nanoseconds: 1677-2262) the store and the features can use."""
     import pandas as pd
 
-    from include.pipeline import resolve_window
+    from include.windows import resolve_window
 
     cfg = RunConfig(timeframe="1d", train_window_days=MAX_DAYS, min_history_days=MAX_DAYS,
                     cv_rolling_train_days=MAX_DAYS, label_vol_window_bars=10_000, as_of_date="2023-06-04")
@@ -104,10 +105,13 @@ def test_the_trigger_form_carries_the_configurations_bounds():
 
     from dags.weekly_retrain import PARAMS
 
-    bounds = RunConfig.bounds()
-    assert {"train_window_days", "min_history_days", "cv_folds", "fee_bps"} <= set(bounds) & set(PARAMS)
-    for name in set(bounds) & set(PARAMS):
+    intervals = RunConfig.intervals()
+    shown = set(intervals) & set(PARAMS)
+    assert {"train_window_days", "min_history_days", "cv_folds", "fee_bps", "gate_alpha"} <= shown
+    for name in set(intervals) & set(PARAMS):
         schema = PARAMS[name].schema
-        assert (schema["minimum"], schema["maximum"]) == bounds[name], name
+        assert {k: schema[k] for k in schema if k.endswith(("imum", "Minimum", "Maximum"))} == \
+            intervals[name].schema(), name
+    assert PARAMS["gate_alpha"].schema["exclusiveMinimum"] == 0 and PARAMS["gate_alpha"].schema["maximum"] == 1
     with pytest.raises(ParamValidationError):
         PARAMS["train_window_days"].resolve(10**7)

@@ -205,8 +205,7 @@ def test_a_requested_retrain_s_interval_runs_from_the_last_sunday_to_the_request
     from datetime import UTC, datetime
 
     from include.config import RunConfig
-    from include.pipeline import resolve_window
-    from include.pipeline.common import schedule_start
+    from include.windows import resolve_window, schedule_start
 
     assert schedule_start(datetime(2023, 7, 6, tzinfo=UTC)) == datetime(2023, 7, 2, tzinfo=UTC)  # Thursday
     assert schedule_start(datetime(2023, 7, 9, tzinfo=UTC)) == datetime(2023, 7, 2, tzinfo=UTC)  # Sunday: its week
@@ -224,7 +223,7 @@ def test_the_gate_counts_every_candidate_of_the_model_in_the_deflated_sharpe_rat
     from sklearn.dummy import DummyClassifier
 
     from include.backtest import deflated_sharpe_ratio
-    from include.pipeline.decision import deflated_sharpe_record
+    from include.gate.evidence import deflated_sharpe_record
     from include.registry import ModelRegistry
 
     registry = ModelRegistry(tmp_path / "models", f"sqlite:///{tmp_path / 'r.sqlite'}")

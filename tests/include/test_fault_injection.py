@@ -132,9 +132,10 @@ class Backend:
 def base(request, tmp_path_factory):
     """The registry before the week ending 2023-12-24, and that week trained up to its members."""
     from include.config import RunConfig
-    from include.pipeline import RunWindow, features, ingest, labels, resolve_window, run_once, train, validate
-    from include.pipeline.common import staged_run_dir
+    from include.pipeline import features, ingest, labels, run_once, train, validate
     from include.registry import ModelRegistry
+    from include.run_folder import staged_run_dir
+    from include.windows import RunWindow, resolve_window
 
     with Backend(request.param, tmp_path_factory.mktemp(f"fault-{request.param}")) as backend:
         settings = backend.settings("base")

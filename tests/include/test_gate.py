@@ -117,7 +117,7 @@ class _Champion:
 
 
 def test_the_champion_comparison_spans_every_fold_after_its_training_data_and_no_row_before():
-    from include.pipeline.decision import compare_with_champion
+    from include.gate.evidence import compare_with_champion
 
     oof = _noise_rows(1, n=3 * 168)
     oof["fold"] = np.repeat([0, 1, 2], 168)

@@ -83,7 +83,7 @@ def test_the_champion_is_judged_on_the_challengers_row_budget_not_on_its_few_liv
     """A champion with real skill, 44 live rows after a mid-week retrain: it is judged on its own
     out-of-fold record and those rows (1,008 in all, as the challenger is), so it is not demoted;
     a champion truly worse than the prior is."""
-    from include.pipeline.decision import champion_record_test
+    from include.gate.evidence import champion_record_test
 
     level = GatePolicy().level
     rng = np.random.default_rng(7)

@@ -8,7 +8,8 @@ import pytest
 
 from include.config import RunConfig
 from include.errors import MarketNotReadyError, NoDataError
-from include.pipeline import history_window, resolve_window
+from include.pipeline import history_window
+from include.windows import resolve_window
 
 CFG = RunConfig(symbol="NEWUSDT", train_window_days=365, min_history_days=180)
 WINDOW = resolve_window(CFG, data_interval_start=datetime(2023, 12, 24, tzinfo=UTC),
@@ -94,7 +95,7 @@ def test_a_market_listed_inside_the_features_read_margin_keeps_its_full_training
 def test_each_month_s_features_read_enough_history_for_the_timeframe():
     from datetime import timedelta
 
-    from include.pipeline.common import feature_pad, feature_read_start
+    from include.windows import feature_pad, feature_read_start
 
     assert feature_pad(RunConfig()) == timedelta(days=30)  # 720 hourly bars, over 4 x the 150-bar warm-up
     assert feature_pad(RunConfig(timeframe="1d")) == timedelta(days=600)  # 4 x 150 daily bars

@@ -23,8 +23,11 @@ import sqlalchemy as sa
 from include.config import RunConfig, Settings
 from include.data.store import MarketStore
 from include.errors import DataQualityError
+from include.feature_store import feature_frame
 from include.features import FeatureSpec
-from include.pipeline import RunWindow, feature_frame, ingest, resolve_window, run_dir, run_once, validate
+from include.pipeline import ingest, run_once, validate
+from include.run_folder import run_dir
+from include.windows import RunWindow, resolve_window
 
 SMALL = {"train_window_days": 120, "cv_folds": 3}
 REUSE_TABLES = ("bar_validation", "feature_month")

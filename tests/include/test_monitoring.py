@@ -108,7 +108,7 @@ def test_a_volume_shift_requests_one_retrain_per_cooldown(deployment):
     import sqlalchemy as sa
 
     from include.monitoring import COOLDOWN, RETRAIN, MonitorPolicy, mark_requested, monitor
-    from include.monitoring.predictions import report_table
+    from include.predictions import report_table
 
     settings, src = deployment
 
@@ -200,7 +200,7 @@ def test_the_prediction_log_is_append_only_and_idempotent(tmp_path):
 
 
 def test_population_stability_index():
-    from include.monitoring.drift import psi, reference_bins
+    from include.drift import psi, reference_bins
 
     rng = np.random.default_rng(0)
     train = pd.DataFrame({"x": rng.normal(0, 1, 20_000)})

@@ -357,8 +357,8 @@ def test_the_gate_never_scores_a_champion_of_another_model(reg, tmp_path):
     """Even if a model's production row were edited by hand to name another market's version."""
     from include.config import RunConfig, Settings
     from include.errors import GateError
-    from include.pipeline import resolve_window
     from include.pipeline.decision import _champion_evaluation
+    from include.windows import resolve_window
 
     _register(reg, tmp_path, "a", "prior", 17)
     eth = _register(reg, tmp_path, "e", "prior", 17, symbol="ETHUSDT")

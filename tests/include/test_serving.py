@@ -29,7 +29,7 @@ def serving(trained_registry):
 def test_predict_uses_the_models_own_features_of_the_last_complete_bar(serving, trained_registry):
     from include.config import RunConfig
     from include.data.store import MarketStore
-    from include.pipeline import feature_frame
+    from include.feature_store import feature_frame
 
     v1, v2 = trained_registry["versions"]
     pred = serving.predict(AS_OF)
@@ -79,7 +79,7 @@ def test_staleness_guard_warns_or_refuses(trained_registry, caplog):
 def test_native_fast_path_equals_the_ensembles_predict_proba(serving, trained_registry):
     from include.config import RunConfig
     from include.data.store import MarketStore
-    from include.pipeline import feature_frame
+    from include.feature_store import feature_frame
     from include.serving import FastPredictor
 
     serving.predict(AS_OF)
@@ -119,8 +119,8 @@ def test_serving_and_monitoring_compute_training_s_own_features_for_the_same_bar
     run that trained the model wrote for it (its features.parquet, 120 days of window)."""
     from include.config import RunConfig
     from include.data.store import MarketStore
-    from include.pipeline import feature_frame
-    from include.pipeline.common import version_run_dir
+    from include.feature_store import feature_frame
+    from include.run_folder import version_run_dir
 
     settings = trained_registry["settings"]
     registry = ModelRegistry.from_settings(settings)
@@ -233,8 +233,8 @@ def test_a_version_registered_with_the_version_1_spec_is_served_its_own_level_fe
     from include.config import RunConfig
     from include.data.store import MarketStore
     from include.ensemble import WeightedSoftVotingEnsemble
+    from include.feature_store import feature_frame
     from include.labels import make_labels
-    from include.pipeline import feature_frame
     from include.training import build_estimator
     from tests.include.test_features_labels import STORED_V1_SHA256, STORED_V1_SPEC
 

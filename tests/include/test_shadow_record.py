@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.dummy import DummyClassifier
 
 from include.gate import GatePolicy
-from include.pipeline.decision import RECORD_COLUMNS, candidate_evidence, earlier_record, recipe
+from include.gate.evidence import RECORD_COLUMNS, candidate_evidence, earlier_record, recipe
 from include.registry import OOF_FILE, ModelRegistry
 from tests.include.test_gate import _noise_rows
 

@@ -68,9 +68,9 @@ def test_the_replay_of_the_backfill_s_policy_reproduces_its_decisions(backfill):
 
 
 def test_the_replay_s_deflated_sharpe_ratio_counts_the_trials_the_live_gate_counted(backfill):
-    from include.pipeline.common import json_safe
-    from include.pipeline.decision import deflated_sharpe_record
+    from include.gate.evidence import deflated_sharpe_record
     from include.registry import ModelRegistry
+    from include.run_folder import json_safe
     from include.track_record import _versions, load_market, replay
 
     settings, _ = backfill

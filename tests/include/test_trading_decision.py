@@ -52,7 +52,7 @@ def test_a_position_is_taken_only_where_the_expected_move_pays_for_the_round_tri
 def test_each_fold_s_margin_is_chosen_on_earlier_folds_only():
     """The margin of fold k is chosen by net returns on folds before k: the scorer is never asked
     about fold k's rows or later ones, and changing their returns does not change it."""
-    from include.pipeline.decision import walk_forward_margins
+    from include.trading import walk_forward_margins
 
     n, folds = 60, 3
     rng = np.random.default_rng(1)

@@ -18,8 +18,8 @@ import pytest
 
 from include.config import RunConfig, Settings
 from include.ensemble import walk_forward_stacking
+from include.training.sets import HyperparameterSets
 from include.tuning.overfitting import probability_of_backtest_overfitting
-from include.tuning.sets import HyperparameterSets
 
 ROOT = Path(__file__).resolve().parents[2]
 AS_OF = "2023-06-30"

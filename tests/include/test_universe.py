@@ -76,8 +76,8 @@ def test_a_name_that_would_leave_its_folder_is_refused_at_load(tmp_path, entry, 
 def test_path_components_are_checked_wherever_a_path_is_formed(tmp_path):
     from include.config import Settings
     from include.paths import check_name
-    from include.pipeline.common import run_dir, version_run_dir
     from include.registry import RegisteredModel
+    from include.run_folder import run_dir, version_run_dir
 
     with pytest.raises(ConfigError, match="not a safe name"):
         RegisteredModel("x/../../escaped", "BTCUSDT", "perp", "1h", 4).name  # noqa: B018
@@ -93,7 +93,7 @@ def test_path_components_are_checked_wherever_a_path_is_formed(tmp_path):
 
 def test_universe_file_and_source_dir_params_are_read_only_under_the_input_roots(tmp_path, monkeypatch):
     from include.config import RunConfig, Settings
-    from include.pipeline.data import market_source
+    from include.data.ingest import market_source
     from include.pipeline.publication import plan_universe
 
     outside = tmp_path / "outside"

@@ -18,11 +18,12 @@ import pytest
 from include.config import RunConfig
 from include.data.sources import FileSource
 from include.data.store import MarketStore
+from include.evaluation import interval_splits
+from include.feature_store import feature_frame
 from include.features import FeatureSpec, build_features
-from include.pipeline import feature_frame, resolve_window
-from include.pipeline.training import interval_splits
 from include.training import cross_validate, fit_family
 from include.training.fit_cache import FitCache
+from include.windows import resolve_window
 
 CFG = RunConfig(train_window_days=120, cv_folds=3, models=("lightgbm",), early_stopping_rounds=10)
 HOUR = pd.Timedelta(hours=1)

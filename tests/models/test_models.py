@@ -123,7 +123,7 @@ def test_the_split_service_keeps_every_training_label_out_of_the_test_window(xy)
 
     X, y = xy
     cfg = RunConfig(cv_folds=3, cv_embargo_bars=0)
-    cv = cross_validate("lightgbm", X, y, splits=cfg.walk_forward(100), random_state=0, n_jobs=1,
+    cv = cross_validate("lightgbm", X, y, splits=WalkForward.for_run(cfg, 100), random_state=0, n_jobs=1,
                         early_stopping_rounds=20)
     assert len(cv.folds) == 3 and _overlaps(cv, cfg.label_horizon_bars) == []
     # The out-of-fold rows are exactly the test rows, each scored once.

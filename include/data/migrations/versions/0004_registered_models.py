@@ -62,8 +62,8 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def upgrade() -> None:
-    bind = op.get_bind()
+def _create_registered_model_table() -> None:
+    """Create the ``registered_model`` table (one row per market and target); returns nothing."""
     op.create_table(
         "registered_model",
         sa.Column("name", sa.String(128), primary_key=True),
@@ -76,6 +76,11 @@ def upgrade() -> None:
                   comment="label threshold rule: mode, threshold, vol_window_bars"),
         sa.Column("created_at", sa.BigInteger, nullable=False, comment="ms since epoch UTC"),
     )
+
+
+def _register_version_models(bind: sa.engine.Connection) -> dict[str, str]:
+    """Insert a ``registered_model`` row for each model the existing versions belong to (created at
+    its first version's registration). Returns each version's registered model name."""
     models = sa.table(
         "registered_model", sa.column("name"), sa.column("exchange"), sa.column("symbol"),
         sa.column("market_type"), sa.column("timeframe"), sa.column("label_horizon_bars"),
@@ -97,7 +102,12 @@ def upgrade() -> None:
                 label_rule={"mode": ident["label_threshold_mode"], "threshold": ident["label_threshold"],
                             "vol_window_bars": ident["label_vol_window_bars"]},
                 created_at=int(registered_at)))
+    return model_of
 
+
+def _add_version_model_column(bind: sa.engine.Connection, model_of: dict[str, str]) -> None:
+    """Add ``model_version.model`` (not null, a foreign key to ``registered_model``, indexed), filled
+    from ``model_of``; returns nothing."""
     with op.batch_alter_table("model_version") as batch:
         batch.add_column(sa.Column("model", sa.String(128), nullable=True))
     for version, name in model_of.items():
@@ -107,6 +117,14 @@ def upgrade() -> None:
         batch.create_foreign_key("fk_model_version_model", "registered_model", ["model"], ["name"])
         batch.create_index("ix_model_version_model", ["model"])
 
+
+def _add_ledger_model_column(bind: sa.engine.Connection, model_of: dict[str, str]) -> None:
+    """Add ``model_alias_event.model`` (not null, indexed), each row taking the model of the version
+    it names; returns nothing.
+
+    Raises:
+        RuntimeError: a ledger row names no registered version.
+    """
     # Ledger rows take the model of the version they name (revision 0003 wrote no row without one).
     with op.batch_alter_table("model_alias_event") as batch:
         batch.add_column(sa.Column("model", sa.String(128), nullable=True))
@@ -121,19 +139,9 @@ def upgrade() -> None:
         batch.alter_column("model", existing_type=sa.String(128), nullable=False)
         batch.create_index("ix_model_alias_event_model", ["model"])
 
-    # Aliases: one row per (model, alias). Under 0003 one global alias could be moved from one
-    # market's version to another's; each model's alias is rebuilt from its own ledger: the last
-    # move into one of its versions. Where that differs from the old global row, a "migrate"
-    # ledger row says so.
-    old_rows = {alias: (version, since, run_id, reason) for alias, version, since, run_id, reason in
-                bind.execute(sa.text("SELECT alias, version, since, run_id, reason FROM model_alias")).all()}
-    moves = bind.execute(sa.text(
-        "SELECT alias, to_version, at, run_id, reason FROM model_alias_event "
-        "WHERE event != 'keep' ORDER BY id")).all()
-    latest: dict[tuple[str, str], tuple[str, int, str, str]] = {}
-    for alias, to_v, at, run_id, reason in moves:
-        if to_v in model_of:
-            latest[(model_of[to_v], alias)] = (to_v, int(at), run_id, reason)
+
+def _recreate_model_alias_table() -> None:
+    """Replace the global ``model_alias`` table with one keyed by ``(model, alias)``; returns nothing."""
     op.drop_table("model_alias")
     op.create_table(
         "model_alias",
@@ -144,6 +152,14 @@ def upgrade() -> None:
         sa.Column("run_id", sa.String(250), nullable=False),
         sa.Column("reason", sa.Text, nullable=False),
     )
+
+
+def _restore_aliases(bind: sa.engine.Connection, model_of: dict[str, str],
+                     old_rows: dict[str, tuple[str, int, str, str]],
+                     latest: dict[tuple[str, str], tuple[str, int, str, str]]) -> None:
+    """Insert each model's alias rows at its last move in the ledger (``latest``), keeping the old
+    global row's ``since``, ``run_id`` and ``reason`` where it named the same version and writing
+    a "migrate" ledger row where it did not; returns nothing."""
     table = sa.table("model_alias", sa.column("model"), sa.column("alias"), sa.column("version"),
                      sa.column("since"), sa.column("run_id"), sa.column("reason"))
     ledger = sa.table("model_alias_event", sa.column("model"), sa.column("alias"), sa.column("event"),
@@ -164,6 +180,35 @@ def upgrade() -> None:
             run_id, reason = "migration:0004", note
         bind.execute(table.insert().values(model=model, alias=alias, version=version, since=since,
                                            run_id=run_id, reason=reason))
+
+
+def _rebuild_aliases(bind: sa.engine.Connection, model_of: dict[str, str]) -> None:
+    """Re-key ``model_alias`` by ``(model, alias)``, each model's alias rebuilt from its own
+    ledger; returns nothing."""
+    # Aliases: one row per (model, alias). Under 0003 one global alias could be moved from one
+    # market's version to another's; each model's alias is rebuilt from its own ledger: the last
+    # move into one of its versions. Where that differs from the old global row, a "migrate"
+    # ledger row says so.
+    old_rows = {alias: (version, since, run_id, reason) for alias, version, since, run_id, reason in
+                bind.execute(sa.text("SELECT alias, version, since, run_id, reason FROM model_alias")).all()}
+    moves = bind.execute(sa.text(
+        "SELECT alias, to_version, at, run_id, reason FROM model_alias_event "
+        "WHERE event != 'keep' ORDER BY id")).all()
+    latest: dict[tuple[str, str], tuple[str, int, str, str]] = {}
+    for alias, to_v, at, run_id, reason in moves:
+        if to_v in model_of:
+            latest[(model_of[to_v], alias)] = (to_v, int(at), run_id, reason)
+    _recreate_model_alias_table()
+    _restore_aliases(bind, model_of, old_rows, latest)
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    _create_registered_model_table()
+    model_of = _register_version_models(bind)
+    _add_version_model_column(bind, model_of)
+    _add_ledger_model_column(bind, model_of)
+    _rebuild_aliases(bind, model_of)
 
 
 def downgrade() -> None:

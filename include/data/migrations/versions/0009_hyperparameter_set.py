@@ -4,7 +4,7 @@
 hyperparameters of the study that tuned them on data before that date, with the study's name,
 trial count, best out-of-fold log loss and a record (search space, data window, code version,
 trial states and Sharpe ratios, probability of backtest overfitting). See
-:mod:`include.tuning.sets`. Times are ms since the epoch, UTC.
+:mod:`include.training.sets`. Times are ms since the epoch, UTC.
 
 Revision ID: 0009
 Revises: 0008

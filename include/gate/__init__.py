@@ -74,10 +74,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from include.config import SKILL_CHECKS
 from include.errors import GateError
 
-#: The skill tests (checks 1-3).
-SKILL_CHECKS = ("beats_baselines_f1", "beats_prior_log_loss", "beats_trading_baselines")
 #: Decisions a registered model gets in a year on the weekly schedule: the yearly level is spent
 #: evenly over them.
 DECISIONS_PER_YEAR = 52
@@ -160,6 +159,26 @@ class Check:
     detail: str
     required: bool = True
 
+    @property
+    def outcome(self) -> Outcome:
+        """What the check did to the decision (:data:`OUTCOMES`)."""
+        return "passed" if self.passed else "failed" if self.required else "not required"
+
+
+#: A check's outcome, as the gate writes it into its record (``outcome``): it passed; it failed
+#: and, being required, decided; or it failed and is recorded only (a skill test the policy does
+#: not require). The log, the run note, the report, the Models page and the plugin read it.
+Outcome = Literal["passed", "failed", "not required"]
+OUTCOMES: tuple[Outcome, ...] = ("passed", "failed", "not required")
+
+
+def check_outcome(check: dict[str, Any]) -> Outcome:
+    """A recorded check's outcome (:data:`OUTCOMES`): the one the gate wrote, or for a record
+    written before the gate wrote it, the one its ``passed`` and ``required`` give."""
+    if check.get("outcome") in OUTCOMES:
+        return check["outcome"]
+    return "passed" if check.get("passed") else "failed" if check.get("required", True) else "not required"
+
 
 @dataclass
 class GateDecision:
@@ -184,7 +203,7 @@ class GateDecision:
     def reasons(self) -> list[str]:
         """Details of the failed required checks that decided (empty when passed), then the
         demotion's reason when the champion is demoted."""
-        out = [c.detail for c in self.checks if not c.passed and c.required]
+        out = [c.detail for c in self.checks if c.outcome == "failed"]
         if self.action == "demote":
             out += [c.detail for c in self.checks if c.name == "champion_worse_than_prior"]
         return out
@@ -193,7 +212,7 @@ class GateDecision:
     def deciding(self) -> str:
         """In words, which required test decided: the first failed required check, the demotion,
         or that every required check passed."""
-        failed = [c for c in self.checks if not c.passed and c.required]
+        failed = [c for c in self.checks if c.outcome == "failed"]
         if self.action == "demote":
             return (f"demoted to no model: {CHECK_WORDS['champion_worse_than_prior']}"
                     + (f"; and the challenger failed {CHECK_WORDS.get(failed[0].name, failed[0].name)}"
@@ -206,6 +225,8 @@ class GateDecision:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable record (with ``reasons``, ``summary`` and ``deciding``)."""
         out = asdict(self)
+        for check, record in zip(self.checks, out["checks"], strict=True):
+            record["outcome"] = check.outcome
         out["reasons"] = self.reasons
         out["summary"] = self.summary()
         out["deciding"] = self.deciding
@@ -213,7 +234,8 @@ class GateDecision:
 
     def summary(self) -> str:
         """One line: PASS/FAIL (and a demotion) and each check."""
-        parts = [f"{c.name}={'ok' if c.passed else 'FAIL' if c.required else 'no'}" for c in self.checks]
+        word = {"passed": "ok", "failed": "FAIL", "not required": "no"}
+        parts = [f"{c.name}={word[c.outcome]}" for c in self.checks]
         head = "PASS" if self.passed else "FAIL, DEMOTE" if self.action == "demote" else "FAIL"
         return f"{head}: " + ", ".join(parts)
 
@@ -244,6 +266,121 @@ def _p(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}" if value < 0.01 else f"{value:.3f}"
 
 
+def _f1_check(policy: GatePolicy, f1_tests: dict[str, dict[str, Any]]) -> Check:
+    """Check 1, ``beats_baselines_f1``: every baseline's macro-F1 test rejects at the weekly level."""
+    alpha = policy.level
+    f1_p = [t["p_value"] for t in f1_tests.values()]
+    f1_ok = all(p is not None and p <= alpha for p in f1_p)
+    worst = max(f1_tests, key=lambda n: 1.0 if f1_tests[n]["p_value"] is None else f1_tests[n]["p_value"])
+    first = next(iter(f1_tests.values()))
+    return Check("beats_baselines_f1", f1_ok, None if any(p is None for p in f1_p) else max(f1_p), alpha,
+                 f"out-of-fold macro F1 {first['macro_f1']:.4f} vs "
+                 + ", ".join(f"{n} {t['reference_macro_f1']:.4f} (p = {_p(t['p_value'])})"
+                             for n, t in f1_tests.items())
+                 + f"; H1 lead > {policy.min_f1_margin} over each, at level {alpha:.4f} (weakest: {worst})")
+
+
+def _log_loss_check(policy: GatePolicy, ll: dict[str, Any]) -> Check:
+    """Check 2, ``beats_prior_log_loss``: the log-loss test against the class-prior forecast rejects."""
+    alpha = policy.level
+    return Check("beats_prior_log_loss", ll["p_value"] is not None and ll["p_value"] <= alpha, ll["p_value"], alpha,
+                 f"out-of-fold log loss {ll['log_loss']:.4f} vs class-prior forecast {ll['reference_log_loss']:.4f}"
+                 f" x {policy.max_log_loss_ratio}: p = {_p(ll['p_value'])} at level {alpha:.4f} "
+                 f"({ll['n']} rows, blocks of {ll['block']}" + _shadow_words(ll) + ")")
+
+
+def _trading_inputs(evidence: dict[str, Any], trading: dict[str, dict[str, Any]]
+                    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``(strategy metrics, test against flat, test against momentum)`` for checks 3-5.
+
+    Raises:
+        GateError: the ensemble's metrics or either trading test is missing.
+    """
+    tests = evidence.get("trading")
+    try:
+        strat = trading["ensemble"]
+        flat, mom = tests["flat"], tests["momentum"]
+    except (KeyError, TypeError) as exc:
+        raise GateError(f"gate trading input lacks {exc}") from exc
+    return strat, flat, mom
+
+
+def _trading_check(policy: GatePolicy, strat: dict[str, Any], flat: dict[str, Any], mom: dict[str, Any]) -> Check:
+    """Check 3, ``beats_trading_baselines``: the after-cost Sharpe tests against flat and momentum both pass."""
+    alpha = policy.level
+    ps = [flat["p_value"], mom["p_value"]]
+    ok = all(p is not None and p <= alpha for p in ps)
+    return Check(
+        "beats_trading_baselines", ok, None if None in ps else max(ps), alpha,
+        f"out-of-fold Sharpe {flat['sharpe']:.2f} after costs ({strat.get('trades', 0)} trades): "
+        f"P(Sharpe > {policy.min_sharpe_margin}) = {_p(flat['probabilistic_sharpe'])}; over momentum "
+        f"(return difference, Sharpe {mom['sharpe']:.2f}): {_p(mom['probabilistic_sharpe'])}; "
+        f"each needs >= {1 - alpha:.4f}"
+        + ("" if None not in ps else " (a strategy without return variance has nothing to test)"))
+
+
+def _drawdown_check(policy: GatePolicy, strat: dict[str, Any]) -> Check:
+    """Check 4, ``max_drawdown``: the out-of-fold maximum drawdown is within the limit."""
+    return Check(
+        "max_drawdown", strat["max_drawdown"] <= policy.max_drawdown, strat["max_drawdown"],
+        policy.max_drawdown,
+        f"out-of-fold max drawdown {strat['max_drawdown']:.2%} vs limit {policy.max_drawdown:.2%}")
+
+
+def _deflated_sharpe_check(minimum: float, strat: dict[str, Any], deflated: dict[str, Any] | None) -> Check:
+    """Check 5, ``deflated_sharpe``: the deflated Sharpe ratio is known and at least ``minimum``."""
+    dsr = (deflated or {}).get("value")
+    known = dsr is not None and dsr == dsr
+    return Check(
+        "deflated_sharpe", known and dsr >= minimum, dsr if known else None,
+        minimum,
+        (f"deflated Sharpe ratio {dsr:.3f} vs {minimum}: P(true Sharpe > expected maximum "
+         f"of {deflated['n_trials']} unskilled trials)" if known else
+         f"deflated Sharpe ratio undefined (the strategy made {strat.get('trades', 0)} trades) vs "
+         f"{minimum}"))
+
+
+def _champion_out_of_sample_check(policy: GatePolicy, champion: dict[str, Any]) -> Check:
+    """Check 6, ``champion_out_of_sample``: enough rows where both models are out of sample."""
+    champion_version = champion["version"]
+    n_oos = int(champion.get("rows_out_of_sample") or 0)
+    fair = n_oos >= policy.min_window_rows
+    return Check(
+        "champion_out_of_sample", fair, float(n_oos), float(policy.min_window_rows),
+        f"{n_oos} out-of-fold rows where both models are out of sample, from {champion['compared_from']} "
+        f"(champion {champion_version} trained until {champion['trained_until']}; min {policy.min_window_rows})"
+        + ("" if fair else ": too few to compare, production kept"))
+
+
+def _champion_comparison_check(policy: GatePolicy, comparison: dict[str, Any]) -> Check:
+    """Check 7, ``not_worse_than_champion``: the champion is not significantly better (or is the same model)."""
+    p = comparison.get("p_value")
+    same = p is None
+    refused = not same and p < policy.champion_alpha
+    level = "not used" if policy.champion_alpha == 0 else f"refused at p < {policy.champion_alpha}"
+    return Check(
+        "not_worse_than_champion", not refused, p, policy.champion_alpha,
+        (f"same model: the challenger's fold model gives the champion's forecast on all {comparison['n']} "
+         "rows (the champion is the fit that fold trains), nothing to test") if same else
+        (f"log loss on the same {comparison['n']} rows: challenger {comparison['challenger_log_loss']:.4f}, "
+         f"champion {comparison['champion_log_loss']:.4f}; H1 champion better: p = {p:.3f} ({level}; "
+         f"blocks of {comparison['block']})"))
+
+
+def _champion_record_check(policy: GatePolicy, record: dict[str, Any]) -> Check:
+    """Check 8, ``champion_worse_than_prior`` (not required): the champion's record is not shown worse than
+    the class prior's."""
+    alpha = policy.level
+    worse = record["p_value"] <= alpha
+    return Check(
+        "champion_worse_than_prior", not worse, record["p_value"], alpha,
+        f"champion's record: log loss {record['log_loss']:.4f} vs class-prior forecast "
+        f"{record['reference_log_loss']:.4f} on its last {record['n']} rows ({record['live_rows']} live, "
+        f"the rest out-of-fold from its own run); H1 worse than the prior: p = {_p(record['p_value'])} at "
+        f"level {alpha:.4f}: " + ("worse than the prior" if worse else "not shown worse than the prior"),
+        required=False)
+
+
 def decide(policy: GatePolicy, *, candidate_version: str, evidence: dict[str, Any],
            champion: dict[str, Any] | None, trading: dict[str, dict[str, Any]] | None = None,
            deflated: dict[str, Any] | None = None) -> GateDecision:
@@ -271,90 +408,30 @@ def decide(policy: GatePolicy, *, candidate_version: str, evidence: dict[str, An
     Raises:
         GateError: a required test or metric is missing.
     """
-    alpha = policy.level
     try:
         f1_tests, ll = evidence["f1"], evidence["log_loss"]
     except KeyError as exc:
         raise GateError(f"gate evidence lacks {exc}") from exc
     if not f1_tests:
         raise GateError("gate evidence holds no baseline to test macro F1 against")
-    f1_p = [t["p_value"] for t in f1_tests.values()]
-    f1_ok = all(p is not None and p <= alpha for p in f1_p)
-    worst = max(f1_tests, key=lambda n: 1.0 if f1_tests[n]["p_value"] is None else f1_tests[n]["p_value"])
-    first = next(iter(f1_tests.values()))
-    checks = [
-        Check("beats_baselines_f1", f1_ok, None if any(p is None for p in f1_p) else max(f1_p), alpha,
-              f"out-of-fold macro F1 {first['macro_f1']:.4f} vs "
-              + ", ".join(f"{n} {t['reference_macro_f1']:.4f} (p = {_p(t['p_value'])})" for n, t in f1_tests.items())
-              + f"; H1 lead > {policy.min_f1_margin} over each, at level {alpha:.4f} (weakest: {worst})"),
-        Check("beats_prior_log_loss", ll["p_value"] is not None and ll["p_value"] <= alpha, ll["p_value"], alpha,
-              f"out-of-fold log loss {ll['log_loss']:.4f} vs class-prior forecast {ll['reference_log_loss']:.4f}"
-              f" x {policy.max_log_loss_ratio}: p = {_p(ll['p_value'])} at level {alpha:.4f} "
-              f"({ll['n']} rows, blocks of {ll['block']}" + _shadow_words(ll) + ")"),
-    ]
+    checks = [_f1_check(policy, f1_tests), _log_loss_check(policy, ll)]
     if trading is not None:
-        tests = evidence.get("trading")
-        try:
-            strat = trading["ensemble"]
-            flat, mom = tests["flat"], tests["momentum"]
-        except (KeyError, TypeError) as exc:
-            raise GateError(f"gate trading input lacks {exc}") from exc
-        ps = [flat["p_value"], mom["p_value"]]
-        ok = all(p is not None and p <= alpha for p in ps)
-        checks.append(Check(
-            "beats_trading_baselines", ok, None if None in ps else max(ps), alpha,
-            f"out-of-fold Sharpe {flat['sharpe']:.2f} after costs ({strat.get('trades', 0)} trades): "
-            f"P(Sharpe > {policy.min_sharpe_margin}) = {_p(flat['probabilistic_sharpe'])}; over momentum "
-            f"(return difference, Sharpe {mom['sharpe']:.2f}): {_p(mom['probabilistic_sharpe'])}; "
-            f"each needs >= {1 - alpha:.4f}"
-            + ("" if None not in ps else " (a strategy without return variance has nothing to test)")))
-        checks.append(Check(
-            "max_drawdown", strat["max_drawdown"] <= policy.max_drawdown, strat["max_drawdown"],
-            policy.max_drawdown,
-            f"out-of-fold max drawdown {strat['max_drawdown']:.2%} vs limit {policy.max_drawdown:.2%}"))
+        strat, flat, mom = _trading_inputs(evidence, trading)
+        checks.append(_trading_check(policy, strat, flat, mom))
+        checks.append(_drawdown_check(policy, strat))
         if policy.min_deflated_sharpe is not None:
-            dsr = (deflated or {}).get("value")
-            known = dsr is not None and dsr == dsr
-            checks.append(Check(
-                "deflated_sharpe", known and dsr >= policy.min_deflated_sharpe, dsr if known else None,
-                policy.min_deflated_sharpe,
-                (f"deflated Sharpe ratio {dsr:.3f} vs {policy.min_deflated_sharpe}: P(true Sharpe > expected maximum "
-                 f"of {deflated['n_trials']} unskilled trials)" if known else
-                 f"deflated Sharpe ratio undefined (the strategy made {strat.get('trades', 0)} trades) vs "
-                 f"{policy.min_deflated_sharpe}")))
+            checks.append(_deflated_sharpe_check(policy.min_deflated_sharpe, strat, deflated))
     champion_version = None
     if champion is not None:
         champion_version = champion["version"]
-        n_oos = int(champion.get("rows_out_of_sample") or 0)
-        fair = n_oos >= policy.min_window_rows
-        checks.append(Check(
-            "champion_out_of_sample", fair, float(n_oos), float(policy.min_window_rows),
-            f"{n_oos} out-of-fold rows where both models are out of sample, from {champion['compared_from']} "
-            f"(champion {champion_version} trained until {champion['trained_until']}; min {policy.min_window_rows})"
-            + ("" if fair else ": too few to compare, production kept")))
+        window = _champion_out_of_sample_check(policy, champion)
+        checks.append(window)
         comparison = champion.get("comparison") or {}
-        if fair and comparison:
-            p = comparison.get("p_value")
-            same = p is None
-            refused = not same and p < policy.champion_alpha
-            level = "not used" if policy.champion_alpha == 0 else f"refused at p < {policy.champion_alpha}"
-            checks.append(Check(
-                "not_worse_than_champion", not refused, p, policy.champion_alpha,
-                (f"same model: the challenger's fold model gives the champion's forecast on all {comparison['n']} "
-                 "rows (the champion is the fit that fold trains), nothing to test") if same else
-                (f"log loss on the same {comparison['n']} rows: challenger {comparison['challenger_log_loss']:.4f}, "
-                 f"champion {comparison['champion_log_loss']:.4f}; H1 champion better: p = {p:.3f} ({level}; "
-                 f"blocks of {comparison['block']})")))
+        if window.passed and comparison:
+            checks.append(_champion_comparison_check(policy, comparison))
         record = champion.get("record")
         if record and record.get("p_value") is not None:
-            worse = record["p_value"] <= alpha
-            checks.append(Check(
-                "champion_worse_than_prior", not worse, record["p_value"], alpha,
-                f"champion's record: log loss {record['log_loss']:.4f} vs class-prior forecast "
-                f"{record['reference_log_loss']:.4f} on its last {record['n']} rows ({record['live_rows']} live, "
-                f"the rest out-of-fold from its own run); H1 worse than the prior: p = {_p(record['p_value'])} at "
-                f"level {alpha:.4f}: " + ("worse than the prior" if worse else "not shown worse than the prior"),
-                required=False))
+            checks.append(_champion_record_check(policy, record))
     for check in checks:
         if check.name in SKILL_CHECKS and check.name not in policy.required:
             check.required = False

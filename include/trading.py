@@ -1,0 +1,178 @@
+"""The trading decision applied to forecasts: positions, margins chosen walk-forward, and the
+out-of-fold trading simulation.
+
+One rule everywhere (:class:`include.backtest.TradingDecision`): the weekly run's trading step and
+gate, the track record's replay, tuning's objective, monitoring's live trading and serving all
+take positions through these functions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from include.config import RunConfig, Settings
+from include.data.store import open_store
+
+
+def trading_decision(cfg: RunConfig, margin: float = 0.0) -> Any:
+    """The run's :class:`include.backtest.TradingDecision`: its costs, horizon and probability
+    floor, with ``margin``."""
+    from include.backtest import TradingDecision
+
+    return TradingDecision.from_config(cfg.to_dict(), margin)
+
+
+#: The out-of-fold columns the trading decision reads besides the forecast (written by
+#: :func:`include.pipeline.training.assemble`).
+DECISION_COLUMNS = ["move_down", "move_range", "move_up", "move_scale", "funding_rate"]
+
+
+def forecast_positions(frame: pd.DataFrame, decision: Any, margins: np.ndarray | float | None = None) -> np.ndarray:
+    """Positions of a forecast's rows under ``decision`` (:class:`include.backtest.TradingDecision`).
+
+    Each row needs its forecast (``p_*``) and the decision's inputs (:data:`DECISION_COLUMNS`:
+    its model's standardised class moves, the volatility scale and the last settled funding
+    rate). A row without class moves (an out-of-fold record or a version registered without them)
+    is traded by the decided-class rule: the prior-corrected class when its probability reaches
+    ``decision.min_probability``
+    (:func:`include.backtest.positions_from_proba`).
+
+    Returns:
+        ``(n,)`` positions in {-1, 0, +1}.
+    """
+    from include.backtest import positions_from_proba
+
+    proba = frame[["p_down", "p_range", "p_up"]].to_numpy()
+    legacy = positions_from_proba(proba, frame[["prior_down", "prior_range", "prior_up"]].to_numpy(),
+                                  decision.min_probability)
+    if not all(c in frame for c in DECISION_COLUMNS):
+        return legacy
+    moves = frame[DECISION_COLUMNS[:3]].to_numpy(dtype="float64")
+    known = np.isfinite(moves).all(axis=1)
+    decided = decision.positions(proba, np.nan_to_num(moves), frame["move_scale"].to_numpy(dtype="float64"),
+                                 frame["funding_rate"].to_numpy(dtype="float64"), margin=margins)
+    return np.where(known, decided, legacy)
+
+
+def oof_signals(oof: pd.DataFrame, decision: Any, margins: np.ndarray | float | None = None) -> dict[str, np.ndarray]:
+    """Target positions per out-of-fold bar of the gate's traded strategies: ``ensemble``
+    (:func:`forecast_positions` with ``margins``) and ``momentum`` (the rule's class as a
+    position)."""
+    return {"ensemble": forecast_positions(oof, decision, margins),
+            "momentum": oof["momentum"].to_numpy().astype(int) - 1}
+
+
+def walk_forward_margins(oof: pd.DataFrame, decision: Any, net_return: Any) -> dict[str, Any]:
+    """The decision's margin for each out-of-fold row, chosen on earlier folds only, and the
+    deployed model's, chosen on every fold (:func:`include.backtest.choose_margin`).
+
+    Args:
+        oof: out-of-fold rows with ``fold`` and the decision's inputs.
+        decision: the run's :class:`include.backtest.TradingDecision`.
+        net_return: ``net_return(positions, rows)``: the after-cost return of trading
+            ``positions`` on the rows selected by the boolean mask ``rows``.
+
+    Returns:
+        ``{"per_row": (n,) margins, "per_fold": {fold: margin}, "deployed": margin}``; the first
+        fold has no earlier fold and trades at the smallest margin of the grid.
+    """
+    from include.backtest import MARGIN_GRID, choose_margin
+
+    fold = oof["fold"].to_numpy()
+
+    def score(margin: float, rows: np.ndarray) -> float:
+        return net_return(forecast_positions(oof, decision, margin), rows)
+
+    per_row, per_fold = np.zeros(len(oof)), {}
+    for k in sorted(np.unique(fold)):
+        earlier = fold < k
+        chosen = choose_margin(lambda m, rows=earlier: score(m, rows)) if earlier.any() else MARGIN_GRID[0]
+        per_fold[int(k)] = chosen
+        per_row[fold == k] = chosen
+    deployed = choose_margin(lambda m: score(m, np.ones(len(oof), dtype=bool)))
+    return {"per_row": per_row, "per_fold": per_fold, "deployed": deployed}
+
+
+def trade_out_of_fold(oof: pd.DataFrame, cfg: RunConfig, bars: pd.DataFrame, funding: pd.DataFrame | None
+                      ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray], dict[str, Any] | None]:
+    """Simulate the gate's strategies over a candidate's out-of-fold bars: what the trading step
+    and the gate's replay both run.
+
+    Strategies: ``ensemble`` (the cost-aware decision, each fold at the margin chosen on the
+    folds before it, :func:`walk_forward_margins`), ``momentum``, ``flat`` and ``buy_and_hold``.
+
+    Returns:
+        ``(simulations, signals, decision)``: per strategy :func:`include.backtest.simulate`'s
+        result over every out-of-fold bar (with ``net_returns``) and its ``(n,)`` positions, and
+        the decision's record (``{"rule", "round_trip", "margin_per_fold", "deployed_margin"}``;
+        ``None`` for a record without the decision's inputs).
+    """
+    from include.backtest import simulate
+
+    decision = trading_decision(cfg)
+
+    def net_return(positions: np.ndarray, rows: np.ndarray) -> float:
+        traded = simulate(pd.Series(positions[rows], index=oof.index[rows]), bars, funding, decision.costs,
+                          cfg.bar_seconds)
+        return float(traded["net_returns"].sum())
+
+    margins = walk_forward_margins(oof, decision, net_return) if all(c in oof for c in DECISION_COLUMNS) else None
+    signals = {**oof_signals(oof, decision, None if margins is None else margins["per_row"]),
+               "flat": np.zeros(len(oof), dtype=int), "buy_and_hold": np.ones(len(oof), dtype=int)}
+    sims = {name: simulate(pd.Series(sig, index=oof.index), bars, funding, decision.costs, cfg.bar_seconds)
+            for name, sig in signals.items()}
+    record = None if margins is None else {
+        "rule": "long or short where the expected move beats the round trip and funding by the margin",
+        "round_trip": decision.round_trip, "margin_per_fold": margins["per_fold"],
+        "deployed_margin": margins["deployed"]}
+    return sims, signals, record
+
+
+def market_frames(cfg: RunConfig, settings: Settings, start: datetime,
+                  end: datetime) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The market's OHLCV bars and (perpetuals only, else ``None``) funding rates in
+    ``[start, end)`` from the market store: what a trading simulation charges and earns."""
+    store = open_store(settings)
+    try:
+        key = {"exchange": cfg.exchange, "symbol": cfg.symbol, "start": start, "end": end}
+        bars = store.load_ohlcv(market_type=cfg.market_type, timeframe=cfg.timeframe, **key)
+        funding = store.load_funding_rates(**key) if cfg.market_type == "perp" else None
+    finally:
+        store.dispose()
+    return bars, funding
+
+
+def trading_inputs(cfg: RunConfig, out_dir: Path, oof_frame: pd.DataFrame, index: pd.DatetimeIndex, y: np.ndarray,
+                    folds: list[tuple[np.ndarray, np.ndarray]], final_rows: np.ndarray) -> np.ndarray:
+    """Add the trading decision's inputs to the out-of-fold rows; the deployed model's class moves.
+
+    Each out-of-fold row gets its fold's standardised class moves (``move_down``,
+    ``move_range``, ``move_up``: :func:`include.backtest.class_moves` on that fold's training
+    rows, whose forward moves end before the fold by the purge), the label rule's volatility
+    scale at the row (``move_scale``) and the last settled funding rate it saw (``funding_rate``,
+    NaN without funding features), so the trading simulation decides each row as serving would
+    have, from what its fold model knew.
+
+    Returns:
+        ``(3,)`` the class moves of the deployed model's training rows ``final_rows``.
+    """
+    from include.backtest import class_moves, standardised_moves
+
+    feats = pd.read_parquet(out_dir / "features.parquet")
+    scale, move = standardised_moves(feats["close"], horizon=cfg.label_horizon_bars,
+                                     vol_window=cfg.label_vol_window_bars)
+    move_rows = move.reindex(index).to_numpy()
+    per_row = pd.DataFrame(np.nan, index=oof_frame.index, columns=["move_down", "move_range", "move_up"])
+    for train, test in folds:
+        rows = index[test].intersection(oof_frame.index)
+        per_row.loc[rows] = class_moves(y[train], move_rows[train])
+    oof_frame[list(per_row.columns)] = per_row.to_numpy()
+    oof_frame["move_scale"] = scale.reindex(oof_frame.index).to_numpy()
+    oof_frame["funding_rate"] = (feats["funding_rate"].reindex(oof_frame.index).to_numpy()
+                                 if "funding_rate" in feats else np.nan)
+    return class_moves(y[final_rows], move_rows[final_rows])
