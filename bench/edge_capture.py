@@ -69,10 +69,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from bench.gate_year import code_version, seed_range, settings_for
+from bench.gate_year import code_version, seed_range
 from bench.synthetic_markets import HOURLY_SIGMA, market_frames, write_market
-from include.config import PROJECT_ROOT, RunConfig
+from include.config import PROJECT_ROOT, RunConfig, Settings
 from include.evaluation import log_loss_rows
+from include.run_folder import RunFolder
 
 DEFAULT_OUT = PROJECT_ROOT / "var" / "artifacts" / "edge_capture.jsonl"
 DEFAULT_CELLS = ("walk", "ar1:0.05", "ar1:0.1", "ar1:0.2", "ar1:0.3", "funding:0.15", "regime:0.3")
@@ -185,9 +186,9 @@ def run_cell(kind: str, strength: float, seed: int, week: str, overrides: dict[s
                                **edge_kwargs(kind, strength))
         write_market(root / "data", kind, seed, start=start.isoformat(),
                      end=(end + timedelta(days=1)).isoformat(), **edge_kwargs(kind, strength))
-        run = run_once(cfg, settings_for(root, root / "data"), dag_id="edge_capture",
+        run = run_once(cfg, Settings.in_folder(root, root / "data"), dag_id="edge_capture",
                        run_id=f"edge_capture__{kind}_{strength:g}_s{seed}__{week}")
-        oof = pd.read_parquet(Path(run["summary"]["path"]).parent / "ensemble_oof.parquet")
+        oof = pd.read_parquet(RunFolder(Path(run["summary"]["path"]).parent).ensemble_oof)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     y = oof["label"].to_numpy().astype(int)

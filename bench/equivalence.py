@@ -36,10 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datetime import UTC
-
-from bench.gate_year import settings_for  # noqa: E402
-from include.config import PROJECT_ROOT, RunConfig, Settings  # noqa: E402
+from bench.edge_capture import run_overrides  # noqa: E402
+from include.config import RunConfig, Settings  # noqa: E402
 from include.pipeline import run_once  # noqa: E402
 from include.run_folder import version_run_dir  # noqa: E402
 
@@ -53,7 +51,7 @@ def production_forecast(settings: Settings, model: str, as_of: str) -> dict[str,
     """The production version's forecast for the last bar closed by ``as_of`` and the sha256 of
     its members' files in the run folder that trained it; ``None`` when the model has no
     production version."""
-    from datetime import datetime
+    from datetime import UTC, datetime
 
     from include.serving import NoModel, deployment_registry, production_model
 
@@ -78,9 +76,14 @@ def production_forecast(settings: Settings, model: str, as_of: str) -> dict[str,
         registry.dispose()
 
 
-def week_record(settings: Settings, symbol: str, week: str) -> dict[str, Any]:
-    """One weekly run of ``symbol`` for the week ending ``week`` and what it decided."""
-    run = run_once(RunConfig(as_of_date=week, symbol=symbol), settings, dag_id=DAG_ID, run_id=f"eq_{week}")
+def week_record(settings: Settings, symbol: str, week: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One weekly run of ``symbol`` for the week ending ``week`` and what it decided.
+
+    Args:
+        config: run parameters besides ``as_of_date`` and ``symbol`` (default: none, the defaults).
+    """
+    run = run_once(RunConfig(as_of_date=week, symbol=symbol, **(config or {})), settings, dag_id=DAG_ID,
+                   run_id=f"eq_{week}")
     decision, action, assembled = run["decision"], run["action"], run["assembled"]
     model = run["summary"]["model"]
     return {
@@ -121,14 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--compare", type=Path, help="an earlier record to compare with")
     parser.add_argument("--tolerance", type=float, default=1e-9)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a run parameter (repeatable; JSON values where they parse)")
     args = parser.parse_args(argv)
+    config = run_overrides(args.set)
     record: dict[str, list[dict[str, Any]]] = {}
     for symbol in args.symbols:
         with tempfile.TemporaryDirectory(prefix="equivalence-") as tmp:
-            settings = settings_for(Path(tmp), PROJECT_ROOT / "data" / "binance")
+            settings = Settings.in_folder(Path(tmp))
             record[symbol] = []
             for week in args.weeks:
-                record[symbol].append(week_record(settings, symbol, week))
+                record[symbol].append(week_record(settings, symbol, week, config))
                 print(json.dumps({"symbol": symbol, "week": week, "action": record[symbol][-1]["action"]}),
                       flush=True)
     args.out.write_text(json.dumps(record, indent=1, sort_keys=True, default=str))

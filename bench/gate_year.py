@@ -120,12 +120,6 @@ def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def settings_for(root: Path, data: Path) -> Settings:
-    """One market store, registry and run folder under ``root``, reading market files from ``data``."""
-    return Settings(data_dir=data, market_db_url=f"sqlite:///{root / 'market.sqlite'}",
-                    registry_dir=root / "models", runs_dir=root / "runs")
-
-
 def decide_week(settings: Settings, symbol: str, week: str, run_id: str, config: dict[str, Any]) -> dict[str, Any]:
     """One weekly run of ``symbol`` deciding the week ending ``week``; what the gate and the run did.
 
@@ -206,7 +200,7 @@ def run_market(kind: Kind, phi: float, seed: int, start_week: str, weeks: int, c
     root = Path(tempfile.mkdtemp(prefix=f"gate-year-{kind}-{phi:g}-{seed}-", dir=workdir))
     start, end = history_span(days, config)
     write_market(root / "data", kind, seed, phi=phi, start=start, end=end)
-    settings = settings_for(root, root / "data")
+    settings = Settings.in_folder(root, root / "data")
     records = []
     try:
         for week in days:
@@ -233,7 +227,7 @@ def run_universe_group(symbols: list[str], seeds: list[int], days: list[str], da
         Symbol -> its weekly records (:func:`decide_week`).
     """
     root = Path(tempfile.mkdtemp(prefix=f"gate-year-universe-{symbols[0]}-", dir=workdir))
-    settings = settings_for(root, Path(data))
+    settings = Settings.in_folder(root, Path(data))
     out: dict[str, list[dict[str, Any]]] = {s: [] for s in symbols}
     try:
         for week in days:

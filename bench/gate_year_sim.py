@@ -11,12 +11,12 @@ This benchmark keeps the gate's decision path and replaces training by a simulat
 
 - the candidate's skill test is :func:`include.significance.log_loss_skill_test`, called as
   :func:`include.significance.skill_evidence` calls it, with the resamples the gate step uses
-  under each policy (read from :func:`include.pipeline.decision.candidate_evidence` and checked
+  under each policy (read from :func:`include.gate.evidence.candidate_evidence` and checked
   equal to it on one record at the start of every run, :func:`gate_resamples`); with
   ``--all-tests`` every skill test is run through ``candidate_evidence`` (several times slower);
-- the champion is judged by :func:`include.pipeline.decision.compare_with_champion` (which calls
+- the champion is judged by :func:`include.gate.evidence.compare_with_champion` (which calls
   :func:`include.significance.champion_evidence` and
-  :func:`include.pipeline.decision.champion_record_test`), as the gate step does;
+  :func:`include.gate.evidence.champion_record_test`), as the gate step does;
 - the decision is :func:`include.gate.decide`'s ``action``: ``promote`` makes the candidate's
   deployed model the champion, ``demote`` empties production, ``keep`` leaves it.
 
@@ -732,7 +732,8 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any], runtime: dict[st
 
 
 #: The modules whose code decides what this benchmark measures.
-GATE_MODULES = ("include/gate.py", "include/significance.py", "include/pipeline/decision.py", "include/evaluation.py")
+GATE_MODULES = ("include/gate/__init__.py", "include/gate/evidence.py", "include/significance.py",
+                "include/evaluation.py")
 
 
 def _code_state() -> dict[str, Any]:

@@ -39,9 +39,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.edge_capture import run_overrides  # noqa: E402
-from bench.gate_year import settings_for  # noqa: E402
-from include.config import PROJECT_ROOT, RunConfig  # noqa: E402
+from include.config import RunConfig, Settings  # noqa: E402
 from include.pipeline import run_once  # noqa: E402
+from include.run_folder import RunFolder  # noqa: E402
 
 DAG_ID = "market_week"
 
@@ -56,7 +56,7 @@ def fit_floor(dataset: Path, cfg: RunConfig, repeats: int = 2) -> dict[str, Any]
     from include.resources import model_threads
     from include.training import build_estimator
 
-    spec = json.loads((dataset.parent / "feature_spec.json").read_text())
+    spec = json.loads(RunFolder(dataset.parent).feature_spec.read_text())
     table = pd.read_parquet(dataset)
     table = table[table["label"].notna()]
     X, y = table[list(spec["names"])], table["label"].astype(int).to_numpy()
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overrides = run_overrides(args.set)
     root = args.root or Path(tempfile.mkdtemp(prefix="market_week."))
     root.mkdir(parents=True, exist_ok=True)
-    settings = settings_for(root, PROJECT_ROOT / "data" / "binance")
+    settings = Settings.in_folder(root)
     weeks = []
     cfg = None
     for week in args.weeks:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "steps_s": steps, "action": run["action"]["action"], "folder": str(folder)}
         print(json.dumps(line), flush=True)
         weeks.append(line)
-    floor = fit_floor(Path(weeks[-1]["folder"]) / "dataset.parquet", cfg)
+    floor = fit_floor(RunFolder(Path(weeks[-1]["folder"])).dataset, cfg)
     steady = weeks[-1]["wall_s"]
     out = {"benchmark": "market_week_summary", "symbol": args.symbol, "weeks_s": [w["wall_s"] for w in weeks],
            "steady_s": steady, "floor_s": floor["seconds"], "floor": floor,

@@ -28,18 +28,17 @@ import numpy as np
 
 def main() -> None:
     """Train and promote the default model, then time one-bar scoring and one weekly monitoring run."""
-    from include.config import PROJECT_ROOT, RunConfig, Settings
+    from include.config import RunConfig, Settings
     from include.monitoring import monitor
     from include.pipeline import run_once
     from include.registry import ModelRegistry
     from include.serving import ProductionModel
+    from tests.builders import PERMISSIVE_SKILL
 
     root = Path(tempfile.mkdtemp(prefix="bench-monitoring-"))
     try:
-        settings = Settings(data_dir=PROJECT_ROOT / "data" / "binance", market_db_url=f"sqlite:///{root / 'm.sqlite'}",
-                            registry_dir=root / "models", runs_dir=root / "runs")
-        cfg = RunConfig(symbol="BTCUSDT", as_of_date="2023-12-17", gate_min_f1_margin=-1.0,
-                        gate_max_log_loss_ratio=10.0, gate_min_sharpe_margin=-1000.0, gate_max_drawdown=1.0)
+        settings = Settings.in_folder(root, market_db_url=f"sqlite:///{root / 'm.sqlite'}")
+        cfg = RunConfig(symbol="BTCUSDT", as_of_date="2023-12-17", **PERMISSIVE_SKILL)
         started = time.perf_counter()
         run = run_once(cfg, settings, dag_id="weekly_retrain", run_id="bench-monitoring")
         train_s = time.perf_counter() - started

@@ -67,8 +67,7 @@ def run_seed(seed: int, week_end: str, root: Path) -> dict:
 
     folder = root / f"seed{seed}"
     write_walk(folder / "data", seed)
-    settings = Settings(data_dir=folder / "data", market_db_url=f"sqlite:///{folder / 'market.sqlite'}",
-                        registry_dir=folder / "models", runs_dir=folder / "runs")
+    settings = Settings.in_folder(folder, folder / "data")
     started = time.perf_counter()
     run = run_once(RunConfig(as_of_date=week_end), settings, dag_id="weekly_retrain", run_id=f"walk{seed}")
     decision = run["decision"]

@@ -40,9 +40,7 @@ def main() -> None:
     from include.registry import ModelRegistry
 
     root = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    settings = Settings(data_dir=Path(__file__).resolve().parent.parent / "data" / "binance",
-                        market_db_url=f"sqlite:///{root / 'market.sqlite'}", registry_dir=root / "models",
-                        runs_dir=root / "runs")
+    settings = Settings.in_folder(root)
     cfg = RunConfig(as_of_date="2023-12-31")
     window = p.resolve_window(cfg, data_interval_start=None, data_interval_end=None, run_after=None)
     out = p.run_dir(settings, "bench", cfg.model_name, window)

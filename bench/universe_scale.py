@@ -46,13 +46,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tests.builders import PERMISSIVE_GATE
 from tests.cluster import LocalAirflow, conf_json, market_deployment_env
 from tests.conftest import create_pg_database, drop_pg_database
 
 AS_OF = "2023-12-31"
-WORK = {"train_window_days": 120, "cv_folds": 3, "models": ["lightgbm"], "gate_min_f1_margin": -1.0,
-        "gate_max_log_loss_ratio": 10.0, "gate_champion_alpha": 0.0, "gate_min_sharpe_margin": -1000.0,
-        "gate_max_drawdown": 1.0}
+WORK = {"train_window_days": 120, "cv_folds": 3, "models": ["lightgbm"], **PERMISSIVE_GATE}
 PARALLELISM = 4
 
 
@@ -127,8 +126,7 @@ def _run_market(args: tuple[str, str, str, str]) -> float:
     from include.config import RunConfig, Settings
     from include.pipeline import run_once
 
-    settings = Settings(data_dir=Path(data_dir), market_db_url=market_url,
-                        registry_dir=Path(root) / "models", runs_dir=Path(root) / "runs")
+    settings = Settings.in_folder(Path(root), Path(data_dir), market_db_url=market_url)
     cfg = RunConfig(symbol=symbol_, as_of_date=AS_OF, **{k: tuple(v) if isinstance(v, list) else v
                                                          for k, v in WORK.items()})
     t0 = time.perf_counter()

@@ -35,9 +35,10 @@ from datetime import datetime, timedelta
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 from include.assets import RETRAIN_REQUEST
+from include.config import MonitorPolicy
 from include.notify import on_task_failure
+from include.parameters import trigger_form
 
-POLICY = "Monitoring policy"
 PARAMS = {
     "models": Param(None, type=["null", "array"], items={"type": "string"}, title="Registered models",
                     section="Scope", description="Registered models to monitor; empty = every model in production."),
@@ -49,24 +50,8 @@ PARAMS = {
                                 "(incremental)."),
     "source_dir": Param(None, type=["null", "string"], title="Data directory (files source)", section="Scope",
                         description="Directory of the files source instead of MARKET_DATA_DIR."),
-    "monitor_max_psi": Param(0.25, type="number", minimum=0, title="Largest PSI on a top feature", section=POLICY,
-                             description="Population stability index above this on a top feature is drift."),
-    "monitor_psi_top_k": Param(5, type="integer", minimum=1, title="Top features checked for drift", section=POLICY,
-                               description="How many of the version's most important features the PSI check covers."),
-    "monitor_max_missing_increase": Param(0.2, type="number", minimum=0, maximum=1, section=POLICY,
-                                          title="Largest rise in a feature's missing share",
-                                          description="Missing share above the training share by more than this."),
-    "monitor_log_loss_days": Param(3, type="integer", minimum=1, title="Days of log loss worse than the prior",
-                                   section=POLICY, description="Consecutive complete days on which the realised log "
-                                                               "loss is worse than the class-prior forecast's."),
-    "monitor_max_drawdown": Param(0.15, type="number", exclusiveMinimum=0, maximum=1, section=POLICY,
-                                  title="Largest live drawdown", description="Of the live simulated strategy."),
-    "monitor_max_data_age_hours": Param(3.0, type="number", exclusiveMinimum=0, section=POLICY,
-                                        title="Largest age of the last bar (hours)",
-                                        description="Older than this at the end of the span is stale data."),
-    "monitor_cooldown_hours": Param(72.0, type="number", minimum=0, title="Cooldown between retrain requests (hours)",
-                                    section=POLICY, description="Hours of data time after a retrain request during "
-                                                                "which the model gets no other."),
+    # The monitoring policy, declared once (include/config.py, MonitorPolicy), as monitor_<field>.
+    **{f"monitor_{name}": param for name, param in trigger_form(MonitorPolicy).items()},
 }
 
 

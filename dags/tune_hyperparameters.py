@@ -33,8 +33,9 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-from include.config import MODEL_FAMILIES
+from include.config import MODEL_FAMILIES, TuningConfig
 from include.notify import on_task_failure
+from include.parameters import trigger_form
 from include.resources import TRAINING_POOL
 
 PARAMS = {
@@ -51,17 +52,8 @@ PARAMS = {
                         description="Directory of market-data files; empty: MARKET_DATA_DIR or the bundled data."),
     "models": Param(list(MODEL_FAMILIES), type="array", items={"type": "string", "enum": list(MODEL_FAMILIES)},
                     minItems=1, uniqueItems=True, title="Model families", description="Families to tune."),
-    "tune_trials": Param(20, type="integer", minimum=1, maximum=1000, title="Trials per family",
-                         description="Finished (complete or pruned) trials each study holds when the run ends; "
-                                     "a re-run for the same as-of date resumes the study."),
-    "tune_timeout_minutes": Param(None, type=["null", "number"], exclusiveMinimum=0, title="Time budget (minutes)",
-                                  description="Stop starting trials of a family after this long (empty: none)."),
-    "tune_folds": Param(8, type="integer", minimum=2, maximum=52, title="Walk-forward folds",
-                        description="Weekly test folds each trial is scored on (even: the overfitting "
-                                    "measure splits them in halves)."),
-    "tune_search_space": Param(None, type=["null", "object"], title="Search space overrides",
-                               description="{family: {hyperparameter: {type, low, high, log} or {type: "
-                                           "categorical, choices}}} merged over include/tuning/spaces.py."),
+    # Trials, time budget, folds and search space: declared once (include/config.py, TuningConfig).
+    **trigger_form(TuningConfig),
 }
 
 #: Tasks show the market and family as their map index.

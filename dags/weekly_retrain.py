@@ -66,7 +66,7 @@ challenger is refused when the champion is significantly better (`gate_champion_
 champion whose own record (as many rows as the challenger's, same test, same level) is
 significantly worse than the class prior's is demoted to "no model" when the challenger is not
 promoted (`gate_demote`): production then serves the class-prior forecast and no position. See
-`include/gate.py`; the gate's forward record: `python -m include.track_record record --model <name>`.
+`include/gate/`; the gate's forward record: `python -m include.track_record record --model <name>`.
 
 **Outputs.** `var/runs/weekly_retrain/<registered model>/<interval>/` (features, dataset,
 candidates, validation, trading and gate reports, report.html, summary.json);
@@ -106,8 +106,9 @@ from airflow.sdk import (
 
 from include.approval import PromotionApproval
 from include.assets import PRODUCTION_ALIAS, RETRAIN_REQUEST
-from include.config import FORM_SECTIONS, MODEL_FAMILIES, RunConfig, trigger_form
+from include.config import FORM_SECTIONS, MODEL_FAMILIES, RunConfig
 from include.notify import on_task_failure
+from include.parameters import trigger_form
 from include.resources import MARKET_DATA_POOL, TRAINING_POOL
 
 #: The trigger form: which markets, then every run parameter the configuration puts in the form
@@ -124,7 +125,7 @@ PARAMS = {
                                description="Markets each instance of the market task group runs in turn; empty = "
                                            "one each while they fit in MARKET_GROUP_INSTANCES instances (default "
                                            "twice the scheduler's parallelism), else evenly spread over them."),
-    **trigger_form(),
+    **trigger_form(RunConfig, FORM_SECTIONS),
 }
 
 #: Tasks of the market group show their batch's label as their map index: the registered model's

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
+
 def _task_instance_key() -> list[sa.Column]:
     """The columns that name one task instance (a new set per table)."""
     return [sa.Column("dag_id", sa.String(250), primary_key=True),

@@ -11,12 +11,9 @@ Two objects:
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import re
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +21,8 @@ from include.errors import ConfigError
 from include.extensions import family_names, feature_names
 from include.feature_names import KNOWN_FEATURES
 from include.identity import DEFAULT_LABEL_RULE, RegisteredModel
-from include.paths import PROJECT_ROOT, market_data_dir
+from include.parameters import Declared, FormField, Interval, accepts, declare
+from include.paths import BUNDLED_DATA_DIR, PROJECT_ROOT, market_data_dir
 from include.storage import location
 
 #: Bar length in seconds for every timeframe the pipeline understands (ccxt notation).
@@ -36,7 +34,7 @@ BUILTIN_FAMILIES: tuple[str, ...] = ("lightgbm", "xgboost", "random_forest", "lo
 #: (:mod:`include.extensions`).
 MODEL_FAMILIES: tuple[str, ...] = BUILTIN_FAMILIES + tuple(n for n in family_names() if n not in BUILTIN_FAMILIES)
 
-#: The quality gate's skill tests (include/gate.py, checks 1-3), the names ``gate_required_checks``
+#: The quality gate's skill tests (include/gate/, checks 1-3), the names ``gate_required_checks``
 #: chooses from.
 SKILL_CHECKS: tuple[str, ...] = ("beats_baselines_f1", "beats_prior_log_loss", "beats_trading_baselines")
 
@@ -106,6 +104,19 @@ class Settings:
             registry_keep_last=env_int("MODEL_REGISTRY_KEEP_LAST", REGISTRY_KEEP_LAST) or REGISTRY_KEEP_LAST,
         )
 
+    @classmethod
+    def in_folder(cls, root: Path, data_dir: Path | None = None, *, market_db_url: str | None = None) -> Settings:
+        """A self-contained deployment under ``root``: its own SQLite market store
+        (``market.sqlite``), model registry (``models/``) and run folders (``runs/``), reading
+        market files from ``data_dir`` (default: the bundled data). For benchmarks and tests.
+
+        Args:
+            market_db_url: another market store (a PostgreSQL database) instead of the SQLite file.
+        """
+        return cls(data_dir=data_dir or BUNDLED_DATA_DIR,
+                   market_db_url=market_db_url or f"sqlite:///{Path(root) / 'market.sqlite'}",
+                   registry_dir=Path(root) / "models", runs_dir=Path(root) / "runs")
+
 
 def connection_to_url(conn_type: str, *, host: str | None, port: int | None, schema: str | None,
                       login: str | None, password: str | None, extra: dict[str, Any]) -> str:
@@ -162,111 +173,15 @@ def market_db_url(default: str) -> str:
                              login=conn.login, password=conn.password, extra=conn.extra_dejson)
 
 
-@dataclass(frozen=True)
-class Interval:
-    """The accepted values of a number: from ``low`` to ``high``, each end included unless open.
-
-    Checked by :class:`RunConfig` for its field, shown as the trigger form's ``minimum`` /
-    ``exclusiveMinimum`` / ``maximum`` / ``exclusiveMaximum`` (JSON Schema) and in the message of
-    a refused value.
-
-    Attributes:
-        low: smallest value, ``None`` for no lower end.
-        high: largest value, ``None`` for no upper end.
-        low_open: ``low`` itself is refused.
-        high_open: ``high`` itself is refused.
-        what: what the number is, for the message ("a number", "a fraction", "a level").
-    """
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    what: str = "a number"
-
-    def __contains__(self, value: object) -> bool:
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            return False
-        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        return above and below
-
-    def expected(self) -> str:
-        """What a refused value's message says was expected, e.g. ``a number from 14 to 36,525``,
-        ``a fraction in [0, 1)``, ``a positive number``."""
-        if self.high is None and self.low == 0 and self.low_open:
-            return f"a positive {self.what.removeprefix('a ')}"
-        closed = not (self.low_open or self.high_open) and self.low is not None and self.high is not None
-        if closed and self.what == "a number":
-            return f"{self.what} from {self.low:,} to {self.high:,}"
-        low = "(" if self.low_open or self.low is None else "["
-        high = ")" if self.high_open or self.high is None else "]"
-        return f"{self.what} in {low}{_end(self.low, '-inf')}, {_end(self.high, 'inf')}{high}"
-
-    def schema(self) -> dict[str, float]:
-        """The interval as JSON Schema keywords."""
-        out: dict[str, float] = {}
-        if self.low is not None:
-            out["exclusiveMinimum" if self.low_open else "minimum"] = self.low
-        if self.high is not None:
-            out["exclusiveMaximum" if self.high_open else "maximum"] = self.high
-        return out
-
-
-def _end(value: float | None, missing: str) -> str:
-    return missing if value is None else f"{value:,}"
-
-
 #: Sections of the trigger form, in the order shown.
 FORM_SECTIONS = DATA, LABELS, CV, ENSEMBLE, GATE, TRADING = (
     "Data", "Labels", "Models and cross-validation", "Ensemble", "Quality gate", "Trading simulation")
+#: The tuning DAG's own section, and the monitoring DAG's policy section.
+TUNING, POLICY = "Tuning", "Monitoring policy"
 
 
 @dataclass(frozen=True)
-class FormField:
-    """How a run parameter appears in ``weekly_retrain``'s trigger form.
-
-    Attributes:
-        section: one of :data:`FORM_SECTIONS`.
-        title: the field's label.
-        schema: further JSON Schema keywords (``format``, ``examples``, ``minItems``).
-    """
-
-    section: str
-    title: str
-    schema: dict[str, Any] = field(default_factory=dict)
-
-
-def _doc(text: str, *, interval: Interval | None = None, choices: tuple[Any, ...] | None = None,
-         members: Any = None, form: FormField | None = None, **kwargs: Any) -> Any:
-    """A :class:`RunConfig` field with everything declared about it, in its metadata.
-
-    Args:
-        text: the field's description (trigger form, docs' parameter table).
-        interval: for a number, the accepted values (checked, shown as the form's bounds).
-        choices: the accepted values of a field whose type does not name them (a ``Literal``
-            type does); checked, shown as the form's ``enum``.
-        members: for a tuple of names, a function returning the names it may hold (checked:
-            distinct names from these; shown as the form's item ``enum``).
-        form: how the field appears in the trigger form; ``None``: not in the form (still a
-            key of ``--conf`` and of a market's entry in the universe file).
-        **kwargs: passed to :func:`dataclasses.field` (``default``, ``default_factory``).
-    """
-    metadata: dict[str, Any] = {"description": text}
-    for key, value in (("interval", interval), ("choices", choices), ("members", members), ("form", form)):
-        if value is not None:
-            metadata[key] = value
-    return field(metadata=metadata, **kwargs)
-
-
-def _one_of(values: Any) -> str:
-    """``'a', 'b' or 'c'``."""
-    shown = [repr(v) for v in values]
-    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
-
-
-@dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Declared):
     """Parameters of one weekly retraining run. Every field has a default and a description.
 
     Raises:
@@ -275,85 +190,85 @@ class RunConfig:
             accepted values.
     """
 
-    exchange: str = _doc("Exchange id (ccxt notation) the data belongs to.", default="binance")
-    symbol: str = _doc("Instrument, exchange notation without separator, e.g. BTCUSDT.", default="BTCUSDT")
-    market_type: Literal["perp", "spot"] = _doc(
+    exchange: str = declare("Exchange id (ccxt notation) the data belongs to.", default="binance")
+    symbol: str = declare("Instrument, exchange notation without separator, e.g. BTCUSDT.", default="BTCUSDT")
+    market_type: Literal["perp", "spot"] = declare(
         "Market of the OHLCV candles: 'perp' (USDT-M perpetual) or 'spot'.", default="perp"
     )
-    timeframe: str = _doc("Candle timeframe (ccxt notation).", default="1h", choices=tuple(TIMEFRAME_SECONDS))
-    train_window_days: int = _doc(
+    timeframe: str = declare("Candle timeframe (ccxt notation).", default="1h", choices=tuple(TIMEFRAME_SECONDS))
+    train_window_days: int = declare(
         "Length of the training window in days, ending at the run's data_interval_end.", default=730,
         interval=Interval(14, MAX_DAYS), form=FormField(DATA, "Training window (days)"),
     )
-    label_horizon_bars: int = _doc("Forward-return horizon of the label, in bars.", default=4,
+    label_horizon_bars: int = declare("Forward-return horizon of the label, in bars.", default=4,
                                    interval=Interval(1, 168), form=FormField(LABELS, "Horizon (bars)"))
-    label_threshold_mode: Literal["volatility", "fixed"] = _doc(
+    label_threshold_mode: Literal["volatility", "fixed"] = declare(
         "'volatility': threshold = k * sigma * sqrt(horizon) with sigma the trailing std of "
         "1-bar log returns; 'fixed': threshold is a log-return fraction.",
         default=DEFAULT_LABEL_RULE[0], form=FormField(LABELS, "Threshold mode"),
     )
-    label_threshold: float = _doc(
+    label_threshold: float = declare(
         "k for 'volatility' mode (0.43 gives equal thirds for Gaussian returns), or the "
         "log-return threshold for 'fixed' mode (0.005 = 0.5 %).",
         default=DEFAULT_LABEL_RULE[1], interval=Interval(0, None, low_open=True), form=FormField(LABELS, "Threshold"),
     )
-    label_vol_window_bars: int = _doc(
+    label_vol_window_bars: int = declare(
         "Trailing window, in bars, of the volatility estimate used by 'volatility' labels.",
         default=DEFAULT_LABEL_RULE[2], interval=Interval(2, 10_000),
     )
-    models: tuple[str, ...] = _doc(
+    models: tuple[str, ...] = declare(
         "Model families to train (subset of lightgbm, xgboost, random_forest, logistic and the "
         "families installed packages declare, include/extensions.py).",
         default=("lightgbm", "xgboost", "random_forest"), members=lambda: MODEL_FAMILIES,
         form=FormField(CV, "Model families", {"examples": list(MODEL_FAMILIES), "minItems": 1, "uniqueItems": True}),
     )
-    extra_features: tuple[str, ...] = _doc(
+    extra_features: tuple[str, ...] = declare(
         "Features that installed packages declare (include/extensions.py), appended to the "
         "default feature spec.",
         default=(), members=feature_names, form=FormField(DATA, "Plug-in features (installed packages)",
                                                           {"uniqueItems": True}),
     )
-    cv_folds: int = _doc(
+    cv_folds: int = declare(
         "Walk-forward folds; each test fold is one data interval (one week) long.", default=6, interval=Interval(2, 52),
         form=FormField(CV, "Walk-forward folds")
     )
-    cv_scheme: Literal["expanding", "rolling"] = _doc(
+    cv_scheme: Literal["expanding", "rolling"] = declare(
         "Walk-forward training windows: 'rolling' (the last cv_rolling_train_days before each "
         "test week, the same rows in every weekly run, so earlier runs' fits are reused) or "
         "'expanding' (every earlier row of the window).",
         default="rolling", form=FormField(CV, "Walk-forward scheme"),
     )
-    cv_rolling_train_days: int = _doc(
+    cv_rolling_train_days: int = declare(
         "Training-window length of each fold and of the deployed model, in days, for the rolling "
         "scheme; 0: train_window_days less one week per fold and one more week (681 days for "
         "the defaults), so the earliest fold trains on about as much history as it would "
         "expanding.",
         default=0, interval=Interval(0, MAX_DAYS),
     )
-    cv_embargo_bars: int = _doc(
+    cv_embargo_bars: int = declare(
         "Rows kept out of training next to every test window, beyond the label-horizon purge.",
         default=24, interval=Interval(0, 1000), form=FormField(CV, "Embargo (bars)"),
     )
-    early_stopping_rounds: int = _doc(
+    early_stopping_rounds: int = declare(
         "Boosting rounds without improvement on the inner validation split before LightGBM and "
         "XGBoost stop (0 disables early stopping).",
         default=50, interval=Interval(0, 10_000),
     )
-    ensemble_weighting: Literal["fixed", "fitted", "stacking"] = _doc(
+    ensemble_weighting: Literal["fixed", "fitted", "stacking"] = declare(
         "'fixed': ensemble_weights as given; 'fitted': weights minimising out-of-fold log loss; "
         "'stacking': a logistic regression on the members' out-of-fold log-probabilities.",
         default="fixed", form=FormField(ENSEMBLE, "Weighting"),
     )
-    hyperparameters: Literal["tuned", "default"] = _doc(
+    hyperparameters: Literal["tuned", "default"] = declare(
         "'default': the families' defaults; 'tuned': per family, the newest set of "
         "tune_hyperparameters as of the run's first test fold or earlier.", default="default",
         form=FormField(CV, "Hyperparameters"))
-    ensemble_weights: dict[str, float] = _doc(
+    ensemble_weights: dict[str, float] = declare(
         "Soft-voting weights per family for 'fixed' weighting (renormalised over trained models); "
         "a family without one weighs 1 / (number of models).",
         default_factory=lambda: {"lightgbm": 0.4, "xgboost": 0.4, "random_forest": 0.2},
     )
-    gate_alpha: float = _doc(
+    gate_alpha: float = declare(
         "Yearly false-promotion rate per registered model: the largest probability that a model "
         "without skill is promoted in any of a year's weekly decisions. Each week's skill tests "
         "(macro F1 against every naive baseline, log loss against the class prior, trading "
@@ -361,47 +276,47 @@ class RunConfig:
         default=0.10, interval=Interval(0, 1, low_open=True, what="a level"),
         form=FormField(GATE, "False-promotion rate per year (each week at 1/52 of it)"),
     )
-    gate_min_f1_margin: float = _doc(
+    gate_min_f1_margin: float = declare(
         "Macro-F1 lead over each naive baseline in the F1 test's alternative hypothesis.",
         default=0.0, interval=Interval(-1.0, 1.0),
     )
-    gate_max_log_loss_ratio: float = _doc(
+    gate_max_log_loss_ratio: float = declare(
         "The log-loss test's alternative: out-of-fold log loss below this multiple of the "
         "class-prior forecast's (1.0 = better than predicting base rates).",
         default=1.0, interval=Interval(0, None, low_open=True, what="a ratio"),
         form=FormField(GATE, "Log loss / class-prior log loss to beat (H1)"),
     )
-    gate_min_sharpe_margin: float = _doc(
+    gate_min_sharpe_margin: float = declare(
         "Annualised Sharpe ratio (after costs and funding) the probabilistic Sharpe ratio tests "
         "against, for the strategy (flat is 0) and for its return over the momentum rule's.",
         default=0.0, form=FormField(GATE, "Annualised Sharpe to beat, over flat and over momentum"),
     )
-    gate_max_drawdown: float = _doc(
+    gate_max_drawdown: float = declare(
         "Largest allowed out-of-fold maximum drawdown of the simulated strategy (fraction).",
         default=0.2, interval=Interval(0, 1, low_open=True, what="a fraction"),
         form=FormField(GATE, "Largest drawdown (fraction)"),
     )
-    gate_champion_alpha: float = _doc(
+    gate_champion_alpha: float = declare(
         "Level at which a champion significantly better than the challenger (paired block-"
         "bootstrap log-loss test on every row where both are out of sample) refuses it: refused "
         "when p < this; 0 never refuses on the comparison (it is still reported).",
         default=0.05, interval=Interval(0, 1, what="a level"),
         form=FormField(GATE, "Level at which a better champion refuses the challenger (0: never)"),
     )
-    gate_required_checks: tuple[str, ...] = _doc(
+    gate_required_checks: tuple[str, ...] = declare(
         "The skill tests that decide (beats_baselines_f1, beats_prior_log_loss, "
         "beats_trading_baselines); the others are run and recorded, not required.",
         default=("beats_prior_log_loss",), members=lambda: SKILL_CHECKS,
         form=FormField(GATE, "Skill tests that decide", {"uniqueItems": True}),
     )
-    gate_demote: bool = _doc(
+    gate_demote: bool = declare(
         "Demote a champion to 'no model' (production serves the class-prior forecast and no "
         "position) when its own record, on as many rows as the challenger's and at the same "
         "weekly level, is significantly worse than the class prior's, and the challenger is not "
         "promoted.",
         default=True, form=FormField(GATE, "Demote a champion significantly worse than the class prior to no model"),
     )
-    gate_record_weeks: int = _doc(
+    gate_record_weeks: int = declare(
         "Weeks of shadow record in the log-loss test: the walk-forward forecasts that earlier "
         "candidates of the same recipe (promoted or not) recorded in this many weeks before the "
         "candidate's out-of-fold rows join them, so evidence of an edge accumulates week by week; "
@@ -409,7 +324,7 @@ class RunConfig:
         default=20, interval=Interval(0, 520),
         form=FormField(GATE, "Weeks of earlier candidates' forecasts in the log-loss test"),
     )
-    gate_min_deflated_sharpe: float | None = _doc(
+    gate_min_deflated_sharpe: float | None = declare(
         "Smallest deflated Sharpe ratio of the out-of-fold strategy (Bailey & López de Prado 2014: "
         "the probability that its true Sharpe exceeds the expected maximum of every candidate "
         "evaluated for the model); null leaves the check out (the value is still recorded). "
@@ -417,7 +332,7 @@ class RunConfig:
         default=None, interval=Interval(0, 1, what="a probability"),
         form=FormField(GATE, "Smallest deflated Sharpe ratio (empty: off)"),
     )
-    trade_min_probability: float = _doc(
+    trade_min_probability: float = declare(
         "A position's side must have at least this probability too (up for a long, down for a "
         "short); 0: the expected move net of the round trip and funding alone decides "
         "(include/backtest.py, TradingDecision). Versions registered without class moves trade "
@@ -425,110 +340,81 @@ class RunConfig:
         default=0.0, interval=Interval(0, 1, high_open=True, what="a probability"),
         form=FormField(TRADING, "Smallest probability of a position's side (0: the cost rule alone)"),
     )
-    fee_bps: float = _doc("Trading fee per side, basis points of notional.", default=4.0,
+    fee_bps: float = declare("Trading fee per side, basis points of notional.", default=4.0,
                           interval=Interval(0, 10_000), form=FormField(TRADING, "Fee per side (bps)"))
-    slippage_bps: float = _doc("Slippage per side, basis points of notional.", default=1.0,
+    slippage_bps: float = declare("Slippage per side, basis points of notional.", default=1.0,
                                interval=Interval(0, 10_000), form=FormField(TRADING, "Slippage per side (bps)"))
-    require_approval: bool = _doc(
+    require_approval: bool = declare(
         "Ask a human (Airflow's approval task) before promoting a candidate that passed the gate.",
         default=False, form=FormField(GATE, "Ask a person to approve a promotion"),
     )
-    approval_timeout_hours: float = _doc(
+    approval_timeout_hours: float = declare(
         "With require_approval: hours to wait for a person's answer; without one the promotion is "
         "rejected (production kept) and the run goes on.", default=72.0,
         interval=Interval(0, 8_760, low_open=True, what="a number of hours"),
         form=FormField(GATE, "Hours to wait for the approval (then: rejected)"),
     )
-    max_gap_share: float = _doc(
+    max_gap_share: float = declare(
         "Largest tolerated share of missing bars in the training window.", default=0.01,
         interval=Interval(0, 1, high_open=True, what="a fraction"),
     )
-    max_gap_bars: int = _doc("Largest tolerated single gap, in missing bars.", default=24,
+    max_gap_bars: int = declare("Largest tolerated single gap, in missing bars.", default=24,
                              interval=Interval(0, 100_000))
-    min_row_share: float = _doc(
+    min_row_share: float = declare(
         "Minimum rows in the window as a share of the bars the window should hold.", default=0.95,
         interval=Interval(0, 1, low_open=True, what="a fraction"),
     )
-    max_abs_funding_rate: float = _doc(
+    max_abs_funding_rate: float = declare(
         "Largest plausible |funding rate| per settlement, as a fraction (0.03 = 3 %).",
         default=0.03, interval=Interval(0, 1, low_open=True, high_open=True, what="a fraction"),
     )
-    funding_interval_hours: int = _doc("Funding settlement cadence in hours.", default=8, choices=(1, 2, 4, 8))
-    source: Literal["files", "exchange"] = _doc(
+    funding_interval_hours: int = declare("Funding settlement cadence in hours.", default=8, choices=(1, 2, 4, 8))
+    source: Literal["files", "exchange"] = declare(
         "Where ingestion reads market data: 'files' (the bundled data or source_dir; re-reads "
         "the whole window) or 'exchange' (the exchange's REST API through ccxt; fetches only "
         "what the store is missing).",
         default="files", form=FormField(DATA, "Market data source"),
     )
-    source_dir: str | None = _doc(
+    source_dir: str | None = declare(
         "Directory of market-data files to ingest instead of MARKET_DATA_DIR.", default=None,
         form=FormField(DATA, "Data directory (files source)"),
     )
-    as_of_date: str | None = _doc(
+    as_of_date: str | None = declare(
         "Train on data up to this UTC date (YYYY-MM-DD) instead of the run's data interval: a "
         "Sunday gives the week ending then, another day the days since the last Sunday (as a "
         "retrain monitoring requests); used by runs triggered without a logical date.",
         default=None, form=FormField(DATA, "As-of date (runs without a data interval)", {"format": "date"}),
     )
-    random_state: int = _doc("Seed of every random number generator in training.", default=42,
+    random_state: int = declare("Seed of every random number generator in training.", default=42,
                              interval=Interval(0, 2**32 - 1))  # numpy's seed range
-    min_history_days: int = _doc(
+    min_history_days: int = declare(
         "A market whose stored history is shorter than train_window_days (a recent listing) "
         "trains on what it has when that reaches this many days, and is skipped below it.",
         default=180, interval=Interval(14, MAX_DAYS), form=FormField(DATA, "Minimum history (days)"),
     )
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            self._check_declared(f)
+        self.check_declared()
         if not re.fullmatch(r"[A-Za-z0-9]{2,32}", self.symbol or ""):
-            self._fail("symbol", "expected 2-32 ASCII letters and digits, e.g. BTCUSDT")
+            self.fail("symbol", "expected 2-32 ASCII letters and digits, e.g. BTCUSDT")
         if not re.fullmatch(r"[a-z0-9][a-z0-9_]{0,31}", (self.exchange or "").lower()):
-            self._fail("exchange", "expected a ccxt exchange id: ASCII letters, digits and '_', e.g. binance")
+            self.fail("exchange", "expected a ccxt exchange id: ASCII letters, digits and '_', e.g. binance")
         if not self.models:
-            self._fail("models", "expected at least one model family")
+            self.fail("models", "expected at least one model family")
         if self.cv_rolling_train_days != 0 and self.cv_rolling_train_days < 14:
-            self._fail("cv_rolling_train_days", "expected 0 (derived) or at least 14 days")
+            self.fail("cv_rolling_train_days", "expected 0 (derived) or at least 14 days")
         if self.cv_scheme == "rolling" and self.rolling_train_days < 14:
-            self._fail("cv_rolling_train_days", f"train_window_days={self.train_window_days} less "
+            self.fail("cv_rolling_train_days", f"train_window_days={self.train_window_days} less "
                        f"{self.cv_folds + 1} week(s) leaves {self.rolling_train_days} days to train each fold on; "
                        "lengthen train_window_days, lower cv_folds or set cv_rolling_train_days")
         if self.extra_features:
             builtin = set().union(*KNOWN_FEATURES.values()) | {"close", "volume"}
             if set(self.extra_features) & builtin:
-                self._fail("extra_features", f"{sorted(set(self.extra_features) & builtin)} name built-in "
+                self.fail("extra_features", f"{sorted(set(self.extra_features) & builtin)} name built-in "
                            "features: a plug-in feature needs a name of its own")
         weights = self.member_weights(self.models)
         if any(w < 0 for w in self.ensemble_weights.values()) or sum(weights.values()) <= 0:
-            self._fail("ensemble_weights", "expected non-negative weights with a positive sum over models")
-
-    def _fail(self, name: str, why: str) -> None:
-        raise ConfigError(f"invalid run parameter {name}={getattr(self, name)!r}: {why}")
-
-    def _check_declared(self, f: dataclasses.Field) -> None:
-        """What a field's declaration says of its values: finite numbers, its interval, its
-        choices (declared, or a ``Literal`` type's) and, for a tuple of names, its members.
-
-        Raises:
-            ConfigError: naming the field, its value and what was expected.
-        """
-        value = getattr(self, f.name)
-        # First, because every comparison with NaN is false: a NaN would pass each check below.
-        members = value.values() if isinstance(value, dict) else value if isinstance(value, tuple | list) else (value,)
-        if any(isinstance(v, float) and not math.isfinite(v) for v in members):
-            self._fail(f.name, "expected finite numbers only (no NaN, no infinity)")
-        if value is None:
-            return
-        interval = f.metadata.get("interval")
-        if interval is not None and value not in interval:
-            self._fail(f.name, f"expected {interval.expected()}")
-        choices = field_choices(f)
-        if choices is not None and value not in choices:
-            self._fail(f.name, f"expected {_one_of(choices)}")
-        if "members" in f.metadata:
-            allowed = f.metadata["members"]()
-            if set(value) - set(allowed) or len(set(value)) != len(value):
-                self._fail(f.name, f"expected distinct names from {list(allowed)}")
+            self.fail("ensemble_weights", "expected non-negative weights with a positive sum over models")
 
     @property
     def registered_model(self) -> RegisteredModel:
@@ -557,130 +443,122 @@ class RunConfig:
         ``ensemble_weights`` entry, or ``1 / len(models)`` for a family without one."""
         return {f: float(self.ensemble_weights.get(f, 1.0 / len(self.models))) for f in families}
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> RunConfig:
-        """Build a config from a DAG run's params (or any mapping of field names to values).
 
-        ``None`` values mean "use the default" except for the optional fields that default to
-        ``None``. Unknown keys are ignored, so a DAG may carry extra params of its own.
+#: Run parameters that do not shape the model (decision, trading, where the rows came from): left
+#: out of a version's identity, so a re-run with another gate policy is the same version.
+NOT_MODEL_INPUTS = ("gate_", "trade_", "fee_bps", "slippage_bps", "require_approval", "approval_timeout_hours",
+                    "as_of_date", "source", "min_history_days")
+
+
+@dataclass(frozen=True)
+class TuningConfig(Declared):
+    """Parameters of a tuning run (``tune_hyperparameters``, ``python -m include.tuning run``);
+    the market's other parameters are a :class:`RunConfig`'s.
+
+    Raises:
+        ConfigError: from ``__post_init__``, a refused value, naming the field.
+    """
+
+    tune_trials: int = declare(
+        "Finished (complete or pruned) trials each study holds when the run ends; a re-run for the same "
+        "as-of date resumes the study.", default=20, interval=Interval(1, 1000),
+        form=FormField(TUNING, "Trials per family"))
+    tune_timeout_minutes: float | None = declare(
+        "Stop starting trials of a family after this long (empty: none).", default=None,
+        interval=Interval(0, None, low_open=True, what="a number of minutes"),
+        form=FormField(TUNING, "Time budget (minutes)"))
+    tune_folds: int = declare(
+        "Weekly test folds each trial is scored on (even: the overfitting measure splits them in halves).",
+        default=8, interval=Interval(2, 52), form=FormField(TUNING, "Walk-forward folds"))
+    tune_search_space: dict[str, Any] | None = declare(
+        "{family: {hyperparameter: {type, low, high, log} or {type: categorical, choices}}} merged over "
+        "include/tuning/spaces.py.", default=None, form=FormField(TUNING, "Search space overrides"))
+
+    def __post_init__(self) -> None:
+        self.check_declared()
+
+
+@dataclass(frozen=True)
+class MonitorPolicy(Declared):
+    """When monitoring (``monitor_production``) alerts and asks for a retrain.
+
+    The fields with a form title are ``monitor_production``'s params, as ``monitor_<field>``.
+
+    Raises:
+        ConfigError: from ``__post_init__``, a refused value, naming the field.
+    """
+
+    PARAM_PREFIX = "monitor_"
+
+    max_psi: float = declare(
+        "Population stability index above this on a top feature is drift (0.25: the customary \"major shift\").",
+        default=0.25, interval=Interval(0, None), form=FormField(POLICY, "Largest PSI on a top feature"))
+    psi_top_k: int = declare(
+        "How many of the version's most important features the PSI check covers.", default=5,
+        interval=Interval(1, None), form=FormField(POLICY, "Top features checked for drift"))
+    max_missing_increase: float = declare(
+        "Missing share above the training share by more than this (e.g. open interest that stops arriving).",
+        default=0.2, interval=Interval(0, 1), form=FormField(POLICY, "Largest rise in a feature's missing share"))
+    log_loss_days: int = declare(
+        "Consecutive complete days on which the realised log loss is worse than the class-prior forecast's.",
+        default=3, interval=Interval(1, None), form=FormField(POLICY, "Days of log loss worse than the prior"))
+    max_drawdown: float = declare(
+        "Of the live simulated strategy (fraction).", default=0.15,
+        interval=Interval(0, 1, low_open=True, what="a fraction"), form=FormField(POLICY, "Largest live drawdown"))
+    max_data_age_hours: float = declare(
+        "Older than this at the end of the span is stale data.", default=3.0,
+        interval=Interval(0, None, low_open=True, what="a number of hours"),
+        form=FormField(POLICY, "Largest age of the last bar (hours)"))
+    min_labelled_rows: int = declare(
+        "Fewer realised labels than this: performance checks wait.", default=24, interval=Interval(1, None))
+    min_drift_rows: int = declare(
+        "Fewer live rows in the drift window than this: drift checks wait (PSI over ten bins is noise on a "
+        "few dozen rows).", default=72, interval=Interval(1, None))
+    drift_window_days: int = declare(
+        "Days of the most recent bars the drift checks use.", default=7, interval=Interval(1, None))
+    cooldown_hours: float = declare(
+        "Hours of data time after a retrain request during which the model gets no other, so that one "
+        "incident gives one retrain.", default=72.0, interval=Interval(0, None),
+        form=FormField(POLICY, "Cooldown between retrain requests (hours)"))
+
+    def __post_init__(self) -> None:
+        self.check_declared()
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> MonitorPolicy:
+        """The policy of a run's params (keys ``monitor_<field>``; missing or None = default).
 
         Raises:
-            ConfigError: a value has the wrong type or is out of range.
+            ConfigError: a refused value, naming the field.
         """
-        known = {f.name: f for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for name, value in params.items():
-            if name not in known or (value is None and known[name].default is not None):
-                continue
-            if name in ("models", "gate_required_checks", "extra_features"):
-                value = tuple(value) if not isinstance(value, str) else tuple(
-                    v.strip() for v in value.split(",") if v.strip()
-                )
-            kwargs[name] = value
-        try:
-            return cls(**kwargs)
-        except TypeError as exc:
-            raise ConfigError(f"invalid run parameters: {exc}") from exc
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable view of every field."""
-        out = dataclasses.asdict(self)
-        out["models"] = list(self.models)
-        out["extra_features"] = list(self.extra_features)
-        return out
-
-    @classmethod
-    def describe(cls) -> dict[str, str]:
-        """Field name -> description, for Params and documentation."""
-        return {f.name: f.metadata.get("description", "") for f in fields(cls)}
-
-    @classmethod
-    def intervals(cls) -> dict[str, Interval]:
-        """Field name -> accepted values, for the numbers that declare them."""
-        return {f.name: f.metadata["interval"] for f in fields(cls) if "interval" in f.metadata}
-
-
-def field_choices(f: dataclasses.Field) -> tuple[Any, ...] | None:
-    """The values a :class:`RunConfig` field accepts when they are a list: its declared
-    ``choices`` or its ``Literal`` type's; ``None`` for any other field."""
-    if "choices" in f.metadata:
-        return tuple(f.metadata["choices"])
-    hint = typing.get_type_hints(RunConfig)[f.name]
-    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
-
-
-def _json_type(f: dataclasses.Field) -> str | list[str]:
-    """The JSON Schema ``type`` of a :class:`RunConfig` field, from its type hint."""
-    hint = typing.get_type_hints(RunConfig)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    names = {str: "string", int: "integer", float: "number", bool: "boolean", tuple: "array", dict: "object"}
-    if typing.get_origin(hint) is Literal:
-        base = names[type(args[0])]
-    else:
-        base = names.get(typing.get_origin(hint) or hint) or names[args[0]]
-    return ["null", base] if type(None) in typing.get_args(hint) else base
-
-
-def trigger_form() -> dict[str, Any]:
-    """``weekly_retrain``'s trigger form: an Airflow ``Param`` for every :class:`RunConfig`
-    field declared with a :class:`FormField`, section by section (:data:`FORM_SECTIONS`), in
-    field order.
-
-    Each carries the field's default (floats shown to 4 decimals: 1/3 is shown and used as
-    0.3333), description, title and section, its interval as the schema's bounds, and its
-    choices (or members, for a list of names) as an ``enum``.
-    """
-    from airflow.sdk import Param
-
-    defaults, form = RunConfig(), {}
-    declared = [f for f in fields(RunConfig) if "form" in f.metadata]
-    for f in sorted(declared, key=lambda f: FORM_SECTIONS.index(f.metadata["form"].section)):
-        spec: FormField = f.metadata["form"]
-        default = getattr(defaults, f.name)
-        default = list(default) if isinstance(default, tuple) else round(default, 4) if isinstance(default, float) \
-            else default
-        schema: dict[str, Any] = dict(f.metadata["interval"].schema()) if "interval" in f.metadata else {}
-        if field_choices(f) is not None:
-            schema["enum"] = list(field_choices(f))
-        if "members" in f.metadata:
-            schema["items"] = {"type": "string", "enum": list(f.metadata["members"]())}
-        form[f.name] = Param(default, type=_json_type(f), description=f.metadata["description"], title=spec.title,
-                             section=spec.section, **schema, **spec.schema)
-    return form
+        return super().from_params({f.name: params.get(f"monitor_{f.name}") for f in fields(cls)})
 
 
 def params_markdown() -> str:
     """The run-parameter reference page (``docs/reference/params.md``): every :class:`RunConfig`
-    field with its default, the values it accepts, where the trigger form shows it, and its
-    description, all read from the field's declaration."""
-    defaults = RunConfig()
-    lines = ["# Run parameters", "",
-             "Every field of `RunConfig` (`include/config.py`) is a run parameter of `weekly_retrain`: a field",
-             "of the trigger form (in the section given), a key of `--conf`, or a market's own value in the",
-             "universe file. This page is generated from the fields' declarations.", "",
-             "| Parameter | Default | Accepts | Form section | Description |", "| --- | --- | --- | --- | --- |"]
-    for f in fields(RunConfig):
+    and :class:`TuningConfig` field with its default, the values it accepts, where the trigger
+    form shows it, and its description, all read from the field's declaration."""
+    return "\n".join([
+        "# Run parameters", "",
+        "Every field of `RunConfig` (`include/config.py`) is a run parameter of `weekly_retrain`: a field",
+        "of the trigger form (in the section given), a key of `--conf`, or a market's own value in the",
+        "universe file. This page is generated from the fields' declarations.", "",
+        *_parameter_table(RunConfig, "(--conf, universe file)"), "",
+        "## Tuning", "",
+        "`tune_hyperparameters` takes these besides the market's `RunConfig` fields (`TuningConfig`;",
+        "`python -m include.tuning run` takes the same defaults).", "",
+        *_parameter_table(TuningConfig, "(--conf)")]) + "\n"
+
+
+def _parameter_table(owner: type[Declared], unshown: str) -> list[str]:
+    """The Markdown table of ``owner``'s fields; ``unshown``: the section column of a field the
+    trigger form leaves out."""
+    defaults = owner()
+    lines = ["| Parameter | Default | Accepts | Form section | Description |", "| --- | --- | --- | --- | --- |"]
+    for f in fields(owner):
         default = getattr(defaults, f.name)
         default = list(default) if isinstance(default, tuple) else default
-        section = f.metadata["form"].section if "form" in f.metadata else "(--conf, universe file)"
-        lines.append(f"| `{f.name}` | `{default}` | {_accepts(f)} | {section} | "
+        section = f.metadata["form"].section if "form" in f.metadata else unshown
+        lines.append(f"| `{f.name}` | `{default}` | {accepts(owner, f)} | {section} | "
                      f"{f.metadata['description'].replace('|', '/')} |")
-    return "\n".join(lines) + "\n"
-
-
-def _accepts(f: dataclasses.Field) -> str:
-    """What a field accepts, for the parameter table."""
-    if "interval" in f.metadata:
-        return f.metadata["interval"].expected()
-    if field_choices(f) is not None:
-        return _one_of(field_choices(f))
-    if "members" in f.metadata:
-        return "distinct names (see the description)"
-    return ""
-
-
-#: Run parameters that do not shape the model (decision, trading, where the rows came from):
-#: left out of a version's identity, so a re-run with another gate policy is the same version.
-NOT_MODEL_INPUTS = ("gate_", "trade_", "fee_bps", "slippage_bps", "require_approval", "approval_timeout_hours",
-                    "as_of_date", "source",
-                    "min_history_days")
+    return lines

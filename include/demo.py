@@ -21,6 +21,7 @@ from typing import Any
 
 from include.config import PROJECT_ROOT, Settings
 from include.gate import check_outcome
+from include.run_folder import RunFolder
 
 DAG_ID = "weekly_retrain"
 
@@ -81,7 +82,7 @@ def failure_detail(folder: Path, model: str, log: Path) -> list[str]:
     """Why a market failed: every failed expectation from its validation report, else the log's errors."""
     from include.quality.suites import format_failures
 
-    report = folder / "validation.json"
+    report = RunFolder(folder).validation
     if report.is_file():
         validation = json.loads(report.read_text())
         if not validation.get("success", True):

@@ -102,7 +102,8 @@ def feature_frame(store: MarketStore, cfg: RunConfig, spec: FeatureSpec, start: 
     Args:
         cfg: names the market (exchange, symbol, market type, timeframe).
         spec: the features.
-        start, end: UTC bounds of the bars wanted.
+        start: UTC start of the bars wanted (included).
+        end: UTC end of the bars wanted (excluded).
         reuse: read and store computed months (the weekly run's features step).
 
     Returns:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -330,6 +331,23 @@ def _open_interest_change(bars: pd.DataFrame, open_interest: pd.DataFrame | None
     oi["available_at"] = oi["timestamp"] + pd.Timedelta(hours=p["open_interest_publish_lag_hours"])
     return _asof_join(bars, oi, "available_at", ["oi_change_1d"],
                       p.get("open_interest_max_age_hours"))["oi_change_1d"].to_numpy()
+
+
+#: Features a row may lack and still be complete: open interest's daily change, NaN where the
+#: exchange published no open interest (the models take NaN; the other features never are).
+OPTIONAL_FEATURES: tuple[str, ...] = ("oi_change_1d",)
+
+
+def complete_rows(frame: pd.DataFrame, names: Iterable[str]) -> pd.Series:
+    """Which rows of ``frame`` are complete: every feature of ``names`` defined, but the optional
+    ones (:data:`OPTIONAL_FEATURES`). The one rule training, serving, monitoring and the track
+    record apply before a row is scored or trained on (the indicator warm-up leaves the first
+    rows incomplete).
+
+    Returns:
+        ``(n_rows,)`` boolean Series aligned with ``frame``.
+    """
+    return frame[[c for c in names if c not in OPTIONAL_FEATURES]].notna().all(axis=1)
 
 
 def build_features(ohlcv: pd.DataFrame, spec: FeatureSpec, funding: pd.DataFrame | None = None,

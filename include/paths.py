@@ -33,6 +33,7 @@ def market_data_dir() -> Path:
     """The file source's folder of market-data files: ``MARKET_DATA_DIR``, else the bundled data."""
     return env_path("MARKET_DATA_DIR", BUNDLED_DATA_DIR)
 
+
 #: What a name that becomes part of a path may look like: an exchange id, a symbol, a registered
 #: model's name, a DAG id. Lower or upper ASCII letters, digits, ``_``, ``-`` and ``.``, starting
 #: with a letter or digit, no ``..``: never a separator, never a way out of its folder.

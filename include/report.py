@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from include.gate import check_outcome
+from include.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -238,9 +239,10 @@ def _champion_section(gate: dict[str, Any]) -> str:
 def _validation_paragraph(out_dir: Path) -> str:
     """The data validation's outcome per suite, and a link to its Great Expectations Data Docs."""
     try:
-        report = json.loads((out_dir / "validation.json").read_text())
+        report = json.loads(RunFolder(out_dir).validation.read_text())
     except (OSError, ValueError):
         return ""
+
     def suite_words(s: dict[str, Any]) -> str:
         checked = s.get("validated_rows")
         words = f"{s['suite']} {s.get('rows', '?')} rows"
@@ -279,12 +281,12 @@ def build_report(out_dir: Path, summary: dict[str, Any]) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    ens = json.loads((out_dir / "candidates" / "ensemble" / "metadata.json").read_text())
-    trading = json.loads((out_dir / "trading.json").read_text())
-    gate = json.loads((out_dir / "gate_decision.json").read_text())
+    ens = json.loads((RunFolder(out_dir).member("ensemble") / "metadata.json").read_text())
+    trading = json.loads(RunFolder(out_dir).trading.read_text())
+    gate = json.loads(RunFolder(out_dir).gate_decision.read_text())
     importance = {}
     for family in ens["members"]:
-        meta = json.loads((out_dir / "candidates" / family / "metadata.json").read_text())
+        meta = json.loads((RunFolder(out_dir).member(family) / "metadata.json").read_text())
         importance[family] = meta["cv"]["importance"]
     metrics = ens["metrics"]
     window = summary["window"]
@@ -334,7 +336,7 @@ def build_report(out_dir: Path, summary: dict[str, Any]) -> Path:
         _step_times_section(summary.get("step_times") or {}),
         "</body></html>",
     ]
-    path = out_dir / "report.html"
+    path = RunFolder(out_dir).report
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text("\n".join(parts))
     tmp.replace(path)

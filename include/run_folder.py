@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -115,6 +116,79 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
 SUMMARY_FILE, SKIPPED_FILE = "summary.json", "skipped.json"
 
 
+@dataclass(frozen=True)
+class RunFolder:
+    """The files of one market's run folder, each named once: what the steps write, and what the
+    report, the pages, the benchmarks and the next steps read.
+
+    Attributes:
+        path: the folder (local, or staged from the object store: :func:`staged_run_dir`).
+    """
+
+    path: Path
+
+    @property
+    def validation(self) -> Path:
+        """The validate step's report (JSON: per suite, rows, failures, Data Docs)."""
+        return self.path / "validation.json"
+
+    @property
+    def features(self) -> Path:
+        """The features step's rows (Parquet, ``(n_bars, n_features)`` plus ``close``)."""
+        return self.path / "features.parquet"
+
+    @property
+    def feature_spec(self) -> Path:
+        """The feature spec the features were computed with (JSON, with its sha256)."""
+        return self.path / "feature_spec.json"
+
+    @property
+    def dataset(self) -> Path:
+        """The modelling table: features and their labels (Parquet)."""
+        return self.path / "dataset.parquet"
+
+    @property
+    def candidates(self) -> Path:
+        """The trained members' folders (:meth:`member`) and the assembled ``ensemble``'s."""
+        return self.path / "candidates"
+
+    def member(self, family: str) -> Path:
+        """A trained family's folder (``ensemble`` for the assembled candidate): ``model.joblib``,
+        ``oof.parquet`` (its out-of-fold forecasts), ``metadata.json``."""
+        return self.candidates / family
+
+    @property
+    def ensemble_oof(self) -> Path:
+        """The ensemble's out-of-fold record with the trading decision's inputs (Parquet)."""
+        return self.path / "ensemble_oof.parquet"
+
+    @property
+    def trading(self) -> Path:
+        """The trading step's simulations (JSON)."""
+        return self.path / "trading.json"
+
+    @property
+    def trading_returns(self) -> Path:
+        """Per-bar net returns of the out-of-fold strategy and the momentum rule (Parquet; the
+        gate's trading tests)."""
+        return self.path / "trading_returns.parquet"
+
+    @property
+    def gate_decision(self) -> Path:
+        """The gate's record (JSON: every check, its evidence, the decision)."""
+        return self.path / "gate_decision.json"
+
+    @property
+    def report(self) -> Path:
+        """The run report (HTML)."""
+        return self.path / "report.html"
+
+    @property
+    def summary(self) -> Path:
+        """The market's summary (JSON) for the universe summary."""
+        return self.path / SUMMARY_FILE
+
+
 #: Folder of a run's step timings, one JSON file per step (:func:`timed_step`).
 STEP_TIMES_DIR = "step_times"
 
@@ -185,8 +259,8 @@ def training_table(out_dir: Path, window: RunWindow) -> tuple[pd.DataFrame, np.n
         ids, ``test_size`` the labelled rows of the run's own data interval (its last fold),
         ``names`` the feature names.
     """
-    spec = json.loads((out_dir / "feature_spec.json").read_text())
-    table = pd.read_parquet(out_dir / "dataset.parquet")
+    spec = json.loads(RunFolder(out_dir).feature_spec.read_text())
+    table = pd.read_parquet(RunFolder(out_dir).dataset)
     table = table[table["label"].notna()]
     names = list(spec["names"])
     test_size = int((table.index >= pd.Timestamp(window.interval_start)).sum())

@@ -39,6 +39,7 @@ import pandas as pd
 
 from include.config import TIMEFRAME_SECONDS
 from include.errors import RegistryError, ServingError
+from include.features import complete_rows
 from include.labels import CLASS_NAMES
 from include.registry import ModelRegistry
 
@@ -322,8 +323,7 @@ class ProductionModel:
                     f"{as_of.isoformat()}" if extent else "the store holds none before it")
             raise ServingError(f"no {lineage['symbol']} candles in the market store in [{start.isoformat()}, "
                                f"{as_of.isoformat()}): {ends}; is ingestion up to date?")
-        required = [c for c in spec.names if c != "oi_change_1d"]
-        ready = feats[feats[required].notna().all(axis=1)]
+        ready = feats[complete_rows(feats, spec.names)]
         if ready.empty:
             raise ServingError(f"no complete feature row for {lineage['symbol']} before {as_of.isoformat()}")
         return market, ready
@@ -345,7 +345,6 @@ class ProductionModel:
                 f"at most {self.max_data_lag_bars} bar(s) of lag are allowed: refusing to forecast from stale data "
                 "(is ingestion up to date?)")
         return data_age
-
 
     def _position(self, version: str, lineage: dict[str, Any], model: Any, row: pd.DataFrame, proba: np.ndarray,
                   market: Any, bar: timedelta) -> tuple[int, float | None]:

@@ -11,8 +11,8 @@ labels the market revealed afterwards. Three policies choose which version serve
 
 :func:`replay` re-runs the gate week by week over the same versions with another
 :class:`~include.gate.GatePolicy`: each candidate's registered out-of-fold record is re-tested
-(:func:`include.pipeline.decision.candidate_evidence`, the same code as the gate) and compared
-with the replayed chain's champion (:func:`include.pipeline.decision.compare_with_champion`),
+(:func:`include.gate.evidence.candidate_evidence`, the same code as the gate) and compared
+with the replayed chain's champion (:func:`include.gate.evidence.compare_with_champion`),
 so a team sees what a policy would have done before turning it on. Replaying the policy a
 backfill ran with reproduces its decisions.
 
@@ -46,7 +46,10 @@ import pandas as pd
 
 from include.config import RunConfig, Settings
 from include.errors import PipelineError
-from include.gate import GatePolicy, decide, instant
+from include.features import complete_rows
+from include.gate import GatePolicy, instant
+from include.gate.evidence import compare_with_champion, judge, own_record, policy_from_config
+from include.trading import trade_out_of_fold
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +181,7 @@ class _LedgerBefore:
 
 
 class _Ledger:
-    """A registry as :func:`include.pipeline.decision.deflated_sharpe_record` reads it, whose ledger
+    """A registry as :func:`include.gate.evidence.deflated_sharpe_record` reads it, whose ledger
     is a given list of entries."""
 
     def __init__(self, entries: list[dict[str, Any]]) -> None:
@@ -195,7 +198,7 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
 
     Each candidate is re-tested on its registered out-of-fold record and compared with the
     replayed chain's production version, as :func:`include.pipeline.decision.gate` does. Its
-    deflated Sharpe ratio is the live gate's: :func:`include.pipeline.decision.deflated_sharpe_record`
+    deflated Sharpe ratio is the live gate's: :func:`include.gate.evidence.deflated_sharpe_record`
     over the model's ledger as it stood when the live gate decided the version (every candidate
     decided before it) and the trials of the hyperparameter sets its members use. The trials a
     selection drew from do not depend on the policy replayed, so neither does this count.
@@ -210,16 +213,6 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
         replayed chain then serves no model until a later promotion) or ``skipped`` (a version
         without a registered out-of-fold record).
     """
-    from include.gate.evidence import (
-        candidate_evidence,
-        compare_with_champion,
-        deflated_sharpe_record,
-        earlier_record,
-        own_record,
-        policy_from_config,
-    )
-    from include.trading import trade_out_of_fold
-
     production: Version | None = None
     decisions = []
     ledgers: dict[str, _LedgerBefore] = {}
@@ -239,27 +232,17 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
         funding = _slice(data.funding, oof.index.min(), v.trained_until)
         sims, _, _ = trade_out_of_fold(oof, cfg, bars, funding)
         returns = pd.DataFrame({name: sim.pop("net_returns") for name, sim in sims.items()})
-        horizon = max(cfg.label_horizon_bars, 1)
-        earlier = earlier_record(registry, cfg.model_name, v.lineage, oof, weeks=used.record_weeks)
-        evidence = candidate_evidence(used, oof, returns, horizon=horizon, bar_seconds=cfg.bar_seconds,
-                                      random_state=cfg.random_state, earlier=earlier)
-        champion = None
-        if production is not None:
-            champion = compare_with_champion(oof, _load(registry, production), production.lineage,
-                                             production.version, _features_of(data, production), horizon=horizon,
-                                             random_state=cfg.random_state,
-                                             window_start=v.lineage["data_window"]["interval_start"],
-                                             own_oof=own_record(registry, cfg.model_name, production.version,
-                                                                production.lineage, weeks=used.record_weeks),
-                                             level=used.level,
-                                             record_rows=evidence["log_loss"]["record_rows"])
-        ens = sims["ensemble"]
         if cfg.model_name not in ledgers:
             ledgers[cfg.model_name] = _LedgerBefore(registry.ledger(cfg.model_name), versions)
-        deflated = deflated_sharpe_record(ledgers[cfg.model_name].before(v), cfg.model_name, v.version, ens,
-                                          cfg.bar_seconds, v.lineage.get("hyperparameter_sets"))
-        decision = decide(used, candidate_version=v.version, evidence=evidence, champion=champion,
-                          trading={"ensemble": ens}, deflated=deflated)
+
+        def champion(rows: int, v: Version = v, used: GatePolicy = used, cfg: RunConfig = cfg,
+                     oof: pd.DataFrame = oof, production: Version | None = production) -> dict[str, Any] | None:
+            return _replayed_champion(registry, data, production, v, cfg, used, oof, rows)
+
+        judged = judge(used, cfg, registry=registry, ledger=ledgers[cfg.model_name].before(v), version=v.version,
+                       lineage=v.lineage, oof=oof, returns=returns, trading={"ensemble": sims["ensemble"]},
+                       champion=champion)
+        decision, deflated = judged.decision, judged.deflated
         decisions.append({"version": v.version, "trained_until": v.trained_until.isoformat(),
                           "passed": decision.passed, "action": decision.action,
                           "champion": production.version if production else None, "summary": decision.summary(),
@@ -269,6 +252,20 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
         elif decision.action == "demote":
             production = None
     return decisions
+
+
+def _replayed_champion(registry: Any, data: MarketData, production: Version | None, v: Version, cfg: RunConfig,
+                       policy: GatePolicy, oof: pd.DataFrame, record_rows: int) -> dict[str, Any] | None:
+    """The replayed chain's production version compared with candidate ``v`` on ``record_rows``
+    rows (:func:`include.gate.evidence.compare_with_champion`); ``None`` while it has none."""
+    if production is None:
+        return None
+    return compare_with_champion(oof, _load(registry, production), production.lineage, production.version,
+                                 _features_of(data, production), horizon=max(cfg.label_horizon_bars, 1),
+                                 random_state=cfg.random_state, window_start=v.lineage["data_window"]["interval_start"],
+                                 own_oof=own_record(registry, cfg.model_name, production.version, production.lineage,
+                                                    weeks=policy.record_weeks),
+                                 level=policy.level, record_rows=record_rows)
 
 
 # -- forward record --------------------------------------------------------------------------
@@ -282,7 +279,7 @@ def _forward(registry: Any, data: MarketData, v: Version, start: datetime, end: 
     feats = _features_of(data, v)
     names = list(v.lineage["feature_spec"]["names"])
     rows = feats[(feats.index >= pd.Timestamp(start)) & (feats.index < pd.Timestamp(end))]
-    rows = rows[rows[[c for c in names if c != "oi_change_1d"]].notna().all(axis=1)]
+    rows = rows[complete_rows(rows, names)]
     labels = data.labels.reindex(rows.index)
     known = labels.notna().to_numpy()
     rows = rows[known]

@@ -17,6 +17,7 @@ import pandas as pd
 
 from include.config import RunConfig, Settings
 from include.data.store import open_store
+from include.run_folder import RunFolder
 
 
 def trading_decision(cfg: RunConfig, margin: float = 0.0) -> Any:
@@ -163,7 +164,7 @@ def trading_inputs(cfg: RunConfig, out_dir: Path, oof_frame: pd.DataFrame, index
     """
     from include.backtest import class_moves, standardised_moves
 
-    feats = pd.read_parquet(out_dir / "features.parquet")
+    feats = pd.read_parquet(RunFolder(out_dir).features)
     scale, move = standardised_moves(feats["close"], horizon=cfg.label_horizon_bars,
                                      vol_window=cfg.label_vol_window_bars)
     move_rows = move.reindex(index).to_numpy()

@@ -26,7 +26,7 @@ FUNDING_LOOKBACK = timedelta(days=10)
 
 
 #: Least history before each calendar month from which that month's features are computed
-#: (:func:`include.pipeline.data.feature_frame`); see :func:`feature_pad`.
+#: (:func:`include.feature_store.feature_frame`); see :func:`feature_pad`.
 FEATURE_SEGMENT_PAD = timedelta(days=30)
 
 
@@ -45,7 +45,7 @@ def feature_pad(cfg: RunConfig) -> timedelta:
 
 
 def feature_read_start(start: datetime, cfg: RunConfig) -> datetime:
-    """The first bar :func:`~include.pipeline.data.feature_frame` reads for features from ``start``:
+    """The first bar :func:`~include.feature_store.feature_frame` reads for features from ``start``:
     :func:`feature_pad` before the start of ``start``'s month."""
     return month_start(start) - feature_pad(cfg)
 

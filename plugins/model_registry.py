@@ -42,6 +42,7 @@ from pydantic import BaseModel, Field
 
 from include.gate import check_outcome
 from include.registry.pages import cell as _cell
+from include.run_folder import RunFolder
 
 app = FastAPI(
     title="Model registry",
@@ -186,7 +187,7 @@ def _gate_outcome(info: dict[str, Any]) -> dict[str, Any] | None:
         "champion_version"}``, or ``None`` when the run folder is gone.
     """
     try:
-        record = json.loads((_report_path(info).parent / "gate_decision.json").read_text())
+        record = json.loads(RunFolder(_report_path(info).parent).gate_decision.read_text())
     except (OSError, KeyError, ValueError):
         return None
     champion = record.get("champion_evaluation") or {}

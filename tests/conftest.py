@@ -127,15 +127,13 @@ def trained_registry(tmp_path_factory, data_dir):
     """
     from include.config import RunConfig, Settings
     from include.pipeline import run_once
+    from tests.builders import PERMISSIVE_GATE
 
     root = tmp_path_factory.mktemp("trained-registry")
-    settings = Settings(data_dir=data_dir, market_db_url=f"sqlite:///{root / 'market.sqlite'}",
-                        registry_dir=root / "models", runs_dir=root / "runs")
+    settings = Settings.in_folder(root, data_dir)
     versions = []
     for symbol, day in (("BTCUSDT", "2023-12-24"), ("BTCUSDT", "2023-12-31"), ("ETHUSDT", "2023-12-31")):
-        cfg = RunConfig(symbol=symbol, as_of_date=day, train_window_days=120, cv_folds=3, gate_min_f1_margin=-1.0,
-                        gate_max_log_loss_ratio=10.0, gate_min_sharpe_margin=-1000.0, gate_max_drawdown=1.0,
-                        gate_champion_alpha=0.0)
+        cfg = RunConfig(symbol=symbol, as_of_date=day, train_window_days=120, cv_folds=3, **PERMISSIVE_GATE)
         run = run_once(cfg, settings, dag_id="weekly_retrain", run_id=f"fixture__{symbol}__{day}")
         assert run["decision"]["passed"], run["decision"]["summary"]
         versions.append(run["assembled"]["version"])

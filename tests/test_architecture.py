@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # The ground floor: errors, names and paths, a market's identity, the configuration, the
     # calendar and feature window, the run folder, storage.
     ("include", "include.errors", "include.paths", "include.redaction", "include.storage", "include.extensions",
-     "include.identity", "include.feature_names", "include.config", "include.resources"),
+     "include.identity", "include.feature_names", "include.parameters", "include.config", "include.resources"),
     # Pure computation every stage shares: the feature and label definitions, the gate's policy.
     ("include.features", "include.labels", "include.gate"),
     ("include.windows", "include.run_folder", "include.evaluation"),

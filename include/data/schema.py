@@ -4,7 +4,7 @@ Tables (created by the Alembic migrations under ``include/data/migrations``; tim
 the epoch, UTC): ``ohlcv``, ``funding_rate``, ``open_interest``, ``ohlcv_quarantine`` (candles
 refused at ingestion), ``ohlcv_gap``, ``bar_validation`` (days that passed the expectation
 suites, :mod:`include.quality.ledger`) and ``feature_month`` (computed features by month,
-:func:`include.pipeline.data.feature_frame`). The model registry's tables live in the same database
+:func:`include.feature_store.feature_frame`). The model registry's tables live in the same database
 (:mod:`include.registry.schema`). :func:`migrate` brings a database to the latest revision.
 """
 

@@ -23,7 +23,7 @@ serially dependent out-of-fold rows, or the probabilistic Sharpe ratio):
    information. The rows are the candidate's out-of-fold rows preceded by its **shadow record**:
    the walk-forward forecasts that earlier candidates of the same recipe, promoted or not,
    recorded in the ``record_weeks`` weeks before them (each bar once, each forecast by a model
-   fitted before it; :func:`include.pipeline.decision.earlier_record`). A candidate refused one
+   fitted before it; :func:`include.gate.evidence.earlier_record`). A candidate refused one
    week keeps counting: the evidence for a steady edge grows week by week, while on a market
    with nothing to predict every row is still a forecast without skill, so the level holds.
 3. ``beats_trading_baselines``: the simulated strategy (after fees, slippage and funding;
@@ -41,7 +41,7 @@ A **risk limit** is a limit, not a test:
 5. ``deflated_sharpe`` (only when ``min_deflated_sharpe`` is set; 0.95 is the paper's level): the
    deflated Sharpe ratio (Bailey & López de Prado 2014) of the out-of-fold strategy, with N every
    candidate the gate has evaluated for this registered model, this one included
-   (:func:`include.pipeline.decision.deflated_sharpe_record`); recorded whenever trading
+   (:func:`include.gate.evidence.deflated_sharpe_record`); recorded whenever trading
    results are given.
 
 Against the **champion** (the production version of the same registered model):
@@ -106,7 +106,7 @@ class GatePolicy:
         required: the skill tests that decide; the others are run and recorded, not required.
         record_weeks: weeks of earlier candidates' walk-forward forecasts (of the same recipe,
             before the candidate's out-of-fold rows) that join the log-loss test (its shadow
-            record, :func:`include.pipeline.decision.earlier_record`); 0: its own rows only.
+            record, :func:`include.gate.evidence.earlier_record`); 0: its own rows only.
     """
 
     alpha: float = 0.10
@@ -397,7 +397,7 @@ def decide(policy: GatePolicy, *, candidate_version: str, evidence: dict[str, An
             of H1 "the champion's log loss is lower", ``None`` without rows) ``, "live"``
             (``{"log_loss", "prior_log_loss"}`` of the champion on those rows, or ``None``)
             ``, "record"`` (the test of H1 "the champion's log loss is above the class prior's"
-            on its record, :func:`include.pipeline.decision.champion_record_test`, or ``None``)``}``.
+            on its record, :func:`include.gate.evidence.champion_record_test`, or ``None``)``}``.
         trading: out-of-fold trading metrics per strategy (``ensemble`` with ``max_drawdown``
             and ``trades``); ``None`` skips checks 3-5.
         deflated: ``{"value", "n_trials", ...}`` of the candidate's deflated Sharpe ratio.

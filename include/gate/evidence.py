@@ -12,6 +12,8 @@ import contextlib
 import json
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
@@ -20,7 +22,7 @@ import pandas as pd
 
 from include.config import RunConfig
 from include.errors import ConfigError, TrainingError
-from include.gate import GatePolicy, instant
+from include.gate import GateDecision, GatePolicy, decide, instant
 from include.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
@@ -163,7 +165,9 @@ def compare_with_champion(oof: pd.DataFrame, champion: Any, meta: dict[str, Any]
 
     Args:
         oof: the challenger's out-of-fold rows.
-        champion, meta, version: the champion model, its lineage and id.
+        champion: the champion model.
+        meta: its lineage.
+        version: its version id.
         features: feature rows covering ``oof``'s index, with the champion's feature columns.
         window_start: the run's data interval start (ISO), for the record.
         own_oof: the champion's registered out-of-fold record, for :func:`champion_record_test`.
@@ -343,3 +347,59 @@ def deflated_sharpe_of(strategy: dict[str, Any], earlier: list[float], bar_secon
              if skew is not None and kurt is not None and skew == skew and kurt == kurt else float("nan"))
     return {"value": value, "n_trials": n_trials, "trials_variance": variance,
             "expected_max_sharpe": expected_max_sharpe(n_trials, variance), "sharpe_per_bar": sharpe}
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The gate's decision on one candidate and what it was decided on.
+
+    Attributes:
+        decision: the verdict (:class:`include.gate.GateDecision`).
+        evidence: :func:`candidate_evidence`'s skill tests.
+        champion: the champion's comparison (:func:`compare_with_champion`), ``None`` without one.
+        deflated: :func:`deflated_sharpe_record`, ``None`` without a trading record.
+    """
+
+    decision: GateDecision
+    evidence: dict[str, Any]
+    champion: dict[str, Any] | None
+    deflated: dict[str, Any] | None
+
+
+def judge(policy: GatePolicy, cfg: RunConfig, *, registry: ModelRegistry, ledger: Any, version: str,
+          lineage: dict[str, Any], oof: pd.DataFrame, returns: pd.DataFrame | None,
+          trading: dict[str, Any] | None, champion: Callable[[int], dict[str, Any] | None]) -> Judgement:
+    """Decide one candidate: the one sequence of the gate's evidence and decision that the weekly
+    run's gate step and the track record's replay share.
+
+    The shadow record (:func:`earlier_record`), the skill tests (:func:`candidate_evidence`), the
+    champion's comparison on as many rows as the log-loss test used, the deflated Sharpe ratio
+    over every candidate evaluated before (:func:`deflated_sharpe_record`), then
+    :func:`include.gate.decide`.
+
+    Args:
+        policy: the gate policy.
+        cfg: the candidate's run configuration (model, horizon, bar length, seed).
+        registry: the registry the shadow record reads earlier candidates from.
+        ledger: what the deflated Sharpe ratio counts earlier candidates in: the registry itself
+            (a live decision), or the ledger as it stood when the replayed decision was taken.
+        version: the candidate's version id.
+        lineage: the candidate's lineage.
+        oof: ``(n_rows, …)`` the candidate's out-of-fold record.
+        returns: per-bar net returns of the strategy and the momentum rule (the trading test);
+            ``None`` without a trading simulation.
+        trading: the out-of-fold strategies' metrics by name (at least ``ensemble``); ``None``
+            without a trading simulation.
+        champion: given the log-loss test's row count, the champion's comparison, or ``None``
+            without a production version.
+    """
+    earlier = earlier_record(registry, cfg.model_name, lineage, oof, weeks=policy.record_weeks)
+    evidence = candidate_evidence(policy, oof, returns, horizon=max(cfg.label_horizon_bars, 1),
+                                  bar_seconds=cfg.bar_seconds, random_state=cfg.random_state, earlier=earlier)
+    compared = champion(evidence["log_loss"]["record_rows"])
+    deflated = (deflated_sharpe_record(ledger, cfg.model_name, version, trading["ensemble"], cfg.bar_seconds,
+                                       lineage.get("hyperparameter_sets"))
+                if trading else None)
+    decision = decide(policy, candidate_version=version, evidence=evidence, champion=compared, trading=trading,
+                      deflated=deflated)
+    return Judgement(decision, evidence, compared, deflated)

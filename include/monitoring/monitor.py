@@ -34,8 +34,9 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from include.config import RunConfig, Settings
+from include.config import MonitorPolicy, RunConfig, Settings
 from include.errors import PipelineError, TrainingError
+from include.features import complete_rows
 from include.labels import CLASS_NAMES
 from include.predictions import _ms, load_predictions, log_predictions, report_table
 
@@ -46,46 +47,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OK, ALERT, RETRAIN, COOLDOWN = "ok", "alert", "retrain_requested", "cooldown"
-
-
-@dataclass(frozen=True)
-class MonitorPolicy:
-    """When monitoring alerts and asks for a retrain.
-
-    Attributes:
-        max_psi: a PSI above this on any of the ``psi_top_k`` most important features is drift
-            (0.25: the customary "major shift").
-        psi_top_k: how many of the version's most important features the PSI check covers.
-        max_missing_increase: a feature whose share of missing values exceeds its training
-            share by more than this (e.g. open interest that stops arriving) trips the check.
-        log_loss_days: realised log loss worse than the class-prior forecast's on each of the
-            last this many complete UTC days is degradation.
-        max_drawdown: live drawdown of the simulated strategy beyond this (fraction).
-        max_data_age_hours: the last closed bar older than this at ``as_of`` is stale data.
-        min_labelled_rows: fewer realised labels than this: performance checks wait.
-        min_drift_rows: fewer live rows in the drift window than this: drift checks wait (PSI
-            over ten bins is noise on a few dozen rows).
-        drift_window_days: days of the most recent bars the drift checks use.
-        cooldown_hours: after a retrain request, no other request for the model for this many
-            hours of data time, so that one incident gives one retrain.
-    """
-
-    max_psi: float = 0.25
-    psi_top_k: int = 5
-    max_missing_increase: float = 0.2
-    log_loss_days: int = 3
-    max_drawdown: float = 0.15
-    max_data_age_hours: float = 3.0
-    min_labelled_rows: int = 24
-    min_drift_rows: int = 72
-    drift_window_days: int = 7
-    cooldown_hours: float = 72.0
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> MonitorPolicy:
-        """The policy of a run's params (keys ``monitor_<field>``; missing or None = default)."""
-        fields = {f: params.get(f"monitor_{f}") for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in fields.items() if v is not None})
 
 
 def _closed_bars(store: Any, cfg: RunConfig, start: datetime, end: datetime) -> pd.DataFrame:
@@ -127,7 +88,7 @@ def _reference(settings: Settings, lineage: dict[str, Any], spec: Any, cfg: RunC
     end = (pd.Timestamp(window["last_training_row"]) + pd.Timedelta(seconds=cfg.bar_seconds)
            if window.get("last_training_row") else pd.Timestamp(window["trained_until"])).to_pydatetime()
     feats = feature_frame(store, cfg, spec, start, end)
-    feats = feats[feats[[c for c in spec.names if c != "oi_change_1d"]].notna().all(axis=1)]
+    feats = feats[complete_rows(feats, spec.names)]
     if feats.empty:
         raise PipelineError(f"{lineage.get('registered_model')}: no drift reference stored with the version, and the "
                             f"store holds no bar of its training window [{window['train_start']}, "
@@ -142,14 +103,14 @@ def _reference(settings: Settings, lineage: dict[str, Any], spec: Any, cfg: RunC
 def _ranking_from_run_folder(settings: Settings, lineage: dict[str, Any], names: list[str]) -> tuple[list[str], str]:
     """Features by the permutation importance in the version's run folder, or in spec order."""
     from include.ensemble import ranked_features
-    from include.run_folder import version_run_dir
+    from include.run_folder import RunFolder, version_run_dir
 
-    folder = version_run_dir(settings, lineage["registered_model"], lineage) / "candidates"
+    folder = RunFolder(version_run_dir(settings, lineage["registered_model"], lineage))
     try:
-        members = {f: json.loads((folder / f / "metadata.json").read_text()) for f in lineage["members"]}
+        members = {f: json.loads((folder.member(f) / "metadata.json").read_text()) for f in lineage["members"]}
     except (OSError, KeyError, ValueError):
         return names, "in feature-spec order (run folder gone: no importance to rank by)"
-    return ranked_features(members, list(members), names), f"by the permutation importance in {folder.parent}"
+    return ranked_features(members, list(members), names), f"by the permutation importance in {folder.path}"
 
 
 def _daily_log_loss(frame: pd.DataFrame, prior: np.ndarray) -> list[dict[str, Any]]:
@@ -319,8 +280,7 @@ def _score_new_bars(store: MarketStore, model: str, version: str, estimator: Any
     """Score the span's complete feature rows the version has no logged prediction for; returns how many."""
     from include.training import prior_corrected_predict
 
-    required = [c for c in spec.names if c != "oi_change_1d"]
-    ready = feats[feats[required].notna().all(axis=1)]
+    ready = feats[complete_rows(feats, spec.names)]
     logged = load_predictions(store.engine, model, version, start=trained_until, end=as_of)
     todo = ready[~ready.index.isin(logged.index)]
     if len(todo):

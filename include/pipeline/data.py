@@ -18,12 +18,12 @@ from include.data.ingest import market_source
 from include.data.store import Gap, open_store
 from include.errors import DataQualityError, MarketNotReadyError, NoDataError, TrainingError
 from include.feature_store import feature_frame
-from include.features import FeatureSpec
+from include.features import OPTIONAL_FEATURES, FeatureSpec, complete_rows
 from include.labels import class_balance, make_labels
 from include.registry import (
     atomic_write_json,
 )
-from include.run_folder import SKIPPED_FILE, SUMMARY_FILE, timed_step, write_parquet
+from include.run_folder import SKIPPED_FILE, SUMMARY_FILE, RunFolder, timed_step, write_parquet
 from include.windows import (
     FUNDING_LOOKBACK,
     RunWindow,
@@ -166,6 +166,7 @@ def ingest(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path 
         raise
     out["window"] = asdict(effective)
     return out
+
 
 # -- 2. validate -----------------------------------------------------------------------------
 def quarantine_suite(refused: pd.DataFrame) -> dict[str, Any]:
@@ -334,7 +335,7 @@ def validate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     start, end = window.ts("ingest_start"), window.ts("interval_end")
     report, extent = _validate_stored_window(cfg, window, settings, start, end, out_dir)
     report["window"] = {"start": start.isoformat(), "end": end.isoformat()}
-    path = out_dir / "validation.json"
+    path = RunFolder(out_dir).validation
     atomic_write_json(path, report)
     rows = {s["suite"]: s["rows"] for s in report["suites"]}
     if not report["success"]:
@@ -379,13 +380,14 @@ def features(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
             frame["close"] = closes.reindex(frame.index).to_numpy()
     finally:
         store.dispose()
-    path = out_dir / "features.parquet"
+    path = RunFolder(out_dir).features
     write_parquet(frame, path)
-    atomic_write_json(out_dir / "feature_spec.json", {**spec.to_dict(), "sha256": spec.sha256})
+    atomic_write_json(RunFolder(out_dir).feature_spec, {**spec.to_dict(), "sha256": spec.sha256})
     out = {"path": str(path), "rows": int(len(frame)), "columns": list(frame.columns),
            "spec_sha256": spec.sha256, "open_interest": use_oi}
     logger.info("features: %d rows x %d columns (open interest: %s)", len(frame), frame.shape[1], use_oi)
     return out
+
 
 # -- 4. labels -------------------------------------------------------------------------------
 @timed_step("labels")
@@ -398,17 +400,16 @@ def labels(cfg: RunConfig, window: RunWindow, out_dir: Path) -> dict[str, Any]:
     Raises:
         TrainingError: no labelled rows remain, or a class is absent.
     """
-    feats = pd.read_parquet(out_dir / "features.parquet")
+    feats = pd.read_parquet(RunFolder(out_dir).features)
     y = make_labels(feats["close"], horizon=cfg.label_horizon_bars, mode=cfg.label_threshold_mode,
                     threshold=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)
     table = feats.assign(label=y)
     table = table[table.index >= pd.Timestamp(window.train_start)]
-    required = [c for c in feats.columns if c != "oi_change_1d"]
-    defined = table[required].notna().all(axis=1)
+    defined = complete_rows(table, feats.columns)
     dropped = table.index[~defined]
     dropped_info = None
     if len(dropped):
-        missing = table.loc[~defined, required].isna().sum()
+        missing = table.loc[~defined, [c for c in feats.columns if c not in OPTIONAL_FEATURES]].isna().sum()
         dropped_info = {"rows": int(len(dropped)), "first": dropped[0].isoformat(), "last": dropped[-1].isoformat(),
                         "columns": {c: int(n) for c, n in missing[missing > 0].items()}}
         logger.warning("%s: labels: dropped %d bar(s) with undefined features, %s to %s; NaN per column %s",
@@ -422,7 +423,7 @@ def labels(cfg: RunConfig, window: RunWindow, out_dir: Path) -> dict[str, Any]:
                f"(NaN per column {dropped_info['columns']})" if dropped_info else "")
         raise TrainingError(f"labels for {cfg.model_name} {window.run_key} are degenerate: {labelled} labelled "
                             f"rows, class balance {balance}{why}")
-    path = out_dir / "dataset.parquet"
+    path = RunFolder(out_dir).dataset
     write_parquet(table, path)
     logger.info("labels: %d labelled rows, class balance %s", labelled, balance)
     return {"path": str(path), "rows": int(len(table)), "labelled_rows": labelled, "class_balance": balance,

@@ -17,12 +17,9 @@ from include.data.store import open_store
 from include.errors import GateError, PipelineError
 from include.feature_store import feature_frame
 from include.features import FeatureSpec
-from include.gate import decide
 from include.gate.evidence import (
-    candidate_evidence,
     compare_with_champion,
-    deflated_sharpe_record,
-    earlier_record,
+    judge,
     own_record,
     policy_from_config,
 )
@@ -32,14 +29,11 @@ from include.registry import (
     ModelRegistry,
     atomic_write_json,
 )
-from include.run_folder import json_safe, timed_step, write_parquet
+from include.run_folder import RunFolder, json_safe, timed_step, write_parquet
 from include.trading import market_frames, trade_out_of_fold, trading_decision
 from include.windows import RunWindow
 
 logger = logging.getLogger(__name__)
-
-#: Per-bar net returns of the out-of-fold strategy and the momentum rule (the gate's trading tests).
-TRADING_RETURNS = "trading_returns.parquet"
 
 
 @timed_step("trading")
@@ -60,7 +54,7 @@ def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_
     """
     from include.backtest import simulate
 
-    oof = pd.read_parquet(out_dir / "ensemble_oof.parquet")
+    oof = pd.read_parquet(RunFolder(out_dir).ensemble_oof)
     bars, funding = market_frames(cfg, settings, oof.index.min().to_pydatetime(), window.ts("interval_end"))
     costs = trading_decision(cfg).costs
     sims, signals, decided = trade_out_of_fold(oof, cfg, bars, funding)
@@ -74,9 +68,9 @@ def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_
     for part in ("out_of_fold", "gate_window"):
         for metrics in result[part].values():
             metrics.pop("net_returns", None)
-    write_parquet(returns, out_dir / TRADING_RETURNS)
+    write_parquet(returns, RunFolder(out_dir).trading_returns)
     result = json_safe(result)
-    path = out_dir / "trading.json"
+    path = RunFolder(out_dir).trading
     atomic_write_json(path, result)
     compact = {part: {name: {k: v for k, v in m.items() if k not in ("equity", "costs")}
                       for name, m in result[part].items()} for part in ("out_of_fold", "gate_window")}
@@ -98,12 +92,12 @@ def _champion_evaluation(registry: ModelRegistry, cfg: RunConfig, window: RunWin
     if champion_model != cfg.model_name:
         raise GateError(f"production of {cfg.model_name} points at {pointer.version} of {champion_model}: "
                         "refusing to compare models of different markets or targets")
-    oof = pd.read_parquet(out_dir / "ensemble_oof.parquet") if oof is None else oof
+    oof = pd.read_parquet(RunFolder(out_dir).ensemble_oof) if oof is None else oof
     spec = FeatureSpec.from_dict({k: v for k, v in meta["feature_spec"].items() if k != "sha256"})
-    run_spec = json.loads((out_dir / "feature_spec.json").read_text())
+    run_spec = json.loads(RunFolder(out_dir).feature_spec.read_text())
     if spec.sha256 == run_spec["sha256"]:
         # Same spec over the same window: this run's feature file already holds the champion's inputs.
-        feats = pd.read_parquet(out_dir / "features.parquet")
+        feats = pd.read_parquet(RunFolder(out_dir).features)
     else:
         store = open_store(settings)
         try:
@@ -135,21 +129,14 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
     """
     registry = ModelRegistry.from_settings(settings)
     policy = policy_from_config(cfg)
-    oof = pd.read_parquet(out_dir / "ensemble_oof.parquet")
+    oof = pd.read_parquet(RunFolder(out_dir).ensemble_oof)
     lineage = registry.metadata(assembled["version"])
-    earlier = earlier_record(registry, cfg.model_name, lineage, oof, weeks=policy.record_weeks)
-    returns = pd.read_parquet(out_dir / TRADING_RETURNS) if trading else None
-    evidence = candidate_evidence(policy, oof, returns,
-                                  horizon=max(cfg.label_horizon_bars, 1), bar_seconds=cfg.bar_seconds,
-                                  random_state=cfg.random_state, earlier=earlier)
-    champion = _champion_evaluation(registry, cfg, window, settings, out_dir, oof,
-                                    record_rows=evidence["log_loss"]["record_rows"])
-    deflated = (deflated_sharpe_record(registry, cfg.model_name, assembled["version"],
-                                       trading["out_of_fold"]["ensemble"], cfg.bar_seconds,
-                                       lineage.get("hyperparameter_sets"))
-                if trading else None)
-    decision = decide(policy, candidate_version=assembled["version"], evidence=evidence, champion=champion,
-                      trading=trading["out_of_fold"] if trading else None, deflated=deflated)
+    returns = pd.read_parquet(RunFolder(out_dir).trading_returns) if trading else None
+    judged = judge(policy, cfg, registry=registry, ledger=registry, version=assembled["version"], lineage=lineage,
+                   oof=oof, returns=returns, trading=trading["out_of_fold"] if trading else None,
+                   champion=lambda rows: _champion_evaluation(registry, cfg, window, settings, out_dir, oof,
+                                                              record_rows=rows))
+    decision, evidence, champion, deflated = judged.decision, judged.evidence, judged.champion, judged.deflated
     record = {**decision.to_dict(), "model": cfg.model_name, "policy": asdict(policy), "evidence": evidence,
               "champion_evaluation": champion, "candidate_gate_window": assembled["gate_window"],
               "candidate_out_of_fold": assembled["ensemble"], "baselines": assembled["baselines"],
@@ -157,7 +144,7 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
               "require_approval": bool(cfg.require_approval), "approval_timeout_hours": cfg.approval_timeout_hours,
               "decided_at": datetime.now(UTC).isoformat(timespec="seconds")}
     record = json_safe(record)
-    atomic_write_json(out_dir / "gate_decision.json", record)
+    atomic_write_json(RunFolder(out_dir).gate_decision, record)
     # A rejection is the news of a green run: it is logged as a warning, above library chatter.
     level = logging.INFO if decision.passed else logging.WARNING
     logger.log(level, "gate %s: %s (candidate %s, champion %s)", cfg.model_name, decision.summary(),
@@ -168,6 +155,7 @@ def gate(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path,
         mark = {"passed": "ok  ", "failed": "FAIL", "not required": "no (not required)"}[check.outcome]
         logger.log(logging.WARNING if deciding else logging.INFO, "  %s %s: %s", mark, check.name, check.detail)
     return record
+
 
 # -- 9. promote / keep -----------------------------------------------------------------------
 def smoke_test(settings: Settings, model: str, as_of: datetime) -> dict[str, Any]:
@@ -194,6 +182,7 @@ def smoke_test(settings: Settings, model: str, as_of: datetime) -> dict[str, Any
     if proba.shape != (3,) or not np.isfinite(proba).all() or abs(proba.sum() - 1) > 1e-6:
         raise PipelineError(f"smoke test failed: probabilities {prediction.probabilities}")
     return prediction.to_dict()
+
 
 def promote(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id: str | None = None,
             as_of: datetime | None = None) -> dict[str, Any]:
@@ -255,6 +244,7 @@ def promote(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id
     logger.info("%s: promoted %s (previous %s); smoke test: %s", model, pointer.version, previous, smoke)
     return {"action": "promote", "model": model, "production": pointer.version, "previous": previous,
             "smoke_test": smoke}
+
 
 def act(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id: str | None = None,
         as_of: datetime | None = None, approval: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -14,10 +14,11 @@ from include.registry import (
     ModelRegistry,
     atomic_write_json,
 )
-from include.run_folder import SKIPPED_FILE, SUMMARY_FILE, json_safe, step_times, timed_step
+from include.run_folder import SKIPPED_FILE, SUMMARY_FILE, RunFolder, json_safe, step_times, timed_step
 from include.windows import RunWindow, resolve_window
 
 logger = logging.getLogger(__name__)
+
 
 @timed_step("report")
 def summarise(settings: Settings, cfg: RunConfig, out_dir: Path, window: RunWindow,
@@ -48,6 +49,7 @@ def summarise(settings: Settings, cfg: RunConfig, out_dir: Path, window: RunWind
     logger.info("%s: run report written to %s", cfg.model_name, report)
     return {"model": cfg.model_name, "path": str(shown / SUMMARY_FILE), "report": str(report),
             "production": summary["production"], "action": (parts.get("action") or {}).get("action")}
+
 
 def universe_outcomes(settings: Settings, dag_id: str, plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What each market of a universe run did, from the files its run folder holds.
@@ -80,7 +82,7 @@ def _failure_reason(folder: Path) -> str:
     """Why a market's run has no summary: its failed validation's first message when the run
     folder holds one, else where to look."""
     try:
-        report = json.loads((folder / "validation.json").read_text())
+        report = json.loads(RunFolder(folder).validation.read_text())
     except (OSError, ValueError):
         report = None
     if report and not report.get("success"):
@@ -90,6 +92,7 @@ def _failure_reason(folder: Path) -> str:
             more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
             return f"validation failed: {suite}: {message}{more}; report {folder / 'validation.json'}"
     return f"no summary in {folder}: a task of this market failed (see its alert and log)"
+
 
 #: Airflow stores a DAG run's note in 1,000 characters.
 NOTE_LIMIT = 1000
@@ -230,6 +233,7 @@ def publish_universe(settings: Settings, dag_id: str, plans: list[dict[str, Any]
     return {"path": str(path), "markets": {o["model"]: o["status"] for o in outcomes}, "notified": notified,
             "note": run_note(outcomes, requested=requested)}
 
+
 def plan_universe(run_params: dict[str, Any], *, selected: list[str] | None, universe_file: str | None,
                   data_interval_start: Any, data_interval_end: Any, run_after: Any) -> list[dict[str, Any]]:
     """One plan per market of the universe: ``{"model", "config", "window"}``, JSON for XCom.
@@ -249,6 +253,7 @@ def plan_universe(run_params: dict[str, Any], *, selected: list[str] | None, uni
                                 run_after=run_after)
         plans.append({"model": cfg.model_name, "config": cfg.to_dict(), "window": asdict(window)})
     return plans
+
 
 def retrain_scope(triggering_asset_events: Any) -> dict[str, Any] | None:
     """What a run triggered by ``retrain_request`` events retrains: the union of their models,

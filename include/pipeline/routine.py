@@ -217,9 +217,9 @@ def run_once(cfg: RunConfig, settings: Settings, *, dag_id: str, run_id: str,
     markets in parallel.)
 
     Args:
-        data_interval_start, data_interval_end: the data interval; ``None`` for the run
-            configuration's ``as_of_date`` or the last complete week
-            (:func:`include.windows.resolve_window`).
+        data_interval_start: the data interval's start; ``None`` for the run configuration's
+            ``as_of_date`` or the last complete week (:func:`include.windows.resolve_window`).
+        data_interval_end: the data interval's end; ``None`` as for the start.
 
     Returns:
         ``{"window", "assembled", "trading", "decision", "action", "summary"}``.

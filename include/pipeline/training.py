@@ -31,7 +31,7 @@ from include.registry import (
     load_verified,
     sha256_file,
 )
-from include.run_folder import timed_step, training_table, write_parquet
+from include.run_folder import RunFolder, timed_step, training_table, write_parquet
 from include.trading import trading_inputs
 from include.windows import RunWindow
 
@@ -48,6 +48,7 @@ def fit_cache(settings: Settings) -> Any:
 
     return FitCache(settings.runs_dir / ".fit_cache", settings.market_db_url)
 
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape a model's behaviour."""
     import lightgbm
@@ -58,6 +59,7 @@ def library_versions() -> dict[str, str]:
     return {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
             "scikit-learn": sklearn.__version__, "lightgbm": lightgbm.__version__,
             "xgboost": xgboost.__version__, "ta-lib": talib.__version__}
+
 
 def hyperparameter_choice(cfg: RunConfig, settings: Settings | None, family: str,
                           first_test: datetime) -> dict[str, Any]:
@@ -87,10 +89,12 @@ def hyperparameter_choice(cfg: RunConfig, settings: Settings | None, family: str
             "set": {k: chosen.get(k) for k in ("set_id", "as_of", "study", "n_trials", "best_value", "pbo",
                                                 "trial_sharpes")}}
 
+
 def _replace_dir(tmp: Path, target: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
     os.rename(tmp, target)
+
 
 @timed_step("train", part="family")
 def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str,
@@ -137,7 +141,7 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str,
         logger.info("%s: reused %d of %d cached fits and evaluations from earlier runs", family, cache.hits,
                     cache.hits + cache.misses)
         cache.dispose()
-    cand_root = out_dir / "candidates"
+    cand_root = RunFolder(out_dir).candidates
     cand_root.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{family}.", dir=cand_root))
     oof = pd.DataFrame(cv.oof_proba, columns=["p_down", "p_range", "p_up"],
@@ -175,7 +179,7 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str,
 
 def _validation_summary(out_dir: Path) -> dict[str, Any] | None:
     """The expectation-suite result of the run, for the version's lineage."""
-    path = out_dir / "validation.json"
+    path = RunFolder(out_dir).validation
     if not path.is_file():
         return None
     report = json.loads(path.read_text())
@@ -197,7 +201,7 @@ def _load_members(cfg: RunConfig, out_dir: Path, trained: list[dict[str, Any]]
     hashes = {t["family"]: t["sha256"] for t in trained}
     members, oofs, member_meta = [], {}, {}
     for fam in families:
-        cdir = out_dir / "candidates" / fam
+        cdir = RunFolder(out_dir).member(fam)
         # The hash comes from the training task's XCom, not from a file beside the model.
         members.append((fam, load_verified(cdir / "model.joblib", hashes[fam], f"{cfg.model_name} member {fam}")))
         oofs[fam] = pd.read_parquet(cdir / "oof.parquet")
@@ -314,7 +318,7 @@ def _out_of_fold_record(cfg: RunConfig, out_dir: Path, ref: pd.DataFrame, ens_oo
     folds = [(tr, te) for _, tr, te in splits.split(len(X))]
     # What the gate compares: the last fold's model was fitted on rows up to this one.
     gate_window["last_training_row"] = X.index[folds[-1][0][-1]].isoformat()
-    table = pd.read_parquet(out_dir / "dataset.parquet")
+    table = pd.read_parquet(RunFolder(out_dir).dataset)
     momentum = momentum_forecast(table["close"], horizon=cfg.label_horizon_bars, mode=cfg.label_threshold_mode,
                                  threshold=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)
     momentum = momentum.reindex(X.index).fillna(1.0).to_numpy()  # warm-up rows: no view (range)
@@ -328,7 +332,7 @@ def _out_of_fold_record(cfg: RunConfig, out_dir: Path, ref: pd.DataFrame, ens_oo
     oof_frame["pred_stratified"] = pd.Series(np.concatenate(draws), index=X.index[np.concatenate(
         [te for _, te in folds])]).reindex(ref.index).to_numpy()
     final_moves = trading_inputs(cfg, out_dir, oof_frame, X.index, y, folds, final_rows)
-    write_parquet(oof_frame, out_dir / "ensemble_oof.parquet")
+    write_parquet(oof_frame, RunFolder(out_dir).ensemble_oof)
     per_fold = [
         {"fold": int(k), **metrics_with_prior(y_oof[ref["fold"] == k], ens_oof[ref["fold"] == k],
                                               prior_rows[ref["fold"] == k])}
@@ -478,9 +482,9 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     final_rows = splits.final_rows(len(X))
     record = _out_of_fold_record(cfg, out_dir, ref, ens_oof, X, y, splits, final_rows)
     model = _ensemble_model(cfg, families, members, weights, stacker, class_prior(y[final_rows]), names)
-    spec = json.loads((out_dir / "feature_spec.json").read_text())
-    cand = out_dir / "candidates" / "ensemble"
-    tmp = Path(tempfile.mkdtemp(prefix=".ensemble.", dir=out_dir / "candidates"))
+    spec = json.loads(RunFolder(out_dir).feature_spec.read_text())
+    cand = RunFolder(out_dir).member("ensemble")
+    tmp = Path(tempfile.mkdtemp(prefix=".ensemble.", dir=RunFolder(out_dir).candidates))
     joblib.dump(model, tmp / "model.joblib")
     # The out-of-fold record travels with the version: a replay of the gate re-tests it.
     record.frame.to_parquet(tmp / OOF_FILE)

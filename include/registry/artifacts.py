@@ -24,6 +24,7 @@ OOF_FILE = "oof.parquet"
 
 MANIFEST_FILE = "manifest.json"
 
+
 def sha256_file(path: Any) -> str:
     """Hex sha256 of a file's bytes, local or in the object store (read in 1 MiB chunks)."""
     digest = hashlib.sha256()
@@ -31,6 +32,7 @@ def sha256_file(path: Any) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
 
 def load_verified(path: Any, expected_sha256: str, what: str) -> Any:
     """Unpickle a joblib file after checking the sha256 of the very bytes that are unpickled.
@@ -63,6 +65,7 @@ def load_verified(path: Any, expected_sha256: str, what: str) -> Any:
             "refusing to load a modified artifact")
     return joblib.load(io.BytesIO(data))
 
+
 def atomic_write_json(path: Any, payload: Any) -> None:
     """Write JSON to ``path``, local or in the object store, atomically
     (:func:`include.storage.write_json`)."""
@@ -70,13 +73,16 @@ def atomic_write_json(path: Any, payload: Any) -> None:
 
     write_json(path, payload)
 
+
 def now_ms() -> int:
     """Now, in ms since the epoch (UTC): the registry's time unit."""
     return int(datetime.now(UTC).timestamp() * 1000)
 
+
 def iso(ms: int | None) -> str | None:
     """ISO-8601 UTC text of a ms timestamp (seconds precision); ``None`` stays ``None``."""
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
 
 def code_version() -> str | None:
     """The project's git commit (``CODE_VERSION`` if set), or ``None`` outside a checkout."""

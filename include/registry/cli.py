@@ -18,6 +18,7 @@ from include.registry.schema import PRODUCTION
 def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
+
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(data, dict):
         out: dict[str, Any] = {}
@@ -25,6 +26,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: data}
+
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m include.registry``: inspect and operate the registry of this deployment."""

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
 class ModelRegistry(AliasLedger, Retention):
     """Model registry over artifacts under ``root`` and state in the database at ``url``.
 

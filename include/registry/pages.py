@@ -462,8 +462,6 @@ def version_page(info: dict[str, Any], events: list[dict[str, Any]]) -> str:
             + "</body></html>")
 
 
-
-
 def timeline_page(name: str, events: list[dict[str, Any]]) -> str:
     """A registered model's production history from its ledger ``events`` (oldest first), newest first."""
     rows = []

@@ -74,6 +74,7 @@ smoke_test_table = sa.Table(
     sa.Column("at", sa.BigInteger, nullable=False, comment="ms since epoch UTC"),
 )
 
+
 @dataclass(frozen=True)
 class AliasPointer:
     """Where an alias of a registered model points.

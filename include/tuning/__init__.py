@@ -90,7 +90,7 @@ def open_storage(url: str, *, heartbeat_seconds: int = HEARTBEAT_SECONDS) -> Any
 def _trial_trading(cfg: RunConfig, proba: np.ndarray, prior: np.ndarray, fold: np.ndarray, inputs: pd.DataFrame,
                    bars: pd.DataFrame, funding: pd.DataFrame | None) -> dict[str, float]:
     """After-cost trading record of a trial's out-of-fold forecasts under the weekly run's trading
-    decision (:func:`include.pipeline.decision.forecast_positions`, each fold at the margin
+    decision (:func:`include.trading.forecast_positions`, each fold at the margin
     chosen on earlier folds), so that its Sharpe ratio is a trial of the same strategy the gate's
     deflated Sharpe ratio judges.
 
@@ -124,7 +124,7 @@ class _TuningTable(NamedTuple):
     Attributes:
         X: ``(n, n_features)`` the labelled rows' features, indexed by bar open time.
         y: ``(n,)`` their class labels.
-        splits: the walk-forward split service (:func:`include.pipeline.training.interval_splits`).
+        splits: the walk-forward split service (:func:`include.evaluation.interval_splits`).
         bars: the market's OHLCV bars from the first row to the as-of date.
         funding: funding rates over the same span (perpetuals), else ``None``.
         inputs: the trading decision's inputs of every test row, indexed by bar.
@@ -243,7 +243,7 @@ def tune_family(cfg: RunConfig, window: Any, settings: Settings, out_dir: Path, 
 
     The modelling table is the tuning run's ``dataset.parquet`` in ``out_dir`` (written by
     :func:`include.pipeline.features` and :func:`include.pipeline.labels` for a window ending at
-    the as-of date). Folds: :func:`include.pipeline.training.interval_splits` with
+    the as-of date). Folds: :func:`include.evaluation.interval_splits` with
     ``cfg.cv_folds`` weekly test folds, the purge and embargo of the weekly runs. The family's
     defaults are enqueued as the study's first trial, so the search starts from them.
 

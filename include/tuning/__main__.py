@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from include.config import Settings
+from include.config import Settings, TuningConfig
 
 
 def show(model: str | None = None) -> str:
@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run tune_hyperparameters with `airflow dags test`, then show the sets")
     run.add_argument("--as-of", required=True, help="tune on data before this date (YYYY-MM-DD)")
     run.add_argument("--markets", nargs="*", default=None, help="symbols or registered-model names")
-    run.add_argument("--trials", type=int, default=20, help="finished trials per family")
-    run.add_argument("--folds", type=int, default=8, help="weekly walk-forward folds per trial")
+    defaults = TuningConfig()
+    run.add_argument("--trials", type=int, default=defaults.tune_trials, help="finished trials per family")
+    run.add_argument("--folds", type=int, default=defaults.tune_folds, help="weekly walk-forward folds per trial")
     run.add_argument("--models", nargs="*", default=None, help="families (default: all)")
     run.add_argument("--timeout-minutes", type=float, default=None, help="time budget per family")
     show_cmd = sub.add_parser("show", help="list the recorded sets")

@@ -14,20 +14,20 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from include.config import RunConfig, Settings
-from include.errors import ConfigError
+from include.config import RunConfig, Settings, TuningConfig
 
 logger = logging.getLogger(__name__)
 
 DAG_ID = "tune_hyperparameters"
-#: Run parameters of the tuning itself (the rest are :class:`~include.config.RunConfig` fields).
-TUNING_PARAMS = ("tune_trials", "tune_timeout_minutes", "tune_folds", "tune_search_space")
+#: Run parameters of the tuning itself (:class:`~include.config.TuningConfig`; the rest are
+#: :class:`~include.config.RunConfig` fields).
+TUNING_PARAMS = tuple(f.name for f in fields(TuningConfig))
 
 
 def plan_tuning(params: dict[str, Any], *, data_interval_start: Any, data_interval_end: Any,
@@ -41,11 +41,7 @@ def plan_tuning(params: dict[str, Any], *, data_interval_start: Any, data_interv
     """
     from include.pipeline import plan_universe
 
-    tuning = {k: params.get(k) for k in TUNING_PARAMS}
-    if not isinstance(tuning["tune_trials"], int) or tuning["tune_trials"] < 1:
-        raise ConfigError(f"tune_trials={tuning['tune_trials']!r}: expected an integer of at least 1")
-    if not isinstance(tuning["tune_folds"], int) or tuning["tune_folds"] < 2:
-        raise ConfigError(f"tune_folds={tuning['tune_folds']!r}: expected an integer of at least 2")
+    tuning = TuningConfig.from_params({k: params.get(k) for k in TUNING_PARAMS}).to_dict()
     run_params = {k: v for k, v in params.items() if k not in (*TUNING_PARAMS, "markets", "universe_file")}
     run_params["cv_folds"] = tuning["tune_folds"]
     if not run_params.get("as_of_date") and data_interval_end is not None:

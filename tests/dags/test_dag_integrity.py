@@ -49,60 +49,86 @@ def test_parsing_runs_no_query_connection_lookup_or_heavy_import(dag_file):
     assert out.returncode == 0 and "clean" in out.stdout, out.stderr[-2000:]
 
 
-def test_weekly_retrain_graph(dagbag):
-    from airflow.sdk.definitions.taskgroup import MappedTaskGroup
+@pytest.fixture(scope="module")
+def weekly(dagbag):
+    return dagbag.get_dag("weekly_retrain")
 
-    dag = dagbag.get_dag("weekly_retrain")
-    assert set(dag.tags) == {"ml", "retraining", "market-data"}
-    assert dag.max_active_runs == 1 and not dag.catchup
-    edges = {(up, t.task_id) for t in dag.tasks for up in t.upstream_task_ids}
-    m = "market."
-    chain = ["plan_run", m + "ingest_market_data", m + "validate_market_data", m + "build_features",
-             m + "train_lightgbm", m + "assemble_ensemble",
-             m + "quality_gate", m + "approve_promotion", m + "promote_or_keep", m + "publish_market_summary",
+
+M = "market."
+
+
+def _edges(dag) -> set[tuple[str, str]]:
+    return {(up, t.task_id) for t in dag.tasks for up in t.upstream_task_ids}
+
+
+def test_weekly_retrain_runs_each_market_through_the_routine_in_order(weekly):
+    assert set(weekly.tags) == {"ml", "retraining", "market-data"}
+    assert weekly.max_active_runs == 1 and not weekly.catchup
+    edges = _edges(weekly)
+    chain = ["plan_run", M + "ingest_market_data", M + "validate_market_data", M + "build_features",
+             M + "train_lightgbm", M + "assemble_ensemble",
+             M + "quality_gate", M + "approve_promotion", M + "promote_or_keep", M + "publish_market_summary",
              "publish_summary", "apply_retention"]
     for up, down in zip(chain, chain[1:], strict=False):
         assert (up, down) in edges, (up, down)
     for family in ("xgboost", "random_forest", "logistic"):
-        assert (m + "build_features", m + f"train_{family}") in edges
-        assert (m + f"train_{family}", m + "assemble_ensemble") in edges
-    # The thread budget: every fit runs in the training pool; nothing else does.
-    assert {t.task_id for t in dag.tasks if t.pool == "training"} == {
-        m + f"train_{f}" for f in ("lightgbm", "xgboost", "random_forest", "logistic")}
-    # One mapped task group per market; inside it only all_success rules: Airflow evaluates the
-    # "fast" rules (none_failed_min_one_success, one_*) of a not-yet-expanded group task against every
-    # market's upstream instances, so one failing market would stop the others.
-    group = dag.task_group_dict["market"]
-    assert isinstance(group, MappedTaskGroup)
+        assert (M + "build_features", M + f"train_{family}") in edges
+        assert (M + f"train_{family}", M + "assemble_ensemble") in edges
     assert ("publish_summary", "check_markets") in edges
-    for t in dag.tasks:
-        assert t.retries == 1 and t.owner == "quant-ml"
-        # check_markets only turns the run red; the failing market's own task already alerted.
-        assert bool(t.on_failure_callback) == (t.task_id != "check_markets"), t.task_id
-        if t.task_id.startswith(m):
+    assert weekly.get_task("publish_summary").trigger_rule == "all_done"  # reports failed markets too
+
+
+def test_every_fit_runs_in_the_training_pool_and_nothing_else_does(weekly):
+    """The thread budget (include/resources.py)."""
+    assert {t.task_id for t in weekly.tasks if t.pool == "training"} == {
+        M + f"train_{f}" for f in ("lightgbm", "xgboost", "random_forest", "logistic")}
+
+
+def test_markets_run_in_one_mapped_group_with_all_success_rules_only(weekly):
+    """Airflow evaluates the "fast" rules (none_failed_min_one_success, one_*) of a not-yet-expanded
+    group task against every market's upstream instances, so one failing market would stop the others."""
+    from airflow.sdk.definitions.taskgroup import MappedTaskGroup
+
+    assert isinstance(weekly.task_group_dict["market"], MappedTaskGroup)
+    for t in weekly.tasks:
+        if t.task_id.startswith(M):
             assert t.trigger_rule == "all_success", t.task_id
-    assert dag.get_task("publish_summary").trigger_rule == "all_done"  # reports failed markets too
-    assert {"markets", "universe_file", "min_history_days", "models", "as_of_date"} <= set(dag.params)
-    assert not {"symbol", "market_type", "timeframe"} & set(dag.params)  # they come from the universe file
-    assert dag.params["source"] == "files"  # the offline default
-    # The trigger form: every field titled and in one of six sections, families as a multi-select,
-    # defaults shown rounded.
+
+
+def test_every_task_retries_once_and_alerts_but_check_markets(weekly):
+    """check_markets only turns the run red; the failing market's own task already alerted."""
+    for t in weekly.tasks:
+        assert t.retries == 1 and t.owner == "quant-ml"
+        assert bool(t.on_failure_callback) == (t.task_id != "check_markets"), t.task_id
+
+
+def test_the_trigger_form_has_every_field_titled_in_six_sections(weekly):
+    """Families as a multi-select, defaults shown rounded; the market fields come from the universe file."""
+    assert {"markets", "universe_file", "min_history_days", "models", "as_of_date"} <= set(weekly.params)
+    assert not {"symbol", "market_type", "timeframe"} & set(weekly.params)
+    assert weekly.params["source"] == "files"  # the offline default
     sections = {"Data", "Labels", "Models and cross-validation", "Ensemble", "Quality gate", "Trading simulation"}
-    schemas = {name: dag.params.get_param(name).schema for name in dag.params}
+    schemas = {name: weekly.params.get_param(name).schema for name in weekly.params}
     assert {s["section"] for s in schemas.values()} == sections
     assert all(s.get("title") and "_" not in s["title"] for s in schemas.values()), schemas
     assert schemas["models"]["type"] == "array" and schemas["models"]["examples"] == list(MODEL_FAMILIES)
-    floats = [v for v in dag.params.dump().values() if isinstance(v, float)]
+    floats = [v for v in weekly.params.dump().values() if isinstance(v, float)]
     assert floats and all(len(repr(v)) <= 6 for v in floats), floats
-    # The gate waits for earlier runs without holding a worker slot.
-    assert dag.get_task(m + "quality_gate").mode == "reschedule"
-    # Weekly, or on monitor_production's retrain request.
-    schedule = dag.timetable
+
+
+def test_the_gate_waits_for_earlier_runs_without_holding_a_worker_slot(weekly):
+    assert weekly.get_task(M + "quality_gate").mode == "reschedule"
+
+
+def test_it_runs_weekly_or_on_monitorings_retrain_request(weekly):
+    schedule = weekly.timetable
     assert type(schedule).__name__ == "AssetOrTimeSchedule"
     assert "retrain_request" in repr(schedule.asset_condition)
-    timetable = schedule.timetable
-    assert type(timetable).__name__ == "CronDataIntervalTimetable"
-    assert dag.doc_md and "Gate rule" in dag.doc_md and "universe" in dag.doc_md
+    assert type(schedule.timetable).__name__ == "CronDataIntervalTimetable"
+
+
+def test_its_page_documents_the_universe_and_the_gate_rule(weekly):
+    assert weekly.doc_md and "Gate rule" in weekly.doc_md and "universe" in weekly.doc_md
 
 
 def test_tune_hyperparameters_graph(dagbag):

@@ -28,14 +28,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.builders import PERMISSIVE_GATE
 from tests.cluster import ROOT, free_port
 
 DAG_ID = "weekly_retrain"
 #: A small run of one market: the point is the deployment, not the model.
 # A gate that lets every candidate through: the monitoring step below needs a model in production.
 CONF = {"markets": ["BTCUSDT"], "train_window_days": 120, "cv_folds": 3, "models": ["lightgbm", "random_forest"],
-        "gate_min_f1_margin": -1.0, "gate_max_log_loss_ratio": 10.0, "gate_min_sharpe_margin": -1000.0,
-        "gate_max_drawdown": 1.0, "gate_champion_alpha": 0.0}
+        **PERMISSIVE_GATE}
 BTC = "binance-btcusdt-perp-1h-h4"
 #: The admin's password, given to the deployment as a user gives it (AIRFLOW_ADMIN_PASSWORD).
 ADMIN_PASSWORD = "deployment-test-admin"

@@ -25,14 +25,13 @@ from include.data.replay import BinanceReplayServer
 from include.data.store import MarketStore
 from include.registry import ModelRegistry
 from include.storage import location
+from tests.builders import PERMISSIVE_GATE
 from tests.cluster import LocalAirflow, conf_json, free_port
 from tests.conftest import DATA_DIR, create_pg_database, drop_pg_database
 
 DAG_ID = "weekly_retrain"
 MODELS = {"BTCUSDT": "binance-btcusdt-perp-1h-h4", "ETHUSDT": "binance-ethusdt-perp-1h-h4"}
 SHORT_RUN = {"train_window_days": 120, "cv_folds": 3}
-PERMISSIVE_GATE = {"gate_min_f1_margin": -1.0, "gate_max_log_loss_ratio": 10.0, "gate_champion_alpha": 0.0,
-                   "gate_min_sharpe_margin": -1000.0, "gate_max_drawdown": 1.0}
 
 
 def _conn_uri(url: str) -> str:
@@ -293,8 +292,8 @@ def test_two_celery_workers_sharing_only_postgres_redis_and_an_object_store(depl
     print(f"fit cache in week 2: {caches}")
 
     # One process, one disk, a SQLite store: the same first week gives the same numbers and versions.
-    local = Settings(data_dir=DATA_DIR, market_db_url=f"sqlite:///{tmp_path / 'single.sqlite'}",
-                     registry_dir=tmp_path / "single" / "models", runs_dir=tmp_path / "single" / "runs")
+    local = Settings.in_folder(tmp_path / "single", DATA_DIR,
+                               market_db_url=f"sqlite:///{tmp_path / 'single.sqlite'}")
     for symbol, market_type in (("BTCUSDT", "perp"), ("ETHUSDT", "perp"), ("BTCUSDT", "spot"), ("ETHUSDT", "spot")):
         cfg = RunConfig(symbol=symbol, market_type=market_type, **SHORT_RUN, **PERMISSIVE_GATE)
         single = run_once(cfg, local, dag_id=DAG_ID, run_id=f"single-{symbol}-{market_type}",

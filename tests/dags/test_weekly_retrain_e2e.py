@@ -28,10 +28,9 @@ import pandas as pd
 import pytest
 
 from include.config import Settings
+from tests.builders import PERMISSIVE_SKILL
 
 SHORT = {"train_window_days": 120, "cv_folds": 3}
-PERMISSIVE = {"gate_min_f1_margin": -1.0, "gate_max_log_loss_ratio": 10.0, "gate_min_sharpe_margin": -1000.0,
-              "gate_max_drawdown": 1.0}
 BTC, ETH = "binance-btcusdt-perp-1h-h4", "binance-ethusdt-perp-1h-h4"
 
 
@@ -91,7 +90,7 @@ def _universe(dr) -> dict:
 def first_run(dag):
     # A permissive policy: both markets must promote so that the next run can compare with them. The
     # gate's own checks are unit-tested; here the wiring is.
-    dr, states = _run(dag, 24, {**SHORT, **PERMISSIVE})
+    dr, states = _run(dag, 24, {**SHORT, **PERMISSIVE_SKILL})
     return dr, states
 
 
@@ -285,7 +284,7 @@ def universe_run(dag, first_run, tmp_path_factory, data_dir):
         f"  - {{symbol: {s}, market_type: perp, timeframe: 1h}}\n" for s in ("BADUSDT", "YNGUSDT", "NEWUSDT")))
     registry = ModelRegistry.from_settings(Settings.from_env())
     before = {m: registry.production(m) for m in (BTC, ETH)}
-    conf = {**SHORT, **PERMISSIVE, "min_history_days": 60, "universe_file": str(universe), "source_dir": str(src)}
+    conf = {**SHORT, **PERMISSIVE_SKILL, "min_history_days": 60, "universe_file": str(universe), "source_dir": str(src)}
     with _webhooks() as received:
         dr, states = _run(dag, 24, conf)
     return dr, states, before, list(received)
@@ -359,7 +358,7 @@ def test_a_batch_of_markets_runs_each_on_its_own_in_one_instance(dag, universe_r
     universe = src / "universe.yaml"
     universe.write_text("markets:\n" + "".join(
         f"  - {{symbol: {s}, market_type: perp, timeframe: 1h}}\n" for s in ("BADUSDT", "YNGUSDT", "NEWUSDT")))
-    conf = {**SHORT, **PERMISSIVE, "min_history_days": 60, "universe_file": str(universe), "source_dir": str(src),
+    conf = {**SHORT, **PERMISSIVE_SKILL, "min_history_days": 60, "universe_file": str(universe), "source_dir": str(src),
             "market_batch_size": 3}
     with _webhooks() as received:
         dr, states = _run(dag, 24, conf)
@@ -625,8 +624,8 @@ def test_a_batch_retries_the_market_the_exchange_failed_and_reuses_the_other(air
         monkeypatch.setenv("EXCHANGE_API_URL", replay.url)
         replay.fail_next("/fapi/v1/klines", 503, times=6)  # the first request and the source's 5 retries
         dr = dag.test(logical_date=datetime(2023, 12, 24, tzinfo=UTC), run_conf={
-            **SHORT, **PERMISSIVE, "models": ["lightgbm"], "source": "exchange", "markets": ["BTCUSDT", "ETHUSDT"],
-            "market_batch_size": 2})
+            **SHORT, **PERMISSIVE_SKILL, "models": ["lightgbm"], "source": "exchange",
+            "markets": ["BTCUSDT", "ETHUSDT"], "market_batch_size": 2})
         klines = [q["symbol"] for q in replay.requests_to("/fapi/v1/klines")]
     tis = {ti.task_id: ti for ti in dr.get_task_instances()}
     ingest = tis["market.ingest_market_data"]

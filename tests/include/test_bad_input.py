@@ -24,8 +24,7 @@ def _run_to_validation(tmp_path, data_dir, edit, as_of="2023-06-04"):
     with gzip.open(src / "btcusdt_perp_1h.csv.gz", "wt") as fh:
         edit(bars).to_csv(fh, index=False)
     shutil.copy(data_dir / "btcusdt_funding_8h.csv.gz", src)
-    settings = Settings(data_dir=src, market_db_url=f"sqlite:///{tmp_path / 'market.sqlite'}",
-                        registry_dir=tmp_path / "models", runs_dir=tmp_path / "runs")
+    settings = Settings.in_folder(tmp_path, src)
     cfg = RunConfig(as_of_date=as_of, train_window_days=120, cv_folds=3)
     window = resolve_window(cfg, data_interval_start=None, data_interval_end=None, run_after=None)
     out = run_dir(settings, "weekly_retrain", cfg.model_name, window)
@@ -142,8 +141,7 @@ def test_dropped_duplicates_are_reported_by_ingestion(tmp_path, data_dir):
     with gzip.open(src / "btcusdt_perp_1h.csv.gz", "wt") as fh:
         pd.concat([bars, bars[bars["timestamp"].str.startswith("2023-05-10")]]).to_csv(fh, index=False)
     shutil.copy(data_dir / "btcusdt_funding_8h.csv.gz", src)
-    settings = Settings(data_dir=src, market_db_url=f"sqlite:///{tmp_path / 'market.sqlite'}",
-                        registry_dir=tmp_path / "models", runs_dir=tmp_path / "runs")
+    settings = Settings.in_folder(tmp_path, src)
     cfg = RunConfig(as_of_date="2023-06-04", train_window_days=120, cv_folds=3)
     window = resolve_window(cfg, data_interval_start=None, data_interval_end=None, run_after=None)
     out = ingest(cfg, window, settings, run_dir(settings, "weekly_retrain", cfg.model_name, window))

@@ -28,14 +28,10 @@ from include.features import FeatureSpec
 from include.pipeline import ingest, run_once, validate
 from include.run_folder import run_dir
 from include.windows import RunWindow, resolve_window
+from tests.builders import PERMISSIVE_GATE
 
 SMALL = {"train_window_days": 120, "cv_folds": 3}
 REUSE_TABLES = ("bar_validation", "feature_month")
-
-
-def _settings(root: Path, data_dir: Path) -> Settings:
-    return Settings(data_dir=data_dir, market_db_url=f"sqlite:///{root / 'market.sqlite'}",
-                    registry_dir=root / "models", runs_dir=root / "runs")
 
 
 def _forget(settings: Settings) -> None:
@@ -51,8 +47,7 @@ def _scratch_copy(settings: Settings, root: Path) -> Settings:
     """The same market store, copied, without its records of earlier work."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(settings.market_db_url.removeprefix("sqlite:///"), root / "market.sqlite")
-    scratch = Settings(data_dir=settings.data_dir, market_db_url=f"sqlite:///{root / 'market.sqlite'}",
-                       registry_dir=root / "models", runs_dir=root / "runs")
+    scratch = Settings.in_folder(root, settings.data_dir)
     _forget(scratch)
     return scratch
 
@@ -90,7 +85,7 @@ def _ms(text: str) -> int:
 
 
 def test_incremental_validation_concludes_what_validation_from_scratch_does(tmp_path, data_dir):
-    settings = _settings(tmp_path / "store", data_dir)
+    settings = Settings.in_folder(tmp_path / "store", data_dir)
     weeks = ["2023-06-04", "2023-06-11", "2023-06-18", "2023-06-25", "2023-07-02"]
 
     def compare(step: int, cfg: RunConfig, edit: str | None = None, **params) -> dict:
@@ -131,7 +126,7 @@ def test_incremental_validation_concludes_what_validation_from_scratch_does(tmp_
 
 
 def test_a_changed_suite_validates_every_bar_again(tmp_path, data_dir):
-    settings = _settings(tmp_path / "store", data_dir)
+    settings = Settings.in_folder(tmp_path / "store", data_dir)
     first, _ = _validate(RunConfig(as_of_date="2023-06-04", **SMALL), settings)
     same, _ = _validate(RunConfig(as_of_date="2023-06-04", **SMALL), settings)
     funding = {s["suite"]: s for s in same["suites"]}["funding_rate"]
@@ -146,7 +141,7 @@ def test_a_changed_suite_validates_every_bar_again(tmp_path, data_dir):
 
 
 def test_stored_feature_months_are_bit_for_bit_what_computing_them_gives(tmp_path, data_dir):
-    settings = _settings(tmp_path, data_dir)
+    settings = Settings.in_folder(tmp_path, data_dir)
     cfg = RunConfig(as_of_date="2023-06-04", **SMALL)
     window = resolve_window(cfg, data_interval_start=None, data_interval_end=None, run_after=None)
     ingest(cfg, window, settings, run_dir(settings, "weekly_retrain", cfg.model_name, window))
@@ -195,11 +190,10 @@ def _week_results(run: dict, settings: Settings) -> dict:
 
 
 def test_a_sequence_of_weeks_decides_the_same_with_and_without_reuse(tmp_path, data_dir):
-    reuse, scratch = _settings(tmp_path / "reuse", data_dir), _settings(tmp_path / "scratch", data_dir)
-    permissive = {"gate_min_f1_margin": -1.0, "gate_max_log_loss_ratio": 10.0, "gate_min_sharpe_margin": -1000.0,
-                  "gate_max_drawdown": 1.0, "gate_champion_alpha": 0.0}
+    reuse = Settings.in_folder(tmp_path / "reuse", data_dir)
+    scratch = Settings.in_folder(tmp_path / "scratch", data_dir)
     for week in ("2023-12-17", "2023-12-24", "2023-12-31"):
-        cfg = RunConfig(as_of_date=week, models=("lightgbm", "logistic"), **SMALL, **permissive)
+        cfg = RunConfig(as_of_date=week, models=("lightgbm", "logistic"), **SMALL, **PERMISSIVE_GATE)
         with_reuse = run_once(cfg, reuse, dag_id="weekly_retrain", run_id=f"reuse__{week}")
         _forget(scratch)
         without = run_once(cfg, scratch, dag_id="weekly_retrain", run_id=f"scratch__{week}")
@@ -225,8 +219,7 @@ def test_each_step_of_a_run_records_its_time(trained_registry, step):
 
 
 def test_the_records_of_earlier_work_live_in_a_postgresql_market_store_too(tmp_path, data_dir, pg_url):
-    settings = Settings(data_dir=data_dir, market_db_url=pg_url, registry_dir=tmp_path / "models",
-                        runs_dir=tmp_path / "runs")
+    settings = Settings.in_folder(tmp_path, data_dir, market_db_url=pg_url)
     first, window = _validate(RunConfig(as_of_date="2023-06-04", **SMALL), settings)
     again, _ = _validate(RunConfig(as_of_date="2023-06-04", **SMALL), settings, window)
     assert first["success"] and again["success"] and again["incremental"]
@@ -250,7 +243,7 @@ def test_a_quarantined_bar_fails_the_week_as_validation_from_scratch_does(tmp_pa
     source.mkdir()
     for name in ("btcusdt_perp_1h.csv.gz", "btcusdt_funding_8h.csv.gz", "btcusdt_perp_open_interest_usd_1d.csv.gz"):
         shutil.copy(data_dir / name, source / name)
-    settings = _settings(tmp_path / "store", source)
+    settings = Settings.in_folder(tmp_path / "store", source)
     first, _ = _validate(RunConfig(as_of_date="2023-06-04", **SMALL), settings)
     assert first["success"]
 

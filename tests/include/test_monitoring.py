@@ -12,30 +12,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.builders import PERMISSIVE_SKILL
+
 BTC = "binance-btcusdt-perp-1h-h4"
 FILES = ("btcusdt_perp_1h.csv.gz", "btcusdt_funding_8h.csv.gz", "btcusdt_perp_open_interest_usd_1d.csv.gz")
 LIVE = "2023-12-17T00:00:00Z"  # the production model's training data ends here
-
-
-def _settings(root: Path, data_dir: Path):
-    from include.config import Settings
-
-    return Settings(data_dir=data_dir, market_db_url=f"sqlite:///{root / 'market.sqlite'}",
-                    registry_dir=root / "models", runs_dir=root / "runs")
 
 
 @pytest.fixture(scope="module")
 def promoted(tmp_path_factory, data_dir):
     """A registry whose BTC production model was trained until 2023-12-17 (short window, a gate
     that lets it through), and a market store that ends there."""
-    from include.config import RunConfig
+    from include.config import RunConfig, Settings
     from include.pipeline import run_once
 
     root = tmp_path_factory.mktemp("promoted")
-    cfg = RunConfig(symbol="BTCUSDT", as_of_date="2023-12-17", train_window_days=120, cv_folds=3,
-                    gate_min_f1_margin=-1.0, gate_max_log_loss_ratio=10.0, gate_min_sharpe_margin=-1000.0,
-                    gate_max_drawdown=1.0)
-    run = run_once(cfg, _settings(root, data_dir), dag_id="weekly_retrain", run_id="monitoring-fixture")
+    cfg = RunConfig(symbol="BTCUSDT", as_of_date="2023-12-17", train_window_days=120, cv_folds=3, **PERMISSIVE_SKILL)
+    run = run_once(cfg, Settings.in_folder(root, data_dir), dag_id="weekly_retrain", run_id="monitoring-fixture")
     assert run["action"]["action"] == "promote"
     return root
 
@@ -43,13 +36,15 @@ def promoted(tmp_path_factory, data_dir):
 @pytest.fixture
 def deployment(promoted, tmp_path, data_dir):
     """A private copy of the promoted registry and store, and a copy of the bundled files to edit."""
+    from include.config import Settings
+
     root = tmp_path / "deployment"
     shutil.copytree(promoted, root)
     src = tmp_path / "data"
     src.mkdir()
     for name in FILES:
         shutil.copy(data_dir / name, src / name)
-    return _settings(root, data_dir), src
+    return Settings.in_folder(root, data_dir), src
 
 
 def _edit(src: Path, name: str, change) -> None:

@@ -8,8 +8,7 @@ from include.registry import ModelRegistry
 
 
 def test_a_rerun_of_an_identical_week_is_the_same_version(tmp_path, data_dir):
-    settings = Settings(data_dir=data_dir, market_db_url=f"sqlite:///{tmp_path / 'market.sqlite'}",
-                        registry_dir=tmp_path / "models", runs_dir=tmp_path / "runs")
+    settings = Settings.in_folder(tmp_path, data_dir)
     base = {"as_of_date": "2023-12-31", "train_window_days": 90, "cv_folds": 2, "models": ("lightgbm",)}
     first = run_once(RunConfig(**base), settings, dag_id="weekly_retrain", run_id="run-1")
     # Another gate policy decides differently but trains the same model from the same rows.

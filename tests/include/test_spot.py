@@ -16,8 +16,7 @@ def test_a_spot_market_runs_without_a_funding_file(tmp_path, data_dir):
     src = tmp_path / "data"
     src.mkdir()
     shutil.copy(data_dir / "btcusdt_spot_1h.csv.gz", src)  # candles only: no funding, no open interest
-    settings = Settings(data_dir=src, market_db_url=f"sqlite:///{tmp_path / 'market.sqlite'}",
-                        registry_dir=tmp_path / "models", runs_dir=tmp_path / "runs")
+    settings = Settings.in_folder(tmp_path, src)
     cfg = RunConfig(market_type="spot", as_of_date="2023-03-26", train_window_days=120, cv_folds=3)
     run = run_once(cfg, settings, dag_id="weekly_retrain", run_id="spot-test")
     summary = json.loads(Path(run["summary"]["path"]).read_text())

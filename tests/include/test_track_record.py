@@ -9,20 +9,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT
+from tests.builders import PERMISSIVE_SKILL
 
 BTC = "binance-btcusdt-perp-1h-h4"
 # Costless trading: the cost-aware decision then takes a position wherever a forecast expects a
 # move, so every week a model serves trades (with costs, these small models' forecasts rarely
 # expect a move that pays for the round trip).
 SMALL = dict(train_window_days=120, cv_folds=3, models=("lightgbm",), fee_bps=0.0, slippage_bps=0.0)
-# Skill tests that always pass, and weeks where a log loss no forecast reaches is required and the
-# champion is not demoted: some weeks promote, some keep.
-PERMISSIVE = dict(gate_min_f1_margin=-1.0, gate_max_log_loss_ratio=10.0, gate_min_sharpe_margin=-1000.0,
-                  gate_max_drawdown=1.0)
+# Skill tests that always pass (PERMISSIVE_SKILL), and weeks where a log loss no forecast reaches
+# is required and the champion is not demoted: some weeks promote, some keep.
 REFUSING = dict(gate_max_log_loss_ratio=0.5, gate_demote=False)
 WEEKS = [str(date(2023, 11, 12) + timedelta(weeks=k)) for k in range(5)]
-POLICY_OF_WEEK = [PERMISSIVE, REFUSING, PERMISSIVE, REFUSING, PERMISSIVE]
+POLICY_OF_WEEK = [PERMISSIVE_SKILL, REFUSING, PERMISSIVE_SKILL, REFUSING, PERMISSIVE_SKILL]
 SVG = "{http://www.w3.org/2000/svg}"
 
 
@@ -32,8 +30,7 @@ def backfill(tmp_path_factory):
     from include.pipeline import run_once
 
     root = tmp_path_factory.mktemp("track-record")
-    settings = Settings(data_dir=ROOT / "data" / "binance", market_db_url=f"sqlite:///{root / 'market.sqlite'}",
-                        registry_dir=root / "models", runs_dir=root / "runs")
+    settings = Settings.in_folder(root)
     actions = {}
     for day, policy in zip(WEEKS, POLICY_OF_WEEK, strict=True):
         run = run_once(RunConfig(as_of_date=day, **SMALL, **policy), settings, dag_id="weekly_retrain",
@@ -109,8 +106,7 @@ def test_the_replay_of_the_default_policy_reproduces_a_default_backfill(tmp_path
     from include.registry import ModelRegistry
     from include.track_record import _versions, load_market, replay
 
-    settings = Settings(data_dir=ROOT / "data" / "binance", market_db_url=f"sqlite:///{tmp_path / 'market.sqlite'}",
-                        registry_dir=tmp_path / "models", runs_dir=tmp_path / "runs")
+    settings = Settings.in_folder(tmp_path)
     actions = {}
     for day in WEEKS[:3]:
         run = run_once(RunConfig(as_of_date=day, **SMALL), settings, dag_id="weekly_retrain", run_id=f"d__{day}")

@@ -20,17 +20,13 @@ from include.config import RunConfig, Settings
 from include.ensemble import walk_forward_stacking
 from include.training.sets import HyperparameterSets
 from include.tuning.overfitting import probability_of_backtest_overfitting
+from tests.builders import PERMISSIVE_SKILL
 
 ROOT = Path(__file__).resolve().parents[2]
 AS_OF = "2023-06-30"
 #: A small tuning: one family, four weekly folds, a short window.
 SMALL = {"markets": ["BTCUSDT"], "as_of_date": AS_OF, "train_window_days": 120, "models": ["lightgbm"],
          "tune_trials": 2, "tune_folds": 4, "tune_timeout_minutes": None, "tune_search_space": None}
-
-
-def _settings(root: Path, data_dir: Path) -> Settings:
-    return Settings(data_dir=data_dir, market_db_url=f"sqlite:///{root / 'market.sqlite'}",
-                    registry_dir=root / "models", runs_dir=root / "runs")
 
 
 def _prepared(settings: Settings, monkeypatch) -> list[dict]:
@@ -159,10 +155,9 @@ def test_a_backfill_uses_the_set_valid_at_each_weeks_first_test_fold_and_the_lin
     from include.registry import ModelRegistry
     from include.registry.pages import hyperparameter_summary
 
-    settings = _settings(tmp_path, data_dir)
+    settings = Settings.in_folder(tmp_path, data_dir)
     cfg = RunConfig(as_of_date="2023-12-24", train_window_days=120, cv_folds=3, models=("lightgbm",),
-                    hyperparameters="tuned", gate_min_f1_margin=-1.0, gate_max_log_loss_ratio=10.0,
-                    gate_min_sharpe_margin=-1000.0, gate_max_drawdown=1.0)
+                    hyperparameters="tuned", **PERMISSIVE_SKILL)
     sets = HyperparameterSets(settings.market_db_url)
     november = sets.record(cfg.model_name, "lightgbm", datetime(2023, 11, 15, tzinfo=UTC),
                            _summary({"num_leaves": 7, "learning_rate": 0.05}, 12), study="s-nov",
@@ -203,7 +198,7 @@ def tuning_dataset(tmp_path_factory, data_dir):
     """The tuning table as of 2023-06-30 (BTCUSDT perpetual), built by the weekly run's steps."""
     mp = pytest.MonkeyPatch()
     root = tmp_path_factory.mktemp("tuning")
-    settings = _settings(root, data_dir)
+    settings = Settings.in_folder(root, data_dir)
     prepared = _prepared(settings, mp)
     yield {"settings": settings, "plan": prepared[0], "monkeypatch": mp}
     mp.undo()
@@ -228,7 +223,7 @@ def test_no_trial_reads_a_row_at_or_after_the_as_of_date(tmp_path, tuning_datase
     first = tune_and_record(studies([tuning_dataset["plan"]])[0])
     assert first["n_trials"] == 2 and first["as_of"].startswith(AS_OF)
 
-    planted = _settings(tmp_path, data_dir)
+    planted = Settings.in_folder(tmp_path, data_dir)
     store = MarketStore(planted.market_db_url)
     future = pd.date_range(AS_OF, periods=72, freq="h", tz="UTC")
     bars = pd.DataFrame({"timestamp": future, "open": 3e5, "high": 3.1e5, "low": 2.9e5, "close": 3e5,
@@ -297,10 +292,9 @@ def test_a_stacked_candidate_registers_loads_and_serves_its_stackers_probabiliti
     from include.registry import ModelRegistry
     from include.serving import FastPredictor
 
-    settings = _settings(tmp_path, data_dir)
+    settings = Settings.in_folder(tmp_path, data_dir)
     cfg = RunConfig(as_of_date="2023-12-24", train_window_days=120, cv_folds=3, models=("lightgbm", "random_forest"),
-                    ensemble_weighting="stacking", gate_min_f1_margin=-1.0, gate_max_log_loss_ratio=10.0,
-                    gate_min_sharpe_margin=-1000.0, gate_max_drawdown=1.0)
+                    ensemble_weighting="stacking", **PERMISSIVE_SKILL)
     run = run_once(cfg, settings, dag_id="weekly_retrain", run_id="stacked")
     registry = ModelRegistry.from_settings(settings)
     model, meta = registry.load(run["assembled"]["version"])

@@ -81,7 +81,7 @@ def test_path_components_are_checked_wherever_a_path_is_formed(tmp_path):
 
     with pytest.raises(ConfigError, match="not a safe name"):
         RegisteredModel("x/../../escaped", "BTCUSDT", "perp", "1h", 4).name  # noqa: B018
-    settings = Settings(tmp_path, "sqlite://", tmp_path / "models", tmp_path / "runs")
+    settings = Settings.in_folder(tmp_path, tmp_path, market_db_url="sqlite://")
     with pytest.raises(ConfigError, match="not a safe name"):
         version_run_dir(settings, "m", {"dag_id": "../../etc", "data_window": {
             "interval_start": "2023-12-24T00:00:00+00:00", "interval_end": "2023-12-31T00:00:00+00:00"}})
@@ -104,7 +104,7 @@ def test_universe_file_and_source_dir_params_are_read_only_under_the_input_roots
     with pytest.raises(ConfigError, match="universe_file .* is outside the folders run parameters may read"):
         plan_universe({}, selected=None, universe_file=str(universe), data_interval_start=None,
                       data_interval_end=None, run_after=None)
-    settings = Settings(tmp_path, "sqlite://", tmp_path / "models", tmp_path / "runs")
+    settings = Settings.in_folder(tmp_path, tmp_path, market_db_url="sqlite://")
     with pytest.raises(ConfigError, match="source_dir .* is outside"):
         market_source(RunConfig(source_dir=str(tmp_path / "allowed" / ".." / "outside")), settings)
     monkeypatch.setenv("MARKET_INPUT_ROOTS", str(outside))

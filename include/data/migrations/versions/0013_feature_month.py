@@ -1,7 +1,7 @@
 """Computed features, one calendar month of one series per row, so that each bar's features are
 computed once per feature spec.
 
-The features step (:func:`include.pipeline.data.feature_frame`) computes a month of features
+The features step (:func:`include.feature_store.feature_frame`) computes a month of features
 from that month's bars and the padding before it; it stores the result here (a Parquet file's
 bytes) keyed by the series, the month, and ``inputs``: a digest of the feature spec, the
 feature code and the exact input rows (:func:`include.pipeline.data.feature_inputs_digest`).
