@@ -148,3 +148,28 @@ def reg(tmp_path):
     registry = ModelRegistry(tmp_path / "models", f"sqlite:///{tmp_path / 'registry.sqlite'}")
     yield registry
     registry.dispose()
+
+
+#: Test modules of whole runs: the pipeline over several weeks, Airflow (``dag.test``, the CLI,
+#: the local deployment, a Celery cluster), the api-server in a browser. Their tests are marked
+#: ``integration``, as is any test that uses :func:`trained_registry`; every other test is
+#: ``unit`` unless it is marked itself. ``pytest -m unit`` runs in about two minutes on 2 cores;
+#: ``make test`` runs both.
+INTEGRATION_MODULES = frozenset({
+    "tests/dags/test_deployment.py", "tests/dags/test_distributed.py", "tests/dags/test_weekly_retrain_e2e.py",
+    "tests/dags/test_tune_hyperparameters.py", "tests/plugins/test_model_registry_plugin.py",
+    "tests/include/test_demo.py", "tests/include/test_extensions.py", "tests/include/test_fault_injection.py",
+    "tests/include/test_incremental.py", "tests/include/test_monitoring.py", "tests/include/test_rerun.py",
+    "tests/include/test_serving.py", "tests/include/test_spot.py", "tests/include/test_storage.py",
+    "tests/include/test_track_record.py", "tests/include/test_tuning.py", "tests/include/test_equivalence.py",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test ``unit`` or ``integration`` (see :data:`INTEGRATION_MODULES`)."""
+    for item in items:
+        if item.get_closest_marker("unit") or item.get_closest_marker("integration"):
+            continue
+        module = item.nodeid.split("::")[0]
+        whole = module in INTEGRATION_MODULES or "trained_registry" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.integration if whole else pytest.mark.unit)

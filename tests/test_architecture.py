@@ -18,10 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: The layers, bottom first, as module-name prefixes (the longest prefix that matches decides).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    # The ground floor: errors, names and paths, a market's identity, the configuration, the
-    # calendar and feature window, the run folder, storage.
-    ("include", "include.errors", "include.paths", "include.redaction", "include.storage", "include.extensions",
-     "include.identity", "include.feature_names", "include.parameters", "include.config", "include.resources"),
+    # The ground floor: errors, names and paths, locks, storage, a market's identity, the features'
+    # vocabulary, how a parameter is declared, the configuration, the thread budget.
+    ("include", "include.errors", "include.paths", "include.locks", "include.redaction", "include.storage",
+     "include.extensions", "include.identity", "include.feature_names", "include.parameters", "include.config",
+     "include.resources"),
     # Pure computation every stage shares: the feature and label definitions, the gate's policy.
     ("include.features", "include.labels", "include.gate"),
     ("include.windows", "include.run_folder", "include.evaluation"),

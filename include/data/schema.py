@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from include.data.sources import OHLCV_COLUMNS
+from include.locks import transaction_lock
 
 metadata = sa.MetaData()
 
@@ -112,8 +113,8 @@ feature_month_table = sa.Table(
 #: Alembic version table of the market schema (distinct from Airflow's ``alembic_version``).
 SCHEMA_VERSION_TABLE = "market_schema_version"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-# Any fixed 64-bit number: serialises concurrent migrations of one PostgreSQL database.
-_MIGRATION_LOCK_KEY = 0x6D61726B6574
+#: The advisory lock that serialises concurrent migrations of one PostgreSQL database.
+MIGRATION_LOCK = "market_schema_migration"
 
 
 @contextmanager
@@ -159,8 +160,7 @@ def migrate(engine: Engine, revision: str = "head") -> str:
     if revision == "head" and current == head:
         return str(current)
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+        transaction_lock(conn, MIGRATION_LOCK)
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
         current = MigrationContext.configure(

@@ -53,6 +53,7 @@ from include.data.schema import (  # noqa: F401 - re-exported: the store is wher
 )
 from include.data.sources import FUNDING_COLUMNS, OHLCV_COLUMNS, OPEN_INTEREST_COLUMNS
 from include.errors import ConfigError, SourceError
+from include.locks import transaction_lock
 
 logger = logging.getLogger(__name__)
 
@@ -239,9 +240,9 @@ class MarketStore:
         buf.seek(0)
         lock_key = f"{table.name}:" + "/".join(keys.values())
         match = " AND ".join(f"t.{c} = s.{c}" for c in pk)
+        transaction_lock(conn, lock_key)
         cursor = conn.connection.dbapi_connection.cursor()
         try:
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_key,))
             cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
                            f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DROP")
             cursor.execute(f"TRUNCATE {stage}")

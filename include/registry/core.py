@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from include.errors import ConfigError, IntegrityError, RegistryError
 from include.identity import RegisteredModel
+from include.locks import session_lock, transaction_lock
 from include.registry.aliases import AliasLedger
 from include.registry.artifacts import (
     MANIFEST_FILE,
@@ -47,6 +48,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
 logger = logging.getLogger(__name__)
+
+
+def _lock_key(model: str) -> str:
+    """The advisory lock of one registered model's writes (:mod:`include.locks`)."""
+    return f"model_registry:{model}"
 
 
 class ModelRegistry(AliasLedger, Retention):
@@ -105,17 +111,8 @@ class ModelRegistry(AliasLedger, Retention):
             Whether the lock was acquired (always ``True`` when ``blocking``).
         """
         if is_remote(self.root):
-            with self.engine.connect() as conn:
-                key = {"key": f"model_registry_writer:{model}"}
-                if blocking:
-                    conn.execute(sa.text("SELECT pg_advisory_lock(hashtextextended(:key, 0))"), key)
-                elif not conn.execute(sa.text("SELECT pg_try_advisory_lock(hashtextextended(:key, 0))"), key).scalar():
-                    yield False
-                    return
-                try:
-                    yield True
-                finally:
-                    conn.execute(sa.text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"), key)
+            with session_lock(self.engine, _lock_key(model), blocking=blocking) as held:
+                yield held
             return
         self.root.mkdir(parents=True, exist_ok=True)
         fh = open(self.root / f".lock-{model}", "a+")  # noqa: SIM115 - held for the context's lifetime
@@ -137,11 +134,15 @@ class ModelRegistry(AliasLedger, Retention):
     @contextmanager
     def _transaction(self, model: str, *, lock: bool = True) -> Iterator[Connection]:
         """A write transaction serialised with every other writer of the same registered model
-        (``lock=False``: the caller holds :meth:`lock` already)."""
+        (``lock=False``: the caller holds :meth:`lock` already).
+
+        With artifacts in an object store, :meth:`lock` (a session lock) serialises every writer;
+        with a local registry it is a file lock on this host, and the transaction also takes the
+        model's advisory lock, for processes on other hosts that write the same database.
+        """
         with self.lock(model) if lock else nullcontext(), self.engine.begin() as conn:
-            if self.backend == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-                             {"key": f"model_registry:{model}"})
+            if not is_remote(self.root):
+                transaction_lock(conn, _lock_key(model))
             yield conn
 
     # -- registered models ----------------------------------------------------------------------

@@ -241,8 +241,10 @@ def test_cli(reg, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MODEL_REGISTRY_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("MARKET_DB_URL", f"sqlite:///{tmp_path / 'registry.sqlite'}")
 
+    from include.registry.cli import main
+
     def run(*argv):
-        code = registry_module.main(list(argv))
+        code = main(list(argv))
         out = capsys.readouterr()
         return code, out.out, out.err
 
