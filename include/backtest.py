@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from include.config import TIMEFRAME_SECONDS
 from include.errors import TrainingError
 
 
@@ -131,8 +132,6 @@ class TradingDecision:
         Raises:
             KeyError: a parameter is missing.
         """
-        from include.config import TIMEFRAME_SECONDS
-
         return cls(costs=TradingCosts(fee_bps=float(config["fee_bps"]), slippage_bps=float(config["slippage_bps"])),
                    horizon_bars=max(int(config["label_horizon_bars"]), 1),
                    bar_seconds=TIMEFRAME_SECONDS[config["timeframe"]], margin=margin,

@@ -21,6 +21,8 @@ from typing import Any
 
 from include.config import PROJECT_ROOT, Settings
 from include.gate import check_outcome
+from include.quality.suites import format_failures
+from include.registry import ModelRegistry
 from include.run_folder import RunFolder
 
 DAG_ID = "weekly_retrain"
@@ -80,8 +82,6 @@ def report(summary: dict[str, Any]) -> str:
 
 def failure_detail(folder: Path, model: str, log: Path) -> list[str]:
     """Why a market failed: every failed expectation from its validation report, else the log's errors."""
-    from include.quality.suites import format_failures
-
     report = RunFolder(folder).validation
     if report.is_file():
         validation = json.loads(report.read_text())
@@ -148,8 +148,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {outcome.get('reason')}")
         print(f"\nwall time      {elapsed:.1f} s (all markets)")
     print("\n=== registered models (python -m include.registry models)")
-    from include.registry import ModelRegistry
-
     registry = ModelRegistry.from_settings(settings)
     for model in registry.models():
         print(f"  {model['name']:<32} production {model['production'] or 'none':<28} {model['versions']} version(s)")

@@ -44,7 +44,7 @@ from sklearn.model_selection import TimeSeriesSplit
 from include.config import RunConfig
 from include.errors import TrainingError
 from include.labels import CLASS_NAMES, CLASSES
-from include.windows import RunWindow
+from include.windows import SCHEDULE_INTERVAL, RunWindow
 
 logger = logging.getLogger(__name__)
 
@@ -424,8 +424,6 @@ def interval_splits(cfg: RunConfig, index: pd.DatetimeIndex, window: RunWindow, 
     Raises:
         TrainingError: an earlier interval holds no rows (its fold would be empty).
     """
-    from include.windows import SCHEDULE_INTERVAL
-
     start = pd.Timestamp(window.interval_start)
     # Earlier folds are the schedule's weeks, whatever the run's own interval: a short (requested)
     # interval shares them, and their fits, with the scheduled runs.

@@ -32,20 +32,25 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from include.config import TIMEFRAME_SECONDS
+from include.backtest import TradingDecision, positions_from_proba, standardised_moves
+from include.config import TIMEFRAME_SECONDS, RunConfig
+from include.data.store import MarketStore
 from include.errors import RegistryError, ServingError
-from include.features import complete_rows
+from include.feature_store import feature_frame
+from include.features import FeatureSpec, complete_rows
+from include.gate import instant
 from include.labels import CLASS_NAMES
+from include.paths import check_name
+from include.predictions import log_predictions
 from include.registry import ModelRegistry
-
-if TYPE_CHECKING:
-    from include.config import RunConfig
-    from include.features import FeatureSpec
+from include.storage import read_bytes, write_bytes
+from include.training import prior_corrected_predict
+from include.windows import closed_bars_end
 
 logger = logging.getLogger(__name__)
 
@@ -257,9 +262,6 @@ class ProductionModel:
             RegistryError: the production artifact fails verification and no verified version
                 is loaded.
         """
-        from include.features import FeatureSpec
-        from include.training import prior_corrected_predict
-
         ts = pd.Timestamp(as_of or datetime.now(UTC))
         as_of = (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
         try:
@@ -286,8 +288,6 @@ class ProductionModel:
                                 model_age_hours=round(age, 2), stale=stale, data_age_hours=round(data_age, 2),
                                 refused=refused, position=position, expected_move=expected)
         if log_as is not None:
-            from include.predictions import log_predictions
-
             log_predictions(self._store.engine, self.model_name, version,
                             [{"bar": row.index[0], "decision": prediction.decision,
                               **{f"p_{k}": v for k, v in prediction.probabilities.items()}}], source=log_as)
@@ -301,11 +301,6 @@ class ProductionModel:
             ServingError: no candle in the market store in the 72 bars before ``as_of``, or no
                 complete feature row among them.
         """
-        from include.config import RunConfig
-        from include.data.store import MarketStore
-        from include.feature_store import feature_frame
-        from include.windows import closed_bars_end
-
         start = as_of - bar * 72
         if self._store is None:
             self._store = MarketStore(self.market_db_url)
@@ -356,8 +351,6 @@ class ProductionModel:
         rate from the row's features. A version registered without class moves trades its
         decided class (:func:`include.backtest.positions_from_proba`).
         """
-        from include.backtest import TradingDecision, positions_from_proba, standardised_moves
-
         config = lineage["config"]
         if self._margin is None or self._margin[0] != version:
             decided = self.registry.decision_of(self.model_name, version)
@@ -382,8 +375,6 @@ class ProductionModel:
     def _prior_forecast(self, since: dict[str, Any], as_of: datetime, log_as: str | None) -> Prediction:
         """The no-model answer: the demoted version's training class frequencies for the last bar
         closed by ``as_of``, and no position."""
-        from include.windows import closed_bars_end
-
         demoted = since["from"]
         if self._prior is None or self._prior[0] != demoted:
             # The demoted version's own record of its training class frequencies: verified, as any load.
@@ -399,11 +390,7 @@ class ProductionModel:
                                 model_age_hours=0.0, stale=False,
                                 no_model={"since": since["at"], "demoted": demoted, "reason": since["reason"]})
         if log_as is not None:
-            from include.predictions import log_predictions
-
             if self._store is None:
-                from include.data.store import MarketStore
-
                 self._store = MarketStore(self.market_db_url)
             log_predictions(self._store.engine, self.model_name, "none",
                             [{"bar": pd.Timestamp(last), "decision": "no position",
@@ -552,10 +539,6 @@ def write_signal(settings: Any, model: str, event: dict[str, Any] | None = None)
         ServingError: the model has no production version, or no complete feature row.
     """
     import io
-
-    from include.gate import instant
-    from include.paths import check_name
-    from include.storage import read_bytes, write_bytes
 
     registry = ModelRegistry.from_settings(settings)
     try:

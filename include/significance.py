@@ -38,7 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from include.backtest import probabilistic_sharpe
 from include.errors import TrainingError
+from include.evaluation import log_loss_rows
+from include.training import metrics_with_prior
 
 #: Bootstrap resamples per test.
 N_RESAMPLES = 1000
@@ -214,8 +217,6 @@ def log_loss_skill_test(y: np.ndarray, proba: np.ndarray, reference: np.ndarray,
         :func:`mean_below_zero_test`'s result plus ``log_loss`` and ``reference_log_loss``
         (nats per row).
     """
-    from include.evaluation import log_loss_rows
-
     own, ref = log_loss_rows(y, proba), log_loss_rows(y, reference)
     diff = own - ratio * ref
     result = mean_below_zero_test(diff, block=block_length(diff, horizon), n_resamples=n_resamples,
@@ -307,8 +308,6 @@ def sharpe_skill_test(net: np.ndarray, *, benchmark_annual: float = 0.0, bars_pe
         ``probabilistic_sharpe`` and ``p_value`` are ``None`` for returns without variance
         (a strategy that never traded, or the same positions as the reference).
     """
-    from include.backtest import probabilistic_sharpe
-
     net = np.asarray(net, dtype="float64")
     std = net.std(ddof=1) if len(net) > 1 else 0.0
     sharpe = float(net.mean() / std * math.sqrt(bars_per_year)) if std > 0 else 0.0
@@ -395,9 +394,6 @@ def champion_evidence(rows: Any, champion_proba: np.ndarray, champion_prior: np.
         :func:`log_loss_skill_test` of the champion there (its live skill); "metrics",
         "challenger_metrics": full metrics of both}``.
     """
-    from include.evaluation import log_loss_rows
-    from include.training import metrics_with_prior
-
     y = rows["label"].to_numpy().astype(int)
     challenger = rows[["p_down", "p_range", "p_up"]].to_numpy()
     prior = rows[["prior_down", "prior_range", "prior_up"]].to_numpy()

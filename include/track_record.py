@@ -44,12 +44,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from include.backtest import TradingDecision, simulate, standardised_moves
 from include.config import RunConfig, Settings
+from include.data.store import open_store
 from include.errors import PipelineError
-from include.features import complete_rows
+from include.feature_store import feature_frame
+from include.features import FeatureSpec, complete_rows
 from include.gate import GatePolicy, instant
 from include.gate.evidence import compare_with_champion, judge, own_record, policy_from_config
-from include.trading import trade_out_of_fold
+from include.labels import make_labels
+from include.registry import ModelRegistry, atomic_write_json
+from include.trading import forecast_positions, trade_out_of_fold
+from include.training import metrics_with_prior
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +113,6 @@ def load_market(settings: Settings, versions: list[Version], end: datetime) -> M
     Raises:
         PipelineError: no versions.
     """
-    from include.backtest import standardised_moves
-    from include.data.store import open_store
-    from include.feature_store import feature_frame
-    from include.features import FeatureSpec
-    from include.labels import make_labels
-
     if not versions:
         raise PipelineError("no registered versions to score")
     cfg = RunConfig.from_params(versions[0].lineage["config"])
@@ -140,8 +140,6 @@ def load_market(settings: Settings, versions: list[Version], end: datetime) -> M
 
 
 def _features_of(data: MarketData, v: Version) -> pd.DataFrame:
-    from include.features import FeatureSpec
-
     spec = FeatureSpec.from_dict({k: val for k, val in v.lineage["feature_spec"].items() if k != "sha256"})
     return data.features[spec.sha256]
 
@@ -273,9 +271,6 @@ def _forward(registry: Any, data: MarketData, v: Version, start: datetime, end: 
     """Version ``v``'s forecasts on the labelled bars of ``[start, end)``: ``p_*``, ``label``,
     the class prior, the trading decision's inputs and the ``position`` it gives (``v``'s own
     costs, probability floor and deployed margin)."""
-    from include.backtest import TradingDecision
-    from include.trading import forecast_positions
-
     feats = _features_of(data, v)
     names = list(v.lineage["feature_spec"]["names"])
     rows = feats[(feats.index >= pd.Timestamp(start)) & (feats.index < pd.Timestamp(end))]
@@ -326,9 +321,6 @@ def _score(frames: list[pd.DataFrame], data: MarketData) -> dict[str, Any]:
         per-bar net return indexed by the forecast's bar (a Series, fraction of equity, not
         JSON): the series ``sharpe`` and ``total_return`` summarise.
     """
-    from include.backtest import TradingDecision, simulate
-    from include.training import metrics_with_prior
-
     frame = pd.concat(frames).sort_index()
     if frame.empty:
         return {"rows": 0}
@@ -503,8 +495,6 @@ def track_record(settings: Settings, model: str, *, policies: dict[str, GatePoli
     Raises:
         PipelineError: the model has no registered version.
     """
-    from include.registry import ModelRegistry
-
     registry = ModelRegistry.from_settings(settings)
     try:
         versions = _versions(registry, model)
@@ -583,8 +573,6 @@ def main(argv: list[str] | None = None) -> int:
     policies = {"replay": parse_policy(args.set)} if args.command == "replay" else {"gate_default": GatePolicy()}
     record = track_record(settings, args.model, policies=policies)
     # Both commands store what they computed: the Models page shows the latest.
-    from include.registry import atomic_write_json
-
     path = settings.registry_dir / "track_record" / f"{args.model}.json"
     atomic_write_json(path, json.loads(json.dumps(record, default=str)))
     print(json.dumps(record, default=str, indent=1) if args.json else table(record))

@@ -15,6 +15,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from include.backtest import (
+    MARGIN_GRID,
+    TradingDecision,
+    choose_margin,
+    class_moves,
+    positions_from_proba,
+    simulate,
+    standardised_moves,
+)
 from include.config import RunConfig, Settings
 from include.data.store import open_store
 from include.run_folder import RunFolder
@@ -23,8 +32,6 @@ from include.run_folder import RunFolder
 def trading_decision(cfg: RunConfig, margin: float = 0.0) -> Any:
     """The run's :class:`include.backtest.TradingDecision`: its costs, horizon and probability
     floor, with ``margin``."""
-    from include.backtest import TradingDecision
-
     return TradingDecision.from_config(cfg.to_dict(), margin)
 
 
@@ -46,8 +53,6 @@ def forecast_positions(frame: pd.DataFrame, decision: Any, margins: np.ndarray |
     Returns:
         ``(n,)`` positions in {-1, 0, +1}.
     """
-    from include.backtest import positions_from_proba
-
     proba = frame[["p_down", "p_range", "p_up"]].to_numpy()
     legacy = positions_from_proba(proba, frame[["prior_down", "prior_range", "prior_up"]].to_numpy(),
                                   decision.min_probability)
@@ -82,8 +87,6 @@ def walk_forward_margins(oof: pd.DataFrame, decision: Any, net_return: Any) -> d
         ``{"per_row": (n,) margins, "per_fold": {fold: margin}, "deployed": margin}``; the first
         fold has no earlier fold and trades at the smallest margin of the grid.
     """
-    from include.backtest import MARGIN_GRID, choose_margin
-
     fold = oof["fold"].to_numpy()
 
     def score(margin: float, rows: np.ndarray) -> float:
@@ -113,8 +116,6 @@ def trade_out_of_fold(oof: pd.DataFrame, cfg: RunConfig, bars: pd.DataFrame, fun
         the decision's record (``{"rule", "round_trip", "margin_per_fold", "deployed_margin"}``;
         ``None`` for a record without the decision's inputs).
     """
-    from include.backtest import simulate
-
     decision = trading_decision(cfg)
 
     def net_return(positions: np.ndarray, rows: np.ndarray) -> float:
@@ -162,8 +163,6 @@ def trading_inputs(cfg: RunConfig, out_dir: Path, oof_frame: pd.DataFrame, index
     Returns:
         ``(3,)`` the class moves of the deployed model's training rows ``final_rows``.
     """
-    from include.backtest import class_moves, standardised_moves
-
     feats = pd.read_parquet(RunFolder(out_dir).features)
     scale, move = standardised_moves(feats["close"], horizon=cfg.label_horizon_bars,
                                      vol_window=cfg.label_vol_window_bars)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from include.config import PROJECT_ROOT, RunConfig
+from include.config import PROJECT_ROOT, RunConfig, env_int
 from include.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -177,8 +177,6 @@ def market_group_instances() -> int:
     Raises:
         ConfigError: ``MARKET_GROUP_INSTANCES`` is not a positive integer.
     """
-    from include.config import env_int
-
     override = env_int("MARKET_GROUP_INSTANCES", None)
     if override is not None:
         return override

@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from include.config import RunConfig, Settings
+from include.data.exchange import ExchangeSource
 from include.data.sources import FileSource, MarketDataSource
 from include.data.store import Gap, MarketStore, UpsertResult
 from include.paths import checked_input_path
@@ -281,8 +282,6 @@ def market_source(cfg: RunConfig, settings: Settings) -> MarketDataSource:
             (:func:`include.paths.checked_input_path`).
     """
     if cfg.source == "exchange":
-        from include.data.exchange import ExchangeSource
-
         return ExchangeSource(cfg.exchange, api_url=settings.exchange_api_url)
     if cfg.source_dir:
         return FileSource(checked_input_path(cfg.source_dir, "source_dir"))

@@ -44,6 +44,7 @@ from include.deployment.ports import (
 from include.deployment.postgres import ensure_database, postgres_server, stop_embedded_postgres
 from include.errors import ConfigError
 from include.paths import input_roots
+from include.resources import pool_commands
 from include.universe import universe_path
 
 #: Components started, in order (docker-compose services of the same names).
@@ -265,8 +266,6 @@ def up() -> int:
     home = Path(env["AIRFLOW_HOME"])
     (home / "logs").mkdir(parents=True, exist_ok=True)
     login = admin_login(home)
-    from include.resources import pool_commands
-
     for args in (["db", "migrate"], *pool_commands()):
         done = subprocess.run(["airflow", *args], env=full_env, capture_output=True, text=True, cwd=PROJECT_ROOT)
         if done.returncode != 0:

@@ -20,10 +20,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.config import RunConfig
-from include.errors import ConfigError, TrainingError
+from include.backtest import deflated_sharpe_ratio, expected_max_sharpe
+from include.config import NOT_MODEL_INPUTS, RunConfig
+from include.errors import ConfigError, RegistryError, TrainingError
+from include.evaluation import log_loss_rows
 from include.gate import GateDecision, GatePolicy, decide, instant
 from include.registry import ModelRegistry
+from include.significance import (
+    N_RESAMPLES,
+    block_length,
+    champion_evidence,
+    log_loss_skill_test,
+    mean_below_zero_test,
+    skill_evidence,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +58,6 @@ def candidate_evidence(policy: GatePolicy, oof: pd.DataFrame, returns: pd.DataFr
     followed by ``oof``, and its result says how many rows came from each (``record_rows``,
     ``earlier_rows``, ``earlier_from``). The F1 and trading tests use ``oof`` alone.
     """
-    from include.significance import N_RESAMPLES, log_loss_skill_test, skill_evidence
-
     evidence = skill_evidence(oof, returns, f1_margin=policy.min_f1_margin, log_loss_ratio=policy.max_log_loss_ratio,
                               sharpe_margin=policy.min_sharpe_margin, horizon=horizon,
                               bars_per_year=365.25 * 86_400 / bar_seconds, random_state=random_state,
@@ -77,8 +85,6 @@ def recipe(lineage: dict[str, Any]) -> str:
     parameters that shape the model (every field of its configuration but the gate's, the
     trading simulation's, approval and the run's own date and source) and the feature spec."""
     import hashlib
-
-    from include.config import NOT_MODEL_INPUTS
 
     raw = lineage.get("config") or {}
     # Every field, with its default where the lineage lacks it: a field added to RunConfig is no
@@ -119,8 +125,6 @@ def earlier_record(registry: ModelRegistry, model: str, lineage: dict[str, Any],
         earlier version of the recipe has rows there. Versions whose artifacts retention removed
         are skipped.
     """
-    from include.errors import RegistryError
-
     if weeks <= 0 or not len(oof):
         return pd.DataFrame(columns=RECORD_COLUMNS)
     first = oof.index.min()
@@ -180,8 +184,6 @@ def compare_with_champion(oof: pd.DataFrame, champion: Any, meta: dict[str, Any]
         "window_start", "compared_from", "rows_out_of_sample", "comparison", "live",
         "metrics", "challenger_metrics", "last_training_row", "record"}``.
     """
-    from include.significance import champion_evidence
-
     trained_until = meta["data_window"]["trained_until"]
     compared_from = instant(trained_until).astimezone(UTC)
     rows = oof[oof.index >= pd.Timestamp(compared_from)]
@@ -244,9 +246,6 @@ def champion_record_test(own_oof: pd.DataFrame | None, live: pd.DataFrame, live_
         loss, with ``log_loss``, ``reference_log_loss``, ``n`` and ``live_rows``; ``None`` when
         the record is too short to test.
     """
-    from include.evaluation import log_loss_rows
-    from include.significance import block_length, mean_below_zero_test
-
     cols, priors = ["p_down", "p_range", "p_up"], ["prior_down", "prior_range", "prior_up"]
     y_parts, own_parts, ref_parts = [], [], []
     if own_oof is not None and len(own_oof):
@@ -277,8 +276,6 @@ def resamples_for(level: float) -> int:
     """Bootstrap resamples enough to resolve p-values at ``level``: at least 20 / level (so that a
     p-value at the level rests on about 20 resamples beyond it), and never fewer than the
     default (:data:`include.significance.N_RESAMPLES`)."""
-    from include.significance import N_RESAMPLES
-
     return max(N_RESAMPLES, math.ceil(20 / level))
 
 
@@ -334,8 +331,6 @@ def deflated_sharpe_of(strategy: dict[str, Any], earlier: list[float], bar_secon
         (per-bar units); ``value`` is NaN when the strategy's returns have no variance.
     """
     import math
-
-    from include.backtest import deflated_sharpe_ratio, expected_max_sharpe
 
     per_year = 365.25 * 86_400 / bar_seconds
     sharpe = float(strategy.get("sharpe_per_bar", strategy.get("sharpe", 0.0) / math.sqrt(per_year)))

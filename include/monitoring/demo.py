@@ -23,14 +23,14 @@ from typing import Any
 
 from include.config import Settings
 from include.demo import _airflow, prepare_airflow
+from include.monitoring import reports
+from include.registry import ModelRegistry
 
 BTC = "binance-btcusdt-perp-1h-h4"
 RELAXED = {"markets": ["BTCUSDT"], "gate_required_checks": [], "gate_max_drawdown": 1}
 
 
 def _production(settings: Settings) -> tuple[str, datetime] | None:
-    from include.registry import ModelRegistry
-
     registry = ModelRegistry.from_settings(settings)
     try:
         pointer = registry.production(BTC) if BTC in registry.model_names() else None
@@ -81,8 +81,6 @@ def describe(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Make sure a model is in production, monitor the days after it, print what was seen."""
     import sqlalchemy as sa
-
-    from include.monitoring import reports
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trained-until", default="2023-12-17", help="week end of the model to monitor")

@@ -34,15 +34,27 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from include.backtest import simulate, standardised_moves
 from include.config import MonitorPolicy, RunConfig, Settings
+from include.data.ingest import SeriesKey, ingest_window, market_source
+from include.data.store import open_store
+from include.drift import drift_table, reference_bins
+from include.ensemble import ranked_features
 from include.errors import PipelineError, TrainingError
-from include.features import complete_rows
-from include.labels import CLASS_NAMES
+from include.evaluation import multiclass_log_loss
+from include.feature_store import feature_frame
+from include.features import FeatureSpec, complete_rows
+from include.gate import instant
+from include.labels import CLASS_NAMES, make_labels
 from include.predictions import _ms, load_predictions, log_predictions, report_table
+from include.registry import ModelRegistry
+from include.run_folder import RunFolder, json_safe, version_run_dir
+from include.trading import forecast_positions, trading_decision
+from include.training import metrics_with_prior, prior_corrected_predict
+from include.windows import FUNDING_LOOKBACK, closed_bars_end, feature_read_start
 
 if TYPE_CHECKING:
     from include.data.store import MarketStore
-    from include.features import FeatureSpec
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +68,6 @@ def _closed_bars(store: Any, cfg: RunConfig, start: datetime, end: datetime) -> 
 
 
 def _ingest(cfg: RunConfig, settings: Settings, store: Any, start: datetime, end: datetime) -> dict[str, Any]:
-    from include.data.ingest import SeriesKey, ingest_window, market_source
-    from include.windows import FUNDING_LOOKBACK
-
     key = SeriesKey(cfg.exchange, cfg.symbol, cfg.market_type, cfg.timeframe, timedelta(seconds=cfg.bar_seconds))
     return ingest_window(market_source(cfg, settings), store, key, start=start, end=end,
                          funding_start=start - FUNDING_LOOKBACK, open_interest_start=start - timedelta(days=2))
@@ -76,9 +85,6 @@ def _reference(settings: Settings, lineage: dict[str, Any], spec: Any, cfg: RunC
     Raises:
         PipelineError: nothing stored, and no bar of the training window in the store.
     """
-    from include.drift import reference_bins
-    from include.feature_store import feature_frame
-
     if "drift_reference" in lineage:
         return {"bins": lineage["drift_reference"], "top_features": list(lineage.get("top_features") or spec.names),
                 "source": "stored at registration"}
@@ -102,9 +108,6 @@ def _reference(settings: Settings, lineage: dict[str, Any], spec: Any, cfg: RunC
 
 def _ranking_from_run_folder(settings: Settings, lineage: dict[str, Any], names: list[str]) -> tuple[list[str], str]:
     """Features by the permutation importance in the version's run folder, or in spec order."""
-    from include.ensemble import ranked_features
-    from include.run_folder import RunFolder, version_run_dir
-
     folder = RunFolder(version_run_dir(settings, lineage["registered_model"], lineage))
     try:
         members = {f: json.loads((folder.member(f) / "metadata.json").read_text()) for f in lineage["members"]}
@@ -115,8 +118,6 @@ def _ranking_from_run_folder(settings: Settings, lineage: dict[str, Any], names:
 
 def _daily_log_loss(frame: pd.DataFrame, prior: np.ndarray) -> list[dict[str, Any]]:
     """Per complete UTC day: realised log loss of the model and of the class-prior forecast."""
-    from include.evaluation import multiclass_log_loss
-
     out = []
     for day, rows in frame.groupby(frame.index.floor("D")):
         y = rows["label"].astype(int).to_numpy()
@@ -261,8 +262,6 @@ def _production_version(settings: Settings, model: str) -> tuple[str, Any, dict[
     Raises:
         PipelineError: the model has no production version.
     """
-    from include.registry import ModelRegistry
-
     registry = ModelRegistry.from_settings(settings)
     try:
         pointer = registry.production(model)
@@ -278,8 +277,6 @@ def _production_version(settings: Settings, model: str) -> tuple[str, Any, dict[
 def _score_new_bars(store: MarketStore, model: str, version: str, estimator: Any, spec: FeatureSpec,
                     feats: pd.DataFrame, trained_until: datetime, as_of: datetime) -> int:
     """Score the span's complete feature rows the version has no logged prediction for; returns how many."""
-    from include.training import prior_corrected_predict
-
     ready = feats[complete_rows(feats, spec.names)]
     logged = load_predictions(store.engine, model, version, start=trained_until, end=as_of)
     todo = ready[~ready.index.isin(logged.index)]
@@ -300,10 +297,6 @@ def _score_span(settings: Settings, model: str, version: str, estimator: Any, li
         PipelineError: no drift reference stored with the version, and no bar of its training
             window in the store to recompute one from.
     """
-    from include.data.store import open_store
-    from include.feature_store import feature_frame
-    from include.windows import closed_bars_end, feature_read_start
-
     bar = timedelta(seconds=cfg.bar_seconds)
     read_from = feature_read_start(trained_until, cfg)
     store = open_store(settings)
@@ -328,8 +321,6 @@ def _score_span(settings: Settings, model: str, version: str, estimator: Any, li
 def _with_realised_labels(predictions: pd.DataFrame, bars: pd.DataFrame,
                           cfg: RunConfig) -> tuple[pd.Series, pd.DataFrame]:
     """``(closes, frame)``: the bars' closes, and the predictions with a ``label`` column (NaN until realised)."""
-    from include.labels import make_labels
-
     closes = bars.set_index("timestamp")["close"].astype("float64")
     labels = make_labels(closes, horizon=cfg.label_horizon_bars, mode=cfg.label_threshold_mode,
                          threshold=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)
@@ -338,9 +329,6 @@ def _with_realised_labels(predictions: pd.DataFrame, bars: pd.DataFrame,
 
 def _live_metrics(frame: pd.DataFrame, lineage: dict[str, Any], prior: np.ndarray) -> dict[str, Any]:
     """The report's ``live`` section: realised metrics and daily log loss next to the promised ones."""
-    from include.evaluation import multiclass_log_loss
-    from include.training import metrics_with_prior
-
     labelled = frame[frame["label"].notna()]
     live: dict[str, Any] = {"scored_rows": int(len(frame)), "labelled_rows": int(len(labelled)),
                             "first_bar": frame.index.min(), "last_bar": frame.index.max(),
@@ -361,9 +349,6 @@ def _live_trading(frame: pd.DataFrame, closes: pd.Series, span: _ScoredSpan, cfg
                   lineage: dict[str, Any], prior: np.ndarray,
                   decided_by_gate: dict[str, Any] | None) -> dict[str, Any]:
     """The report's ``trading`` section: costs, margin, and the simulated strategy and buy-and-hold records."""
-    from include.backtest import simulate, standardised_moves
-    from include.trading import forecast_positions, trading_decision
-
     feats = span.feats
     # The position serving gave each bar: the cost-aware decision at the margin the gate chose.
     margin = (((decided_by_gate or {}).get("trading") or {}).get("decision") or {}).get("deployed_margin")
@@ -391,8 +376,6 @@ def _live_trading(frame: pd.DataFrame, closes: pd.Series, span: _ScoredSpan, cfg
 def _drift_summary(feats: pd.DataFrame, reference: dict[str, Any], as_of: datetime,
                    policy: MonitorPolicy) -> dict[str, Any]:
     """The report's ``drift`` section: the last ``drift_window_days`` of features against the reference."""
-    from include.drift import drift_table
-
     recent = feats[feats.index >= pd.Timestamp(as_of) - timedelta(days=policy.drift_window_days)]
     return {"window_start": pd.Timestamp(as_of) - timedelta(days=policy.drift_window_days), "rows": int(len(recent)),
             "top_features": reference["top_features"], "reference": reference["source"],
@@ -410,9 +393,6 @@ def _freshness(bars: pd.DataFrame, bar: timedelta, as_of: datetime) -> dict[str,
 def _decide_and_record(settings: Settings, report: dict[str, Any], as_of: datetime, policy: MonitorPolicy,
                        started: float) -> dict[str, Any]:
     """Decide the report's action, record it (replacing the run's own record) and log it; returns it as JSON."""
-    from include.data.store import open_store
-    from include.run_folder import json_safe
-
     model, version, run_id = report["model"], report["version"], report["run_id"]
     store = open_store(settings)
     try:
@@ -454,9 +434,6 @@ def monitor(settings: Settings, model: str, as_of: datetime, *, policy: MonitorP
         PipelineError: the model has no production version, or it has no stored drift reference
             and the store holds no bar of its training window to recompute one from.
     """
-    from include.features import FeatureSpec
-    from include.gate import instant
-
     policy = policy or MonitorPolicy()
     started = time.perf_counter()
     as_of = instant(as_of).astimezone(UTC)

@@ -9,7 +9,11 @@ from typing import Any
 import pandas as pd
 
 from include.config import Settings
+from include.data.store import open_store
 from include.errors import ConfigError
+from include.monitoring import MonitorPolicy, mark_requested, monitor
+from include.notify import send
+from include.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +27,6 @@ def production_models(settings: Settings, wanted: list[str] | None = None) -> li
     Raises:
         ConfigError: a wanted model is unknown or has no production version.
     """
-    from include.registry import ModelRegistry
-
     registry = ModelRegistry.from_settings(settings)
     try:
         models = registry.models()
@@ -70,8 +72,6 @@ def monitor_one(settings: Settings, model: str, *, params: dict[str, Any], data_
         ``{"model", "version", "as_of", "action", "reason", "tripped" (checks), "realised",
         "promised", "strategy", "freshness_hours"}``.
     """
-    from include.monitoring import MonitorPolicy, monitor
-
     source = {k: params[k] for k in ("source", "source_dir") if params.get(k) is not None}
     report = monitor(settings, model, as_of_of(params, data_interval_end, run_after),
                      policy=MonitorPolicy.from_params(params), run_id=run_id, source=source)
@@ -109,8 +109,6 @@ def retrain_request(results: list[dict[str, Any]], context: dict[str, Any] | Non
         ``{"models", "as_of", "reasons": {model: reason}}`` for the models whose action is
         ``retrain_requested``; ``None`` when there are none (no asset event).
     """
-    from include.notify import send
-
     attention = [r for r in results if r["action"] != "ok"]
     if attention and context is not None:
         send(monitor_message(attention), context)
@@ -121,9 +119,6 @@ def retrain_request(results: list[dict[str, Any]], context: dict[str, Any] | Non
                "reasons": {r["model"]: r["reason"] for r in wanted}}
     if context is not None and settings is not None:
         # Last step: the cooldown starts with the event, not with the report that asked for it.
-        from include.data.store import open_store
-        from include.monitoring import mark_requested
-
         store = open_store(settings)
         try:
             mark_requested(store.engine, context["run_id"], request["models"])

@@ -8,18 +8,20 @@ import shutil
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from include.config import RunConfig, Settings
-from include.data.ingest import market_source
+from include.data.ingest import SeriesKey, ingest_window, market_source
 from include.data.store import Gap, open_store
 from include.errors import DataQualityError, MarketNotReadyError, NoDataError, TrainingError
 from include.feature_store import feature_frame
 from include.features import OPTIONAL_FEATURES, FeatureSpec, complete_rows
 from include.labels import class_balance, make_labels
+from include.quality.ledger import day_digests, validated_rows
+from include.quality.suites import SuiteLimits, format_failures, run_suites, suite_versions
 from include.registry import (
     atomic_write_json,
 )
@@ -30,9 +32,6 @@ from include.windows import (
     schedule_end_on_or_after,
     warmup,
 )
-
-if TYPE_CHECKING:
-    from include.quality.suites import SuiteLimits
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +130,6 @@ def ingest(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path 
         NoDataError: the window holds no candles of a market that is not young (see
             :func:`history_window`).
     """
-    from include.data.ingest import SeriesKey, ingest_window
-
     if out_dir is not None:
         for name in (SUMMARY_FILE, SKIPPED_FILE):
             (out_dir / name).unlink(missing_ok=True)
@@ -190,8 +187,6 @@ def suite_limits(cfg: RunConfig, start: datetime, end: datetime, ohlcv: pd.DataF
     (:class:`~include.quality.suites.SuiteLimits`): the run's limits, the bars the window should
     hold, and the bars at its end that the exchange itself does not have (recorded ``gaps``
     after the last candle of ``ohlcv``), which the data is not expected to hold."""
-    from include.quality.suites import SuiteLimits
-
     bar = timedelta(seconds=cfg.bar_seconds)
     last_close = (ohlcv["timestamp"].iloc[-1] + bar) if len(ohlcv) else pd.Timestamp(start)
     tail_gap = sum(max(0, int((min(g.end, pd.Timestamp(end)) - max(g.start, last_close)) // bar)) for g in gaps)
@@ -225,8 +220,6 @@ def _suite_report(ohlcv: pd.DataFrame, funding: pd.DataFrame | None, oi: pd.Data
     Returns:
         The report of :func:`~include.quality.suites.run_suites`.
     """
-    from include.quality.suites import run_suites
-
     report = run_suites(ohlcv, funding, oi, limits, docs_dir=docs, validated=validated)
     if (not report["success"] or len(refused)) and report["incremental"]:
         # Bad data: validated from scratch, so the report names every failure as a first run would.
@@ -246,9 +239,6 @@ def _validate_stored_window(cfg: RunConfig, window: RunWindow, settings: Setting
         The suites' report (:func:`_suite_report`) and the first and last stored candle of the
         market (``None`` when the store holds none).
     """
-    from include.quality.ledger import day_digests, validated_rows
-    from include.quality.suites import suite_versions
-
     store = open_store(settings)
     try:
         extent = store.extent("ohlcv", exchange=cfg.exchange, symbol=cfg.symbol, market_type=cfg.market_type,
@@ -294,8 +284,6 @@ def _validation_error(cfg: RunConfig, start: datetime, end: datetime,
     Returns:
         The :class:`~include.errors.DataQualityError` to raise, carrying the report and its path.
     """
-    from include.quality.suites import format_failures
-
     failed = sum(len(s["failed"]) for s in report["suites"])
     held = (f"the market store holds {cfg.symbol} {cfg.market_type} {cfg.timeframe} candles from "
             f"{extent[0]:%Y-%m-%dT%H:%MZ} to {extent[1]:%Y-%m-%dT%H:%MZ}" if extent

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from include.backtest import simulate
 from include.config import RunConfig, Settings
 from include.data.store import open_store
 from include.errors import GateError, PipelineError
@@ -30,6 +31,7 @@ from include.registry import (
     atomic_write_json,
 )
 from include.run_folder import RunFolder, json_safe, timed_step, write_parquet
+from include.serving import ProductionModel
 from include.trading import market_frames, trade_out_of_fold, trading_decision
 from include.windows import RunWindow
 
@@ -52,8 +54,6 @@ def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_
         "path"}`` without the equity curves (those are in ``trading.json``); ``decision`` holds
         the margins per fold and the deployed model's margin, which serving trades at.
     """
-    from include.backtest import simulate
-
     oof = pd.read_parquet(RunFolder(out_dir).ensemble_oof)
     bars, funding = market_frames(cfg, settings, oof.index.min().to_pydatetime(), window.ts("interval_end"))
     costs = trading_decision(cfg).costs
@@ -168,8 +168,6 @@ def smoke_test(settings: Settings, model: str, as_of: datetime) -> dict[str, Any
         PipelineError: the prediction is not three finite probabilities summing to 1, or the
             model could not be loaded or could not predict (the cause is chained).
     """
-    from include.serving import ProductionModel
-
     serving = ProductionModel(ModelRegistry.from_settings(settings), settings.market_db_url, model,
                               max_age_hours=None)
     try:

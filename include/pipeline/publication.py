@@ -10,11 +10,16 @@ from typing import Any
 
 from include.config import RunConfig, Settings
 from include.gate import check_outcome
+from include.notify import send, universe_message
+from include.paths import checked_input_path
 from include.registry import (
     ModelRegistry,
     atomic_write_json,
 )
-from include.run_folder import SKIPPED_FILE, SUMMARY_FILE, RunFolder, json_safe, step_times, timed_step
+from include.report import build_report
+from include.run_folder import SKIPPED_FILE, SUMMARY_FILE, RunFolder, json_safe, run_location, step_times, timed_step
+from include.storage import is_remote
+from include.universe import plan_markets
 from include.windows import RunWindow, resolve_window
 
 logger = logging.getLogger(__name__)
@@ -32,10 +37,6 @@ def summarise(settings: Settings, cfg: RunConfig, out_dir: Path, window: RunWind
     Returns:
         ``{"model", "path", "report", "production", "action"}``.
     """
-    from include.report import build_report
-    from include.run_folder import run_location
-    from include.storage import is_remote
-
     registry = ModelRegistry.from_settings(settings)
     pointer = registry.production(cfg.model_name)
     registry.dispose()
@@ -219,8 +220,6 @@ def publish_universe(settings: Settings, dag_id: str, plans: list[dict[str, Any]
         ``{"path", "markets": {model: status}, "notified", "note"}``; ``note`` (see
         :func:`run_note`) becomes the DAG run's note (``plugins/run_notes.py``).
     """
-    from include.notify import send, universe_message
-
     outcomes = universe_outcomes(settings, dag_id, plans)
     run_key = plans[0]["window"]["run_key"] if plans else "empty"
     path = settings.runs_dir / dag_id / "_universe" / f"{run_key}.json"
@@ -242,9 +241,6 @@ def plan_universe(run_params: dict[str, Any], *, selected: list[str] | None, uni
         ConfigError: see :func:`include.universe.plan_markets` and :func:`resolve_window`;
             ``universe_file`` lies outside the input roots (:func:`include.paths.checked_input_path`).
     """
-    from include.paths import checked_input_path
-    from include.universe import plan_markets
-
     if universe_file:  # a run parameter: only under the input roots
         universe_file = str(checked_input_path(universe_file, "universe_file"))
     plans = []

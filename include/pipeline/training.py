@@ -13,15 +13,26 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from include.config import NOT_MODEL_INPUTS, RunConfig, Settings
-from include.ensemble import ranked_features
+from include.drift import reference_bins
+from include.ensemble import (
+    StackingEnsemble,
+    WeightedSoftVotingEnsemble,
+    combine,
+    fit_stacker,
+    fit_weights,
+    ranked_features,
+    walk_forward_stacking,
+    walk_forward_weights,
+)
 from include.errors import TrainingError
-from include.evaluation import WalkForward, interval_splits
+from include.evaluation import WalkForward, baseline_oof, interval_splits, reliability, summarise_folds
+from include.labels import momentum_forecast
 from include.registry import (
     CHALLENGER,
     OOF_FILE,
@@ -31,12 +42,13 @@ from include.registry import (
     load_verified,
     sha256_file,
 )
+from include.resources import available_cpus, model_threads, training_slots
 from include.run_folder import RunFolder, timed_step, training_table, write_parquet
 from include.trading import trading_inputs
+from include.training import class_prior, cross_validate, family_params, fit_family, metrics_with_prior
+from include.training.fit_cache import FitCache
+from include.training.sets import HyperparameterSets
 from include.windows import RunWindow
-
-if TYPE_CHECKING:
-    from include.ensemble import WeightedSoftVotingEnsemble
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +56,6 @@ logger = logging.getLogger(__name__)
 def fit_cache(settings: Settings) -> Any:
     """The worker's :class:`~include.training.fit_cache.FitCache`: files under the runs folder,
     digests in the market database."""
-    from include.training.fit_cache import FitCache
-
     return FitCache(settings.runs_dir / ".fit_cache", settings.market_db_url)
 
 
@@ -76,8 +86,6 @@ def hyperparameter_choice(cfg: RunConfig, settings: Settings | None, family: str
     """
     if cfg.hyperparameters == "default" or settings is None:
         return {"params": {}, "set": None}
-    from include.training.sets import HyperparameterSets
-
     sets = HyperparameterSets(settings.market_db_url)
     try:
         chosen = sets.valid_set(cfg.model_name, family, first_test)
@@ -117,9 +125,6 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str,
         unpickling it.
     """
     import joblib
-
-    from include.resources import available_cpus, model_threads, training_slots
-    from include.training import class_prior, cross_validate, family_params, fit_family
 
     t0 = time.perf_counter()
     X, y, test_size, names = training_table(out_dir, window)
@@ -235,8 +240,6 @@ def _soft_vote(cfg: RunConfig, families: list[str], probas: dict[str, np.ndarray
         ``(ensemble out-of-fold probabilities (n_oof, 3), the registered model's weights, its
         stacker or None)``.
     """
-    from include.ensemble import combine, fit_stacker, fit_weights, walk_forward_stacking, walk_forward_weights
-
     y_oof = ref["label"].to_numpy()
     fold_of = ref["fold"].to_numpy()
     stacker = None
@@ -303,10 +306,6 @@ def _out_of_fold_record(cfg: RunConfig, out_dir: Path, ref: pd.DataFrame, ens_oo
     Returns:
         The ensemble's out-of-fold record.
     """
-    from include.evaluation import baseline_oof
-    from include.labels import momentum_forecast
-    from include.training import metrics_with_prior
-
     y_oof = ref["label"].to_numpy()
     prior_rows = ref[["prior_down", "prior_range", "prior_up"]].to_numpy()
     fold_of = ref["fold"].to_numpy()
@@ -348,8 +347,6 @@ def _ensemble_model(cfg: RunConfig, families: list[str], members: list[tuple[str
     """The model to register: the fitted members soft-voted with ``weights`` or, with
     ``cfg.ensemble_weighting == "stacking"``, combined by ``stacker``; ``prior`` is the training
     class prior ``(3,)``."""
-    from include.ensemble import StackingEnsemble, WeightedSoftVotingEnsemble
-
     if cfg.ensemble_weighting == "stacking":
         return StackingEnsemble.from_fitted(members, [weights[f] for f in families], prior,
                                             feature_names=names, stacker=stacker)
@@ -367,10 +364,6 @@ def _candidate_metadata(cfg: RunConfig, window: RunWindow, out_dir: Path, spec: 
     Returns:
         The version's ``metadata.json`` content, before its file hashes and identity.
     """
-    from include.drift import reference_bins
-    from include.evaluation import reliability, summarise_folds
-    from include.training import class_prior
-
     return {
         "kind": "stacking_ensemble" if cfg.ensemble_weighting == "stacking" else "weighted_soft_voting_ensemble",
         "members": families, "weights": weights,
@@ -468,8 +461,6 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
         IntegrityError: a member's model file does not hash to what its training task reported.
     """
     import joblib
-
-    from include.training import class_prior
 
     families, members, oofs, member_meta = _load_members(cfg, out_dir, trained)
     ref = _shared_oof_rows(families, oofs)

@@ -9,6 +9,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+from include.config import Settings
 from include.errors import RegistryError
 from include.registry.core import ModelRegistry
 from include.registry.schema import PRODUCTION
@@ -30,8 +31,6 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m include.registry``: inspect and operate the registry of this deployment."""
-    from include.config import Settings
-
     parser = argparse.ArgumentParser(prog="python -m include.registry", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="registered models with their production version")

@@ -27,6 +27,7 @@ from include.evaluation import (
     multiclass_log_loss,
     summarise_folds,
 )
+from include.extensions import load_family
 from include.labels import CLASSES
 from include.training import lightgbm, logistic, random_forest, xgboost
 from include.training.fit_cache import FitCache, evaluation_key, fit_key, rows_digest
@@ -48,8 +49,6 @@ def family_module(family: str) -> Any:
     Raises:
         ConfigError: unknown family, or a plug-in that fails to load.
     """
-    from include.extensions import load_family
-
     return FAMILIES[family] if family in FAMILIES else load_family(family)
 
 

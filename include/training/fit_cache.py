@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from include.data.store import MarketStore
 from include.storage import is_remote, read_bytes, remove, write_bytes
 
 metadata = sa.MetaData()
@@ -136,8 +137,6 @@ class FitCache:
     """
 
     def __init__(self, root: Any, url: str, max_age_days: float = 30.0) -> None:
-        from include.data.store import MarketStore
-
         self.root = root
         self.engine = MarketStore(url).engine
         self.hits = 0

@@ -18,7 +18,9 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from include.data.store import MarketStore
 from include.errors import ConfigError
+from include.registry import code_version
 
 metadata = sa.MetaData()
 
@@ -56,8 +58,6 @@ class HyperparameterSets:
     """
 
     def __init__(self, url: str) -> None:
-        from include.data.store import MarketStore
-
         self.engine = MarketStore(url).engine
 
     def dispose(self) -> None:
@@ -75,8 +75,6 @@ class HyperparameterSets:
         Returns:
             The stored set (:meth:`get`'s form).
         """
-        from include.registry import code_version
-
         as_of_ms = _ms(as_of)
         params = dict(summary["best_params"])
         digest = hashlib.sha256(json.dumps([model, family, as_of_ms, params], sort_keys=True,

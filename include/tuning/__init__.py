@@ -33,8 +33,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from include.backtest import simulate
 from include.config import RunConfig, Settings
 from include.errors import ConfigError, TrainingError
+from include.evaluation import interval_splits
+from include.resources import model_threads
+from include.run_folder import training_table
+from include.trading import forecast_positions, market_frames, trading_decision, trading_inputs, walk_forward_margins
+from include.training import cross_validate, family_params
 from include.tuning.overfitting import probability_of_backtest_overfitting
 from include.tuning.spaces import search_space, suggest
 
@@ -100,9 +106,6 @@ def _trial_trading(cfg: RunConfig, proba: np.ndarray, prior: np.ndarray, fold: n
         inputs: ``(n, ...)`` the rows' decision inputs (:data:`include.pipeline.decision.DECISION_COLUMNS`),
             indexed by bar.
     """
-    from include.backtest import simulate
-    from include.trading import forecast_positions, trading_decision, walk_forward_margins
-
     decision = trading_decision(cfg)
     frame = inputs.assign(p_down=proba[:, 0], p_range=proba[:, 1], p_up=proba[:, 2], prior_down=prior[:, 0],
                           prior_range=prior[:, 1], prior_up=prior[:, 2], fold=fold)
@@ -145,10 +148,6 @@ def _tuning_table(cfg: RunConfig, window: Any, settings: Settings, out_dir: Path
     Raises:
         TrainingError: the table is too short for the folds.
     """
-    from include.evaluation import interval_splits
-    from include.run_folder import training_table
-    from include.trading import market_frames, trading_inputs
-
     X, y, test_size, _ = training_table(out_dir, window)
     splits = interval_splits(cfg, X.index, window, test_size)
     bars, funding = market_frames(cfg, settings, X.index.min().to_pydatetime(), window.ts("interval_end"))
@@ -165,8 +164,6 @@ def _open_study(cfg: RunConfig, window: Any, settings: Settings, family: str, sp
     study gets the family's defaults as its first trial and records its search space and data window.
     """
     import optuna
-
-    from include.training import family_params
 
     name = study_name(cfg.model_name, family, window.ts("interval_end"))
     sampler = optuna.samplers.TPESampler(seed=cfg.random_state + 1000 * worker, n_startup_trials=5)
@@ -189,8 +186,6 @@ def _study_objective(cfg: RunConfig, family: str, space: dict[str, dict[str, Any
     """The trial objective: the out-of-fold log loss of one sampled configuration, reported after
     each fold for pruning, with its fold losses, macro F1 and trading record as user attributes."""
     import optuna
-
-    from include.training import cross_validate
 
     X, y, splits = table.X, table.y, table.splits
     host = f"{socket.gethostname()}:{os.getpid()}"
@@ -264,8 +259,6 @@ def tune_family(cfg: RunConfig, window: Any, settings: Settings, out_dir: Path, 
         ConfigError: bad search space or trial count.
         TrainingError: the table is too short for the folds.
     """
-    from include.resources import model_threads
-
     if n_trials < 1:
         raise ConfigError(f"n_trials={n_trials}: expected at least 1")
     space = search_space(family, space_overrides)

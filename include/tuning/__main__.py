@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 from include.config import Settings, TuningConfig
+from include.demo import prepare_airflow
+from include.training.sets import HyperparameterSets
 
 
 def show(model: str | None = None) -> str:
     """The recorded sets as text, one block per set, oldest as-of date first."""
-    from include.training.sets import HyperparameterSets
-
     sets = HyperparameterSets(Settings.from_env().market_db_url)
     try:
         rows = sets.list(model)
@@ -71,8 +71,6 @@ def main(argv: list[str] | None = None) -> int:
             "tune_timeout_minutes": args.timeout_minutes}
     if args.models:
         conf["models"] = args.models
-    from include.demo import prepare_airflow
-
     logs = prepare_airflow()
     if logs is None:
         return 1

@@ -21,6 +21,12 @@ from typing import Any
 import pandas as pd
 
 from include.config import RunConfig, Settings, TuningConfig
+from include.pipeline import MarketRun, plan_universe, run_routine
+from include.run_folder import run_dir, run_location, staged_run_dir
+from include.storage import location, write_json
+from include.training.sets import HyperparameterSets
+from include.tuning import open_storage, summarise_study, tune_family
+from include.windows import RunWindow
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +45,6 @@ def plan_tuning(params: dict[str, Any], *, data_interval_start: Any, data_interv
     Raises:
         ConfigError: a bad run parameter, named.
     """
-    from include.pipeline import plan_universe
-
     tuning = TuningConfig.from_params({k: params.get(k) for k in TUNING_PARAMS}).to_dict()
     run_params = {k: v for k, v in params.items() if k not in (*TUNING_PARAMS, "markets", "universe_file")}
     run_params["cv_folds"] = tuning["tune_folds"]
@@ -59,9 +63,6 @@ def plan_tuning(params: dict[str, Any], *, data_interval_start: Any, data_interv
 
 
 def _unpack(plan: dict[str, Any], window: dict[str, Any] | None = None) -> tuple[RunConfig, Any, Settings, Path]:
-    from include.run_folder import run_dir
-    from include.windows import RunWindow
-
     cfg, settings = RunConfig.from_params(plan["config"]), Settings.from_env()
     win = RunWindow(**(window or plan["window"]))
     return cfg, win, settings, run_dir(settings, DAG_ID, cfg.model_name, win)
@@ -71,9 +72,6 @@ def _unpack(plan: dict[str, Any], window: dict[str, Any] | None = None) -> tuple
 def _staged(plan: dict[str, Any], window: dict[str, Any] | None = None) -> Iterator[tuple[Any, ...]]:
     """``(config, window, settings, local run folder, the folder's location)`` for one step; the
     folder is staged when the run artifacts are in an object store (:mod:`include.storage`)."""
-    from include.run_folder import run_location, staged_run_dir
-    from include.windows import RunWindow
-
     cfg, settings = RunConfig.from_params(plan["config"]), Settings.from_env()
     win = RunWindow(**(window or plan["window"]))
     with staged_run_dir(settings, DAG_ID, cfg.model_name, win) as out:
@@ -90,9 +88,6 @@ def prepare(plan: dict[str, Any]) -> dict[str, Any]:
     Raises:
         PipelineError: as the weekly run's steps raise (bad data stops the market with a report).
     """
-    from include.pipeline import MarketRun, run_routine
-    from include.tuning import open_storage
-
     with _staged(plan) as (cfg, win, settings, out, _):
         open_storage(settings.market_db_url).remove_session()  # Optuna's tables, before the studies start together
         # The weekly routine's steps up to the labels: the same data, checks and table a weekly run trains on.
@@ -118,9 +113,6 @@ def tune_and_record(job: dict[str, Any], *, worker: int = 0) -> dict[str, Any]:
         ConfigError: bad search space; TrainingError: no trial completed.
     """
     import optuna
-
-    from include.training.sets import HyperparameterSets
-    from include.tuning import open_storage, summarise_study, tune_family
 
     tuning, family = job["tuning"], job["family"]
     timeout = tuning.get("tune_timeout_minutes")
@@ -184,7 +176,5 @@ def report(results: list[dict[str, Any]]) -> str:
                      f"log loss {r['best_value']:.5f}, macro F1 {f1:.4f}, "
                      f"PBO {'n/a' if pbo is None else f'{pbo:.2f}'}; {json.dumps(r['params'], sort_keys=True)}")
     for folder, rows in by_folder.items():
-        from include.storage import location, write_json
-
         write_json(location(folder) / "tuning.json", rows)
     return "\n".join(lines)

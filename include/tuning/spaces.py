@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from include.errors import ConfigError
+from include.training import family_module
 
 SEARCH_SPACES: dict[str, dict[str, dict[str, Any]]] = {
     "lightgbm": {
@@ -55,8 +56,6 @@ def search_space(family: str, overrides: dict[str, dict[str, Any]] | None = None
     if family in SEARCH_SPACES:
         declared = SEARCH_SPACES[family]
     else:
-        from include.training import family_module
-
         declared = getattr(family_module(family), "SEARCH_SPACE", None)
         if not isinstance(declared, dict):
             raise ConfigError(f"no search space for model family {family!r}: a plug-in family declares one as "
