@@ -14,7 +14,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from include.assets import PRODUCTION_ALIAS, production_asset, production_event
 from include.config import RunConfig, Settings
+from include.errors import MarketNotReadyError
 from include.pipeline.publication import plan_universe, publish_universe, retrain_scope
 from include.pipeline.routine import (
     MarketRun,
@@ -27,8 +31,10 @@ from include.pipeline.routine import (
     train_step,
     validate_step,
 )
+from include.registry import ModelRegistry
 from include.run_folder import staged_run_dir
-from include.tasks import each_market, fail_fast, unfinished_earlier_runs
+from include.tasks import each_market, fail_fast, forget_batch_outcomes, unfinished_earlier_runs
+from include.universe import batch_markets
 from include.windows import RunWindow
 
 logger = logging.getLogger(__name__)
@@ -84,8 +90,6 @@ def plan_run(params: dict[str, Any], context: dict[str, Any]) -> list[dict[str, 
     Raises:
         AirflowFailException: a bad parameter or universe file (no retry).
     """
-    from include.universe import batch_markets
-
     dag_run = context["dag_run"]
     run_params = {k: v for k, v in params.items() if k not in MARKET_PARAMS}
     selected = params.get("markets")
@@ -112,10 +116,6 @@ def plan_run(params: dict[str, Any], context: dict[str, Any]) -> list[dict[str, 
 def ingest_market_data(batch: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     """``ingest_market_data``: step 1 per market; a market with too little history is skipped,
     saying when it qualifies."""
-    from airflow.sdk.exceptions import AirflowSkipException
-
-    from include.errors import MarketNotReadyError
-
     def step(run: MarketRun, plan: dict[str, Any]) -> dict[str, Any]:
         try:
             return ingest_step(run)
@@ -170,8 +170,6 @@ def quality_gate(batch: dict[str, Any], ingested: dict[str, Any], candidates: di
     Returns:
         ``(done, decisions)``: ``(False, None)`` while it must wait.
     """
-    from include.registry import ModelRegistry
-
     waiting = unfinished_earlier_runs(context["ti"], context["dag_run"])
     if waiting:
         logger.info("waiting for %d earlier run(s) to decide first", waiting)
@@ -198,8 +196,6 @@ def promote_or_keep(batch: dict[str, Any], ingested: dict[str, Any], decisions: 
 
     A refused or rolled-back promotion is not retried: a retry would promote again.
     """
-    from include.assets import PRODUCTION_ALIAS, production_asset, production_event
-
     def step(run: MarketRun, plan: dict[str, Any]) -> dict[str, Any]:
         decision = decisions[plan["model"]]
         return act_step(run, decision, approval=approvals[plan["model"]] if decision["passed"] else None)
@@ -233,8 +229,6 @@ def publish_summary(context: dict[str, Any]) -> dict[str, Any]:
     Raises:
         AirflowSkipException: ``plan_run`` planned no market (it failed, and alerted).
     """
-    from airflow.sdk.exceptions import AirflowSkipException
-
     batches = context["ti"].xcom_pull(task_ids="plan_run")
     if batches is None:  # plan_run failed (and alerted): there are no markets to report on
         raise AirflowSkipException("plan_run did not plan any market; nothing to publish")
@@ -251,8 +245,6 @@ def check_markets(context: dict[str, Any]) -> dict[str, Any]:
     Raises:
         AirflowFailException: a market failed, or ``plan_run`` planned none.
     """
-    from airflow.sdk.exceptions import AirflowFailException
-
     published = context["ti"].xcom_pull(task_ids="publish_summary")
     if published is None:  # a leaf that fails keeps the run red when planning failed
         raise AirflowFailException("no market ran: plan_run failed (see its log and alert)")
@@ -266,9 +258,6 @@ def check_markets(context: dict[str, Any]) -> dict[str, Any]:
 def apply_retention(context: dict[str, Any]) -> dict[str, Any]:
     """``apply_retention``: per registered model, the last ``MODEL_REGISTRY_KEEP_LAST`` versions
     and every version that ever held production are kept; the run's batch outcomes are forgotten."""
-    from include.registry import ModelRegistry
-    from include.tasks import forget_batch_outcomes
-
     forget_batch_outcomes(context["dag"].dag_id, context["run_id"])
     settings = Settings.from_env()
     registry = ModelRegistry.from_settings(settings)
