@@ -16,14 +16,15 @@ import statistics
 from datetime import UTC, datetime, timedelta
 
 from include.data.exchange import ExchangeSource
-from include.data.ingest import SeriesKey, ingest_window
+from include.data.ingest import ingest_window
 from include.data.replay import BinanceReplayServer
 from include.data.store import MarketStore
+from include.identity import Market
 from tests.conftest import DATA_DIR, create_pg_database, drop_pg_database
 
 
 def main() -> None:
-    key = SeriesKey("binance", "BTCUSDT", "perp", "1h", timedelta(hours=1))
+    key = Market("binance", "BTCUSDT", "perp", "1h")
     final = datetime(2023, 12, 31, tzinfo=UTC)
     weeks = [final - timedelta(weeks=k) for k in range(5, -1, -1)]
     start = weeks[0] - timedelta(days=740)

@@ -20,13 +20,10 @@ from typing import Any, Literal
 from include.errors import ConfigError
 from include.extensions import family_names, feature_names
 from include.feature_names import KNOWN_FEATURES
-from include.identity import DEFAULT_LABEL_RULE, RegisteredModel
+from include.identity import DEFAULT_LABEL_RULE, TIMEFRAME_SECONDS, Market, RegisteredModel
 from include.parameters import Declared, FormField, Interval, accepts, declare
 from include.paths import BUNDLED_DATA_DIR, PROJECT_ROOT, market_data_dir
 from include.storage import location
-
-#: Bar length in seconds for every timeframe the pipeline understands (ccxt notation).
-TIMEFRAME_SECONDS: dict[str, int] = {"15m": 900, "1h": 3600, "4h": 14_400, "1d": 86_400}
 
 #: The model families this code defines (:mod:`include.training`).
 BUILTIN_FAMILIES: tuple[str, ...] = ("lightgbm", "xgboost", "random_forest", "logistic")
@@ -422,6 +419,11 @@ class RunConfig(Declared):
         return RegisteredModel(self.exchange.lower(), self.symbol.upper(), self.market_type, self.timeframe,
                                self.label_horizon_bars, self.label_threshold_mode, float(self.label_threshold),
                                self.label_vol_window_bars)
+
+    @property
+    def market(self) -> Market:
+        """The market this run trains on."""
+        return Market(self.exchange, self.symbol, self.market_type, self.timeframe)
 
     @property
     def model_name(self) -> str:

@@ -1,16 +1,45 @@
-"""A market's identity: the registered model, one market and one target.
+"""A market's identity: the market, and the registered model (one market and one target).
 
-Everything that names a market's models (the registry, the run configuration, the run folders,
-the serving API) derives the name from :class:`RegisteredModel`.
+:class:`Market` is what ingestion writes a series under, what a universe file lists and what a run
+configuration trains on; :class:`RegisteredModel` adds the target (label horizon and rule), and
+everything that names a market's models (the registry, the run configuration, the run folders,
+the serving API) derives the name from it.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any
 
 from include.errors import ConfigError, RegistryError
 from include.paths import check_name
+
+#: Bar length in seconds for every timeframe the pipeline understands (ccxt notation).
+TIMEFRAME_SECONDS: dict[str, int] = {"15m": 900, "1h": 3600, "4h": 14_400, "1d": 86_400}
+
+
+@dataclass(frozen=True)
+class Market:
+    """One market: an exchange's series of one instrument, market type and bar length.
+
+    Attributes:
+        exchange: ccxt exchange id, e.g. ``binance``.
+        symbol: instrument, exchange notation without separator, e.g. ``BTCUSDT``.
+        market_type: ``perp`` or ``spot`` (candles; funding and open interest are a perpetual's).
+        timeframe: bar length in ccxt notation, e.g. ``1h`` (:data:`TIMEFRAME_SECONDS`).
+    """
+
+    exchange: str
+    symbol: str
+    market_type: str
+    timeframe: str
+
+    @property
+    def bar(self) -> timedelta:
+        """The length of one bar."""
+        return timedelta(seconds=TIMEFRAME_SECONDS[self.timeframe])
+
 
 #: The default label rule, (threshold mode, threshold, volatility window in bars): the run
 #: configuration's default, and the rule registered-model names leave out. k = 0.43 gives three
@@ -88,6 +117,11 @@ class RegisteredModel:
         except ConfigError as exc:
             raise RegistryError(f"lineage names no valid registered model: {exc}") from None
         return model
+
+    @property
+    def market(self) -> Market:
+        """The market this model forecasts."""
+        return Market(self.exchange, self.symbol, self.market_type, self.timeframe)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON view with the name."""

@@ -26,6 +26,7 @@ from typing import Any
 
 from include.config import PROJECT_ROOT, RunConfig, env_int
 from include.errors import ConfigError
+from include.identity import Market
 
 logger = logging.getLogger(__name__)
 
@@ -34,18 +35,15 @@ _MARKET_KEYS = ("exchange", "symbol", "market_type", "timeframe")
 
 
 @dataclass(frozen=True)
-class Market:
+class UniverseEntry:
     """One entry of the universe file.
 
     Attributes:
-        exchange / symbol / market_type / timeframe: the market.
+        market: the market (:class:`include.identity.Market`).
         params: per-market run-parameter overrides (RunConfig field -> value).
     """
 
-    exchange: str
-    symbol: str
-    market_type: str
-    timeframe: str
+    market: Market
     params: dict[str, Any]
 
     def config(self, run_params: dict[str, Any]) -> RunConfig:
@@ -56,12 +54,13 @@ class Market:
         """
         merged = {k: v for k, v in run_params.items() if k not in _MARKET_KEYS}
         merged.update(self.params)
-        merged.update(exchange=self.exchange, symbol=self.symbol, market_type=self.market_type,
-                      timeframe=self.timeframe)
+        market = self.market
+        merged.update(exchange=market.exchange, symbol=market.symbol, market_type=market.market_type,
+                      timeframe=market.timeframe)
         try:
             return RunConfig.from_params(merged)
         except ConfigError as exc:
-            raise ConfigError(f"market {self.symbol} {self.market_type} {self.timeframe}: {exc}") from None
+            raise ConfigError(f"market {market.symbol} {market.market_type} {market.timeframe}: {exc}") from None
 
 
 def universe_path(path: str | None = None) -> Path:
@@ -70,7 +69,7 @@ def universe_path(path: str | None = None) -> Path:
     return Path(raw).expanduser().resolve() if raw else DEFAULT_UNIVERSE
 
 
-def load_universe(path: str | Path | None = None) -> list[Market]:
+def load_universe(path: str | Path | None = None) -> list[UniverseEntry]:
     """Read and check a universe file.
 
     Returns:
@@ -108,7 +107,7 @@ def load_universe(path: str | Path | None = None) -> list[Market]:
             raise ConfigError(f"{where}: params {sorted(set(params) - known) if isinstance(params, dict) else params!r}"
                               " are not run parameters")
         market = Market(str(entry.get("exchange", "binance")).lower(), str(entry["symbol"]).upper(),
-                        str(entry["market_type"]), str(entry["timeframe"]), dict(params))
+                        str(entry["market_type"]), str(entry["timeframe"]))
         try:  # the market's own fields, the path-forming names among them
             RunConfig(exchange=market.exchange, symbol=market.symbol, market_type=market.market_type,  # type: ignore[arg-type]
                       timeframe=market.timeframe)
@@ -119,7 +118,7 @@ def load_universe(path: str | Path | None = None) -> list[Market]:
         if key in seen:
             raise ConfigError(f"{where}: {market.symbol} {market.market_type} {market.timeframe} is listed twice")
         seen.add(key)
-        markets.append(market)
+        markets.append(UniverseEntry(market, dict(params)))
     return markets
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,28 +29,10 @@ from include.config import RunConfig, Settings
 from include.data.exchange import ExchangeSource
 from include.data.sources import FileSource, MarketDataSource
 from include.data.store import Gap, MarketStore, UpsertResult
+from include.identity import Market
 from include.paths import checked_input_path
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SeriesKey:
-    """Identity of the market series one ingestion writes.
-
-    Attributes:
-        exchange: exchange id, e.g. ``binance``.
-        symbol: exchange notation, e.g. ``BTCUSDT``.
-        market_type: ``perp`` or ``spot`` (candles only; funding and open interest are perp).
-        timeframe: candle timeframe, e.g. ``1h``.
-        bar: the timeframe's length.
-    """
-
-    exchange: str
-    symbol: str
-    market_type: str
-    timeframe: str
-    bar: timedelta
 
 
 def find_gaps(timestamps: pd.Series, bar: timedelta) -> list[Gap]:
@@ -137,7 +118,7 @@ def screen_candles(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 _Extent = tuple[pd.Timestamp, pd.Timestamp] | None
 
 
-def _series_windows(store: MarketStore, key: SeriesKey, *, start: datetime, funding_start: datetime,
+def _series_windows(store: MarketStore, key: Market, *, start: datetime, funding_start: datetime,
                     open_interest_start: datetime) -> dict[str, tuple[datetime, timedelta, _Extent]]:
     """Per series the window's first timestamp, the series' step and the store's extent of it; no
     funding for a spot market."""
@@ -154,7 +135,7 @@ def _series_windows(store: MarketStore, key: SeriesKey, *, start: datetime, fund
 
 
 def _series_fetchers(source: MarketDataSource,
-                     key: SeriesKey) -> dict[str, Callable[[datetime, datetime], pd.DataFrame]]:
+                     key: Market) -> dict[str, Callable[[datetime, datetime], pd.DataFrame]]:
     """Per series the source call that fetches its rows in ``[a, b)``."""
     return {
         "ohlcv": lambda a, b: source.fetch_ohlcv(key.symbol, key.market_type, key.timeframe, a, b),
@@ -184,7 +165,7 @@ def _fetch_ranges(fetch: Callable[[datetime, datetime], pd.DataFrame], ranges: l
 
 
 def _quarantine_candles(frame: pd.DataFrame, ranges: list[tuple[str, datetime, datetime]],
-                        key: SeriesKey) -> tuple[pd.DataFrame, list[tuple[datetime, datetime, pd.DataFrame]], int]:
+                        key: Market) -> tuple[pd.DataFrame, list[tuple[datetime, datetime, pd.DataFrame]], int]:
     """``(candles fit for the store, refused candles of each fetched range, rows refused)``; logs a
     warning naming the first refused candle."""
     # Rows that would fail validation stay out of the store, kept with their reason.
@@ -200,7 +181,7 @@ def _quarantine_candles(frame: pd.DataFrame, ranges: list[tuple[str, datetime, d
     return frame, refused, int(len(bad))
 
 
-def _write_fetched(store: MarketStore, key: SeriesKey, source: MarketDataSource, frames: dict[str, pd.DataFrame | None],
+def _write_fetched(store: MarketStore, key: Market, source: MarketDataSource, frames: dict[str, pd.DataFrame | None],
                    gaps: list[Gap], refused: list[tuple[datetime, datetime, pd.DataFrame]]) -> dict[str, UpsertResult]:
     """Per series written its upsert's outcome: all fetched rows, gaps and quarantined candles are
     written in one transaction."""
@@ -220,7 +201,7 @@ def _write_fetched(store: MarketStore, key: SeriesKey, source: MarketDataSource,
     return results
 
 
-def ingest_window(source: MarketDataSource, store: MarketStore, key: SeriesKey, *,
+def ingest_window(source: MarketDataSource, store: MarketStore, key: Market, *,
                   start: datetime, end: datetime, funding_start: datetime,
                   open_interest_start: datetime) -> dict[str, Any]:
     """Bring the store's candles, funding rates and open interest for ``key`` up to ``end``.

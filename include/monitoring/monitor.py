@@ -36,7 +36,7 @@ import sqlalchemy as sa
 
 from include.backtest import simulate, standardised_moves
 from include.config import MonitorPolicy, RunConfig, Settings
-from include.data.ingest import SeriesKey, ingest_window, market_source
+from include.data.ingest import ingest_window, market_source
 from include.data.store import open_store
 from include.drift import drift_table, reference_bins
 from include.ensemble import ranked_features
@@ -68,7 +68,7 @@ def _closed_bars(store: Any, cfg: RunConfig, start: datetime, end: datetime) -> 
 
 
 def _ingest(cfg: RunConfig, settings: Settings, store: Any, start: datetime, end: datetime) -> dict[str, Any]:
-    key = SeriesKey(cfg.exchange, cfg.symbol, cfg.market_type, cfg.timeframe, timedelta(seconds=cfg.bar_seconds))
+    key = cfg.market
     return ingest_window(market_source(cfg, settings), store, key, start=start, end=end,
                          funding_start=start - FUNDING_LOOKBACK, open_interest_start=start - timedelta(days=2))
 

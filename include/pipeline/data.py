@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from include.config import RunConfig, Settings
-from include.data.ingest import SeriesKey, ingest_window, market_source
+from include.data.ingest import ingest_window, market_source
 from include.data.store import Gap, open_store
 from include.errors import DataQualityError, MarketNotReadyError, NoDataError, TrainingError
 from include.feature_store import feature_frame
@@ -135,8 +135,7 @@ def ingest(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Path 
             (out_dir / name).unlink(missing_ok=True)
     source = market_source(cfg, settings)
     start, end = window.ts("ingest_start"), window.ts("interval_end")
-    key = SeriesKey(cfg.exchange, cfg.symbol, cfg.market_type, cfg.timeframe,
-                    timedelta(seconds=cfg.bar_seconds))
+    key = cfg.market
     store = open_store(settings)
     try:
         out = ingest_window(source, store, key, start=start, end=end,

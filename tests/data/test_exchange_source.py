@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 
 from include.data.exchange import PAGE_LIMITS, ExchangeSource
-from include.data.ingest import SeriesKey, find_gaps, ingest_window
+from include.data.ingest import find_gaps, ingest_window
 from include.data.replay import BinanceReplayServer
 from include.data.sources import FileSource
 from include.data.store import MarketStore
 from include.errors import SourceError
+from include.identity import Market
 from tests.conftest import DATA_DIR
 
 NOW = datetime(2023, 12, 20, 5, 30, tzinfo=UTC)
@@ -101,7 +102,7 @@ def test_bad_symbol_and_timeframe_are_named(source):
 
 def test_malformed_response_fails_and_writes_nothing(source, replay, tmp_path):
     store = MarketStore(f"sqlite:///{tmp_path / 'm.sqlite'}")
-    key = SeriesKey("binance", "BTCUSDT", "perp", "1h", timedelta(hours=1))
+    key = Market("binance", "BTCUSDT", "perp", "1h")
     start, end = datetime(2023, 10, 1, tzinfo=UTC), datetime(2023, 10, 8, tzinfo=UTC)
     # Candles and funding arrive fine; open interest is malformed: nothing may be stored.
     replay.fail_next("/futures/data/openInterestHist", "malformed")
@@ -114,7 +115,7 @@ def test_malformed_response_fails_and_writes_nothing(source, replay, tmp_path):
 
 def test_incremental_ingestion_fetches_only_what_is_missing(source, replay, tmp_path):
     store = MarketStore(f"sqlite:///{tmp_path / 'm.sqlite'}")
-    key = SeriesKey("binance", "BTCUSDT", "perp", "1h", timedelta(hours=1))
+    key = Market("binance", "BTCUSDT", "perp", "1h")
     week1, week2 = datetime(2023, 11, 5, tzinfo=UTC), datetime(2023, 11, 12, tzinfo=UTC)
     start = week1 - timedelta(days=30)
     first = ingest_window(source, store, key, start=start, end=week1, funding_start=start,
@@ -141,7 +142,7 @@ def test_incremental_ingestion_fetches_only_what_is_missing(source, replay, tmp_
 def test_exchange_gaps_are_recorded_not_filled(source, tmp_path):
     # Binance spot had a 33-hour outage on 2018-02-08/09: the bundled spot file keeps it.
     store = MarketStore(f"sqlite:///{tmp_path / 'm.sqlite'}")
-    key = SeriesKey("binance", "BTCUSDT", "spot", "1h", timedelta(hours=1))
+    key = Market("binance", "BTCUSDT", "spot", "1h")
     start, end = datetime(2018, 2, 5, tzinfo=UTC), datetime(2018, 2, 15, tzinfo=UTC)
     report = ingest_window(source, store, key, start=start, end=end, funding_start=end,
                            open_interest_start=end)

@@ -173,8 +173,9 @@ def test_a_full_reread_records_only_real_gaps_and_long_source_names(pg_url, tmp_
     import shutil
     from datetime import timedelta
 
-    from include.data.ingest import SeriesKey, ingest_window
+    from include.data.ingest import ingest_window
     from include.data.sources import FileSource
+    from include.identity import Market
 
     src = tmp_path / ("a-data-directory-whose-name-is-longer-than-sixty-four-characters-" * 2)
     src.mkdir()
@@ -184,7 +185,7 @@ def test_a_full_reread_records_only_real_gaps_and_long_source_names(pg_url, tmp_
     with gzip.open(src / "btcusdt_perp_1h.csv.gz", "wt") as fh:
         candles[candles["timestamp"] != "2023-12-20T05:00:00Z"].to_csv(fh, index=False)
     store = MarketStore(pg_url)
-    key = SeriesKey("binance", "BTCUSDT", "perp", "1h", timedelta(hours=1))
+    key = Market("binance", "BTCUSDT", "perp", "1h")
 
     def week(end: datetime) -> dict:
         start = end - timedelta(days=7)

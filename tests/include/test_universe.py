@@ -15,7 +15,7 @@ def _write(tmp_path, text: str):
 
 
 def test_the_bundled_universe_is_the_two_bundled_perpetuals():
-    assert [(m.symbol, m.market_type, m.timeframe) for m in load_universe(DEFAULT_UNIVERSE)] == [
+    assert [(e.market.symbol, e.market.market_type, e.market.timeframe) for e in load_universe(DEFAULT_UNIVERSE)] == [
         ("BTCUSDT", "perp", "1h"), ("ETHUSDT", "perp", "1h")]
     assert [c.model_name for c in plan_markets({})] == ["binance-btcusdt-perp-1h-h4", "binance-ethusdt-perp-1h-h4"]
 
