@@ -412,7 +412,7 @@ def paired_log_loss_test(y_true: np.ndarray, proba_a: np.ndarray, proba_b: np.nd
             "n_resamples": int(n_resamples), "method": "circular block bootstrap, one-sided"}
 
 
-def interval_splits(cfg: RunConfig, index: pd.DatetimeIndex, window: RunWindow, test_size: int) -> Any:
+def interval_splits(cfg: RunConfig, index: pd.DatetimeIndex, window: RunWindow, test_size: int) -> WalkForward:
     """The run's split service with one test fold per data interval: the run's own and the
     ``cv_folds - 1`` weeks of the schedule before it, by calendar (see
     :class:`~include.evaluation.WalkForward`).

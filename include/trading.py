@@ -8,6 +8,7 @@ take positions through these functions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from include.data.store import open_store
 from include.run_folder import RunFolder
 
 
-def trading_decision(cfg: RunConfig, margin: float = 0.0) -> Any:
+def trading_decision(cfg: RunConfig, margin: float = 0.0) -> TradingDecision:
     """The run's :class:`include.backtest.TradingDecision`: its costs, horizon and probability
     floor, with ``margin``."""
     return TradingDecision.from_config(cfg.to_dict(), margin)
@@ -40,7 +41,8 @@ def trading_decision(cfg: RunConfig, margin: float = 0.0) -> Any:
 DECISION_COLUMNS = ["move_down", "move_range", "move_up", "move_scale", "funding_rate"]
 
 
-def forecast_positions(frame: pd.DataFrame, decision: Any, margins: np.ndarray | float | None = None) -> np.ndarray:
+def forecast_positions(frame: pd.DataFrame, decision: TradingDecision,
+                       margins: np.ndarray | float | None = None) -> np.ndarray:
     """Positions of a forecast's rows under ``decision`` (:class:`include.backtest.TradingDecision`).
 
     Each row needs its forecast (``p_*``) and the decision's inputs (:data:`DECISION_COLUMNS`:
@@ -65,7 +67,8 @@ def forecast_positions(frame: pd.DataFrame, decision: Any, margins: np.ndarray |
     return np.where(known, decided, legacy)
 
 
-def oof_signals(oof: pd.DataFrame, decision: Any, margins: np.ndarray | float | None = None) -> dict[str, np.ndarray]:
+def oof_signals(oof: pd.DataFrame, decision: TradingDecision,
+                margins: np.ndarray | float | None = None) -> dict[str, np.ndarray]:
     """Target positions per out-of-fold bar of the gate's traded strategies: ``ensemble``
     (:func:`forecast_positions` with ``margins``) and ``momentum`` (the rule's class as a
     position)."""
@@ -73,7 +76,8 @@ def oof_signals(oof: pd.DataFrame, decision: Any, margins: np.ndarray | float | 
             "momentum": oof["momentum"].to_numpy().astype(int) - 1}
 
 
-def walk_forward_margins(oof: pd.DataFrame, decision: Any, net_return: Any) -> dict[str, Any]:
+def walk_forward_margins(oof: pd.DataFrame, decision: TradingDecision,
+                         net_return: Callable[[np.ndarray, np.ndarray], float]) -> dict[str, Any]:
     """The decision's margin for each out-of-fold row, chosen on earlier folds only, and the
     deployed model's, chosen on every fold (:func:`include.backtest.choose_margin`).
 

@@ -53,7 +53,7 @@ from include.windows import RunWindow
 logger = logging.getLogger(__name__)
 
 
-def fit_cache(settings: Settings) -> Any:
+def fit_cache(settings: Settings) -> FitCache:
     """The worker's :class:`~include.training.fit_cache.FitCache`: files under the runs folder,
     digests in the market database."""
     return FitCache(settings.runs_dir / ".fit_cache", settings.market_db_url)
