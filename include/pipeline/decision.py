@@ -248,8 +248,8 @@ def act(settings: Settings, decision: dict[str, Any], *, run_id: str, dag_id: st
         as_of: datetime | None = None, approval: dict[str, Any] | None = None) -> dict[str, Any]:
     """Apply the gate's decision to production: :func:`promote`, :func:`demote` or :func:`keep`.
 
-    The one place a decision becomes a move: the DAG's ``promote_or_keep`` and
-    :func:`~include.pipeline.publication.run_once` both call it.
+    The one place a decision becomes a move: the routine's step 7
+    (:func:`~include.pipeline.routine.act_step`, which the DAG's ``promote_or_keep`` and ``run_once`` run).
 
     Args:
         decision: the gate's record (:func:`gate`).
