@@ -276,6 +276,7 @@ class RunConfig(Declared):
     gate_min_f1_margin: float = declare(
         "Macro-F1 lead over each naive baseline in the F1 test's alternative hypothesis.",
         default=0.0, interval=Interval(-1.0, 1.0),
+        form=FormField(GATE, "Macro-F1 lead over each baseline (H1)"),
     )
     gate_max_log_loss_ratio: float = declare(
         "The log-loss test's alternative: out-of-fold log loss below this multiple of the "

@@ -12,6 +12,7 @@ estimator's ``_parameter_constraints`` once and validates them in one place.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from dataclasses import dataclass, field, fields
@@ -119,18 +120,25 @@ def one_of(values: Any) -> str:
     return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
 
 
+@functools.cache
+def type_hints(owner: type) -> dict[str, Any]:
+    """``owner``'s resolved type hints (:func:`typing.get_type_hints`), once per class: resolving
+    them costs milliseconds, and a configuration is checked field by field each time it is built."""
+    return typing.get_type_hints(owner)
+
+
 def field_choices(owner: type, f: dataclasses.Field) -> tuple[Any, ...] | None:
     """The values field ``f`` of class ``owner`` accepts when they are a list: its declared
     ``choices`` or its ``Literal`` type's; ``None`` for any other field."""
     if "choices" in f.metadata:
         return tuple(f.metadata["choices"])
-    hint = typing.get_type_hints(owner)[f.name]
+    hint = type_hints(owner)[f.name]
     return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
 
 
 def json_type(owner: type, f: dataclasses.Field) -> str | list[str]:
     """The JSON Schema ``type`` of field ``f`` of class ``owner``, from its type hint."""
-    hint = typing.get_type_hints(owner)[f.name]
+    hint = type_hints(owner)[f.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     names = {str: "string", int: "integer", float: "number", bool: "boolean", tuple: "array", dict: "object"}
     if typing.get_origin(hint) is Literal:
@@ -177,6 +185,8 @@ class Declared:
             if any(isinstance(v, float) and not math.isfinite(v) for v in members):
                 self.fail(f.name, "expected finite numbers only (no NaN, no infinity)")
             if value is None:
+                if f.default is not None:  # only a field whose default is None may be None
+                    self.fail(f.name, "expected a value (None is not one of its values)")
                 continue
             interval = f.metadata.get("interval")
             if interval is not None and value not in interval:
@@ -209,7 +219,7 @@ class Declared:
             ConfigError: a value has the wrong type or is out of range.
         """
         known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-        hints = typing.get_type_hints(cls)
+        hints = type_hints(cls)
         kwargs: dict[str, Any] = {}
         for name, value in params.items():
             if name not in known or (value is None and known[name].default is not None):

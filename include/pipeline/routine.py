@@ -54,7 +54,9 @@ class MarketRun:
         cfg: the market's run configuration.
         window: the run's window (after :func:`ingest_step`, the one ingestion settled on).
         settings: the deployment's settings.
-        out_dir: the run folder (local; staged from the object store when the artifacts live there).
+        out_dir: the run folder (local; staged from the object store when the artifacts live
+            there); ``None`` for a run opened only to move production (:func:`act_step` reads and
+            writes no file there), so that nothing is staged for it.
         dag_id: the workflow's id (names the run folder's parent and the lineage).
         run_id: the run's id (the lineage, the ledger); ``None`` for a run of the steps before
             the candidate only (tuning's preparation), which register nothing.
@@ -64,10 +66,21 @@ class MarketRun:
     cfg: RunConfig
     window: RunWindow
     settings: Settings
-    out_dir: Path
+    out_dir: Path | None
     dag_id: str
     run_id: str | None
     logical_date: str | None = None
+
+    @property
+    def folder(self) -> Path:
+        """The run folder.
+
+        Raises:
+            ValueError: the run was opened without one (``out_dir`` is ``None``).
+        """
+        if self.out_dir is None:
+            raise ValueError(f"{self.cfg.model_name}: this step needs the run folder, and the run has none")
+        return self.out_dir
 
     def settled(self, ingested: dict[str, Any]) -> MarketRun:
         """The same run on the window :func:`ingest_step` settled on."""
@@ -80,7 +93,7 @@ def ingest_step(run: MarketRun) -> dict[str, Any]:
     Raises:
         MarketNotReadyError: the market has less history than ``min_history_days``.
     """
-    return ingest(run.cfg, run.window, run.settings, run.out_dir)
+    return ingest(run.cfg, run.window, run.settings, run.folder)
 
 
 def validate_step(run: MarketRun) -> dict[str, Any]:
@@ -89,14 +102,14 @@ def validate_step(run: MarketRun) -> dict[str, Any]:
     Raises:
         DataQualityError: the window fails validation; the message holds the report.
     """
-    return validate(run.cfg, run.window, run.settings, run.out_dir)
+    return validate(run.cfg, run.window, run.settings, run.folder)
 
 
 def build_step(run: MarketRun) -> dict[str, Any]:
     """Step 3: the modelling table, ``{"features": …, "labels": …}``
     (:func:`include.pipeline.data.features`, then :func:`~include.pipeline.data.labels`)."""
-    return {"features": features(run.cfg, run.window, run.settings, run.out_dir),
-            "labels": labels(run.cfg, run.window, run.out_dir)}
+    return {"features": features(run.cfg, run.window, run.settings, run.folder),
+            "labels": labels(run.cfg, run.window, run.folder)}
 
 
 def train_step(run: MarketRun, family: str) -> dict[str, Any] | None:
@@ -106,7 +119,7 @@ def train_step(run: MarketRun, family: str) -> dict[str, Any] | None:
         logger.info("%s: %s is not in its models %s: nothing to train", run.cfg.model_name, family,
                     list(run.cfg.models))
         return None
-    return train(run.cfg, run.window, run.out_dir, family, run.settings)
+    return train(run.cfg, run.window, run.folder, family, run.settings)
 
 
 def candidate_step(run: MarketRun, trained: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
@@ -120,9 +133,9 @@ def candidate_step(run: MarketRun, trained: Sequence[dict[str, Any] | None]) -> 
     if run.run_id is None:
         raise ValueError("a candidate is registered under its run's id: MarketRun.run_id is None")
     members = [t for t in trained if t is not None]
-    assembled = assemble(run.cfg, run.window, run.settings, run.out_dir, members, dag_id=run.dag_id,
+    assembled = assemble(run.cfg, run.window, run.settings, run.folder, members, dag_id=run.dag_id,
                          run_id=run.run_id, logical_date=run.logical_date)
-    return {"ensemble": assembled, "trading": simulate_trading(run.cfg, run.window, run.settings, run.out_dir)}
+    return {"ensemble": assembled, "trading": simulate_trading(run.cfg, run.window, run.settings, run.folder)}
 
 
 def gate_step(run: MarketRun, candidate: dict[str, Any], request: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -131,7 +144,7 @@ def gate_step(run: MarketRun, candidate: dict[str, Any], request: dict[str, Any]
     Args:
         request: the retrain monitoring asked for, recorded with the decision.
     """
-    return gate(run.cfg, run.window, run.settings, run.out_dir, candidate["ensemble"], candidate["trading"],
+    return gate(run.cfg, run.window, run.settings, run.folder, candidate["ensemble"], candidate["trading"],
                 request=request)
 
 
@@ -155,7 +168,7 @@ def report_step(run: MarketRun, parts: dict[str, Any]) -> dict[str, Any]:
         parts: every step's result: ``ingested``, ``validation``, ``features``, ``labels``,
             ``ensemble``, ``trading``, ``gate``, ``action``.
     """
-    return summarise(run.settings, run.cfg, run.out_dir, run.window, parts, dag_id=run.dag_id)
+    return summarise(run.settings, run.cfg, run.folder, run.window, parts, dag_id=run.dag_id)
 
 
 def train_families(run: MarketRun) -> list[dict[str, Any] | None]:

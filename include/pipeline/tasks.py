@@ -44,7 +44,8 @@ MARKET_PARAMS = ("markets", "universe_file", "market_batch_size")
 
 
 @contextmanager
-def market_run(plan: dict[str, Any], window: dict[str, Any] | None, context: dict[str, Any]) -> Iterator[MarketRun]:
+def market_run(plan: dict[str, Any], window: dict[str, Any] | None, context: dict[str, Any], *,
+               staged: bool = True) -> Iterator[MarketRun]:
     """One market's :class:`~include.pipeline.routine.MarketRun` for one task's step.
 
     The run folder is local: the run's own when ``RUN_ARTIFACTS_DIR`` is a local path; when it is
@@ -56,25 +57,30 @@ def market_run(plan: dict[str, Any], window: dict[str, Any] | None, context: dic
         window: the window ``ingest_market_data`` settled on (shorter for a young market);
             ``None`` for the plan's own window.
         context: the task context (the DAG's id, the run's id and logical date).
+        staged: open the run folder; ``False`` for a step that uses none (the move, step 7), so
+            that an object store's folder is not copied for nothing.
     """
     cfg = RunConfig.from_params(plan["config"])
     win = RunWindow(**(window or plan["window"]))
     settings = Settings.from_env()
     dag_id = context["dag"].dag_id
     logical_date = context.get("logical_date")
+    stamp = logical_date.isoformat() if logical_date else None
+    if not staged:
+        yield MarketRun(cfg, win, settings, None, dag_id, context["run_id"], stamp)
+        return
     with staged_run_dir(settings, dag_id, cfg.model_name, win) as out:
-        yield MarketRun(cfg, win, settings, out, dag_id, context["run_id"],
-                        logical_date.isoformat() if logical_date else None)
+        yield MarketRun(cfg, win, settings, out, dag_id, context["run_id"], stamp)
 
 
 def _each(batch: dict[str, Any], ingested: dict[str, Any] | None, step: Callable[[MarketRun, dict[str, Any]], Any],
-          *upstream: dict[str, Any] | None, context: dict[str, Any]) -> dict[str, Any]:
+          *upstream: dict[str, Any] | None, context: dict[str, Any], staged: bool = True) -> dict[str, Any]:
     """``step(run, plan)`` for every market of the batch (:func:`include.tasks.each_market`), on
     the window ingestion settled on (the plan's own before ingestion); a permanent
     :class:`~include.errors.PipelineError` fails the task at once (:func:`include.tasks.fail_fast`)."""
     def one(plan: dict[str, Any]) -> Any:
         window = ingested[plan["model"]]["window"] if ingested is not None else None
-        with fail_fast(), market_run(plan, window, context) as run:
+        with fail_fast(), market_run(plan, window, context, staged=staged) as run:
             return step(run, plan)
 
     return each_market(batch, one, *upstream, context=context)
@@ -200,7 +206,7 @@ def promote_or_keep(batch: dict[str, Any], ingested: dict[str, Any], decisions: 
         decision = decisions[plan["model"]]
         return act_step(run, decision, approval=approvals[plan["model"]] if decision["passed"] else None)
 
-    done = _each(batch, ingested, step, decisions, approvals, context=context)
+    done = _each(batch, ingested, step, decisions, approvals, context=context, staged=False)
     for model, result in done.items():
         if result["action"] in ("promote", "demote"):
             outlet_events[PRODUCTION_ALIAS].add(production_asset(model), extra=production_event(

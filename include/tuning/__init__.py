@@ -2,7 +2,7 @@
 
 A study tunes one model family of one registered model on data strictly before its as-of date:
 the tuning run's window ends there, so every label it reads ends before it
-(:func:`include.pipeline.resolve_window`, :func:`include.pipeline.labels`). Each trial samples
+(:func:`include.windows.resolve_window`, :func:`include.pipeline.labels`). Each trial samples
 the family's search space (:mod:`include.tuning.spaces`) with Optuna's TPE sampler, fits the
 walk-forward folds of the last ``cv_folds`` weeks before the as-of date and is scored by its
 out-of-fold multi-class log loss (a proper scoring rule); after each fold the running mean is
@@ -103,7 +103,7 @@ def _trial_trading(cfg: RunConfig, proba: np.ndarray, prior: np.ndarray, fold: n
     Args:
         proba, prior: ``(n, 3)`` the trial's out-of-fold forecasts and their folds' class priors.
         fold: ``(n,)`` fold of each row.
-        inputs: ``(n, ...)`` the rows' decision inputs (:data:`include.pipeline.decision.DECISION_COLUMNS`),
+        inputs: ``(n, ...)`` the rows' decision inputs (:data:`include.trading.DECISION_COLUMNS`),
             indexed by bar.
     """
     decision = trading_decision(cfg)
@@ -244,7 +244,7 @@ def tune_family(cfg: RunConfig, window: Any, settings: Settings, out_dir: Path, 
 
     Args:
         cfg: the market's run configuration; ``cv_folds`` is the tuning's fold count.
-        window: the tuning run's :class:`~include.pipeline.RunWindow` (``interval_end`` = as-of).
+        window: the tuning run's :class:`~include.windows.RunWindow` (``interval_end`` = as-of).
         n_trials: finished (complete or pruned) trials the study should hold; trials other
             workers finish count too.
         timeout_s: stop starting trials after this many seconds (``None``: no limit).

@@ -4,7 +4,7 @@ computed once per feature spec.
 The features step (:func:`include.feature_store.feature_frame`) computes a month of features
 from that month's bars and the padding before it; it stores the result here (a Parquet file's
 bytes) keyed by the series, the month, and ``inputs``: a digest of the feature spec, the
-feature code and the exact input rows (:func:`include.pipeline.data.feature_inputs_digest`).
+feature code and the exact input rows (:func:`include.feature_store.feature_inputs_digest`).
 A later run with the same key reads the month back instead of computing it: the same values,
 bit for bit. A month whose bars, funding or open interest changed, or another spec or feature
 code, has another key. Times are ms since the epoch, UTC.
