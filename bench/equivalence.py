@@ -19,8 +19,9 @@ members, metrics and forecasts within ``--tolerance`` (1e-9).
 
 Usage (from the repository root, after ``make install``)::
 
-    PYTHONPATH=. .venv/bin/python bench/equivalence.py --out /tmp/before.json
-    PYTHONPATH=. .venv/bin/python bench/equivalence.py --out /tmp/after.json --compare /tmp/before.json
+    PYTHONPATH=. .venv/bin/python bench/equivalence.py --out var/artifacts/equivalence_before.json
+    PYTHONPATH=. .venv/bin/python bench/equivalence.py --out var/artifacts/equivalence_after.json \
+        --compare var/artifacts/equivalence_before.json
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 record[symbol].append(week_record(settings, symbol, week, config))
                 print(json.dumps({"symbol": symbol, "week": week, "action": record[symbol][-1]["action"]}),
                       flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1, sort_keys=True, default=str))
     if args.compare:
         found = differences(json.loads(args.compare.read_text()), json.loads(args.out.read_text()), args.tolerance)
