@@ -45,6 +45,7 @@ from scipy import stats
 
 from include.config import TIMEFRAME_SECONDS
 from include.errors import TrainingError
+from include.identity import bars_per_year
 
 
 @dataclass(frozen=True)
@@ -355,7 +356,7 @@ def deflated_sharpe_ratio(sharpe: float, n_obs: int, skew: float, kurtosis: floa
 def performance(net: np.ndarray, pos: np.ndarray, bar_seconds: int) -> dict[str, Any]:
     """Performance metrics of per-bar net returns ``net`` with positions ``pos`` (same length)."""
     n = len(net)
-    per_year = 365.25 * 86_400 / bar_seconds
+    per_year = bars_per_year(bar_seconds)
     equity = np.cumprod(1.0 + net) if n else np.array([1.0])
     total = float(equity[-1] - 1.0)
     peak = np.maximum.accumulate(np.concatenate([[1.0], equity]))

@@ -199,13 +199,16 @@ class RunConfig(Declared):
     )
     label_horizon_bars: int = declare("Forward-return horizon of the label, in bars.", default=4,
                                    interval=Interval(1, 168), form=FormField(LABELS, "Horizon (bars)"))
-    label_threshold_mode: Literal["volatility", "fixed"] = declare(
+    label_threshold_mode: Literal["volatility", "fixed", "triple_barrier"] = declare(
         "'volatility': threshold = k * sigma * sqrt(horizon) with sigma the trailing std of "
-        "1-bar log returns; 'fixed': threshold is a log-return fraction.",
+        "1-bar log returns; 'fixed': threshold is a log-return fraction; 'triple_barrier': the "
+        "volatility threshold as profit-take and stop-loss barriers on the path of closes, the "
+        "first touched within the horizon decides (range if neither).",
         default=DEFAULT_LABEL_RULE[0], form=FormField(LABELS, "Threshold mode"),
     )
     label_threshold: float = declare(
-        "k for 'volatility' mode (0.43 gives equal thirds for Gaussian returns), or the "
+        "k for 'volatility' and 'triple_barrier' mode (0.43 gives equal thirds for Gaussian "
+        "returns with 'volatility'), or the "
         "log-return threshold for 'fixed' mode (0.005 = 0.5 %).",
         default=DEFAULT_LABEL_RULE[1], interval=Interval(0, None, low_open=True), form=FormField(LABELS, "Threshold"),
     )
@@ -255,6 +258,13 @@ class RunConfig(Declared):
         "'fixed': ensemble_weights as given; 'fitted': weights minimising out-of-fold log loss; "
         "'stacking': a logistic regression on the members' out-of-fold log-probabilities.",
         default="fixed", form=FormField(ENSEMBLE, "Weighting"),
+    )
+    calibration: Literal["none", "ensemble", "members_and_ensemble"] = declare(
+        "Temperature scaling (Guo et al. 2017) fitted on purged out-of-fold rows, each fold's "
+        "by earlier folds only and the registered model's by all: 'ensemble' scales the combined "
+        "probabilities; 'members_and_ensemble' also each family's before they are combined; "
+        "'none': as combined.",
+        default="none", form=FormField(ENSEMBLE, "Calibration"),
     )
     hyperparameters: Literal["tuned", "default"] = declare(
         "'default': the families' defaults; 'tuned': per family, the newest set of "

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
+from include.calibration import apply_calibrator
 from include.errors import ConfigError
-from include.evaluation import multiclass_log_loss
+from include.evaluation import earlier_fold_rows, multiclass_log_loss
 from include.labels import CLASSES
 from include.training import class_prior, predict_proba_all, prior_corrected_predict
 
@@ -37,13 +38,19 @@ class WeightedSoftVotingEnsemble(ClassifierMixin, BaseEstimator):
         estimators: list of ``(name, estimator)``.
         weights: weight per member, same order; non-negative with a positive sum.
         feature_names: input column order, stored so a caller can check its frame.
+        member_calibrators: per member, same order, a calibrator of its probabilities before
+            they are combined (:func:`include.calibration.fit_temperature`; ``None``: as is).
+        calibrator: a calibrator of the combined probabilities (``None``: as combined).
     """
 
     def __init__(self, estimators: list[tuple[str, Any]], weights: list[float],
-                 feature_names: list[str] | None = None) -> None:
+                 feature_names: list[str] | None = None, member_calibrators: list[Any] | None = None,
+                 calibrator: Any = None) -> None:
         self.estimators = estimators
         self.weights = weights
         self.feature_names = feature_names
+        self.member_calibrators = member_calibrators
+        self.calibrator = calibrator
 
     def _check(self) -> np.ndarray:
         w = np.asarray(self.weights, dtype="float64")
@@ -74,7 +81,15 @@ class WeightedSoftVotingEnsemble(ClassifierMixin, BaseEstimator):
         return ens
 
     def combine(self, probas: list[np.ndarray]) -> np.ndarray:
-        """The ensemble's probabilities ``(n, 3)`` from its members' ``(n, 3)`` each, in member order."""
+        """The ensemble's probabilities ``(n, 3)`` from its members' ``(n, 3)`` each, in member
+        order: each member's calibrated, combined, and the combination calibrated."""
+        # Versions registered before calibration existed have neither attribute: nothing to apply.
+        members = getattr(self, "member_calibrators", None) or [None] * len(probas)
+        probas = [apply_calibrator(c, p) for c, p in zip(members, probas, strict=True)]
+        return apply_calibrator(getattr(self, "calibrator", None), self.vote(probas))
+
+    def vote(self, probas: list[np.ndarray]) -> np.ndarray:
+        """The weighted mean ``(n, 3)`` of the members' probabilities ``(n, 3)`` each."""
         w = self._check()
         return sum(wi * p for wi, p in zip(w, probas, strict=True))
 
@@ -126,34 +141,13 @@ def fit_weights(probas: dict[str, np.ndarray], y: np.ndarray) -> dict[str, float
     return {n: float(wi) for n, wi in zip(names, w, strict=True)}
 
 
-def weight_fitting_rows(fold_of: np.ndarray, times: pd.DatetimeIndex, fold: int, gap: pd.Timedelta) -> np.ndarray:
-    """Out-of-fold rows whose labels fold ``fold``'s ensemble weights may be fitted on.
-
-    The rows of earlier folds, purged at the fold boundary: a row within ``gap`` (purge +
-    embargo bars) before the fold's first row is left out, since its label window reads bars of
-    the fold it would weight (López de Prado 2018, ch. 7.4).
-
-    Args:
-        fold_of: fold number per out-of-fold row, shape ``(n,)``.
-        times: bar open time per row, shape ``(n,)``, sorted.
-        fold: the fold to be scored.
-        gap: purge + embargo as a duration (bars x bar length).
-
-    Returns:
-        Boolean mask, shape ``(n,)``.
-    """
-    fold_of = np.asarray(fold_of)
-    first = times[fold_of == fold].min()
-    return (fold_of < fold) & np.asarray(times < first - gap)
-
-
 def walk_forward_weights(probas: dict[str, np.ndarray], y: np.ndarray, fold_of: np.ndarray,
                          times: pd.DatetimeIndex, gap: pd.Timedelta,
                          default: dict[str, float]) -> tuple[np.ndarray, dict[int, dict[str, float]]]:
     """Out-of-fold ensemble probabilities with weights fitted walk-forward.
 
     Fold k is combined with weights fitted (:func:`fit_weights`) on
-    :func:`weight_fitting_rows` of fold k only, so no row is scored by weights that saw its
+    :func:`earlier_fold_rows` of fold k only, so no row is scored by weights that saw its
     label or a label overlapping its fold; a fold with no such rows uses ``default``.
 
     Args:
@@ -170,7 +164,7 @@ def walk_forward_weights(probas: dict[str, np.ndarray], y: np.ndarray, fold_of: 
     out = np.zeros_like(next(iter(probas.values())))
     used: dict[int, dict[str, float]] = {}
     for k in np.unique(fold_of):
-        rows, seen = fold_of == k, weight_fitting_rows(fold_of, times, int(k), gap)
+        rows, seen = fold_of == k, earlier_fold_rows(fold_of, times, int(k), gap)
         w_k = fit_weights({f: p[seen] for f, p in probas.items()}, y[seen]) if seen.any() else default
         out[rows] = combine({f: p[rows] for f, p in probas.items()}, w_k)
         used[int(k)] = w_k
@@ -234,7 +228,7 @@ class StackingEnsemble(WeightedSoftVotingEnsemble):
         ens.stacker = stacker
         return ens
 
-    def combine(self, probas: list[np.ndarray]) -> np.ndarray:
+    def vote(self, probas: list[np.ndarray]) -> np.ndarray:
         """The stacker's probabilities ``(n, 3)`` from the members' ``(n, 3)`` each."""
         return stacker_proba(self.stacker, probas)
 
@@ -243,7 +237,7 @@ def walk_forward_stacking(probas: dict[str, np.ndarray], y: np.ndarray, fold_of:
                           times: pd.DatetimeIndex, gap: pd.Timedelta, default: dict[str, float],
                           random_state: int = 0) -> tuple[np.ndarray, dict[int, str]]:
     """Out-of-fold stacked probabilities: fold k is combined by a stacker fitted only on
-    :func:`weight_fitting_rows` of fold k (earlier folds, purged at its boundary), so no row is
+    :func:`earlier_fold_rows` of fold k (earlier folds, purged at its boundary), so no row is
     scored by a stacker that saw its label. A fold with fewer than :data:`MIN_STACKING_ROWS` such
     rows, or a single class among them, is combined with the ``default`` weights.
 
@@ -262,7 +256,7 @@ def walk_forward_stacking(probas: dict[str, np.ndarray], y: np.ndarray, fold_of:
     out = np.zeros_like(probas[names[0]])
     used: dict[int, str] = {}
     for k in np.unique(fold_of):
-        rows, seen = fold_of == k, weight_fitting_rows(fold_of, times, int(k), gap)
+        rows, seen = fold_of == k, earlier_fold_rows(fold_of, times, int(k), gap)
         if seen.sum() >= MIN_STACKING_ROWS and len(np.unique(y[seen])) > 1:
             stacker = fit_stacker([probas[n][seen] for n in names], y[seen], random_state)
             out[rows] = stacker_proba(stacker, [probas[n][rows] for n in names])

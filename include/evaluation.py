@@ -435,3 +435,25 @@ def interval_splits(cfg: RunConfig, index: pd.DatetimeIndex, window: RunWindow, 
         raise TrainingError(f"{cfg.model_name}: no labelled bars in the interval(s) starting {empty}, "
                             "so their walk-forward folds would be empty; lower cv_folds")
     return WalkForward.for_run(cfg, test_size, test_starts=tuple(starts))
+
+
+def earlier_fold_rows(fold_of: np.ndarray, times: pd.DatetimeIndex, fold: int, gap: pd.Timedelta) -> np.ndarray:
+    """Out-of-fold rows whose labels may fit what scores fold ``fold`` (ensemble weights, a
+    stacker, a calibrator).
+
+    The rows of earlier folds, purged at the fold boundary: a row within ``gap`` (purge +
+    embargo bars) before the fold's first row is left out, since its label window reads bars of
+    the fold it would weight (López de Prado 2018, ch. 7.4).
+
+    Args:
+        fold_of: fold number per out-of-fold row, shape ``(n,)``.
+        times: bar open time per row, shape ``(n,)``, sorted.
+        fold: the fold to be scored.
+        gap: purge + embargo as a duration (bars x bar length).
+
+    Returns:
+        Boolean mask, shape ``(n,)``.
+    """
+    fold_of = np.asarray(fold_of)
+    first = times[fold_of == fold].min()
+    return (fold_of < fold) & np.asarray(times < first - gap)

@@ -19,6 +19,12 @@ from include.paths import check_name
 TIMEFRAME_SECONDS: dict[str, int] = {"15m": 900, "1h": 3600, "4h": 14_400, "1d": 86_400}
 
 
+def bars_per_year(bar_seconds: int) -> float:
+    """Bars of ``bar_seconds`` in a year of 365.25 days (crypto markets trade every day), the
+    factor annualised Sharpe ratios scale by."""
+    return 365.25 * 86_400 / bar_seconds
+
+
 @dataclass(frozen=True)
 class Market:
     """One market: an exchange's series of one instrument, market type and bar length.
@@ -58,7 +64,7 @@ class RegisteredModel:
         market_type: ``perp`` or ``spot``.
         timeframe: bar length in ccxt notation, e.g. ``1h``.
         label_horizon_bars: forward-return horizon of the label, in bars.
-        label_threshold_mode: ``volatility`` or ``fixed`` (see :mod:`include.labels`).
+        label_threshold_mode: ``volatility``, ``fixed`` or ``triple_barrier`` (see :mod:`include.labels`).
         label_threshold: k for volatility labels, or the log-return threshold for fixed ones.
         label_vol_window_bars: trailing window of the volatility estimate, in bars.
     """
@@ -81,7 +87,7 @@ class RegisteredModel:
                 (:func:`include.paths.check_name`).
 
         A label threshold rule other than the default (volatility, k = 0.43, 168 bars) is
-        appended (``-fixed0.005``, ``-vol0.5w336``), so two targets never share a name.
+        appended (``-fixed0.005``, ``-vol0.5w336``, ``-tb0.43w168``), so two targets never share a name.
         """
         name = (f"{self.exchange.lower()}-{self.symbol.lower()}-{self.market_type}-{self.timeframe}"
                 f"-h{self.label_horizon_bars}")
@@ -89,6 +95,8 @@ class RegisteredModel:
         if rule != DEFAULT_LABEL_RULE:
             if self.label_threshold_mode == "fixed":
                 name += f"-fixed{self.label_threshold:g}"
+            elif self.label_threshold_mode == "triple_barrier":
+                name += f"-tb{self.label_threshold:g}w{self.label_vol_window_bars}"
             else:
                 name += f"-vol{self.label_threshold:g}w{self.label_vol_window_bars}"
         return check_name(name, "registered model name")

@@ -52,8 +52,10 @@ from include.feature_store import feature_frame
 from include.features import FeatureSpec, complete_rows
 from include.gate import GatePolicy, instant
 from include.gate.evidence import compare_with_champion, judge, own_record, policy_from_config
+from include.identity import bars_per_year
 from include.labels import make_labels
 from include.registry import ModelRegistry, atomic_write_json
+from include.significance import sharpe_skill_test
 from include.trading import forecast_positions, trade_out_of_fold
 from include.training import metrics_with_prior
 
@@ -317,9 +319,13 @@ def _score(frames: list[pd.DataFrame], data: MarketData) -> dict[str, Any]:
 
     Returns:
         ``{"rows", "log_loss", "macro_f1", "sharpe", "total_return", "max_drawdown",
-        "net_returns"}`` (``{"rows": 0}`` for no rows); ``net_returns`` is the simulation's
-        per-bar net return indexed by the forecast's bar (a Series, fraction of equity, not
-        JSON): the series ``sharpe`` and ``total_return`` summarise.
+        "psr_vs_flat", "net_returns"}`` (``{"rows": 0}`` for no rows); ``net_returns`` is the
+        simulation's per-bar net return indexed by the forecast's bar (a Series, fraction of
+        equity, not JSON): the series ``sharpe`` and ``total_return`` summarise.
+        ``psr_vs_flat`` is the probabilistic Sharpe ratio of those returns against flat (a
+        Sharpe ratio of 0; Bailey & López de Prado 2012, :func:`include.significance.sharpe_skill_test`):
+        the probability that the record's true Sharpe ratio is above zero, ``None`` for a
+        record that never traded.
     """
     frame = pd.concat(frames).sort_index()
     if frame.empty:
@@ -333,9 +339,10 @@ def _score(frames: list[pd.DataFrame], data: MarketData) -> dict[str, Any]:
     positions = np.where(frame["served"].to_numpy(), frame["position"].to_numpy(), 0)
     sim = simulate(pd.Series(positions, index=frame.index), data.bars, data.funding,
                    TradingDecision.from_config(cfg.to_dict()).costs, cfg.bar_seconds)
+    psr = sharpe_skill_test(sim["net_returns"].to_numpy(), bars_per_year=bars_per_year(cfg.bar_seconds))
     return {"rows": int(len(frame)), "log_loss": metrics["log_loss"], "macro_f1": metrics["macro_f1"],
             "sharpe": sim["sharpe"], "total_return": sim["total_return"], "max_drawdown": sim["max_drawdown"],
-            "net_returns": sim["net_returns"]}
+            "psr_vs_flat": psr["probabilistic_sharpe"], "net_returns": sim["net_returns"]}
 
 
 def production_after(registry: Any, model: str) -> dict[str, str | None]:
@@ -551,10 +558,11 @@ def _fmt(value: Any) -> str:
 def table(record: dict[str, Any]) -> str:
     """The totals as a plain-text table, one line per policy."""
     lines = [f"{record['model']}: forward record over {record['compared_weeks']} weeks",
-             f"{'policy':<24}{'log loss':>10}{'macro F1':>10}{'Sharpe':>9}{'mean age d':>12}{'no model':>10}"]
+             f"{'policy':<24}{'log loss':>10}{'macro F1':>10}{'Sharpe':>9}{'PSR>0':>8}{'mean age d':>12}"
+             f"{'no model':>10}"]
     for name, t in record["totals"].items():
         lines.append(f"{name:<24}{_fmt(t.get('log_loss')):>10}{_fmt(t.get('macro_f1')):>10}"
-                     f"{_fmt(t.get('sharpe')):>9}{_fmt(t.get('mean_age_days')):>12}"
+                     f"{_fmt(t.get('sharpe')):>9}{_fmt(t.get('psr_vs_flat')):>8}{_fmt(t.get('mean_age_days')):>12}"
                      f"{t.get('weeks_without_model', 0):>10}")
     return "\n".join(lines)
 

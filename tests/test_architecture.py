@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("include.windows", "include.run_folder", "include.evaluation"),
     # The library: one module or package per stage.
     ("include.data", "include.quality", "include.feature_store", "include.significance", "include.backtest",
+     "include.calibration",
      "include.training", "include.ensemble", "include.registry", "include.drift", "include.predictions",
      "include.notify", "include.universe", "include.report", "include.batch_outcomes", "include.serving",
      "include.trading", "include.gate.evidence"),

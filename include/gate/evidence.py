@@ -25,6 +25,7 @@ from include.config import NOT_MODEL_INPUTS, RunConfig
 from include.errors import ConfigError, RegistryError, TrainingError
 from include.evaluation import log_loss_rows
 from include.gate import GateDecision, GatePolicy, decide, instant
+from include.identity import bars_per_year
 from include.registry import ModelRegistry
 from include.significance import (
     N_RESAMPLES,
@@ -60,7 +61,7 @@ def candidate_evidence(policy: GatePolicy, oof: pd.DataFrame, returns: pd.DataFr
     """
     evidence = skill_evidence(oof, returns, f1_margin=policy.min_f1_margin, log_loss_ratio=policy.max_log_loss_ratio,
                               sharpe_margin=policy.min_sharpe_margin, horizon=horizon,
-                              bars_per_year=365.25 * 86_400 / bar_seconds, random_state=random_state,
+                              bars_per_year=bars_per_year(bar_seconds), random_state=random_state,
                               n_resamples=resamples_for(policy.level),
                               # Recorded, not deciding: the default resolution is enough to show them.
                               f1_resamples=None if "beats_baselines_f1" in policy.required else N_RESAMPLES)

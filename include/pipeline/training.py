@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from include.calibration import fit_temperature, temperature, walk_forward_calibration
 from include.config import NOT_MODEL_INPUTS, RunConfig, Settings
 from include.drift import reference_bins
 from include.ensemble import (
@@ -262,6 +263,47 @@ def _soft_vote(cfg: RunConfig, families: list[str], probas: dict[str, np.ndarray
     return ens_oof, weights, stacker
 
 
+def _calibrated(cfg: RunConfig, proba: np.ndarray, ref: pd.DataFrame,
+                splits: WalkForward) -> tuple[np.ndarray, Any, dict[str, Any]]:
+    """``proba`` (out-of-fold, ``(n_oof, 3)``) calibrated walk-forward
+    (:func:`include.calibration.walk_forward_calibration`), the calibrator to register (fitted on
+    every out-of-fold row) and the record of the temperatures: ``{"folds": {fold: T or None},
+    "deployed": T}``."""
+    y_oof, fold_of = ref["label"].to_numpy().astype(int), ref["fold"].to_numpy()
+    out, used = walk_forward_calibration(proba, y_oof, fold_of, ref.index,
+                                         splits.gap * pd.Timedelta(seconds=cfg.bar_seconds))
+    calibrator = fit_temperature(proba, y_oof)
+    return out, calibrator, {"folds": used, "deployed": temperature(calibrator)}
+
+
+def _calibrate(cfg: RunConfig, families: list[str], probas: dict[str, np.ndarray], ref: pd.DataFrame,
+               splits: WalkForward, weights: dict[str, float]
+               ) -> tuple[np.ndarray, dict[str, float], Any, dict[str, Any]]:
+    """:func:`_soft_vote` with ``cfg.calibration``: each member's out-of-fold probabilities
+    calibrated before they are combined ('members_and_ensemble'), the combination after
+    ('ensemble' and 'members_and_ensemble').
+
+    Returns:
+        ``(ensemble out-of-fold probabilities (n_oof, 3), weights, stacker or None, calibration)``;
+        ``calibration`` holds the calibrators to register (``"members"``: one per family or
+        ``None``; ``"ensemble"``) and the temperatures (``"record"``) for the version's metadata.
+    """
+    members: dict[str, Any] = dict.fromkeys(families)
+    record: dict[str, Any] = {"mode": cfg.calibration}
+    if cfg.calibration == "members_and_ensemble":
+        record["members"] = {}
+        for fam in families:
+            probas[fam], members[fam], record["members"][fam] = _calibrated(cfg, probas[fam], ref, splits)
+    ens_oof, weights, stacker = _soft_vote(cfg, families, probas, ref, splits, weights)
+    ensemble = None
+    if cfg.calibration != "none":
+        ens_oof, ensemble, record["ensemble"] = _calibrated(cfg, ens_oof, ref, splits)
+        logger.info("calibration %s: ensemble temperature per fold %s, registered %.3f", cfg.calibration,
+                    record["ensemble"]["folds"], record["ensemble"]["deployed"])
+    return ens_oof, weights, stacker, {"members": [members[f] for f in families], "ensemble": ensemble,
+                                       "record": record}
+
+
 @dataclass
 class _EnsembleOutOfFold:
     """The ensemble's out-of-fold record: what the gate tests and the version's metadata reports.
@@ -343,15 +385,20 @@ def _out_of_fold_record(cfg: RunConfig, out_dir: Path, ref: pd.DataFrame, ens_oo
 
 
 def _ensemble_model(cfg: RunConfig, families: list[str], members: list[tuple[str, Any]], weights: dict[str, float],
-                    stacker: Any, prior: np.ndarray, names: list[str]) -> WeightedSoftVotingEnsemble:
+                    stacker: Any, prior: np.ndarray, names: list[str],
+                    calibration: dict[str, Any]) -> WeightedSoftVotingEnsemble:
     """The model to register: the fitted members soft-voted with ``weights`` or, with
-    ``cfg.ensemble_weighting == "stacking"``, combined by ``stacker``; ``prior`` is the training
-    class prior ``(3,)``."""
+    ``cfg.ensemble_weighting == "stacking"``, combined by ``stacker``, with the calibrators of
+    :func:`_calibrate`; ``prior`` is the training class prior ``(3,)``."""
     if cfg.ensemble_weighting == "stacking":
-        return StackingEnsemble.from_fitted(members, [weights[f] for f in families], prior,
-                                            feature_names=names, stacker=stacker)
-    return WeightedSoftVotingEnsemble.from_fitted(members, [weights[f] for f in families],
-                                                  prior, feature_names=names)
+        model = StackingEnsemble.from_fitted(members, [weights[f] for f in families], prior,
+                                             feature_names=names, stacker=stacker)
+    else:
+        model = WeightedSoftVotingEnsemble.from_fitted(members, [weights[f] for f in families],
+                                                       prior, feature_names=names)
+    if calibration["ensemble"] is not None:
+        model.member_calibrators, model.calibrator = calibration["members"], calibration["ensemble"]
+    return model
 
 
 def _candidate_metadata(cfg: RunConfig, window: RunWindow, out_dir: Path, spec: dict[str, Any], families: list[str],
@@ -469,10 +516,11 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     weights = {f: w / sum(raw.values()) for f, w in raw.items()}
     X, y, test_size, names = training_table(out_dir, window)
     splits = interval_splits(cfg, X.index, window, test_size)
-    ens_oof, weights, stacker = _soft_vote(cfg, families, probas, ref, splits, weights)
+    ens_oof, weights, stacker, calibration = _calibrate(cfg, families, probas, ref, splits, weights)
     final_rows = splits.final_rows(len(X))
     record = _out_of_fold_record(cfg, out_dir, ref, ens_oof, X, y, splits, final_rows)
-    model = _ensemble_model(cfg, families, members, weights, stacker, class_prior(y[final_rows]), names)
+    model = _ensemble_model(cfg, families, members, weights, stacker, class_prior(y[final_rows]), names,
+                            calibration)
     spec = json.loads(RunFolder(out_dir).feature_spec.read_text())
     cand = RunFolder(out_dir).member("ensemble")
     tmp = Path(tempfile.mkdtemp(prefix=".ensemble.", dir=RunFolder(out_dir).candidates))
@@ -481,6 +529,7 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     record.frame.to_parquet(tmp / OOF_FILE)
     metadata = _candidate_metadata(cfg, window, out_dir, spec, families, weights, member_meta, X, y, names,
                                    final_rows, record, dag_id=dag_id, run_id=run_id, logical_date=logical_date)
+    metadata["calibration"] = calibration["record"]
     metadata["files"] = {"model.joblib": sha256_file(tmp / "model.joblib")}
     metadata["identity_sha256"] = _version_identity(cfg, X, y, spec, families, metadata)
     atomic_write_json(tmp / "metadata.json", metadata)

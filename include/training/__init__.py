@@ -264,7 +264,9 @@ def fit_family(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarra
     For a family whose module has ``best_n_estimators`` (LightGBM, XGBoost) and
     ``early_stopping_rounds > 0``, the number of boosting rounds is chosen on the inner split of
     ``train_idx`` (:meth:`WalkForward.inner_split`: its last rows, after a purge + embargo gap),
-    then the model is refitted on all of ``train_idx`` with that many rounds. Every fit uses
+    then the model is refitted on all of ``train_idx`` with that many rounds. A family whose
+    module has ``best_params`` (the logistic family's L1 penalty) chooses those hyperparameters
+    on the same inner split before its refit. Every fit uses
     ``n_jobs`` threads. With a ``cache``, a fit of the same family and settings on the same rows
     is loaded instead of repeated (:mod:`include.training.fit_cache`), set to ``n_jobs`` threads.
     ``params`` override the family's default hyperparameters (a tuned set); they are part of the
@@ -325,7 +327,14 @@ def _fit(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, spl
         n_best = module.best_n_estimators(X.iloc[fit_idx], y[fit_idx], X.iloc[val_idx], y[val_idx],
                                           random_state=random_state, rounds=early_stopping_rounds, n_jobs=n_jobs,
                                           **(params or {}))
-    est = build_estimator(family, random_state, n_jobs, **{**(params or {}),
+    chosen: dict[str, Any] = {}
+    if hasattr(module, "best_params"):
+        fit_idx, val_idx = splits.inner_split(train_idx)
+        chosen = module.best_params(X.iloc[fit_idx], y[fit_idx], X.iloc[val_idx], y[val_idx],
+                                    random_state=random_state, n_jobs=n_jobs, **(params or {}))
+        logger.info("%s: %s chosen on the inner split of %d training rows", family, chosen or "nothing",
+                    len(train_idx))
+    est = build_estimator(family, random_state, n_jobs, **{**(params or {}), **chosen,
                                                            **({"n_estimators": n_best} if n_best else {})})
     return est.fit(X.iloc[train_idx], y[train_idx]), n_best
 

@@ -179,15 +179,16 @@ def test_one_log_loss_definition_the_paired_difference_is_the_difference_of_the_
 
 
 def test_fitted_ensemble_weights_are_purged_at_fold_boundaries():
-    from include.ensemble import walk_forward_weights, weight_fitting_rows
+    from include.ensemble import walk_forward_weights
+    from include.evaluation import earlier_fold_rows
 
     times = pd.date_range("2023-01-01", periods=3 * 168, freq="h")
     fold_of = np.repeat([0, 1, 2], 168)
     gap = 4 * pd.Timedelta(hours=1)
-    rows = weight_fitting_rows(fold_of, times, 2, gap)
+    rows = earlier_fold_rows(fold_of, times, 2, gap)
     # Fold 2's weights see folds 0 and 1, less the 4 bars before fold 2 whose labels read into it.
     assert rows.sum() == 2 * 168 - 4 and not rows[2 * 168 - 4:].any() and rows[: 2 * 168 - 4].all()
-    assert not weight_fitting_rows(fold_of, times, 0, gap).any()
+    assert not earlier_fold_rows(fold_of, times, 0, gap).any()
     # A leak planted in the purged rows (a member that knows those labels) changes no weight.
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, len(times))

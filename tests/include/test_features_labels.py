@@ -13,7 +13,7 @@ from include.features import (
     FeatureSpec,
     build_features,
 )
-from include.labels import class_balance, make_labels
+from include.labels import class_balance, label_end_offsets, make_labels
 
 
 def test_default_features_present_and_sane(btc_slice):
@@ -188,3 +188,55 @@ def test_volatility_labels_on_real_data_are_not_degenerate(btc_slice):
     assert y.iloc[-4:].isna().all() and y.iloc[:168].isna().all()
     balance = class_balance(y)
     assert min(balance.values()) > 0.15, balance
+
+
+def test_triple_barrier_labels_take_the_first_barrier_touched():
+    # log closes; barriers at +-1 % (fixed by the volatility estimate below), time limit 2 bars
+    lc = np.array([0.0, 0.0, 0.0, 0.005, -0.02, -0.006, -0.0055, -0.0065, 0.01, 0.0, 0.0])
+    close = pd.Series(np.exp(lc))
+    from include.labels import _first_touch
+
+    label, end = _first_touch(pd.Series(lc), pd.Series(0.01, index=close.index), 2)
+    assert (label[2], end[2]) == (0.0, 2)  # +0.5 % stays inside, then -2 % crosses -1 %
+    assert (label[3], end[3]) == (0.0, 1)  # -2.5 % at once
+    assert (label[4], end[4]) == (2.0, 1)  # +1.4 % at once
+    assert (label[5], end[5]) == (1.0, 2)  # +0.05 %, -0.05 %: the time limit comes first
+    assert (label[7], end[7]) == (2.0, 1)  # +1.65 %
+    assert np.isnan(label[-2:]).all()  # the time limit has not passed
+
+
+def test_triple_barrier_labels_are_volatility_scaled_and_end_within_the_horizon(btc_slice):
+    close = btc_slice["ohlcv"]["close"]
+    kw = {"horizon": 4, "mode": "triple_barrier", "threshold": 1.0, "vol_window": 168}
+    y, ends = make_labels(close, **kw), label_end_offsets(close, **kw)
+    assert y.iloc[-4:].isna().all() and y.iloc[:168].isna().all()
+    assert ends.isna().equals(y.isna())
+    assert set(ends.dropna().unique()) == {1.0, 2.0, 3.0, 4.0}
+    assert (ends[y == 1.0] == 4).all()  # range only when the time limit comes first
+    assert min(class_balance(y).values()) > 0.05  # both barriers and the time limit occur
+
+
+def test_the_purge_covers_every_triple_barrier_labels_end(btc_slice):
+    from include.config import RunConfig
+    from include.evaluation import WalkForward
+
+    close = btc_slice["ohlcv"]["close"].reset_index(drop=True)
+    cfg = RunConfig.from_params({"label_threshold_mode": "triple_barrier", "label_threshold": 1.0,
+                                 "cv_embargo_bars": 0, "cv_scheme": "expanding"})
+    ends = label_end_offsets(close, horizon=cfg.label_horizon_bars, mode=cfg.label_threshold_mode,
+                             threshold=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)
+    rows = ends.dropna()
+    assert rows.max() == cfg.label_horizon_bars and rows.min() == 1
+    end_position = rows.index.to_numpy() + rows.to_numpy()  # the bar at which each label is known
+
+    def violations(splits: WalkForward) -> int:
+        bad = 0
+        for _, train, test in splits.split(len(rows)):
+            first_test_bar = rows.index[test[0]]
+            bad += int((end_position[train] >= first_test_bar).sum())
+        return bad
+
+    splits = WalkForward.for_run(cfg, test_size=48)
+    assert violations(splits) == 0
+    # without the purge, the labels just before each test window end inside it
+    assert violations(WalkForward(n_splits=splits.n_splits, test_size=48, purge=0)) > 0

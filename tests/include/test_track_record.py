@@ -162,6 +162,12 @@ def test_the_track_record_scores_each_policy_forward_on_the_weeks_it_serves(back
     strict = totals["strict"]
     assert (strict["weeks_without_model"] == strict["weeks"] == 4 and strict["sharpe"] == 0
             and strict["total_return"] == 0)
+    # The probabilistic Sharpe ratio against flat: none for a record that never traded; for the
+    # newest-model record, the normal approximation's probability, on the side its Sharpe ratio says.
+    assert strict["psr_vs_flat"] is None
+    newest = totals["newest"]
+    if newest["sharpe"] != 0:
+        assert 0 < newest["psr_vs_flat"] < 1 and (newest["psr_vs_flat"] > 0.5) == (newest["sharpe"] > 0)
     assert [w["policies"]["strict"]["version"] for w in weeks] == [None] * 5
     # The first week's three policies serve the same version: the same forward score.
     first = weeks[0]["policies"]

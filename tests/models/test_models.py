@@ -236,3 +236,31 @@ def test_the_logistic_family_captures_most_of_a_linear_edge_and_reads_missing_va
     gain = (log_loss_rows(y[rows], prior) - log_loss_rows(y[rows], cv.oof_proba))[known].mean()
     oracle = (log_loss_rows(y[rows], prior) - log_loss_rows(y[rows], truth))[known].mean()
     assert oracle > 0.02 and gain >= 0.7 * oracle, (gain, oracle)
+
+
+def test_the_logistic_penalty_is_chosen_on_the_inner_split_zeroing_noise_features():
+    """Twenty features, one with a linear edge: the L1 penalty chosen on the inner split keeps
+    the edge's coefficient well above every other; on pure noise it zeroes them all, so the fit
+    is the class prior. A tuned set that fixes ``C`` is kept."""
+    from include.training import fit_family
+    from include.training.logistic import C_GRID
+
+    rng = np.random.default_rng(5)
+    n = 12000
+    X = pd.DataFrame(rng.normal(size=(n, 20)), columns=[f"f{i}" for i in range(20)],
+                     index=pd.date_range("2023-01-01", periods=n, freq="h", tz="UTC"))
+    splits = WalkForward(n_splits=2, test_size=500, purge=4, embargo=24)
+    rows = np.arange(n)
+    edge = np.digitize(0.3 * X["f0"].to_numpy() + rng.normal(size=n), [-0.45, 0.45])
+    noise = np.digitize(rng.normal(size=n), [-0.45, 0.45])
+
+    model, _ = fit_family("logistic", X, edge, rows, splits, random_state=0, n_jobs=1)
+    coef = np.abs(model.named_steps["model"].coef_).max(axis=0)
+    assert model.named_steps["model"].C in C_GRID
+    assert coef[0] > 5 * coef[1:].max() and (coef[1:] == 0).any(), coef
+
+    model, _ = fit_family("logistic", X, noise, rows, splits, random_state=0, n_jobs=1)
+    assert (model.named_steps["model"].coef_ == 0).all()
+
+    model, _ = fit_family("logistic", X, edge, rows, splits, random_state=0, n_jobs=1, params={"C": 0.5})
+    assert model.named_steps["model"].C == 0.5
