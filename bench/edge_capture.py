@@ -196,7 +196,9 @@ def run_cell(kind: str, strength: float, seed: int, week: str, overrides: dict[s
                              k=cfg.label_threshold, vol_window=cfg.label_vol_window_bars)
     prior_ll = float(log_loss_rows(y, oof[PRIOR].to_numpy()).mean())
     ens_ll = float(log_loss_rows(y, oof[PROBA].to_numpy()).mean())
-    oracle_ll = float(log_loss_rows(y, proba).mean())
+    # The oracle's distribution is the fixed-horizon label's: for another label rule only the
+    # trading comparison (the oracle policy) is defined.
+    oracle_ll = float(log_loss_rows(y, proba).mean()) if cfg.label_threshold_mode == "volatility" else float("nan")
     decision = run["decision"]
     ens_trading = ((decision.get("trading") or {}).get("out_of_fold") or {}).get("ensemble") or {}
     policy = oracle_policy_sharpe(frames, pd.DatetimeIndex(oof.index), expected, cfg)
@@ -205,6 +207,7 @@ def run_cell(kind: str, strength: float, seed: int, week: str, overrides: dict[s
             "settings": overrides, "rows": int(len(oof)), "prior_log_loss": prior_ll, "ensemble_log_loss": ens_ll,
             "oracle_log_loss": oracle_ll, "ensemble_gain": gain, "oracle_gain": oracle_gain,
             "captured_share": gain / oracle_gain if kind != "walk" and oracle_gain > 1e-4 else None,
+            "label_rule": cfg.label_threshold_mode,
             "ensemble_sharpe": ens_trading.get("sharpe"), "ensemble_exposure": ens_trading.get("exposure"),
             "oracle_sharpe": policy["sharpe"], "oracle_exposure": policy["exposure"],
             "sharpe_share": (ens_trading.get("sharpe") / policy["sharpe"]

@@ -219,7 +219,7 @@ class RunConfig(Declared):
     models: tuple[str, ...] = declare(
         "Model families to train (subset of lightgbm, xgboost, random_forest, logistic and the "
         "families installed packages declare, include/extensions.py).",
-        default=("lightgbm", "xgboost", "random_forest"), members=lambda: MODEL_FAMILIES,
+        default=("lightgbm", "xgboost", "random_forest", "logistic"), members=lambda: MODEL_FAMILIES,
         form=FormField(CV, "Model families", {"examples": list(MODEL_FAMILIES), "minItems": 1, "uniqueItems": True}),
     )
     extra_features: tuple[str, ...] = declare(
@@ -273,7 +273,7 @@ class RunConfig(Declared):
     ensemble_weights: dict[str, float] = declare(
         "Soft-voting weights per family for 'fixed' weighting (renormalised over trained models); "
         "a family without one weighs 1 / (number of models).",
-        default_factory=lambda: {"lightgbm": 0.4, "xgboost": 0.4, "random_forest": 0.2},
+        default_factory=lambda: {"lightgbm": 0.25, "xgboost": 0.25, "random_forest": 0.25, "logistic": 0.25},
     )
     gate_alpha: float = declare(
         "Yearly false-promotion rate per registered model: the largest probability that a model "
