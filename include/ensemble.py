@@ -3,8 +3,12 @@
 The ensemble's class probabilities are the weighted mean of its members' (Kuncheva 2004,
 *Combining Pattern Classifiers*, ch. 5): ``p(x) = sum_m w_m p_m(x) / sum_m w_m``. Hard
 predictions use the prior-corrected rule of :func:`include.training.prior_corrected_predict`.
-Weights are either given (the reference design's 0.4 / 0.4 / 0.2) or fitted to minimise the
-log loss of the out-of-fold probabilities, never of in-sample ones. Stacking (Wolpert 1992,
+Weights are either given (by default equal over the four families: the trees find non-linear
+structure, the sparse logistic family a weak linear edge with far fewer rows, and neither weight
+is fitted on the few out-of-fold rows a week has; ``docs/concepts/edge-capture.md`` has the
+measurements) or fitted to minimise the log loss of the out-of-fold probabilities, never of
+in-sample ones. Each member's and the combination's probabilities may be calibrated
+(:mod:`include.calibration`). Stacking (Wolpert 1992,
 "Stacked generalization", Neural Networks 5(2)) replaces the weighted mean by a multinomial
 logistic regression on the members' out-of-fold log-probabilities (:class:`StackingEnsemble`).
 """

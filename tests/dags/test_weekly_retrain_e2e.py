@@ -124,10 +124,10 @@ def test_first_run_promotes_one_loadable_model_per_market(first_run):
         assert meta["data_window"]["trained_until"] == "2023-12-24T00:00:00+00:00"
         assert not meta["data_window"]["short_history"]
         assert summary["ingested"]["ohlcv"]["rows_fetched"] > 0
-        assert set(summary["ensemble"]["members"]) == {"lightgbm", "xgboost", "random_forest"}
+        assert set(summary["ensemble"]["members"]) == {"lightgbm", "xgboost", "random_forest", "logistic"}
         # Each family trained with the thread budget's threads.
         folder = Path(summary["report"]).parent / "candidates"
-        for family in ("lightgbm", "xgboost", "random_forest"):
+        for family in ("lightgbm", "xgboost", "random_forest", "logistic"):
             assert json.loads((folder / family / "metadata.json").read_text())["n_jobs"] == model_threads()
         spec = FeatureSpec.from_dict({k: v for k, v in meta["feature_spec"].items() if k != "sha256"})
         store = MarketStore(settings.market_db_url)

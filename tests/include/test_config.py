@@ -12,7 +12,8 @@ from include.errors import ConfigError
 def test_defaults_are_valid_and_round_trip():
     cfg = RunConfig()
     assert RunConfig.from_params(cfg.to_dict()) == cfg
-    assert cfg.models == ("lightgbm", "xgboost", "random_forest")
+    assert cfg.models == ("lightgbm", "xgboost", "random_forest", "logistic")
+    assert cfg.member_weights(cfg.models) == dict.fromkeys(cfg.models, 0.25)
     assert set(RunConfig.describe()) == set(cfg.to_dict())
     assert all(RunConfig.describe().values())
 
