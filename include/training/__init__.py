@@ -222,8 +222,11 @@ def importance_stability(per_fold: list[dict[str, dict[str, float]]]) -> dict[st
     out: dict[str, Any] = {}
     for kind in ("gain", "permutation"):
         frame = pd.DataFrame([f[kind] for f in per_fold])
+        # A fold whose importances are all equal (no gain importance, as for the logistic family;
+        # every coefficient zeroed) has no ranking to compare.
+        ranked = [i for i in range(len(frame)) if frame.iloc[i].nunique() > 1]
         corr = [spearmanr(frame.iloc[i], frame.iloc[j]).statistic
-                for i in range(len(frame)) for j in range(i + 1, len(frame))]
+                for n, i in enumerate(ranked) for j in ranked[n + 1:]]
         corr = [c for c in corr if np.isfinite(c)]
         out[kind] = {
             "mean": {k: float(v) for k, v in frame.mean().sort_values(ascending=False).items()},
