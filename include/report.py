@@ -132,6 +132,22 @@ def _calibration_plot(curves: dict[str, dict[str, list[float]]]) -> str:
     return _png(fig)
 
 
+def _calibration_paragraph(calibration: dict[str, Any] | None) -> str:
+    """What calibrated the probabilities above: the temperatures per fold and the registered one."""
+    if not calibration or calibration.get("mode", "none") == "none":
+        return ("<p>Calibration: none; the curves are the combined probabilities as the members gave them "
+                "(run parameter <code>calibration</code>).</p>")
+
+    def temps(record: dict[str, Any]) -> str:
+        folds = ", ".join("–" if t is None else f"{t:.2f}" for t in record["folds"].values())
+        return f"per fold {folds}; registered {record['deployed']:.2f}"
+
+    members = "".join(f"<li>{html.escape(f)}: {temps(r)}</li>" for f, r in (calibration.get("members") or {}).items())
+    return (f"<p>Calibration <code>{html.escape(calibration['mode'])}</code>: temperature scaling fitted on "
+            "earlier folds' out-of-fold rows only (–: too few rows, probabilities kept). Ensemble temperature "
+            f"{temps(calibration['ensemble'])}.</p>" + (f"<ul>{members}</ul>" if members else ""))
+
+
 def top_features(importance: dict[str, float], k: int = 12) -> list[str]:
     """The ``k`` features of largest importance, largest first (ties by name).
 
@@ -332,6 +348,7 @@ def build_report(out_dir: Path, summary: dict[str, Any]) -> Path:
         "<h3>Ensemble per fold</h3>", _table(metrics["ensemble_per_fold"], fold_cols),
         "<h3>Gate window (this run's data interval)</h3>", _table([metrics["gate_window"]], fold_cols[1:]),
         _confusion_plot(metrics["ensemble"]["confusion"]), _calibration_plot(metrics["reliability"]),
+        _calibration_paragraph(ens.get("calibration")),
         "<h2>Feature importance (mean over folds; the 12 largest)</h2>", _importance_plot(importance),
         _step_times_section(summary.get("step_times") or {}),
         "</body></html>",

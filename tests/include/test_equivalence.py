@@ -31,7 +31,8 @@ RECORDED_ENSEMBLE = {"models": ("lightgbm", "xgboost", "random_forest"),
 @pytest.mark.integration
 def test_two_weeks_decide_as_before_the_redesign(tmp_path):
     settings = Settings.in_folder(tmp_path)
-    record = {"BTCUSDT": [week_record(settings, "BTCUSDT", week, {**PERMISSIVE_SKILL, **RECORDED_ENSEMBLE}) for week in WEEKS]}
+    config = {**PERMISSIVE_SKILL, **RECORDED_ENSEMBLE}
+    record = {"BTCUSDT": [week_record(settings, "BTCUSDT", week, config) for week in WEEKS]}
     # Through JSON, as the reference was written, so that NumPy scalars compare as the numbers they are.
     now = json.loads(json.dumps(record, sort_keys=True, default=str))
     reference = json.loads(REFERENCE.read_text())
