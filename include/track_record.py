@@ -192,8 +192,26 @@ class _Ledger:
         return list(self.entries)
 
 
+def _trading_evidence(v: Version, oof: pd.DataFrame, cfg: RunConfig, data: MarketData,
+                      cache: dict[str, Any] | None) -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:
+    """Version ``v``'s out-of-fold trading simulation, as its run's own read it: ``(summaries per
+    strategy, per-bar net returns per strategy)``. It does not depend on the gate policy, so one
+    ``cache`` serves every replay of :func:`track_record`."""
+    if cache is not None and v.version in cache:
+        sims, returns = cache[v.version]
+        return {name: dict(sim) for name, sim in sims.items()}, returns
+    # The trading simulation over exactly the candles the run's own simulation read.
+    bars = _slice(data.bars, oof.index.min(), v.trained_until)
+    funding = _slice(data.funding, oof.index.min(), v.trained_until)
+    sims, _, _ = trade_out_of_fold(oof, cfg, bars, funding)
+    returns = pd.DataFrame({name: sim.pop("net_returns") for name, sim in sims.items()})
+    if cache is not None:
+        cache[v.version] = (sims, returns)
+    return {name: dict(sim) for name, sim in sims.items()}, returns
+
+
 def replay(registry: Any, data: MarketData, versions: list[Version],
-           policy: GatePolicy | None) -> list[dict[str, Any]]:
+           policy: GatePolicy | None, trading_cache: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Re-run the gate over ``versions`` in order with ``policy``.
 
     Each candidate is re-tested on its registered out-of-fold record and compared with the
@@ -206,6 +224,8 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
     Args:
         policy: the policy to replay; ``None`` replays each version with the policy its own run
             used (from its lineage's configuration), which reproduces the decisions taken.
+        trading_cache: versions' trading simulations from an earlier replay over the same data
+            (:func:`_trading_evidence`), filled as they are computed.
 
     Returns:
         One ``{"version", "trained_until", "passed", "action", "champion", "summary", "deciding",
@@ -227,11 +247,7 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
         used = policy if policy is not None else policy_from_config(cfg)
         if policy is None and "gate_record_weeks" not in v.lineage["config"]:
             used = replace(used, record_weeks=0)  # its run's configuration has no shadow record
-        # The trading simulation over exactly the candles the run's own simulation read.
-        bars = _slice(data.bars, oof.index.min(), v.trained_until)
-        funding = _slice(data.funding, oof.index.min(), v.trained_until)
-        sims, _, _ = trade_out_of_fold(oof, cfg, bars, funding)
-        returns = pd.DataFrame({name: sim.pop("net_returns") for name, sim in sims.items()})
+        sims, returns = _trading_evidence(v, oof, cfg, data, trading_cache)
         if cfg.model_name not in ledgers:
             ledgers[cfg.model_name] = _LedgerBefore(registry.ledger(cfg.model_name), versions)
 
@@ -510,9 +526,10 @@ def track_record(settings: Settings, model: str, *, policies: dict[str, GatePoli
         stop = end or versions[-1].trained_until + timedelta(days=7)
         data = load_market(settings, versions, stop)
         chains = _base_chains(registry, model, versions)
-        replays = {}
+        replays: dict[str, list[dict[str, Any]]] = {}
+        trading: dict[str, Any] = {}
         for label, policy in (policies or {}).items():
-            decisions = replay(registry, data, versions, policy)
+            decisions = replay(registry, data, versions, policy, trading)
             replays[label] = decisions
             chains[label] = _replayed_chain(versions, decisions)
         weeks, served, ages = _score_weeks(registry, data, versions, chains, stop)
