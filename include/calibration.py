@@ -12,7 +12,8 @@ predictions.
 Walk-forward (:func:`walk_forward_calibration`): fold k's rows are calibrated by a temperature
 fitted on the rows of earlier folds, purged at fold k's boundary (the rows
 :func:`include.evaluation.earlier_fold_rows` allows), so no row is scored by a calibrator that saw
-its label; a fold with fewer than :data:`MIN_CALIBRATION_ROWS` such rows keeps its probabilities.
+its label; a fold with fewer than :data:`MIN_CALIBRATION_ROWS` such rows, or without every class
+among them, keeps its probabilities.
 The registered model's calibrator is fitted on every out-of-fold row (as scikit-learn's
 ``ensemble=False`` fits its calibrator on cross-validated predictions of a model refitted on all
 rows).
@@ -60,19 +61,24 @@ class ProbabilityInput(ClassifierMixin, BaseEstimator):
 
 
 def fit_temperature(proba: np.ndarray, y: np.ndarray) -> Any:
-    """A temperature-scaling calibrator fitted on ``proba`` ``(n, 3)`` and labels ``y`` ``(n,)``.
+    """A temperature-scaling calibrator fitted on ``proba`` ``(n, 3)`` and labels ``y`` ``(n,)``;
+    ``None`` (nothing to apply) unless every class of :data:`~include.labels.CLASSES` occurs in
+    ``y``, since scikit-learn's calibrator maps its outputs to the classes it saw.
 
     Returns:
-        A fitted ``sklearn.calibration.CalibratedClassifierCV``; :func:`apply_calibrator` uses it.
-
-    Raises:
-        ValueError: fewer than two classes in ``y`` (scikit-learn's message).
+        A fitted ``sklearn.calibration.CalibratedClassifierCV`` (:func:`apply_calibrator` uses
+        it), or ``None``.
     """
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.frozen import FrozenEstimator
 
+    y = np.asarray(y, dtype=int)
+    if set(np.unique(y)) != set(CLASSES):
+        logger.warning("calibration: labels %s miss a class; the probabilities are kept as they are",
+                       sorted(set(np.unique(y).tolist())))
+        return None
     return CalibratedClassifierCV(FrozenEstimator(ProbabilityInput()), method="temperature").fit(
-        np.asarray(proba, dtype="float64"), np.asarray(y, dtype=int))
+        np.asarray(proba, dtype="float64"), y)
 
 
 def apply_calibrator(calibrator: Any, proba: np.ndarray) -> np.ndarray:
@@ -114,10 +120,7 @@ def walk_forward_calibration(proba: np.ndarray, y: np.ndarray, fold_of: np.ndarr
     used: dict[int, float | None] = {}
     for k in np.unique(fold_of):
         rows, seen = fold_of == k, earlier_fold_rows(fold_of, times, int(k), gap)
-        if seen.sum() >= MIN_CALIBRATION_ROWS and len(np.unique(y[seen])) > 1:
-            calibrator = fit_temperature(proba[seen], y[seen])
-            out[rows] = apply_calibrator(calibrator, proba[rows])
-            used[int(k)] = temperature(calibrator)
-        else:
-            used[int(k)] = None
+        calibrator = fit_temperature(proba[seen], y[seen]) if seen.sum() >= MIN_CALIBRATION_ROWS else None
+        out[rows] = apply_calibrator(calibrator, proba[rows])
+        used[int(k)] = temperature(calibrator)
     return out, used

@@ -213,7 +213,8 @@ class RunConfig(Declared):
         default=DEFAULT_LABEL_RULE[1], interval=Interval(0, None, low_open=True), form=FormField(LABELS, "Threshold"),
     )
     label_vol_window_bars: int = declare(
-        "Trailing window, in bars, of the volatility estimate used by 'volatility' labels.",
+        "Trailing window, in bars, of the volatility estimate used by 'volatility' and "
+        "'triple_barrier' labels.",
         default=DEFAULT_LABEL_RULE[2], interval=Interval(2, 10_000),
     )
     models: tuple[str, ...] = declare(

@@ -47,6 +47,10 @@ class WeightedSoftVotingEnsemble(ClassifierMixin, BaseEstimator):
         calibrator: a calibrator of the combined probabilities (``None``: as combined).
     """
 
+    #: Class-level defaults: a version pickled before calibration existed has neither attribute.
+    member_calibrators: list[Any] | None = None
+    calibrator: Any = None
+
     def __init__(self, estimators: list[tuple[str, Any]], weights: list[float],
                  feature_names: list[str] | None = None, member_calibrators: list[Any] | None = None,
                  calibrator: Any = None) -> None:
@@ -87,10 +91,9 @@ class WeightedSoftVotingEnsemble(ClassifierMixin, BaseEstimator):
     def combine(self, probas: list[np.ndarray]) -> np.ndarray:
         """The ensemble's probabilities ``(n, 3)`` from its members' ``(n, 3)`` each, in member
         order: each member's calibrated, combined, and the combination calibrated."""
-        # Versions registered before calibration existed have neither attribute: nothing to apply.
-        members = getattr(self, "member_calibrators", None) or [None] * len(probas)
+        members = self.member_calibrators or [None] * len(probas)
         probas = [apply_calibrator(c, p) for c, p in zip(members, probas, strict=True)]
-        return apply_calibrator(getattr(self, "calibrator", None), self.vote(probas))
+        return apply_calibrator(self.calibrator, self.vote(probas))
 
     def vote(self, probas: list[np.ndarray]) -> np.ndarray:
         """The weighted mean ``(n, 3)`` of the members' probabilities ``(n, 3)`` each."""
@@ -220,8 +223,9 @@ class StackingEnsemble(WeightedSoftVotingEnsemble):
     """
 
     def __init__(self, estimators: list[tuple[str, Any]], weights: list[float], stacker: Any = None,
-                 feature_names: list[str] | None = None) -> None:
-        super().__init__(estimators, weights, feature_names)
+                 feature_names: list[str] | None = None, member_calibrators: list[Any] | None = None,
+                 calibrator: Any = None) -> None:
+        super().__init__(estimators, weights, feature_names, member_calibrators, calibrator)
         self.stacker = stacker
 
     @classmethod

@@ -63,7 +63,8 @@ def _first_touch(log_close: pd.Series, thr: pd.Series, horizon: int) -> tuple[np
     n = len(lc)
     label = np.full(n, np.nan)
     end = np.full(n, float(horizon))
-    open_ = np.isfinite(t)
+    open_ = np.isfinite(t) & np.isfinite(lc)
+    broken = np.zeros(n, dtype=bool)  # a missing close on the path before any touch
     for j in range(1, horizon + 1):
         path = np.full(n, np.nan)
         path[: n - j] = lc[j:] - lc[: n - j]
@@ -71,9 +72,11 @@ def _first_touch(log_close: pd.Series, thr: pd.Series, horizon: int) -> tuple[np
         label[up], label[down] = 2.0, 0.0
         end[up | down] = j
         open_ &= ~(up | down)
+        broken |= open_ & np.isnan(path)
+        open_ &= ~broken
     known = np.r_[np.ones(max(n - horizon, 0), dtype=bool), np.zeros(min(horizon, n), dtype=bool)]
     label[open_] = 1.0  # the time limit came first
-    label[~known | ~np.isfinite(t)] = np.nan
+    label[~known | ~np.isfinite(t) | ~np.isfinite(lc) | broken] = np.nan
     return label, end
 
 

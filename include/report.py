@@ -140,7 +140,8 @@ def _calibration_paragraph(calibration: dict[str, Any] | None) -> str:
 
     def temps(record: dict[str, Any]) -> str:
         folds = ", ".join("–" if t is None else f"{t:.2f}" for t in record["folds"].values())
-        return f"per fold {folds}; registered {record['deployed']:.2f}"
+        deployed = "none" if record["deployed"] is None else f"{record['deployed']:.2f}"
+        return f"per fold {folds}; registered {deployed}"
 
     members = "".join(f"<li>{html.escape(f)}: {temps(r)}</li>" for f, r in (calibration.get("members") or {}).items())
     return (f"<p>Calibration <code>{html.escape(calibration['mode'])}</code>: temperature scaling fitted on "

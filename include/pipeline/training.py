@@ -159,7 +159,8 @@ def train(cfg: RunConfig, window: RunWindow, out_dir: Path, family: str,
     joblib.dump(final, tmp / "model.joblib")
     seconds = round(time.perf_counter() - t0, 2)
     meta = {
-        "family": family, "params": {**family_params(family), **chosen["params"]},
+        "family": family,
+        "params": {**family_params(family), **chosen["params"], **getattr(final, "chosen_params_", {})},
         "hyperparameter_set": chosen["set"], "random_state": cfg.random_state,
         "feature_names": names, "train_rows": int(len(final_rows)),
         "train_start": X.index[final_rows[0]].isoformat(), "train_end": X.index[final_rows[-1]].isoformat(),
@@ -290,6 +291,9 @@ def _calibrate(cfg: RunConfig, families: list[str], probas: dict[str, np.ndarray
     """
     members: dict[str, Any] = dict.fromkeys(families)
     record: dict[str, Any] = {"mode": cfg.calibration}
+    # The weights (or stacker) and the ensemble's calibrator are fitted on members calibrated fold
+    # by fold (folds without enough earlier rows as they came); the registered members' calibrators
+    # are fitted on every row, so a served forecast is scaled as the latest folds were.
     if cfg.calibration == "members_and_ensemble":
         record["members"] = {}
         for fam in families:
@@ -298,7 +302,7 @@ def _calibrate(cfg: RunConfig, families: list[str], probas: dict[str, np.ndarray
     ensemble = None
     if cfg.calibration != "none":
         ens_oof, ensemble, record["ensemble"] = _calibrated(cfg, ens_oof, ref, splits)
-        logger.info("calibration %s: ensemble temperature per fold %s, registered %.3f", cfg.calibration,
+        logger.info("calibration %s: ensemble temperature per fold %s, registered %s", cfg.calibration,
                     record["ensemble"]["folds"], record["ensemble"]["deployed"])
     return ens_oof, weights, stacker, {"members": [members[f] for f in families], "ensemble": ensemble,
                                        "record": record}
@@ -396,7 +400,7 @@ def _ensemble_model(cfg: RunConfig, families: list[str], members: list[tuple[str
     else:
         model = WeightedSoftVotingEnsemble.from_fitted(members, [weights[f] for f in families],
                                                        prior, feature_names=names)
-    if calibration["ensemble"] is not None:
+    if cfg.calibration != "none":
         model.member_calibrators, model.calibrator = calibration["members"], calibration["ensemble"]
     return model
 

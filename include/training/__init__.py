@@ -330,16 +330,37 @@ def _fit(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, spl
         n_best = module.best_n_estimators(X.iloc[fit_idx], y[fit_idx], X.iloc[val_idx], y[val_idx],
                                           random_state=random_state, rounds=early_stopping_rounds, n_jobs=n_jobs,
                                           **(params or {}))
-    chosen: dict[str, Any] = {}
-    if hasattr(module, "best_params"):
-        fit_idx, val_idx = splits.inner_split(train_idx)
-        chosen = module.best_params(X.iloc[fit_idx], y[fit_idx], X.iloc[val_idx], y[val_idx],
-                                    random_state=random_state, n_jobs=n_jobs, **(params or {}))
-        logger.info("%s: %s chosen on the inner split of %d training rows", family, chosen or "nothing",
-                    len(train_idx))
+    chosen = _inner_choice(module, family, X, y, train_idx, splits, random_state=random_state, n_jobs=n_jobs,
+                           params=params)
     est = build_estimator(family, random_state, n_jobs, **{**(params or {}), **chosen,
                                                            **({"n_estimators": n_best} if n_best else {})})
-    return est.fit(X.iloc[train_idx], y[train_idx]), n_best
+    est = est.fit(X.iloc[train_idx], y[train_idx])
+    if chosen:
+        est.chosen_params_ = chosen  # what the inner split chose, for the version's lineage
+    return est, n_best
+
+
+def _inner_choice(module: Any, family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray,
+                  splits: WalkForward, *, random_state: int, n_jobs: int,
+                  params: dict[str, Any] | None) -> dict[str, Any]:
+    """The hyperparameters a family's ``best_params`` chooses on the inner split of ``train_idx``;
+    ``{}`` (its defaults) for a family without the hook, or where the training rows are too few to
+    split or the validation rows hold a class the fitted rows do not."""
+    if not hasattr(module, "best_params"):
+        return {}
+    try:
+        fit_idx, val_idx = splits.inner_split(train_idx)
+    except TrainingError:
+        logger.info("%s: %d training rows are too few for an inner split; default hyperparameters", family,
+                    len(train_idx))
+        return {}
+    if not set(np.unique(y[val_idx])) <= set(np.unique(y[fit_idx])):
+        return {}
+    chosen = module.best_params(X.iloc[fit_idx], y[fit_idx], X.iloc[val_idx], y[val_idx],
+                                random_state=random_state, n_jobs=n_jobs, **(params or {}))
+    logger.info("%s: %s chosen on the inner split of %d training rows", family, chosen or "nothing",
+                len(train_idx))
+    return chosen
 
 
 def _stored_evaluation(family: str, X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,

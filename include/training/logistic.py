@@ -13,7 +13,8 @@ where an L2 penalty only shrinks them, so an edge carried by one feature of twen
 nearly as if that feature were the only one. Its strength ``C`` (inverse penalty) is chosen per
 fit by :func:`best_params` on the inner validation split of the training rows (their last rows,
 after the purge + embargo gap; :meth:`include.evaluation.WalkForward.inner_split`), so a market
-without an edge gets a penalty that zeroes every coefficient: the class prior. scikit-learn's
+without an edge mostly gets a penalty that zeroes all or nearly all coefficients: close to the
+class prior (a validation split is itself noisy, and sometimes prefers a weaker penalty). scikit-learn's
 ``saga`` solver fits the multinomial L1 loss (user guide, "Logistic regression").
 """
 

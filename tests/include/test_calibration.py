@@ -77,3 +77,24 @@ def test_the_ensemble_applies_its_calibrators_and_an_ensemble_without_them_serve
     # A version pickled before calibration existed has neither attribute.
     del ens.member_calibrators, ens.calibrator
     assert np.allclose(ens.combine([a, b]), plain)
+
+
+def test_labels_without_every_class_leave_the_probabilities_as_they_are():
+    proba, y = _overconfident(1200, 4)
+    y = np.where(y == 2, 1, y)  # no "up" among the rows
+    assert fit_temperature(proba, y) is None
+    times = pd.date_range("2023-01-01", periods=len(y), freq="h", tz="UTC")
+    out, used = walk_forward_calibration(proba, y, np.repeat(np.arange(6), 200), times, GAP)
+    assert np.array_equal(out, proba) and set(used.values()) == {None}
+
+
+def test_a_cloned_stacking_ensemble_keeps_its_calibrators():
+    from sklearn.base import clone
+
+    from include.ensemble import StackingEnsemble
+
+    proba, y = _overconfident(1000, 5)
+    calibrator = fit_temperature(proba, y)
+    ens = StackingEnsemble([("a", None)], [1.0], stacker=None, calibrator=calibrator)
+    assert clone(ens).get_params()["calibrator"] is not None
+    assert "member_calibrators" in clone(ens).get_params()

@@ -240,3 +240,13 @@ def test_the_purge_covers_every_triple_barrier_labels_end(btc_slice):
     assert violations(splits) == 0
     # without the purge, the labels just before each test window end inside it
     assert violations(WalkForward(n_splits=splits.n_splits, test_size=48, purge=0)) > 0
+
+
+def test_a_missing_close_on_the_path_leaves_the_triple_barrier_label_undefined():
+    lc = np.array([0.0, 0.0, 0.0, 0.001, np.nan, 0.0, 0.02, 0.0, 0.0, 0.0])
+    from include.labels import _first_touch
+
+    label, _ = _first_touch(pd.Series(lc), pd.Series(0.01, index=range(len(lc))), 2)
+    assert np.isnan(label[2]) and np.isnan(label[3]) and np.isnan(label[4])  # the path crosses the gap untouched
+    assert label[5] == 2.0  # +2 % at once
+    assert label[1] == 1.0  # 0 %, +0.1 %: the time limit, before the gap
