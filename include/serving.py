@@ -413,8 +413,9 @@ def _native_member(est: Any) -> Any | None:
     scikit-learn's ``predict_proba`` wrappers spend milliseconds per call on input checks and,
     for forests, dispatching one job per tree; for one row that is most of the cost. These call
     the libraries' own prediction routines directly: LightGBM ``Booster.predict``, XGBoost
-    ``Booster.inplace_predict`` and the fitted trees' ``tree_.predict`` (averaged as
-    ``RandomForestClassifier.predict_proba`` does). Returns ``None`` for other estimators.
+    ``Booster.inplace_predict``, the fitted trees' ``tree_.predict`` (averaged as
+    ``RandomForestClassifier.predict_proba`` does) and the logistic family's fitted statistics and
+    coefficients (:func:`_native_linear`). Returns ``None`` for other estimators.
     """
     kind = type(est).__name__
     if kind == "LGBMClassifier":
@@ -436,7 +437,23 @@ def _native_member(est: Any) -> Any | None:
             return total / len(trees)
 
         return forest
+    if kind == "Pipeline" and [name for name, _ in est.steps] == ["impute", "scale", "model"]:
+        return _native_linear(*(step for _, step in est.steps))
     return None
+
+
+def _native_linear(impute: Any, scale: Any, model: Any) -> Any:
+    """The logistic family's pipeline (:mod:`include.training.logistic`) as numpy: median fill,
+    standardisation, then the multinomial softmax of ``X @ coef_.T + intercept_``."""
+    fill, mean, sd = impute.statistics_, scale.mean_, scale.scale_
+    coef, intercept = model.coef_, model.intercept_
+
+    def linear(X: np.ndarray) -> np.ndarray:
+        z = ((np.where(np.isnan(X), fill, X) - mean) / sd) @ coef.T + intercept
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    return linear
 
 
 class FastPredictor:

@@ -264,3 +264,19 @@ def test_the_logistic_penalty_is_chosen_on_the_inner_split_zeroing_noise_feature
 
     model, _ = fit_family("logistic", X, edge, rows, splits, random_state=0, n_jobs=1, params={"C": 0.5})
     assert model.named_steps["model"].C == 0.5
+
+
+def test_the_logistic_family_has_a_native_serving_path_equal_to_predict_proba():
+    from include.serving import _native_member
+    from include.training import fit_family
+
+    rng = np.random.default_rng(6)
+    n = 4000
+    X = pd.DataFrame(rng.normal(size=(n, 6)), columns=[f"f{i}" for i in range(6)])
+    X.loc[X.index[::5], "f3"] = np.nan
+    y = np.digitize(0.4 * X["f0"].to_numpy() + rng.normal(size=n), [-0.45, 0.45])
+    model, _ = fit_family("logistic", X, y, np.arange(n), WalkForward(n_splits=2, test_size=300, purge=4, embargo=24),
+                          random_state=0, n_jobs=1)
+    native = _native_member(model)
+    assert native is not None
+    np.testing.assert_allclose(native(X.iloc[:300].to_numpy()), model.predict_proba(X.iloc[:300]), atol=1e-12)
