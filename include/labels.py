@@ -91,13 +91,13 @@ def label_end_offsets(close: pd.Series, *, horizon: int, mode: LabelMode, thresh
     Raises:
         ConfigError: as :func:`make_labels`.
     """
-    labels = make_labels(close, horizon=horizon, mode=mode, threshold=threshold, vol_window=vol_window)
     if mode == "triple_barrier":
         log_close = np.log(close.astype("float64"))
-        _, end = _first_touch(log_close, _thresholds(log_close, horizon, mode, threshold, vol_window), horizon)
+        labels, end = _first_touch(log_close, _thresholds(log_close, horizon, mode, threshold, vol_window), horizon)
     else:
+        labels = make_labels(close, horizon=horizon, mode=mode, threshold=threshold, vol_window=vol_window).to_numpy()
         end = np.full(len(close), float(horizon))
-    return pd.Series(end, index=close.index, name="label_end").where(labels.notna())
+    return pd.Series(np.where(np.isnan(labels), np.nan, end), index=close.index, name="label_end")
 
 
 def make_labels(close: pd.Series, *, horizon: int, mode: LabelMode,
