@@ -83,15 +83,12 @@ def fit_temperature(proba: np.ndarray, y: np.ndarray) -> Any:
 
 def apply_calibrator(calibrator: Any, proba: np.ndarray) -> np.ndarray:
     """Calibrated probabilities ``(n, 3)`` over :data:`~include.labels.CLASSES` (``proba`` as is
-    for ``calibrator=None``)."""
+    for ``calibrator=None``). A :func:`fit_temperature` calibrator has seen every class, so its
+    columns are the classes in order."""
     proba = np.asarray(proba, dtype="float64")
     if calibrator is None or len(proba) == 0:
         return proba
-    raw = calibrator.predict_proba(proba)
-    out = np.zeros((len(proba), len(CLASSES)))
-    for j, cls in enumerate(calibrator.classes_):
-        out[:, int(cls)] = raw[:, j]
-    return out
+    return calibrator.predict_proba(proba)
 
 
 def temperature(calibrator: Any) -> float | None:
