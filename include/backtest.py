@@ -70,6 +70,16 @@ class TradingCosts:
 #: expected move pays for the round trip and the funding).
 MARGIN_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
 
+#: The margin that takes no position at all ("stay flat"), in the grid when the run's
+#: ``trade_may_stay_flat`` is on. A finite number, so that a decision's record stays plain JSON;
+#: :meth:`TradingDecision.positions` treats any margin at or above it as flat, whatever the costs.
+FLAT_MARGIN: float = 1e6
+
+
+def margin_words(margin: float) -> str:
+    """A margin as the report and logs print it: ``"0.5"``, or ``"flat"`` for :data:`FLAT_MARGIN`."""
+    return "flat" if float(margin) >= FLAT_MARGIN else f"{float(margin):g}"
+
 
 def standardised_moves(close: pd.Series, *, horizon: int, vol_window: int) -> tuple[pd.Series, pd.Series]:
     """The label rule's volatility scale and each bar's forward move in its units.
@@ -115,6 +125,8 @@ class TradingDecision:
             this probability as well (``trade_min_probability``; 0 adds nothing).
         settlement_hours: hours between funding settlements (the run's ``funding_interval_hours``;
             8 on most Binance USDT-M perpetuals).
+        margin_grid: the margins the walk-forward chooses from (:func:`choose_margin`):
+            :data:`MARGIN_GRID`, and :data:`FLAT_MARGIN` when the run's ``trade_may_stay_flat`` is on.
     """
 
     costs: TradingCosts
@@ -123,12 +135,14 @@ class TradingDecision:
     margin: float = 0.0
     min_probability: float = 0.0
     settlement_hours: float = 8.0
+    margin_grid: tuple[float, ...] = MARGIN_GRID
 
     @classmethod
     def from_config(cls, config: dict[str, Any], margin: float = 0.0) -> TradingDecision:
         """The decision of a run's parameters (a ``RunConfig.to_dict()`` or a version's lineage
         ``config``): ``fee_bps``, ``slippage_bps``, ``label_horizon_bars``, ``timeframe``,
-        ``trade_min_probability``, ``funding_interval_hours``.
+        ``trade_min_probability``, ``funding_interval_hours``, ``trade_may_stay_flat`` (a lineage
+        recorded before that parameter existed chose from :data:`MARGIN_GRID` alone).
 
         Raises:
             KeyError: a parameter is missing.
@@ -137,7 +151,8 @@ class TradingDecision:
                    horizon_bars=max(int(config["label_horizon_bars"]), 1),
                    bar_seconds=TIMEFRAME_SECONDS[config["timeframe"]], margin=margin,
                    min_probability=float(config.get("trade_min_probability", 0.0)),
-                   settlement_hours=float(config.get("funding_interval_hours", 8)))
+                   settlement_hours=float(config.get("funding_interval_hours", 8)),
+                   margin_grid=MARGIN_GRID + ((FLAT_MARGIN,) if config.get("trade_may_stay_flat", False) else ()))
 
     @property
     def round_trip(self) -> float:
@@ -162,23 +177,27 @@ class TradingDecision:
             scale: ``(n,)`` the label rule's volatility scale at each bar.
             funding_rate: ``(n,)`` the last settled funding rate at each bar (fraction per
                 settlement; ``None`` or NaN: none, as for spot).
-            margin: per row or one value, overriding :attr:`margin`.
+            margin: per row or one value, overriding :attr:`margin`; at or above
+                :data:`FLAT_MARGIN`, no position.
         """
         proba = np.asarray(proba, dtype="float64")
         expected = self.expected_move(proba, moves, scale)
         rate = np.zeros(len(proba)) if funding_rate is None else np.nan_to_num(
             np.asarray(funding_rate, dtype="float64"), nan=0.0)
         funding = rate * self.horizon_bars * self.bar_seconds / (self.settlement_hours * 3600)
-        hurdle = self.round_trip * (1.0 + np.asarray(self.margin if margin is None else margin, dtype="float64"))
-        long_ok = (expected - funding > hurdle) & (proba[:, 2] >= self.min_probability)
-        short_ok = (-expected + funding > hurdle) & (proba[:, 0] >= self.min_probability)
+        margin = np.asarray(self.margin if margin is None else margin, dtype="float64")
+        hurdle = self.round_trip * (1.0 + margin)
+        trades = margin < FLAT_MARGIN
+        long_ok = trades & (expected - funding > hurdle) & (proba[:, 2] >= self.min_probability)
+        short_ok = trades & (-expected + funding > hurdle) & (proba[:, 0] >= self.min_probability)
         return np.where(long_ok, 1, np.where(short_ok, -1, 0))
 
 
 def choose_margin(score: Any, grid: tuple[float, ...] = MARGIN_GRID) -> float:
     """The margin of ``grid`` whose positions made the most after-cost return, ``score(margin)``
     giving that return (on rows the margin is then *not* used on); ties go to the larger margin
-    (fewer trades for the same return)."""
+    (fewer trades for the same return), so a grid with :data:`FLAT_MARGIN` stays flat where no
+    margin made money."""
     best = max(grid, key=lambda m: (round(float(score(m)), 12), m))
     return float(best)
 

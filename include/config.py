@@ -349,6 +349,13 @@ class RunConfig(Declared):
         default=0.0, interval=Interval(0, 1, high_open=True, what="a probability"),
         form=FormField(TRADING, "Smallest probability of a position's side (0: the cost rule alone)"),
     )
+    trade_may_stay_flat: bool = declare(
+        "The margin chosen on earlier folds may be 'stay flat': where no margin of the grid (0, 0.5, "
+        "1 and 2 round trips) made money after costs on the folds before, the next fold, and the "
+        "deployed model when none made money on all folds, takes no position "
+        "(include/backtest.py, FLAT_MARGIN); off: the best margin of the grid trades even at a loss.",
+        default=True, form=FormField(TRADING, "Stay flat where no margin made money on earlier folds"),
+    )
     fee_bps: float = declare("Trading fee per side, basis points of notional.", default=4.0,
                           interval=Interval(0, 10_000), form=FormField(TRADING, "Fee per side (bps)"))
     slippage_bps: float = declare("Slippage per side, basis points of notional.", default=1.0,

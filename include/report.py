@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from include.backtest import FLAT_MARGIN, margin_words
 from include.gate import check_outcome
 from include.run_folder import RunFolder
 
@@ -33,11 +34,14 @@ def _decision_words(trading: dict[str, Any]) -> str:
     side = f" The position's side also needs a probability of at least {floor:.3f}." if floor > 0 else ""
     if not decided:
         return f"A position needs the decided class's probability ≥ {floor:.3f}."
-    per_fold = ", ".join(f"{m:g}" for m in (decided.get("margin_per_fold") or {}).values())
+    per_fold = ", ".join(margin_words(m) for m in (decided.get("margin_per_fold") or {}).values())
+    deployed = float(decided.get("deployed_margin") or 0)
+    flat = (" The deployed model stays flat: no margin made money after costs on the out-of-fold rows."
+            if deployed >= FLAT_MARGIN else "")
     return (f"A position is taken where the forecast's expected move over the horizon beats the round trip "
             f"({100 * float(decided.get('round_trip') or 0):.2f} %) and the funding it pays by a margin, in round "
             f"trips, chosen on earlier folds only (per fold: {per_fold}; the deployed model: "
-            f"{float(decided.get('deployed_margin') or 0):g}).{side}")
+            f"{margin_words(deployed)}).{flat}{side}")
 
 
 def _png(fig: Any) -> str:

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from include.backtest import (
-    MARGIN_GRID,
     TradingDecision,
     choose_margin,
     class_moves,
@@ -89,7 +88,7 @@ def walk_forward_margins(oof: pd.DataFrame, decision: TradingDecision,
 
     Returns:
         ``{"per_row": (n,) margins, "per_fold": {fold: margin}, "deployed": margin}``; the first
-        fold has no earlier fold and trades at the smallest margin of the grid.
+        fold has no earlier fold and trades at the smallest margin of ``decision.margin_grid``.
     """
     fold = oof["fold"].to_numpy()
 
@@ -99,10 +98,11 @@ def walk_forward_margins(oof: pd.DataFrame, decision: TradingDecision,
     per_row, per_fold = np.zeros(len(oof)), {}
     for k in sorted(np.unique(fold)):
         earlier = fold < k
-        chosen = choose_margin(lambda m, rows=earlier: score(m, rows)) if earlier.any() else MARGIN_GRID[0]
+        chosen = (choose_margin(lambda m, rows=earlier: score(m, rows), decision.margin_grid) if earlier.any()
+                  else decision.margin_grid[0])
         per_fold[int(k)] = chosen
         per_row[fold == k] = chosen
-    deployed = choose_margin(lambda m: score(m, np.ones(len(oof), dtype=bool)))
+    deployed = choose_margin(lambda m: score(m, np.ones(len(oof), dtype=bool)), decision.margin_grid)
     return {"per_row": per_row, "per_fold": per_fold, "deployed": deployed}
 
 

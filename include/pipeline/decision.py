@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.backtest import simulate
+from include.backtest import margin_words, simulate
 from include.config import RunConfig, Settings
 from include.data.store import open_store
 from include.errors import GateError, PipelineError
@@ -78,6 +78,10 @@ def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_
         logger.info("trading %s (out-of-fold): return %.2f%%, Sharpe %.2f, max drawdown %.2f%%, %d trades, "
                     "%d bars skipped over candle gaps", name, 100 * m["total_return"], m["sharpe"],
                     100 * m["max_drawdown"], m["trades"], m["skipped_bars"])
+    if decided:
+        logger.info("trading decision: margin in round trips per fold %s, the deployed model's %s",
+                    ", ".join(margin_words(m) for m in decided["margin_per_fold"].values()),
+                    margin_words(decided["deployed_margin"]))
     return {**compact, "decision": result["decision"], "path": str(path)}
 
 

@@ -6,7 +6,8 @@ ending 2023-12-24 and 2023-12-31 on an empty store and registry, default paramet
 whose skill tests always pass (:data:`tests.builders.PERMISSIVE_SKILL`), so that the first week
 promotes and the second compares its candidate with that champion. The ensemble is the one the
 reference was recorded with (:data:`RECORDED_ENSEMBLE`: three families at 0.4 / 0.4 / 0.2; the
-default has since gained the logistic family). Each week's decision, every
+default has since gained the logistic family) and the trading decision's margins come from
+the grid it had (``trade_may_stay_flat`` off). Each week's decision, every
 gate check's value, the out-of-fold metrics (ensemble and members) and the production version's
 forecast and member files must be the same, numbers to 1e-9.
 """
@@ -25,7 +26,8 @@ from tests.conftest import ROOT
 REFERENCE = ROOT / "tests" / "fixtures" / "equivalence_two_weeks.json"
 WEEKS = ("2023-12-24", "2023-12-31")
 RECORDED_ENSEMBLE = {"models": ("lightgbm", "xgboost", "random_forest"),
-                     "ensemble_weights": {"lightgbm": 0.4, "xgboost": 0.4, "random_forest": 0.2}}
+                     "ensemble_weights": {"lightgbm": 0.4, "xgboost": 0.4, "random_forest": 0.2},
+                     "trade_may_stay_flat": False}
 
 
 @pytest.mark.integration

@@ -7,7 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.backtest import MARGIN_GRID, TradingCosts, TradingDecision, class_moves, standardised_moves
+from include.backtest import (
+    FLAT_MARGIN,
+    MARGIN_GRID,
+    TradingCosts,
+    TradingDecision,
+    class_moves,
+    margin_words,
+    standardised_moves,
+)
 
 DECISION = TradingDecision(costs=TradingCosts(fee_bps=4.0, slippage_bps=1.0), horizon_bars=4, bar_seconds=3600)
 
@@ -85,3 +93,45 @@ def test_each_fold_s_margin_is_chosen_on_earlier_folds_only():
     assert again["per_fold"] == chosen["per_fold"]
     np.testing.assert_array_equal(again["per_row"], chosen["per_row"])
     assert set(np.unique(chosen["per_row"])) <= set(MARGIN_GRID)
+
+
+def test_a_market_whose_earlier_folds_lost_at_every_margin_stays_flat():
+    """With ``trade_may_stay_flat`` the grid holds :data:`FLAT_MARGIN`: where every margin lost
+    after costs on the folds before, the next fold takes no position (and the deployed model, on
+    all folds); where one made money, that one trades. Off, the best losing margin trades."""
+    from include.trading import walk_forward_margins
+
+    n, folds = 90, 3
+    rng = np.random.default_rng(2)
+    oof = pd.DataFrame(rng.dirichlet([5, 5, 5], n), columns=["p_down", "p_range", "p_up"],
+                       index=pd.date_range("2023-01-01", periods=n, freq="h", tz="UTC"))
+    oof[["prior_down", "prior_range", "prior_up"]] = 1 / 3
+    oof[["move_down", "move_range", "move_up"]] = [-1.2, 0.0, 1.2]
+    oof["move_scale"], oof["funding_rate"], oof["momentum"] = 0.01, 0.0, 1
+    oof["fold"] = np.repeat(np.arange(folds), n // folds)
+    side = DECISION.positions(oof[["p_down", "p_range", "p_up"]].to_numpy(), np.array([-1.2, 0.0, 1.2]),
+                              oof["move_scale"].to_numpy())
+    assert np.abs(side).sum() > 10  # the forecasts do trade at margin 0
+    # Every trade of folds 0 and 1 loses its round trip; fold 2's trades win.
+    returns = np.where(oof["fold"].to_numpy() < 2, -0.0005 * side, 0.01 * side)
+
+    def net_return(positions: np.ndarray, rows: np.ndarray) -> float:
+        return float((positions[rows] * returns[rows]).sum() - 0.001 * np.abs(positions[rows]).sum())
+
+    config = {"fee_bps": 4.0, "slippage_bps": 1.0, "label_horizon_bars": 4, "timeframe": "1h"}
+    may_stay_flat = TradingDecision.from_config({**config, "trade_may_stay_flat": True})
+    assert may_stay_flat.margin_grid == MARGIN_GRID + (FLAT_MARGIN,)
+    assert TradingDecision.from_config(config).margin_grid == MARGIN_GRID  # a lineage before the parameter
+    chosen = walk_forward_margins(oof, may_stay_flat, net_return)
+    assert chosen["per_fold"] == {0: MARGIN_GRID[0], 1: FLAT_MARGIN, 2: FLAT_MARGIN}
+    assert chosen["deployed"] in MARGIN_GRID  # fold 2's winnings outweigh the earlier losses
+    assert may_stay_flat.positions(oof[["p_down", "p_range", "p_up"]].to_numpy(), np.array([-1.2, 0.0, 1.2]),
+                                   oof["move_scale"].to_numpy(), margin=chosen["per_row"])[30:].tolist() == [0] * 60
+    always = walk_forward_margins(oof, TradingDecision.from_config({**config, "trade_may_stay_flat": False}),
+                                  net_return)
+    assert FLAT_MARGIN not in always["per_fold"].values()
+    # With no costs at all, the flat margin still takes no position.
+    free = TradingDecision(costs=TradingCosts(fee_bps=0.0, slippage_bps=0.0), horizon_bars=4, bar_seconds=3600)
+    assert not free.positions(np.array([[0.1, 0.1, 0.8]]), np.array([-1.2, 0.0, 1.2]), np.array([0.01]),
+                              margin=FLAT_MARGIN).any()
+    assert margin_words(FLAT_MARGIN) == "flat" and margin_words(0.5) == "0.5"
