@@ -46,6 +46,7 @@ from scipy import stats
 from include.config import TIMEFRAME_SECONDS
 from include.errors import TrainingError
 from include.identity import bars_per_year
+from include.meta_label import MetaLabel, meta_inputs
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,8 @@ class TradingDecision:
             8 on most Binance USDT-M perpetuals).
         margin_grid: the margins the walk-forward chooses from (:func:`choose_margin`):
             :data:`MARGIN_GRID`, and :data:`FLAT_MARGIN` when the run's ``trade_may_stay_flat`` is on.
+        meta: a meta-label model (:class:`include.meta_label.MetaLabel`) that keeps only the
+            positions it expects to pay after costs; ``None``: every position is taken.
     """
 
     costs: TradingCosts
@@ -136,9 +139,11 @@ class TradingDecision:
     min_probability: float = 0.0
     settlement_hours: float = 8.0
     margin_grid: tuple[float, ...] = MARGIN_GRID
+    meta: MetaLabel | None = None
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], margin: float = 0.0) -> TradingDecision:
+    def from_config(cls, config: dict[str, Any], margin: float = 0.0, meta: MetaLabel | None = None
+                    ) -> TradingDecision:
         """The decision of a run's parameters (a ``RunConfig.to_dict()`` or a version's lineage
         ``config``): ``fee_bps``, ``slippage_bps``, ``label_horizon_bars``, ``timeframe``,
         ``trade_min_probability``, ``funding_interval_hours``, ``trade_may_stay_flat`` (a lineage
@@ -152,7 +157,8 @@ class TradingDecision:
                    bar_seconds=TIMEFRAME_SECONDS[config["timeframe"]], margin=margin,
                    min_probability=float(config.get("trade_min_probability", 0.0)),
                    settlement_hours=float(config.get("funding_interval_hours", 8)),
-                   margin_grid=MARGIN_GRID + ((FLAT_MARGIN,) if config.get("trade_may_stay_flat", False) else ()))
+                   margin_grid=MARGIN_GRID + ((FLAT_MARGIN,) if config.get("trade_may_stay_flat", False) else ()),
+                   meta=meta)
 
     @property
     def round_trip(self) -> float:
@@ -179,18 +185,27 @@ class TradingDecision:
                 settlement; ``None`` or NaN: none, as for spot).
             margin: per row or one value, overriding :attr:`margin`; at or above
                 :data:`FLAT_MARGIN`, no position.
+
+        With :attr:`meta`, a position is kept only where the meta-label model expects it to pay.
         """
         proba = np.asarray(proba, dtype="float64")
-        expected = self.expected_move(proba, moves, scale)
-        rate = np.zeros(len(proba)) if funding_rate is None else np.nan_to_num(
-            np.asarray(funding_rate, dtype="float64"), nan=0.0)
-        funding = rate * self.horizon_bars * self.bar_seconds / (self.settlement_hours * 3600)
+        net = self.expected_move(proba, moves, scale) - self.funding_cost(funding_rate, len(proba))
         margin = np.asarray(self.margin if margin is None else margin, dtype="float64")
         hurdle = self.round_trip * (1.0 + margin)
         trades = margin < FLAT_MARGIN
-        long_ok = trades & (expected - funding > hurdle) & (proba[:, 2] >= self.min_probability)
-        short_ok = trades & (-expected + funding > hurdle) & (proba[:, 0] >= self.min_probability)
-        return np.where(long_ok, 1, np.where(short_ok, -1, 0))
+        long_ok = trades & (net > hurdle) & (proba[:, 2] >= self.min_probability)
+        short_ok = trades & (-net > hurdle) & (proba[:, 0] >= self.min_probability)
+        side = np.where(long_ok, 1, np.where(short_ok, -1, 0))
+        if self.meta is not None:
+            side = np.where(self.meta.acts(meta_inputs(proba, side, net, self.round_trip)), side, 0)
+        return side
+
+    def funding_cost(self, funding_rate: np.ndarray | None, n: int) -> np.ndarray:
+        """``(n,)`` funding a long pays over the horizon at the last settled rate (a fraction;
+        negative where it receives; 0 for ``None`` or NaN)."""
+        rate = (np.zeros(n) if funding_rate is None
+                else np.nan_to_num(np.asarray(funding_rate, dtype="float64"), nan=0.0))
+        return rate * self.horizon_bars * self.bar_seconds / (self.settlement_hours * 3600)
 
 
 def choose_margin(score: Any, grid: tuple[float, ...] = MARGIN_GRID) -> float:

@@ -356,6 +356,13 @@ class RunConfig(Declared):
         "(include/backtest.py, FLAT_MARGIN); off: the best margin of the grid trades even at a loss.",
         default=True, form=FormField(TRADING, "Stay flat where no margin made money on earlier folds"),
     )
+    trade_meta_label: bool = declare(
+        "Meta-labeling (López de Prado 2018, 3.6): a logistic regression fitted on earlier folds' "
+        "positions, on whether each paid after costs over the horizon, keeps only the positions it "
+        "expects to pay; the deployed model's is fitted on every fold and serving applies it "
+        "(include/meta_label.py). Off: every position the margin allows is taken.",
+        default=False, form=FormField(TRADING, "Meta-label the trading decision's positions"),
+    )
     fee_bps: float = declare("Trading fee per side, basis points of notional.", default=4.0,
                           interval=Interval(0, 10_000), form=FormField(TRADING, "Fee per side (bps)"))
     slippage_bps: float = declare("Slippage per side, basis points of notional.", default=1.0,

@@ -38,6 +38,14 @@ def _decision_words(trading: dict[str, Any]) -> str:
     deployed = float(decided.get("deployed_margin") or 0)
     flat = (" The deployed model stays flat: no margin made money after costs on the out-of-fold rows."
             if deployed >= FLAT_MARGIN else "")
+    meta = decided.get("meta_label")
+    if meta:
+        fitted = ", ".join("none, all kept" if rows is None else f"{rows}" for rows in (meta.get("per_fold") or {}).values())
+        deployed_meta = meta.get("deployed")
+        side += (f" Meta-labeling keeps only the positions a model of earlier folds' positions expects to pay "
+                 f"after costs (positions it learned from, per fold: {fitted}); the deployed model's "
+                 + (f"learned from {deployed_meta['rows']} positions, {100 * deployed_meta['paid_share']:.0f} % of "
+                    "which paid." if deployed_meta else "had too few positions to learn from: every position is kept."))
     return (f"A position is taken where the forecast's expected move over the horizon beats the round trip "
             f"({100 * float(decided.get('round_trip') or 0):.2f} %) and the funding it pays by a margin, in round "
             f"trips, chosen on earlier folds only (per fold: {per_fold}; the deployed model: "

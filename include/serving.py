@@ -49,6 +49,7 @@ from include.paths import check_name
 from include.predictions import log_predictions
 from include.registry import ModelRegistry
 from include.storage import read_bytes, write_bytes
+from include.trading import deployed_decision
 from include.training import prior_corrected_predict
 from include.windows import closed_bars_end
 
@@ -152,7 +153,7 @@ class ProductionModel:
         self._refused: dict[str, str] | None = None
         self._no_model: dict[str, Any] | None = None
         self._prior: tuple[str, np.ndarray, dict[str, Any]] | None = None
-        self._margin: tuple[str, float] | None = None
+        self._decision: tuple[str, TradingDecision] | None = None
         self.loads = 0
         #: The feature row ``(1, n_features)`` the last prediction was made from, indexed by its bar.
         self.last_features: pd.DataFrame | None = None
@@ -345,18 +346,16 @@ class ProductionModel:
                   market: Any, bar: timedelta) -> tuple[int, float | None]:
         """The trading decision for ``row``'s forecast: ``(position, expected move)``.
 
-        The version's class moves come from its lineage, the margin from its gate decision (the
-        trading step's ``deployed_margin``; 0 when the gate never decided it), the volatility
+        The version's class moves come from its lineage, the margin and meta-label model from its
+        gate decision (:func:`include.trading.deployed_decision`), the volatility
         scale from the stored candles up to the row's bar (the label rule's window), the funding
         rate from the row's features. A version registered without class moves trades its
         decided class (:func:`include.backtest.positions_from_proba`).
         """
         config = lineage["config"]
-        if self._margin is None or self._margin[0] != version:
-            decided = self.registry.decision_of(self.model_name, version)
-            margin = (((decided or {}).get("trading") or {}).get("decision") or {}).get("deployed_margin")
-            self._margin = (version, float(margin) if margin is not None else 0.0)
-        decision = TradingDecision.from_config(config, self._margin[1])
+        if self._decision is None or self._decision[0] != version:
+            self._decision = (version, deployed_decision(config, self.registry.decision_of(self.model_name, version)))
+        decision = self._decision[1]
         moves = (lineage.get("trading") or {}).get("class_moves")
         if not moves:
             return int(positions_from_proba(proba[None, :], model.class_prior_, decision.min_probability)[0]), None

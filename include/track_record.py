@@ -56,7 +56,7 @@ from include.identity import bars_per_year
 from include.labels import make_labels
 from include.registry import ModelRegistry, atomic_write_json
 from include.significance import sharpe_skill_test
-from include.trading import forecast_positions, trade_out_of_fold
+from include.trading import deployed_decision, forecast_positions, trade_out_of_fold
 from include.training import metrics_with_prior
 
 logger = logging.getLogger(__name__)
@@ -307,18 +307,11 @@ def _forward(registry: Any, data: MarketData, v: Version, start: datetime, end: 
     out[["move_down", "move_range", "move_up"]] = np.asarray(moves if moves else [np.nan] * 3, dtype="float64")
     out["move_scale"] = data.move_scale.reindex(out.index).to_numpy()
     out["funding_rate"] = rows["funding_rate"].to_numpy() if "funding_rate" in rows else np.nan
-    margin = _deployed_margin(registry, v)
-    # The position serving gave: this version's own decision (costs, floor, margin).
-    out["position"] = forecast_positions(out, TradingDecision.from_config(v.lineage["config"], margin), margin)
+    decided = registry.decision_of(v.lineage.get("registered_model") or registry.model_of(v.version), v.version)
+    # The position serving gave: this version's own decision (costs, floor, margin, meta-label model).
+    out["position"] = forecast_positions(out, deployed_decision(v.lineage["config"], decided))
     out["served"] = True
     return out
-
-
-def _deployed_margin(registry: Any, v: Version) -> float:
-    """The margin ``v``'s gate decision chose for the deployed model (0 when none was recorded)."""
-    decided = registry.decision_of(v.lineage.get("registered_model") or registry.model_of(v.version), v.version)
-    margin = (((decided or {}).get("trading") or {}).get("decision") or {}).get("deployed_margin")
-    return float(margin) if margin is not None else 0.0
 
 
 def _unserved(newest: pd.DataFrame) -> pd.DataFrame:

@@ -26,6 +26,7 @@ from include.backtest import (
 )
 from include.config import RunConfig, Settings
 from include.data.store import open_store
+from include.meta_label import MetaLabel, fit_meta_label, meta_inputs
 from include.run_folder import RunFolder
 
 
@@ -33,6 +34,17 @@ def trading_decision(cfg: RunConfig, margin: float = 0.0) -> TradingDecision:
     """The run's :class:`include.backtest.TradingDecision`: its costs, horizon and probability
     floor, with ``margin``."""
     return TradingDecision.from_config(cfg.to_dict(), margin)
+
+
+def deployed_decision(config: dict[str, Any], decided: dict[str, Any] | None) -> TradingDecision:
+    """The decision a registered version trades at: its run parameters (``config``, the lineage's
+    or a ``RunConfig.to_dict()``) with the margin and meta-label model its gate decision
+    ``decided`` chose for the deployed model (:func:`trade_out_of_fold`'s record; margin 0 and
+    no meta-label model where none was recorded)."""
+    record = ((decided or {}).get("trading") or {}).get("decision") or {}
+    margin = record.get("deployed_margin")
+    meta = MetaLabel.from_dict((record.get("meta_label") or {}).get("deployed"))
+    return TradingDecision.from_config(config, float(margin) if margin is not None else 0.0, meta)
 
 
 #: The out-of-fold columns the trading decision reads besides the forecast (written by
@@ -106,19 +118,64 @@ def walk_forward_margins(oof: pd.DataFrame, decision: TradingDecision,
     return {"per_row": per_row, "per_fold": per_fold, "deployed": deployed}
 
 
+def walk_forward_meta(oof: pd.DataFrame, decision: TradingDecision, margins: np.ndarray,
+                      realised: np.ndarray) -> dict[str, Any]:
+    """Meta-labeling inside the walk-forward (:mod:`include.meta_label`): fold ``k``'s positions
+    are kept where a meta-label model fitted on the positions of folds before ``k`` expects them
+    to pay; the deployed model's is fitted on every fold's positions.
+
+    A position is a training row of fold ``k``'s model only when its horizon ends before fold
+    ``k``'s first bar (its outcome was known then: the purge of :mod:`include.training`'s splits).
+
+    Args:
+        oof: out-of-fold rows with ``fold``, the forecast and :data:`DECISION_COLUMNS`.
+        decision: the run's decision (without a meta-label model).
+        margins: ``(n,)`` each row's margin (:func:`walk_forward_margins`).
+        realised: ``(n,)`` log return from each row's close to the close ``h`` bars later (NaN
+            where not known).
+
+    Returns:
+        ``{"positions": (n,), "per_fold": {fold: positions fitted on, or None}, "deployed":
+        MetaLabel or None}``; a fold without a model (too few earlier positions) keeps every
+        position.
+    """
+    fold = oof["fold"].to_numpy()
+    side = forecast_positions(oof, decision, margins)
+    proba = oof[["p_down", "p_range", "p_up"]].to_numpy(dtype="float64")
+    funding = decision.funding_cost(oof["funding_rate"].to_numpy(dtype="float64"), len(oof))
+    net = decision.expected_move(proba, np.nan_to_num(oof[DECISION_COLUMNS[:3]].to_numpy(dtype="float64")),
+                                 oof["move_scale"].to_numpy(dtype="float64")) - funding
+    inputs = meta_inputs(proba, side, net, decision.round_trip)
+    known = (side != 0) & np.isfinite(realised)
+    paid = side * (np.nan_to_num(realised) - funding) - decision.round_trip > 0
+    ends = oof.index + pd.Timedelta(seconds=decision.horizon_bars * decision.bar_seconds)
+    positions, per_fold = side.copy(), {}
+    for k in sorted(np.unique(fold)):
+        rows = fold == k
+        train = known & (fold < k) & (ends < oof.index[rows].min())
+        model = fit_meta_label(inputs[train], paid[train])
+        per_fold[int(k)] = None if model is None else model.rows
+        if model is not None:
+            positions[rows] = np.where(model.acts(inputs[rows]), side[rows], 0)
+    return {"positions": positions, "per_fold": per_fold, "deployed": fit_meta_label(inputs[known], paid[known])}
+
+
 def trade_out_of_fold(oof: pd.DataFrame, cfg: RunConfig, bars: pd.DataFrame, funding: pd.DataFrame | None
                       ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray], dict[str, Any] | None]:
     """Simulate the gate's strategies over a candidate's out-of-fold bars: what the trading step
     and the gate's replay both run.
 
     Strategies: ``ensemble`` (the cost-aware decision, each fold at the margin chosen on the
-    folds before it, :func:`walk_forward_margins`), ``momentum``, ``flat`` and ``buy_and_hold``.
+    folds before it, :func:`walk_forward_margins`, and with ``cfg.trade_meta_label`` only the
+    positions a meta-label model of earlier folds keeps, :func:`walk_forward_meta`),
+    ``momentum``, ``flat`` and ``buy_and_hold``.
 
     Returns:
         ``(simulations, signals, decision)``: per strategy :func:`include.backtest.simulate`'s
         result over every out-of-fold bar (with ``net_returns``) and its ``(n,)`` positions, and
-        the decision's record (``{"rule", "round_trip", "margin_per_fold", "deployed_margin"}``;
-        ``None`` for a record without the decision's inputs).
+        the decision's record (``{"rule", "round_trip", "margin_per_fold", "deployed_margin",
+        "meta_label"}``, ``meta_label`` ``{"per_fold", "deployed"}`` or ``None``, read back by
+        :func:`deployed_decision`; ``None`` for a record without the decision's inputs).
     """
     decision = trading_decision(cfg)
 
@@ -130,12 +187,21 @@ def trade_out_of_fold(oof: pd.DataFrame, cfg: RunConfig, bars: pd.DataFrame, fun
     margins = walk_forward_margins(oof, decision, net_return) if all(c in oof for c in DECISION_COLUMNS) else None
     signals = {**oof_signals(oof, decision, None if margins is None else margins["per_row"]),
                "flat": np.zeros(len(oof), dtype=int), "buy_and_hold": np.ones(len(oof), dtype=int)}
+    meta = None
+    if margins is not None and cfg.trade_meta_label:
+        closes = bars.set_index("timestamp")["close"].astype("float64")
+        ahead = oof.index + pd.Timedelta(seconds=decision.horizon_bars * decision.bar_seconds)
+        realised = np.log(closes.reindex(ahead).to_numpy() / closes.reindex(oof.index).to_numpy())
+        meta = walk_forward_meta(oof, decision, margins["per_row"], realised)
+        signals["ensemble"] = meta["positions"]
     sims = {name: simulate(pd.Series(sig, index=oof.index), bars, funding, decision.costs, cfg.bar_seconds)
             for name, sig in signals.items()}
     record = None if margins is None else {
         "rule": "long or short where the expected move beats the round trip and funding by the margin",
         "round_trip": decision.round_trip, "margin_per_fold": margins["per_fold"],
-        "deployed_margin": margins["deployed"]}
+        "deployed_margin": margins["deployed"],
+        "meta_label": None if meta is None else {
+            "per_fold": meta["per_fold"], "deployed": None if meta["deployed"] is None else meta["deployed"].to_dict()}}
     return sims, signals, record
 
 

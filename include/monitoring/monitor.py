@@ -49,7 +49,7 @@ from include.labels import CLASS_NAMES, make_labels
 from include.predictions import _ms, load_predictions, log_predictions, report_table
 from include.registry import ModelRegistry
 from include.run_folder import RunFolder, json_safe, version_run_dir
-from include.trading import forecast_positions, trading_decision
+from include.trading import deployed_decision, forecast_positions
 from include.training import metrics_with_prior, prior_corrected_predict
 from include.windows import FUNDING_LOOKBACK, closed_bars_end, feature_read_start
 
@@ -351,8 +351,7 @@ def _live_trading(frame: pd.DataFrame, closes: pd.Series, span: _ScoredSpan, cfg
     """The report's ``trading`` section: costs, margin, and the simulated strategy and buy-and-hold records."""
     feats = span.feats
     # The position serving gave each bar: the cost-aware decision at the margin the gate chose.
-    margin = (((decided_by_gate or {}).get("trading") or {}).get("decision") or {}).get("deployed_margin")
-    decision = trading_decision(cfg, float(margin) if margin is not None else 0.0)
+    decision = deployed_decision(cfg.to_dict(), decided_by_gate)
     costs = decision.costs
     scale, _ = standardised_moves(closes, horizon=decision.horizon_bars, vol_window=cfg.label_vol_window_bars)
     moves = (lineage.get("trading") or {}).get("class_moves")

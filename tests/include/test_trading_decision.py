@@ -135,3 +135,64 @@ def test_a_market_whose_earlier_folds_lost_at_every_margin_stays_flat():
     assert not free.positions(np.array([[0.1, 0.1, 0.8]]), np.array([-1.2, 0.0, 1.2]), np.array([0.01]),
                               margin=FLAT_MARGIN).any()
     assert margin_words(FLAT_MARGIN) == "flat" and margin_words(0.5) == "0.5"
+
+
+def _meta_oof(n: int = 1200, folds: int = 4, seed: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    oof = pd.DataFrame(rng.dirichlet([4, 4, 4], n), columns=["p_down", "p_range", "p_up"],
+                       index=pd.date_range("2023-01-01", periods=n, freq="h", tz="UTC"))
+    oof[["prior_down", "prior_range", "prior_up"]] = 1 / 3
+    oof[["move_down", "move_range", "move_up"]] = [-1.2, 0.0, 1.2]
+    oof["move_scale"], oof["funding_rate"], oof["momentum"] = 0.01, 0.0, 1
+    oof["fold"] = np.repeat(np.arange(folds), n // folds)
+    return oof
+
+
+def test_meta_labeling_keeps_the_positions_a_model_of_earlier_folds_expects_to_pay():
+    """Positions whose side has a high probability pay, the others lose: the meta-label model of
+    earlier folds learns that and drops the losing kind; it never reads a fold's own rows or a
+    row whose horizon ends inside the fold (changing those outcomes changes nothing before it)."""
+    from include.meta_label import META_INPUTS, MIN_META_ROWS, MetaLabel, fit_meta_label
+    from include.trading import deployed_decision, forecast_positions, walk_forward_meta
+
+    oof = _meta_oof()
+    proba = oof[["p_down", "p_range", "p_up"]].to_numpy()
+    side = forecast_positions(oof, DECISION, 0.0)
+    p_side = np.where(side > 0, proba[:, 2], proba[:, 0])
+    strong = p_side > np.median(p_side[side != 0])
+    rng = np.random.default_rng(4)
+    # Realised 4-bar log returns: strong positions gain 1 %, weak ones lose 1 %, with noise.
+    realised = side * np.where(strong, 0.01, -0.01) + rng.normal(0, 0.002, len(oof))
+    realised[side == 0] = rng.normal(0, 0.01, (side == 0).sum())
+    out = walk_forward_meta(oof, DECISION, np.zeros(len(oof)), realised)
+    fold = oof["fold"].to_numpy()
+    assert out["per_fold"][0] is None and all(out["per_fold"][k] >= MIN_META_ROWS for k in (1, 2, 3))
+    # Fold 1's model learned from fold 0's positions, purged of the last 4 bars' (their outcome ends in fold 1).
+    assert out["per_fold"][1] == int(((side != 0) & (fold == 0) & (np.arange(len(oof)) < 296)).sum())
+    later = fold >= 1
+    kept, taken = out["positions"][later] != 0, side[later] != 0
+    assert kept.sum() < taken.sum()
+    assert (strong[later] & kept).sum() > 0.9 * (strong[later] & taken).sum()  # the paying kind stays
+    assert (~strong[later] & kept).sum() < 0.1 * (~strong[later] & taken).sum()  # the losing kind goes
+    np.testing.assert_array_equal(out["positions"][fold == 0], side[fold == 0])  # no earlier fold: all kept
+    # Fold 3's own outcomes reversed: folds 0-2 keep the same positions.
+    changed = realised.copy()
+    changed[fold == 3] *= -1
+    again = walk_forward_meta(oof, DECISION, np.zeros(len(oof)), changed)
+    np.testing.assert_array_equal(again["positions"][fold < 3], out["positions"][fold < 3])
+
+    # The deployed model travels in the gate decision's record and serving's decision applies it.
+    deployed = out["deployed"]
+    assert isinstance(deployed, MetaLabel) and deployed.coef[META_INPUTS.index("p_side")] > 0
+    record = {"trading": {"decision": {"deployed_margin": 0.0, "meta_label": {"deployed": deployed.to_dict()}}}}
+    config = {"fee_bps": 4.0, "slippage_bps": 1.0, "label_horizon_bars": 4, "timeframe": "1h"}
+    served = forecast_positions(oof, deployed_decision(config, record))
+    assert (served != 0).sum() < (side != 0).sum() and set(np.flatnonzero(served)) <= set(np.flatnonzero(side))
+    np.testing.assert_array_equal(forecast_positions(oof, deployed_decision(config, None)), side)
+    assert MetaLabel.from_dict(deployed.to_dict()) == deployed
+    with pytest.raises(ValueError, match="inputs"):
+        MetaLabel.from_dict({**deployed.to_dict(), "inputs": ["edge"]})
+    # Too few positions, or a single outcome: no model.
+    inputs = np.zeros((MIN_META_ROWS - 1, 3))
+    assert fit_meta_label(inputs, np.arange(MIN_META_ROWS - 1) % 2 == 0) is None
+    assert fit_meta_label(np.zeros((500, 3)), np.ones(500, dtype=bool)) is None
