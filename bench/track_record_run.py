@@ -7,8 +7,9 @@ that keeps every version, then scores every version forward on the week after it
 candidate" and "never retrain", and replays of other gate policies over the same versions.
 
 Usage: ``PYTHONPATH=. .venv/bin/python bench/track_record_run.py [--symbol BTCUSDT] [--first 2023-01-08]
-[--last 2023-12-31] [--reuse FOLDER]``. Prints one JSON line per week and the totals table, and writes
-``var/track_record_<symbol>.json``.
+[--last 2023-12-31] [--reuse FOLDER] [--set NAME=VALUE ...]``. Prints one JSON line per week and the
+totals table, and writes ``var/track_record_<symbol>.json`` (``var/track_record_<symbol>_<label>.json``
+with ``--label``).
 """
 
 from __future__ import annotations
@@ -47,10 +48,14 @@ def main() -> None:
     parser.add_argument("--first", default="2023-01-08")
     parser.add_argument("--last", default="2023-12-31")
     parser.add_argument("--reuse", type=Path, help="a folder an earlier run of this bench left: score only")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a run parameter every week runs with (models as a comma list); repeatable")
+    parser.add_argument("--label", default="", help="a suffix for the output file")
     args = parser.parse_args()
     tmp = args.reuse or Path(tempfile.mkdtemp(prefix=f"track-record-{args.symbol}-"))
     os.environ.update({"MARKET_DB_URL": f"sqlite:///{tmp / 'market.sqlite'}", "MODEL_REGISTRY_DIR": str(tmp / "models"),
                        "RUN_ARTIFACTS_DIR": str(tmp / "runs"), "GX_ANALYTICS_ENABLED": "false"})
+    from bench.edge_capture import run_overrides
     from include.config import RunConfig, Settings
     from include.gate import GatePolicy
     from include.pipeline import run_once
@@ -58,12 +63,14 @@ def main() -> None:
 
     settings = Settings.from_env()
     day, last = date.fromisoformat(args.first), date.fromisoformat(args.last)
-    model = RunConfig(symbol=args.symbol).model_name
+    overrides = run_overrides(args.set)
+    model = RunConfig(symbol=args.symbol, **overrides).model_name
     started = time.perf_counter()
     while day <= last and args.reuse is None:
         t0 = time.perf_counter()
         try:
-            run = run_once(RunConfig(symbol=args.symbol, as_of_date=str(day)), settings, dag_id="weekly_retrain",
+            run = run_once(RunConfig(symbol=args.symbol, as_of_date=str(day), **overrides), settings,
+                           dag_id="weekly_retrain",
                            run_id=f"track_record__{day}")
             line = {"week_end": str(day), "action": run["action"]["action"], "summary": run["decision"]["summary"]}
         except Exception as exc:  # a failed week registers no version; the record shows the gap
@@ -77,7 +84,8 @@ def main() -> None:
     record["backfill_seconds"] = round(backfill_s, 1)
     print(table(record), flush=True)
     (ROOT / "var").mkdir(exist_ok=True)
-    (ROOT / "var" / f"track_record_{args.symbol}.json").write_text(json.dumps(record, default=str, indent=1))
+    name = f"track_record_{args.symbol}{'_' + args.label if args.label else ''}.json"
+    (ROOT / "var" / name).write_text(json.dumps(record, default=str, indent=1))
 
 
 if __name__ == "__main__":
