@@ -197,7 +197,7 @@ class TradingDecision:
         short_ok = trades & (-net > hurdle) & (proba[:, 0] >= self.min_probability)
         side = np.where(long_ok, 1, np.where(short_ok, -1, 0))
         if self.meta is not None:
-            side = np.where(self.meta.acts(meta_inputs(proba, side, net, self.round_trip)), side, 0)
+            side = np.where(self.meta.acts(meta_inputs(proba, side, net, self.round_trip, scale)), side, 0)
         return side
 
     def funding_cost(self, funding_rate: np.ndarray | None, n: int) -> np.ndarray:

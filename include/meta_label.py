@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 
 #: What the secondary model reads, per bar a position is taken: the expected move net of funding
-#: in round trips on the position's side, the side's class probability, and the range class's.
-META_INPUTS: tuple[str, ...] = ("edge_round_trips", "p_side", "p_range")
+#: in round trips on the position's side, the side's class probability, the range class's, and
+#: the natural log of the label rule's volatility scale (a calm and a turbulent market ask for
+#: different odds at the same expected edge).
+META_INPUTS: tuple[str, ...] = ("edge_round_trips", "p_side", "p_range", "log_scale")
 
 #: Fewest positions (with both outcomes among them) a meta-label model is fitted on; with fewer
 #: the decision acts on every position, as without meta-labeling.
@@ -34,8 +36,9 @@ MIN_META_ROWS = 100
 META_C = 0.1
 
 
-def meta_inputs(proba: np.ndarray, side: np.ndarray, net_expected: np.ndarray, round_trip: float) -> np.ndarray:
-    """The secondary model's inputs (:data:`META_INPUTS`), ``(n, 3)``.
+def meta_inputs(proba: np.ndarray, side: np.ndarray, net_expected: np.ndarray, round_trip: float,
+                scale: np.ndarray) -> np.ndarray:
+    """The secondary model's inputs (:data:`META_INPUTS`), ``(n, 4)``.
 
     Args:
         proba: ``(n, 3)`` class probabilities (down, range, up).
@@ -43,12 +46,15 @@ def meta_inputs(proba: np.ndarray, side: np.ndarray, net_expected: np.ndarray, r
         net_expected: ``(n,)`` expected log return over the horizon less the funding it pays.
         round_trip: cost of a round trip as a fraction (> 0 scales the edge; 0 leaves it in
             log-return units).
+        scale: ``(n,)`` the label rule's volatility scale (a log-return fraction; a row without
+            one, or with 0, gets the log of 1e-12).
     """
     proba = np.asarray(proba, dtype="float64")
     side = np.where(np.asarray(side) < 0, -1, 1)
     edge = side * np.asarray(net_expected, dtype="float64") / (round_trip if round_trip > 0 else 1.0)
     p_side = np.where(side > 0, proba[:, 2], proba[:, 0])
-    return np.column_stack([edge, p_side, proba[:, 1]])
+    scale = np.nan_to_num(np.asarray(scale, dtype="float64"), nan=0.0)
+    return np.column_stack([edge, p_side, proba[:, 1], np.log(np.maximum(scale, 1e-12))])
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,7 @@ def fit_meta_label(inputs: np.ndarray, paid: np.ndarray, random_state: int = 0) 
     """Fit the secondary model on positions already taken and whether each paid.
 
     Args:
-        inputs: ``(n, 3)`` :func:`meta_inputs` of the positions.
+        inputs: ``(n, 4)`` :func:`meta_inputs` of the positions.
         paid: ``(n,)`` booleans: the position paid after costs over the horizon.
         random_state: the solver's seed.
 

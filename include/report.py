@@ -40,7 +40,8 @@ def _decision_words(trading: dict[str, Any]) -> str:
             if deployed >= FLAT_MARGIN else "")
     meta = decided.get("meta_label")
     if meta:
-        fitted = ", ".join("none, all kept" if rows is None else f"{rows}" for rows in (meta.get("per_fold") or {}).values())
+        fitted = ", ".join("none, all kept" if rows is None else f"{rows}"
+                           for rows in (meta.get("per_fold") or {}).values())
         deployed_meta = meta.get("deployed")
         side += (f" Meta-labeling keeps only the positions a model of earlier folds' positions expects to pay "
                  f"after costs (positions it learned from, per fold: {fitted}); the deployed model's "

@@ -143,9 +143,10 @@ def walk_forward_meta(oof: pd.DataFrame, decision: TradingDecision, margins: np.
     side = forecast_positions(oof, decision, margins)
     proba = oof[["p_down", "p_range", "p_up"]].to_numpy(dtype="float64")
     funding = decision.funding_cost(oof["funding_rate"].to_numpy(dtype="float64"), len(oof))
+    scale = oof["move_scale"].to_numpy(dtype="float64")
     net = decision.expected_move(proba, np.nan_to_num(oof[DECISION_COLUMNS[:3]].to_numpy(dtype="float64")),
-                                 oof["move_scale"].to_numpy(dtype="float64")) - funding
-    inputs = meta_inputs(proba, side, net, decision.round_trip)
+                                 scale) - funding
+    inputs = meta_inputs(proba, side, net, decision.round_trip, scale)
     known = (side != 0) & np.isfinite(realised)
     paid = side * (np.nan_to_num(realised) - funding) - decision.round_trip > 0
     ends = oof.index + pd.Timedelta(seconds=decision.horizon_bars * decision.bar_seconds)

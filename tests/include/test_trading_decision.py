@@ -193,6 +193,6 @@ def test_meta_labeling_keeps_the_positions_a_model_of_earlier_folds_expects_to_p
     with pytest.raises(ValueError, match="inputs"):
         MetaLabel.from_dict({**deployed.to_dict(), "inputs": ["edge"]})
     # Too few positions, or a single outcome: no model.
-    inputs = np.zeros((MIN_META_ROWS - 1, 3))
+    inputs = np.zeros((MIN_META_ROWS - 1, len(META_INPUTS)))
     assert fit_meta_label(inputs, np.arange(MIN_META_ROWS - 1) % 2 == 0) is None
-    assert fit_meta_label(np.zeros((500, 3)), np.ones(500, dtype=bool)) is None
+    assert fit_meta_label(np.zeros((500, len(META_INPUTS))), np.ones(500, dtype=bool)) is None
