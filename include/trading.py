@@ -78,15 +78,6 @@ def forecast_positions(frame: pd.DataFrame, decision: TradingDecision,
     return np.where(known, decided, legacy)
 
 
-def oof_signals(oof: pd.DataFrame, decision: TradingDecision,
-                margins: np.ndarray | float | None = None) -> dict[str, np.ndarray]:
-    """Target positions per out-of-fold bar of the gate's traded strategies: ``ensemble``
-    (:func:`forecast_positions` with ``margins``) and ``momentum`` (the rule's class as a
-    position)."""
-    return {"ensemble": forecast_positions(oof, decision, margins),
-            "momentum": oof["momentum"].to_numpy().astype(int) - 1}
-
-
 def walk_forward_margins(oof: pd.DataFrame, decision: TradingDecision,
                          net_return: Callable[[np.ndarray, np.ndarray], float]) -> dict[str, Any]:
     """The decision's margin for each out-of-fold row, chosen on earlier folds only, and the
@@ -161,48 +152,71 @@ def walk_forward_meta(oof: pd.DataFrame, decision: TradingDecision, margins: np.
     return {"positions": positions, "per_fold": per_fold, "deployed": fit_meta_label(inputs[known], paid[known])}
 
 
-def trade_out_of_fold(oof: pd.DataFrame, cfg: RunConfig, bars: pd.DataFrame, funding: pd.DataFrame | None
-                      ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray], dict[str, Any] | None]:
-    """Simulate the gate's strategies over a candidate's out-of-fold bars: what the trading step
-    and the gate's replay both run.
+def decided_positions(oof: pd.DataFrame, cfg: RunConfig, bars: pd.DataFrame, funding: pd.DataFrame | None
+                      ) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """The cost-aware decision's positions over out-of-fold rows, every choice in it made on
+    earlier folds only: each fold at the margin chosen on the folds before it
+    (:func:`walk_forward_margins`) and, with ``cfg.trade_meta_label``, only the positions a
+    meta-label model of earlier folds keeps (:func:`walk_forward_meta`). What the trading step,
+    the gate's replay and tuning's trials trade.
 
-    Strategies: ``ensemble`` (the cost-aware decision, each fold at the margin chosen on the
-    folds before it, :func:`walk_forward_margins`, and with ``cfg.trade_meta_label`` only the
-    positions a meta-label model of earlier folds keeps, :func:`walk_forward_meta`),
-    ``momentum``, ``flat`` and ``buy_and_hold``.
+    Args:
+        oof: out-of-fold rows with ``fold``, the forecast (``p_*``, ``prior_*``) and, for the
+            cost-aware rule, :data:`DECISION_COLUMNS`.
+        bars, funding: the market's candles and funding settlements over the rows
+            (:func:`market_frames`).
 
     Returns:
-        ``(simulations, signals, decision)``: per strategy :func:`include.backtest.simulate`'s
-        result over every out-of-fold bar (with ``net_returns``) and its ``(n,)`` positions, and
-        the decision's record (``{"rule", "round_trip", "margin_per_fold", "deployed_margin",
-        "meta_label"}``, ``meta_label`` ``{"per_fold", "deployed"}`` or ``None``, read back by
-        :func:`deployed_decision`; ``None`` for a record without the decision's inputs).
+        ``((n,) positions, record)``: the record is ``{"rule", "round_trip", "margin_per_fold",
+        "deployed_margin", "meta_label"}`` (``meta_label``: ``{"per_fold", "deployed"}`` or
+        ``None``), read back by :func:`deployed_decision`; ``None``, with the decided-class rule's
+        positions, for rows without the decision's inputs.
     """
     decision = trading_decision(cfg)
+    if not all(c in oof for c in DECISION_COLUMNS):
+        return forecast_positions(oof, decision), None
 
     def net_return(positions: np.ndarray, rows: np.ndarray) -> float:
         traded = simulate(pd.Series(positions[rows], index=oof.index[rows]), bars, funding, decision.costs,
                           cfg.bar_seconds)
         return float(traded["net_returns"].sum())
 
-    margins = walk_forward_margins(oof, decision, net_return) if all(c in oof for c in DECISION_COLUMNS) else None
-    signals = {**oof_signals(oof, decision, None if margins is None else margins["per_row"]),
-               "flat": np.zeros(len(oof), dtype=int), "buy_and_hold": np.ones(len(oof), dtype=int)}
-    meta = None
-    if margins is not None and cfg.trade_meta_label:
+    margins = walk_forward_margins(oof, decision, net_return)
+    positions, meta = forecast_positions(oof, decision, margins["per_row"]), None
+    if cfg.trade_meta_label:
         closes = bars.set_index("timestamp")["close"].astype("float64")
         ahead = oof.index + pd.Timedelta(seconds=decision.horizon_bars * decision.bar_seconds)
         realised = np.log(closes.reindex(ahead).to_numpy() / closes.reindex(oof.index).to_numpy())
         meta = walk_forward_meta(oof, decision, margins["per_row"], realised)
-        signals["ensemble"] = meta["positions"]
-    sims = {name: simulate(pd.Series(sig, index=oof.index), bars, funding, decision.costs, cfg.bar_seconds)
-            for name, sig in signals.items()}
-    record = None if margins is None else {
+        positions = meta["positions"]
+    record = {
         "rule": "long or short where the expected move beats the round trip and funding by the margin",
         "round_trip": decision.round_trip, "margin_per_fold": margins["per_fold"],
         "deployed_margin": margins["deployed"],
         "meta_label": None if meta is None else {
             "per_fold": meta["per_fold"], "deployed": None if meta["deployed"] is None else meta["deployed"].to_dict()}}
+    return positions, record
+
+
+def trade_out_of_fold(oof: pd.DataFrame, cfg: RunConfig, bars: pd.DataFrame, funding: pd.DataFrame | None
+                      ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray], dict[str, Any] | None]:
+    """Simulate the gate's strategies over a candidate's out-of-fold bars: what the trading step
+    and the gate's replay both run.
+
+    Strategies: ``ensemble`` (the cost-aware decision, :func:`decided_positions`),
+    ``momentum``, ``flat`` and ``buy_and_hold``.
+
+    Returns:
+        ``(simulations, signals, decision)``: per strategy :func:`include.backtest.simulate`'s
+        result over every out-of-fold bar (with ``net_returns``) and its ``(n,)`` positions, and
+        the decision's record (:func:`decided_positions`).
+    """
+    positions, record = decided_positions(oof, cfg, bars, funding)
+    signals = {"ensemble": positions, "momentum": oof["momentum"].to_numpy().astype(int) - 1,
+               "flat": np.zeros(len(oof), dtype=int), "buy_and_hold": np.ones(len(oof), dtype=int)}
+    costs = trading_decision(cfg).costs
+    sims = {name: simulate(pd.Series(sig, index=oof.index), bars, funding, costs, cfg.bar_seconds)
+            for name, sig in signals.items()}
     return sims, signals, record
 
 

@@ -39,7 +39,7 @@ from include.errors import ConfigError, TrainingError
 from include.evaluation import interval_splits
 from include.resources import model_threads
 from include.run_folder import training_table
-from include.trading import forecast_positions, market_frames, trading_decision, trading_inputs, walk_forward_margins
+from include.trading import decided_positions, market_frames, trading_decision, trading_inputs
 from include.training import cross_validate, family_params
 from include.tuning.overfitting import probability_of_backtest_overfitting
 from include.tuning.spaces import search_space, suggest
@@ -96,9 +96,9 @@ def open_storage(url: str, *, heartbeat_seconds: int = HEARTBEAT_SECONDS) -> Any
 def _trial_trading(cfg: RunConfig, proba: np.ndarray, prior: np.ndarray, fold: np.ndarray, inputs: pd.DataFrame,
                    bars: pd.DataFrame, funding: pd.DataFrame | None) -> dict[str, float]:
     """After-cost trading record of a trial's out-of-fold forecasts under the weekly run's trading
-    decision (:func:`include.trading.forecast_positions`, each fold at the margin
-    chosen on earlier folds), so that its Sharpe ratio is a trial of the same strategy the gate's
-    deflated Sharpe ratio judges.
+    decision (:func:`include.trading.decided_positions`: each fold at the margin, and with
+    meta-labeling the meta-label model, chosen on earlier folds), so that its Sharpe ratio is a
+    trial of the same strategy the gate's deflated Sharpe ratio judges.
 
     Args:
         proba, prior: ``(n, 3)`` the trial's out-of-fold forecasts and their folds' class priors.
@@ -106,18 +106,10 @@ def _trial_trading(cfg: RunConfig, proba: np.ndarray, prior: np.ndarray, fold: n
         inputs: ``(n, ...)`` the rows' decision inputs (:data:`include.trading.DECISION_COLUMNS`),
             indexed by bar.
     """
-    decision = trading_decision(cfg)
     frame = inputs.assign(p_down=proba[:, 0], p_range=proba[:, 1], p_up=proba[:, 2], prior_down=prior[:, 0],
                           prior_range=prior[:, 1], prior_up=prior[:, 2], fold=fold)
-
-    def net_return(positions: np.ndarray, rows: np.ndarray) -> float:
-        traded = simulate(pd.Series(positions[rows], index=frame.index[rows]), bars, funding, decision.costs,
-                          cfg.bar_seconds)
-        return float(traded["net_returns"].sum())
-
-    margins = walk_forward_margins(frame, decision, net_return)
-    signal = pd.Series(forecast_positions(frame, decision, margins["per_row"]), index=frame.index)
-    metrics = simulate(signal, bars, funding, decision.costs, cfg.bar_seconds)
+    signal = pd.Series(decided_positions(frame, cfg, bars, funding)[0], index=frame.index)
+    metrics = simulate(signal, bars, funding, trading_decision(cfg).costs, cfg.bar_seconds)
     return {k: float(metrics[k]) for k in ("sharpe", "sharpe_per_bar", "total_return", "max_drawdown")}
 
 

@@ -282,16 +282,18 @@ def test_the_served_position_is_the_trading_decision_at_the_margin_the_gate_chos
     """Serving's position is :class:`include.backtest.TradingDecision` on the version's class
     moves, the bar's volatility scale and funding rate, at the deployed margin of the version's
     gate decision (the trading step's record in the ledger)."""
-    from include.backtest import TradingDecision, standardised_moves
+    from include.backtest import FLAT_MARGIN, MARGIN_GRID, TradingDecision, standardised_moves
     from include.data.store import MarketStore
+    from include.trading import deployed_decision
 
     v1, v2 = trained_registry["versions"]
     pred = serving.predict(AS_OF)
     _, model, lineage = serving.current()
     decided = serving.registry.decision_of(BTC, v2)
     margin = decided["trading"]["decision"]["deployed_margin"]
-    assert margin in (0.0, 0.5, 1.0, 2.0) and len(lineage["trading"]["class_moves"]) == 3
-    decision = TradingDecision.from_config(lineage["config"], margin)
+    assert margin in (*MARGIN_GRID, FLAT_MARGIN) and len(lineage["trading"]["class_moves"]) == 3
+    decision = deployed_decision(lineage["config"], decided)
+    assert decision.margin == margin and decision.meta is None  # meta-labeling is off by default
     store = MarketStore(trained_registry["settings"].market_db_url)
     bars = store.load_ohlcv(exchange="binance", symbol="BTCUSDT", market_type="perp", timeframe="1h",
                             start=AS_OF - timedelta(days=30), end=AS_OF)

@@ -196,3 +196,40 @@ def test_meta_labeling_keeps_the_positions_a_model_of_earlier_folds_expects_to_p
     inputs = np.zeros((MIN_META_ROWS - 1, len(META_INPUTS)))
     assert fit_meta_label(inputs, np.arange(MIN_META_ROWS - 1) % 2 == 0) is None
     assert fit_meta_label(np.zeros((500, len(META_INPUTS))), np.ones(500, dtype=bool)) is None
+
+
+@pytest.mark.integration
+def test_a_weekly_run_with_meta_labeling_registers_the_model_serving_applies(tmp_path, data_dir):
+    """A real weekly run (bundled BTCUSDT, short window) with ``trade_meta_label``: the trading
+    step's record holds a meta-label entry per fold, the deployed model's (or none, with too few
+    positions), the report says so, and the deployed decision read back from the ledger is the
+    one the trading step recorded."""
+    import json
+    from pathlib import Path
+
+    from include.config import RunConfig, Settings
+    from include.pipeline import run_once
+    from include.registry import ModelRegistry
+    from include.trading import deployed_decision
+    from tests.builders import PERMISSIVE_GATE
+
+    settings = Settings.in_folder(tmp_path, data_dir)
+    cfg = RunConfig(symbol="BTCUSDT", as_of_date="2023-12-31", train_window_days=120, cv_folds=3,
+                    trade_meta_label=True, **PERMISSIVE_GATE)
+    run = run_once(cfg, settings, dag_id="weekly_retrain", run_id="meta_label")
+    trading = json.loads(Path(run["trading"]["path"]).read_text())
+    meta = trading["decision"]["meta_label"]
+    assert set(meta["per_fold"]) == set(trading["decision"]["margin_per_fold"])
+    assert meta["per_fold"]["0"] is None  # the first fold has no earlier positions
+    registry = ModelRegistry.from_settings(settings)
+    try:
+        decided = registry.decision_of(cfg.model_name, run["assembled"]["version"])
+        decision = deployed_decision(registry.metadata(run["assembled"]["version"])["config"], decided)
+    finally:
+        registry.dispose()
+    assert decision.margin == trading["decision"]["deployed_margin"]
+    assert (decision.meta is None) == (meta["deployed"] is None)
+    if decision.meta is not None:
+        assert decision.meta.to_dict() == meta["deployed"]
+    report = Path(run["trading"]["path"]).with_name("report.html").read_text()
+    assert "Meta-labeling keeps only the positions" in report
