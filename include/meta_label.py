@@ -115,7 +115,8 @@ def fit_meta_label(inputs: np.ndarray, paid: np.ndarray, random_state: int = 0) 
         random_state: the solver's seed.
 
     Returns:
-        The model, or ``None`` with fewer than :data:`MIN_META_ROWS` positions or only one outcome.
+        The model, or ``None`` with fewer than :data:`MIN_META_ROWS` positions, only one outcome,
+        or a non-finite input or coefficient.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -125,6 +126,8 @@ def fit_meta_label(inputs: np.ndarray, paid: np.ndarray, random_state: int = 0) 
     mean, scale = inputs.mean(axis=0), inputs.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
     fitted = LogisticRegression(C=META_C, random_state=random_state).fit((inputs - mean) / scale, paid)
+    if not (np.isfinite(fitted.coef_).all() and np.isfinite(fitted.intercept_).all() and np.isfinite(mean).all()):
+        return None
     return MetaLabel(mean=tuple(map(float, mean)), scale=tuple(map(float, scale)),
                      coef=tuple(map(float, fitted.coef_[0])), intercept=float(fitted.intercept_[0]),
                      rows=int(len(paid)), paid_share=float(paid.mean()))

@@ -81,9 +81,10 @@ class Prediction:
             frequencies (the class-prior forecast), ``version`` is ``"none"`` and ``decision``
             is ``"no position"``.
         position: the trading decision for the next bar, -1 (short), 0 (flat) or +1 (long): the
-            cost-aware rule of :class:`include.backtest.TradingDecision` at the margin the gate's
-            trading step chose for this version, as the trading simulation traded it; 0 without
-            a model.
+            cost-aware rule of :class:`include.backtest.TradingDecision` at the margin (or
+            "flat") and with the meta-label model the gate's trading step chose for this version
+            (:func:`include.trading.deployed_decision`), as the trading simulation traded it; 0
+            without a model.
         expected_move: the forecast's expected log return over the horizon (``None`` for a
             version registered without class moves, which trades by its decided class).
     """

@@ -243,7 +243,8 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
                               "action": "skipped", "champion": production.version if production else None,
                               "summary": "no out-of-fold record registered with this version"})
             continue
-        cfg = RunConfig.from_params(v.lineage["config"])
+        # A lineage recorded before trade_may_stay_flat existed chose its margins without "flat".
+        cfg = RunConfig.from_params({"trade_may_stay_flat": False, **v.lineage["config"]})
         used = policy if policy is not None else policy_from_config(cfg)
         if policy is None and "gate_record_weeks" not in v.lineage["config"]:
             used = replace(used, record_weeks=0)  # its run's configuration has no shadow record

@@ -26,6 +26,7 @@ from include.backtest import (
 )
 from include.config import RunConfig, Settings
 from include.data.store import open_store
+from include.errors import ServingError
 from include.meta_label import MetaLabel, fit_meta_label, meta_inputs
 from include.run_folder import RunFolder
 
@@ -40,10 +41,20 @@ def deployed_decision(config: dict[str, Any], decided: dict[str, Any] | None) ->
     """The decision a registered version trades at: its run parameters (``config``, the lineage's
     or a ``RunConfig.to_dict()``) with the margin and meta-label model its gate decision
     ``decided`` chose for the deployed model (:func:`trade_out_of_fold`'s record; margin 0 and
-    no meta-label model where none was recorded)."""
+    no meta-label model where none was recorded).
+
+    Raises:
+        ServingError: the record's meta-label model was fitted on other inputs than this code's
+            (:data:`include.meta_label.META_INPUTS`); the message names the version.
+    """
     record = ((decided or {}).get("trading") or {}).get("decision") or {}
     margin = record.get("deployed_margin")
-    meta = MetaLabel.from_dict((record.get("meta_label") or {}).get("deployed"))
+    try:
+        meta = MetaLabel.from_dict((record.get("meta_label") or {}).get("deployed"))
+    except ValueError as exc:
+        version = (decided or {}).get("candidate")
+        raise ServingError(f"version {version}'s gate decision holds a meta-label model this code cannot apply "
+                           f"({exc}): retrain, or roll production back to another version") from exc
     return TradingDecision.from_config(config, float(margin) if margin is not None else 0.0, meta)
 
 
@@ -115,8 +126,12 @@ def walk_forward_meta(oof: pd.DataFrame, decision: TradingDecision, margins: np.
     are kept where a meta-label model fitted on the positions of folds before ``k`` expects them
     to pay; the deployed model's is fitted on every fold's positions.
 
-    A position is a training row of fold ``k``'s model only when its horizon ends before fold
-    ``k``'s first bar (its outcome was known then: the purge of :mod:`include.training`'s splits).
+    A position is a training row of fold ``k``'s model only when its label horizon ends before
+    fold ``k``'s first bar, so its outcome was known when the fold began (purged by the horizon;
+    the outcome is the position's own, not a label the fold's forecasts were trained on). The
+    models learn from the positions each fold took at its own margin; the deployed model is then
+    applied at the deployed margin. Rows without class moves (traded by the decided-class rule,
+    as serving trades them without a meta-label model) are neither filtered nor learned from.
 
     Args:
         oof: out-of-fold rows with ``fold``, the forecast and :data:`DECISION_COLUMNS`.
@@ -138,7 +153,8 @@ def walk_forward_meta(oof: pd.DataFrame, decision: TradingDecision, margins: np.
     net = decision.expected_move(proba, np.nan_to_num(oof[DECISION_COLUMNS[:3]].to_numpy(dtype="float64")),
                                  scale) - funding
     inputs = meta_inputs(proba, side, net, decision.round_trip, scale)
-    known = (side != 0) & np.isfinite(realised)
+    has_moves = np.isfinite(oof[DECISION_COLUMNS[:3]].to_numpy(dtype="float64")).all(axis=1)
+    known = (side != 0) & has_moves & np.isfinite(realised)
     paid = side * (np.nan_to_num(realised) - funding) - decision.round_trip > 0
     ends = oof.index + pd.Timedelta(seconds=decision.horizon_bars * decision.bar_seconds)
     positions, per_fold = side.copy(), {}
@@ -148,7 +164,7 @@ def walk_forward_meta(oof: pd.DataFrame, decision: TradingDecision, margins: np.
         model = fit_meta_label(inputs[train], paid[train])
         per_fold[int(k)] = None if model is None else model.rows
         if model is not None:
-            positions[rows] = np.where(model.acts(inputs[rows]), side[rows], 0)
+            positions[rows] = np.where(model.acts(inputs[rows]) | ~has_moves[rows], side[rows], 0)
     return {"positions": positions, "per_fold": per_fold, "deployed": fit_meta_label(inputs[known], paid[known])}
 
 
@@ -163,8 +179,8 @@ def decided_positions(oof: pd.DataFrame, cfg: RunConfig, bars: pd.DataFrame, fun
     Args:
         oof: out-of-fold rows with ``fold``, the forecast (``p_*``, ``prior_*``) and, for the
             cost-aware rule, :data:`DECISION_COLUMNS`.
-        bars, funding: the market's candles and funding settlements over the rows
-            (:func:`market_frames`).
+        bars: the market's candles over the rows (:func:`market_frames`).
+        funding: its funding settlements, or ``None`` (spot).
 
     Returns:
         ``((n,) positions, record)``: the record is ``{"rule", "round_trip", "margin_per_fold",

@@ -23,8 +23,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("include", "include.errors", "include.paths", "include.locks", "include.redaction", "include.storage",
      "include.extensions", "include.identity", "include.feature_names", "include.parameters", "include.config",
      "include.resources"),
-    # Pure computation every stage shares: the feature and label definitions, the gate's policy.
-    ("include.features", "include.labels", "include.gate"),
+    # Pure computation every stage shares: the feature and label definitions, the gate's policy,
+    # the trading decision's meta-label model.
+    ("include.features", "include.labels", "include.gate", "include.meta_label"),
     ("include.windows", "include.run_folder", "include.evaluation"),
     # The library: one module or package per stage.
     ("include.data", "include.quality", "include.feature_store", "include.significance", "include.backtest",

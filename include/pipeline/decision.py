@@ -52,7 +52,9 @@ def simulate_trading(cfg: RunConfig, window: RunWindow, settings: Settings, out_
     Returns:
         ``{"out_of_fold": {strategy: metrics}, "gate_window": {...}, "decision": {...} or None,
         "path"}`` without the equity curves (those are in ``trading.json``); ``decision`` holds
-        the margins per fold and the deployed model's margin, which serving trades at.
+        the margins per fold and the deployed model's margin ("flat" included), and the
+        meta-label models where ``trade_meta_label`` is on, which serving trades with
+        (:func:`include.trading.deployed_decision`).
     """
     oof = pd.read_parquet(RunFolder(out_dir).ensemble_oof)
     bars, funding = market_frames(cfg, settings, oof.index.min().to_pydatetime(), window.ts("interval_end"))

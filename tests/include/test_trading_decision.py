@@ -192,6 +192,13 @@ def test_meta_labeling_keeps_the_positions_a_model_of_earlier_folds_expects_to_p
     assert MetaLabel.from_dict(deployed.to_dict()) == deployed
     with pytest.raises(ValueError, match="inputs"):
         MetaLabel.from_dict({**deployed.to_dict(), "inputs": ["edge"]})
+    # A version whose stored model has other inputs is refused by name, not applied wrongly.
+    from include.errors import ServingError
+
+    stale = {"candidate": "v1", "trading": {"decision": {"deployed_margin": 0.0, "meta_label": {
+        "deployed": {**deployed.to_dict(), "inputs": ["edge_round_trips", "p_side", "p_range"]}}}}}
+    with pytest.raises(ServingError, match="version v1's gate decision holds a meta-label model"):
+        deployed_decision(config, stale)
     # Too few positions, or a single outcome: no model.
     inputs = np.zeros((MIN_META_ROWS - 1, len(META_INPUTS)))
     assert fit_meta_label(inputs, np.arange(MIN_META_ROWS - 1) % 2 == 0) is None
