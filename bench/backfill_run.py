@@ -3,8 +3,8 @@
 Starts the deployment as local processes (:class:`tests.cluster.LocalAirflow`: scheduler,
 the deployment's preloading LocalExecutor, api-server, dag-processor on PostgreSQL), backfills N weekly windows (default
 52, logical dates 2023-01-01 onward, the bundled data) with ``--max-active-runs 1`` (``--max-active-runs``) and the run
-conf given (default: none, i.e. the default parameters: 730-day window, 6 folds, three
-families, every market of the universe), and reports:
+conf given (default: none, i.e. the default parameters: 730-day window, 6 folds, the
+default ensemble, every market of the universe), and reports:
 
 * ``per_run_s``: each run's wall time (run start to end) and ``total_s`` from backfill
   creation to the last run's end;
