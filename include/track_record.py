@@ -94,6 +94,19 @@ class MarketData:
     move_scale: pd.Series
 
 
+def recorded_config(config: dict[str, Any]) -> RunConfig:
+    """The run parameters a version was trained and decided with, from its lineage's ``config``.
+
+    A parameter the lineage does not record takes its default, except where the default has
+    changed what a decision does: a lineage recorded before ``trade_may_stay_flat`` existed
+    chose its margins without "flat", so its replay does too.
+
+    Raises:
+        ConfigError: a recorded value is no longer valid.
+    """
+    return RunConfig.from_params({"trade_may_stay_flat": False, **config})
+
+
 def _versions(registry: Any, model: str) -> list[Version]:
     out = []
     for version in registry.versions(model):
@@ -243,8 +256,7 @@ def replay(registry: Any, data: MarketData, versions: list[Version],
                               "action": "skipped", "champion": production.version if production else None,
                               "summary": "no out-of-fold record registered with this version"})
             continue
-        # A lineage recorded before trade_may_stay_flat existed chose its margins without "flat".
-        cfg = RunConfig.from_params({"trade_may_stay_flat": False, **v.lineage["config"]})
+        cfg = recorded_config(v.lineage["config"])
         used = policy if policy is not None else policy_from_config(cfg)
         if policy is None and "gate_record_weeks" not in v.lineage["config"]:
             used = replace(used, record_weeks=0)  # its run's configuration has no shadow record

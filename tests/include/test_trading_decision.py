@@ -240,3 +240,18 @@ def test_a_weekly_run_with_meta_labeling_registers_the_model_serving_applies(tmp
         assert decision.meta.to_dict() == meta["deployed"]
     report = Path(run["trading"]["path"]).with_name("report.html").read_text()
     assert "Meta-labeling keeps only the positions" in report
+
+
+def test_a_replay_decides_an_older_version_with_the_margin_grid_it_was_recorded_with():
+    """A lineage recorded before ``trade_may_stay_flat`` existed is replayed without "flat"; one
+    that records the parameter keeps its value."""
+    from include.config import RunConfig
+    from include.track_record import recorded_config
+    from include.trading import trading_decision
+
+    recorded = RunConfig(symbol="BTCUSDT").to_dict()
+    older = {k: v for k, v in recorded.items() if k != "trade_may_stay_flat"}
+    assert recorded["trade_may_stay_flat"] is True
+    assert trading_decision(recorded_config(older)).margin_grid == MARGIN_GRID
+    assert trading_decision(recorded_config(recorded)).margin_grid == MARGIN_GRID + (FLAT_MARGIN,)
+    assert not recorded_config({**recorded, "trade_may_stay_flat": False}).trade_may_stay_flat
