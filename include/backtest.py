@@ -77,9 +77,14 @@ MARGIN_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
 FLAT_MARGIN: float = 1e6
 
 
+def stays_flat(margin: float | np.ndarray) -> np.bool_ | np.ndarray:
+    """Whether a margin (one, or per row) is the "stay flat" choice: at or above :data:`FLAT_MARGIN`."""
+    return np.asarray(margin, dtype="float64") >= FLAT_MARGIN
+
+
 def margin_words(margin: float) -> str:
     """A margin as the report and logs print it: ``"0.5"``, or ``"flat"`` for :data:`FLAT_MARGIN`."""
-    return "flat" if float(margin) >= FLAT_MARGIN else f"{float(margin):g}"
+    return "flat" if stays_flat(margin) else f"{float(margin):g}"
 
 
 def standardised_moves(close: pd.Series, *, horizon: int, vol_window: int) -> tuple[pd.Series, pd.Series]:
@@ -189,16 +194,23 @@ class TradingDecision:
         With :attr:`meta`, a position is kept only where the meta-label model expects it to pay.
         """
         proba = np.asarray(proba, dtype="float64")
-        net = self.expected_move(proba, moves, scale) - self.funding_cost(funding_rate, len(proba))
+        net = self.net_expected_move(proba, moves, scale, funding_rate)
         margin = np.asarray(self.margin if margin is None else margin, dtype="float64")
         hurdle = self.round_trip * (1.0 + margin)
-        trades = margin < FLAT_MARGIN
+        trades = ~stays_flat(margin)
         long_ok = trades & (net > hurdle) & (proba[:, 2] >= self.min_probability)
         short_ok = trades & (-net > hurdle) & (proba[:, 0] >= self.min_probability)
         side = np.where(long_ok, 1, np.where(short_ok, -1, 0))
         if self.meta is not None:
             side = np.where(self.meta.acts(meta_inputs(proba, side, net, self.round_trip, scale)), side, 0)
         return side
+
+    def net_expected_move(self, proba: np.ndarray, moves: np.ndarray, scale: np.ndarray,
+                          funding_rate: np.ndarray | None) -> np.ndarray:
+        """``(n,)`` :meth:`expected_move` less the funding a long pays over the horizon
+        (:meth:`funding_cost`): what a long expects to make before the round trip, and a short
+        its negative."""
+        return self.expected_move(proba, moves, scale) - self.funding_cost(funding_rate, len(proba))
 
     def funding_cost(self, funding_rate: np.ndarray | None, n: int) -> np.ndarray:
         """``(n,)`` funding a long pays over the horizon at the last settled rate (a fraction;

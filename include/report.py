@@ -18,13 +18,24 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from include.backtest import FLAT_MARGIN, margin_words
+from include.backtest import margin_words, stays_flat
 from include.gate import check_outcome
 from include.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
 
 CLASS_NAMES = ("down", "range", "up")
+
+
+def _meta_words(meta: dict[str, Any]) -> str:
+    """The meta-label models of a trading decision's record in one sentence."""
+    fitted = ", ".join("none, all kept" if rows is None else f"{rows}"
+                       for rows in (meta.get("per_fold") or {}).values())
+    deployed = meta.get("deployed")
+    return (f" Meta-labeling keeps only the positions a model of earlier folds' positions expects to pay after "
+            f"costs (positions it learned from, per fold: {fitted}); the deployed model's "
+            + (f"learned from {deployed['rows']} positions, {100 * deployed['paid_share']:.0f} % of which paid."
+               if deployed else "had too few positions to learn from: every position is kept."))
 
 
 def _decision_words(trading: dict[str, Any]) -> str:
@@ -37,20 +48,12 @@ def _decision_words(trading: dict[str, Any]) -> str:
     per_fold = ", ".join(margin_words(m) for m in (decided.get("margin_per_fold") or {}).values())
     deployed = float(decided.get("deployed_margin") or 0)
     flat = (" The deployed model stays flat: no margin made money after costs on the out-of-fold rows."
-            if deployed >= FLAT_MARGIN else "")
-    meta = decided.get("meta_label")
-    if meta:
-        fitted = ", ".join("none, all kept" if rows is None else f"{rows}"
-                           for rows in (meta.get("per_fold") or {}).values())
-        deployed_meta = meta.get("deployed")
-        side += (f" Meta-labeling keeps only the positions a model of earlier folds' positions expects to pay "
-                 f"after costs (positions it learned from, per fold: {fitted}); the deployed model's "
-                 + (f"learned from {deployed_meta['rows']} positions, {100 * deployed_meta['paid_share']:.0f} % of "
-                    "which paid." if deployed_meta else "had too few positions to learn from: every position is kept."))
+            if stays_flat(deployed) else "")
+    meta = _meta_words(decided["meta_label"]) if decided.get("meta_label") else ""
     return (f"A position is taken where the forecast's expected move over the horizon beats the round trip "
             f"({100 * float(decided.get('round_trip') or 0):.2f} %) and the funding it pays by a margin, in round "
             f"trips, chosen on earlier folds only (per fold: {per_fold}; the deployed model: "
-            f"{margin_words(deployed)}).{flat}{side}")
+            f"{margin_words(deployed)}).{flat}{meta}{side}")
 
 
 def _png(fig: Any) -> str:

@@ -148,12 +148,13 @@ def walk_forward_meta(oof: pd.DataFrame, decision: TradingDecision, margins: np.
     fold = oof["fold"].to_numpy()
     side = forecast_positions(oof, decision, margins)
     proba = oof[["p_down", "p_range", "p_up"]].to_numpy(dtype="float64")
-    funding = decision.funding_cost(oof["funding_rate"].to_numpy(dtype="float64"), len(oof))
-    scale = oof["move_scale"].to_numpy(dtype="float64")
-    net = decision.expected_move(proba, np.nan_to_num(oof[DECISION_COLUMNS[:3]].to_numpy(dtype="float64")),
-                                 scale) - funding
+    moves, scale = oof[DECISION_COLUMNS[:3]].to_numpy(dtype="float64"), oof["move_scale"].to_numpy(dtype="float64")
+    rate = oof["funding_rate"].to_numpy(dtype="float64")
+    # The inputs TradingDecision.positions computes for the meta-label model at serving.
+    net = decision.net_expected_move(proba, np.nan_to_num(moves), scale, rate)
     inputs = meta_inputs(proba, side, net, decision.round_trip, scale)
-    has_moves = np.isfinite(oof[DECISION_COLUMNS[:3]].to_numpy(dtype="float64")).all(axis=1)
+    funding = decision.funding_cost(rate, len(oof))
+    has_moves = np.isfinite(moves).all(axis=1)
     known = (side != 0) & has_moves & np.isfinite(realised)
     paid = side * (np.nan_to_num(realised) - funding) - decision.round_trip > 0
     ends = oof.index + pd.Timedelta(seconds=decision.horizon_bars * decision.bar_seconds)

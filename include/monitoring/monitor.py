@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from include.backtest import margin_words, simulate, standardised_moves
+from include.backtest import simulate, standardised_moves
 from include.config import MonitorPolicy, RunConfig, Settings
 from include.data.ingest import ingest_window, market_source
 from include.data.store import open_store
@@ -361,8 +361,7 @@ def _live_trading(frame: pd.DataFrame, closes: pd.Series, span: _ScoredSpan, cfg
                           funding_rate=(feats["funding_rate"].reindex(frame.index).to_numpy()
                                         if "funding_rate" in feats else np.nan))
     positions = forecast_positions(inputs, decision)
-    trading = {"costs": asdict(costs), "margin": decision.margin, "margin_words": margin_words(decision.margin),
-               "meta_label": decision.meta is not None}
+    trading = {"costs": asdict(costs), "margin": decision.margin, "meta_label": decision.meta is not None}
     for name, signal in (("strategy", positions), ("buy_and_hold", np.ones(len(frame), dtype=int))):
         try:
             result = simulate(pd.Series(signal, index=frame.index), span.bars, span.funding, costs, cfg.bar_seconds)

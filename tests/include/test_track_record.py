@@ -175,7 +175,7 @@ def test_the_track_record_scores_each_policy_forward_on_the_weeks_it_serves(back
 
 
 def test_a_week_holds_the_class_prior_s_log_loss_and_each_policy_s_net_return(backfill, record):
-    from include.backtest import FLAT_MARGIN
+    from include.backtest import stays_flat
     from include.registry import ModelRegistry
     from include.track_record import _forward, _versions, load_market
 
@@ -186,7 +186,7 @@ def test_a_week_holds_the_class_prior_s_log_loss_and_each_policy_s_net_return(ba
         versions = _versions(registry, BTC)
         margins = {v.version: (((registry.decision_of(BTC, v.version) or {}).get("trading") or {}).get("decision")
                                or {}).get("deployed_margin") for v in versions}
-        flat = {version for version, margin in margins.items() if margin is not None and margin >= FLAT_MARGIN}
+        flat = {version for version, margin in margins.items() if margin is not None and stays_flat(margin)}
         data = load_market(settings, versions, versions[-1].trained_until + timedelta(days=7))
         for k, (week, v) in enumerate(zip(weeks, versions, strict=True)):
             if not week["rows"]:

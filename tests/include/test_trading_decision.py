@@ -20,6 +20,20 @@ from include.backtest import (
 DECISION = TradingDecision(costs=TradingCosts(fee_bps=4.0, slippage_bps=1.0), horizon_bars=4, bar_seconds=3600)
 
 
+def _oof(proba: np.ndarray, folds: int) -> pd.DataFrame:
+    """Hourly out-of-fold rows from 2023-01-01 with forecasts ``proba`` ``(n, 3)``, a uniform
+    prior, class moves of -1.2 / 0 / +1.2, a 1 % volatility scale, no funding, and ``folds``
+    equal folds in time order."""
+    n = len(proba)
+    oof = pd.DataFrame(proba, columns=["p_down", "p_range", "p_up"],
+                       index=pd.date_range("2023-01-01", periods=n, freq="h", tz="UTC"))
+    oof[["prior_down", "prior_range", "prior_up"]] = 1 / 3
+    oof[["move_down", "move_range", "move_up"]] = [-1.2, 0.0, 1.2]
+    oof["move_scale"], oof["funding_rate"], oof["momentum"] = 0.01, 0.0, 1
+    oof["fold"] = np.repeat(np.arange(folds), n // folds)
+    return oof
+
+
 def test_moves_are_forward_returns_in_units_of_the_label_rule_s_volatility_scale():
     rng = np.random.default_rng(0)
     close = pd.Series(100 * np.exp(np.cumsum(rng.normal(0, 0.01, 400))),
@@ -62,14 +76,9 @@ def test_each_fold_s_margin_is_chosen_on_earlier_folds_only():
     about fold k's rows or later ones, and changing their returns does not change it."""
     from include.trading import walk_forward_margins
 
-    n, folds = 60, 3
+    n = 60
     rng = np.random.default_rng(1)
-    oof = pd.DataFrame(rng.dirichlet([5, 5, 5], n), columns=["p_down", "p_range", "p_up"],
-                       index=pd.date_range("2023-01-01", periods=n, freq="h", tz="UTC"))
-    oof[["prior_down", "prior_range", "prior_up"]] = 1 / 3
-    oof[["move_down", "move_range", "move_up"]] = [-1.2, 0.0, 1.2]
-    oof["move_scale"], oof["funding_rate"], oof["momentum"] = 0.01, 0.0, 1
-    oof["fold"] = np.repeat(np.arange(folds), n // folds)
+    oof = _oof(rng.dirichlet([5, 5, 5], n), folds=3)
     fold = oof["fold"].to_numpy()
 
     def run(returns: np.ndarray) -> tuple[dict, list[np.ndarray]]:
@@ -101,14 +110,7 @@ def test_a_market_whose_earlier_folds_lost_at_every_margin_stays_flat():
     all folds); where one made money, that one trades. Off, the best losing margin trades."""
     from include.trading import walk_forward_margins
 
-    n, folds = 90, 3
-    rng = np.random.default_rng(2)
-    oof = pd.DataFrame(rng.dirichlet([5, 5, 5], n), columns=["p_down", "p_range", "p_up"],
-                       index=pd.date_range("2023-01-01", periods=n, freq="h", tz="UTC"))
-    oof[["prior_down", "prior_range", "prior_up"]] = 1 / 3
-    oof[["move_down", "move_range", "move_up"]] = [-1.2, 0.0, 1.2]
-    oof["move_scale"], oof["funding_rate"], oof["momentum"] = 0.01, 0.0, 1
-    oof["fold"] = np.repeat(np.arange(folds), n // folds)
+    oof = _oof(np.random.default_rng(2).dirichlet([5, 5, 5], 90), folds=3)
     side = DECISION.positions(oof[["p_down", "p_range", "p_up"]].to_numpy(), np.array([-1.2, 0.0, 1.2]),
                               oof["move_scale"].to_numpy())
     assert np.abs(side).sum() > 10  # the forecasts do trade at margin 0
@@ -137,17 +139,6 @@ def test_a_market_whose_earlier_folds_lost_at_every_margin_stays_flat():
     assert margin_words(FLAT_MARGIN) == "flat" and margin_words(0.5) == "0.5"
 
 
-def _meta_oof(n: int = 1200, folds: int = 4, seed: int = 3) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    oof = pd.DataFrame(rng.dirichlet([4, 4, 4], n), columns=["p_down", "p_range", "p_up"],
-                       index=pd.date_range("2023-01-01", periods=n, freq="h", tz="UTC"))
-    oof[["prior_down", "prior_range", "prior_up"]] = 1 / 3
-    oof[["move_down", "move_range", "move_up"]] = [-1.2, 0.0, 1.2]
-    oof["move_scale"], oof["funding_rate"], oof["momentum"] = 0.01, 0.0, 1
-    oof["fold"] = np.repeat(np.arange(folds), n // folds)
-    return oof
-
-
 def test_meta_labeling_keeps_the_positions_a_model_of_earlier_folds_expects_to_pay():
     """Positions whose side has a high probability pay, the others lose: the meta-label model of
     earlier folds learns that and drops the losing kind; it never reads a fold's own rows or a
@@ -155,7 +146,7 @@ def test_meta_labeling_keeps_the_positions_a_model_of_earlier_folds_expects_to_p
     from include.meta_label import META_INPUTS, MIN_META_ROWS, MetaLabel, fit_meta_label
     from include.trading import deployed_decision, forecast_positions, walk_forward_meta
 
-    oof = _meta_oof()
+    oof = _oof(np.random.default_rng(3).dirichlet([4, 4, 4], 1200), folds=4)
     proba = oof[["p_down", "p_range", "p_up"]].to_numpy()
     side = forecast_positions(oof, DECISION, 0.0)
     p_side = np.where(side > 0, proba[:, 2], proba[:, 0])
