@@ -280,3 +280,39 @@ def test_the_logistic_family_has_a_native_serving_path_equal_to_predict_proba():
     native = _native_member(model)
     assert native is not None
     np.testing.assert_allclose(native(X.iloc[:300].to_numpy()), model.predict_proba(X.iloc[:300]), atol=1e-12)
+
+
+def test_the_relaxed_lasso_refits_the_selected_features_without_shrinkage():
+    """The logistic family's two stages (Meinshausen 2007): the lasso chooses the features, and
+    the refit on them alone estimates their coefficients as an unpenalised fit on those features
+    does, where the lasso's own are shrunk towards zero. With every coefficient zeroed the refit
+    is the intercept-only fit (the class frequencies); ``refit_C=None`` is the lasso."""
+    from sklearn.linear_model import LogisticRegression
+
+    from include.training.relaxed_lasso import RelaxedLassoLogisticRegression
+
+    rng = np.random.default_rng(11)
+    n = 8000
+    X = rng.normal(size=(n, 8))
+    y = np.digitize(0.4 * X[:, 0] + rng.normal(size=n), [-0.45, 0.45])
+
+    relaxed = RelaxedLassoLogisticRegression(C=0.003, random_state=0).fit(X, y)
+    lasso = RelaxedLassoLogisticRegression(C=0.003, refit_C=None, random_state=0).fit(X, y)
+    alone = LogisticRegression(C=1.0).fit(X[:, relaxed.support_], y)
+    assert 0 in relaxed.support_ and len(relaxed.support_) < 8
+    np.testing.assert_allclose(relaxed.coef_[:, relaxed.support_], alone.coef_, rtol=1e-4, atol=1e-6)
+    assert (relaxed.coef_[:, np.setdiff1d(np.arange(8), relaxed.support_)] == 0).all()
+    assert np.abs(relaxed.coef_[:, 0]).max() > 1.2 * np.abs(lasso.coef_[:, 0]).max()
+    np.testing.assert_allclose(relaxed.predict_proba(X[:5]), alone.predict_proba(X[:5, relaxed.support_]), atol=1e-9)
+
+    noise = np.digitize(rng.normal(size=n), [-0.45, 0.45])
+    empty = RelaxedLassoLogisticRegression(C=1e-5, random_state=0).fit(X, noise)
+    assert len(empty.support_) == 0 and (empty.coef_ == 0).all()
+    proba = empty.predict_proba(X[:3])
+    np.testing.assert_allclose(proba, np.tile(proba[0], (3, 1)))
+    np.testing.assert_allclose(proba[0], np.bincount(noise) / n, atol=0.01)
+
+    binary = RelaxedLassoLogisticRegression(C=0.01, random_state=0).fit(X, (y == 2).astype(int))
+    reference = LogisticRegression(C=1.0).fit(X[:, binary.support_], (y == 2).astype(int))
+    np.testing.assert_allclose(binary.predict_proba(X[:5]), reference.predict_proba(X[:5, binary.support_]),
+                               atol=1e-6)
