@@ -19,9 +19,10 @@ class prior (a validation split is itself noisy, and sometimes prefers a weaker 
 
 The lasso's penalty also shrinks the coefficients it keeps, so an edge it finds is forecast
 weaker than it is. The family is therefore the *relaxed* lasso (Meinshausen 2007, "Relaxed
-Lasso", Computational Statistics & Data Analysis 52(1), 374-393) in its two-stage form
-(:class:`RelaxedLassoLogisticRegression`): the L1 fit at ``C`` chooses the features, and an
-(almost unpenalised) L2 fit on those features alone, at ``refit_C``, estimates their
+Lasso", Computational Statistics & Data Analysis 52(1), 374-393) at the end of its family where
+the second stage is (almost) unpenalised, the post-lasso
+(:class:`~include.training.relaxed_lasso.RelaxedLassoLogisticRegression`): the L1 fit at ``C``
+chooses the features, and a light L2 fit on those features alone, at ``refit_C``, estimates their
 coefficients. ``C`` is chosen by the validation log loss of the two-stage fit. ``refit_C=None``
 keeps the lasso's own coefficients.
 """
@@ -29,6 +30,8 @@ keeps the lasso's own coefficients.
 from __future__ import annotations
 
 from typing import Any
+
+from include.errors import ConfigError
 
 #: ``C`` used when nothing chooses it (a fit outside the weekly training's inner split); ``tol``
 #: and ``max_iter`` let saga converge on about 20,000 standardised rows of ~20 features;
@@ -57,12 +60,21 @@ def _preprocess():
 def build(random_state: int, n_jobs: int, **overrides: Any):
     """An unfitted ``sklearn.pipeline.Pipeline``: median imputation, standardisation, then
     :class:`~include.training.relaxed_lasso.RelaxedLassoLogisticRegression` with the defaults
-    above. ``n_jobs`` is accepted for the family interface; both stages fit in one thread."""
+    above. ``n_jobs`` is accepted for the family interface; both stages fit in one thread.
+
+    Raises:
+        ConfigError: an override that is not a hyperparameter of the model (a tuned set or
+            search space naming one); the message names it.
+    """
     from sklearn.pipeline import Pipeline
 
     from include.training.relaxed_lasso import RelaxedLassoLogisticRegression
 
     params = {**DEFAULT_PARAMS, **overrides}
+    unknown = sorted(set(params) - set(RelaxedLassoLogisticRegression().get_params()))
+    if unknown:
+        raise ConfigError(f"logistic family: unknown hyperparameter(s) {unknown}; it takes "
+                          f"{sorted(RelaxedLassoLogisticRegression().get_params())}")
     return Pipeline([*_preprocess().steps, ("model", RelaxedLassoLogisticRegression(random_state=random_state,
                                                                                     **params))])
 

@@ -1,12 +1,14 @@
 """The relaxed lasso for multinomial logistic regression, as a scikit-learn classifier.
 
-Meinshausen (2007), "Relaxed Lasso", Computational Statistics & Data Analysis 52(1), 374-393,
-in its two-stage form (Hastie, Tibshirani & Tibshirani 2020, "Best subset, forward stepwise or
-lasso?", Statistical Science 35(4), section 2.2): an L1-penalised fit chooses the features, and a
-second fit on those features alone estimates their coefficients without the lasso's shrinkage.
-Both stages are scikit-learn's ``LogisticRegression``: the first with the ``saga`` solver and
-``l1_ratio=1`` (the lasso), the second with ``lbfgs`` and an L2 penalty ``refit_C`` (inverse
-strength) that barely binds on standardised features of thousands of rows.
+Meinshausen (2007), "Relaxed Lasso", Computational Statistics & Data Analysis 52(1), 374-393:
+an L1-penalised fit chooses the features, and a second fit on those features alone estimates
+their coefficients with less (here almost no) shrinkage. This is the end of Meinshausen's family
+where the second stage's penalty goes to zero, the post-lasso estimator (Belloni & Chernozhukov
+2013, "Least squares after model selection in high-dimensional sparse models", Bernoulli 19(2),
+521-547), with a light L2 penalty so that the refit stays finite on separable rows. Both stages
+are scikit-learn's ``LogisticRegression``: the first with the ``saga`` solver and ``l1_ratio=1``
+(the lasso), the second with ``lbfgs`` and an L2 penalty ``refit_C`` (inverse strength) that
+barely binds on standardised features of thousands of rows.
 
 Kept apart from :mod:`include.training.logistic` so that importing the family's module does not
 import scikit-learn; registered models pickle this class by its module path.
@@ -20,7 +22,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 
 class RelaxedLassoLogisticRegression(ClassifierMixin, BaseEstimator):
@@ -59,19 +61,20 @@ class RelaxedLassoLogisticRegression(ClassifierMixin, BaseEstimator):
                                   random_state=self.random_state, **extra)
 
     def fit(self, X, y) -> RelaxedLassoLogisticRegression:
-        """Fit both stages on ``X`` ``(n_rows, n_features)`` (finite, typically standardised)
-        and labels ``y`` ``(n_rows,)``.
+        """Fit both stages on ``X`` ``(n_rows, n_features)`` (dense, finite, typically
+        standardised) and labels ``y`` ``(n_rows,)``.
 
         Raises:
             ValueError: from scikit-learn, for non-finite input or a single class.
+            TypeError: from scikit-learn, for sparse input.
         """
+        X, y = validate_data(self, X, y, reset=True)
         return self._relax(self._lasso().fit(X, y), X, y)
 
     def _relax(self, lasso: LogisticRegression, X, y) -> RelaxedLassoLogisticRegression:
         """Take ``lasso`` (fitted on ``X, y``) as the first stage and fit the second."""
         X = np.asarray(X, dtype="float64")
         self.classes_ = lasso.classes_
-        self.n_features_in_ = X.shape[1]
         self.support_ = np.flatnonzero(np.abs(lasso.coef_).sum(axis=0) > 0)
         if self.refit_C is None:
             self.coef_, self.intercept_ = lasso.coef_.copy(), lasso.intercept_.copy()
@@ -84,11 +87,9 @@ class RelaxedLassoLogisticRegression(ClassifierMixin, BaseEstimator):
             self.intercept_ = (np.array([log_freq[1] - log_freq[0]]) if len(log_freq) == 2
                                else log_freq - log_freq.mean())
             return self
-        with warnings.catch_warnings():
-            # lbfgs on a handful of standardised features converges well inside max_iter; a
-            # stop at the cap still gives a fit no worse than the lasso's start.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            refit = LogisticRegression(C=self.refit_C, solver="lbfgs", max_iter=1000).fit(X[:, self.support_], y)
+        # lbfgs on a handful of standardised features converges well inside max_iter; a stop at
+        # the cap is reported by scikit-learn's ConvergenceWarning.
+        refit = LogisticRegression(C=self.refit_C, solver="lbfgs", max_iter=1000).fit(X[:, self.support_], y)
         self.coef_ = np.zeros((refit.coef_.shape[0], X.shape[1]))
         self.coef_[:, self.support_] = refit.coef_
         self.intercept_ = refit.intercept_.copy()
@@ -97,7 +98,8 @@ class RelaxedLassoLogisticRegression(ClassifierMixin, BaseEstimator):
     def decision_function(self, X) -> np.ndarray:
         """``X @ coef_.T + intercept_``: ``(n_rows, n_classes)``, or ``(n_rows,)`` for two classes."""
         check_is_fitted(self, "coef_")
-        scores = np.asarray(X, dtype="float64") @ self.coef_.T + self.intercept_
+        X = validate_data(self, X, reset=False)
+        scores = X @ self.coef_.T + self.intercept_
         return scores.ravel() if scores.shape[1] == 1 else scores
 
     def predict_proba(self, X) -> np.ndarray:
@@ -112,6 +114,7 @@ class RelaxedLassoLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """The most probable class per row, ``(n_rows,)``."""
+        check_is_fitted(self, "coef_")
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
@@ -123,9 +126,11 @@ def relaxed_path(X_fit, y_fit, grid, *, refit_C: float | None, tol: float, max_i
     coordinate descent", JSS 33(1)). ``saga`` stopped at ``max_iter`` is used as it stands."""
     base = RelaxedLassoLogisticRegression(refit_C=refit_C, tol=tol, max_iter=max_iter, random_state=random_state)
     lasso = base._lasso(warm_start=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for c in grid:
+    for c in grid:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
             lasso.set_params(C=c).fit(X_fit, y_fit)
-            yield c, RelaxedLassoLogisticRegression(C=c, refit_C=refit_C, tol=tol, max_iter=max_iter,
-                                                    random_state=random_state)._relax(lasso, X_fit, y_fit)
+        model = RelaxedLassoLogisticRegression(C=c, refit_C=refit_C, tol=tol, max_iter=max_iter,
+                                               random_state=random_state)
+        model.n_features_in_ = np.shape(X_fit)[1]
+        yield c, model._relax(lasso, X_fit, y_fit)

@@ -316,3 +316,11 @@ def test_the_relaxed_lasso_refits_the_selected_features_without_shrinkage():
     reference = LogisticRegression(C=1.0).fit(X[:, binary.support_], (y == 2).astype(int))
     np.testing.assert_allclose(binary.predict_proba(X[:5]), reference.predict_proba(X[:5, binary.support_]),
                                atol=1e-6)
+
+
+def test_the_logistic_family_names_an_unknown_hyperparameter():
+    from include.errors import ConfigError
+    from include.training.logistic import build
+
+    with pytest.raises(ConfigError, match=r"unknown hyperparameter\(s\) \['l1_ratio'\]"):
+        build(random_state=0, n_jobs=1, l1_ratio=0.5)
