@@ -8,7 +8,7 @@ For each seed, a geometric random walk of hourly BTCUSDT-like candles (hourly vo
 lognormal volume), funding rates (noise around 0.01 % per 8 h) and daily open interest (a
 positive random walk) is written in the file format of ``data/binance`` into a folder of its
 own, and one weekly run with **default parameters** (``include.pipeline.run_once``: 730-day
-window, six folds, three families, fresh store and registry, so no champion) decides the week
+window, six folds, the default families, fresh store and registry, so no champion) decides the week
 ending ``--week-end``. Nothing in such data is predictable, so every skill check that passes
 is a false positive: a check posed as a test at level a should pass in about a share a of the
 seeds, and the gate as a whole should promote rarely. ``values`` holds each check's number (a
