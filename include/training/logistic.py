@@ -71,10 +71,10 @@ def build(random_state: int, n_jobs: int, **overrides: Any):
     from include.training.relaxed_lasso import RelaxedLassoLogisticRegression
 
     params = {**DEFAULT_PARAMS, **overrides}
-    unknown = sorted(set(params) - set(RelaxedLassoLogisticRegression().get_params()))
+    known = sorted(RelaxedLassoLogisticRegression().get_params())
+    unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ConfigError(f"logistic family: unknown hyperparameter(s) {unknown}; it takes "
-                          f"{sorted(RelaxedLassoLogisticRegression().get_params())}")
+        raise ConfigError(f"logistic family: unknown hyperparameter(s) {unknown}; it takes {known}")
     return Pipeline([*_preprocess().steps, ("model", RelaxedLassoLogisticRegression(random_state=random_state,
                                                                                     **params))])
 

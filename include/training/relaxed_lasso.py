@@ -19,6 +19,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from scipy.special import expit, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -75,6 +76,7 @@ class RelaxedLassoLogisticRegression(ClassifierMixin, BaseEstimator):
         """Take ``lasso`` (fitted on ``X, y``) as the first stage and fit the second."""
         X = np.asarray(X, dtype="float64")
         self.classes_ = lasso.classes_
+        self.n_features_in_ = X.shape[1]
         self.support_ = np.flatnonzero(np.abs(lasso.coef_).sum(axis=0) > 0)
         if self.refit_C is None:
             self.coef_, self.intercept_ = lasso.coef_.copy(), lasso.intercept_.copy()
@@ -107,10 +109,9 @@ class RelaxedLassoLogisticRegression(ClassifierMixin, BaseEstimator):
         the decision function (the logistic function for two classes)."""
         scores = self.decision_function(X)
         if scores.ndim == 1:
-            scores = np.c_[-scores, scores] / 2  # softmax of (-s/2, s/2) is (1 - sigmoid(s), sigmoid(s))
-        scores = scores - scores.max(axis=1, keepdims=True)
-        e = np.exp(scores)
-        return e / e.sum(axis=1, keepdims=True)
+            up = expit(scores)
+            return np.c_[1.0 - up, up]
+        return softmax(scores, axis=1)
 
     def predict(self, X) -> np.ndarray:
         """The most probable class per row, ``(n_rows,)``."""
@@ -130,7 +131,5 @@ def relaxed_path(X_fit, y_fit, grid, *, refit_C: float | None, tol: float, max_i
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             lasso.set_params(C=c).fit(X_fit, y_fit)
-        model = RelaxedLassoLogisticRegression(C=c, refit_C=refit_C, tol=tol, max_iter=max_iter,
-                                               random_state=random_state)
-        model.n_features_in_ = np.shape(X_fit)[1]
-        yield c, model._relax(lasso, X_fit, y_fit)
+        yield c, RelaxedLassoLogisticRegression(C=c, refit_C=refit_C, tol=tol, max_iter=max_iter,
+                                                random_state=random_state)._relax(lasso, X_fit, y_fit)
