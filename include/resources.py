@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from include.config import env_int
 
@@ -83,6 +86,50 @@ def model_threads() -> int:
     if override is not None:
         return min(override, cpus)  # never more threads than the cores this process may use
     return max(1, cpus // training_slots(cpus))
+
+
+_native_lock = threading.Lock()
+_native_users = 0
+_native_limiter = None
+
+
+@contextmanager
+def native_thread_limit(threads: int | None = None) -> Iterator[None]:
+    """Hold the native thread pools of this process (OpenBLAS, MKL, OpenMP; threadpoolctl's
+    ``threadpool_limits``) to ``threads`` (default :func:`model_threads`) inside the block.
+
+    The model libraries take their thread count as ``n_jobs``, but NumPy's and SciPy's BLAS start
+    one thread per core whatever a fit asks: a linear model's gradients (scikit-learn's
+    ``LinearModelLoss``) or a standardisation next to a forest in another training slot then
+    runs more threads than the worker has cores. On 2 cores (``bench/market_week.py``, BTCUSDT),
+    the logistic family's step took 10.8 s on an empty store and 1.2 s in a steady week beside
+    the tree families with BLAS on both cores, against 3.5 s and 0.5 s with one.
+
+    The limits are process-wide and apply to every thread, so the families of one market training
+    side by side in threads share one: the first block in sets it, nested blocks only count, and
+    the last one out restores what was there before. OpenBLAS takes a new thread count only from
+    the thread that set the old one, so the thread that starts parallel work enters the block
+    first and leaves it last (:func:`include.pipeline.routine.train_families`).
+
+    Raises:
+        ConfigError: from :func:`model_threads`, an override that is not a positive integer.
+    """
+    global _native_users, _native_limiter
+    from threadpoolctl import threadpool_limits
+
+    limit = threads or model_threads()
+    with _native_lock:
+        if _native_users == 0:
+            _native_limiter = threadpool_limits(limits=limit)
+        _native_users += 1
+    try:
+        yield
+    finally:
+        with _native_lock:
+            _native_users -= 1
+            if _native_users == 0:
+                _native_limiter.restore_original_limits()
+                _native_limiter = None
 
 
 #: Airflow pool of the market-data ingestion tasks: how many markets read from the exchange at once.

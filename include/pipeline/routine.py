@@ -34,7 +34,7 @@ from include.pipeline.data import features, ingest, labels, validate
 from include.pipeline.decision import act, gate, simulate_trading
 from include.pipeline.publication import summarise
 from include.pipeline.training import assemble, train
-from include.resources import training_slots
+from include.resources import native_thread_limit, training_slots
 from include.run_folder import staged_run_dir
 from include.windows import RunWindow, resolve_window
 
@@ -113,13 +113,16 @@ def build_step(run: MarketRun) -> dict[str, Any]:
 
 
 def train_step(run: MarketRun, family: str) -> dict[str, Any] | None:
-    """Step 4, one family: :func:`include.pipeline.training.train`; ``None`` (and a log line)
-    for a family the market's ``models`` leaves out."""
+    """Step 4, one family: :func:`include.pipeline.training.train`, with the process's native
+    thread pools held to the family's share of the cores
+    (:func:`include.resources.native_thread_limit`); ``None`` (and a log line) for a family the
+    market's ``models`` leaves out."""
     if family not in run.cfg.models:
         logger.info("%s: %s is not in its models %s: nothing to train", run.cfg.model_name, family,
                     list(run.cfg.models))
         return None
-    return train(run.cfg, run.window, run.folder, family, run.settings)
+    with native_thread_limit():
+        return train(run.cfg, run.window, run.folder, family, run.settings)
 
 
 def candidate_step(run: MarketRun, trained: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
@@ -174,8 +177,10 @@ def report_step(run: MarketRun, parts: dict[str, Any]) -> dict[str, Any]:
 def train_families(run: MarketRun) -> list[dict[str, Any] | None]:
     """Step 4 for every family of ``cfg.models``, side by side, as many at a time as the DAG's
     training pool runs (:func:`include.resources.training_slots`): each fit uses its share of
-    the cores."""
-    with ThreadPoolExecutor(max_workers=max(1, min(len(run.cfg.models), training_slots()))) as pool:
+    the cores, and the process's native thread pools are held to that share from this thread
+    (:func:`include.resources.native_thread_limit`)."""
+    with (native_thread_limit(),
+          ThreadPoolExecutor(max_workers=max(1, min(len(run.cfg.models), training_slots()))) as pool):
         return list(pool.map(lambda family: train_step(run, family), run.cfg.models))
 
 

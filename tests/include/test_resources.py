@@ -97,3 +97,58 @@ def test_the_deployment_executor_prepares_the_task_sdk_before_forking():
     assert get_listener_manager.cache_info().currsize == 1
     listeners = {getattr(p, "__name__", type(p).__name__) for p in get_listener_manager().pm.get_plugins()}
     assert any("run_notes" in name for name in listeners), listeners
+
+
+def _blas_threads() -> set[int]:
+    from threadpoolctl import threadpool_info
+
+    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+
+def test_native_thread_pools_are_held_to_the_share_until_the_outer_block_leaves(monkeypatch):
+    """BLAS starts a thread per core whatever a fit's n_jobs says: a training block holds it to
+    the family's share, in every thread; blocks of families training side by side inside it only
+    count, and the limit is released when the outer block leaves."""
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    from include.resources import native_thread_limit
+
+    monkeypatch.setenv("TASK_CPUS", "2")
+    seen: list[set[int]] = []
+
+    def family() -> None:
+        with native_thread_limit():
+            seen.append(_blas_threads())
+        seen.append(_blas_threads())  # this block has left, the outer one holds
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert _blas_threads() == {2}
+        with native_thread_limit():
+            assert _blas_threads() == {model_threads()} == {1}
+            workers = [threading.Thread(target=family) for _ in range(2)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(10)
+        assert seen == [{1}] * 4
+        assert _blas_threads() == {2}  # what was there before
+
+
+def test_a_training_step_runs_inside_the_limit(monkeypatch):
+    from threadpoolctl import threadpool_limits
+
+    from include.pipeline import routine
+
+    monkeypatch.setenv("TASK_CPUS", "2")
+    seen: list[set[int]] = []
+    monkeypatch.setattr(routine, "train", lambda *args: seen.append(_blas_threads()) or {"family": args[3]})
+
+    class Run:  # the fields train_step reads
+        cfg = type("Cfg", (), {"models": ("logistic",), "model_name": "m"})()
+        window = folder = settings = None
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert routine.train_step(Run(), "logistic") == {"family": "logistic"}
+        assert seen == [{1}] and _blas_threads() == {2}
