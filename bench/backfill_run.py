@@ -9,7 +9,8 @@ default ensemble, every market of the universe), and reports:
 * ``per_run_s``: each run's wall time (run start to end) and ``total_s`` from backfill
   creation to the last run's end;
 * ``profile``: per task, the mean running time and the mean wait between being queued and
-  starting, over all runs and markets;
+  starting, over all runs and markets, and the median running time over the runs after the
+  first (the steady week);
 * ``idle_s_per_run``: the mean time per run during which no task of the run was running
   (scheduling gaps and task start-up);
 * ``component_cpu_s``: CPU seconds of the scheduler, api-server and dag-processor processes.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from collections import defaultdict
@@ -49,21 +51,26 @@ def idle_seconds(run_start, run_end, intervals: list[tuple[Any, Any]]) -> float:
 
 
 def profile(airflow: LocalAirflow, runs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[float]]:
-    """Per-task mean duration and queue wait, and per-run idle time, of ``runs``."""
+    """Per-task mean duration and queue wait, the median duration over the runs after the first
+    (a steady week: the fit cache warm, only new bars validated), and per-run idle time, of ``runs``."""
     durations: dict[str, list[float]] = defaultdict(list)
+    later: dict[str, list[float]] = defaultdict(list)
     waits: dict[str, list[float]] = defaultdict(list)
     idle = []
-    for run in runs:
+    for i, run in enumerate(runs):
         rows = airflow.query("SELECT task_id, start_date, end_date, queued_dttm FROM task_instance "
                              "WHERE dag_id = 'weekly_retrain' AND run_id = :r AND start_date IS NOT NULL "
                              "AND end_date IS NOT NULL", r=run["run_id"])
         for task_id, start, end, queued in rows:
             name = task_id.split(".")[-1]
             durations[name].append((end - start).total_seconds())
+            if i > 0:
+                later[name].append((end - start).total_seconds())
             if queued is not None:
                 waits[name].append((start - queued).total_seconds())
         idle.append(idle_seconds(run["start_date"], run["end_date"], [(s, e) for _, s, e, _ in rows]))
     table = {name: {"mean_s": round(sum(v) / len(v), 2), "n": len(v),
+                    "median_s_later_runs": round(statistics.median(later[name]), 2) if later[name] else None,
                     "queued_wait_s": round(sum(waits[name]) / len(waits[name]), 2) if waits[name] else None}
              for name, v in durations.items()}
     return dict(sorted(table.items(), key=lambda kv: -kv[1]["mean_s"])), idle
