@@ -107,9 +107,10 @@ def native_thread_limit(threads: int | None = None) -> Iterator[None]:
 
     The limits are process-wide and apply to every thread, so the families of one market training
     side by side in threads share one: the first block in sets it, nested blocks only count, and
-    the last one out restores what was there before. OpenBLAS takes a new thread count only from
-    the thread that set the old one, so the thread that starts parallel work enters the block
-    first and leaves it last (:func:`include.pipeline.routine.train_families`).
+    the last one out restores what was there before. OpenBLAS (0.3.31, as NumPy's and SciPy's
+    wheels bundle it) ignores a raise of its thread count asked from another thread than the one
+    that lowered it, so the thread that starts parallel work enters the block first and leaves it
+    last (:func:`include.pipeline.routine.train_families`).
 
     Raises:
         ConfigError: from :func:`model_threads`, an override that is not a positive integer.
