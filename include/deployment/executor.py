@@ -43,6 +43,9 @@ PRELOAD_MODULES: tuple[str, ...] = (
     "pyarrow.parquet",
     "joblib",
     "scipy.stats",
+    # The gate's block bootstrap and block lengths (include/significance.py, include/evaluation.py):
+    # 0.44 s a quality_gate task otherwise.
+    "arch.bootstrap",
     "matplotlib.pyplot",
     "include.pipeline",
     "include.quality.suites",

@@ -74,7 +74,8 @@ def test_the_deployment_executor_preloads_libraries_and_skips_what_is_missing(mo
     from include.deployment.executor import PRELOAD_MODULES, PreloadingLocalExecutor, preload
 
     assert issubclass(PreloadingLocalExecutor, LocalExecutor)
-    assert {"great_expectations", "lightgbm", "xgboost", "sklearn.ensemble", "include.pipeline"} <= set(PRELOAD_MODULES)
+    assert {"great_expectations", "lightgbm", "xgboost", "sklearn.ensemble", "arch.bootstrap",
+            "include.pipeline"} <= set(PRELOAD_MODULES)
     from include.deployment import executor
 
     warnings: list[str] = []
