@@ -54,14 +54,16 @@ def production_forecast(settings: Settings, model: str, as_of: str) -> dict[str,
     production version."""
     from datetime import UTC, datetime
 
-    from include.serving import NoModel, deployment_registry, production_model
+    from include.serving import NoModel, ProductionModel, deployment_registry
 
     registry = deployment_registry(settings)
     try:
         pointer = registry.production(model)
         if pointer is None:
             return None
-        served = production_model(settings, model)
+        # A model of its own, not the process-wide one: that one looks the alias up again only
+        # every few seconds, and a week that decides faster would see last week's version.
+        served = ProductionModel(registry, settings.market_db_url, model)
         when = datetime.fromisoformat(as_of).replace(tzinfo=UTC)
         try:
             prediction = served.predict(as_of=when)
