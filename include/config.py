@@ -255,10 +255,12 @@ class RunConfig(Declared):
         "XGBoost stop (0 disables early stopping).",
         default=50, interval=Interval(0, 10_000),
     )
-    ensemble_weighting: Literal["fixed", "fitted", "stacking"] = declare(
-        "'fixed': ensemble_weights as given; 'fitted': weights minimising out-of-fold log loss; "
-        "'stacking': a logistic regression on the members' out-of-fold log-probabilities.",
-        default="fixed", form=FormField(ENSEMBLE, "Weighting"),
+    ensemble_weighting: Literal["fixed", "selected", "fitted", "stacking"] = declare(
+        "'fixed': ensemble_weights as given; 'selected': ensemble_weights or the logistic family "
+        "alone, whichever has the lower out-of-fold log loss; 'fitted': weights minimising "
+        "out-of-fold log loss; 'stacking': a logistic regression on the members' out-of-fold "
+        "log-probabilities.",
+        default="selected", form=FormField(ENSEMBLE, "Weighting"),
     )
     calibration: Literal["none", "ensemble", "members_and_ensemble"] = declare(
         "Temperature scaling (Guo et al. 2017) fitted on purged out-of-fold rows, each fold's "
@@ -272,8 +274,8 @@ class RunConfig(Declared):
         "tune_hyperparameters as of the run's first test fold or earlier.", default="default",
         form=FormField(CV, "Hyperparameters"))
     ensemble_weights: dict[str, float] = declare(
-        "Soft-voting weights per family for 'fixed' weighting (renormalised over trained models); "
-        "a family without one weighs 1 / (number of models).",
+        "Soft-voting weights per family for 'fixed' and 'selected' weighting (renormalised over "
+        "trained models); a family without one weighs 1 / (number of models).",
         default_factory=lambda: {"lightgbm": 0.25, "xgboost": 0.25, "random_forest": 0.25, "logistic": 0.25},
     )
     gate_alpha: float = declare(

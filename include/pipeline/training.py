@@ -12,6 +12,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from include.ensemble import (
     fit_stacker,
     fit_weights,
     ranked_features,
+    select_weights,
+    selection_candidates,
     walk_forward_stacking,
     walk_forward_weights,
 )
@@ -245,13 +248,17 @@ def _soft_vote(cfg: RunConfig, families: list[str], probas: dict[str, np.ndarray
     y_oof = ref["label"].to_numpy()
     fold_of = ref["fold"].to_numpy()
     stacker = None
-    if cfg.ensemble_weighting == "fitted":
-        # Walk-forward weights: fold k is scored with weights fitted on earlier folds' rows,
-        # purged at its boundary (fold 0 with the configured weights), so no row is scored by
-        # weights that saw it. The registered model gets weights fitted on every out-of-fold row.
-        ens_oof, _ = walk_forward_weights(probas, y_oof, fold_of, ref.index,
-                                          splits.gap * pd.Timedelta(seconds=cfg.bar_seconds), weights)
-        weights = fit_weights(probas, y_oof)
+    if cfg.ensemble_weighting in ("fitted", "selected"):
+        # Walk-forward weights: fold k is scored with weights fitted (or selected) on earlier
+        # folds' rows, purged at its boundary (fold 0 with the configured weights), so no row is
+        # scored by weights that saw it. The registered model's weights see every out-of-fold row.
+        fit = (fit_weights if cfg.ensemble_weighting == "fitted"
+               else partial(select_weights, candidates=selection_candidates(weights)))
+        ens_oof, used = walk_forward_weights(probas, y_oof, fold_of, ref.index,
+                                             splits.gap * pd.Timedelta(seconds=cfg.bar_seconds), weights, fit)
+        logger.info("%s ensemble weights per fold: %s", cfg.ensemble_weighting,
+                    {k: {f: round(w, 3) for f, w in ws.items()} for k, ws in used.items()})
+        weights = fit(probas, y_oof)
     elif cfg.ensemble_weighting == "stacking":
         # Fold k is scored by a stacker fitted on earlier folds' rows, purged at its boundary (fold
         # 0 with the configured weights); the registered model's stacker sees every out-of-fold row.

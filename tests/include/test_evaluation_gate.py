@@ -74,6 +74,43 @@ def test_ensemble_weights():
         WeightedSoftVotingEnsemble.from_fitted([("a", None)], [-1.0], np.ones(3) / 3)
 
 
+def test_selected_weights_choose_between_the_configured_ensemble_and_the_linear_family_alone():
+    from functools import partial
+
+    from include.ensemble import select_weights, selection_candidates, walk_forward_weights
+
+    configured = {"lightgbm": 0.25, "xgboost": 0.25, "random_forest": 0.25, "logistic": 0.25}
+    candidates = selection_candidates(configured)
+    assert candidates == [configured, {"lightgbm": 0.0, "xgboost": 0.0, "random_forest": 0.0, "logistic": 1.0}]
+    assert selection_candidates({"lightgbm": 0.5, "xgboost": 0.5}) == [{"lightgbm": 0.5, "xgboost": 0.5}]
+    assert selection_candidates({"logistic": 1.0}) == [{"logistic": 1.0}]
+    with pytest.raises(ValueError, match="candidate"):
+        select_weights({"a": np.full((3, 3), 1 / 3)}, np.zeros(3, dtype=int), [])
+
+    rng = np.random.default_rng(5)
+    n = 4 * 168
+    y = rng.integers(0, 3, n)
+    skilled = 0.3 * np.eye(3)[y] + 0.7 / 3
+    noise = {f: rng.dirichlet([4, 4, 4], size=n) for f in ("lightgbm", "xgboost", "random_forest")}
+    # The trees are noise: the linear family alone scores best and is chosen.
+    chosen = select_weights({**noise, "logistic": skilled}, y, candidates)
+    assert chosen == candidates[1]
+    # Trees that carry the edge too: averaging keeps the noise-free part, so the ensemble is chosen.
+    trees = {f: 0.6 * np.eye(3)[y] + 0.4 * p for f, p in noise.items()}
+    assert select_weights({**trees, "logistic": skilled}, y, candidates) == {f: 0.25 for f in configured}
+
+    # Walk-forward: fold 0 is combined with the configured weights, later folds with the choice
+    # on earlier rows only; the combined rows are exactly the chosen candidate's.
+    times = pd.date_range("2023-01-01", periods=n, freq="h")
+    fold_of = np.repeat([0, 1, 2, 3], 168)
+    probas = {**noise, "logistic": skilled}
+    out, used = walk_forward_weights(probas, y, fold_of, times, pd.Timedelta(hours=28), configured,
+                                     partial(select_weights, candidates=candidates))
+    assert used[0] == configured and all(used[k] == candidates[1] for k in (1, 2, 3))
+    assert out[fold_of == 0] == pytest.approx(combine({f: p[fold_of == 0] for f, p in probas.items()}, configured))
+    assert out[fold_of > 0] == pytest.approx(skilled[fold_of > 0])
+
+
 def test_full_metric_set_and_reliability():
     from include.evaluation import reliability
 
