@@ -165,6 +165,24 @@ def _calibration_paragraph(calibration: dict[str, Any] | None) -> str:
             f"{temps(calibration['ensemble'])}.</p>" + (f"<ul>{members}</ul>" if members else ""))
 
 
+def _weighting_paragraph(meta: dict[str, Any]) -> str:
+    """The registered ensemble's weights and, for ``ensemble_weighting='selected'``, why."""
+    weights = meta.get("weights") or {}
+    shown = ", ".join(f"{html.escape(f)} {w:.2f}" for f, w in weights.items())
+    record = meta.get("weighting") or {"mode": (meta.get("config") or {}).get("ensemble_weighting", "fixed")}
+    words = f"<p>Ensemble weights <code>{html.escape(str(record['mode']))}</code>: {shown}."
+    candidates = record.get("candidates") or []
+    if len(candidates) > 1:
+        def name(c: dict[str, float]) -> str:
+            alone = [f for f, w in c.items() if w > 0]
+            return f"{alone[0]} alone" if len(alone) == 1 else "the configured weights"
+
+        losses = "; ".join(f"{html.escape(name(c['weights']))} {c['log_loss']:.4f}" for c in candidates)
+        words += (" The weights with the lower out-of-fold log loss were chosen (" + losses + "), and each "
+                  "fold was combined with the choice on earlier folds' rows only.")
+    return words + "</p>"
+
+
 def top_features(importance: dict[str, float], k: int = 12) -> list[str]:
     """The ``k`` features of largest importance, largest first (ties by name).
 
@@ -362,6 +380,7 @@ def build_report(out_dir: Path, summary: dict[str, Any]) -> Path:
         "skipped.</p>",
         "<h2>Classification (out-of-fold, purged walk-forward)</h2>",
         _table(model_rows, ["model", "macro_f1", "balanced_accuracy", "log_loss", "brier", "n"]),
+        _weighting_paragraph(ens),
         "<h3>Ensemble per fold</h3>", _table(metrics["ensemble_per_fold"], fold_cols),
         "<h3>Gate window (this run's data interval)</h3>", _table([metrics["gate_window"]], fold_cols[1:]),
         _confusion_plot(metrics["ensemble"]["confusion"]), _calibration_plot(metrics["reliability"]),

@@ -35,7 +35,14 @@ from include.ensemble import (
     walk_forward_weights,
 )
 from include.errors import TrainingError
-from include.evaluation import WalkForward, baseline_oof, interval_splits, reliability, summarise_folds
+from include.evaluation import (
+    WalkForward,
+    baseline_oof,
+    interval_splits,
+    multiclass_log_loss,
+    reliability,
+    summarise_folds,
+)
 from include.labels import momentum_forecast
 from include.registry import (
     CHALLENGER,
@@ -233,7 +240,8 @@ def _shared_oof_rows(families: list[str], oofs: dict[str, pd.DataFrame]) -> pd.D
 
 
 def _soft_vote(cfg: RunConfig, families: list[str], probas: dict[str, np.ndarray], ref: pd.DataFrame,
-               splits: WalkForward, weights: dict[str, float]) -> tuple[np.ndarray, dict[str, float], Any]:
+               splits: WalkForward, weights: dict[str, float]
+               ) -> tuple[np.ndarray, dict[str, float], Any, dict[str, Any]]:
     """Combine the members' out-of-fold probabilities as ``cfg.ensemble_weighting`` says.
 
     Args:
@@ -243,11 +251,14 @@ def _soft_vote(cfg: RunConfig, families: list[str], probas: dict[str, np.ndarray
 
     Returns:
         ``(ensemble out-of-fold probabilities (n_oof, 3), the registered model's weights, its
-        stacker or None)``.
+        stacker or None, the weighting's record)``: ``{"mode"}``, with 'fitted' and 'selected'
+        the weights each fold was combined with (``"folds"``), with 'selected' each candidate's
+        weights and out-of-fold log loss over every row (``"candidates"``).
     """
     y_oof = ref["label"].to_numpy()
     fold_of = ref["fold"].to_numpy()
     stacker = None
+    record: dict[str, Any] = {"mode": cfg.ensemble_weighting}
     if cfg.ensemble_weighting in ("fitted", "selected"):
         # Walk-forward weights: fold k is scored with weights fitted (or selected) on earlier
         # folds' rows, purged at its boundary (fold 0 with the configured weights), so no row is
@@ -256,8 +267,11 @@ def _soft_vote(cfg: RunConfig, families: list[str], probas: dict[str, np.ndarray
                else partial(select_weights, candidates=selection_candidates(weights)))
         ens_oof, used = walk_forward_weights(probas, y_oof, fold_of, ref.index,
                                              splits.gap * pd.Timedelta(seconds=cfg.bar_seconds), weights, fit)
-        logger.info("%s ensemble weights per fold: %s", cfg.ensemble_weighting,
-                    {k: {f: round(w, 3) for f, w in ws.items()} for k, ws in used.items()})
+        record["folds"] = {str(k): {f: round(w, 4) for f, w in ws.items()} for k, ws in used.items()}
+        logger.info("%s ensemble weights per fold: %s", cfg.ensemble_weighting, record["folds"])
+        if cfg.ensemble_weighting == "selected":
+            record["candidates"] = [{"weights": c, "log_loss": multiclass_log_loss(y_oof, combine(probas, c))}
+                                    for c in selection_candidates(weights)]
         weights = fit(probas, y_oof)
     elif cfg.ensemble_weighting == "stacking":
         # Fold k is scored by a stacker fitted on earlier folds' rows, purged at its boundary (fold
@@ -268,7 +282,7 @@ def _soft_vote(cfg: RunConfig, families: list[str], probas: dict[str, np.ndarray
         stacker = fit_stacker([probas[f] for f in families], y_oof, cfg.random_state)
     else:
         ens_oof = combine(probas, weights)
-    return ens_oof, weights, stacker
+    return ens_oof, weights, stacker, record
 
 
 def _calibrated(cfg: RunConfig, proba: np.ndarray, ref: pd.DataFrame,
@@ -294,7 +308,8 @@ def _calibrate(cfg: RunConfig, families: list[str], probas: dict[str, np.ndarray
     Returns:
         ``(ensemble out-of-fold probabilities (n_oof, 3), weights, stacker or None, calibration)``;
         ``calibration`` holds the calibrators to register (``"members"``: one per family or
-        ``None``; ``"ensemble"``) and the temperatures (``"record"``) for the version's metadata.
+        ``None``; ``"ensemble"``), the temperatures (``"record"``) and the weighting's record
+        (``"weighting"``, see :func:`_soft_vote`) for the version's metadata.
     """
     members: dict[str, Any] = dict.fromkeys(families)
     record: dict[str, Any] = {"mode": cfg.calibration}
@@ -305,14 +320,14 @@ def _calibrate(cfg: RunConfig, families: list[str], probas: dict[str, np.ndarray
         record["members"] = {}
         for fam in families:
             probas[fam], members[fam], record["members"][fam] = _calibrated(cfg, probas[fam], ref, splits)
-    ens_oof, weights, stacker = _soft_vote(cfg, families, probas, ref, splits, weights)
+    ens_oof, weights, stacker, weighting = _soft_vote(cfg, families, probas, ref, splits, weights)
     ensemble = None
     if cfg.calibration != "none":
         ens_oof, ensemble, record["ensemble"] = _calibrated(cfg, ens_oof, ref, splits)
         logger.info("calibration %s: ensemble temperature per fold %s, registered %s", cfg.calibration,
                     record["ensemble"]["folds"], record["ensemble"]["deployed"])
     return ens_oof, weights, stacker, {"members": [members[f] for f in families], "ensemble": ensemble,
-                                       "record": record}
+                                       "record": record, "weighting": weighting}
 
 
 @dataclass
@@ -541,6 +556,7 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     metadata = _candidate_metadata(cfg, window, out_dir, spec, families, weights, member_meta, X, y, names,
                                    final_rows, record, dag_id=dag_id, run_id=run_id, logical_date=logical_date)
     metadata["calibration"] = calibration["record"]
+    metadata["weighting"] = calibration["weighting"]
     metadata["files"] = {"model.joblib": sha256_file(tmp / "model.joblib")}
     metadata["identity_sha256"] = _version_identity(cfg, X, y, spec, families, metadata)
     atomic_write_json(tmp / "metadata.json", metadata)

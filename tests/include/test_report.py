@@ -95,3 +95,25 @@ def test_the_report_says_which_rows_the_row_checks_ran_on(tmp_path):
     assert "<td>validate</td><td>0.50</td><td>0.40</td><td>yes</td>" in table
     assert "<td>train.lightgbm</td><td>1.25</td><td>1.20</td><td>no (raised)</td>" in table
     assert _step_times_section({}) == ""
+
+
+def test_the_report_gives_the_ensemble_weights_and_why_they_were_selected(trained_registry):
+    from include.registry import ModelRegistry
+
+    settings = trained_registry["settings"]
+    registry = ModelRegistry.from_settings(settings)
+    try:
+        for version in [*trained_registry["versions"], trained_registry["eth_version"]]:
+            meta = registry.metadata(version)
+            record = meta["weighting"]
+            assert record["mode"] == "selected" and sorted(record["folds"]) == ["0", "1", "2"]
+            # The registered weights are the candidate with the lower out-of-fold log loss.
+            best = min(record["candidates"], key=lambda c: c["log_loss"])
+            assert meta["weights"] == best["weights"]
+            assert record["candidates"][1]["weights"] == {"lightgbm": 0.0, "xgboost": 0.0, "random_forest": 0.0,
+                                                          "logistic": 1.0}
+    finally:
+        registry.dispose()
+    for path in (settings.runs_dir / "weekly_retrain").glob("*/*/report.html"):
+        html = path.read_text()
+        assert "Ensemble weights <code>selected</code>" in html and "logistic alone" in html
