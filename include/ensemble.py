@@ -8,10 +8,10 @@ sparse logistic family a weak linear edge with far fewer rows), selected (by def
 weights or the logistic family alone, whichever has the lower out-of-fold log loss, a choice
 between two recipes rather than weights fitted on the few out-of-fold rows a week has;
 ``docs/concepts/edge-capture.md`` has the measurements) or fitted to minimise the log loss of the
-out-of-fold probabilities, never of in-sample ones. Each member's and the combination's probabilities may be calibrated
-(:mod:`include.calibration`). Stacking (Wolpert 1992,
-"Stacked generalization", Neural Networks 5(2)) replaces the weighted mean by a multinomial
-logistic regression on the members' out-of-fold log-probabilities (:class:`StackingEnsemble`).
+out-of-fold probabilities, never of in-sample ones. Each member's and the combination's
+probabilities may be calibrated (:mod:`include.calibration`). Stacking (Wolpert 1992, "Stacked
+generalization", Neural Networks 5(2)) replaces the weighted mean by a multinomial logistic
+regression on the members' out-of-fold log-probabilities (:class:`StackingEnsemble`).
 """
 
 from __future__ import annotations
@@ -175,8 +175,8 @@ def select_weights(probas: dict[str, np.ndarray], y: np.ndarray,
     losses = [multiclass_log_loss(y, combine(probas, w)) for w in candidates]
     chosen = candidates[int(np.argmin(losses))]
     total = sum(chosen.values())
-    logger.info("selected ensemble weights %s (out-of-fold log loss %.4f; candidates' %s)",
-                {n: round(w / total, 4) for n, w in chosen.items()}, min(losses), [round(x, 4) for x in losses])
+    logger.debug("selected ensemble weights %s (out-of-fold log loss %.4f; candidates' %s)",
+                 {n: round(w / total, 4) for n, w in chosen.items()}, min(losses), [round(x, 4) for x in losses])
     return {n: float(w / total) for n, w in chosen.items()}
 
 

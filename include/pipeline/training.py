@@ -263,16 +263,17 @@ def _soft_vote(cfg: RunConfig, families: list[str], probas: dict[str, np.ndarray
         # Walk-forward weights: fold k is scored with weights fitted (or selected) on earlier
         # folds' rows, purged at its boundary (fold 0 with the configured weights), so no row is
         # scored by weights that saw it. The registered model's weights see every out-of-fold row.
-        fit = (fit_weights if cfg.ensemble_weighting == "fitted"
-               else partial(select_weights, candidates=selection_candidates(weights)))
+        candidates = selection_candidates(weights)
+        fit = fit_weights if cfg.ensemble_weighting == "fitted" else partial(select_weights, candidates=candidates)
         ens_oof, used = walk_forward_weights(probas, y_oof, fold_of, ref.index,
                                              splits.gap * pd.Timedelta(seconds=cfg.bar_seconds), weights, fit)
         record["folds"] = {str(k): {f: round(w, 4) for f, w in ws.items()} for k, ws in used.items()}
-        logger.info("%s ensemble weights per fold: %s", cfg.ensemble_weighting, record["folds"])
+        weights = fit(probas, y_oof)
         if cfg.ensemble_weighting == "selected":
             record["candidates"] = [{"weights": c, "log_loss": multiclass_log_loss(y_oof, combine(probas, c))}
-                                    for c in selection_candidates(weights)]
-        weights = fit(probas, y_oof)
+                                    for c in candidates]
+        logger.info("%s ensemble weights %s; per fold %s; candidates %s", cfg.ensemble_weighting, weights,
+                    record["folds"], record.get("candidates"))
     elif cfg.ensemble_weighting == "stacking":
         # Fold k is scored by a stacker fitted on earlier folds' rows, purged at its boundary (fold
         # 0 with the configured weights); the registered model's stacker sees every out-of-fold row.
