@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"walk-forward folds, one week each (default {BENCH_CONFIG['cv_folds']})")
     parser.add_argument("--models", nargs="+", default=list(BENCH_CONFIG["models"]),
                         help=f"model families (default {' '.join(BENCH_CONFIG['models'])})")
-    parser.add_argument("--weighting", choices=["fixed", "fitted", "stacking"], default=None,
+    parser.add_argument("--weighting", choices=["fixed", "selected", "fitted", "stacking"], default=None,
                         help="ensemble weighting (default: the run parameter's default)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
     parser.add_argument("--workdir", default=None, help="where the markets' temporary folders go")

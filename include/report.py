@@ -170,16 +170,22 @@ def _weighting_paragraph(meta: dict[str, Any]) -> str:
     weights = meta.get("weights") or {}
     shown = ", ".join(f"{html.escape(f)} {w:.2f}" for f, w in weights.items())
     record = meta.get("weighting") or {"mode": (meta.get("config") or {}).get("ensemble_weighting", "fixed")}
-    words = f"<p>Ensemble weights <code>{html.escape(str(record['mode']))}</code>: {shown}."
+    mode = html.escape(str(record["mode"]))
+    if mode == "stacking":
+        return (f"<p>Ensemble <code>{mode}</code>: a multinomial logistic regression on the members' "
+                f"out-of-fold log-probabilities combines {', '.join(html.escape(f) for f in weights)}.</p>")
+    words = f"<p>Ensemble weights <code>{mode}</code>: {shown}."
     candidates = record.get("candidates") or []
     if len(candidates) > 1:
-        def name(c: dict[str, float]) -> str:
+        def name(i: int, c: dict[str, float]) -> str:
             alone = [f for f, w in c.items() if w > 0]
-            return f"{alone[0]} alone" if len(alone) == 1 else "the configured weights"
+            return "the configured weights" if i == 0 else f"{alone[0]} alone"
 
-        losses = "; ".join(f"{html.escape(name(c['weights']))} {c['log_loss']:.4f}" for c in candidates)
-        words += (" The weights with the lower out-of-fold log loss were chosen (" + losses + "), and each "
-                  "fold was combined with the choice on earlier folds' rows only.")
+        losses = "; ".join(f"{html.escape(name(i, c['weights']))} {c['log_loss']:.4f}"
+                           for i, c in enumerate(candidates))
+        words += (" The weights with the lower out-of-fold log loss were chosen (" + losses + "). Fold 0 "
+                  "was combined with the configured weights, each later fold with the choice on earlier "
+                  "folds' rows only.")
     return words + "</p>"
 
 

@@ -108,8 +108,8 @@ def earlier_record(registry: ModelRegistry, model: str, lineage: dict[str, Any],
     earliest row taken so far (its oldest fold, the week before the next version's record
     begins), so the record is a contiguous walk-forward history with no bar twice. With the
     rolling scheme and the fit cache a fold's fit is the one the same rows gave every version
-    (with ``fitted`` or ``stacking`` weighting an oldest fold is combined with the configured
-    weights). Every row was forecast out of sample, by a model of the same recipe
+    (with ``selected``, ``fitted`` or ``stacking`` weighting an oldest fold is combined with the
+    configured weights). Every row was forecast out of sample, by a model of the same recipe
     (:func:`recipe`); under "no skill" each row's expected log loss is no lower than the
     prior's, so the test on the longer record keeps its level, and where there is an edge its
     power grows week by week, up to ``weeks`` weeks of extra rows.

@@ -470,9 +470,9 @@ def _candidate_metadata(cfg: RunConfig, window: RunWindow, out_dir: Path, spec: 
         # The tuned sets the members used (None: the family's defaults); the gate counts their trials.
         "hyperparameter_sets": {f: member_meta[f].get("hyperparameter_set") for f in families},
         # Monitoring's references: the training distribution of every feature, and the features
-        # ranked by permutation importance (mean over the families).
+        # ranked by permutation importance (mean over the families the ensemble weighs).
         "drift_reference": reference_bins(X.iloc[final_rows]),
-        "top_features": ranked_features(member_meta, families, names),
+        "top_features": ranked_features(member_meta, [f for f in families if weights[f] > 0], names),
         "libraries": library_versions(), "code_version": code_version(),
         "dag_id": dag_id, "run_id": run_id, "logical_date": logical_date,
         "validation": _validation_summary(out_dir),
