@@ -301,16 +301,16 @@ def _calibrated(cfg: RunConfig, proba: np.ndarray, ref: pd.DataFrame,
 
 def _calibrate(cfg: RunConfig, families: list[str], probas: dict[str, np.ndarray], ref: pd.DataFrame,
                splits: WalkForward, weights: dict[str, float]
-               ) -> tuple[np.ndarray, dict[str, float], Any, dict[str, Any]]:
+               ) -> tuple[np.ndarray, dict[str, float], Any, dict[str, Any], dict[str, Any]]:
     """:func:`_soft_vote` with ``cfg.calibration``: each member's out-of-fold probabilities
     calibrated before they are combined ('members_and_ensemble'), the combination after
     ('ensemble' and 'members_and_ensemble').
 
     Returns:
-        ``(ensemble out-of-fold probabilities (n_oof, 3), weights, stacker or None, calibration)``;
-        ``calibration`` holds the calibrators to register (``"members"``: one per family or
-        ``None``; ``"ensemble"``), the temperatures (``"record"``) and the weighting's record
-        (``"weighting"``, see :func:`_soft_vote`) for the version's metadata.
+        ``(ensemble out-of-fold probabilities (n_oof, 3), weights, stacker or None, the weighting's
+        record (see :func:`_soft_vote`), calibration)``; ``calibration`` holds the calibrators to
+        register (``"members"``: one per family or ``None``; ``"ensemble"``) and the temperatures
+        (``"record"``) for the version's metadata.
     """
     members: dict[str, Any] = dict.fromkeys(families)
     record: dict[str, Any] = {"mode": cfg.calibration}
@@ -327,8 +327,8 @@ def _calibrate(cfg: RunConfig, families: list[str], probas: dict[str, np.ndarray
         ens_oof, ensemble, record["ensemble"] = _calibrated(cfg, ens_oof, ref, splits)
         logger.info("calibration %s: ensemble temperature per fold %s, registered %s", cfg.calibration,
                     record["ensemble"]["folds"], record["ensemble"]["deployed"])
-    return ens_oof, weights, stacker, {"members": [members[f] for f in families], "ensemble": ensemble,
-                                       "record": record, "weighting": weighting}
+    return ens_oof, weights, stacker, weighting, {"members": [members[f] for f in families],
+                                                  "ensemble": ensemble, "record": record}
 
 
 @dataclass
@@ -543,7 +543,7 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     weights = {f: w / sum(raw.values()) for f, w in raw.items()}
     X, y, test_size, names = training_table(out_dir, window)
     splits = interval_splits(cfg, X.index, window, test_size)
-    ens_oof, weights, stacker, calibration = _calibrate(cfg, families, probas, ref, splits, weights)
+    ens_oof, weights, stacker, weighting, calibration = _calibrate(cfg, families, probas, ref, splits, weights)
     final_rows = splits.final_rows(len(X))
     record = _out_of_fold_record(cfg, out_dir, ref, ens_oof, X, y, splits, final_rows)
     model = _ensemble_model(cfg, families, members, weights, stacker, class_prior(y[final_rows]), names,
@@ -557,7 +557,7 @@ def assemble(cfg: RunConfig, window: RunWindow, settings: Settings, out_dir: Pat
     metadata = _candidate_metadata(cfg, window, out_dir, spec, families, weights, member_meta, X, y, names,
                                    final_rows, record, dag_id=dag_id, run_id=run_id, logical_date=logical_date)
     metadata["calibration"] = calibration["record"]
-    metadata["weighting"] = calibration["weighting"]
+    metadata["weighting"] = weighting
     metadata["files"] = {"model.joblib": sha256_file(tmp / "model.joblib")}
     metadata["identity_sha256"] = _version_identity(cfg, X, y, spec, families, metadata)
     atomic_write_json(tmp / "metadata.json", metadata)
