@@ -13,10 +13,18 @@ Rules (one position at a time, re-decided every bar):
   pays at the last settled rate. Long when the expected move exceeds that cost by more than the
   decision's ``margin``, short when its negative does, flat otherwise. The margin is chosen on
   earlier walk-forward folds only (:func:`choose_margin`), never on the rows it trades.
+* Size (``trade_vol_target``, off by default): one unit of notional per position, or volatility
+  targeting without leverage, ``min(1, reference / scale_t)`` units, where ``reference`` is the
+  median volatility scale over the rows the forecasting model was trained on (Moreira & Muir
+  2017, "Volatility-Managed Portfolios"; Harvey et al. 2018, "The Impact of Volatility
+  Targeting"): a position is cut where the market is more volatile than its model's training
+  period, and never levered.
 * Costs: every change of position pays ``fee_bps + slippage_bps`` per unit of notional traded
   (a reversal trades 2 units). Each unit is booked to the trade it belongs to: the entry to the
-  trade's first bar, the exit to its last bar. A position still open at the end is closed there
-  and pays its exit, so every trade in the statistics is a round trip.
+  trade's first bar, the exit to its last bar, a resize of a sized position (the same side, another
+  size) to the bar it happens on, for the units it trades. A position still open at the end is
+  closed there and pays its exit, so every trade in the statistics is a round trip. A trade is a
+  run of bars on one side.
 * Funding (perpetuals): a settlement at time T is charged to the position held over the bar that
   ends at T (Binance USDT-M charges positions open at the funding time): ``position *
   funding_rate``, so longs pay positive rates and shorts receive them.
@@ -135,6 +143,9 @@ class TradingDecision:
             :data:`MARGIN_GRID`, and :data:`FLAT_MARGIN` when the run's ``trade_may_stay_flat`` is on.
         meta: a meta-label model (:class:`include.meta_label.MetaLabel`) that keeps only the
             positions it expects to pay after costs; ``None``: every position is taken.
+        vol_target: size positions by :meth:`sizes` (``trade_vol_target``); off: one unit each.
+        scale_reference: the deployed model's volatility-scale reference for :meth:`sizes` (the
+            median scale over its training rows); ``None``: none recorded.
     """
 
     costs: TradingCosts
@@ -145,14 +156,17 @@ class TradingDecision:
     settlement_hours: float = 8.0
     margin_grid: tuple[float, ...] = MARGIN_GRID
     meta: MetaLabel | None = None
+    vol_target: bool = False
+    scale_reference: float | None = None
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], margin: float = 0.0, meta: MetaLabel | None = None
-                    ) -> TradingDecision:
+    def from_config(cls, config: dict[str, Any], margin: float = 0.0, meta: MetaLabel | None = None,
+                    scale_reference: float | None = None) -> TradingDecision:
         """The decision of a run's parameters (a ``RunConfig.to_dict()`` or a version's lineage
         ``config``): ``fee_bps``, ``slippage_bps``, ``label_horizon_bars``, ``timeframe``,
-        ``trade_min_probability``, ``funding_interval_hours``, ``trade_may_stay_flat`` (a lineage
-        recorded before that parameter existed chose from :data:`MARGIN_GRID` alone).
+        ``trade_min_probability``, ``funding_interval_hours``, ``trade_may_stay_flat`` and
+        ``trade_vol_target`` (a lineage recorded before either existed chose from
+        :data:`MARGIN_GRID` alone, one unit a position).
 
         Raises:
             KeyError: a parameter is missing.
@@ -163,7 +177,8 @@ class TradingDecision:
                    min_probability=float(config.get("trade_min_probability", 0.0)),
                    settlement_hours=float(config.get("funding_interval_hours", 8)),
                    margin_grid=MARGIN_GRID + ((FLAT_MARGIN,) if config.get("trade_may_stay_flat", False) else ()),
-                   meta=meta)
+                   meta=meta, vol_target=bool(config.get("trade_vol_target", False)),
+                   scale_reference=scale_reference)
 
     @property
     def round_trip(self) -> float:
@@ -178,9 +193,28 @@ class TradingDecision:
         scale = np.nan_to_num(np.asarray(scale, dtype="float64"), nan=0.0)
         return scale * (proba * moves).sum(axis=1)
 
+    def sizes(self, scale: np.ndarray, reference: float | np.ndarray | None = None) -> np.ndarray:
+        """``(n,)`` units of notional a position takes at each bar: 1 without :attr:`vol_target`;
+        with it ``min(1, reference / scale)`` (module docstring), and 1 where the scale or the
+        reference is unknown or not positive.
+
+        Args:
+            scale: ``(n,)`` the label rule's volatility scale at each bar.
+            reference: per row or one value, overriding :attr:`scale_reference`.
+        """
+        scale = np.asarray(scale, dtype="float64")
+        if not self.vol_target:
+            return np.ones(scale.shape)
+        reference = self.scale_reference if reference is None else reference
+        ref = np.broadcast_to(np.asarray(np.nan if reference is None else reference, dtype="float64"), scale.shape)
+        known = np.isfinite(scale) & (scale > 0) & np.isfinite(ref) & (ref > 0)
+        return np.where(known, np.minimum(1.0, ref / np.where(known, scale, 1.0)), 1.0)
+
     def positions(self, proba: np.ndarray, moves: np.ndarray, scale: np.ndarray,
-                  funding_rate: np.ndarray | None = None, margin: float | np.ndarray | None = None) -> np.ndarray:
-        """Target positions in {-1, 0, +1}, ``(n,)``.
+                  funding_rate: np.ndarray | None = None, margin: float | np.ndarray | None = None,
+                  reference: float | np.ndarray | None = None) -> np.ndarray:
+        """Target positions, ``(n,)``: the side in {-1, 0, +1}, times :meth:`sizes` with
+        :attr:`vol_target` (then floats in [-1, 1]).
 
         Args:
             proba: ``(n, 3)`` class probabilities (down, range, up).
@@ -190,8 +224,10 @@ class TradingDecision:
                 settlement; ``None`` or NaN: none, as for spot).
             margin: per row or one value, overriding :attr:`margin`; at or above
                 :data:`FLAT_MARGIN`, no position.
+            reference: per row or one value, overriding :attr:`scale_reference` (:meth:`sizes`).
 
-        With :attr:`meta`, a position is kept only where the meta-label model expects it to pay.
+        With :attr:`meta`, a position is kept only where the meta-label model expects it to pay
+        (it decides on the side; the size comes after).
         """
         proba = np.asarray(proba, dtype="float64")
         net = self.net_expected_move(proba, moves, scale, funding_rate)
@@ -203,7 +239,7 @@ class TradingDecision:
         side = np.where(long_ok, 1, np.where(short_ok, -1, 0))
         if self.meta is not None:
             side = np.where(self.meta.acts(meta_inputs(proba, side, net, self.round_trip, scale)), side, 0)
-        return side
+        return side * self.sizes(scale, reference) if self.vol_target else side
 
     def net_expected_move(self, proba: np.ndarray, moves: np.ndarray, scale: np.ndarray,
                           funding_rate: np.ndarray | None) -> np.ndarray:
@@ -252,8 +288,9 @@ def simulate(signal: pd.Series, bars: pd.DataFrame, funding: pd.DataFrame | None
     """Simulate target positions over candles (rules in the module docstring).
 
     Args:
-        signal: ``(n,)`` target position per bar open time (index: UTC timestamps), values in
-            {-1, 0, 1}; the position is entered at the next bar's open.
+        signal: ``(n,)`` target position per bar open time (index: UTC timestamps), units of
+            notional in [-1, 1] (a side, or a sized side); the position is entered at the next
+            bar's open.
         bars: candles with ``timestamp`` and ``open``; bars missing inside the span are gaps.
         funding: settlements with ``timestamp`` and ``funding_rate`` (fraction per settlement),
             or ``None`` (spot).
@@ -284,8 +321,12 @@ def simulate(signal: pd.Series, bars: pd.DataFrame, funding: pd.DataFrame | None
     ret = np.where(skipped, 0.0, ret)
     before = np.concatenate([[0.0], pos[:-1]])
     after = np.concatenate([pos[1:], [0.0]])
-    entry = np.where(pos != before, np.abs(pos), 0.0)
-    exit_ = np.where(pos != after, np.abs(pos), 0.0)
+    # A resize (same side, another size) trades the difference, booked to the bar it happens on;
+    # a change of side exits the whole position on its last bar and enters the new one on its first.
+    resized = (pos != before) & (np.sign(pos) == np.sign(before)) & (pos != 0)
+    resizes_next = (pos != after) & (np.sign(pos) == np.sign(after)) & (pos != 0)
+    entry = np.where(pos != before, np.where(resized, np.abs(pos - before), np.abs(pos)), 0.0)
+    exit_ = np.where((pos != after) & ~resizes_next, np.abs(pos), 0.0)
     cost = (entry + exit_) * costs.per_unit
     fund = np.zeros(len(pos))
     if funding is not None and len(funding):
@@ -306,9 +347,9 @@ def simulate(signal: pd.Series, bars: pd.DataFrame, funding: pd.DataFrame | None
 
 
 def _trades(net: np.ndarray, pos: np.ndarray) -> list[float]:
-    """Compounded net return of each run of one non-zero position (its costs are booked inside it)."""
+    """Compounded net return of each run of bars on one side (its costs are booked inside it)."""
     trades, current, prev = [], None, 0.0
-    for r, p in zip(net, pos, strict=True):
+    for r, p in zip(net, np.sign(pos), strict=True):
         if p != prev:
             if current is not None:
                 trades.append(current - 1.0)

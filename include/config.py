@@ -365,6 +365,14 @@ class RunConfig(Declared):
         "(include/meta_label.py). Off: every position the margin allows is taken.",
         default=False, form=FormField(TRADING, "Meta-label the trading decision's positions"),
     )
+    trade_vol_target: bool = declare(
+        "Volatility-targeted size without leverage (Moreira & Muir 2017; Harvey et al. 2018): "
+        "each position takes min(1, reference / scale) units of notional, scale the label rule's "
+        "volatility at the bar and reference its model's median over its training rows, so a "
+        "position is cut where the market is more volatile than the model's training period "
+        "(include/backtest.py, TradingDecision.sizes). Off: one unit a position.",
+        default=False, form=FormField(TRADING, "Size positions by volatility (cut in turbulent bars, never levered)"),
+    )
     fee_bps: float = declare("Trading fee per side, basis points of notional.", default=4.0,
                           interval=Interval(0, 10_000), form=FormField(TRADING, "Fee per side (bps)"))
     slippage_bps: float = declare("Slippage per side, basis points of notional.", default=1.0,

@@ -50,10 +50,16 @@ def _decision_words(trading: dict[str, Any]) -> str:
     flat = (" The deployed model stays flat: no margin made money after costs on the out-of-fold rows."
             if stays_flat(deployed) else "")
     meta = _meta_words(decided["meta_label"]) if decided.get("meta_label") else ""
+    sizing = decided.get("sizing")
+    sized = ("" if not sizing else
+             " Each position takes min(1, reference / volatility scale) units of notional, the reference being its "
+             "model's median volatility scale over its training rows"
+             + (f" (out-of-fold positions: {sizing['mean_size']:.2f} units on average)." if sizing.get("mean_size")
+                else "."))
     return (f"A position is taken where the forecast's expected move over the horizon beats the round trip "
             f"({100 * float(decided.get('round_trip') or 0):.2f} %) and the funding it pays by a margin, in round "
             f"trips, chosen on earlier folds only (per fold: {per_fold}; the deployed model: "
-            f"{margin_words(deployed)}).{flat}{meta}{side}")
+            f"{margin_words(deployed)}).{flat}{sized}{meta}{side}")
 
 
 def _png(fig: Any) -> str:

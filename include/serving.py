@@ -80,11 +80,12 @@ class Prediction:
             "reason"}``): the probabilities are then the demoted version's training class
             frequencies (the class-prior forecast), ``version`` is ``"none"`` and ``decision``
             is ``"no position"``.
-        position: the trading decision for the next bar, -1 (short), 0 (flat) or +1 (long): the
+        position: the trading decision for the next bar in units of notional, -1 (short), 0
+            (flat) or +1 (long), or with ``trade_vol_target`` a side sized in [-1, 1]: the
             cost-aware rule of :class:`include.backtest.TradingDecision` at the margin (or
-            "flat") and with the meta-label model the gate's trading step chose for this version
-            (:func:`include.trading.deployed_decision`), as the trading simulation traded it; 0
-            without a model.
+            "flat"), with the meta-label model the gate's trading step chose for this version and
+            its volatility-scale reference (:func:`include.trading.deployed_decision`), as the
+            trading simulation traded it; 0 without a model.
         expected_move: the forecast's expected log return over the horizon (``None`` for a
             version registered without class moves, which trades by its decided class).
     """
@@ -101,7 +102,7 @@ class Prediction:
     data_age_hours: float = 0.0
     refused: dict[str, str] | None = None
     no_model: dict[str, str] | None = None
-    position: int = 0
+    position: int | float = 0
     expected_move: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -355,7 +356,8 @@ class ProductionModel:
         """
         config = lineage["config"]
         if self._decision is None or self._decision[0] != version:
-            self._decision = (version, deployed_decision(config, self.registry.decision_of(self.model_name, version)))
+            self._decision = (version, deployed_decision(config, self.registry.decision_of(self.model_name, version),
+                                                         lineage.get("trading")))
         decision = self._decision[1]
         moves = (lineage.get("trading") or {}).get("class_moves")
         if not moves:
@@ -370,7 +372,7 @@ class ProductionModel:
         scale_now = np.array([scale.get(row.index[0], np.nan)], dtype="float64")
         funding = row["funding_rate"].to_numpy(dtype="float64") if "funding_rate" in row else None
         expected = float(decision.expected_move(proba[None, :], np.asarray(moves), scale_now)[0])
-        return int(decision.positions(proba[None, :], np.asarray(moves), scale_now, funding)[0]), expected
+        return plain_position(decision.positions(proba[None, :], np.asarray(moves), scale_now, funding)[0]), expected
 
     def _prior_forecast(self, since: dict[str, Any], as_of: datetime, log_as: str | None) -> Prediction:
         """The no-model answer: the demoted version's training class frequencies for the last bar
@@ -533,6 +535,13 @@ def production_model(settings: Any, model: str) -> ProductionModel:
                 max_age_hours=None if raw_age.lower() == "none" else float(raw_age), on_stale=policy,
                 max_data_lag_bars=None if raw_lag.lower() == "none" else int(raw_lag))
         return _instances[key]
+
+
+def plain_position(position: Any) -> int | float:
+    """A position as a JSON number: an int for a whole unit (a side), a float rounded to 6
+    decimals for a sized one."""
+    value = float(position)
+    return int(value) if value.is_integer() else round(value, 6)
 
 
 def write_signal(settings: Any, model: str, event: dict[str, Any] | None = None) -> dict[str, Any]:

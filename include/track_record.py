@@ -322,7 +322,8 @@ def _forward(registry: Any, data: MarketData, v: Version, start: datetime, end: 
     out["funding_rate"] = rows["funding_rate"].to_numpy() if "funding_rate" in rows else np.nan
     decided = registry.decision_of(v.lineage.get("registered_model") or registry.model_of(v.version), v.version)
     # The position serving gave: this version's own decision (costs, floor, margin, meta-label model).
-    out["position"] = forecast_positions(out, deployed_decision(v.lineage["config"], decided))
+    out["position"] = forecast_positions(out, deployed_decision(v.lineage["config"], decided,
+                                                                v.lineage.get("trading")))
     out["served"] = True
     return out
 

@@ -37,11 +37,13 @@ def trading_decision(cfg: RunConfig, margin: float = 0.0) -> TradingDecision:
     return TradingDecision.from_config(cfg.to_dict(), margin)
 
 
-def deployed_decision(config: dict[str, Any], decided: dict[str, Any] | None) -> TradingDecision:
+def deployed_decision(config: dict[str, Any], decided: dict[str, Any] | None,
+                      trading: dict[str, Any] | None = None) -> TradingDecision:
     """The decision a registered version trades at: its run parameters (``config``, the lineage's
     or a ``RunConfig.to_dict()``) with the margin and meta-label model its gate decision
     ``decided`` chose for the deployed model (:func:`trade_out_of_fold`'s record; margin 0 and
-    no meta-label model where none was recorded).
+    no meta-label model where none was recorded), and the volatility-scale reference of its
+    lineage's ``trading`` record (:func:`trading_inputs`; none recorded: one unit a position).
 
     Raises:
         ServingError: the record's meta-label model was fitted on other inputs than this code's
@@ -55,12 +57,19 @@ def deployed_decision(config: dict[str, Any], decided: dict[str, Any] | None) ->
         version = (decided or {}).get("candidate")
         raise ServingError(f"version {version}'s gate decision holds a meta-label model this code cannot apply "
                            f"({exc}): retrain, or roll production back to another version") from exc
-    return TradingDecision.from_config(config, float(margin) if margin is not None else 0.0, meta)
+    reference = (trading or {}).get("scale_reference")
+    return TradingDecision.from_config(config, float(margin) if margin is not None else 0.0, meta,
+                                       scale_reference=None if reference is None else float(reference))
 
 
 #: The out-of-fold columns the trading decision reads besides the forecast (written by
 #: :func:`include.pipeline.training.assemble`).
 DECISION_COLUMNS = ["move_down", "move_range", "move_up", "move_scale", "funding_rate"]
+
+#: The column of a row's volatility-scale reference for sizing (:meth:`TradingDecision.sizes`):
+#: its model's median scale over its training rows; a frame without it sizes at the decision's
+#: ``scale_reference``.
+REFERENCE_COLUMN = "scale_reference"
 
 
 def forecast_positions(frame: pd.DataFrame, decision: TradingDecision,
@@ -69,13 +78,14 @@ def forecast_positions(frame: pd.DataFrame, decision: TradingDecision,
 
     Each row needs its forecast (``p_*``) and the decision's inputs (:data:`DECISION_COLUMNS`:
     its model's standardised class moves, the volatility scale and the last settled funding
-    rate). A row without class moves (an out-of-fold record or a version registered without them)
-    is traded by the decided-class rule: the prior-corrected class when its probability reaches
-    ``decision.min_probability``
+    rate; with ``decision.vol_target``, :data:`REFERENCE_COLUMN` where the rows' models differ).
+    A row without class moves (an out-of-fold record or a version registered without them)
+    is traded by the decided-class rule, one unit: the prior-corrected class when its
+    probability reaches ``decision.min_probability``
     (:func:`include.backtest.positions_from_proba`).
 
     Returns:
-        ``(n,)`` positions in {-1, 0, +1}.
+        ``(n,)`` positions: sides in {-1, 0, +1}, sized in [-1, 1] with ``decision.vol_target``.
     """
     proba = frame[["p_down", "p_range", "p_up"]].to_numpy()
     legacy = positions_from_proba(proba, frame[["prior_down", "prior_range", "prior_up"]].to_numpy(),
@@ -84,8 +94,10 @@ def forecast_positions(frame: pd.DataFrame, decision: TradingDecision,
         return legacy
     moves = frame[DECISION_COLUMNS[:3]].to_numpy(dtype="float64")
     known = np.isfinite(moves).all(axis=1)
+    reference = frame[REFERENCE_COLUMN].to_numpy(dtype="float64") if REFERENCE_COLUMN in frame else None
     decided = decision.positions(proba, np.nan_to_num(moves), frame["move_scale"].to_numpy(dtype="float64"),
-                                 frame["funding_rate"].to_numpy(dtype="float64"), margin=margins)
+                                 frame["funding_rate"].to_numpy(dtype="float64"), margin=margins,
+                                 reference=reference)
     return np.where(known, decided, legacy)
 
 
@@ -146,7 +158,8 @@ def walk_forward_meta(oof: pd.DataFrame, decision: TradingDecision, margins: np.
         position.
     """
     fold = oof["fold"].to_numpy()
-    side = forecast_positions(oof, decision, margins)
+    sized = forecast_positions(oof, decision, margins)
+    side = np.sign(sized).astype(int)  # the meta-label model decides on the side; the size stays
     proba = oof[["p_down", "p_range", "p_up"]].to_numpy(dtype="float64")
     moves, scale = oof[DECISION_COLUMNS[:3]].to_numpy(dtype="float64"), oof["move_scale"].to_numpy(dtype="float64")
     rate = oof["funding_rate"].to_numpy(dtype="float64")
@@ -158,14 +171,14 @@ def walk_forward_meta(oof: pd.DataFrame, decision: TradingDecision, margins: np.
     known = (side != 0) & has_moves & np.isfinite(realised)
     paid = side * (np.nan_to_num(realised) - funding) - decision.round_trip > 0
     ends = oof.index + pd.Timedelta(seconds=decision.horizon_bars * decision.bar_seconds)
-    positions, per_fold = side.copy(), {}
+    positions, per_fold = sized.copy(), {}
     for k in sorted(np.unique(fold)):
         rows = fold == k
         train = known & (fold < k) & (ends < oof.index[rows].min())
         model = fit_meta_label(inputs[train], paid[train])
         per_fold[int(k)] = None if model is None else model.rows
         if model is not None:
-            positions[rows] = np.where(model.acts(inputs[rows]) | ~has_moves[rows], side[rows], 0)
+            positions[rows] = np.where(model.acts(inputs[rows]) | ~has_moves[rows], sized[rows], 0)
     return {"positions": positions, "per_fold": per_fold, "deployed": fit_meta_label(inputs[known], paid[known])}
 
 
@@ -185,7 +198,8 @@ def decided_positions(oof: pd.DataFrame, cfg: RunConfig, bars: pd.DataFrame, fun
 
     Returns:
         ``((n,) positions, record)``: the record is ``{"rule", "round_trip", "margin_per_fold",
-        "deployed_margin", "meta_label"}`` (``meta_label``: ``{"per_fold", "deployed"}`` or
+        "deployed_margin", "sizing", "meta_label"}`` (``sizing``: ``{"rule", "mean_size"}`` with
+        ``trade_vol_target``, else ``None``; ``meta_label``: ``{"per_fold", "deployed"}`` or
         ``None``), read back by :func:`deployed_decision`; ``None``, with the decided-class rule's
         positions, for rows without the decision's inputs.
     """
@@ -210,6 +224,10 @@ def decided_positions(oof: pd.DataFrame, cfg: RunConfig, bars: pd.DataFrame, fun
         "rule": "long or short where the expected move beats the round trip and funding by the margin",
         "round_trip": decision.round_trip, "margin_per_fold": margins["per_fold"],
         "deployed_margin": margins["deployed"],
+        # Volatility targeting: the mean size of the positions taken (units of notional).
+        "sizing": None if not decision.vol_target else {
+            "rule": "min(1, reference / scale)",
+            "mean_size": float(np.abs(positions[positions != 0]).mean()) if (positions != 0).any() else None},
         "meta_label": None if meta is None else {
             "per_fold": meta["per_fold"], "deployed": None if meta["deployed"] is None else meta["deployed"].to_dict()}}
     return positions, record
@@ -251,30 +269,44 @@ def market_frames(cfg: RunConfig, settings: Settings, start: datetime,
     return bars, funding
 
 
+def scale_reference(scale: np.ndarray) -> float:
+    """The volatility-scale reference of a model's training rows (:meth:`TradingDecision.sizes`):
+    the median of their known scales; NaN where none is known."""
+    scale = np.asarray(scale, dtype="float64")
+    known = scale[np.isfinite(scale) & (scale > 0)]
+    return float(np.median(known)) if len(known) else float("nan")
+
+
 def trading_inputs(cfg: RunConfig, out_dir: Path, oof_frame: pd.DataFrame, index: pd.DatetimeIndex, y: np.ndarray,
-                    folds: list[tuple[np.ndarray, np.ndarray]], final_rows: np.ndarray) -> np.ndarray:
-    """Add the trading decision's inputs to the out-of-fold rows; the deployed model's class moves.
+                   folds: list[tuple[np.ndarray, np.ndarray]], final_rows: np.ndarray) -> dict[str, Any]:
+    """Add the trading decision's inputs to the out-of-fold rows; the deployed model's.
 
     Each out-of-fold row gets its fold's standardised class moves (``move_down``,
     ``move_range``, ``move_up``: :func:`include.backtest.class_moves` on that fold's training
     rows, whose forward moves end before the fold by the purge), the label rule's volatility
-    scale at the row (``move_scale``) and the last settled funding rate it saw (``funding_rate``,
-    NaN without funding features), so the trading simulation decides each row as serving would
-    have, from what its fold model knew.
+    scale at the row (``move_scale``), its fold's scale reference (:data:`REFERENCE_COLUMN`,
+    :func:`scale_reference` of the fold's training rows) and the last settled funding rate it saw
+    (``funding_rate``, NaN without funding features), so the trading simulation decides each row
+    as serving would have, from what its fold model knew.
 
     Returns:
-        ``(3,)`` the class moves of the deployed model's training rows ``final_rows``.
+        ``{"class_moves": (3,), "scale_reference": float}`` of the deployed model's training
+        rows ``final_rows``.
     """
     feats = pd.read_parquet(RunFolder(out_dir).features)
     scale, move = standardised_moves(feats["close"], horizon=cfg.label_horizon_bars,
                                      vol_window=cfg.label_vol_window_bars)
     move_rows = move.reindex(index).to_numpy()
-    per_row = pd.DataFrame(np.nan, index=oof_frame.index, columns=["move_down", "move_range", "move_up"])
+    scale_rows = scale.reindex(index).to_numpy()
+    per_row = pd.DataFrame(np.nan, index=oof_frame.index, columns=["move_down", "move_range", "move_up",
+                                                                   REFERENCE_COLUMN])
     for train, test in folds:
         rows = index[test].intersection(oof_frame.index)
-        per_row.loc[rows] = class_moves(y[train], move_rows[train])
-    oof_frame[list(per_row.columns)] = per_row.to_numpy()
+        per_row.loc[rows] = [*class_moves(y[train], move_rows[train]), scale_reference(scale_rows[train])]
+    oof_frame[["move_down", "move_range", "move_up"]] = per_row[["move_down", "move_range", "move_up"]].to_numpy()
     oof_frame["move_scale"] = scale.reindex(oof_frame.index).to_numpy()
     oof_frame["funding_rate"] = (feats["funding_rate"].reindex(oof_frame.index).to_numpy()
                                  if "funding_rate" in feats else np.nan)
-    return class_moves(y[final_rows], move_rows[final_rows])
+    oof_frame[REFERENCE_COLUMN] = per_row[REFERENCE_COLUMN].to_numpy()
+    return {"class_moves": class_moves(y[final_rows], move_rows[final_rows]),
+            "scale_reference": scale_reference(scale_rows[final_rows])}

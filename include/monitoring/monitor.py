@@ -351,7 +351,7 @@ def _live_trading(frame: pd.DataFrame, closes: pd.Series, span: _ScoredSpan, cfg
     """The report's ``trading`` section: costs, margin, and the simulated strategy and buy-and-hold records."""
     feats = span.feats
     # The position serving gave each bar: the cost-aware decision at the margin the gate chose.
-    decision = deployed_decision(cfg.to_dict(), decided_by_gate)
+    decision = deployed_decision(cfg.to_dict(), decided_by_gate, lineage.get("trading"))
     costs = decision.costs
     scale, _ = standardised_moves(closes, horizon=decision.horizon_bars, vol_window=cfg.label_vol_window_bars)
     moves = (lineage.get("trading") or {}).get("class_moves")

@@ -347,7 +347,8 @@ class _EnsembleOutOfFold:
             the last row its model was fitted on.
         gate_rows: out-of-fold rows in the last fold.
         baselines: out-of-fold metrics of the baseline forecasts on the same folds.
-        final_moves: ``(3,)`` class moves of the deployed model's training rows.
+        final_trading: the trading decision's inputs of the deployed model's training rows
+            (:func:`include.trading.trading_inputs`: class moves and scale reference).
     """
 
     frame: pd.DataFrame
@@ -358,7 +359,7 @@ class _EnsembleOutOfFold:
     gate_window: dict[str, Any]
     gate_rows: int
     baselines: dict[str, dict[str, Any]]
-    final_moves: np.ndarray
+    final_trading: dict[str, Any]
 
 
 def _out_of_fold_record(cfg: RunConfig, out_dir: Path, ref: pd.DataFrame, ens_oof: np.ndarray, X: pd.DataFrame,
@@ -399,7 +400,7 @@ def _out_of_fold_record(cfg: RunConfig, out_dir: Path, ref: pd.DataFrame, ens_oo
     # The stratified baseline's draws, row by row, for the gate's F1 test (same folds, same rows).
     oof_frame["pred_stratified"] = pd.Series(np.concatenate(draws), index=X.index[np.concatenate(
         [te for _, te in folds])]).reindex(ref.index).to_numpy()
-    final_moves = trading_inputs(cfg, out_dir, oof_frame, X.index, y, folds, final_rows)
+    final_trading = trading_inputs(cfg, out_dir, oof_frame, X.index, y, folds, final_rows)
     write_parquet(oof_frame, RunFolder(out_dir).ensemble_oof)
     per_fold = [
         {"fold": int(k), **metrics_with_prior(y_oof[ref["fold"] == k], ens_oof[ref["fold"] == k],
@@ -408,7 +409,7 @@ def _out_of_fold_record(cfg: RunConfig, out_dir: Path, ref: pd.DataFrame, ens_oo
     ]
     return _EnsembleOutOfFold(frame=oof_frame, proba=ens_oof, labels=y_oof, metrics=ensemble_metrics,
                               per_fold=per_fold, gate_window=gate_window, gate_rows=int(last.sum()),
-                              baselines=baselines, final_moves=final_moves)
+                              baselines=baselines, final_trading=final_trading)
 
 
 def _ensemble_model(cfg: RunConfig, families: list[str], members: list[tuple[str, Any]], weights: dict[str, float],
@@ -457,8 +458,10 @@ def _candidate_metadata(cfg: RunConfig, window: RunWindow, out_dir: Path, spec: 
         "rows": {"train": int(len(final_rows)), "out_of_fold": int(len(record.labels)),
                  "gate_window": record.gate_rows},
         "class_prior": class_prior(y[final_rows]).tolist(),
-        # The trading decision's class moves (include.backtest.TradingDecision), from the same rows.
-        "trading": {"class_moves": record.final_moves.tolist()},
+        # The trading decision's class moves and volatility-scale reference
+        # (include.backtest.TradingDecision), from the same rows.
+        "trading": {"class_moves": record.final_trading["class_moves"].tolist(),
+                    "scale_reference": record.final_trading["scale_reference"]},
         "metrics": {"ensemble": record.metrics, "ensemble_per_fold": record.per_fold,
                     "ensemble_per_fold_summary": summarise_folds(record.per_fold),
                     "gate_window": record.gate_window,

@@ -246,3 +246,128 @@ def test_a_replay_decides_an_older_version_with_the_margin_grid_it_was_recorded_
     assert trading_decision(recorded_config(older)).margin_grid == MARGIN_GRID
     assert trading_decision(recorded_config(recorded)).margin_grid == MARGIN_GRID + (FLAT_MARGIN,)
     assert not recorded_config({**recorded, "trade_may_stay_flat": False}).trade_may_stay_flat
+
+
+def test_volatility_targeting_cuts_a_position_where_the_market_is_more_volatile_than_its_model_s_training():
+    """``trade_vol_target``: the side of the cost rule times ``min(1, reference / scale)``; one
+    unit where the scale or the reference is unknown; never levered; off, the sides alone."""
+    from include.config import RunConfig
+
+    moves = np.array([-1.2, 0.0, 1.2])
+    proba = np.array([[0.2, 0.4, 0.4], [0.4, 0.4, 0.2], [0.2, 0.4, 0.4], [0.2, 0.4, 0.4], [0.2, 0.4, 0.4]])
+    scale = np.array([0.01, 0.02, 0.005, np.nan, 0.04])
+    sized = TradingDecision(costs=DECISION.costs, horizon_bars=4, bar_seconds=3600, vol_target=True,
+                            scale_reference=0.01)
+    # The side: the expected move grows with the scale, so every row but the unknown one trades.
+    assert DECISION.positions(proba, moves, scale).tolist() == [1, -1, 1, 0, 1]
+    np.testing.assert_allclose(sized.positions(proba, moves, scale), [1.0, -0.5, 1.0, 0.0, 0.25])
+    np.testing.assert_allclose(sized.sizes(scale), [1.0, 0.5, 1.0, 1.0, 0.25])
+    np.testing.assert_allclose(sized.sizes(scale, reference=np.full(5, 0.02)), [1.0, 1.0, 1.0, 1.0, 0.5])
+    np.testing.assert_allclose(TradingDecision(costs=DECISION.costs, horizon_bars=4, bar_seconds=3600,
+                                               vol_target=True).sizes(scale), np.ones(5))
+    assert DECISION.positions(proba, moves, scale).dtype.kind == "i"
+    # From a run's parameters: off by default, and a lineage recorded before the parameter sizes nothing.
+    recorded = RunConfig(symbol="BTCUSDT").to_dict()
+    assert recorded["trade_vol_target"] is False
+    assert not TradingDecision.from_config({k: v for k, v in recorded.items() if k != "trade_vol_target"}).vol_target
+    assert TradingDecision.from_config({**recorded, "trade_vol_target": True}, scale_reference=0.01).sizes(
+        np.array([0.04])).tolist() == [0.25]
+
+
+def test_a_sized_position_pays_for_the_units_it_trades_and_a_trade_is_a_run_on_one_side():
+    """Resizing a position on the same side trades the difference; a reversal trades both
+    positions; unit positions cost what they always did. A trade is a run of bars on one side."""
+    from include.backtest import simulate
+
+    index = pd.date_range("2023-01-01", periods=8, freq="h", tz="UTC")
+    bars = pd.DataFrame({"timestamp": pd.date_range("2023-01-01", periods=12, freq="h", tz="UTC"),
+                         "open": 100.0})
+    costs = TradingCosts(fee_bps=4.0, slippage_bps=1.0)  # 5 bps a unit
+    sized = simulate(pd.Series([0, 0.5, 0.5, 1.0, -0.4, -0.4, 0, 0], index=index), bars, None, costs, 3600)
+    # Units traded: enter 0.5, resize +0.5, reverse (exit 1.0, enter 0.4), exit 0.4.
+    assert sized["turnover"] == pytest.approx(2.8)
+    assert sized["fees_and_slippage"] == pytest.approx(2.8 * 0.0005)
+    assert sized["trades"] == 2
+    net = sized["net_returns"].to_numpy()
+    np.testing.assert_allclose(net, -0.0005 * np.array([0, 0.5, 0, 0.5 + 1.0, 0.4, 0.4, 0, 0]))
+    unit = simulate(pd.Series([0, 1, 1, -1, -1, 0, 0, 0], index=index), bars, None, costs, 3600)
+    np.testing.assert_allclose(unit["net_returns"].to_numpy(), -0.0005 * np.array([0, 1, 1, 1, 1, 0, 0, 0]))
+    assert unit["turnover"] == pytest.approx(4.0) and unit["trades"] == 2
+
+
+def test_each_fold_s_scale_reference_is_the_median_over_its_own_training_rows(tmp_path):
+    """:func:`include.trading.trading_inputs` gives each out-of-fold row its fold's reference (the
+    median volatility scale over that fold's training rows, nothing of the fold itself) and the
+    deployed model's over its training rows."""
+    from include.config import RunConfig
+    from include.run_folder import RunFolder
+    from include.trading import REFERENCE_COLUMN, trading_inputs
+
+    rng = np.random.default_rng(3)
+    n = 1200
+    index = pd.date_range("2023-01-01", periods=n, freq="h", tz="UTC")
+    vol = np.where(np.arange(n) < 900, 0.005, 0.02)  # the last rows are four times as volatile
+    close = pd.Series(100 * np.exp(np.cumsum(rng.normal(0, vol))), index=index)
+    RunFolder(tmp_path).features.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"close": close}).to_parquet(RunFolder(tmp_path).features)
+    cfg = RunConfig(symbol="BTCUSDT")
+    scale, _ = standardised_moves(close, horizon=cfg.label_horizon_bars, vol_window=cfg.label_vol_window_bars)
+    y = rng.integers(0, 3, n)
+    folds = [(np.arange(200, 800), np.arange(800, 1000)), (np.arange(400, 1000), np.arange(1000, 1196))]
+    oof = pd.DataFrame(index=index[np.concatenate([te for _, te in folds])])
+    deployed = trading_inputs(cfg, tmp_path, oof, index, y, folds, np.arange(600, 1196))
+    for train, test in folds:
+        expected = float(np.nanmedian(scale.to_numpy()[train]))
+        assert (oof.loc[index[test], REFERENCE_COLUMN] == expected).all()
+    assert deployed["scale_reference"] == pytest.approx(float(np.nanmedian(scale.to_numpy()[600:1196])))
+    # The second fold trains on turbulent rows too: its reference is higher, so it cuts less.
+    assert oof[REFERENCE_COLUMN].iloc[-1] > oof[REFERENCE_COLUMN].iloc[0]
+    assert len(deployed["class_moves"]) == 3
+
+
+@pytest.mark.integration
+def test_a_weekly_run_with_volatility_targeting_records_the_reference_serving_sizes_with(tmp_path, data_dir):
+    """A real weekly run (bundled BTCUSDT, short window) with ``trade_vol_target``: the version's
+    lineage holds its training rows' scale reference, the trading step's positions are the sides
+    times their sizes, the report says how positions are sized, and the deployed decision read
+    back for serving sizes with the lineage's reference."""
+    import json
+    from pathlib import Path
+
+    from include.config import RunConfig, Settings
+    from include.pipeline import run_once
+    from include.registry import ModelRegistry
+    from include.run_folder import RunFolder
+    from include.trading import REFERENCE_COLUMN, deployed_decision, forecast_positions
+    from tests.builders import PERMISSIVE_GATE
+
+    settings = Settings.in_folder(tmp_path, data_dir)
+    cfg = RunConfig(symbol="BTCUSDT", as_of_date="2023-12-31", train_window_days=120, cv_folds=3,
+                    trade_vol_target=True, trade_may_stay_flat=False, **PERMISSIVE_GATE)
+    run = run_once(cfg, settings, dag_id="weekly_retrain", run_id="vol_target")
+    version = run["assembled"]["version"]
+    registry = ModelRegistry.from_settings(settings)
+    try:
+        lineage = registry.metadata(version)
+        decision = deployed_decision(lineage["config"], registry.decision_of(cfg.model_name, version),
+                                     lineage["trading"])
+    finally:
+        registry.dispose()
+    reference = lineage["trading"]["scale_reference"]
+    assert reference > 0 and decision.vol_target and decision.scale_reference == reference
+    trading = json.loads(Path(run["trading"]["path"]).read_text())
+    assert trading["decision"]["sizing"]["rule"] == "min(1, reference / scale)"
+    oof = pd.read_parquet(RunFolder(Path(run["trading"]["path"]).parent).ensemble_oof)
+    assert (oof[REFERENCE_COLUMN] > 0).all()
+    margins = oof["fold"].map({int(k): v for k, v in trading["decision"]["margin_per_fold"].items()}).to_numpy()
+    unit = TradingDecision.from_config({**lineage["config"], "trade_vol_target": False})
+    sides = forecast_positions(oof, unit, margins)
+    sized = forecast_positions(oof, TradingDecision.from_config(lineage["config"]), margins)
+    scale, ref = oof["move_scale"].to_numpy(), oof[REFERENCE_COLUMN].to_numpy()
+    known = np.isfinite(scale) & (scale > 0)
+    np.testing.assert_allclose(sized, sides * np.where(known, np.minimum(1.0, ref / np.where(known, scale, 1)), 1))
+    assert set(np.unique(sides)) <= {-1, 0, 1}
+    mean_size = trading["decision"]["sizing"]["mean_size"]
+    assert mean_size is None or 0 < mean_size <= 1
+    report = Path(run["trading"]["path"]).with_name("report.html").read_text()
+    assert "Each position takes min(1, reference / volatility scale) units of notional" in report
