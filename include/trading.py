@@ -290,8 +290,8 @@ def trading_inputs(cfg: RunConfig, out_dir: Path, oof_frame: pd.DataFrame, index
     as serving would have, from what its fold model knew.
 
     Returns:
-        ``{"class_moves": (3,), "scale_reference": float}`` of the deployed model's training
-        rows ``final_rows``.
+        ``{"class_moves": (3,), "scale_reference": float, or None where no scale is known}`` of
+        the deployed model's training rows ``final_rows``.
     """
     feats = pd.read_parquet(RunFolder(out_dir).features)
     scale, move = standardised_moves(feats["close"], horizon=cfg.label_horizon_bars,
@@ -308,5 +308,6 @@ def trading_inputs(cfg: RunConfig, out_dir: Path, oof_frame: pd.DataFrame, index
     oof_frame["funding_rate"] = (feats["funding_rate"].reindex(oof_frame.index).to_numpy()
                                  if "funding_rate" in feats else np.nan)
     oof_frame[REFERENCE_COLUMN] = per_row[REFERENCE_COLUMN].to_numpy()
+    reference = scale_reference(scale_rows[final_rows])
     return {"class_moves": class_moves(y[final_rows], move_rows[final_rows]),
-            "scale_reference": scale_reference(scale_rows[final_rows])}
+            "scale_reference": reference if np.isfinite(reference) else None}
