@@ -269,12 +269,12 @@ def market_frames(cfg: RunConfig, settings: Settings, start: datetime,
     return bars, funding
 
 
-def scale_reference(scale: np.ndarray) -> float:
+def scale_reference(scale: np.ndarray) -> float | None:
     """The volatility-scale reference of a model's training rows (:meth:`TradingDecision.sizes`):
-    the median of their known scales; NaN where none is known."""
+    the median of their known scales; ``None`` where none is known."""
     scale = np.asarray(scale, dtype="float64")
     known = scale[np.isfinite(scale) & (scale > 0)]
-    return float(np.median(known)) if len(known) else float("nan")
+    return float(np.median(known)) if len(known) else None
 
 
 def trading_inputs(cfg: RunConfig, out_dir: Path, oof_frame: pd.DataFrame, index: pd.DatetimeIndex, y: np.ndarray,
@@ -290,8 +290,8 @@ def trading_inputs(cfg: RunConfig, out_dir: Path, oof_frame: pd.DataFrame, index
     as serving would have, from what its fold model knew.
 
     Returns:
-        ``{"class_moves": (3,), "scale_reference": float, or None where no scale is known}`` of
-        the deployed model's training rows ``final_rows``.
+        ``{"class_moves": (3,), "scale_reference"}`` (:func:`scale_reference`) of the deployed
+        model's training rows ``final_rows``.
     """
     feats = pd.read_parquet(RunFolder(out_dir).features)
     scale, move = standardised_moves(feats["close"], horizon=cfg.label_horizon_bars,
@@ -303,11 +303,9 @@ def trading_inputs(cfg: RunConfig, out_dir: Path, oof_frame: pd.DataFrame, index
     for train, test in folds:
         rows = index[test].intersection(oof_frame.index)
         per_row.loc[rows] = [*class_moves(y[train], move_rows[train]), scale_reference(scale_rows[train])]
-    oof_frame[["move_down", "move_range", "move_up"]] = per_row[["move_down", "move_range", "move_up"]].to_numpy()
+    oof_frame[list(per_row.columns)] = per_row.to_numpy()
     oof_frame["move_scale"] = scale.reindex(oof_frame.index).to_numpy()
     oof_frame["funding_rate"] = (feats["funding_rate"].reindex(oof_frame.index).to_numpy()
                                  if "funding_rate" in feats else np.nan)
-    oof_frame[REFERENCE_COLUMN] = per_row[REFERENCE_COLUMN].to_numpy()
-    reference = scale_reference(scale_rows[final_rows])
     return {"class_moves": class_moves(y[final_rows], move_rows[final_rows]),
-            "scale_reference": reference if np.isfinite(reference) else None}
+            "scale_reference": scale_reference(scale_rows[final_rows])}
